@@ -1,0 +1,43 @@
+//! Kernel benchmarks on the shapes of the standard workload (the 2048-wide layers of
+//! `mlp3x2048`): dense GEMM as the measured peak, the unstructured sparse kernels at 90% and 95%.
+//! Throughput is reported in useful FLOP (2 x non-zeros x columns), so dense and sparse compare.
+//! Run: `cargo bench -p engine --bench kernels`.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use engine::kernels::csr::Csr;
+use engine::kernels::{Isa, dense, spmm, spmv};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn random_sparse(rows: usize, cols: usize, sparsity: f64, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..rows * cols).map(|_| if rng.random_bool(sparsity) { 0.0 } else { rng.random_range(-1.0..1.0f32) }).collect()
+}
+
+fn kernels(c: &mut Criterion) {
+    let isa = Isa::detect();
+    let (rows, cols, w) = (2048, 2048, 64);
+    let x: Vec<f32> = (0..cols * w).map(|i| (i % 17) as f32 * 0.1).collect();
+    let bias = vec![0.1f32; rows];
+    let mut y = vec![0.0f32; rows * w];
+    let mut g = c.benchmark_group(format!("layer_2048x2048_{}", isa.name()));
+    g.sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+
+    let wd = random_sparse(rows, cols, 0.0, 1);
+    g.throughput(Throughput::Elements((2 * rows * cols * w) as u64));
+    g.bench_function("f32-gemm-dense-b64", |b| b.iter(|| dense::dense(isa, &wd, rows, cols, &bias, &x, w, &mut y, true, 1)));
+
+    for s in [0.9, 0.95] {
+        let m = Csr::from_dense(&random_sparse(rows, cols, s, 2), rows, cols);
+        g.throughput(Throughput::Elements((2 * m.nnz() * w) as u64));
+        g.bench_function(format!("f32-spmm-csr-b64-s{}", (s * 100.0) as u32), |b| {
+            b.iter(|| spmm::spmm(isa, &m, &bias, &x, w, &mut y, 0..rows, true))
+        });
+        g.throughput(Throughput::Elements((2 * m.nnz()) as u64));
+        g.bench_function(format!("f32-spmv-csr-b1-s{}", (s * 100.0) as u32), |b| b.iter(|| spmv::spmv(isa, &m, &bias, &x[..cols], &mut y, 0..rows, true)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);

@@ -1,0 +1,151 @@
+//! `engine info`, `run`, `eval` and `analyze`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use engine::compile::{self, Exec, Model, Options};
+use engine::exec::Session;
+use engine::npy;
+
+use crate::ModelArgs;
+use crate::stats::Latency;
+
+/// Loads and compiles the model named by `--model`.
+pub fn compile_model(args: &ModelArgs) -> anyhow::Result<Model> {
+    let graph = engine::load(&args.model)?;
+    let options = Options::new(args.kernels)?;
+    Ok(compile::compile(graph, options).with_context(|| format!("compiling {}", args.model.display()))?)
+}
+
+pub fn info(args: &ModelArgs) -> anyhow::Result<()> {
+    let model = compile_model(args)?;
+    println!("model:   {}", args.model.display());
+    println!("input:   {} {:?} per sample", model.graph.input, model.input_shape);
+    println!("output:  {} {:?} per sample", model.graph.output, model.output_shape);
+    println!("isa:     {} (set ENGINE_ISA=scalar|avx2|avx512 to force)", model.options.isa.name());
+    println!("tile:    {} samples", model.options.tile);
+    println!();
+    println!("{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}", "layer", "op", "output", "weight", "sparsity", "kernel b=1", "kernel b>1", "memory");
+    let mut total = 0;
+    for l in &model.layers {
+        let (weight, sparsity, k1, kb, bytes) = match &l.exec {
+            Exec::MatMul(m) => (
+                format!("[{}, {}]", m.rows, m.cols),
+                format!("{:.1}%", 100.0 * m.sparsity),
+                m.batch1.name(m.conv.is_none()).to_string(),
+                m.batched.name(false).to_string(),
+                m.weight_bytes(),
+            ),
+            _ => ("-".into(), "-".into(), "-".into(), "-".into(), 0),
+        };
+        total += bytes;
+        println!("{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}", l.name, l.kind, format!("{:?}", l.out_shape), weight, sparsity, k1, kb, human_bytes(bytes));
+    }
+    println!("{:<18} {:>94}", "total weights", human_bytes(total));
+    Ok(())
+}
+
+pub fn human_bytes(b: usize) -> String {
+    match b {
+        0 => "-".into(),
+        b if b < 1 << 10 => format!("{b} B"),
+        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.2} MiB", b as f64 / (1 << 20) as f64),
+    }
+}
+
+pub fn run(args: &ModelArgs, input: &Path, output: &Path) -> anyhow::Result<()> {
+    let model = compile_model(args)?;
+    let x = npy::read(input)?;
+    let per_sample: usize = model.input_shape.iter().product();
+    let batch = x.shape.first().copied().unwrap_or(0);
+    if x.shape.len() < 2 || x.shape[1..].iter().product::<usize>() != per_sample {
+        bail!("{}: shape {:?} does not fit the model input [batch, {:?}]", input.display(), x.shape, model.input_shape);
+    }
+    let mut session = Session::new(&model, args.threads())?;
+    let y = session.run(&x.data, batch)?;
+    let mut shape = vec![batch];
+    shape.extend(&model.output_shape);
+    npy::write(output, &npy::Array { shape, data: y })?;
+    Ok(())
+}
+
+pub fn eval(args: &ModelArgs, dataset: &str, data: Option<PathBuf>, batch: usize, json: bool) -> anyhow::Result<()> {
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let model = compile_model(args)?;
+    let d = datasets::Resolver::new(data, json).load(dataset)?;
+    let per_sample: usize = model.input_shape.iter().product();
+    if d.test.image_size() != per_sample {
+        bail!("the model takes {:?} per sample but {dataset} images are {}x{}", model.input_shape, d.test.rows, d.test.cols);
+    }
+    let mut session = Session::new(&model, args.threads())?;
+    let order: Vec<usize> = (0..d.test.len()).collect();
+    let (mut correct, mut seconds) = (0usize, Vec::new());
+    for b in datasets::batch::batches(&d.test, &order, batch, d.mean, d.std) {
+        let t = std::time::Instant::now();
+        let logits = session.run(&b.inputs, b.len())?;
+        seconds.push(t.elapsed().as_secs_f64());
+        correct += argmax_rows(&logits, b.len()).iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
+    }
+    let accuracy = correct as f64 / d.test.len() as f64;
+    let lat = Latency::from_seconds(&seconds);
+    if json {
+        let v = serde_json::json!({"model": args.model, "dataset": dataset, "source": d.source.to_string(), "test_images": d.test.len(),
+            "accuracy": accuracy, "batch": batch, "threads": session.threads(), "median_batch_ms": lat.median_ms,
+            "items_per_s": batch as f64 / (lat.mean_ms / 1e3)});
+        println!("{v}");
+    } else {
+        println!("dataset:   {dataset} test set, {} images ({})", d.test.len(), d.source);
+        println!("accuracy:  {:.2}% top-1 ({correct}/{})", 100.0 * accuracy, d.test.len());
+        println!("latency:   {:.3} ms median per batch of {batch}, {} threads", lat.median_ms, session.threads());
+    }
+    Ok(())
+}
+
+/// Index of the largest value in each of `n` rows.
+pub fn argmax_rows(values: &[f32], n: usize) -> Vec<usize> {
+    let f = values.len() / n.max(1);
+    values.chunks(f.max(1)).map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)).collect()
+}
+
+pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<()> {
+    if batch == 0 || iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    let model = compile_model(args)?;
+    let mut session = Session::new(&model, args.threads())?;
+    let per_sample: usize = model.input_shape.iter().product();
+    let x: Vec<f32> = (0..batch * per_sample).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+    let mut per_layer: Vec<Vec<f64>> = vec![Vec::new(); model.layers.len()];
+    for _ in 0..iters {
+        for (l, s) in session.profile(&x, batch)?.into_iter().enumerate() {
+            per_layer[l].push(s);
+        }
+    }
+    let medians: Vec<f64> = per_layer.iter().map(|v| Latency::from_seconds(v).median_ms).collect();
+    let total: f64 = medians.iter().sum();
+    println!("batch {batch}, {} threads, median of {iters} runs, layer by layer", session.threads());
+    println!("{:<18} {:<8} {:>10} {:>7} {:>10} {:>9} {:<14}", "layer", "op", "time ms", "share", "GFLOP/s", "sparsity", "kernel");
+    for (l, ms) in model.layers.iter().zip(&medians) {
+        let (gflops, sparsity, kernel) = match &l.exec {
+            Exec::MatMul(m) => {
+                let columns = batch * m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
+                let flops = m.useful_flops_per_column() * columns as f64;
+                (format!("{:.1}", flops / (ms / 1e3) / 1e9), format!("{:.1}%", 100.0 * m.sparsity), m.kernel(batch == 1).name(batch == 1 && m.conv.is_none()))
+            }
+            _ => ("-".into(), "-".into(), "-"),
+        };
+        println!("{:<18} {:<8} {:>10.4} {:>6.1}% {:>10} {:>9} {:<14}", l.name, l.kind, ms, 100.0 * ms / total, gflops, sparsity, kernel);
+    }
+    println!("{:<18} {:<8} {:>10.4}", "total", "", total);
+    Ok(())
+}
+
+/// Deterministic pseudo-random input for timing.
+pub fn bench_input(model: &Model, batch: usize) -> Vec<f32> {
+    let per_sample: usize = model.input_shape.iter().product();
+    (0..batch * per_sample).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect()
+}
+

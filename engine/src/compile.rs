@@ -1,0 +1,237 @@
+//! From a graph to an executable model: run the graph passes, infer shapes, and for every linear
+//! layer and convolution pack the weights for the kernel chosen by timing the candidates (dense
+//! GEMM, CSR sparse) on the layer's real shape, once for batch 1 and once for batched tiles.
+
+use std::time::Instant;
+
+use crate::error::{EngineError, Result};
+use crate::graph::{Activation, Graph, Op};
+use crate::kernels::csr::Csr;
+use crate::kernels::window::Geometry;
+use crate::kernels::{Isa, dense, spmm, spmv};
+use crate::passes;
+
+/// Samples per tile for batched execution.
+pub const DEFAULT_TILE: usize = 64;
+
+/// Which kernel families the compiler may use for weighted layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum KernelPolicy {
+    /// Time the candidates on each layer's shape and keep the fastest (ties go to dense).
+    #[default]
+    Auto,
+    /// Dense GEMM everywhere (the baseline of `--compare dense`).
+    Dense,
+    /// Sparse kernels everywhere.
+    Sparse,
+}
+
+/// Compilation settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub policy: KernelPolicy,
+    pub isa: Isa,
+    /// Samples per tile for batched execution.
+    pub tile: usize,
+    /// A sparse kernel must be this much faster than dense to be chosen (0.05 = 5%).
+    pub dense_bias: f64,
+}
+
+impl Options {
+    pub fn new(policy: KernelPolicy) -> Result<Options> {
+        let isa = crate::kernels::active_isa().map_err(EngineError::Shape)?;
+        Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05 })
+    }
+}
+
+/// A kernel family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Dense,
+    Sparse,
+}
+
+impl Kernel {
+    pub fn name(self, batch1: bool) -> &'static str {
+        match (self, batch1) {
+            (Kernel::Dense, _) => "dense-gemm",
+            (Kernel::Sparse, false) => "f32-spmm-csr",
+            (Kernel::Sparse, true) => "f32-spmv-csr",
+        }
+    }
+}
+
+/// Packed weights of a linear layer or convolution, `[rows, cols]` with `cols = in (* kh * kw)`.
+#[derive(Debug, Clone)]
+pub struct MatMul {
+    pub rows: usize,
+    pub cols: usize,
+    pub bias: Vec<f32>,
+    pub relu: bool,
+    /// Kernel at batch 1 and for batched tiles.
+    pub batch1: Kernel,
+    pub batched: Kernel,
+    /// Present when some choice is dense.
+    pub dense: Option<Vec<f32>>,
+    /// Present when some choice is sparse.
+    pub csr: Option<Csr>,
+    pub sparsity: f64,
+    /// For convolutions, the window geometry (with `w = 1`; scaled per tile).
+    pub conv: Option<Geometry>,
+}
+
+impl MatMul {
+    pub fn kernel(&self, batch1: bool) -> Kernel {
+        if batch1 { self.batch1 } else { self.batched }
+    }
+    /// Bytes of packed weights kept for execution.
+    pub fn weight_bytes(&self) -> usize {
+        self.dense.as_ref().map_or(0, |d| 4 * d.len()) + self.csr.as_ref().map_or(0, Csr::bytes) + 4 * self.bias.len()
+    }
+    /// Useful (non-zero) multiply-adds per output position, times two: FLOPs per sample column.
+    pub fn useful_flops_per_column(&self) -> f64 {
+        2.0 * self.rows as f64 * self.cols as f64 * (1.0 - self.sparsity)
+    }
+}
+
+/// An executable operator.
+#[derive(Debug, Clone)]
+pub enum Exec {
+    MatMul(Box<MatMul>),
+    Affine { scale: Vec<f32>, shift: Vec<f32>, relu: bool, per_channel: usize },
+    Relu,
+    Pool { geometry: Geometry, avg: Option<bool> },
+    GlobalAvgPool { channels: usize, pixels: usize },
+    Add { relu: bool },
+    /// Same memory layout in and out: a copy.
+    Flatten,
+    Softmax,
+}
+
+/// One layer of the compiled model.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub name: String,
+    pub kind: &'static str,
+    pub exec: Exec,
+    /// Value indices.
+    pub inputs: Vec<usize>,
+    pub output: usize,
+    pub out_shape: Vec<usize>,
+}
+
+/// A compiled model, ready to run at any batch size.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub graph: Graph,
+    pub layers: Vec<Layer>,
+    /// Per-sample element count of every value; value 0 is the input.
+    pub value_sizes: Vec<usize>,
+    pub output_value: usize,
+    pub input_shape: Vec<usize>,
+    pub output_shape: Vec<usize>,
+    pub options: Options,
+}
+
+/// Compiles a graph.
+pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
+    passes::optimize(&mut graph);
+    let shapes = graph.infer_shapes()?;
+    let mut names: Vec<String> = vec![graph.input.clone()];
+    let mut value_sizes = vec![graph.input_shape.iter().product()];
+    let mut layers = Vec::new();
+    let shape_of = |name: &str, upto: usize| -> Vec<usize> { shapes[..upto].iter().rev().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap_or_default() };
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let inputs: Vec<usize> = node
+            .inputs
+            .iter()
+            .map(|n| names.iter().rposition(|v| v == n).ok_or_else(|| EngineError::graph(&node.name, format!("unknown input '{n}'"))))
+            .collect::<Result<_>>()?;
+        let in_shape = shape_of(&node.inputs[0], i + 1);
+        let out_shape = shapes[i + 1].1.clone();
+        let relu = |a: &Activation| *a == Activation::Relu;
+        let exec = match &node.op {
+            Op::Linear { weight, bias, act } => Exec::MatMul(Box::new(pack(&node.name, weight.rows(), weight.cols(), &weight.data, bias, relu(act), None, &options)?)),
+            Op::Conv { weight, bias, window, act } => {
+                let geometry = Geometry { channels: in_shape[0], in_hw: [in_shape[1], in_shape[2]], out_hw: [out_shape[1], out_shape[2]], window: *window, w: 1 };
+                Exec::MatMul(Box::new(pack(&node.name, weight.rows(), weight.cols(), &weight.data, bias, relu(act), Some(geometry), &options)?))
+            }
+            Op::Affine { scale, shift, act } => {
+                Exec::Affine { scale: scale.clone(), shift: shift.clone(), relu: relu(act), per_channel: in_shape[1..].iter().product() }
+            }
+            Op::Relu => Exec::Relu,
+            Op::MaxPool { window } | Op::AvgPool { window, .. } => {
+                let geometry = Geometry { channels: in_shape[0], in_hw: [in_shape[1], in_shape[2]], out_hw: [out_shape[1], out_shape[2]], window: *window, w: 1 };
+                let avg = if let Op::AvgPool { count_include_pad, .. } = node.op { Some(count_include_pad) } else { None };
+                Exec::Pool { geometry, avg }
+            }
+            Op::GlobalAvgPool => Exec::GlobalAvgPool { channels: in_shape[0], pixels: in_shape[1..].iter().product() },
+            Op::Add { act } => Exec::Add { relu: relu(act) },
+            Op::Flatten => Exec::Flatten,
+            Op::Softmax => Exec::Softmax,
+        };
+        names.push(node.output.clone());
+        value_sizes.push(out_shape.iter().product());
+        layers.push(Layer { name: node.name.clone(), kind: node.op.kind(), exec, inputs, output: names.len() - 1, out_shape });
+    }
+    let output_value = names.iter().rposition(|n| n == &graph.output).ok_or_else(|| EngineError::graph(&graph.output, "output not produced"))?;
+    let output_shape = value_sizes.get(output_value).map(|_| shapes.iter().rev().find(|(n, _)| n == &graph.output).unwrap().1.clone()).unwrap();
+    Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pack(name: &str, rows: usize, cols: usize, data: &[f32], bias: &[f32], relu: bool, conv: Option<Geometry>, o: &Options) -> Result<MatMul> {
+    if rows == 0 || data.len() != rows * cols || bias.len() != rows {
+        return Err(EngineError::graph(name, format!("weight of {} values does not match [{rows}, {cols}]", data.len())));
+    }
+    let csr = Csr::from_dense(data, rows, cols);
+    let sparsity = 1.0 - csr.nnz() as f64 / data.len().max(1) as f64;
+    let mut m = MatMul { rows, cols, bias: bias.to_vec(), relu, batch1: Kernel::Dense, batched: Kernel::Dense, dense: None, csr: None, sparsity, conv };
+    (m.batch1, m.batched) = match o.policy {
+        KernelPolicy::Dense => (Kernel::Dense, Kernel::Dense),
+        KernelPolicy::Sparse => (Kernel::Sparse, Kernel::Sparse),
+        KernelPolicy::Auto => {
+            let positions = conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
+            (choose(&m, data, &csr, positions, o), choose(&m, data, &csr, positions * o.tile, o))
+        }
+    };
+    if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
+        m.dense = Some(data.to_vec());
+    }
+    if m.batch1 == Kernel::Sparse || m.batched == Kernel::Sparse {
+        m.csr = Some(csr);
+    }
+    Ok(m)
+}
+
+/// Times dense and sparse on a `[cols, w]` input (single thread) and returns the faster one,
+/// with `dense_bias` in dense's favour.
+fn choose(m: &MatMul, data: &[f32], csr: &Csr, w: usize, o: &Options) -> Kernel {
+    let x: Vec<f32> = (0..m.cols * w).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
+    let mut y = vec![0.0f32; m.rows * w];
+    let mut time = |f: &mut dyn FnMut(&mut [f32])| -> f64 {
+        f(&mut y.clone());
+        let mut best = f64::MAX;
+        let mut spent = 0.0;
+        for _ in 0..15 {
+            let t = Instant::now();
+            f(&mut y);
+            let e = t.elapsed().as_secs_f64();
+            best = best.min(e);
+            spent += e;
+            if spent > 0.05 {
+                break;
+            }
+        }
+        best
+    };
+    let t_dense = time(&mut |y| dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &x, w, y, m.relu, 1));
+    let t_sparse = time(&mut |y| {
+        if w == 1 {
+            spmv::spmv(o.isa, csr, &m.bias, &x, y, 0..m.rows, m.relu)
+        } else {
+            spmm::spmm(o.isa, csr, &m.bias, &x, w, y, 0..m.rows, m.relu)
+        }
+    });
+    if t_sparse < t_dense * (1.0 - o.dense_bias) { Kernel::Sparse } else { Kernel::Dense }
+}

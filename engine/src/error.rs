@@ -1,0 +1,30 @@
+//! The engine's error type: every variant says which file, node or tensor it is about.
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a valid model file: {reason}")]
+    Format { path: String, reason: String },
+    #[error("{path}: not a valid ONNX file: {reason}")]
+    Onnx { path: String, reason: String },
+    #[error("unsupported ONNX operator '{op}' (node '{node}'); supported: {supported}")]
+    UnsupportedOp { op: String, node: String, supported: &'static str },
+    #[error("node '{node}': {reason}")]
+    Graph { node: String, reason: String },
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    #[error("{path}: not a valid .npy file: {reason}")]
+    Npy { path: String, reason: String },
+}
+
+impl EngineError {
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        EngineError::Io { path: path.as_ref().display().to_string(), source }
+    }
+    pub fn graph(node: impl Into<String>, reason: impl Into<String>) -> Self {
+        EngineError::Graph { node: node.into(), reason: reason.into() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,0 +1,317 @@
+//! Runs a compiled model on a batch. The batch is cut into tiles of up to `tile` samples; each
+//! tile owns one contiguous chunk of the activation arena holding every value of the model for
+//! that tile (feature-major, see `kernels`). With several tiles, tiles run in parallel, each
+//! through the whole network; with one tile, each layer splits its rows over the threads.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
+use crate::error::{EngineError, Result};
+use crate::kernels::window::{self, Geometry};
+use crate::kernels::{Isa, dense, spmm, spmv};
+
+/// Memory plan for one batch size: where each value lives inside a tile's chunk.
+#[derive(Debug, Clone)]
+struct Plan {
+    batch: usize,
+    tile: usize,
+    /// Offset of each value in a tile chunk (`value_sizes[v] * tile` floats each).
+    offsets: Vec<usize>,
+    /// Offset and size of the im2col scratch space.
+    scratch: Range<usize>,
+    chunk: usize,
+}
+
+impl Plan {
+    fn new(model: &Model, batch: usize) -> Plan {
+        let tile = if batch <= 1 { 1 } else { model.options.tile.min(batch) };
+        // Rows of full tiles are padded to 16 floats (64 bytes) so every row of every value starts
+        // on a cache line: misaligned vector loads split lines and run about twice as slow.
+        let tile_ld = padded(tile);
+        let mut offsets = Vec::with_capacity(model.value_sizes.len());
+        let mut at = 0;
+        for &size in &model.value_sizes {
+            offsets.push(at);
+            at += size * tile_ld;
+        }
+        let scratch_len = model
+            .layers
+            .iter()
+            .filter_map(|l| match &l.exec {
+                Exec::MatMul(m) => m.conv.map(|g| m.cols * g.out_hw[0] * g.out_hw[1] * tile_ld),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        Plan { batch, tile, offsets, scratch: at..at + scratch_len, chunk: at + scratch_len }
+    }
+
+    fn n_tiles(&self) -> usize {
+        self.batch.div_ceil(self.tile)
+    }
+    /// Samples in tile `t`.
+    fn width(&self, t: usize) -> usize {
+        self.tile.min(self.batch - t * self.tile)
+    }
+    /// Row length of tile `t` (its width, padded).
+    fn ld(&self, t: usize) -> usize {
+        padded(self.width(t))
+    }
+}
+
+/// Widths of 16 or more are padded to a multiple of 16 floats; smaller ones are left as they
+/// are, since padding would multiply their work.
+fn padded(w: usize) -> usize {
+    if w >= 16 { w.next_multiple_of(16) } else { w }
+}
+
+/// Floats to skip from the start of `v` to reach a 64-byte boundary.
+fn align_offset(v: &[f32]) -> usize {
+    (64 - v.as_ptr() as usize % 64) % 64 / 4
+}
+
+/// Executes a model; keeps its arena between calls of the same batch size.
+pub struct Session<'m> {
+    model: &'m Model,
+    threads: usize,
+    pool: rayon::ThreadPool,
+    plan: Option<Plan>,
+    /// Every tile's chunk, from `arena[arena_start..]` (the first 64-byte boundary).
+    arena: Vec<f32>,
+    arena_start: usize,
+}
+
+impl<'m> Session<'m> {
+    /// A session with `threads` worker threads (at least 1).
+    pub fn new(model: &'m Model, threads: usize) -> Result<Session<'m>> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| EngineError::Shape(format!("cannot start {threads} threads: {e}")))?;
+        Ok(Session { model, threads, pool, plan: None, arena: Vec::new(), arena_start: 0 })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `input` (`[batch, input features]`, row-major) and returns `[batch, output features]`.
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let model = self.model;
+        let f_in = model.value_sizes[0];
+        if batch == 0 || input.len() != batch * f_in {
+            return Err(EngineError::Shape(format!(
+                "input has {} values; expected batch x {f_in} (per-sample shape {:?}) with batch >= 1",
+                input.len(),
+                model.input_shape
+            )));
+        }
+        if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
+            let plan = Plan::new(model, batch);
+            self.arena = vec![0.0; plan.chunk * plan.n_tiles() + 16];
+            self.arena_start = align_offset(&self.arena);
+            self.plan = Some(plan);
+        }
+        let plan = self.plan.as_ref().expect("set above");
+        let chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.n_tiles()).collect();
+        let threads = self.threads;
+        self.pool.install(|| {
+            if chunks.len() >= 2 && threads > 1 {
+                chunks.into_par_iter().enumerate().for_each(|(t, chunk)| run_tile(model, plan, t, chunk, input, 1));
+            } else {
+                for (t, chunk) in chunks.into_iter().enumerate() {
+                    run_tile(model, plan, t, chunk, input, threads);
+                }
+            }
+        });
+        Ok(self.gather_output())
+    }
+
+    /// Runs `input` layer by layer (every tile through one layer before the next) and returns the
+    /// seconds spent in each layer, for `engine analyze`.
+    pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<f64>> {
+        self.run(input, batch)?; // validates, plans and warms up
+        let model = self.model;
+        let plan = self.plan.as_ref().expect("planned by run");
+        let mut chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.n_tiles()).collect();
+        let threads = self.threads;
+        let mut seconds = Vec::with_capacity(model.layers.len());
+        self.pool.install(|| {
+            for (t, chunk) in chunks.iter_mut().enumerate() {
+                load_input(model, plan, t, chunk, input);
+            }
+            for layer in &model.layers {
+                let start = std::time::Instant::now();
+                if chunks.len() >= 2 && threads > 1 {
+                    chunks.par_iter_mut().enumerate().for_each(|(t, chunk)| run_layer_on_tile(model, plan, layer, t, chunk, 1));
+                } else {
+                    for (t, chunk) in chunks.iter_mut().enumerate() {
+                        run_layer_on_tile(model, plan, layer, t, chunk, threads);
+                    }
+                }
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+        });
+        Ok(seconds)
+    }
+
+    fn gather_output(&self) -> Vec<f32> {
+        let model = self.model;
+        let plan = self.plan.as_ref().expect("planned by run");
+        let batch = plan.batch;
+        // Gather the output, transposing each tile back to sample-major.
+        let f_out = model.value_sizes[model.output_value];
+        let mut out = vec![0.0; batch * f_out];
+        let off = plan.offsets[model.output_value];
+        for (t, chunk) in self.arena[self.arena_start..].chunks(plan.chunk.max(1)).take(plan.n_tiles()).enumerate() {
+            let (w, ld) = (plan.width(t), plan.ld(t));
+            for s in 0..w {
+                let row = &mut out[(t * plan.tile + s) * f_out..][..f_out];
+                for (f, o) in row.iter_mut().enumerate() {
+                    *o = chunk[off + f * ld + s];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The regions of `chunk` for the layer's inputs (read) and output (written); the output never
+/// overlaps an input because every value has its own region.
+fn regions<'a>(chunk: &'a mut [f32], inputs: &[Range<usize>], out: Range<usize>) -> (Vec<&'a [f32]>, &'a mut [f32]) {
+    let (before, rest) = chunk.split_at_mut(out.start);
+    let (output, after) = rest.split_at_mut(out.len());
+    let (before, after): (&'a [f32], &'a [f32]) = (before, after);
+    let ins = inputs
+        .iter()
+        .map(|r| if r.end <= out.start { &before[r.clone()] } else { &after[r.start - out.end..r.end - out.end] })
+        .collect();
+    (ins, output)
+}
+
+/// Transposes tile `t`'s samples of `input` into the tile's input region (feature-major).
+fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[f32]) {
+    let (w, ld) = (plan.width(t), plan.ld(t));
+    let f_in = model.value_sizes[0];
+    let x0 = &mut chunk[plan.offsets[0]..plan.offsets[0] + f_in * ld];
+    for s in 0..w {
+        let sample = &input[(t * plan.tile + s) * f_in..][..f_in];
+        for (f, v) in sample.iter().enumerate() {
+            x0[f * ld + s] = *v;
+        }
+    }
+}
+
+/// Runs the whole network on tile `t`.
+fn run_tile(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[f32], threads: usize) {
+    load_input(model, plan, t, chunk, input);
+    for layer in &model.layers {
+        run_layer_on_tile(model, plan, layer, t, chunk, threads);
+    }
+}
+
+fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk: &mut [f32], threads: usize) {
+    // Padding columns are computed along with the samples: they hold finite values derived from
+    // zeros and are never read back.
+    let w = plan.ld(t);
+    let isa = model.options.isa;
+    let range = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * w;
+    let ins: Vec<Range<usize>> = layer.inputs.iter().map(|&v| range(v)).collect();
+    let out_range = range(layer.output);
+    if let Exec::MatMul(m) = &layer.exec {
+        if let Some(g) = m.conv {
+            let positions = g.out_hw[0] * g.out_hw[1];
+            let (before, rest) = chunk.split_at_mut(plan.scratch.start);
+            let scratch = &mut rest[..m.cols * positions * w];
+            window::im2col(&Geometry { w, ..g }, &before[ins[0].clone()], scratch);
+            matmul(isa, m, scratch, positions * w, &mut before[out_range], threads);
+            return;
+        }
+    }
+    let (xs, y) = regions(chunk, &ins, out_range);
+    run_layer(isa, &layer.exec, &xs, y, w, threads);
+}
+
+/// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`.
+fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usize) {
+    let batch1 = w == 1;
+    match m.kernel(batch1) {
+        Kernel::Dense => {
+            let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
+            if threads <= 1 || m.rows < 64 {
+                return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, 1);
+            }
+            // Slabs of rows, a multiple of 16 each, one GEMM per slab.
+            let slab = m.rows.div_ceil(threads * 2).next_multiple_of(16);
+            let k = m.cols;
+            y[..m.rows * w].par_chunks_mut(slab * w).zip(wt.par_chunks(slab * k)).zip(m.bias.par_chunks(slab)).for_each(|((y, wt), bias)| {
+                dense::dense(isa, wt, bias.len(), k, bias, x, w, y, m.relu, 1);
+            });
+        }
+        Kernel::Sparse => {
+            let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
+            let run = |rows: Range<usize>, y: &mut [f32]| {
+                if batch1 { spmv::spmv(isa, csr, &m.bias, x, y, rows, m.relu) } else { spmm::spmm(isa, csr, &m.bias, x, w, y, rows, m.relu) }
+            };
+            if threads <= 1 {
+                return run(0..m.rows, y);
+            }
+            // Several chunks per thread so work stealing evens out rows of unequal cost.
+            let ranges = csr.balanced_row_ranges(threads * 4);
+            let mut parts = Vec::with_capacity(ranges.len());
+            let mut rest = &mut y[..m.rows * w];
+            for r in &ranges {
+                let (head, tail) = rest.split_at_mut(r.len() * w);
+                parts.push((r.clone(), head));
+                rest = tail;
+            }
+            parts.into_par_iter().for_each(|(r, y)| run(r, y));
+        }
+    }
+}
+
+fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, threads: usize) {
+    let x = xs[0];
+    let relu = |v: f32, on: bool| if on { v.max(0.0) } else { v };
+    match exec {
+        Exec::MatMul(m) => matmul(isa, m, x, w, y, threads),
+        Exec::Affine { scale, shift, relu: r, per_channel } => {
+            let n = per_channel * w;
+            for (c, (s, b)) in scale.iter().zip(shift).enumerate() {
+                for (o, i) in y[c * n..(c + 1) * n].iter_mut().zip(&x[c * n..(c + 1) * n]) {
+                    *o = relu(i * s + b, *r);
+                }
+            }
+        }
+        Exec::Relu => y.iter_mut().zip(x).for_each(|(o, i)| *o = i.max(0.0)),
+        Exec::Flatten => y.copy_from_slice(x),
+        Exec::Add { relu: r } => y.iter_mut().zip(x.iter().zip(xs[1])).for_each(|(o, (a, b))| *o = relu(a + b, *r)),
+        Exec::Pool { geometry, avg } => window::pool(&Geometry { w, ..*geometry }, x, y, *avg),
+        Exec::GlobalAvgPool { channels, pixels } => {
+            for c in 0..*channels {
+                let out = &mut y[c * w..(c + 1) * w];
+                out.fill(0.0);
+                for p in 0..*pixels {
+                    out.iter_mut().zip(&x[(c * pixels + p) * w..][..w]).for_each(|(o, i)| *o += i);
+                }
+                out.iter_mut().for_each(|o| *o /= *pixels as f32);
+            }
+        }
+        Exec::Softmax => {
+            let features = x.len() / w;
+            for s in 0..w {
+                let max = (0..features).map(|f| x[f * w + s]).fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for f in 0..features {
+                    let e = (x[f * w + s] - max).exp();
+                    y[f * w + s] = e;
+                    sum += e;
+                }
+                (0..features).for_each(|f| y[f * w + s] /= sum);
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The engine's native model file (see `engine/FORMAT.md`): a safetensors container whose
+//! metadata holds the format name, its version and the graph as JSON, and whose tensors hold the
+//! weights, each linear or convolution weight either dense or in CSR (values, column indices,
+//! row offsets), whichever is smaller, so the file shrinks with sparsity.
+//!
+//! Loading trusts nothing: safetensors checks every offset and length against the file, and this
+//! module checks dtypes, shapes, CSR offsets and indices before building the graph.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::graph::{Activation, Graph, Node, Op, Weight, Window};
+
+/// Value of the `format` metadata key.
+pub const FORMAT_NAME: &str = "sparsify-engine";
+/// Largest weight a file may declare (elements): a bound on what a hostile header can make the
+/// loader allocate.
+pub const MAX_WEIGHT_ELEMENTS: usize = 1 << 28;
+
+/// Current version, the `format_version` metadata key. Readers reject other versions.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How a weight tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// `NAME`: f32, the weight's full shape.
+    Dense,
+    /// `NAME.values` f32 `[nnz]`, `NAME.col_indices` u16 or u32 `[nnz]`, `NAME.row_offsets` u32
+    /// `[rows + 1]`; rows are the first dimension, columns the rest flattened.
+    Csr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightRef {
+    tensor: String,
+    shape: Vec<usize>,
+    encoding: Encoding,
+    /// Always `out_in`: output dimension first, then input (and kernel) dimensions.
+    layout: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum FileOp {
+    Linear { weight: WeightRef, bias: String, act: Activation },
+    Conv { weight: WeightRef, bias: String, window: Window, act: Activation },
+    Affine { scale: String, shift: String, act: Activation },
+    Relu,
+    MaxPool { window: Window },
+    AvgPool { window: Window, count_include_pad: bool },
+    GlobalAvgPool,
+    Add { act: Activation },
+    Flatten,
+    Softmax,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FileNode {
+    name: String,
+    inputs: Vec<String>,
+    output: String,
+    op: FileOp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGraph {
+    input: String,
+    input_shape: Vec<usize>,
+    output: String,
+    nodes: Vec<FileNode>,
+}
+
+/// Tensors being written: name, dtype, shape, little-endian bytes.
+struct Tensors(Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);
+
+impl Tensors {
+    fn f32(&mut self, name: String, shape: Vec<usize>, v: &[f32]) -> String {
+        self.0.push((name.clone(), Dtype::F32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        name
+    }
+    fn weight(&mut self, name: &str, w: &Weight) -> WeightRef {
+        let (rows, cols) = (w.rows(), w.cols());
+        let nnz = w.data.iter().filter(|&&v| v != 0.0).count();
+        let wide = cols > u16::MAX as usize + 1;
+        let csr_bytes = nnz * if wide { 8 } else { 6 } + 4 * (rows + 1);
+        let tensor = format!("{name}.weight");
+        if csr_bytes >= 4 * w.data.len() {
+            self.f32(tensor.clone(), w.shape.clone(), &w.data);
+            return WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Dense, layout: "out_in".into() };
+        }
+        let (mut values, mut cols_idx, mut offsets) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz), vec![0u32]);
+        for row in w.data.chunks(cols.max(1)).take(rows) {
+            for (c, &v) in row.iter().enumerate().filter(|(_, v)| **v != 0.0) {
+                values.push(v);
+                cols_idx.push(c as u32);
+            }
+            offsets.push(values.len() as u32);
+        }
+        self.f32(format!("{tensor}.values"), vec![nnz], &values);
+        let (dtype, bytes): (Dtype, Vec<u8>) = if wide {
+            (Dtype::U32, cols_idx.iter().flat_map(|c| c.to_le_bytes()).collect())
+        } else {
+            (Dtype::U16, cols_idx.iter().flat_map(|&c| (c as u16).to_le_bytes()).collect())
+        };
+        self.0.push((format!("{tensor}.col_indices"), dtype, vec![nnz], bytes));
+        self.0.push((format!("{tensor}.row_offsets"), Dtype::U32, vec![rows + 1], offsets.iter().flat_map(|o| o.to_le_bytes()).collect()));
+        WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Csr, layout: "out_in".into() }
+    }
+}
+
+/// Serialises a graph into the native format.
+pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
+    let mut t = Tensors(Vec::new());
+    let mut nodes = Vec::new();
+    for n in &graph.nodes {
+        let name = &n.name;
+        let op = match &n.op {
+            Op::Linear { weight, bias, act } => {
+                FileOp::Linear { weight: t.weight(name, weight), bias: t.f32(format!("{name}.bias"), vec![bias.len()], bias), act: *act }
+            }
+            Op::Conv { weight, bias, window, act } => FileOp::Conv {
+                weight: t.weight(name, weight),
+                bias: t.f32(format!("{name}.bias"), vec![bias.len()], bias),
+                window: *window,
+                act: *act,
+            },
+            Op::Affine { scale, shift, act } => FileOp::Affine {
+                scale: t.f32(format!("{name}.scale"), vec![scale.len()], scale),
+                shift: t.f32(format!("{name}.shift"), vec![shift.len()], shift),
+                act: *act,
+            },
+            Op::Relu => FileOp::Relu,
+            Op::MaxPool { window } => FileOp::MaxPool { window: *window },
+            Op::AvgPool { window, count_include_pad } => FileOp::AvgPool { window: *window, count_include_pad: *count_include_pad },
+            Op::GlobalAvgPool => FileOp::GlobalAvgPool,
+            Op::Add { act } => FileOp::Add { act: *act },
+            Op::Flatten => FileOp::Flatten,
+            Op::Softmax => FileOp::Softmax,
+        };
+        nodes.push(FileNode { name: name.clone(), inputs: n.inputs.clone(), output: n.output.clone(), op });
+    }
+    let fg = FileGraph { input: graph.input.clone(), input_shape: graph.input_shape.clone(), output: graph.output.clone(), nodes };
+    let meta: HashMap<String, String> = [
+        ("format".to_string(), FORMAT_NAME.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("graph".to_string(), serde_json::to_string(&fg).expect("graph serialises")),
+    ]
+    .into();
+    let views: Vec<(String, TensorView)> = t
+        .0
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("sizes are consistent by construction")))
+        .collect();
+    safetensors::serialize(views, &Some(meta)).map_err(|e| EngineError::Format { path: "<memory>".into(), reason: e.to_string() })
+}
+
+/// Writes a graph to `path` atomically (temporary file, then rename).
+pub fn save(graph: &Graph, path: &Path) -> Result<()> {
+    crate::fsutil::write_atomic(path, &to_bytes(graph)?)
+}
+
+/// Parses the native format; `path` names the file in errors.
+pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
+    let bad = |reason: String| EngineError::Format { path: path.to_string(), reason };
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("safetensors header: {e}")))?;
+    let meta = header.metadata().clone().ok_or_else(|| bad("no metadata (is this a plain safetensors file?)".into()))?;
+    if meta.get("format").map(String::as_str) != Some(FORMAT_NAME) {
+        return Err(bad(format!("metadata 'format' is {:?}, expected \"{FORMAT_NAME}\"", meta.get("format"))));
+    }
+    let version = meta.get("format_version").cloned().unwrap_or_default();
+    if version != FORMAT_VERSION.to_string() {
+        return Err(bad(format!("format_version {version:?} is not supported (this engine reads version {FORMAT_VERSION})")));
+    }
+    let fg: FileGraph = serde_json::from_str(meta.get("graph").ok_or_else(|| bad("metadata has no 'graph'".into()))?)
+        .map_err(|e| bad(format!("graph metadata: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("safetensors: {e}")))?;
+    let reader = Reader { st: &st, path };
+    let mut nodes = Vec::new();
+    for n in fg.nodes {
+        let op = match n.op {
+            FileOp::Linear { weight, bias, act } => {
+                let weight = reader.weight(&weight)?;
+                Op::Linear { bias: reader.f32(&bias, Some(weight.rows()))?, weight, act }
+            }
+            FileOp::Conv { weight, bias, window, act } => {
+                let weight = reader.weight(&weight)?;
+                Op::Conv { bias: reader.f32(&bias, Some(weight.rows()))?, weight, window, act }
+            }
+            FileOp::Affine { scale, shift, act } => {
+                let scale = reader.f32(&scale, None)?;
+                Op::Affine { shift: reader.f32(&shift, Some(scale.len()))?, scale, act }
+            }
+            FileOp::Relu => Op::Relu,
+            FileOp::MaxPool { window } => Op::MaxPool { window },
+            FileOp::AvgPool { window, count_include_pad } => Op::AvgPool { window, count_include_pad },
+            FileOp::GlobalAvgPool => Op::GlobalAvgPool,
+            FileOp::Add { act } => Op::Add { act },
+            FileOp::Flatten => Op::Flatten,
+            FileOp::Softmax => Op::Softmax,
+        };
+        nodes.push(Node { name: n.name, op, inputs: n.inputs, output: n.output });
+    }
+    let graph = Graph { input: fg.input, input_shape: fg.input_shape, output: fg.output, nodes };
+    graph.infer_shapes().map_err(|e| bad(e.to_string()))?;
+    Ok(graph)
+}
+
+struct Reader<'a> {
+    st: &'a SafeTensors<'a>,
+    path: &'a str,
+}
+
+impl Reader<'_> {
+    fn bad(&self, reason: String) -> EngineError {
+        EngineError::Format { path: self.path.to_string(), reason }
+    }
+
+    fn view(&self, name: &str, dtypes: &[Dtype]) -> Result<TensorView<'_>> {
+        let v = self.st.tensor(name).map_err(|e| self.bad(format!("tensor '{name}': {e}")))?;
+        if !dtypes.contains(&v.dtype()) {
+            return Err(self.bad(format!("tensor '{name}' has dtype {:?}, expected one of {dtypes:?}", v.dtype())));
+        }
+        Ok(v)
+    }
+
+    fn f32(&self, name: &str, len: Option<usize>) -> Result<Vec<f32>> {
+        let v = self.view(name, &[Dtype::F32])?;
+        let out: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        match len {
+            Some(l) if l != out.len() => Err(self.bad(format!("tensor '{name}' has {} values, expected {l}", out.len()))),
+            _ => Ok(out),
+        }
+    }
+
+    fn u32s(&self, name: &str) -> Result<Vec<u32>> {
+        let v = self.view(name, &[Dtype::U16, Dtype::U32])?;
+        Ok(match v.dtype() {
+            Dtype::U16 => v.data().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
+            _ => v.data().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        })
+    }
+
+    fn weight(&self, r: &WeightRef) -> Result<Weight> {
+        if r.layout != "out_in" {
+            return Err(self.bad(format!("weight '{}' has layout '{}', expected 'out_in'", r.tensor, r.layout)));
+        }
+        if r.shape.len() < 2 || r.shape.contains(&0) {
+            return Err(self.bad(format!("weight '{}' has shape {:?}", r.tensor, r.shape)));
+        }
+        let numel = r.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_WEIGHT_ELEMENTS);
+        let numel = numel.ok_or_else(|| self.bad(format!("weight '{}' shape {:?} is too large", r.tensor, r.shape)))?;
+        let (rows, cols) = (r.shape[0], numel / r.shape[0]);
+        let data = match r.encoding {
+            Encoding::Dense => {
+                let v = self.view(&r.tensor, &[Dtype::F32])?;
+                if v.shape() != r.shape.as_slice() {
+                    return Err(self.bad(format!("tensor '{}' has shape {:?}, the graph says {:?}", r.tensor, v.shape(), r.shape)));
+                }
+                self.f32(&r.tensor, Some(numel))?
+            }
+            Encoding::Csr => {
+                let values = self.f32(&format!("{}.values", r.tensor), None)?;
+                let cols_idx = self.u32s(&format!("{}.col_indices", r.tensor))?;
+                let offsets = self.u32s(&format!("{}.row_offsets", r.tensor))?;
+                let ok_offsets = offsets.len() == rows + 1
+                    && offsets[0] == 0
+                    && offsets.windows(2).all(|w| w[0] <= w[1])
+                    && offsets[rows] as usize == values.len()
+                    && cols_idx.len() == values.len();
+                if !ok_offsets {
+                    return Err(self.bad(format!("weight '{}': inconsistent CSR offsets or lengths", r.tensor)));
+                }
+                let mut data = vec![0.0f32; numel];
+                for row in 0..rows {
+                    for j in offsets[row] as usize..offsets[row + 1] as usize {
+                        let c = cols_idx[j] as usize;
+                        if c >= cols {
+                            return Err(self.bad(format!("weight '{}': column index {c} out of range ({cols} columns)", r.tensor)));
+                        }
+                        data[row * cols + c] = values[j];
+                    }
+                }
+                data
+            }
+        };
+        Ok(Weight { shape: r.shape.clone(), data })
+    }
+}

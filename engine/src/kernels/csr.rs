@@ -1,0 +1,86 @@
+//! Compressed sparse row weights for the unstructured sparse kernels: for each output row, the
+//! non-zero values and their input (column) indices. Built once from a dense `[rows, cols]`
+//! weight; every index is checked here, so the kernels can index without bounds checks.
+
+/// A `[rows, cols]` matrix in CSR form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Csr {
+    pub rows: usize,
+    pub cols: usize,
+    /// `row_ptr[r]..row_ptr[r + 1]` are row `r`'s entries; `rows + 1` long, non-decreasing.
+    pub row_ptr: Vec<u32>,
+    /// Column of each entry, `< cols`.
+    pub col: Vec<u32>,
+    pub val: Vec<f32>,
+}
+
+impl Csr {
+    /// Packs the non-zeros of a dense row-major `[rows, cols]` matrix.
+    pub fn from_dense(data: &[f32], rows: usize, cols: usize) -> Csr {
+        assert_eq!(data.len(), rows * cols, "dense matrix size");
+        assert!(cols <= i32::MAX as usize && data.len() / rows.max(1) <= i32::MAX as usize, "matrix too large for 32-bit indices");
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        let (mut col, mut val) = (Vec::new(), Vec::new());
+        row_ptr.push(0);
+        for r in 0..rows {
+            for (c, &v) in data[r * cols..(r + 1) * cols].iter().enumerate() {
+                if v != 0.0 {
+                    col.push(c as u32);
+                    val.push(v);
+                }
+            }
+            row_ptr.push(val.len() as u32);
+        }
+        Csr { rows, cols, row_ptr, col, val }
+    }
+
+    pub fn nnz(&self) -> usize {
+        self.val.len()
+    }
+
+    /// Bytes of the packed weights.
+    pub fn bytes(&self) -> usize {
+        4 * (self.row_ptr.len() + self.col.len() + self.val.len())
+    }
+
+    /// Splits `0..rows` into at most `parts` contiguous ranges of about equal non-zeros.
+    pub fn balanced_row_ranges(&self, parts: usize) -> Vec<std::ops::Range<usize>> {
+        let parts = parts.clamp(1, self.rows.max(1));
+        let nnz = self.nnz().max(1);
+        let mut ranges = Vec::with_capacity(parts);
+        let mut start = 0;
+        for p in 1..=parts {
+            let target = (nnz * p).div_ceil(parts) as u32;
+            let mut end = if p == parts { self.rows } else { self.row_ptr.partition_point(|&o| o < target).min(self.rows) };
+            end = end.max(start);
+            if end > start || p == parts {
+                ranges.push(start..end);
+            }
+            start = end;
+        }
+        ranges.retain(|r| !r.is_empty());
+        if ranges.is_empty() {
+            ranges.push(0..self.rows);
+        }
+        ranges
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_and_balances() {
+        let d = [0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 3.0, 4.0, 5.0];
+        let c = Csr::from_dense(&d, 3, 3);
+        assert_eq!(c.row_ptr, vec![0, 1, 2, 5]);
+        assert_eq!(c.col, vec![1, 0, 0, 1, 2]);
+        let r = c.balanced_row_ranges(2);
+        assert_eq!(r.first().unwrap().start, 0);
+        assert_eq!(r.last().unwrap().end, 3);
+        let total: usize = r.iter().map(|r| r.len()).sum();
+        assert_eq!(total, 3);
+        assert_eq!(Csr::from_dense(&[], 0, 5).balanced_row_ranges(4), vec![0..0]);
+    }
+}

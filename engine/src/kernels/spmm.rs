@@ -1,0 +1,179 @@
+//! Sparse (CSR) weights times a tile of activations: `f32-spmm-64x1` in XNNPACK's terms.
+//!
+//! For each output row `r` of `rows`, and every sample column `s < w`:
+//! `y[(r - rows.start) * w + s] = act(bias[r] + sum_j val[j] * x[col[j] * w + s])`.
+//! `x` is `[cols, w]` feature-major, `y` holds the rows of `rows` as `[rows.len(), w]`.
+//! The vector variants keep a 64-column (AVX-512) or 32-column (AVX2) strip of one output row
+//! in registers while streaming that row's non-zeros, so each weight is loaded once per strip.
+
+use std::ops::Range;
+
+use super::Isa;
+use super::csr::Csr;
+
+/// Checks the sizes every variant relies on.
+fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>) {
+    assert!(rows.end <= m.rows && bias.len() == m.rows, "row range or bias does not fit the matrix");
+    assert!(x.len() >= m.cols * w, "input tile too small: {} < {} x {w}", x.len(), m.cols);
+    assert!(y.len() >= rows.len() * w, "output tile too small");
+}
+
+/// The scalar twin: the definition, written plainly.
+pub fn spmm_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+    check(m, bias, x, w, y, &rows);
+    for (i, r) in rows.enumerate() {
+        for s in 0..w {
+            let mut acc = bias[r];
+            for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
+                acc += m.val[j] * x[m.col[j] as usize * w + s];
+            }
+            y[i * w + s] = if relu { acc.max(0.0) } else { acc };
+        }
+    }
+}
+
+/// Runs the variant for `isa` (which the CPU must support).
+pub fn spmm(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+    check(m, bias, x, w, y, &rows);
+    match isa {
+        // SAFETY: sizes checked above; the CSR indices were validated at construction (`col < cols`);
+        // the caller selected `isa` from what the CPU reports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, relu) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, relu) },
+        _ => spmm_ref(m, bias, x, w, y, rows, relu),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::Csr;
+
+    /// # Safety
+    /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn spmm_avx512(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let zero = _mm512_setzero_ps();
+        let r0 = rows.start;
+        let mut c0 = 0;
+        // LOOP 1: strips of 64 sample columns, four vectors of accumulators per output row.
+        while c0 + 64 <= w {
+            for r in rows.clone() {
+                // SAFETY (whole block): j < nnz by the CSR invariants; col * w + c0 + 63 < cols * w <= x.len();
+                // (r - r0) * w + c0 + 63 < rows.len() * w <= y.len().
+                unsafe {
+                    let b = _mm512_set1_ps(*bias.get_unchecked(r));
+                    let (mut a0, mut a1, mut a2, mut a3) = (b, b, b, b);
+                    for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
+                        let v = _mm512_set1_ps(*m.val.get_unchecked(j));
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
+                        a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
+                        a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(32)), a2);
+                        a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(48)), a3);
+                    }
+                    if relu {
+                        (a0, a1, a2, a3) = (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero), _mm512_max_ps(a2, zero), _mm512_max_ps(a3, zero));
+                    }
+                    let q = yp.add((r - r0) * w + c0);
+                    _mm512_storeu_ps(q, a0);
+                    _mm512_storeu_ps(q.add(16), a1);
+                    _mm512_storeu_ps(q.add(32), a2);
+                    _mm512_storeu_ps(q.add(48), a3);
+                }
+            }
+            c0 += 64;
+        }
+        // LOOP 2: the remaining columns, 16 at a time, the last strip masked.
+        while c0 < w {
+            let n = (w - c0).min(16);
+            let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            for r in rows.clone() {
+                // SAFETY: as above; masked lanes are neither read nor written.
+                unsafe {
+                    let mut a = _mm512_set1_ps(*bias.get_unchecked(r));
+                    for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
+                        let v = _mm512_set1_ps(*m.val.get_unchecked(j));
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        a = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), a);
+                    }
+                    if relu {
+                        a = _mm512_max_ps(a, zero);
+                    }
+                    _mm512_mask_storeu_ps(yp.add((r - r0) * w + c0), mask, a);
+                }
+            }
+            c0 += n;
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let zero = _mm256_setzero_ps();
+        let r0 = rows.start;
+        let mut c0 = 0;
+        // LOOP 1: strips of 32 sample columns, four vectors of accumulators per output row.
+        while c0 + 32 <= w {
+            for r in rows.clone() {
+                // SAFETY: as in the AVX-512 variant, with 32-column strips.
+                unsafe {
+                    let b = _mm256_set1_ps(*bias.get_unchecked(r));
+                    let (mut a0, mut a1, mut a2, mut a3) = (b, b, b, b);
+                    for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
+                        let v = _mm256_set1_ps(*m.val.get_unchecked(j));
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p), a0);
+                        a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(8)), a1);
+                        a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(16)), a2);
+                        a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(24)), a3);
+                    }
+                    if relu {
+                        (a0, a1, a2, a3) = (_mm256_max_ps(a0, zero), _mm256_max_ps(a1, zero), _mm256_max_ps(a2, zero), _mm256_max_ps(a3, zero));
+                    }
+                    let q = yp.add((r - r0) * w + c0);
+                    _mm256_storeu_ps(q, a0);
+                    _mm256_storeu_ps(q.add(8), a1);
+                    _mm256_storeu_ps(q.add(16), a2);
+                    _mm256_storeu_ps(q.add(24), a3);
+                }
+            }
+            c0 += 32;
+        }
+        // LOOP 2: strips of 8 columns.
+        while c0 + 8 <= w {
+            for r in rows.clone() {
+                // SAFETY: as above.
+                unsafe {
+                    let mut a = _mm256_set1_ps(*bias.get_unchecked(r));
+                    for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
+                        let v = _mm256_set1_ps(*m.val.get_unchecked(j));
+                        a = _mm256_fmadd_ps(v, _mm256_loadu_ps(xp.add(*m.col.get_unchecked(j) as usize * w + c0)), a);
+                    }
+                    if relu {
+                        a = _mm256_max_ps(a, zero);
+                    }
+                    _mm256_storeu_ps(yp.add((r - r0) * w + c0), a);
+                }
+            }
+            c0 += 8;
+        }
+        // LOOP 3: fewer than 8 columns left, one at a time.
+        for s in c0..w {
+            for r in rows.clone() {
+                let mut acc = bias[r];
+                for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
+                    acc += m.val[j] * x[m.col[j] as usize * w + s];
+                }
+                y[(r - r0) * w + s] = if relu { acc.max(0.0) } else { acc };
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The engine's graph to a standard ONNX file (opset 13, weights as dense initializers with their
+//! zeros, as SparseML exports), which ONNX Runtime and DeepSparse load.
+
+use prost::Message;
+
+use super::proto::*;
+use crate::graph::{Activation, Graph, Op, Weight, Window};
+
+fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: data_type::FLOAT,
+        name: name.to_string(),
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    AttributeProto { name: name.into(), ints: v.iter().map(|&x| x as i64).collect(), r#type: attr_type::INTS, ..Default::default() }
+}
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), i: v, r#type: attr_type::INT, ..Default::default() }
+}
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), f: v, r#type: attr_type::FLOAT, ..Default::default() }
+}
+fn window_attrs(w: &Window, with_dilation: bool) -> Vec<AttributeProto> {
+    let mut a = vec![ints("kernel_shape", &w.kernel), ints("strides", &w.stride), ints("pads", &w.pads)];
+    if with_dilation {
+        a.push(ints("dilations", &w.dilation));
+    }
+    a
+}
+
+fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+    let mut dim = vec![DimensionProto { dim_value: None, dim_param: Some("N".into()) }];
+    dim.extend(shape.iter().map(|&d| DimensionProto { dim_value: Some(d as i64), dim_param: None }));
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto { tensor_type: Some(TensorTypeProto { elem_type: data_type::FLOAT, shape: Some(TensorShapeProto { dim }) }) }),
+    }
+}
+
+struct Builder {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+}
+
+impl Builder {
+    fn node(&mut self, op: &str, name: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) {
+        self.nodes.push(NodeProto { input: inputs, output: vec![output.into()], name: name.into(), op_type: op.into(), attribute, domain: String::new() });
+    }
+    fn init(&mut self, name: String, dims: &[usize], values: &[f32]) -> String {
+        self.inits.push(tensor(&name, dims, values));
+        name
+    }
+    /// Emits `op` then, if `act` is ReLU, a Relu node writing `output`.
+    fn with_act(&mut self, op: &str, name: &str, inputs: Vec<String>, output: &str, attrs: Vec<AttributeProto>, act: Activation) {
+        if act == Activation::Relu {
+            let pre = format!("{output}.pre_relu");
+            self.node(op, name, inputs, &pre, attrs);
+            self.node("Relu", &format!("{name}.relu"), vec![pre], output, vec![]);
+        } else {
+            self.node(op, name, inputs, output, attrs);
+        }
+    }
+    fn weight(&mut self, node: &str, w: &Weight, bias: &[f32]) -> [String; 2] {
+        [self.init(format!("{node}.weight"), &w.shape, &w.data), self.init(format!("{node}.bias"), &[bias.len()], bias)]
+    }
+}
+
+/// Serialises `graph` as an ONNX model.
+pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
+    let mut b = Builder { nodes: Vec::new(), inits: Vec::new() };
+    for n in &graph.nodes {
+        let (name, out, x) = (n.name.as_str(), n.output.as_str(), n.inputs.clone());
+        match &n.op {
+            Op::Linear { weight, bias, act } => {
+                let [w, bias] = b.weight(name, weight, bias);
+                b.with_act("Gemm", name, vec![x[0].clone(), w, bias], out, vec![int("transB", 1)], *act);
+            }
+            Op::Conv { weight, bias, window, act } => {
+                let [w, bias] = b.weight(name, weight, bias);
+                b.with_act("Conv", name, vec![x[0].clone(), w, bias], out, window_attrs(window, true), *act);
+            }
+            Op::Affine { scale, shift, act } => {
+                let c = scale.len();
+                let eps = 1e-5f32;
+                let ins = vec![
+                    x[0].clone(),
+                    b.init(format!("{name}.scale"), &[c], scale),
+                    b.init(format!("{name}.shift"), &[c], shift),
+                    b.init(format!("{name}.mean"), &[c], &vec![0.0; c]),
+                    b.init(format!("{name}.var"), &[c], &vec![1.0 - eps; c]),
+                ];
+                b.with_act("BatchNormalization", name, ins, out, vec![float("epsilon", eps)], *act);
+            }
+            Op::Relu => b.node("Relu", name, x, out, vec![]),
+            Op::MaxPool { window } => b.node("MaxPool", name, x, out, window_attrs(window, false)),
+            Op::AvgPool { window, count_include_pad } => {
+                let mut a = window_attrs(window, false);
+                a.push(int("count_include_pad", *count_include_pad as i64));
+                b.node("AveragePool", name, x, out, a)
+            }
+            Op::GlobalAvgPool => b.node("GlobalAveragePool", name, x, out, vec![]),
+            Op::Add { act } => b.with_act("Add", name, x, out, vec![], *act),
+            Op::Flatten => b.node("Flatten", name, x, out, vec![int("axis", 1)]),
+            Op::Softmax => b.node("Softmax", name, x, out, vec![int("axis", 1)]),
+        }
+    }
+    let model = ModelProto {
+        ir_version: 8,
+        producer_name: "sparsify".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(GraphProto {
+            node: b.nodes,
+            name: "model".into(),
+            initializer: b.inits,
+            input: vec![value_info(&graph.input, &graph.input_shape)],
+            output: vec![value_info(&graph.output, output_shape)],
+        }),
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+    };
+    model.encode_to_vec()
+}

@@ -1,0 +1,305 @@
+//! ONNX to the engine's graph: reads the operators PyTorch, SparseML and the peers' scripts write
+//! for MLPs and CNNs (weights as dense initializers, zeros included) and maps each to an `Op`.
+//! Bias adds after MatMul become the layer's bias; Identity and Dropout disappear; fusions happen
+//! afterwards in `passes`.
+
+use std::collections::HashMap;
+
+use prost::Message;
+
+use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type};
+use crate::error::{EngineError, Result};
+use crate::graph::{Activation, Graph, Node, Op, Weight, Window};
+
+/// Operators this importer understands.
+pub const SUPPORTED: &str = "Gemm, MatMul, Add, Relu, Conv, MaxPool, AveragePool, GlobalAveragePool, BatchNormalization, \
+Flatten, Reshape, Softmax, Identity, Dropout";
+
+/// A constant tensor: dims and values.
+struct Constant {
+    dims: Vec<usize>,
+    values: Vec<f32>,
+}
+
+/// Parses ONNX bytes; `path` names the file in errors.
+pub fn import_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
+    let bad = |reason: String| EngineError::Onnx { path: path.to_string(), reason };
+    let model = ModelProto::decode(bytes).map_err(|e| bad(format!("protobuf decoding failed: {e}")))?;
+    let graph = model.graph.ok_or_else(|| bad("the model has no graph".into()))?;
+
+    let mut constants: HashMap<String, Constant> = HashMap::new();
+    for t in &graph.initializer {
+        constants.insert(t.name.clone(), tensor_values(t).map_err(|e| bad(format!("initializer '{}': {e}", t.name)))?);
+    }
+    let input = graph
+        .input
+        .iter()
+        .find(|i| !constants.contains_key(&i.name))
+        .ok_or_else(|| bad("the graph has no non-constant input".into()))?;
+    let dims: Vec<Option<i64>> = input
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| s.dim.iter().map(|d| d.dim_value).collect())
+        .unwrap_or_default();
+    if dims.len() < 2 || dims[1..].iter().any(|d| d.is_none_or(|v| v <= 0)) {
+        return Err(bad(format!("input '{}' must have a batch dimension and known per-sample dimensions, found {dims:?}", input.name)));
+    }
+    let input_shape: Vec<usize> = dims[1..].iter().map(|d| d.unwrap() as usize).collect();
+    let output = graph.output.first().ok_or_else(|| bad("the graph has no output".into()))?.name.clone();
+
+    let mut importer = Importer { constants, aliases: HashMap::new(), nodes: Vec::new() };
+    for node in &graph.node {
+        importer.node(node)?;
+    }
+    let output = importer.resolve(&output);
+    Ok(Graph { input: input.name.clone(), input_shape, output, nodes: importer.nodes })
+}
+
+fn tensor_values(t: &TensorProto) -> std::result::Result<Constant, String> {
+    if t.data_location == 1 {
+        return Err("external data is not supported; save the model with its weights inside".into());
+    }
+    let dims: Vec<usize> = t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}"))).collect::<std::result::Result<_, _>>()?;
+    let numel: usize = dims.iter().product();
+    let values: Vec<f32> = match t.data_type {
+        data_type::FLOAT if !t.raw_data.is_empty() => t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        data_type::FLOAT => t.float_data.clone(),
+        data_type::INT64 if !t.raw_data.is_empty() => t
+            .raw_data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        data_type::INT64 => t.int64_data.iter().map(|&v| v as f32).collect(),
+        other => return Err(format!("data type {other} is not supported (only float32 and int64)")),
+    };
+    if values.len() != numel {
+        return Err(format!("{} values for dims {dims:?}", values.len()));
+    }
+    Ok(Constant { dims, values })
+}
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
+    attr(node, name).map_or(default, |a| a.i)
+}
+fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
+    attr(node, name).map_or(default, |a| a.f)
+}
+fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<usize>> {
+    attr(node, name).map(|a| a.ints.iter().map(|&v| v.max(0) as usize).collect())
+}
+
+struct Importer {
+    constants: HashMap<String, Constant>,
+    aliases: HashMap<String, String>,
+    nodes: Vec<Node>,
+}
+
+impl Importer {
+    fn resolve(&self, name: &str) -> String {
+        let mut n = name;
+        while let Some(next) = self.aliases.get(n) {
+            n = next;
+        }
+        n.to_string()
+    }
+
+    fn constant(&self, node: &NodeProto, i: usize) -> Result<&Constant> {
+        let name = node.input.get(i).ok_or_else(|| EngineError::graph(node_name(node), format!("missing input {i}")))?;
+        self.constants.get(name).ok_or_else(|| EngineError::graph(node_name(node), format!("input '{name}' must be a constant (initializer)")))
+    }
+
+    fn push(&mut self, node: &NodeProto, op: Op, inputs: Vec<String>) {
+        self.nodes.push(Node { name: node_name(node), op, inputs, output: node.output[0].clone() });
+    }
+
+    fn node(&mut self, node: &NodeProto) -> Result<()> {
+        let name = node_name(node);
+        if node.output.is_empty() {
+            return Err(EngineError::graph(&name, "has no output"));
+        }
+        let x = node.input.first().map(|i| self.resolve(i)).unwrap_or_default();
+        match node.op_type.as_str() {
+            "Identity" | "Dropout" => {
+                self.aliases.insert(node.output[0].clone(), x);
+            }
+            "Gemm" => {
+                if attr_i(node, "transA", 0) != 0 {
+                    return Err(EngineError::graph(&name, "Gemm with transA=1 is not supported"));
+                }
+                let b = self.constant(node, 1)?;
+                if b.dims.len() != 2 {
+                    return Err(EngineError::graph(&name, format!("Gemm weight must be 2-D, found {:?}", b.dims)));
+                }
+                let alpha = attr_f(node, "alpha", 1.0);
+                let mut weight = if attr_i(node, "transB", 0) != 0 { dense(&b.dims, &b.values) } else { transpose(&b.dims, &b.values) };
+                weight.data.iter_mut().for_each(|w| *w *= alpha);
+                let out = weight.rows();
+                let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
+                    Some(_) => broadcast_bias(self.constant(node, 2)?, out, attr_f(node, "beta", 1.0), &name)?,
+                    None => vec![0.0; out],
+                };
+                self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
+            }
+            "MatMul" => {
+                let b = self.constant(node, 1)?;
+                if b.dims.len() != 2 {
+                    return Err(EngineError::graph(&name, format!("MatMul weight must be 2-D, found {:?}", b.dims)));
+                }
+                let weight = transpose(&b.dims, &b.values);
+                let bias = vec![0.0; weight.rows()];
+                self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
+            }
+            "Add" => self.add(node, &name)?,
+            "Relu" => self.push(node, Op::Relu, vec![x]),
+            "Softmax" => {
+                let axis = attr_i(node, "axis", -1);
+                if axis != 1 && axis != -1 {
+                    return Err(EngineError::graph(&name, format!("Softmax over axis {axis} is not supported (only the feature axis)")));
+                }
+                self.push(node, Op::Softmax, vec![x]);
+            }
+            "Flatten" => {
+                if attr_i(node, "axis", 1) != 1 {
+                    return Err(EngineError::graph(&name, "Flatten is supported with axis=1 only"));
+                }
+                self.push(node, Op::Flatten, vec![x]);
+            }
+            "Reshape" => {
+                let shape = self.constant(node, 1)?;
+                if shape.values.len() != 2 || !(shape.values[0] == 0.0 || shape.values[0] == -1.0 || shape.values[1] == -1.0) {
+                    return Err(EngineError::graph(&name, format!("Reshape to {:?} is not supported (only [batch, features])", shape.values)));
+                }
+                self.push(node, Op::Flatten, vec![x]);
+            }
+            "Conv" => self.conv(node, &name, x)?,
+            "BatchNormalization" => {
+                let eps = attr_f(node, "epsilon", 1e-5);
+                let (gamma, beta, mean, var) = (self.constant(node, 1)?, self.constant(node, 2)?, self.constant(node, 3)?, self.constant(node, 4)?);
+                let scale: Vec<f32> = gamma.values.iter().zip(&var.values).map(|(g, v)| g / (v + eps).sqrt()).collect();
+                let shift: Vec<f32> = beta.values.iter().zip(&mean.values).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+                if [gamma, beta, mean, var].iter().any(|c| c.values.len() != scale.len()) {
+                    return Err(EngineError::graph(&name, "BatchNormalization parameters have different lengths"));
+                }
+                self.push(node, Op::Affine { scale, shift, act: Activation::None }, vec![x]);
+            }
+            "MaxPool" | "AveragePool" => {
+                if attr_i(node, "ceil_mode", 0) != 0 {
+                    return Err(EngineError::graph(&name, "pooling with ceil_mode=1 is not supported"));
+                }
+                let window = window(node, &name, None)?;
+                let op = if node.op_type == "MaxPool" {
+                    Op::MaxPool { window }
+                } else {
+                    Op::AvgPool { window, count_include_pad: attr_i(node, "count_include_pad", 0) != 0 }
+                };
+                self.push(node, op, vec![x]);
+            }
+            "GlobalAveragePool" => self.push(node, Op::GlobalAvgPool, vec![x]),
+            other => return Err(EngineError::UnsupportedOp { op: other.to_string(), node: name, supported: SUPPORTED }),
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, node: &NodeProto, name: &str) -> Result<()> {
+        if node.input.len() != 2 {
+            return Err(EngineError::graph(name, "Add needs two inputs"));
+        }
+        let (a, b) = (self.resolve(&node.input[0]), self.resolve(&node.input[1]));
+        let (value, constant) = match (self.constants.contains_key(&a), self.constants.contains_key(&b)) {
+            (false, false) => {
+                self.push(node, Op::Add { act: Activation::None }, vec![a, b]);
+                return Ok(());
+            }
+            (false, true) => (a, b),
+            (true, false) => (b, a),
+            (true, true) => return Err(EngineError::graph(name, "Add of two constants is not supported")),
+        };
+        let c = &self.constants[&constant];
+        // A bias add right after a linear layer or convolution folds into its bias.
+        if let Some(producer) = self.nodes.iter_mut().rev().find(|n| n.output == value) {
+            if let Op::Linear { bias, act: Activation::None, .. } | Op::Conv { bias, act: Activation::None, .. } = &mut producer.op {
+                let add = broadcast_bias(c, bias.len(), 1.0, name)?;
+                bias.iter_mut().zip(add).for_each(|(b, a)| *b += a);
+                producer.output = node.output[0].clone();
+                return Ok(());
+            }
+        }
+        Err(EngineError::graph(name, "adding a constant is supported only right after Gemm, MatMul or Conv"))
+    }
+
+    fn conv(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        if attr_i(node, "group", 1) != 1 {
+            return Err(EngineError::graph(name, "grouped convolutions (group > 1) are not supported"));
+        }
+        let w = self.constant(node, 1)?;
+        if w.dims.len() != 4 {
+            return Err(EngineError::graph(name, format!("Conv weight must be 4-D [out, in, kh, kw], found {:?}", w.dims)));
+        }
+        let weight = dense(&w.dims, &w.values);
+        let window = window(node, name, Some([w.dims[2], w.dims[3]]))?;
+        let out = weight.rows();
+        let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
+            Some(_) => broadcast_bias(self.constant(node, 2)?, out, 1.0, name)?,
+            None => vec![0.0; out],
+        };
+        self.push(node, Op::Conv { weight, bias, window, act: Activation::None }, vec![x]);
+        Ok(())
+    }
+}
+
+fn node_name(node: &NodeProto) -> String {
+    if node.name.is_empty() { format!("{}:{}", node.op_type, node.output.first().map(String::as_str).unwrap_or("?")) } else { node.name.clone() }
+}
+
+fn window(node: &NodeProto, name: &str, kernel: Option<[usize; 2]>) -> Result<Window> {
+    let ks = attr_ints(node, "kernel_shape").or(kernel.map(|k| k.to_vec())).ok_or_else(|| EngineError::graph(name, "missing kernel_shape"))?;
+    if ks.len() != 2 {
+        return Err(EngineError::graph(name, format!("only 2-D windows are supported, found kernel_shape {ks:?}")));
+    }
+    let two = |attr: &str| -> Result<[usize; 2]> {
+        match attr_ints(node, attr) {
+            None => Ok([1, 1]),
+            Some(v) if v.len() == 2 => Ok([v[0], v[1]]),
+            Some(v) => Err(EngineError::graph(name, format!("{attr} must have 2 values, found {v:?}"))),
+        }
+    };
+    let pads = match attr_ints(node, "pads") {
+        None => [0; 4],
+        Some(p) if p.len() == 4 => [p[0], p[1], p[2], p[3]],
+        Some(p) => return Err(EngineError::graph(name, format!("pads must have 4 values, found {p:?}"))),
+    };
+    let auto_pad = attr(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default();
+    if !matches!(auto_pad.as_str(), "" | "NOTSET" | "VALID") {
+        return Err(EngineError::graph(name, format!("auto_pad={auto_pad} is not supported; export with explicit pads")));
+    }
+    Ok(Window { kernel: [ks[0], ks[1]], stride: two("strides")?, pads, dilation: two("dilations")? })
+}
+
+fn dense(dims: &[usize], values: &[f32]) -> Weight {
+    Weight { shape: dims.to_vec(), data: values.to_vec() }
+}
+
+/// `[k, n]` row-major to `[n, k]` row-major.
+fn transpose(dims: &[usize], values: &[f32]) -> Weight {
+    let (k, n) = (dims[0], dims[1]);
+    let mut data = vec![0.0; k * n];
+    for i in 0..k {
+        for j in 0..n {
+            data[j * k + i] = values[i * n + j];
+        }
+    }
+    Weight { shape: vec![n, k], data }
+}
+
+fn broadcast_bias(c: &Constant, out: usize, beta: f32, name: &str) -> Result<Vec<f32>> {
+    match c.values.len() {
+        1 => Ok(vec![c.values[0] * beta; out]),
+        n if n == out => Ok(c.values.iter().map(|v| v * beta).collect()),
+        n => Err(EngineError::graph(name, format!("bias of {n} values for {out} outputs"))),
+    }
+}

@@ -1,0 +1,6 @@
+//! ONNX in and out: `import` reads models from PyTorch, SparseML and others; `export` writes the
+//! engine's graphs for ONNX Runtime and DeepSparse.
+
+pub mod export;
+pub mod import;
+pub mod proto;

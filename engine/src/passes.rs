@@ -1,0 +1,71 @@
+//! Graph rewrites applied to every loaded model: fold a per-channel affine (an unfolded
+//! BatchNormalization) into the linear layer or convolution before it, and fuse ReLU into the
+//! operator that produces its input. Both only apply when the producer's output has no other
+//! consumer, so the graph computes exactly the same function.
+
+use crate::graph::{Activation, Graph, Node, Op};
+
+/// Runs every pass until nothing changes.
+pub fn optimize(graph: &mut Graph) {
+    while fold_affine(graph) || fuse_relu(graph) {}
+}
+
+fn consumers(graph: &Graph, value: &str) -> usize {
+    graph.nodes.iter().flat_map(|n| &n.inputs).filter(|i| *i == value).count() + usize::from(graph.output == value)
+}
+
+/// Index of the node producing the single-consumer input of `nodes[i]`, if any.
+fn sole_producer(graph: &Graph, i: usize) -> Option<usize> {
+    let input = graph.nodes[i].inputs.first()?;
+    let p = graph.nodes[..i].iter().rposition(|n| &n.output == input)?;
+    (consumers(graph, input) == 1).then_some(p)
+}
+
+/// Removes `nodes[i]` and lets `nodes[producer]` write its output instead.
+fn merge_into_producer(graph: &mut Graph, producer: usize, i: usize) {
+    let removed: Node = graph.nodes.remove(i);
+    graph.nodes[producer].output = removed.output;
+}
+
+fn fold_affine(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Op::Affine { scale, shift, act } = &graph.nodes[i].op else { continue };
+        let Some(p) = sole_producer(graph, i) else { continue };
+        let (scale, shift, act) = (scale.clone(), shift.clone(), *act);
+        let (Op::Linear { weight, bias, act: prev @ Activation::None } | Op::Conv { weight, bias, act: prev @ Activation::None, .. }) =
+            &mut graph.nodes[p].op
+        else {
+            continue;
+        };
+        if scale.len() != weight.rows() {
+            continue;
+        }
+        let cols = weight.cols();
+        for (r, (s, t)) in scale.iter().zip(&shift).enumerate() {
+            weight.data[r * cols..(r + 1) * cols].iter_mut().for_each(|w| *w *= s);
+            bias[r] = bias[r] * s + t;
+        }
+        *prev = act;
+        merge_into_producer(graph, p, i);
+        return true;
+    }
+    false
+}
+
+fn fuse_relu(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        if graph.nodes[i].op != Op::Relu {
+            continue;
+        }
+        let Some(p) = sole_producer(graph, i) else { continue };
+        match &mut graph.nodes[p].op {
+            Op::Linear { act, .. } | Op::Conv { act, .. } | Op::Affine { act, .. } | Op::Add { act } if *act == Activation::None => {
+                *act = Activation::Relu;
+                merge_into_producer(graph, p, i);
+                return true;
+            }
+            _ => {}
+        }
+    }
+    false
+}

@@ -1,0 +1,150 @@
+//! Helpers shared by the engine's integration tests: random graphs and ONNX Runtime as the
+//! reference implementation.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use engine::graph::{Activation, Graph, Node, Op, Weight, Window};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The Python with ONNX Runtime that `scripts/test` prepares. Without it the ORT comparisons
+/// are skipped locally with a note, and fail under CI (CI=true), where it must exist.
+pub fn ort_python() -> Option<PathBuf> {
+    let found = std::env::var_os("ENGINE_TEST_PYTHON").map(PathBuf::from).filter(|p| p.exists());
+    if found.is_none() {
+        assert!(std::env::var("CI").is_err(), "ENGINE_TEST_PYTHON must name a Python with onnxruntime under CI");
+        eprintln!("note: ENGINE_TEST_PYTHON not set; skipping the ONNX Runtime comparison (scripts/test sets it up)");
+    }
+    found
+}
+
+/// Runs `model` on `input` in ONNX Runtime.
+pub fn ort_run(python: &Path, model: &Path, input: &engine::npy::Array, dir: &Path) -> engine::npy::Array {
+    let (inp, out) = (dir.join("ort_in.npy"), dir.join("ort_out.npy"));
+    engine::npy::write(&inp, input).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_run.py");
+    let status = Command::new(python).arg(script).arg(model).arg(&inp).arg(&out).status().expect("running python");
+    assert!(status.success(), "ONNX Runtime failed on {}", model.display());
+    engine::npy::read(&out).unwrap()
+}
+
+/// Max |a - b| over max |b|: the relative error the issue bounds by 1e-4.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// A random weight of `shape`, with `sparsity` of it zero (smallest magnitudes).
+pub fn weight(rng: &mut StdRng, shape: &[usize], sparsity: f64) -> Weight {
+    let n: usize = shape.iter().product();
+    let fan_in = n / shape[0];
+    let scale = (2.0 / fan_in as f32).sqrt();
+    let mut data: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0f32) * scale * 1.7).collect();
+    let mut mags: Vec<f32> = data.iter().map(|v| v.abs()).collect();
+    mags.sort_by(f32::total_cmp);
+    let k = (n as f64 * sparsity).round() as usize;
+    if k > 0 {
+        let threshold = mags[k - 1];
+        let mut pruned = 0;
+        for v in data.iter_mut() {
+            if v.abs() <= threshold && pruned < k {
+                *v = 0.0;
+                pruned += 1;
+            }
+        }
+    }
+    Weight { shape: shape.to_vec(), data }
+}
+
+pub fn vector(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
+    Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect(), output: name.into() }
+}
+
+/// 784-64-32-10 MLP with ReLUs and a softmax, at `sparsity`.
+pub fn mlp(seed: u64, sparsity: f64) -> Graph {
+    let mut r = rng(seed);
+    let mut nodes = vec![];
+    let dims = [784, 64, 32, 10];
+    let mut prev = "input".to_string();
+    for i in 0..3 {
+        let name = format!("fc{i}");
+        let act = if i < 2 { Activation::Relu } else { Activation::None };
+        let op = Op::Linear { weight: weight(&mut r, &[dims[i + 1], dims[i]], sparsity), bias: vector(&mut r, dims[i + 1], -0.1, 0.1), act };
+        nodes.push(node(&name, op, &[&prev]));
+        prev = name;
+    }
+    nodes.push(node("probs", Op::Softmax, &["fc2"]));
+    Graph { input: "input".into(), input_shape: vec![784], output: "probs".into(), nodes }
+}
+
+fn conv(r: &mut StdRng, name: &str, input: &str, cin: usize, cout: usize, window: Window, sparsity: f64, act: Activation) -> Node {
+    let w = weight(r, &[cout, cin, window.kernel[0], window.kernel[1]], sparsity);
+    node(name, Op::Conv { weight: w, bias: vector(r, cout, -0.1, 0.1), window, act }, &[input])
+}
+
+fn win(k: usize, stride: usize, pad: usize, dilation: usize) -> Window {
+    Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation] }
+}
+
+/// A CNN on 1x28x28 images with every operator the engine supports: convolutions (stride,
+/// padding, dilation), an unfolded BatchNorm, max and average pooling, a residual block,
+/// global average pooling, flatten, linear and softmax.
+pub fn cnn(seed: u64, sparsity: f64) -> Graph {
+    let mut r = rng(seed);
+    let nodes = vec![
+        conv(&mut r, "conv1", "input", 1, 8, win(3, 1, 1, 1), sparsity * 0.5, Activation::None),
+        node("bn1", Op::Affine { scale: vector(&mut r, 8, 0.5, 1.5), shift: vector(&mut r, 8, -0.2, 0.2), act: Activation::None }, &["conv1"]),
+        node("relu1", Op::Relu, &["bn1"]),
+        node("pool1", Op::MaxPool { window: win(2, 2, 0, 1) }, &["relu1"]),
+        conv(&mut r, "conv2", "pool1", 8, 16, win(3, 1, 2, 2), sparsity, Activation::Relu),
+        conv(&mut r, "res_a", "conv2", 16, 16, win(3, 1, 1, 1), sparsity, Activation::Relu),
+        conv(&mut r, "res_b", "res_a", 16, 16, win(3, 1, 1, 1), sparsity, Activation::None),
+        node("res_add", Op::Add { act: Activation::Relu }, &["res_b", "conv2"]),
+        node("pool2", Op::AvgPool { window: win(2, 2, 0, 1), count_include_pad: false }, &["res_add"]),
+        conv(&mut r, "conv3", "pool2", 16, 24, win(3, 2, 1, 1), sparsity, Activation::Relu),
+        node("gap", Op::GlobalAvgPool, &["conv3"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node("fc", Op::Linear { weight: weight(&mut r, &[10, 24], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None }, &["flat"]),
+        node("probs", Op::Softmax, &["fc"]),
+    ];
+    Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "probs".into(), nodes }
+}
+
+/// LeNet-5 style: conv-pool-conv-pool, flatten, three linear layers (logits out).
+pub fn lenet(seed: u64, sparsity: f64) -> Graph {
+    let mut r = rng(seed);
+    let lin = |r: &mut StdRng, name: &str, input: &str, i: usize, o: usize, act| {
+        node(name, Op::Linear { weight: weight(r, &[o, i], sparsity), bias: vector(r, o, -0.1, 0.1), act }, &[input])
+    };
+    let nodes = vec![
+        conv(&mut r, "c1", "input", 1, 6, win(5, 1, 2, 1), sparsity, Activation::Relu),
+        node("s2", Op::MaxPool { window: win(2, 2, 0, 1) }, &["c1"]),
+        conv(&mut r, "c3", "s2", 6, 16, win(5, 1, 0, 1), sparsity, Activation::Relu),
+        node("s4", Op::MaxPool { window: win(2, 2, 0, 1) }, &["c3"]),
+        node("flat", Op::Flatten, &["s4"]),
+        lin(&mut r, "f5", "flat", 400, 120, Activation::Relu),
+        lin(&mut r, "f6", "f5", 120, 84, Activation::Relu),
+        lin(&mut r, "f7", "f6", 84, 10, Activation::None),
+    ];
+    Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "f7".into(), nodes }
+}
+
+pub fn random_input(seed: u64, batch: usize, per_sample: &[usize]) -> engine::npy::Array {
+    let mut r = rng(seed);
+    let n: usize = per_sample.iter().product::<usize>() * batch;
+    let mut shape = vec![batch];
+    shape.extend(per_sample);
+    engine::npy::Array { shape, data: vector(&mut r, n, -1.0, 1.0) }
+}

@@ -1,0 +1,146 @@
+//! Model files: the native format round-trips and shrinks with sparsity, corrupt or hostile files
+//! are errors (never panics), PyTorch-style ONNX graphs import, unsupported operators are named.
+
+mod common;
+
+use common::*;
+use engine::onnx::proto::*;
+use prost::Message;
+
+#[test]
+fn native_round_trip_and_size_shrinks_with_sparsity() {
+    let g = mlp(7, 0.9);
+    let bytes = engine::format::to_bytes(&g).unwrap();
+    let back = engine::format::from_bytes(&bytes, "mem").unwrap();
+    assert_eq!(back, g);
+    let dense = engine::format::to_bytes(&mlp(7, 0.0)).unwrap().len();
+    assert!(bytes.len() * 3 < dense, "90% sparse file {} bytes vs dense {dense}", bytes.len());
+    let cnn = cnn(8, 0.5);
+    assert_eq!(engine::format::from_bytes(&engine::format::to_bytes(&cnn).unwrap(), "mem").unwrap(), cnn);
+}
+
+#[test]
+fn corrupt_native_files_are_errors_not_panics() {
+    let bytes = engine::format::to_bytes(&cnn(9, 0.8)).unwrap();
+    for cut in [0, 1, 7, 8, 9, 100, bytes.len() / 2, bytes.len() - 1] {
+        assert!(engine::format::from_bytes(&bytes[..cut], "cut").is_err(), "truncated at {cut}");
+    }
+    // Flip bytes all over the file (header, graph JSON, offsets, data): never a panic.
+    let mut r = rng(10);
+    for i in 0..400 {
+        let mut b = bytes.clone();
+        use rand::Rng;
+        let pos = if i % 2 == 0 { r.random_range(0..b.len().min(4000)) } else { r.random_range(0..b.len()) };
+        b[pos] = r.random();
+        let _ = std::panic::catch_unwind(|| engine::format::from_bytes(&b, "flip")).expect("loader panicked");
+    }
+    let err = engine::format::from_bytes(b"definitely not a model", "junk").unwrap_err().to_string();
+    assert!(err.contains("junk: not a valid model file"), "{err}");
+}
+
+#[test]
+fn hostile_csr_indices_are_rejected() {
+    let g = mlp(11, 0.9);
+    let bytes = engine::format::to_bytes(&g).unwrap();
+    // Rewrite the header's graph to claim a narrower weight than the indices allow.
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let hacked = text.replacen("\"shape\":[64,784]", "\"shape\":[64,7]", 1);
+    let err = engine::format::from_bytes(hacked.as_bytes(), "hacked").map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("hacked"), "{err}");
+}
+
+fn tensor(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    TensorProto { dims: dims.to_vec(), data_type: data_type::FLOAT, name: name.into(), float_data: v.to_vec(), ..Default::default() }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto { input: inputs.iter().map(|s| s.to_string()).collect(), output: vec![output.into()], op_type: op.into(), attribute, ..Default::default() }
+}
+
+fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, input_dims: &[i64], output: &str) -> Vec<u8> {
+    let dim = |v: Option<i64>| DimensionProto { dim_value: v, dim_param: v.is_none().then(|| "N".to_string()) };
+    let mut dims = vec![dim(None)];
+    dims.extend(input_dims.iter().map(|&d| dim(Some(d))));
+    let vi = |name: &str, dims: Vec<DimensionProto>| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto { tensor_type: Some(TensorTypeProto { elem_type: 1, shape: Some(TensorShapeProto { dim: dims }) }) }),
+    };
+    ModelProto {
+        ir_version: 8,
+        graph: Some(GraphProto { node: nodes, name: "g".into(), initializer: inits, input: vec![vi("x", dims)], output: vec![vi(output, vec![])] }),
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn pytorch_style_graph_imports_and_computes() {
+    // Reshape -> MatMul -> Add(bias) -> Dropout -> Relu -> Identity, as torch.onnx writes them.
+    let w = [1.0, -2.0, 0.5, 0.0, 3.0, 1.0]; // [in=3, out=2]
+    let bytes = model(
+        vec![
+            node("Reshape", &["x", "shape"], "flat", vec![]),
+            node("MatMul", &["flat", "w"], "mm", vec![]),
+            node("Add", &["mm", "b"], "biased", vec![]),
+            node("Dropout", &["biased"], "dropped", vec![]),
+            node("Relu", &["dropped"], "act", vec![]),
+            node("Identity", &["act"], "y", vec![]),
+        ],
+        vec![
+            TensorProto { dims: vec![2], data_type: data_type::INT64, name: "shape".into(), int64_data: vec![-1, 3], ..Default::default() },
+            tensor("w", &[3, 2], &w),
+            tensor("b", &[2], &[0.5, -10.0]),
+        ],
+        &[1, 3],
+        "y",
+    );
+    let g = engine::onnx::import::import_bytes(&bytes, "torch.onnx").unwrap();
+    let model = engine::compile::compile(g, engine::compile::Options::new(Default::default()).unwrap()).unwrap();
+    assert_eq!(model.layers.len(), 2, "flatten + linear with bias and relu fused: {:?}", model.layers.iter().map(|l| l.kind).collect::<Vec<_>>());
+    let y = engine::exec::Session::new(&model, 1).unwrap().run(&[1.0, 2.0, 3.0], 1).unwrap();
+    // x W = [1*1 + 2*0.5 + 3*3, 1*-2 + 0 + 3*1] = [11, 1]; + b = [11.5, -9]; relu = [11.5, 0].
+    assert_eq!(y, vec![11.5, 0.0]);
+}
+
+#[test]
+fn batchnorm_after_conv_folds_into_it() {
+    let bn = |n: &str, v: f32| tensor(n, &[1], &[v]);
+    let bytes = model(
+        vec![
+            node("Conv", &["x", "w"], "c", vec![AttributeProto { name: "kernel_shape".into(), ints: vec![1, 1], r#type: 7, ..Default::default() }]),
+            node("BatchNormalization", &["c", "g", "beta", "mean", "var"], "y", vec![]),
+        ],
+        vec![tensor("w", &[1, 1, 1, 1], &[2.0]), bn("g", 3.0), bn("beta", 1.0), bn("mean", 0.5), bn("var", 4.0 - 1e-5)],
+        &[1, 2, 2],
+        "y",
+    );
+    let g = engine::onnx::import::import_bytes(&bytes, "bn.onnx").unwrap();
+    let model = engine::compile::compile(g, engine::compile::Options::new(Default::default()).unwrap()).unwrap();
+    assert_eq!(model.layers.len(), 1, "BatchNormalization folded into the convolution");
+    let y = engine::exec::Session::new(&model, 1).unwrap().run(&[1.0, 2.0, 3.0, 4.0], 1).unwrap();
+    // (2x - 0.5) * 3 / 2 + 1
+    for (x, y) in [1.0f32, 2.0, 3.0, 4.0].iter().zip(y) {
+        assert!((y - ((2.0 * x - 0.5) * 1.5 + 1.0)).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn unsupported_operator_is_named() {
+    let bytes = model(vec![node("LSTM", &["x"], "y", vec![])], vec![], &[4], "y");
+    let err = engine::onnx::import::import_bytes(&bytes, "rnn.onnx").unwrap_err().to_string();
+    assert!(err.contains("unsupported ONNX operator 'LSTM'") && err.contains("Gemm"), "{err}");
+    let err = engine::onnx::import::import_bytes(b"\xff\xff\xff garbage", "bad.onnx").unwrap_err().to_string();
+    assert!(err.contains("bad.onnx: not a valid ONNX file"), "{err}");
+}
+
+#[test]
+fn shape_mismatch_is_an_error() {
+    let mut g = mlp(12, 0.5);
+    if let engine::graph::Op::Linear { weight, .. } = &mut g.nodes[1].op {
+        weight.shape = vec![32, 60];
+        weight.data.truncate(32 * 60);
+    }
+    let err = g.infer_shapes().unwrap_err().to_string();
+    assert!(err.contains("fc1") && err.contains("does not fit"), "{err}");
+}

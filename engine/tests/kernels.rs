@@ -1,0 +1,141 @@
+//! Every kernel variant this CPU supports against its scalar twin, over the edge shapes of
+//! XNNPACK's checklist (rows fewer than the tile, k = 0, empty rows, 0/50/100% sparsity, widths
+//! around the vector and strip sizes) and random ones. Tolerance for f32: 1e-5 relative to the
+//! magnitude of the sum.
+
+use engine::kernels::csr::Csr;
+use engine::kernels::window::{self, Geometry};
+use engine::kernels::{Isa, dense, spmm, spmv};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn matrix(rows: usize, cols: usize, sparsity: f64, rng: &mut StdRng) -> Vec<f32> {
+    (0..rows * cols).map(|_| if rng.random_bool(sparsity) { 0.0 } else { rng.random_range(-1.0..1.0f32) }).collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-5 * (1.0 + w.abs()) * 8.0;
+        assert!((g - w).abs() <= tol, "{what}: element {i}: got {g}, want {w}");
+    }
+}
+
+/// (rows, cols, width, sparsity) cases: the edge shapes, then random ones.
+fn cases() -> Vec<(usize, usize, usize, f64)> {
+    let mut v = vec![];
+    for &(rows, cols) in &[(1, 1), (3, 5), (4, 0), (17, 33), (64, 64), (130, 70)] {
+        for &w in &[1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 130] {
+            for &s in &[0.0, 0.5, 0.9, 1.0] {
+                v.push((rows, cols, w, s));
+            }
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(99);
+    for _ in 0..40 {
+        v.push((rng.random_range(1..200), rng.random_range(0..300), rng.random_range(1..200), rng.random_range(0.0..1.0)));
+    }
+    v
+}
+
+#[test]
+fn spmm_variants_match_the_scalar_twin() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for (rows, cols, w, s) in cases() {
+        let m = Csr::from_dense(&matrix(rows, cols, s, &mut rng), rows, cols);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+        for relu in [false, true] {
+            let mut want = vec![0.0; rows * w];
+            spmm::spmm_ref(&m, &bias, &x, w, &mut want, 0..rows, relu);
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; rows * w];
+                spmm::spmm(isa, &m, &bias, &x, w, &mut got, 0..rows, relu);
+                assert_close(&got, &want, &format!("spmm {} {rows}x{cols} w={w} s={s}", isa.name()));
+                // A sub-range of rows writes only its own rows.
+                if rows > 2 {
+                    let mut part = vec![0.0; (rows - 2) * w];
+                    spmm::spmm(isa, &m, &bias, &x, w, &mut part, 1..rows - 1, relu);
+                    assert_close(&part, &want[w..(rows - 1) * w], "spmm row range");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn spmv_variants_match_the_scalar_twin() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for (rows, cols, _, s) in cases() {
+        let m = Csr::from_dense(&matrix(rows, cols, s, &mut rng), rows, cols);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let mut want = vec![0.0; rows];
+        spmv::spmv_ref(&m, &bias, &x, &mut want, 0..rows, true);
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; rows];
+            spmv::spmv(isa, &m, &bias, &x, &mut got, 0..rows, true);
+            assert_close(&got, &want, &format!("spmv {} {rows}x{cols} s={s}", isa.name()));
+        }
+    }
+}
+
+#[test]
+fn dense_matches_the_scalar_twin_and_sparse() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for (rows, cols, w, s) in cases().into_iter().step_by(3) {
+        let wt = matrix(rows, cols, s, &mut rng);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let mut want = vec![0.0; rows * w];
+        dense::dense_ref(&wt, rows, cols, &bias, &x, w, &mut want, true);
+        let mut sparse = vec![0.0; rows * w];
+        spmm::spmm_ref(&Csr::from_dense(&wt, rows, cols), &bias, &x, w, &mut sparse, 0..rows, true);
+        assert_close(&sparse, &want, "sparse vs dense reference");
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; rows * w];
+            dense::dense(isa, &wt, rows, cols, &bias, &x, w, &mut got, true, 1);
+            assert_close(&got, &want, &format!("dense {} {rows}x{cols} w={w}", isa.name()));
+        }
+    }
+}
+
+#[test]
+fn im2col_and_pooling_match_direct_definitions() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let window = engine::graph::Window { kernel: [3, 2], stride: [2, 1], pads: [1, 0, 1, 1], dilation: [1, 2] };
+    let (c, h, wd, w) = (2, 5, 6, 3);
+    let (oh, ow) = window.output(h, wd, "t").unwrap();
+    let g = Geometry { channels: c, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+    let x: Vec<f32> = (0..c * h * wd * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let at = |ch: usize, y: isize, xx: isize, s: usize| -> Option<f32> {
+        (y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < wd).then(|| x[((ch * h + y as usize) * wd + xx as usize) * w + s])
+    };
+    let src = |o: usize, k: usize, axis: usize| (o * window.stride[axis] + k * window.dilation[axis]) as isize - window.pads[axis] as isize;
+    let mut cols = vec![f32::NAN; c * 6 * oh * ow * w];
+    window::im2col(&g, &x, &mut cols);
+    let mut maxp = vec![0.0; c * oh * ow * w];
+    window::pool(&g, &x, &mut maxp, None);
+    let mut avgp = vec![0.0; c * oh * ow * w];
+    window::pool(&g, &x, &mut avgp, Some(true));
+    for ch in 0..c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for s in 0..w {
+                    let mut vals = vec![];
+                    for ky in 0..3 {
+                        for kx in 0..2 {
+                            let v = at(ch, src(oy, ky, 0), src(ox, kx, 1), s);
+                            let row = (ch * 3 + ky) * 2 + kx;
+                            assert_eq!(cols[(row * oh * ow + oy * ow + ox) * w + s], v.unwrap_or(0.0));
+                            vals.extend(v);
+                        }
+                    }
+                    let i = ((ch * oh + oy) * ow + ox) * w + s;
+                    assert_eq!(maxp[i], vals.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+                    assert!((avgp[i] - vals.iter().sum::<f32>() / 6.0).abs() < 1e-6);
+                }
+            }
+        }
+    }
+}
