@@ -1,1 +1,15 @@
-//! placeholder
+//! sparsify: recipe-driven gradual magnitude pruning on burn, what SparseML gives PyTorch users.
+//! A recipe (`recipe`) names the model, data, optimizer and modifiers; `train` runs it with
+//! masks (`mask`, `prune`) and our optimizers (`optim`) over burn's autodiff (`step`), writing
+//! checkpoints, metrics and run metadata; `export` writes the engine's model file or ONNX.
+
+pub mod checkpoint;
+pub mod export;
+pub mod mask;
+pub mod model;
+pub mod optim;
+pub mod prune;
+pub mod recipe;
+pub mod run;
+pub mod step;
+pub mod train;

@@ -1,0 +1,163 @@
+//! `sparsify`: train with a recipe, inspect recipes, export trained models.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sparsify::export::{self, Format};
+use sparsify::recipe::Recipe;
+use sparsify::train::{self, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "sparsify", version, about = "Recipe-driven gradual magnitude pruning on burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model as a recipe says, writing checkpoints, metrics.csv and run.json.
+    Train {
+        /// Recipe file (TOML).
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Override a recipe variable, e.g. --set final_sparsity=0.95 (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Folder holding the dataset (else SPARSIFY_DATA, ./data, /usr/share/datasets, cache).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Run folder (default runs/<recipe name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seed of initialisation and shuffling (overrides the recipe's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// No progress bars or per-epoch lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Continue the run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Write a trained run's model for the engine (native) or as ONNX.
+    Export {
+        /// Run folder written by `sparsify train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Output file; `.onnx` implies --format onnx.
+        #[arg(long)]
+        out: PathBuf,
+        /// File format (default: from the extension, native otherwise).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// Inspect recipes.
+    Recipe {
+        #[command(subcommand)]
+        command: RecipeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecipeCommand {
+    /// Print the resolved recipe and its schedule, epoch by epoch.
+    Show {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
+    /// Validate a recipe (fields, values, parameter names); exit non-zero on the first error.
+    Check {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+fn parse_sets(sets: &[String]) -> anyhow::Result<Vec<(String, f64)>> {
+    sets.iter()
+        .map(|s| {
+            let (k, v) = s.split_once('=').with_context(|| format!("--set {s}: expected NAME=VALUE"))?;
+            let v: f64 = v.trim().parse().with_context(|| format!("--set {s}: '{v}' is not a number"))?;
+            Ok((k.trim().to_string(), v))
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train { recipe: path, set, data, out, seed, threads, quiet, resume } => {
+            if let Some(n) = threads {
+                if n == 0 {
+                    bail!("--threads must be at least 1");
+                }
+                rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("configuring threads")?;
+            }
+            let overrides = parse_sets(&set)?;
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut recipe = Recipe::parse(&text, &path.display().to_string(), &overrides)?;
+            if let Some(s) = seed {
+                recipe.seed = s;
+            }
+            let stem = path.file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned());
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(stem));
+            let opts = TrainOptions { out, data, resume, quiet, recipe_path: path.display().to_string(), overrides, stop_after: None };
+            let summary = train::train(&recipe, &text, &opts)?;
+            if let Some(last) = summary.metrics.last() {
+                println!("{}: test accuracy {:.4}, sparsity {:.4} after {} epochs", summary.out.display(), last.test_accuracy, last.sparsity, last.epoch);
+            }
+        }
+        Command::Export { run, out, format } => {
+            let net = train::final_network(&run)?;
+            let format = format.unwrap_or_else(|| Format::from_path(&out));
+            export::export(&net, &out, format)?;
+            let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            println!("{}: {:?} model, {} bytes", out.display(), format, bytes);
+        }
+        Command::Recipe { command: RecipeCommand::Check { recipe, set } } => {
+            let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
+            sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
+            println!("{}: ok ({} epochs, {} pruning modifier(s))", recipe.display(), r.epochs, r.pruning.len());
+        }
+        Command::Recipe { command: RecipeCommand::Show { recipe, set } } => {
+            let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
+            sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
+            print!("{}", r.to_toml());
+            println!("\n# schedule at the start of each epoch");
+            let mut header = format!("{:>6} {:>12}", "epoch", "lr");
+            for (i, g) in r.pruning.iter().enumerate() {
+                header += &format!(" {:>14}", format!("gmp{i} ({})", g.mask.label()));
+            }
+            println!("{header}");
+            for e in 0..=(r.epochs.ceil() as usize) {
+                let mut line = format!("{e:>6} {:>12.6}", r.lr.at(e as f64));
+                for g in &r.pruning {
+                    let name = match &g.final_sparsity {
+                        sparsify::recipe::FinalSparsity::PerParam(m) => m.keys().next().cloned().unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    let s = if (e as f64) < g.start_epoch { 0.0 } else { g.target(&name, e as f64) };
+                    line += &format!(" {s:>14.4}");
+                }
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Training checkpoints: parameters, optimizer state and masks in one safetensors file, with the
+//! architecture and progress in its metadata, written atomically. A checkpoint alone is enough
+//! to export the model or to resume training where it stopped.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Arch, Network, Param};
+use crate::optim::OptimState;
+use crate::prune::Pruner;
+
+const FORMAT: &str = "sparsify-checkpoint";
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub step: u64,
+    pub arch: Arch,
+    pub input_side: usize,
+    pub classes: usize,
+    pub last_update: Vec<Option<f64>>,
+    pub optimizer_steps: u64,
+    /// Parameter names and shapes, in order.
+    pub params: Vec<(String, Vec<usize>, bool)>,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes a checkpoint atomically.
+pub fn save(path: &Path, net: &Network, optim: &OptimState, pruner: &Pruner, epoch: usize, step: u64) -> anyhow::Result<()> {
+    let progress = Progress {
+        epoch,
+        step,
+        arch: net.arch.clone(),
+        input_side: net.input_side,
+        classes: net.classes,
+        last_update: pruner.last_update.clone(),
+        optimizer_steps: optim.steps,
+        params: net.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.prunable)).collect(),
+    };
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, p) in net.params.iter().enumerate() {
+        tensors.push((format!("param.{}", p.name), Dtype::F32, vec![p.numel()], f32_bytes(&p.values)));
+        tensors.push((format!("optim.first.{i}"), Dtype::F32, vec![p.numel()], f32_bytes(&optim.first[i])));
+        if let Some(s) = optim.second.get(i) {
+            tensors.push((format!("optim.second.{i}"), Dtype::F32, vec![p.numel()], f32_bytes(s)));
+        }
+    }
+    for (key, mask) in pruner.saved_masks() {
+        tensors.push((format!("mask.{key}"), Dtype::U8, vec![mask.len()], mask.iter().map(|&k| k as u8).collect()));
+    }
+    let meta: HashMap<String, String> = [("format".into(), FORMAT.into()), ("progress".into(), serde_json::to_string(&progress)?)].into();
+    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?))).collect::<anyhow::Result<_>>()?;
+    let bytes = safetensors::serialize(views, &Some(meta))?;
+    engine::fsutil::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// A checkpoint read back.
+pub struct Loaded {
+    pub progress: Progress,
+    pub net: Network,
+    pub optim: OptimState,
+    /// Masks by key (see `Pruner::saved_masks`).
+    pub masks: Vec<(String, Vec<bool>)>,
+}
+
+/// Reads a checkpoint, checking that every tensor is present with the recorded size.
+pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let bad = |m: String| anyhow::anyhow!("{}: not a valid checkpoint: {m}", path.display());
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        bail!(bad("missing the sparsify-checkpoint marker".into()));
+    }
+    let progress: Progress = serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or("")).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let f32s = |name: &str, len: usize| -> anyhow::Result<Vec<f32>> {
+        let t = st.tensor(name).map_err(|e| bad(format!("{name}: {e}")))?;
+        if t.dtype() != Dtype::F32 || t.data().len() != 4 * len {
+            bail!(bad(format!("{name} has the wrong type or size")));
+        }
+        Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    };
+    let mut params = Vec::new();
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for (i, (name, shape, prunable)) in progress.params.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        params.push(Param { name: name.clone(), shape: shape.clone(), values: f32s(&format!("param.{name}"), n)?, prunable: *prunable });
+        first.push(f32s(&format!("optim.first.{i}"), n)?);
+        if st.tensor(&format!("optim.second.{i}")).is_ok() {
+            second.push(f32s(&format!("optim.second.{i}"), n)?);
+        }
+    }
+    let mut masks = Vec::new();
+    for name in st.names() {
+        if let Some(key) = name.strip_prefix("mask.") {
+            let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+            masks.push((key.to_string(), t.data().iter().map(|&b| b != 0).collect()));
+        }
+    }
+    let net = Network { arch: progress.arch.clone(), input_side: progress.input_side, classes: progress.classes, params };
+    let optim = OptimState { first, second, steps: progress.optimizer_steps };
+    Ok(Loaded { progress, net, optim, masks })
+}

@@ -1,0 +1,72 @@
+//! A trained network as the engine's graph, then as the engine's native file (sparse weights
+//! stored compactly) or as ONNX (dense weights with their zeros, as SparseML exports).
+
+use std::path::Path;
+
+use anyhow::bail;
+use engine::graph::{Activation, Graph, Node, Op, Weight, Window};
+
+use crate::model::{Arch, Network};
+
+/// File formats `sparsify export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The engine's native file (safetensors container, sparse weights in CSR).
+    Native,
+    /// ONNX, opset 13, for ONNX Runtime and DeepSparse.
+    Onnx,
+}
+
+impl Format {
+    /// The format a file name implies: `.onnx` is ONNX, anything else native.
+    pub fn from_path(path: &Path) -> Format {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) { Format::Onnx } else { Format::Native }
+    }
+}
+
+/// The engine graph computing the same logits as `net.forward`.
+pub fn to_graph(net: &Network) -> Graph {
+    let p = &net.params;
+    let weight = |i: usize| Weight { shape: p[i].shape.clone(), data: p[i].values.clone() };
+    let node = |name: &str, op: Op, input: &str| Node { name: name.into(), op, inputs: vec![input.into()], output: name.into() };
+    let linear = |i: usize, act| Op::Linear { weight: weight(i), bias: p[i + 1].values.clone(), act };
+    let mut nodes = Vec::new();
+    let mut prev = "input".to_string();
+    let (input_shape, mut push) = match net.arch {
+        Arch::Mlp { .. } => (vec![net.input_side * net.input_side], 0),
+        Arch::Lenet5 => {
+            let win = |k: usize, stride: usize, pad: usize| Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1] };
+            let conv = |i: usize, pad| Op::Conv { weight: weight(i), bias: p[i + 1].values.clone(), window: win(5, 1, pad), act: Activation::Relu };
+            nodes.push(node("conv1", conv(0, 2), "input"));
+            nodes.push(node("pool1", Op::MaxPool { window: win(2, 2, 0) }, "conv1"));
+            nodes.push(node("conv2", conv(2, 0), "pool1"));
+            nodes.push(node("pool2", Op::MaxPool { window: win(2, 2, 0) }, "conv2"));
+            nodes.push(node("flatten", Op::Flatten, "pool2"));
+            prev = "flatten".into();
+            (vec![1, net.input_side, net.input_side], 4)
+        }
+    };
+    let layers = (p.len() - push) / 2;
+    for l in 0..layers {
+        let last = l + 1 == layers;
+        let name = if last { "logits".to_string() } else { p[push].name.trim_end_matches(".weight").to_string() };
+        nodes.push(node(&name, linear(push, if last { Activation::None } else { Activation::Relu }), &prev));
+        prev = name;
+        push += 2;
+    }
+    Graph { input: "input".into(), input_shape, output: prev, nodes }
+}
+
+/// Writes `net` to `path` in `format`, atomically.
+pub fn export(net: &Network, path: &Path, format: Format) -> anyhow::Result<()> {
+    let graph = to_graph(net);
+    let out_shape = graph.output_shape()?;
+    if out_shape != [net.classes] {
+        bail!("internal error: exported graph gives {out_shape:?}, expected [{}]", net.classes);
+    }
+    match format {
+        Format::Native => engine::format::save(&graph, path)?,
+        Format::Onnx => engine::fsutil::write_atomic(path, &engine::onnx::export::export(&graph, &out_shape))?,
+    }
+    Ok(())
+}

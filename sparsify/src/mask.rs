@@ -1,0 +1,222 @@
+//! Pruning masks: which weights to keep for a target sparsity, by magnitude, for every structure
+//! a recipe can ask for. A weight tensor is viewed as `[rows, cols]`: rows are output channels,
+//! columns the inputs (times the kernel positions for convolutions).
+//!
+//! Counts are exact: unstructured masks prune `round(numel * s)` weights; block masks prune
+//! `round(blocks * s)` whole blocks; N:M masks keep the `n` largest of every `m` inputs.
+//! Ties are broken by position, so a mask is a pure function of the weights.
+
+use serde::{Serialize, Serializer};
+
+/// The shape of what is pruned together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskKind {
+    Unstructured,
+    /// Blocks of `rows x cols` weights (`1x4`: four consecutive inputs of one output, the int8
+    /// VNNI group; `4x1`: one input of four consecutive outputs, the engine's blocked kernel).
+    Block { rows: usize, cols: usize },
+    /// Keep `n` of every `m` consecutive inputs (`2:4`).
+    NOfM { n: usize, m: usize },
+}
+
+impl MaskKind {
+    /// Parses `unstructured`, `RxC` (a block) or `N:M`.
+    pub fn parse(s: &str) -> Result<MaskKind, String> {
+        let bad = || format!("'{s}' is not a mask: use \"unstructured\", a block such as \"1x4\" or \"4x1\", or N:M such as \"2:4\"");
+        if s == "unstructured" {
+            return Ok(MaskKind::Unstructured);
+        }
+        let two = |sep: char| -> Option<(usize, usize)> {
+            let (a, b) = s.split_once(sep)?;
+            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+        };
+        if let Some((rows, cols)) = two('x') {
+            if rows == 0 || cols == 0 {
+                return Err(bad());
+            }
+            return Ok(MaskKind::Block { rows, cols });
+        }
+        if let Some((n, m)) = two(':') {
+            if m == 0 || n == 0 || n >= m {
+                return Err(format!("'{s}': N:M needs 0 < N < M"));
+            }
+            return Ok(MaskKind::NOfM { n, m });
+        }
+        Err(bad())
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            MaskKind::Unstructured => "unstructured".into(),
+            MaskKind::Block { rows, cols } => format!("{rows}x{cols}"),
+            MaskKind::NOfM { n, m } => format!("{n}:{m}"),
+        }
+    }
+}
+
+impl Serialize for MaskKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.label())
+    }
+}
+
+/// A group of weights pruned together: its score (mean magnitude) and members.
+struct Group {
+    score: f32,
+    members: Vec<usize>,
+}
+
+/// Groups of a `[rows, cols]` tensor for a block structure (edge blocks may be smaller).
+fn blocks(rows: usize, cols: usize, bh: usize, bw: usize, values: &[f32]) -> Vec<Group> {
+    let mut groups = Vec::new();
+    for r0 in (0..rows).step_by(bh) {
+        for c0 in (0..cols).step_by(bw) {
+            let members: Vec<usize> = (r0..(r0 + bh).min(rows)).flat_map(|r| (c0..(c0 + bw).min(cols)).map(move |c| r * cols + c)).collect();
+            let score = members.iter().map(|&i| values[i].abs()).sum::<f32>() / members.len() as f32;
+            groups.push(Group { score, members });
+        }
+    }
+    groups
+}
+
+/// Indices of the `k` lowest-scoring items, ties broken by index.
+fn lowest(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    if k == 0 {
+        return vec![];
+    }
+    let k = k.min(order.len());
+    order.select_nth_unstable_by(k - 1, |&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
+}
+
+/// The keep-mask (`true` = kept) of one tensor at `sparsity`.
+pub fn layer_mask(values: &[f32], rows: usize, cols: usize, sparsity: f64, kind: MaskKind) -> Vec<bool> {
+    let mut keep = vec![true; values.len()];
+    match kind {
+        MaskKind::Unstructured => {
+            let mags: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+            for i in lowest(&mags, (values.len() as f64 * sparsity).round() as usize) {
+                keep[i] = false;
+            }
+        }
+        MaskKind::Block { rows: bh, cols: bw } => {
+            let groups = blocks(rows, cols, bh, bw, values);
+            let scores: Vec<f32> = groups.iter().map(|g| g.score).collect();
+            for g in lowest(&scores, (groups.len() as f64 * sparsity).round() as usize) {
+                groups[g].members.iter().for_each(|&i| keep[i] = false);
+            }
+        }
+        MaskKind::NOfM { n, m } => {
+            for r in 0..rows {
+                for c0 in (0..cols).step_by(m) {
+                    let len = m.min(cols - c0);
+                    let prune = len - (n * len).div_ceil(m);
+                    let mags: Vec<f32> = (0..len).map(|j| values[r * cols + c0 + j].abs()).collect();
+                    for j in lowest(&mags, prune) {
+                        keep[r * cols + c0 + j] = false;
+                    }
+                }
+            }
+        }
+    }
+    keep
+}
+
+/// Keep-masks for several tensors with one global threshold: the `round(total * sparsity)`
+/// smallest weights (or blocks) over all of them are pruned. `tensors` are `(values, rows, cols)`.
+pub fn global_masks(tensors: &[(&[f32], usize, usize)], sparsity: f64, kind: MaskKind) -> Vec<Vec<bool>> {
+    let (bh, bw) = match kind {
+        MaskKind::Block { rows, cols } => (rows, cols),
+        _ => (1, 1),
+    };
+    let per: Vec<Vec<Group>> = tensors.iter().map(|(v, r, c)| blocks(*r, *c, bh, bw, v)).collect();
+    let mut owners = Vec::new();
+    let mut scores = Vec::new();
+    for (t, groups) in per.iter().enumerate() {
+        for (g, group) in groups.iter().enumerate() {
+            owners.push((t, g));
+            scores.push(group.score);
+        }
+    }
+    let mut keep: Vec<Vec<bool>> = tensors.iter().map(|(v, _, _)| vec![true; v.len()]).collect();
+    for i in lowest(&scores, (scores.len() as f64 * sparsity).round() as usize) {
+        let (t, g) = owners[i];
+        per[t][g].members.iter().for_each(|&m| keep[t][m] = false);
+    }
+    keep
+}
+
+/// Fraction of `false` in a mask.
+pub fn mask_sparsity(keep: &[bool]) -> f64 {
+    if keep.is_empty() {
+        return 0.0;
+    }
+    keep.iter().filter(|k| !**k).count() as f64 / keep.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 100.0).collect()
+    }
+
+    #[test]
+    fn unstructured_prunes_exactly_round_numel_times_s() {
+        for (n, s) in [(100, 0.9), (333, 0.5), (10, 0.05), (7, 0.0), (1000, 0.999)] {
+            let m = layer_mask(&weights(n), 1, n, s, MaskKind::Unstructured);
+            assert_eq!(m.iter().filter(|k| !**k).count(), (n as f64 * s).round() as usize, "n={n} s={s}");
+        }
+        // The smallest magnitudes go first.
+        let m = layer_mask(&[0.5, -0.1, 2.0, 0.2], 1, 4, 0.5, MaskKind::Unstructured);
+        assert_eq!(m, vec![true, false, true, false]);
+        // Ties break by position: all equal, the first ones go.
+        assert_eq!(layer_mask(&[1.0; 4], 2, 2, 0.5, MaskKind::Unstructured), vec![false, false, true, true]);
+    }
+
+    #[test]
+    fn blocks_prune_whole_blocks() {
+        let w = weights(8 * 12);
+        for kind in [MaskKind::Block { rows: 1, cols: 4 }, MaskKind::Block { rows: 4, cols: 1 }] {
+            let m = layer_mask(&w, 8, 12, 0.75, kind);
+            assert_eq!(m.iter().filter(|k| !**k).count(), 72, "{kind:?}");
+            let MaskKind::Block { rows: bh, cols: bw } = kind else { unreachable!() };
+            for r0 in (0..8).step_by(bh) {
+                for c0 in (0..12).step_by(bw) {
+                    let vals: Vec<bool> = (r0..r0 + bh).flat_map(|r| (c0..c0 + bw).map(move |c| (r, c))).map(|(r, c)| m[r * 12 + c]).collect();
+                    assert!(vals.iter().all(|v| *v == vals[0]), "block at {r0},{c0} split");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn n_of_m_keeps_n_per_group() {
+        let w = weights(6 * 16);
+        let m = layer_mask(&w, 6, 16, 0.5, MaskKind::NOfM { n: 2, m: 4 });
+        for g in m.chunks(4) {
+            assert_eq!(g.iter().filter(|k| **k).count(), 2);
+        }
+        assert!((mask_sparsity(&m) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn global_threshold_counts_over_all_tensors() {
+        let a: Vec<f32> = vec![0.1; 10];
+        let b: Vec<f32> = vec![5.0; 30];
+        let masks = global_masks(&[(&a, 1, 10), (&b, 1, 30)], 0.25, MaskKind::Unstructured);
+        assert_eq!(masks[0].iter().filter(|k| !**k).count(), 10, "the small tensor goes first");
+        assert_eq!(masks[1].iter().filter(|k| !**k).count(), 0);
+    }
+
+    #[test]
+    fn parses_mask_names() {
+        assert_eq!(MaskKind::parse("4x1").unwrap(), MaskKind::Block { rows: 4, cols: 1 });
+        assert_eq!(MaskKind::parse("2:4").unwrap(), MaskKind::NOfM { n: 2, m: 4 });
+        assert!(MaskKind::parse("4:2").is_err());
+        assert!(MaskKind::parse("block").is_err());
+    }
+}

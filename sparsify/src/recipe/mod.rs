@@ -1,0 +1,416 @@
+//! Recipes: a whole experiment in one TOML file (model, data, optimizer and SparseML-style
+//! modifiers). `Recipe::parse` checks everything that can be checked without training and
+//! reports errors as `recipe.toml:LINE: field: what is wrong`.
+
+pub mod expr;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+pub use schema::{Curve, LrKind, OptimizerKind, Scope};
+use schema::{Num, RawModifier, RawRecipe, RawSparsity};
+
+use crate::mask::MaskKind;
+use crate::model::Arch;
+
+/// A recipe error, with the file and line it is about when known.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}", line = line.map_or("-".to_string(), |l| l.to_string()))]
+pub struct RecipeError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Learning-rate schedule, in fractional epochs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LrSchedule {
+    pub kind: LrKind,
+    pub init_lr: f64,
+    pub final_lr: f64,
+    pub gamma: f64,
+    pub step_size: f64,
+    pub milestones: Vec<f64>,
+    pub start_epoch: f64,
+    pub end_epoch: f64,
+}
+
+impl LrSchedule {
+    /// Learning rate at fractional `epoch`.
+    pub fn at(&self, epoch: f64) -> f64 {
+        let e = (epoch - self.start_epoch).max(0.0);
+        let x = if self.end_epoch > self.start_epoch { (e / (self.end_epoch - self.start_epoch)).clamp(0.0, 1.0) } else { 1.0 };
+        match self.kind {
+            LrKind::Constant => self.init_lr,
+            LrKind::Step => self.init_lr * self.gamma.powf((e / self.step_size).floor()),
+            LrKind::MultiStep => self.init_lr * self.gamma.powi(self.milestones.iter().filter(|&&m| epoch >= m).count() as i32),
+            LrKind::Exponential => self.init_lr * self.gamma.powf(e),
+            LrKind::Cosine => self.final_lr + 0.5 * (self.init_lr - self.final_lr) * (1.0 + (std::f64::consts::PI * x).cos()),
+            LrKind::Linear => self.init_lr + (self.final_lr - self.init_lr) * x,
+        }
+    }
+}
+
+/// Target sparsity of a gradual pruning modifier.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum FinalSparsity {
+    Uniform(f64),
+    PerParam(BTreeMap<String, f64>),
+}
+
+/// Gradual magnitude pruning (Zhu & Gupta 2017), with SparseML's semantics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gmp {
+    pub params: Vec<String>,
+    pub init_sparsity: f64,
+    pub final_sparsity: FinalSparsity,
+    pub start_epoch: f64,
+    pub end_epoch: f64,
+    /// Epochs between mask updates; -1 updates every step.
+    pub update_frequency: f64,
+    pub schedule: Curve,
+    pub mask: MaskKind,
+    pub scope: Scope,
+    pub leave_enabled: bool,
+}
+
+impl Gmp {
+    /// Final sparsity for a parameter name.
+    pub fn final_for(&self, name: &str) -> f64 {
+        match &self.final_sparsity {
+            FinalSparsity::Uniform(s) => *s,
+            FinalSparsity::PerParam(m) => m.get(name).copied().unwrap_or(0.0),
+        }
+    }
+
+    /// Fraction of the way from `init_sparsity` to the final one at fractional `epoch`.
+    pub fn progress(&self, epoch: f64) -> f64 {
+        let x = if self.end_epoch > self.start_epoch { ((epoch - self.start_epoch) / (self.end_epoch - self.start_epoch)).clamp(0.0, 1.0) } else { 1.0 };
+        match self.schedule {
+            Curve::Cubic => 1.0 - (1.0 - x).powi(3),
+            Curve::Linear => x,
+            Curve::InverseCubic => 1.0 - (1.0 - x).powf(1.0 / 3.0),
+        }
+    }
+
+    /// Target sparsity of a parameter at fractional `epoch`.
+    pub fn target(&self, name: &str, epoch: f64) -> f64 {
+        let fin = self.final_for(name);
+        let init = self.init_sparsity.min(fin);
+        init + self.progress(epoch) * (fin - init)
+    }
+}
+
+/// Hold the zeros a model already has while fine-tuning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConstantPruning {
+    pub params: Vec<String>,
+    pub start_epoch: f64,
+    pub end_epoch: f64,
+}
+
+/// Optimizer settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+}
+
+/// Data settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Data {
+    pub dataset: String,
+    pub batch_size: usize,
+    pub validation: f64,
+    pub train_subset: usize,
+    pub test_subset: usize,
+}
+
+/// A resolved, checked recipe.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recipe {
+    pub version: u32,
+    pub variables: BTreeMap<String, f64>,
+    pub model: Arch,
+    pub data: Data,
+    pub optimizer: Optimizer,
+    pub seed: u64,
+    pub epochs: f64,
+    pub lr: LrSchedule,
+    pub pruning: Vec<Gmp>,
+    pub constant_pruning: Vec<ConstantPruning>,
+}
+
+/// Finds the line of `field` inside the `index`-th `[[modifiers]]` block (or a `[table]`).
+struct Locator<'a> {
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn block_lines(&self, header: &str, index: usize) -> Option<(usize, usize)> {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let starts: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.trim() == header).map(|(i, _)| i).collect();
+        let start = *starts.get(index)?;
+        let end = (start + 1..lines.len()).find(|&i| lines[i].trim_start().starts_with('[')).unwrap_or(lines.len());
+        Some((start, end))
+    }
+    /// 1-based line of `field = ...` in the block, else of the block header.
+    fn line(&self, header: &str, index: usize, field: &str) -> Option<usize> {
+        let (start, end) = self.block_lines(header, index)?;
+        let lines: Vec<&str> = self.text.lines().collect();
+        let found = (start..end).find(|&i| {
+            let l = lines[i].trim_start();
+            l.strip_prefix(field).is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+        Some(found.unwrap_or(start) + 1)
+    }
+}
+
+struct Resolver<'a> {
+    file: &'a str,
+    vars: BTreeMap<String, f64>,
+    loc: Locator<'a>,
+    /// Current block: header and index.
+    block: (&'static str, usize),
+}
+
+impl Resolver<'_> {
+    fn err(&self, field: &str, message: impl std::fmt::Display) -> RecipeError {
+        RecipeError { file: self.file.to_string(), line: self.loc.line(self.block.0, self.block.1, field), message: format!("{field}: {message}") }
+    }
+    fn num(&self, field: &str, n: &Num) -> Result<f64, RecipeError> {
+        let v = match n {
+            Num::Value(v) => *v,
+            Num::Expr(e) => expr::eval(e, &self.vars).map_err(|m| self.err(field, m))?,
+        };
+        if !v.is_finite() {
+            return Err(self.err(field, "is not a finite number"));
+        }
+        Ok(v)
+    }
+    fn opt(&self, field: &str, n: &Option<Num>, default: f64) -> Result<f64, RecipeError> {
+        n.as_ref().map_or(Ok(default), |n| self.num(field, n))
+    }
+    fn count(&self, field: &str, n: &Num) -> Result<usize, RecipeError> {
+        let v = self.num(field, n)?;
+        if v < 0.0 || v.fract() != 0.0 {
+            return Err(self.err(field, format!("must be a whole number >= 0, found {v}")));
+        }
+        Ok(v as usize)
+    }
+    fn sparsity(&self, field: &str, v: f64) -> Result<f64, RecipeError> {
+        if !(0.0..1.0).contains(&v) {
+            return Err(self.err(field, format!("sparsity must be in [0, 1), found {v}")));
+        }
+        Ok(v)
+    }
+    fn range(&self, start: f64, end: f64) -> Result<(), RecipeError> {
+        if start < 0.0 {
+            return Err(self.err("start_epoch", format!("must be >= 0, found {start}")));
+        }
+        if end < start {
+            return Err(self.err("end_epoch", format!("{end} is before start_epoch {start}")));
+        }
+        Ok(())
+    }
+}
+
+impl Recipe {
+    /// Reads and resolves a recipe file with `--set` overrides.
+    pub fn load(path: &Path, overrides: &[(String, f64)]) -> Result<Recipe, RecipeError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RecipeError { file: file.clone(), line: None, message: e.to_string() })?;
+        Recipe::parse(&text, &file, overrides)
+    }
+
+    /// Parses recipe text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str, overrides: &[(String, f64)]) -> Result<Recipe, RecipeError> {
+        let raw: RawRecipe = toml::from_str(text).map_err(|e| RecipeError {
+            file: file.to_string(),
+            line: e.span().map(|s| text[..s.start].lines().count().max(1)),
+            message: e.message().trim().to_string(),
+        })?;
+        let mut r = Resolver { file, vars: raw.variables.clone(), loc: Locator { text }, block: ("[variables]", 0) };
+        if raw.version != 1 {
+            r.block = ("", 0);
+            return Err(RecipeError { file: file.into(), line: r.loc.line("", 0, "version").or(Some(1)), message: format!("version: {} is not supported (this sparsify reads version 1)", raw.version) });
+        }
+        for (name, value) in overrides {
+            if !r.vars.contains_key(name) {
+                let known: Vec<&str> = raw.variables.keys().map(String::as_str).collect();
+                return Err(r.err(name, format!("--set overrides a variable the recipe does not define (defined: {})", known.join(", "))));
+            }
+            r.vars.insert(name.clone(), *value);
+        }
+
+        r.block = ("[data]", 0);
+        let d = &raw.data;
+        let data = Data {
+            dataset: d.dataset.clone(),
+            batch_size: r.count("batch_size", &d.batch_size)?,
+            validation: r.num("validation", &d.validation)?,
+            train_subset: r.count("train_subset", &d.train_subset)?,
+            test_subset: r.count("test_subset", &d.test_subset)?,
+        };
+        datasets::registry::spec(&data.dataset).map_err(|e| r.err("dataset", e))?;
+        if data.batch_size == 0 {
+            return Err(r.err("batch_size", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&data.validation) {
+            return Err(r.err("validation", "must be in [0, 1)"));
+        }
+
+        r.block = ("[optimizer]", 0);
+        let o = &raw.optimizer;
+        let optimizer = Optimizer {
+            kind: o.kind,
+            momentum: r.opt("momentum", &o.momentum, 0.0)?,
+            nesterov: o.nesterov,
+            weight_decay: r.opt("weight_decay", &o.weight_decay, 0.0)?,
+            betas: o.betas.unwrap_or([0.9, 0.999]),
+        };
+        let base_lr = r.opt("lr", &o.lr, 0.0)?;
+
+        let (mut epochs, mut lr, mut pruning, mut constant_pruning) = (None, None, Vec::new(), Vec::new());
+        for (i, m) in raw.modifiers.iter().enumerate() {
+            r.block = ("[[modifiers]]", i);
+            match m {
+                RawModifier::EpochRange { start_epoch, end_epoch } => {
+                    let (s, e) = (r.num("start_epoch", start_epoch)?, r.num("end_epoch", end_epoch)?);
+                    r.range(s, e)?;
+                    if e <= 0.0 {
+                        return Err(r.err("end_epoch", "training needs end_epoch > 0"));
+                    }
+                    if epochs.replace(e).is_some() {
+                        return Err(r.err("type", "a recipe has one epoch_range modifier"));
+                    }
+                }
+                RawModifier::LearningRate { schedule, init_lr, final_lr, gamma, step_size, milestones, start_epoch, end_epoch } => {
+                    let s = LrSchedule {
+                        kind: *schedule,
+                        init_lr: r.num("init_lr", init_lr)?,
+                        final_lr: r.opt("final_lr", final_lr, 0.0)?,
+                        gamma: r.opt("gamma", gamma, 0.1)?,
+                        step_size: r.opt("step_size", step_size, 1.0)?,
+                        milestones: milestones.iter().flatten().map(|m| r.num("milestones", m)).collect::<Result<_, _>>()?,
+                        start_epoch: r.opt("start_epoch", start_epoch, 0.0)?,
+                        end_epoch: r.opt("end_epoch", end_epoch, f64::NAN)?,
+                    };
+                    if s.init_lr <= 0.0 {
+                        return Err(r.err("init_lr", "must be > 0"));
+                    }
+                    if *schedule == LrKind::Step && s.step_size <= 0.0 {
+                        return Err(r.err("step_size", "must be > 0"));
+                    }
+                    if lr.replace((s, i)).is_some() {
+                        return Err(r.err("type", "a recipe has at most one learning_rate modifier"));
+                    }
+                }
+                RawModifier::Gmp { params, init_sparsity, final_sparsity, start_epoch, end_epoch, update_frequency, schedule, mask, scope, leave_enabled } => {
+                    let final_sparsity = match final_sparsity {
+                        RawSparsity::Uniform(n) => FinalSparsity::Uniform(r.sparsity("final_sparsity", r.num("final_sparsity", n)?)?),
+                        RawSparsity::PerParam(m) => FinalSparsity::PerParam(
+                            m.iter().map(|(k, v)| Ok((k.clone(), r.sparsity("final_sparsity", r.num("final_sparsity", v)?)?))).collect::<Result<_, RecipeError>>()?,
+                        ),
+                    };
+                    let mask = match mask {
+                        None => MaskKind::Unstructured,
+                        Some(s) => MaskKind::parse(s).map_err(|e| r.err("mask", e))?,
+                    };
+                    let g = Gmp {
+                        params: params.patterns(),
+                        init_sparsity: r.sparsity("init_sparsity", r.opt("init_sparsity", init_sparsity, 0.0)?)?,
+                        final_sparsity,
+                        start_epoch: r.num("start_epoch", start_epoch)?,
+                        end_epoch: r.num("end_epoch", end_epoch)?,
+                        update_frequency: r.num("update_frequency", update_frequency)?,
+                        schedule: schedule.unwrap_or(Curve::Cubic),
+                        mask,
+                        scope: scope.unwrap_or(Scope::Layer),
+                        leave_enabled: leave_enabled.unwrap_or(true),
+                    };
+                    r.range(g.start_epoch, g.end_epoch)?;
+                    if g.update_frequency <= 0.0 && g.update_frequency != -1.0 {
+                        return Err(r.err("update_frequency", format!("must be > 0 epochs, or -1 for every step; found {}", g.update_frequency)));
+                    }
+                    if let MaskKind::NOfM { n, m } = g.mask {
+                        let implied = 1.0 - n as f64 / m as f64;
+                        let all: Vec<f64> = match &g.final_sparsity {
+                            FinalSparsity::Uniform(s) => vec![*s],
+                            FinalSparsity::PerParam(p) => p.values().copied().collect(),
+                        };
+                        if all.iter().any(|s| (s - implied).abs() > 1e-9) {
+                            return Err(r.err("final_sparsity", format!("mask {n}:{m} keeps {n} of every {m} weights, so final_sparsity must be {implied}")));
+                        }
+                        if g.scope == Scope::Global {
+                            return Err(r.err("scope", "N:M masks are per group of inputs; use scope = \"layer\""));
+                        }
+                    }
+                    if g.scope == Scope::Global && matches!(g.final_sparsity, FinalSparsity::PerParam(_)) {
+                        return Err(r.err("scope", "a global threshold needs one final_sparsity, not per-parameter values"));
+                    }
+                    pruning.push(g);
+                }
+                RawModifier::ConstantPruning { params, start_epoch, end_epoch } => {
+                    let c = ConstantPruning { params: params.patterns(), start_epoch: r.opt("start_epoch", start_epoch, 0.0)?, end_epoch: r.opt("end_epoch", end_epoch, -1.0)? };
+                    if c.end_epoch >= 0.0 {
+                        r.range(c.start_epoch, c.end_epoch)?;
+                    }
+                    constant_pruning.push(c);
+                }
+            }
+        }
+        r.block = ("[[modifiers]]", 0);
+        let epochs = epochs.ok_or_else(|| RecipeError { file: file.into(), line: None, message: "modifiers: the recipe needs an epoch_range modifier (its end_epoch is the training length)".into() })?;
+        let lr = match lr {
+            Some((mut s, _)) => {
+                if s.end_epoch.is_nan() {
+                    s.end_epoch = epochs;
+                }
+                s
+            }
+            None if base_lr > 0.0 => LrSchedule { kind: LrKind::Constant, init_lr: base_lr, final_lr: base_lr, gamma: 1.0, step_size: 1.0, milestones: vec![], start_epoch: 0.0, end_epoch: epochs },
+            None => {
+                r.block = ("[optimizer]", 0);
+                return Err(r.err("lr", "set optimizer.lr or add a learning_rate modifier"));
+            }
+        };
+        for (i, g) in pruning.iter().enumerate() {
+            if g.end_epoch > epochs {
+                r.block = ("[[modifiers]]", raw.modifiers.iter().enumerate().filter(|(_, m)| matches!(m, RawModifier::Gmp { .. })).nth(i).map_or(0, |(j, _)| j));
+                return Err(r.err("end_epoch", format!("{} is after the end of training ({epochs})", g.end_epoch)));
+            }
+        }
+        Ok(Recipe { version: raw.version, variables: r.vars, model: raw.model, data, optimizer, seed: raw.training.seed, epochs, lr, pruning, constant_pruning })
+    }
+
+    /// The resolved recipe as TOML (written next to every run).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not serialise the recipe: {e}\n"))
+    }
+}
+
+/// Checks the recipe's `params` patterns against the parameters of its model.
+pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
+    let side = 28;
+    let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
+    let net = crate::model::Network::new(&recipe.model, side, classes, 0);
+    crate::prune::Pruner::new(recipe, &net).map(|_| ()).map_err(|message| {
+        let line = message.split_once(':').and_then(|(field, _)| {
+            text_line(file, |l| l.trim_start().starts_with(field))
+        });
+        RecipeError { file: file.to_string(), line, message }
+    })
+}
+
+fn text_line(file: &str, pred: impl Fn(&str) -> bool) -> Option<usize> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().position(pred).map(|i| i + 1)
+}

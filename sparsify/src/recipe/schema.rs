@@ -1,0 +1,188 @@
+//! The recipe file as written: TOML tables deserialised with unknown fields rejected. Numbers may
+//! be written as expressions over `[variables]`; `resolve` turns this into a checked `Recipe`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Arch;
+
+/// A number or an arithmetic expression over the recipe's variables (`"epochs * 0.6"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Num {
+    Value(f64),
+    Expr(String),
+}
+
+/// `final_sparsity`: one value for every targeted tensor, or one per parameter name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawSparsity {
+    Uniform(Num),
+    PerParam(BTreeMap<String, Num>),
+}
+
+/// `params`: a token (`__ALL_PRUNABLE__`), or a list of names, globs (`fc*.weight`) or regular
+/// expressions (`re:^fc[12]\.weight$`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Params {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Params {
+    pub fn patterns(&self) -> Vec<String> {
+        match self {
+            Params::One(s) => vec![s.clone()],
+            Params::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecipe {
+    /// Recipe format version; only 1 exists.
+    pub version: u32,
+    /// Named numbers usable in expressions; `--set name=value` overrides them.
+    #[serde(default)]
+    pub variables: BTreeMap<String, f64>,
+    pub model: Arch,
+    #[serde(default)]
+    pub data: RawData,
+    pub optimizer: RawOptimizer,
+    #[serde(default)]
+    pub training: RawTraining,
+    pub modifiers: Vec<RawModifier>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawData {
+    /// Dataset name (default `fashion-mnist`).
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// Training batch size (default 128).
+    #[serde(default = "default_batch")]
+    pub batch_size: Num,
+    /// Fraction of the training set held out for validation (default 0).
+    #[serde(default = "zero")]
+    pub validation: Num,
+    /// Use only this many training images, 0 for all (default 0): for quick runs.
+    #[serde(default = "zero")]
+    pub train_subset: Num,
+    /// Use only this many test images, 0 for all (default 0).
+    #[serde(default = "zero")]
+    pub test_subset: Num,
+}
+
+impl Default for RawData {
+    fn default() -> Self {
+        RawData { dataset: default_dataset(), batch_size: default_batch(), validation: zero(), train_subset: zero(), test_subset: zero() }
+    }
+}
+
+fn default_dataset() -> String {
+    datasets::DEFAULT_DATASET.to_string()
+}
+fn default_batch() -> Num {
+    Num::Value(128.0)
+}
+fn zero() -> Num {
+    Num::Value(0.0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptimizer {
+    #[serde(rename = "type")]
+    pub kind: OptimizerKind,
+    /// Learning rate when no `learning_rate` modifier sets it.
+    #[serde(default)]
+    pub lr: Option<Num>,
+    /// SGD momentum (default 0).
+    #[serde(default)]
+    pub momentum: Option<Num>,
+    /// SGD Nesterov momentum (default false).
+    #[serde(default)]
+    pub nesterov: bool,
+    /// L2 weight decay added to the gradient (default 0).
+    #[serde(default)]
+    pub weight_decay: Option<Num>,
+    /// Adam's betas (default [0.9, 0.999]).
+    #[serde(default)]
+    pub betas: Option<[f64; 2]>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraining {
+    /// Seed of initialisation and shuffling (default 0; `--seed` overrides).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrKind {
+    Constant,
+    Step,
+    MultiStep,
+    Exponential,
+    Cosine,
+    Linear,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Curve {
+    Cubic,
+    Linear,
+    InverseCubic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Layer,
+    Global,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawModifier {
+    /// The training length: `end_epoch` epochs.
+    EpochRange { start_epoch: Num, end_epoch: Num },
+    LearningRate {
+        schedule: LrKind,
+        init_lr: Num,
+        final_lr: Option<Num>,
+        gamma: Option<Num>,
+        step_size: Option<Num>,
+        milestones: Option<Vec<Num>>,
+        start_epoch: Option<Num>,
+        end_epoch: Option<Num>,
+    },
+    Gmp {
+        params: Params,
+        init_sparsity: Option<Num>,
+        final_sparsity: RawSparsity,
+        start_epoch: Num,
+        end_epoch: Num,
+        update_frequency: Num,
+        schedule: Option<Curve>,
+        mask: Option<String>,
+        scope: Option<Scope>,
+        leave_enabled: Option<bool>,
+    },
+    ConstantPruning { params: Params, start_epoch: Option<Num>, end_epoch: Option<Num> },
+}

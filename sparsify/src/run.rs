@@ -1,0 +1,137 @@
+//! The run folder: `recipe.toml` (as given), `recipe.resolved.toml`, `run.json` (git revision,
+//! CPU, ISA, seed, times), `metrics.csv` (one row per epoch) and `checkpoints/epoch-N.safetensors`.
+//! Every file is written atomically.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One row of `metrics.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_accuracy: Option<f64>,
+    pub test_accuracy: f64,
+    /// Fraction of zeros over all targeted weights.
+    pub sparsity: f64,
+    pub seconds: f64,
+    /// `(parameter name, sparsity)` per targeted parameter.
+    pub layers: Vec<(String, f64)>,
+}
+
+/// Metadata of a run (`run.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub recipe: String,
+    pub overrides: Vec<(String, f64)>,
+    pub seed: u64,
+    pub threads: usize,
+    pub git_revision: String,
+    pub cpu: String,
+    pub isa: String,
+    pub dataset: String,
+    pub data_source: String,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub started_unix: u64,
+    pub finished_unix: Option<u64>,
+    pub epochs_completed: usize,
+    pub train_seconds: f64,
+    pub final_test_accuracy: Option<f64>,
+    pub final_sparsity: Option<f64>,
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The current git revision, or "unknown" outside a repository.
+pub fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// The CPU's model name from /proc/cpuinfo.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn checkpoint_path(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join("checkpoints").join(format!("epoch-{epoch:03}.safetensors"))
+}
+
+/// The highest-epoch checkpoint in a run folder.
+pub fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
+    std::fs::read_dir(dir.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("epoch-")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+}
+
+/// `metrics.csv` text for the rows so far.
+pub fn metrics_csv(rows: &[EpochMetrics]) -> anyhow::Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = ["epoch", "lr", "train_loss", "train_accuracy", "val_accuracy", "test_accuracy", "sparsity", "seconds"].map(String::from).to_vec();
+    if let Some(first) = rows.first() {
+        header.extend(first.layers.iter().map(|(n, _)| format!("sparsity.{n}")));
+    }
+    w.write_record(&header)?;
+    for r in rows {
+        let mut rec = vec![
+            r.epoch.to_string(),
+            format!("{:.6e}", r.lr),
+            format!("{:.6}", r.train_loss),
+            format!("{:.6}", r.train_accuracy),
+            r.val_accuracy.map_or(String::new(), |v| format!("{v:.6}")),
+            format!("{:.6}", r.test_accuracy),
+            format!("{:.6}", r.sparsity),
+            format!("{:.3}", r.seconds),
+        ];
+        rec.extend(r.layers.iter().map(|(_, s)| format!("{s:.6}")));
+        w.write_record(&rec)?;
+    }
+    Ok(String::from_utf8(w.into_inner()?)?)
+}
+
+/// Reads `metrics.csv` back (for resuming and plotting).
+pub fn read_metrics(path: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
+    let mut r = csv::Reader::from_path(path)?;
+    let header: Vec<String> = r.headers()?.iter().map(String::from).collect();
+    let mut rows = Vec::new();
+    for rec in r.records() {
+        let rec = rec?;
+        let f = |i: usize| -> anyhow::Result<f64> { Ok(rec.get(i).unwrap_or("").parse::<f64>()?) };
+        rows.push(EpochMetrics {
+            epoch: f(0)? as usize,
+            lr: f(1)?,
+            train_loss: f(2)?,
+            train_accuracy: f(3)?,
+            val_accuracy: f(4).ok(),
+            test_accuracy: f(5)?,
+            sparsity: f(6)?,
+            seconds: f(7)?,
+            layers: (8..header.len()).map(|i| Ok((header[i].trim_start_matches("sparsity.").to_string(), f(i)?))).collect::<anyhow::Result<_>>()?,
+        });
+    }
+    Ok(rows)
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    engine::fsutil::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())?;
+    Ok(())
+}

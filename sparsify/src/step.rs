@@ -1,0 +1,67 @@
+//! One training step and evaluation on burn: build leaf tensors from the parameters, forward,
+//! cross-entropy, backward, and return the gradients as plain arrays.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::model::Network;
+
+/// The device training runs on: burn's `flex` CPU backend with autodiff.
+pub fn train_device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// The device evaluation runs on (no autodiff).
+pub fn eval_device() -> Device {
+    Device::flex()
+}
+
+/// Loss, correct predictions and one gradient per parameter for a batch.
+///
+/// # Shapes
+/// `inputs`: `[labels.len(), side * side]` normalised pixels.
+pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]) -> (f32, usize, Vec<Vec<f32>>) {
+    let b = labels.len();
+    let params = net.tensors(device, true);
+    let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_side * net.input_side]), device);
+    let logits = net.forward(&params, x);
+    let correct = argmax(&logits.to_data().try_to_vec::<f32>().expect("f32 logits"), net.classes).iter().zip(labels).filter(|(p, l)| **p == **l as usize).count();
+    let mut onehot = vec![0.0f32; b * net.classes];
+    for (i, &l) in labels.iter().enumerate() {
+        onehot[i * net.classes + l as usize] = 1.0;
+    }
+    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, net.classes]), device);
+    let loss = (log_softmax(logits, 1) * onehot).sum().neg().div_scalar(b as f32);
+    let loss_value = loss.to_data().try_to_vec::<f32>().expect("f32 loss")[0];
+    let grads = loss.backward();
+    let g = params.iter().map(|p| p.grad(&grads).map(|g| g.to_data().try_to_vec::<f32>().expect("f32 grad")).unwrap_or_else(|| vec![0.0; p.dims()[0]])).collect();
+    (loss_value, correct, g)
+}
+
+/// Logits for a batch, without autodiff: `[labels, classes]` row-major.
+pub fn logits(net: &Network, device: &Device, inputs: Vec<f32>, batch: usize) -> Vec<f32> {
+    let params = net.tensors(device, false);
+    let x = Tensor::<2>::from_data(TensorData::new(inputs, [batch, net.input_side * net.input_side]), device);
+    net.forward(&params, x).to_data().try_to_vec::<f32>().expect("f32 logits")
+}
+
+/// Index of the largest value of each row of `classes` values.
+pub fn argmax(values: &[f32], classes: usize) -> Vec<usize> {
+    values.chunks(classes).map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)).collect()
+}
+
+/// Top-1 accuracy of `net` on a split (batches of 500).
+pub fn accuracy(net: &Network, split: &datasets::Split, mean: f32, std: f32) -> f64 {
+    if split.is_empty() {
+        return 0.0;
+    }
+    let device = eval_device();
+    let order: Vec<usize> = (0..split.len()).collect();
+    let mut correct = 0;
+    for b in datasets::batch::batches(split, &order, 500, mean, std) {
+        let n = b.len();
+        let preds = argmax(&logits(net, &device, b.inputs, n), net.classes);
+        correct += preds.iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
+    }
+    correct as f64 / split.len() as f64
+}

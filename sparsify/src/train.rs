@@ -1,0 +1,234 @@
+//! The training loop. Per step: update the masks that are due, compute gradients, zero the
+//! gradients of pruned weights, take an optimizer step, and zero pruned weights again (momentum
+//! and weight decay would otherwise revive them). Per epoch: evaluate, append to `metrics.csv`,
+//! write a checkpoint. `--resume` continues from the last checkpoint with the same schedule.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::checkpoint;
+use crate::model::Network;
+use crate::optim::{self, OptimState};
+use crate::prune::{self, Pruner};
+use crate::recipe::Recipe;
+use crate::run::{self, EpochMetrics, RunInfo};
+use crate::step;
+
+/// How to run a recipe.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The run folder.
+    pub out: PathBuf,
+    /// Dataset folder (else the standard search order).
+    pub data: Option<PathBuf>,
+    /// Continue from the last checkpoint in `out`.
+    pub resume: bool,
+    pub quiet: bool,
+    /// Recipe path and overrides, recorded in `run.json`.
+    pub recipe_path: String,
+    pub overrides: Vec<(String, f64)>,
+    /// Stop after this many epochs (for tests of resuming); `None` trains to the end.
+    pub stop_after: Option<usize>,
+}
+
+/// What a finished (or stopped) run reached.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub metrics: Vec<EpochMetrics>,
+    pub out: PathBuf,
+    pub net: Network,
+}
+
+/// The data a run trains and evaluates on.
+pub struct RunData {
+    pub train: datasets::Split,
+    pub val: Option<datasets::Split>,
+    pub test: datasets::Split,
+    pub mean: f32,
+    pub std: f32,
+    pub classes: usize,
+    pub source: String,
+}
+
+/// Loads the recipe's dataset and applies its subsets and validation split.
+pub fn load_data(recipe: &Recipe, data: Option<PathBuf>, quiet: bool) -> anyhow::Result<RunData> {
+    let d = datasets::Resolver::new(data, quiet).load(&recipe.data.dataset)?;
+    let subset = |s: &datasets::Split, n: usize, seed: u64| if n == 0 || n >= s.len() { s.clone() } else { s.select(&datasets::batch::shuffled(s.len(), seed)[..n]) };
+    let train = subset(&d.train, recipe.data.train_subset, 17);
+    let test = subset(&d.test, recipe.data.test_subset, 18);
+    let (train, val) = if recipe.data.validation > 0.0 {
+        let (t, v) = datasets::batch::validation_split(&train, recipe.data.validation, 19);
+        (t, Some(v))
+    } else {
+        (train, None)
+    };
+    if train.rows != train.cols {
+        bail!("{}: images are {}x{}; the models expect square images", recipe.data.dataset, train.rows, train.cols);
+    }
+    Ok(RunData { train, val, test, mean: d.mean, std: d.std, classes: d.num_classes, source: d.source.to_string() })
+}
+
+fn progress_bar(quiet: bool, steps: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps);
+    bar.set_style(ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})").expect("static template").progress_chars("=> "));
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    bar
+}
+
+/// Trains `recipe` into `opts.out`.
+pub fn train(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions) -> anyhow::Result<Summary> {
+    train_on(recipe, recipe_text, opts, load_data(recipe, opts.data.clone(), opts.quiet)?)
+}
+
+/// Trains on already loaded data (tests use synthetic data).
+pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: RunData) -> anyhow::Result<Summary> {
+    let out = &opts.out;
+    let epochs = recipe.epochs.ceil() as usize;
+    let mut net = Network::new(&recipe.model, data.train.rows, data.classes, recipe.seed);
+    let mut pruner = Pruner::new(recipe, &net).map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?;
+    let mut optim_state = OptimState::new(&net.params.iter().map(|p| p.numel()).collect::<Vec<_>>(), recipe.optimizer.kind);
+    let mut metrics: Vec<EpochMetrics> = Vec::new();
+    let mut step_count: u64 = 0;
+    let mut first_epoch = 0;
+
+    let existing = run::latest_checkpoint(out);
+    match (&existing, opts.resume) {
+        (Some((_, path)), true) => {
+            let ck = checkpoint::load(path)?;
+            if ck.net.arch != net.arch || ck.net.params.iter().map(|p| &p.shape).ne(net.params.iter().map(|p| &p.shape)) {
+                bail!("{}: the checkpoint's model does not match the recipe's", path.display());
+            }
+            net = ck.net;
+            optim_state = ck.optim;
+            pruner.last_update = ck.progress.last_update.clone();
+            for (key, mask) in ck.masks {
+                pruner.restore_mask(&key, mask).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            }
+            step_count = ck.progress.step;
+            first_epoch = ck.progress.epoch;
+            let m = out.join("metrics.csv");
+            metrics = run::read_metrics(&m).with_context(|| format!("reading {}", m.display()))?.into_iter().filter(|r| r.epoch <= first_epoch).collect();
+            if !opts.quiet {
+                eprintln!("resuming {} after epoch {first_epoch}", out.display());
+            }
+        }
+        (Some(_), false) => bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display()),
+        (None, _) => {}
+    }
+
+    std::fs::create_dir_all(out.join("checkpoints")).with_context(|| format!("creating {}", out.display()))?;
+    engine::fsutil::write_atomic(&out.join("recipe.toml"), recipe_text.as_bytes())?;
+    engine::fsutil::write_atomic(&out.join("recipe.resolved.toml"), recipe.to_toml().as_bytes())?;
+    let mut info = RunInfo {
+        recipe: opts.recipe_path.clone(),
+        overrides: opts.overrides.clone(),
+        seed: recipe.seed,
+        threads: rayon::current_num_threads(),
+        git_revision: run::git_revision(),
+        cpu: run::cpu_name(),
+        isa: engine::kernels::Isa::detect().name().to_string(),
+        dataset: recipe.data.dataset.clone(),
+        data_source: data.source.clone(),
+        train_images: data.train.len(),
+        test_images: data.test.len(),
+        started_unix: run::now_unix(),
+        finished_unix: None,
+        epochs_completed: first_epoch,
+        train_seconds: metrics.iter().map(|m| m.seconds).sum(),
+        final_test_accuracy: None,
+        final_sparsity: None,
+    };
+    run::write_json(&out.join("run.json"), &info)?;
+
+    let device = step::train_device();
+    let batch = recipe.data.batch_size;
+    let steps_per_epoch = data.train.len().div_ceil(batch).max(1);
+    let targeted = pruner.targeted();
+    let last_epoch = opts.stop_after.map_or(epochs, |s| s.min(epochs));
+    for epoch in first_epoch..last_epoch {
+        let start = Instant::now();
+        let order = datasets::batch::shuffled(data.train.len(), recipe.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let bar = progress_bar(opts.quiet, steps_per_epoch as u64, epoch, epochs);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = recipe.lr.at(epoch as f64);
+        for b in datasets::batch::batches(&data.train, &order, batch, data.mean, data.std) {
+            let e = step_count as f64 / steps_per_epoch as f64;
+            if pruner.update(recipe, &net, e) {
+                for &p in &targeted {
+                    pruner.zero_pruned(recipe, p, e, &mut net.params[p].values);
+                }
+            }
+            lr = recipe.lr.at(e);
+            let n = b.len();
+            let (loss, ok, mut grads) = step::gradients(&net, &device, b.inputs, &b.labels);
+            if !loss.is_finite() {
+                bail!("the loss became {loss} at epoch {e:.2}: lower the learning rate");
+            }
+            for &p in &targeted {
+                pruner.zero_pruned(recipe, p, e, &mut grads[p]);
+            }
+            let mut values: Vec<Vec<f32>> = net.params.iter_mut().map(|p| std::mem::take(&mut p.values)).collect();
+            optim::step(&recipe.optimizer, &mut optim_state, &mut values, &grads, lr);
+            for (p, v) in net.params.iter_mut().zip(values) {
+                p.values = v;
+            }
+            for &p in &targeted {
+                pruner.zero_pruned(recipe, p, e, &mut net.params[p].values);
+                pruner.zero_pruned(recipe, p, e, &mut optim_state.first[p]);
+            }
+            step_count += 1;
+            loss_sum += loss as f64 * n as f64;
+            correct += ok;
+            seen += n;
+            bar.inc(1);
+            if bar.position() % 20 == 0 {
+                bar.set_message(format!("loss {:.4} acc {:.3} sparsity {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64, prune::sparsity_of(&net, &targeted)));
+            }
+        }
+        let test_accuracy = step::accuracy(&net, &data.test, data.mean, data.std);
+        let val_accuracy = data.val.as_ref().map(|v| step::accuracy(&net, v, data.mean, data.std));
+        let row = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_accuracy,
+            test_accuracy,
+            sparsity: prune::sparsity_of(&net, &targeted),
+            seconds: start.elapsed().as_secs_f64(),
+            layers: targeted.iter().map(|&p| (net.params[p].name.clone(), prune::sparsity_of(&net, &[p]))).collect(),
+        };
+        bar.finish_and_clear();
+        if !opts.quiet {
+            eprintln!(
+                "epoch {}/{epochs}: loss {:.4}, train acc {:.4}, test acc {:.4}, sparsity {:.4}, lr {:.2e}, {:.1}s",
+                row.epoch, row.train_loss, row.train_accuracy, row.test_accuracy, row.sparsity, row.lr, row.seconds
+            );
+        }
+        metrics.push(row);
+        checkpoint::save(&run::checkpoint_path(out, epoch + 1), &net, &optim_state, &pruner, epoch + 1, step_count)?;
+        engine::fsutil::write_atomic(&out.join("metrics.csv"), run::metrics_csv(&metrics)?.as_bytes())?;
+        info.epochs_completed = epoch + 1;
+        info.train_seconds = metrics.iter().map(|m| m.seconds).sum();
+        run::write_json(&out.join("run.json"), &info)?;
+    }
+    if last_epoch == epochs {
+        info.finished_unix = Some(run::now_unix());
+        info.final_test_accuracy = metrics.last().map(|m| m.test_accuracy);
+        info.final_sparsity = metrics.last().map(|m| m.sparsity);
+        run::write_json(&out.join("run.json"), &info)?;
+    }
+    Ok(Summary { metrics, out: out.to_path_buf(), net })
+}
+
+/// The network of a run's last checkpoint.
+pub fn final_network(run_dir: &Path) -> anyhow::Result<Network> {
+    let (_, path) = run::latest_checkpoint(run_dir).with_context(|| format!("{} has no checkpoints (is it a sparsify run folder?)", run_dir.display()))?;
+    Ok(checkpoint::load(&path)?.net)
+}
