@@ -79,6 +79,26 @@ fn blocks(rows: usize, cols: usize, bh: usize, bw: usize, values: &[f32]) -> Vec
     groups
 }
 
+/// Prunes the lowest-scoring groups until `target` weights are pruned: a group that would
+/// overshoot is skipped (only edge blocks are smaller than the rest), so the count is exact
+/// whenever the group sizes allow it.
+fn prune_groups(groups: &[(f32, &[usize])], target: usize, mut prune: impl FnMut(usize)) {
+    let scores: Vec<f32> = groups.iter().map(|g| g.0).collect();
+    let mut order = lowest(&scores, scores.len());
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    let mut pruned = 0;
+    for g in order {
+        let members = groups[g].1;
+        if pruned + members.len() <= target {
+            members.iter().for_each(|&i| prune(i));
+            pruned += members.len();
+        }
+        if pruned == target {
+            break;
+        }
+    }
+}
+
 /// Indices of the `k` lowest-scoring items, ties broken by index.
 fn lowest(scores: &[f32], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
@@ -103,10 +123,8 @@ pub fn layer_mask(values: &[f32], rows: usize, cols: usize, sparsity: f64, kind:
         }
         MaskKind::Block { rows: bh, cols: bw } => {
             let groups = blocks(rows, cols, bh, bw, values);
-            let scores: Vec<f32> = groups.iter().map(|g| g.score).collect();
-            for g in lowest(&scores, (groups.len() as f64 * sparsity).round() as usize) {
-                groups[g].members.iter().for_each(|&i| keep[i] = false);
-            }
+            let view: Vec<(f32, &[usize])> = groups.iter().map(|g| (g.score, g.members.as_slice())).collect();
+            prune_groups(&view, (values.len() as f64 * sparsity).round() as usize, |i| keep[i] = false);
         }
         MaskKind::NOfM { n, m } => {
             for r in 0..rows {
@@ -131,19 +149,21 @@ pub fn global_masks(tensors: &[(&[f32], usize, usize)], sparsity: f64, kind: Mas
         MaskKind::Block { rows, cols } => (rows, cols),
         _ => (1, 1),
     };
-    let per: Vec<Vec<Group>> = tensors.iter().map(|(v, r, c)| blocks(*r, *c, bh, bw, v)).collect();
-    let mut owners = Vec::new();
-    let mut scores = Vec::new();
-    for (t, groups) in per.iter().enumerate() {
-        for (g, group) in groups.iter().enumerate() {
-            owners.push((t, g));
-            scores.push(group.score);
-        }
+    // Number every weight of every tensor consecutively, so groups of all tensors compete.
+    let mut offset = 0;
+    let mut flat: Vec<Group> = Vec::new();
+    for (v, r, c) in tensors {
+        flat.extend(blocks(*r, *c, bh, bw, v).into_iter().map(|g| Group { score: g.score, members: g.members.iter().map(|m| m + offset).collect() }));
+        offset += v.len();
     }
-    let mut keep: Vec<Vec<bool>> = tensors.iter().map(|(v, _, _)| vec![true; v.len()]).collect();
-    for i in lowest(&scores, (scores.len() as f64 * sparsity).round() as usize) {
-        let (t, g) = owners[i];
-        per[t][g].members.iter().for_each(|&m| keep[t][m] = false);
+    let mut keep_flat = vec![true; offset];
+    let view: Vec<(f32, &[usize])> = flat.iter().map(|g| (g.score, g.members.as_slice())).collect();
+    prune_groups(&view, (offset as f64 * sparsity).round() as usize, |i| keep_flat[i] = false);
+    let mut keep = Vec::with_capacity(tensors.len());
+    let mut at = 0;
+    for (v, _, _) in tensors {
+        keep.push(keep_flat[at..at + v.len()].to_vec());
+        at += v.len();
     }
     keep
 }

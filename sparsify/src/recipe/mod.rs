@@ -156,6 +156,10 @@ struct Locator<'a> {
 impl Locator<'_> {
     fn block_lines(&self, header: &str, index: usize) -> Option<(usize, usize)> {
         let lines: Vec<&str> = self.text.lines().collect();
+        if header.is_empty() {
+            // Top-level keys: everything before the first table header.
+            return Some((0, lines.iter().position(|l| l.trim_start().starts_with('[')).unwrap_or(lines.len())));
+        }
         let starts: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.trim() == header).map(|(i, _)| i).collect();
         let start = *starts.get(index)?;
         let end = (start + 1..lines.len()).find(|&i| lines[i].trim_start().starts_with('[')).unwrap_or(lines.len());

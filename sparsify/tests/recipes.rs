@@ -1,0 +1,142 @@
+//! Recipe parsing: resolved values, schedules against hand-computed ones, and errors that name
+//! the field and line.
+
+use sparsify::recipe::{FinalSparsity, LrKind, Recipe};
+
+const BASE: &str = r#"version = 1
+
+[variables]
+epochs = 10
+sparsity = 0.8
+
+[model]
+name = "mlp"
+hidden = [16]
+
+[optimizer]
+type = "sgd"
+momentum = 0.9
+
+[[modifiers]]
+type = "epoch_range"
+start_epoch = 0
+end_epoch = "epochs"
+
+[[modifiers]]
+type = "learning_rate"
+schedule = "cosine"
+init_lr = 0.1
+final_lr = 0.0
+
+[[modifiers]]
+type = "gmp"
+params = "__ALL_PRUNABLE__"
+init_sparsity = 0.05
+final_sparsity = "sparsity"
+start_epoch = 2
+end_epoch = "epochs - 2"
+update_frequency = 0.5
+"#;
+
+fn parse(text: &str) -> Result<Recipe, String> {
+    Recipe::parse(text, "r.toml", &[]).map_err(|e| e.to_string())
+}
+
+fn err(text: &str) -> String {
+    parse(text).expect_err("the recipe should be rejected")
+}
+
+#[test]
+fn resolves_expressions_and_defaults() {
+    let r = parse(BASE).unwrap();
+    assert_eq!(r.epochs, 10.0);
+    let g = &r.pruning[0];
+    assert_eq!((g.start_epoch, g.end_epoch, g.update_frequency), (2.0, 8.0, 0.5));
+    assert_eq!(g.final_sparsity, FinalSparsity::Uniform(0.8));
+    assert_eq!(r.lr.kind, LrKind::Cosine);
+    assert_eq!(r.lr.end_epoch, 10.0, "the learning-rate schedule ends with training by default");
+    assert_eq!(r.data.batch_size, 128);
+    assert_eq!(r.data.dataset, "fashion-mnist");
+    let over = Recipe::parse(BASE, "r.toml", &[("sparsity".into(), 0.95)]).unwrap();
+    assert_eq!(over.pruning[0].final_sparsity, FinalSparsity::Uniform(0.95));
+}
+
+#[test]
+fn gmp_schedules_match_hand_computed_values() {
+    let mut r = parse(BASE).unwrap();
+    let g = &mut r.pruning[0];
+    // x = (epoch - 2) / 6; cubic 1 - (1 - x)^3; sparsity = 0.05 + y * 0.75.
+    assert!((g.target("fc1.weight", 2.0) - 0.05).abs() < 1e-12);
+    assert!((g.target("fc1.weight", 5.0) - (0.05 + 0.875 * 0.75)).abs() < 1e-12);
+    assert!((g.target("fc1.weight", 8.0) - 0.8).abs() < 1e-12);
+    assert!((g.target("fc1.weight", 9.5) - 0.8).abs() < 1e-12);
+    g.schedule = sparsify::recipe::Curve::Linear;
+    assert!((g.target("x", 5.0) - (0.05 + 0.5 * 0.75)).abs() < 1e-12);
+    g.schedule = sparsify::recipe::Curve::InverseCubic;
+    assert!((g.target("x", 5.0) - (0.05 + (1.0 - 0.5f64.powf(1.0 / 3.0)) * 0.75)).abs() < 1e-12);
+}
+
+#[test]
+fn learning_rate_schedules_match_hand_computed_values() {
+    let r = parse(BASE).unwrap();
+    assert!((r.lr.at(0.0) - 0.1).abs() < 1e-12);
+    assert!((r.lr.at(5.0) - 0.05).abs() < 1e-12);
+    assert!(r.lr.at(10.0).abs() < 1e-12);
+    let with = |schedule: &str, extra: &str| {
+        let t = BASE.replace("schedule = \"cosine\"\ninit_lr = 0.1\nfinal_lr = 0.0", &format!("schedule = \"{schedule}\"\ninit_lr = 0.1\n{extra}"));
+        parse(&t).unwrap().lr
+    };
+    let step = with("step", "gamma = 0.5\nstep_size = 3");
+    assert!((step.at(2.9) - 0.1).abs() < 1e-12 && (step.at(3.0) - 0.05).abs() < 1e-12 && (step.at(6.5) - 0.025).abs() < 1e-12);
+    let multi = with("multi_step", "gamma = 0.1\nmilestones = [4, 7]");
+    assert!((multi.at(3.9) - 0.1).abs() < 1e-12 && (multi.at(4.0) - 0.01).abs() < 1e-12 && (multi.at(8.0) - 0.001).abs() < 1e-12);
+    let exp = with("exponential", "gamma = 0.9");
+    assert!((exp.at(2.0) - 0.081).abs() < 1e-12);
+    let lin = with("linear", "final_lr = 0.02");
+    assert!((lin.at(5.0) - 0.06).abs() < 1e-12);
+}
+
+#[test]
+fn errors_name_the_field_and_line() {
+    let e = err(&BASE.replace("momentum = 0.9", "momentum = 0.9\nmomentun = 0.8"));
+    assert!(e.contains("r.toml:") && e.contains("momentun"), "{e}");
+    let e = err(&BASE.replace("sparsity = 0.8", "sparsity = 1.2"));
+    assert!(e.starts_with("r.toml:30: final_sparsity: sparsity must be in [0, 1), found 1.2"), "{e}");
+    let e = err(&BASE.replace("end_epoch = \"epochs - 2\"", "end_epoch = 1"));
+    assert!(e.starts_with("r.toml:32: end_epoch: 1 is before start_epoch 2"), "{e}");
+    let e = err(&BASE.replace("name = \"mlp\"", "name = \"resnet152\""));
+    assert!(e.contains("resnet152") && e.contains("r.toml:"), "{e}");
+    let e = err(&BASE.replace("update_frequency = 0.5", "update_frequency = 0.5\nmask = \"2:4\""));
+    assert!(e.contains("mask 2:4 keeps 2 of every 4 weights, so final_sparsity must be 0.5"), "{e}");
+    let e = err(&BASE.replace("\"epochs - 2\"", "\"epochz - 2\""));
+    assert!(e.contains("unknown variable 'epochz'"), "{e}");
+    let e = Recipe::parse(BASE, "r.toml", &[("lr".into(), 1.0)]).unwrap_err().to_string();
+    assert!(e.contains("--set overrides a variable the recipe does not define"), "{e}");
+    let e = err(&BASE.replace("version = 1", "version = 2"));
+    assert!(e.starts_with("r.toml:1: version"), "{e}");
+}
+
+#[test]
+fn params_that_match_nothing_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(&path, BASE.replace("params = \"__ALL_PRUNABLE__\"", "params = [\"conv*.weight\"]")).unwrap();
+    let r = Recipe::load(&path, &[]).unwrap();
+    let e = sparsify::recipe::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
+    assert!(e.contains("'conv*.weight' matches no parameter") && e.contains(":28:"), "{e}");
+}
+
+#[test]
+fn shipped_recipes_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let r = Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+            sparsify::recipe::check_params(&r, &path.display().to_string()).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n >= 11, "expected the shipped recipes, found {n}");
+}
