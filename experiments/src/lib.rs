@@ -1,1 +1,31 @@
-//! placeholder
+//! Reproducible sweeps: a sweep file names recipes, overrides and seeds; every point is trained
+//! with sparsify, exported, evaluated and benchmarked in the engine (sparse against dense kernels
+//! in the same run); the results become `results.csv`, plots and `report.md` under
+//! `results/<sweep>/`. Points are cached by a hash of their configuration.
+
+pub mod peers;
+pub mod plots;
+pub mod point;
+pub mod report;
+pub mod results;
+pub mod sweep;
+
+use std::path::Path;
+
+use point::PointResult;
+use sweep::Sweep;
+
+/// Builds the table, plots and report from every finished point of `sweep`; returns how many
+/// points were finished.
+pub fn collect(sweep: &Sweep, sweep_file: &str, results_root: &Path) -> anyhow::Result<usize> {
+    let dir = sweep.dir(results_root);
+    let rows: Vec<PointResult> = sweep.points.iter().filter_map(|p| point::finished(&dir, p)).collect();
+    if rows.is_empty() {
+        anyhow::bail!("no finished points in {} yet", dir.display());
+    }
+    std::fs::create_dir_all(&dir)?;
+    results::write_csv(&dir.join("results.csv"), &rows, &sweep.batches)?;
+    let plots = plots::all(&dir, &rows)?;
+    report::write(&dir.join("report.md"), sweep_file, &rows, &sweep.batches, &plots)?;
+    Ok(rows.len())
+}

@@ -8,7 +8,7 @@ use engine::exec::Session;
 
 use crate::ModelArgs;
 use crate::commands::{bench_input, compile_model};
-use crate::stats::{Latency, time_runs};
+use engine::stats::{Latency, time_runs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -47,10 +47,7 @@ struct Row {
 }
 
 fn measure(session: &mut Session, input: &[f32], batch: usize, a: &BenchArgs) -> anyhow::Result<Latency> {
-    let runs = time_runs(a.warmup, 20, 100_000, a.seconds, || {
-        session.run(input, batch)?;
-        Ok(())
-    })?;
+    let runs = time_runs(a.warmup, 20, 100_000, a.seconds, || session.run(input, batch).map(|_| ()))?;
     Ok(Latency::from_seconds(&runs))
 }
 

@@ -8,7 +8,7 @@ use engine::exec::Session;
 use engine::npy;
 
 use crate::ModelArgs;
-use crate::stats::Latency;
+use engine::stats::Latency;
 
 /// Loads and compiles the model named by `--model`.
 pub fn compile_model(args: &ModelArgs) -> anyhow::Result<Model> {

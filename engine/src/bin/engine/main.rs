@@ -2,7 +2,7 @@
 
 mod bench;
 mod commands;
-mod stats;
+
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,4 +1,5 @@
-//! Latency statistics over repeated runs: mean, median and percentiles, in milliseconds.
+//! Latency statistics over repeated runs (mean, median and percentiles, in milliseconds), shared
+//! by `engine bench` and the experiments.
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Latency {
@@ -21,7 +22,7 @@ impl Latency {
 
 /// Runs `f` `warmup` times, then until `min_iters` runs and `min_seconds` have passed (at most
 /// `max_iters`), returning each timed run's seconds.
-pub fn time_runs(warmup: usize, min_iters: usize, max_iters: usize, min_seconds: f64, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+pub fn time_runs<E>(warmup: usize, min_iters: usize, max_iters: usize, min_seconds: f64, mut f: impl FnMut() -> Result<(), E>) -> Result<Vec<f64>, E> {
     for _ in 0..warmup {
         f()?;
     }

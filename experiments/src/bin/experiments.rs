@@ -1,0 +1,152 @@
+//! `experiments`: run sweeps, plan them for a cluster, and collect their results.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use experiments::peers::Peers;
+use experiments::sweep::Sweep;
+use experiments::{collect, point};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "experiments", version, about = "Sweeps of sparsify + engine: accuracy against measured speedup")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// A Slurm job-array script, one task per point.
+    Slurm,
+    /// One command per line (for GNU parallel or xargs).
+    Shell,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every point of a sweep (reusing finished ones), then write the table, plots and report.
+    Run {
+        sweep: PathBuf,
+        /// Folder holding the dataset (else the standard search order).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where results go (default ./results).
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// A Python with onnxruntime (and optionally deepsparse) to time the ONNX exports too.
+        #[arg(long)]
+        peers_python: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run one point (by id, see `plan`) into the shared results folder.
+    RunPoint {
+        sweep: PathBuf,
+        id: String,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long)]
+        peers_python: Option<PathBuf>,
+    },
+    /// Print the jobs of a sweep, one per point, for a cluster or GNU parallel.
+    Plan {
+        sweep: PathBuf,
+        #[arg(long, value_enum, default_value_t = Emit::Shell)]
+        emit: Emit,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Build the table, plots and report from the points finished so far.
+    Collect {
+        sweep: PathBuf,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn peers(python: Option<PathBuf>, quiet: bool) -> anyhow::Result<Option<Peers>> {
+    match python {
+        Some(p) => Ok(Some(Peers::new(p)?)),
+        None => {
+            if !quiet {
+                eprintln!("note: no --peers-python given; skipping ONNX Runtime and DeepSparse timings");
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { sweep: file, data, results, peers_python, quiet } => {
+            let sweep = Sweep::load(&file)?;
+            let peers = peers(peers_python, quiet)?;
+            let dir = sweep.dir(&results);
+            let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(sweep.points.len() as u64) };
+            bar.set_style(ProgressStyle::with_template("sweep {prefix} [{bar:30}] {pos}/{len} points {msg} ({elapsed})").expect("static template").progress_chars("=> "));
+            bar.set_prefix(sweep.name.clone());
+            for p in &sweep.points {
+                bar.set_message(p.label());
+                let r = point::run_point(&sweep, &dir, p, data.clone(), peers.as_ref())?;
+                bar.inc(1);
+                let line = format!(
+                    "{}: top-1 {:.2}%, sparsity {:.1}%, speedup {}",
+                    p.label(),
+                    100.0 * r.top1,
+                    100.0 * r.measured_sparsity,
+                    r.timings.iter().map(|t| format!("{:.2}x at b={}", t.speedup, t.batch)).collect::<Vec<_>>().join(", ")
+                );
+                if !quiet {
+                    bar.suspend(|| eprintln!("{line}"));
+                }
+            }
+            bar.finish_and_clear();
+            let n = collect(&sweep, &file.display().to_string(), &results)?;
+            println!("{n} points: {}", dir.join("report.md").display());
+        }
+        Command::RunPoint { sweep: file, id, data, results, peers_python } => {
+            let sweep = Sweep::load(&file)?;
+            let Some(p) = sweep.points.iter().find(|p| p.id == id) else {
+                bail!("{}: no point with id {id} (see `experiments plan`)", file.display());
+            };
+            let r = point::run_point(&sweep, &sweep.dir(&results), p, data, peers(peers_python, true)?.as_ref())?;
+            println!("{}: top-1 {:.4}", p.label(), r.top1);
+        }
+        Command::Plan { sweep: file, emit, results } => {
+            let sweep = Sweep::load(&file)?;
+            let exe = std::env::current_exe()?;
+            let cmd = |id: &str| format!("{} run-point {} {id} --results {}", exe.display(), file.display(), results.display());
+            match emit {
+                Emit::Shell => sweep.points.iter().for_each(|p| println!("{}", cmd(&p.id))),
+                Emit::Slurm => {
+                    println!("#!/bin/bash\n#SBATCH --job-name={}\n#SBATCH --array=0-{}\n#SBATCH --cpus-per-task=2", sweep.name, sweep.points.len() - 1);
+                    println!("# After the array finishes: {} collect {} --results {}", exe.display(), file.display(), results.display());
+                    println!("ids=({})", sweep.points.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(" "));
+                    println!("{}", cmd("${ids[$SLURM_ARRAY_TASK_ID]}"));
+                }
+            }
+        }
+        Command::Collect { sweep: file, results } => {
+            let sweep = Sweep::load(&file)?;
+            let n = collect(&sweep, &file.display().to_string(), &results)?;
+            println!("{n} of {} points collected into {}", sweep.points.len(), sweep.dir(&results).display());
+        }
+    }
+    Ok(())
+}

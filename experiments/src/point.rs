@@ -1,0 +1,167 @@
+//! Running one point of a sweep: train with sparsify (resuming a partial run), export the model
+//! for the engine and as ONNX, measure test accuracy in the engine, and time the model with its
+//! sparse kernels and with dense kernels in the same process at each batch size.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use engine::compile::{self, KernelPolicy, Options};
+use engine::exec::Session;
+use engine::stats::{Latency, time_runs};
+use serde::{Deserialize, Serialize};
+use sparsify::recipe::Recipe;
+use sparsify::train::{self, TrainOptions};
+
+use crate::sweep::{Point, Sweep};
+
+/// Timing of one batch size.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchTiming {
+    pub batch: usize,
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    pub dense_median_ms: f64,
+    /// `dense_median_ms / median_ms`.
+    pub speedup: f64,
+    /// Peers' medians on the exported ONNX, when measured.
+    #[serde(default)]
+    pub onnxruntime_ms: Option<f64>,
+    #[serde(default)]
+    pub deepsparse_ms: Option<f64>,
+}
+
+/// Everything measured for a point (`point.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PointResult {
+    pub point: Point,
+    pub model: String,
+    pub structure: String,
+    pub target_sparsity: f64,
+    pub measured_sparsity: f64,
+    pub quantization: String,
+    pub top1: f64,
+    pub timings: Vec<BatchTiming>,
+    pub file_bytes: u64,
+    pub train_seconds: f64,
+    pub git_revision: String,
+    pub cpu: String,
+    pub isa: String,
+    /// `(epoch, test accuracy, sparsity)` per epoch.
+    pub curve: Vec<(usize, f64, f64)>,
+    /// `(parameter, sparsity)` at the end.
+    pub layers: Vec<(String, f64)>,
+}
+
+pub fn point_dir(sweep_dir: &Path, p: &Point) -> PathBuf {
+    sweep_dir.join("points").join(&p.id)
+}
+
+/// A finished point's result, if any.
+pub fn finished(sweep_dir: &Path, p: &Point) -> Option<PointResult> {
+    let text = std::fs::read_to_string(point_dir(sweep_dir, p).join("point.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Runs a point (or returns its earlier result).
+pub fn run_point(sweep: &Sweep, sweep_dir: &Path, p: &Point, data: Option<PathBuf>, peers: Option<&crate::peers::Peers>) -> anyhow::Result<PointResult> {
+    if let Some(r) = finished(sweep_dir, p) {
+        return Ok(r);
+    }
+    let dir = point_dir(sweep_dir, p);
+    let run_dir = dir.join("run");
+    let mut recipe = Recipe::parse(&p.recipe_text, &p.recipe.display().to_string(), &p.overrides)?;
+    recipe.seed = p.seed;
+    let resume = sparsify::run::latest_checkpoint(&run_dir).is_some();
+    let opts = TrainOptions {
+        out: run_dir.clone(),
+        data: data.clone(),
+        resume,
+        quiet: true,
+        recipe_path: p.recipe.display().to_string(),
+        overrides: p.overrides.clone(),
+        stop_after: None,
+    };
+    let summary = train::train(&recipe, &p.recipe_text, &opts).with_context(|| format!("training {}", p.label()))?;
+    let native = dir.join("model.sparse");
+    let onnx = dir.join("model.onnx");
+    sparsify::export::export(&summary.net, &native, sparsify::export::Format::Native)?;
+    sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx)?;
+
+    let top1 = engine_accuracy(&native, &recipe, data)?;
+    let mut timings = bench(&native, &sweep.batches, sweep.threads, sweep.bench_seconds)?;
+    if let Some(peers) = peers {
+        for t in &mut timings {
+            let (ort, ds) = peers.time(&onnx, t.batch, sweep.threads)?;
+            t.onnxruntime_ms = ort;
+            t.deepsparse_ms = ds;
+        }
+    }
+    let info: sparsify::run::RunInfo = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json"))?)?;
+    let last = summary.metrics.last().context("the run has no epochs")?;
+    let result = PointResult {
+        model: match recipe.model {
+            sparsify::model::Arch::Mlp { ref hidden } => format!("mlp-{}", hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-")),
+            sparsify::model::Arch::Lenet5 => "lenet5".into(),
+        },
+        structure: sparsify::prune::structure(&recipe),
+        target_sparsity: recipe.pruning.first().map_or(0.0, |g| g.final_for("")),
+        measured_sparsity: last.sparsity,
+        quantization: "none".into(),
+        top1,
+        timings,
+        file_bytes: std::fs::metadata(&native)?.len(),
+        train_seconds: info.train_seconds,
+        git_revision: info.git_revision,
+        cpu: info.cpu,
+        isa: info.isa,
+        curve: summary.metrics.iter().map(|m| (m.epoch, m.test_accuracy, m.sparsity)).collect(),
+        layers: last.layers.clone(),
+        point: p.clone(),
+    };
+    sparsify::run::write_json(&dir.join("point.json"), &result)?;
+    Ok(result)
+}
+
+/// Top-1 accuracy of a model file on the recipe's test set, run in the engine.
+fn engine_accuracy(model: &Path, recipe: &Recipe, data: Option<PathBuf>) -> anyhow::Result<f64> {
+    let d = train::load_data(recipe, data, true)?;
+    let m = compile::compile(engine::load(model)?, Options::new(KernelPolicy::Auto)?)?;
+    let mut s = Session::new(&m, 2)?;
+    let order: Vec<usize> = (0..d.test.len()).collect();
+    let mut correct = 0;
+    for b in datasets::batch::batches(&d.test, &order, 500, d.mean, d.std) {
+        let out = s.run(&b.inputs, b.len())?;
+        correct += sparsify::step::argmax(&out, d.classes).iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
+    }
+    Ok(correct as f64 / d.test.len().max(1) as f64)
+}
+
+/// Times the model with its chosen kernels and with dense kernels, alternating rounds so drift
+/// affects both alike; returns medians per batch size.
+pub fn bench(model: &Path, batches: &[usize], threads: usize, seconds: f64) -> anyhow::Result<Vec<BatchTiming>> {
+    let graph = engine::load(model)?;
+    let sparse = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto)?)?;
+    let dense = compile::compile(graph, Options::new(KernelPolicy::Dense)?)?;
+    let per_sample: usize = sparse.input_shape.iter().product();
+    let mut out = Vec::new();
+    for &batch in batches {
+        let x: Vec<f32> = (0..batch * per_sample).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect();
+        let (mut s, mut d) = (Session::new(&sparse, threads)?, Session::new(&dense, threads)?);
+        let (mut ts, mut td) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            ts.extend(time_runs(3, 5, 100_000, seconds / 5.0, || s.run(&x, batch).map(|_| ()))?);
+            td.extend(time_runs(3, 5, 100_000, seconds / 5.0, || d.run(&x, batch).map(|_| ()))?);
+        }
+        let (ls, ld) = (Latency::from_seconds(&ts), Latency::from_seconds(&td));
+        out.push(BatchTiming {
+            batch,
+            median_ms: ls.median_ms,
+            p90_ms: ls.p90_ms,
+            dense_median_ms: ld.median_ms,
+            speedup: ld.median_ms / ls.median_ms,
+            onnxruntime_ms: None,
+            deepsparse_ms: None,
+        });
+    }
+    Ok(out)
+}

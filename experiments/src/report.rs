@@ -1,0 +1,47 @@
+//! `report.md`: the results table and the plots of a sweep, with the command that reproduces it.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::point::PointResult;
+
+pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usize], plots: &[String]) -> anyhow::Result<()> {
+    let mut md = String::new();
+    writeln!(md, "# Results of `{sweep_file}`\n")?;
+    writeln!(md, "Reproduce with `cargo run --release -p experiments -- run {sweep_file}` (finished points are reused).")?;
+    if let Some(r) = rows.first() {
+        writeln!(md, "Measured on {} ({}), git revision {}.\n", r.cpu, r.isa, r.git_revision)?;
+    }
+    writeln!(md, "Speedup is the same model run with dense kernels divided by its sparse run, in the same process;")?;
+    writeln!(md, "latencies are medians in milliseconds.\n")?;
+    let mut header = "| model | structure | overrides | sparsity | top-1 |".to_string();
+    let mut rule = "|---|---|---|---|---|".to_string();
+    for b in batches {
+        write!(header, " ms b={b} | speedup b={b} |")?;
+        rule += "---|---|";
+        if rows.iter().any(|r| r.timings.iter().any(|t| t.batch == *b && (t.onnxruntime_ms.is_some() || t.deepsparse_ms.is_some()))) {
+            write!(header, " ORT ms b={b} | DeepSparse ms b={b} |")?;
+            rule += "---|---|";
+        }
+    }
+    writeln!(md, "{header} file |\n{rule}---|")?;
+    for r in rows {
+        let sets: Vec<String> = r.point.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut line = format!("| {} | {} | {} | {:.1}% | {:.2}% |", r.model, r.structure, sets.join(" "), 100.0 * r.measured_sparsity, 100.0 * r.top1);
+        for b in batches {
+            let t = r.timings.iter().find(|t| t.batch == *b);
+            write!(line, " {} | {} |", t.map_or("-".into(), |t| format!("{:.3}", t.median_ms)), t.map_or("-".into(), |t| format!("{:.2}x", t.speedup)))?;
+            if rows.iter().any(|r| r.timings.iter().any(|t| t.batch == *b && (t.onnxruntime_ms.is_some() || t.deepsparse_ms.is_some()))) {
+                let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+                write!(line, " {} | {} |", f(t.and_then(|t| t.onnxruntime_ms)), f(t.and_then(|t| t.deepsparse_ms)))?;
+            }
+        }
+        writeln!(md, "{line} {:.0} KiB |", r.file_bytes as f64 / 1024.0)?;
+    }
+    writeln!(md)?;
+    for p in plots {
+        writeln!(md, "![{p}]({p}.png)\n")?;
+    }
+    engine::fsutil::write_atomic(path, md.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Sweep files: which recipes to train, with which fixed overrides, which variables to sweep
+//! over (every combination), which seeds, and how to benchmark. Each point of a sweep is named
+//! by a hash of everything that determines its result, so finished points are reused and an
+//! interrupted sweep resumes where it stopped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSweep {
+    version: u32,
+    /// Results go to `results/<name>/`.
+    name: String,
+    /// Batch sizes benchmarked for every point (default [1, 64]).
+    #[serde(default = "default_batches")]
+    batches: Vec<usize>,
+    /// Threads for benchmarks (default 2).
+    #[serde(default = "default_threads")]
+    threads: usize,
+    /// Seconds of timing per model and batch size (default 1).
+    #[serde(default = "default_seconds")]
+    bench_seconds: f64,
+    /// Seeds every study is trained with (default [0]).
+    #[serde(default = "default_seeds")]
+    seeds: Vec<u64>,
+    study: Vec<RawStudy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStudy {
+    /// Recipe path, relative to the sweep file's folder's parent (the repository root).
+    recipe: String,
+    /// Variables set for every point of this study.
+    #[serde(default)]
+    set: BTreeMap<String, f64>,
+    /// Variables swept: every combination of their values is a point.
+    #[serde(default)]
+    sweep: BTreeMap<String, Vec<f64>>,
+}
+
+fn default_batches() -> Vec<usize> {
+    vec![1, 64]
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_seconds() -> f64 {
+    1.0
+}
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// One training run of a sweep and everything that determines it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Point {
+    pub id: String,
+    pub recipe: PathBuf,
+    pub recipe_text: String,
+    pub overrides: Vec<(String, f64)>,
+    pub seed: u64,
+}
+
+impl Point {
+    /// A short label: recipe name and overrides.
+    pub fn label(&self) -> String {
+        let stem = self.recipe.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
+        let sets: Vec<String> = self.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if sets.is_empty() { format!("{stem} seed={}", self.seed) } else { format!("{stem} {} seed={}", sets.join(" "), self.seed) }
+    }
+}
+
+/// A resolved sweep.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub name: String,
+    pub batches: Vec<usize>,
+    pub threads: usize,
+    pub bench_seconds: f64,
+    pub points: Vec<Point>,
+}
+
+impl Sweep {
+    /// Reads a sweep file; recipe paths are resolved against the current directory first, then
+    /// against the sweep file's parent folder.
+    pub fn load(path: &Path) -> anyhow::Result<Sweep> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let raw: RawSweep = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if raw.version != 1 {
+            bail!("{}: version {} is not supported (1 is)", path.display(), raw.version);
+        }
+        if raw.name.is_empty() || raw.name.contains(['/', '\\']) {
+            bail!("{}: name must be a plain folder name", path.display());
+        }
+        if raw.batches.is_empty() || raw.batches.contains(&0) || raw.threads == 0 || raw.seeds.is_empty() {
+            bail!("{}: batches, threads and seeds need at least one value, all >= 1 (seeds >= 0)", path.display());
+        }
+        let base = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+        let mut points = Vec::new();
+        for study in &raw.study {
+            let recipe = [PathBuf::from(&study.recipe), base.join(&study.recipe)].into_iter().find(|p| p.exists());
+            let recipe = recipe.with_context(|| format!("{}: recipe {} not found", path.display(), study.recipe))?;
+            let recipe_text = std::fs::read_to_string(&recipe).with_context(|| format!("reading {}", recipe.display()))?;
+            for combo in combinations(&study.sweep) {
+                let mut overrides: BTreeMap<String, f64> = study.set.clone();
+                overrides.extend(combo);
+                let overrides: Vec<(String, f64)> = overrides.into_iter().collect();
+                // Check the recipe with these overrides now, not hours into the sweep.
+                let r = sparsify::recipe::Recipe::parse(&recipe_text, &recipe.display().to_string(), &overrides)?;
+                sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
+                for &seed in &raw.seeds {
+                    points.push(Point { id: point_id(&recipe_text, &overrides, seed), recipe: recipe.clone(), recipe_text: recipe_text.clone(), overrides: overrides.clone(), seed });
+                }
+            }
+        }
+        if points.is_empty() {
+            bail!("{}: the sweep has no points (add [[study]] tables)", path.display());
+        }
+        Ok(Sweep { name: raw.name, batches: raw.batches, threads: raw.threads, bench_seconds: raw.bench_seconds, points })
+    }
+
+    pub fn dir(&self, results: &Path) -> PathBuf {
+        results.join(&self.name)
+    }
+}
+
+/// Every combination of the swept values (one empty combination when nothing is swept).
+fn combinations(sweep: &BTreeMap<String, Vec<f64>>) -> Vec<Vec<(String, f64)>> {
+    let mut out: Vec<Vec<(String, f64)>> = vec![vec![]];
+    for (name, values) in sweep {
+        out = out.into_iter().flat_map(|c| values.iter().map(move |v| [c.clone(), vec![(name.clone(), *v)]].concat())).collect();
+    }
+    out
+}
+
+/// Hash of what determines a point's training: recipe text, overrides, seed.
+fn point_id(recipe_text: &str, overrides: &[(String, f64)], seed: u64) -> String {
+    let key = serde_json::json!({"recipe": recipe_text, "overrides": overrides, "seed": seed});
+    let digest = Sha256::digest(key.to_string().as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combinations_cover_the_grid() {
+        let s: BTreeMap<String, Vec<f64>> = [("a".to_string(), vec![1.0, 2.0]), ("b".to_string(), vec![3.0, 4.0, 5.0])].into();
+        let c = combinations(&s);
+        assert_eq!(c.len(), 6);
+        assert_eq!(c[0], vec![("a".to_string(), 1.0), ("b".to_string(), 3.0)]);
+        assert_eq!(combinations(&BTreeMap::new()), vec![vec![]]);
+    }
+
+    #[test]
+    fn ids_depend_on_everything_that_changes_results() {
+        let a = point_id("r", &[("x".into(), 1.0)], 0);
+        assert_eq!(a, point_id("r", &[("x".into(), 1.0)], 0));
+        assert_ne!(a, point_id("r", &[("x".into(), 2.0)], 0));
+        assert_ne!(a, point_id("r", &[("x".into(), 1.0)], 1));
+        assert_ne!(a, point_id("r2", &[("x".into(), 1.0)], 0));
+    }
+}
