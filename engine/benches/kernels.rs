@@ -5,6 +5,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use engine::kernels::csr::Csr;
+use engine::kernels::kblocked::{self, KBlocked};
 use engine::kernels::{Isa, dense, spmm, spmv};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,7 +18,10 @@ fn random_sparse(rows: usize, cols: usize, sparsity: f64, seed: u64) -> Vec<f32>
 fn kernels(c: &mut Criterion) {
     let isa = Isa::detect();
     let (rows, cols, w) = (2048, 2048, 64);
-    let x: Vec<f32> = (0..cols * w).map(|i| (i % 17) as f32 * 0.1).collect();
+    // 64-byte aligned activations, as the executor lays them out.
+    let x_storage: Vec<f32> = (0..cols * w + 16).map(|i| (i % 17) as f32 * 0.1).collect();
+    let start = (64 - x_storage.as_ptr() as usize % 64) % 64 / 4;
+    let x = &x_storage[start..start + cols * w];
     let bias = vec![0.1f32; rows];
     let mut y = vec![0.0f32; rows * w];
     let mut g = c.benchmark_group(format!("layer_2048x2048_{}", isa.name()));
@@ -25,13 +29,17 @@ fn kernels(c: &mut Criterion) {
 
     let wd = random_sparse(rows, cols, 0.0, 1);
     g.throughput(Throughput::Elements((2 * rows * cols * w) as u64));
-    g.bench_function("f32-gemm-dense-b64", |b| b.iter(|| dense::dense(isa, &wd, rows, cols, &bias, &x, w, &mut y, true, 1)));
+    g.bench_function("f32-gemm-dense-b64", |b| b.iter(|| dense::dense(isa, &wd, rows, cols, &bias, x, w, &mut y, true, 1)));
 
     for s in [0.9, 0.95] {
         let m = Csr::from_dense(&random_sparse(rows, cols, s, 2), rows, cols);
         g.throughput(Throughput::Elements((2 * m.nnz() * w) as u64));
         g.bench_function(format!("f32-spmm-csr-b64-s{}", (s * 100.0) as u32), |b| {
-            b.iter(|| spmm::spmm(isa, &m, &bias, &x, w, &mut y, 0..rows, true))
+            b.iter(|| spmm::spmm(isa, &m, &bias, x, w, &mut y, 0..rows, true))
+        });
+        let kb = KBlocked::from_csr(&m, kblocked::DEFAULT_KC);
+        g.bench_function(format!("f32-spmm-csr-kc128-b64-s{}", (s * 100.0) as u32), |b| {
+            b.iter(|| kblocked::spmm_kblocked(isa, &kb, &bias, x, w, &mut y, 0..rows, true))
         });
         g.throughput(Throughput::Elements((2 * m.nnz()) as u64));
         g.bench_function(format!("f32-spmv-csr-b1-s{}", (s * 100.0) as u32), |b| b.iter(|| spmv::spmv(isa, &m, &bias, &x[..cols], &mut y, 0..rows, true)));

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::error::{EngineError, Result};
 use crate::graph::{Activation, Graph, Op};
 use crate::kernels::csr::Csr;
+use crate::kernels::kblocked::{self, KBlocked};
 use crate::kernels::window::Geometry;
 use crate::kernels::{Isa, dense, spmm, spmv};
 use crate::passes;
@@ -49,6 +50,8 @@ impl Options {
 pub enum Kernel {
     Dense,
     Sparse,
+    /// CSR cut into column blocks (batched tiles only).
+    SparseKBlocked,
 }
 
 impl Kernel {
@@ -57,6 +60,7 @@ impl Kernel {
             (Kernel::Dense, _) => "dense-gemm",
             (Kernel::Sparse, false) => "f32-spmm-csr",
             (Kernel::Sparse, true) => "f32-spmv-csr",
+            (Kernel::SparseKBlocked, _) => "f32-spmm-csr-kc",
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct MatMul {
     pub dense: Option<Vec<f32>>,
     /// Present when some choice is sparse.
     pub csr: Option<Csr>,
+    /// Present when the batched choice is the column-blocked sparse kernel.
+    pub kblocked: Option<KBlocked>,
     pub sparsity: f64,
     /// For convolutions, the window geometry (with `w = 1`; scaled per tile).
     pub conv: Option<Geometry>,
@@ -86,7 +92,10 @@ impl MatMul {
     }
     /// Bytes of packed weights kept for execution.
     pub fn weight_bytes(&self) -> usize {
-        self.dense.as_ref().map_or(0, |d| 4 * d.len()) + self.csr.as_ref().map_or(0, Csr::bytes) + 4 * self.bias.len()
+        self.dense.as_ref().map_or(0, |d| 4 * d.len())
+            + self.csr.as_ref().map_or(0, Csr::bytes)
+            + self.kblocked.as_ref().map_or(0, KBlocked::bytes)
+            + 4 * self.bias.len()
     }
     /// Useful (non-zero) multiply-adds per output position, times two: FLOPs per sample column.
     pub fn useful_flops_per_column(&self) -> f64 {
@@ -186,7 +195,7 @@ fn pack(name: &str, rows: usize, cols: usize, data: &[f32], bias: &[f32], relu: 
     }
     let csr = Csr::from_dense(data, rows, cols);
     let sparsity = 1.0 - csr.nnz() as f64 / data.len().max(1) as f64;
-    let mut m = MatMul { rows, cols, bias: bias.to_vec(), relu, batch1: Kernel::Dense, batched: Kernel::Dense, dense: None, csr: None, sparsity, conv };
+    let mut m = MatMul { rows, cols, bias: bias.to_vec(), relu, batch1: Kernel::Dense, batched: Kernel::Dense, dense: None, csr: None, kblocked: None, sparsity, conv };
     (m.batch1, m.batched) = match o.policy {
         KernelPolicy::Dense => (Kernel::Dense, Kernel::Dense),
         KernelPolicy::Sparse => (Kernel::Sparse, Kernel::Sparse),
@@ -198,14 +207,17 @@ fn pack(name: &str, rows: usize, cols: usize, data: &[f32], bias: &[f32], relu: 
     if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
         m.dense = Some(data.to_vec());
     }
+    if m.batched == Kernel::SparseKBlocked {
+        m.kblocked = Some(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC));
+    }
     if m.batch1 == Kernel::Sparse || m.batched == Kernel::Sparse {
         m.csr = Some(csr);
     }
     Ok(m)
 }
 
-/// Times dense and sparse on a `[cols, w]` input (single thread) and returns the faster one,
-/// with `dense_bias` in dense's favour.
+/// Times the candidates on a `[cols, w]` input (single thread) and returns the fastest, with
+/// `dense_bias` in dense's favour.
 fn choose(m: &MatMul, data: &[f32], csr: &Csr, w: usize, o: &Options) -> Kernel {
     let x: Vec<f32> = (0..m.cols * w).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
     let mut y = vec![0.0f32; m.rows * w];
@@ -233,5 +245,13 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, w: usize, o: &Options) -> Kernel 
             spmm::spmm(o.isa, csr, &m.bias, &x, w, y, 0..m.rows, m.relu)
         }
     });
-    if t_sparse < t_dense * (1.0 - o.dense_bias) { Kernel::Sparse } else { Kernel::Dense }
+    let mut best = (t_sparse, Kernel::Sparse);
+    if w > 1 && m.cols > 2 * kblocked::DEFAULT_KC {
+        let kb = KBlocked::from_csr(csr, kblocked::DEFAULT_KC);
+        let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, &kb, &m.bias, &x, w, y, 0..m.rows, m.relu));
+        if t < best.0 {
+            best = (t, Kernel::SparseKBlocked);
+        }
+    }
+    if best.0 < t_dense * (1.0 - o.dense_bias) { best.1 } else { Kernel::Dense }
 }

@@ -4,6 +4,7 @@
 //! magnitude of the sum.
 
 use engine::kernels::csr::Csr;
+use engine::kernels::kblocked::{self, KBlocked};
 use engine::kernels::window::{self, Geometry};
 use engine::kernels::{Isa, dense, spmm, spmv};
 use rand::rngs::StdRng;
@@ -58,6 +59,29 @@ fn spmm_variants_match_the_scalar_twin() {
                     spmm::spmm(isa, &m, &bias, &x, w, &mut part, 1..rows - 1, relu);
                     assert_close(&part, &want[w..(rows - 1) * w], "spmm row range");
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn column_blocked_spmm_matches_plain_spmm() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for (rows, cols, w, s) in cases() {
+        let m = Csr::from_dense(&matrix(rows, cols, s, &mut rng), rows, cols);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let mut want = vec![0.0; rows * w];
+        spmm::spmm_ref(&m, &bias, &x, w, &mut want, 0..rows, true);
+        for kc in [1, 7, 64] {
+            let kb = KBlocked::from_csr(&m, kc);
+            let mut got = vec![f32::NAN; rows * w];
+            kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, &mut got, 0..rows, true);
+            assert_close(&got, &want, &format!("kblocked ref kc={kc} {rows}x{cols} w={w}"));
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; rows * w];
+                kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut got, 0..rows, true);
+                assert_close(&got, &want, &format!("kblocked {} kc={kc} {rows}x{cols} w={w} s={s}", isa.name()));
             }
         }
     }

@@ -45,25 +45,30 @@ impl Csr {
 
     /// Splits `0..rows` into at most `parts` contiguous ranges of about equal non-zeros.
     pub fn balanced_row_ranges(&self, parts: usize) -> Vec<std::ops::Range<usize>> {
-        let parts = parts.clamp(1, self.rows.max(1));
-        let nnz = self.nnz().max(1);
-        let mut ranges = Vec::with_capacity(parts);
-        let mut start = 0;
-        for p in 1..=parts {
-            let target = (nnz * p).div_ceil(parts) as u32;
-            let mut end = if p == parts { self.rows } else { self.row_ptr.partition_point(|&o| o < target).min(self.rows) };
-            end = end.max(start);
-            if end > start || p == parts {
-                ranges.push(start..end);
-            }
-            start = end;
-        }
-        ranges.retain(|r| !r.is_empty());
-        if ranges.is_empty() {
-            ranges.push(0..self.rows);
-        }
-        ranges
+        balanced_ranges(&self.row_ptr, parts)
     }
+}
+
+/// Splits the rows described by `row_ptr` (`rows + 1` cumulative counts) into at most `parts`
+/// contiguous non-empty ranges of about equal counts.
+pub fn balanced_ranges(row_ptr: &[u32], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let rows = row_ptr.len().saturating_sub(1);
+    let parts = parts.clamp(1, rows.max(1));
+    let total = row_ptr.last().copied().unwrap_or(0).max(1) as usize;
+    let mut ranges = Vec::with_capacity(parts);
+    let mut start = 0;
+    for p in 1..=parts {
+        let target = (total * p).div_ceil(parts) as u32;
+        let end = if p == parts { rows } else { row_ptr.partition_point(|&o| o < target).min(rows) }.max(start);
+        if end > start {
+            ranges.push(start..end);
+        }
+        start = end;
+    }
+    if ranges.is_empty() {
+        ranges.push(0..rows);
+    }
+    ranges
 }
 
 #[cfg(test)]

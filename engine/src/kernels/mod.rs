@@ -7,6 +7,7 @@
 
 pub mod csr;
 pub mod dense;
+pub mod kblocked;
 pub mod spmm;
 pub mod spmv;
 pub mod window;

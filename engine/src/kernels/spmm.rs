@@ -20,10 +20,16 @@ fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usi
 
 /// The scalar twin: the definition, written plainly.
 pub fn spmm_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+    spmm_acc_ref(m, bias, x, w, y, rows, relu, false)
+}
+
+/// Scalar twin of `spmm_acc`: with `accumulate`, sums start from `y` instead of the bias.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_acc_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
     check(m, bias, x, w, y, &rows);
     for (i, r) in rows.enumerate() {
         for s in 0..w {
-            let mut acc = bias[r];
+            let mut acc = if accumulate { y[i * w + s] } else { bias[r] };
             for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
                 acc += m.val[j] * x[m.col[j] as usize * w + s];
             }
@@ -34,15 +40,22 @@ pub fn spmm_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows:
 
 /// Runs the variant for `isa` (which the CPU must support).
 pub fn spmm(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+    spmm_acc(isa, m, bias, x, w, y, rows, relu, false)
+}
+
+/// `spmm`, or with `accumulate` adding to the values already in `y` instead of the bias (for
+/// weights split into column blocks, see `kblocked`).
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_acc(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
     check(m, bias, x, w, y, &rows);
     match isa {
         // SAFETY: sizes checked above; the CSR indices were validated at construction (`col < cols`);
         // the caller selected `isa` from what the CPU reports.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, relu) },
+        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, relu, accumulate) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, relu) },
-        _ => spmm_ref(m, bias, x, w, y, rows, relu),
+        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, relu, accumulate) },
+        _ => spmm_acc_ref(m, bias, x, w, y, rows, relu, accumulate),
     }
 }
 
@@ -56,7 +69,8 @@ mod x86 {
     /// # Safety
     /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn spmm_avx512(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn spmm_avx512(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let zero = _mm512_setzero_ps();
         let r0 = rows.start;
@@ -67,8 +81,13 @@ mod x86 {
                 // SAFETY (whole block): j < nnz by the CSR invariants; col * w + c0 + 63 < cols * w <= x.len();
                 // (r - r0) * w + c0 + 63 < rows.len() * w <= y.len().
                 unsafe {
-                    let b = _mm512_set1_ps(*bias.get_unchecked(r));
-                    let (mut a0, mut a1, mut a2, mut a3) = (b, b, b, b);
+                    let q = yp.add((r - r0) * w + c0);
+                    let (mut a0, mut a1, mut a2, mut a3) = if accumulate {
+                        (_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16)), _mm512_loadu_ps(q.add(32)), _mm512_loadu_ps(q.add(48)))
+                    } else {
+                        let b = _mm512_set1_ps(*bias.get_unchecked(r));
+                        (b, b, b, b)
+                    };
                     for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
                         let v = _mm512_set1_ps(*m.val.get_unchecked(j));
                         let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
@@ -80,7 +99,6 @@ mod x86 {
                     if relu {
                         (a0, a1, a2, a3) = (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero), _mm512_max_ps(a2, zero), _mm512_max_ps(a3, zero));
                     }
-                    let q = yp.add((r - r0) * w + c0);
                     _mm512_storeu_ps(q, a0);
                     _mm512_storeu_ps(q.add(16), a1);
                     _mm512_storeu_ps(q.add(32), a2);
@@ -96,7 +114,8 @@ mod x86 {
             for r in rows.clone() {
                 // SAFETY: as above; masked lanes are neither read nor written.
                 unsafe {
-                    let mut a = _mm512_set1_ps(*bias.get_unchecked(r));
+                    let q = yp.add((r - r0) * w + c0);
+                    let mut a = if accumulate { _mm512_maskz_loadu_ps(mask, q) } else { _mm512_set1_ps(*bias.get_unchecked(r)) };
                     for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
                         let v = _mm512_set1_ps(*m.val.get_unchecked(j));
                         let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
@@ -105,7 +124,7 @@ mod x86 {
                     if relu {
                         a = _mm512_max_ps(a, zero);
                     }
-                    _mm512_mask_storeu_ps(yp.add((r - r0) * w + c0), mask, a);
+                    _mm512_mask_storeu_ps(q, mask, a);
                 }
             }
             c0 += n;
@@ -115,7 +134,8 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let zero = _mm256_setzero_ps();
         let r0 = rows.start;
@@ -125,8 +145,13 @@ mod x86 {
             for r in rows.clone() {
                 // SAFETY: as in the AVX-512 variant, with 32-column strips.
                 unsafe {
-                    let b = _mm256_set1_ps(*bias.get_unchecked(r));
-                    let (mut a0, mut a1, mut a2, mut a3) = (b, b, b, b);
+                    let q = yp.add((r - r0) * w + c0);
+                    let (mut a0, mut a1, mut a2, mut a3) = if accumulate {
+                        (_mm256_loadu_ps(q), _mm256_loadu_ps(q.add(8)), _mm256_loadu_ps(q.add(16)), _mm256_loadu_ps(q.add(24)))
+                    } else {
+                        let b = _mm256_set1_ps(*bias.get_unchecked(r));
+                        (b, b, b, b)
+                    };
                     for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
                         let v = _mm256_set1_ps(*m.val.get_unchecked(j));
                         let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
@@ -138,7 +163,6 @@ mod x86 {
                     if relu {
                         (a0, a1, a2, a3) = (_mm256_max_ps(a0, zero), _mm256_max_ps(a1, zero), _mm256_max_ps(a2, zero), _mm256_max_ps(a3, zero));
                     }
-                    let q = yp.add((r - r0) * w + c0);
                     _mm256_storeu_ps(q, a0);
                     _mm256_storeu_ps(q.add(8), a1);
                     _mm256_storeu_ps(q.add(16), a2);
@@ -152,7 +176,8 @@ mod x86 {
             for r in rows.clone() {
                 // SAFETY: as above.
                 unsafe {
-                    let mut a = _mm256_set1_ps(*bias.get_unchecked(r));
+                    let q = yp.add((r - r0) * w + c0);
+                    let mut a = if accumulate { _mm256_loadu_ps(q) } else { _mm256_set1_ps(*bias.get_unchecked(r)) };
                     for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
                         let v = _mm256_set1_ps(*m.val.get_unchecked(j));
                         a = _mm256_fmadd_ps(v, _mm256_loadu_ps(xp.add(*m.col.get_unchecked(j) as usize * w + c0)), a);
@@ -160,7 +185,7 @@ mod x86 {
                     if relu {
                         a = _mm256_max_ps(a, zero);
                     }
-                    _mm256_storeu_ps(yp.add((r - r0) * w + c0), a);
+                    _mm256_storeu_ps(q, a);
                 }
             }
             c0 += 8;
@@ -168,7 +193,7 @@ mod x86 {
         // LOOP 3: fewer than 8 columns left, one at a time.
         for s in c0..w {
             for r in rows.clone() {
-                let mut acc = bias[r];
+                let mut acc = if accumulate { y[(r - r0) * w + s] } else { bias[r] };
                 for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
                     acc += m.val[j] * x[m.col[j] as usize * w + s];
                 }
