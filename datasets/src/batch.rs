@@ -56,10 +56,9 @@ impl Batch {
 /// Iterates over `split` in batches of `batch_size` in the order `indices` (the last batch may be
 /// smaller).
 pub fn batches<'a>(split: &'a Split, indices: &'a [usize], batch_size: usize, mean: f32, std: f32) -> impl Iterator<Item = Batch> + 'a {
-    indices.chunks(batch_size.max(1)).map(move |chunk| Batch {
-        inputs: normalize(split, chunk, mean, std),
-        labels: chunk.iter().map(|&i| split.labels[i]).collect(),
-    })
+    indices
+        .chunks(batch_size.max(1))
+        .map(move |chunk| Batch { inputs: normalize(split, chunk, mean, std), labels: chunk.iter().map(|&i| split.labels[i]).collect() })
 }
 
 #[cfg(test)]

@@ -23,21 +23,14 @@ fn hex(bytes: &[u8]) -> String {
 /// Downloads `url` to `dest`, verifying that the bytes hash to `sha256` (lowercase hex).
 pub fn download(url: &str, dest: &Path, sha256: &str, quiet: bool) -> Result<()> {
     let fail = |reason: String| DataError::Download { url: url.to_string(), reason };
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(15))
-        .timeout_read(Duration::from_secs(60))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(15)).timeout_read(Duration::from_secs(60)).build();
     let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
     let expected_len: Option<u64> = response.header("Content-Length").and_then(|v| v.parse().ok());
 
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     // Dropped (and so deleted) on every early return below.
-    let mut part = tempfile::Builder::new()
-        .prefix(".download-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| DataError::io(dir, e))?;
+    let mut part = tempfile::Builder::new().prefix(".download-").suffix(".part").tempfile_in(dir).map_err(|e| DataError::io(dir, e))?;
 
     let bar = progress_bar(expected_len, dest, quiet);
     let mut hasher = Sha256::new();

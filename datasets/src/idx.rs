@@ -39,9 +39,7 @@ pub fn decode(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
         return Ok(raw);
     }
     let mut out = Vec::with_capacity(raw.len() * 4);
-    GzDecoder::new(&raw[..])
-        .read_to_end(&mut out)
-        .map_err(|e| DataError::Gzip { path: path.into(), reason: e.to_string() })?;
+    GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| DataError::Gzip { path: path.into(), reason: e.to_string() })?;
     Ok(out)
 }
 
@@ -64,12 +62,14 @@ fn parse<'a>(path: &Path, bytes: &'a [u8], magic: u32) -> Result<(Vec<usize>, &'
     if bytes.len() < header {
         return Err(DataError::Truncated { path: path.into(), expected: header as u64, found: bytes.len() as u64 });
     }
-    let dims: Vec<usize> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> = bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     let Some(data_len) = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)) else {
-        return Err(DataError::Shape { path: path.into(), what: "dimensions".into(), expected: "a size that fits in memory".into(), found: format!("{dims:?}") });
+        return Err(DataError::Shape {
+            path: path.into(),
+            what: "dimensions".into(),
+            expected: "a size that fits in memory".into(),
+            found: format!("{dims:?}"),
+        });
     };
     let have = (bytes.len() - header) as u64;
     if have < data_len {

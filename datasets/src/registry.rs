@@ -43,10 +43,22 @@ pub const DEFAULT_DATASET: &str = "fashion-mnist";
 pub const FASHION_MNIST: DatasetSpec = DatasetSpec {
     name: "fashion-mnist",
     url: "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    train_images: RemoteFile { name: "train-images-idx3-ubyte.gz", sha256: "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84" },
-    train_labels: RemoteFile { name: "train-labels-idx1-ubyte.gz", sha256: "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845" },
-    test_images: RemoteFile { name: "t10k-images-idx3-ubyte.gz", sha256: "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073" },
-    test_labels: RemoteFile { name: "t10k-labels-idx1-ubyte.gz", sha256: "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5" },
+    train_images: RemoteFile {
+        name: "train-images-idx3-ubyte.gz",
+        sha256: "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    },
+    train_labels: RemoteFile {
+        name: "train-labels-idx1-ubyte.gz",
+        sha256: "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    },
+    test_images: RemoteFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        sha256: "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    },
+    test_labels: RemoteFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        sha256: "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
     class_names: &["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
     mean: 0.2860,
     std: 0.3530,
@@ -55,10 +67,22 @@ pub const FASHION_MNIST: DatasetSpec = DatasetSpec {
 pub const MNIST: DatasetSpec = DatasetSpec {
     name: "mnist",
     url: "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    train_images: RemoteFile { name: "train-images-idx3-ubyte.gz", sha256: "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609" },
-    train_labels: RemoteFile { name: "train-labels-idx1-ubyte.gz", sha256: "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c" },
-    test_images: RemoteFile { name: "t10k-images-idx3-ubyte.gz", sha256: "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6" },
-    test_labels: RemoteFile { name: "t10k-labels-idx1-ubyte.gz", sha256: "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6" },
+    train_images: RemoteFile {
+        name: "train-images-idx3-ubyte.gz",
+        sha256: "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    },
+    train_labels: RemoteFile {
+        name: "train-labels-idx1-ubyte.gz",
+        sha256: "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    },
+    test_images: RemoteFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        sha256: "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    },
+    test_labels: RemoteFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        sha256: "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
     class_names: &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
     mean: 0.1307,
     std: 0.3081,

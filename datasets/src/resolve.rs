@@ -141,5 +141,13 @@ pub fn load_dir(spec: &DatasetSpec, dir: &Path, via: &'static str) -> Result<Dat
             found: format!("{}x{}", test.rows, test.cols),
         });
     }
-    Ok(Dataset { name: spec.name.into(), source: Source::Dir { path: dir.into(), via }, num_classes: classes, mean: spec.mean, std: spec.std, train, test })
+    Ok(Dataset {
+        name: spec.name.into(),
+        source: Source::Dir { path: dir.into(), via },
+        num_classes: classes,
+        mean: spec.mean,
+        std: spec.std,
+        train,
+        test,
+    })
 }

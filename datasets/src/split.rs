@@ -62,7 +62,12 @@ impl Split {
     /// Builds a split from IDX images and labels, checking counts and label range.
     pub fn check(img: idx::IdxImages, images: &Path, lab: Vec<u8>, labels: &Path, classes: usize) -> Result<Split> {
         if img.count != lab.len() {
-            return Err(DataError::CountMismatch { images: images.into(), n_images: img.count, labels: labels.into(), n_labels: lab.len() });
+            return Err(DataError::CountMismatch {
+                images: images.into(),
+                n_images: img.count,
+                labels: labels.into(),
+                n_labels: lab.len(),
+            });
         }
         if let Some((index, &label)) = lab.iter().enumerate().find(|&(_, &l)| l as usize >= classes) {
             return Err(DataError::LabelOutOfRange { path: labels.into(), index, label, classes });

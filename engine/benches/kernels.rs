@@ -42,7 +42,9 @@ fn kernels(c: &mut Criterion) {
             b.iter(|| kblocked::spmm_kblocked(isa, &kb, &bias, x, w, &mut y, 0..rows, true))
         });
         g.throughput(Throughput::Elements((2 * m.nnz()) as u64));
-        g.bench_function(format!("f32-spmv-csr-b1-s{}", (s * 100.0) as u32), |b| b.iter(|| spmv::spmv(isa, &m, &bias, &x[..cols], &mut y, 0..rows, true)));
+        g.bench_function(format!("f32-spmv-csr-b1-s{}", (s * 100.0) as u32), |b| {
+            b.iter(|| spmv::spmv(isa, &m, &bias, &x[..cols], &mut y, 0..rows, true))
+        });
     }
     g.finish();
 }

@@ -107,11 +107,24 @@ impl MatMul {
 #[derive(Debug, Clone)]
 pub enum Exec {
     MatMul(Box<MatMul>),
-    Affine { scale: Vec<f32>, shift: Vec<f32>, relu: bool, per_channel: usize },
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        relu: bool,
+        per_channel: usize,
+    },
     Relu,
-    Pool { geometry: Geometry, avg: Option<bool> },
-    GlobalAvgPool { channels: usize, pixels: usize },
-    Add { relu: bool },
+    Pool {
+        geometry: Geometry,
+        avg: Option<bool>,
+    },
+    GlobalAvgPool {
+        channels: usize,
+        pixels: usize,
+    },
+    Add {
+        relu: bool,
+    },
     /// Same memory layout in and out: a copy.
     Flatten,
     Softmax,
@@ -149,7 +162,9 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     let mut names: Vec<String> = vec![graph.input.clone()];
     let mut value_sizes = vec![graph.input_shape.iter().product()];
     let mut layers = Vec::new();
-    let shape_of = |name: &str, upto: usize| -> Vec<usize> { shapes[..upto].iter().rev().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap_or_default() };
+    let shape_of = |name: &str, upto: usize| -> Vec<usize> {
+        shapes[..upto].iter().rev().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap_or_default()
+    };
     for (i, node) in graph.nodes.iter().enumerate() {
         let inputs: Vec<usize> = node
             .inputs
@@ -160,17 +175,40 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
         let out_shape = shapes[i + 1].1.clone();
         let relu = |a: &Activation| *a == Activation::Relu;
         let exec = match &node.op {
-            Op::Linear { weight, bias, act } => Exec::MatMul(Box::new(pack(&node.name, weight.rows(), weight.cols(), &weight.data, bias, relu(act), None, &options)?)),
+            Op::Linear { weight, bias, act } => {
+                Exec::MatMul(Box::new(pack(&node.name, weight.rows(), weight.cols(), &weight.data, bias, relu(act), None, &options)?))
+            }
             Op::Conv { weight, bias, window, act } => {
-                let geometry = Geometry { channels: in_shape[0], in_hw: [in_shape[1], in_shape[2]], out_hw: [out_shape[1], out_shape[2]], window: *window, w: 1 };
-                Exec::MatMul(Box::new(pack(&node.name, weight.rows(), weight.cols(), &weight.data, bias, relu(act), Some(geometry), &options)?))
+                let geometry = Geometry {
+                    channels: in_shape[0],
+                    in_hw: [in_shape[1], in_shape[2]],
+                    out_hw: [out_shape[1], out_shape[2]],
+                    window: *window,
+                    w: 1,
+                };
+                Exec::MatMul(Box::new(pack(
+                    &node.name,
+                    weight.rows(),
+                    weight.cols(),
+                    &weight.data,
+                    bias,
+                    relu(act),
+                    Some(geometry),
+                    &options,
+                )?))
             }
             Op::Affine { scale, shift, act } => {
                 Exec::Affine { scale: scale.clone(), shift: shift.clone(), relu: relu(act), per_channel: in_shape[1..].iter().product() }
             }
             Op::Relu => Exec::Relu,
             Op::MaxPool { window } | Op::AvgPool { window, .. } => {
-                let geometry = Geometry { channels: in_shape[0], in_hw: [in_shape[1], in_shape[2]], out_hw: [out_shape[1], out_shape[2]], window: *window, w: 1 };
+                let geometry = Geometry {
+                    channels: in_shape[0],
+                    in_hw: [in_shape[1], in_shape[2]],
+                    out_hw: [out_shape[1], out_shape[2]],
+                    window: *window,
+                    w: 1,
+                };
                 let avg = if let Op::AvgPool { count_include_pad, .. } = node.op { Some(count_include_pad) } else { None };
                 Exec::Pool { geometry, avg }
             }
@@ -183,19 +221,42 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
         value_sizes.push(out_shape.iter().product());
         layers.push(Layer { name: node.name.clone(), kind: node.op.kind(), exec, inputs, output: names.len() - 1, out_shape });
     }
-    let output_value = names.iter().rposition(|n| n == &graph.output).ok_or_else(|| EngineError::graph(&graph.output, "output not produced"))?;
-    let output_shape = value_sizes.get(output_value).map(|_| shapes.iter().rev().find(|(n, _)| n == &graph.output).unwrap().1.clone()).unwrap();
+    let output_value =
+        names.iter().rposition(|n| n == &graph.output).ok_or_else(|| EngineError::graph(&graph.output, "output not produced"))?;
+    let output_shape =
+        value_sizes.get(output_value).map(|_| shapes.iter().rev().find(|(n, _)| n == &graph.output).unwrap().1.clone()).unwrap();
     Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn pack(name: &str, rows: usize, cols: usize, data: &[f32], bias: &[f32], relu: bool, conv: Option<Geometry>, o: &Options) -> Result<MatMul> {
+fn pack(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+    bias: &[f32],
+    relu: bool,
+    conv: Option<Geometry>,
+    o: &Options,
+) -> Result<MatMul> {
     if rows == 0 || data.len() != rows * cols || bias.len() != rows {
         return Err(EngineError::graph(name, format!("weight of {} values does not match [{rows}, {cols}]", data.len())));
     }
     let csr = Csr::from_dense(data, rows, cols);
     let sparsity = 1.0 - csr.nnz() as f64 / data.len().max(1) as f64;
-    let mut m = MatMul { rows, cols, bias: bias.to_vec(), relu, batch1: Kernel::Dense, batched: Kernel::Dense, dense: None, csr: None, kblocked: None, sparsity, conv };
+    let mut m = MatMul {
+        rows,
+        cols,
+        bias: bias.to_vec(),
+        relu,
+        batch1: Kernel::Dense,
+        batched: Kernel::Dense,
+        dense: None,
+        csr: None,
+        kblocked: None,
+        sparsity,
+        conv,
+    };
     (m.batch1, m.batched) = match o.policy {
         KernelPolicy::Dense => (Kernel::Dense, Kernel::Dense),
         KernelPolicy::Sparse => (Kernel::Sparse, Kernel::Sparse),

@@ -9,8 +9,8 @@ use rayon::prelude::*;
 
 use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
-use crate::kernels::window::{self, Geometry};
 use crate::kernels::csr::balanced_ranges;
+use crate::kernels::window::{self, Geometry};
 use crate::kernels::{Isa, dense, kblocked, spmm, spmv};
 
 /// Memory plan for one batch size: where each value lives inside a tile's chunk.
@@ -186,10 +186,8 @@ fn regions<'a>(chunk: &'a mut [f32], inputs: &[Range<usize>], out: Range<usize>)
     let (before, rest) = chunk.split_at_mut(out.start);
     let (output, after) = rest.split_at_mut(out.len());
     let (before, after): (&'a [f32], &'a [f32]) = (before, after);
-    let ins = inputs
-        .iter()
-        .map(|r| if r.end <= out.start { &before[r.clone()] } else { &after[r.start - out.end..r.end - out.end] })
-        .collect();
+    let ins =
+        inputs.iter().map(|r| if r.end <= out.start { &before[r.clone()] } else { &after[r.start - out.end..r.end - out.end] }).collect();
     (ins, output)
 }
 
@@ -222,15 +220,15 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
     let range = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * w;
     let ins: Vec<Range<usize>> = layer.inputs.iter().map(|&v| range(v)).collect();
     let out_range = range(layer.output);
-    if let Exec::MatMul(m) = &layer.exec {
-        if let Some(g) = m.conv {
-            let positions = g.out_hw[0] * g.out_hw[1];
-            let (before, rest) = chunk.split_at_mut(plan.scratch.start);
-            let scratch = &mut rest[..m.cols * positions * w];
-            window::im2col(&Geometry { w, ..g }, &before[ins[0].clone()], scratch);
-            matmul(isa, m, scratch, positions * w, &mut before[out_range], threads);
-            return;
-        }
+    if let Exec::MatMul(m) = &layer.exec
+        && let Some(g) = m.conv
+    {
+        let positions = g.out_hw[0] * g.out_hw[1];
+        let (before, rest) = chunk.split_at_mut(plan.scratch.start);
+        let scratch = &mut rest[..m.cols * positions * w];
+        window::im2col(&Geometry { w, ..g }, &before[ins[0].clone()], scratch);
+        matmul(isa, m, scratch, positions * w, &mut before[out_range], threads);
+        return;
     }
     let (xs, y) = regions(chunk, &ins, out_range);
     run_layer(isa, &layer.exec, &xs, y, w, threads);
@@ -248,9 +246,11 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
             // Slabs of rows, a multiple of 16 each, one GEMM per slab.
             let slab = m.rows.div_ceil(threads * 2).next_multiple_of(16);
             let k = m.cols;
-            y[..m.rows * w].par_chunks_mut(slab * w).zip(wt.par_chunks(slab * k)).zip(m.bias.par_chunks(slab)).for_each(|((y, wt), bias)| {
-                dense::dense(isa, wt, bias.len(), k, bias, x, w, y, m.relu, 1);
-            });
+            y[..m.rows * w].par_chunks_mut(slab * w).zip(wt.par_chunks(slab * k)).zip(m.bias.par_chunks(slab)).for_each(
+                |((y, wt), bias)| {
+                    dense::dense(isa, wt, bias.len(), k, bias, x, w, y, m.relu, 1);
+                },
+            );
         }
         kernel @ (Kernel::Sparse | Kernel::SparseKBlocked) => {
             let csr = m.csr.as_ref();

@@ -153,11 +153,10 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
         ("graph".to_string(), serde_json::to_string(&fg).expect("graph serialises")),
     ]
     .into();
-    let views: Vec<(String, TensorView)> = t
-        .0
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("sizes are consistent by construction")))
-        .collect();
+    let views: Vec<(String, TensorView)> =
+        t.0.iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("sizes are consistent by construction")))
+            .collect();
     safetensors::serialize(views, &Some(meta)).map_err(|e| EngineError::Format { path: "<memory>".into(), reason: e.to_string() })
 }
 

@@ -66,17 +66,37 @@ impl Window {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// `y = x W^T + b`, `W` of shape `[out, in]`.
-    Linear { weight: Weight, bias: Vec<f32>, act: Activation },
+    Linear {
+        weight: Weight,
+        bias: Vec<f32>,
+        act: Activation,
+    },
     /// 2-D convolution (groups = 1), `W` of shape `[out, in, kh, kw]`.
-    Conv { weight: Weight, bias: Vec<f32>, window: Window, act: Activation },
+    Conv {
+        weight: Weight,
+        bias: Vec<f32>,
+        window: Window,
+        act: Activation,
+    },
     /// Per-channel `y = x * scale + shift` (an unfolded BatchNormalization).
-    Affine { scale: Vec<f32>, shift: Vec<f32>, act: Activation },
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        act: Activation,
+    },
     Relu,
-    MaxPool { window: Window },
-    AvgPool { window: Window, count_include_pad: bool },
+    MaxPool {
+        window: Window,
+    },
+    AvgPool {
+        window: Window,
+        count_include_pad: bool,
+    },
     GlobalAvgPool,
     /// Elementwise sum of the two inputs (residual connections).
-    Add { act: Activation },
+    Add {
+        act: Activation,
+    },
     /// `[C, H, W] -> [C * H * W]`.
     Flatten,
     /// Softmax over the features of each sample.

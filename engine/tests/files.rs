@@ -54,7 +54,13 @@ fn tensor(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
 }
 
 fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto { input: inputs.iter().map(|s| s.to_string()).collect(), output: vec![output.into()], op_type: op.into(), attribute, ..Default::default() }
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        op_type: op.into(),
+        attribute,
+        ..Default::default()
+    }
 }
 
 fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, input_dims: &[i64], output: &str) -> Vec<u8> {
@@ -67,7 +73,13 @@ fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, input_dims: &[i64], out
     };
     ModelProto {
         ir_version: 8,
-        graph: Some(GraphProto { node: nodes, name: "g".into(), initializer: inits, input: vec![vi("x", dims)], output: vec![vi(output, vec![])] }),
+        graph: Some(GraphProto {
+            node: nodes,
+            name: "g".into(),
+            initializer: inits,
+            input: vec![vi("x", dims)],
+            output: vec![vi(output, vec![])],
+        }),
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
         ..Default::default()
     }
@@ -97,7 +109,12 @@ fn pytorch_style_graph_imports_and_computes() {
     );
     let g = engine::onnx::import::import_bytes(&bytes, "torch.onnx").unwrap();
     let model = engine::compile::compile(g, engine::compile::Options::new(Default::default()).unwrap()).unwrap();
-    assert_eq!(model.layers.len(), 2, "flatten + linear with bias and relu fused: {:?}", model.layers.iter().map(|l| l.kind).collect::<Vec<_>>());
+    assert_eq!(
+        model.layers.len(),
+        2,
+        "flatten + linear with bias and relu fused: {:?}",
+        model.layers.iter().map(|l| l.kind).collect::<Vec<_>>()
+    );
     let y = engine::exec::Session::new(&model, 1).unwrap().run(&[1.0, 2.0, 3.0], 1).unwrap();
     // x W = [1*1 + 2*0.5 + 3*3, 1*-2 + 0 + 3*1] = [11, 1]; + b = [11.5, -9]; relu = [11.5, 0].
     assert_eq!(y, vec![11.5, 0.0]);
@@ -108,7 +125,12 @@ fn batchnorm_after_conv_folds_into_it() {
     let bn = |n: &str, v: f32| tensor(n, &[1], &[v]);
     let bytes = model(
         vec![
-            node("Conv", &["x", "w"], "c", vec![AttributeProto { name: "kernel_shape".into(), ints: vec![1, 1], r#type: 7, ..Default::default() }]),
+            node(
+                "Conv",
+                &["x", "w"],
+                "c",
+                vec![AttributeProto { name: "kernel_shape".into(), ints: vec![1, 1], r#type: 7, ..Default::default() }],
+            ),
             node("BatchNormalization", &["c", "g", "beta", "mean", "var"], "y", vec![]),
         ],
         vec![tensor("w", &[1, 1, 1, 1], &[2.0]), bn("g", 3.0), bn("beta", 1.0), bn("mean", 0.5), bn("var", 4.0 - 1e-5)],

@@ -69,13 +69,19 @@ where
                     anno.label(&s.name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
                 }
                 if s.markers {
-                    let anno = ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let anno =
+                        ctx.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(|e| anyhow::anyhow!("{e}"))?;
                     if !s.line {
                         anno.label(&s.name).legend(move |(x, y)| Circle::new((x + 9, y), 4, color.filled()));
                     }
                 }
             }
-            ctx.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::LowerLeft).draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+            ctx.configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerLeft)
+                .draw()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }};
     }
     if chart.log_x {
@@ -120,11 +126,25 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
 
     let mut series: Vec<Series> = groups
         .iter()
-        .map(|(name, rs)| Series { name: name.clone(), points: rs.iter().map(|r| (speed(r), 100.0 * r.top1)).collect(), line: false, markers: true })
+        .map(|(name, rs)| Series {
+            name: name.clone(),
+            points: rs.iter().map(|r| (speed(r), 100.0 * r.top1)).collect(),
+            line: false,
+            markers: true,
+        })
         .collect();
-    series.push(Series { name: "Pareto front".into(), points: pareto(&rows.iter().map(|r| (speed(r), 100.0 * r.top1)).collect::<Vec<_>>()), line: true, markers: false });
+    series.push(Series {
+        name: "Pareto front".into(),
+        points: pareto(&rows.iter().map(|r| (speed(r), 100.0 * r.top1)).collect::<Vec<_>>()),
+        line: true,
+        markers: false,
+    });
     let title = format!("Top-1 accuracy vs measured speedup over dense (batch {batch})");
-    render(&dir.join("accuracy_vs_speedup"), &Chart { title: &title, x: "speedup over the same model with dense kernels (x)", y: "top-1 accuracy (%)", log_x: false }, &series)?;
+    render(
+        &dir.join("accuracy_vs_speedup"),
+        &Chart { title: &title, x: "speedup over the same model with dense kernels (x)", y: "top-1 accuracy (%)", log_x: false },
+        &series,
+    )?;
     written.push("accuracy_vs_speedup".to_string());
 
     let series: Vec<Series> = groups
@@ -135,33 +155,69 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
             Series { name: name.clone(), points: pts, line: true, markers: true }
         })
         .collect();
-    render(&dir.join("accuracy_vs_sparsity"), &Chart { title: "Top-1 accuracy vs sparsity", x: "sparsity of the pruned weights (%)", y: "top-1 accuracy (%)", log_x: false }, &series)?;
+    render(
+        &dir.join("accuracy_vs_sparsity"),
+        &Chart { title: "Top-1 accuracy vs sparsity", x: "sparsity of the pruned weights (%)", y: "top-1 accuracy (%)", log_x: false },
+        &series,
+    )?;
     written.push("accuracy_vs_sparsity".to_string());
 
     let series: Vec<Series> = rows
         .iter()
-        .map(|r| Series { name: short(r), points: r.timings.iter().map(|t| (t.batch as f64, t.median_ms / t.batch as f64)).collect(), line: true, markers: true })
+        .map(|r| Series {
+            name: short(r),
+            points: r.timings.iter().map(|t| (t.batch as f64, t.median_ms / t.batch as f64)).collect(),
+            line: true,
+            markers: true,
+        })
         .collect();
-    render(&dir.join("latency_vs_batch"), &Chart { title: "Latency per item vs batch size (engine, median)", x: "batch size", y: "ms per item", log_x: true }, &series)?;
+    render(
+        &dir.join("latency_vs_batch"),
+        &Chart { title: "Latency per item vs batch size (engine, median)", x: "batch size", y: "ms per item", log_x: true },
+        &series,
+    )?;
     written.push("latency_vs_batch".to_string());
 
     let series: Vec<Series> = rows
         .iter()
-        .map(|r| Series { name: short(r), points: r.layers.iter().enumerate().map(|(i, (_, s))| (i as f64 + 1.0, 100.0 * s)).collect(), line: true, markers: true })
+        .map(|r| Series {
+            name: short(r),
+            points: r.layers.iter().enumerate().map(|(i, (_, s))| (i as f64 + 1.0, 100.0 * s)).collect(),
+            line: true,
+            markers: true,
+        })
         .collect();
-    render(&dir.join("layer_sparsity"), &Chart { title: "Sparsity per layer (pruned weight tensors in order)", x: "layer", y: "sparsity (%)", log_x: false }, &series)?;
+    render(
+        &dir.join("layer_sparsity"),
+        &Chart { title: "Sparsity per layer (pruned weight tensors in order)", x: "layer", y: "sparsity (%)", log_x: false },
+        &series,
+    )?;
     written.push("layer_sparsity".to_string());
 
     let series: Vec<Series> = rows
         .iter()
         .flat_map(|r| {
             [
-                Series { name: format!("{} accuracy", short(r)), points: r.curve.iter().map(|c| (c.0 as f64, 100.0 * c.1)).collect(), line: true, markers: false },
-                Series { name: format!("{} sparsity", short(r)), points: r.curve.iter().map(|c| (c.0 as f64, 100.0 * c.2)).collect(), line: true, markers: true },
+                Series {
+                    name: format!("{} accuracy", short(r)),
+                    points: r.curve.iter().map(|c| (c.0 as f64, 100.0 * c.1)).collect(),
+                    line: true,
+                    markers: false,
+                },
+                Series {
+                    name: format!("{} sparsity", short(r)),
+                    points: r.curve.iter().map(|c| (c.0 as f64, 100.0 * c.2)).collect(),
+                    line: true,
+                    markers: true,
+                },
             ]
         })
         .collect();
-    render(&dir.join("training_curves"), &Chart { title: "Training: test accuracy and sparsity per epoch", x: "epoch", y: "%", log_x: false }, &series)?;
+    render(
+        &dir.join("training_curves"),
+        &Chart { title: "Training: test accuracy and sparsity per epoch", x: "epoch", y: "%", log_x: false },
+        &series,
+    )?;
     written.push("training_curves".to_string());
     Ok(written)
 }

@@ -63,7 +63,13 @@ pub fn finished(sweep_dir: &Path, p: &Point) -> Option<PointResult> {
 }
 
 /// Runs a point (or returns its earlier result).
-pub fn run_point(sweep: &Sweep, sweep_dir: &Path, p: &Point, data: Option<PathBuf>, peers: Option<&crate::peers::Peers>) -> anyhow::Result<PointResult> {
+pub fn run_point(
+    sweep: &Sweep,
+    sweep_dir: &Path,
+    p: &Point,
+    data: Option<PathBuf>,
+    peers: Option<&crate::peers::Peers>,
+) -> anyhow::Result<PointResult> {
     if let Some(r) = finished(sweep_dir, p) {
         return Ok(r);
     }
@@ -100,7 +106,9 @@ pub fn run_point(sweep: &Sweep, sweep_dir: &Path, p: &Point, data: Option<PathBu
     let last = summary.metrics.last().context("the run has no epochs")?;
     let result = PointResult {
         model: match recipe.model {
-            sparsify::model::Arch::Mlp { ref hidden } => format!("mlp-{}", hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-")),
+            sparsify::model::Arch::Mlp { ref hidden } => {
+                format!("mlp-{}", hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"))
+            }
             sparsify::model::Arch::Lenet5 => "lenet5".into(),
         },
         structure: sparsify::prune::structure(&recipe),

@@ -27,10 +27,22 @@ pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usi
     writeln!(md, "{header} file |\n{rule}---|")?;
     for r in rows {
         let sets: Vec<String> = r.point.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut line = format!("| {} | {} | {} | {:.1}% | {:.2}% |", r.model, r.structure, sets.join(" "), 100.0 * r.measured_sparsity, 100.0 * r.top1);
+        let mut line = format!(
+            "| {} | {} | {} | {:.1}% | {:.2}% |",
+            r.model,
+            r.structure,
+            sets.join(" "),
+            100.0 * r.measured_sparsity,
+            100.0 * r.top1
+        );
         for b in batches {
             let t = r.timings.iter().find(|t| t.batch == *b);
-            write!(line, " {} | {} |", t.map_or("-".into(), |t| format!("{:.3}", t.median_ms)), t.map_or("-".into(), |t| format!("{:.2}x", t.speedup)))?;
+            write!(
+                line,
+                " {} | {} |",
+                t.map_or("-".into(), |t| format!("{:.3}", t.median_ms)),
+                t.map_or("-".into(), |t| format!("{:.2}x", t.speedup))
+            )?;
             if rows.iter().any(|r| r.timings.iter().any(|t| t.batch == *b && (t.onnxruntime_ms.is_some() || t.deepsparse_ms.is_some()))) {
                 let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
                 write!(line, " {} | {} |", f(t.and_then(|t| t.onnxruntime_ms)), f(t.and_then(|t| t.deepsparse_ms)))?;

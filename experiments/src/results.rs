@@ -10,7 +10,9 @@ use crate::point::PointResult;
 pub fn write_csv(path: &Path, rows: &[PointResult], batches: &[usize]) -> anyhow::Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header: Vec<String> =
-        ["id", "model", "recipe", "overrides", "structure", "target_sparsity", "measured_sparsity", "quantization", "top1"].map(String::from).to_vec();
+        ["id", "model", "recipe", "overrides", "structure", "target_sparsity", "measured_sparsity", "quantization", "top1"]
+            .map(String::from)
+            .to_vec();
     for b in batches {
         for c in ["median_ms", "p90_ms", "dense_median_ms", "speedup", "onnxruntime_ms", "deepsparse_ms"] {
             header.push(format!("{c}_b{b}"));
@@ -43,7 +45,14 @@ pub fn write_csv(path: &Path, rows: &[PointResult], batches: &[usize]) -> anyhow
                 f(t.and_then(|t| t.deepsparse_ms)),
             ]);
         }
-        rec.extend([r.file_bytes.to_string(), format!("{:.1}", r.train_seconds), p.seed.to_string(), r.git_revision.clone(), r.cpu.clone(), r.isa.clone()]);
+        rec.extend([
+            r.file_bytes.to_string(),
+            format!("{:.1}", r.train_seconds),
+            p.seed.to_string(),
+            r.git_revision.clone(),
+            r.cpu.clone(),
+            r.isa.clone(),
+        ]);
         w.write_record(&rec)?;
     }
     engine::fsutil::write_atomic(path, &w.into_inner()?)?;

@@ -115,7 +115,13 @@ impl Sweep {
                 let r = sparsify::recipe::Recipe::parse(&recipe_text, &recipe.display().to_string(), &overrides)?;
                 sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
                 for &seed in &raw.seeds {
-                    points.push(Point { id: point_id(&recipe_text, &overrides, seed), recipe: recipe.clone(), recipe_text: recipe_text.clone(), overrides: overrides.clone(), seed });
+                    points.push(Point {
+                        id: point_id(&recipe_text, &overrides, seed),
+                        recipe: recipe.clone(),
+                        recipe_text: recipe_text.clone(),
+                        overrides: overrides.clone(),
+                        seed,
+                    });
                 }
             }
         }

@@ -59,7 +59,8 @@ pub fn save(path: &Path, net: &Network, optim: &OptimState, pruner: &Pruner, epo
         tensors.push((format!("mask.{key}"), Dtype::U8, vec![mask.len()], mask.iter().map(|&k| k as u8).collect()));
     }
     let meta: HashMap<String, String> = [("format".into(), FORMAT.into()), ("progress".into(), serde_json::to_string(&progress)?)].into();
-    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?))).collect::<anyhow::Result<_>>()?;
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?))).collect::<anyhow::Result<_>>()?;
     let bytes = safetensors::serialize(views, &Some(meta))?;
     engine::fsutil::write_atomic(path, &bytes)?;
     Ok(())
@@ -83,7 +84,8 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         bail!(bad("missing the sparsify-checkpoint marker".into()));
     }
-    let progress: Progress = serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or("")).map_err(|e| bad(e.to_string()))?;
+    let progress: Progress =
+        serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or("")).map_err(|e| bad(e.to_string()))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let f32s = |name: &str, len: usize| -> anyhow::Result<Vec<f32>> {
         let t = st.tensor(name).map_err(|e| bad(format!("{name}: {e}")))?;

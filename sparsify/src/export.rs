@@ -35,8 +35,14 @@ pub fn to_graph(net: &Network) -> Graph {
     let (input_shape, mut push) = match net.arch {
         Arch::Mlp { .. } => (vec![net.input_side * net.input_side], 0),
         Arch::Lenet5 => {
-            let win = |k: usize, stride: usize, pad: usize| Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1] };
-            let conv = |i: usize, pad| Op::Conv { weight: weight(i), bias: p[i + 1].values.clone(), window: win(5, 1, pad), act: Activation::Relu };
+            let win =
+                |k: usize, stride: usize, pad: usize| Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1] };
+            let conv = |i: usize, pad| Op::Conv {
+                weight: weight(i),
+                bias: p[i + 1].values.clone(),
+                window: win(5, 1, pad),
+                act: Activation::Relu,
+            };
             nodes.push(node("conv1", conv(0, 2), "input"));
             nodes.push(node("pool1", Op::MaxPool { window: win(2, 2, 0) }, "conv1"));
             nodes.push(node("conv2", conv(2, 0), "pool1"));

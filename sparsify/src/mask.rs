@@ -14,9 +14,15 @@ pub enum MaskKind {
     Unstructured,
     /// Blocks of `rows x cols` weights (`1x4`: four consecutive inputs of one output, the int8
     /// VNNI group; `4x1`: one input of four consecutive outputs, the engine's blocked kernel).
-    Block { rows: usize, cols: usize },
+    Block {
+        rows: usize,
+        cols: usize,
+    },
     /// Keep `n` of every `m` consecutive inputs (`2:4`).
-    NOfM { n: usize, m: usize },
+    NOfM {
+        n: usize,
+        m: usize,
+    },
 }
 
 impl MaskKind {
@@ -71,7 +77,8 @@ fn blocks(rows: usize, cols: usize, bh: usize, bw: usize, values: &[f32]) -> Vec
     let mut groups = Vec::new();
     for r0 in (0..rows).step_by(bh) {
         for c0 in (0..cols).step_by(bw) {
-            let members: Vec<usize> = (r0..(r0 + bh).min(rows)).flat_map(|r| (c0..(c0 + bw).min(cols)).map(move |c| r * cols + c)).collect();
+            let members: Vec<usize> =
+                (r0..(r0 + bh).min(rows)).flat_map(|r| (c0..(c0 + bw).min(cols)).map(move |c| r * cols + c)).collect();
             let score = members.iter().map(|&i| values[i].abs()).sum::<f32>() / members.len() as f32;
             groups.push(Group { score, members });
         }
@@ -153,7 +160,11 @@ pub fn global_masks(tensors: &[(&[f32], usize, usize)], sparsity: f64, kind: Mas
     let mut offset = 0;
     let mut flat: Vec<Group> = Vec::new();
     for (v, r, c) in tensors {
-        flat.extend(blocks(*r, *c, bh, bw, v).into_iter().map(|g| Group { score: g.score, members: g.members.iter().map(|m| m + offset).collect() }));
+        flat.extend(
+            blocks(*r, *c, bh, bw, v)
+                .into_iter()
+                .map(|g| Group { score: g.score, members: g.members.iter().map(|m| m + offset).collect() }),
+        );
         offset += v.len();
     }
     let mut keep_flat = vec![true; offset];
@@ -206,7 +217,8 @@ mod tests {
             let MaskKind::Block { rows: bh, cols: bw } = kind else { unreachable!() };
             for r0 in (0..8).step_by(bh) {
                 for c0 in (0..12).step_by(bw) {
-                    let vals: Vec<bool> = (r0..r0 + bh).flat_map(|r| (c0..c0 + bw).map(move |c| (r, c))).map(|(r, c)| m[r * 12 + c]).collect();
+                    let vals: Vec<bool> =
+                        (r0..r0 + bh).flat_map(|r| (c0..c0 + bw).map(move |c| (r, c))).map(|(r, c)| m[r * 12 + c]).collect();
                     assert!(vals.iter().all(|v| *v == vals[0]), "block at {r0},{c0} split");
                 }
             }

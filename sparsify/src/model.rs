@@ -61,7 +61,12 @@ fn init(name: &str, shape: &[usize], rng: &mut StdRng) -> [Param; 2] {
     let bound = (6.0 / fan_in as f32).sqrt();
     let n: usize = shape.iter().product();
     [
-        Param { name: format!("{name}.weight"), shape: shape.to_vec(), values: (0..n).map(|_| rng.random_range(-bound..bound)).collect(), prunable: true },
+        Param {
+            name: format!("{name}.weight"),
+            shape: shape.to_vec(),
+            values: (0..n).map(|_| rng.random_range(-bound..bound)).collect(),
+            prunable: true,
+        },
         Param { name: format!("{name}.bias"), shape: vec![shape[0]], values: vec![0.0; shape[0]], prunable: false },
     ]
 }

@@ -84,13 +84,14 @@ impl Pruner {
             }
         }
         for (g, targets) in recipe.pruning.iter().zip(&gmp_targets) {
-            if let crate::recipe::FinalSparsity::PerParam(m) = &g.final_sparsity {
-                if let Some(k) = m.keys().find(|k| !targets.iter().any(|&t| &net.params[t].name == *k)) {
-                    return Err(format!("final_sparsity: '{k}' is not among the parameters this modifier targets"));
-                }
+            if let crate::recipe::FinalSparsity::PerParam(m) = &g.final_sparsity
+                && let Some(k) = m.keys().find(|k| !targets.iter().any(|&t| &net.params[t].name == *k))
+            {
+                return Err(format!("final_sparsity: '{k}' is not among the parameters this modifier targets"));
             }
         }
-        let constant_targets: Vec<Vec<usize>> = recipe.constant_pruning.iter().map(|c| resolve_params(net, &c.params)).collect::<Result<_, _>>()?;
+        let constant_targets: Vec<Vec<usize>> =
+            recipe.constant_pruning.iter().map(|c| resolve_params(net, &c.params)).collect::<Result<_, _>>()?;
         let n = net.params.len();
         Ok(Pruner {
             last_update: vec![None; gmp_targets.len()],

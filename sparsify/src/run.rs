@@ -86,7 +86,8 @@ pub fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
 /// `metrics.csv` text for the rows so far.
 pub fn metrics_csv(rows: &[EpochMetrics]) -> anyhow::Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header: Vec<String> = ["epoch", "lr", "train_loss", "train_accuracy", "val_accuracy", "test_accuracy", "sparsity", "seconds"].map(String::from).to_vec();
+    let mut header: Vec<String> =
+        ["epoch", "lr", "train_loss", "train_accuracy", "val_accuracy", "test_accuracy", "sparsity", "seconds"].map(String::from).to_vec();
     if let Some(first) = rows.first() {
         header.extend(first.layers.iter().map(|(n, _)| format!("sparsity.{n}")));
     }
@@ -125,7 +126,9 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
             test_accuracy: f(5)?,
             sparsity: f(6)?,
             seconds: f(7)?,
-            layers: (8..header.len()).map(|i| Ok((header[i].trim_start_matches("sparsity.").to_string(), f(i)?))).collect::<anyhow::Result<_>>()?,
+            layers: (8..header.len())
+                .map(|i| Ok((header[i].trim_start_matches("sparsity.").to_string(), f(i)?)))
+                .collect::<anyhow::Result<_>>()?,
         });
     }
     Ok(rows)

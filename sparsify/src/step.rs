@@ -25,7 +25,11 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
     let params = net.tensors(device, true);
     let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_side * net.input_side]), device);
     let logits = net.forward(&params, x);
-    let correct = argmax(&logits.to_data().try_to_vec::<f32>().expect("f32 logits"), net.classes).iter().zip(labels).filter(|(p, l)| **p == **l as usize).count();
+    let correct = argmax(&logits.to_data().try_to_vec::<f32>().expect("f32 logits"), net.classes)
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| **p == **l as usize)
+        .count();
     let mut onehot = vec![0.0f32; b * net.classes];
     for (i, &l) in labels.iter().enumerate() {
         onehot[i * net.classes + l as usize] = 1.0;
@@ -34,7 +38,10 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
     let loss = (log_softmax(logits, 1) * onehot).sum().neg().div_scalar(b as f32);
     let loss_value = loss.to_data().try_to_vec::<f32>().expect("f32 loss")[0];
     let grads = loss.backward();
-    let g = params.iter().map(|p| p.grad(&grads).map(|g| g.to_data().try_to_vec::<f32>().expect("f32 grad")).unwrap_or_else(|| vec![0.0; p.dims()[0]])).collect();
+    let g = params
+        .iter()
+        .map(|p| p.grad(&grads).map(|g| g.to_data().try_to_vec::<f32>().expect("f32 grad")).unwrap_or_else(|| vec![0.0; p.dims()[0]]))
+        .collect();
     (loss_value, correct, g)
 }
 

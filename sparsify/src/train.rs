@@ -56,7 +56,9 @@ pub struct RunData {
 /// Loads the recipe's dataset and applies its subsets and validation split.
 pub fn load_data(recipe: &Recipe, data: Option<PathBuf>, quiet: bool) -> anyhow::Result<RunData> {
     let d = datasets::Resolver::new(data, quiet).load(&recipe.data.dataset)?;
-    let subset = |s: &datasets::Split, n: usize, seed: u64| if n == 0 || n >= s.len() { s.clone() } else { s.select(&datasets::batch::shuffled(s.len(), seed)[..n]) };
+    let subset = |s: &datasets::Split, n: usize, seed: u64| {
+        if n == 0 || n >= s.len() { s.clone() } else { s.select(&datasets::batch::shuffled(s.len(), seed)[..n]) }
+    };
     let train = subset(&d.train, recipe.data.train_subset, 17);
     let test = subset(&d.test, recipe.data.test_subset, 18);
     let (train, val) = if recipe.data.validation > 0.0 {
@@ -76,7 +78,11 @@ fn progress_bar(quiet: bool, steps: u64, epoch: usize, epochs: usize) -> Progres
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(steps);
-    bar.set_style(ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})").expect("static template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
     bar
 }
@@ -113,7 +119,11 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             step_count = ck.progress.step;
             first_epoch = ck.progress.epoch;
             let m = out.join("metrics.csv");
-            metrics = run::read_metrics(&m).with_context(|| format!("reading {}", m.display()))?.into_iter().filter(|r| r.epoch <= first_epoch).collect();
+            metrics = run::read_metrics(&m)
+                .with_context(|| format!("reading {}", m.display()))?
+                .into_iter()
+                .filter(|r| r.epoch <= first_epoch)
+                .collect();
             if !opts.quiet {
                 eprintln!("resuming {} after epoch {first_epoch}", out.display());
             }
@@ -187,8 +197,22 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             correct += ok;
             seen += n;
             bar.inc(1);
-            if bar.position() % 20 == 0 {
-                bar.set_message(format!("loss {:.4} acc {:.3} sparsity {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64, prune::sparsity_of(&net, &targeted)));
+            if bar.position().is_multiple_of(20) {
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.3} sparsity {:.3}",
+                    loss_sum / seen as f64,
+                    correct as f64 / seen as f64,
+                    prune::sparsity_of(&net, &targeted)
+                ));
+            }
+        }
+        // Updates due at the epoch boundary happen now, so the metrics and the checkpoint of
+        // this epoch (and a run whose pruning ends with training) see them.
+        let boundary = step_count as f64 / steps_per_epoch as f64;
+        if pruner.update(recipe, &net, boundary) {
+            for &p in &targeted {
+                pruner.zero_pruned(recipe, p, boundary, &mut net.params[p].values);
+                pruner.zero_pruned(recipe, p, boundary, &mut optim_state.first[p]);
             }
         }
         let test_accuracy = step::accuracy(&net, &data.test, data.mean, data.std);
@@ -229,6 +253,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
 
 /// The network of a run's last checkpoint.
 pub fn final_network(run_dir: &Path) -> anyhow::Result<Network> {
-    let (_, path) = run::latest_checkpoint(run_dir).with_context(|| format!("{} has no checkpoints (is it a sparsify run folder?)", run_dir.display()))?;
+    let (_, path) = run::latest_checkpoint(run_dir)
+        .with_context(|| format!("{} has no checkpoints (is it a sparsify run folder?)", run_dir.display()))?;
     Ok(checkpoint::load(&path)?.net)
 }

@@ -83,7 +83,8 @@ fn learning_rate_schedules_match_hand_computed_values() {
     assert!((r.lr.at(5.0) - 0.05).abs() < 1e-12);
     assert!(r.lr.at(10.0).abs() < 1e-12);
     let with = |schedule: &str, extra: &str| {
-        let t = BASE.replace("schedule = \"cosine\"\ninit_lr = 0.1\nfinal_lr = 0.0", &format!("schedule = \"{schedule}\"\ninit_lr = 0.1\n{extra}"));
+        let t = BASE
+            .replace("schedule = \"cosine\"\ninit_lr = 0.1\nfinal_lr = 0.0", &format!("schedule = \"{schedule}\"\ninit_lr = 0.1\n{extra}"));
         parse(&t).unwrap().lr
     };
     let step = with("step", "gamma = 0.5\nstep_size = 3");

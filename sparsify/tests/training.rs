@@ -52,12 +52,26 @@ fn data() -> RunData {
 }
 
 fn opts(out: &Path) -> TrainOptions {
-    TrainOptions { out: out.to_path_buf(), data: None, resume: false, quiet: true, recipe_path: "test.toml".into(), overrides: vec![], stop_after: None }
+    TrainOptions {
+        out: out.to_path_buf(),
+        data: None,
+        resume: false,
+        quiet: true,
+        recipe_path: "test.toml".into(),
+        overrides: vec![],
+        stop_after: None,
+    }
 }
 
 #[test]
 fn reaches_target_sparsity_and_learns_for_every_structure() {
-    for (mask, s, scope) in [("unstructured", 0.9, "layer"), ("1x4", 0.75, "layer"), ("4x1", 0.8, "layer"), ("2:4", 0.5, "layer"), ("unstructured", 0.9, "global")] {
+    for (mask, s, scope) in [
+        ("unstructured", 0.9, "layer"),
+        ("1x4", 0.75, "layer"),
+        ("4x1", 0.8, "layer"),
+        ("2:4", 0.5, "layer"),
+        ("unstructured", 0.9, "global"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (r, text) = recipe(mask, s, scope, MLP);
         let sum = train::train_on(&r, &text, &opts(dir.path()), data()).unwrap();
@@ -108,7 +122,10 @@ fn same_seed_same_metrics_and_resume_matches_unbroken_run() {
     let c = tempfile::tempdir().unwrap();
     let unbroken = train::train_on(&r, &text, &opts(a.path()), data()).unwrap();
     let again = train::train_on(&r, &text, &opts(b.path()), data()).unwrap();
-    assert_eq!(unbroken.metrics.iter().map(|m| (m.train_loss, m.test_accuracy)).collect::<Vec<_>>(), again.metrics.iter().map(|m| (m.train_loss, m.test_accuracy)).collect::<Vec<_>>());
+    assert_eq!(
+        unbroken.metrics.iter().map(|m| (m.train_loss, m.test_accuracy)).collect::<Vec<_>>(),
+        again.metrics.iter().map(|m| (m.train_loss, m.test_accuracy)).collect::<Vec<_>>()
+    );
 
     let mut o = opts(c.path());
     o.stop_after = Some(2);
@@ -143,7 +160,8 @@ fn engine_agrees_with_burn_on_exported_models() {
         for ext in ["sparse", "onnx"] {
             let path = dir.path().join(format!("model.{ext}"));
             sparsify::export::export(&sum.net, &path, sparsify::export::Format::from_path(&path)).unwrap();
-            let model = engine::compile::compile(engine::load(&path).unwrap(), engine::compile::Options::new(Default::default()).unwrap()).unwrap();
+            let model =
+                engine::compile::compile(engine::load(&path).unwrap(), engine::compile::Options::new(Default::default()).unwrap()).unwrap();
             let out = engine::exec::Session::new(&model, 2).unwrap().run(&batch.inputs, test.len()).unwrap();
             let agree = sparsify::step::argmax(&out, 10).iter().zip(sparsify::step::argmax(&burn, 10)).filter(|(a, b)| **a == *b).count();
             assert_eq!(agree, test.len(), "{arch} {ext}: engine and burn disagree on {} images", test.len() - agree);

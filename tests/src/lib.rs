@@ -1,1 +1,26 @@
-//! placeholder
+//! Shared helpers of the end-to-end tests: a small real dataset on disk and tiny recipes.
+
+use std::path::{Path, PathBuf};
+
+use datasets::idx::{IdxImages, encode_images, encode_labels, gzip};
+
+/// Writes `train` and `test` images of the embedded Fashion-MNIST subset (real images, evenly
+/// spread over the classes) as IDX files under `root/fashion-mnist`, and returns `root`.
+pub fn real_data(root: &Path, train: usize, test: usize) -> PathBuf {
+    let d = datasets::embedded::load().expect("embedded subset");
+    let dir = root.join("fashion-mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pick = |s: &datasets::Split, n: usize| s.select(&(0..n).map(|i| i * (s.len() / n)).collect::<Vec<_>>());
+    for (split, prefix, n) in [(&d.train, "train", train), (&d.test, "t10k", test)] {
+        let s = pick(split, n);
+        let images = IdxImages { count: s.len(), rows: s.rows, cols: s.cols, pixels: s.pixels.clone() };
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte.gz")), gzip(&encode_images(&images))).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), gzip(&encode_labels(&s.labels))).unwrap();
+    }
+    root.to_path_buf()
+}
+
+/// The repository's root folder.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -26,7 +26,6 @@ pub fn dense_ref(wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], 
 }
 
 /// Dense layer on a tile with up to `threads` threads (1 = the calling thread only).
-#[allow(clippy::too_many_arguments)]
 pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], relu: bool, threads: usize) {
     check(wt, rows, cols, bias, x, w, y);
     if isa == Isa::Scalar {
@@ -41,8 +40,25 @@ pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[
         // with row stride w; all three sizes were checked above and the slices do not overlap.
         unsafe {
             gemm::gemm(
-                rows, w, cols, y.as_mut_ptr(), 1, w as isize, true, wt.as_ptr(), 1, cols as isize, x.as_ptr(), 1, w as isize, 1.0f32, 1.0f32,
-                false, false, false, par,
+                rows,
+                w,
+                cols,
+                y.as_mut_ptr(),
+                1,
+                w as isize,
+                true,
+                wt.as_ptr(),
+                1,
+                cols as isize,
+                x.as_ptr(),
+                1,
+                w as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
             );
         }
     }

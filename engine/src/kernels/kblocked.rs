@@ -31,7 +31,8 @@ impl KBlocked {
     pub fn from_csr(m: &Csr, kc: usize) -> KBlocked {
         let kc = kc.max(1);
         let n_blocks = m.cols.div_ceil(kc).max(1);
-        let mut blocks: Vec<Csr> = (0..n_blocks).map(|_| Csr { rows: m.rows, cols: m.cols, row_ptr: vec![0], col: vec![], val: vec![] }).collect();
+        let mut blocks: Vec<Csr> =
+            (0..n_blocks).map(|_| Csr { rows: m.rows, cols: m.cols, row_ptr: vec![0], col: vec![], val: vec![] }).collect();
         for r in 0..m.rows {
             for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
                 let b = &mut blocks[m.col[j] as usize / kc];
@@ -51,7 +52,6 @@ impl KBlocked {
 }
 
 /// Same contract as `spmm::spmm`.
-#[allow(clippy::too_many_arguments)]
 pub fn spmm_kblocked(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
     let last = m.blocks.len() - 1;
     for (i, b) in m.blocks.iter().enumerate() {

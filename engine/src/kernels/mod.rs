@@ -5,6 +5,9 @@
 //! Layout convention for activations: feature-major tiles. A tile of `w` samples holding `k`
 //! features is `[k, w]` row-major: feature `f` of sample `s` is at `f * w + s`.
 
+// Kernels take the matrix, bias, input, width, output, rows and flags explicitly, as XNNPACK's do.
+#![allow(clippy::too_many_arguments)]
+
 pub mod csr;
 pub mod dense;
 pub mod kblocked;
@@ -72,9 +75,7 @@ pub fn active_isa() -> Result<Isa, String> {
             Err(_) => Ok(Isa::detect()),
             Ok(v) => match Isa::parse(&v) {
                 None => Err(format!("{ISA_ENV}={v} is not one of scalar, avx2, avx512")),
-                Some(isa) if isa > Isa::detect() => {
-                    Err(format!("{ISA_ENV}={v}, but this CPU supports at most {}", Isa::detect().name()))
-                }
+                Some(isa) if isa > Isa::detect() => Err(format!("{ISA_ENV}={v}, but this CPU supports at most {}", Isa::detect().name())),
                 Some(isa) => Ok(isa),
             },
         })

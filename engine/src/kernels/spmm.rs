@@ -24,7 +24,6 @@ pub fn spmm_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows:
 }
 
 /// Scalar twin of `spmm_acc`: with `accumulate`, sums start from `y` instead of the bias.
-#[allow(clippy::too_many_arguments)]
 pub fn spmm_acc_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
     check(m, bias, x, w, y, &rows);
     for (i, r) in rows.enumerate() {
@@ -45,7 +44,6 @@ pub fn spmm(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32],
 
 /// `spmm`, or with `accumulate` adding to the values already in `y` instead of the bias (for
 /// weights split into column blocks, see `kblocked`).
-#[allow(clippy::too_many_arguments)]
 pub fn spmm_acc(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
     check(m, bias, x, w, y, &rows);
     match isa {
@@ -69,7 +67,6 @@ mod x86 {
     /// # Safety
     /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn spmm_avx512(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let zero = _mm512_setzero_ps();
@@ -97,7 +94,8 @@ mod x86 {
                         a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(48)), a3);
                     }
                     if relu {
-                        (a0, a1, a2, a3) = (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero), _mm512_max_ps(a2, zero), _mm512_max_ps(a3, zero));
+                        (a0, a1, a2, a3) =
+                            (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero), _mm512_max_ps(a2, zero), _mm512_max_ps(a3, zero));
                     }
                     _mm512_storeu_ps(q, a0);
                     _mm512_storeu_ps(q.add(16), a1);
@@ -134,7 +132,6 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let zero = _mm256_setzero_ps();
@@ -161,7 +158,8 @@ mod x86 {
                         a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(24)), a3);
                     }
                     if relu {
-                        (a0, a1, a2, a3) = (_mm256_max_ps(a0, zero), _mm256_max_ps(a1, zero), _mm256_max_ps(a2, zero), _mm256_max_ps(a3, zero));
+                        (a0, a1, a2, a3) =
+                            (_mm256_max_ps(a0, zero), _mm256_max_ps(a1, zero), _mm256_max_ps(a2, zero), _mm256_max_ps(a3, zero));
                     }
                     _mm256_storeu_ps(q, a0);
                     _mm256_storeu_ps(q.add(8), a1);

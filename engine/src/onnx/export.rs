@@ -38,7 +38,9 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
     dim.extend(shape.iter().map(|&d| DimensionProto { dim_value: Some(d as i64), dim_param: None }));
     ValueInfoProto {
         name: name.into(),
-        r#type: Some(TypeProto { tensor_type: Some(TensorTypeProto { elem_type: data_type::FLOAT, shape: Some(TensorShapeProto { dim }) }) }),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto { elem_type: data_type::FLOAT, shape: Some(TensorShapeProto { dim }) }),
+        }),
     }
 }
 
@@ -49,7 +51,14 @@ struct Builder {
 
 impl Builder {
     fn node(&mut self, op: &str, name: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) {
-        self.nodes.push(NodeProto { input: inputs, output: vec![output.into()], name: name.into(), op_type: op.into(), attribute, domain: String::new() });
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: vec![output.into()],
+            name: name.into(),
+            op_type: op.into(),
+            attribute,
+            domain: String::new(),
+        });
     }
     fn init(&mut self, name: String, dims: &[usize], values: &[f32]) -> String {
         self.inits.push(tensor(&name, dims, values));

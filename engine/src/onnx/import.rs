@@ -31,11 +31,8 @@ pub fn import_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
     for t in &graph.initializer {
         constants.insert(t.name.clone(), tensor_values(t).map_err(|e| bad(format!("initializer '{}': {e}", t.name)))?);
     }
-    let input = graph
-        .input
-        .iter()
-        .find(|i| !constants.contains_key(&i.name))
-        .ok_or_else(|| bad("the graph has no non-constant input".into()))?;
+    let input =
+        graph.input.iter().find(|i| !constants.contains_key(&i.name)).ok_or_else(|| bad("the graph has no non-constant input".into()))?;
     let dims: Vec<Option<i64>> = input
         .r#type
         .as_ref()
@@ -61,16 +58,17 @@ fn tensor_values(t: &TensorProto) -> std::result::Result<Constant, String> {
     if t.data_location == 1 {
         return Err("external data is not supported; save the model with its weights inside".into());
     }
-    let dims: Vec<usize> = t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}"))).collect::<std::result::Result<_, _>>()?;
+    let dims: Vec<usize> =
+        t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}"))).collect::<std::result::Result<_, _>>()?;
     let numel: usize = dims.iter().product();
     let values: Vec<f32> = match t.data_type {
-        data_type::FLOAT if !t.raw_data.is_empty() => t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        data_type::FLOAT if !t.raw_data.is_empty() => {
+            t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
         data_type::FLOAT => t.float_data.clone(),
-        data_type::INT64 if !t.raw_data.is_empty() => t
-            .raw_data
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
+        data_type::INT64 if !t.raw_data.is_empty() => {
+            t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect()
+        }
         data_type::INT64 => t.int64_data.iter().map(|&v| v as f32).collect(),
         other => return Err(format!("data type {other} is not supported (only float32 and int64)")),
     };
@@ -110,7 +108,9 @@ impl Importer {
 
     fn constant(&self, node: &NodeProto, i: usize) -> Result<&Constant> {
         let name = node.input.get(i).ok_or_else(|| EngineError::graph(node_name(node), format!("missing input {i}")))?;
-        self.constants.get(name).ok_or_else(|| EngineError::graph(node_name(node), format!("input '{name}' must be a constant (initializer)")))
+        self.constants
+            .get(name)
+            .ok_or_else(|| EngineError::graph(node_name(node), format!("input '{name}' must be a constant (initializer)")))
     }
 
     fn push(&mut self, node: &NodeProto, op: Op, inputs: Vec<String>) {
@@ -172,14 +172,18 @@ impl Importer {
             "Reshape" => {
                 let shape = self.constant(node, 1)?;
                 if shape.values.len() != 2 || !(shape.values[0] == 0.0 || shape.values[0] == -1.0 || shape.values[1] == -1.0) {
-                    return Err(EngineError::graph(&name, format!("Reshape to {:?} is not supported (only [batch, features])", shape.values)));
+                    return Err(EngineError::graph(
+                        &name,
+                        format!("Reshape to {:?} is not supported (only [batch, features])", shape.values),
+                    ));
                 }
                 self.push(node, Op::Flatten, vec![x]);
             }
             "Conv" => self.conv(node, &name, x)?,
             "BatchNormalization" => {
                 let eps = attr_f(node, "epsilon", 1e-5);
-                let (gamma, beta, mean, var) = (self.constant(node, 1)?, self.constant(node, 2)?, self.constant(node, 3)?, self.constant(node, 4)?);
+                let (gamma, beta, mean, var) =
+                    (self.constant(node, 1)?, self.constant(node, 2)?, self.constant(node, 3)?, self.constant(node, 4)?);
                 let scale: Vec<f32> = gamma.values.iter().zip(&var.values).map(|(g, v)| g / (v + eps).sqrt()).collect();
                 let shift: Vec<f32> = beta.values.iter().zip(&mean.values).zip(&scale).map(|((b, m), s)| b - m * s).collect();
                 if [gamma, beta, mean, var].iter().any(|c| c.values.len() != scale.len()) {
@@ -221,13 +225,13 @@ impl Importer {
         };
         let c = &self.constants[&constant];
         // A bias add right after a linear layer or convolution folds into its bias.
-        if let Some(producer) = self.nodes.iter_mut().rev().find(|n| n.output == value) {
-            if let Op::Linear { bias, act: Activation::None, .. } | Op::Conv { bias, act: Activation::None, .. } = &mut producer.op {
-                let add = broadcast_bias(c, bias.len(), 1.0, name)?;
-                bias.iter_mut().zip(add).for_each(|(b, a)| *b += a);
-                producer.output = node.output[0].clone();
-                return Ok(());
-            }
+        if let Some(producer) = self.nodes.iter_mut().rev().find(|n| n.output == value)
+            && let Op::Linear { bias, act: Activation::None, .. } | Op::Conv { bias, act: Activation::None, .. } = &mut producer.op
+        {
+            let add = broadcast_bias(c, bias.len(), 1.0, name)?;
+            bias.iter_mut().zip(add).for_each(|(b, a)| *b += a);
+            producer.output = node.output[0].clone();
+            return Ok(());
         }
         Err(EngineError::graph(name, "adding a constant is supported only right after Gemm, MatMul or Conv"))
     }
@@ -253,11 +257,16 @@ impl Importer {
 }
 
 fn node_name(node: &NodeProto) -> String {
-    if node.name.is_empty() { format!("{}:{}", node.op_type, node.output.first().map(String::as_str).unwrap_or("?")) } else { node.name.clone() }
+    if node.name.is_empty() {
+        format!("{}:{}", node.op_type, node.output.first().map(String::as_str).unwrap_or("?"))
+    } else {
+        node.name.clone()
+    }
 }
 
 fn window(node: &NodeProto, name: &str, kernel: Option<[usize; 2]>) -> Result<Window> {
-    let ks = attr_ints(node, "kernel_shape").or(kernel.map(|k| k.to_vec())).ok_or_else(|| EngineError::graph(name, "missing kernel_shape"))?;
+    let ks =
+        attr_ints(node, "kernel_shape").or(kernel.map(|k| k.to_vec())).ok_or_else(|| EngineError::graph(name, "missing kernel_shape"))?;
     if ks.len() != 2 {
         return Err(EngineError::graph(name, format!("only 2-D windows are supported, found kernel_shape {ks:?}")));
     }

@@ -81,7 +81,8 @@ pub fn mlp(seed: u64, sparsity: f64) -> Graph {
     for i in 0..3 {
         let name = format!("fc{i}");
         let act = if i < 2 { Activation::Relu } else { Activation::None };
-        let op = Op::Linear { weight: weight(&mut r, &[dims[i + 1], dims[i]], sparsity), bias: vector(&mut r, dims[i + 1], -0.1, 0.1), act };
+        let op =
+            Op::Linear { weight: weight(&mut r, &[dims[i + 1], dims[i]], sparsity), bias: vector(&mut r, dims[i + 1], -0.1, 0.1), act };
         nodes.push(node(&name, op, &[&prev]));
         prev = name;
     }
@@ -89,6 +90,7 @@ pub fn mlp(seed: u64, sparsity: f64) -> Graph {
     Graph { input: "input".into(), input_shape: vec![784], output: "probs".into(), nodes }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv(r: &mut StdRng, name: &str, input: &str, cin: usize, cout: usize, window: Window, sparsity: f64, act: Activation) -> Node {
     let w = weight(r, &[cout, cin, window.kernel[0], window.kernel[1]], sparsity);
     node(name, Op::Conv { weight: w, bias: vector(r, cout, -0.1, 0.1), window, act }, &[input])
@@ -105,7 +107,11 @@ pub fn cnn(seed: u64, sparsity: f64) -> Graph {
     let mut r = rng(seed);
     let nodes = vec![
         conv(&mut r, "conv1", "input", 1, 8, win(3, 1, 1, 1), sparsity * 0.5, Activation::None),
-        node("bn1", Op::Affine { scale: vector(&mut r, 8, 0.5, 1.5), shift: vector(&mut r, 8, -0.2, 0.2), act: Activation::None }, &["conv1"]),
+        node(
+            "bn1",
+            Op::Affine { scale: vector(&mut r, 8, 0.5, 1.5), shift: vector(&mut r, 8, -0.2, 0.2), act: Activation::None },
+            &["conv1"],
+        ),
         node("relu1", Op::Relu, &["bn1"]),
         node("pool1", Op::MaxPool { window: win(2, 2, 0, 1) }, &["relu1"]),
         conv(&mut r, "conv2", "pool1", 8, 16, win(3, 1, 2, 2), sparsity, Activation::Relu),
@@ -116,7 +122,11 @@ pub fn cnn(seed: u64, sparsity: f64) -> Graph {
         conv(&mut r, "conv3", "pool2", 16, 24, win(3, 2, 1, 1), sparsity, Activation::Relu),
         node("gap", Op::GlobalAvgPool, &["conv3"]),
         node("flat", Op::Flatten, &["gap"]),
-        node("fc", Op::Linear { weight: weight(&mut r, &[10, 24], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None }, &["flat"]),
+        node(
+            "fc",
+            Op::Linear { weight: weight(&mut r, &[10, 24], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None },
+            &["flat"],
+        ),
         node("probs", Op::Softmax, &["fc"]),
     ];
     Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "probs".into(), nodes }

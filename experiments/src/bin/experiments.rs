@@ -99,7 +99,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let peers = peers(peers_python, quiet)?;
             let dir = sweep.dir(&results);
             let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(sweep.points.len() as u64) };
-            bar.set_style(ProgressStyle::with_template("sweep {prefix} [{bar:30}] {pos}/{len} points {msg} ({elapsed})").expect("static template").progress_chars("=> "));
+            bar.set_style(
+                ProgressStyle::with_template("sweep {prefix} [{bar:30}] {pos}/{len} points {msg} ({elapsed})")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
             bar.set_prefix(sweep.name.clone());
             for p in &sweep.points {
                 bar.set_message(p.label());
@@ -135,7 +139,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match emit {
                 Emit::Shell => sweep.points.iter().for_each(|p| println!("{}", cmd(&p.id))),
                 Emit::Slurm => {
-                    println!("#!/bin/bash\n#SBATCH --job-name={}\n#SBATCH --array=0-{}\n#SBATCH --cpus-per-task=2", sweep.name, sweep.points.len() - 1);
+                    println!(
+                        "#!/bin/bash\n#SBATCH --job-name={}\n#SBATCH --array=0-{}\n#SBATCH --cpus-per-task=2",
+                        sweep.name,
+                        sweep.points.len() - 1
+                    );
                     println!("# After the array finishes: {} collect {} --results {}", exe.display(), file.display(), results.display());
                     println!("ids=({})", sweep.points.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(" "));
                     println!("{}", cmd("${ids[$SLURM_ARRAY_TASK_ID]}"));

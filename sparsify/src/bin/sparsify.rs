@@ -120,7 +120,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = TrainOptions { out, data, resume, quiet, recipe_path: path.display().to_string(), overrides, stop_after: None };
             let summary = train::train(&recipe, &text, &opts)?;
             if let Some(last) = summary.metrics.last() {
-                println!("{}: test accuracy {:.4}, sparsity {:.4} after {} epochs", summary.out.display(), last.test_accuracy, last.sparsity, last.epoch);
+                println!(
+                    "{}: test accuracy {:.4}, sparsity {:.4} after {} epochs",
+                    summary.out.display(),
+                    last.test_accuracy,
+                    last.sparsity,
+                    last.epoch
+                );
             }
         }
         Command::Export { run, out, format } => {

@@ -89,7 +89,11 @@ impl Gmp {
 
     /// Fraction of the way from `init_sparsity` to the final one at fractional `epoch`.
     pub fn progress(&self, epoch: f64) -> f64 {
-        let x = if self.end_epoch > self.start_epoch { ((epoch - self.start_epoch) / (self.end_epoch - self.start_epoch)).clamp(0.0, 1.0) } else { 1.0 };
+        let x = if self.end_epoch > self.start_epoch {
+            ((epoch - self.start_epoch) / (self.end_epoch - self.start_epoch)).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         match self.schedule {
             Curve::Cubic => 1.0 - (1.0 - x).powi(3),
             Curve::Linear => x,
@@ -187,7 +191,11 @@ struct Resolver<'a> {
 
 impl Resolver<'_> {
     fn err(&self, field: &str, message: impl std::fmt::Display) -> RecipeError {
-        RecipeError { file: self.file.to_string(), line: self.loc.line(self.block.0, self.block.1, field), message: format!("{field}: {message}") }
+        RecipeError {
+            file: self.file.to_string(),
+            line: self.loc.line(self.block.0, self.block.1, field),
+            message: format!("{field}: {message}"),
+        }
     }
     fn num(&self, field: &str, n: &Num) -> Result<f64, RecipeError> {
         let v = match n {
@@ -244,7 +252,11 @@ impl Recipe {
         let mut r = Resolver { file, vars: raw.variables.clone(), loc: Locator { text }, block: ("[variables]", 0) };
         if raw.version != 1 {
             r.block = ("", 0);
-            return Err(RecipeError { file: file.into(), line: r.loc.line("", 0, "version").or(Some(1)), message: format!("version: {} is not supported (this sparsify reads version 1)", raw.version) });
+            return Err(RecipeError {
+                file: file.into(),
+                line: r.loc.line("", 0, "version").or(Some(1)),
+                message: format!("version: {} is not supported (this sparsify reads version 1)", raw.version),
+            });
         }
         for (name, value) in overrides {
             if !r.vars.contains_key(name) {
@@ -317,11 +329,24 @@ impl Recipe {
                         return Err(r.err("type", "a recipe has at most one learning_rate modifier"));
                     }
                 }
-                RawModifier::Gmp { params, init_sparsity, final_sparsity, start_epoch, end_epoch, update_frequency, schedule, mask, scope, leave_enabled } => {
+                RawModifier::Gmp {
+                    params,
+                    init_sparsity,
+                    final_sparsity,
+                    start_epoch,
+                    end_epoch,
+                    update_frequency,
+                    schedule,
+                    mask,
+                    scope,
+                    leave_enabled,
+                } => {
                     let final_sparsity = match final_sparsity {
                         RawSparsity::Uniform(n) => FinalSparsity::Uniform(r.sparsity("final_sparsity", r.num("final_sparsity", n)?)?),
                         RawSparsity::PerParam(m) => FinalSparsity::PerParam(
-                            m.iter().map(|(k, v)| Ok((k.clone(), r.sparsity("final_sparsity", r.num("final_sparsity", v)?)?))).collect::<Result<_, RecipeError>>()?,
+                            m.iter()
+                                .map(|(k, v)| Ok((k.clone(), r.sparsity("final_sparsity", r.num("final_sparsity", v)?)?)))
+                                .collect::<Result<_, RecipeError>>()?,
                         ),
                     };
                     let mask = match mask {
@@ -342,7 +367,9 @@ impl Recipe {
                     };
                     r.range(g.start_epoch, g.end_epoch)?;
                     if g.update_frequency <= 0.0 && g.update_frequency != -1.0 {
-                        return Err(r.err("update_frequency", format!("must be > 0 epochs, or -1 for every step; found {}", g.update_frequency)));
+                        return Err(
+                            r.err("update_frequency", format!("must be > 0 epochs, or -1 for every step; found {}", g.update_frequency))
+                        );
                     }
                     if let MaskKind::NOfM { n, m } = g.mask {
                         let implied = 1.0 - n as f64 / m as f64;
@@ -351,7 +378,10 @@ impl Recipe {
                             FinalSparsity::PerParam(p) => p.values().copied().collect(),
                         };
                         if all.iter().any(|s| (s - implied).abs() > 1e-9) {
-                            return Err(r.err("final_sparsity", format!("mask {n}:{m} keeps {n} of every {m} weights, so final_sparsity must be {implied}")));
+                            return Err(r.err(
+                                "final_sparsity",
+                                format!("mask {n}:{m} keeps {n} of every {m} weights, so final_sparsity must be {implied}"),
+                            ));
                         }
                         if g.scope == Scope::Global {
                             return Err(r.err("scope", "N:M masks are per group of inputs; use scope = \"layer\""));
@@ -363,7 +393,11 @@ impl Recipe {
                     pruning.push(g);
                 }
                 RawModifier::ConstantPruning { params, start_epoch, end_epoch } => {
-                    let c = ConstantPruning { params: params.patterns(), start_epoch: r.opt("start_epoch", start_epoch, 0.0)?, end_epoch: r.opt("end_epoch", end_epoch, -1.0)? };
+                    let c = ConstantPruning {
+                        params: params.patterns(),
+                        start_epoch: r.opt("start_epoch", start_epoch, 0.0)?,
+                        end_epoch: r.opt("end_epoch", end_epoch, -1.0)?,
+                    };
                     if c.end_epoch >= 0.0 {
                         r.range(c.start_epoch, c.end_epoch)?;
                     }
@@ -372,7 +406,11 @@ impl Recipe {
             }
         }
         r.block = ("[[modifiers]]", 0);
-        let epochs = epochs.ok_or_else(|| RecipeError { file: file.into(), line: None, message: "modifiers: the recipe needs an epoch_range modifier (its end_epoch is the training length)".into() })?;
+        let epochs = epochs.ok_or_else(|| RecipeError {
+            file: file.into(),
+            line: None,
+            message: "modifiers: the recipe needs an epoch_range modifier (its end_epoch is the training length)".into(),
+        })?;
         let lr = match lr {
             Some((mut s, _)) => {
                 if s.end_epoch.is_nan() {
@@ -380,7 +418,16 @@ impl Recipe {
                 }
                 s
             }
-            None if base_lr > 0.0 => LrSchedule { kind: LrKind::Constant, init_lr: base_lr, final_lr: base_lr, gamma: 1.0, step_size: 1.0, milestones: vec![], start_epoch: 0.0, end_epoch: epochs },
+            None if base_lr > 0.0 => LrSchedule {
+                kind: LrKind::Constant,
+                init_lr: base_lr,
+                final_lr: base_lr,
+                gamma: 1.0,
+                step_size: 1.0,
+                milestones: vec![],
+                start_epoch: 0.0,
+                end_epoch: epochs,
+            },
             None => {
                 r.block = ("[optimizer]", 0);
                 return Err(r.err("lr", "set optimizer.lr or add a learning_rate modifier"));
@@ -388,11 +435,25 @@ impl Recipe {
         };
         for (i, g) in pruning.iter().enumerate() {
             if g.end_epoch > epochs {
-                r.block = ("[[modifiers]]", raw.modifiers.iter().enumerate().filter(|(_, m)| matches!(m, RawModifier::Gmp { .. })).nth(i).map_or(0, |(j, _)| j));
+                r.block = (
+                    "[[modifiers]]",
+                    raw.modifiers.iter().enumerate().filter(|(_, m)| matches!(m, RawModifier::Gmp { .. })).nth(i).map_or(0, |(j, _)| j),
+                );
                 return Err(r.err("end_epoch", format!("{} is after the end of training ({epochs})", g.end_epoch)));
             }
         }
-        Ok(Recipe { version: raw.version, variables: r.vars, model: raw.model, data, optimizer, seed: raw.training.seed, epochs, lr, pruning, constant_pruning })
+        Ok(Recipe {
+            version: raw.version,
+            variables: r.vars,
+            model: raw.model,
+            data,
+            optimizer,
+            seed: raw.training.seed,
+            epochs,
+            lr,
+            pruning,
+            constant_pruning,
+        })
     }
 
     /// The resolved recipe as TOML (written next to every run).
@@ -407,9 +468,7 @@ pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
     let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
     let net = crate::model::Network::new(&recipe.model, side, classes, 0);
     crate::prune::Pruner::new(recipe, &net).map(|_| ()).map_err(|message| {
-        let line = message.split_once(':').and_then(|(field, _)| {
-            text_line(file, |l| l.trim_start().starts_with(field))
-        });
+        let line = message.split_once(':').and_then(|(field, _)| text_line(file, |l| l.trim_start().starts_with(field)));
         RecipeError { file: file.to_string(), line, message }
     })
 }

@@ -161,7 +161,10 @@ pub enum Scope {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawModifier {
     /// The training length: `end_epoch` epochs.
-    EpochRange { start_epoch: Num, end_epoch: Num },
+    EpochRange {
+        start_epoch: Num,
+        end_epoch: Num,
+    },
     LearningRate {
         schedule: LrKind,
         init_lr: Num,
@@ -184,5 +187,9 @@ pub enum RawModifier {
         scope: Option<Scope>,
         leave_enabled: Option<bool>,
     },
-    ConstantPruning { params: Params, start_epoch: Option<Num>, end_epoch: Option<Num> },
+    ConstantPruning {
+        params: Params,
+        start_epoch: Option<Num>,
+        end_epoch: Option<Num>,
+    },
 }

@@ -64,7 +64,10 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
     let name = a.model.model.display().to_string();
     if !a.json {
         println!("{name}: {threads} threads, isa {}, kernels {:?}", model.options.isa.name(), a.model.kernels);
-        println!("{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12}", "batch", "items/s", "mean ms", "median ms", "p90 ms", "p99 ms", "vs dense");
+        println!(
+            "{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12}",
+            "batch", "items/s", "mean ms", "median ms", "p90 ms", "p99 ms", "vs dense"
+        );
     }
     for &batch in &a.batch {
         let input = bench_input(&model, batch);
@@ -92,7 +95,10 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&row)?);
         } else {
             let ratio = row.speedup_vs_dense.map_or("-".to_string(), |r| format!("{r:.2}x"));
-            println!("{:>6} {:>12.1} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>12}", batch, row.items_per_s, lat.mean_ms, lat.median_ms, lat.p90_ms, lat.p99_ms, ratio);
+            println!(
+                "{:>6} {:>12.1} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>12}",
+                batch, row.items_per_s, lat.mean_ms, lat.median_ms, lat.p90_ms, lat.p99_ms, ratio
+            );
         }
     }
     Ok(())

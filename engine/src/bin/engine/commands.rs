@@ -14,7 +14,7 @@ use engine::stats::Latency;
 pub fn compile_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let graph = engine::load(&args.model)?;
     let options = Options::new(args.kernels)?;
-    Ok(compile::compile(graph, options).with_context(|| format!("compiling {}", args.model.display()))?)
+    compile::compile(graph, options).with_context(|| format!("compiling {}", args.model.display()))
 }
 
 pub fn info(args: &ModelArgs) -> anyhow::Result<()> {
@@ -25,7 +25,10 @@ pub fn info(args: &ModelArgs) -> anyhow::Result<()> {
     println!("isa:     {} (set ENGINE_ISA=scalar|avx2|avx512 to force)", model.options.isa.name());
     println!("tile:    {} samples", model.options.tile);
     println!();
-    println!("{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}", "layer", "op", "output", "weight", "sparsity", "kernel b=1", "kernel b>1", "memory");
+    println!(
+        "{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}",
+        "layer", "op", "output", "weight", "sparsity", "kernel b=1", "kernel b>1", "memory"
+    );
     let mut total = 0;
     for l in &model.layers {
         let (weight, sparsity, k1, kb, bytes) = match &l.exec {
@@ -39,7 +42,17 @@ pub fn info(args: &ModelArgs) -> anyhow::Result<()> {
             _ => ("-".into(), "-".into(), "-".into(), "-".into(), 0),
         };
         total += bytes;
-        println!("{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}", l.name, l.kind, format!("{:?}", l.out_shape), weight, sparsity, k1, kb, human_bytes(bytes));
+        println!(
+            "{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}",
+            l.name,
+            l.kind,
+            format!("{:?}", l.out_shape),
+            weight,
+            sparsity,
+            k1,
+            kb,
+            human_bytes(bytes)
+        );
     }
     println!("{:<18} {:>94}", "total weights", human_bytes(total));
     Ok(())
@@ -133,7 +146,11 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
             Exec::MatMul(m) => {
                 let columns = batch * m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
                 let flops = m.useful_flops_per_column() * columns as f64;
-                (format!("{:.1}", flops / (ms / 1e3) / 1e9), format!("{:.1}%", 100.0 * m.sparsity), m.kernel(batch == 1).name(batch == 1 && m.conv.is_none()))
+                (
+                    format!("{:.1}", flops / (ms / 1e3) / 1e9),
+                    format!("{:.1}%", 100.0 * m.sparsity),
+                    m.kernel(batch == 1).name(batch == 1 && m.conv.is_none()),
+                )
             }
             _ => ("-".into(), "-".into(), "-"),
         };
@@ -148,4 +165,3 @@ pub fn bench_input(model: &Model, batch: usize) -> Vec<f32> {
     let per_sample: usize = model.input_shape.iter().product();
     (0..batch * per_sample).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect()
 }
-

@@ -3,7 +3,6 @@
 mod bench;
 mod commands;
 
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,0 +1,70 @@
+//! The `engine` command as a user meets it: the happy paths print what they promise, and every
+//! mistake is one `error:` line and a non-zero exit, never a panic.
+
+mod common;
+
+use std::process::Command;
+
+fn engine(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engine")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn fails_cleanly(args: &[&str], expected: &str) {
+    let (ok, _, err) = engine(args);
+    assert!(!ok, "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one error line, got {err}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(expected), "{args:?}: {err}");
+}
+
+#[test]
+fn run_info_and_bench_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.sparse");
+    engine::format::save(&common::mlp(1, 0.9), &model).unwrap();
+    let m = model.to_str().unwrap();
+    let input = dir.path().join("x.npy");
+    engine::npy::write(&input, &common::random_input(1, 3, &[784])).unwrap();
+    let output = dir.path().join("y.npy");
+    let (ok, _, err) = engine(&["run", "--model", m, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(engine::npy::read(&output).unwrap().shape, vec![3, 10]);
+
+    let (ok, out, _) = engine(&["info", "--model", m]);
+    assert!(ok && out.contains("fc0") && out.contains("90.0%") && out.contains("f32-spmv-csr"), "{out}");
+
+    let (ok, out, err) =
+        engine(&["bench", "--model", m, "--batch", "1,8", "--seconds", "0.05", "--warmup", "1", "--json", "--compare", "dense"]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for key in ["batch", "threads", "median_ms", "p90_ms", "p99_ms", "mean_ms", "items_per_s", "speedup_vs_dense"] {
+        assert!(rows[0].get(key).is_some(), "bench JSON lacks {key}: {}", rows[0]);
+    }
+    let (ok, out, _) = engine(&["analyze", "--model", m, "--batch", "4", "--iters", "2"]);
+    assert!(ok && out.contains("GFLOP/s") && out.contains("total"), "{out}");
+}
+
+#[test]
+fn mistakes_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    fails_cleanly(&["info", "--model", &p("missing.sparse")], "missing.sparse");
+    std::fs::write(p("junk.sparse"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
+    fails_cleanly(&["info", "--model", &p("junk.sparse")], "not a valid model file");
+    std::fs::write(p("junk.onnx"), b"\x08\x07\x12garbage").unwrap();
+    fails_cleanly(&["eval", "--model", &p("junk.onnx")], "junk.onnx");
+    engine::format::save(&common::mlp(2, 0.5), std::path::Path::new(&p("m.sparse"))).unwrap();
+    engine::npy::write(std::path::Path::new(&p("wrong.npy")), &common::random_input(1, 2, &[100])).unwrap();
+    fails_cleanly(&["run", "--model", &p("m.sparse"), "--input", &p("wrong.npy"), "--output", &p("y.npy")], "does not fit the model input");
+    assert!(!dir.path().join("y.npy").exists(), "no output is written on error");
+    std::fs::write(p("bad.npy"), b"not numpy").unwrap();
+    fails_cleanly(&["run", "--model", &p("m.sparse"), "--input", &p("bad.npy"), "--output", &p("y.npy")], "not a valid .npy file");
+    fails_cleanly(&["bench", "--model", &p("m.sparse"), "--batch", "0"], "--batch");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_engine")).args(["info", "--model", &p("m.sparse")]).env("ENGINE_ISA", "sse9").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ENGINE_ISA=sse9") && !err.contains("panicked"), "{err}");
+}

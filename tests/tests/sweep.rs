@@ -1,0 +1,43 @@
+//! A tiny sweep end to end: points train, export, evaluate and benchmark; the table, plots and
+//! report are written; running again reuses every finished point.
+
+use e2e_tests::{real_data, repo};
+use experiments::sweep::Sweep;
+
+#[test]
+fn tiny_sweep_runs_collects_and_reuses_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = real_data(dir.path(), 600, 200);
+    let sweep_file = dir.path().join("tiny.toml");
+    let recipe = repo().join("recipes/gmp90.toml");
+    std::fs::write(
+        &sweep_file,
+        format!(
+            "version = 1\nname = \"tiny\"\nbatches = [1, 16]\nbench_seconds = 0.05\n\n[[study]]\nrecipe = \"{}\"\nset = {{ num_epochs = 1, pruning_start = 0, pruning_end = 1 }}\nsweep = {{ final_sparsity = [0.5, 0.9] }}\n",
+            recipe.display()
+        ),
+    )
+    .unwrap();
+    let sweep = Sweep::load(&sweep_file).unwrap();
+    assert_eq!(sweep.points.len(), 2);
+    let results = dir.path().join("results");
+    let sweep_dir = sweep.dir(&results);
+    let first: Vec<_> =
+        sweep.points.iter().map(|p| experiments::point::run_point(&sweep, &sweep_dir, p, Some(data.clone()), None).unwrap()).collect();
+    assert!((first[1].measured_sparsity - 0.9).abs() < 1e-3);
+    assert!(first.iter().all(|r| r.timings.len() == 2 && r.timings.iter().all(|t| t.speedup > 0.0)));
+    assert_eq!(experiments::collect(&sweep, "tiny.toml", &results).unwrap(), 2);
+    let csv = std::fs::read_to_string(sweep_dir.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.lines().next().unwrap().contains("speedup_b16"));
+    for plot in ["accuracy_vs_speedup", "accuracy_vs_sparsity", "latency_vs_batch", "layer_sparsity", "training_curves"] {
+        for ext in ["png", "svg"] {
+            let f = sweep_dir.join(format!("{plot}.{ext}"));
+            assert!(std::fs::metadata(&f).map(|m| m.len() > 1000).unwrap_or(false), "{} missing", f.display());
+        }
+    }
+    assert!(std::fs::read_to_string(sweep_dir.join("report.md")).unwrap().contains("![accuracy_vs_speedup]"));
+    // A second run reuses the finished points: same results, no retraining.
+    let again = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], Some(data), None).unwrap();
+    assert_eq!(again, first[0]);
+}
