@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::error::{EngineError, Result};
 use crate::graph::{Activation, Graph, Op};
+use crate::kernels::bcsr::{self, Bcsr};
 use crate::kernels::csr::Csr;
 use crate::kernels::kblocked::{self, KBlocked};
 use crate::kernels::window::Geometry;
@@ -52,6 +53,8 @@ pub enum Kernel {
     Sparse,
     /// CSR cut into column blocks (batched tiles only).
     SparseKBlocked,
+    /// Blocks of 4 output rows sharing columns (batched tiles only).
+    Blocked,
 }
 
 impl Kernel {
@@ -61,6 +64,7 @@ impl Kernel {
             (Kernel::Sparse, false) => "f32-spmm-csr",
             (Kernel::Sparse, true) => "f32-spmv-csr",
             (Kernel::SparseKBlocked, _) => "f32-spmm-csr-kc",
+            (Kernel::Blocked, _) => "f32-spmm-bcsr4x1",
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct MatMul {
     pub csr: Option<Csr>,
     /// Present when the batched choice is the column-blocked sparse kernel.
     pub kblocked: Option<KBlocked>,
+    /// Present when the batched choice is the 4-row blocked kernel.
+    pub bcsr: Option<Bcsr>,
     pub sparsity: f64,
     /// For convolutions, the window geometry (with `w = 1`; scaled per tile).
     pub conv: Option<Geometry>,
@@ -95,6 +101,7 @@ impl MatMul {
         self.dense.as_ref().map_or(0, |d| 4 * d.len())
             + self.csr.as_ref().map_or(0, Csr::bytes)
             + self.kblocked.as_ref().map_or(0, KBlocked::bytes)
+            + self.bcsr.as_ref().map_or(0, Bcsr::bytes)
             + 4 * self.bias.len()
     }
     /// Useful (non-zero) multiply-adds per output position, times two: FLOPs per sample column.
@@ -254,6 +261,7 @@ fn pack(
         dense: None,
         csr: None,
         kblocked: None,
+        bcsr: None,
         sparsity,
         conv,
     };
@@ -267,6 +275,9 @@ fn pack(
     };
     if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
         m.dense = Some(data.to_vec());
+    }
+    if m.batched == Kernel::Blocked {
+        m.bcsr = Some(Bcsr::from_dense(data, rows, cols));
     }
     if m.batched == Kernel::SparseKBlocked {
         m.kblocked = Some(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC));
@@ -312,6 +323,16 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, w: usize, o: &Options) -> Kernel 
         let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, &kb, &m.bias, &x, w, y, 0..m.rows, m.relu));
         if t < best.0 {
             best = (t, Kernel::SparseKBlocked);
+        }
+    }
+    // Blocks of 4 rows: when the weights fill them well (block-pruned or dense weights).
+    if w > 1 && o.isa == Isa::Avx512 {
+        let b = Bcsr::from_dense(data, m.rows, m.cols);
+        if b.fill(csr.nnz()) <= 1.5 {
+            let t = time(&mut |y| bcsr::spmm_bcsr(o.isa, &b, &m.bias, &x, w, y, 0..b.blocks(), m.relu));
+            if t < best.0 {
+                best = (t, Kernel::Blocked);
+            }
         }
     }
     if best.0 < t_dense * (1.0 - o.dense_bias) { best.1 } else { Kernel::Dense }

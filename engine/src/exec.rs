@@ -11,7 +11,7 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, dense, kblocked, spmm, spmv};
+use crate::kernels::{Isa, bcsr, dense, kblocked, spmm, spmv};
 
 /// Memory plan for one batch size: where each value lives inside a tile's chunk.
 #[derive(Debug, Clone)]
@@ -251,6 +251,21 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
                     dense::dense(isa, wt, bias.len(), k, bias, x, w, y, m.relu, 1);
                 },
             );
+        }
+        Kernel::Blocked => {
+            let b = m.bcsr.as_ref().expect("blocks packed for a blocked choice");
+            let rows_of = |blocks: &Range<usize>| (blocks.start * bcsr::BR).min(m.rows)..(blocks.end * bcsr::BR).min(m.rows);
+            if threads <= 1 {
+                return bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, 0..b.blocks(), m.relu);
+            }
+            let mut parts = Vec::new();
+            let mut rest = &mut y[..m.rows * w];
+            for blocks in balanced_ranges(b.block_ptr(), threads * 4) {
+                let (head, tail) = rest.split_at_mut(rows_of(&blocks).len() * w);
+                parts.push((blocks, head));
+                rest = tail;
+            }
+            parts.into_par_iter().for_each(|(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
         }
         kernel @ (Kernel::Sparse | Kernel::SparseKBlocked) => {
             let csr = m.csr.as_ref();

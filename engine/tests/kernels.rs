@@ -3,6 +3,7 @@
 //! around the vector and strip sizes) and random ones. Tolerance for f32: 1e-5 relative to the
 //! magnitude of the sum.
 
+use engine::kernels::bcsr::{self, Bcsr};
 use engine::kernels::csr::Csr;
 use engine::kernels::kblocked::{self, KBlocked};
 use engine::kernels::window::{self, Geometry};
@@ -82,6 +83,35 @@ fn column_blocked_spmm_matches_plain_spmm() {
                 let mut got = vec![f32::NAN; rows * w];
                 kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut got, 0..rows, true);
                 assert_close(&got, &want, &format!("kblocked {} kc={kc} {rows}x{cols} w={w} s={s}", isa.name()));
+            }
+        }
+    }
+}
+
+#[test]
+fn blocked_4x1_matches_plain_spmm() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for (rows, cols, w, s) in cases() {
+        let dense = matrix(rows, cols, s, &mut rng);
+        let m = Csr::from_dense(&dense, rows, cols);
+        let b = Bcsr::from_dense(&dense, rows, cols);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let mut want = vec![0.0; rows * w];
+        spmm::spmm_ref(&m, &bias, &x, w, &mut want, 0..rows, true);
+        let mut got = vec![f32::NAN; rows * w];
+        bcsr::spmm_bcsr_ref(&b, &bias, &x, w, &mut got, 0..b.blocks(), true);
+        assert_close(&got, &want, &format!("bcsr ref {rows}x{cols} w={w}"));
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; rows * w];
+            bcsr::spmm_bcsr(isa, &b, &bias, &x, w, &mut got, 0..b.blocks(), true);
+            assert_close(&got, &want, &format!("bcsr {} {rows}x{cols} w={w} s={s}", isa.name()));
+            // A range of block rows writes only its rows.
+            if b.blocks() > 2 {
+                let rows_in = (2 * bcsr::BR).min(rows) - bcsr::BR;
+                let mut part = vec![0.0; rows_in * w];
+                bcsr::spmm_bcsr(isa, &b, &bias, &x, w, &mut part, 1..2, true);
+                assert_close(&part, &want[bcsr::BR * w..(bcsr::BR + rows_in) * w], "bcsr block range");
             }
         }
     }

@@ -8,6 +8,7 @@
 // Kernels take the matrix, bias, input, width, output, rows and flags explicitly, as XNNPACK's do.
 #![allow(clippy::too_many_arguments)]
 
+pub mod bcsr;
 pub mod csr;
 pub mod dense;
 pub mod kblocked;
