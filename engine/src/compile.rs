@@ -8,7 +8,6 @@ use crate::error::{EngineError, Result};
 use crate::graph::{Activation, Graph, Op};
 use crate::kernels::bcsr::{self, Bcsr};
 use crate::kernels::csr::Csr;
-use crate::kernels::kblocked::{self, KBlocked};
 use crate::kernels::window::Geometry;
 use crate::kernels::{Isa, dense, spmm, spmv};
 use crate::passes;
@@ -51,8 +50,6 @@ impl Options {
 pub enum Kernel {
     Dense,
     Sparse,
-    /// CSR cut into column blocks (batched tiles only).
-    SparseKBlocked,
     /// Blocks of 4 output rows sharing columns (batched tiles only).
     Blocked,
 }
@@ -63,7 +60,6 @@ impl Kernel {
             (Kernel::Dense, _) => "dense-gemm",
             (Kernel::Sparse, false) => "f32-spmm-csr",
             (Kernel::Sparse, true) => "f32-spmv-csr",
-            (Kernel::SparseKBlocked, _) => "f32-spmm-csr-kc",
             (Kernel::Blocked, _) => "f32-spmm-bcsr4x1",
         }
     }
@@ -83,8 +79,6 @@ pub struct MatMul {
     pub dense: Option<Vec<f32>>,
     /// Present when some choice is sparse.
     pub csr: Option<Csr>,
-    /// Present when the batched choice is the column-blocked sparse kernel.
-    pub kblocked: Option<KBlocked>,
     /// Present when the batched choice is the 4-row blocked kernel.
     pub bcsr: Option<Bcsr>,
     pub sparsity: f64,
@@ -100,7 +94,6 @@ impl MatMul {
     pub fn weight_bytes(&self) -> usize {
         self.dense.as_ref().map_or(0, |d| 4 * d.len())
             + self.csr.as_ref().map_or(0, Csr::bytes)
-            + self.kblocked.as_ref().map_or(0, KBlocked::bytes)
             + self.bcsr.as_ref().map_or(0, Bcsr::bytes)
             + 4 * self.bias.len()
     }
@@ -260,7 +253,6 @@ fn pack(
         batched: Kernel::Dense,
         dense: None,
         csr: None,
-        kblocked: None,
         bcsr: None,
         sparsity,
         conv,
@@ -278,9 +270,6 @@ fn pack(
     }
     if m.batched == Kernel::Blocked {
         m.bcsr = Some(Bcsr::from_dense(data, rows, cols));
-    }
-    if m.batched == Kernel::SparseKBlocked {
-        m.kblocked = Some(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC));
     }
     if m.batch1 == Kernel::Sparse || m.batched == Kernel::Sparse {
         m.csr = Some(csr);
@@ -318,13 +307,9 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, w: usize, o: &Options) -> Kernel 
         }
     });
     let mut best = (t_sparse, Kernel::Sparse);
-    if w > 1 && m.cols > 2 * kblocked::DEFAULT_KC {
-        let kb = KBlocked::from_csr(csr, kblocked::DEFAULT_KC);
-        let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, &kb, &m.bias, &x, w, y, 0..m.rows, m.relu));
-        if t < best.0 {
-            best = (t, Kernel::SparseKBlocked);
-        }
-    }
+    // The column-blocked CSR kernel (`kernels::kblocked`) times faster than this one on a single
+    // thread, but measured slower inside whole models at 2 threads (BENCHMARKS.md), so it is not
+    // a candidate.
     // Blocks of 4 rows: when the weights fill them well (block-pruned or dense weights).
     if w > 1 && o.isa == Isa::Avx512 {
         let b = Bcsr::from_dense(data, m.rows, m.cols);

@@ -11,7 +11,7 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, bcsr, dense, kblocked, spmm, spmv};
+use crate::kernels::{Isa, bcsr, dense, spmm, spmv};
 
 /// Memory plan for one batch size: where each value lives inside a tile's chunk.
 #[derive(Debug, Clone)]
@@ -267,22 +267,20 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
             }
             parts.into_par_iter().for_each(|(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
         }
-        kernel @ (Kernel::Sparse | Kernel::SparseKBlocked) => {
-            let csr = m.csr.as_ref();
-            let kb = m.kblocked.as_ref();
-            let run = |rows: Range<usize>, y: &mut [f32]| match (kernel, batch1) {
-                (Kernel::SparseKBlocked, false) => {
-                    kblocked::spmm_kblocked(isa, kb.expect("column blocks packed for this choice"), &m.bias, x, w, y, rows, m.relu)
+        Kernel::Sparse => {
+            let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
+            let run = |rows: Range<usize>, y: &mut [f32]| {
+                if batch1 {
+                    spmv::spmv(isa, csr, &m.bias, x, y, rows, m.relu)
+                } else {
+                    spmm::spmm(isa, csr, &m.bias, x, w, y, rows, m.relu)
                 }
-                (_, true) => spmv::spmv(isa, csr.expect("CSR packed for a sparse choice"), &m.bias, x, y, rows, m.relu),
-                _ => spmm::spmm(isa, csr.expect("CSR packed for a sparse choice"), &m.bias, x, w, y, rows, m.relu),
             };
             if threads <= 1 {
                 return run(0..m.rows, y);
             }
             // Several chunks per thread so work stealing evens out rows of unequal cost.
-            let row_ptr = kb.map_or_else(|| &csr.expect("CSR packed").row_ptr, |k| &k.row_ptr);
-            let ranges = balanced_ranges(row_ptr, threads * 4);
+            let ranges = balanced_ranges(&csr.row_ptr, threads * 4);
             let mut parts = Vec::with_capacity(ranges.len());
             let mut rest = &mut y[..m.rows * w];
             for r in &ranges {

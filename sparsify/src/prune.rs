@@ -178,7 +178,11 @@ impl Pruner {
     /// Zeroes the entries of `values` (a parameter or its gradient) that the masks prune.
     pub fn zero_pruned(&self, recipe: &Recipe, p: usize, epoch: f64, values: &mut [f32]) {
         for mask in self.active(recipe, p, epoch) {
-            values.iter_mut().zip(mask).filter(|(_, k)| !**k).for_each(|(v, _)| *v = 0.0);
+            // A select rather than a branch: the compiler vectorises it, and a 10% random
+            // keep-pattern would mispredict a branch on most elements.
+            for (v, &keep) in values.iter_mut().zip(mask) {
+                *v = if keep { *v } else { 0.0 };
+            }
         }
     }
 
