@@ -110,6 +110,7 @@ pub fn run_point(
                 format!("mlp-{}", hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"))
             }
             sparsify::model::Arch::Lenet5 => "lenet5".into(),
+            sparsify::model::Arch::Rescnn => "rescnn".into(),
         },
         structure: sparsify::prune::structure(&recipe),
         target_sparsity: recipe.pruning.first().map_or(0.0, |g| g.final_for("")),

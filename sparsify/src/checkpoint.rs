@@ -27,8 +27,8 @@ pub struct Progress {
     pub classes: usize,
     pub last_update: Vec<Option<f64>>,
     pub optimizer_steps: u64,
-    /// Parameter names and shapes, in order.
-    pub params: Vec<(String, Vec<usize>, bool)>,
+    /// Parameter names, shapes, whether prunable and whether trainable, in order.
+    pub params: Vec<(String, Vec<usize>, bool, bool)>,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -45,7 +45,7 @@ pub fn save(path: &Path, net: &Network, optim: &OptimState, pruner: &Pruner, epo
         classes: net.classes,
         last_update: pruner.last_update.clone(),
         optimizer_steps: optim.steps,
-        params: net.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.prunable)).collect(),
+        params: net.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.prunable, p.trainable)).collect(),
     };
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, p) in net.params.iter().enumerate() {
@@ -96,9 +96,15 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     };
     let mut params = Vec::new();
     let (mut first, mut second) = (Vec::new(), Vec::new());
-    for (i, (name, shape, prunable)) in progress.params.iter().enumerate() {
+    for (i, (name, shape, prunable, trainable)) in progress.params.iter().enumerate() {
         let n: usize = shape.iter().product();
-        params.push(Param { name: name.clone(), shape: shape.clone(), values: f32s(&format!("param.{name}"), n)?, prunable: *prunable });
+        params.push(Param {
+            name: name.clone(),
+            shape: shape.clone(),
+            values: f32s(&format!("param.{name}"), n)?,
+            prunable: *prunable,
+            trainable: *trainable,
+        });
         first.push(f32s(&format!("optim.first.{i}"), n)?);
         if st.tensor(&format!("optim.second.{i}")).is_ok() {
             second.push(f32s(&format!("optim.second.{i}"), n)?);

@@ -51,6 +51,37 @@ pub fn to_graph(net: &Network) -> Graph {
             prev = "flatten".into();
             (vec![1, net.input_side, net.input_side], 4)
         }
+        Arch::Rescnn => {
+            let win =
+                |k: usize, stride: usize, pad: usize| Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1] };
+            let conv =
+                |i: usize| Op::Conv { weight: weight(i), bias: p[i + 1].values.clone(), window: win(3, 1, 1), act: Activation::None };
+            // BatchNorm in inference form, a per-channel affine map that the engine folds into
+            // the convolution before it: scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+            let affine = |i: usize, act| {
+                let scale: Vec<f32> =
+                    p[i].values.iter().zip(&p[i + 3].values).map(|(g, v)| g / (v + crate::model::BN_EPS).sqrt()).collect();
+                let shift = p[i + 1].values.iter().zip(&p[i + 2].values).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+                Op::Affine { scale, shift, act }
+            };
+            nodes.push(node("conv1", conv(0), "input"));
+            nodes.push(node("bn1", affine(2, Activation::Relu), "conv1"));
+            nodes.push(node("pool1", Op::MaxPool { window: win(2, 2, 0) }, "bn1"));
+            nodes.push(node("conv2", conv(6), "pool1"));
+            nodes.push(node("bn2", affine(8, Activation::Relu), "conv2"));
+            nodes.push(node("conv3", conv(12), "bn2"));
+            nodes.push(node("bn3", affine(14, Activation::None), "conv3"));
+            nodes.push(Node {
+                name: "residual".into(),
+                op: Op::Add { act: Activation::Relu },
+                inputs: vec!["bn3".into(), "pool1".into()],
+                output: "residual".into(),
+            });
+            nodes.push(node("pool2", Op::MaxPool { window: win(2, 2, 0) }, "residual"));
+            nodes.push(node("flatten", Op::Flatten, "pool2"));
+            prev = "flatten".into();
+            (vec![1, net.input_side, net.input_side], 18)
+        }
     };
     let layers = (p.len() - push) / 2;
     for l in 0..layers {

@@ -24,6 +24,9 @@ pub enum Arch {
     },
     /// LeNet-5: conv 5x5 (6, padded) - maxpool - conv 5x5 (16) - maxpool - 120 - 84 - 10.
     Lenet5,
+    /// A small residual CNN with BatchNorm: conv 3x3 (16) + BN + ReLU - maxpool - a residual
+    /// block (conv-BN-ReLU-conv-BN, plus the block's input, ReLU) - maxpool - linear.
+    Rescnn,
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -38,6 +41,8 @@ pub struct Param {
     pub values: Vec<f32>,
     /// Weights can be pruned; biases cannot.
     pub prunable: bool,
+    /// Updated by the optimizer; BatchNorm running statistics are not.
+    pub trainable: bool,
 }
 
 impl Param {
@@ -66,10 +71,26 @@ fn init(name: &str, shape: &[usize], rng: &mut StdRng) -> [Param; 2] {
             shape: shape.to_vec(),
             values: (0..n).map(|_| rng.random_range(-bound..bound)).collect(),
             prunable: true,
+            trainable: true,
         },
-        Param { name: format!("{name}.bias"), shape: vec![shape[0]], values: vec![0.0; shape[0]], prunable: false },
+        Param { name: format!("{name}.bias"), shape: vec![shape[0]], values: vec![0.0; shape[0]], prunable: false, trainable: true },
     ]
 }
+
+/// BatchNorm over `c` channels: scale and shift (trained), running mean and variance (not).
+fn batchnorm(name: &str, c: usize) -> [Param; 4] {
+    let p =
+        |n: &str, v: f32, trainable| Param { name: format!("{name}.{n}"), shape: vec![c], values: vec![v; c], prunable: false, trainable };
+    [p("gamma", 1.0, true), p("beta", 0.0, true), p("running_mean", 0.0, false), p("running_var", 1.0, false)]
+}
+
+/// BatchNorm's epsilon and the weight of each batch in the running statistics (PyTorch's).
+pub const BN_EPS: f32 = 1e-5;
+pub const BN_MOMENTUM: f32 = 0.1;
+
+/// A BatchNorm's batch statistics from a training step: the index of its running mean (the
+/// running variance follows it), and the batch's per-channel mean and variance.
+pub type BatchStats = (usize, Vec<f32>, Vec<f32>);
 
 impl Network {
     /// A freshly initialised network for `side x side` images and `classes` classes.
@@ -93,6 +114,16 @@ impl Network {
                 params.extend(init("fc2", &[84, 120], &mut rng));
                 params.extend(init("fc3", &[classes, 84], &mut rng));
             }
+            Arch::Rescnn => {
+                let flat = 16 * (side / 4) * (side / 4);
+                params.extend(init("conv1", &[16, 1, 3, 3], &mut rng));
+                params.extend(batchnorm("bn1", 16));
+                params.extend(init("conv2", &[16, 16, 3, 3], &mut rng));
+                params.extend(batchnorm("bn2", 16));
+                params.extend(init("conv3", &[16, 16, 3, 3], &mut rng));
+                params.extend(batchnorm("bn3", 16));
+                params.extend(init("fc", &[classes, flat], &mut rng));
+            }
         }
         Network { arch: arch.clone(), input_side: side, classes, params }
     }
@@ -109,11 +140,18 @@ impl Network {
             .collect()
     }
 
-    /// Logits for a batch.
+    /// Logits for a batch, in inference mode (BatchNorm uses its running statistics).
     ///
     /// # Shapes
     /// `x`: `[batch, side * side]` normalised pixels; returns `[batch, classes]`.
     pub fn forward(&self, params: &[Tensor<1>], x: Tensor<2>) -> Tensor<2> {
+        self.forward_mode(params, x, false).0
+    }
+
+    /// Logits for a batch; with `train`, BatchNorm normalises with the batch's statistics and
+    /// returns them for the running averages.
+    pub fn forward_mode(&self, params: &[Tensor<1>], x: Tensor<2>, train: bool) -> (Tensor<2>, Vec<BatchStats>) {
+        let mut stats = Vec::new();
         let p = |i: usize| -> Tensor<1> { params[i].clone() };
         let shape = |i: usize| self.params[i].shape.clone();
         let linear = |x: Tensor<2>, i: usize| -> Tensor<2> {
@@ -131,7 +169,7 @@ impl Network {
                         h = relu(h);
                     }
                 }
-                h
+                (h, stats)
             }
             Arch::Lenet5 => {
                 let [b, _] = x.dims();
@@ -148,7 +186,49 @@ impl Network {
                 let h: Tensor<2> = h.reshape([b as i32, -1]);
                 let h = relu(linear(h, 4));
                 let h = relu(linear(h, 6));
-                linear(h, 8)
+                (linear(h, 8), stats)
+            }
+            Arch::Rescnn => {
+                let [b, _] = x.dims();
+                let side = self.input_side;
+                let conv = |x: Tensor<4>, i: usize| -> Tensor<4> {
+                    let s = shape(i);
+                    let w: Tensor<4> = p(i).reshape([s[0], s[1], s[2], s[3]]);
+                    conv2d(x, w, Some(p(i + 1)), ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
+                };
+                let mut bn = |x: Tensor<4>, i: usize| -> Tensor<4> {
+                    let c = self.params[i].numel();
+                    let (mean, var) = if train {
+                        let mean: Tensor<4> = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
+                        let var: Tensor<4> = (x.clone() - mean.clone()).powi_scalar(2).mean_dim(0).mean_dim(2).mean_dim(3);
+                        let host = |t: &Tensor<4>| t.to_data().try_to_vec::<f32>().expect("f32 statistics");
+                        stats.push((i + 2, host(&mean), host(&var)));
+                        (mean, var)
+                    } else {
+                        (p(i + 2).reshape([1, c, 1, 1]), p(i + 3).reshape([1, c, 1, 1]))
+                    };
+                    (x - mean) / (var + BN_EPS).sqrt() * p(i).reshape([1, c, 1, 1]) + p(i + 1).reshape([1, c, 1, 1])
+                };
+                let pool = |x: Tensor<4>| max_pool2d(x, MaxPoolOptions::new([2, 2]));
+                let h = x.reshape([b, 1, side, side]);
+                let h = pool(relu(bn(conv(h, 0), 2)));
+                let r = relu(bn(conv(h.clone(), 6), 8));
+                let r = bn(conv(r, 12), 14);
+                let h = pool(relu(r + h));
+                let h: Tensor<2> = h.reshape([b as i32, -1]);
+                (linear(h, 18), stats)
+            }
+        }
+    }
+
+    /// Folds a training step's batch statistics into the running averages.
+    pub fn update_running_stats(&mut self, stats: &[BatchStats]) {
+        for (i, mean, var) in stats {
+            for (r, m) in self.params[*i].values.iter_mut().zip(mean) {
+                *r = (1.0 - BN_MOMENTUM) * *r + BN_MOMENTUM * m;
+            }
+            for (r, v) in self.params[*i + 1].values.iter_mut().zip(var) {
+                *r = (1.0 - BN_MOMENTUM) * *r + BN_MOMENTUM * v;
             }
         }
     }

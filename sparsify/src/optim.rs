@@ -23,13 +23,13 @@ impl OptimState {
     }
 }
 
-/// Updates `params[i] -= lr * direction(grads[i])` for every parameter.
-pub fn step(o: &Optimizer, state: &mut OptimState, params: &mut [Vec<f32>], grads: &[Vec<f32>], lr: f64) {
+/// Updates `params[i] -= lr * direction(grads[i])` for every parameter not `frozen`.
+pub fn step(o: &Optimizer, state: &mut OptimState, params: &mut [Vec<f32>], grads: &[Vec<f32>], frozen: &[bool], lr: f64) {
     state.steps += 1;
     let (lr, wd, mu) = (lr as f32, o.weight_decay as f32, o.momentum as f32);
     match o.kind {
         OptimizerKind::Sgd => {
-            params.par_iter_mut().zip(grads).zip(&mut state.first).for_each(|((w, g), buf)| {
+            params.par_iter_mut().zip(grads).zip(&mut state.first).zip(frozen).filter(|(_, f)| !**f).for_each(|(((w, g), buf), _)| {
                 for ((w, g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
                     let g = g + wd * *w;
                     let d = if mu == 0.0 {
@@ -46,14 +46,20 @@ pub fn step(o: &Optimizer, state: &mut OptimState, params: &mut [Vec<f32>], grad
             let [b1, b2] = [o.betas[0] as f32, o.betas[1] as f32];
             let c1 = 1.0 - b1.powi(state.steps as i32);
             let c2 = 1.0 - b2.powi(state.steps as i32);
-            params.par_iter_mut().zip(grads).zip(state.first.par_iter_mut().zip(&mut state.second)).for_each(|((w, g), (m, v))| {
-                for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                    let g = g + wd * *w;
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
-                }
-            });
+            params
+                .par_iter_mut()
+                .zip(grads)
+                .zip(state.first.par_iter_mut().zip(&mut state.second))
+                .zip(frozen)
+                .filter(|(_, f)| !**f)
+                .for_each(|(((w, g), (m, v)), _)| {
+                    for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        let g = g + wd * *w;
+                        *m = b1 * *m + (1.0 - b1) * g;
+                        *v = b2 * *v + (1.0 - b2) * g * g;
+                        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+                    }
+                });
         }
     }
 }
@@ -71,16 +77,16 @@ mod tests {
         let o = sgd(0.9, false, 0.1);
         let mut s = OptimState::new(&[1], o.kind);
         let mut p = vec![vec![1.0f32]];
-        step(&o, &mut s, &mut p, &[vec![0.5]], 0.1);
+        step(&o, &mut s, &mut p, &[vec![0.5]], &[false], 0.1);
         // g = 0.5 + 0.1 * 1 = 0.6; buf = 0.6; w = 1 - 0.06
         assert!((p[0][0] - 0.94).abs() < 1e-6);
-        step(&o, &mut s, &mut p, &[vec![0.5]], 0.1);
+        step(&o, &mut s, &mut p, &[vec![0.5]], &[false], 0.1);
         // g = 0.5 + 0.094 = 0.594; buf = 0.54 + 0.594 = 1.134; w = 0.94 - 0.1134
         assert!((p[0][0] - 0.8266).abs() < 1e-6);
         let o = sgd(0.9, true, 0.0);
         let mut s = OptimState::new(&[1], o.kind);
         let mut p = vec![vec![1.0f32]];
-        step(&o, &mut s, &mut p, &[vec![1.0]], 0.1);
+        step(&o, &mut s, &mut p, &[vec![1.0]], &[false], 0.1);
         // buf = 1; d = 1 + 0.9 = 1.9
         assert!((p[0][0] - 0.81).abs() < 1e-6);
     }
@@ -90,7 +96,7 @@ mod tests {
         let o = Optimizer { kind: OptimizerKind::Adam, momentum: 0.0, nesterov: false, weight_decay: 0.0, betas: [0.9, 0.999] };
         let mut s = OptimState::new(&[2], o.kind);
         let mut p = vec![vec![1.0f32, 1.0]];
-        step(&o, &mut s, &mut p, &[vec![3.0, -0.01]], 0.01);
+        step(&o, &mut s, &mut p, &[vec![3.0, -0.01]], &[false], 0.01);
         assert!((p[0][0] - 0.99).abs() < 1e-5 && (p[0][1] - 1.01).abs() < 1e-4, "{p:?}");
     }
 }

@@ -16,15 +16,25 @@ pub fn eval_device() -> Device {
     Device::flex()
 }
 
-/// Loss, correct predictions and one gradient per parameter for a batch.
+/// What one training step computes.
+pub struct StepOutput {
+    pub loss: f32,
+    pub correct: usize,
+    /// One gradient per parameter (zeros for parameters the loss does not depend on).
+    pub grads: Vec<Vec<f32>>,
+    /// BatchNorm batch statistics, for the running averages.
+    pub stats: Vec<crate::model::BatchStats>,
+}
+
+/// Loss, correct predictions, gradients and batch statistics for a batch.
 ///
 /// # Shapes
 /// `inputs`: `[labels.len(), side * side]` normalised pixels.
-pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]) -> (f32, usize, Vec<Vec<f32>>) {
+pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]) -> StepOutput {
     let b = labels.len();
     let params = net.tensors(device, true);
     let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_side * net.input_side]), device);
-    let logits = net.forward(&params, x);
+    let (logits, stats) = net.forward_mode(&params, x, true);
     let correct = argmax(&logits.to_data().try_to_vec::<f32>().expect("f32 logits"), net.classes)
         .iter()
         .zip(labels)
@@ -38,11 +48,11 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
     let loss = (log_softmax(logits, 1) * onehot).sum().neg().div_scalar(b as f32);
     let loss_value = loss.to_data().try_to_vec::<f32>().expect("f32 loss")[0];
     let grads = loss.backward();
-    let g = params
+    let grads = params
         .iter()
         .map(|p| p.grad(&grads).map(|g| g.to_data().try_to_vec::<f32>().expect("f32 grad")).unwrap_or_else(|| vec![0.0; p.dims()[0]]))
         .collect();
-    (loss_value, correct, g)
+    StepOutput { loss: loss_value, correct, grads, stats }
 }
 
 /// Logits for a batch, without autodiff: `[labels, classes]` row-major.

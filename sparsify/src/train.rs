@@ -160,6 +160,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
     let batch = recipe.data.batch_size;
     let steps_per_epoch = data.train.len().div_ceil(batch).max(1);
     let targeted = pruner.targeted();
+    let frozen: Vec<bool> = net.params.iter().map(|p| !p.trainable).collect();
     let last_epoch = opts.stop_after.map_or(epochs, |s| s.min(epochs));
     for epoch in first_epoch..last_epoch {
         let start = Instant::now();
@@ -176,7 +177,8 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             }
             lr = recipe.lr.at(e);
             let n = b.len();
-            let (loss, ok, mut grads) = step::gradients(&net, &device, b.inputs, &b.labels);
+            let step::StepOutput { loss, correct: ok, mut grads, stats } = step::gradients(&net, &device, b.inputs, &b.labels);
+            net.update_running_stats(&stats);
             if !loss.is_finite() {
                 bail!("the loss became {loss} at epoch {e:.2}: lower the learning rate");
             }
@@ -184,7 +186,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
                 pruner.zero_pruned(recipe, p, e, &mut grads[p]);
             }
             let mut values: Vec<Vec<f32>> = net.params.iter_mut().map(|p| std::mem::take(&mut p.values)).collect();
-            optim::step(&recipe.optimizer, &mut optim_state, &mut values, &grads, lr);
+            optim::step(&recipe.optimizer, &mut optim_state, &mut values, &grads, &frozen, lr);
             for (p, v) in net.params.iter_mut().zip(values) {
                 p.values = v;
             }

@@ -144,7 +144,7 @@ fn same_seed_same_metrics_and_resume_matches_unbroken_run() {
 
 #[test]
 fn engine_agrees_with_burn_on_exported_models() {
-    for arch in [MLP, "name = \"lenet5\""] {
+    for arch in [MLP, "name = \"lenet5\"", "name = \"rescnn\""] {
         let dir = tempfile::tempdir().unwrap();
         let (mut r, text) = recipe("unstructured", 0.9, "layer", arch);
         r.epochs = 1.0;
