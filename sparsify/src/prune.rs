@@ -180,9 +180,10 @@ impl Pruner {
         let fresh = matches!(&self.factors[p], Some((key, generation, _)) if *key == live && *generation == self.generation);
         if !fresh {
             let n_gmp = recipe.pruning.len();
-            let masks = live.iter().enumerate().filter(|(_, l)| **l).filter_map(|(i, _)| {
-                if i < n_gmp { self.gmp_masks[i][p].as_ref() } else { self.constant_masks[i - n_gmp][p].as_ref() }
-            });
+            let masks =
+                live.iter().enumerate().filter(|(_, l)| **l).filter_map(|(i, _)| {
+                    if i < n_gmp { self.gmp_masks[i][p].as_ref() } else { self.constant_masks[i - n_gmp][p].as_ref() }
+                });
             let mut factors: Option<Vec<f32>> = None;
             for mask in masks {
                 let f = factors.get_or_insert_with(|| vec![1.0; mask.len()]);
