@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, Op};
+use crate::graph::{Activation, Graph, Op, Window};
 use crate::kernels::bcsr::{self, Bcsr};
 use crate::kernels::csr::Csr;
 use crate::kernels::window::Geometry;
@@ -179,13 +179,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
                 Exec::MatMul(Box::new(pack(&node.name, weight.rows(), weight.cols(), &weight.data, bias, relu(act), None, &options)?))
             }
             Op::Conv { weight, bias, window, act } => {
-                let geometry = Geometry {
-                    channels: in_shape[0],
-                    in_hw: [in_shape[1], in_shape[2]],
-                    out_hw: [out_shape[1], out_shape[2]],
-                    window: *window,
-                    w: 1,
-                };
+                let geometry = geometry(&in_shape, &out_shape, *window);
                 Exec::MatMul(Box::new(pack(
                     &node.name,
                     weight.rows(),
@@ -202,13 +196,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             }
             Op::Relu => Exec::Relu,
             Op::MaxPool { window } | Op::AvgPool { window, .. } => {
-                let geometry = Geometry {
-                    channels: in_shape[0],
-                    in_hw: [in_shape[1], in_shape[2]],
-                    out_hw: [out_shape[1], out_shape[2]],
-                    window: *window,
-                    w: 1,
-                };
+                let geometry = geometry(&in_shape, &out_shape, *window);
                 let avg = if let Op::AvgPool { count_include_pad, .. } = node.op { Some(count_include_pad) } else { None };
                 Exec::Pool { geometry, avg }
             }
@@ -226,6 +214,11 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     let output_shape =
         value_sizes.get(output_value).map(|_| shapes.iter().rev().find(|(n, _)| n == &graph.output).unwrap().1.clone()).unwrap();
     Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
+}
+
+/// Window geometry of a `[C, H, W] -> [C', H', W']` operator, for one sample (`w` is set per tile).
+fn geometry(in_shape: &[usize], out_shape: &[usize], window: Window) -> Geometry {
+    Geometry { channels: in_shape[0], in_hw: [in_shape[1], in_shape[2]], out_hw: [out_shape[1], out_shape[2]], window, w: 1 }
 }
 
 #[allow(clippy::too_many_arguments)]

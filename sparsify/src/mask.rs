@@ -90,9 +90,8 @@ fn blocks(rows: usize, cols: usize, bh: usize, bw: usize, values: &[f32]) -> Vec
 /// overshoot is skipped (only edge blocks are smaller than the rest), so the count is exact
 /// whenever the group sizes allow it.
 fn prune_groups(groups: &[(f32, &[usize])], target: usize, mut prune: impl FnMut(usize)) {
-    let scores: Vec<f32> = groups.iter().map(|g| g.0).collect();
-    let mut order = lowest(&scores, scores.len());
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by(|&a, &b| groups[a].0.total_cmp(&groups[b].0).then(a.cmp(&b)));
     let mut pruned = 0;
     for g in order {
         let members = groups[g].1;
