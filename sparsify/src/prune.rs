@@ -59,6 +59,15 @@ fn matrix(net: &Network, i: usize) -> (usize, usize) {
     (s[0], s[1..].iter().product::<usize>().max(1))
 }
 
+/// The masks of one parameter combined into 0/1 factors (empty when no mask is in force), for
+/// the liveness of the modifiers and the mask generation they were built from.
+#[derive(Debug, Clone)]
+struct Factors {
+    live: Vec<bool>,
+    generation: u64,
+    values: Vec<f32>,
+}
+
 /// Pruning state through training.
 #[derive(Debug, Clone)]
 pub struct Pruner {
@@ -74,7 +83,7 @@ pub struct Pruner {
     pub constant_masks: Vec<Vec<Option<Vec<bool>>>>,
     /// Per parameter, the masks in force combined into 0/1 factors, with the modifiers' liveness
     /// and the mask generation they were built for: applying them is a vectorised multiply.
-    factors: Vec<Option<(Vec<bool>, u64, Vec<f32>)>>,
+    factors: Vec<Option<Factors>>,
     /// Bumped whenever a mask changes.
     generation: u64,
 }
@@ -177,7 +186,7 @@ impl Pruner {
     /// in force at `epoch` prune.
     pub fn zero_pruned(&mut self, recipe: &Recipe, p: usize, epoch: f64, values: &mut [f32]) {
         let live = Self::liveness(recipe, epoch);
-        let fresh = matches!(&self.factors[p], Some((key, generation, _)) if *key == live && *generation == self.generation);
+        let fresh = matches!(&self.factors[p], Some(f) if f.live == live && f.generation == self.generation);
         if !fresh {
             let n_gmp = recipe.pruning.len();
             let masks =
@@ -189,9 +198,9 @@ impl Pruner {
                 let f = factors.get_or_insert_with(|| vec![1.0; mask.len()]);
                 f.iter_mut().zip(mask).for_each(|(f, &keep)| *f = if keep { *f } else { 0.0 });
             }
-            self.factors[p] = Some((live, self.generation, factors.unwrap_or_default()));
+            self.factors[p] = Some(Factors { live, generation: self.generation, values: factors.unwrap_or_default() });
         }
-        let factors = &self.factors[p].as_ref().expect("built above").2;
+        let factors = &self.factors[p].as_ref().expect("built above").values;
         if !factors.is_empty() {
             values.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
         }
