@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use experiments::peers::Peers;
 use experiments::sweep::Sweep;
 use experiments::{collect, point};
@@ -25,46 +25,57 @@ enum Emit {
     Shell,
 }
 
+/// Where points read data from, write results to, and which peers time them.
+#[derive(Args)]
+struct PointArgs {
+    /// Folder holding the dataset (else the standard search order).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Where results go (default ./results).
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// A Python with onnxruntime (and optionally deepsparse) to time the ONNX exports too.
+    #[arg(long)]
+    peers_python: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run every point of a sweep (reusing finished ones), then write the table, plots and report.
     Run {
+        /// Sweep file (TOML), such as experiments/quick.toml.
         sweep: PathBuf,
-        /// Folder holding the dataset (else the standard search order).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Where results go (default ./results).
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-        /// A Python with onnxruntime (and optionally deepsparse) to time the ONNX exports too.
-        #[arg(long)]
-        peers_python: Option<PathBuf>,
+        #[command(flatten)]
+        point: PointArgs,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
     },
     /// Run one point (by id, see `plan`) into the shared results folder.
     RunPoint {
+        /// Sweep file (TOML), such as experiments/quick.toml.
         sweep: PathBuf,
+        /// Point id, as `experiments plan` lists them.
         id: String,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-        #[arg(long)]
-        peers_python: Option<PathBuf>,
+        #[command(flatten)]
+        point: PointArgs,
     },
     /// Print the jobs of a sweep, one per point, for a cluster or GNU parallel.
     Plan {
+        /// Sweep file (TOML), such as experiments/quick.toml.
         sweep: PathBuf,
+        /// What to write: a Slurm job-array script or one command per line.
         #[arg(long, value_enum, default_value_t = Emit::Shell)]
         emit: Emit,
+        /// The shared results folder the jobs write to.
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
     /// Build the table, plots and report from the points finished so far.
     Collect {
+        /// Sweep file (TOML), such as experiments/quick.toml.
         sweep: PathBuf,
+        /// The results folder the points were written to.
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
@@ -94,7 +105,7 @@ fn peers(python: Option<PathBuf>, quiet: bool) -> anyhow::Result<Option<Peers>> 
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { sweep: file, data, results, peers_python, quiet } => {
+        Command::Run { sweep: file, point: PointArgs { data, results, peers_python }, quiet } => {
             let sweep = Sweep::load(&file)?;
             let peers = peers(peers_python, quiet)?;
             let dir = sweep.dir(&results);
@@ -124,7 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n = collect(&sweep, &file.display().to_string(), &results)?;
             println!("{n} points: {}", dir.join("report.md").display());
         }
-        Command::RunPoint { sweep: file, id, data, results, peers_python } => {
+        Command::RunPoint { sweep: file, id, point: PointArgs { data, results, peers_python } } => {
             let sweep = Sweep::load(&file)?;
             let Some(p) = sweep.points.iter().find(|p| p.id == id) else {
                 bail!("{}: no point with id {id} (see `experiments plan`)", file.display());

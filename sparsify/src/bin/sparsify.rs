@@ -68,13 +68,17 @@ enum Command {
 enum RecipeCommand {
     /// Print the resolved recipe and its schedule, epoch by epoch.
     Show {
+        /// Recipe file (TOML).
         recipe: PathBuf,
+        /// Override a recipe variable (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
     /// Validate a recipe (fields, values, parameter names); exit non-zero on the first error.
     Check {
+        /// Recipe file (TOML).
         recipe: PathBuf,
+        /// Override a recipe variable (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
