@@ -149,7 +149,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
             sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
             print!("{}", r.to_toml());
-            println!("\n# schedule at the start of each epoch");
+            let classes = datasets::registry::spec(&r.data.dataset)?.num_classes();
+            let net = sparsify::model::Network::new(&r.model, 28, classes, 0);
+            let pruner = sparsify::prune::Pruner::new(&r, &net).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
+            println!("\n# schedule at the start of each epoch (target sparsity over each modifier's weights)");
             let mut header = format!("{:>6} {:>12}", "epoch", "lr");
             for (i, g) in r.pruning.iter().enumerate() {
                 header += &format!(" {:>14}", format!("gmp{i} ({})", g.mask.label()));
@@ -157,13 +160,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{header}");
             for e in 0..=(r.epochs.ceil() as usize) {
                 let mut line = format!("{e:>6} {:>12.6}", r.lr.at(e as f64));
-                for g in &r.pruning {
-                    let name = match &g.final_sparsity {
-                        sparsify::recipe::FinalSparsity::PerParam(m) => m.keys().next().cloned().unwrap_or_default(),
-                        _ => String::new(),
-                    };
-                    let s = if (e as f64) < g.start_epoch { 0.0 } else { g.target(&name, e as f64) };
-                    line += &format!(" {s:>14.4}");
+                for (g, targets) in r.pruning.iter().zip(&pruner.gmp_targets) {
+                    // Target over all the modifier's weights (per-parameter targets weighted by size).
+                    let (mut zeros, mut total) = (0.0, 0.0);
+                    for &t in targets {
+                        let p = &net.params[t];
+                        let s = if (e as f64) < g.start_epoch { 0.0 } else { g.target(&p.name, e as f64) };
+                        zeros += s * p.numel() as f64;
+                        total += p.numel() as f64;
+                    }
+                    line += &format!(" {:>14.4}", zeros / total.max(1.0));
                 }
                 println!("{line}");
             }
