@@ -106,10 +106,3 @@ pub struct Dataset {
     pub train: Split,
     pub test: Split,
 }
-
-impl Dataset {
-    /// True when this is the embedded subset rather than the full data.
-    pub fn is_subset(&self) -> bool {
-        self.source == Source::Embedded
-    }
-}

@@ -255,14 +255,18 @@ fn pack(
         KernelPolicy::Sparse => (Kernel::Sparse, Kernel::Sparse),
         KernelPolicy::Auto => {
             let positions = conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
-            (choose(&m, data, &csr, positions, o), choose(&m, data, &csr, positions * o.tile, o))
+            // Blocks of 4 rows are a candidate where the weights fill them well (block-pruned or
+            // dense weights), with AVX-512; built once here and kept if chosen.
+            let blocked = (o.isa == Isa::Avx512).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
+            let batched = choose(&m, data, &csr, blocked.as_ref(), positions * o.tile, o);
+            if batched == Kernel::Blocked {
+                m.bcsr = blocked;
+            }
+            (choose(&m, data, &csr, None, positions, o), batched)
         }
     };
     if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
         m.dense = Some(data.to_vec());
-    }
-    if m.batched == Kernel::Blocked {
-        m.bcsr = Some(Bcsr::from_dense(data, rows, cols));
     }
     if m.batch1 == Kernel::Sparse || m.batched == Kernel::Sparse {
         m.csr = Some(csr);
@@ -272,7 +276,7 @@ fn pack(
 
 /// Times the candidates on a `[cols, w]` input (single thread) and returns the fastest, with
 /// `dense_bias` in dense's favour.
-fn choose(m: &MatMul, data: &[f32], csr: &Csr, w: usize, o: &Options) -> Kernel {
+fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize, o: &Options) -> Kernel {
     let x: Vec<f32> = (0..m.cols * w).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
     let mut y = vec![0.0f32; m.rows * w];
     let mut time = |f: &mut dyn FnMut(&mut [f32])| -> f64 {
@@ -303,14 +307,10 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, w: usize, o: &Options) -> Kernel 
     // The column-blocked CSR kernel (`kernels::kblocked`) times faster than this one on a single
     // thread, but measured slower inside whole models at 2 threads (BENCHMARKS.md), so it is not
     // a candidate.
-    // Blocks of 4 rows: when the weights fill them well (block-pruned or dense weights).
-    if w > 1 && o.isa == Isa::Avx512 {
-        let b = Bcsr::from_dense(data, m.rows, m.cols);
-        if b.fill(csr.nnz()) <= 1.5 {
-            let t = time(&mut |y| bcsr::spmm_bcsr(o.isa, &b, &m.bias, &x, w, y, 0..b.blocks(), m.relu));
-            if t < best.0 {
-                best = (t, Kernel::Blocked);
-            }
+    if let Some(b) = blocked.filter(|_| w > 1) {
+        let t = time(&mut |y| bcsr::spmm_bcsr(o.isa, b, &m.bias, &x, w, y, 0..b.blocks(), m.relu));
+        if t < best.0 {
+            best = (t, Kernel::Blocked);
         }
     }
     if best.0 < t_dense * (1.0 - o.dense_bias) { best.1 } else { Kernel::Dense }

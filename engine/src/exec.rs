@@ -260,7 +260,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
             }
             let mut parts = Vec::new();
             let mut rest = &mut y[..m.rows * w];
-            for blocks in balanced_ranges(b.block_ptr(), threads * 4) {
+            for blocks in balanced_ranges(&b.blk_ptr, threads * 4) {
                 let (head, tail) = rest.split_at_mut(rows_of(&blocks).len() * w);
                 parts.push((blocks, head));
                 rest = tail;

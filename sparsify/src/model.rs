@@ -237,9 +237,4 @@ impl Network {
     pub fn prunable(&self) -> Vec<usize> {
         (0..self.params.len()).filter(|&i| self.params[i].prunable).collect()
     }
-
-    /// Layer name of a parameter (`fc1.weight` -> `fc1`).
-    pub fn layer_name(&self, i: usize) -> &str {
-        self.params[i].name.rsplit_once('.').map_or(&self.params[i].name, |(l, _)| l)
-    }
 }

@@ -56,11 +56,6 @@ impl Bcsr {
     pub fn bytes(&self) -> usize {
         4 * (self.blk_ptr.len() + self.col.len() + self.val.len())
     }
-
-    /// Non-zero entries per block, cumulative over blocks (for balancing threads).
-    pub fn block_ptr(&self) -> &[u32] {
-        &self.blk_ptr
-    }
 }
 
 fn check(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &[f32], blocks: &Range<usize>) {

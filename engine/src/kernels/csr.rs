@@ -42,11 +42,6 @@ impl Csr {
     pub fn bytes(&self) -> usize {
         4 * (self.row_ptr.len() + self.col.len() + self.val.len())
     }
-
-    /// Splits `0..rows` into at most `parts` contiguous ranges of about equal non-zeros.
-    pub fn balanced_row_ranges(&self, parts: usize) -> Vec<std::ops::Range<usize>> {
-        balanced_ranges(&self.row_ptr, parts)
-    }
 }
 
 /// Splits the rows described by `row_ptr` (`rows + 1` cumulative counts) into at most `parts`
@@ -81,11 +76,11 @@ mod tests {
         let c = Csr::from_dense(&d, 3, 3);
         assert_eq!(c.row_ptr, vec![0, 1, 2, 5]);
         assert_eq!(c.col, vec![1, 0, 0, 1, 2]);
-        let r = c.balanced_row_ranges(2);
+        let r = balanced_ranges(&c.row_ptr, 2);
         assert_eq!(r.first().unwrap().start, 0);
         assert_eq!(r.last().unwrap().end, 3);
         let total: usize = r.iter().map(|r| r.len()).sum();
         assert_eq!(total, 3);
-        assert_eq!(Csr::from_dense(&[], 0, 5).balanced_row_ranges(4), vec![0..0]);
+        assert_eq!(balanced_ranges(&Csr::from_dense(&[], 0, 5).row_ptr, 4), vec![0..0]);
     }
 }
