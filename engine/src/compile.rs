@@ -5,9 +5,10 @@
 use std::time::Instant;
 
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, Op, Window};
+use crate::graph::{Activation, Graph, Op, Quant, Weight, Window};
 use crate::kernels::bcsr::{self, Bcsr};
 use crate::kernels::csr::Csr;
+use crate::kernels::q8::{Dequant, Q8Matrix};
 use crate::kernels::window::Geometry;
 use crate::kernels::{Isa, dense, spmm, spmv};
 use crate::passes;
@@ -52,6 +53,8 @@ pub enum Kernel {
     Sparse,
     /// Blocks of 4 output rows sharing columns (batched tiles only).
     Blocked,
+    /// Int8 weights and uint8 inputs (quantized layers).
+    Int8,
 }
 
 impl Kernel {
@@ -61,6 +64,8 @@ impl Kernel {
             (Kernel::Sparse, false) => "f32-spmm-csr",
             (Kernel::Sparse, true) => "f32-spmv-csr",
             (Kernel::Blocked, _) => "f32-spmm-bcsr4x1",
+            (Kernel::Int8, false) => "q8-spmm-k4",
+            (Kernel::Int8, true) => "q8-spmv-k4",
         }
     }
 }
@@ -84,6 +89,30 @@ pub struct MatMul {
     pub sparsity: f64,
     /// For convolutions, the window geometry (with `w = 1`; scaled per tile).
     pub conv: Option<Geometry>,
+    /// Present when the layer runs in int8.
+    pub int8: Option<Box<Int8Layer>>,
+}
+
+/// A quantized layer's packed int8 weights, its dequantization and its input quantization.
+#[derive(Debug, Clone)]
+pub struct Int8Layer {
+    pub matrix: Q8Matrix,
+    pub dequant: Dequant,
+    pub input_scale: f32,
+    pub input_zero: u8,
+}
+
+impl Int8Layer {
+    fn new(weight: &Weight, q: &Quant, bias: &[f32], relu: bool) -> Int8Layer {
+        let matrix = Q8Matrix::from_int8(&weight.int8().expect("quantized weight"), weight.rows(), weight.cols());
+        let dequant = Dequant {
+            bias: bias.to_vec(),
+            mult: q.scales.iter().map(|s| s * q.input_scale).collect(),
+            zero_corr: matrix.row_sums.iter().map(|&r| r * q.input_zero as i32).collect(),
+            relu,
+        };
+        Int8Layer { matrix, dequant, input_scale: q.input_scale, input_zero: q.input_zero }
+    }
 }
 
 impl MatMul {
@@ -93,6 +122,7 @@ impl MatMul {
     /// Bytes of packed weights kept for execution.
     pub fn weight_bytes(&self) -> usize {
         self.dense.as_ref().map_or(0, |d| 4 * d.len())
+            + self.int8.as_ref().map_or(0, |q| q.matrix.bytes() + 12 * self.rows)
             + self.csr.as_ref().map_or(0, Csr::bytes)
             + self.bcsr.as_ref().map_or(0, Bcsr::bytes)
             + 4 * self.bias.len()
@@ -175,21 +205,10 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
         let out_shape = shapes[i + 1].1.clone();
         let relu = |a: &Activation| *a == Activation::Relu;
         let exec = match &node.op {
-            Op::Linear { weight, bias, act } => {
-                Exec::MatMul(Box::new(pack(&node.name, weight.rows(), weight.cols(), &weight.data, bias, relu(act), None, &options)?))
-            }
+            Op::Linear { weight, bias, act } => Exec::MatMul(Box::new(pack(&node.name, weight, bias, relu(act), None, &options)?)),
             Op::Conv { weight, bias, window, act } => {
                 let geometry = geometry(&in_shape, &out_shape, *window);
-                Exec::MatMul(Box::new(pack(
-                    &node.name,
-                    weight.rows(),
-                    weight.cols(),
-                    &weight.data,
-                    bias,
-                    relu(act),
-                    Some(geometry),
-                    &options,
-                )?))
+                Exec::MatMul(Box::new(pack(&node.name, weight, bias, relu(act), Some(geometry), &options)?))
             }
             Op::Affine { scale, shift, act } => {
                 Exec::Affine { scale: scale.clone(), shift: shift.clone(), relu: relu(act), per_channel: in_shape[1..].iter().product() }
@@ -221,17 +240,11 @@ fn geometry(in_shape: &[usize], out_shape: &[usize], window: Window) -> Geometry
     Geometry { channels: in_shape[0], in_hw: [in_shape[1], in_shape[2]], out_hw: [out_shape[1], out_shape[2]], window, w: 1 }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn pack(
-    name: &str,
-    rows: usize,
-    cols: usize,
-    data: &[f32],
-    bias: &[f32],
-    relu: bool,
-    conv: Option<Geometry>,
-    o: &Options,
-) -> Result<MatMul> {
+/// Packs a layer's weights for the kernels chosen for it. Quantized layers run the int8 kernel,
+/// except under the dense policy, which runs fp32 GEMM on the dequantized weights (the baseline
+/// of `--compare dense`).
+fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geometry>, o: &Options) -> Result<MatMul> {
+    let (rows, cols, data) = (weight.rows(), weight.cols(), weight.data.as_slice());
     if rows == 0 || data.len() != rows * cols || bias.len() != rows {
         return Err(EngineError::graph(name, format!("weight of {} values does not match [{rows}, {cols}]", data.len())));
     }
@@ -249,7 +262,16 @@ fn pack(
         bcsr: None,
         sparsity,
         conv,
+        int8: None,
     };
+    if let Some(q) = weight.quant.as_ref().filter(|_| o.policy != KernelPolicy::Dense) {
+        if q.scales.len() != rows {
+            return Err(EngineError::graph(name, format!("{} weight scales for {rows} rows", q.scales.len())));
+        }
+        m.int8 = Some(Box::new(Int8Layer::new(weight, q, bias, relu)));
+        (m.batch1, m.batched) = (Kernel::Int8, Kernel::Int8);
+        return Ok(m);
+    }
     (m.batch1, m.batched) = match o.policy {
         KernelPolicy::Dense => (Kernel::Dense, Kernel::Dense),
         KernelPolicy::Sparse => (Kernel::Sparse, Kernel::Sparse),

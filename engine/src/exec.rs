@@ -7,11 +7,11 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
+use crate::compile::{Exec, Int8Layer, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, bcsr, dense, spmm, spmv};
+use crate::kernels::{Isa, bcsr, dense, q8, spmm, spmv};
 
 /// Memory plan for one batch size: where each value lives inside a tile's chunk.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ struct Plan {
     offsets: Vec<usize>,
     /// Offset and size of the im2col scratch space.
     scratch: Range<usize>,
+    /// Offset and size (in f32 slots) of the quantized-input scratch space of int8 layers.
+    quantized: Range<usize>,
     chunk: usize,
 }
 
@@ -46,7 +48,17 @@ impl Plan {
             })
             .max()
             .unwrap_or(0);
-        Plan { batch, tile, offsets, scratch: at..at + scratch_len, chunk: at + scratch_len }
+        let quantized_len = model
+            .layers
+            .iter()
+            .filter_map(|l| match &l.exec {
+                Exec::MatMul(m) if m.int8.is_some() => Some(q8::quantized_len(m.cols, columns(m, tile_ld)).div_ceil(4)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let q_start = at + scratch_len;
+        Plan { batch, tile, offsets, scratch: at..q_start, quantized: q_start..q_start + quantized_len, chunk: q_start + quantized_len }
     }
 
     fn n_tiles(&self) -> usize {
@@ -60,6 +72,12 @@ impl Plan {
     fn ld(&self, t: usize) -> usize {
         padded(self.width(t))
     }
+}
+
+/// Columns of a weighted layer's input matrix for a tile of `w` samples (times the output
+/// positions of a convolution).
+fn columns(m: &MatMul, w: usize) -> usize {
+    m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * w
 }
 
 /// Widths of 16 or more are padded to a multiple of 16 floats; smaller ones are left as they
@@ -221,6 +239,27 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
     let ins: Vec<Range<usize>> = layer.inputs.iter().map(|&v| range(v)).collect();
     let out_range = range(layer.output);
     if let Exec::MatMul(m) = &layer.exec
+        && let Some(q) = &m.int8
+    {
+        // Quantize the input (after im2col for a convolution) into the int8 scratch space, then
+        // run the int8 kernel into the output region.
+        let cols_w = columns(m, w);
+        let (values, rest) = chunk.split_at_mut(plan.scratch.start);
+        let (im2col_buf, quantized) = rest.split_at_mut(plan.quantized.start - plan.scratch.start);
+        let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut quantized[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
+        let x: &[f32] = match m.conv {
+            Some(g) => {
+                let buf = &mut im2col_buf[..m.cols * cols_w];
+                window::im2col(&Geometry { w, ..g }, &values[ins[0].clone()], buf);
+                buf
+            }
+            None => &values[ins[0].clone()],
+        };
+        q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx);
+        int8_matmul(isa, q, qx, cols_w, &mut values[out_range], threads);
+        return;
+    }
+    if let Exec::MatMul(m) = &layer.exec
         && let Some(g) = m.conv
     {
         let positions = g.out_hw[0] * g.out_hw[1];
@@ -234,10 +273,27 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
     run_layer(isa, &layer.exec, &xs, y, w, threads);
 }
 
+/// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads`.
+fn int8_matmul(isa: Isa, q: &Int8Layer, x: &[u8], w: usize, y: &mut [f32], threads: usize) {
+    let m = &q.matrix;
+    if threads <= 1 {
+        return q8::spmm_q8(isa, m, x, w, y, 0..m.rows, &q.dequant);
+    }
+    let mut parts = Vec::new();
+    let mut rest = &mut y[..m.rows * w];
+    for r in balanced_ranges(&m.row_ptr, threads * 4) {
+        let (head, tail) = rest.split_at_mut(r.len() * w);
+        parts.push((r, head));
+        rest = tail;
+    }
+    parts.into_par_iter().for_each(|(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant));
+}
+
 /// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`.
 fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usize) {
     let batch1 = w == 1;
     match m.kernel(batch1) {
+        Kernel::Int8 => unreachable!("int8 layers run through int8_matmul"),
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             if threads <= 1 || m.rows < 64 {

@@ -13,7 +13,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, Node, Op, Weight, Window};
+use crate::graph::{Activation, Graph, Node, Op, Quant, Weight, Window};
 
 /// Value of the `format` metadata key.
 pub const FORMAT_NAME: &str = "sparsify-engine";
@@ -33,6 +33,21 @@ pub enum Encoding {
     /// `NAME.values` f32 `[nnz]`, `NAME.col_indices` u16 or u32 `[nnz]`, `NAME.row_offsets` u32
     /// `[rows + 1]`; rows are the first dimension, columns the rest flattened.
     Csr,
+    /// Quantized weights only. `NAME`: i8, the weight's full shape.
+    Int8,
+    /// Quantized weights only. `NAME.values` i8 `[n]`, `NAME.col_gaps` u8 `[n]`, `NAME.row_offsets`
+    /// u32 `[rows + 1]`: each entry's column is the previous entry's column (0 before a row's
+    /// first entry) plus its gap; a gap longer than 255 is bridged with zero-valued entries.
+    CsrInt8,
+}
+
+/// How a weight is quantized (see `graph::Quant`); the scales are a tensor, f32 `[rows]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuantRef {
+    scales: String,
+    input_scale: f32,
+    input_zero: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +58,9 @@ struct WeightRef {
     encoding: Encoding,
     /// Always `out_in`: output dimension first, then input (and kernel) dimensions.
     layout: String,
+    /// Present for int8 weights (encodings `int8` and `csr_int8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quant: Option<QuantRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,7 +103,52 @@ impl Tensors {
         self.0.push((name.clone(), Dtype::F32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
         name
     }
+    fn bytes(&mut self, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> String {
+        self.0.push((name.clone(), dtype, shape, bytes));
+        name
+    }
+
+    /// An int8 weight, dense or in gap-coded CSR, whichever is smaller.
+    fn weight_int8(&mut self, name: &str, w: &Weight, q: &Quant) -> WeightRef {
+        let (rows, cols) = (w.rows(), w.cols().max(1));
+        let values = w.int8().expect("quantized weight");
+        let tensor = format!("{name}.weight");
+        let (mut entries, mut gaps, mut offsets) = (Vec::new(), Vec::new(), vec![0u32]);
+        for row in values.chunks(cols) {
+            let mut at = 0usize;
+            for (c, &v) in row.iter().enumerate().filter(|(_, v)| **v != 0) {
+                while c - at > 255 {
+                    at += 255;
+                    entries.push(0i8);
+                    gaps.push(255u8);
+                }
+                gaps.push((c - at) as u8);
+                entries.push(v);
+                at = c;
+            }
+            offsets.push(entries.len() as u32);
+        }
+        let quant = Some(QuantRef {
+            scales: self.f32(format!("{tensor}.scales"), vec![rows], &q.scales),
+            input_scale: q.input_scale,
+            input_zero: q.input_zero,
+        });
+        let as_bytes = |v: &[i8]| v.iter().map(|&b| b as u8).collect::<Vec<u8>>();
+        if 2 * entries.len() + 4 * (rows + 1) >= values.len() {
+            self.bytes(tensor.clone(), Dtype::I8, w.shape.clone(), as_bytes(&values));
+            return WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Int8, layout: "out_in".into(), quant };
+        }
+        let n = entries.len();
+        self.bytes(format!("{tensor}.values"), Dtype::I8, vec![n], as_bytes(&entries));
+        self.bytes(format!("{tensor}.col_gaps"), Dtype::U8, vec![n], gaps);
+        self.bytes(format!("{tensor}.row_offsets"), Dtype::U32, vec![rows + 1], offsets.iter().flat_map(|o| o.to_le_bytes()).collect());
+        WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::CsrInt8, layout: "out_in".into(), quant }
+    }
+
     fn weight(&mut self, name: &str, w: &Weight) -> WeightRef {
+        if let Some(q) = &w.quant {
+            return self.weight_int8(name, w, q);
+        }
         let (rows, cols) = (w.rows(), w.cols());
         let nnz = w.data.iter().filter(|&&v| v != 0.0).count();
         let wide = cols > u16::MAX as usize + 1;
@@ -93,7 +156,7 @@ impl Tensors {
         let tensor = format!("{name}.weight");
         if csr_bytes >= 4 * w.data.len() {
             self.f32(tensor.clone(), w.shape.clone(), &w.data);
-            return WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Dense, layout: "out_in".into() };
+            return WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Dense, layout: "out_in".into(), quant: None };
         }
         let (mut values, mut cols_idx, mut offsets) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz), vec![0u32]);
         for row in w.data.chunks(cols.max(1)).take(rows) {
@@ -111,7 +174,7 @@ impl Tensors {
         };
         self.0.push((format!("{tensor}.col_indices"), dtype, vec![nnz], bytes));
         self.0.push((format!("{tensor}.row_offsets"), Dtype::U32, vec![rows + 1], offsets.iter().flat_map(|o| o.to_le_bytes()).collect()));
-        WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Csr, layout: "out_in".into() }
+        WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Csr, layout: "out_in".into(), quant: None }
     }
 }
 
@@ -256,6 +319,17 @@ impl Reader<'_> {
         let numel = r.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_WEIGHT_ELEMENTS);
         let numel = numel.ok_or_else(|| self.bad(format!("weight '{}' shape {:?} is too large", r.tensor, r.shape)))?;
         let (rows, cols) = (r.shape[0], numel / r.shape[0]);
+        let quant = match (&r.quant, r.encoding) {
+            (Some(q), Encoding::Int8 | Encoding::CsrInt8) => {
+                let scales = self.f32(&q.scales, Some(rows))?;
+                if !(q.input_scale.is_finite() && q.input_scale > 0.0) || scales.iter().any(|s| !s.is_finite()) {
+                    return Err(self.bad(format!("weight '{}': scales must be finite and the input scale positive", r.tensor)));
+                }
+                Some(Quant { scales, input_scale: q.input_scale, input_zero: q.input_zero })
+            }
+            (None, Encoding::Dense | Encoding::Csr) => None,
+            _ => return Err(self.bad(format!("weight '{}': int8 encodings need quantization parameters, and only they", r.tensor))),
+        };
         let data = match r.encoding {
             Encoding::Dense => {
                 let v = self.view(&r.tensor, &[Dtype::F32])?;
@@ -288,7 +362,41 @@ impl Reader<'_> {
                 }
                 data
             }
+            Encoding::Int8 => {
+                let v = self.view(&r.tensor, &[Dtype::I8])?;
+                if v.shape() != r.shape.as_slice() {
+                    return Err(self.bad(format!("tensor '{}' has shape {:?}, the graph says {:?}", r.tensor, v.shape(), r.shape)));
+                }
+                let scales = &quant.as_ref().expect("checked above").scales;
+                v.data().iter().enumerate().map(|(i, &b)| b as i8 as f32 * scales[i / cols]).collect()
+            }
+            Encoding::CsrInt8 => {
+                let values = self.view(&format!("{}.values", r.tensor), &[Dtype::I8])?.data();
+                let gaps = self.view(&format!("{}.col_gaps", r.tensor), &[Dtype::U8])?.data();
+                let offsets = self.u32s(&format!("{}.row_offsets", r.tensor))?;
+                let ok_offsets = offsets.len() == rows + 1
+                    && offsets[0] == 0
+                    && offsets.windows(2).all(|w| w[0] <= w[1])
+                    && offsets[rows] as usize == values.len()
+                    && gaps.len() == values.len();
+                if !ok_offsets {
+                    return Err(self.bad(format!("weight '{}': inconsistent CSR offsets or lengths", r.tensor)));
+                }
+                let scales = &quant.as_ref().expect("checked above").scales;
+                let mut data = vec![0.0f32; numel];
+                for row in 0..rows {
+                    let mut c = 0usize;
+                    for j in offsets[row] as usize..offsets[row + 1] as usize {
+                        c += gaps[j] as usize;
+                        if c >= cols {
+                            return Err(self.bad(format!("weight '{}': column {c} out of range ({cols} columns)", r.tensor)));
+                        }
+                        data[row * cols + c] = values[j] as i8 as f32 * scales[row];
+                    }
+                }
+                data
+            }
         };
-        Ok(Weight { shape: r.shape.clone(), data })
+        Ok(Weight { shape: r.shape.clone(), data, quant })
     }
 }

@@ -11,7 +11,27 @@ use crate::error::{EngineError, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weight {
     pub shape: Vec<usize>,
+    /// Values; for a quantized weight, exactly `q * scales[row]` with `q` an int8 in [-127, 127].
     pub data: Vec<f32>,
+    /// Present when the layer runs in int8.
+    pub quant: Option<Quant>,
+}
+
+/// Int8 quantization of a linear layer or convolution: symmetric int8 weights with one scale per
+/// output row, and the layer's input quantized to uint8 with a scale and zero point
+/// (`x ~ (q - zero) * scale`), as ONNX's QuantizeLinear/DequantizeLinear pairs describe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quant {
+    pub scales: Vec<f32>,
+    pub input_scale: f32,
+    pub input_zero: u8,
+}
+
+impl Quant {
+    /// The uint8 code of activation `x`: round half to even, then clamp, as QuantizeLinear does.
+    pub fn quantize_input(&self, x: f32) -> u8 {
+        ((x / self.input_scale).round_ties_even() + self.input_zero as f32).clamp(0.0, 255.0) as u8
+    }
 }
 
 impl Weight {
@@ -21,6 +41,16 @@ impl Weight {
     /// Elements per output row (`in`, or `in * kh * kw`).
     pub fn cols(&self) -> usize {
         self.shape[1..].iter().product()
+    }
+    /// A weight without quantization.
+    pub fn dense(shape: Vec<usize>, data: Vec<f32>) -> Weight {
+        Weight { shape, data, quant: None }
+    }
+    /// The int8 values of a quantized weight (`None` without quantization).
+    pub fn int8(&self) -> Option<Vec<i8>> {
+        let q = self.quant.as_ref()?;
+        let cols = self.cols().max(1);
+        Some(self.data.iter().enumerate().map(|(i, &v)| (v / q.scales[i / cols]).round().clamp(-127.0, 127.0) as i8).collect())
     }
     pub fn sparsity(&self) -> f64 {
         if self.data.is_empty() {

@@ -44,6 +44,10 @@ fn fold_affine(graph: &mut Graph) -> bool {
         for (r, (s, t)) in scale.iter().zip(&shift).enumerate() {
             weight.data[r * cols..(r + 1) * cols].iter_mut().for_each(|w| *w *= s);
             bias[r] = bias[r] * s + t;
+            // A quantized row keeps its int8 values: the scale absorbs the factor.
+            if let Some(q) = weight.quant.as_mut() {
+                q.scales[r] *= s;
+            }
         }
         *prev = act;
         merge_into_producer(graph, p, i);

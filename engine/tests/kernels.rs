@@ -193,3 +193,65 @@ fn im2col_and_pooling_match_direct_definitions() {
         }
     }
 }
+
+/// Random int8 weights with about `sparsity` zeros; with `blocks`, whole groups of 4 columns.
+fn int8_matrix(rows: usize, cols: usize, sparsity: f64, blocks: bool, rng: &mut StdRng) -> Vec<i8> {
+    let mut keep = true;
+    (0..rows * cols)
+        .map(|i| {
+            if !blocks || i % cols % 4 == 0 {
+                keep = !rng.random_bool(sparsity);
+            }
+            if keep { rng.random_range(-127..=127i8) } else { 0 }
+        })
+        .collect()
+}
+
+#[test]
+fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
+    use engine::kernels::q8::{self, Dequant, Q8Matrix};
+    let mut rng = StdRng::seed_from_u64(8);
+    for (i, (rows, cols, w, s)) in cases().into_iter().enumerate() {
+        let values = int8_matrix(rows, cols, s, i % 2 == 0, &mut rng);
+        let m = Q8Matrix::from_int8(&values, rows, cols);
+        let (scale, zero) = (rng.random_range(0.005..0.05f32), rng.random_range(0..=255u8));
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let mut qx = vec![0u8; q8::quantized_len(cols, w)];
+        q8::quantize_ref(&x, cols, w, scale, zero, &mut qx);
+        for isa in Isa::available() {
+            let mut got = vec![7u8; qx.len()];
+            q8::quantize(isa, &x, cols, w, scale, zero, &mut got);
+            assert_eq!(got, qx, "quantize {} {cols}x{w}", isa.name());
+        }
+        for relu in [false, true] {
+            let d = Dequant {
+                bias: (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                mult: (0..rows).map(|_| rng.random_range(1e-4..1e-2)).collect(),
+                zero_corr: m.row_sums.iter().map(|&r| r * zero as i32).collect(),
+                relu,
+            };
+            let mut want = vec![0.0; rows * w];
+            q8::spmm_q8_ref(&m, &qx, w, &mut want, 0..rows, &d);
+            // The definition, from the dense int8 values.
+            for o in 0..rows {
+                for c in 0..w {
+                    let acc: i32 =
+                        (0..cols).map(|k| values[o * cols + k] as i32 * (qx[((k / 4) * w + c) * 4 + k % 4] as i32 - zero as i32)).sum();
+                    let v = (acc as f32).mul_add(d.mult[o], d.bias[o]);
+                    let v = if relu { v.max(0.0) } else { v };
+                    assert!((want[o * w + c] - v).abs() <= 1e-5 * (1.0 + v.abs()), "reference {o},{c}: {} vs {v}", want[o * w + c]);
+                }
+            }
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; rows * w];
+                q8::spmm_q8(isa, &m, &qx, w, &mut got, 0..rows, &d);
+                assert_eq!(got, want, "q8 {} {rows}x{cols} w={w} s={s}", isa.name());
+                if rows > 2 {
+                    let mut part = vec![0.0; (rows - 2) * w];
+                    q8::spmm_q8(isa, &m, &qx, w, &mut part, 1..rows - 1, &d);
+                    assert_eq!(part[..], want[w..(rows - 1) * w], "q8 row range {}", isa.name());
+                }
+            }
+        }
+    }
+}

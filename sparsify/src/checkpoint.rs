@@ -29,6 +29,11 @@ pub struct Progress {
     pub optimizer_steps: u64,
     /// Parameter names, shapes, whether prunable and whether trainable, in order.
     pub params: Vec<(String, Vec<usize>, bool, bool)>,
+    /// Quantization state (observer ranges included), for quantization-aware runs.
+    #[serde(default)]
+    pub quant: Option<crate::quant::QuantState>,
+    #[serde(default)]
+    pub bn_frozen: bool,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -46,6 +51,8 @@ pub fn save(path: &Path, net: &Network, optim: &OptimState, pruner: &Pruner, epo
         last_update: pruner.last_update.clone(),
         optimizer_steps: optim.steps,
         params: net.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.prunable, p.trainable)).collect(),
+        quant: net.quant.clone(),
+        bn_frozen: net.bn_frozen,
     };
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, p) in net.params.iter().enumerate() {
@@ -117,7 +124,19 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             masks.push((key.to_string(), t.data().iter().map(|&b| b != 0).collect()));
         }
     }
-    let net = Network { arch: progress.arch.clone(), input_side: progress.input_side, classes: progress.classes, params };
+    if let Some(q) = &progress.quant
+        && q.layers.iter().any(|l| params.get(l.weight).is_none_or(|p| !p.prunable))
+    {
+        bail!(bad("its quantization state names a parameter that is not a weight".into()));
+    }
+    let net = Network {
+        arch: progress.arch.clone(),
+        input_side: progress.input_side,
+        classes: progress.classes,
+        params,
+        quant: progress.quant.clone(),
+        bn_frozen: progress.bn_frozen,
+    };
     let optim = OptimState { first, second, steps: progress.optimizer_steps };
     Ok(Loaded { progress, net, optim, masks })
 }

@@ -4,9 +4,10 @@
 use std::path::Path;
 
 use anyhow::bail;
-use engine::graph::{Activation, Graph, Node, Op, Weight, Window};
+use engine::graph::{Activation, Graph, Node, Op, Quant, Weight, Window};
 
 use crate::model::{Arch, Network};
+use crate::quant::{self, ActQuant};
 
 /// File formats `sparsify export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,10 +25,30 @@ impl Format {
     }
 }
 
-/// The engine graph computing the same logits as `net.forward`.
-pub fn to_graph(net: &Network) -> Graph {
+/// A weight parameter as the engine sees it: for a layer under active quantization, its int8
+/// values times their scales, with the input's observed range as the activation quantizer.
+fn engine_weight(net: &Network, i: usize) -> anyhow::Result<Weight> {
+    let p = &net.params[i];
+    let Some((q, layer)) = net.quant.as_ref().filter(|q| q.active).and_then(|q| Some((q, &q.layers[q.layer(i)?]))) else {
+        return Ok(Weight::dense(p.shape.clone(), p.values.clone()));
+    };
+    let Some(range) = layer.range else {
+        bail!("{}: quantization is on but its input observer has seen no data (train past start_epoch first)", p.name);
+    };
+    let rows = p.shape[0];
+    let scales = quant::weight_scales(&p.values, rows, q.per_channel);
+    let cols = p.numel() / rows;
+    let data = quant::quantize_weight(&p.values, &scales).iter().enumerate().map(|(k, &v)| v as f32 * scales[k / cols]).collect();
+    let input = ActQuant::from_range(range);
+    Ok(Weight { shape: p.shape.clone(), data, quant: Some(Quant { scales, input_scale: input.scale, input_zero: input.zero_point }) })
+}
+
+/// The engine graph computing the same logits as `net.forward` (fake-quantized layers become
+/// int8 layers).
+pub fn to_graph(net: &Network) -> anyhow::Result<Graph> {
     let p = &net.params;
-    let weight = |i: usize| Weight { shape: p[i].shape.clone(), data: p[i].values.clone() };
+    let weights: Vec<Weight> = (0..p.len()).map(|i| engine_weight(net, i)).collect::<anyhow::Result<_>>()?;
+    let weight = |i: usize| weights[i].clone();
     let node = |name: &str, op: Op, input: &str| Node { name: name.into(), op, inputs: vec![input.into()], output: name.into() };
     let linear = |i: usize, act| Op::Linear { weight: weight(i), bias: p[i + 1].values.clone(), act };
     let mut nodes = Vec::new();
@@ -91,12 +112,12 @@ pub fn to_graph(net: &Network) -> Graph {
         prev = name;
         push += 2;
     }
-    Graph { input: "input".into(), input_shape, output: prev, nodes }
+    Ok(Graph { input: "input".into(), input_shape, output: prev, nodes })
 }
 
 /// Writes `net` to `path` in `format`, atomically.
 pub fn export(net: &Network, path: &Path, format: Format) -> anyhow::Result<()> {
-    let graph = to_graph(net);
+    let graph = to_graph(net)?;
     let out_shape = graph.output_shape()?;
     if out_shape != [net.classes] {
         bail!("internal error: exported graph gives {out_shape:?}, expected [{}]", net.classes);

@@ -1,6 +1,6 @@
 //! sparsify: recipe-driven gradual magnitude pruning on burn, what SparseML gives PyTorch users.
 //! A recipe (`recipe`) names the model, data, optimizer and modifiers; `train` runs it with
-//! masks (`mask`, `prune`) and our optimizers (`optim`) over burn's autodiff (`step`), writing
+//! masks (`mask`, `prune`), fake quantization (`quant`) and our optimizers (`optim`) over burn's autodiff (`step`), writing
 //! checkpoints, metrics and run metadata; `export` writes the engine's model file or ONNX.
 
 pub mod checkpoint;
@@ -9,6 +9,7 @@ pub mod mask;
 pub mod model;
 pub mod optim;
 pub mod prune;
+pub mod quant;
 pub mod recipe;
 pub mod run;
 pub mod step;

@@ -8,10 +8,14 @@
 use burn::tensor::activation::relu;
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use std::cell::RefCell;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+use crate::quant::{self, ActQuant, QuantState};
 
 /// Which architecture, with its sizes (the `[model]` table of a recipe).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +62,18 @@ pub struct Network {
     pub input_side: usize,
     pub classes: usize,
     pub params: Vec<Param>,
+    /// Fake quantization, when a `quantization` modifier configured it.
+    pub quant: Option<QuantState>,
+    /// BatchNorm uses its running statistics in training too (`freeze_bn_epoch` passed).
+    pub bn_frozen: bool,
+}
+
+/// Statistics a training forward pass gathers: BatchNorm batch statistics and the new range
+/// of each active activation observer (by index in `QuantState::layers`).
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    pub bn: Vec<BatchStats>,
+    pub ranges: Vec<(usize, [f32; 2])>,
 }
 
 /// He-uniform initialisation of a weight with `fan_in` inputs; biases start at zero.
@@ -125,7 +141,7 @@ impl Network {
                 params.extend(init("fc", &[classes, flat], &mut rng));
             }
         }
-        Network { arch: arch.clone(), input_side: side, classes, params }
+        Network { arch: arch.clone(), input_side: side, classes, params, quant: None, bn_frozen: false }
     }
 
     /// Parameters as burn tensors on `device` (leaves that track gradients when `device` is an
@@ -133,8 +149,15 @@ impl Network {
     pub fn tensors(&self, device: &Device, track: bool) -> Vec<Tensor<1>> {
         self.params
             .iter()
-            .map(|p| {
-                let t = Tensor::<1>::from_data(TensorData::new(p.values.clone(), [p.numel()]), device);
+            .enumerate()
+            .map(|(i, p)| {
+                let values = match self.quant.as_ref().filter(|q| q.active && q.layer(i).is_some()) {
+                    // Straight-through estimator: the forward pass sees the quantized weight and
+                    // the gradient lands on the fp32 one.
+                    Some(q) => quant::fake_quant_weight(&p.values, p.shape[0], q.per_channel),
+                    None => p.values.clone(),
+                };
+                let t = Tensor::<1>::from_data(TensorData::new(values, [p.numel()]), device);
                 if track { t.require_grad() } else { t }
             })
             .collect()
@@ -150,11 +173,13 @@ impl Network {
 
     /// Logits for a batch; with `train`, BatchNorm normalises with the batch's statistics and
     /// returns them for the running averages.
-    pub fn forward_mode(&self, params: &[Tensor<1>], x: Tensor<2>, train: bool) -> (Tensor<2>, Vec<BatchStats>) {
+    pub fn forward_mode(&self, params: &[Tensor<1>], x: Tensor<2>, train: bool) -> (Tensor<2>, ForwardStats) {
         let mut stats = Vec::new();
+        let ranges = RefCell::new(Vec::new());
         let p = |i: usize| -> Tensor<1> { params[i].clone() };
         let shape = |i: usize| self.params[i].shape.clone();
         let linear = |x: Tensor<2>, i: usize| -> Tensor<2> {
+            let x = self.quant_input(x, i, train, &ranges);
             let s = shape(i);
             let w: Tensor<2> = p(i).reshape([s[0], s[1]]);
             x.matmul(w.transpose()) + p(i + 1).reshape([1, s[0]])
@@ -169,12 +194,13 @@ impl Network {
                         h = relu(h);
                     }
                 }
-                (h, stats)
+                (h, ForwardStats { bn: stats, ranges: ranges.into_inner() })
             }
             Arch::Lenet5 => {
                 let [b, _] = x.dims();
                 let side = self.input_side;
                 let conv = |x: Tensor<4>, i: usize, pad: usize| -> Tensor<4> {
+                    let x = self.quant_input(x, i, train, &ranges);
                     let s = shape(i);
                     let w: Tensor<4> = p(i).reshape([s[0], s[1], s[2], s[3]]);
                     conv2d(x, w, Some(p(i + 1)), ConvOptions::new([1, 1], [pad, pad], [1, 1], 1))
@@ -186,19 +212,21 @@ impl Network {
                 let h: Tensor<2> = h.reshape([b as i32, -1]);
                 let h = relu(linear(h, 4));
                 let h = relu(linear(h, 6));
-                (linear(h, 8), stats)
+                let logits = linear(h, 8);
+                (logits, ForwardStats { bn: stats, ranges: ranges.into_inner() })
             }
             Arch::Rescnn => {
                 let [b, _] = x.dims();
                 let side = self.input_side;
                 let conv = |x: Tensor<4>, i: usize| -> Tensor<4> {
+                    let x = self.quant_input(x, i, train, &ranges);
                     let s = shape(i);
                     let w: Tensor<4> = p(i).reshape([s[0], s[1], s[2], s[3]]);
                     conv2d(x, w, Some(p(i + 1)), ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
                 };
                 let mut bn = |x: Tensor<4>, i: usize| -> Tensor<4> {
                     let c = self.params[i].numel();
-                    let (mean, var) = if train {
+                    let (mean, var) = if train && !self.bn_frozen {
                         let mean: Tensor<4> = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
                         let var: Tensor<4> = (x.clone() - mean.clone()).powi_scalar(2).mean_dim(0).mean_dim(2).mean_dim(3);
                         let host = |t: &Tensor<4>| t.to_data().try_to_vec::<f32>().expect("f32 statistics");
@@ -216,14 +244,38 @@ impl Network {
                 let r = bn(conv(r, 12), 14);
                 let h = pool(relu(r + h));
                 let h: Tensor<2> = h.reshape([b as i32, -1]);
-                (linear(h, 18), stats)
+                let logits = linear(h, 18);
+                (logits, ForwardStats { bn: stats, ranges: ranges.into_inner() })
             }
         }
     }
 
-    /// Folds a training step's batch statistics into the running averages.
-    pub fn update_running_stats(&mut self, stats: &[BatchStats]) {
-        for (i, mean, var) in stats {
+    /// Fake-quantizes the input of the layer whose weight is parameter `weight`, if quantization
+    /// is active for it; in training, the observer sees the batch first (its new range is
+    /// recorded in `ranges`).
+    fn quant_input<const D: usize>(&self, x: Tensor<D>, weight: usize, train: bool, ranges: &RefCell<Vec<(usize, [f32; 2])>>) -> Tensor<D> {
+        let Some(q) = self.quant.as_ref().filter(|q| q.active) else { return x };
+        let Some(l) = q.layer(weight) else { return x };
+        let mut range = q.layers[l].range;
+        if train && q.observe {
+            let r = quant::observe(range, quant::min_max(&x), q.averaging);
+            ranges.borrow_mut().push((l, r));
+            range = Some(r);
+        }
+        match range {
+            Some(r) => quant::fake_quant_tensor(x, ActQuant::from_range(r)),
+            None => x,
+        }
+    }
+
+    /// Folds a training step's statistics into the running averages and observer ranges.
+    pub fn update_running_stats(&mut self, stats: &ForwardStats) {
+        if let Some(q) = self.quant.as_mut() {
+            for (l, r) in &stats.ranges {
+                q.layers[*l].range = Some(*r);
+            }
+        }
+        for (i, mean, var) in &stats.bn {
             for (r, m) in self.params[*i].values.iter_mut().zip(mean) {
                 *r = (1.0 - BN_MOMENTUM) * *r + BN_MOMENTUM * m;
             }

@@ -39,7 +39,7 @@ pub fn resolve_params(net: &Network, patterns: &[String]) -> Result<Vec<usize>, 
 }
 
 /// `*` matches any run of characters, `?` any one character.
-fn glob(pattern: &str, name: &str) -> bool {
+pub fn glob(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
     fn rec(p: &[char], n: &[char]) -> bool {
         match (p.first(), n.first()) {

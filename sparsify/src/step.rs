@@ -22,8 +22,8 @@ pub struct StepOutput {
     pub correct: usize,
     /// One gradient per parameter (zeros for parameters the loss does not depend on).
     pub grads: Vec<Vec<f32>>,
-    /// BatchNorm batch statistics, for the running averages.
-    pub stats: Vec<crate::model::BatchStats>,
+    /// BatchNorm batch statistics and observer ranges, for the running averages.
+    pub stats: crate::model::ForwardStats,
 }
 
 /// Loss, correct predictions, gradients and batch statistics for a batch.

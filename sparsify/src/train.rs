@@ -13,6 +13,7 @@ use crate::checkpoint;
 use crate::model::Network;
 use crate::optim::{self, OptimState};
 use crate::prune::{self, Pruner};
+use crate::quant;
 use crate::recipe::Recipe;
 use crate::run::{self, EpochMetrics, RunInfo};
 use crate::step;
@@ -97,6 +98,9 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
     let out = &opts.out;
     let epochs = recipe.epochs.ceil() as usize;
     let mut net = Network::new(&recipe.model, data.train.rows, data.classes, recipe.seed);
+    if let Some(q) = &recipe.quantization {
+        net.quant = Some(quant::state_for(q, &net).map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?);
+    }
     let mut pruner = Pruner::new(recipe, &net).map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?;
     let mut optim_state = OptimState::new(&net.params.iter().map(|p| p.numel()).collect::<Vec<_>>(), recipe.optimizer.kind);
     let mut metrics: Vec<EpochMetrics> = Vec::new();
@@ -176,6 +180,9 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
                 }
             }
             lr = recipe.lr.at(e);
+            if let Some(q) = &recipe.quantization {
+                quant::set_epoch(&mut net, q, e);
+            }
             let n = b.len();
             let step::StepOutput { loss, correct: ok, mut grads, stats } = step::gradients(&net, &device, b.inputs, &b.labels);
             net.update_running_stats(&stats);
@@ -216,6 +223,9 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
                 pruner.zero_pruned(recipe, p, boundary, &mut net.params[p].values);
                 pruner.zero_pruned(recipe, p, boundary, &mut optim_state.first[p]);
             }
+        }
+        if let Some(q) = &recipe.quantization {
+            quant::set_epoch(&mut net, q, boundary);
         }
         let test_accuracy = step::accuracy(&net, &data.test, data.mean, data.std);
         let val_accuracy = data.val.as_ref().map(|v| step::accuracy(&net, v, data.mean, data.std));

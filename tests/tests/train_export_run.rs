@@ -70,3 +70,78 @@ fn pruned_model_runs_identically_in_burn_the_engine_and_onnx_runtime() {
         assert_eq!(agree, n, "{recipe_name}: ONNX Runtime disagrees with burn on the exported ONNX");
     }
 }
+
+/// Runs `onnx` in ONNX Runtime on `inputs` (shaped `shape`), if a Python with it is configured.
+fn onnx_runtime(dir: &std::path::Path, onnx: &std::path::Path, shape: Vec<usize>, inputs: &[f32]) -> Option<Vec<f32>> {
+    let Some(python) = std::env::var_os("ENGINE_TEST_PYTHON") else {
+        assert!(std::env::var("CI").is_err(), "ENGINE_TEST_PYTHON must be set under CI");
+        eprintln!("note: ENGINE_TEST_PYTHON not set; skipping the ONNX Runtime check");
+        return None;
+    };
+    let (x, y) = (dir.join("x.npy"), dir.join("y.npy"));
+    engine::npy::write(&x, &engine::npy::Array { shape, data: inputs.to_vec() }).unwrap();
+    let status = Command::new(python).arg(repo().join("engine/tests/ort_run.py")).arg(onnx).arg(&x).arg(&y).status().unwrap();
+    assert!(status.success());
+    Some(engine::npy::read(&y).unwrap().data)
+}
+
+#[test]
+fn quantized_model_exports_to_int8_that_agrees_with_burn() {
+    for recipe_name in ["gmp90-qat.toml", "lenet5-gmp90-qat.toml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = real_data(dir.path(), 3000, 1000);
+        let path = repo().join("recipes").join(recipe_name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let sets: Vec<(String, f64)> =
+            [("num_epochs", 4.0), ("pruning_start", 0.0), ("pruning_end", 2.0), ("qat_start", 2.0), ("freeze_observers", 3.5)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+        let recipe = Recipe::parse(&text, recipe_name, &sets).unwrap();
+        let opts = TrainOptions {
+            out: dir.path().join("run"),
+            data: Some(data.clone()),
+            resume: false,
+            quiet: true,
+            recipe_path: recipe_name.into(),
+            overrides: sets.clone(),
+            stop_after: None,
+        };
+        let summary = train::train(&recipe, &text, &opts).unwrap();
+        assert!(summary.net.quant.as_ref().is_some_and(|q| q.active && q.layers.iter().all(|l| l.range.is_some())));
+        let last = summary.metrics.last().unwrap();
+        assert!(last.test_accuracy > 0.45, "{recipe_name}: accuracy {}", last.test_accuracy);
+
+        let d = train::load_data(&recipe, Some(data), true).unwrap();
+        let order: Vec<usize> = (0..d.test.len()).collect();
+        let batch = datasets::batch::batches(&d.test, &order, d.test.len(), d.mean, d.std).next().unwrap();
+        let n = batch.len();
+        let burn =
+            sparsify::step::argmax(&sparsify::step::logits(&summary.net, &sparsify::step::eval_device(), batch.inputs.clone(), n), 10);
+        let agreement = |out: &[f32]| sparsify::step::argmax(out, 10).iter().zip(&burn).filter(|(a, b)| a == b).count() as f64 / n as f64;
+
+        let (native, onnx) = (dir.path().join("model.sparse"), dir.path().join("model.onnx"));
+        sparsify::export::export(&summary.net, &native, sparsify::export::Format::Native).unwrap();
+        sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx).unwrap();
+        for file in [&native, &onnx] {
+            let model =
+                engine::compile::compile(engine::load(file).unwrap(), engine::compile::Options::new(Default::default()).unwrap()).unwrap();
+            let int8_layers =
+                model.layers.iter().filter(|l| matches!(&l.exec, engine::compile::Exec::MatMul(m) if m.int8.is_some())).count();
+            assert_eq!(
+                int8_layers,
+                summary.net.quant.as_ref().unwrap().layers.len(),
+                "{}: every quantized layer runs in int8",
+                file.display()
+            );
+            let out = engine::exec::Session::new(&model, 2).unwrap().run(&batch.inputs, n).unwrap();
+            let agree = agreement(&out);
+            assert!(agree >= 0.995, "{recipe_name} {}: the engine agrees with burn on {:.2}%", file.display(), 100.0 * agree);
+        }
+        let shape = if recipe_name.starts_with("lenet5") { vec![n, 1, 28, 28] } else { vec![n, 784] };
+        if let Some(ort) = onnx_runtime(dir.path(), &onnx, shape, &batch.inputs) {
+            let agree = agreement(&ort);
+            assert!(agree >= 0.995, "{recipe_name}: ONNX Runtime agrees with burn on {:.2}% of the QDQ model's predictions", 100.0 * agree);
+        }
+    }
+}

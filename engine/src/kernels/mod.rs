@@ -12,6 +12,7 @@ pub mod bcsr;
 pub mod csr;
 pub mod dense;
 pub mod kblocked;
+pub mod q8;
 pub mod spmm;
 pub mod spmv;
 pub mod window;

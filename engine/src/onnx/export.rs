@@ -1,5 +1,7 @@
 //! The engine's graph to a standard ONNX file (opset 13, weights as dense initializers with their
-//! zeros, as SparseML exports), which ONNX Runtime and DeepSparse load.
+//! zeros, as SparseML exports), which ONNX Runtime and DeepSparse load. Quantized layers are
+//! written in QDQ form: QuantizeLinear/DequantizeLinear on the input (uint8), int8 weights with a
+//! per-row DequantizeLinear (axis 0), and the fp32 Gemm or Conv between them.
 
 use prost::Message;
 
@@ -12,6 +14,17 @@ fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
         data_type: data_type::FLOAT,
         name: name.to_string(),
         raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// An int8 (`signed`) or uint8 tensor.
+fn bytes_tensor(name: &str, dims: &[usize], bytes: Vec<u8>, signed: bool) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: if signed { data_type::INT8 } else { data_type::UINT8 },
+        name: name.to_string(),
+        raw_data: bytes,
         ..Default::default()
     }
 }
@@ -74,8 +87,35 @@ impl Builder {
             self.node(op, name, inputs, output, attrs);
         }
     }
+    /// The layer's weight and bias inputs; for a quantized layer, the weight as DequantizeLinear of
+    /// its int8 values.
     fn weight(&mut self, node: &str, w: &Weight, bias: &[f32]) -> [String; 2] {
-        [self.init(format!("{node}.weight"), &w.shape, &w.data), self.init(format!("{node}.bias"), &[bias.len()], bias)]
+        let bias = self.init(format!("{node}.bias"), &[bias.len()], bias);
+        let (Some(q), Some(values)) = (&w.quant, w.int8()) else {
+            return [self.init(format!("{node}.weight"), &w.shape, &w.data), bias];
+        };
+        let rows = w.rows();
+        let int8 = format!("{node}.weight_int8");
+        self.inits.push(bytes_tensor(&int8, &w.shape, values.iter().map(|&v| v as u8).collect(), true));
+        let scales = self.init(format!("{node}.weight_scale"), &[rows], &q.scales);
+        let zeros = format!("{node}.weight_zero_point");
+        self.inits.push(bytes_tensor(&zeros, &[rows], vec![0; rows], true));
+        let out = format!("{node}.weight");
+        self.node("DequantizeLinear", &format!("{node}.weight_dq"), vec![int8, scales, zeros], &out, vec![int("axis", 0)]);
+        [out, bias]
+    }
+
+    /// For a quantized layer, QuantizeLinear then DequantizeLinear on its input; returns the name
+    /// the layer reads.
+    fn quantized_input(&mut self, node: &str, w: &Weight, x: &str) -> String {
+        let Some(q) = &w.quant else { return x.to_string() };
+        let scale = self.init(format!("{node}.input_scale"), &[], &[q.input_scale]);
+        let zero = format!("{node}.input_zero_point");
+        self.inits.push(bytes_tensor(&zero, &[], vec![q.input_zero], false));
+        let (quantized, dequantized) = (format!("{node}.input_quantized"), format!("{node}.input_dq"));
+        self.node("QuantizeLinear", &format!("{node}.input_q"), vec![x.to_string(), scale.clone(), zero.clone()], &quantized, vec![]);
+        self.node("DequantizeLinear", &format!("{node}.input_dq"), vec![quantized, scale, zero], &dequantized, vec![]);
+        dequantized
     }
 }
 
@@ -86,12 +126,14 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
         let (name, out, x) = (n.name.as_str(), n.output.as_str(), n.inputs.clone());
         match &n.op {
             Op::Linear { weight, bias, act } => {
+                let input = b.quantized_input(name, weight, &x[0]);
                 let [w, bias] = b.weight(name, weight, bias);
-                b.with_act("Gemm", name, vec![x[0].clone(), w, bias], out, vec![int("transB", 1)], *act);
+                b.with_act("Gemm", name, vec![input, w, bias], out, vec![int("transB", 1)], *act);
             }
             Op::Conv { weight, bias, window, act } => {
+                let input = b.quantized_input(name, weight, &x[0]);
                 let [w, bias] = b.weight(name, weight, bias);
-                b.with_act("Conv", name, vec![x[0].clone(), w, bias], out, window_attrs(window, true), *act);
+                b.with_act("Conv", name, vec![input, w, bias], out, window_attrs(window, true), *act);
             }
             Op::Affine { scale, shift, act } => {
                 let c = scale.len();

@@ -9,16 +9,29 @@ use prost::Message;
 
 use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type};
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, Node, Op, Weight, Window};
+use crate::graph::{Activation, Graph, Node, Op, Quant, Weight, Window};
 
 /// Operators this importer understands.
 pub const SUPPORTED: &str = "Gemm, MatMul, Add, Relu, Conv, MaxPool, AveragePool, GlobalAveragePool, BatchNormalization, \
-Flatten, Reshape, Softmax, Identity, Dropout";
+Flatten, Reshape, Softmax, Identity, Dropout, QuantizeLinear and DequantizeLinear (QDQ around Gemm, MatMul and Conv)";
 
-/// A constant tensor: dims and values.
+/// A constant tensor: dims and values (integers converted exactly to f32).
 struct Constant {
     dims: Vec<usize>,
     values: Vec<f32>,
+    data_type: i32,
+    /// For the output of DequantizeLinear on int8 values with zero point 0: the scales and the
+    /// axis they run along (one scale: per tensor).
+    int8_scales: Option<(Vec<f32>, usize)>,
+}
+
+/// The output of QuantizeLinear (uint8) then DequantizeLinear on an activation: the activation it
+/// quantizes, the scale and the zero point.
+#[derive(Clone)]
+struct QuantizedActivation {
+    source: String,
+    scale: f32,
+    zero: u8,
 }
 
 /// Parses ONNX bytes; `path` names the file in errors.
@@ -46,7 +59,8 @@ pub fn import_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
     let input_shape: Vec<usize> = dims[1..].iter().map(|d| d.unwrap() as usize).collect();
     let output = graph.output.first().ok_or_else(|| bad("the graph has no output".into()))?.name.clone();
 
-    let mut importer = Importer { constants, aliases: HashMap::new(), nodes: Vec::new() };
+    let mut importer =
+        Importer { constants, aliases: HashMap::new(), nodes: Vec::new(), quantized: HashMap::new(), dequantized: HashMap::new() };
     for node in &graph.node {
         importer.node(node)?;
     }
@@ -61,7 +75,17 @@ fn tensor_values(t: &TensorProto) -> std::result::Result<Constant, String> {
     let dims: Vec<usize> =
         t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}"))).collect::<std::result::Result<_, _>>()?;
     let numel: usize = dims.iter().product();
+    let ints = |width: usize, convert: fn(&[u8]) -> f32| -> Vec<f32> {
+        if t.raw_data.is_empty() {
+            t.int32_data.iter().map(|&v| v as f32).collect()
+        } else {
+            t.raw_data.chunks_exact(width).map(convert).collect()
+        }
+    };
     let values: Vec<f32> = match t.data_type {
+        data_type::INT8 => ints(1, |c| c[0] as i8 as f32),
+        data_type::UINT8 => ints(1, |c| c[0] as f32),
+        data_type::INT32 => ints(4, |c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
         data_type::FLOAT if !t.raw_data.is_empty() => {
             t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         }
@@ -70,12 +94,12 @@ fn tensor_values(t: &TensorProto) -> std::result::Result<Constant, String> {
             t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect()
         }
         data_type::INT64 => t.int64_data.iter().map(|&v| v as f32).collect(),
-        other => return Err(format!("data type {other} is not supported (only float32 and int64)")),
+        other => return Err(format!("data type {other} is not supported (float32, int64, int32, int8 and uint8 are)")),
     };
     if values.len() != numel {
         return Err(format!("{} values for dims {dims:?}", values.len()));
     }
-    Ok(Constant { dims, values })
+    Ok(Constant { dims, values, data_type: t.data_type, int8_scales: None })
 }
 
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
@@ -95,6 +119,9 @@ struct Importer {
     constants: HashMap<String, Constant>,
     aliases: HashMap<String, String>,
     nodes: Vec<Node>,
+    /// Outputs of QuantizeLinear on activations, and of the DequantizeLinear that follows.
+    quantized: HashMap<String, QuantizedActivation>,
+    dequantized: HashMap<String, QuantizedActivation>,
 }
 
 impl Importer {
@@ -136,8 +163,11 @@ impl Importer {
                     return Err(EngineError::graph(&name, format!("Gemm weight must be 2-D, found {:?}", b.dims)));
                 }
                 let alpha = attr_f(node, "alpha", 1.0);
-                let mut weight = if attr_i(node, "transB", 0) != 0 { dense(&b.dims, &b.values) } else { transpose(&b.dims, &b.values) };
+                let trans_b = attr_i(node, "transB", 0) != 0;
+                let scales = row_scales(b, if trans_b { 0 } else { 1 });
+                let mut weight = if trans_b { dense(&b.dims, &b.values) } else { transpose(&b.dims, &b.values) };
                 weight.data.iter_mut().for_each(|w| *w *= alpha);
+                weight.quant = self.quant(node, scales.map(|s| s.iter().map(|v| v * alpha).collect()));
                 let out = weight.rows();
                 let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
                     Some(_) => broadcast_bias(self.constant(node, 2)?, out, attr_f(node, "beta", 1.0), &name)?,
@@ -150,7 +180,9 @@ impl Importer {
                 if b.dims.len() != 2 {
                     return Err(EngineError::graph(&name, format!("MatMul weight must be 2-D, found {:?}", b.dims)));
                 }
-                let weight = transpose(&b.dims, &b.values);
+                let scales = row_scales(b, 1);
+                let mut weight = transpose(&b.dims, &b.values);
+                weight.quant = self.quant(node, scales);
                 let bias = vec![0.0; weight.rows()];
                 self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
             }
@@ -204,8 +236,86 @@ impl Importer {
                 self.push(node, op, vec![x]);
             }
             "GlobalAveragePool" => self.push(node, Op::GlobalAvgPool, vec![x]),
+            "QuantizeLinear" => self.quantize_linear(node, &name, x)?,
+            "DequantizeLinear" => self.dequantize_linear(node, &name, x)?,
             other => return Err(EngineError::UnsupportedOp { op: other.to_string(), node: name, supported: SUPPORTED }),
         }
+        Ok(())
+    }
+
+    /// The quantization of a weighted layer: its input must come through QuantizeLinear and
+    /// DequantizeLinear and its weight through DequantizeLinear of int8 values; otherwise it runs
+    /// in fp32 on the dequantized values.
+    fn quant(&self, node: &NodeProto, scales: Option<Vec<f32>>) -> Option<Quant> {
+        let input = self.dequantized.get(node.input.first()?)?;
+        Some(Quant { scales: scales?, input_scale: input.scale, input_zero: input.zero })
+    }
+
+    /// A scalar scale and zero point (inputs 1 and 2 of a QuantizeLinear or DequantizeLinear).
+    fn scalar_qparams(&self, node: &NodeProto, name: &str) -> Result<(f32, Option<&Constant>)> {
+        let scale = self.constant(node, 1)?;
+        if scale.values.len() != 1 || !(scale.values[0] > 0.0 && scale.values[0].is_finite()) {
+            return Err(EngineError::graph(name, "activation quantization needs one positive scale (per tensor)"));
+        }
+        let zero = if node.input.get(2).is_some_and(|z| !z.is_empty()) { Some(self.constant(node, 2)?) } else { None };
+        Ok((scale.values[0], zero))
+    }
+
+    fn quantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        if self.constants.contains_key(&x) {
+            return Err(EngineError::graph(name, "QuantizeLinear of a constant is not supported; store the weights as int8"));
+        }
+        let (scale, zero) = self.scalar_qparams(node, name)?;
+        let zero = match zero {
+            Some(z) if z.data_type != data_type::UINT8 || z.values.len() != 1 => {
+                return Err(EngineError::graph(name, "activations must be quantized to uint8 with one zero point"));
+            }
+            Some(z) => z.values[0] as u8,
+            None => 0,
+        };
+        self.quantized.insert(node.output[0].clone(), QuantizedActivation { source: x, scale, zero });
+        Ok(())
+    }
+
+    fn dequantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let out = node.output[0].clone();
+        if let Some(q) = self.quantized.get(&x).cloned() {
+            let (scale, _) = self.scalar_qparams(node, name)?;
+            if scale != q.scale {
+                return Err(EngineError::graph(name, "DequantizeLinear must use the scale of the QuantizeLinear before it"));
+            }
+            // Operators other than Gemm, MatMul and Conv read the activation itself.
+            self.aliases.insert(out.clone(), q.source.clone());
+            self.dequantized.insert(out, q);
+            return Ok(());
+        }
+        let c = self.constant(node, 0)?;
+        let scale = self.constant(node, 1)?;
+        let zero = if node.input.get(2).is_some_and(|z| !z.is_empty()) { Some(self.constant(node, 2)?) } else { None };
+        let rank = c.dims.len();
+        let axis = attr_i(node, "axis", 1);
+        let axis = if axis < 0 { axis + rank as i64 } else { axis };
+        let per_axis = scale.values.len() > 1;
+        if per_axis && (axis < 0 || axis as usize >= rank || c.dims[axis as usize] != scale.values.len()) {
+            return Err(EngineError::graph(name, format!("{} scales do not match axis {axis} of {:?}", scale.values.len(), c.dims)));
+        }
+        let axis = axis.max(0) as usize;
+        let inner: usize = c.dims.get(axis + 1..).map_or(1, |d| d.iter().product());
+        let along = |i: usize| if per_axis { (i / inner) % scale.values.len() } else { 0 };
+        let zeros = zero.map_or(vec![0.0], |z| z.values.clone());
+        if zeros.len() != 1 && zeros.len() != scale.values.len() {
+            return Err(EngineError::graph(name, "zero points do not match the scales"));
+        }
+        let zero_of = |i: usize| if zeros.len() == 1 { zeros[0] } else { zeros[along(i)] };
+        let values = c.values.iter().enumerate().map(|(i, v)| (v - zero_of(i)) * scale.values[along(i)]).collect();
+        let int8_weight = c.data_type == data_type::INT8 && zeros.iter().all(|&z| z == 0.0);
+        let dequantized = Constant {
+            dims: c.dims.clone(),
+            values,
+            data_type: data_type::FLOAT,
+            int8_scales: int8_weight.then(|| (scale.values.clone(), axis)),
+        };
+        self.constants.insert(out, dequantized);
         Ok(())
     }
 
@@ -244,7 +354,9 @@ impl Importer {
         if w.dims.len() != 4 {
             return Err(EngineError::graph(name, format!("Conv weight must be 4-D [out, in, kh, kw], found {:?}", w.dims)));
         }
-        let weight = dense(&w.dims, &w.values);
+        let scales = row_scales(w, 0);
+        let mut weight = dense(&w.dims, &w.values);
+        weight.quant = self.quant(node, scales);
         let window = window(node, name, Some([w.dims[2], w.dims[3]]))?;
         let out = weight.rows();
         let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
@@ -289,8 +401,20 @@ fn window(node: &NodeProto, name: &str, kernel: Option<[usize; 2]>) -> Result<Wi
     Ok(Window { kernel: [ks[0], ks[1]], stride: two("strides")?, pads, dilation: two("dilations")? })
 }
 
+/// One scale per row of the weight when its rows run along `axis` of the constant (or the
+/// constant has one scale for all); `None` if it is not an int8 weight.
+fn row_scales(c: &Constant, axis: usize) -> Option<Vec<f32>> {
+    let (scales, along) = c.int8_scales.as_ref()?;
+    let rows = *c.dims.get(axis)?;
+    match scales.len() {
+        1 => Some(vec![scales[0]; rows]),
+        n if n == rows && *along == axis => Some(scales.clone()),
+        _ => None,
+    }
+}
+
 fn dense(dims: &[usize], values: &[f32]) -> Weight {
-    Weight { shape: dims.to_vec(), data: values.to_vec() }
+    Weight::dense(dims.to_vec(), values.to_vec())
 }
 
 /// `[k, n]` row-major to `[n, k]` row-major.
@@ -302,7 +426,7 @@ fn transpose(dims: &[usize], values: &[f32]) -> Weight {
             data[j * k + i] = values[i * n + j];
         }
     }
-    Weight { shape: vec![n, k], data }
+    Weight::dense(vec![n, k], data)
 }
 
 fn broadcast_bias(c: &Constant, out: usize, beta: f32, name: &str) -> Result<Vec<f32>> {

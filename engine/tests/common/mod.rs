@@ -61,7 +61,7 @@ pub fn weight(rng: &mut StdRng, shape: &[usize], sparsity: f64) -> Weight {
             }
         }
     }
-    Weight { shape: shape.to_vec(), data }
+    Weight::dense(shape.to_vec(), data)
 }
 
 pub fn vector(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {

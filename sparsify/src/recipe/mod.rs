@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-pub use schema::{Curve, LrKind, OptimizerKind, Scope};
+pub use schema::{Curve, LrKind, OptimizerKind, Scope, WeightScheme};
 use schema::{Num, RawModifier, RawRecipe, RawSparsity};
 
 use crate::mask::MaskKind;
@@ -117,6 +117,33 @@ pub struct ConstantPruning {
     pub end_epoch: f64,
 }
 
+/// Quantization-aware training settings (the `quantization` modifier).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quantization {
+    pub start_epoch: f64,
+    pub weights: WeightScheme,
+    /// From this epoch the observers' ranges stay fixed.
+    pub freeze_observers_epoch: Option<f64>,
+    /// From this epoch BatchNorm uses its running statistics in training too.
+    pub freeze_bn_epoch: Option<f64>,
+    /// Layers left in fp32.
+    pub ignore: Vec<String>,
+    pub observer_averaging: f64,
+}
+
+impl Quantization {
+    /// Whether fake quantization is on at fractional `epoch`.
+    pub fn active(&self, epoch: f64) -> bool {
+        epoch >= self.start_epoch
+    }
+    pub fn observing(&self, epoch: f64) -> bool {
+        self.active(epoch) && self.freeze_observers_epoch.is_none_or(|f| epoch < f)
+    }
+    pub fn bn_frozen(&self, epoch: f64) -> bool {
+        self.freeze_bn_epoch.is_some_and(|f| epoch >= f)
+    }
+}
+
 /// Optimizer settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Optimizer {
@@ -150,6 +177,7 @@ pub struct Recipe {
     pub lr: LrSchedule,
     pub pruning: Vec<Gmp>,
     pub constant_pruning: Vec<ConstantPruning>,
+    pub quantization: Option<Quantization>,
 }
 
 /// Finds the line of `field` inside the `index`-th `[[modifiers]]` block (or a `[table]`).
@@ -295,6 +323,7 @@ impl Recipe {
         let base_lr = r.opt("lr", &o.lr, 0.0)?;
 
         let (mut epochs, mut lr, mut pruning, mut constant_pruning) = (None, None, Vec::new(), Vec::new());
+        let mut quantization: Option<(Quantization, usize)> = None;
         for (i, m) in raw.modifiers.iter().enumerate() {
             r.block = ("[[modifiers]]", i);
             match m {
@@ -403,6 +432,26 @@ impl Recipe {
                     }
                     constant_pruning.push(c);
                 }
+                RawModifier::Quantization { start_epoch, weights, freeze_observers_epoch, freeze_bn_epoch, ignore, observer_averaging } => {
+                    let q = Quantization {
+                        start_epoch: r.num("start_epoch", start_epoch)?,
+                        weights: weights.unwrap_or(WeightScheme::PerChannel),
+                        freeze_observers_epoch: freeze_observers_epoch.as_ref().map(|n| r.num("freeze_observers_epoch", n)).transpose()?,
+                        freeze_bn_epoch: freeze_bn_epoch.as_ref().map(|n| r.num("freeze_bn_epoch", n)).transpose()?,
+                        ignore: ignore.clone().unwrap_or_default(),
+                        observer_averaging: r.opt("observer_averaging", observer_averaging, 0.01)?,
+                    };
+                    r.range(q.start_epoch, q.start_epoch)?;
+                    if let Some(f) = q.freeze_observers_epoch.filter(|&f| f < q.start_epoch) {
+                        return Err(r.err("freeze_observers_epoch", format!("{f} is before start_epoch {}", q.start_epoch)));
+                    }
+                    if !(q.observer_averaging > 0.0 && q.observer_averaging <= 1.0) {
+                        return Err(r.err("observer_averaging", format!("must be in (0, 1], found {}", q.observer_averaging)));
+                    }
+                    if quantization.replace((q, i)).is_some() {
+                        return Err(r.err("type", "a recipe has at most one quantization modifier"));
+                    }
+                }
             }
         }
         r.block = ("[[modifiers]]", 0);
@@ -442,6 +491,12 @@ impl Recipe {
                 return Err(r.err("end_epoch", format!("{} is after the end of training ({epochs})", g.end_epoch)));
             }
         }
+        if let Some((q, i)) = &quantization
+            && q.start_epoch >= epochs
+        {
+            r.block = ("[[modifiers]]", *i);
+            return Err(r.err("start_epoch", format!("{} is not before the end of training ({epochs})", q.start_epoch)));
+        }
         Ok(Recipe {
             version: raw.version,
             variables: r.vars,
@@ -453,6 +508,7 @@ impl Recipe {
             lr,
             pruning,
             constant_pruning,
+            quantization: quantization.map(|(q, _)| q),
         })
     }
 
@@ -467,10 +523,13 @@ pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
     let side = 28;
     let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
     let net = crate::model::Network::new(&recipe.model, side, classes, 0);
-    crate::prune::Pruner::new(recipe, &net).map(|_| ()).map_err(|message| {
-        let line = message.split_once(':').and_then(|(field, _)| text_line(file, |l| l.trim_start().starts_with(field)));
-        RecipeError { file: file.to_string(), line, message }
-    })
+    crate::prune::Pruner::new(recipe, &net)
+        .map(|_| ())
+        .and_then(|_| recipe.quantization.as_ref().map_or(Ok(()), |q| crate::quant::state_for(q, &net).map(|_| ())))
+        .map_err(|message| {
+            let line = message.split_once(':').and_then(|(field, _)| text_line(file, |l| l.trim_start().starts_with(field)));
+            RecipeError { file: file.to_string(), line, message }
+        })
 }
 
 fn text_line(file: &str, pred: impl Fn(&str) -> bool) -> Option<usize> {

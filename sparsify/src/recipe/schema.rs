@@ -157,6 +157,14 @@ pub enum Scope {
     Global,
 }
 
+/// Granularity of weight scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightScheme {
+    PerChannel,
+    PerTensor,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawModifier {
@@ -191,5 +199,16 @@ pub enum RawModifier {
         params: Params,
         start_epoch: Option<Num>,
         end_epoch: Option<Num>,
+    },
+    /// Quantization-aware training from `start_epoch`: int8 symmetric weights, 8-bit asymmetric
+    /// activations observed with a moving min/max.
+    Quantization {
+        start_epoch: Num,
+        weights: Option<WeightScheme>,
+        freeze_observers_epoch: Option<Num>,
+        freeze_bn_epoch: Option<Num>,
+        /// Layers left in fp32: names (`fc3`), globs or `re:` expressions.
+        ignore: Option<Vec<String>>,
+        observer_averaging: Option<Num>,
     },
 }

@@ -1,0 +1,381 @@
+//! Int8 sparse kernels: uint8 activations times int8 weights, accumulated in int32, dequantized
+//! (with bias and ReLU) into f32.
+//!
+//! Weights are kept in groups of 4 consecutive input columns, the unit of VNNI's `vpdpbusd`
+//! (four u8 x i8 products summed into one int32 lane). Only groups with a non-zero weight are
+//! stored, so 1x4 block-pruned weights fill every group and unstructured ones leave zeros inside.
+//!
+//! Activation layout: a quantized tile of `ld` samples and `k` features is `[k / 4, ld, 4]` bytes
+//! (feature `f` of sample `s` at `((f / 4) * ld + s) * 4 + f % 4`), so the four features of a group
+//! for one sample are one 32-bit lane. Features past `k` in the last group hold the zero point.
+//!
+//! Output: `y[o][s] = (acc - zero_corr[o]) * mult[o] + bias[o]`, then ReLU, with `acc` the int32
+//! dot product, `zero_corr[o] = input_zero * sum(weights of row o)` and `mult[o] = input_scale *
+//! weight_scale[o]`: exactly what QuantizeLinear/DequantizeLinear followed by fp32 Gemm compute.
+
+use std::ops::Range;
+
+use super::Isa;
+
+/// Int8 weights `[rows, cols]` in groups of 4 columns, only non-zero groups stored.
+#[derive(Debug, Clone)]
+pub struct Q8Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// Row `o`'s groups are `row_ptr[o]..row_ptr[o + 1]`.
+    pub row_ptr: Vec<u32>,
+    /// Group index (`column / 4`) of each stored group.
+    pub group: Vec<u32>,
+    /// The group's four weights, byte `j` (little-endian) for column `4 * group + j`.
+    pub packed: Vec<i32>,
+    /// Sum of each row's weights, for the zero-point correction.
+    pub row_sums: Vec<i32>,
+}
+
+impl Q8Matrix {
+    /// Packs row-major int8 values of shape `[rows, cols]`.
+    pub fn from_int8(values: &[i8], rows: usize, cols: usize) -> Q8Matrix {
+        assert_eq!(values.len(), rows * cols, "int8 weight does not match its shape");
+        let (mut row_ptr, mut group, mut packed, mut row_sums) = (vec![0u32], Vec::new(), Vec::new(), Vec::with_capacity(rows));
+        for r in 0..rows {
+            let row = &values[r * cols..(r + 1) * cols];
+            for (g, quad) in row.chunks(4).enumerate() {
+                if quad.iter().any(|&v| v != 0) {
+                    let mut bytes = [0u8; 4];
+                    quad.iter().enumerate().for_each(|(j, &v)| bytes[j] = v as u8);
+                    group.push(g as u32);
+                    packed.push(i32::from_le_bytes(bytes));
+                }
+            }
+            row_ptr.push(group.len() as u32);
+            row_sums.push(row.iter().map(|&v| v as i32).sum());
+        }
+        Q8Matrix { rows, cols, row_ptr, group, packed, row_sums }
+    }
+
+    /// Groups of 4 columns (the quantized input has this many 4-byte rows per sample).
+    pub fn groups(&self) -> usize {
+        self.cols.div_ceil(4)
+    }
+    pub fn stored_groups(&self) -> usize {
+        self.group.len()
+    }
+    pub fn bytes(&self) -> usize {
+        4 * (self.row_ptr.len() + self.group.len() + self.packed.len() + self.row_sums.len())
+    }
+}
+
+/// The per-row dequantization the kernels apply to their int32 sums.
+#[derive(Debug, Clone)]
+pub struct Dequant {
+    pub bias: Vec<f32>,
+    /// `input_scale * weight_scale[o]`.
+    pub mult: Vec<f32>,
+    /// `input_zero * row_sums[o]`.
+    pub zero_corr: Vec<i32>,
+    pub relu: bool,
+}
+
+impl Dequant {
+    #[inline]
+    fn apply(&self, o: usize, acc: i32) -> f32 {
+        let v = ((acc - self.zero_corr[o]) as f32).mul_add(self.mult[o], self.bias[o]);
+        if self.relu { v.max(0.0) } else { v }
+    }
+}
+
+/// Bytes of a quantized tile of `k` features and `ld` samples.
+pub fn quantized_len(k: usize, ld: usize) -> usize {
+    k.div_ceil(4) * ld * 4
+}
+
+/// The uint8 code of `x`, as QuantizeLinear computes it (division, round half to even, clamp).
+#[inline]
+pub fn quantize_value(x: f32, scale: f32, zero: u8) -> u8 {
+    ((x / scale).round_ties_even() + zero as f32).clamp(0.0, 255.0) as u8
+}
+
+fn check_quantize(x: &[f32], k: usize, ld: usize, out: &[u8]) {
+    assert!(x.len() >= k * ld, "input tile too small");
+    assert!(out.len() >= quantized_len(k, ld), "quantized tile too small");
+}
+
+/// Scalar twin of `quantize`.
+pub fn quantize_ref(x: &[f32], k: usize, ld: usize, scale: f32, zero: u8, out: &mut [u8]) {
+    check_quantize(x, k, ld, out);
+    for g in 0..k.div_ceil(4) {
+        for s in 0..ld {
+            for j in 0..4 {
+                let f = 4 * g + j;
+                out[(g * ld + s) * 4 + j] = if f < k { quantize_value(x[f * ld + s], scale, zero) } else { zero };
+            }
+        }
+    }
+}
+
+/// Quantizes a feature-major f32 tile `[k, ld]` into the grouped uint8 layout.
+pub fn quantize(isa: Isa, x: &[f32], k: usize, ld: usize, scale: f32, zero: u8, out: &mut [u8]) {
+    check_quantize(x, k, ld, out);
+    match isa {
+        // SAFETY: sizes checked above; AVX-512F is present when `isa` is Avx512.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if ld >= 16 => unsafe { x86::quantize_avx512(x, k, ld, scale, zero, out) },
+        _ => quantize_ref(x, k, ld, scale, zero, out),
+    }
+}
+
+fn check(m: &Q8Matrix, x: &[u8], ld: usize, y: &[f32], rows: &Range<usize>, d: &Dequant) {
+    assert!(rows.end <= m.rows, "row range does not fit the matrix");
+    assert!(d.bias.len() == m.rows && d.mult.len() == m.rows && d.zero_corr.len() == m.rows, "dequantization does not fit");
+    assert!(x.len() >= quantized_len(m.cols, ld), "quantized input too small");
+    assert!(y.len() >= rows.len() * ld, "output tile too small");
+}
+
+/// The int32 dot product of row `o` with sample `s`.
+#[inline]
+fn dot_ref(m: &Q8Matrix, x: &[u8], ld: usize, o: usize, s: usize) -> i32 {
+    let mut acc = 0i32;
+    for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
+        let w = m.packed[j].to_le_bytes();
+        let base = (m.group[j] as usize * ld + s) * 4;
+        for (b, &wb) in w.iter().enumerate() {
+            acc += x[base + b] as i32 * wb as i8 as i32;
+        }
+    }
+    acc
+}
+
+/// Scalar twin of `spmm_q8`.
+pub fn spmm_q8_ref(m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
+    check(m, x, ld, y, &rows, d);
+    for (i, o) in rows.enumerate() {
+        for s in 0..ld {
+            y[i * ld + s] = d.apply(o, dot_ref(m, x, ld, o, s));
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512 VNNI.
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The name of the variant `spmm_q8` runs for `isa` at batch 1 (`ld == 1`) or batched.
+pub fn variant(isa: Isa, batch1: bool) -> &'static str {
+    match (isa, has_vnni(), batch1) {
+        (Isa::Avx512, true, true) => "q8-spmv-vnni",
+        (Isa::Avx512, true, false) => "q8-spmm-vnni",
+        (Isa::Avx2 | Isa::Avx512, _, false) => "q8-spmm-avx2",
+        _ => "q8-scalar",
+    }
+}
+
+/// `y = dequant(W x)` for the rows in `rows` (`y` holds them as `[rows.len(), ld]`).
+pub fn spmm_q8(isa: Isa, m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
+    check(m, x, ld, y, &rows, d);
+    match (isa, has_vnni()) {
+        // SAFETY: sizes checked above; group indices are < groups() by construction, so every
+        // load stays inside the quantized tile; the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, true) if ld == 1 => unsafe { x86::spmv_vnni(m, x, y, rows, d) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, true) => unsafe { x86::spmm_vnni(m, x, ld, y, rows, d) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2 | Isa::Avx512, _) if ld >= 8 => unsafe { x86::spmm_avx2(m, x, ld, y, rows, d) },
+        _ => spmm_q8_ref(m, x, ld, y, rows, d),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::{Dequant, Q8Matrix, dot_ref};
+
+    /// # Safety
+    /// AVX-512F; `x` has `k * ld` values and `out` `quantized_len(k, ld)` bytes; `ld >= 16`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn quantize_avx512(x: &[f32], k: usize, ld: usize, scale: f32, zero: u8, out: &mut [u8]) {
+        let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        let (vs, vz, lo, hi) = (_mm512_set1_ps(scale), _mm512_set1_epi32(zero as i32), _mm512_setzero_si512(), _mm512_set1_epi32(255));
+        for g in 0..k.div_ceil(4) {
+            let mut s = 0;
+            while s + 16 <= ld {
+                let mut word = _mm512_setzero_si512();
+                for j in 0..4 {
+                    let f = 4 * g + j;
+                    let q = if f < k {
+                        // SAFETY: f < k and s + 15 < ld, inside `x`.
+                        let v = unsafe { _mm512_loadu_ps(xp.add(f * ld + s)) };
+                        // Round to nearest even (the default rounding mode), as QuantizeLinear does.
+                        _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v, vs)), vz)
+                    } else {
+                        vz
+                    };
+                    let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                    word = _mm512_or_si512(word, _mm512_sllv_epi32(q, _mm512_set1_epi32(8 * j as i32)));
+                }
+                // SAFETY: (g * ld + s + 15) * 4 + 3 < quantized_len(k, ld).
+                unsafe { _mm512_storeu_si512(op.add((g * ld + s) * 4) as *mut _, word) };
+                s += 16;
+            }
+            for s in s..ld {
+                for j in 0..4 {
+                    let f = 4 * g + j;
+                    let v = if f < k { super::quantize_value(x[f * ld + s], scale, zero) } else { zero };
+                    out[(g * ld + s) * 4 + j] = v;
+                }
+            }
+        }
+    }
+
+    /// Dequantizes 16 sums of row `o` and stores them (masked to `mask`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store16(d: &Dequant, o: usize, acc: __m512i, yp: *mut f32, mask: __mmask16) {
+        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(d.zero_corr[o])));
+        let mut v = _mm512_fmadd_ps(v, _mm512_set1_ps(d.mult[o]), _mm512_set1_ps(d.bias[o]));
+        if d.relu {
+            v = _mm512_max_ps(v, _mm512_setzero_ps());
+        }
+        // SAFETY: the caller passes a pointer with the masked lanes inside `y`.
+        unsafe { _mm512_mask_storeu_ps(yp, mask, v) };
+    }
+
+    /// Batched: strips of 64 samples (four vectors of 16 int32 sums per row), then 16, then a
+    /// masked remainder.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 VNNI; sizes as `super::check` verifies; `group[j] < groups()`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn spmm_vnni(m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let r0 = rows.start;
+        let mut c0 = 0;
+        while c0 + 64 <= ld {
+            for o in rows.clone() {
+                let (mut a0, mut a1, mut a2, mut a3) =
+                    (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
+                for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
+                    let wv = _mm512_set1_epi32(m.packed[j]);
+                    // SAFETY: group < groups(), so (group * ld + c0 + 63) * 4 + 3 < x.len().
+                    unsafe {
+                        let p = xp.add((m.group[j] as usize * ld + c0) * 4);
+                        a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(p as *const _), wv);
+                        a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(p.add(64) as *const _), wv);
+                        a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(p.add(128) as *const _), wv);
+                        a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(p.add(192) as *const _), wv);
+                    }
+                }
+                // SAFETY: (o - r0) * ld + c0 + 63 < rows.len() * ld <= y.len().
+                unsafe {
+                    let out = yp.add((o - r0) * ld + c0);
+                    store16(d, o, a0, out, 0xffff);
+                    store16(d, o, a1, out.add(16), 0xffff);
+                    store16(d, o, a2, out.add(32), 0xffff);
+                    store16(d, o, a3, out.add(48), 0xffff);
+                }
+            }
+            c0 += 64;
+        }
+        while c0 < ld {
+            let n = (ld - c0).min(16);
+            let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            for o in rows.clone() {
+                let mut acc = _mm512_setzero_si512();
+                for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
+                    // SAFETY: only the first n lanes (samples c0..c0 + n <= ld) are loaded.
+                    unsafe {
+                        let p = xp.add((m.group[j] as usize * ld + c0) * 4);
+                        let v = _mm512_maskz_loadu_epi32(mask, p as *const i32);
+                        acc = _mm512_dpbusd_epi32(acc, v, _mm512_set1_epi32(m.packed[j]));
+                    }
+                }
+                // SAFETY: the masked lanes are inside row (o - r0) of `y`.
+                unsafe { store16(d, o, acc, yp.add((o - r0) * ld + c0), mask) };
+            }
+            c0 += n;
+        }
+    }
+
+    /// Batch 1: sixteen groups of a row at a time, gathered from the input vector.
+    ///
+    /// # Safety
+    /// As `spmm_vnni`, with `ld == 1`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn spmv_vnni(m: &Q8Matrix, x: &[u8], y: &mut [f32], rows: Range<usize>, d: &Dequant) {
+        let base = x.as_ptr() as *const i32;
+        let r0 = rows.start;
+        for o in rows {
+            let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
+            let mut acc = _mm512_setzero_si512();
+            let mut j = start;
+            while j < end {
+                let n = (end - j).min(16);
+                let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+                // SAFETY: lanes beyond n are masked off; each group index is < groups(), so the
+                // gathered 4-byte word lies inside `x`.
+                unsafe {
+                    let idx = _mm512_maskz_loadu_epi32(mask, m.group.as_ptr().add(j) as *const i32);
+                    let xv = _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), mask, idx, base);
+                    let wv = _mm512_maskz_loadu_epi32(mask, m.packed.as_ptr().add(j));
+                    acc = _mm512_dpbusd_epi32(acc, xv, wv);
+                }
+                j += n;
+            }
+            y[o - r0] = d.apply(o, _mm512_reduce_add_epi32(acc));
+        }
+    }
+
+    /// Without VNNI: products widened to 16 bits (`vpmaddwd`, exact, no saturation), eight
+    /// samples per strip; leftover samples use the scalar dot product.
+    ///
+    /// # Safety
+    /// AVX2; sizes as `super::check` verifies; `group[j] < groups()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn spmm_avx2(m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
+        let xp = x.as_ptr();
+        let r0 = rows.start;
+        let mut c0 = 0;
+        while c0 + 8 <= ld {
+            for o in rows.clone() {
+                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
+                    let w = m.packed[j].to_le_bytes();
+                    let w16 = |b: u8| (b as i8 as i16 as u16) as u64;
+                    let quad = w16(w[0]) | w16(w[1]) << 16 | w16(w[2]) << 32 | w16(w[3]) << 48;
+                    let wv = _mm256_set1_epi64x(quad as i64);
+                    // SAFETY: (group * ld + c0 + 7) * 4 + 3 < x.len().
+                    unsafe {
+                        let p = xp.add((m.group[j] as usize * ld + c0) * 4);
+                        let a = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
+                        let b = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i));
+                        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a, wv));
+                        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(b, wv));
+                    }
+                }
+                // Pairwise sums give samples in the order 0 1 4 5 2 3 6 7; the permute restores it.
+                let acc = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo, hi));
+                let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_set1_epi32(d.zero_corr[o])));
+                let mut v = _mm256_fmadd_ps(v, _mm256_set1_ps(d.mult[o]), _mm256_set1_ps(d.bias[o]));
+                if d.relu {
+                    v = _mm256_max_ps(v, _mm256_setzero_ps());
+                }
+                // SAFETY: (o - r0) * ld + c0 + 7 < y.len().
+                unsafe { _mm256_storeu_ps(y.as_mut_ptr().add((o - r0) * ld + c0), v) };
+            }
+            c0 += 8;
+        }
+        for o in rows.clone() {
+            for s in c0..ld {
+                y[(o - r0) * ld + s] = d.apply(o, dot_ref(m, x, ld, o, s));
+            }
+        }
+    }
+}
