@@ -20,8 +20,28 @@ fn native_round_trip_and_size_shrinks_with_sparsity() {
 }
 
 #[test]
+fn int8_weights_round_trip_through_both_formats_and_shrink_the_file() {
+    let g = quantized(mlp(11, 0.9));
+    let bytes = engine::format::to_bytes(&g).unwrap();
+    assert_eq!(engine::format::from_bytes(&bytes, "mem").unwrap(), g);
+    let fp32 = engine::format::to_bytes(&mlp(11, 0.9)).unwrap().len();
+    assert!(bytes.len() * 5 < fp32 * 2, "int8 file {} bytes vs fp32 {fp32}", bytes.len());
+    let onnx = engine::onnx::export::export(&g, &g.output_shape().unwrap());
+    assert_eq!(engine::onnx::import::import_bytes(&onnx, "mem").unwrap(), g);
+    let c = quantized(cnn(12, 0.5));
+    assert_eq!(engine::format::from_bytes(&engine::format::to_bytes(&c).unwrap(), "mem").unwrap(), c);
+    let onnx = engine::onnx::export::export(&c, &c.output_shape().unwrap());
+    assert_eq!(engine::onnx::import::import_bytes(&onnx, "mem").unwrap(), c);
+}
+
+#[test]
 fn corrupt_native_files_are_errors_not_panics() {
-    let bytes = engine::format::to_bytes(&cnn(9, 0.8)).unwrap();
+    for bytes in [engine::format::to_bytes(&cnn(9, 0.8)).unwrap(), engine::format::to_bytes(&quantized(mlp(9, 0.9))).unwrap()] {
+        corrupt_file_is_an_error(bytes);
+    }
+}
+
+fn corrupt_file_is_an_error(bytes: Vec<u8>) {
     for cut in [0, 1, 7, 8, 9, 100, bytes.len() / 2, bytes.len() - 1] {
         assert!(engine::format::from_bytes(&bytes[..cut], "cut").is_err(), "truncated at {cut}");
     }

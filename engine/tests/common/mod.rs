@@ -23,10 +23,20 @@ pub fn ort_python() -> Option<PathBuf> {
 
 /// Runs `model` on `input` in ONNX Runtime.
 pub fn ort_run(python: &Path, model: &Path, input: &engine::npy::Array, dir: &Path) -> engine::npy::Array {
+    ort_run_with(python, model, input, dir, false)
+}
+
+/// `ort_run`; with `literal`, graph optimisations are off (QDQ nodes run as written).
+pub fn ort_run_with(python: &Path, model: &Path, input: &engine::npy::Array, dir: &Path, literal: bool) -> engine::npy::Array {
     let (inp, out) = (dir.join("ort_in.npy"), dir.join("ort_out.npy"));
     engine::npy::write(&inp, input).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_run.py");
-    let status = Command::new(python).arg(script).arg(model).arg(&inp).arg(&out).status().expect("running python");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg(model).arg(&inp).arg(&out);
+    if literal {
+        cmd.arg("--literal");
+    }
+    let status = cmd.status().expect("running python");
     assert!(status.success(), "ONNX Runtime failed on {}", model.display());
     engine::npy::read(&out).unwrap()
 }
@@ -157,4 +167,21 @@ pub fn random_input(seed: u64, batch: usize, per_sample: &[usize]) -> engine::np
     let mut shape = vec![batch];
     shape.extend(per_sample);
     engine::npy::Array { shape, data: vector(&mut r, n, -1.0, 1.0) }
+}
+
+/// The graph with every linear layer and convolution quantized: int8 weights with per-row
+/// scales, inputs quantized to uint8 over [-2, 2] (zero point 128).
+pub fn quantized(mut g: Graph) -> Graph {
+    for n in &mut g.nodes {
+        if let Op::Linear { weight, .. } | Op::Conv { weight, .. } = &mut n.op {
+            let cols = weight.cols();
+            let scales: Vec<f32> =
+                weight.data.chunks(cols).map(|r| (r.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0).max(1e-6)).collect();
+            for (i, v) in weight.data.iter_mut().enumerate() {
+                *v = (*v / scales[i / cols]).round() * scales[i / cols];
+            }
+            weight.quant = Some(engine::graph::Quant { scales, input_scale: 4.0 / 255.0, input_zero: 128 });
+        }
+    }
+    g
 }
