@@ -141,3 +141,38 @@ fn shipped_recipes_are_valid() {
     }
     assert!(n >= 11, "expected the shipped recipes, found {n}");
 }
+
+const QUANT: &str = r#"
+[[modifiers]]
+type = "quantization"
+start_epoch = 8
+freeze_observers_epoch = 9
+"#;
+
+#[test]
+fn quantization_modifier_resolves_and_reports_mistakes() {
+    let r = parse(&format!("{BASE}{QUANT}")).unwrap();
+    let q = r.quantization.as_ref().unwrap();
+    assert_eq!((q.start_epoch, q.freeze_observers_epoch, q.observer_averaging), (8.0, Some(9.0), 0.01));
+    assert!(!q.active(7.9) && q.active(8.0) && q.observing(8.5) && !q.observing(9.0));
+    assert_eq!(q.weights, sparsify::recipe::WeightScheme::PerChannel);
+    let line_of = |text: &str, field: &str| text.lines().collect::<Vec<_>>().iter().rposition(|l| l.starts_with(field)).unwrap() + 1;
+    let text = format!("{BASE}{}", QUANT.replace("start_epoch = 8", "start_epoch = 10").replace("freeze_observers_epoch = 9\n", ""));
+    let e = err(&text);
+    let want = format!("r.toml:{}: start_epoch: 10 is not before the end of training (10)", line_of(&text, "start_epoch"));
+    assert!(e.starts_with(&want), "{e}");
+    let text = format!("{BASE}{}", QUANT.replace("freeze_observers_epoch = 9", "freeze_observers_epoch = 7"));
+    let want = format!("r.toml:{}: freeze_observers_epoch: 7 is before start_epoch 8", line_of(&text, "freeze_observers_epoch"));
+    assert!(err(&text).starts_with(&want), "{}", err(&text));
+    let e = err(&format!("{BASE}{}", QUANT.replace("start_epoch = 8", "start_epoch = 8\nweights = \"per_row\"")));
+    assert!(e.contains("per_row") && e.contains("r.toml:"), "{e}");
+    let e = err(&format!("{BASE}{QUANT}{QUANT}"));
+    assert!(e.contains("at most one quantization modifier"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(&path, format!("{BASE}{QUANT}ignore = [\"fc9\"]\n")).unwrap();
+    let r = Recipe::load(&path, &[]).unwrap();
+    let e = sparsify::recipe::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
+    assert!(e.contains("ignore: 'fc9' matches no layer of this model (fc1, fc2)"), "{e}");
+}

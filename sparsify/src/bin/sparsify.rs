@@ -143,7 +143,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recipe { command: RecipeCommand::Check { recipe, set } } => {
             let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
             sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
-            println!("{}: ok ({} epochs, {} pruning modifier(s))", recipe.display(), r.epochs, r.pruning.len());
+            let quant = r.quantization.as_ref().map_or(String::new(), |q| format!(", int8 quantization from epoch {}", q.start_epoch));
+            println!("{}: ok ({} epochs, {} pruning modifier(s){quant})", recipe.display(), r.epochs, r.pruning.len());
         }
         Command::Recipe { command: RecipeCommand::Show { recipe, set } } => {
             let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
@@ -156,6 +157,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut header = format!("{:>6} {:>12}", "epoch", "lr");
             for (i, g) in r.pruning.iter().enumerate() {
                 header += &format!(" {:>14}", format!("gmp{i} ({})", g.mask.label()));
+            }
+            if r.quantization.is_some() {
+                header += &format!(" {:>14}", "quantization");
             }
             println!("{header}");
             for e in 0..=(r.epochs.ceil() as usize) {
@@ -170,6 +174,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         total += p.numel() as f64;
                     }
                     line += &format!(" {:>14.4}", zeros / total.max(1.0));
+                }
+                if let Some(q) = &r.quantization {
+                    let e = e as f64;
+                    let state = match (q.active(e), q.observing(e)) {
+                        (false, _) => "off",
+                        (true, true) => "int8",
+                        (true, false) => "int8 frozen",
+                    };
+                    line += &format!(" {state:>14}");
                 }
                 println!("{line}");
             }
