@@ -11,7 +11,7 @@ use crate::compile::{Exec, Int8Layer, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, bcsr, dense, q8, spmm, spmv};
+use crate::kernels::{Isa, bcsr, dense, q8, spmm, spmv, transpose};
 
 /// Memory plan for one batch size: where each value lives inside a tile's chunk.
 #[derive(Debug, Clone)]
@@ -214,12 +214,8 @@ fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[
     let (w, ld) = (plan.width(t), plan.ld(t));
     let f_in = model.value_sizes[0];
     let x0 = &mut chunk[plan.offsets[0]..plan.offsets[0] + f_in * ld];
-    for s in 0..w {
-        let sample = &input[(t * plan.tile + s) * f_in..][..f_in];
-        for (f, v) in sample.iter().enumerate() {
-            x0[f * ld + s] = *v;
-        }
-    }
+    let samples = &input[t * plan.tile * f_in..(t * plan.tile + w) * f_in];
+    transpose::transpose(model.options.isa, samples, w, f_in, f_in, x0, ld);
 }
 
 /// Runs the whole network on tile `t`.

@@ -108,6 +108,16 @@ impl Tensors {
         name
     }
 
+    /// `NAME` as raw bytes `[n]`, or `NAME_deflate` (raw deflate) when that is smaller.
+    fn maybe_deflated(&mut self, name: String, dtype: Dtype, bytes: Vec<u8>) {
+        let deflated = deflate(&bytes);
+        if deflated.len() < bytes.len() {
+            self.bytes(format!("{name}_deflate"), Dtype::U8, vec![deflated.len()], deflated);
+        } else {
+            self.bytes(name, dtype, vec![bytes.len()], bytes);
+        }
+    }
+
     /// An int8 weight, dense or in gap-coded CSR, whichever is smaller.
     fn weight_int8(&mut self, name: &str, w: &Weight, q: &Quant) -> WeightRef {
         let (rows, cols) = (w.rows(), w.cols().max(1));
@@ -139,8 +149,11 @@ impl Tensors {
             return WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Int8, layout: "out_in".into(), quant };
         }
         let n = entries.len();
-        self.bytes(format!("{tensor}.values"), Dtype::I8, vec![n], as_bytes(&entries));
-        self.bytes(format!("{tensor}.col_gaps"), Dtype::U8, vec![n], gaps);
+        // Gaps are small numbers with a skewed distribution: deflate stores them in about 5 bits
+        // (the relative-index coding of Han et al.'s Deep Compression); values gain a little.
+        self.maybe_deflated(format!("{tensor}.values"), Dtype::I8, as_bytes(&entries));
+        self.maybe_deflated(format!("{tensor}.col_gaps"), Dtype::U8, gaps);
+        debug_assert_eq!(n, entries.len());
         self.bytes(format!("{tensor}.row_offsets"), Dtype::U32, vec![rows + 1], offsets.iter().flat_map(|o| o.to_le_bytes()).collect());
         WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::CsrInt8, layout: "out_in".into(), quant }
     }
@@ -176,6 +189,12 @@ impl Tensors {
         self.0.push((format!("{tensor}.row_offsets"), Dtype::U32, vec![rows + 1], offsets.iter().flat_map(|o| o.to_le_bytes()).collect()));
         WeightRef { tensor, shape: w.shape.clone(), encoding: Encoding::Csr, layout: "out_in".into(), quant: None }
     }
+}
+
+fn deflate(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut e, bytes).expect("writing to memory");
+    e.finish().expect("writing to memory")
 }
 
 /// Serialises a graph into the native format.
@@ -301,6 +320,25 @@ impl Reader<'_> {
         }
     }
 
+    /// The bytes of `name` (`dtype`, `[n]`), stored raw or as `name_deflate`.
+    fn maybe_deflated(&self, name: &str, dtype: Dtype, n: usize) -> Result<Vec<u8>> {
+        let deflated = format!("{name}_deflate");
+        let raw = if self.st.names().iter().all(|t| **t != deflated) {
+            self.view(name, &[dtype])?.data().to_vec()
+        } else {
+            let bytes = self.view(&deflated, &[Dtype::U8])?.data();
+            // Read at most one byte more than expected, so a hostile stream cannot make us allocate.
+            let mut out = Vec::with_capacity(n.min(MAX_WEIGHT_ELEMENTS));
+            let limited = std::io::Read::take(flate2::read::DeflateDecoder::new(bytes), n as u64 + 1);
+            std::io::Read::read_to_end(&mut { limited }, &mut out).map_err(|e| self.bad(format!("tensor '{deflated}': {e}")))?;
+            out
+        };
+        if raw.len() != n {
+            return Err(self.bad(format!("tensor '{name}' holds {} values, expected {n}", raw.len())));
+        }
+        Ok(raw)
+    }
+
     fn u32s(&self, name: &str) -> Result<Vec<u32>> {
         let v = self.view(name, &[Dtype::U16, Dtype::U32])?;
         Ok(match v.dtype() {
@@ -371,9 +409,13 @@ impl Reader<'_> {
                 v.data().iter().enumerate().map(|(i, &b)| b as i8 as f32 * scales[i / cols]).collect()
             }
             Encoding::CsrInt8 => {
-                let values = self.view(&format!("{}.values", r.tensor), &[Dtype::I8])?.data();
-                let gaps = self.view(&format!("{}.col_gaps", r.tensor), &[Dtype::U8])?.data();
                 let offsets = self.u32s(&format!("{}.row_offsets", r.tensor))?;
+                if offsets.len() != rows + 1 || offsets[rows] as usize > numel.saturating_mul(2) {
+                    return Err(self.bad(format!("weight '{}': inconsistent CSR offsets or lengths", r.tensor)));
+                }
+                let n = offsets[rows] as usize;
+                let values = self.maybe_deflated(&format!("{}.values", r.tensor), Dtype::I8, n)?;
+                let gaps = self.maybe_deflated(&format!("{}.col_gaps", r.tensor), Dtype::U8, n)?;
                 let ok_offsets = offsets.len() == rows + 1
                     && offsets[0] == 0
                     && offsets.windows(2).all(|w| w[0] <= w[1])

@@ -255,3 +255,20 @@ fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
         }
     }
 }
+
+#[test]
+fn transpose_variants_match_the_scalar_twin() {
+    use engine::kernels::transpose;
+    let mut rng = StdRng::seed_from_u64(16);
+    for &(rows, cols) in &[(0, 5), (1, 1), (3, 9), (8, 8), (9, 17), (64, 784), (70, 33), (16, 7)] {
+        let (src_ld, dst_ld) = (cols + rows % 3, rows + cols % 5);
+        let src: Vec<f32> = (0..rows * src_ld).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut want = vec![0.0; cols * dst_ld];
+        transpose::transpose_ref(&src, rows, cols, src_ld, &mut want, dst_ld);
+        for isa in Isa::available() {
+            let mut got = vec![0.0; cols * dst_ld];
+            transpose::transpose(isa, &src, rows, cols, src_ld, &mut got, dst_ld);
+            assert_eq!(got, want, "transpose {} {rows}x{cols}", isa.name());
+        }
+    }
+}

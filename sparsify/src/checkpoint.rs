@@ -28,12 +28,31 @@ pub struct Progress {
     pub last_update: Vec<Option<f64>>,
     pub optimizer_steps: u64,
     /// Parameter names, shapes, whether prunable and whether trainable, in order.
+    #[serde(deserialize_with = "params_any_version")]
     pub params: Vec<(String, Vec<usize>, bool, bool)>,
     /// Quantization state (observer ranges included), for quantization-aware runs.
     #[serde(default)]
     pub quant: Option<crate::quant::QuantState>,
     #[serde(default)]
     pub bn_frozen: bool,
+}
+
+/// Reads the parameter list of this version or of the first one, whose entries had no
+/// `trainable` flag (every parameter of those models was trained).
+fn params_any_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<usize>, bool, bool)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Current(String, Vec<usize>, bool, bool),
+        First(String, Vec<usize>, bool),
+    }
+    Ok(Vec::<Entry>::deserialize(d)?
+        .into_iter()
+        .map(|e| match e {
+            Entry::Current(n, s, p, t) => (n, s, p, t),
+            Entry::First(n, s, p) => (n, s, p, true),
+        })
+        .collect())
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

@@ -15,6 +15,7 @@ pub mod kblocked;
 pub mod q8;
 pub mod spmm;
 pub mod spmv;
+pub mod transpose;
 pub mod window;
 
 use std::sync::OnceLock;
