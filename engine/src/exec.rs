@@ -272,7 +272,10 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
 /// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads`.
 fn int8_matmul(isa: Isa, q: &Int8Layer, x: &[u8], w: usize, y: &mut [f32], threads: usize) {
     let m = &q.matrix;
-    if threads <= 1 {
+    // Below about this many group-samples (some microseconds of work) waking another thread
+    // costs more than it saves.
+    const PARALLEL_WORK: usize = 32 * 1024;
+    if threads <= 1 || m.stored_groups() * w < PARALLEL_WORK {
         return q8::spmm_q8(isa, m, x, w, y, 0..m.rows, &q.dequant);
     }
     let mut parts = Vec::new();
