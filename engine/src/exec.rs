@@ -1,7 +1,8 @@
-//! Runs a compiled model on a batch. The batch is cut into tiles of up to `tile` samples; each
-//! tile owns one contiguous chunk of the activation arena holding every value of the model for
-//! that tile (feature-major, see `kernels`). With several tiles, tiles run in parallel, each
-//! through the whole network; with one tile, each layer splits its rows over the threads.
+//! Runs a compiled model on a batch. The batch is cut into tiles of samples; each tile owns one
+//! contiguous chunk of the activation arena holding every value of the model for that tile
+//! (feature-major, see `kernels`). The schedule (`schedule`) groups the layers into columns: for
+//! each column in turn, every tile runs through the column's layers, tiles in parallel when there
+//! are several; with one tile, each layer splits its rows over the threads instead.
 
 use std::ops::Range;
 
@@ -12,10 +13,12 @@ use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
 use crate::kernels::{Isa, bcsr, dense, q8, spmm, spmv, transpose};
+use crate::schedule::{self, Schedule};
 
-/// Memory plan for one batch size: where each value lives inside a tile's chunk.
+/// Memory plan for one batch size: the schedule, and where each value lives inside a tile's chunk.
 #[derive(Debug, Clone)]
 struct Plan {
+    schedule: schedule::Plan,
     batch: usize,
     tile: usize,
     /// Offset of each value in a tile chunk (`value_sizes[v] * tile` floats each).
@@ -28,8 +31,8 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(model: &Model, batch: usize) -> Plan {
-        let tile = if batch <= 1 { 1 } else { model.options.tile.min(batch) };
+    fn new(model: &Model, batch: usize, schedule: schedule::Plan) -> Plan {
+        let tile = schedule.tile;
         // Rows of full tiles are padded to 16 floats (64 bytes) so every row of every value starts
         // on a cache line: misaligned vector loads split lines and run about twice as slow.
         let tile_ld = padded(tile);
@@ -58,7 +61,15 @@ impl Plan {
             .max()
             .unwrap_or(0);
         let q_start = at + scratch_len;
-        Plan { batch, tile, offsets, scratch: at..q_start, quantized: q_start..q_start + quantized_len, chunk: q_start + quantized_len }
+        Plan {
+            schedule,
+            batch,
+            tile,
+            offsets,
+            scratch: at..q_start,
+            quantized: q_start..q_start + quantized_len,
+            chunk: q_start + quantized_len,
+        }
     }
 
     fn n_tiles(&self) -> usize {
@@ -80,11 +91,10 @@ fn columns(m: &MatMul, w: usize) -> usize {
     m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * w
 }
 
-/// Widths of 16 or more are padded to a multiple of 16 floats; smaller ones are left as they
-/// are, since padding would multiply their work.
-fn padded(w: usize) -> usize {
-    if w >= 16 { w.next_multiple_of(16) } else { w }
-}
+// Widths of 16 or more are padded to a multiple of 16 floats (every row of every value then
+// starts on a cache line); smaller ones are left as they are, since padding would multiply
+// their work.
+use schedule::padded;
 
 /// Floats to skip from the start of `v` to reach a 64-byte boundary.
 fn align_offset(v: &[f32]) -> usize {
@@ -96,6 +106,9 @@ pub struct Session<'m> {
     model: &'m Model,
     threads: usize,
     pool: rayon::ThreadPool,
+    schedule: Schedule,
+    /// Cache budget of a column, in bytes.
+    budget: usize,
     plan: Option<Plan>,
     /// Every tile's chunk, from `arena[arena_start..]` (the first 64-byte boundary).
     arena: Vec<f32>,
@@ -103,22 +116,33 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
-    /// A session with `threads` worker threads (at least 1).
+    /// A session with `threads` worker threads (at least 1) and the automatic schedule.
     pub fn new(model: &'m Model, threads: usize) -> Result<Session<'m>> {
+        Session::with_schedule(model, threads, Schedule::Auto, None)
+    }
+
+    /// A session with a schedule and a cache budget per column (default: the L2 size).
+    pub fn with_schedule(model: &'m Model, threads: usize, schedule: Schedule, budget: Option<usize>) -> Result<Session<'m>> {
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .map_err(|e| EngineError::Shape(format!("cannot start {threads} threads: {e}")))?;
-        Ok(Session { model, threads, pool, plan: None, arena: Vec::new(), arena_start: 0 })
+        let budget = budget.unwrap_or_else(schedule::l2_cache_bytes);
+        Ok(Session { model, threads, pool, schedule, budget, plan: None, arena: Vec::new(), arena_start: 0 })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
     }
 
-    /// Runs `input` (`[batch, input features]`, row-major) and returns `[batch, output features]`.
-    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
+    /// The schedule this session uses for `batch` samples.
+    pub fn plan(&self, batch: usize) -> schedule::Plan {
+        schedule::plan(self.model, batch.max(1), self.threads, self.schedule, self.budget)
+    }
+
+    /// Checks the input and prepares the arena for `batch`.
+    fn prepare(&mut self, input: &[f32], batch: usize) -> Result<()> {
         let model = self.model;
         let f_in = model.value_sizes[0];
         if batch == 0 || input.len() != batch * f_in {
@@ -129,52 +153,68 @@ impl<'m> Session<'m> {
             )));
         }
         if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
-            let plan = Plan::new(model, batch);
+            let plan = Plan::new(model, batch, self.plan(batch));
             self.arena = vec![0.0; plan.chunk * plan.n_tiles() + 16];
             self.arena_start = align_offset(&self.arena);
             self.plan = Some(plan);
         }
-        let plan = self.plan.as_ref().expect("set above");
-        let chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.n_tiles()).collect();
-        let threads = self.threads;
-        self.pool.install(|| {
-            if chunks.len() >= 2 && threads > 1 {
-                chunks.into_par_iter().enumerate().for_each(|(t, chunk)| run_tile(model, plan, t, chunk, input, 1));
-            } else {
-                for (t, chunk) in chunks.into_iter().enumerate() {
-                    run_tile(model, plan, t, chunk, input, threads);
-                }
-            }
-        });
+        Ok(())
+    }
+
+    /// Runs `input` (`[batch, input features]`, row-major) and returns `[batch, output features]`.
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
+        self.execute(input, batch, false)?;
         Ok(self.gather_output())
     }
 
-    /// Runs `input` layer by layer (every tile through one layer before the next) and returns the
-    /// seconds spent in each layer, for `engine analyze`.
+    /// Runs `input` and returns the seconds spent in each layer (for `engine analyze`): thread
+    /// time per layer summed over tiles, scaled so that the layers add up to the wall time.
     pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<f64>> {
-        self.run(input, batch)?; // validates, plans and warms up
+        self.execute(input, batch, false)?; // validates, plans and warms up
+        let start = std::time::Instant::now();
+        let per_tile = self.execute(input, batch, true)?;
+        let wall = start.elapsed().as_secs_f64();
+        let mut seconds = vec![0.0; self.model.layers.len()];
+        for t in per_tile {
+            seconds.iter_mut().zip(t).for_each(|(s, t)| *s += t);
+        }
+        let total: f64 = seconds.iter().sum();
+        Ok(seconds.iter().map(|s| s / total.max(1e-12) * wall).collect())
+    }
+
+    /// Runs the batch column by column; with `timed`, returns each tile's seconds per layer.
+    fn execute(&mut self, input: &[f32], batch: usize, timed: bool) -> Result<Vec<Vec<f64>>> {
+        self.prepare(input, batch)?;
         let model = self.model;
-        let plan = self.plan.as_ref().expect("planned by run");
+        let plan = self.plan.as_ref().expect("prepared");
         let mut chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.n_tiles()).collect();
         let threads = self.threads;
-        let mut seconds = Vec::with_capacity(model.layers.len());
+        let parallel_tiles = chunks.len() >= 2 && threads > 1;
+        let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
         self.pool.install(|| {
-            for (t, chunk) in chunks.iter_mut().enumerate() {
-                load_input(model, plan, t, chunk, input);
-            }
-            for layer in &model.layers {
-                let start = std::time::Instant::now();
-                if chunks.len() >= 2 && threads > 1 {
-                    chunks.par_iter_mut().enumerate().for_each(|(t, chunk)| run_layer_on_tile(model, plan, layer, t, chunk, 1));
+            for (c, column) in plan.schedule.columns.iter().enumerate() {
+                let run = |t: usize, chunk: &mut [f32], times: &mut Vec<f64>, threads: usize| {
+                    if c == 0 {
+                        load_input(model, plan, t, chunk, input);
+                    }
+                    for l in column.layers.clone() {
+                        let start = timed.then(std::time::Instant::now);
+                        run_layer_on_tile(model, plan, &model.layers[l], t, chunk, threads);
+                        if let Some(start) = start {
+                            times[l] += start.elapsed().as_secs_f64();
+                        }
+                    }
+                };
+                if parallel_tiles {
+                    chunks.par_iter_mut().zip(times.par_iter_mut()).enumerate().for_each(|(t, (chunk, times))| run(t, chunk, times, 1));
                 } else {
-                    for (t, chunk) in chunks.iter_mut().enumerate() {
-                        run_layer_on_tile(model, plan, layer, t, chunk, threads);
+                    for (t, (chunk, times)) in chunks.iter_mut().zip(times.iter_mut()).enumerate() {
+                        run(t, chunk, times, threads);
                     }
                 }
-                seconds.push(start.elapsed().as_secs_f64());
             }
         });
-        Ok(seconds)
+        Ok(times)
     }
 
     fn gather_output(&self) -> Vec<f32> {
@@ -187,12 +227,8 @@ impl<'m> Session<'m> {
         let off = plan.offsets[model.output_value];
         for (t, chunk) in self.arena[self.arena_start..].chunks(plan.chunk.max(1)).take(plan.n_tiles()).enumerate() {
             let (w, ld) = (plan.width(t), plan.ld(t));
-            for s in 0..w {
-                let row = &mut out[(t * plan.tile + s) * f_out..][..f_out];
-                for (f, o) in row.iter_mut().enumerate() {
-                    *o = chunk[off + f * ld + s];
-                }
-            }
+            let tile_out = &mut out[t * plan.tile * f_out..(t * plan.tile + w) * f_out];
+            transpose::transpose(model.options.isa, &chunk[off..off + f_out * ld], f_out, w, ld, tile_out, f_out);
         }
         out
     }
@@ -216,14 +252,6 @@ fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[
     let x0 = &mut chunk[plan.offsets[0]..plan.offsets[0] + f_in * ld];
     let samples = &input[t * plan.tile * f_in..(t * plan.tile + w) * f_in];
     transpose::transpose(model.options.isa, samples, w, f_in, f_in, x0, ld);
-}
-
-/// Runs the whole network on tile `t`.
-fn run_tile(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[f32], threads: usize) {
-    load_input(model, plan, t, chunk, input);
-    for layer in &model.layers {
-        run_layer_on_tile(model, plan, layer, t, chunk, threads);
-    }
 }
 
 fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk: &mut [f32], threads: usize) {

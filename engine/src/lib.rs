@@ -20,6 +20,7 @@ pub mod kernels;
 pub mod npy;
 pub mod onnx;
 pub mod passes;
+pub mod schedule;
 pub mod stats;
 
 use std::path::Path;

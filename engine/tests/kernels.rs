@@ -199,7 +199,7 @@ fn int8_matrix(rows: usize, cols: usize, sparsity: f64, blocks: bool, rng: &mut 
     let mut keep = true;
     (0..rows * cols)
         .map(|i| {
-            if !blocks || i % cols % 4 == 0 {
+            if !blocks || (i % cols).is_multiple_of(4) {
                 keep = !rng.random_bool(sparsity);
             }
             if keep { rng.random_range(-127..=127i8) } else { 0 }

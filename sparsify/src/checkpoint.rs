@@ -29,7 +29,7 @@ pub struct Progress {
     pub optimizer_steps: u64,
     /// Parameter names, shapes, whether prunable and whether trainable, in order.
     #[serde(deserialize_with = "params_any_version")]
-    pub params: Vec<(String, Vec<usize>, bool, bool)>,
+    pub params: Vec<ParamEntry>,
     /// Quantization state (observer ranges included), for quantization-aware runs.
     #[serde(default)]
     pub quant: Option<crate::quant::QuantState>,
@@ -37,9 +37,12 @@ pub struct Progress {
     pub bn_frozen: bool,
 }
 
+/// A parameter's name, shape, whether it is prunable and whether it is trainable.
+pub type ParamEntry = (String, Vec<usize>, bool, bool);
+
 /// Reads the parameter list of this version or of the first one, whose entries had no
 /// `trainable` flag (every parameter of those models was trained).
-fn params_any_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<usize>, bool, bool)>, D::Error> {
+fn params_any_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ParamEntry>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Entry {

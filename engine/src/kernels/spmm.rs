@@ -85,7 +85,26 @@ mod x86 {
                         let b = _mm512_set1_ps(*bias.get_unchecked(r));
                         (b, b, b, b)
                     };
-                    for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
+                    // Non-zeros alternate between two sets of accumulators: eight independent FMA
+                    // chains, enough to cover the FMA latency on two FMA ports.
+                    let (mut b0, mut b1, mut b2, mut b3) = (zero, zero, zero, zero);
+                    let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
+                    let mut j = start;
+                    while j + 2 <= end {
+                        let (v, u) = (_mm512_set1_ps(*m.val.get_unchecked(j)), _mm512_set1_ps(*m.val.get_unchecked(j + 1)));
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        let o = xp.add(*m.col.get_unchecked(j + 1) as usize * w + c0);
+                        a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
+                        a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
+                        a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(32)), a2);
+                        a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(48)), a3);
+                        b0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o), b0);
+                        b1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o.add(16)), b1);
+                        b2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o.add(32)), b2);
+                        b3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o.add(48)), b3);
+                        j += 2;
+                    }
+                    if j < end {
                         let v = _mm512_set1_ps(*m.val.get_unchecked(j));
                         let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
                         a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
@@ -93,6 +112,7 @@ mod x86 {
                         a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(32)), a2);
                         a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(48)), a3);
                     }
+                    (a0, a1, a2, a3) = (_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1), _mm512_add_ps(a2, b2), _mm512_add_ps(a3, b3));
                     if relu {
                         (a0, a1, a2, a3) =
                             (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero), _mm512_max_ps(a2, zero), _mm512_max_ps(a3, zero));
@@ -105,7 +125,50 @@ mod x86 {
             }
             c0 += 64;
         }
-        // LOOP 2: the remaining columns, 16 at a time, the last strip masked.
+        // LOOP 2: a 32-column strip; the non-zeros alternate between two pairs of accumulators
+        // so that four independent FMA chains hide the FMA latency (narrow depth-wise tiles).
+        if c0 + 32 <= w {
+            for r in rows.clone() {
+                // SAFETY: as above, with a 32-column strip.
+                unsafe {
+                    let q = yp.add((r - r0) * w + c0);
+                    let (mut a0, mut a1) = if accumulate {
+                        (_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16)))
+                    } else {
+                        let b = _mm512_set1_ps(*bias.get_unchecked(r));
+                        (b, b)
+                    };
+                    let (mut b0, mut b1) = (zero, zero);
+                    let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
+                    let mut j = start;
+                    while j + 2 <= end {
+                        let (v, u) = (_mm512_set1_ps(*m.val.get_unchecked(j)), _mm512_set1_ps(*m.val.get_unchecked(j + 1)));
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        let o = xp.add(*m.col.get_unchecked(j + 1) as usize * w + c0);
+                        a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
+                        a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
+                        b0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o), b0);
+                        b1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o.add(16)), b1);
+                        j += 2;
+                    }
+                    if j < end {
+                        let v = _mm512_set1_ps(*m.val.get_unchecked(j));
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
+                        a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
+                    }
+                    let (mut a0, mut a1) = (_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1));
+                    if relu {
+                        (a0, a1) = (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero));
+                    }
+                    _mm512_storeu_ps(q, a0);
+                    _mm512_storeu_ps(q.add(16), a1);
+                }
+            }
+            c0 += 32;
+        }
+        // LOOP 3: the remaining columns, 16 at a time, the last strip masked; four accumulators
+        // take the non-zeros in turn.
         while c0 < w {
             let n = (w - c0).min(16);
             let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
@@ -113,12 +176,24 @@ mod x86 {
                 // SAFETY: as above; masked lanes are neither read nor written.
                 unsafe {
                     let q = yp.add((r - r0) * w + c0);
-                    let mut a = if accumulate { _mm512_maskz_loadu_ps(mask, q) } else { _mm512_set1_ps(*bias.get_unchecked(r)) };
-                    for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
+                    let a = if accumulate { _mm512_maskz_loadu_ps(mask, q) } else { _mm512_set1_ps(*bias.get_unchecked(r)) };
+                    let mut acc = [a, zero, zero, zero];
+                    let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
+                    let mut j = start;
+                    while j + 4 <= end {
+                        for (k, acc) in acc.iter_mut().enumerate() {
+                            let v = _mm512_set1_ps(*m.val.get_unchecked(j + k));
+                            let p = xp.add(*m.col.get_unchecked(j + k) as usize * w + c0);
+                            *acc = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), *acc);
+                        }
+                        j += 4;
+                    }
+                    for j in j..end {
                         let v = _mm512_set1_ps(*m.val.get_unchecked(j));
                         let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
-                        a = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), a);
+                        acc[0] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), acc[0]);
                     }
+                    let mut a = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
                     if relu {
                         a = _mm512_max_ps(a, zero);
                     }

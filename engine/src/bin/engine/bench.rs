@@ -1,10 +1,12 @@
-//! `engine bench`: latency and throughput per batch size, and with `--compare dense` the same
-//! model compiled with dense kernels, timed in the same process, with the speedup as a ratio.
+//! `engine bench`: latency and throughput per batch size, and with `--compare` a baseline timed
+//! in the same process, with the speedup as a ratio: `dense` (the same model compiled with dense
+//! kernels), or `layerwise` / `depthwise` (the same compiled model under that schedule).
 
 use anyhow::bail;
 use clap::Args;
 use engine::compile::{self, KernelPolicy, Options};
 use engine::exec::Session;
+use engine::schedule::Schedule;
 
 use crate::ModelArgs;
 use crate::commands::{bench_input, compile_model};
@@ -17,8 +19,9 @@ pub struct BenchArgs {
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     pub batch: Vec<usize>,
-    /// Also run the model with dense kernels and report the speedup.
-    #[arg(long, value_parser = ["dense"])]
+    /// Also time a baseline and report the speedup over it: dense kernels, or the layerwise or
+    /// depthwise schedule.
+    #[arg(long, value_parser = ["dense", "layerwise", "depthwise"])]
     pub compare: Option<String>,
     /// Minimum seconds of timed runs per batch size.
     #[arg(long, default_value_t = 2.0)]
@@ -35,6 +38,9 @@ pub struct BenchArgs {
 struct Row {
     model: String,
     kernels: &'static str,
+    schedule: &'static str,
+    tile: usize,
+    columns: usize,
     batch: usize,
     threads: usize,
     #[serde(flatten)]
@@ -44,6 +50,12 @@ struct Row {
     dense_median_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     speedup_vs_dense: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_median_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speedup: Option<f64>,
 }
 
 fn measure(session: &mut Session, input: &[f32], batch: usize, a: &BenchArgs) -> anyhow::Result<Latency> {
@@ -56,26 +68,42 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
         bail!("--batch needs sizes of at least 1");
     }
     let model = compile_model(&a.model)?;
-    let dense = match a.compare {
-        Some(_) => Some(compile::compile(engine::load(&a.model.model)?, Options::new(KernelPolicy::Dense)?)?),
-        None => None,
+    let dense = match a.compare.as_deref() {
+        Some("dense") => Some(compile::compile(engine::load(&a.model.model)?, Options::new(KernelPolicy::Dense)?)?),
+        _ => None,
+    };
+    let baseline_schedule = match a.compare.as_deref() {
+        Some("layerwise") => Some(Schedule::Layerwise),
+        Some("depthwise") => Some(Schedule::Depthwise),
+        _ => None,
     };
     let threads = a.model.threads();
     let name = a.model.model.display().to_string();
     if !a.json {
-        println!("{name}: {threads} threads, isa {}, kernels {:?}", model.options.isa.name(), a.model.kernels);
         println!(
-            "{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12}",
-            "batch", "items/s", "mean ms", "median ms", "p90 ms", "p99 ms", "vs dense"
+            "{name}: {threads} threads, isa {}, kernels {:?}, schedule {}",
+            model.options.isa.name(),
+            a.model.kernels,
+            a.model.schedule.name()
+        );
+        let vs = format!("vs {}", a.compare.as_deref().unwrap_or("-"));
+        println!(
+            "{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>16}",
+            "batch", "items/s", "mean ms", "median ms", "p90 ms", "p99 ms", vs, "plan"
         );
     }
     for &batch in &a.batch {
         let input = bench_input(&model, batch);
-        let mut session = Session::new(&model, threads)?;
+        let mut session = a.model.session(&model)?;
+        let plan = session.plan(batch);
         let lat = measure(&mut session, &input, batch, a)?;
         let dense_lat = match &dense {
-            Some(d) => Some(measure(&mut Session::new(d, threads)?, &input, batch, a)?),
+            Some(d) => Some(measure(&mut a.model.session(d)?, &input, batch, a)?),
             None => None,
+        };
+        let baseline_lat = match baseline_schedule {
+            Some(s) => Some(measure(&mut Session::with_schedule(&model, threads, s, a.model.cache_budget)?, &input, batch, a)?),
+            None => dense_lat,
         };
         let row = Row {
             model: name.clone(),
@@ -84,20 +112,27 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
                 KernelPolicy::Dense => "dense",
                 KernelPolicy::Sparse => "sparse",
             },
+            schedule: plan.schedule.name(),
+            tile: plan.tile,
+            columns: plan.columns.len(),
             batch,
             threads,
             latency: lat,
             items_per_s: batch as f64 / (lat.mean_ms / 1e3),
             dense_median_ms: dense_lat.map(|d| d.median_ms),
             speedup_vs_dense: dense_lat.map(|d| d.median_ms / lat.median_ms),
+            baseline: a.compare.clone(),
+            baseline_median_ms: baseline_lat.map(|d| d.median_ms),
+            speedup: baseline_lat.map(|d| d.median_ms / lat.median_ms),
         };
         if a.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
-            let ratio = row.speedup_vs_dense.map_or("-".to_string(), |r| format!("{r:.2}x"));
+            let ratio = row.speedup.map_or("-".to_string(), |r| format!("{r:.2}x"));
+            let plan = format!("{} t{} c{}", row.schedule, row.tile, row.columns);
             println!(
-                "{:>6} {:>12.1} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>12}",
-                batch, row.items_per_s, lat.mean_ms, lat.median_ms, lat.p90_ms, lat.p99_ms, ratio
+                "{:>6} {:>12.1} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>12} {:>16}",
+                batch, row.items_per_s, lat.mean_ms, lat.median_ms, lat.p90_ms, lat.p99_ms, ratio, plan
             );
         }
     }

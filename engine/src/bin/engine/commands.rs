@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use engine::compile::{self, Exec, Model, Options};
-use engine::exec::Session;
 use engine::npy;
 
 use crate::ModelArgs;
@@ -17,13 +16,15 @@ pub fn compile_model(args: &ModelArgs) -> anyhow::Result<Model> {
     compile::compile(graph, options).with_context(|| format!("compiling {}", args.model.display()))
 }
 
-pub fn info(args: &ModelArgs) -> anyhow::Result<()> {
+pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let model = compile_model(args)?;
     println!("model:   {}", args.model.display());
     println!("input:   {} {:?} per sample", model.graph.input, model.input_shape);
     println!("output:  {} {:?} per sample", model.graph.output, model.output_shape);
     println!("isa:     {} (set ENGINE_ISA=scalar|avx2|avx512 to force)", model.options.isa.name());
-    println!("tile:    {} samples", model.options.tile);
     println!();
     println!(
         "{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}",
@@ -55,6 +56,24 @@ pub fn info(args: &ModelArgs) -> anyhow::Result<()> {
         );
     }
     println!("{:<18} {:>94}", "total weights", human_bytes(total));
+    let session = args.session(&model)?;
+    let plan = session.plan(batch);
+    println!();
+    println!(
+        "schedule: {} for batch {batch} on {} threads ({} requested): tiles of {} samples, cache budget {} per column",
+        plan.schedule.name(),
+        session.threads(),
+        args.schedule.name(),
+        plan.tile,
+        human_bytes(plan.budget)
+    );
+    println!("{:<8} {:<40} {:>12} {:>6}", "column", "layers", "working set", "fits");
+    for (i, c) in plan.columns.iter().enumerate() {
+        let names: Vec<&str> = model.layers[c.layers.clone()].iter().map(|l| l.name.as_str()).collect();
+        let names =
+            if names.len() > 3 { format!("{} .. {} ({})", names[0], names[names.len() - 1], names.len()) } else { names.join(", ") };
+        println!("{i:<8} {names:<40} {:>12} {:>6}", human_bytes(c.working_set), if c.fits { "yes" } else { "no" });
+    }
     Ok(())
 }
 
@@ -75,7 +94,7 @@ pub fn run(args: &ModelArgs, input: &Path, output: &Path) -> anyhow::Result<()> 
     if x.shape.len() < 2 || x.shape[1..].iter().product::<usize>() != per_sample {
         bail!("{}: shape {:?} does not fit the model input [batch, {:?}]", input.display(), x.shape, model.input_shape);
     }
-    let mut session = Session::new(&model, args.threads())?;
+    let mut session = args.session(&model)?;
     let y = session.run(&x.data, batch)?;
     let mut shape = vec![batch];
     shape.extend(&model.output_shape);
@@ -93,7 +112,7 @@ pub fn eval(args: &ModelArgs, dataset: &str, data: Option<PathBuf>, batch: usize
     if d.test.image_size() != per_sample {
         bail!("the model takes {:?} per sample but {dataset} images are {}x{}", model.input_shape, d.test.rows, d.test.cols);
     }
-    let mut session = Session::new(&model, args.threads())?;
+    let mut session = args.session(&model)?;
     let order: Vec<usize> = (0..d.test.len()).collect();
     let (mut correct, mut seconds) = (0usize, Vec::new());
     for b in datasets::batch::batches(&d.test, &order, batch, d.mean, d.std) {
@@ -128,7 +147,7 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
         bail!("--batch and --iters must be at least 1");
     }
     let model = compile_model(args)?;
-    let mut session = Session::new(&model, args.threads())?;
+    let mut session = args.session(&model)?;
     let per_sample: usize = model.input_shape.iter().product();
     let x: Vec<f32> = (0..batch * per_sample).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
     let mut per_layer: Vec<Vec<f64>> = vec![Vec::new(); model.layers.len()];
@@ -139,7 +158,14 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
     }
     let medians: Vec<f64> = per_layer.iter().map(|v| Latency::from_seconds(v).median_ms).collect();
     let total: f64 = medians.iter().sum();
-    println!("batch {batch}, {} threads, median of {iters} runs, layer by layer", session.threads());
+    let plan = session.plan(batch);
+    println!(
+        "batch {batch}, {} threads, {} schedule (tiles of {}, {} columns), median of {iters} runs",
+        session.threads(),
+        plan.schedule.name(),
+        plan.tile,
+        plan.columns.len()
+    );
     println!("{:<18} {:<8} {:>10} {:>7} {:>10} {:>9} {:<14}", "layer", "op", "time ms", "share", "GFLOP/s", "sparsity", "kernel");
     for (l, ms) in model.layers.iter().zip(&medians) {
         let (gflops, sparsity, kernel) = match &l.exec {

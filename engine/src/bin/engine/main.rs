@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use engine::compile::KernelPolicy;
+use engine::schedule::Schedule;
 
 #[derive(Parser)]
 #[command(name = "engine", version, about = "A sparse CPU inference runtime: native model files and ONNX")]
@@ -28,20 +29,38 @@ pub struct ModelArgs {
     /// Kernels for weighted layers: auto (time dense and sparse per layer), dense or sparse.
     #[arg(long, value_enum, default_value_t = KernelPolicy::Auto)]
     pub kernels: KernelPolicy,
+    /// Layer order: layerwise (each layer over the whole batch), depthwise (tiles through
+    /// columns of layers that fit the cache), or auto (chosen by the plan `engine info` shows).
+    #[arg(long, value_enum, default_value_t = Schedule::Auto)]
+    pub schedule: Schedule,
+    /// Cache budget of a depth-wise column, in bytes (`2M`, `512K`; default: this CPU's L2).
+    #[arg(long, value_parser = parse_budget)]
+    pub cache_budget: Option<usize>,
+}
+
+fn parse_budget(s: &str) -> Result<usize, String> {
+    engine::schedule::parse_size(s).filter(|&b| b > 0).ok_or_else(|| format!("'{s}' is not a size such as 2M, 512K or 1048576"))
 }
 
 impl ModelArgs {
     pub fn threads(&self) -> usize {
         self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
+    /// A session for `model` with these threads, schedule and budget.
+    pub fn session<'m>(&self, model: &'m engine::compile::Model) -> anyhow::Result<engine::exec::Session<'m>> {
+        Ok(engine::exec::Session::with_schedule(model, self.threads(), self.schedule, self.cache_budget)?)
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Layers, shapes, sparsity, chosen kernels and memory per layer.
+    /// Layers, shapes, sparsity, chosen kernels and memory per layer, and the schedule's plan.
     Info {
         #[command(flatten)]
         model: ModelArgs,
+        /// Batch size the plan is shown for.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
     },
     /// Run a model on a NumPy file ([batch, features...] float32) and write the output as .npy.
     Run {
@@ -89,7 +108,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { model } => commands::info(&model),
+        Command::Info { model, batch } => commands::info(&model, batch),
         Command::Run { model, input, output } => commands::run(&model, &input, &output),
         Command::Eval { model, dataset, data, batch, json } => commands::eval(&model, &dataset, data, batch, json),
         Command::Bench(args) => bench::bench(&args),

@@ -1,0 +1,57 @@
+//! Depth-wise execution computes what layer-wise execution computes: MLPs and CNNs (fp32 and
+//! int8), batch sizes that do and do not divide into tiles, one and two threads, and cache
+//! budgets small enough to split the network into several columns.
+
+mod common;
+
+use common::*;
+use engine::compile::{self, KernelPolicy, Options};
+use engine::exec::Session;
+use engine::schedule::Schedule;
+
+#[test]
+fn depthwise_matches_layerwise() {
+    let graphs = [("mlp", mlp(21, 0.9)), ("cnn", cnn(22, 0.8)), ("lenet5", lenet(23, 0.9)), ("lenet5-int8", quantized(lenet(24, 0.9)))];
+    for (name, graph) in graphs {
+        let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+        for batch in [1, 3, 17, 64, 100, 130] {
+            let input = random_input(batch as u64, batch, &graph.input_shape);
+            let reference = Session::with_schedule(&model, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+            for threads in [1, 2] {
+                for (schedule, budget) in [
+                    (Schedule::Depthwise, None),
+                    (Schedule::Depthwise, Some(48 << 10)),
+                    (Schedule::Auto, None),
+                    (Schedule::Layerwise, None),
+                ] {
+                    let mut session = Session::with_schedule(&model, threads, schedule, budget).unwrap();
+                    let got = session.run(&input.data, batch).unwrap();
+                    let err = rel_err(&got, &reference);
+                    assert!(err < 1e-5, "{name} batch {batch} {threads} threads {schedule:?} budget {budget:?}: relative error {err}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn planner_groups_layers_that_fit_and_splits_those_that_do_not() {
+    let model = compile::compile(mlp(25, 0.9), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
+    let session = Session::with_schedule(&model, 2, Schedule::Depthwise, Some(2 << 20)).unwrap();
+    let plan = session.plan(256);
+    assert_eq!(plan.columns.len(), 1, "a small MLP fits one column: {plan:?}");
+    assert!(plan.columns[0].fits && plan.columns[0].layers == (0..model.layers.len()));
+    assert!(plan.tile <= 64 && plan.tile >= 8);
+    // Every layer present exactly once, in order, whatever the budget.
+    for budget in [1 << 10, 16 << 10, 64 << 10, 1 << 20] {
+        let plan = Session::with_schedule(&model, 2, Schedule::Depthwise, Some(budget)).unwrap().plan(256);
+        let layers: Vec<usize> = plan.columns.iter().flat_map(|c| c.layers.clone()).collect();
+        assert_eq!(layers, (0..model.layers.len()).collect::<Vec<_>>(), "budget {budget}");
+        assert!(plan.columns.iter().all(|c| c.fits || c.layers.len() == 1), "a column that does not fit holds one layer");
+    }
+    let tiny = Session::with_schedule(&model, 2, Schedule::Depthwise, Some(1 << 10)).unwrap().plan(256);
+    assert!(tiny.columns.len() > 1, "a 1 KiB budget cannot hold the first layer's weights");
+    // With two threads and a batch of 64, depth-wise tiles give each thread its own samples.
+    assert_eq!(Session::with_schedule(&model, 2, Schedule::Auto, None).unwrap().plan(64).tile, 32);
+    assert_eq!(Session::with_schedule(&model, 2, Schedule::Layerwise, None).unwrap().plan(64).columns.len(), model.layers.len());
+}
