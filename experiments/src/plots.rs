@@ -108,7 +108,7 @@ pub fn render(stem: &Path, chart: &Chart, series: &[Series]) -> anyhow::Result<(
 fn group(rows: &[PointResult]) -> BTreeMap<String, Vec<&PointResult>> {
     let mut g: BTreeMap<String, Vec<&PointResult>> = BTreeMap::new();
     for r in rows {
-        g.entry(format!("{} {}", r.model, r.structure)).or_default().push(r);
+        g.entry(series(r)).or_default().push(r);
     }
     g
 }
@@ -222,7 +222,13 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
     Ok(written)
 }
 
+/// The series a point belongs to: model, mask structure, and int8 when quantized.
+fn series(r: &PointResult) -> String {
+    let q = if r.quantization == "none" { String::new() } else { format!(" {}", r.quantization) };
+    format!("{} {}{q}", r.model, r.structure)
+}
+
 /// A short series name for a point.
 pub fn short(r: &PointResult) -> String {
-    format!("{} {} {:.0}%", r.model, r.structure, 100.0 * r.measured_sparsity)
+    format!("{} {:.0}%", series(r), 100.0 * r.measured_sparsity)
 }

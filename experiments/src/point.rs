@@ -62,15 +62,17 @@ pub fn finished(sweep_dir: &Path, p: &Point) -> Option<PointResult> {
     serde_json::from_str(&text).ok()
 }
 
-/// Runs a point (or returns its earlier result).
+/// Runs a point (or returns its earlier result; with `rebench`, measures it again on the
+/// finished training).
 pub fn run_point(
     sweep: &Sweep,
     sweep_dir: &Path,
     p: &Point,
     data: Option<PathBuf>,
     peers: Option<&crate::peers::Peers>,
+    rebench: bool,
 ) -> anyhow::Result<PointResult> {
-    if let Some(r) = finished(sweep_dir, p) {
+    if let Some(r) = finished(sweep_dir, p).filter(|_| !rebench) {
         return Ok(r);
     }
     let dir = point_dir(sweep_dir, p);
@@ -115,7 +117,7 @@ pub fn run_point(
         structure: sparsify::prune::structure(&recipe),
         target_sparsity: recipe.pruning.first().map_or(0.0, |g| g.final_for("")),
         measured_sparsity: last.sparsity,
-        quantization: "none".into(),
+        quantization: if recipe.quantization.is_some() { "int8".into() } else { "none".into() },
         top1,
         timings,
         file_bytes: std::fs::metadata(&native)?.len(),

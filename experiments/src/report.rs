@@ -12,10 +12,10 @@ pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usi
     if let Some(r) = rows.first() {
         writeln!(md, "Measured on {} ({}), git revision {}.\n", r.cpu, r.isa, r.git_revision)?;
     }
-    writeln!(md, "Speedup is the same model run with dense kernels divided by its sparse run, in the same process;")?;
+    writeln!(md, "Speedup is the same model run with dense fp32 kernels divided by its sparse (or int8) run, in the same process;")?;
     writeln!(md, "latencies are medians in milliseconds.\n")?;
-    let mut header = "| model | structure | overrides | sparsity | top-1 |".to_string();
-    let mut rule = "|---|---|---|---|---|".to_string();
+    let mut header = "| model | structure | weights | overrides | sparsity | top-1 |".to_string();
+    let mut rule = "|---|---|---|---|---|---|".to_string();
     for b in batches {
         write!(header, " ms b={b} | speedup b={b} |")?;
         rule += "---|---|";
@@ -28,9 +28,10 @@ pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usi
     for r in rows {
         let sets: Vec<String> = r.point.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut line = format!(
-            "| {} | {} | {} | {:.1}% | {:.2}% |",
+            "| {} | {} | {} | {} | {:.1}% | {:.2}% |",
             r.model,
             r.structure,
+            if r.quantization == "none" { "fp32" } else { r.quantization.as_str() },
             sets.join(" "),
             100.0 * r.measured_sparsity,
             100.0 * r.top1

@@ -42,6 +42,23 @@ struct RawStudy {
     /// Variables swept: every combination of their values is a point.
     #[serde(default)]
     sweep: BTreeMap<String, Vec<f64>>,
+    /// Train each point without and/or with int8 quantization-aware training (default
+    /// `[false]`); `true` adds `quantization_modifier` to the recipe.
+    #[serde(default = "default_quantize")]
+    quantize: Vec<bool>,
+}
+
+fn default_quantize() -> Vec<bool> {
+    vec![false]
+}
+
+/// The quantization modifier a sweep adds to a recipe for its int8 points: fake quantization
+/// over the last 20% of training, observers frozen for the last 5%, as the shipped qat recipes.
+pub fn quantization_modifier(epochs: f64) -> String {
+    let (start, freeze) = ((epochs * 0.8).floor(), (epochs * 0.95).floor());
+    // Observers must see data before they freeze; very short runs never freeze them.
+    let freeze = if freeze > start { format!("freeze_observers_epoch = {freeze}\nfreeze_bn_epoch = {freeze}\n") } else { String::new() };
+    format!("\n# Added by the sweep for its int8 points.\n[[modifiers]]\ntype = \"quantization\"\nstart_epoch = {start}\n{freeze}")
 }
 
 fn default_batches() -> Vec<usize> {
@@ -65,12 +82,16 @@ pub struct Point {
     pub recipe_text: String,
     pub overrides: Vec<(String, f64)>,
     pub seed: u64,
+    /// The sweep added int8 quantization-aware training to the recipe.
+    #[serde(default)]
+    pub quantized: bool,
 }
 
 impl Point {
-    /// A short label: recipe name and overrides.
+    /// A short label: recipe name (with `+int8` when the sweep quantizes it) and overrides.
     pub fn label(&self) -> String {
         let stem = self.recipe.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
+        let stem = if self.quantized { format!("{stem}+int8") } else { stem };
         let sets: Vec<String> = self.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if sets.is_empty() { format!("{stem} seed={}", self.seed) } else { format!("{stem} {} seed={}", sets.join(" "), self.seed) }
     }
@@ -114,14 +135,22 @@ impl Sweep {
                 // Check the recipe with these overrides now, not hours into the sweep.
                 let r = sparsify::recipe::Recipe::parse(&recipe_text, &recipe.display().to_string(), &overrides)?;
                 sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
-                for &seed in &raw.seeds {
-                    points.push(Point {
-                        id: point_id(&recipe_text, &overrides, seed),
-                        recipe: recipe.clone(),
-                        recipe_text: recipe_text.clone(),
-                        overrides: overrides.clone(),
-                        seed,
-                    });
+                if study.quantize.contains(&true) && r.quantization.is_some() {
+                    bail!("{}: {} already quantizes; use quantize = [false] for it", path.display(), recipe.display());
+                }
+                for &quantized in &study.quantize {
+                    let text = if quantized { recipe_text.clone() + &quantization_modifier(r.epochs) } else { recipe_text.clone() };
+                    sparsify::recipe::Recipe::parse(&text, &recipe.display().to_string(), &overrides)?;
+                    for &seed in &raw.seeds {
+                        points.push(Point {
+                            id: point_id(&text, &overrides, seed),
+                            recipe: recipe.clone(),
+                            recipe_text: text.clone(),
+                            overrides: overrides.clone(),
+                            seed,
+                            quantized,
+                        });
+                    }
                 }
             }
         }

@@ -13,22 +13,26 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     std::fs::write(
         &sweep_file,
         format!(
-            "version = 1\nname = \"tiny\"\nbatches = [1, 16]\nbench_seconds = 0.05\n\n[[study]]\nrecipe = \"{}\"\nset = {{ num_epochs = 1, pruning_start = 0, pruning_end = 1 }}\nsweep = {{ final_sparsity = [0.5, 0.9] }}\n",
+            "version = 1\nname = \"tiny\"\nbatches = [1, 16]\nbench_seconds = 0.05\n\n[[study]]\nrecipe = \"{}\"\nset = {{ num_epochs = 1, pruning_start = 0, pruning_end = 1 }}\nsweep = {{ final_sparsity = [0.5, 0.9] }}\nquantize = [false, true]\n",
             recipe.display()
         ),
     )
     .unwrap();
     let sweep = Sweep::load(&sweep_file).unwrap();
-    assert_eq!(sweep.points.len(), 2);
+    assert_eq!(sweep.points.len(), 4, "two sparsities, fp32 and int8");
     let results = dir.path().join("results");
     let sweep_dir = sweep.dir(&results);
     let first: Vec<_> =
-        sweep.points.iter().map(|p| experiments::point::run_point(&sweep, &sweep_dir, p, Some(data.clone()), None).unwrap()).collect();
-    assert!((first[1].measured_sparsity - 0.9).abs() < 1e-3);
+        sweep.points.iter().map(|p| experiments::point::run_point(&sweep, &sweep_dir, p, Some(data.clone()), None, false).unwrap()).collect();
+    assert!((first[2].measured_sparsity - 0.9).abs() < 1e-3);
+    let quantized: Vec<&str> = first.iter().map(|r| r.quantization.as_str()).collect();
+    assert_eq!(quantized, ["none", "int8", "none", "int8"]);
+    assert!(first[1].file_bytes * 2 < first[0].file_bytes, "the int8 file is much smaller");
     assert!(first.iter().all(|r| r.timings.len() == 2 && r.timings.iter().all(|t| t.speedup > 0.0)));
-    assert_eq!(experiments::collect(&sweep, "tiny.toml", &results).unwrap(), 2);
+    assert_eq!(experiments::collect(&sweep, "tiny.toml", &results).unwrap(), 4);
     let csv = std::fs::read_to_string(sweep_dir.join("results.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.contains(",int8,"), "{csv}");
     assert!(csv.lines().next().unwrap().contains("speedup_b16"));
     for plot in ["accuracy_vs_speedup", "accuracy_vs_sparsity", "latency_vs_batch", "layer_sparsity", "training_curves"] {
         for ext in ["png", "svg"] {
@@ -38,6 +42,10 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     }
     assert!(std::fs::read_to_string(sweep_dir.join("report.md")).unwrap().contains("![accuracy_vs_speedup]"));
     // A second run reuses the finished points: same results, no retraining.
-    let again = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], Some(data), None).unwrap();
+    let again = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], Some(data.clone()), None, false).unwrap();
     assert_eq!(again, first[0]);
+    // --rebench measures the finished training again: same accuracy, fresh timings.
+    let rebench = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], Some(data), None, true).unwrap();
+    assert_eq!((rebench.top1, &rebench.curve), (first[0].top1, &first[0].curve));
+    assert_ne!(rebench.timings, first[0].timings);
 }

@@ -37,6 +37,10 @@ struct PointArgs {
     /// A Python with onnxruntime (and optionally deepsparse) to time the ONNX exports too.
     #[arg(long)]
     peers_python: Option<PathBuf>,
+    /// Measure finished points again (export, accuracy, timings) with this build of the engine;
+    /// their trainings are reused.
+    #[arg(long)]
+    rebench: bool,
 }
 
 #[derive(Subcommand)]
@@ -105,7 +109,7 @@ fn peers(python: Option<PathBuf>, quiet: bool) -> anyhow::Result<Option<Peers>> 
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { sweep: file, point: PointArgs { data, results, peers_python }, quiet } => {
+        Command::Run { sweep: file, point: PointArgs { data, results, peers_python, rebench }, quiet } => {
             let sweep = Sweep::load(&file)?;
             let peers = peers(peers_python, quiet)?;
             let dir = sweep.dir(&results);
@@ -118,7 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bar.set_prefix(sweep.name.clone());
             for p in &sweep.points {
                 bar.set_message(p.label());
-                let r = point::run_point(&sweep, &dir, p, data.clone(), peers.as_ref())?;
+                let r = point::run_point(&sweep, &dir, p, data.clone(), peers.as_ref(), rebench)?;
                 bar.inc(1);
                 let line = format!(
                     "{}: top-1 {:.2}%, sparsity {:.1}%, speedup {}",
@@ -135,12 +139,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n = collect(&sweep, &file.display().to_string(), &results)?;
             println!("{n} points: {}", dir.join("report.md").display());
         }
-        Command::RunPoint { sweep: file, id, point: PointArgs { data, results, peers_python } } => {
+        Command::RunPoint { sweep: file, id, point: PointArgs { data, results, peers_python, rebench } } => {
             let sweep = Sweep::load(&file)?;
             let Some(p) = sweep.points.iter().find(|p| p.id == id) else {
                 bail!("{}: no point with id {id} (see `experiments plan`)", file.display());
             };
-            let r = point::run_point(&sweep, &sweep.dir(&results), p, data, peers(peers_python, true)?.as_ref())?;
+            let r = point::run_point(&sweep, &sweep.dir(&results), p, data, peers(peers_python, true)?.as_ref(), rebench)?;
             println!("{}: top-1 {:.4}", p.label(), r.top1);
         }
         Command::Plan { sweep: file, emit, results } => {
