@@ -297,12 +297,13 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
     run_layer(isa, &layer.exec, &xs, y, w, threads);
 }
 
+/// Below about this many multiply-adds (a few microseconds) handing half of a layer to another
+/// thread costs more than it saves, so small layers run on the calling thread.
+const PARALLEL_WORK: usize = 32 * 1024;
+
 /// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads`.
 fn int8_matmul(isa: Isa, q: &Int8Layer, x: &[u8], w: usize, y: &mut [f32], threads: usize) {
     let m = &q.matrix;
-    // Below about this many group-samples (some microseconds of work) waking another thread
-    // costs more than it saves.
-    const PARALLEL_WORK: usize = 32 * 1024;
     if threads <= 1 || m.stored_groups() * w < PARALLEL_WORK {
         return q8::spmm_q8(isa, m, x, w, y, 0..m.rows, &q.dequant);
     }
@@ -323,7 +324,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
         Kernel::Int8 => unreachable!("int8 layers run through int8_matmul"),
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
-            if threads <= 1 || m.rows < 64 {
+            if threads <= 1 || m.rows < 64 || m.rows * m.cols * w < PARALLEL_WORK {
                 return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, 1);
             }
             // Slabs of rows, a multiple of 16 each, one GEMM per slab.
@@ -338,7 +339,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
         Kernel::Blocked => {
             let b = m.bcsr.as_ref().expect("blocks packed for a blocked choice");
             let rows_of = |blocks: &Range<usize>| (blocks.start * bcsr::BR).min(m.rows)..(blocks.end * bcsr::BR).min(m.rows);
-            if threads <= 1 {
+            if threads <= 1 || b.blk_ptr.last().map_or(0, |&n| n as usize) * bcsr::BR * w < PARALLEL_WORK {
                 return bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, 0..b.blocks(), m.relu);
             }
             let mut parts = Vec::new();
@@ -359,7 +360,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
                     spmm::spmm(isa, csr, &m.bias, x, w, y, rows, m.relu)
                 }
             };
-            if threads <= 1 {
+            if threads <= 1 || csr.nnz() * w < PARALLEL_WORK {
                 return run(0..m.rows, y);
             }
             // Several chunks per thread so work stealing evens out rows of unequal cost.

@@ -22,8 +22,11 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     assert_eq!(sweep.points.len(), 4, "two sparsities, fp32 and int8");
     let results = dir.path().join("results");
     let sweep_dir = sweep.dir(&results);
-    let first: Vec<_> =
-        sweep.points.iter().map(|p| experiments::point::run_point(&sweep, &sweep_dir, p, Some(data.clone()), None, false).unwrap()).collect();
+    let first: Vec<_> = sweep
+        .points
+        .iter()
+        .map(|p| experiments::point::run_point(&sweep, &sweep_dir, p, Some(data.clone()), None, false).unwrap())
+        .collect();
     assert!((first[2].measured_sparsity - 0.9).abs() < 1e-3);
     let quantized: Vec<&str> = first.iter().map(|r| r.quantization.as_str()).collect();
     assert_eq!(quantized, ["none", "int8", "none", "int8"]);

@@ -291,43 +291,70 @@ mod x86 {
         let mut c0 = 0;
         while c0 + 64 <= ld {
             for o in rows.clone() {
-                let (mut a0, mut a1, mut a2, mut a3) =
-                    (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
-                for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
+                // Groups alternate between two sets of four accumulators: eight independent
+                // `vpdpbusd` chains, enough to cover its latency.
+                let mut a = [_mm512_setzero_si512(); 8];
+                let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
+                for j in start..end {
                     let wv = _mm512_set1_epi32(m.packed[j]);
+                    let set = 4 * ((j - start) & 1);
                     // SAFETY: group < groups(), so (group * ld + c0 + 63) * 4 + 3 < x.len().
                     unsafe {
                         let p = xp.add((m.group[j] as usize * ld + c0) * 4);
-                        a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(p as *const _), wv);
-                        a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(p.add(64) as *const _), wv);
-                        a2 = _mm512_dpbusd_epi32(a2, _mm512_loadu_si512(p.add(128) as *const _), wv);
-                        a3 = _mm512_dpbusd_epi32(a3, _mm512_loadu_si512(p.add(192) as *const _), wv);
+                        for (k, acc) in a[set..set + 4].iter_mut().enumerate() {
+                            *acc = _mm512_dpbusd_epi32(*acc, _mm512_loadu_si512(p.add(64 * k) as *const _), wv);
+                        }
                     }
                 }
                 // SAFETY: (o - r0) * ld + c0 + 63 < rows.len() * ld <= y.len().
                 unsafe {
                     let out = yp.add((o - r0) * ld + c0);
-                    store16(d, o, a0, out, 0xffff);
-                    store16(d, o, a1, out.add(16), 0xffff);
-                    store16(d, o, a2, out.add(32), 0xffff);
-                    store16(d, o, a3, out.add(48), 0xffff);
+                    for k in 0..4 {
+                        store16(d, o, _mm512_add_epi32(a[k], a[k + 4]), out.add(16 * k), 0xffff);
+                    }
                 }
             }
             c0 += 64;
+        }
+        if c0 + 32 <= ld {
+            for o in rows.clone() {
+                let mut a = [_mm512_setzero_si512(); 4];
+                let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
+                for j in start..end {
+                    let wv = _mm512_set1_epi32(m.packed[j]);
+                    let set = 2 * ((j - start) & 1);
+                    // SAFETY: as above, with a 32-sample strip.
+                    unsafe {
+                        let p = xp.add((m.group[j] as usize * ld + c0) * 4);
+                        a[set] = _mm512_dpbusd_epi32(a[set], _mm512_loadu_si512(p as *const _), wv);
+                        a[set + 1] = _mm512_dpbusd_epi32(a[set + 1], _mm512_loadu_si512(p.add(64) as *const _), wv);
+                    }
+                }
+                // SAFETY: (o - r0) * ld + c0 + 31 < y.len().
+                unsafe {
+                    let out = yp.add((o - r0) * ld + c0);
+                    store16(d, o, _mm512_add_epi32(a[0], a[2]), out, 0xffff);
+                    store16(d, o, _mm512_add_epi32(a[1], a[3]), out.add(16), 0xffff);
+                }
+            }
+            c0 += 32;
         }
         while c0 < ld {
             let n = (ld - c0).min(16);
             let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
             for o in rows.clone() {
-                let mut acc = _mm512_setzero_si512();
-                for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
+                let mut a = [_mm512_setzero_si512(); 4];
+                let start = m.row_ptr[o] as usize;
+                for j in start..m.row_ptr[o + 1] as usize {
                     // SAFETY: only the first n lanes (samples c0..c0 + n <= ld) are loaded.
                     unsafe {
                         let p = xp.add((m.group[j] as usize * ld + c0) * 4);
                         let v = _mm512_maskz_loadu_epi32(mask, p as *const i32);
-                        acc = _mm512_dpbusd_epi32(acc, v, _mm512_set1_epi32(m.packed[j]));
+                        let k = (j - start) & 3;
+                        a[k] = _mm512_dpbusd_epi32(a[k], v, _mm512_set1_epi32(m.packed[j]));
                     }
                 }
+                let acc = _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
                 // SAFETY: the masked lanes are inside row (o - r0) of `y`.
                 unsafe { store16(d, o, acc, yp.add((o - r0) * ld + c0), mask) };
             }

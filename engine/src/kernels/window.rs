@@ -40,11 +40,30 @@ pub fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
             for kx in 0..kw {
                 let row = ((c * kh + ky) * kw + kx) * plane;
                 for oy in 0..oh {
-                    for ox in 0..ow {
-                        let dst = &mut cols[row + (oy * ow + ox) * w..][..w];
-                        match (g.source(0, oy, ky), g.source(1, ox, kx)) {
-                            (Some(iy), Some(ix)) => dst.copy_from_slice(&x[((c * h + iy) * wd + ix) * w..][..w]),
-                            _ => dst.fill(0.0),
+                    let dst = &mut cols[row + oy * ow * w..][..ow * w];
+                    let Some(iy) = g.source(0, oy, ky) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let src = &x[(c * h + iy) * wd * w..][..wd * w];
+                    // Output columns whose input column is inside the image: one contiguous range.
+                    let valid = |ox: &usize| g.source(1, *ox, kx).is_some();
+                    let (Some(lo), Some(hi)) = ((0..ow).find(valid), (0..ow).rev().find(valid)) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    dst[..lo * w].fill(0.0);
+                    dst[(hi + 1) * w..].fill(0.0);
+                    let ix0 = g.source(1, lo, kx).expect("valid");
+                    if g.window.stride[1] == 1 {
+                        // Neighbouring outputs read neighbouring inputs: one copy for the row.
+                        dst[lo * w..(hi + 1) * w].copy_from_slice(&src[ix0 * w..(ix0 + hi + 1 - lo) * w]);
+                    } else {
+                        for ox in lo..=hi {
+                            let ix = ix0 + (ox - lo) * g.window.stride[1];
+                            for (d, s) in dst[ox * w..(ox + 1) * w].iter_mut().zip(&src[ix * w..(ix + 1) * w]) {
+                                *d = *s;
+                            }
                         }
                     }
                 }
@@ -61,6 +80,9 @@ pub fn pool(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>) {
     let [h, wd] = g.in_hw;
     let w = g.w;
     assert!(x.len() >= g.channels * h * wd * w && y.len() >= g.channels * oh * ow * w, "pool sizes");
+    if w == 1 {
+        return pool_one(g, x, y, avg);
+    }
     for c in 0..g.channels {
         for oy in 0..oh {
             for ox in 0..ow {
@@ -83,6 +105,33 @@ pub fn pool(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>) {
                     let n = if include_pad { kh * kw } else { count.max(1) };
                     out.iter_mut().for_each(|o| *o /= n as f32);
                 }
+            }
+        }
+    }
+}
+
+/// `pool` for one sample: the same arithmetic, without a slice per pixel.
+fn pool_one(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>) {
+    let [kh, kw] = g.window.kernel;
+    let [oh, ow] = g.out_hw;
+    let [h, wd] = g.in_hw;
+    for c in 0..g.channels {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut acc, mut count) = (if avg.is_some() { 0.0f32 } else { f32::NEG_INFINITY }, 0usize);
+                for ky in 0..kh {
+                    let Some(iy) = g.source(0, oy, ky) else { continue };
+                    for kx in 0..kw {
+                        let Some(ix) = g.source(1, ox, kx) else { continue };
+                        let v = x[(c * h + iy) * wd + ix];
+                        count += 1;
+                        acc = if avg.is_some() { acc + v } else { acc.max(v) };
+                    }
+                }
+                if let Some(include_pad) = avg {
+                    acc /= if include_pad { kh * kw } else { count.max(1) } as f32;
+                }
+                y[(c * oh + oy) * ow + ox] = acc;
             }
         }
     }
