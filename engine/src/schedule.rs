@@ -6,8 +6,10 @@
 //! consecutive layers into columns whose packed weights plus one tile's live activations fit a
 //! cache budget (the L2 size by default): each tile runs through a whole column while it stays in
 //! its core's cache, and the tiles are spread over the threads. A layer that does not fit with
-//! its neighbours ends the column (and may form a column of its own that does not fit). Samples
-//! are independent, so any grouping computes the same outputs.
+//! its neighbours ends the column (and may form a column of its own that does not fit). Tiles are
+//! as wide as possible (up to 64 samples, and narrow enough that every thread gets one), and
+//! narrower only where a layer's activations alone would overflow the budget (the im2col buffers
+//! of convolutions). Samples are independent, so any grouping computes the same outputs.
 
 use std::ops::Range;
 
@@ -21,8 +23,8 @@ pub enum Schedule {
     Layerwise,
     /// Tiles through columns of layers that fit the cache budget.
     Depthwise,
-    /// Depth-wise when the plan gains from it (some column holds several layers, or tiles let
-    /// every thread work on its own), else layer-wise.
+    /// Depth-wise when the plan gains from it (some column holds several layers, or every
+    /// column fits and tiles let each thread work on its own), else layer-wise.
     #[default]
     Auto,
 }
@@ -159,17 +161,21 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
     }
     let candidates: Vec<usize> = [64, 32, 16, 8, 4, 2, 1].into_iter().filter(|&t| t <= widest && (t >= MIN_TILE || t == widest)).collect();
     let candidates = if candidates.is_empty() || std::env::var(TILE_ENV).is_ok() { vec![widest] } else { candidates };
-    let (tile, cols) = candidates
-        .iter()
-        .map(|&t| (t, columns(model, t, budget)))
-        .min_by_key(|(t, c)| (c.len(), c.iter().filter(|c| !c.fits).count(), std::cmp::Reverse(*t)))
-        .expect("at least one candidate");
+    // The widest tile whose largest layer activations (inputs, output, im2col) fit the budget:
+    // narrower tiles cost kernel efficiency, so weights that nearly fill the cache on their own
+    // never shrink the tile, only activations do.
+    let acts = |t: usize| (0..model.layers.len()).map(|l| activation_bytes(model, l, t)).max().unwrap_or(0);
+    let tile = candidates.iter().copied().find(|&t| acts(t) <= budget).unwrap_or(*candidates.last().expect("one candidate"));
+    let cols = columns(model, tile, budget);
     let depthwise = Plan { schedule: Schedule::Depthwise, tile, columns: cols, budget };
     match schedule {
         Schedule::Depthwise => depthwise,
         _ => {
+            // Tiles spread over the threads pay when each thread's column stays in its cache;
+            // a layer whose weights overflow it is better split by rows, so that each thread
+            // streams only its share of them.
             let grouped = depthwise.columns.iter().any(|c| c.layers.len() > 1);
-            let spread = threads > 1 && batch.div_ceil(tile) >= threads && batch <= MAX_TILE;
+            let spread = threads > 1 && batch.div_ceil(tile) >= threads && batch <= MAX_TILE && depthwise.columns.iter().all(|c| c.fits);
             if grouped || spread { depthwise } else { layerwise() }
         }
     }
