@@ -1,5 +1,6 @@
 //! Kernel benchmarks on the shapes of the standard workload (the 2048-wide layers of
-//! `mlp3x2048`): dense GEMM as the measured peak, the unstructured sparse kernels at 90% and 95%.
+//! `mlp3x2048`): dense GEMM as the measured peak, the unstructured sparse kernels at 90% and 95%,
+//! and the int8 kernel on unstructured and 1x4-block weights.
 //! Throughput is reported in useful FLOP (2 x non-zeros x columns), so dense and sparse compare.
 //! Run: `cargo bench -p engine --bench kernels`.
 
@@ -7,6 +8,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use engine::kernels::bcsr::{self, Bcsr};
 use engine::kernels::csr::Csr;
 use engine::kernels::kblocked::{self, KBlocked};
+use engine::kernels::q8::{self, Dequant, Q8Matrix};
 use engine::kernels::{Isa, dense, spmm, spmv};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -55,6 +57,22 @@ fn kernels(c: &mut Criterion) {
         g.bench_function(format!("f32-spmv-csr-b1-s{}", (s * 100.0) as u32), |b| {
             b.iter(|| spmv::spmv(isa, &m, &bias, &x[..cols], &mut y, 0..rows, true))
         });
+    }
+
+    // Int8: unstructured 90% and 90% in 1x4 blocks (one VNNI group each), on a quantized tile.
+    let mut qx = vec![0u8; q8::quantized_len(cols, w)];
+    q8::quantize(isa, x, cols, w, 0.02, 128, &mut qx);
+    let dequant = |m: &Q8Matrix| Dequant { bias: bias.clone(), mult: vec![1e-3; rows], zero_corr: m.row_sums.clone(), relu: true };
+    let int8 = |v: &[f32]| v.iter().map(|&f| (f * 100.0) as i8).collect::<Vec<i8>>();
+    let unstructured = Q8Matrix::from_int8(&int8(&random_sparse(rows, cols, 0.9, 4)), rows, cols);
+    let keep4: Vec<bool> = (0..rows * cols / 4).map(|_| !rng.random_bool(0.9)).collect();
+    let block4: Vec<f32> = (0..rows * cols).map(|i| if keep4[i / 4] { 0.5 } else { 0.0 }).collect();
+    let block4 = Q8Matrix::from_int8(&int8(&block4), rows, cols);
+    for (name, m) in [("q8-spmm-k4-b64-s90", &unstructured), ("q8-spmm-k4-b64-s90-block1x4", &block4)] {
+        let nnz: usize = (0..m.packed.len()).map(|j| m.packed[j].to_le_bytes().iter().filter(|&&b| b != 0).count()).sum();
+        let d = dequant(m);
+        g.throughput(Throughput::Elements((2 * nnz * w) as u64));
+        g.bench_function(name, |b| b.iter(|| q8::spmm_q8(isa, m, &qx, w, &mut y, 0..rows, &d)));
     }
     g.finish();
 }
