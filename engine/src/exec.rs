@@ -28,6 +28,16 @@ struct Plan {
     /// Offset and size (in f32 slots) of the quantized-input scratch space of int8 layers.
     quantized: Range<usize>,
     chunk: usize,
+    /// The first layer is int8 and the only reader of the input: tiles are quantized straight
+    /// from the caller's samples, without an f32 copy.
+    fused_input: bool,
+}
+
+/// Whether the first layer is an int8 linear layer that alone reads the model input.
+fn input_fuses_into_int8(model: &Model) -> bool {
+    let first = model.layers.first();
+    let int8_linear = first.is_some_and(|l| l.inputs == [0] && matches!(&l.exec, Exec::MatMul(m) if m.int8.is_some() && m.conv.is_none()));
+    int8_linear && model.layers[1..].iter().all(|l| !l.inputs.contains(&0)) && model.output_value != 0
 }
 
 impl Plan {
@@ -69,6 +79,7 @@ impl Plan {
             scratch: at..q_start,
             quantized: q_start..q_start + quantized_len,
             chunk: q_start + quantized_len,
+            fused_input: input_fuses_into_int8(model),
         }
     }
 
@@ -245,12 +256,20 @@ fn regions<'a>(chunk: &'a mut [f32], inputs: &[Range<usize>], out: Range<usize>)
     (ins, output)
 }
 
-/// Transposes tile `t`'s samples of `input` into the tile's input region (feature-major).
+/// Transposes tile `t`'s samples of `input` into the tile's input region (feature-major), or
+/// with a fused int8 first layer, quantizes them into its quantized scratch space.
 fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[f32]) {
     let (w, ld) = (plan.width(t), plan.ld(t));
     let f_in = model.value_sizes[0];
-    let x0 = &mut chunk[plan.offsets[0]..plan.offsets[0] + f_in * ld];
     let samples = &input[t * plan.tile * f_in..(t * plan.tile + w) * f_in];
+    if plan.fused_input
+        && let Exec::MatMul(m) = &model.layers[0].exec
+        && let Some(q) = &m.int8
+    {
+        let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut chunk[plan.quantized.clone()]);
+        return q8::quantize_samples(model.options.isa, samples, f_in, w, ld, q.input_scale, q.input_zero, qx);
+    }
+    let x0 = &mut chunk[plan.offsets[0]..plan.offsets[0] + f_in * ld];
     transpose::transpose(model.options.isa, samples, w, f_in, f_in, x0, ld);
 }
 
@@ -271,15 +290,18 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
         let (values, rest) = chunk.split_at_mut(plan.scratch.start);
         let (im2col_buf, quantized) = rest.split_at_mut(plan.quantized.start - plan.scratch.start);
         let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut quantized[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
-        let x: &[f32] = match m.conv {
-            Some(g) => {
-                let buf = &mut im2col_buf[..m.cols * cols_w];
-                window::im2col(&Geometry { w, ..g }, &values[ins[0].clone()], buf);
-                buf
-            }
-            None => &values[ins[0].clone()],
-        };
-        q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx);
+        let prequantized = plan.fused_input && std::ptr::eq(layer, &model.layers[0]);
+        if !prequantized {
+            let x: &[f32] = match m.conv {
+                Some(g) => {
+                    let buf = &mut im2col_buf[..m.cols * cols_w];
+                    window::im2col(&Geometry { w, ..g }, &values[ins[0].clone()], buf);
+                    buf
+                }
+                None => &values[ins[0].clone()],
+            };
+            q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx);
+        }
         int8_matmul(isa, q, qx, cols_w, &mut values[out_range], threads);
         return;
     }

@@ -272,3 +272,25 @@ fn transpose_variants_match_the_scalar_twin() {
         }
     }
 }
+
+#[test]
+fn quantizing_samples_equals_transposing_then_quantizing() {
+    use engine::kernels::{q8, transpose};
+    let mut rng = StdRng::seed_from_u64(17);
+    for &(k, w, ld) in &[(1, 1, 1), (5, 3, 3), (784, 64, 64), (30, 17, 32), (8, 16, 16), (13, 1, 1)] {
+        let x: Vec<f32> = (0..k * w).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let mut t = vec![0.0; k * ld];
+        transpose::transpose_ref(&x, w, k, k, &mut t, ld);
+        let mut want = vec![0u8; q8::quantized_len(k, ld)];
+        q8::quantize_ref(&t, k, ld, 0.03, 100, &mut want);
+        for isa in Isa::available() {
+            let mut got = want.clone();
+            (0..got.len()).filter(|i| (i / 4) % ld < w).for_each(|i| got[i] = 0);
+            q8::quantize_samples(isa, &x, k, w, ld, 0.03, 100, &mut got);
+            assert_eq!(got, want, "quantize_samples {} k={k} w={w} ld={ld}", isa.name());
+        }
+        let mut reference = want.clone();
+        q8::quantize_samples_ref(&x, k, w, ld, 0.03, 100, &mut reference);
+        assert_eq!(reference, want);
+    }
+}

@@ -132,6 +132,51 @@ pub fn quantize(isa: Isa, x: &[f32], k: usize, ld: usize, scale: f32, zero: u8, 
     }
 }
 
+fn check_samples(x: &[f32], k: usize, w: usize, ld: usize, out: &[u8]) {
+    assert!(w <= ld && x.len() >= k * w, "sample batch too small");
+    assert!(out.len() >= quantized_len(k, ld), "quantized tile too small");
+}
+
+/// Scalar twin of `quantize_samples`.
+pub fn quantize_samples_ref(x: &[f32], k: usize, w: usize, ld: usize, scale: f32, zero: u8, out: &mut [u8]) {
+    check_samples(x, k, w, ld, out);
+    let inv = 1.0 / scale;
+    for s in 0..w {
+        for g in 0..k.div_ceil(4) {
+            for j in 0..4 {
+                let f = 4 * g + j;
+                out[(g * ld + s) * 4 + j] = if f < k { quantize_value(x[s * k + f], inv, zero) } else { zero };
+            }
+        }
+    }
+}
+
+/// Quantizes `w` samples given sample-major (`x[s * k + f]`, as callers pass a batch) straight
+/// into the grouped layout of a tile `ld` samples wide: the four features of a group are
+/// consecutive in both, so this is a transposition of 32-bit words, fused with the quantization
+/// (a first int8 layer then skips the f32 transpose of its input).
+pub fn quantize_samples(isa: Isa, x: &[f32], k: usize, w: usize, ld: usize, scale: f32, zero: u8, out: &mut [u8]) {
+    check_samples(x, k, w, ld, out);
+    let groups = k.div_ceil(4);
+    // Sixteen samples at a time: quantize their rows into a small buffer (in L1), then write each
+    // group's sixteen words as one contiguous run of the tile.
+    const S: usize = 16;
+    let mut rows = vec![0u32; S * groups];
+    for s0 in (0..w).step_by(S) {
+        let n = S.min(w - s0);
+        for i in 0..n {
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut rows[i * groups..(i + 1) * groups]);
+            quantize(isa, &x[(s0 + i) * k..(s0 + i + 1) * k], k, 1, scale, zero, bytes);
+        }
+        for g in 0..groups {
+            let dst = &mut out[(g * ld + s0) * 4..(g * ld + s0 + n) * 4];
+            for (i, d) in dst.chunks_exact_mut(4).enumerate() {
+                d.copy_from_slice(&rows[i * groups + g].to_le_bytes());
+            }
+        }
+    }
+}
+
 fn check(m: &Q8Matrix, x: &[u8], ld: usize, y: &[f32], rows: &Range<usize>, d: &Dequant) {
     assert!(rows.end <= m.rows, "row range does not fit the matrix");
     assert!(d.bias.len() == m.rows && d.mult.len() == m.rows && d.zero_corr.len() == m.rows, "dequantization does not fit");
