@@ -278,8 +278,8 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         KernelPolicy::Auto => {
             let positions = conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
             // Blocks of 4 rows are a candidate where the weights fill them well (block-pruned or
-            // dense weights), with AVX-512; built once here and kept if chosen.
-            let blocked = (o.isa == Isa::Avx512).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
+            // dense weights), with AVX2 or AVX-512; built once here and kept if chosen.
+            let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
             let batched = choose(&m, data, &csr, blocked.as_ref(), positions * o.tile, o);
             if batched == Kernel::Blocked {
                 m.bcsr = blocked;

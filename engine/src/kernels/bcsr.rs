@@ -94,6 +94,8 @@ pub fn spmm_bcsr(isa: Isa, m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut 
         // SAFETY: sizes checked above; columns validated at construction; ISA chosen from the CPU.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { x86::spmm_bcsr_avx512(m, bias, x, w, y, blocks, relu) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::spmm_bcsr_avx2(m, bias, x, w, y, blocks, relu) },
         _ => spmm_bcsr_ref(m, bias, x, w, y, blocks, relu),
     }
 }
@@ -178,6 +180,97 @@ mod x86 {
                 }
             }
             c0 += n;
+        }
+    }
+
+    /// The AVX2 variant: strips of 32 sample columns (4 rows x 4 vectors of 8), then 8 at a
+    /// time, then the last columns one by one.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn spmm_bcsr_avx2(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], blocks: Range<usize>, relu: bool) {
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let zero = _mm256_setzero_ps();
+        let r0 = blocks.start * BR;
+        let bias_of = |r: usize| if r < m.rows { bias[r] } else { 0.0 };
+        let mut c0 = 0;
+        // LOOP 1: strips of 32 sample columns; 4 rows x 4 vectors = 16 accumulators.
+        while c0 + 32 <= w {
+            for b in blocks.clone() {
+                let mut acc = [[zero; 4]; BR];
+                for (i, row) in acc.iter_mut().enumerate() {
+                    *row = [_mm256_set1_ps(bias_of(b * BR + i)); 4];
+                }
+                // SAFETY (whole block): as in the AVX-512 variant, with 32-column strips.
+                unsafe {
+                    for j in *m.blk_ptr.get_unchecked(b) as usize..*m.blk_ptr.get_unchecked(b + 1) as usize {
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        let xs = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+                        let v = m.val.as_ptr().add(j * BR);
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let vi = _mm256_set1_ps(*v.add(i));
+                            for (a, xv) in row.iter_mut().zip(xs) {
+                                *a = _mm256_fmadd_ps(vi, xv, *a);
+                            }
+                        }
+                    }
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    let r = b * BR + i;
+                    if r >= m.rows {
+                        break;
+                    }
+                    // SAFETY: (r - r0) * w + c0 + 31 < rows in range * w <= y.len().
+                    unsafe {
+                        let q = yp.add((r - r0) * w + c0);
+                        for (k, a) in row.iter().enumerate() {
+                            _mm256_storeu_ps(q.add(8 * k), if relu { _mm256_max_ps(*a, zero) } else { *a });
+                        }
+                    }
+                }
+            }
+            c0 += 32;
+        }
+        // LOOP 2: 8 columns at a time.
+        while c0 + 8 <= w {
+            for b in blocks.clone() {
+                let mut acc: [__m256; BR] = std::array::from_fn(|i| _mm256_set1_ps(bias_of(b * BR + i)));
+                // SAFETY: as above, with 8-column strips.
+                unsafe {
+                    for j in *m.blk_ptr.get_unchecked(b) as usize..*m.blk_ptr.get_unchecked(b + 1) as usize {
+                        let xv = _mm256_loadu_ps(xp.add(*m.col.get_unchecked(j) as usize * w + c0));
+                        let v = m.val.as_ptr().add(j * BR);
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(_mm256_set1_ps(*v.add(i)), xv, *a);
+                        }
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        let r = b * BR + i;
+                        if r >= m.rows {
+                            break;
+                        }
+                        _mm256_storeu_ps(yp.add((r - r0) * w + c0), if relu { _mm256_max_ps(*a, zero) } else { *a });
+                    }
+                }
+            }
+            c0 += 8;
+        }
+        // The last columns, one at a time.
+        for s in c0..w {
+            for b in blocks.clone() {
+                for i in 0..BR {
+                    let r = b * BR + i;
+                    if r >= m.rows {
+                        break;
+                    }
+                    let mut acc = bias_of(r);
+                    for j in m.blk_ptr[b] as usize..m.blk_ptr[b + 1] as usize {
+                        acc += m.val[j * BR + i] * x[m.col[j] as usize * w + s];
+                    }
+                    y[(r - r0) * w + s] = if relu { acc.max(0.0) } else { acc };
+                }
+            }
         }
     }
 }
