@@ -1,5 +1,7 @@
 //! Dense weights times a tile of activations, through the `gemm` crate (which picks its own
-//! AVX2/AVX-512 micro-kernels at run time), with a scalar twin.
+//! AVX2/AVX-512 micro-kernels at run time), with a scalar twin. One sample (`w == 1`) is a
+//! matrix-vector product, bound by reading the weights once: our own AVX-512/AVX2 dot products,
+//! since `gemm` packs the weights on every call.
 //!
 //! `y[r * w + s] = act(bias[r] + sum_c wt[r * cols + c] * x[c * w + s])` for `r < rows`, `s < w`:
 //! `wt` is `[rows, cols]` row-major, `x` is `[cols, w]`, `y` is `[rows, w]`.
@@ -30,6 +32,18 @@ pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[
     check(wt, rows, cols, bias, x, w, y);
     if isa == Isa::Scalar {
         return dense_ref(wt, rows, cols, bias, x, w, y, relu);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if w == 1 {
+        for (r, out) in y[..rows].iter_mut().enumerate() {
+            let row = &wt[r * cols..(r + 1) * cols];
+            // SAFETY: `row` and `x` hold `cols` values each (checked above); the ISA was chosen
+            // from what the CPU reports.
+            let dot = unsafe { if isa == Isa::Avx512 { x86::dot_avx512(row, &x[..cols]) } else { x86::dot_avx2(row, &x[..cols]) } };
+            let v = dot + bias[r];
+            *out = if relu { v.max(0.0) } else { v };
+        }
+        return;
     }
     for (r, b) in bias.iter().enumerate() {
         y[r * w..(r + 1) * w].fill(*b);
@@ -64,5 +78,61 @@ pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[
     }
     if relu {
         y[..rows * w].iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `sum a[i] * b[i]`, four 16-lane accumulators.
+    ///
+    /// # Safety
+    /// AVX-512F; `a.len() == b.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 16k + 15 < n.
+                unsafe { *a = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(i + 16 * k)), _mm512_loadu_ps(bp.add(i + 16 * k)), *a) };
+            }
+            i += 64;
+        }
+        while i < n {
+            let m = (n - i).min(16);
+            let mask: __mmask16 = if m == 16 { 0xffff } else { (1u16 << m) - 1 };
+            // SAFETY: masked lanes stay below n.
+            unsafe { acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, ap.add(i)), _mm512_maskz_loadu_ps(mask, bp.add(i)), acc[0]) };
+            i += m;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
+    /// `sum a[i] * b[i]`, four 8-lane accumulators, scalar tail.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a.len() == b.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 8k + 7 < n.
+                unsafe { *a = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i + 8 * k)), _mm256_loadu_ps(bp.add(i + 8 * k)), *a) };
+            }
+            i += 32;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes.iter().sum::<f32>() + a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum::<f32>()
     }
 }
