@@ -168,6 +168,13 @@ pub fn quantize_samples(isa: Isa, x: &[f32], k: usize, w: usize, ld: usize, scal
             let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut rows[i * groups..(i + 1) * groups]);
             quantize(isa, &x[(s0 + i) * k..(s0 + i + 1) * k], k, 1, scale, zero, bytes);
         }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && n == S {
+            // SAFETY: `rows` holds 16 rows of `groups` words; (g * ld + s0 + 15) * 4 + 3 <
+            // quantized_len(k, ld) since s0 + 16 <= w <= ld (checked above).
+            unsafe { x86::interleave16(&rows, groups, &mut out[s0 * 4..], ld) };
+            continue;
+        }
         for g in 0..groups {
             let dst = &mut out[(g * ld + s0) * 4..(g * ld + s0 + n) * 4];
             for (i, d) in dst.chunks_exact_mut(4).enumerate() {
@@ -250,6 +257,25 @@ mod x86 {
     use std::ops::Range;
 
     use super::{Dequant, Q8Matrix, dot_ref};
+
+    /// Word `g` of each of 16 rows (`rows[i * groups + g]`) to `out[(g * ld + i) * 4..][..4]`:
+    /// one gather and one 64-byte store per group.
+    ///
+    /// # Safety
+    /// AVX-512F; `rows.len() >= 16 * groups`; `out` reaches `((groups - 1) * ld + 16) * 4` bytes.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn interleave16(rows: &[u32], groups: usize, out: &mut [u8], ld: usize) {
+        assert!(rows.len() >= 16 * groups && (groups == 0 || out.len() >= ((groups - 1) * ld + 16) * 4));
+        let stride = groups as i32;
+        let index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride));
+        for g in 0..groups {
+            // SAFETY: indices i * groups + g < 16 * groups <= rows.len(); the store is inside `out`.
+            unsafe {
+                let v = _mm512_i32gather_epi32::<4>(index, rows.as_ptr().add(g) as *const i32);
+                _mm512_storeu_si512(out.as_mut_ptr().add(g * ld * 4) as *mut _, v);
+            }
+        }
+    }
 
     /// One sample: `out[f] = q(x[f])`, then the zero point up to the group boundary.
     ///
