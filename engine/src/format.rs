@@ -320,6 +320,17 @@ impl Reader<'_> {
         }
     }
 
+    /// CSR row offsets: `rows + 1` of them, from 0, never decreasing, ending at the number of
+    /// values, which matches the number of column entries.
+    fn check_offsets(&self, tensor: &str, offsets: &[u32], rows: usize, values: usize, columns: usize) -> Result<()> {
+        let ok = offsets.len() == rows + 1
+            && offsets[0] == 0
+            && offsets.windows(2).all(|w| w[0] <= w[1])
+            && offsets[rows] as usize == values
+            && columns == values;
+        if ok { Ok(()) } else { Err(self.bad(format!("weight '{tensor}': inconsistent CSR offsets or lengths"))) }
+    }
+
     /// The bytes of `name` (`dtype`, `[n]`), stored raw or as `name_deflate`.
     fn maybe_deflated(&self, name: &str, dtype: Dtype, n: usize) -> Result<Vec<u8>> {
         let deflated = format!("{name}_deflate");
@@ -380,14 +391,7 @@ impl Reader<'_> {
                 let values = self.f32(&format!("{}.values", r.tensor), None)?;
                 let cols_idx = self.u32s(&format!("{}.col_indices", r.tensor))?;
                 let offsets = self.u32s(&format!("{}.row_offsets", r.tensor))?;
-                let ok_offsets = offsets.len() == rows + 1
-                    && offsets[0] == 0
-                    && offsets.windows(2).all(|w| w[0] <= w[1])
-                    && offsets[rows] as usize == values.len()
-                    && cols_idx.len() == values.len();
-                if !ok_offsets {
-                    return Err(self.bad(format!("weight '{}': inconsistent CSR offsets or lengths", r.tensor)));
-                }
+                self.check_offsets(&r.tensor, &offsets, rows, values.len(), cols_idx.len())?;
                 let mut data = vec![0.0f32; numel];
                 for row in 0..rows {
                     for j in offsets[row] as usize..offsets[row + 1] as usize {
@@ -416,14 +420,7 @@ impl Reader<'_> {
                 let n = offsets[rows] as usize;
                 let values = self.maybe_deflated(&format!("{}.values", r.tensor), Dtype::I8, n)?;
                 let gaps = self.maybe_deflated(&format!("{}.col_gaps", r.tensor), Dtype::U8, n)?;
-                let ok_offsets = offsets.len() == rows + 1
-                    && offsets[0] == 0
-                    && offsets.windows(2).all(|w| w[0] <= w[1])
-                    && offsets[rows] as usize == values.len()
-                    && gaps.len() == values.len();
-                if !ok_offsets {
-                    return Err(self.bad(format!("weight '{}': inconsistent CSR offsets or lengths", r.tensor)));
-                }
+                self.check_offsets(&r.tensor, &offsets, rows, values.len(), gaps.len())?;
                 let scales = &quant.as_ref().expect("checked above").scales;
                 let mut data = vec![0.0f32; numel];
                 for row in 0..rows {

@@ -5,27 +5,33 @@ use std::process::Command;
 
 use e2e_tests::{real_data, repo};
 use sparsify::recipe::Recipe;
-use sparsify::train::{self, TrainOptions};
+use sparsify::train::{self, Summary, TrainOptions};
+
+/// Trains a shipped recipe with `sets` into `dir/run` on `data`; returns the recipe and the run.
+fn train_shipped(recipe_name: &str, sets: &[(&str, f64)], dir: &std::path::Path, data: &std::path::Path) -> (Recipe, Summary) {
+    let text = std::fs::read_to_string(repo().join("recipes").join(recipe_name)).unwrap();
+    let sets: Vec<(String, f64)> = sets.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let recipe = Recipe::parse(&text, recipe_name, &sets).unwrap();
+    let opts = TrainOptions {
+        out: dir.join("run"),
+        data: Some(data.to_path_buf()),
+        resume: false,
+        quiet: true,
+        recipe_path: recipe_name.into(),
+        overrides: sets,
+        stop_after: None,
+    };
+    let summary = train::train(&recipe, &text, &opts).unwrap();
+    (recipe, summary)
+}
 
 #[test]
 fn pruned_model_runs_identically_in_burn_the_engine_and_onnx_runtime() {
     for recipe_name in ["gmp90.toml", "lenet5-gmp90.toml", "rescnn-gmp90.toml"] {
         let dir = tempfile::tempdir().unwrap();
         let data = real_data(dir.path(), 3000, 300);
-        let path = repo().join("recipes").join(recipe_name);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let sets = [("num_epochs".to_string(), 3.0), ("pruning_start".to_string(), 0.0), ("pruning_end".to_string(), 2.0)];
-        let recipe = Recipe::parse(&text, recipe_name, &sets).unwrap();
-        let opts = TrainOptions {
-            out: dir.path().join("run"),
-            data: Some(data.clone()),
-            resume: false,
-            quiet: true,
-            recipe_path: recipe_name.into(),
-            overrides: sets.to_vec(),
-            stop_after: None,
-        };
-        let summary = train::train(&recipe, &text, &opts).unwrap();
+        let (recipe, summary) =
+            train_shipped(recipe_name, &[("num_epochs", 3.0), ("pruning_start", 0.0), ("pruning_end", 2.0)], dir.path(), &data);
         let last = summary.metrics.last().unwrap();
         assert!(last.sparsity > 0.899, "{recipe_name}: sparsity {}", last.sparsity);
         assert!(last.test_accuracy > 0.45, "{recipe_name}: accuracy {}", last.test_accuracy);
@@ -90,24 +96,8 @@ fn quantized_model_exports_to_int8_that_agrees_with_burn() {
     for recipe_name in ["gmp90-qat.toml", "lenet5-gmp90-qat.toml"] {
         let dir = tempfile::tempdir().unwrap();
         let data = real_data(dir.path(), 3000, 1000);
-        let path = repo().join("recipes").join(recipe_name);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let sets: Vec<(String, f64)> =
-            [("num_epochs", 4.0), ("pruning_start", 0.0), ("pruning_end", 2.0), ("qat_start", 2.0), ("freeze_observers", 3.5)]
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect();
-        let recipe = Recipe::parse(&text, recipe_name, &sets).unwrap();
-        let opts = TrainOptions {
-            out: dir.path().join("run"),
-            data: Some(data.clone()),
-            resume: false,
-            quiet: true,
-            recipe_path: recipe_name.into(),
-            overrides: sets.clone(),
-            stop_after: None,
-        };
-        let summary = train::train(&recipe, &text, &opts).unwrap();
+        let sets = [("num_epochs", 4.0), ("pruning_start", 0.0), ("pruning_end", 2.0), ("qat_start", 2.0), ("freeze_observers", 3.5)];
+        let (recipe, summary) = train_shipped(recipe_name, &sets, dir.path(), &data);
         assert!(summary.net.quant.as_ref().is_some_and(|q| q.active && q.layers.iter().all(|l| l.range.is_some())));
         let last = summary.metrics.last().unwrap();
         assert!(last.test_accuracy > 0.45, "{recipe_name}: accuracy {}", last.test_accuracy);
