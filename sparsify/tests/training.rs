@@ -171,3 +171,32 @@ fn engine_agrees_with_burn_on_exported_models() {
         }
     }
 }
+
+#[test]
+fn quantization_aware_training_resumes_exactly_and_keeps_masks() {
+    let (_, text) = recipe("1x4", 0.75, "layer", MLP);
+    let text = format!("{text}\n[[modifiers]]\ntype = \"quantization\"\nstart_epoch = 1.5\nfreeze_observers_epoch = 3.5\n");
+    let r = Recipe::parse(&text, "test.toml", &[]).unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let unbroken = train::train_on(&r, &text, &opts(a.path()), data()).unwrap();
+    let q = unbroken.net.quant.as_ref().expect("quantization state");
+    assert!(q.active && !q.observe && q.layers.len() == 3 && q.layers.iter().all(|l| l.range.is_some()));
+    // Masks stay exact: the quantized weights keep exactly the pruned zeros.
+    let last = unbroken.metrics.last().unwrap();
+    assert!((last.sparsity - 0.75).abs() < 1e-6, "sparsity {}", last.sparsity);
+    for &i in &unbroken.net.prunable() {
+        let p = &unbroken.net.params[i];
+        let fq = sparsify::quant::fake_quant_weight(&p.values, p.shape[0], true);
+        assert!(p.values.iter().zip(&fq).all(|(w, f)| (*w == 0.0) == (*f == 0.0) || w.abs() < 1e-3), "{}", p.name);
+    }
+    let mut o = opts(b.path());
+    o.stop_after = Some(2);
+    train::train_on(&r, &text, &o, data()).unwrap();
+    o.stop_after = None;
+    o.resume = true;
+    let resumed = train::train_on(&r, &text, &o, data()).unwrap();
+    assert_eq!(resumed.net.quant, unbroken.net.quant, "observer ranges after resuming");
+    for (x, y) in unbroken.net.params.iter().zip(&resumed.net.params) {
+        assert_eq!(x.values, y.values, "{} differs after resuming", x.name);
+    }
+}
