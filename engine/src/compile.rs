@@ -299,6 +299,12 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
 /// Times the candidates on a `[cols, w]` input (single thread) and returns the fastest, with
 /// `dense_bias` in dense's favour.
 fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize, o: &Options) -> Kernel {
+    if w == 1 {
+        // One sample reads every weight once, so the cost is the bytes streamed from memory; a
+        // timing loop would keep the weights in cache and favour dense wrongly on large layers.
+        let sparse_bytes = csr.nnz() * 8 + 4 * (m.rows + 1);
+        return if (sparse_bytes as f64) < (4 * data.len()) as f64 * (1.0 - o.dense_bias) { Kernel::Sparse } else { Kernel::Dense };
+    }
     let x: Vec<f32> = (0..m.cols * w).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
     let mut y = vec![0.0f32; m.rows * w];
     let mut time = |f: &mut dyn FnMut(&mut [f32])| -> f64 {
