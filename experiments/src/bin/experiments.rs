@@ -151,18 +151,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sweep = Sweep::load(&file)?;
             let exe = std::env::current_exe()?;
             let cmd = |id: &str| format!("{} run-point {} {id} --results {}", exe.display(), file.display(), results.display());
+            let mut out = String::new();
             match emit {
-                Emit::Shell => sweep.points.iter().for_each(|p| println!("{}", cmd(&p.id))),
+                Emit::Shell => sweep.points.iter().for_each(|p| out += &format!("{}\n", cmd(&p.id))),
                 Emit::Slurm => {
-                    println!(
-                        "#!/bin/bash\n#SBATCH --job-name={}\n#SBATCH --array=0-{}\n#SBATCH --cpus-per-task=2",
+                    out += &format!(
+                        "#!/bin/bash\n#SBATCH --job-name={}\n#SBATCH --array=0-{}\n#SBATCH --cpus-per-task=2\n",
                         sweep.name,
                         sweep.points.len() - 1
                     );
-                    println!("# After the array finishes: {} collect {} --results {}", exe.display(), file.display(), results.display());
-                    println!("ids=({})", sweep.points.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(" "));
-                    println!("{}", cmd("${ids[$SLURM_ARRAY_TASK_ID]}"));
+                    out += &format!(
+                        "# After the array finishes: {} collect {} --results {}\n",
+                        exe.display(),
+                        file.display(),
+                        results.display()
+                    );
+                    out += &format!("ids=({})\n", sweep.points.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(" "));
+                    out += &format!("{}\n", cmd("${ids[$SLURM_ARRAY_TASK_ID]}"));
                 }
+            }
+            // A reader that stops early (`| head`) is not an error.
+            if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(e.into());
             }
         }
         Command::Collect { sweep: file, results } => {
