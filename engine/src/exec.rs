@@ -329,14 +329,22 @@ fn int8_matmul(isa: Isa, q: &Int8Layer, x: &[u8], w: usize, y: &mut [f32], threa
     if threads <= 1 || m.stored_groups() * w < PARALLEL_WORK {
         return q8::spmm_q8(isa, m, x, w, y, 0..m.rows, &q.dequant);
     }
+    row_parts(&m.row_ptr, threads, y, w).into_par_iter().for_each(|(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant));
+}
+
+/// Rows (described by cumulative entry counts `row_ptr`) cut into ranges of about equal work,
+/// several per thread so that work stealing evens out rows of unequal cost, each with its slice
+/// of the `[rows, w]` output.
+fn row_parts<'y>(row_ptr: &[u32], threads: usize, y: &'y mut [f32], w: usize) -> Vec<(Range<usize>, &'y mut [f32])> {
+    let rows = row_ptr.len().saturating_sub(1);
     let mut parts = Vec::new();
-    let mut rest = &mut y[..m.rows * w];
-    for r in balanced_ranges(&m.row_ptr, threads * 4) {
+    let mut rest = &mut y[..rows * w];
+    for r in balanced_ranges(row_ptr, threads * 4) {
         let (head, tail) = rest.split_at_mut(r.len() * w);
         parts.push((r, head));
         rest = tail;
     }
-    parts.into_par_iter().for_each(|(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant));
+    parts
 }
 
 /// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`.
@@ -385,16 +393,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
             if threads <= 1 || csr.nnz() * w < PARALLEL_WORK {
                 return run(0..m.rows, y);
             }
-            // Several chunks per thread so work stealing evens out rows of unequal cost.
-            let ranges = balanced_ranges(&csr.row_ptr, threads * 4);
-            let mut parts = Vec::with_capacity(ranges.len());
-            let mut rest = &mut y[..m.rows * w];
-            for r in &ranges {
-                let (head, tail) = rest.split_at_mut(r.len() * w);
-                parts.push((r.clone(), head));
-                rest = tail;
-            }
-            parts.into_par_iter().for_each(|(r, y)| run(r, y));
+            row_parts(&csr.row_ptr, threads, y, w).into_par_iter().for_each(|(r, y)| run(r, y));
         }
     }
 }

@@ -100,8 +100,7 @@ struct Tensors(Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);
 
 impl Tensors {
     fn f32(&mut self, name: String, shape: Vec<usize>, v: &[f32]) -> String {
-        self.0.push((name.clone(), Dtype::F32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
-        name
+        self.bytes(name, Dtype::F32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
     fn bytes(&mut self, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> String {
         self.0.push((name.clone(), dtype, shape, bytes));

@@ -27,13 +27,6 @@ pub struct Quant {
     pub input_zero: u8,
 }
 
-impl Quant {
-    /// The uint8 code of activation `x`: round half to even, then clamp, as QuantizeLinear does.
-    pub fn quantize_input(&self, x: f32) -> u8 {
-        ((x / self.input_scale).round_ties_even() + self.input_zero as f32).clamp(0.0, 255.0) as u8
-    }
-}
-
 impl Weight {
     pub fn rows(&self) -> usize {
         self.shape[0]

@@ -35,10 +35,7 @@ fn engine_weight(net: &Network, i: usize) -> anyhow::Result<Weight> {
     let Some(range) = layer.range else {
         bail!("{}: quantization is on but its input observer has seen no data (train past start_epoch first)", p.name);
     };
-    let rows = p.shape[0];
-    let scales = quant::weight_scales(&p.values, rows, q.per_channel);
-    let cols = p.numel() / rows;
-    let data = quant::quantize_weight(&p.values, &scales).iter().enumerate().map(|(k, &v)| v as f32 * scales[k / cols]).collect();
+    let (data, scales) = quant::quantized_weight(&p.values, p.shape[0], q.per_channel);
     let input = ActQuant::from_range(range);
     Ok(Weight { shape: p.shape.clone(), data, quant: Some(Quant { scales, input_scale: input.scale, input_zero: input.zero_point }) })
 }

@@ -93,9 +93,15 @@ pub fn quantize_weight(values: &[f32], scales: &[f32]) -> Vec<i8> {
 
 /// The weight as the quantized model sees it: `q * scale`.
 pub fn fake_quant_weight(values: &[f32], rows: usize, per_channel: bool) -> Vec<f32> {
+    quantized_weight(values, rows, per_channel).0
+}
+
+/// The weight as the quantized model sees it (`q * scale`), and its per-row scales.
+pub fn quantized_weight(values: &[f32], rows: usize, per_channel: bool) -> (Vec<f32>, Vec<f32>) {
     let scales = weight_scales(values, rows, per_channel);
-    let cols = values.len() / rows.max(1);
-    quantize_weight(values, &scales).iter().enumerate().map(|(i, &q)| q as f32 * scales[i / cols.max(1)]).collect()
+    let cols = (values.len() / rows.max(1)).max(1);
+    let data = quantize_weight(values, &scales).iter().enumerate().map(|(i, &q)| q as f32 * scales[i / cols]).collect();
+    (data, scales)
 }
 
 /// Fake-quantizes a tensor with a straight-through gradient.

@@ -25,6 +25,23 @@ fn train_shipped(recipe_name: &str, sets: &[(&str, f64)], dir: &std::path::Path,
     (recipe, summary)
 }
 
+/// The whole test split as one batch, and burn's predicted class for each image.
+fn test_batch_and_burn_predictions(recipe: &Recipe, data: &std::path::Path, summary: &Summary) -> (datasets::batch::Batch, Vec<usize>) {
+    let d = train::load_data(recipe, Some(data.to_path_buf()), true).unwrap();
+    let order: Vec<usize> = (0..d.test.len()).collect();
+    let batch = datasets::batch::batches(&d.test, &order, d.test.len(), d.mean, d.std).next().unwrap();
+    let logits = sparsify::step::logits(&summary.net, &sparsify::step::eval_device(), batch.inputs.clone(), batch.len());
+    (batch, sparsify::step::argmax(&logits, 10))
+}
+
+/// Exports the run's network as `dir/model.sparse` and `dir/model.onnx`.
+fn export_both(summary: &Summary, dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (native, onnx) = (dir.join("model.sparse"), dir.join("model.onnx"));
+    sparsify::export::export(&summary.net, &native, sparsify::export::Format::Native).unwrap();
+    sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx).unwrap();
+    (native, onnx)
+}
+
 #[test]
 fn pruned_model_runs_identically_in_burn_the_engine_and_onnx_runtime() {
     for recipe_name in ["gmp90.toml", "lenet5-gmp90.toml", "rescnn-gmp90.toml"] {
@@ -36,16 +53,9 @@ fn pruned_model_runs_identically_in_burn_the_engine_and_onnx_runtime() {
         assert!(last.sparsity > 0.899, "{recipe_name}: sparsity {}", last.sparsity);
         assert!(last.test_accuracy > 0.45, "{recipe_name}: accuracy {}", last.test_accuracy);
 
-        let d = train::load_data(&recipe, Some(data), true).unwrap();
-        let order: Vec<usize> = (0..d.test.len()).collect();
-        let batch = datasets::batch::batches(&d.test, &order, d.test.len(), d.mean, d.std).next().unwrap();
+        let (batch, burn) = test_batch_and_burn_predictions(&recipe, &data, &summary);
         let n = batch.len();
-        let burn =
-            sparsify::step::argmax(&sparsify::step::logits(&summary.net, &sparsify::step::eval_device(), batch.inputs.clone(), n), 10);
-        let native = dir.path().join("model.sparse");
-        let onnx = dir.path().join("model.onnx");
-        sparsify::export::export(&summary.net, &native, sparsify::export::Format::Native).unwrap();
-        sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx).unwrap();
+        let (native, onnx) = export_both(&summary, dir.path());
         for file in [&native, &onnx] {
             let model =
                 engine::compile::compile(engine::load(file).unwrap(), engine::compile::Options::new(Default::default()).unwrap()).unwrap();
@@ -102,17 +112,11 @@ fn quantized_model_exports_to_int8_that_agrees_with_burn() {
         let last = summary.metrics.last().unwrap();
         assert!(last.test_accuracy > 0.45, "{recipe_name}: accuracy {}", last.test_accuracy);
 
-        let d = train::load_data(&recipe, Some(data), true).unwrap();
-        let order: Vec<usize> = (0..d.test.len()).collect();
-        let batch = datasets::batch::batches(&d.test, &order, d.test.len(), d.mean, d.std).next().unwrap();
+        let (batch, burn) = test_batch_and_burn_predictions(&recipe, &data, &summary);
         let n = batch.len();
-        let burn =
-            sparsify::step::argmax(&sparsify::step::logits(&summary.net, &sparsify::step::eval_device(), batch.inputs.clone(), n), 10);
         let agreement = |out: &[f32]| sparsify::step::argmax(out, 10).iter().zip(&burn).filter(|(a, b)| a == b).count() as f64 / n as f64;
 
-        let (native, onnx) = (dir.path().join("model.sparse"), dir.path().join("model.onnx"));
-        sparsify::export::export(&summary.net, &native, sparsify::export::Format::Native).unwrap();
-        sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx).unwrap();
+        let (native, onnx) = export_both(&summary, dir.path());
         for file in [&native, &onnx] {
             let model =
                 engine::compile::compile(engine::load(file).unwrap(), engine::compile::Options::new(Default::default()).unwrap()).unwrap();

@@ -53,10 +53,6 @@ impl Q8Matrix {
         Q8Matrix { rows, cols, row_ptr, group, packed, row_sums }
     }
 
-    /// Groups of 4 columns (the quantized input has this many 4-byte rows per sample).
-    pub fn groups(&self) -> usize {
-        self.cols.div_ceil(4)
-    }
     pub fn stored_groups(&self) -> usize {
         self.group.len()
     }
@@ -223,16 +219,6 @@ pub fn has_vnni() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// The name of the variant `spmm_q8` runs for `isa` at batch 1 (`ld == 1`) or batched.
-pub fn variant(isa: Isa, batch1: bool) -> &'static str {
-    match (isa, has_vnni(), batch1) {
-        (Isa::Avx512, true, true) => "q8-spmv-vnni",
-        (Isa::Avx512, true, false) => "q8-spmm-vnni",
-        (Isa::Avx2 | Isa::Avx512, _, false) => "q8-spmm-avx2",
-        _ => "q8-scalar",
-    }
 }
 
 /// `y = dequant(W x)` for the rows in `rows` (`y` holds them as `[rows.len(), ld]`).
