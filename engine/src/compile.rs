@@ -290,7 +290,10 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
     if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
         m.dense = Some(data.to_vec());
     }
-    if m.batch1 == Kernel::Sparse || m.batched == Kernel::Sparse {
+    if m.batch1 == Kernel::Sparse && m.conv.is_none() {
+        // The batch-1 kernel of a linear layer streams every index once per sample.
+        m.csr = Some(csr.with_narrow_columns());
+    } else if m.batch1 == Kernel::Sparse || m.batched == Kernel::Sparse {
         m.csr = Some(csr);
     }
     Ok(m)

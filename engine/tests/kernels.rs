@@ -126,10 +126,30 @@ fn spmv_variants_match_the_scalar_twin() {
         let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
         let mut want = vec![0.0; rows];
         spmv::spmv_ref(&m, &bias, &x, &mut want, 0..rows, true);
+        for m in [m.clone(), m.with_narrow_columns()] {
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; rows];
+                spmv::spmv(isa, &m, &bias, &x, &mut got, 0..rows, true);
+                let width = if m.col16.is_some() { 16 } else { 32 };
+                assert_close(&got, &want, &format!("spmv {} {width}-bit indices {rows}x{cols} s={s}", isa.name()));
+            }
+        }
+    }
+}
+
+#[test]
+fn narrow_columns_only_where_every_index_fits_in_16_bits() {
+    for (cols, fits) in [(1 << 16, true), ((1 << 16) + 1, false)] {
+        let mut dense = vec![0.0f32; 2 * cols];
+        dense[cols - 1] = 2.0; // the last column of row 0
+        dense[cols] = 3.0; // the first column of row 1
+        let m = Csr::from_dense(&dense, 2, cols).with_narrow_columns();
+        assert_eq!(m.col16.is_some(), fits, "cols = {cols}");
+        let x: Vec<f32> = (0..cols).map(|i| i as f32).collect();
         for isa in Isa::available() {
-            let mut got = vec![f32::NAN; rows];
-            spmv::spmv(isa, &m, &bias, &x, &mut got, 0..rows, true);
-            assert_close(&got, &want, &format!("spmv {} {rows}x{cols} s={s}", isa.name()));
+            let mut y = [0.0f32; 2];
+            spmv::spmv(isa, &m, &[0.5, 0.0], &x, &mut y, 0..2, false);
+            assert_eq!(y, [0.5 + 2.0 * (cols - 1) as f32, 0.0], "{} cols = {cols}", isa.name());
         }
     }
 }

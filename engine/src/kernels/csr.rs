@@ -12,6 +12,10 @@ pub struct Csr {
     /// Column of each entry, `< cols`.
     pub col: Vec<u32>,
     pub val: Vec<f32>,
+    /// The same column indices in 16 bits, kept for the batch-1 kernel (which streams every index
+    /// once per inference, so 6 bytes per non-zero instead of 8 are 25% less traffic); added by
+    /// `with_narrow_columns` where `cols <= 65536`.
+    pub col16: Option<Vec<u16>>,
 }
 
 impl Csr {
@@ -31,7 +35,15 @@ impl Csr {
             }
             row_ptr.push(val.len() as u32);
         }
-        Csr { rows, cols, row_ptr, col, val }
+        Csr { rows, cols, row_ptr, col, val, col16: None }
+    }
+
+    /// Adds the 16-bit copy of the column indices where every index fits.
+    pub fn with_narrow_columns(mut self) -> Csr {
+        if self.cols <= 1 << 16 {
+            self.col16 = Some(self.col.iter().map(|&c| c as u16).collect());
+        }
+        self
     }
 
     pub fn nnz(&self) -> usize {
@@ -40,7 +52,7 @@ impl Csr {
 
     /// Bytes of the packed weights.
     pub fn bytes(&self) -> usize {
-        4 * (self.row_ptr.len() + self.col.len() + self.val.len())
+        4 * (self.row_ptr.len() + self.col.len() + self.val.len()) + 2 * self.col16.as_ref().map_or(0, Vec::len)
     }
 }
 

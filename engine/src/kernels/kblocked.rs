@@ -32,7 +32,7 @@ impl KBlocked {
         let kc = kc.max(1);
         let n_blocks = m.cols.div_ceil(kc).max(1);
         let mut blocks: Vec<Csr> =
-            (0..n_blocks).map(|_| Csr { rows: m.rows, cols: m.cols, row_ptr: vec![0], col: vec![], val: vec![] }).collect();
+            (0..n_blocks).map(|_| Csr { rows: m.rows, cols: m.cols, row_ptr: vec![0], col: vec![], val: vec![], col16: None }).collect();
         for r in 0..m.rows {
             for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
                 let b = &mut blocks[m.col[j] as usize / kc];

@@ -2,7 +2,9 @@
 //!
 //! For each output row `r` of `rows`: `y[r - rows.start] = act(bias[r] + sum_j val[j] * x[col[j]])`.
 //! At batch 1 the weights are read once per inference, so the kernel is bound by the bytes of
-//! values and indices; the vector variants gather 16 (AVX-512) or 8 (AVX2) inputs at a time.
+//! values and indices and by the gathers: 16-bit column indices where they fit (`Csr::col16`),
+//! and 8-lane gathers on AVX-512 machines too, because 16-lane `vgatherdps` measured 1.2-1.3x slower
+//! per input on long rows and 2.6x on short ones on this project's machine (BENCHMARKS.md).
 
 use std::ops::Range;
 
@@ -26,17 +28,26 @@ pub fn spmv_ref(m: &Csr, bias: &[f32], x: &[f32], y: &mut [f32], rows: Range<usi
     }
 }
 
-/// Runs the variant for `isa` (which the CPU must support).
+/// Runs the variant for `isa` (which the CPU must support), on the 16-bit column indices where
+/// the matrix has them.
 pub fn spmv(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], y: &mut [f32], rows: Range<usize>, relu: bool) {
     check(m, bias, x, y, &rows);
-    match isa {
-        // SAFETY: sizes checked above, CSR indices validated at construction, ISA chosen from the CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::spmv_avx512(m, bias, x, y, rows, relu) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::spmv_avx2(m, bias, x, y, rows, relu) },
-        _ => spmv_ref(m, bias, x, y, rows, relu),
+    if let Some(c) = &m.col16 {
+        assert_eq!(c.len(), m.col.len(), "16-bit column indices do not match the matrix");
     }
+    // SAFETY: sizes checked above, CSR indices validated at construction (the 16-bit copy holds
+    // the same values), ISA chosen from the CPU.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        use x86::*;
+        let (p, v) = (&m.row_ptr[..], &m.val[..]);
+        match (isa, &m.col16) {
+            (Isa::Avx2 | Isa::Avx512, Some(c)) => return spmv_avx2_u16(p, c, v, bias, x, y, rows, relu),
+            (Isa::Avx2 | Isa::Avx512, None) => return spmv_avx2_u32(p, &m.col, v, bias, x, y, rows, relu),
+            (Isa::Scalar, _) => {}
+        }
+    }
+    spmv_ref(m, bias, x, y, rows, relu)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -44,68 +55,62 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::Csr;
-
-    /// # Safety
-    /// AVX-512F must be available; sizes as in `super::check`; `m.col[j] < m.cols <= x.len()`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn spmv_avx512(m: &Csr, bias: &[f32], x: &[f32], y: &mut [f32], rows: Range<usize>, relu: bool) {
-        let r0 = rows.start;
-        for r in rows {
-            let (s, e) = (m.row_ptr[r] as usize, m.row_ptr[r + 1] as usize);
-            let mut j = s;
-            // SAFETY: j + 16 <= e <= nnz for full loads; the tail is masked; gathered indices < x.len().
-            let sum = unsafe {
-                let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-                while j + 32 <= e {
-                    let i0 = _mm512_loadu_si512(m.col.as_ptr().add(j) as *const _);
-                    let i1 = _mm512_loadu_si512(m.col.as_ptr().add(j + 16) as *const _);
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(m.val.as_ptr().add(j)), _mm512_i32gather_ps::<4>(i0, x.as_ptr()), a0);
-                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(m.val.as_ptr().add(j + 16)), _mm512_i32gather_ps::<4>(i1, x.as_ptr()), a1);
-                    j += 32;
+    /// A batch-1 kernel for one index width; `$load` turns 8 indices at `$p` into 32-bit lanes.
+    /// Rows gather 16 inputs per step into two accumulators, then 8, then finish in scalar code.
+    macro_rules! spmv_avx2 {
+        ($name:ident, $ix:ty, |$p:ident| $load:expr) => {
+            /// # Safety
+            /// AVX2 and FMA must be available; `row_ptr` has `rows.end + 1` entries bounding `col`
+            /// and `val`; every `col[j] < x.len()`; `bias.len() >= rows.end`; `y.len() >= rows.len()`.
+            #[target_feature(enable = "avx2,fma")]
+            pub unsafe fn $name(
+                row_ptr: &[u32],
+                col: &[$ix],
+                val: &[f32],
+                bias: &[f32],
+                x: &[f32],
+                y: &mut [f32],
+                rows: Range<usize>,
+                relu: bool,
+            ) {
+                let r0 = rows.start;
+                for r in rows {
+                    let (s, e) = (row_ptr[r] as usize, row_ptr[r + 1] as usize);
+                    let mut j = s;
+                    // SAFETY: j + 8 <= e <= col.len() = val.len() for every load; gathered indices < x.len().
+                    let mut acc = unsafe {
+                        let idx = |j: usize| {
+                            let $p = col.as_ptr().add(j);
+                            $load
+                        };
+                        let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                        while j + 16 <= e {
+                            let (i0, i1) = (idx(j), idx(j + 8));
+                            a = _mm256_fmadd_ps(_mm256_loadu_ps(val.as_ptr().add(j)), _mm256_i32gather_ps::<4>(x.as_ptr(), i0), a);
+                            b = _mm256_fmadd_ps(_mm256_loadu_ps(val.as_ptr().add(j + 8)), _mm256_i32gather_ps::<4>(x.as_ptr(), i1), b);
+                            j += 16;
+                        }
+                        if j + 8 <= e {
+                            a = _mm256_fmadd_ps(_mm256_loadu_ps(val.as_ptr().add(j)), _mm256_i32gather_ps::<4>(x.as_ptr(), idx(j)), a);
+                            j += 8;
+                        }
+                        let a = _mm256_add_ps(a, b);
+                        let hi = _mm256_extractf128_ps::<1>(a);
+                        let q = _mm_add_ps(_mm256_castps256_ps128(a), hi);
+                        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                        let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+                        _mm_cvtss_f32(q)
+                    };
+                    for k in j..e {
+                        acc += val[k] * x[col[k] as usize];
+                    }
+                    let acc = bias[r] + acc;
+                    y[r - r0] = if relu { acc.max(0.0) } else { acc };
                 }
-                while j < e {
-                    let n = (e - j).min(16);
-                    let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
-                    let idx = _mm512_maskz_loadu_epi32(mask, m.col.as_ptr().add(j) as *const i32);
-                    let xs = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, x.as_ptr());
-                    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, m.val.as_ptr().add(j)), xs, a0);
-                    j += n;
-                }
-                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
-            };
-            let acc = bias[r] + sum;
-            y[r - r0] = if relu { acc.max(0.0) } else { acc };
-        }
-    }
-
-    /// # Safety
-    /// AVX2 and FMA must be available; sizes as in `super::check`; `m.col[j] < m.cols <= x.len()`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn spmv_avx2(m: &Csr, bias: &[f32], x: &[f32], y: &mut [f32], rows: Range<usize>, relu: bool) {
-        let r0 = rows.start;
-        for r in rows {
-            let (s, e) = (m.row_ptr[r] as usize, m.row_ptr[r + 1] as usize);
-            let mut j = s;
-            // SAFETY: j + 8 <= e <= nnz for every load; gathered indices < x.len().
-            let mut acc = unsafe {
-                let mut a = _mm256_setzero_ps();
-                while j + 8 <= e {
-                    let idx = _mm256_loadu_si256(m.col.as_ptr().add(j) as *const __m256i);
-                    a = _mm256_fmadd_ps(_mm256_loadu_ps(m.val.as_ptr().add(j)), _mm256_i32gather_ps::<4>(x.as_ptr(), idx), a);
-                    j += 8;
-                }
-                let hi = _mm256_extractf128_ps::<1>(a);
-                let q = _mm_add_ps(_mm256_castps256_ps128(a), hi);
-                let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-                let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
-                _mm_cvtss_f32(q)
-            };
-            for k in j..e {
-                acc += m.val[k] * x[m.col[k] as usize];
             }
-            let acc = bias[r] + acc;
-            y[r - r0] = if relu { acc.max(0.0) } else { acc };
-        }
+        };
     }
+
+    spmv_avx2!(spmv_avx2_u32, u32, |p| _mm256_loadu_si256(p as *const __m256i));
+    spmv_avx2!(spmv_avx2_u16, u16, |p| _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)));
 }
