@@ -3,6 +3,9 @@
 
   stack8x256_s90.onnx   input 256 -> 8 x (Gemm 256x256 + Relu), 90% of each weight zero
                         (random unstructured, smallest magnitudes pruned), as in issue #6.
+  convstack_s90.onnx    3 x 96 x 96 image -> Conv 3->32 3x3 (dense) + Relu, then 4 x (Conv
+                        32->32 3x3 + Relu) at 90% sparsity, MaxPool 2x2: images too large for
+                        one core's L2, the case for row bands.
 
 Usage: python make-stack-model.py OUT_DIR   (needs numpy and onnx)
 """
@@ -12,6 +15,38 @@ import sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+
+def prune(w, sparsity):
+    cut = np.quantile(np.abs(w), sparsity)
+    w[np.abs(w) < cut] = 0.0
+    return w
+
+
+def save(path, nodes, inits, inputs, outputs):
+    graph = helper.make_graph(nodes, "bench", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def conv_stack(path, size=96, channels=32, layers=4, sparsity=0.9, seed=7):
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    prev, cin = "input", 3
+    for i in range(layers + 1):
+        w = rng.standard_normal((channels, cin, 3, 3)).astype(np.float32) / np.sqrt(cin * 9)
+        if i > 0:
+            w = prune(w, sparsity)
+        b = (rng.standard_normal(channels) * 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"conv{i}.weight"), numpy_helper.from_array(b, f"conv{i}.bias")]
+        nodes.append(helper.make_node("Conv", [prev, f"conv{i}.weight", f"conv{i}.bias"], [f"conv{i}.pre"], name=f"conv{i}",
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"conv{i}.pre"], [f"conv{i}"], name=f"conv{i}.relu"))
+        prev, cin = f"conv{i}", channels
+    nodes.append(helper.make_node("MaxPool", [prev], ["pool"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+    save(path, nodes, inits, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+         [helper.make_tensor_value_info("pool", TensorProto.FLOAT, ["N", channels, size // 2, size // 2])])
 
 
 def stack(path, layers=8, width=256, sparsity=0.9, seed=6):
@@ -43,4 +78,6 @@ if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "target/bench-models"
     os.makedirs(out, exist_ok=True)
     stack(os.path.join(out, "stack8x256_s90.onnx"))
+    conv_stack(os.path.join(out, "convstack_s90.onnx"))
     print(os.path.join(out, "stack8x256_s90.onnx"))
+    print(os.path.join(out, "convstack_s90.onnx"))

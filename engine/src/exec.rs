@@ -25,19 +25,59 @@ struct Plan {
     offsets: Vec<usize>,
     /// Offset and size of the im2col scratch space.
     scratch: Range<usize>,
-    /// Offset and size (in f32 slots) of the quantized-input scratch space of int8 layers.
-    quantized: Range<usize>,
+    /// Offset of the two quantized-input slots of int8 layers, `quantized_len` f32 slots each.
+    quantized: usize,
+    quantized_len: usize,
     chunk: usize,
     /// The first layer is int8 and the only reader of the input: tiles are quantized straight
     /// from the caller's samples, without an f32 copy.
     fused_input: bool,
+    /// Per layer, how an int8 layer's input and output flow.
+    int8_flow: Vec<Int8Flow>,
+}
+
+/// How an int8 layer gets its quantized input and where its output goes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Int8Flow {
+    /// Which of the two quantized slots holds its input.
+    slot: usize,
+    /// The input is already there (quantized from the samples, or by the previous layer).
+    prequantized: bool,
+    /// The output is requantized straight into the next layer's input slot instead of written
+    /// as f32: activations stay int8 between the two layers.
+    requantize: bool,
+}
+
+/// An int8 linear layer (int8 convolutions quantize their im2col buffers instead).
+fn int8_linear(layer: &Layer) -> bool {
+    matches!(&layer.exec, Exec::MatMul(m) if m.int8.is_some() && m.conv.is_none())
+}
+
+/// Whether `value` is read by exactly one layer, `reader`, and is not the model's output.
+fn only_reader(model: &Model, value: usize, reader: usize) -> bool {
+    value != model.output_value && model.layers.iter().enumerate().all(|(i, l)| (i == reader) == l.inputs.contains(&value))
 }
 
 /// Whether the first layer is an int8 linear layer that alone reads the model input.
 fn input_fuses_into_int8(model: &Model) -> bool {
-    let first = model.layers.first();
-    let int8_linear = first.is_some_and(|l| l.inputs == [0] && matches!(&l.exec, Exec::MatMul(m) if m.int8.is_some() && m.conv.is_none()));
-    int8_linear && model.layers[1..].iter().all(|l| !l.inputs.contains(&0)) && model.output_value != 0
+    model.layers.first().is_some_and(|l| l.inputs == [0] && int8_linear(l)) && only_reader(model, 0, 0)
+}
+
+/// Chains of int8 linear layers where each is the only reader of the previous one's output: the
+/// earlier layer requantizes into the later one's input, alternating between the two slots.
+fn int8_flows(model: &Model, fused_input: bool) -> Vec<Int8Flow> {
+    let mut flows = vec![Int8Flow::default(); model.layers.len()];
+    if fused_input {
+        flows[0].prequantized = true;
+    }
+    for i in 0..model.layers.len().saturating_sub(1) {
+        let (layer, next) = (&model.layers[i], &model.layers[i + 1]);
+        if int8_linear(layer) && int8_linear(next) && next.inputs == [layer.output] && only_reader(model, layer.output, i + 1) {
+            flows[i].requantize = true;
+            flows[i + 1] = Int8Flow { slot: 1 - flows[i].slot, prequantized: true, requantize: false };
+        }
+    }
+    flows
 }
 
 impl Plan {
@@ -52,11 +92,15 @@ impl Plan {
             offsets.push(at);
             at += size * tile_ld;
         }
+        // Convolutions in row bands also keep their band's output there before it is copied
+        // into place.
+        let banded = |l: usize| schedule.columns.iter().any(|c| c.bands > 1 && c.layers.contains(&l));
         let scratch_len = model
             .layers
             .iter()
-            .filter_map(|l| match &l.exec {
-                Exec::MatMul(m) => m.conv.map(|g| m.cols * g.out_hw[0] * g.out_hw[1] * tile_ld),
+            .enumerate()
+            .filter_map(|(i, l)| match &l.exec {
+                Exec::MatMul(m) => m.conv.map(|g| (m.cols + if banded(i) { m.rows } else { 0 }) * g.out_hw[0] * g.out_hw[1] * tile_ld),
                 _ => None,
             })
             .max()
@@ -71,15 +115,18 @@ impl Plan {
             .max()
             .unwrap_or(0);
         let q_start = at + scratch_len;
+        let fused_input = input_fuses_into_int8(model);
         Plan {
             schedule,
             batch,
             tile,
             offsets,
             scratch: at..q_start,
-            quantized: q_start..q_start + quantized_len,
-            chunk: q_start + quantized_len,
-            fused_input: input_fuses_into_int8(model),
+            quantized: q_start,
+            quantized_len,
+            chunk: q_start + 2 * quantized_len,
+            fused_input,
+            int8_flow: int8_flows(model, fused_input),
         }
     }
 
@@ -93,6 +140,11 @@ impl Plan {
     /// Row length of tile `t` (its width, padded).
     fn ld(&self, t: usize) -> usize {
         padded(self.width(t))
+    }
+    /// Quantized slot `k` of a tile chunk.
+    fn quantized_slot(&self, k: usize) -> Range<usize> {
+        let start = self.quantized + k * self.quantized_len;
+        start..start + self.quantized_len
     }
 }
 
@@ -208,9 +260,12 @@ impl<'m> Session<'m> {
                     if c == 0 {
                         load_input(model, plan, t, chunk, input);
                     }
+                    if column.bands > 1 {
+                        return run_banded(model, plan, column, t, chunk, threads, times, timed);
+                    }
                     for l in column.layers.clone() {
                         let start = timed.then(std::time::Instant::now);
-                        run_layer_on_tile(model, plan, &model.layers[l], t, chunk, threads);
+                        run_layer_on_tile(model, plan, l, t, chunk, threads);
                         if let Some(start) = start {
                             times[l] += start.elapsed().as_secs_f64();
                         }
@@ -266,16 +321,17 @@ fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[
         && let Exec::MatMul(m) = &model.layers[0].exec
         && let Some(q) = &m.int8
     {
-        let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut chunk[plan.quantized.clone()]);
+        let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut chunk[plan.quantized_slot(plan.int8_flow[0].slot)]);
         return q8::quantize_samples(model.options.isa, samples, f_in, w, ld, q.input_scale, q.input_zero, qx);
     }
     let x0 = &mut chunk[plan.offsets[0]..plan.offsets[0] + f_in * ld];
     transpose::transpose(model.options.isa, samples, w, f_in, f_in, x0, ld);
 }
 
-fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk: &mut [f32], threads: usize) {
+fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], threads: usize) {
     // Padding columns are computed along with the samples: they hold finite values derived from
     // zeros and are never read back.
+    let layer = &model.layers[l];
     let w = plan.ld(t);
     let isa = model.options.isa;
     let range = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * w;
@@ -284,14 +340,17 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
     if let Exec::MatMul(m) = &layer.exec
         && let Some(q) = &m.int8
     {
-        // Quantize the input (after im2col for a convolution) into the int8 scratch space, then
-        // run the int8 kernel into the output region.
+        // Quantize the input (after im2col for a convolution) into the layer's quantized slot
+        // unless it is there already, then run the int8 kernel into the output region, or
+        // requantized into the next layer's slot.
+        let flow = plan.int8_flow[l];
         let cols_w = columns(m, w);
         let (values, rest) = chunk.split_at_mut(plan.scratch.start);
-        let (im2col_buf, quantized) = rest.split_at_mut(plan.quantized.start - plan.scratch.start);
-        let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut quantized[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
-        let prequantized = plan.fused_input && std::ptr::eq(layer, &model.layers[0]);
-        if !prequantized {
+        let (im2col_buf, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
+        let (slot0, slot1) = slots.split_at_mut(plan.quantized_len);
+        let (input_slot, output_slot) = if flow.slot == 0 { (slot0, slot1) } else { (slot1, slot0) };
+        let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut input_slot[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
+        if !flow.prequantized {
             let x: &[f32] = match m.conv {
                 Some(g) => {
                     let buf = &mut im2col_buf[..m.cols * cols_w];
@@ -302,7 +361,15 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
             };
             q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx);
         }
-        int8_matmul(isa, q, qx, cols_w, &mut values[out_range], threads);
+        let out = match &model.layers[l + 1..].first().map(|n| &n.exec) {
+            Some(Exec::MatMul(next)) if flow.requantize => {
+                let next = next.int8.as_ref().expect("requantizing into an int8 layer");
+                let y: &mut [u8] = bytemuck::cast_slice_mut(output_slot);
+                q8::Output::quantized(&mut y[..q8::quantized_len(m.rows, cols_w)], next.input_scale, next.input_zero)
+            }
+            _ => q8::Output::F32(&mut values[out_range]),
+        };
+        int8_matmul(isa, q, qx, cols_w, out, threads);
         return;
     }
     if let Exec::MatMul(m) = &layer.exec
@@ -319,17 +386,130 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, layer: &Layer, t: usize, chunk:
     run_layer(isa, &layer.exec, &xs, y, w, threads);
 }
 
+/// Runs a column in row bands on tile `t` (see `schedule::Column::bands`): band by band of the
+/// last layer's output, each layer computes the rows the band needs that earlier bands have not.
+#[allow(clippy::too_many_arguments)]
+fn run_banded(
+    model: &Model,
+    plan: &Plan,
+    column: &schedule::Column,
+    t: usize,
+    chunk: &mut [f32],
+    threads: usize,
+    times: &mut [f64],
+    timed: bool,
+) {
+    let layers = column.layers.clone();
+    let mut done = vec![0usize; layers.len()];
+    for band in 0..column.bands {
+        let need = schedule::band_rows(model, layers.clone(), column.bands, band);
+        for (i, l) in layers.clone().enumerate() {
+            // Bands move down the image, so the rows a band needs never start above those an
+            // earlier band needed: everything above `done` is already there.
+            let rows = need[i].start.max(done[i])..need[i].end;
+            if rows.is_empty() {
+                continue;
+            }
+            let start = timed.then(std::time::Instant::now);
+            run_layer_rows(model, plan, l, t, chunk, threads, rows.clone());
+            if let Some(start) = start {
+                times[l] += start.elapsed().as_secs_f64();
+            }
+            done[i] = rows.end;
+        }
+    }
+}
+
+/// Output rows `rows` of a spatial layer (convolution, pool or element-wise) on tile `t`.
+fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], threads: usize, rows: Range<usize>) {
+    let layer = &model.layers[l];
+    let w = plan.ld(t);
+    let isa = model.options.isa;
+    let range = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * w;
+    let ins: Vec<Range<usize>> = layer.inputs.iter().map(|&v| range(v)).collect();
+    // Output rows of every channel: `[channels, height, width, w]`, one band per channel.
+    let (height, row_len) = (layer.out_shape[1], layer.out_shape[2] * w);
+    let band = |c: usize| c * height * row_len + rows.start * row_len..c * height * row_len + rows.end * row_len;
+    let channels = layer.out_shape[0];
+    if let Exec::MatMul(m) = &layer.exec {
+        let g = Geometry { w, ..m.conv.expect("a spatial matmul is a convolution") };
+        let band_cols = rows.len() * g.out_hw[1] * w;
+        let (values, rest) = chunk.split_at_mut(plan.scratch.start);
+        let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
+        let (cols, band_out) = scratch.split_at_mut(m.cols * band_cols);
+        let band_out = &mut band_out[..m.rows * band_cols];
+        window::im2col_rows(&g, &values[ins[0].clone()], rows.clone(), cols);
+        match &m.int8 {
+            Some(q) => {
+                let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
+                q8::quantize(isa, cols, m.cols, band_cols, q.input_scale, q.input_zero, qx);
+                int8_matmul(isa, q, qx, band_cols, q8::Output::F32(band_out), threads);
+            }
+            None => matmul(isa, m, cols, band_cols, band_out, threads),
+        }
+        let y = &mut values[range(layer.output)];
+        for (c, part) in band_out.chunks_exact(band_cols).enumerate() {
+            y[band(c)].copy_from_slice(part);
+        }
+        return;
+    }
+    let (xs, y) = regions(chunk, &ins, range(layer.output));
+    let relu = |v: f32, on: bool| if on { v.max(0.0) } else { v };
+    match &layer.exec {
+        Exec::Pool { geometry, avg } => window::pool_rows(&Geometry { w, ..*geometry }, xs[0], y, *avg, rows),
+        Exec::Affine { scale, shift, relu: r, .. } => {
+            for c in 0..channels {
+                let (s, b) = (scale[c], shift[c]);
+                y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, i)| *o = relu(i * s + b, *r));
+            }
+        }
+        Exec::Relu => (0..channels).for_each(|c| y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, i)| *o = i.max(0.0))),
+        Exec::Add { relu: r } => {
+            for c in 0..channels {
+                y[band(c)].iter_mut().zip(xs[0][band(c)].iter().zip(&xs[1][band(c)])).for_each(|(o, (a, b))| *o = relu(a + b, *r));
+            }
+        }
+        _ => unreachable!("only spatial layers run in row bands"),
+    }
+}
+
 /// Below about this many multiply-adds (a few microseconds) handing half of a layer to another
 /// thread costs more than it saves, so small layers run on the calling thread.
 const PARALLEL_WORK: usize = 32 * 1024;
 
-/// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads`.
-fn int8_matmul(isa: Isa, q: &Int8Layer, x: &[u8], w: usize, y: &mut [f32], threads: usize) {
+/// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads` (in
+/// whole groups of four when the output is requantized).
+fn int8_matmul(isa: Isa, q: &Int8Layer, x: &[u8], w: usize, out: q8::Output, threads: usize) {
     let m = &q.matrix;
     if threads <= 1 || m.stored_groups() * w < PARALLEL_WORK {
-        return q8::spmm_q8(isa, m, x, w, y, 0..m.rows, &q.dequant);
+        return q8::spmm_q8_into(isa, m, x, w, out, 0..m.rows, &q.dequant);
     }
-    row_parts(&m.row_ptr, threads, y, w).into_par_iter().for_each(|(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant));
+    match out {
+        q8::Output::F32(y) => {
+            row_parts(&m.row_ptr, threads, y, w).into_par_iter().for_each(|(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant))
+        }
+        q8::Output::Quantized { y, inv_scale, zero } => {
+            let mut parts = Vec::new();
+            let mut rest = y;
+            for r in balanced_ranges(&m.row_ptr, threads * 4).into_iter().filter_map(|r| whole_groups(r, m.rows)) {
+                let (head, tail) = rest.split_at_mut(q8::quantized_len(r.len(), w));
+                parts.push((r, head));
+                rest = tail;
+            }
+            parts
+                .into_par_iter()
+                .for_each(|(r, y)| q8::spmm_q8_into(isa, m, x, w, q8::Output::Quantized { y, inv_scale, zero }, r, &q.dequant));
+        }
+    }
+}
+
+/// A range of rows widened to whole groups of four: each start moves down to a multiple of 4,
+/// each end too (or stays at `rows`); a range left empty is dropped. Applied to consecutive
+/// ranges that cover `0..rows`, the results still cover it without overlapping.
+fn whole_groups(r: Range<usize>, rows: usize) -> Option<Range<usize>> {
+    let end = if r.end == rows { rows } else { r.end / 4 * 4 };
+    let start = r.start / 4 * 4;
+    (end > start).then_some(start..end)
 }
 
 /// Rows (described by cumulative entry counts `row_ptr`) cut into ranges of about equal work,
@@ -436,6 +616,28 @@ fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, thre
                     sum += e;
                 }
                 (0..features).for_each(|f| y[f * w + s] /= sum);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_groups;
+
+    #[test]
+    fn row_ranges_widen_to_whole_groups_of_four_and_still_cover_the_rows() {
+        assert_eq!(whole_groups(0..6, 10), Some(0..4));
+        assert_eq!(whole_groups(6..10, 10), Some(4..10));
+        assert_eq!(whole_groups(5..7, 10), None);
+        assert_eq!(whole_groups(0..3, 3), Some(0..3));
+        for rows in 1..40 {
+            for cut in 0..=rows {
+                let parts: Vec<_> =
+                    [0..cut, cut..rows].into_iter().filter(|r| !r.is_empty()).filter_map(|r| whole_groups(r, rows)).collect();
+                assert_eq!(parts.first().unwrap().start, 0);
+                assert_eq!(parts.last().unwrap().end, rows);
+                assert!(parts.windows(2).all(|p| p[0].end == p[1].start && p[1].start % 4 == 0));
             }
         }
     }

@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use crate::compile::{Exec, Model};
+use crate::compile::{Exec, Layer, Model};
 use crate::kernels::q8;
 
 /// How layers are ordered over tiles.
@@ -52,9 +52,16 @@ pub const TILE_ENV: &str = "ENGINE_TILE";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Column {
     pub layers: Range<usize>,
-    /// Packed weights of the column plus the largest live activations of one tile, in bytes.
+    /// Packed weights of the column plus the largest live activations of one tile (of one band
+    /// of rows, when banded), in bytes.
     pub working_set: usize,
     pub fits: bool,
+    /// Row bands of the last layer's output (1: whole images). A column of convolutions, pools
+    /// and element-wise layers whose images do not fit the budget runs band by band: each layer
+    /// computes the rows of its output that the band needs (the border rows shared with the
+    /// previous band were computed by it and are reused), so a band's rows stay in cache from
+    /// the column's first layer to its last.
+    pub bands: usize,
 }
 
 /// The schedule chosen for one batch size and thread count.
@@ -120,23 +127,120 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
     4 * values * ld + scratch
 }
 
-/// Greedy columns for tiles of `w` samples: a layer joins the column while the column still fits.
+/// Packed weights plus the largest live activations of the layers in `layers` for tiles of `w`
+/// samples cut into `bands` row bands.
+fn working_set(model: &Model, layers: Range<usize>, w: usize, bands: usize) -> usize {
+    let weights: usize = layers.clone().map(|l| weight_bytes(&model.layers[l].exec)).sum();
+    let acts = layers.map(|l| (activation_bytes(model, l, w) as f64 * band_fraction(&model.layers[l], bands)) as usize).max().unwrap_or(0);
+    weights + acts
+}
+
+/// The share of a layer's activations one of `bands` row bands touches: its rows plus the
+/// window's border rows.
+fn band_fraction(layer: &Layer, bands: usize) -> f64 {
+    if bands <= 1 || layer.out_shape.len() != 3 {
+        return 1.0;
+    }
+    let rows = layer.out_shape[1].max(1);
+    let border = match &layer.exec {
+        Exec::MatMul(m) => m.conv.map_or(0, |g| g.window.kernel[0] - 1),
+        Exec::Pool { geometry, .. } => geometry.window.kernel[0] - 1,
+        _ => 0,
+    };
+    ((rows.div_ceil(bands) + border) as f64 / rows as f64).min(1.0)
+}
+
+/// The fewest row bands (1, or from `band_counts` for a bandable column) that make `layers` fit.
+fn fitting_bands(model: &Model, layers: Range<usize>, w: usize, budget: usize) -> Option<usize> {
+    if working_set(model, layers.clone(), w, 1) <= budget {
+        return Some(1);
+    }
+    if !bandable(model, layers.clone()) {
+        return None;
+    }
+    let rows = layers.clone().map(|l| model.layers[l].out_shape[1]).min().unwrap_or(1);
+    band_counts(rows).find(|&b| working_set(model, layers.clone(), w, b) <= budget)
+}
+
+/// Band counts the planner tries for images of `rows` rows: powers of two, then one row per band.
+fn band_counts(rows: usize) -> impl Iterator<Item = usize> {
+    (1..).map(|p| 1usize << p).take_while(move |&b| b < rows).chain(std::iter::once(rows).filter(|&r| r > 1))
+}
+
+/// Greedy columns for tiles of `w` samples: a layer joins the column while the column still fits
+/// (cut into row bands if it must).
 fn columns(model: &Model, w: usize, budget: usize) -> Vec<Column> {
-    let mut out: Vec<Column> = Vec::new();
-    let (mut start, mut weights, mut acts) = (0, 0, 0);
-    for l in 0..model.layers.len() {
-        let (lw, la) = (weight_bytes(&model.layers[l].exec), activation_bytes(model, l, w));
-        if l > start && weights + lw + acts.max(la) > budget {
-            out.push(Column { layers: start..l, working_set: weights + acts, fits: weights + acts <= budget });
-            (start, weights, acts) = (l, 0, 0);
+    let column = |layers: Range<usize>| {
+        let bands = fitting_bands(model, layers.clone(), w, budget).unwrap_or(1);
+        let working_set = working_set(model, layers.clone(), w, bands);
+        Column { layers, working_set, fits: working_set <= budget, bands }
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    for l in 1..model.layers.len() {
+        if fitting_bands(model, start..l + 1, w, budget).is_none() {
+            out.push(column(start..l));
+            start = l;
         }
-        weights += lw;
-        acts = acts.max(la);
     }
     if start < model.layers.len() {
-        out.push(Column { layers: start..model.layers.len(), working_set: weights + acts, fits: weights + acts <= budget });
+        out.push(column(start..model.layers.len()));
     }
     out
+}
+
+/// A layer that works on images row by row: a convolution, a pool, or an element-wise layer on
+/// `[C, H, W]` values.
+fn spatial(layer: &Layer) -> bool {
+    let image_op = match &layer.exec {
+        Exec::MatMul(m) => m.conv.is_some(),
+        Exec::Pool { .. } | Exec::Affine { .. } | Exec::Relu | Exec::Add { .. } => true,
+        _ => false,
+    };
+    image_op && layer.out_shape.len() == 3
+}
+
+/// Whether `layers` can run in row bands: all spatial, and every value they make but the last
+/// is read only inside the column (the bands leave rows that no layer of the column needs
+/// uncomputed).
+pub fn bandable(model: &Model, layers: Range<usize>) -> bool {
+    let inside = |reader: usize| layers.contains(&reader);
+    !layers.is_empty()
+        && layers.clone().all(|l| spatial(&model.layers[l]))
+        && layers.clone().take(layers.len() - 1).all(|l| {
+            let v = model.layers[l].output;
+            v != model.output_value && model.layers.iter().enumerate().all(|(r, layer)| !layer.inputs.contains(&v) || inside(r))
+        })
+}
+
+/// For band `band` of `bands` of a bandable column, the output rows each of its layers must have
+/// computed: the band's share of the last layer's rows, and back through the windows, the rows
+/// each earlier layer's output feeds into them.
+pub fn band_rows(model: &Model, layers: Range<usize>, bands: usize, band: usize) -> Vec<Range<usize>> {
+    let start = layers.start;
+    let last = layers.end - 1;
+    let rows = model.layers[last].out_shape[1];
+    let mut need = vec![0..0; layers.len()];
+    need[last - start] = band * rows / bands..(band + 1) * rows / bands;
+    for l in layers.clone().rev() {
+        let out = need[l - start].clone();
+        if out.is_empty() {
+            continue;
+        }
+        let layer = &model.layers[l];
+        let input = match &layer.exec {
+            Exec::MatMul(m) => m.conv.expect("spatial").input_rows(out),
+            Exec::Pool { geometry, .. } => geometry.input_rows(out),
+            _ => out,
+        };
+        for &v in &layer.inputs {
+            if let Some(p) = layers.clone().find(|&p| model.layers[p].output == v) {
+                let have = &mut need[p - start];
+                *have = if have.start >= have.end { input.clone() } else { have.start.min(input.start)..have.end.max(input.end) };
+            }
+        }
+    }
+    need
 }
 
 /// The plan for `batch` samples on `threads` threads.
@@ -146,12 +250,18 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
         let columns = (0..model.layers.len())
             .map(|l| {
                 let working_set = weight_bytes(&model.layers[l].exec) + activation_bytes(model, l, tile);
-                Column { layers: l..l + 1, working_set, fits: working_set <= budget }
+                Column { layers: l..l + 1, working_set, fits: working_set <= budget, bands: 1 }
             })
             .collect();
         Plan { schedule: Schedule::Layerwise, tile, columns, budget }
     };
     if schedule == Schedule::Layerwise || batch <= 1 {
+        // One sample is one tile: depth-wise only pays where row bands let several layers share
+        // the cache.
+        let banded = (batch <= 1 && schedule != Schedule::Layerwise).then(|| columns(model, 1, budget));
+        if let Some(cols) = banded.filter(|cols| cols.iter().any(|c| c.bands > 1 && c.layers.len() > 1)) {
+            return Plan { schedule: Schedule::Depthwise, tile: 1, columns: cols, budget };
+        }
         return Plan { schedule: if batch <= 1 { schedule.min_resolved() } else { Schedule::Layerwise }, ..layerwise() };
     }
     // Tiles narrow enough that every thread gets one, and as wide as the fewest columns allow.
@@ -164,8 +274,18 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
     // The widest tile whose largest layer activations (inputs, output, im2col) fit the budget:
     // narrower tiles cost kernel efficiency, so weights that nearly fill the cache on their own
     // never shrink the tile, only activations do.
-    let acts = |t: usize| (0..model.layers.len()).map(|l| activation_bytes(model, l, t)).max().unwrap_or(0);
-    let tile = candidates.iter().copied().find(|&t| acts(t) <= budget).unwrap_or(*candidates.last().expect("one candidate"));
+    // Convolutions whose images overflow the budget may still fit in row bands.
+    let acts_fit = |t: usize| {
+        (0..model.layers.len()).all(|l| {
+            let acts = activation_bytes(model, l, t) as f64;
+            let rows = model.layers[l].out_shape.get(1).copied().unwrap_or(1);
+            let banded = bandable(model, l..l + 1).then(|| band_fraction(&model.layers[l], rows));
+            acts * banded.unwrap_or(1.0) <= budget as f64
+        })
+    };
+    // Tiles narrower than `MIN_TILE` only where they let row bands fit images nothing wider can.
+    let narrow = [4, 2, 1].into_iter().filter(|&t| t < *candidates.last().expect("one candidate") && std::env::var(TILE_ENV).is_err());
+    let tile = candidates.iter().copied().chain(narrow).find(|&t| acts_fit(t)).unwrap_or(*candidates.last().expect("one candidate"));
     let cols = columns(model, tile, budget);
     let depthwise = Plan { schedule: Schedule::Depthwise, tile, columns: cols, budget };
     match schedule {

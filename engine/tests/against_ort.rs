@@ -91,6 +91,31 @@ fn quantized_mlp_matches_onnx_runtime() {
 }
 
 #[test]
+fn int8_layers_requantizing_into_the_next_equal_dequantizing_and_quantizing_again() {
+    // Consecutive int8 linear layers requantize straight into the next layer's input; a Flatten
+    // between them (a copy) makes each write f32 and the next quantize it, as ONNX QDQ defines.
+    // The two must agree exactly. 203 and 101 rows leave partial groups of four, and the first two
+    // layers are large enough to split over threads.
+    let chained = quantized(mlp_with(9, 0.9, [784, 203, 101, 10]));
+    let mut separate = chained.clone();
+    for (i, fc) in ["fc0", "fc1"].iter().enumerate() {
+        let copy = format!("{fc}_copy");
+        separate.nodes.iter_mut().filter(|n| n.inputs == [fc.to_string()]).for_each(|n| n.inputs = vec![copy.clone()]);
+        separate.nodes.insert(2 * i + 1, node(&copy, engine::graph::Op::Flatten, &[fc]));
+    }
+    let options = || Options::new(KernelPolicy::Auto).unwrap();
+    let (chained, separate) = (compile::compile(chained, options()).unwrap(), compile::compile(separate, options()).unwrap());
+    for batch in [1, 3, 64, 100, 130] {
+        let input = random_input(batch as u64, batch, &[784]);
+        for threads in [1, 2] {
+            let a = Session::new(&chained, threads).unwrap().run(&input.data, batch).unwrap();
+            let b = Session::new(&separate, threads).unwrap().run(&input.data, batch).unwrap();
+            assert_eq!(a, b, "batch {batch}, {threads} threads");
+        }
+    }
+}
+
+#[test]
 fn quantized_cnn_matches_onnx_runtime() {
     check_graph_within("cnn_q8_s80", quantized(cnn(7, 0.8)), INT8_TOLERANCE);
 }

@@ -277,6 +277,46 @@ fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
 }
 
 #[test]
+fn requantizing_kernels_equal_quantizing_their_f32_output() {
+    use engine::kernels::q8::{self, Dequant, Output, Q8Matrix};
+    let mut rng = StdRng::seed_from_u64(18);
+    for (i, (rows, cols, w, s)) in cases().into_iter().enumerate() {
+        let m = Q8Matrix::from_int8(&int8_matrix(rows, cols, s, i % 2 == 0, &mut rng), rows, cols);
+        let zero = rng.random_range(0..=255u8);
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let mut qx = vec![0u8; q8::quantized_len(cols, w)];
+        q8::quantize_ref(&x, cols, w, 0.02, zero, &mut qx);
+        let relu = i % 3 != 0;
+        let d = Dequant {
+            bias: (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            mult: (0..rows).map(|_| rng.random_range(1e-4..1e-2)).collect(),
+            zero_corr: m.row_sums.iter().map(|&r| r * zero as i32).collect(),
+            relu,
+        };
+        // The next layer's input quantization: a scale small enough that some codes clamp.
+        let (next_scale, next_zero) = (rng.random_range(0.002..0.02f32), if relu { 0 } else { rng.random_range(0..=255u8) });
+        let mut f32_out = vec![0.0; rows * w];
+        q8::spmm_q8_ref(&m, &qx, w, &mut f32_out, 0..rows, &d);
+        let mut want = vec![0u8; q8::quantized_len(rows, w)];
+        q8::quantize_ref(&f32_out, rows, w, next_scale, next_zero, &mut want);
+        let mut got = vec![7u8; want.len()];
+        q8::spmm_q8_ref_into(&m, &qx, w, Output::quantized(&mut got, next_scale, next_zero), 0..rows, &d);
+        assert_eq!(got, want, "requantizing reference {rows}x{cols} w={w}");
+        for isa in Isa::available() {
+            let mut got = vec![7u8; want.len()];
+            q8::spmm_q8_into(isa, &m, &qx, w, Output::quantized(&mut got, next_scale, next_zero), 0..rows, &d);
+            assert_eq!(got, want, "requantizing q8 {} {rows}x{cols} w={w} s={s}", isa.name());
+            if rows > 4 {
+                // Whole groups of rows from the second group to the end.
+                let mut part = vec![7u8; q8::quantized_len(rows - 4, w)];
+                q8::spmm_q8_into(isa, &m, &qx, w, Output::quantized(&mut part, next_scale, next_zero), 4..rows, &d);
+                assert_eq!(part[..], want[w * 4..], "requantizing q8 row range {} {rows}x{cols} w={w}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
 fn transpose_variants_match_the_scalar_twin() {
     use engine::kernels::transpose;
     let mut rng = StdRng::seed_from_u64(16);

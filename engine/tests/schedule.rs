@@ -55,3 +55,56 @@ fn planner_groups_layers_that_fit_and_splits_those_that_do_not() {
     assert_eq!(Session::with_schedule(&model, 2, Schedule::Auto, None).unwrap().plan(64).tile, 32);
     assert_eq!(Session::with_schedule(&model, 2, Schedule::Layerwise, None).unwrap().plan(64).columns.len(), model.layers.len());
 }
+
+#[test]
+fn row_bands_match_layerwise() {
+    // Budgets too small for whole images make the planner cut columns of convolutions, pools,
+    // batch norms, ReLUs and the residual add into row bands.
+    let graphs = [("cnn", cnn(31, 0.8)), ("cnn-int8", quantized(cnn(32, 0.8))), ("lenet5", lenet(33, 0.9))];
+    for (name, graph) in graphs {
+        let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+        let mut banded = 0;
+        for batch in [1, 3, 17, 64] {
+            let input = random_input(batch as u64, batch, &graph.input_shape);
+            let reference = Session::with_schedule(&model, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+            for threads in [1, 2] {
+                for budget in [16 << 10, 32 << 10, 64 << 10, 128 << 10] {
+                    let mut session = Session::with_schedule(&model, threads, Schedule::Depthwise, Some(budget)).unwrap();
+                    let plan = session.plan(batch);
+                    banded += plan.columns.iter().filter(|c| c.bands > 1 && c.layers.len() > 1).count();
+                    for c in &plan.columns {
+                        assert!(c.bands == 1 || engine::schedule::bandable(&model, c.layers.clone()), "{name}: {c:?} cannot be banded");
+                    }
+                    let got = session.run(&input.data, batch).unwrap();
+                    let err = rel_err(&got, &reference);
+                    assert!(err < 1e-5, "{name} batch {batch} {threads} threads budget {budget}: relative error {err}, plan {plan:?}");
+                }
+            }
+        }
+        assert!(banded > 0, "{name}: no budget led to a banded column of several layers");
+    }
+}
+
+#[test]
+fn bands_cover_every_row_each_layer_needs() {
+    let model = compile::compile(cnn(34, 0.8), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+    // The longest bandable run from the first layer.
+    let end = (1..=model.layers.len()).rev().find(|&e| engine::schedule::bandable(&model, 0..e)).unwrap();
+    assert!(end >= 4, "the CNN's first layers are bandable");
+    for bands in [1, 2, 3, 5, 7] {
+        let mut covered = vec![vec![false; 64]; end];
+        let mut starts = vec![0; end];
+        for band in 0..bands {
+            let need = engine::schedule::band_rows(&model, 0..end, bands, band);
+            for (l, rows) in need.iter().enumerate() {
+                rows.clone().for_each(|r| covered[l][r] = true);
+                if !rows.is_empty() {
+                    assert!(rows.start >= starts[l], "bands move down the image");
+                    starts[l] = rows.start;
+                }
+            }
+        }
+        let last = &covered[end - 1][..model.layers[end - 1].out_shape[1]];
+        assert!(last.iter().all(|&c| c), "{bands} bands cover the last layer's rows");
+    }
+}

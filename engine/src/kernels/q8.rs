@@ -80,6 +80,41 @@ impl Dequant {
     }
 }
 
+/// Where an int8 kernel writes the rows it computes.
+pub enum Output<'a> {
+    /// Dequantized f32, `[rows.len(), ld]`.
+    F32(&'a mut [f32]),
+    /// Requantized for the next int8 layer, straight into its input layout: the rows are that
+    /// layer's features, so row `o` of sample `s` is byte `((o / 4 - rows.start / 4) * ld + s) * 4 +
+    /// o % 4` (`rows.start` a multiple of 4), and the rows that complete the matrix's last group
+    /// of four hold the zero point. Codes are `quantize_value(v, inv_scale, zero)`, exactly what
+    /// `quantize` would make of the f32 output.
+    Quantized { y: &'a mut [u8], inv_scale: f32, zero: u8 },
+}
+
+impl Output<'_> {
+    /// Output for the next layer's input quantization `(scale, zero)`.
+    pub fn quantized(y: &mut [u8], scale: f32, zero: u8) -> Output<'_> {
+        Output::Quantized { y, inv_scale: 1.0 / scale, zero }
+    }
+
+    /// Writes row `o`'s value for sample `s`; after the matrix's last row (`o + 1 == rows`), fills
+    /// the rest of its group of four with the zero point.
+    #[inline]
+    fn put(&mut self, o: usize, r0: usize, rows: usize, ld: usize, s: usize, v: f32) {
+        match self {
+            Output::F32(y) => y[(o - r0) * ld + s] = v,
+            Output::Quantized { y, inv_scale, zero } => {
+                let at = |r: usize| ((r / 4 - r0 / 4) * ld + s) * 4 + r % 4;
+                y[at(o)] = quantize_value(v, *inv_scale, *zero);
+                if o + 1 == rows {
+                    (rows..rows.next_multiple_of(4)).for_each(|r| y[at(r)] = *zero);
+                }
+            }
+        }
+    }
+}
+
 /// Bytes of a quantized tile of `k` features and `ld` samples.
 pub fn quantized_len(k: usize, ld: usize) -> usize {
     k.div_ceil(4) * ld * 4
@@ -180,11 +215,17 @@ pub fn quantize_samples(isa: Isa, x: &[f32], k: usize, w: usize, ld: usize, scal
     }
 }
 
-fn check(m: &Q8Matrix, x: &[u8], ld: usize, y: &[f32], rows: &Range<usize>, d: &Dequant) {
+fn check(m: &Q8Matrix, x: &[u8], ld: usize, out: &Output, rows: &Range<usize>, d: &Dequant) {
     assert!(rows.end <= m.rows, "row range does not fit the matrix");
     assert!(d.bias.len() == m.rows && d.mult.len() == m.rows && d.zero_corr.len() == m.rows, "dequantization does not fit");
     assert!(x.len() >= quantized_len(m.cols, ld), "quantized input too small");
-    assert!(y.len() >= rows.len() * ld, "output tile too small");
+    match out {
+        Output::F32(y) => assert!(y.len() >= rows.len() * ld, "output tile too small"),
+        Output::Quantized { y, .. } => {
+            assert!(rows.start.is_multiple_of(4) && (rows.end.is_multiple_of(4) || rows.end == m.rows), "requantized rows must be whole groups of 4");
+            assert!(y.len() >= quantized_len(rows.len(), ld), "requantized output too small");
+        }
+    }
 }
 
 /// The int32 dot product of row `o` with sample `s`.
@@ -201,14 +242,20 @@ fn dot_ref(m: &Q8Matrix, x: &[u8], ld: usize, o: usize, s: usize) -> i32 {
     acc
 }
 
-/// Scalar twin of `spmm_q8`.
-pub fn spmm_q8_ref(m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
-    check(m, x, ld, y, &rows, d);
-    for (i, o) in rows.enumerate() {
+/// Scalar twin of `spmm_q8` and `spmm_q8_into`.
+pub fn spmm_q8_ref_into(m: &Q8Matrix, x: &[u8], ld: usize, mut out: Output, rows: Range<usize>, d: &Dequant) {
+    check(m, x, ld, &out, &rows, d);
+    let r0 = rows.start;
+    for o in rows {
         for s in 0..ld {
-            y[i * ld + s] = d.apply(o, dot_ref(m, x, ld, o, s));
+            out.put(o, r0, m.rows, ld, s, d.apply(o, dot_ref(m, x, ld, o, s)));
         }
     }
+}
+
+/// Scalar twin of `spmm_q8`.
+pub fn spmm_q8_ref(m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
+    spmm_q8_ref_into(m, x, ld, Output::F32(y), rows, d)
 }
 
 /// Whether this CPU has AVX-512 VNNI.
@@ -223,17 +270,23 @@ pub fn has_vnni() -> bool {
 
 /// `y = dequant(W x)` for the rows in `rows` (`y` holds them as `[rows.len(), ld]`).
 pub fn spmm_q8(isa: Isa, m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
-    check(m, x, ld, y, &rows, d);
+    spmm_q8_into(isa, m, x, ld, Output::F32(y), rows, d)
+}
+
+/// `dequant(W x)` for the rows in `rows`, written as `out` says: f32, or requantized for the
+/// next int8 layer (activations then stay int8 between the two layers).
+pub fn spmm_q8_into(isa: Isa, m: &Q8Matrix, x: &[u8], ld: usize, mut out: Output, rows: Range<usize>, d: &Dequant) {
+    check(m, x, ld, &out, &rows, d);
     match (isa, has_vnni()) {
         // SAFETY: sizes checked above; group indices are < groups() by construction, so every
         // load stays inside the quantized tile; the features were detected at run time.
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, true) if ld == 1 => unsafe { x86::spmv_vnni(m, x, y, rows, d) },
+        (Isa::Avx512, true) if ld == 1 => unsafe { x86::spmv_vnni(m, x, &mut out, rows, d) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, true) => unsafe { x86::spmm_vnni(m, x, ld, y, rows, d) },
+        (Isa::Avx512, true) => unsafe { x86::spmm_vnni(m, x, ld, &mut out, rows, d) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2 | Isa::Avx512, _) if ld >= 8 => unsafe { x86::spmm_avx2(m, x, ld, y, rows, d) },
-        _ => spmm_q8_ref(m, x, ld, y, rows, d),
+        (Isa::Avx2 | Isa::Avx512, _) if ld >= 8 => unsafe { x86::spmm_avx2(m, x, ld, &mut out, rows, d) },
+        _ => spmm_q8_ref_into(m, x, ld, out, rows, d),
     }
 }
 
@@ -242,7 +295,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Dequant, Q8Matrix, dot_ref};
+    use super::{Dequant, Output, Q8Matrix, dot_ref};
 
     /// Word `g` of each of 16 rows (`rows[i * groups + g]`) to `out[(g * ld + i) * 4..][..4]`:
     /// one gather and one 64-byte store per group.
@@ -323,17 +376,51 @@ mod x86 {
         }
     }
 
-    /// Dequantizes 16 sums of row `o` and stores them (masked to `mask`).
+    /// Dequantizes 16 sums of row `o` (masked to `mask`) for samples `c0..c0 + 16` and writes
+    /// them: f32 stores, or for requantized output one byte of each 32-bit word of `word`, which
+    /// is stored once the group of four rows is complete (or the matrix ends).
+    ///
+    /// # Safety
+    /// The masked lanes of row `o` at samples `c0..` lie inside the output, as `super::check`
+    /// verifies for rows `r0..` and `ld` samples.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn store16(d: &Dequant, o: usize, acc: __m512i, yp: *mut f32, mask: __mmask16) {
+    unsafe fn emit16(
+        out: &mut Output,
+        d: &Dequant,
+        o: usize,
+        r0: usize,
+        rows: usize,
+        ld: usize,
+        c0: usize,
+        acc: __m512i,
+        mask: __mmask16,
+        word: &mut __m512i,
+    ) {
         let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(d.zero_corr[o])));
         let mut v = _mm512_fmadd_ps(v, _mm512_set1_ps(d.mult[o]), _mm512_set1_ps(d.bias[o]));
         if d.relu {
             v = _mm512_max_ps(v, _mm512_setzero_ps());
         }
-        // SAFETY: the caller passes a pointer with the masked lanes inside `y`.
-        unsafe { _mm512_mask_storeu_ps(yp, mask, v) };
+        match out {
+            // SAFETY: (o - r0) * ld + c0 + 15 < y.len() for the masked lanes.
+            Output::F32(y) => unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add((o - r0) * ld + c0), mask, v) },
+            Output::Quantized { y, inv_scale, zero } => {
+                // As `quantize_avx512`: round to nearest even, add the zero point, clamp.
+                let vz = _mm512_set1_epi32(*zero as i32);
+                let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(*inv_scale))), vz);
+                let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                *word = _mm512_or_si512(*word, _mm512_sllv_epi32(q, _mm512_set1_epi32(8 * (o % 4) as i32)));
+                if o % 4 == 3 || o + 1 == rows {
+                    for r in o % 4 + 1..4 {
+                        *word = _mm512_or_si512(*word, _mm512_sllv_epi32(vz, _mm512_set1_epi32(8 * r as i32)));
+                    }
+                    // SAFETY: ((o / 4 - r0 / 4) * ld + c0 + 15) * 4 + 3 < quantized_len(rows.len(), ld).
+                    unsafe { _mm512_mask_storeu_epi32(y.as_mut_ptr().add(((o / 4 - r0 / 4) * ld + c0) * 4) as *mut i32, mask, *word) };
+                    *word = _mm512_setzero_si512();
+                }
+            }
+        }
     }
 
     /// Batched: strips of 64 samples (four vectors of 16 int32 sums per row), then 16, then a
@@ -342,10 +429,12 @@ mod x86 {
     /// # Safety
     /// AVX-512F and AVX-512 VNNI; sizes as `super::check` verifies; `group[j] < groups()`.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub unsafe fn spmm_vnni(m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
-        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-        let r0 = rows.start;
+    pub unsafe fn spmm_vnni(m: &Q8Matrix, x: &[u8], ld: usize, out: &mut Output, rows: Range<usize>, d: &Dequant) {
+        let xp = x.as_ptr();
+        let (r0, n_rows) = (rows.start, m.rows);
         let mut c0 = 0;
+        // Requantized words in progress, one per 16 samples of the strip.
+        let mut words = [_mm512_setzero_si512(); 4];
         while c0 + 64 <= ld {
             for o in rows.clone() {
                 // Groups alternate between two sets of four accumulators: eight independent
@@ -363,12 +452,9 @@ mod x86 {
                         }
                     }
                 }
-                // SAFETY: (o - r0) * ld + c0 + 63 < rows.len() * ld <= y.len().
-                unsafe {
-                    let out = yp.add((o - r0) * ld + c0);
-                    for k in 0..4 {
-                        store16(d, o, _mm512_add_epi32(a[k], a[k + 4]), out.add(16 * k), 0xffff);
-                    }
+                for (k, word) in words.iter_mut().enumerate() {
+                    // SAFETY: samples c0 + 16 * k + 15 < ld, as `emit16` requires.
+                    unsafe { emit16(out, d, o, r0, n_rows, ld, c0 + 16 * k, _mm512_add_epi32(a[k], a[k + 4]), 0xffff, word) };
                 }
             }
             c0 += 64;
@@ -387,11 +473,11 @@ mod x86 {
                         a[set + 1] = _mm512_dpbusd_epi32(a[set + 1], _mm512_loadu_si512(p.add(64) as *const _), wv);
                     }
                 }
-                // SAFETY: (o - r0) * ld + c0 + 31 < y.len().
+                let [w0, w1, ..] = &mut words;
+                // SAFETY: samples c0 + 31 < ld.
                 unsafe {
-                    let out = yp.add((o - r0) * ld + c0);
-                    store16(d, o, _mm512_add_epi32(a[0], a[2]), out, 0xffff);
-                    store16(d, o, _mm512_add_epi32(a[1], a[3]), out.add(16), 0xffff);
+                    emit16(out, d, o, r0, n_rows, ld, c0, _mm512_add_epi32(a[0], a[2]), 0xffff, w0);
+                    emit16(out, d, o, r0, n_rows, ld, c0 + 16, _mm512_add_epi32(a[1], a[3]), 0xffff, w1);
                 }
             }
             c0 += 32;
@@ -412,8 +498,8 @@ mod x86 {
                     }
                 }
                 let acc = _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
-                // SAFETY: the masked lanes are inside row (o - r0) of `y`.
-                unsafe { store16(d, o, acc, yp.add((o - r0) * ld + c0), mask) };
+                // SAFETY: the masked lanes are samples below ld.
+                unsafe { emit16(out, d, o, r0, n_rows, ld, c0, acc, mask, &mut words[0]) };
             }
             c0 += n;
         }
@@ -424,7 +510,7 @@ mod x86 {
     /// # Safety
     /// As `spmm_vnni`, with `ld == 1`.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub unsafe fn spmv_vnni(m: &Q8Matrix, x: &[u8], y: &mut [f32], rows: Range<usize>, d: &Dequant) {
+    pub unsafe fn spmv_vnni(m: &Q8Matrix, x: &[u8], out: &mut Output, rows: Range<usize>, d: &Dequant) {
         let base = x.as_ptr() as *const i32;
         let r0 = rows.start;
         for o in rows {
@@ -444,7 +530,7 @@ mod x86 {
                 }
                 j += n;
             }
-            y[o - r0] = d.apply(o, _mm512_reduce_add_epi32(acc));
+            out.put(o, r0, m.rows, 1, 0, d.apply(o, _mm512_reduce_add_epi32(acc)));
         }
     }
 
@@ -454,7 +540,7 @@ mod x86 {
     /// # Safety
     /// AVX2; sizes as `super::check` verifies; `group[j] < groups()`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn spmm_avx2(m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
+    pub unsafe fn spmm_avx2(m: &Q8Matrix, x: &[u8], ld: usize, out: &mut Output, rows: Range<usize>, d: &Dequant) {
         let xp = x.as_ptr();
         let r0 = rows.start;
         let mut c0 = 0;
@@ -482,14 +568,22 @@ mod x86 {
                 if d.relu {
                     v = _mm256_max_ps(v, _mm256_setzero_ps());
                 }
-                // SAFETY: (o - r0) * ld + c0 + 7 < y.len().
-                unsafe { _mm256_storeu_ps(y.as_mut_ptr().add((o - r0) * ld + c0), v) };
+                match out {
+                    // SAFETY: (o - r0) * ld + c0 + 7 < y.len().
+                    Output::F32(y) => unsafe { _mm256_storeu_ps(y.as_mut_ptr().add((o - r0) * ld + c0), v) },
+                    Output::Quantized { .. } => {
+                        let mut vs = [0.0f32; 8];
+                        // SAFETY: `vs` holds 8 floats.
+                        unsafe { _mm256_storeu_ps(vs.as_mut_ptr(), v) };
+                        vs.iter().enumerate().for_each(|(i, &v)| out.put(o, r0, m.rows, ld, c0 + i, v));
+                    }
+                }
             }
             c0 += 8;
         }
         for o in rows.clone() {
             for s in c0..ld {
-                y[(o - r0) * ld + s] = d.apply(o, dot_ref(m, x, ld, o, s));
+                out.put(o, r0, m.rows, ld, s, d.apply(o, dot_ref(m, x, ld, o, s)));
             }
         }
     }

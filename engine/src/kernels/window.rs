@@ -24,23 +24,41 @@ impl Geometry {
         let pos = out * self.window.stride[axis] + k * self.window.dilation[axis];
         pos.checked_sub(self.window.pads[axis]).filter(|&p| p < self.in_hw[axis])
     }
+
+    /// The input rows that output rows `out` read (padding excluded); empty if none.
+    pub fn input_rows(&self, out: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        if out.is_empty() {
+            return 0..0;
+        }
+        let (stride, dilation, pad) = (self.window.stride[0], self.window.dilation[0], self.window.pads[0]);
+        let first = (out.start * stride).saturating_sub(pad);
+        let last = ((out.end - 1) * stride + (self.window.kernel[0] - 1) * dilation).saturating_sub(pad);
+        first.min(self.in_hw[0])..(last + 1).min(self.in_hw[0])
+    }
 }
 
 /// Unfolds `x` `[c, h, wd, w]` into `cols` `[c * kh * kw, oh, ow, w]` (zeros where the window
 /// covers padding), so a convolution is `[out, c * kh * kw] x cols`.
 pub fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
+    im2col_rows(g, x, 0..g.out_hw[0], cols)
+}
+
+/// `im2col` for the output rows in `rows` only: `cols` is `[c * kh * kw, rows.len(), ow, w]`
+/// (a band of a convolution's output, see `schedule`).
+pub fn im2col_rows(g: &Geometry, x: &[f32], rows: std::ops::Range<usize>, cols: &mut [f32]) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
     let [h, wd] = g.in_hw;
     let w = g.w;
-    let plane = oh * ow * w;
+    let plane = rows.len() * ow * w;
+    assert!(rows.end <= oh, "im2col rows");
     assert!(x.len() >= g.channels * h * wd * w && cols.len() >= g.channels * kh * kw * plane, "im2col sizes");
     for c in 0..g.channels {
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = ((c * kh + ky) * kw + kx) * plane;
-                for oy in 0..oh {
-                    let dst = &mut cols[row + oy * ow * w..][..ow * w];
+                for oy in rows.clone() {
+                    let dst = &mut cols[row + (oy - rows.start) * ow * w..][..ow * w];
                     let Some(iy) = g.source(0, oy, ky) else {
                         dst.fill(0.0);
                         continue;
@@ -75,16 +93,22 @@ pub fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
 /// Max (`avg = None`) or average pooling (`avg = Some(count_include_pad)`) of `x` into `y`
 /// `[c, oh, ow, w]`.
 pub fn pool(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>) {
+    pool_rows(g, x, y, avg, 0..g.out_hw[0])
+}
+
+/// `pool` for the output rows in `rows` only (the rest of `y` is left as it is).
+pub fn pool_rows(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
     let [h, wd] = g.in_hw;
     let w = g.w;
+    assert!(rows.end <= oh, "pool rows");
     assert!(x.len() >= g.channels * h * wd * w && y.len() >= g.channels * oh * ow * w, "pool sizes");
     if w == 1 {
-        return pool_one(g, x, y, avg);
+        return pool_one(g, x, y, avg, rows);
     }
     for c in 0..g.channels {
-        for oy in 0..oh {
+        for oy in rows.clone() {
             for ox in 0..ow {
                 let out = &mut y[((c * oh + oy) * ow + ox) * w..][..w];
                 out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
@@ -111,12 +135,12 @@ pub fn pool(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>) {
 }
 
 /// `pool` for one sample: the same arithmetic, without a slice per pixel.
-fn pool_one(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>) {
+fn pool_one(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
     let [h, wd] = g.in_hw;
     for c in 0..g.channels {
-        for oy in 0..oh {
+        for oy in rows.clone() {
             for ox in 0..ow {
                 let (mut acc, mut count) = (if avg.is_some() { 0.0f32 } else { f32::NEG_INFINITY }, 0usize);
                 for ky in 0..kh {

@@ -78,15 +78,19 @@ pub fn vector(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(lo..hi)).collect()
 }
 
-fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
+pub fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
     Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect(), output: name.into() }
 }
 
 /// 784-64-32-10 MLP with ReLUs and a softmax, at `sparsity`.
 pub fn mlp(seed: u64, sparsity: f64) -> Graph {
+    mlp_with(seed, sparsity, [784, 64, 32, 10])
+}
+
+/// A three-layer MLP with the given widths (input first).
+pub fn mlp_with(seed: u64, sparsity: f64, dims: [usize; 4]) -> Graph {
     let mut r = rng(seed);
     let mut nodes = vec![];
-    let dims = [784, 64, 32, 10];
     let mut prev = "input".to_string();
     for i in 0..3 {
         let name = format!("fc{i}");

@@ -67,12 +67,13 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
         plan.tile,
         human_bytes(plan.budget)
     );
-    println!("{:<8} {:<40} {:>12} {:>6}", "column", "layers", "working set", "fits");
+    println!("{:<8} {:<40} {:>12} {:>6} {:>10}", "column", "layers", "working set", "fits", "row bands");
     for (i, c) in plan.columns.iter().enumerate() {
         let names: Vec<&str> = model.layers[c.layers.clone()].iter().map(|l| l.name.as_str()).collect();
         let names =
             if names.len() > 3 { format!("{} .. {} ({})", names[0], names[names.len() - 1], names.len()) } else { names.join(", ") };
-        println!("{i:<8} {names:<40} {:>12} {:>6}", human_bytes(c.working_set), if c.fits { "yes" } else { "no" });
+        let bands = if c.bands > 1 { c.bands.to_string() } else { "-".into() };
+        println!("{i:<8} {names:<40} {:>12} {:>6} {bands:>10}", human_bytes(c.working_set), if c.fits { "yes" } else { "no" });
     }
     Ok(())
 }
