@@ -9,8 +9,8 @@ use crate::graph::{Activation, Graph, Op, Quant, Weight, Window};
 use crate::kernels::bcsr::{self, Bcsr};
 use crate::kernels::csr::Csr;
 use crate::kernels::q8::{Dequant, Q8Matrix};
-use crate::kernels::window::Geometry;
-use crate::kernels::{Isa, dense, spmm, spmv};
+use crate::kernels::window::{self, Geometry};
+use crate::kernels::{Isa, dense, direct, spmm, spmv};
 use crate::passes;
 
 /// Samples per tile for batched execution.
@@ -55,6 +55,9 @@ pub enum Kernel {
     Blocked,
     /// Int8 weights and uint8 inputs (quantized layers).
     Int8,
+    /// Sparse direct convolution from the image tile, no im2col (batched tiles of a multiple of
+    /// 16 samples with AVX-512; other tiles run im2col and the CSR kernel on the same weights).
+    Direct,
 }
 
 impl Kernel {
@@ -66,6 +69,7 @@ impl Kernel {
             (Kernel::Blocked, _) => "f32-spmm-bcsr4x1",
             (Kernel::Int8, false) => "q8-spmm-k4",
             (Kernel::Int8, true) => "q8-spmv-k4",
+            (Kernel::Direct, _) => "f32-conv-direct",
         }
     }
 }
@@ -280,7 +284,12 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // Blocks of 4 rows are a candidate where the weights fill them well (block-pruned or
             // dense weights), with AVX2 or AVX-512; built once here and kept if chosen.
             let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
-            let batched = choose(&m, data, &csr, blocked.as_ref(), positions * o.tile, o);
+            let mut batched = choose(&m, data, &csr, blocked.as_ref(), positions * o.tile, o);
+            if let Some(g) = conv.filter(|_| direct::vectorized(o.isa, o.tile))
+                && direct_is_faster(&m, g, data, &csr, blocked.as_ref(), batched, o)
+            {
+                batched = Kernel::Direct;
+            }
             if batched == Kernel::Blocked {
                 m.bcsr = blocked;
             }
@@ -293,7 +302,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
     if m.batch1 == Kernel::Sparse && m.conv.is_none() {
         // The batch-1 kernel of a linear layer streams every index once per sample.
         m.csr = Some(csr.with_narrow_columns());
-    } else if m.batch1 == Kernel::Sparse || m.batched == Kernel::Sparse {
+    } else if m.batch1 == Kernel::Sparse || matches!(m.batched, Kernel::Sparse | Kernel::Direct) {
         m.csr = Some(csr);
     }
     Ok(m)
@@ -308,24 +317,9 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize,
         let sparse_bytes = csr.nnz() * 8 + 4 * (m.rows + 1);
         return if (sparse_bytes as f64) < (4 * data.len()) as f64 * (1.0 - o.dense_bias) { Kernel::Sparse } else { Kernel::Dense };
     }
-    let x: Vec<f32> = (0..m.cols * w).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
+    let x = test_values(m.cols * w);
     let mut y = vec![0.0f32; m.rows * w];
-    let mut time = |f: &mut dyn FnMut(&mut [f32])| -> f64 {
-        f(&mut y.clone());
-        let mut best = f64::MAX;
-        let mut spent = 0.0;
-        for _ in 0..15 {
-            let t = Instant::now();
-            f(&mut y);
-            let e = t.elapsed().as_secs_f64();
-            best = best.min(e);
-            spent += e;
-            if spent > 0.05 {
-                break;
-            }
-        }
-        best
-    };
+    let mut time = |f: &mut dyn FnMut(&mut [f32])| best_time(&mut || f(&mut y));
     let t_dense = time(&mut |y| dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &x, w, y, m.relu, 1));
     let t_sparse = time(&mut |y| {
         if w == 1 {
@@ -345,4 +339,48 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize,
         }
     }
     if best.0 < t_dense * (1.0 - o.dense_bias) { best.1 } else { Kernel::Dense }
+}
+
+/// Deterministic inputs for timing kernels.
+fn test_values(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect()
+}
+
+/// The best of up to 15 runs of `f` (after one warm-up), stopping after 50 ms.
+fn best_time(f: &mut dyn FnMut()) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    let mut spent = 0.0;
+    for _ in 0..15 {
+        let t = Instant::now();
+        f();
+        let e = t.elapsed().as_secs_f64();
+        best = best.min(e);
+        spent += e;
+        if spent > 0.05 {
+            break;
+        }
+    }
+    best
+}
+
+/// Times a convolution's direct kernel against im2col followed by the `batched` kernel on one
+/// tile of `o.tile` samples (single thread): im2col's copy is part of the cost the direct kernel
+/// saves, so it is timed with it.
+fn direct_is_faster(m: &MatMul, g: Geometry, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, batched: Kernel, o: &Options) -> bool {
+    let g = Geometry { w: o.tile, ..g };
+    let [oh, ow] = g.out_hw;
+    let cols_w = oh * ow * o.tile;
+    let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * o.tile);
+    let (mut cols, mut y) = (vec![0.0f32; m.cols * cols_w], vec![0.0f32; m.rows * cols_w]);
+    let t_im2col = best_time(&mut || {
+        window::im2col(&g, &x, &mut cols);
+        match (batched, blocked) {
+            (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &cols, cols_w, &mut y, m.relu, 1),
+            (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, &cols, cols_w, &mut y, 0..b.blocks(), m.relu),
+            _ => spmm::spmm(o.isa, csr, &m.bias, &cols, cols_w, &mut y, 0..m.rows, m.relu),
+        }
+    });
+    let t_direct = best_time(&mut || direct::conv_direct(o.isa, csr, &m.bias, &g, &x, &mut y, 0..m.rows, 0..oh, m.relu));
+    t_direct < t_im2col
 }

@@ -12,7 +12,7 @@ use crate::compile::{Exec, Int8Layer, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, bcsr, dense, q8, spmm, spmv, transpose};
+use crate::kernels::{Isa, bcsr, dense, direct, q8, spmm, spmv, transpose};
 use crate::schedule::{self, Schedule};
 
 /// Memory plan for one batch size: the schedule, and where each value lives inside a tile's chunk.
@@ -377,6 +377,10 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
     {
         let positions = g.out_hw[0] * g.out_hw[1];
         let (before, rest) = chunk.split_at_mut(plan.scratch.start);
+        if uses_direct(isa, m, w) {
+            let (xs, y) = regions(before, &ins, out_range);
+            return conv_direct(isa, m, &Geometry { w, ..g }, xs[0], y, 0..g.out_hw[0], threads);
+        }
         let scratch = &mut rest[..m.cols * positions * w];
         window::im2col(&Geometry { w, ..g }, &before[ins[0].clone()], scratch);
         matmul(isa, m, scratch, positions * w, &mut before[out_range], threads);
@@ -435,6 +439,10 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
         let g = Geometry { w, ..m.conv.expect("a spatial matmul is a convolution") };
         let band_cols = rows.len() * g.out_hw[1] * w;
         let (values, rest) = chunk.split_at_mut(plan.scratch.start);
+        if uses_direct(isa, m, w) {
+            let (xs, y) = regions(values, &ins, range(layer.output));
+            return conv_direct(isa, m, &g, xs[0], y, rows, threads);
+        }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         let (cols, band_out) = scratch.split_at_mut(m.cols * band_cols);
         let band_out = &mut band_out[..m.rows * band_cols];
@@ -471,6 +479,25 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
         }
         _ => unreachable!("only spatial layers run in row bands"),
     }
+}
+
+/// Whether a convolution runs its direct kernel on tiles of `w` samples (else im2col and CSR).
+fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
+    m.batched == Kernel::Direct && w > 1 && direct::vectorized(isa, w)
+}
+
+/// Output rows `rows` of a direct convolution, output channels split over `threads`.
+fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], rows: Range<usize>, threads: usize) {
+    let csr = m.csr.as_ref().expect("CSR weights packed for a direct convolution");
+    let plane = g.out_hw[0] * g.out_hw[1] * g.w;
+    if threads <= 1 || csr.nnz() * rows.len() * g.out_hw[1] * g.w < PARALLEL_WORK {
+        return direct::conv_direct(isa, csr, &m.bias, g, x, y, 0..m.rows, rows, m.relu);
+    }
+    let per_part = m.rows.div_ceil(threads * 2);
+    y[..m.rows * plane].par_chunks_mut(per_part * plane).enumerate().for_each(|(p, y)| {
+        let channels = p * per_part..((p + 1) * per_part).min(m.rows);
+        direct::conv_direct(isa, csr, &m.bias, g, x, y, channels, rows.clone(), m.relu)
+    });
 }
 
 /// Below about this many multiply-adds (a few microseconds) handing half of a layer to another
@@ -561,7 +588,8 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
             }
             parts.into_par_iter().for_each(|(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
         }
-        Kernel::Sparse => {
+        // A direct convolution's tiles that its kernel does not take run im2col and CSR.
+        Kernel::Sparse | Kernel::Direct => {
             let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
             let run = |rows: Range<usize>, y: &mut [f32]| {
                 if batch1 {

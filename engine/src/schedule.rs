@@ -13,8 +13,8 @@
 
 use std::ops::Range;
 
-use crate::compile::{Exec, Layer, Model};
-use crate::kernels::q8;
+use crate::compile::{Exec, Kernel, Layer, Model};
+use crate::kernels::{direct, q8};
 
 /// How layers are ordered over tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -119,7 +119,8 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
     let scratch = match &l.exec {
         Exec::MatMul(m) => {
             let cols_w = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
-            let im2col = if m.conv.is_some() { m.cols * cols_w * 4 } else { 0 };
+            let direct = m.batched == Kernel::Direct && ld > 1 && direct::vectorized(model.options.isa, ld);
+            let im2col = if m.conv.is_some() && !direct { m.cols * cols_w * 4 } else { 0 };
             im2col + m.int8.as_ref().map_or(0, |_| q8::quantized_len(m.cols, cols_w))
         }
         _ => 0,

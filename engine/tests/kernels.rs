@@ -354,3 +354,63 @@ fn quantizing_samples_equals_transposing_then_quantizing() {
         assert_eq!(reference, want);
     }
 }
+
+#[test]
+fn direct_convolution_matches_im2col_and_its_scalar_twin() {
+    use engine::graph::Window;
+    use engine::kernels::direct;
+    let mut rng = StdRng::seed_from_u64(19);
+    // (in channels, out channels, height, width, kernel, stride, pad, dilation)
+    let shapes = [
+        (1, 6, 28, 28, 5, 1, 2, 1),
+        (6, 16, 14, 14, 5, 1, 0, 1),
+        (3, 5, 9, 7, 3, 2, 1, 1),
+        (4, 4, 8, 8, 3, 1, 2, 2),
+        (2, 3, 5, 5, 1, 1, 0, 1),
+    ];
+    for &(cin, cout, h, wd, k, stride, pad, dilation) in &shapes {
+        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation] };
+        let out = |n: usize| (n + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
+        let (oh, ow) = (out(h), out(wd));
+        for s in [0.0, 0.5, 0.9, 1.0] {
+            let m = Csr::from_dense(&matrix(cout, cin * k * k, s, &mut rng), cout, cin * k * k);
+            let bias: Vec<f32> = (0..cout).map(|_| rng.random_range(-1.0..1.0)).collect();
+            for w in [1, 3, 16, 32, 48, 64] {
+                let g = Geometry { channels: cin, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+                let x: Vec<f32> = (0..cin * h * wd * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let mut cols = vec![0.0; cin * k * k * oh * ow * w];
+                window::im2col(&g, &x, &mut cols);
+                let mut want = vec![0.0; cout * oh * ow * w];
+                spmm::spmm_ref(&m, &bias, &cols, oh * ow * w, &mut want, 0..cout, true);
+                let mut got = vec![f32::NAN; want.len()];
+                direct::conv_direct_ref(&m, &bias, &g, &x, &mut got, 0..cout, 0..oh, true);
+                assert_close(&got, &want, &format!("direct ref {cin}->{cout} {h}x{wd} k{k} s{stride} w={w}"));
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; want.len()];
+                    direct::conv_direct(isa, &m, &bias, &g, &x, &mut got, 0..cout, 0..oh, true);
+                    assert_close(&got, &want, &format!("direct {} {cin}->{cout} {h}x{wd} k{k} s{stride} w={w} s={s}", isa.name()));
+                    // Some channels, some rows: only those are written.
+                    if cout > 2 && oh > 2 {
+                        let plane = oh * ow * w;
+                        let mut part = vec![7.0; (cout - 2) * plane];
+                        direct::conv_direct(isa, &m, &bias, &g, &x, &mut part, 1..cout - 1, 1..oh - 1, false);
+                        for c in 0..cout - 2 {
+                            for oy in 0..oh {
+                                let got = &part[(c * oh + oy) * ow * w..][..ow * w];
+                                if oy == 0 || oy == oh - 1 {
+                                    assert!(got.iter().all(|&v| v == 7.0), "rows outside the range are left alone");
+                                    continue;
+                                }
+                                let mut raw = vec![0.0; ow * w];
+                                let full = &want[((c + 1) * oh + oy) * ow * w..][..ow * w];
+                                // `want` has ReLU applied; compare where it is positive.
+                                raw.iter_mut().zip(got).for_each(|(r, g)| *r = g.max(0.0));
+                                assert_close(&raw, full, "direct channel and row range");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -108,3 +108,31 @@ fn bands_cover_every_row_each_layer_needs() {
         assert!(last.iter().all(|&c| c), "{bands} bands cover the last layer's rows");
     }
 }
+
+#[test]
+fn direct_convolutions_match_im2col_in_whole_models() {
+    use engine::compile::{Exec, Kernel};
+    for (name, graph) in [("cnn", cnn(35, 0.8)), ("lenet5", lenet(36, 0.9))] {
+        let im2col = compile::compile(graph.clone(), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
+        let mut direct = im2col.clone();
+        for layer in &mut direct.layers {
+            if let Exec::MatMul(m) = &mut layer.exec
+                && m.conv.is_some()
+            {
+                m.batched = Kernel::Direct;
+            }
+        }
+        for batch in [1, 3, 17, 64, 100] {
+            let input = random_input(batch as u64, batch, &graph.input_shape);
+            let want = Session::with_schedule(&im2col, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+            for threads in [1, 2] {
+                for (schedule, budget) in [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(32 << 10))]
+                {
+                    let got = Session::with_schedule(&direct, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap();
+                    let err = rel_err(&got, &want);
+                    assert!(err < 1e-5, "{name} batch {batch} {threads} threads {schedule:?} {budget:?}: relative error {err}");
+                }
+            }
+        }
+    }
+}

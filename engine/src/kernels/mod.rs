@@ -11,6 +11,7 @@
 pub mod bcsr;
 pub mod csr;
 pub mod dense;
+pub mod direct;
 pub mod kblocked;
 pub mod q8;
 pub mod spmm;

@@ -222,7 +222,10 @@ fn check(m: &Q8Matrix, x: &[u8], ld: usize, out: &Output, rows: &Range<usize>, d
     match out {
         Output::F32(y) => assert!(y.len() >= rows.len() * ld, "output tile too small"),
         Output::Quantized { y, .. } => {
-            assert!(rows.start.is_multiple_of(4) && (rows.end.is_multiple_of(4) || rows.end == m.rows), "requantized rows must be whole groups of 4");
+            assert!(
+                rows.start.is_multiple_of(4) && (rows.end.is_multiple_of(4) || rows.end == m.rows),
+                "requantized rows must be whole groups of 4"
+            );
             assert!(y.len() >= quantized_len(rows.len(), ld), "requantized output too small");
         }
     }

@@ -1,0 +1,219 @@
+//! Sparse direct convolution, `f32-conv-direct`: each non-zero weight `(c, ky, kx)` of output
+//! channel `o` adds `value * input row` to an output row, read straight from the image tile
+//! instead of an im2col copy. With the samples innermost (`[c, h, wd, w]`, see `window`), an
+//! output row is `ow * w` contiguous floats and, at stride 1, so is the input span it reads; so
+//! the kernel keeps up to 8 vectors of an output row in registers and runs every non-zero of the
+//! channel over them. For layers with few channels (LeNet-5's 1 -> 6 convolution) im2col writes
+//! far more than the multiply-adds read, which is what this saves.
+//!
+//! The weights are the layer's CSR matrix `[out, c * kh * kw]` (the im2col column order), so
+//! the same packing serves both paths. Vector variant: AVX-512, for tiles whose width is a
+//! multiple of 16 (every vector then holds 16 samples of one output position).
+
+use std::ops::Range;
+
+use super::Isa;
+use super::csr::Csr;
+use super::window::Geometry;
+
+fn check(m: &Csr, bias: &[f32], g: &Geometry, x: &[f32], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
+    let [kh, kw] = g.window.kernel;
+    assert!(m.cols == g.channels * kh * kw && bias.len() == m.rows && channels.end <= m.rows, "weights do not match the geometry");
+    assert!(x.len() >= g.channels * g.in_hw[0] * g.in_hw[1] * g.w, "input tile too small");
+    assert!(rows.end <= g.out_hw[0] && y.len() >= channels.len() * g.out_hw[0] * g.out_hw[1] * g.w, "output tile too small");
+}
+
+/// The input coordinate along `axis` for output coordinate `out` and kernel offset `k`, if inside.
+fn source(g: &Geometry, axis: usize, out: usize, k: usize) -> Option<usize> {
+    let pos = out * g.window.stride[axis] + k * g.window.dilation[axis];
+    pos.checked_sub(g.window.pads[axis]).filter(|&p| p < g.in_hw[axis])
+}
+
+/// Scalar twin: output rows `rows` of output channels `channels`; `y` holds those channels as
+/// `[channels.len(), oh, ow, w]` (rows outside `rows` are left as they are).
+pub fn conv_direct_ref(
+    m: &Csr,
+    bias: &[f32],
+    g: &Geometry,
+    x: &[f32],
+    y: &mut [f32],
+    channels: Range<usize>,
+    rows: Range<usize>,
+    relu: bool,
+) {
+    check(m, bias, g, x, y, &channels, &rows);
+    let ([kh, kw], [oh, ow], [h, wd], w) = (g.window.kernel, g.out_hw, g.in_hw, g.w);
+    for (i, o) in channels.enumerate() {
+        for oy in rows.clone() {
+            let out = &mut y[(i * oh + oy) * ow * w..][..ow * w];
+            out.fill(bias[o]);
+            for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
+                let k = m.col[j] as usize;
+                let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
+                let Some(iy) = source(g, 0, oy, ky) else { continue };
+                for ox in 0..ow {
+                    let Some(ix) = source(g, 1, ox, kx) else { continue };
+                    let src = &x[((c * h + iy) * wd + ix) * w..][..w];
+                    out[ox * w..(ox + 1) * w].iter_mut().zip(src).for_each(|(o, s)| *o += m.val[j] * s);
+                }
+            }
+            if relu {
+                out.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
+    }
+}
+
+/// Whether the vector variant handles tiles of `w` samples under `isa`.
+pub fn vectorized(isa: Isa, w: usize) -> bool {
+    isa == Isa::Avx512 && w.is_multiple_of(16) && w > 0
+}
+
+/// Runs the variant for `isa` (which the CPU must support); other widths use the scalar twin.
+pub fn conv_direct(
+    isa: Isa,
+    m: &Csr,
+    bias: &[f32],
+    g: &Geometry,
+    x: &[f32],
+    y: &mut [f32],
+    channels: Range<usize>,
+    rows: Range<usize>,
+    relu: bool,
+) {
+    check(m, bias, g, x, y, &channels, &rows);
+    #[cfg(target_arch = "x86_64")]
+    if vectorized(isa, g.w) {
+        // SAFETY: sizes checked above; CSR columns are < cols = channels * kh * kw, so every
+        // decoded (c, iy, ix) addresses a pixel of `x`; AVX-512F chosen from the CPU.
+        return unsafe { x86::conv_direct_avx512(m, bias, g, x, y, channels, rows, relu) };
+    }
+    conv_direct_ref(m, bias, g, x, y, channels, rows, relu)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::{Csr, Geometry, source};
+
+    /// Vectors of an output row kept in registers at once.
+    const CHUNK: usize = 8;
+
+    /// One output channel's taps: input channel, kernel row, kernel column, weight.
+    type Tap = (usize, usize, usize, f32);
+
+    /// # Safety
+    /// AVX-512F; `g.w % 16 == 0`; sizes as `super::check` verifies; CSR columns < cols.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn conv_direct_avx512(
+        m: &Csr,
+        bias: &[f32],
+        g: &Geometry,
+        x: &[f32],
+        y: &mut [f32],
+        channels: Range<usize>,
+        rows: Range<usize>,
+        relu: bool,
+    ) {
+        let ([kh, kw], [oh, ow], w) = (g.window.kernel, g.out_hw, g.w);
+        let row_vectors = ow * w / 16;
+        // Each non-zero's input channel and kernel offsets, decoded once (integer division costs
+        // more than the multiply-adds of a small row); `taps[first[i]..first[i + 1]]` are
+        // channel i's.
+        let mut taps: Vec<Tap> = Vec::new();
+        let mut first = vec![0];
+        for o in channels.clone() {
+            taps.extend((m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize).map(|j| {
+                let k = m.col[j] as usize;
+                (k / (kh * kw), k / kw % kh, k % kw, m.val[j])
+            }));
+            first.push(taps.len());
+        }
+        // Output rows, then chunks of a row, then channels: the input spans one chunk reads (a
+        // few rows of each input channel) stay in L1 while every output channel uses them.
+        for oy in rows {
+            let mut v0 = 0;
+            while v0 < row_vectors {
+                let n = (row_vectors - v0).min(CHUNK);
+                for (i, o) in channels.clone().enumerate() {
+                    // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`.
+                    unsafe {
+                        let taps = &taps[first[i]..first[i + 1]];
+                        let out = y.as_mut_ptr().add((i * oh + oy) * ow * w);
+                        let run = Chunk { g, x, taps, oy, v0, bias: bias[o], relu, y: out };
+                        match n {
+                            8 => run.go::<8>(),
+                            7 => run.go::<7>(),
+                            6 => run.go::<6>(),
+                            5 => run.go::<5>(),
+                            4 => run.go::<4>(),
+                            3 => run.go::<3>(),
+                            2 => run.go::<2>(),
+                            _ => run.go::<1>(),
+                        }
+                    }
+                }
+                v0 += n;
+            }
+        }
+    }
+
+    /// Vectors `v0..v0 + N` of one output row: all taps accumulated in registers, then stored.
+    struct Chunk<'a> {
+        g: &'a Geometry,
+        x: &'a [f32],
+        taps: &'a [Tap],
+        oy: usize,
+        v0: usize,
+        bias: f32,
+        relu: bool,
+        /// The output row's first float.
+        y: *mut f32,
+    }
+
+    impl Chunk<'_> {
+        /// # Safety
+        /// AVX-512F; `y` points at an output row holding vectors `v0..v0 + N`; taps decoded from
+        /// the layer's CSR (in range for `g`).
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn go<const N: usize>(&self) {
+            let g = self.g;
+            let ([h, wd], w) = (g.in_hw, g.w);
+            let (stride, dilation, pad) = (g.window.stride[1], g.window.dilation[1], g.window.pads[1]);
+            let xp = self.x.as_ptr();
+            // Output position and sample offset of each vector.
+            let pos: [(usize, usize); N] = std::array::from_fn(|z| ((self.v0 + z) * 16 / w, (self.v0 + z) * 16 % w));
+            let mut acc = [_mm512_set1_ps(self.bias); N];
+            for &(c, ky, kx, value) in self.taps {
+                let Some(iy) = source(g, 0, self.oy, ky) else { continue };
+                let weight = _mm512_set1_ps(value);
+                let row = (c * h + iy) * wd * w;
+                let input = |ox: usize| (ox * stride + kx * dilation).checked_sub(pad).filter(|&p| p < wd);
+                if stride == 1
+                    && let (Some(ix0), Some(_)) = (input(pos[0].0), input(pos[N - 1].0))
+                {
+                    // Every vector reads inside the image, from one contiguous span.
+                    // SAFETY: the span ends inside row (c, iy) of `x`.
+                    let src = unsafe { xp.add(row + ix0 * w + pos[0].1) };
+                    for (z, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(16 * z)) }, *a);
+                    }
+                    continue;
+                }
+                for (a, &(ox, s)) in acc.iter_mut().zip(&pos) {
+                    let Some(ix) = input(ox) else { continue };
+                    // SAFETY: (c, iy, ix) is a pixel of `x` and s + 15 < w.
+                    *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(xp.add(row + ix * w + s)) }, *a);
+                }
+            }
+            for (z, a) in acc.iter().enumerate() {
+                let v = if self.relu { _mm512_max_ps(*a, _mm512_setzero_ps()) } else { *a };
+                // SAFETY: vector v0 + z of the row is inside `y` (the caller's contract).
+                unsafe { _mm512_storeu_ps(self.y.add((self.v0 + z) * 16), v) };
+            }
+        }
+    }
+}
