@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::compile::{Exec, Int8Layer, Kernel, Layer, MatMul, Model};
+use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
@@ -254,7 +254,12 @@ impl<'m> Session<'m> {
         let threads = self.threads;
         let parallel_tiles = chunks.len() >= 2 && threads > 1;
         let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
-        self.pool.install(|| {
+        // Handing a run to the pool costs a thread wake-up, and idle workers spinning beside the
+        // one that works slow it down (the two vCPUs here may share a core): a run that neither
+        // spreads tiles nor splits a layer stays on the calling thread.
+        let ld = plan.ld(0);
+        let splitting = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if splits(m, columns(m, ld), threads)));
+        let mut body = || {
             for (c, column) in plan.schedule.columns.iter().enumerate() {
                 let run = |t: usize, chunk: &mut [f32], times: &mut Vec<f64>, threads: usize| {
                     if c == 0 {
@@ -279,7 +284,12 @@ impl<'m> Session<'m> {
                     }
                 }
             }
-        });
+        };
+        if parallel_tiles || splitting {
+            self.pool.install(body);
+        } else {
+            body();
+        }
         Ok(times)
     }
 
@@ -369,7 +379,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
             }
             _ => q8::Output::F32(&mut values[out_range]),
         };
-        int8_matmul(isa, q, qx, cols_w, out, threads);
+        int8_matmul(isa, m, qx, cols_w, out, threads);
         return;
     }
     if let Exec::MatMul(m) = &layer.exec
@@ -451,7 +461,7 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
             Some(q) => {
                 let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
                 q8::quantize(isa, cols, m.cols, band_cols, q.input_scale, q.input_zero, qx);
-                int8_matmul(isa, q, qx, band_cols, q8::Output::F32(band_out), threads);
+                int8_matmul(isa, m, qx, band_cols, q8::Output::F32(band_out), threads);
             }
             None => matmul(isa, m, cols, band_cols, band_out, threads),
         }
@@ -490,7 +500,7 @@ fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
 fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], rows: Range<usize>, threads: usize) {
     let csr = m.csr.as_ref().expect("CSR weights packed for a direct convolution");
     let plane = g.out_hw[0] * g.out_hw[1] * g.w;
-    if threads <= 1 || csr.nnz() * rows.len() * g.out_hw[1] * g.w < PARALLEL_WORK {
+    if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
         return direct::conv_direct(isa, csr, &m.bias, g, x, y, 0..m.rows, rows, m.relu);
     }
     let per_part = m.rows.div_ceil(threads * 2);
@@ -500,15 +510,38 @@ fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], row
     });
 }
 
-/// Below about this many multiply-adds (a few microseconds) handing half of a layer to another
-/// thread costs more than it saves, so small layers run on the calling thread.
-const PARALLEL_WORK: usize = 32 * 1024;
+/// Below about this much work (a few microseconds) handing half of a layer to another thread
+/// costs more than it saves, so small layers run on the calling thread. Counted in multiply-adds
+/// for the kernels that run over a tile of samples (tens of them per nanosecond), and in
+/// gathered weights for the batch-1 kernels (a few per nanosecond).
+const PARALLEL_WORK: usize = 256 * 1024;
+const PARALLEL_GATHERS: usize = 32 * 1024;
+
+/// Whether `work` (multiply-adds over `w` columns) is worth splitting over threads.
+fn worth_splitting(threads: usize, work: usize, w: usize) -> bool {
+    threads > 1 && work >= if w == 1 { PARALLEL_GATHERS } else { PARALLEL_WORK }
+}
+
+/// Whether a weighted layer splits its rows (or channels) over `threads` on a `[cols, cols_w]`
+/// input (a convolution's output positions times the tile width): one rule for every kernel, and
+/// for the executor deciding whether a run needs the thread pool at all.
+fn splits(m: &MatMul, cols_w: usize, threads: usize) -> bool {
+    let work = match (&m.int8, m.kernel(cols_w == 1)) {
+        (Some(q), _) => 4 * q.matrix.stored_groups() * cols_w,
+        (None, Kernel::Dense) if m.rows < 64 => 0,
+        (None, Kernel::Dense) => m.rows * m.cols * cols_w,
+        (None, Kernel::Blocked) => m.bcsr.as_ref().map_or(0, |b| b.blk_ptr.last().map_or(0, |&n| n as usize) * bcsr::BR) * cols_w,
+        (None, _) => m.csr.as_ref().map_or(0, |c| c.nnz()) * cols_w,
+    };
+    worth_splitting(threads, work, cols_w)
+}
 
 /// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads` (in
 /// whole groups of four when the output is requantized).
-fn int8_matmul(isa: Isa, q: &Int8Layer, x: &[u8], w: usize, out: q8::Output, threads: usize) {
+fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, threads: usize) {
+    let q = layer.int8.as_ref().expect("an int8 layer");
     let m = &q.matrix;
-    if threads <= 1 || m.stored_groups() * w < PARALLEL_WORK {
+    if !splits(layer, w, threads) {
         return q8::spmm_q8_into(isa, m, x, w, out, 0..m.rows, &q.dequant);
     }
     match out {
@@ -561,7 +594,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
         Kernel::Int8 => unreachable!("int8 layers run through int8_matmul"),
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
-            if threads <= 1 || m.rows < 64 || m.rows * m.cols * w < PARALLEL_WORK {
+            if !splits(m, w, threads) {
                 return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, 1);
             }
             // Slabs of rows, a multiple of 16 each, one GEMM per slab.
@@ -576,7 +609,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
         Kernel::Blocked => {
             let b = m.bcsr.as_ref().expect("blocks packed for a blocked choice");
             let rows_of = |blocks: &Range<usize>| (blocks.start * bcsr::BR).min(m.rows)..(blocks.end * bcsr::BR).min(m.rows);
-            if threads <= 1 || b.blk_ptr.last().map_or(0, |&n| n as usize) * bcsr::BR * w < PARALLEL_WORK {
+            if !splits(m, w, threads) {
                 return bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, 0..b.blocks(), m.relu);
             }
             let mut parts = Vec::new();
@@ -598,7 +631,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
                     spmm::spmm(isa, csr, &m.bias, x, w, y, rows, m.relu)
                 }
             };
-            if threads <= 1 || csr.nnz() * w < PARALLEL_WORK {
+            if !splits(m, w, threads) {
                 return run(0..m.rows, y);
             }
             row_parts(&csr.row_ptr, threads, y, w).into_par_iter().for_each(|(r, y)| run(r, y));

@@ -176,38 +176,54 @@ fn dense_matches_the_scalar_twin_and_sparse() {
 
 #[test]
 fn im2col_and_pooling_match_direct_definitions() {
+    use engine::graph::Window;
     let mut rng = StdRng::seed_from_u64(4);
-    let window = engine::graph::Window { kernel: [3, 2], stride: [2, 1], pads: [1, 0, 1, 1], dilation: [1, 2] };
-    let (c, h, wd, w) = (2, 5, 6, 3);
-    let (oh, ow) = window.output(h, wd, "t").unwrap();
-    let g = Geometry { channels: c, in_hw: [h, wd], out_hw: [oh, ow], window, w };
-    let x: Vec<f32> = (0..c * h * wd * w).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let at = |ch: usize, y: isize, xx: isize, s: usize| -> Option<f32> {
-        (y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < wd).then(|| x[((ch * h + y as usize) * wd + xx as usize) * w + s])
-    };
-    let src = |o: usize, k: usize, axis: usize| (o * window.stride[axis] + k * window.dilation[axis]) as isize - window.pads[axis] as isize;
-    let mut cols = vec![f32::NAN; c * 6 * oh * ow * w];
-    window::im2col(&g, &x, &mut cols);
-    let mut maxp = vec![0.0; c * oh * ow * w];
-    window::pool(&g, &x, &mut maxp, None);
-    let mut avgp = vec![0.0; c * oh * ow * w];
-    window::pool(&g, &x, &mut avgp, Some(true));
-    for ch in 0..c {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for s in 0..w {
-                    let mut vals = vec![];
-                    for ky in 0..3 {
-                        for kx in 0..2 {
-                            let v = at(ch, src(oy, ky, 0), src(ox, kx, 1), s);
-                            let row = (ch * 3 + ky) * 2 + kx;
-                            assert_eq!(cols[(row * oh * ow + oy * ow + ox) * w + s], v.unwrap_or(0.0));
-                            vals.extend(v);
+    let windows = [
+        Window { kernel: [3, 2], stride: [2, 1], pads: [1, 0, 1, 1], dilation: [1, 2] },
+        Window { kernel: [2, 2], stride: [2, 2], pads: [0; 4], dilation: [1, 1] },
+        Window { kernel: [3, 3], stride: [1, 3], pads: [2, 3, 2, 3], dilation: [1, 1] },
+        Window { kernel: [5, 5], stride: [1, 1], pads: [2; 4], dilation: [1, 1] },
+    ];
+    for window in windows {
+        for w in [1, 3] {
+            let [kh, kw] = window.kernel;
+            let (c, h, wd) = (2, 5, 6);
+            let (oh, ow) = window.output(h, wd, "t").unwrap();
+            let g = Geometry { channels: c, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+            let x: Vec<f32> = (0..c * h * wd * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let at = |ch: usize, y: isize, xx: isize, s: usize| -> Option<f32> {
+                (y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < wd).then(|| x[((ch * h + y as usize) * wd + xx as usize) * w + s])
+            };
+            let src = |o: usize, k: usize, axis: usize| {
+                (o * window.stride[axis] + k * window.dilation[axis]) as isize - window.pads[axis] as isize
+            };
+            let mut cols = vec![f32::NAN; c * kh * kw * oh * ow * w];
+            window::im2col(&g, &x, &mut cols);
+            let mut maxp = vec![0.0; c * oh * ow * w];
+            window::pool(&g, &x, &mut maxp, None);
+            let (mut avg_pad, mut avg_valid) = (vec![0.0; c * oh * ow * w], vec![0.0; c * oh * ow * w]);
+            window::pool(&g, &x, &mut avg_pad, Some(true));
+            window::pool(&g, &x, &mut avg_valid, Some(false));
+            for ch in 0..c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        for s in 0..w {
+                            let mut vals = vec![];
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let v = at(ch, src(oy, ky, 0), src(ox, kx, 1), s);
+                                    let row = (ch * kh + ky) * kw + kx;
+                                    assert_eq!(cols[(row * oh * ow + oy * ow + ox) * w + s], v.unwrap_or(0.0), "{window:?} w={w}");
+                                    vals.extend(v);
+                                }
+                            }
+                            let i = ((ch * oh + oy) * ow + ox) * w + s;
+                            let sum: f32 = vals.iter().sum();
+                            assert_eq!(maxp[i], vals.iter().copied().fold(f32::NEG_INFINITY, f32::max), "{window:?} w={w}");
+                            assert!((avg_pad[i] - sum / (kh * kw) as f32).abs() < 1e-6, "{window:?} w={w}");
+                            assert!((avg_valid[i] - sum / vals.len().max(1) as f32).abs() < 1e-6, "{window:?} w={w}");
                         }
                     }
-                    let i = ((ch * oh + oy) * ow + ox) * w + s;
-                    assert_eq!(maxp[i], vals.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-                    assert!((avgp[i] - vals.iter().sum::<f32>() / 6.0).abs() < 1e-6);
                 }
             }
         }

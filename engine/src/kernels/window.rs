@@ -25,6 +25,18 @@ impl Geometry {
         pos.checked_sub(self.window.pads[axis]).filter(|&p| p < self.in_hw[axis])
     }
 
+    /// For kernel offset `k` along `axis`, the output coordinates whose input is inside the image
+    /// (one contiguous range, possibly empty) and the input coordinate of the first.
+    fn inside(&self, axis: usize, k: usize) -> (std::ops::Range<usize>, usize) {
+        let (stride, pad, n_out) = (self.window.stride[axis], self.window.pads[axis], self.out_hw[axis]);
+        let offset = k * self.window.dilation[axis];
+        // out * stride + offset - pad must lie in 0..in: the first out with out * stride >= pad - offset.
+        let lo = pad.saturating_sub(offset).div_ceil(stride).min(n_out);
+        let hi = (self.in_hw[axis] + pad).checked_sub(offset + 1).map_or(0, |last| (last / stride + 1).min(n_out));
+        let range = lo..hi.max(lo);
+        (range.clone(), (range.start * stride + offset).saturating_sub(pad))
+    }
+
     /// The input rows that output rows `out` read (padding excluded); empty if none.
     pub fn input_rows(&self, out: std::ops::Range<usize>) -> std::ops::Range<usize> {
         if out.is_empty() {
@@ -53,35 +65,29 @@ pub fn im2col_rows(g: &Geometry, x: &[f32], rows: std::ops::Range<usize>, cols: 
     let plane = rows.len() * ow * w;
     assert!(rows.end <= oh, "im2col rows");
     assert!(x.len() >= g.channels * h * wd * w && cols.len() >= g.channels * kh * kw * plane, "im2col sizes");
+    // Per kernel column, the output columns inside the image, computed once.
+    let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
     for c in 0..g.channels {
         for ky in 0..kh {
-            for kx in 0..kw {
+            for (kx, (valid, ix0)) in inside.iter().enumerate() {
                 let row = ((c * kh + ky) * kw + kx) * plane;
                 for oy in rows.clone() {
                     let dst = &mut cols[row + (oy - rows.start) * ow * w..][..ow * w];
-                    let Some(iy) = g.source(0, oy, ky) else {
+                    let Some(iy) = g.source(0, oy, ky).filter(|_| !valid.is_empty()) else {
                         dst.fill(0.0);
                         continue;
                     };
                     let src = &x[(c * h + iy) * wd * w..][..wd * w];
-                    // Output columns whose input column is inside the image: one contiguous range.
-                    let valid = |ox: &usize| g.source(1, *ox, kx).is_some();
-                    let (Some(lo), Some(hi)) = ((0..ow).find(valid), (0..ow).rev().find(valid)) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
+                    let (lo, hi) = (valid.start, valid.end);
                     dst[..lo * w].fill(0.0);
-                    dst[(hi + 1) * w..].fill(0.0);
-                    let ix0 = g.source(1, lo, kx).expect("valid");
+                    dst[hi * w..].fill(0.0);
                     if g.window.stride[1] == 1 {
                         // Neighbouring outputs read neighbouring inputs: one copy for the row.
-                        dst[lo * w..(hi + 1) * w].copy_from_slice(&src[ix0 * w..(ix0 + hi + 1 - lo) * w]);
+                        dst[lo * w..hi * w].copy_from_slice(&src[ix0 * w..(ix0 + hi - lo) * w]);
                     } else {
-                        for ox in lo..=hi {
+                        for ox in lo..hi {
                             let ix = ix0 + (ox - lo) * g.window.stride[1];
-                            for (d, s) in dst[ox * w..(ox + 1) * w].iter_mut().zip(&src[ix * w..(ix + 1) * w]) {
-                                *d = *s;
-                            }
+                            dst[ox * w..(ox + 1) * w].copy_from_slice(&src[ix * w..(ix + 1) * w]);
                         }
                     }
                 }
@@ -134,28 +140,36 @@ pub fn pool_rows(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows
     }
 }
 
-/// `pool` for one sample: the same arithmetic, without a slice per pixel.
+/// `pool` for one sample: the same arithmetic, without a slice per pixel; the window offsets
+/// inside the image are worked out once per kernel position instead of per output.
 fn pool_one(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
     let [h, wd] = g.in_hw;
+    let stride = g.window.stride[1];
+    let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
+    let mut count = vec![0usize; ow];
     for c in 0..g.channels {
         for oy in rows.clone() {
-            for ox in 0..ow {
-                let (mut acc, mut count) = (if avg.is_some() { 0.0f32 } else { f32::NEG_INFINITY }, 0usize);
-                for ky in 0..kh {
-                    let Some(iy) = g.source(0, oy, ky) else { continue };
-                    for kx in 0..kw {
-                        let Some(ix) = g.source(1, ox, kx) else { continue };
-                        let v = x[(c * h + iy) * wd + ix];
-                        count += 1;
-                        acc = if avg.is_some() { acc + v } else { acc.max(v) };
+            let out = &mut y[(c * oh + oy) * ow..][..ow];
+            out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
+            count.fill(0);
+            for ky in 0..kh {
+                let Some(iy) = g.source(0, oy, ky) else { continue };
+                let src = &x[(c * h + iy) * wd..][..wd];
+                for (valid, ix0) in &inside {
+                    let (outs, counts) = (&mut out[valid.clone()], &mut count[valid.clone()]);
+                    for (i, (o, n)) in outs.iter_mut().zip(counts).enumerate() {
+                        let v = src[ix0 + i * stride];
+                        *o = if avg.is_some() { *o + v } else { o.max(v) };
+                        *n += 1;
                     }
                 }
-                if let Some(include_pad) = avg {
-                    acc /= if include_pad { kh * kw } else { count.max(1) } as f32;
+            }
+            if let Some(include_pad) = avg {
+                for (o, n) in out.iter_mut().zip(&count) {
+                    *o /= if include_pad { kh * kw } else { (*n).max(1) } as f32;
                 }
-                y[(c * oh + oy) * ow + ox] = acc;
             }
         }
     }
