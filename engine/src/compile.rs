@@ -56,7 +56,7 @@ pub enum Kernel {
     /// Int8 weights and uint8 inputs (quantized layers).
     Int8,
     /// Sparse direct convolution from the image tile, no im2col (batched tiles of a multiple of
-    /// 16 samples with AVX-512; other tiles run im2col and the CSR kernel on the same weights).
+    /// 16 (AVX-512) or 8 (AVX2) samples; other tiles run im2col and the CSR kernel on the same weights).
     Direct,
 }
 

@@ -7,8 +7,8 @@
 //! far more than the multiply-adds read, which is what this saves.
 //!
 //! The weights are the layer's CSR matrix `[out, c * kh * kw]` (the im2col column order), so
-//! the same packing serves both paths. Vector variant: AVX-512, for tiles whose width is a
-//! multiple of 16 (every vector then holds 16 samples of one output position).
+//! the same packing serves both paths. Vector variants: AVX-512 and AVX2, for tiles whose width
+//! is a multiple of 16 or 8 (every vector then holds samples of one output position).
 
 use std::ops::Range;
 
@@ -64,9 +64,14 @@ pub fn conv_direct_ref(
     }
 }
 
-/// Whether the vector variant handles tiles of `w` samples under `isa`.
+/// Whether a vector variant handles tiles of `w` samples under `isa` (a whole number of vectors
+/// per output position).
 pub fn vectorized(isa: Isa, w: usize) -> bool {
-    isa == Isa::Avx512 && w.is_multiple_of(16) && w > 0
+    match isa {
+        Isa::Avx512 => w.is_multiple_of(16) && w > 0,
+        Isa::Avx2 => w.is_multiple_of(8) && w > 0,
+        Isa::Scalar => false,
+    }
 }
 
 /// Runs the variant for `isa` (which the CPU must support); other widths use the scalar twin.
@@ -82,11 +87,14 @@ pub fn conv_direct(
     relu: bool,
 ) {
     check(m, bias, g, x, y, &channels, &rows);
+    // SAFETY: sizes checked above; CSR columns are < cols = channels * kh * kw, so every decoded
+    // (c, iy, ix) addresses a pixel of `x`; the ISA was chosen from the CPU.
     #[cfg(target_arch = "x86_64")]
     if vectorized(isa, g.w) {
-        // SAFETY: sizes checked above; CSR columns are < cols = channels * kh * kw, so every
-        // decoded (c, iy, ix) addresses a pixel of `x`; AVX-512F chosen from the CPU.
-        return unsafe { x86::conv_direct_avx512(m, bias, g, x, y, channels, rows, relu) };
+        return match isa {
+            Isa::Avx512 => unsafe { x86::conv_direct_avx512(m, bias, g, x, y, channels, rows, relu) },
+            _ => unsafe { x86::conv_direct_avx2(m, bias, g, x, y, channels, rows, relu) },
+        };
     }
     conv_direct_ref(m, bias, g, x, y, channels, rows, relu)
 }
@@ -104,60 +112,20 @@ mod x86 {
     /// One output channel's taps: input channel, kernel row, kernel column, weight.
     type Tap = (usize, usize, usize, f32);
 
-    /// # Safety
-    /// AVX-512F; `g.w % 16 == 0`; sizes as `super::check` verifies; CSR columns < cols.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn conv_direct_avx512(
-        m: &Csr,
-        bias: &[f32],
-        g: &Geometry,
-        x: &[f32],
-        y: &mut [f32],
-        channels: Range<usize>,
-        rows: Range<usize>,
-        relu: bool,
-    ) {
-        let ([kh, kw], [oh, ow], w) = (g.window.kernel, g.out_hw, g.w);
-        let row_vectors = ow * w / 16;
-        // Each non-zero's input channel and kernel offsets, decoded once (integer division costs
-        // more than the multiply-adds of a small row); `taps[first[i]..first[i + 1]]` are
-        // channel i's.
-        let mut taps: Vec<Tap> = Vec::new();
-        let mut first = vec![0];
-        for o in channels.clone() {
+    /// Each non-zero's input channel and kernel offsets, decoded once (integer division costs
+    /// more than the multiply-adds of a small row); `taps[first[i]..first[i + 1]]` are the taps
+    /// of the `i`-th channel of `channels`.
+    fn decode(m: &Csr, kernel: [usize; 2], channels: Range<usize>) -> (Vec<Tap>, Vec<usize>) {
+        let [kh, kw] = kernel;
+        let (mut taps, mut first) = (Vec::new(), vec![0]);
+        for o in channels {
             taps.extend((m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize).map(|j| {
                 let k = m.col[j] as usize;
                 (k / (kh * kw), k / kw % kh, k % kw, m.val[j])
             }));
             first.push(taps.len());
         }
-        // Output rows, then chunks of a row, then channels: the input spans one chunk reads (a
-        // few rows of each input channel) stay in L1 while every output channel uses them.
-        for oy in rows {
-            let mut v0 = 0;
-            while v0 < row_vectors {
-                let n = (row_vectors - v0).min(CHUNK);
-                for (i, o) in channels.clone().enumerate() {
-                    // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`.
-                    unsafe {
-                        let taps = &taps[first[i]..first[i + 1]];
-                        let out = y.as_mut_ptr().add((i * oh + oy) * ow * w);
-                        let run = Chunk { g, x, taps, oy, v0, bias: bias[o], relu, y: out };
-                        match n {
-                            8 => run.go::<8>(),
-                            7 => run.go::<7>(),
-                            6 => run.go::<6>(),
-                            5 => run.go::<5>(),
-                            4 => run.go::<4>(),
-                            3 => run.go::<3>(),
-                            2 => run.go::<2>(),
-                            _ => run.go::<1>(),
-                        }
-                    }
-                }
-                v0 += n;
-            }
-        }
+        (taps, first)
     }
 
     /// Vectors `v0..v0 + N` of one output row: all taps accumulated in registers, then stored.
@@ -173,47 +141,126 @@ mod x86 {
         y: *mut f32,
     }
 
-    impl Chunk<'_> {
-        /// # Safety
-        /// AVX-512F; `y` points at an output row holding vectors `v0..v0 + N`; taps decoded from
-        /// the layer's CSR (in range for `g`).
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn go<const N: usize>(&self) {
-            let g = self.g;
-            let ([h, wd], w) = (g.in_hw, g.w);
-            let (stride, dilation, pad) = (g.window.stride[1], g.window.dilation[1], g.window.pads[1]);
-            let xp = self.x.as_ptr();
-            // Output position and sample offset of each vector.
-            let pos: [(usize, usize); N] = std::array::from_fn(|z| ((self.v0 + z) * 16 / w, (self.v0 + z) * 16 % w));
-            let mut acc = [_mm512_set1_ps(self.bias); N];
-            for &(c, ky, kx, value) in self.taps {
-                let Some(iy) = source(g, 0, self.oy, ky) else { continue };
-                let weight = _mm512_set1_ps(value);
-                let row = (c * h + iy) * wd * w;
-                let input = |ox: usize| (ox * stride + kx * dilation).checked_sub(pad).filter(|&p| p < wd);
-                if stride == 1
-                    && let (Some(ix0), Some(_)) = (input(pos[0].0), input(pos[N - 1].0))
-                {
-                    // Every vector reads inside the image, from one contiguous span.
-                    // SAFETY: the span ends inside row (c, iy) of `x`.
-                    let src = unsafe { xp.add(row + ix0 * w + pos[0].1) };
-                    for (z, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(16 * z)) }, *a);
+    /// The kernel for one vector width: `$lanes` samples per vector, `$vec` its type and the
+    /// intrinsics that load, multiply-add and store it. Output rows, then chunks of a row, then
+    /// channels: the input spans one chunk reads (a few rows of each input channel) stay in L1
+    /// while every output channel uses them.
+    macro_rules! direct_kernel {
+        ($name:ident, $go:ident, $feature:literal, $lanes:literal, $vec:ty,
+         $set1:ident, $fmadd:ident, $loadu:ident, $storeu:ident, $max:ident, $zero:ident) => {
+            /// # Safety
+            /// The CPU has the feature; `g.w` is a multiple of the lane count; sizes as
+            /// `super::check` verifies; CSR columns < cols.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $name(
+                m: &Csr,
+                bias: &[f32],
+                g: &Geometry,
+                x: &[f32],
+                y: &mut [f32],
+                channels: Range<usize>,
+                rows: Range<usize>,
+                relu: bool,
+            ) {
+                let ([oh, ow], w) = (g.out_hw, g.w);
+                let row_vectors = ow * w / $lanes;
+                let (taps, first) = decode(m, g.window.kernel, channels.clone());
+                for oy in rows {
+                    let mut v0 = 0;
+                    while v0 < row_vectors {
+                        let n = (row_vectors - v0).min(CHUNK);
+                        for (i, o) in channels.clone().enumerate() {
+                            // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`.
+                            unsafe {
+                                let taps = &taps[first[i]..first[i + 1]];
+                                let out = y.as_mut_ptr().add((i * oh + oy) * ow * w);
+                                let run = Chunk { g, x, taps, oy, v0, bias: bias[o], relu, y: out };
+                                match n {
+                                    8 => run.$go::<8>(),
+                                    7 => run.$go::<7>(),
+                                    6 => run.$go::<6>(),
+                                    5 => run.$go::<5>(),
+                                    4 => run.$go::<4>(),
+                                    3 => run.$go::<3>(),
+                                    2 => run.$go::<2>(),
+                                    _ => run.$go::<1>(),
+                                }
+                            }
+                        }
+                        v0 += n;
                     }
-                    continue;
-                }
-                for (a, &(ox, s)) in acc.iter_mut().zip(&pos) {
-                    let Some(ix) = input(ox) else { continue };
-                    // SAFETY: (c, iy, ix) is a pixel of `x` and s + 15 < w.
-                    *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(xp.add(row + ix * w + s)) }, *a);
                 }
             }
-            for (z, a) in acc.iter().enumerate() {
-                let v = if self.relu { _mm512_max_ps(*a, _mm512_setzero_ps()) } else { *a };
-                // SAFETY: vector v0 + z of the row is inside `y` (the caller's contract).
-                unsafe { _mm512_storeu_ps(self.y.add((self.v0 + z) * 16), v) };
+
+            impl Chunk<'_> {
+                /// # Safety
+                /// As the kernel: `y` points at an output row holding vectors `v0..v0 + N`.
+                #[inline]
+                #[target_feature(enable = $feature)]
+                unsafe fn $go<const N: usize>(&self) {
+                    let g = self.g;
+                    let ([h, wd], w) = (g.in_hw, g.w);
+                    let (stride, dilation, pad) = (g.window.stride[1], g.window.dilation[1], g.window.pads[1]);
+                    let xp = self.x.as_ptr();
+                    // Output position and sample offset of each vector.
+                    let pos: [(usize, usize); N] = std::array::from_fn(|z| ((self.v0 + z) * $lanes / w, (self.v0 + z) * $lanes % w));
+                    let mut acc: [$vec; N] = [$set1(self.bias); N];
+                    for &(c, ky, kx, value) in self.taps {
+                        let Some(iy) = source(g, 0, self.oy, ky) else { continue };
+                        let weight = $set1(value);
+                        let row = (c * h + iy) * wd * w;
+                        let input = |ox: usize| (ox * stride + kx * dilation).checked_sub(pad).filter(|&p| p < wd);
+                        if stride == 1
+                            && let (Some(ix0), Some(_)) = (input(pos[0].0), input(pos[N - 1].0))
+                        {
+                            // Every vector reads inside the image, from one contiguous span.
+                            // SAFETY: the span ends inside row (c, iy) of `x`.
+                            let src = unsafe { xp.add(row + ix0 * w + pos[0].1) };
+                            for (z, a) in acc.iter_mut().enumerate() {
+                                *a = $fmadd(weight, unsafe { $loadu(src.add($lanes * z)) }, *a);
+                            }
+                            continue;
+                        }
+                        for (a, &(ox, s)) in acc.iter_mut().zip(&pos) {
+                            let Some(ix) = input(ox) else { continue };
+                            // SAFETY: (c, iy, ix) is a pixel of `x` and s + lanes <= w.
+                            *a = $fmadd(weight, unsafe { $loadu(xp.add(row + ix * w + s)) }, *a);
+                        }
+                    }
+                    for (z, a) in acc.iter().enumerate() {
+                        let v = if self.relu { $max(*a, $zero()) } else { *a };
+                        // SAFETY: vector v0 + z of the row is inside `y` (the caller's contract).
+                        unsafe { $storeu(self.y.add((self.v0 + z) * $lanes), v) };
+                    }
+                }
             }
-        }
+        };
     }
+
+    direct_kernel!(
+        conv_direct_avx512,
+        go16,
+        "avx512f",
+        16,
+        __m512,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_max_ps,
+        _mm512_setzero_ps
+    );
+    direct_kernel!(
+        conv_direct_avx2,
+        go8,
+        "avx2,fma",
+        8,
+        __m256,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_max_ps,
+        _mm256_setzero_ps
+    );
 }
