@@ -23,12 +23,6 @@ fn check(m: &Csr, bias: &[f32], g: &Geometry, x: &[f32], y: &[f32], channels: &R
     assert!(rows.end <= g.out_hw[0] && y.len() >= channels.len() * g.out_hw[0] * g.out_hw[1] * g.w, "output tile too small");
 }
 
-/// The input coordinate along `axis` for output coordinate `out` and kernel offset `k`, if inside.
-fn source(g: &Geometry, axis: usize, out: usize, k: usize) -> Option<usize> {
-    let pos = out * g.window.stride[axis] + k * g.window.dilation[axis];
-    pos.checked_sub(g.window.pads[axis]).filter(|&p| p < g.in_hw[axis])
-}
-
 /// Scalar twin: output rows `rows` of output channels `channels`; `y` holds those channels as
 /// `[channels.len(), oh, ow, w]` (rows outside `rows` are left as they are).
 pub fn conv_direct_ref(
@@ -50,9 +44,9 @@ pub fn conv_direct_ref(
             for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
                 let k = m.col[j] as usize;
                 let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
-                let Some(iy) = source(g, 0, oy, ky) else { continue };
+                let Some(iy) = g.source(0, oy, ky) else { continue };
                 for ox in 0..ow {
-                    let Some(ix) = source(g, 1, ox, kx) else { continue };
+                    let Some(ix) = g.source(1, ox, kx) else { continue };
                     let src = &x[((c * h + iy) * wd + ix) * w..][..w];
                     out[ox * w..(ox + 1) * w].iter_mut().zip(src).for_each(|(o, s)| *o += m.val[j] * s);
                 }
@@ -104,7 +98,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Csr, Geometry, source};
+    use super::{Csr, Geometry};
 
     /// Vectors of an output row kept in registers at once.
     const CHUNK: usize = 8;
@@ -206,7 +200,7 @@ mod x86 {
                     let pos: [(usize, usize); N] = std::array::from_fn(|z| ((self.v0 + z) * $lanes / w, (self.v0 + z) * $lanes % w));
                     let mut acc: [$vec; N] = [$set1(self.bias); N];
                     for &(c, ky, kx, value) in self.taps {
-                        let Some(iy) = source(g, 0, self.oy, ky) else { continue };
+                        let Some(iy) = g.source(0, self.oy, ky) else { continue };
                         let weight = $set1(value);
                         let row = (c * h + iy) * wd * w;
                         let input = |ox: usize| (ox * stride + kx * dilation).checked_sub(pad).filter(|&p| p < wd);

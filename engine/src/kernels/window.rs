@@ -20,7 +20,7 @@ pub struct Geometry {
 impl Geometry {
     /// For each output coordinate and kernel offset along one axis, the input coordinate, if it is
     /// inside the image (not padding).
-    fn source(&self, axis: usize, out: usize, k: usize) -> Option<usize> {
+    pub(crate) fn source(&self, axis: usize, out: usize, k: usize) -> Option<usize> {
         let pos = out * self.window.stride[axis] + k * self.window.dilation[axis];
         pos.checked_sub(self.window.pads[axis]).filter(|&p| p < self.in_hw[axis])
     }
