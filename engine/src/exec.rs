@@ -12,7 +12,7 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, bcsr, dense, direct, q8, spmm, spmv, transpose};
+use crate::kernels::{Isa, bcsr, dense, direct, q8, q8conv, spmm, spmv, transpose};
 use crate::schedule::{self, Schedule};
 
 /// Memory plan for one batch size: the schedule, and where each value lives inside a tile's chunk.
@@ -100,7 +100,13 @@ impl Plan {
             .iter()
             .enumerate()
             .filter_map(|(i, l)| match &l.exec {
-                Exec::MatMul(m) => m.conv.map(|g| (m.cols + if banded(i) { m.rows } else { 0 }) * g.out_hw[0] * g.out_hw[1] * tile_ld),
+                Exec::MatMul(m) => m.conv.map(|g| {
+                    let positions = g.out_hw[0] * g.out_hw[1] * tile_ld;
+                    // Int8 convolutions of wide tiles keep their quantized input image there instead.
+                    let image = if m.int8.is_some() { (g.channels * g.in_hw[0] * g.in_hw[1] * tile_ld).div_ceil(4) } else { 0 };
+                    let columns = (m.cols * positions).max(image);
+                    columns + if banded(i) { m.rows * positions } else { 0 }
+                }),
                 _ => None,
             })
             .max()
@@ -361,15 +367,11 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         let (input_slot, output_slot) = if flow.slot == 0 { (slot0, slot1) } else { (slot1, slot0) };
         let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut input_slot[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
         if !flow.prequantized {
-            let x: &[f32] = match m.conv {
-                Some(g) => {
-                    let buf = &mut im2col_buf[..m.cols * cols_w];
-                    window::im2col(&Geometry { w, ..g }, &values[ins[0].clone()], buf);
-                    buf
-                }
-                None => &values[ins[0].clone()],
-            };
-            q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx);
+            let x = &values[ins[0].clone()];
+            match m.conv {
+                Some(g) => quantized_im2col(isa, m, &Geometry { w, ..g }, x, 0..g.out_hw[0], im2col_buf, qx),
+                None => q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx),
+            }
         }
         let out = match &model.layers[l + 1..].first().map(|n| &n.exec) {
             Some(Exec::MatMul(next)) if flow.requantize => {
@@ -454,16 +456,20 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
             return conv_direct(isa, m, &g, xs[0], y, rows, threads);
         }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
-        let (cols, band_out) = scratch.split_at_mut(m.cols * band_cols);
-        let band_out = &mut band_out[..m.rows * band_cols];
-        window::im2col_rows(&g, &values[ins[0].clone()], rows.clone(), cols);
-        match &m.int8 {
-            Some(q) => {
+        // The band's output goes to scratch space first, then the f32 columns (or for int8, the
+        // quantized image).
+        let (band_out, cols) = scratch.split_at_mut(m.rows * band_cols);
+        let x = &values[ins[0].clone()];
+        match m.int8 {
+            Some(_) => {
                 let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
-                q8::quantize(isa, cols, m.cols, band_cols, q.input_scale, q.input_zero, qx);
+                quantized_im2col(isa, m, &g, x, rows.clone(), cols, qx);
                 int8_matmul(isa, m, qx, band_cols, q8::Output::F32(band_out), threads);
             }
-            None => matmul(isa, m, cols, band_cols, band_out, threads),
+            None => {
+                window::im2col_rows(&g, x, rows.clone(), cols);
+                matmul(isa, m, cols, band_cols, band_out, threads)
+            }
         }
         let y = &mut values[range(layer.output)];
         for (c, part) in band_out.chunks_exact(band_cols).enumerate() {
@@ -489,6 +495,27 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
         }
         _ => unreachable!("only spatial layers run in row bands"),
     }
+}
+
+/// An int8 convolution's quantized columns for output rows `rows`. Tiles of a multiple of 16
+/// samples at stride 1 quantize the input rows the band reads into `scratch` (an image, at its
+/// own offsets) and unfold its bytes (`q8conv`); other cases (batch 1: rows of a few bytes)
+/// unfold f32 columns into `scratch` and quantize those.
+fn quantized_im2col(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], rows: Range<usize>, scratch: &mut [f32], qx: &mut [u8]) {
+    let (q, cols) = (m.int8.as_ref().expect("an int8 convolution"), m.cols);
+    if !g.w.is_multiple_of(16) || g.window.stride[1] != 1 {
+        let band = rows.len() * g.out_hw[1] * g.w;
+        window::im2col_rows(g, x, rows, &mut scratch[..cols * band]);
+        return q8::quantize(isa, &scratch[..cols * band], cols, band, q.input_scale, q.input_zero, qx);
+    }
+    let image: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..x.len().div_ceil(4)]);
+    let (plane, row) = (g.in_hw[0] * g.in_hw[1] * g.w, g.in_hw[1] * g.w);
+    let input = g.input_rows(rows.clone());
+    for c in 0..g.channels {
+        let span = c * plane + input.start * row..c * plane + input.end * row;
+        q8::quantize_values(isa, &x[span.clone()], q.input_scale, q.input_zero, &mut image[span]);
+    }
+    q8conv::im2col_u8(isa, g, image, rows, q.input_zero, qx);
 }
 
 /// Whether a convolution runs its direct kernel on tiles of `w` samples (else im2col and CSR).

@@ -120,7 +120,14 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
         Exec::MatMul(m) => {
             let cols_w = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
             let direct = m.batched == Kernel::Direct && ld > 1 && direct::vectorized(model.options.isa, ld);
-            let im2col = if m.conv.is_some() && !direct { m.cols * cols_w * 4 } else { 0 };
+            let im2col = match m.conv {
+                // Int8 convolutions of wide tiles quantize their input image, then unfold bytes.
+                Some(g) if m.int8.is_some() && ld.is_multiple_of(16) && g.window.stride[1] == 1 => {
+                    g.channels * g.in_hw[0] * g.in_hw[1] * ld
+                }
+                Some(_) if !direct => m.cols * cols_w * 4,
+                _ => 0,
+            };
             im2col + m.int8.as_ref().map_or(0, |_| q8::quantized_len(m.cols, cols_w))
         }
         _ => 0,

@@ -430,3 +430,39 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
         }
     }
 }
+
+#[test]
+fn unfolding_the_quantized_image_equals_quantizing_im2col() {
+    use engine::graph::Window;
+    use engine::kernels::{q8, q8conv};
+    let mut rng = StdRng::seed_from_u64(20);
+    // (in channels, height, width, kernel, stride, pad, dilation): K = 25, 150, 27, 36, 2 rows.
+    let shapes = [(1, 28, 28, 5, 1, 2, 1), (6, 14, 14, 5, 1, 0, 1), (3, 9, 7, 3, 2, 1, 1), (4, 8, 8, 3, 1, 2, 2), (2, 5, 5, 1, 1, 0, 1)];
+    for &(cin, h, wd, k, stride, pad, dilation) in &shapes {
+        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation] };
+        let (oh, ow) = window.output(h, wd, "t").unwrap();
+        let rows_k = cin * k * k;
+        for w in [1, 3, 16, 32] {
+            let g = Geometry { channels: cin, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+            let x: Vec<f32> = (0..cin * h * wd * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let (scale, zero) = (rng.random_range(0.005..0.05f32), rng.random_range(0..=255u8));
+            let mut xq = vec![0u8; q8::quantized_len(x.len(), 1)];
+            q8::quantize_ref(&x, x.len(), 1, scale, zero, &mut xq);
+            for rows in [0..oh, oh / 2..oh] {
+                let band = rows.len() * ow * w;
+                let mut cols = vec![0.0; rows_k * band];
+                window::im2col_rows(&g, &x, rows.clone(), &mut cols);
+                let mut want = vec![0u8; q8::quantized_len(rows_k, band)];
+                q8::quantize_ref(&cols, rows_k, band, scale, zero, &mut want);
+                let mut got = vec![7u8; want.len()];
+                q8conv::im2col_u8_ref(&g, &xq, rows.clone(), zero, &mut got);
+                assert_eq!(got, want, "reference {cin}x{h}x{wd} k{k} s{stride} w={w} rows {rows:?}");
+                for isa in Isa::available() {
+                    let mut got = vec![7u8; want.len()];
+                    q8conv::im2col_u8(isa, &g, &xq, rows.clone(), zero, &mut got);
+                    assert_eq!(got, want, "{} {cin}x{h}x{wd} k{k} s{stride} w={w} rows {rows:?}", isa.name());
+                }
+            }
+        }
+    }
+}

@@ -158,8 +158,24 @@ pub fn quantize(isa: Isa, x: &[f32], k: usize, ld: usize, scale: f32, zero: u8, 
         Isa::Avx512 if ld >= 16 => unsafe { x86::quantize_avx512(x, k, ld, 1.0 / scale, zero, out) },
         // With one sample the grouped layout is the features in order (then the padding).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if ld == 1 => unsafe { x86::quantize_vector_avx512(x, k, 1.0 / scale, zero, out) },
+        Isa::Avx512 if ld == 1 => {
+            // SAFETY: as above.
+            unsafe { x86::quantize_values_avx512(&x[..k], 1.0 / scale, zero, out) };
+            out[k..quantized_len(k, 1)].fill(zero);
+        }
         _ => quantize_ref(x, k, ld, scale, zero, out),
+    }
+}
+
+/// Quantizes values one to one, `out[i] = quantize_value(x[i], 1 / scale, zero)` (an image for
+/// `q8conv`, no grouped layout).
+pub fn quantize_values(isa: Isa, x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    assert!(out.len() >= x.len(), "quantized values too small");
+    match isa {
+        // SAFETY: sizes checked above; AVX-512F is present when `isa` is Avx512.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::quantize_values_avx512(x, 1.0 / scale, zero, out) },
+        _ => x.iter().zip(out).for_each(|(&v, o)| *o = quantize_value(v, 1.0 / scale, zero)),
     }
 }
 
@@ -319,12 +335,14 @@ mod x86 {
         }
     }
 
-    /// One sample: `out[f] = q(x[f])`, then the zero point up to the group boundary.
+    /// Values one to one: `out[f] = q(x[f])`.
     ///
     /// # Safety
-    /// AVX-512F; `x` has `k` values and `out` `quantized_len(k, 1)` bytes.
+    /// AVX-512F; `out` holds at least `x.len()` bytes.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn quantize_vector_avx512(x: &[f32], k: usize, inv_scale: f32, zero: u8, out: &mut [u8]) {
+    pub unsafe fn quantize_values_avx512(x: &[f32], inv_scale: f32, zero: u8, out: &mut [u8]) {
+        let k = x.len();
+        assert!(out.len() >= k);
         let (vs, vz, lo, hi) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero as i32), _mm512_setzero_si512(), _mm512_set1_epi32(255));
         let mut f = 0;
         while f + 16 <= k {
@@ -339,7 +357,6 @@ mod x86 {
         for f in f..k {
             out[f] = super::quantize_value(x[f], inv_scale, zero);
         }
-        out[k..super::quantized_len(k, 1)].fill(zero);
     }
 
     /// # Safety

@@ -27,7 +27,7 @@ impl Geometry {
 
     /// For kernel offset `k` along `axis`, the output coordinates whose input is inside the image
     /// (one contiguous range, possibly empty) and the input coordinate of the first.
-    fn inside(&self, axis: usize, k: usize) -> (std::ops::Range<usize>, usize) {
+    pub(crate) fn inside(&self, axis: usize, k: usize) -> (std::ops::Range<usize>, usize) {
         let (stride, pad, n_out) = (self.window.stride[axis], self.window.pads[axis], self.out_hw[axis]);
         let offset = k * self.window.dilation[axis];
         // out * stride + offset - pad must lie in 0..in: the first out with out * stride >= pad - offset.
