@@ -554,6 +554,8 @@ fn worth_splitting(threads: usize, work: usize, w: usize) -> bool {
 /// for the executor deciding whether a run needs the thread pool at all.
 fn splits(m: &MatMul, cols_w: usize, threads: usize) -> bool {
     let work = match (&m.int8, m.kernel(cols_w == 1)) {
+        // At batch 1 the int8 kernel gathers one 4-byte group per stored group.
+        (Some(q), _) if cols_w == 1 => q.matrix.stored_groups(),
         (Some(q), _) => 4 * q.matrix.stored_groups() * cols_w,
         (None, Kernel::Dense) if m.rows < 64 => 0,
         (None, Kernel::Dense) => m.rows * m.cols * cols_w,
