@@ -1,8 +1,10 @@
 //! Runs a compiled model on a batch. The batch is cut into tiles of samples; each tile owns one
 //! contiguous chunk of the activation arena holding every value of the model for that tile
 //! (feature-major, see `kernels`). The schedule (`schedule`) groups the layers into columns: for
-//! each column in turn, every tile runs through the column's layers, tiles in parallel when there
-//! are several; with one tile, each layer splits its rows over the threads instead.
+//! each column in turn, every tile runs through the column's layers (band by band of rows for a
+//! banded column of convolutions), tiles in parallel when there are several; with one tile, each
+//! layer splits its rows over the threads instead, and a run in which no layer is large enough to
+//! split stays on the calling thread.
 
 use std::ops::Range;
 

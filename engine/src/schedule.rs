@@ -9,7 +9,9 @@
 //! its neighbours ends the column (and may form a column of its own that does not fit). Tiles are
 //! as wide as possible (up to 64 samples, and narrow enough that every thread gets one), and
 //! narrower only where a layer's activations alone would overflow the budget (the im2col buffers
-//! of convolutions). Samples are independent, so any grouping computes the same outputs.
+//! of convolutions). Where even one sample's images overflow it, a column of convolutions, pools
+//! and element-wise layers is cut into row bands (`Column::bands`). Samples are independent and
+//! bands only reorder the same row computations, so any plan computes the same outputs.
 
 use std::ops::Range;
 
