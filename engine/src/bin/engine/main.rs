@@ -30,7 +30,8 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = KernelPolicy::Auto)]
     pub kernels: KernelPolicy,
     /// Layer order: layerwise (each layer over the whole batch), depthwise (tiles through
-    /// columns of layers that fit the cache), or auto (chosen by the plan `engine info` shows).
+    /// columns of layers that fit the cache, convolutions on large images in row bands), or auto
+    /// (chosen by the plan `engine info` shows).
     #[arg(long, value_enum, default_value_t = Schedule::Auto)]
     pub schedule: Schedule,
     /// Cache budget of a depth-wise column, in bytes (`2M`, `512K`; default: this CPU's L2).
