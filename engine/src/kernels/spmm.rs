@@ -125,39 +125,38 @@ mod x86 {
             }
             c0 += 64;
         }
-        // LOOP 2: a 32-column strip; the non-zeros alternate between two pairs of accumulators
-        // so that four independent FMA chains hide the FMA latency (narrow depth-wise tiles).
+        // LOOP 2: a 32-column strip (narrow depth-wise tiles); the non-zeros go in turn to four
+        // pairs of accumulators, eight independent FMA chains as in the 64-column strip.
         if c0 + 32 <= w {
             for r in rows.clone() {
                 // SAFETY: as above, with a 32-column strip.
                 unsafe {
                     let q = yp.add((r - r0) * w + c0);
-                    let (mut a0, mut a1) = if accumulate {
-                        (_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16)))
+                    let first = if accumulate {
+                        [_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16))]
                     } else {
-                        let b = _mm512_set1_ps(*bias.get_unchecked(r));
-                        (b, b)
+                        [_mm512_set1_ps(*bias.get_unchecked(r)); 2]
                     };
-                    let (mut b0, mut b1) = (zero, zero);
+                    let mut acc = [first, [zero; 2], [zero; 2], [zero; 2]];
                     let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
                     let mut j = start;
-                    while j + 2 <= end {
-                        let (v, u) = (_mm512_set1_ps(*m.val.get_unchecked(j)), _mm512_set1_ps(*m.val.get_unchecked(j + 1)));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
-                        let o = xp.add(*m.col.get_unchecked(j + 1) as usize * w + c0);
-                        a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
-                        a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
-                        b0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o), b0);
-                        b1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o.add(16)), b1);
-                        j += 2;
+                    while j + 4 <= end {
+                        for (k, [lo, hi]) in acc.iter_mut().enumerate() {
+                            let v = _mm512_set1_ps(*m.val.get_unchecked(j + k));
+                            let p = xp.add(*m.col.get_unchecked(j + k) as usize * w + c0);
+                            *lo = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), *lo);
+                            *hi = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), *hi);
+                        }
+                        j += 4;
                     }
-                    if j < end {
+                    for j in j..end {
                         let v = _mm512_set1_ps(*m.val.get_unchecked(j));
                         let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
-                        a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
-                        a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
+                        acc[0][0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), acc[0][0]);
+                        acc[0][1] = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), acc[0][1]);
                     }
-                    let (mut a0, mut a1) = (_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1));
+                    let sum = |i: usize| _mm512_add_ps(_mm512_add_ps(acc[0][i], acc[1][i]), _mm512_add_ps(acc[2][i], acc[3][i]));
+                    let (mut a0, mut a1) = (sum(0), sum(1));
                     if relu {
                         (a0, a1) = (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero));
                     }
