@@ -36,6 +36,13 @@ struct Plan {
     fused_input: bool,
     /// Per layer, how an int8 layer's input and output flow.
     int8_flow: Vec<Int8Flow>,
+    /// Some layer is large enough to split over the threads at the widest tile: with one tile,
+    /// a run that needs no split stays on the calling thread (see `Session::execute`).
+    splitting: bool,
+    /// Per column, for a banded one, the layers' row ranges in the order they run: band by band
+    /// of the last layer's output, each layer the rows the band needs that earlier bands have
+    /// not computed (empty for columns without bands).
+    band_steps: Vec<Vec<(usize, Range<usize>)>>,
 }
 
 /// How an int8 layer gets its quantized input and where its output goes.
@@ -83,7 +90,7 @@ fn int8_flows(model: &Model, fused_input: bool) -> Vec<Int8Flow> {
 }
 
 impl Plan {
-    fn new(model: &Model, batch: usize, schedule: schedule::Plan) -> Plan {
+    fn new(model: &Model, batch: usize, schedule: schedule::Plan, threads: usize) -> Plan {
         let tile = schedule.tile;
         // Rows of full tiles are padded to 16 floats (64 bytes) so every row of every value starts
         // on a cache line: misaligned vector loads split lines and run about twice as slow.
@@ -124,6 +131,8 @@ impl Plan {
             .unwrap_or(0);
         let q_start = at + scratch_len;
         let fused_input = input_fuses_into_int8(model);
+        let splitting = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if splits(m, columns(m, tile_ld), threads)));
+        let band_steps = schedule.columns.iter().map(|c| if c.bands > 1 { band_steps(model, c) } else { Vec::new() }).collect();
         Plan {
             schedule,
             batch,
@@ -135,6 +144,8 @@ impl Plan {
             chunk: q_start + 2 * quantized_len,
             fused_input,
             int8_flow: int8_flows(model, fused_input),
+            splitting,
+            band_steps,
         }
     }
 
@@ -224,7 +235,7 @@ impl<'m> Session<'m> {
             )));
         }
         if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
-            let plan = Plan::new(model, batch, self.plan(batch));
+            let plan = Plan::new(model, batch, self.plan(batch), self.threads);
             self.arena = vec![0.0; plan.chunk * plan.n_tiles() + 16];
             self.arena_start = align_offset(&self.arena);
             self.plan = Some(plan);
@@ -262,11 +273,6 @@ impl<'m> Session<'m> {
         let threads = self.threads;
         let parallel_tiles = chunks.len() >= 2 && threads > 1;
         let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
-        // Handing a run to the pool costs a thread wake-up, and idle workers spinning beside the
-        // one that works slow it down (the two vCPUs here may share a core): a run that neither
-        // spreads tiles nor splits a layer stays on the calling thread.
-        let ld = plan.ld(0);
-        let splitting = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if splits(m, columns(m, ld), threads)));
         let mut body = || {
             for (c, column) in plan.schedule.columns.iter().enumerate() {
                 let run = |t: usize, chunk: &mut [f32], times: &mut Vec<f64>, threads: usize| {
@@ -274,7 +280,14 @@ impl<'m> Session<'m> {
                         load_input(model, plan, t, chunk, input);
                     }
                     if column.bands > 1 {
-                        return run_banded(model, plan, column, t, chunk, threads, times, timed);
+                        for (l, rows) in &plan.band_steps[c] {
+                            let start = timed.then(std::time::Instant::now);
+                            run_layer_rows(model, plan, *l, t, chunk, threads, rows.clone());
+                            if let Some(start) = start {
+                                times[*l] += start.elapsed().as_secs_f64();
+                            }
+                        }
+                        return;
                     }
                     for l in column.layers.clone() {
                         let start = timed.then(std::time::Instant::now);
@@ -293,7 +306,10 @@ impl<'m> Session<'m> {
                 }
             }
         };
-        if parallel_tiles || splitting {
+        // Handing a run to the pool costs a thread wake-up, and idle workers spinning beside the
+        // one that works slow it down (the two vCPUs here may share a core): a run that neither
+        // spreads tiles nor splits a layer stays on the calling thread.
+        if parallel_tiles || plan.splitting {
             self.pool.install(body);
         } else {
             body();
@@ -404,38 +420,24 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
     run_layer(isa, &layer.exec, &xs, y, w, threads);
 }
 
-/// Runs a column in row bands on tile `t` (see `schedule::Column::bands`): band by band of the
-/// last layer's output, each layer computes the rows the band needs that earlier bands have not.
-#[allow(clippy::too_many_arguments)]
-fn run_banded(
-    model: &Model,
-    plan: &Plan,
-    column: &schedule::Column,
-    t: usize,
-    chunk: &mut [f32],
-    threads: usize,
-    times: &mut [f64],
-    timed: bool,
-) {
+/// The steps of a banded column (see `Plan::band_steps`).
+fn band_steps(model: &Model, column: &schedule::Column) -> Vec<(usize, Range<usize>)> {
     let layers = column.layers.clone();
     let mut done = vec![0usize; layers.len()];
+    let mut steps = Vec::new();
     for band in 0..column.bands {
         let need = schedule::band_rows(model, layers.clone(), column.bands, band);
         for (i, l) in layers.clone().enumerate() {
             // Bands move down the image, so the rows a band needs never start above those an
             // earlier band needed: everything above `done` is already there.
             let rows = need[i].start.max(done[i])..need[i].end;
-            if rows.is_empty() {
-                continue;
+            if !rows.is_empty() {
+                done[i] = rows.end;
+                steps.push((l, rows));
             }
-            let start = timed.then(std::time::Instant::now);
-            run_layer_rows(model, plan, l, t, chunk, threads, rows.clone());
-            if let Some(start) = start {
-                times[l] += start.elapsed().as_secs_f64();
-            }
-            done[i] = rows.end;
         }
     }
+    steps
 }
 
 /// Output rows `rows` of a spatial layer (convolution, pool or element-wise) on tile `t`.

@@ -107,6 +107,52 @@ mod x86 {
 
     use super::{BR, Bcsr};
 
+    /// Strips of 4 vectors of `$lanes` sample columns from `c0` on: 4 rows x 4 vectors = 16
+    /// accumulators per block, each column's activations loaded once for the block's 4 rows.
+    /// Expands inside each variant, so its intrinsics compile under that variant's features.
+    macro_rules! strips {
+        ($m:ident, $bias_of:ident, $xp:ident, $yp:ident, $w:ident, $blocks:ident, $r0:ident, $relu:ident, $c0:ident,
+         $lanes:literal, $zero:expr, $set1:ident, $fmadd:ident, $loadu:ident, $storeu:ident, $max:ident) => {
+            while $c0 + 4 * $lanes <= $w {
+                for b in $blocks.clone() {
+                    let mut acc = [[$zero; 4]; BR];
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        *row = [$set1($bias_of(b * BR + i)); 4];
+                    }
+                    // SAFETY (whole block): entries j < nnz blocks by the BCSR invariants;
+                    // col * w + c0 + 4 * lanes - 1 < cols * w <= x.len().
+                    unsafe {
+                        for j in *$m.blk_ptr.get_unchecked(b) as usize..*$m.blk_ptr.get_unchecked(b + 1) as usize {
+                            let p = $xp.add(*$m.col.get_unchecked(j) as usize * $w + $c0);
+                            let xs = [$loadu(p), $loadu(p.add($lanes)), $loadu(p.add(2 * $lanes)), $loadu(p.add(3 * $lanes))];
+                            let v = $m.val.as_ptr().add(j * BR);
+                            for (i, row) in acc.iter_mut().enumerate() {
+                                let vi = $set1(*v.add(i));
+                                for (a, xv) in row.iter_mut().zip(xs) {
+                                    *a = $fmadd(vi, xv, *a);
+                                }
+                            }
+                        }
+                    }
+                    for (i, row) in acc.iter().enumerate() {
+                        let r = b * BR + i;
+                        if r >= $m.rows {
+                            break;
+                        }
+                        // SAFETY: (r - r0) * w + c0 + 4 * lanes - 1 < rows in range * w <= y.len().
+                        unsafe {
+                            let q = $yp.add((r - $r0) * $w + $c0);
+                            for (k, a) in row.iter().enumerate() {
+                                $storeu(q.add($lanes * k), if $relu { $max(*a, $zero) } else { *a });
+                            }
+                        }
+                    }
+                }
+                $c0 += 4 * $lanes;
+            }
+        };
+    }
+
     /// # Safety
     /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx512f")]
@@ -117,44 +163,25 @@ mod x86 {
         // Bias of a row, 0 for the padding rows of the last block.
         let bias_of = |r: usize| if r < m.rows { bias[r] } else { 0.0 };
         let mut c0 = 0;
-        // LOOP 1: strips of 64 sample columns; 4 rows x 4 vectors = 16 accumulators.
-        while c0 + 64 <= w {
-            for b in blocks.clone() {
-                let mut acc = [[zero; 4]; BR];
-                for (i, row) in acc.iter_mut().enumerate() {
-                    *row = [_mm512_set1_ps(bias_of(b * BR + i)); 4];
-                }
-                // SAFETY (whole block): entries j < nnz blocks by the BCSR invariants;
-                // col * w + c0 + 63 < cols * w <= x.len().
-                unsafe {
-                    for j in *m.blk_ptr.get_unchecked(b) as usize..*m.blk_ptr.get_unchecked(b + 1) as usize {
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
-                        let xs = [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p.add(32)), _mm512_loadu_ps(p.add(48))];
-                        let v = m.val.as_ptr().add(j * BR);
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            let vi = _mm512_set1_ps(*v.add(i));
-                            for (a, xv) in row.iter_mut().zip(xs) {
-                                *a = _mm512_fmadd_ps(vi, xv, *a);
-                            }
-                        }
-                    }
-                }
-                for (i, row) in acc.iter().enumerate() {
-                    let r = b * BR + i;
-                    if r >= m.rows {
-                        break;
-                    }
-                    // SAFETY: (r - r0) * w + c0 + 63 < rows in range * w <= y.len().
-                    unsafe {
-                        let q = yp.add((r - r0) * w + c0);
-                        for (k, a) in row.iter().enumerate() {
-                            _mm512_storeu_ps(q.add(16 * k), if relu { _mm512_max_ps(*a, zero) } else { *a });
-                        }
-                    }
-                }
-            }
-            c0 += 64;
-        }
+        // LOOP 1: strips of 64 sample columns.
+        strips!(
+            m,
+            bias_of,
+            xp,
+            yp,
+            w,
+            blocks,
+            r0,
+            relu,
+            c0,
+            16,
+            zero,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_max_ps
+        );
         // LOOP 2: the remaining columns, 16 at a time, the last strip masked.
         while c0 < w {
             let n = (w - c0).min(16);
@@ -195,43 +222,25 @@ mod x86 {
         let r0 = blocks.start * BR;
         let bias_of = |r: usize| if r < m.rows { bias[r] } else { 0.0 };
         let mut c0 = 0;
-        // LOOP 1: strips of 32 sample columns; 4 rows x 4 vectors = 16 accumulators.
-        while c0 + 32 <= w {
-            for b in blocks.clone() {
-                let mut acc = [[zero; 4]; BR];
-                for (i, row) in acc.iter_mut().enumerate() {
-                    *row = [_mm256_set1_ps(bias_of(b * BR + i)); 4];
-                }
-                // SAFETY (whole block): as in the AVX-512 variant, with 32-column strips.
-                unsafe {
-                    for j in *m.blk_ptr.get_unchecked(b) as usize..*m.blk_ptr.get_unchecked(b + 1) as usize {
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
-                        let xs = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
-                        let v = m.val.as_ptr().add(j * BR);
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            let vi = _mm256_set1_ps(*v.add(i));
-                            for (a, xv) in row.iter_mut().zip(xs) {
-                                *a = _mm256_fmadd_ps(vi, xv, *a);
-                            }
-                        }
-                    }
-                }
-                for (i, row) in acc.iter().enumerate() {
-                    let r = b * BR + i;
-                    if r >= m.rows {
-                        break;
-                    }
-                    // SAFETY: (r - r0) * w + c0 + 31 < rows in range * w <= y.len().
-                    unsafe {
-                        let q = yp.add((r - r0) * w + c0);
-                        for (k, a) in row.iter().enumerate() {
-                            _mm256_storeu_ps(q.add(8 * k), if relu { _mm256_max_ps(*a, zero) } else { *a });
-                        }
-                    }
-                }
-            }
-            c0 += 32;
-        }
+        // LOOP 1: strips of 32 sample columns.
+        strips!(
+            m,
+            bias_of,
+            xp,
+            yp,
+            w,
+            blocks,
+            r0,
+            relu,
+            c0,
+            8,
+            zero,
+            _mm256_set1_ps,
+            _mm256_fmadd_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_max_ps
+        );
         // LOOP 2: 8 columns at a time.
         while c0 + 8 <= w {
             for b in blocks.clone() {

@@ -36,14 +36,13 @@ pub fn conv_direct_ref(
     relu: bool,
 ) {
     check(m, bias, g, x, y, &channels, &rows);
-    let ([kh, kw], [oh, ow], [h, wd], w) = (g.window.kernel, g.out_hw, g.in_hw, g.w);
+    let ([oh, ow], [h, wd], w) = (g.out_hw, g.in_hw, g.w);
     for (i, o) in channels.enumerate() {
         for oy in rows.clone() {
             let out = &mut y[(i * oh + oy) * ow * w..][..ow * w];
             out.fill(bias[o]);
             for j in m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize {
-                let k = m.col[j] as usize;
-                let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
+                let (c, ky, kx) = g.tap(m.col[j] as usize);
                 let Some(iy) = g.source(0, oy, ky) else { continue };
                 for ox in 0..ow {
                     let Some(ix) = g.source(1, ox, kx) else { continue };
@@ -109,13 +108,12 @@ mod x86 {
     /// Each non-zero's input channel and kernel offsets, decoded once (integer division costs
     /// more than the multiply-adds of a small row); `taps[first[i]..first[i + 1]]` are the taps
     /// of the `i`-th channel of `channels`.
-    fn decode(m: &Csr, kernel: [usize; 2], channels: Range<usize>) -> (Vec<Tap>, Vec<usize>) {
-        let [kh, kw] = kernel;
+    fn decode(m: &Csr, g: &Geometry, channels: Range<usize>) -> (Vec<Tap>, Vec<usize>) {
         let (mut taps, mut first) = (Vec::new(), vec![0]);
         for o in channels {
             taps.extend((m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize).map(|j| {
-                let k = m.col[j] as usize;
-                (k / (kh * kw), k / kw % kh, k % kw, m.val[j])
+                let (c, ky, kx) = g.tap(m.col[j] as usize);
+                (c, ky, kx, m.val[j])
             }));
             first.push(taps.len());
         }
@@ -158,7 +156,7 @@ mod x86 {
             ) {
                 let ([oh, ow], w) = (g.out_hw, g.w);
                 let row_vectors = ow * w / $lanes;
-                let (taps, first) = decode(m, g.window.kernel, channels.clone());
+                let (taps, first) = decode(m, g, channels.clone());
                 for oy in rows {
                     let mut v0 = 0;
                     while v0 < row_vectors {

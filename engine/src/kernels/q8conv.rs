@@ -11,12 +11,6 @@ use super::Isa;
 use super::q8::quantized_len;
 use super::window::Geometry;
 
-/// Im2col row `k`'s input channel and kernel offsets (`k = (c * kh + ky) * kw + kx`).
-fn decode(g: &Geometry, k: usize) -> (usize, usize, usize) {
-    let [kh, kw] = g.window.kernel;
-    (k / (kh * kw), k / kw % kh, k % kw)
-}
-
 fn check(g: &Geometry, xq: &[u8], rows: &Range<usize>, out: &[u8]) -> (usize, usize) {
     let k = g.channels * g.window.kernel[0] * g.window.kernel[1];
     let ld = rows.len() * g.out_hw[1] * g.w;
@@ -37,7 +31,7 @@ struct Run {
 /// The run of im2col row `f` (None past the last row) for output row `oy`, stride 1 only.
 fn run(g: &Geometry, f: Option<usize>, oy: usize) -> Run {
     let empty = Run { valid: (0, 0), start: 0 };
-    let Some((c, ky, kx)) = f.map(|f| decode(g, f)) else { return empty };
+    let Some((c, ky, kx)) = f.map(|f| g.tap(f)) else { return empty };
     let Some(iy) = g.source(0, oy, ky) else { return empty };
     let ([h, wd], w) = (g.in_hw, g.w);
     let (outs, ix0) = g.inside(1, kx);
@@ -52,7 +46,7 @@ pub fn im2col_u8_ref(g: &Geometry, xq: &[u8], rows: Range<usize>, zero: u8, out:
     let (k, ld) = check(g, xq, &rows, out);
     let ([h, wd], [_, ow], w) = (g.in_hw, g.out_hw, g.w);
     for f in 0..k.next_multiple_of(4) {
-        let (c, ky, kx) = decode(g, f);
+        let (c, ky, kx) = g.tap(f);
         for (r, oy) in rows.clone().enumerate() {
             for ox in 0..ow {
                 let pixel = (f < k).then(|| g.source(0, oy, ky).zip(g.source(1, ox, kx))).flatten();

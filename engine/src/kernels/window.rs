@@ -25,6 +25,12 @@ impl Geometry {
         pos.checked_sub(self.window.pads[axis]).filter(|&p| p < self.in_hw[axis])
     }
 
+    /// Im2col row `k`'s input channel and kernel row and column (`k = (c * kh + ky) * kw + kx`).
+    pub(crate) fn tap(&self, k: usize) -> (usize, usize, usize) {
+        let [kh, kw] = self.window.kernel;
+        (k / (kh * kw), k / kw % kh, k % kw)
+    }
+
     /// For kernel offset `k` along `axis`, the output coordinates whose input is inside the image
     /// (one contiguous range, possibly empty) and the input coordinate of the first.
     pub(crate) fn inside(&self, axis: usize, k: usize) -> (std::ops::Range<usize>, usize) {
