@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
@@ -16,6 +16,7 @@ use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
 use crate::kernels::{Isa, bcsr, dense, direct, q8, q8conv, spmm, spmv, transpose};
 use crate::schedule::{self, Schedule};
+use crate::team::Team;
 
 /// Memory plan for one batch size: the schedule, and where each value lives inside a tile's chunk.
 #[derive(Debug, Clone)]
@@ -36,9 +37,6 @@ struct Plan {
     fused_input: bool,
     /// Per layer, how an int8 layer's input and output flow.
     int8_flow: Vec<Int8Flow>,
-    /// Some layer is large enough to split over the threads at the widest tile: with one tile,
-    /// a run that needs no split stays on the calling thread (see `Session::execute`).
-    splitting: bool,
     /// Per column, for a banded one, the layers' row ranges in the order they run: band by band
     /// of the last layer's output, each layer the rows the band needs that earlier bands have
     /// not computed (empty for columns without bands).
@@ -90,7 +88,7 @@ fn int8_flows(model: &Model, fused_input: bool) -> Vec<Int8Flow> {
 }
 
 impl Plan {
-    fn new(model: &Model, batch: usize, schedule: schedule::Plan, threads: usize) -> Plan {
+    fn new(model: &Model, batch: usize, schedule: schedule::Plan) -> Plan {
         let tile = schedule.tile;
         // Rows of full tiles are padded to 16 floats (64 bytes) so every row of every value starts
         // on a cache line: misaligned vector loads split lines and run about twice as slow.
@@ -131,7 +129,6 @@ impl Plan {
             .unwrap_or(0);
         let q_start = at + scratch_len;
         let fused_input = input_fuses_into_int8(model);
-        let splitting = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if splits(m, columns(m, tile_ld), threads)));
         let band_steps = schedule.columns.iter().map(|c| if c.bands > 1 { band_steps(model, c) } else { Vec::new() }).collect();
         Plan {
             schedule,
@@ -144,7 +141,6 @@ impl Plan {
             chunk: q_start + 2 * quantized_len,
             fused_input,
             int8_flow: int8_flows(model, fused_input),
-            splitting,
             band_steps,
         }
     }
@@ -187,7 +183,10 @@ fn align_offset(v: &[f32]) -> usize {
 pub struct Session<'m> {
     model: &'m Model,
     threads: usize,
-    pool: rayon::ThreadPool,
+    /// The calling thread and its helpers; `solo` is the calling thread alone, for layers that
+    /// run inside one thread's share of the tiles.
+    team: Team,
+    solo: Team,
     schedule: Schedule,
     /// Cache budget of a column, in bytes.
     budget: usize,
@@ -206,12 +205,10 @@ impl<'m> Session<'m> {
     /// A session with a schedule and a cache budget per column (default: the L2 size).
     pub fn with_schedule(model: &'m Model, threads: usize, schedule: Schedule, budget: Option<usize>) -> Result<Session<'m>> {
         let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| EngineError::Shape(format!("cannot start {threads} threads: {e}")))?;
+        let start = |n| Team::new(n).map_err(|e| EngineError::Shape(format!("cannot start {threads} threads: {e}")));
+        let (team, solo) = (start(threads)?, start(1)?);
         let budget = budget.unwrap_or_else(schedule::l2_cache_bytes);
-        Ok(Session { model, threads, pool, schedule, budget, plan: None, arena: Vec::new(), arena_start: 0 })
+        Ok(Session { model, threads, team, solo, schedule, budget, plan: None, arena: Vec::new(), arena_start: 0 })
     }
 
     pub fn threads(&self) -> usize {
@@ -235,7 +232,7 @@ impl<'m> Session<'m> {
             )));
         }
         if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
-            let plan = Plan::new(model, batch, self.plan(batch), self.threads);
+            let plan = Plan::new(model, batch, self.plan(batch));
             self.arena = vec![0.0; plan.chunk * plan.n_tiles() + 16];
             self.arena_start = align_offset(&self.arena);
             self.plan = Some(plan);
@@ -269,50 +266,60 @@ impl<'m> Session<'m> {
         self.prepare(input, batch)?;
         let model = self.model;
         let plan = self.plan.as_ref().expect("prepared");
-        let mut chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.n_tiles()).collect();
-        let threads = self.threads;
-        let parallel_tiles = chunks.len() >= 2 && threads > 1;
+        let chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.n_tiles()).collect();
         let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
-        let mut body = || {
-            for (c, column) in plan.schedule.columns.iter().enumerate() {
-                let run = |t: usize, chunk: &mut [f32], times: &mut Vec<f64>, threads: usize| {
-                    if c == 0 {
-                        load_input(model, plan, t, chunk, input);
-                    }
-                    if column.bands > 1 {
-                        for (l, rows) in &plan.band_steps[c] {
-                            let start = timed.then(std::time::Instant::now);
-                            run_layer_rows(model, plan, *l, t, chunk, threads, rows.clone());
-                            if let Some(start) = start {
-                                times[*l] += start.elapsed().as_secs_f64();
-                            }
-                        }
-                        return;
-                    }
-                    for l in column.layers.clone() {
-                        let start = timed.then(std::time::Instant::now);
-                        run_layer_on_tile(model, plan, l, t, chunk, threads);
-                        if let Some(start) = start {
-                            times[l] += start.elapsed().as_secs_f64();
-                        }
-                    }
-                };
-                if parallel_tiles {
-                    chunks.par_iter_mut().zip(times.par_iter_mut()).enumerate().for_each(|(t, (chunk, times))| run(t, chunk, times, 1));
-                } else {
-                    for (t, (chunk, times)) in chunks.iter_mut().zip(times.iter_mut()).enumerate() {
-                        run(t, chunk, times, threads);
-                    }
+        // Tile `t` through column `c`, its layers splitting their rows over `team`.
+        let run = |c: usize, t: usize, chunk: &mut [f32], times: &mut [f64], team: &Team| {
+            let column = &plan.schedule.columns[c];
+            if c == 0 {
+                load_input(model, plan, t, chunk, input);
+            }
+            let mut timed_layer = |l: usize, f: &mut dyn FnMut()| {
+                let start = timed.then(std::time::Instant::now);
+                f();
+                if let Some(start) = start {
+                    times[l] += start.elapsed().as_secs_f64();
+                }
+            };
+            if column.bands > 1 {
+                for (l, rows) in &plan.band_steps[c] {
+                    timed_layer(*l, &mut || run_layer_rows(model, plan, *l, t, chunk, team, rows.clone()));
+                }
+            } else {
+                for l in column.layers.clone() {
+                    timed_layer(l, &mut || run_layer_on_tile(model, plan, l, t, chunk, team));
                 }
             }
         };
-        // Handing a run to the pool costs a thread wake-up, and idle workers spinning beside the
-        // one that works slow it down (the two vCPUs here may share a core): a run that neither
-        // spreads tiles nor splits a layer stays on the calling thread.
-        if parallel_tiles || plan.splitting {
-            self.pool.install(body);
+        let columns = plan.schedule.columns.len();
+        let threads = self.team.threads();
+        if chunks.len() >= 2 && threads > 1 {
+            // Each thread takes its own tiles (tile t to thread t mod threads, the same every run,
+            // so a tile's data stays in one core's cache) through every column, layers unsplit:
+            // tiles never wait for each other.
+            let mut shares: Vec<Vec<TileJob>> = (0..threads).map(|_| Vec::new()).collect();
+            for (t, (chunk, times)) in chunks.into_iter().zip(times.iter_mut()).enumerate() {
+                shares[t % threads].push((t, chunk, times));
+            }
+            let shares: Vec<Mutex<_>> = shares.into_iter().map(Mutex::new).collect();
+            let solo = &self.solo;
+            self.team.run(&|member| {
+                let mut mine = shares[member].lock().unwrap_or_else(|e| e.into_inner());
+                for c in 0..columns {
+                    for (t, chunk, times) in mine.iter_mut() {
+                        run(c, *t, chunk, times, solo);
+                    }
+                }
+            });
         } else {
-            body();
+            // One tile (or one thread): the layers split their rows over the team where they are
+            // large enough to gain from it, and otherwise run on the calling thread.
+            let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).collect();
+            for c in 0..columns {
+                for (t, (chunk, times)) in tiles.iter_mut().enumerate() {
+                    run(c, t, chunk, times, &self.team);
+                }
+            }
         }
         Ok(times)
     }
@@ -333,6 +340,9 @@ impl<'m> Session<'m> {
         out
     }
 }
+
+/// A tile handed to a thread: its index, its chunk of the arena and its per-layer times.
+type TileJob<'a> = (usize, &'a mut [f32], &'a mut Vec<f64>);
 
 /// The regions of `chunk` for the layer's inputs (read) and output (written); the output never
 /// overlaps an input because every value has its own region.
@@ -362,7 +372,7 @@ fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[
     transpose::transpose(model.options.isa, samples, w, f_in, f_in, x0, ld);
 }
 
-fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], threads: usize) {
+fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], team: &Team) {
     // Padding columns are computed along with the samples: they hold finite values derived from
     // zeros and are never read back.
     let layer = &model.layers[l];
@@ -399,7 +409,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
             }
             _ => q8::Output::F32(&mut values[out_range]),
         };
-        int8_matmul(isa, m, qx, cols_w, out, threads);
+        int8_matmul(isa, m, qx, cols_w, out, team);
         return;
     }
     if let Exec::MatMul(m) = &layer.exec
@@ -409,15 +419,15 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         let (before, rest) = chunk.split_at_mut(plan.scratch.start);
         if uses_direct(isa, m, w) {
             let (xs, y) = regions(before, &ins, out_range);
-            return conv_direct(isa, m, &Geometry { w, ..g }, xs[0], y, 0..g.out_hw[0], threads);
+            return conv_direct(isa, m, &Geometry { w, ..g }, xs[0], y, 0..g.out_hw[0], team);
         }
         let scratch = &mut rest[..m.cols * positions * w];
         window::im2col(&Geometry { w, ..g }, &before[ins[0].clone()], scratch);
-        matmul(isa, m, scratch, positions * w, &mut before[out_range], threads);
+        matmul(isa, m, scratch, positions * w, &mut before[out_range], team);
         return;
     }
     let (xs, y) = regions(chunk, &ins, out_range);
-    run_layer(isa, &layer.exec, &xs, y, w, threads);
+    run_layer(isa, &layer.exec, &xs, y, w, team);
 }
 
 /// The steps of a banded column (see `Plan::band_steps`).
@@ -441,7 +451,7 @@ fn band_steps(model: &Model, column: &schedule::Column) -> Vec<(usize, Range<usi
 }
 
 /// Output rows `rows` of a spatial layer (convolution, pool or element-wise) on tile `t`.
-fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], threads: usize, rows: Range<usize>) {
+fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], team: &Team, rows: Range<usize>) {
     let layer = &model.layers[l];
     let w = plan.ld(t);
     let isa = model.options.isa;
@@ -457,7 +467,7 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
         let (values, rest) = chunk.split_at_mut(plan.scratch.start);
         if uses_direct(isa, m, w) {
             let (xs, y) = regions(values, &ins, range(layer.output));
-            return conv_direct(isa, m, &g, xs[0], y, rows, threads);
+            return conv_direct(isa, m, &g, xs[0], y, rows, team);
         }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         // The band's output goes to scratch space first, then the f32 columns (or for int8, the
@@ -468,11 +478,11 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
             Some(_) => {
                 let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
                 quantized_im2col(isa, m, &g, x, rows.clone(), cols, qx);
-                int8_matmul(isa, m, qx, band_cols, q8::Output::F32(band_out), threads);
+                int8_matmul(isa, m, qx, band_cols, q8::Output::F32(band_out), team);
             }
             None => {
                 window::im2col_rows(&g, x, rows.clone(), cols);
-                matmul(isa, m, cols, band_cols, band_out, threads)
+                matmul(isa, m, cols, band_cols, band_out, team)
             }
         }
         let y = &mut values[range(layer.output)];
@@ -528,14 +538,15 @@ fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
 }
 
 /// Output rows `rows` of a direct convolution, output channels split over `threads`.
-fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], rows: Range<usize>, threads: usize) {
+fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], rows: Range<usize>, team: &Team) {
+    let threads = team.threads();
     let csr = m.csr.as_ref().expect("CSR weights packed for a direct convolution");
     let plane = g.out_hw[0] * g.out_hw[1] * g.w;
     if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
         return direct::conv_direct(isa, csr, &m.bias, g, x, y, 0..m.rows, rows, m.relu);
     }
     let per_part = m.rows.div_ceil(threads * 2);
-    y[..m.rows * plane].par_chunks_mut(per_part * plane).enumerate().for_each(|(p, y)| {
+    team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
         let channels = p * per_part..((p + 1) * per_part).min(m.rows);
         direct::conv_direct(isa, csr, &m.bias, g, x, y, channels, rows.clone(), m.relu)
     });
@@ -571,16 +582,15 @@ fn splits(m: &MatMul, cols_w: usize, threads: usize) -> bool {
 
 /// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads` (in
 /// whole groups of four when the output is requantized).
-fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, threads: usize) {
+fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, team: &Team) {
+    let threads = team.threads();
     let q = layer.int8.as_ref().expect("an int8 layer");
     let m = &q.matrix;
     if !splits(layer, w, threads) {
         return q8::spmm_q8_into(isa, m, x, w, out, 0..m.rows, &q.dequant);
     }
     match out {
-        q8::Output::F32(y) => {
-            row_parts(&m.row_ptr, threads, y, w).into_par_iter().for_each(|(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant))
-        }
+        q8::Output::F32(y) => team.for_each(row_parts(&m.row_ptr, threads, y, w), |(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant)),
         q8::Output::Quantized { y, inv_scale, zero } => {
             let mut parts = Vec::new();
             let mut rest = y;
@@ -589,9 +599,7 @@ fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, th
                 parts.push((r, head));
                 rest = tail;
             }
-            parts
-                .into_par_iter()
-                .for_each(|(r, y)| q8::spmm_q8_into(isa, m, x, w, q8::Output::Quantized { y, inv_scale, zero }, r, &q.dequant));
+            team.for_each(parts, |(r, y)| q8::spmm_q8_into(isa, m, x, w, q8::Output::Quantized { y, inv_scale, zero }, r, &q.dequant));
         }
     }
 }
@@ -621,7 +629,8 @@ fn row_parts<'y>(row_ptr: &[u32], threads: usize, y: &'y mut [f32], w: usize) ->
 }
 
 /// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`.
-fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usize) {
+fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: &Team) {
+    let threads = team.threads();
     let batch1 = w == 1;
     match m.kernel(batch1) {
         Kernel::Int8 => unreachable!("int8 layers run through int8_matmul"),
@@ -633,11 +642,8 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
             // Slabs of rows, a multiple of 16 each, one GEMM per slab.
             let slab = m.rows.div_ceil(threads * 2).next_multiple_of(16);
             let k = m.cols;
-            y[..m.rows * w].par_chunks_mut(slab * w).zip(wt.par_chunks(slab * k)).zip(m.bias.par_chunks(slab)).for_each(
-                |((y, wt), bias)| {
-                    dense::dense(isa, wt, bias.len(), k, bias, x, w, y, m.relu, 1);
-                },
-            );
+            let slabs = y[..m.rows * w].chunks_mut(slab * w).zip(wt.chunks(slab * k)).zip(m.bias.chunks(slab)).collect();
+            team.for_each(slabs, |((y, wt), bias)| dense::dense(isa, wt, bias.len(), k, bias, x, w, y, m.relu, 1));
         }
         Kernel::Blocked => {
             let b = m.bcsr.as_ref().expect("blocks packed for a blocked choice");
@@ -652,7 +658,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
                 parts.push((blocks, head));
                 rest = tail;
             }
-            parts.into_par_iter().for_each(|(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
+            team.for_each(parts, |(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
         }
         // A direct convolution's tiles that its kernel does not take run im2col and CSR.
         Kernel::Sparse | Kernel::Direct => {
@@ -667,16 +673,16 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], threads: usi
             if !splits(m, w, threads) {
                 return run(0..m.rows, y);
             }
-            row_parts(&csr.row_ptr, threads, y, w).into_par_iter().for_each(|(r, y)| run(r, y));
+            team.for_each(row_parts(&csr.row_ptr, threads, y, w), |(r, y)| run(r, y));
         }
     }
 }
 
-fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, threads: usize) {
+fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {
     let x = xs[0];
     let relu = |v: f32, on: bool| if on { v.max(0.0) } else { v };
     match exec {
-        Exec::MatMul(m) => matmul(isa, m, x, w, y, threads),
+        Exec::MatMul(m) => matmul(isa, m, x, w, y, team),
         Exec::Affine { scale, shift, relu: r, per_channel } => {
             let n = per_channel * w;
             for (c, (s, b)) in scale.iter().zip(shift).enumerate() {

@@ -22,6 +22,7 @@ pub mod onnx;
 pub mod passes;
 pub mod schedule;
 pub mod stats;
+pub mod team;
 
 use std::path::Path;
 

@@ -42,8 +42,8 @@ mod x86 {
     pub unsafe fn transpose_avx(src: &[f32], rows: usize, cols: usize, src_ld: usize, dst: &mut [f32], dst_ld: usize) {
         let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
         let (full_r, full_c) = (rows / 8 * 8, cols / 8 * 8);
-        for r0 in (0..full_r).step_by(8) {
-            for c0 in (0..full_c).step_by(8) {
+        for c0 in (0..full_c).step_by(8) {
+            for r0 in (0..full_r).step_by(8) {
                 // SAFETY: r0 + 7 < rows and c0 + 7 < cols, inside both buffers.
                 unsafe {
                     let ld = |i: usize| _mm256_loadu_ps(sp.add((r0 + i) * src_ld + c0));

@@ -1,0 +1,250 @@
+//! The executor's threads: the calling thread plus `threads - 1` helpers that spin for a while
+//! between jobs before they sleep, the way ONNX Runtime's and OpenMP's pools wait.
+//!
+//! A run hands out work several times (once per layer when one tile splits its rows), often for
+//! a few microseconds of work each. A pool whose idle workers sleep pays a thread wake-up each
+//! time, and the caller waits for a worker instead of doing a share itself; rayon's pool, which
+//! the executor used before, spent 8-12% of the CPU time of a batch-1 or small batch-64 run in
+//! scheduling (BENCHMARKS.md). Here the caller takes part in every job, and a helper that saw a
+//! job less than `SPIN` ago picks up the next one without any system call.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long an idle helper keeps checking for the next job before it sleeps.
+const SPIN: Duration = Duration::from_millis(2);
+
+/// A job as every member sees it: called once per member with the member's index.
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// Bumped once per job (and once to stop); helpers watch it to see a new job.
+    epoch: AtomicUsize,
+    /// The current job, present from the epoch bump until every helper has finished it.
+    job: Mutex<Option<Job<'static>>>,
+    /// Helpers that have not finished the current job.
+    pending: AtomicUsize,
+    /// Sleeping helpers, and the condition they wait on; `epoch` changes under this lock.
+    sleepers: Mutex<usize>,
+    wake: Condvar,
+    stop: AtomicBool,
+    /// The first panic of a helper during the current job, handed to the caller.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// The calling thread and its helpers; `run` and `for_each` hand work to all of them.
+pub struct Team {
+    threads: usize,
+    shared: Arc<Shared>,
+    helpers: Vec<JoinHandle<()>>,
+    /// A job is running: a nested call (from inside a job) runs on its own thread instead.
+    busy: AtomicBool,
+}
+
+impl Team {
+    /// A team of `threads` (at least 1): the caller and `threads - 1` helper threads.
+    pub fn new(threads: usize) -> std::io::Result<Team> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            epoch: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            pending: AtomicUsize::new(0),
+            sleepers: Mutex::new(0),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            panic: Mutex::new(None),
+        });
+        let mut helpers = Vec::with_capacity(threads - 1);
+        for member in 1..threads {
+            let shared = Arc::clone(&shared);
+            helpers.push(std::thread::Builder::new().name(format!("engine-{member}")).spawn(move || helper(&shared, member))?);
+        }
+        Ok(Team { threads, shared, helpers, busy: AtomicBool::new(false) })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Calls `f(member)` on every member, the caller being member 0, and returns when all have
+    /// finished. A panic in any member is resumed on the caller.
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        if self.threads == 1 || self.busy.swap(true, Ordering::Acquire) {
+            return (0..self.threads).for_each(f);
+        }
+        let shared = &*self.shared;
+        shared.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // SAFETY: the job is only reachable through `shared.job` until every helper has
+        // decremented `pending`, and `Finish` (also on unwinding) waits for that and clears the
+        // slot before this function returns, so no helper calls `f` after its borrow ends.
+        let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(f) };
+        *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+        shared.pending.store(self.helpers.len(), Ordering::Release);
+        {
+            let sleepers = shared.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            shared.epoch.fetch_add(1, Ordering::AcqRel);
+            if *sleepers > 0 {
+                shared.wake.notify_all();
+            }
+        }
+        let finish = Finish { team: self };
+        f(0);
+        drop(finish);
+        if let Some(p) = shared.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    /// Calls `f` on each item, the members taking the next untaken item in turn.
+    pub fn for_each<T: Send>(&self, items: Vec<T>, f: impl Fn(T) + Sync) {
+        if self.threads == 1 || items.len() <= 1 {
+            return items.into_iter().for_each(f);
+        }
+        let n = items.len();
+        let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+        let next = AtomicUsize::new(0);
+        self.run(&|_| {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                if let Some(item) = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    f(item);
+                }
+            }
+        });
+    }
+}
+
+/// Waits for the helpers to finish the current job and clears it; runs on unwinding too.
+struct Finish<'t> {
+    team: &'t Team,
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        let shared = &*self.team.shared;
+        let start = Instant::now();
+        while shared.pending.load(Ordering::Acquire) > 0 {
+            if start.elapsed() < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.team.busy.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        let shared = &*self.shared;
+        shared.stop.store(true, Ordering::Release);
+        {
+            let _sleepers = shared.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            shared.epoch.fetch_add(1, Ordering::AcqRel);
+            shared.wake.notify_all();
+        }
+        for h in self.helpers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A helper's life: wait for a new epoch (spinning, then sleeping), run the job, report.
+fn helper(shared: &Shared, member: usize) {
+    let mut seen = 0;
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while shared.epoch.load(Ordering::Acquire) == seen {
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut sleepers = shared.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            *sleepers += 1;
+            while shared.epoch.load(Ordering::Acquire) == seen {
+                sleepers = shared.wake.wait(sleepers).unwrap_or_else(|e| e.into_inner());
+            }
+            *sleepers -= 1;
+        }
+        seen = shared.epoch.load(Ordering::Acquire);
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(job) = job
+            && let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(member)))
+        {
+            shared.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
+        }
+        shared.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_item_once_on_every_team_size() {
+        for threads in 1..=4 {
+            let team = Team::new(threads).unwrap();
+            for n in [0, 1, 2, 3, 7, 64] {
+                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                team.for_each((0..n).collect(), |i: usize| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "threads {threads}, n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn members_see_their_index_and_nested_calls_run_inline() {
+        let team = Team::new(3).unwrap();
+        let seen: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        team.run(&|m| {
+            seen[m].fetch_add(1, Ordering::Relaxed);
+            // A nested job runs every member's share on this thread.
+            let inner = AtomicUsize::new(0);
+            team.for_each((0..5).collect(), |_| {
+                inner.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(inner.load(Ordering::Relaxed), 5);
+        });
+        assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn a_helper_panic_reaches_the_caller_and_the_team_still_works() {
+        let team = Team::new(2).unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            team.run(&|m| assert!(m == 0, "helper fails"));
+        }));
+        assert!(caught.is_err());
+        let count = AtomicUsize::new(0);
+        team.run(&|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn sleeping_helpers_wake_for_the_next_job() {
+        let team = Team::new(2).unwrap();
+        std::thread::sleep(SPIN * 3);
+        let count = AtomicUsize::new(0);
+        team.run(&|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+}
