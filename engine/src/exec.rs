@@ -242,16 +242,18 @@ impl<'m> Session<'m> {
 
     /// Runs `input` (`[batch, input features]`, row-major) and returns `[batch, output features]`.
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
-        self.execute(input, batch, false)?;
-        Ok(self.gather_output())
+        let mut out = vec![0.0; batch * self.model.value_sizes[self.model.output_value]];
+        self.execute(input, batch, false, &mut out)?;
+        Ok(out)
     }
 
     /// Runs `input` and returns the seconds spent in each layer (for `engine analyze`): thread
     /// time per layer summed over tiles, scaled so that the layers add up to the wall time.
     pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<f64>> {
-        self.execute(input, batch, false)?; // validates, plans and warms up
+        let mut out = vec![0.0; batch * self.model.value_sizes[self.model.output_value]];
+        self.execute(input, batch, false, &mut out)?; // validates, plans and warms up
         let start = std::time::Instant::now();
-        let per_tile = self.execute(input, batch, true)?;
+        let per_tile = self.execute(input, batch, true, &mut out)?;
         let wall = start.elapsed().as_secs_f64();
         let mut seconds = vec![0.0; self.model.layers.len()];
         for t in per_tile {
@@ -261,15 +263,20 @@ impl<'m> Session<'m> {
         Ok(seconds.iter().map(|s| s / total.max(1e-12) * wall).collect())
     }
 
-    /// Runs the batch column by column; with `timed`, returns each tile's seconds per layer.
-    fn execute(&mut self, input: &[f32], batch: usize, timed: bool) -> Result<Vec<Vec<f64>>> {
+    /// Runs the batch column by column into `out` (`[batch, output features]`); with `timed`,
+    /// returns each tile's seconds per layer.
+    fn execute(&mut self, input: &[f32], batch: usize, timed: bool, out: &mut [f32]) -> Result<Vec<Vec<f64>>> {
         self.prepare(input, batch)?;
         let model = self.model;
         let plan = self.plan.as_ref().expect("prepared");
         let chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.n_tiles()).collect();
         let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
-        // Tile `t` through column `c`, its layers splitting their rows over `team`.
-        let run = |c: usize, t: usize, chunk: &mut [f32], times: &mut [f64], team: &Team| {
+        let f_out = model.value_sizes[model.output_value];
+        let outs: Vec<&mut [f32]> = out.chunks_mut((plan.tile * f_out).max(1)).collect();
+        let columns = plan.schedule.columns.len();
+        // Tile `t` through column `c`, its layers splitting their rows over `team`; after the
+        // last column, the tile's outputs go to its samples' rows of `out`.
+        let run = |c: usize, t: usize, chunk: &mut [f32], times: &mut [f64], out: &mut [f32], team: &Team| {
             let column = &plan.schedule.columns[c];
             if c == 0 {
                 load_input(model, plan, t, chunk, input);
@@ -290,59 +297,54 @@ impl<'m> Session<'m> {
                     timed_layer(l, &mut || run_layer_on_tile(model, plan, l, t, chunk, team));
                 }
             }
+            if c + 1 == columns {
+                store_output(model, plan, t, chunk, out);
+            }
         };
-        let columns = plan.schedule.columns.len();
         let threads = self.team.threads();
         if chunks.len() >= 2 && threads > 1 {
             // Each thread takes its own tiles (tile t to thread t mod threads, the same every run,
             // so a tile's data stays in one core's cache) through every column, layers unsplit:
             // tiles never wait for each other.
             let mut shares: Vec<Vec<TileJob>> = (0..threads).map(|_| Vec::new()).collect();
-            for (t, (chunk, times)) in chunks.into_iter().zip(times.iter_mut()).enumerate() {
-                shares[t % threads].push((t, chunk, times));
+            for (t, ((chunk, times), out)) in chunks.into_iter().zip(times.iter_mut()).zip(outs).enumerate() {
+                shares[t % threads].push((t, chunk, times, out));
             }
             let shares: Vec<Mutex<_>> = shares.into_iter().map(Mutex::new).collect();
             let solo = &self.solo;
             self.team.run(&|member| {
                 let mut mine = shares[member].lock().unwrap_or_else(|e| e.into_inner());
                 for c in 0..columns {
-                    for (t, chunk, times) in mine.iter_mut() {
-                        run(c, *t, chunk, times, solo);
+                    for (t, chunk, times, out) in mine.iter_mut() {
+                        run(c, *t, chunk, times, out, solo);
                     }
                 }
             });
         } else {
             // One tile (or one thread): the layers split their rows over the team where they are
             // large enough to gain from it, and otherwise run on the calling thread.
-            let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).collect();
+            let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).zip(outs).collect();
             for c in 0..columns {
-                for (t, (chunk, times)) in tiles.iter_mut().enumerate() {
-                    run(c, t, chunk, times, &self.team);
+                for (t, ((chunk, times), out)) in tiles.iter_mut().enumerate() {
+                    run(c, t, chunk, times, out, &self.team);
                 }
             }
         }
         Ok(times)
     }
-
-    fn gather_output(&self) -> Vec<f32> {
-        let model = self.model;
-        let plan = self.plan.as_ref().expect("planned by run");
-        let batch = plan.batch;
-        // Gather the output, transposing each tile back to sample-major.
-        let f_out = model.value_sizes[model.output_value];
-        let mut out = vec![0.0; batch * f_out];
-        let off = plan.offsets[model.output_value];
-        for (t, chunk) in self.arena[self.arena_start..].chunks(plan.chunk.max(1)).take(plan.n_tiles()).enumerate() {
-            let (w, ld) = (plan.width(t), plan.ld(t));
-            let tile_out = &mut out[t * plan.tile * f_out..(t * plan.tile + w) * f_out];
-            transpose::transpose(model.options.isa, &chunk[off..off + f_out * ld], f_out, w, ld, tile_out, f_out);
-        }
-        out
-    }
 }
 
-/// A tile handed to a thread: its index, its chunk of the arena and its per-layer times.
-type TileJob<'a> = (usize, &'a mut [f32], &'a mut Vec<f64>);
+/// A tile handed to a thread: its index, its chunk of the arena, its per-layer times and its
+/// samples' rows of the output.
+type TileJob<'a> = (usize, &'a mut [f32], &'a mut Vec<f64>, &'a mut [f32]);
+
+/// Transposes tile `t`'s output value back to sample-major rows, `out` holding the tile's samples.
+fn store_output(model: &Model, plan: &Plan, t: usize, chunk: &[f32], out: &mut [f32]) {
+    let f_out = model.value_sizes[model.output_value];
+    let (w, ld) = (plan.width(t), plan.ld(t));
+    let off = plan.offsets[model.output_value];
+    transpose::transpose(model.options.isa, &chunk[off..off + f_out * ld], f_out, w, ld, &mut out[..w * f_out], f_out);
+}
 
 /// The regions of `chunk` for the layer's inputs (read) and output (written); the output never
 /// overlaps an input because every value has its own region.

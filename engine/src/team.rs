@@ -129,8 +129,10 @@ impl Drop for Finish<'_> {
     fn drop(&mut self) {
         let shared = &*self.team.shared;
         let start = Instant::now();
+        let mut spins = 0u32;
         while shared.pending.load(Ordering::Acquire) > 0 {
-            if start.elapsed() < SPIN {
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
