@@ -462,11 +462,12 @@ mod x86 {
                 let mut a = [_mm512_setzero_si512(); 8];
                 let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
                 for j in start..end {
-                    let wv = _mm512_set1_epi32(m.packed[j]);
-                    let set = 4 * ((j - start) & 1);
-                    // SAFETY: group < groups(), so (group * ld + c0 + 63) * 4 + 3 < x.len().
+                    // SAFETY: j < end <= packed.len() = group.len(); group < groups(), so
+                    // (group * ld + c0 + 63) * 4 + 3 < x.len().
                     unsafe {
-                        let p = xp.add((m.group[j] as usize * ld + c0) * 4);
+                        let wv = _mm512_set1_epi32(*m.packed.get_unchecked(j));
+                        let set = 4 * ((j - start) & 1);
+                        let p = xp.add((*m.group.get_unchecked(j) as usize * ld + c0) * 4);
                         for (k, acc) in a[set..set + 4].iter_mut().enumerate() {
                             *acc = _mm512_dpbusd_epi32(*acc, _mm512_loadu_si512(p.add(64 * k) as *const _), wv);
                         }
@@ -481,23 +482,35 @@ mod x86 {
         }
         if c0 + 32 <= ld {
             for o in rows.clone() {
-                let mut a = [_mm512_setzero_si512(); 4];
+                // Groups go in turn to four pairs of accumulators: eight independent chains, as
+                // in the 64-sample strip.
+                let mut a = [[_mm512_setzero_si512(); 2]; 4];
                 let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
-                for j in start..end {
-                    let wv = _mm512_set1_epi32(m.packed[j]);
-                    let set = 2 * ((j - start) & 1);
-                    // SAFETY: as above, with a 32-sample strip.
-                    unsafe {
-                        let p = xp.add((m.group[j] as usize * ld + c0) * 4);
-                        a[set] = _mm512_dpbusd_epi32(a[set], _mm512_loadu_si512(p as *const _), wv);
-                        a[set + 1] = _mm512_dpbusd_epi32(a[set + 1], _mm512_loadu_si512(p.add(64) as *const _), wv);
+                let mut j = start;
+                // SAFETY: as above, with a 32-sample strip; j + k < end for every group read.
+                unsafe {
+                    let group = |j: usize, [lo, hi]: &mut [__m512i; 2]| {
+                        let wv = _mm512_set1_epi32(*m.packed.get_unchecked(j));
+                        let p = xp.add((*m.group.get_unchecked(j) as usize * ld + c0) * 4);
+                        *lo = _mm512_dpbusd_epi32(*lo, _mm512_loadu_si512(p as *const _), wv);
+                        *hi = _mm512_dpbusd_epi32(*hi, _mm512_loadu_si512(p.add(64) as *const _), wv);
+                    };
+                    while j + 4 <= end {
+                        for (k, pair) in a.iter_mut().enumerate() {
+                            group(j + k, pair);
+                        }
+                        j += 4;
+                    }
+                    for j in j..end {
+                        group(j, &mut a[0]);
                     }
                 }
+                let sum = |i: usize| _mm512_add_epi32(_mm512_add_epi32(a[0][i], a[1][i]), _mm512_add_epi32(a[2][i], a[3][i]));
                 let [w0, w1, ..] = &mut words;
                 // SAFETY: samples c0 + 31 < ld.
                 unsafe {
-                    emit16(out, d, o, r0, n_rows, ld, c0, _mm512_add_epi32(a[0], a[2]), 0xffff, w0);
-                    emit16(out, d, o, r0, n_rows, ld, c0 + 16, _mm512_add_epi32(a[1], a[3]), 0xffff, w1);
+                    emit16(out, d, o, r0, n_rows, ld, c0, sum(0), 0xffff, w0);
+                    emit16(out, d, o, r0, n_rows, ld, c0 + 16, sum(1), 0xffff, w1);
                 }
             }
             c0 += 32;
