@@ -14,7 +14,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long an idle helper keeps checking for the next job before it sleeps.
+/// How long an idle helper keeps checking for the next job before it sleeps (when the team has
+/// no more threads than the machine has cores; with more, a spinning thread would hold a core
+/// that a working one needs, so waits sleep at once).
 const SPIN: Duration = Duration::from_millis(2);
 
 /// A job as every member sees it: called once per member with the member's index.
@@ -31,6 +33,8 @@ struct Shared {
     sleepers: Mutex<usize>,
     wake: Condvar,
     stop: AtomicBool,
+    /// How long waits spin before they sleep or yield: `SPIN`, or zero for an oversubscribed team.
+    spin: Duration,
     /// The first panic of a helper during the current job, handed to the caller.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
@@ -55,6 +59,7 @@ impl Team {
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            spin: if threads <= std::thread::available_parallelism().map_or(1, |n| n.get()) { SPIN } else { Duration::ZERO },
             panic: Mutex::new(None),
         });
         let mut helpers = Vec::with_capacity(threads - 1);
@@ -132,7 +137,7 @@ impl Drop for Finish<'_> {
         let mut spins = 0u32;
         while shared.pending.load(Ordering::Acquire) > 0 {
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(64) || start.elapsed() < shared.spin {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
@@ -166,7 +171,7 @@ fn helper(shared: &Shared, member: usize) {
         let mut spins = 0u32;
         while shared.epoch.load(Ordering::Acquire) == seen {
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(64) || start.elapsed() < shared.spin {
                 std::hint::spin_loop();
                 continue;
             }
