@@ -127,6 +127,9 @@ mod x86 {
         taps: &'a [Tap],
         oy: usize,
         v0: usize,
+        /// Output position and sample offset of each vector of the chunk (worked out once per
+        /// chunk, not per output channel: it divides by the tile width).
+        pos: &'a [(usize, usize); CHUNK],
         bias: f32,
         relu: bool,
         /// The output row's first float.
@@ -161,12 +164,13 @@ mod x86 {
                     let mut v0 = 0;
                     while v0 < row_vectors {
                         let n = (row_vectors - v0).min(CHUNK);
+                        let pos: [(usize, usize); CHUNK] = std::array::from_fn(|z| ((v0 + z) * $lanes / w, (v0 + z) * $lanes % w));
                         for (i, o) in channels.clone().enumerate() {
                             // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`.
                             unsafe {
                                 let taps = &taps[first[i]..first[i + 1]];
                                 let out = y.as_mut_ptr().add((i * oh + oy) * ow * w);
-                                let run = Chunk { g, x, taps, oy, v0, bias: bias[o], relu, y: out };
+                                let run = Chunk { g, x, taps, oy, v0, pos: &pos, bias: bias[o], relu, y: out };
                                 match n {
                                     8 => run.$go::<8>(),
                                     7 => run.$go::<7>(),
@@ -194,8 +198,7 @@ mod x86 {
                     let ([h, wd], w) = (g.in_hw, g.w);
                     let (stride, dilation, pad) = (g.window.stride[1], g.window.dilation[1], g.window.pads[1]);
                     let xp = self.x.as_ptr();
-                    // Output position and sample offset of each vector.
-                    let pos: [(usize, usize); N] = std::array::from_fn(|z| ((self.v0 + z) * $lanes / w, (self.v0 + z) * $lanes % w));
+                    let pos = &self.pos[..N];
                     let mut acc: [$vec; N] = [$set1(self.bias); N];
                     for &(c, ky, kx, value) in self.taps {
                         let Some(iy) = g.source(0, self.oy, ky) else { continue };
@@ -213,7 +216,7 @@ mod x86 {
                             }
                             continue;
                         }
-                        for (a, &(ox, s)) in acc.iter_mut().zip(&pos) {
+                        for (a, &(ox, s)) in acc.iter_mut().zip(pos) {
                             let Some(ix) = input(ox) else { continue };
                             // SAFETY: (c, iy, ix) is a pixel of `x` and s + lanes <= w.
                             *a = $fmadd(weight, unsafe { $loadu(xp.add(row + ix * w + s)) }, *a);

@@ -119,27 +119,37 @@ pub fn pool_rows(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows
     if w == 1 {
         return pool_one(g, x, y, avg, rows);
     }
+    // Per kernel column, the output columns inside the image, computed once; each tap then
+    // combines whole `w`-sample vectors.
+    let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
+    let stride = g.window.stride[1];
+    let mut count = vec![0usize; ow];
     for c in 0..g.channels {
         for oy in rows.clone() {
-            for ox in 0..ow {
-                let out = &mut y[((c * oh + oy) * ow + ox) * w..][..w];
-                out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
-                let mut count = 0usize;
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let (Some(iy), Some(ix)) = (g.source(0, oy, ky), g.source(1, ox, kx)) else { continue };
-                        count += 1;
-                        let src = &x[((c * h + iy) * wd + ix) * w..][..w];
+            let out = &mut y[(c * oh + oy) * ow * w..][..ow * w];
+            out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
+            count.fill(0);
+            for ky in 0..kh {
+                let Some(iy) = g.source(0, oy, ky) else { continue };
+                let src = &x[(c * h + iy) * wd * w..][..wd * w];
+                for (valid, ix0) in &inside {
+                    for (i, ox) in valid.clone().enumerate() {
+                        let (o, s) = (&mut out[ox * w..][..w], &src[(ix0 + i * stride) * w..][..w]);
                         if avg.is_some() {
-                            out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+                            o.iter_mut().zip(s).for_each(|(o, s)| *o += s);
                         } else {
-                            out.iter_mut().zip(src).for_each(|(o, s)| *o = o.max(*s));
+                            // `if` rather than `f32::max`: one vector max per 16 samples. The
+                            // running value starts at -inf and never becomes NaN either way.
+                            o.iter_mut().zip(s).for_each(|(o, s)| *o = if *s > *o { *s } else { *o });
                         }
+                        count[ox] += 1;
                     }
                 }
-                if let Some(include_pad) = avg {
-                    let n = if include_pad { kh * kw } else { count.max(1) };
-                    out.iter_mut().for_each(|o| *o /= n as f32);
+            }
+            if let Some(include_pad) = avg {
+                for (o, n) in out.chunks_exact_mut(w).zip(&count) {
+                    let n = if include_pad { kh * kw } else { (*n).max(1) } as f32;
+                    o.iter_mut().for_each(|o| *o /= n);
                 }
             }
         }
