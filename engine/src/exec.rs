@@ -496,7 +496,7 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
     let (xs, y) = regions(chunk, &ins, range(layer.output));
     let relu = |v: f32, on: bool| if on { v.max(0.0) } else { v };
     match &layer.exec {
-        Exec::Pool { geometry, avg } => window::pool_rows(&Geometry { w, ..*geometry }, xs[0], y, *avg, rows),
+        Exec::Pool { geometry, avg } => window::pool_rows(isa, &Geometry { w, ..*geometry }, xs[0], y, *avg, rows),
         Exec::Affine { scale, shift, relu: r, .. } => {
             for c in 0..channels {
                 let (s, b) = (scale[c], shift[c]);
@@ -696,7 +696,7 @@ fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team
         Exec::Relu => y.iter_mut().zip(x).for_each(|(o, i)| *o = i.max(0.0)),
         Exec::Flatten => y.copy_from_slice(x),
         Exec::Add { relu: r } => y.iter_mut().zip(x.iter().zip(xs[1])).for_each(|(o, (a, b))| *o = relu(a + b, *r)),
-        Exec::Pool { geometry, avg } => window::pool(&Geometry { w, ..*geometry }, x, y, *avg),
+        Exec::Pool { geometry, avg } => window::pool(isa, &Geometry { w, ..*geometry }, x, y, *avg),
         Exec::GlobalAvgPool { channels, pixels } => {
             for c in 0..*channels {
                 let out = &mut y[c * w..(c + 1) * w];

@@ -185,7 +185,7 @@ fn im2col_and_pooling_match_direct_definitions() {
         Window { kernel: [5, 5], stride: [1, 1], pads: [2; 4], dilation: [1, 1] },
     ];
     for window in windows {
-        for w in [1, 3] {
+        for (w, isa) in [1, 3, 17, 32].into_iter().flat_map(|w| Isa::available().into_iter().map(move |isa| (w, isa))) {
             let [kh, kw] = window.kernel;
             let (c, h, wd) = (2, 5, 6);
             let (oh, ow) = window.output(h, wd, "t").unwrap();
@@ -200,10 +200,10 @@ fn im2col_and_pooling_match_direct_definitions() {
             let mut cols = vec![f32::NAN; c * kh * kw * oh * ow * w];
             window::im2col(&g, &x, &mut cols);
             let mut maxp = vec![0.0; c * oh * ow * w];
-            window::pool(&g, &x, &mut maxp, None);
+            window::pool(isa, &g, &x, &mut maxp, None);
             let (mut avg_pad, mut avg_valid) = (vec![0.0; c * oh * ow * w], vec![0.0; c * oh * ow * w]);
-            window::pool(&g, &x, &mut avg_pad, Some(true));
-            window::pool(&g, &x, &mut avg_valid, Some(false));
+            window::pool(isa, &g, &x, &mut avg_pad, Some(true));
+            window::pool(isa, &g, &x, &mut avg_valid, Some(false));
             for ch in 0..c {
                 for oy in 0..oh {
                     for ox in 0..ow {
@@ -219,9 +219,9 @@ fn im2col_and_pooling_match_direct_definitions() {
                             }
                             let i = ((ch * oh + oy) * ow + ox) * w + s;
                             let sum: f32 = vals.iter().sum();
-                            assert_eq!(maxp[i], vals.iter().copied().fold(f32::NEG_INFINITY, f32::max), "{window:?} w={w}");
-                            assert!((avg_pad[i] - sum / (kh * kw) as f32).abs() < 1e-6, "{window:?} w={w}");
-                            assert!((avg_valid[i] - sum / vals.len().max(1) as f32).abs() < 1e-6, "{window:?} w={w}");
+                            assert_eq!(maxp[i], vals.iter().copied().fold(f32::NEG_INFINITY, f32::max), "{window:?} w={w} {}", isa.name());
+                            assert!((avg_pad[i] - sum / (kh * kw) as f32).abs() < 1e-6, "{window:?} w={w} {}", isa.name());
+                            assert!((avg_valid[i] - sum / vals.len().max(1) as f32).abs() < 1e-6, "{window:?} w={w} {}", isa.name());
                         }
                     }
                 }
