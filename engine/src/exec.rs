@@ -274,8 +274,9 @@ impl<'m> Session<'m> {
         let f_out = model.value_sizes[model.output_value];
         let outs: Vec<&mut [f32]> = out.chunks_mut((plan.tile * f_out).max(1)).collect();
         let columns = plan.schedule.columns.len();
-        // Tile `t` through column `c`, its layers splitting their rows over `team`; after the
+        // Tile `t` through column `c`, its unbanded layers splitting their rows over `team`; after the
         // last column, the tile's outputs go to its samples' rows of `out`.
+        let solo = &self.solo;
         let run = |c: usize, t: usize, chunk: &mut [f32], times: &mut [f64], out: &mut [f32], team: &Team| {
             let column = &plan.schedule.columns[c];
             if c == 0 {
@@ -289,8 +290,11 @@ impl<'m> Session<'m> {
                 }
             };
             if column.bands > 1 {
+                // A band step is a row or a few of one layer: handing half of it to another
+                // thread measured 1.6x slower at batch 1 than running the whole banded column
+                // on this one (BENCHMARKS.md), so band steps never split.
                 for (l, rows) in &plan.band_steps[c] {
-                    timed_layer(*l, &mut || run_layer_rows(model, plan, *l, t, chunk, team, rows.clone()));
+                    timed_layer(*l, &mut || run_layer_rows(model, plan, *l, t, chunk, solo, rows.clone()));
                 }
             } else {
                 for l in column.layers.clone() {
@@ -311,7 +315,6 @@ impl<'m> Session<'m> {
                 shares[t % threads].push((t, chunk, times, out));
             }
             let shares: Vec<Mutex<_>> = shares.into_iter().map(Mutex::new).collect();
-            let solo = &self.solo;
             self.team.run(&|member| {
                 let mut mine = shares[member].lock().unwrap_or_else(|e| e.into_inner());
                 for c in 0..columns {
