@@ -481,9 +481,12 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
         let x = &values[ins[0].clone()];
         match m.int8 {
             Some(_) => {
+                // The int8 kernel writes the band's rows of each channel straight into the image.
                 let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
                 quantized_im2col(isa, m, &g, x, rows.clone(), cols, qx);
-                int8_matmul(isa, m, qx, band_cols, q8::Output::F32(band_out), team);
+                let (_, y) = regions(values, &ins, range(layer.output));
+                let out = q8::Output::F32Rows { y: &mut y[band(0).start..], stride: height * row_len };
+                return int8_matmul(isa, m, qx, band_cols, out, team);
             }
             None => {
                 window::im2col_rows(&g, x, rows.clone(), cols);
@@ -591,10 +594,12 @@ fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, te
     let threads = team.threads();
     let q = layer.int8.as_ref().expect("an int8 layer");
     let m = &q.matrix;
-    if !splits(layer, w, threads) {
+    // Band rows (`F32Rows`) come from band steps, which never split (see `Session::execute`).
+    if !splits(layer, w, threads) || matches!(out, q8::Output::F32Rows { .. }) {
         return q8::spmm_q8_into(isa, m, x, w, out, 0..m.rows, &q.dequant);
     }
     match out {
+        q8::Output::F32Rows { .. } => unreachable!("band rows run on one thread"),
         q8::Output::F32(y) => team.for_each(row_parts(&m.row_ptr, threads, y, w), |(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant)),
         q8::Output::Quantized { y, inv_scale, zero } => {
             let mut parts = Vec::new();

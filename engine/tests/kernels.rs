@@ -287,6 +287,19 @@ fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
                     q8::spmm_q8(isa, &m, &qx, w, &mut part, 1..rows - 1, &d);
                     assert_eq!(part[..], want[w..(rows - 1) * w], "q8 row range {}", isa.name());
                 }
+                // Rows `stride` apart (a band of each channel of an image): the same values, and
+                // nothing written between the rows.
+                if rows > 0 && w > 0 {
+                    let stride = w + 5;
+                    let mut strided = vec![f32::NAN; (rows - 1) * stride + w];
+                    q8::spmm_q8_into(isa, &m, &qx, w, q8::Output::F32Rows { y: &mut strided, stride }, 0..rows, &d);
+                    for o in 0..rows {
+                        assert_eq!(strided[o * stride..o * stride + w], want[o * w..(o + 1) * w], "q8 strided rows {}", isa.name());
+                        if o + 1 < rows {
+                            assert!(strided[o * stride + w..(o + 1) * stride].iter().all(|v| v.is_nan()), "q8 wrote between rows");
+                        }
+                    }
+                }
             }
         }
     }

@@ -84,6 +84,10 @@ impl Dequant {
 pub enum Output<'a> {
     /// Dequantized f32, `[rows.len(), ld]`.
     F32(&'a mut [f32]),
+    /// Dequantized f32 with rows `stride >= ld` floats apart: a band of output rows written
+    /// straight into each channel of a whole image (row `o` of sample `s` at
+    /// `(o - rows.start) * stride + s`).
+    F32Rows { y: &'a mut [f32], stride: usize },
     /// Requantized for the next int8 layer, straight into its input layout: the rows are that
     /// layer's features, so row `o` of sample `s` is byte `((o / 4 - rows.start / 4) * ld + s) * 4 +
     /// o % 4` (`rows.start` a multiple of 4), and the rows that complete the matrix's last group
@@ -98,12 +102,26 @@ impl Output<'_> {
         Output::Quantized { y, inv_scale: 1.0 / scale, zero }
     }
 
+    /// The f32 rows and their distance, for the two f32 outputs.
+    #[inline]
+    fn f32_rows(&mut self, ld: usize) -> Option<(&mut [f32], usize)> {
+        match self {
+            Output::F32(y) => Some((y, ld)),
+            Output::F32Rows { y, stride } => Some((y, *stride)),
+            Output::Quantized { .. } => None,
+        }
+    }
+
     /// Writes row `o`'s value for sample `s`; after the matrix's last row (`o + 1 == rows`), fills
     /// the rest of its group of four with the zero point.
     #[inline]
     fn put(&mut self, o: usize, r0: usize, rows: usize, ld: usize, s: usize, v: f32) {
+        if let Some((y, stride)) = self.f32_rows(ld) {
+            y[(o - r0) * stride + s] = v;
+            return;
+        }
         match self {
-            Output::F32(y) => y[(o - r0) * ld + s] = v,
+            Output::F32(_) | Output::F32Rows { .. } => unreachable!("f32 outputs are written above"),
             Output::Quantized { y, inv_scale, zero } => {
                 let at = |r: usize| ((r / 4 - r0 / 4) * ld + s) * 4 + r % 4;
                 y[at(o)] = quantize_value(v, *inv_scale, *zero);
@@ -237,6 +255,9 @@ fn check(m: &Q8Matrix, x: &[u8], ld: usize, out: &Output, rows: &Range<usize>, d
     assert!(x.len() >= quantized_len(m.cols, ld), "quantized input too small");
     match out {
         Output::F32(y) => assert!(y.len() >= rows.len() * ld, "output tile too small"),
+        Output::F32Rows { y, stride } => {
+            assert!(*stride >= ld && (rows.is_empty() || y.len() >= (rows.len() - 1) * stride + ld), "output rows do not fit")
+        }
         Output::Quantized { y, .. } => {
             assert!(
                 rows.start.is_multiple_of(4) && (rows.end.is_multiple_of(4) || rows.end == m.rows),
@@ -422,9 +443,12 @@ mod x86 {
         if d.relu {
             v = _mm512_max_ps(v, _mm512_setzero_ps());
         }
+        if let Some((y, stride)) = out.f32_rows(ld) {
+            // SAFETY: (o - r0) * stride + c0 + 15 < y.len() for the masked lanes (`check`).
+            return unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add((o - r0) * stride + c0), mask, v) };
+        }
         match out {
-            // SAFETY: (o - r0) * ld + c0 + 15 < y.len() for the masked lanes.
-            Output::F32(y) => unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add((o - r0) * ld + c0), mask, v) },
+            Output::F32(_) | Output::F32Rows { .. } => unreachable!("f32 outputs are written above"),
             Output::Quantized { y, inv_scale, zero } => {
                 // As `quantize_avx512`: round to nearest even, add the zero point, clamp.
                 let vz = _mm512_set1_epi32(*zero as i32);
@@ -601,10 +625,10 @@ mod x86 {
                 if d.relu {
                     v = _mm256_max_ps(v, _mm256_setzero_ps());
                 }
-                match out {
-                    // SAFETY: (o - r0) * ld + c0 + 7 < y.len().
-                    Output::F32(y) => unsafe { _mm256_storeu_ps(y.as_mut_ptr().add((o - r0) * ld + c0), v) },
-                    Output::Quantized { .. } => {
+                match out.f32_rows(ld) {
+                    // SAFETY: (o - r0) * stride + c0 + 7 < y.len() (`check`).
+                    Some((y, stride)) => unsafe { _mm256_storeu_ps(y.as_mut_ptr().add((o - r0) * stride + c0), v) },
+                    None => {
                         let mut vs = [0.0f32; 8];
                         // SAFETY: `vs` holds 8 floats.
                         unsafe { _mm256_storeu_ps(vs.as_mut_ptr(), v) };
