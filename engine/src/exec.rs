@@ -2,9 +2,10 @@
 //! contiguous chunk of the activation arena holding every value of the model for that tile
 //! (feature-major, see `kernels`). The schedule (`schedule`) groups the layers into columns: for
 //! each column in turn, every tile runs through the column's layers (band by band of rows for a
-//! banded column of convolutions), tiles in parallel when there are several; with one tile, each
-//! layer splits its rows over the threads instead, and a run in which no layer is large enough to
-//! split stays on the calling thread.
+//! banded column of convolutions). With several tiles, each thread of the team (`team`) takes its
+//! own tiles through every column, without waiting for the others; with one tile, each large
+//! enough unbanded layer splits its rows over the team instead, and the rest runs on the calling
+//! thread.
 
 use std::ops::Range;
 
@@ -197,7 +198,8 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
-    /// A session with `threads` worker threads (at least 1) and the automatic schedule.
+    /// A session with `threads` threads (at least 1: the caller and `threads - 1` helpers) and
+    /// the automatic schedule.
     pub fn new(model: &'m Model, threads: usize) -> Result<Session<'m>> {
         Session::with_schedule(model, threads, Schedule::Auto, None)
     }
