@@ -183,7 +183,6 @@ fn align_offset(v: &[f32]) -> usize {
 /// Executes a model; keeps its arena between calls of the same batch size.
 pub struct Session<'m> {
     model: &'m Model,
-    threads: usize,
     /// The calling thread and its helpers; `solo` is the calling thread alone, for layers that
     /// run inside one thread's share of the tiles.
     team: Team,
@@ -210,16 +209,16 @@ impl<'m> Session<'m> {
         let start = |n| Team::new(n).map_err(|e| EngineError::Shape(format!("cannot start {threads} threads: {e}")));
         let (team, solo) = (start(threads)?, start(1)?);
         let budget = budget.unwrap_or_else(schedule::l2_cache_bytes);
-        Ok(Session { model, threads, team, solo, schedule, budget, plan: None, arena: Vec::new(), arena_start: 0 })
+        Ok(Session { model, team, solo, schedule, budget, plan: None, arena: Vec::new(), arena_start: 0 })
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
+        self.team.threads()
     }
 
     /// The schedule this session uses for `batch` samples.
     pub fn plan(&self, batch: usize) -> schedule::Plan {
-        schedule::plan(self.model, batch.max(1), self.threads, self.schedule, self.budget)
+        schedule::plan(self.model, batch.max(1), self.threads(), self.schedule, self.budget)
     }
 
     /// Checks the input and prepares the arena for `batch`.
@@ -596,12 +595,12 @@ fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, te
     let threads = team.threads();
     let q = layer.int8.as_ref().expect("an int8 layer");
     let m = &q.matrix;
-    // Band rows (`F32Rows`) come from band steps, which never split (see `Session::execute`).
-    if !splits(layer, w, threads) || matches!(out, q8::Output::F32Rows { .. }) {
+    if !splits(layer, w, threads) {
         return q8::spmm_q8_into(isa, m, x, w, out, 0..m.rows, &q.dequant);
     }
     match out {
-        q8::Output::F32Rows { .. } => unreachable!("band rows run on one thread"),
+        // Band rows come from band steps, which run on one thread (see `Session::execute`).
+        rows @ q8::Output::F32Rows { .. } => q8::spmm_q8_into(isa, m, x, w, rows, 0..m.rows, &q.dequant),
         q8::Output::F32(y) => team.for_each(row_parts(&m.row_ptr, threads, y, w), |(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant)),
         q8::Output::Quantized { y, inv_scale, zero } => {
             let mut parts = Vec::new();

@@ -125,6 +125,29 @@ impl Team {
     }
 }
 
+/// A busy wait of at most `limit`: `again` pauses and says whether to keep spinning, reading the
+/// clock only every 64 calls.
+struct Spin {
+    start: Instant,
+    limit: Duration,
+    spins: u32,
+}
+
+impl Spin {
+    fn new(limit: Duration) -> Spin {
+        Spin { start: Instant::now(), limit, spins: 0 }
+    }
+
+    fn again(&mut self) -> bool {
+        self.spins = self.spins.wrapping_add(1);
+        let spinning = !self.spins.is_multiple_of(64) || self.start.elapsed() < self.limit;
+        if spinning {
+            std::hint::spin_loop();
+        }
+        spinning
+    }
+}
+
 /// Waits for the helpers to finish the current job and clears it; runs on unwinding too.
 struct Finish<'t> {
     team: &'t Team,
@@ -133,13 +156,9 @@ struct Finish<'t> {
 impl Drop for Finish<'_> {
     fn drop(&mut self) {
         let shared = &*self.team.shared;
-        let start = Instant::now();
-        let mut spins = 0u32;
+        let mut spin = Spin::new(shared.spin);
         while shared.pending.load(Ordering::Acquire) > 0 {
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < shared.spin {
-                std::hint::spin_loop();
-            } else {
+            if !spin.again() {
                 std::thread::yield_now();
             }
         }
@@ -167,12 +186,9 @@ impl Drop for Team {
 fn helper(shared: &Shared, member: usize) {
     let mut seen = 0;
     loop {
-        let start = Instant::now();
-        let mut spins = 0u32;
+        let mut spin = Spin::new(shared.spin);
         while shared.epoch.load(Ordering::Acquire) == seen {
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < shared.spin {
-                std::hint::spin_loop();
+            if spin.again() {
                 continue;
             }
             let mut sleepers = shared.sleepers.lock().unwrap_or_else(|e| e.into_inner());

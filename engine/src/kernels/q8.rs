@@ -118,16 +118,11 @@ impl Output<'_> {
     fn put(&mut self, o: usize, r0: usize, rows: usize, ld: usize, s: usize, v: f32) {
         if let Some((y, stride)) = self.f32_rows(ld) {
             y[(o - r0) * stride + s] = v;
-            return;
-        }
-        match self {
-            Output::F32(_) | Output::F32Rows { .. } => unreachable!("f32 outputs are written above"),
-            Output::Quantized { y, inv_scale, zero } => {
-                let at = |r: usize| ((r / 4 - r0 / 4) * ld + s) * 4 + r % 4;
-                y[at(o)] = quantize_value(v, *inv_scale, *zero);
-                if o + 1 == rows {
-                    (rows..rows.next_multiple_of(4)).for_each(|r| y[at(r)] = *zero);
-                }
+        } else if let Output::Quantized { y, inv_scale, zero } = self {
+            let at = |r: usize| ((r / 4 - r0 / 4) * ld + s) * 4 + r % 4;
+            y[at(o)] = quantize_value(v, *inv_scale, *zero);
+            if o + 1 == rows {
+                (rows..rows.next_multiple_of(4)).for_each(|r| y[at(r)] = *zero);
             }
         }
     }
@@ -445,24 +440,20 @@ mod x86 {
         }
         if let Some((y, stride)) = out.f32_rows(ld) {
             // SAFETY: (o - r0) * stride + c0 + 15 < y.len() for the masked lanes (`check`).
-            return unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add((o - r0) * stride + c0), mask, v) };
-        }
-        match out {
-            Output::F32(_) | Output::F32Rows { .. } => unreachable!("f32 outputs are written above"),
-            Output::Quantized { y, inv_scale, zero } => {
-                // As `quantize_avx512`: round to nearest even, add the zero point, clamp.
-                let vz = _mm512_set1_epi32(*zero as i32);
-                let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(*inv_scale))), vz);
-                let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-                *word = _mm512_or_si512(*word, _mm512_sllv_epi32(q, _mm512_set1_epi32(8 * (o % 4) as i32)));
-                if o % 4 == 3 || o + 1 == rows {
-                    for r in o % 4 + 1..4 {
-                        *word = _mm512_or_si512(*word, _mm512_sllv_epi32(vz, _mm512_set1_epi32(8 * r as i32)));
-                    }
-                    // SAFETY: ((o / 4 - r0 / 4) * ld + c0 + 15) * 4 + 3 < quantized_len(rows.len(), ld).
-                    unsafe { _mm512_mask_storeu_epi32(y.as_mut_ptr().add(((o / 4 - r0 / 4) * ld + c0) * 4) as *mut i32, mask, *word) };
-                    *word = _mm512_setzero_si512();
+            unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add((o - r0) * stride + c0), mask, v) };
+        } else if let Output::Quantized { y, inv_scale, zero } = out {
+            // As `quantize_avx512`: round to nearest even, add the zero point, clamp.
+            let vz = _mm512_set1_epi32(*zero as i32);
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(*inv_scale))), vz);
+            let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+            *word = _mm512_or_si512(*word, _mm512_sllv_epi32(q, _mm512_set1_epi32(8 * (o % 4) as i32)));
+            if o % 4 == 3 || o + 1 == rows {
+                for r in o % 4 + 1..4 {
+                    *word = _mm512_or_si512(*word, _mm512_sllv_epi32(vz, _mm512_set1_epi32(8 * r as i32)));
                 }
+                // SAFETY: ((o / 4 - r0 / 4) * ld + c0 + 15) * 4 + 3 < quantized_len(rows.len(), ld).
+                unsafe { _mm512_mask_storeu_epi32(y.as_mut_ptr().add(((o / 4 - r0 / 4) * ld + c0) * 4) as *mut i32, mask, *word) };
+                *word = _mm512_setzero_si512();
             }
         }
     }
