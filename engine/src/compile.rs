@@ -9,6 +9,7 @@ use crate::graph::{Activation, Graph, Op, Quant, Weight, Window};
 use crate::kernels::bcsr::{self, Bcsr};
 use crate::kernels::csr::Csr;
 use crate::kernels::q8::{Dequant, Q8Matrix};
+use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry};
 use crate::kernels::{Isa, dense, direct, spmm, spmv};
 use crate::passes;
@@ -55,6 +56,9 @@ pub enum Kernel {
     Blocked,
     /// Int8 weights and uint8 inputs (quantized layers).
     Int8,
+    /// Int8 direct convolution from a shifted quantized image, no im2col (`q8direct`; batched
+    /// tiles of a multiple of 16 samples with AVX-512 VNNI, other tiles run `Int8`).
+    Int8Direct,
     /// Sparse direct convolution from the image tile, no im2col (batched tiles of a multiple of
     /// 16 (AVX-512) or 8 (AVX2) samples; other tiles run im2col and the CSR kernel on the same weights).
     Direct,
@@ -69,6 +73,7 @@ impl Kernel {
             (Kernel::Blocked, _) => "f32-spmm-bcsr4x1",
             (Kernel::Int8, false) => "q8-spmm-k4",
             (Kernel::Int8, true) => "q8-spmv-k4",
+            (Kernel::Int8Direct, _) => "q8-conv-direct",
             (Kernel::Direct, _) => "f32-conv-direct",
         }
     }
@@ -104,18 +109,23 @@ pub struct Int8Layer {
     pub dequant: Dequant,
     pub input_scale: f32,
     pub input_zero: u8,
+    /// For a convolution that runs the direct kernel, its weights regrouped for it.
+    pub shift: Option<ShiftConv>,
 }
 
 impl Int8Layer {
-    fn new(weight: &Weight, q: &Quant, bias: &[f32], relu: bool) -> Int8Layer {
-        let matrix = Q8Matrix::from_int8(&weight.int8().expect("quantized weight"), weight.rows(), weight.cols());
+    /// `direct`: the geometry of a convolution that may run the direct kernel.
+    fn new(weight: &Weight, q: &Quant, bias: &[f32], relu: bool, direct: Option<Geometry>) -> Int8Layer {
+        let values = weight.int8().expect("quantized weight");
+        let matrix = Q8Matrix::from_int8(&values, weight.rows(), weight.cols());
+        let shift = direct.and_then(|g| ShiftConv::new(&values, weight.rows(), &g)).filter(|s| s.worthwhile(matrix.stored_groups()));
         let dequant = Dequant {
             bias: bias.to_vec(),
             mult: q.scales.iter().map(|s| s * q.input_scale).collect(),
             zero_corr: matrix.row_sums.iter().map(|&r| r * q.input_zero as i32).collect(),
             relu,
         };
-        Int8Layer { matrix, dequant, input_scale: q.input_scale, input_zero: q.input_zero }
+        Int8Layer { matrix, dequant, input_scale: q.input_scale, input_zero: q.input_zero, shift }
     }
 }
 
@@ -126,7 +136,7 @@ impl MatMul {
     /// Bytes of packed weights kept for execution.
     pub fn weight_bytes(&self) -> usize {
         self.dense.as_ref().map_or(0, |d| 4 * d.len())
-            + self.int8.as_ref().map_or(0, |q| q.matrix.bytes() + 12 * self.rows)
+            + self.int8.as_ref().map_or(0, |q| q.matrix.bytes() + 12 * self.rows + q.shift.as_ref().map_or(0, ShiftConv::bytes))
             + self.csr.as_ref().map_or(0, Csr::bytes)
             + self.bcsr.as_ref().map_or(0, Bcsr::bytes)
             + 4 * self.bias.len()
@@ -272,8 +282,9 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         if q.scales.len() != rows {
             return Err(EngineError::graph(name, format!("{} weight scales for {rows} rows", q.scales.len())));
         }
-        m.int8 = Some(Box::new(Int8Layer::new(weight, q, bias, relu)));
-        (m.batch1, m.batched) = (Kernel::Int8, Kernel::Int8);
+        let int8 = Int8Layer::new(weight, q, bias, relu, conv.filter(|_| q8direct::vectorized(o.isa, 16)));
+        (m.batch1, m.batched) = (Kernel::Int8, if int8.shift.is_some() { Kernel::Int8Direct } else { Kernel::Int8 });
+        m.int8 = Some(Box::new(int8));
         return Ok(m);
     }
     (m.batch1, m.batched) = match o.policy {

@@ -15,7 +15,7 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, bcsr, dense, direct, q8, q8conv, spmm, spmv, transpose};
+use crate::kernels::{Isa, bcsr, dense, direct, q8, q8conv, q8direct, spmm, spmv, transpose};
 use crate::schedule::{self, Schedule};
 use crate::team::Team;
 
@@ -110,8 +110,10 @@ impl Plan {
             .filter_map(|(i, l)| match &l.exec {
                 Exec::MatMul(m) => m.conv.map(|g| {
                     let positions = g.out_hw[0] * g.out_hw[1] * tile_ld;
-                    // Int8 convolutions of wide tiles keep their quantized input image there instead.
+                    // Int8 convolutions of wide tiles keep their quantized input image there instead
+                    // (or for the direct kernel, one padded row of it).
                     let image = if m.int8.is_some() { (g.channels * g.in_hw[0] * g.in_hw[1] * tile_ld).div_ceil(4) } else { 0 };
+                    let image = image.max(int8_shift(m).map_or(0, |sc| ((sc.wp + 3) * tile_ld).div_ceil(4)));
                     let columns = (m.cols * positions).max(image);
                     columns + if banded(i) { m.rows * positions } else { 0 }
                 }),
@@ -123,7 +125,11 @@ impl Plan {
             .layers
             .iter()
             .filter_map(|l| match &l.exec {
-                Exec::MatMul(m) if m.int8.is_some() => Some(q8::quantized_len(m.cols, columns(m, tile_ld)).div_ceil(4)),
+                Exec::MatMul(m) if m.int8.is_some() => {
+                    // A direct int8 convolution keeps its shifted image there instead.
+                    let shifted = m.conv.zip(int8_shift(m)).map_or(0, |(g, sc)| sc.image_len(&g, tile_ld));
+                    Some(q8::quantized_len(m.cols, columns(m, tile_ld)).max(shifted).div_ceil(4))
+                }
                 _ => None,
             })
             .max()
@@ -399,6 +405,13 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         let (im2col_buf, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         let (slot0, slot1) = slots.split_at_mut(plan.quantized_len);
         let (input_slot, output_slot) = if flow.slot == 0 { (slot0, slot1) } else { (slot1, slot0) };
+        if let Some(g) = m.conv
+            && uses_int8_direct(isa, m, w)
+        {
+            let (xs, y) = regions(values, &ins, out_range);
+            let bufs = (bytemuck::cast_slice_mut(im2col_buf), bytemuck::cast_slice_mut(input_slot));
+            return conv_q8_direct(isa, m, &Geometry { w, ..g }, xs[0], y, 0..g.out_hw[0], bufs, team);
+        }
         let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut input_slot[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
         if !flow.prequantized {
             let x = &values[ins[0].clone()];
@@ -476,6 +489,11 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
             return conv_direct(isa, m, &g, xs[0], y, rows, team);
         }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
+        if uses_int8_direct(isa, m, w) {
+            let (xs, y) = regions(values, &ins, range(layer.output));
+            let bufs = (bytemuck::cast_slice_mut(scratch), bytemuck::cast_slice_mut(&mut slots[..plan.quantized_len]));
+            return conv_q8_direct(isa, m, &g, xs[0], y, rows, bufs, team);
+        }
         // The band's output goes to scratch space first, then the f32 columns (or for int8, the
         // quantized image).
         let (band_out, cols) = scratch.split_at_mut(m.rows * band_cols);
@@ -558,6 +576,46 @@ fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], row
     team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
         let channels = p * per_part..((p + 1) * per_part).min(m.rows);
         direct::conv_direct(isa, csr, &m.bias, g, x, y, channels, rows.clone(), m.relu)
+    });
+}
+
+/// An int8 layer's weights regrouped for the direct convolution, if it has them.
+fn int8_shift(m: &MatMul) -> Option<&q8direct::ShiftConv> {
+    m.int8.as_ref().and_then(|q| q.shift.as_ref())
+}
+
+/// Whether an int8 convolution runs the direct kernel on tiles of `w` samples (else im2col and
+/// the grouped kernel).
+fn uses_int8_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
+    m.batched == Kernel::Int8Direct && q8direct::vectorized(isa, w)
+}
+
+/// Output rows `rows` of an int8 convolution by the direct kernel: the input rows they read are
+/// quantized into the shifted image (`bufs`: a row buffer and the image), then the output
+/// channels split over the team.
+fn conv_q8_direct(
+    isa: Isa,
+    m: &MatMul,
+    g: &Geometry,
+    x: &[f32],
+    y: &mut [f32],
+    rows: Range<usize>,
+    bufs: (&mut [u8], &mut [u8]),
+    team: &Team,
+) {
+    let (q, threads) = (m.int8.as_ref().expect("an int8 convolution"), team.threads());
+    let sc = q.shift.as_ref().expect("weights regrouped for the direct kernel");
+    let (row_buf, xs) = bufs;
+    q8direct::shift_image(isa, g, sc, x, rows.clone(), q.input_scale, q.input_zero, row_buf, xs);
+    let xs = &*xs;
+    let plane = g.out_hw[0] * g.out_hw[1] * g.w;
+    if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
+        return q8direct::conv_q8_direct(isa, sc, &q.dequant, g, xs, y, 0..m.rows, rows);
+    }
+    let per_part = m.rows.div_ceil(threads * 2);
+    team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
+        let channels = p * per_part..((p + 1) * per_part).min(m.rows);
+        q8direct::conv_q8_direct(isa, sc, &q.dequant, g, xs, y, channels, rows.clone())
     });
 }
 
@@ -644,7 +702,7 @@ fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: &Team)
     let threads = team.threads();
     let batch1 = w == 1;
     match m.kernel(batch1) {
-        Kernel::Int8 => unreachable!("int8 layers run through int8_matmul"),
+        Kernel::Int8 | Kernel::Int8Direct => unreachable!("int8 layers run through int8_matmul"),
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             if !splits(m, w, threads) {

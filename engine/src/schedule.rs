@@ -16,7 +16,7 @@
 use std::ops::Range;
 
 use crate::compile::{Exec, Kernel, Layer, Model};
-use crate::kernels::{direct, q8};
+use crate::kernels::{direct, q8, q8direct};
 
 /// How layers are ordered over tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -122,6 +122,11 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
         Exec::MatMul(m) => {
             let cols_w = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
             let direct = m.batched == Kernel::Direct && ld > 1 && direct::vectorized(model.options.isa, ld);
+            let shifted = m.int8.as_ref().and_then(|q| q.shift.as_ref()).filter(|_| q8direct::vectorized(model.options.isa, ld));
+            if let (Some(g), Some(sc)) = (m.conv, shifted) {
+                // A direct int8 convolution quantizes its input into a shifted image, a row at a time.
+                return 4 * values * ld + sc.image_len(&g, ld) + (sc.wp + 3) * ld;
+            }
             let im2col = match m.conv {
                 // Int8 convolutions of wide tiles quantize their input image, then unfold bytes.
                 Some(g) if m.int8.is_some() && ld.is_multiple_of(16) && g.window.stride[1] == 1 => {

@@ -479,3 +479,88 @@ fn unfolding_the_quantized_image_equals_quantizing_im2col() {
         }
     }
 }
+
+#[test]
+fn direct_int8_convolution_equals_im2col_and_the_grouped_kernel() {
+    use engine::graph::Window;
+    use engine::kernels::q8::{self, Dequant, Q8Matrix};
+    use engine::kernels::{q8conv, q8direct};
+    let mut rng = StdRng::seed_from_u64(21);
+    // (in channels, height, width, kernel height, kernel width, pads top/left/bottom/right).
+    let shapes = [
+        (1, 28, 28, 5, 5, [2, 2, 2, 2]),
+        (6, 14, 14, 5, 5, [0; 4]),
+        (3, 9, 7, 3, 3, [1, 0, 2, 1]),
+        (2, 6, 5, 1, 1, [0; 4]),
+        (4, 5, 9, 2, 7, [1; 4]),
+    ];
+    for &(cin, h, wd, kh, kw, pads) in &shapes {
+        let window = Window { kernel: [kh, kw], stride: [1, 1], pads, dilation: [1, 1] };
+        let (oh, ow) = window.output(h, wd, "t").unwrap();
+        let (rows, cols) = (rng.random_range(1..20), cin * kh * kw);
+        for sparsity in [0.0, 0.5, 0.9, 1.0] {
+            let values: Vec<i8> =
+                (0..rows * cols).map(|_| if rng.random_bool(sparsity) { 0 } else { rng.random_range(-127..=127) }).collect();
+            let matrix = Q8Matrix::from_int8(&values, rows, cols);
+            let (scale, zero) = (rng.random_range(0.005..0.05f32), rng.random_range(0..=255u8));
+            let d = Dequant {
+                bias: (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                mult: (0..rows).map(|_| rng.random_range(1e-4..1e-3)).collect(),
+                zero_corr: matrix.row_sums.iter().map(|&r| r * zero as i32).collect(),
+                relu: sparsity > 0.4,
+            };
+            for w in [1, 3, 16, 32, 48] {
+                let g = Geometry { channels: cin, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+                let sc = q8direct::ShiftConv::new(&values, rows, &g).expect("stride 1");
+                let x: Vec<f32> = (0..cin * h * wd * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let mut xq = vec![0u8; x.len()];
+                q8::quantize_values(Isa::Scalar, &x, scale, zero, &mut xq);
+                for out_rows in [0..oh, oh / 2..oh, 1.min(oh)..oh.min(2)] {
+                    // The reference: unfold the quantized image, the grouped kernel's twin.
+                    let band = out_rows.len() * ow * w;
+                    let mut cols_q = vec![0u8; q8::quantized_len(cols, band)];
+                    q8conv::im2col_u8_ref(&g, &xq, out_rows.clone(), zero, &mut cols_q);
+                    let mut banded = vec![0.0; rows * band];
+                    q8::spmm_q8_ref(&matrix, &cols_q, band, &mut banded, 0..rows, &d);
+                    let mut want = vec![f32::NAN; rows * oh * ow * w];
+                    for (o, part) in banded.chunks_exact(band.max(1)).enumerate() {
+                        want[(o * oh + out_rows.start) * ow * w..][..band].copy_from_slice(part);
+                    }
+                    let what = format!("{cin}x{h}x{wd} k{kh}x{kw} pads {pads:?} s={sparsity} w={w} rows {out_rows:?}");
+                    let mut xs_ref = vec![1u8; sc.image_len(&g, w)];
+                    q8direct::shift_image_ref(&g, &sc, &x, out_rows.clone(), scale, zero, &mut xs_ref);
+                    let mut got = vec![f32::NAN; want.len()];
+                    q8direct::conv_q8_direct_ref(&sc, &d, &g, &xs_ref, &mut got, 0..rows, out_rows.clone());
+                    assert_eq!(got.map_nan(), want.map_nan(), "reference {what}");
+                    for isa in Isa::available() {
+                        let mut xs = vec![1u8; xs_ref.len()];
+                        let mut row_buf = vec![0u8; (sc.wp + 3) * w];
+                        q8direct::shift_image(isa, &g, &sc, &x, out_rows.clone(), scale, zero, &mut row_buf, &mut xs);
+                        assert!(xs == xs_ref, "shifted image {} {what}", isa.name());
+                        let mut got = vec![f32::NAN; want.len()];
+                        q8direct::conv_q8_direct(isa, &sc, &d, &g, &xs, &mut got, 0..rows, out_rows.clone());
+                        assert_eq!(got.map_nan(), want.map_nan(), "{} {what}", isa.name());
+                        // Channels 1.. write only their own rows, from the start of `y`.
+                        if rows > 1 {
+                            let plane = oh * ow * w;
+                            let mut part = vec![f32::NAN; (rows - 1) * plane];
+                            q8direct::conv_q8_direct(isa, &sc, &d, &g, &xs, &mut part, 1..rows, out_rows.clone());
+                            assert_eq!(part.map_nan(), want[plane..].to_vec().map_nan(), "channels 1.. {} {what}", isa.name());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bit patterns, so that NaN (rows not written) compares equal to NaN.
+trait MapNan {
+    fn map_nan(&self) -> Vec<u32>;
+}
+
+impl MapNan for [f32] {
+    fn map_nan(&self) -> Vec<u32> {
+        self.iter().map(|v| v.to_bits()).collect()
+    }
+}

@@ -15,6 +15,7 @@ pub mod direct;
 pub mod kblocked;
 pub mod q8;
 pub mod q8conv;
+pub mod q8direct;
 pub mod spmm;
 pub mod spmv;
 pub mod transpose;

@@ -73,8 +73,9 @@ pub struct Dequant {
 }
 
 impl Dequant {
+    /// Row `o`'s output for the int32 dot product `acc`.
     #[inline]
-    fn apply(&self, o: usize, acc: i32) -> f32 {
+    pub fn apply(&self, o: usize, acc: i32) -> f32 {
         let v = ((acc - self.zero_corr[o]) as f32).mul_add(self.mult[o], self.bias[o]);
         if self.relu { v.max(0.0) } else { v }
     }

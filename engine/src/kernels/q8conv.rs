@@ -117,7 +117,7 @@ fn interleave(xq: &[u8], runs: &[Run; 4], zero: u8, words: &mut [u8]) {
 /// # Safety
 /// Each source has 16 readable bytes; `out` has 64 writable bytes.
 #[inline]
-unsafe fn interleave16(xq: *const u8, src: [Option<usize>; 4], zero: u8, out: *mut u8) {
+pub(super) unsafe fn interleave16(xq: *const u8, src: [Option<usize>; 4], zero: u8, out: *mut u8) {
     #[cfg(target_arch = "x86_64")]
     {
         // SSE2 (part of x86-64): byte then word unpacks turn four 16-byte rows into 16 words.

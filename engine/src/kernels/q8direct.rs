@@ -1,0 +1,321 @@
+//! Direct int8 convolution, `q8-conv-direct`, for stride 1 and no dilation: no im2col buffer.
+//!
+//! The layer quantizes its input image once into a padded, *shifted* layout in which each 32-bit
+//! lane holds four horizontally consecutive pixels of one sample: lane `(c, y, x, s)` of `xs`
+//! (`[c, hp, wp, w]` lanes, `hp x wp` the padded image) holds bytes `q[c][y][x + j][s]` for
+//! `j = 0..4`, with the zero point for padding and past the right edge. Four taps `kx0..kx0 + 4` of
+//! one kernel row and input channel are then one lane for every output position, the unit of
+//! VNNI's `vpdpbusd`. The weights are regrouped to match (`ShiftConv`): each output channel's
+//! non-zero taps, kernel row by kernel row, covered greedily by groups of four columns (weights
+//! past the kernel's width are zero). Output row `oy` of channel `o` is then, over the contiguous
+//! lanes `(ox, s)`, the sum of `dpbusd(xs[c][oy + ky][ox + kx0][s], group)` over its groups,
+//! dequantized as `q8` does.
+//!
+//! The shifted image is 4x the bytes of the quantized image but, for kernels 3 wide and up,
+//! smaller than the im2col columns (LeNet-5's first convolution: 36 KB instead of 175 KB per 32
+//! samples), and it is read from L1 while every output channel uses the same rows. Groups cover
+//! one kernel row, so they hold fewer non-zeros than im2col's groups of four consecutive columns
+//! where a row's taps are few; `ShiftConv::worthwhile` weighs the two.
+
+use std::ops::Range;
+
+use super::Isa;
+use super::q8::{Dequant, has_vnni, quantize_value, quantize_values};
+use super::q8conv::interleave16;
+use super::window::Geometry;
+
+/// A convolution's int8 weights regrouped for the shifted image: groups of four consecutive
+/// kernel columns of one input channel and kernel row.
+#[derive(Debug, Clone)]
+pub struct ShiftConv {
+    /// Output channel `o`'s groups are `row_ptr[o]..row_ptr[o + 1]`.
+    pub row_ptr: Vec<u32>,
+    /// Where each group reads, in lanes per sample: `(c * hp + ky) * wp + kx0`.
+    pub offset: Vec<u32>,
+    /// The group's four weights, byte `j` (little-endian) for kernel column `kx0 + j`.
+    pub packed: Vec<i32>,
+    /// Padded image height and width.
+    pub hp: usize,
+    pub wp: usize,
+}
+
+impl ShiftConv {
+    /// Regroups row-major int8 weights `[rows, channels * kh * kw]` of the convolution `g`; None
+    /// unless it has stride 1 and no dilation.
+    pub fn new(values: &[i8], rows: usize, g: &Geometry) -> Option<ShiftConv> {
+        let win = &g.window;
+        if win.stride != [1, 1] || win.dilation != [1, 1] {
+            return None;
+        }
+        let [kh, kw] = win.kernel;
+        let (hp, wp) = (g.in_hw[0] + win.pads[0] + win.pads[2], g.in_hw[1] + win.pads[1] + win.pads[3]);
+        let cols = g.channels * kh * kw;
+        assert_eq!(values.len(), rows * cols, "int8 weight does not match the convolution");
+        let (mut row_ptr, mut offset, mut packed) = (vec![0u32], Vec::new(), Vec::new());
+        for o in 0..rows {
+            for (c, ky) in (0..g.channels).flat_map(|c| (0..kh).map(move |ky| (c, ky))) {
+                let taps = &values[o * cols + (c * kh + ky) * kw..][..kw];
+                let mut kx = 0;
+                while kx < kw {
+                    if taps[kx] == 0 {
+                        kx += 1;
+                        continue;
+                    }
+                    let bytes: [u8; 4] = std::array::from_fn(|j| taps.get(kx + j).map_or(0, |&v| v as u8));
+                    offset.push(((c * hp + ky) * wp + kx) as u32);
+                    packed.push(i32::from_le_bytes(bytes));
+                    kx += 4;
+                }
+            }
+            row_ptr.push(packed.len() as u32);
+        }
+        Some(ShiftConv { row_ptr, offset, packed, hp, wp })
+    }
+
+    pub fn groups(&self) -> usize {
+        self.packed.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        4 * (self.row_ptr.len() + self.offset.len() + self.packed.len())
+    }
+
+    /// Whether the direct kernel beats im2col and the grouped kernel (`im2col_groups` stored
+    /// groups): the direct kernel runs `groups()` lanes per output position against im2col's
+    /// `im2col_groups`, plus unfolding them (a write and a read of each). Narrow kernels (1x1,
+    /// whose groups hold one tap) fail this.
+    pub fn worthwhile(&self, im2col_groups: usize) -> bool {
+        self.groups() <= 2 * im2col_groups
+    }
+
+    /// Bytes of the shifted image of `g` for tiles of `w` samples.
+    pub fn image_len(&self, g: &Geometry, w: usize) -> usize {
+        g.channels * self.hp * self.wp * w * 4
+    }
+}
+
+/// Whether the vector kernel runs tiles of `w` samples under `isa`: AVX-512 with VNNI, a whole
+/// number of vectors per output position.
+pub fn vectorized(isa: Isa, w: usize) -> bool {
+    isa == Isa::Avx512 && has_vnni() && w > 0 && w.is_multiple_of(16)
+}
+
+/// The padded rows of `xs` that output rows `rows` read.
+fn padded_rows(g: &Geometry, rows: &Range<usize>) -> Range<usize> {
+    rows.start..(rows.end + g.window.kernel[0] - 1).max(rows.start)
+}
+
+fn check_image(g: &Geometry, sc: &ShiftConv, x: &[f32], rows: &Range<usize>, row_buf: &[u8], xs: &[u8]) {
+    assert!(rows.end <= g.out_hw[0], "output rows outside the convolution");
+    assert!(x.len() >= g.channels * g.in_hw[0] * g.in_hw[1] * g.w, "input tile too small");
+    assert!(row_buf.len() >= (sc.wp + 3) * g.w, "row buffer too small");
+    assert!(xs.len() >= sc.image_len(g, g.w), "shifted image too small");
+}
+
+/// Quantizes the input rows that output rows `rows` read into the shifted image `xs` (see the
+/// module), quantizing each row once into `row_buf` (`(wp + 3) * w` bytes) and spreading it into
+/// the four byte positions of the lanes.
+pub fn shift_image(
+    isa: Isa,
+    g: &Geometry,
+    sc: &ShiftConv,
+    x: &[f32],
+    rows: Range<usize>,
+    scale: f32,
+    zero: u8,
+    row_buf: &mut [u8],
+    xs: &mut [u8],
+) {
+    check_image(g, sc, x, &rows, row_buf, xs);
+    let ([h, wd], w, [top, left, ..]) = (g.in_hw, g.w, g.window.pads);
+    let lanes = sc.wp * w;
+    for c in 0..g.channels {
+        for y in padded_rows(g, &rows) {
+            let out = &mut xs[(c * sc.hp + y) * lanes * 4..][..lanes * 4];
+            let Some(iy) = y.checked_sub(top).filter(|&iy| iy < h) else {
+                out.fill(zero);
+                continue;
+            };
+            let buf = &mut row_buf[..(sc.wp + 3) * w];
+            buf.fill(zero);
+            quantize_values(isa, &x[(c * h + iy) * wd * w..][..wd * w], scale, zero, &mut buf[left * w..]);
+            spread(isa, buf, w, out);
+        }
+    }
+}
+
+/// Lane `i` of `out` gets bytes `buf[i + j * w]`, `j = 0..4`.
+fn spread(isa: Isa, buf: &[u8], w: usize, out: &mut [u8]) {
+    let lanes = out.len() / 4;
+    let mut i = 0;
+    if isa != Isa::Scalar {
+        while i + 16 <= lanes {
+            // SAFETY: the four sources end at i + 3 * w + 16 <= lanes + 3 * w <= buf.len(), and
+            // out holds 4 * lanes bytes.
+            unsafe { interleave16(buf.as_ptr(), std::array::from_fn(|j| Some(i + j * w)), 0, out.as_mut_ptr().add(i * 4)) };
+            i += 16;
+        }
+    }
+    for i in i..lanes {
+        for j in 0..4 {
+            out[i * 4 + j] = buf[i + j * w];
+        }
+    }
+}
+
+/// Scalar twin of `shift_image`, from the definition.
+pub fn shift_image_ref(g: &Geometry, sc: &ShiftConv, x: &[f32], rows: Range<usize>, scale: f32, zero: u8, xs: &mut [u8]) {
+    let w = g.w;
+    check_image(g, sc, x, &rows, &vec![0; (sc.wp + 3) * w], xs);
+    let ([h, wd], [top, left, ..]) = (g.in_hw, g.window.pads);
+    let pixel = |c: usize, y: usize, x_: usize, s: usize| {
+        let (iy, ix) = (y.checked_sub(top).filter(|&v| v < h), x_.checked_sub(left).filter(|&v| v < wd));
+        iy.zip(ix).map_or(zero, |(iy, ix)| quantize_value(x[((c * h + iy) * wd + ix) * w + s], 1.0 / scale, zero))
+    };
+    for c in 0..g.channels {
+        for y in padded_rows(g, &rows) {
+            for px in 0..sc.wp {
+                for s in 0..w {
+                    for j in 0..4 {
+                        xs[(((c * sc.hp + y) * sc.wp + px) * w + s) * 4 + j] = pixel(c, y, px + j, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
+    assert!(channels.end < sc.row_ptr.len() && d.bias.len() == sc.row_ptr.len() - 1, "channels outside the convolution");
+    assert!(xs.len() >= sc.image_len(g, g.w), "shifted image too small");
+    assert!(rows.end <= g.out_hw[0] && y.len() >= channels.len() * g.out_hw[0] * g.out_hw[1] * g.w, "output tile too small");
+    let [kh, kw] = g.window.kernel;
+    assert!(sc.hp == g.out_hw[0] + kh - 1 && sc.wp == g.out_hw[1] + kw - 1, "weights regrouped for another geometry");
+}
+
+/// Scalar twin: output rows `rows` of output channels `channels`; `y` holds those channels as
+/// `[channels.len(), oh, ow, w]` (rows outside `rows` are left as they are).
+pub fn conv_q8_direct_ref(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &mut [f32], channels: Range<usize>, rows: Range<usize>) {
+    check(sc, d, g, xs, y, &channels, &rows);
+    let ([oh, ow], w) = (g.out_hw, g.w);
+    for (i, o) in channels.enumerate() {
+        for oy in rows.clone() {
+            for lane in 0..ow * w {
+                let mut acc = 0i32;
+                for j in sc.row_ptr[o] as usize..sc.row_ptr[o + 1] as usize {
+                    let at = ((sc.offset[j] as usize + oy * sc.wp) * w + lane) * 4;
+                    let weights = sc.packed[j].to_le_bytes();
+                    acc += (0..4).map(|b| xs[at + b] as i32 * weights[b] as i8 as i32).sum::<i32>();
+                }
+                y[(i * oh + oy) * ow * w + lane] = d.apply(o, acc);
+            }
+        }
+    }
+}
+
+/// Runs the VNNI kernel where `vectorized(isa, g.w)`, else the scalar twin.
+pub fn conv_q8_direct(
+    isa: Isa,
+    sc: &ShiftConv,
+    d: &Dequant,
+    g: &Geometry,
+    xs: &[u8],
+    y: &mut [f32],
+    channels: Range<usize>,
+    rows: Range<usize>,
+) {
+    check(sc, d, g, xs, y, &channels, &rows);
+    #[cfg(target_arch = "x86_64")]
+    if vectorized(isa, g.w) {
+        // SAFETY: sizes checked above; offsets address rows of the padded image, so every lane
+        // an output row reads lies inside `xs`; VNNI was detected.
+        return unsafe { x86::conv_vnni(sc, d, g, xs, y, channels, rows) };
+    }
+    conv_q8_direct_ref(sc, d, g, xs, y, channels, rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::{Dequant, Geometry, ShiftConv};
+
+    /// Vectors of an output row kept in registers at once.
+    const CHUNK: usize = 8;
+
+    /// Output rows, then chunks of up to eight vectors of a row, then channels: the input rows a
+    /// chunk reads stay in L1 while every output channel uses them.
+    ///
+    /// # Safety
+    /// AVX-512F and VNNI; `g.w` a multiple of 16; sizes as `super::check` verifies.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn conv_vnni(
+        sc: &ShiftConv,
+        d: &Dequant,
+        g: &Geometry,
+        xs: &[u8],
+        y: &mut [f32],
+        channels: Range<usize>,
+        rows: Range<usize>,
+    ) {
+        let ([oh, ow], w) = (g.out_hw, g.w);
+        let row_vectors = ow * w / 16;
+        for oy in rows {
+            let mut v0 = 0;
+            while v0 < row_vectors {
+                let n = (row_vectors - v0).min(CHUNK);
+                for (i, o) in channels.clone().enumerate() {
+                    // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`; the input
+                    // lanes they read lie inside `xs` (the caller's contract).
+                    unsafe {
+                        let out = y.as_mut_ptr().add((i * oh + oy) * ow * w + v0 * 16);
+                        let input = xs.as_ptr().add((oy * sc.wp * w + v0 * 16) * 4);
+                        match n {
+                            8 => chunk::<8>(sc, d, o, w, input, out),
+                            7 => chunk::<7>(sc, d, o, w, input, out),
+                            6 => chunk::<6>(sc, d, o, w, input, out),
+                            5 => chunk::<5>(sc, d, o, w, input, out),
+                            4 => chunk::<4>(sc, d, o, w, input, out),
+                            3 => chunk::<3>(sc, d, o, w, input, out),
+                            2 => chunk::<2>(sc, d, o, w, input, out),
+                            _ => chunk::<1>(sc, d, o, w, input, out),
+                        }
+                    }
+                }
+                v0 += n;
+            }
+        }
+    }
+
+    /// `N` vectors of output channel `o`: every group accumulated in registers, then dequantized
+    /// and stored at `out`. `input` is the chunk's first lane in padded row 0 of channel 0.
+    ///
+    /// # Safety
+    /// As `conv_vnni`: `out` holds `N` vectors, and `input` plus each group's offset `N` vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn chunk<const N: usize>(sc: &ShiftConv, d: &Dequant, o: usize, w: usize, input: *const u8, out: *mut f32) {
+        let mut acc = [_mm512_setzero_si512(); N];
+        for j in sc.row_ptr[o] as usize..sc.row_ptr[o + 1] as usize {
+            // SAFETY: j < row_ptr[o + 1] <= packed.len() = offset.len(); the lanes read are the
+            // caller's contract.
+            unsafe {
+                let wv = _mm512_set1_epi32(*sc.packed.get_unchecked(j));
+                let p = input.add(*sc.offset.get_unchecked(j) as usize * w * 4);
+                for (z, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpbusd_epi32(*a, _mm512_loadu_si512(p.add(64 * z) as *const _), wv);
+                }
+            }
+        }
+        let (corr, mult, bias) = (_mm512_set1_epi32(d.zero_corr[o]), _mm512_set1_ps(d.mult[o]), _mm512_set1_ps(d.bias[o]));
+        for (z, a) in acc.iter().enumerate() {
+            let mut v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(*a, corr)), mult, bias);
+            if d.relu {
+                v = _mm512_max_ps(v, _mm512_setzero_ps());
+            }
+            // SAFETY: vector z of the chunk is inside the output row.
+            unsafe { _mm512_storeu_ps(out.add(16 * z), v) };
+        }
+    }
+}
