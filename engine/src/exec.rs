@@ -593,6 +593,7 @@ fn uses_int8_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
 /// Output rows `rows` of an int8 convolution by the direct kernel: the input rows they read are
 /// quantized into the shifted image (`bufs`: a row buffer and the image), then the output
 /// channels split over the team.
+#[allow(clippy::too_many_arguments)] // conv_direct's arguments plus the two buffers
 fn conv_q8_direct(
     isa: Isa,
     m: &MatMul,
