@@ -38,6 +38,9 @@ struct Plan {
     fused_input: bool,
     /// Per layer, how an int8 layer's input and output flow.
     int8_flow: Vec<Int8Flow>,
+    /// Per value, the quantization `(scale, zero)` of the codes it is held as on wide tiles
+    /// (`code_values`), or None for f32.
+    codes: Vec<Option<(f32, u8)>>,
     /// Per column, for a banded one, the layers' row ranges in the order they run: band by band
     /// of the last layer's output, each layer the rows the band needs that earlier bands have
     /// not computed (empty for columns without bands).
@@ -86,6 +89,39 @@ fn int8_flows(model: &Model, fused_input: bool) -> Vec<Int8Flow> {
         }
     }
     flows
+}
+
+/// The values held as int8 codes instead of f32 on wide tiles (those the direct int8 kernel
+/// takes): the output of an int8 direct convolution whose chain of sole readers, max pools and
+/// flattens, ends in an int8 layer that reads codes (a direct convolution or a linear layer), all
+/// quantized with that layer's input quantization. The pools and flattens then move a quarter of
+/// the bytes and the int8 layer skips quantizing, with the same result: the maximum of codes is
+/// the code of the maximum. Banded columns run their layers row by row in f32 and keep out.
+fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Option<(f32, u8)>> {
+    let mut codes = vec![None; model.value_sizes.len()];
+    let banded = |l: usize| schedule.columns.iter().any(|c| c.bands > 1 && c.layers.contains(&l));
+    let sole_reader = |v: usize| (0..model.layers.len()).find(|&r| only_reader(model, v, r));
+    for (l, layer) in model.layers.iter().enumerate() {
+        let Exec::MatMul(m) = &layer.exec else { continue };
+        if m.batched != Kernel::Int8Direct || banded(l) {
+            continue;
+        }
+        let mut chain = vec![layer.output];
+        let target = loop {
+            let Some(r) = sole_reader(*chain.last().expect("a value")).filter(|&r| !banded(r)) else { break None };
+            match &model.layers[r].exec {
+                Exec::Pool { avg: None, .. } | Exec::Flatten => chain.push(model.layers[r].output),
+                Exec::MatMul(next) if next.batched == Kernel::Int8Direct || int8_linear(&model.layers[r]) => {
+                    break next.int8.as_ref().map(|q| (q.input_scale, q.input_zero));
+                }
+                _ => break None,
+            }
+        };
+        if target.is_some() {
+            chain.into_iter().for_each(|v| codes[v] = target);
+        }
+    }
+    codes
 }
 
 impl Plan {
@@ -138,7 +174,6 @@ impl Plan {
         let fused_input = input_fuses_into_int8(model);
         let band_steps = schedule.columns.iter().map(|c| if c.bands > 1 { band_steps(model, c) } else { Vec::new() }).collect();
         Plan {
-            schedule,
             batch,
             tile,
             offsets,
@@ -148,7 +183,9 @@ impl Plan {
             chunk: q_start + 2 * quantized_len,
             fused_input,
             int8_flow: int8_flows(model, fused_input),
+            codes: code_values(model, &schedule),
             band_steps,
+            schedule,
         }
     }
 
@@ -163,6 +200,11 @@ impl Plan {
     fn ld(&self, t: usize) -> usize {
         padded(self.width(t))
     }
+    /// The codes value `v` is held as on tiles `ld` samples wide (None: f32).
+    fn codes(&self, isa: Isa, v: usize, ld: usize) -> Option<(f32, u8)> {
+        self.codes[v].filter(|_| q8direct::vectorized(isa, ld))
+    }
+
     /// Quantized slot `k` of a tile chunk.
     fn quantized_slot(&self, k: usize) -> Range<usize> {
         let start = self.quantized + k * self.quantized_len;
@@ -405,19 +447,29 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         let (im2col_buf, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         let (slot0, slot1) = slots.split_at_mut(plan.quantized_len);
         let (input_slot, output_slot) = if flow.slot == 0 { (slot0, slot1) } else { (slot1, slot0) };
+        let (codes_in, codes_out) = (plan.codes(isa, layer.inputs[0], w), plan.codes(isa, layer.output, w));
         if let Some(g) = m.conv
             && uses_int8_direct(isa, m, w)
         {
             let (xs, y) = regions(values, &ins, out_range);
+            let x = match codes_in {
+                Some((_, zero)) => q8direct::Source::Codes { x: bytemuck::cast_slice(xs[0]), zero },
+                None => q8direct::Source::F32 { x: xs[0], scale: q.input_scale, zero: q.input_zero },
+            };
+            let y = match codes_out {
+                Some((scale, zero)) => q8direct::Out::codes(bytemuck::cast_slice_mut(y), scale, zero),
+                None => q8direct::Out::F32(y),
+            };
             let bufs = (bytemuck::cast_slice_mut(im2col_buf), bytemuck::cast_slice_mut(input_slot));
-            return conv_q8_direct(isa, m, &Geometry { w, ..g }, xs[0], y, 0..g.out_hw[0], bufs, team);
+            return conv_q8_direct(isa, m, &Geometry { w, ..g }, x, y, 0..g.out_hw[0], bufs, team);
         }
         let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut input_slot[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
         if !flow.prequantized {
             let x = &values[ins[0].clone()];
-            match m.conv {
-                Some(g) => quantized_im2col(isa, m, &Geometry { w, ..g }, x, 0..g.out_hw[0], im2col_buf, qx),
-                None => q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx),
+            match (m.conv, codes_in) {
+                (Some(g), _) => quantized_im2col(isa, m, &Geometry { w, ..g }, x, 0..g.out_hw[0], im2col_buf, qx),
+                (None, Some((_, zero))) => q8::group_codes(bytemuck::cast_slice(x), m.cols, cols_w, zero, qx),
+                (None, None) => q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx),
             }
         }
         let out = match &model.layers[l + 1..].first().map(|n| &n.exec) {
@@ -446,6 +498,15 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         return;
     }
     let (xs, y) = regions(chunk, &ins, out_range);
+    if plan.codes(isa, layer.output, w).is_some() {
+        // A max pool or flatten between int8 layers, on codes (`code_values`).
+        let (x, y): (&[u8], &mut [u8]) = (bytemuck::cast_slice(xs[0]), bytemuck::cast_slice_mut(y));
+        return match &layer.exec {
+            Exec::Pool { geometry, .. } => window::max_pool_codes(&Geometry { w, ..*geometry }, x, y, 0..geometry.out_hw[0]),
+            Exec::Flatten => y[..model.value_sizes[layer.output] * w].copy_from_slice(&x[..model.value_sizes[layer.output] * w]),
+            _ => unreachable!("only max pools and flattens pass codes on"),
+        };
+    }
     run_layer(isa, &layer.exec, &xs, y, w, team);
 }
 
@@ -490,9 +551,12 @@ fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f
         }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         if uses_int8_direct(isa, m, w) {
+            // Banded columns hold no codes (`code_values`).
             let (xs, y) = regions(values, &ins, range(layer.output));
+            let q = m.int8.as_ref().expect("an int8 convolution");
+            let x = q8direct::Source::F32 { x: xs[0], scale: q.input_scale, zero: q.input_zero };
             let bufs = (bytemuck::cast_slice_mut(scratch), bytemuck::cast_slice_mut(&mut slots[..plan.quantized_len]));
-            return conv_q8_direct(isa, m, &g, xs[0], y, rows, bufs, team);
+            return conv_q8_direct(isa, m, &g, x, q8direct::Out::F32(y), rows, bufs, team);
         }
         // The band's output goes to scratch space first, then the f32 columns (or for int8, the
         // quantized image).
@@ -598,8 +662,8 @@ fn conv_q8_direct(
     isa: Isa,
     m: &MatMul,
     g: &Geometry,
-    x: &[f32],
-    y: &mut [f32],
+    x: q8direct::Source,
+    y: q8direct::Out,
     rows: Range<usize>,
     bufs: (&mut [u8], &mut [u8]),
     team: &Team,
@@ -607,14 +671,13 @@ fn conv_q8_direct(
     let (q, threads) = (m.int8.as_ref().expect("an int8 convolution"), team.threads());
     let sc = q.shift.as_ref().expect("weights regrouped for the direct kernel");
     let (row_buf, xs) = bufs;
-    q8direct::shift_image(isa, g, sc, x, rows.clone(), q.input_scale, q.input_zero, row_buf, xs);
+    q8direct::shift_image(isa, g, sc, x, rows.clone(), row_buf, xs);
     let xs = &*xs;
-    let plane = g.out_hw[0] * g.out_hw[1] * g.w;
     if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
         return q8direct::conv_q8_direct(isa, sc, &q.dequant, g, xs, y, 0..m.rows, rows);
     }
     let per_part = m.rows.div_ceil(threads * 2);
-    team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
+    team.for_each(y.split(per_part * g.out_hw[0] * g.out_hw[1] * g.w).into_iter().enumerate().collect(), |(p, y)| {
         let channels = p * per_part..((p + 1) * per_part).min(m.rows);
         q8direct::conv_q8_direct(isa, sc, &q.dequant, g, xs, y, channels, rows.clone())
     });

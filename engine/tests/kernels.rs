@@ -528,29 +528,85 @@ fn direct_int8_convolution_equals_im2col_and_the_grouped_kernel() {
                     }
                     let what = format!("{cin}x{h}x{wd} k{kh}x{kw} pads {pads:?} s={sparsity} w={w} rows {out_rows:?}");
                     let mut xs_ref = vec![1u8; sc.image_len(&g, w)];
-                    q8direct::shift_image_ref(&g, &sc, &x, out_rows.clone(), scale, zero, &mut xs_ref);
+                    let source = q8direct::Source::F32 { x: &x, scale, zero };
+                    q8direct::shift_image_ref(&g, &sc, source, out_rows.clone(), &mut xs_ref);
                     let mut got = vec![f32::NAN; want.len()];
-                    q8direct::conv_q8_direct_ref(&sc, &d, &g, &xs_ref, &mut got, 0..rows, out_rows.clone());
+                    q8direct::conv_q8_direct_ref(&sc, &d, &g, &xs_ref, q8direct::Out::F32(&mut got), 0..rows, out_rows.clone());
                     assert_eq!(got.map_nan(), want.map_nan(), "reference {what}");
+                    // Codes out: the f32 output quantized for a next layer.
+                    let (scale2, zero2) = (rng.random_range(0.01..0.1f32), rng.random_range(0..=255u8));
+                    let want_codes: Vec<u8> =
+                        want.iter().map(|&v| if v.is_nan() { 9 } else { q8::quantize_value(v, 1.0 / scale2, zero2) }).collect();
                     for isa in Isa::available() {
-                        let mut xs = vec![1u8; xs_ref.len()];
-                        let mut row_buf = vec![0u8; (sc.wp + 3) * w];
-                        q8direct::shift_image(isa, &g, &sc, &x, out_rows.clone(), scale, zero, &mut row_buf, &mut xs);
-                        assert!(xs == xs_ref, "shifted image {} {what}", isa.name());
+                        for source in [source, q8direct::Source::Codes { x: &xq, zero }] {
+                            let mut xs = vec![1u8; xs_ref.len()];
+                            let mut row_buf = vec![0u8; (sc.wp + 3) * w];
+                            q8direct::shift_image(isa, &g, &sc, source, out_rows.clone(), &mut row_buf, &mut xs);
+                            assert!(xs == xs_ref, "shifted image {} {what}", isa.name());
+                        }
                         let mut got = vec![f32::NAN; want.len()];
-                        q8direct::conv_q8_direct(isa, &sc, &d, &g, &xs, &mut got, 0..rows, out_rows.clone());
+                        q8direct::conv_q8_direct(isa, &sc, &d, &g, &xs_ref, q8direct::Out::F32(&mut got), 0..rows, out_rows.clone());
                         assert_eq!(got.map_nan(), want.map_nan(), "{} {what}", isa.name());
+                        let mut codes = vec![9u8; want.len()];
+                        q8direct::conv_q8_direct(
+                            isa,
+                            &sc,
+                            &d,
+                            &g,
+                            &xs_ref,
+                            q8direct::Out::codes(&mut codes, scale2, zero2),
+                            0..rows,
+                            out_rows.clone(),
+                        );
+                        assert!(codes == want_codes, "codes {} {what}", isa.name());
                         // Channels 1.. write only their own rows, from the start of `y`.
                         if rows > 1 {
                             let plane = oh * ow * w;
                             let mut part = vec![f32::NAN; (rows - 1) * plane];
-                            q8direct::conv_q8_direct(isa, &sc, &d, &g, &xs, &mut part, 1..rows, out_rows.clone());
+                            q8direct::conv_q8_direct(isa, &sc, &d, &g, &xs_ref, q8direct::Out::F32(&mut part), 1..rows, out_rows.clone());
                             assert_eq!(part.map_nan(), want[plane..].to_vec().map_nan(), "channels 1.. {} {what}", isa.name());
                         }
                     }
                 }
             }
         }
+    }
+}
+
+#[test]
+fn codes_regroup_and_max_pool_as_their_f32_values_would() {
+    use engine::graph::Window;
+    use engine::kernels::q8;
+    let mut rng = StdRng::seed_from_u64(22);
+    for (k, ld) in [(1, 16), (3, 17), (4, 32), (25, 48), (400, 64), (7, 5)] {
+        let x: Vec<u8> = (0..k * ld).map(|_| rng.random()).collect();
+        let zero = rng.random();
+        let mut got = vec![1u8; q8::quantized_len(k, ld)];
+        q8::group_codes(&x, k, ld, zero, &mut got);
+        for g in 0..k.div_ceil(4) {
+            for s in 0..ld {
+                for j in 0..4 {
+                    let f = 4 * g + j;
+                    let want = if f < k { x[f * ld + s] } else { zero };
+                    assert_eq!(got[(g * ld + s) * 4 + j], want, "k={k} ld={ld} feature {f} sample {s}");
+                }
+            }
+        }
+    }
+    // Max pooling of codes equals the codes of max pooling (with padding, strides, overlaps).
+    for (c, h, wd, k, stride, pad, w) in [(6, 28, 28, 2, 2, 0, 32), (3, 7, 9, 3, 2, 1, 16), (2, 5, 5, 3, 1, 1, 3)] {
+        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1] };
+        let (oh, ow) = window.output(h, wd, "t").unwrap();
+        let g = Geometry { channels: c, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+        let x: Vec<f32> = (0..c * h * wd * w).map(|_| rng.random_range(-1.0..3.0)).collect();
+        let (scale, zero) = (0.02, 60);
+        let mut pooled = vec![0.0; c * oh * ow * w];
+        window::pool(Isa::Scalar, &g, &x, &mut pooled, None);
+        let want: Vec<u8> = pooled.iter().map(|&v| q8::quantize_value(v, 1.0 / scale, zero)).collect();
+        let codes: Vec<u8> = x.iter().map(|&v| q8::quantize_value(v, 1.0 / scale, zero)).collect();
+        let mut got = vec![0u8; want.len()];
+        window::max_pool_codes(&g, &codes, &mut got, 0..oh);
+        assert!(got == want, "{c}x{h}x{wd} k{k} s{stride} p{pad} w={w}");
     }
 }
 

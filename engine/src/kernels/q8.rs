@@ -193,6 +193,31 @@ pub fn quantize_values(isa: Isa, x: &[f32], scale: f32, zero: u8, out: &mut [u8]
     }
 }
 
+/// Regroups codes held feature-major (`[k, ld]` bytes: an int8 convolution's output after
+/// pooling, already quantized for this layer) into the grouped layout, the features past `k` in
+/// the last group holding `zero`.
+pub fn group_codes(x: &[u8], k: usize, ld: usize, zero: u8, out: &mut [u8]) {
+    assert!(x.len() >= k * ld, "codes too small");
+    assert!(out.len() >= quantized_len(k, ld), "quantized tile too small");
+    for g in 0..k.div_ceil(4) {
+        let rows: [Option<usize>; 4] = std::array::from_fn(|j| (4 * g + j < k).then(|| (4 * g + j) * ld));
+        let mut s = 0;
+        while s + 16 <= ld {
+            // SAFETY: each source row f < k holds ld bytes from f * ld, s + 16 <= ld; the 64
+            // bytes written end at (g * ld + s + 16) * 4 <= quantized_len(k, ld).
+            unsafe {
+                super::q8conv::interleave16(x.as_ptr(), rows.map(|r| r.map(|r| r + s)), zero, out.as_mut_ptr().add((g * ld + s) * 4))
+            };
+            s += 16;
+        }
+        for s in s..ld {
+            for (j, r) in rows.iter().enumerate() {
+                out[(g * ld + s) * 4 + j] = r.map_or(zero, |r| x[r + s]);
+            }
+        }
+    }
+}
+
 fn check_samples(x: &[f32], k: usize, w: usize, ld: usize, out: &[u8]) {
     assert!(w <= ld && x.len() >= k * w, "sample batch too small");
     assert!(out.len() >= quantized_len(k, ld), "quantized tile too small");

@@ -105,29 +105,58 @@ fn padded_rows(g: &Geometry, rows: &Range<usize>) -> Range<usize> {
     rows.start..(rows.end + g.window.kernel[0] - 1).max(rows.start)
 }
 
-fn check_image(g: &Geometry, sc: &ShiftConv, x: &[f32], rows: &Range<usize>, row_buf: &[u8], xs: &[u8]) {
+/// Where a shifted image's rows come from: the f32 input tile, quantized with `(scale, zero)`, or
+/// an image of codes already quantized with the layer's input quantization (`[c, h, wd, w]` bytes).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    F32 { x: &'a [f32], scale: f32, zero: u8 },
+    Codes { x: &'a [u8], zero: u8 },
+}
+
+impl Source<'_> {
+    fn zero(&self) -> u8 {
+        match *self {
+            Source::F32 { zero, .. } | Source::Codes { zero, .. } => zero,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Source::F32 { x, .. } => x.len(),
+            Source::Codes { x, .. } => x.len(),
+        }
+    }
+
+    /// Codes of `n` values from `at` into `out`.
+    fn codes(&self, isa: Isa, at: usize, n: usize, out: &mut [u8]) {
+        match *self {
+            Source::F32 { x, scale, zero } => quantize_values(isa, &x[at..at + n], scale, zero, out),
+            Source::Codes { x, .. } => out[..n].copy_from_slice(&x[at..at + n]),
+        }
+    }
+
+    /// The code of value `at`.
+    fn code(&self, at: usize) -> u8 {
+        match *self {
+            Source::F32 { x, scale, zero } => quantize_value(x[at], 1.0 / scale, zero),
+            Source::Codes { x, .. } => x[at],
+        }
+    }
+}
+
+fn check_image(g: &Geometry, sc: &ShiftConv, x: &Source, rows: &Range<usize>, row_buf: &[u8], xs: &[u8]) {
     assert!(rows.end <= g.out_hw[0], "output rows outside the convolution");
     assert!(x.len() >= g.channels * g.in_hw[0] * g.in_hw[1] * g.w, "input tile too small");
     assert!(row_buf.len() >= (sc.wp + 3) * g.w, "row buffer too small");
     assert!(xs.len() >= sc.image_len(g, g.w), "shifted image too small");
 }
 
-/// Quantizes the input rows that output rows `rows` read into the shifted image `xs` (see the
-/// module), quantizing each row once into `row_buf` (`(wp + 3) * w` bytes) and spreading it into
-/// the four byte positions of the lanes.
-pub fn shift_image(
-    isa: Isa,
-    g: &Geometry,
-    sc: &ShiftConv,
-    x: &[f32],
-    rows: Range<usize>,
-    scale: f32,
-    zero: u8,
-    row_buf: &mut [u8],
-    xs: &mut [u8],
-) {
-    check_image(g, sc, x, &rows, row_buf, xs);
-    let ([h, wd], w, [top, left, ..]) = (g.in_hw, g.w, g.window.pads);
+/// Writes the input rows that output rows `rows` read into the shifted image `xs` (see the
+/// module), taking each row's codes once into `row_buf` (`(wp + 3) * w` bytes) and spreading them
+/// into the four byte positions of the lanes.
+pub fn shift_image(isa: Isa, g: &Geometry, sc: &ShiftConv, x: Source, rows: Range<usize>, row_buf: &mut [u8], xs: &mut [u8]) {
+    check_image(g, sc, &x, &rows, row_buf, xs);
+    let ([h, wd], w, [top, left, ..], zero) = (g.in_hw, g.w, g.window.pads, x.zero());
     let lanes = sc.wp * w;
     for c in 0..g.channels {
         for y in padded_rows(g, &rows) {
@@ -138,7 +167,7 @@ pub fn shift_image(
             };
             let buf = &mut row_buf[..(sc.wp + 3) * w];
             buf.fill(zero);
-            quantize_values(isa, &x[(c * h + iy) * wd * w..][..wd * w], scale, zero, &mut buf[left * w..]);
+            x.codes(isa, (c * h + iy) * wd * w, wd * w, &mut buf[left * w..]);
             spread(isa, buf, w, out);
         }
     }
@@ -164,13 +193,13 @@ fn spread(isa: Isa, buf: &[u8], w: usize, out: &mut [u8]) {
 }
 
 /// Scalar twin of `shift_image`, from the definition.
-pub fn shift_image_ref(g: &Geometry, sc: &ShiftConv, x: &[f32], rows: Range<usize>, scale: f32, zero: u8, xs: &mut [u8]) {
+pub fn shift_image_ref(g: &Geometry, sc: &ShiftConv, x: Source, rows: Range<usize>, xs: &mut [u8]) {
     let w = g.w;
-    check_image(g, sc, x, &rows, &vec![0; (sc.wp + 3) * w], xs);
+    check_image(g, sc, &x, &rows, &vec![0; (sc.wp + 3) * w], xs);
     let ([h, wd], [top, left, ..]) = (g.in_hw, g.window.pads);
     let pixel = |c: usize, y: usize, x_: usize, s: usize| {
         let (iy, ix) = (y.checked_sub(top).filter(|&v| v < h), x_.checked_sub(left).filter(|&v| v < wd));
-        iy.zip(ix).map_or(zero, |(iy, ix)| quantize_value(x[((c * h + iy) * wd + ix) * w + s], 1.0 / scale, zero))
+        iy.zip(ix).map_or(x.zero(), |(iy, ix)| x.code(((c * h + iy) * wd + ix) * w + s))
     };
     for c in 0..g.channels {
         for y in padded_rows(g, &rows) {
@@ -185,7 +214,45 @@ pub fn shift_image_ref(g: &Geometry, sc: &ShiftConv, x: &[f32], rows: Range<usiz
     }
 }
 
-fn check(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
+/// Where the kernel writes output channels `channels`, `[channels.len(), oh, ow, w]`: f32, or
+/// codes for the next int8 layer's input quantization (one byte per value, `quantize_value` of
+/// the f32 output: activations then stay int8 through the pooling between two int8 layers).
+pub enum Out<'a> {
+    F32(&'a mut [f32]),
+    Codes { y: &'a mut [u8], inv_scale: f32, zero: u8 },
+}
+
+impl<'a> Out<'a> {
+    /// Output for the next layer's input quantization `(scale, zero)`.
+    pub fn codes(y: &'a mut [u8], scale: f32, zero: u8) -> Out<'a> {
+        Out::Codes { y, inv_scale: 1.0 / scale, zero }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Out::F32(y) => y.len(),
+            Out::Codes { y, .. } => y.len(),
+        }
+    }
+
+    /// The output cut into consecutive parts of `n` values (the last may be shorter).
+    pub fn split(self, n: usize) -> Vec<Out<'a>> {
+        match self {
+            Out::F32(y) => y.chunks_mut(n).map(Out::F32).collect(),
+            Out::Codes { y, inv_scale, zero } => y.chunks_mut(n).map(|y| Out::Codes { y, inv_scale, zero }).collect(),
+        }
+    }
+
+    #[inline]
+    fn put(&mut self, at: usize, v: f32) {
+        match self {
+            Out::F32(y) => y[at] = v,
+            Out::Codes { y, inv_scale, zero } => y[at] = quantize_value(v, *inv_scale, *zero),
+        }
+    }
+}
+
+fn check(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &Out, channels: &Range<usize>, rows: &Range<usize>) {
     assert!(channels.end < sc.row_ptr.len() && d.bias.len() == sc.row_ptr.len() - 1, "channels outside the convolution");
     assert!(xs.len() >= sc.image_len(g, g.w), "shifted image too small");
     assert!(rows.end <= g.out_hw[0] && y.len() >= channels.len() * g.out_hw[0] * g.out_hw[1] * g.w, "output tile too small");
@@ -195,8 +262,8 @@ fn check(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &[f32], channe
 
 /// Scalar twin: output rows `rows` of output channels `channels`; `y` holds those channels as
 /// `[channels.len(), oh, ow, w]` (rows outside `rows` are left as they are).
-pub fn conv_q8_direct_ref(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &mut [f32], channels: Range<usize>, rows: Range<usize>) {
-    check(sc, d, g, xs, y, &channels, &rows);
+pub fn conv_q8_direct_ref(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], mut y: Out, channels: Range<usize>, rows: Range<usize>) {
+    check(sc, d, g, xs, &y, &channels, &rows);
     let ([oh, ow], w) = (g.out_hw, g.w);
     for (i, o) in channels.enumerate() {
         for oy in rows.clone() {
@@ -207,7 +274,7 @@ pub fn conv_q8_direct_ref(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], 
                     let weights = sc.packed[j].to_le_bytes();
                     acc += (0..4).map(|b| xs[at + b] as i32 * weights[b] as i8 as i32).sum::<i32>();
                 }
-                y[(i * oh + oy) * ow * w + lane] = d.apply(o, acc);
+                y.put((i * oh + oy) * ow * w + lane, d.apply(o, acc));
             }
         }
     }
@@ -220,16 +287,16 @@ pub fn conv_q8_direct(
     d: &Dequant,
     g: &Geometry,
     xs: &[u8],
-    y: &mut [f32],
+    mut y: Out,
     channels: Range<usize>,
     rows: Range<usize>,
 ) {
-    check(sc, d, g, xs, y, &channels, &rows);
+    check(sc, d, g, xs, &y, &channels, &rows);
     #[cfg(target_arch = "x86_64")]
     if vectorized(isa, g.w) {
         // SAFETY: sizes checked above; offsets address rows of the padded image, so every lane
         // an output row reads lies inside `xs`; VNNI was detected.
-        return unsafe { x86::conv_vnni(sc, d, g, xs, y, channels, rows) };
+        return unsafe { x86::conv_vnni(sc, d, g, xs, &mut y, channels, rows) };
     }
     conv_q8_direct_ref(sc, d, g, xs, y, channels, rows)
 }
@@ -239,7 +306,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Dequant, Geometry, ShiftConv};
+    use super::{Dequant, Geometry, Out, ShiftConv};
 
     /// Vectors of an output row kept in registers at once.
     const CHUNK: usize = 8;
@@ -250,15 +317,7 @@ mod x86 {
     /// # Safety
     /// AVX-512F and VNNI; `g.w` a multiple of 16; sizes as `super::check` verifies.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub unsafe fn conv_vnni(
-        sc: &ShiftConv,
-        d: &Dequant,
-        g: &Geometry,
-        xs: &[u8],
-        y: &mut [f32],
-        channels: Range<usize>,
-        rows: Range<usize>,
-    ) {
+    pub unsafe fn conv_vnni(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &mut Out, channels: Range<usize>, rows: Range<usize>) {
         let ([oh, ow], w) = (g.out_hw, g.w);
         let row_vectors = ow * w / 16;
         for oy in rows {
@@ -269,7 +328,7 @@ mod x86 {
                     // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`; the input
                     // lanes they read lie inside `xs` (the caller's contract).
                     unsafe {
-                        let out = y.as_mut_ptr().add((i * oh + oy) * ow * w + v0 * 16);
+                        let out = Dest::new(y, (i * oh + oy) * ow * w + v0 * 16);
                         let input = xs.as_ptr().add((oy * sc.wp * w + v0 * 16) * 4);
                         match n {
                             8 => chunk::<8>(sc, d, o, w, input, out),
@@ -288,6 +347,29 @@ mod x86 {
         }
     }
 
+    /// Where a chunk's vectors go: f32 values, or codes (`quantize_value` of them).
+    #[derive(Clone, Copy)]
+    enum Dest {
+        F32(*mut f32),
+        Codes { y: *mut u8, inv_scale: f32, zero: u8 },
+    }
+
+    impl Dest {
+        /// Value `at` of the output.
+        ///
+        /// # Safety
+        /// `at` lies inside the output.
+        unsafe fn new(out: &mut Out, at: usize) -> Dest {
+            // SAFETY: the caller's contract.
+            unsafe {
+                match out {
+                    Out::F32(y) => Dest::F32(y.as_mut_ptr().add(at)),
+                    Out::Codes { y, inv_scale, zero } => Dest::Codes { y: y.as_mut_ptr().add(at), inv_scale: *inv_scale, zero: *zero },
+                }
+            }
+        }
+    }
+
     /// `N` vectors of output channel `o`: every group accumulated in registers, then dequantized
     /// and stored at `out`. `input` is the chunk's first lane in padded row 0 of channel 0.
     ///
@@ -295,7 +377,7 @@ mod x86 {
     /// As `conv_vnni`: `out` holds `N` vectors, and `input` plus each group's offset `N` vectors.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn chunk<const N: usize>(sc: &ShiftConv, d: &Dequant, o: usize, w: usize, input: *const u8, out: *mut f32) {
+    unsafe fn chunk<const N: usize>(sc: &ShiftConv, d: &Dequant, o: usize, w: usize, input: *const u8, out: Dest) {
         let mut acc = [_mm512_setzero_si512(); N];
         for j in sc.row_ptr[o] as usize..sc.row_ptr[o + 1] as usize {
             // SAFETY: j < row_ptr[o + 1] <= packed.len() = offset.len(); the lanes read are the
@@ -315,7 +397,20 @@ mod x86 {
                 v = _mm512_max_ps(v, _mm512_setzero_ps());
             }
             // SAFETY: vector z of the chunk is inside the output row.
-            unsafe { _mm512_storeu_ps(out.add(16 * z), v) };
+            unsafe {
+                match out {
+                    Dest::F32(y) => _mm512_storeu_ps(y.add(16 * z), v),
+                    Dest::Codes { y, inv_scale, zero } => {
+                        // As `q8::quantize_values`: round to nearest even, add the zero point, clamp.
+                        let q = _mm512_add_epi32(
+                            _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv_scale))),
+                            _mm512_set1_epi32(zero as i32),
+                        );
+                        let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                        _mm_storeu_si128(y.add(16 * z) as *mut __m128i, _mm512_cvtepi32_epi8(q));
+                    }
+                }
+            }
         }
     }
 }

@@ -128,6 +128,33 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
     }
 }
 
+/// Max pooling of codes (`[c, h, wd, w]` bytes, an int8 convolution's output quantized for the
+/// next int8 layer), output rows `rows`: the maximum of the codes is the code of the maximum,
+/// since quantization never reverses an order, so this equals quantizing the f32 pool.
+pub fn max_pool_codes(g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
+    let ([kh, kw], [oh, ow], [h, wd], w) = (g.window.kernel, g.out_hw, g.in_hw, g.w);
+    assert!(rows.end <= oh, "pool rows");
+    assert!(x.len() >= g.channels * h * wd * w && y.len() >= g.channels * oh * ow * w, "pool sizes");
+    let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
+    let stride = g.window.stride[1];
+    for c in 0..g.channels {
+        for oy in rows.clone() {
+            let out = &mut y[(c * oh + oy) * ow * w..][..ow * w];
+            out.fill(0);
+            for ky in 0..kh {
+                let Some(iy) = g.source(0, oy, ky) else { continue };
+                let src = &x[(c * h + iy) * wd * w..][..wd * w];
+                for (valid, ix0) in &inside {
+                    for (i, ox) in valid.clone().enumerate() {
+                        let (o, s) = (&mut out[ox * w..][..w], &src[(ix0 + i * stride) * w..][..w]);
+                        o.iter_mut().zip(s).for_each(|(o, s)| *o = (*o).max(*s));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Folds the input vector `s` into the output vector `o`: a sum, or a running maximum (which
 /// starts at -inf and skips NaN inputs, as `f32::max` does).
 fn fold(o: &mut [f32], s: &[f32], sum: bool) {
