@@ -502,7 +502,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         // A max pool or flatten between int8 layers, on codes (`code_values`).
         let (x, y): (&[u8], &mut [u8]) = (bytemuck::cast_slice(xs[0]), bytemuck::cast_slice_mut(y));
         return match &layer.exec {
-            Exec::Pool { geometry, .. } => window::max_pool_codes(&Geometry { w, ..*geometry }, x, y, 0..geometry.out_hw[0]),
+            Exec::Pool { geometry, .. } => window::max_pool_codes(isa, &Geometry { w, ..*geometry }, x, y, 0..geometry.out_hw[0]),
             Exec::Flatten => y[..model.value_sizes[layer.output] * w].copy_from_slice(&x[..model.value_sizes[layer.output] * w]),
             _ => unreachable!("only max pools and flattens pass codes on"),
         };

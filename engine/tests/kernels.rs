@@ -594,7 +594,9 @@ fn codes_regroup_and_max_pool_as_their_f32_values_would() {
         }
     }
     // Max pooling of codes equals the codes of max pooling (with padding, strides, overlaps).
-    for (c, h, wd, k, stride, pad, w) in [(6, 28, 28, 2, 2, 0, 32), (3, 7, 9, 3, 2, 1, 16), (2, 5, 5, 3, 1, 1, 3)] {
+    for (c, h, wd, k, stride, pad, w) in
+        [(6, 28, 28, 2, 2, 0, 32), (3, 7, 9, 3, 2, 1, 16), (2, 5, 5, 3, 1, 1, 3), (2, 6, 6, 2, 2, 0, 80), (1, 4, 4, 2, 1, 1, 64)]
+    {
         let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1] };
         let (oh, ow) = window.output(h, wd, "t").unwrap();
         let g = Geometry { channels: c, in_hw: [h, wd], out_hw: [oh, ow], window, w };
@@ -604,9 +606,11 @@ fn codes_regroup_and_max_pool_as_their_f32_values_would() {
         window::pool(Isa::Scalar, &g, &x, &mut pooled, None);
         let want: Vec<u8> = pooled.iter().map(|&v| q8::quantize_value(v, 1.0 / scale, zero)).collect();
         let codes: Vec<u8> = x.iter().map(|&v| q8::quantize_value(v, 1.0 / scale, zero)).collect();
-        let mut got = vec![0u8; want.len()];
-        window::max_pool_codes(&g, &codes, &mut got, 0..oh);
-        assert!(got == want, "{c}x{h}x{wd} k{k} s{stride} p{pad} w={w}");
+        for isa in Isa::available() {
+            let mut got = vec![0u8; want.len()];
+            window::max_pool_codes(isa, &g, &codes, &mut got, 0..oh);
+            assert!(got == want, "{} {c}x{h}x{wd} k{k} s{stride} p{pad} w={w}", isa.name());
+        }
     }
 }
 

@@ -130,28 +130,52 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
 
 /// Max pooling of codes (`[c, h, wd, w]` bytes, an int8 convolution's output quantized for the
 /// next int8 layer), output rows `rows`: the maximum of the codes is the code of the maximum,
-/// since quantization never reverses an order, so this equals quantizing the f32 pool.
-pub fn max_pool_codes(g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
+/// since quantization never reverses an order, so this equals quantizing the f32 pool. Each
+/// output pixel's samples are folded sixteen at a time in a register over the window's taps.
+pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
     let ([kh, kw], [oh, ow], [h, wd], w) = (g.window.kernel, g.out_hw, g.in_hw, g.w);
     assert!(rows.end <= oh, "pool rows");
     assert!(x.len() >= g.channels * h * wd * w && y.len() >= g.channels * oh * ow * w, "pool sizes");
-    let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
-    let stride = g.window.stride[1];
+    // Offsets of a window's pixels from its first, for windows wholly inside the image.
+    let dilation = g.window.dilation;
+    let whole: Vec<usize> = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * dilation[0] * wd + kx * dilation[1]) * w)).collect();
+    let mut taps = Vec::with_capacity(kh * kw);
     for c in 0..g.channels {
         for oy in rows.clone() {
-            let out = &mut y[(c * oh + oy) * ow * w..][..ow * w];
-            out.fill(0);
-            for ky in 0..kh {
-                let Some(iy) = g.source(0, oy, ky) else { continue };
-                let src = &x[(c * h + iy) * wd * w..][..wd * w];
-                for (valid, ix0) in &inside {
-                    for (i, ox) in valid.clone().enumerate() {
-                        let (o, s) = (&mut out[ox * w..][..w], &src[(ix0 + i * stride) * w..][..w]);
-                        o.iter_mut().zip(s).for_each(|(o, s)| *o = (*o).max(*s));
-                    }
+            for ox in 0..ow {
+                let out = &mut y[((c * oh + oy) * ow + ox) * w..][..w];
+                let first = (g.source(0, oy, 0), g.source(1, ox, 0));
+                let last = (g.source(0, oy, kh - 1), g.source(1, ox, kw - 1));
+                if let ((Some(iy), Some(ix)), (Some(_), Some(_))) = (first, last) {
+                    max_codes(isa, out, &x[((c * h + iy) * wd + ix) * w..], &whole);
+                    continue;
                 }
+                // A window over the padding: its pixels inside the image only.
+                taps.clear();
+                for iy in (0..kh).filter_map(|ky| g.source(0, oy, ky)) {
+                    taps.extend((0..kw).filter_map(|kx| g.source(1, ox, kx)).map(|ix| ((c * h + iy) * wd + ix) * w));
+                }
+                max_codes(isa, out, x, &taps);
             }
         }
+    }
+}
+
+/// `out[s]` = the largest of `x[t + s]` over the offsets `t` in `taps` (0 if none): 64 samples
+/// per instruction with AVX-512 (BW), else one at a time (the codes pass only between the
+/// AVX-512 VNNI kernels).
+#[inline]
+fn max_codes(isa: Isa, out: &mut [u8], x: &[u8], taps: &[usize]) {
+    let w = out.len();
+    let fits = taps.iter().all(|&t| t + w <= x.len());
+    assert!(fits, "pool window outside the input");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && is_x86_feature_detected!("avx512bw") {
+        // SAFETY: every tap's w bytes lie inside `x` (asserted); AVX-512BW was detected.
+        return unsafe { x86::max_codes_avx512(out, x, taps) };
+    }
+    for s in 0..w {
+        out[s] = taps.iter().map(|&t| x[t + s]).max().unwrap_or(0);
     }
 }
 
@@ -256,6 +280,28 @@ mod x86 {
     pub unsafe fn pool_tiles_avx512(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
         // SAFETY: `fold16` only touches the first min(o.len(), s.len()) floats of each slice.
         super::pool_tiles(g, x, y, avg, rows, |o, s, sum| unsafe { fold16(o, s, sum) })
+    }
+
+    /// `super::max_codes`, 64 bytes at a time, the last vector masked.
+    ///
+    /// # Safety
+    /// AVX-512F and BW; each tap's `out.len()` bytes lie inside `x`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn max_codes_avx512(out: &mut [u8], x: &[u8], taps: &[usize]) {
+        let w = out.len();
+        let mut s = 0;
+        while s < w {
+            let m: __mmask64 = if w - s >= 64 { !0 } else { (1u64 << (w - s)) - 1 };
+            // SAFETY: the masked lanes are bytes s..min(s + 64, w) of `out` and of each tap.
+            unsafe {
+                let mut acc = _mm512_setzero_si512();
+                for &t in taps {
+                    acc = _mm512_max_epu8(acc, _mm512_maskz_loadu_epi8(m, x.as_ptr().add(t + s) as *const i8));
+                }
+                _mm512_mask_storeu_epi8(out.as_mut_ptr().add(s) as *mut i8, m, acc);
+            }
+            s += 64;
+        }
     }
 
     /// `super::fold` 16 samples at a time, the last vector masked. `max(s, o)` returns `o`
