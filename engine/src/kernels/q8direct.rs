@@ -94,10 +94,20 @@ impl ShiftConv {
     }
 }
 
-/// Whether the vector kernel runs tiles of `w` samples under `isa`: AVX-512 with VNNI, a whole
-/// number of vectors per output position.
+/// Whether the vector kernel runs tiles of `w` samples under `isa`: AVX-512 with VNNI and BW, a
+/// whole number of vectors per output position.
 pub fn vectorized(isa: Isa, w: usize) -> bool {
-    isa == Isa::Avx512 && has_vnni() && w > 0 && w.is_multiple_of(16)
+    isa == Isa::Avx512 && has_vnni() && has_bw() && w > 0 && w.is_multiple_of(16)
+}
+
+/// Whether this CPU has AVX-512BW (every CPU with AVX-512 VNNI has).
+fn has_bw() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The padded rows of `xs` that output rows `rows` read.
@@ -315,8 +325,8 @@ mod x86 {
     /// chunk reads stay in L1 while every output channel uses them.
     ///
     /// # Safety
-    /// AVX-512F and VNNI; `g.w` a multiple of 16; sizes as `super::check` verifies.
-    #[target_feature(enable = "avx512f,avx512vnni")]
+    /// AVX-512F, BW and VNNI; `g.w` a multiple of 16; sizes as `super::check` verifies.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn conv_vnni(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &mut Out, channels: Range<usize>, rows: Range<usize>) {
         let ([oh, ow], w) = (g.out_hw, g.w);
         let row_vectors = ow * w / 16;
@@ -376,7 +386,7 @@ mod x86 {
     /// # Safety
     /// As `conv_vnni`: `out` holds `N` vectors, and `input` plus each group's offset `N` vectors.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn chunk<const N: usize>(sc: &ShiftConv, d: &Dequant, o: usize, w: usize, input: *const u8, out: Dest) {
         let mut acc = [_mm512_setzero_si512(); N];
         for j in sc.row_ptr[o] as usize..sc.row_ptr[o + 1] as usize {
@@ -391,26 +401,46 @@ mod x86 {
             }
         }
         let (corr, mult, bias) = (_mm512_set1_epi32(d.zero_corr[o]), _mm512_set1_ps(d.mult[o]), _mm512_set1_ps(d.bias[o]));
-        for (z, a) in acc.iter().enumerate() {
-            let mut v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(*a, corr)), mult, bias);
-            if d.relu {
-                v = _mm512_max_ps(v, _mm512_setzero_ps());
+        let values: [__m512; N] = std::array::from_fn(|z| {
+            let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[z], corr)), mult, bias);
+            if d.relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v }
+        });
+        match out {
+            Dest::F32(y) => {
+                for (z, v) in values.iter().enumerate() {
+                    // SAFETY: vector z of the chunk is inside the output row.
+                    unsafe { _mm512_storeu_ps(y.add(16 * z), *v) };
+                }
             }
-            // SAFETY: vector z of the chunk is inside the output row.
-            unsafe {
-                match out {
-                    Dest::F32(y) => _mm512_storeu_ps(y.add(16 * z), v),
-                    Dest::Codes { y, inv_scale, zero } => {
-                        // As `q8::quantize_values`: round to nearest even, add the zero point, clamp.
-                        let q = _mm512_add_epi32(
-                            _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv_scale))),
-                            _mm512_set1_epi32(zero as i32),
-                        );
-                        let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-                        _mm_storeu_si128(y.add(16 * z) as *mut __m128i, _mm512_cvtepi32_epi8(q));
-                    }
+            Dest::Codes { y, inv_scale, zero } => {
+                // As `q8::quantize_values`: round to nearest even, add the zero point, clamp.
+                let (scale, zero) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero as i32));
+                let codes: [__m512i; N] =
+                    std::array::from_fn(|z| _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(values[z], scale)), zero));
+                let mut z = 0;
+                while z + 4 <= N {
+                    // SAFETY: vectors z..z + 4 of the chunk are inside the output row.
+                    unsafe { _mm512_storeu_si512(y.add(16 * z) as *mut _, pack4(&codes[z..z + 4])) };
+                    z += 4;
+                }
+                for (z, q) in codes.iter().enumerate().skip(z) {
+                    let q = _mm512_min_epi32(_mm512_max_epi32(*q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                    // SAFETY: as above.
+                    unsafe { _mm_storeu_si128(y.add(16 * z) as *mut __m128i, _mm512_cvtepi32_epi8(q)) };
                 }
             }
         }
+    }
+
+    /// Four vectors of int32 codes clamped to 0..=255 and packed into 64 bytes, in order: two
+    /// saturating packs (to i16, then u8) interleave them by 128-bit lane, one dword permutation
+    /// puts them back.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn pack4(q: &[__m512i]) -> __m512i {
+        let bytes = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+        // Dword 4 * lane + k holds vector k's dword `lane`; vector k's dwords go to 4 * k + lane.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_epi32(order, bytes)
     }
 }
