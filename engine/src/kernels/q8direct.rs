@@ -186,7 +186,13 @@ pub fn shift_image(isa: Isa, g: &Geometry, sc: &ShiftConv, x: Source, rows: Rang
 /// Lane `i` of `out` gets bytes `buf[i + j * w]`, `j = 0..4`.
 fn spread(isa: Isa, buf: &[u8], w: usize, out: &mut [u8]) {
     let lanes = out.len() / 4;
+    assert!(buf.len() >= lanes + 3 * w, "row buffer too small");
     let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && has_bw() {
+        // SAFETY: checked above; AVX-512BW was detected.
+        i = unsafe { x86::spread_avx512(buf, w, out) };
+    }
     if isa != Isa::Scalar {
         while i + 16 <= lanes {
             // SAFETY: the four sources end at i + 3 * w + 16 <= lanes + 3 * w <= buf.len(), and
@@ -317,6 +323,39 @@ mod x86 {
     use std::ops::Range;
 
     use super::{Dequant, Geometry, Out, ShiftConv};
+
+    /// `super::spread` for the first lanes, 64 at a time; returns how many it did.
+    ///
+    /// # Safety
+    /// AVX-512F and BW; `buf` holds `out.len() / 4 + 3 * w` bytes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn spread_avx512(buf: &[u8], w: usize, out: &mut [u8]) -> usize {
+        let lanes = out.len() / 4;
+        let mut i = 0;
+        while i + 64 <= lanes {
+            // SAFETY: the four loads end at i + 3 * w + 64 <= buf.len(); the stores at 4 * (i + 64).
+            unsafe {
+                let load = |j: usize| _mm512_loadu_si512(buf.as_ptr().add(i + j * w) as *const _);
+                let (a, b, c, d) = (load(0), load(1), load(2), load(3));
+                // Within each 128-bit block: bytes of a and b, then of c and d, paired, then the
+                // pairs paired: w0..w3 hold the block's lanes 0-3, 4-7, 8-11 and 12-15.
+                let (ab_lo, ab_hi) = (_mm512_unpacklo_epi8(a, b), _mm512_unpackhi_epi8(a, b));
+                let (cd_lo, cd_hi) = (_mm512_unpacklo_epi8(c, d), _mm512_unpackhi_epi8(c, d));
+                let (w0, w1) = (_mm512_unpacklo_epi16(ab_lo, cd_lo), _mm512_unpackhi_epi16(ab_lo, cd_lo));
+                let (w2, w3) = (_mm512_unpacklo_epi16(ab_hi, cd_hi), _mm512_unpackhi_epi16(ab_hi, cd_hi));
+                // Output vector m is block m of w0, w1, w2 and w3: a 4x4 transposition of blocks.
+                let (t0, t1) = (_mm512_shuffle_i32x4::<0x44>(w0, w1), _mm512_shuffle_i32x4::<0x44>(w2, w3));
+                let (t2, t3) = (_mm512_shuffle_i32x4::<0xEE>(w0, w1), _mm512_shuffle_i32x4::<0xEE>(w2, w3));
+                let p = out.as_mut_ptr().add(i * 4) as *mut __m512i;
+                _mm512_storeu_si512(p as *mut _, _mm512_shuffle_i32x4::<0x88>(t0, t1));
+                _mm512_storeu_si512(p.add(1) as *mut _, _mm512_shuffle_i32x4::<0xDD>(t0, t1));
+                _mm512_storeu_si512(p.add(2) as *mut _, _mm512_shuffle_i32x4::<0x88>(t2, t3));
+                _mm512_storeu_si512(p.add(3) as *mut _, _mm512_shuffle_i32x4::<0xDD>(t2, t3));
+            }
+            i += 64;
+        }
+        i
+    }
 
     /// Vectors of an output row kept in registers at once.
     const CHUNK: usize = 8;
