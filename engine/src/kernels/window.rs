@@ -136,46 +136,53 @@ pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std:
     let ([kh, kw], [oh, ow], [h, wd], w) = (g.window.kernel, g.out_hw, g.in_hw, g.w);
     assert!(rows.end <= oh, "pool rows");
     assert!(x.len() >= g.channels * h * wd * w && y.len() >= g.channels * oh * ow * w, "pool sizes");
-    // Offsets of a window's pixels from its first, for windows wholly inside the image.
+    // Offsets of a window's pixels from its first, for windows wholly inside the image, and per
+    // output column, the first input column of such a window (all of them, or the row's pixels
+    // go one by one).
     let dilation = g.window.dilation;
     let whole: Vec<usize> = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * dilation[0] * wd + kx * dilation[1]) * w)).collect();
-    let mut taps = Vec::with_capacity(kh * kw);
+    let first_columns: Option<Vec<usize>> = (0..ow).map(|ox| g.source(1, ox, 0).filter(|_| g.source(1, ox, kw - 1).is_some())).collect();
+    let (mut bases, mut taps) = (Vec::with_capacity(ow), Vec::with_capacity(kh * kw));
     for c in 0..g.channels {
         for oy in rows.clone() {
-            for ox in 0..ow {
-                let out = &mut y[((c * oh + oy) * ow + ox) * w..][..w];
-                let first = (g.source(0, oy, 0), g.source(1, ox, 0));
-                let last = (g.source(0, oy, kh - 1), g.source(1, ox, kw - 1));
-                if let ((Some(iy), Some(ix)), (Some(_), Some(_))) = (first, last) {
-                    max_codes(isa, out, &x[((c * h + iy) * wd + ix) * w..], &whole);
-                    continue;
-                }
-                // A window over the padding: its pixels inside the image only.
+            let out = &mut y[(c * oh + oy) * ow * w..][..ow * w];
+            let first_row = g.source(0, oy, 0).filter(|_| g.source(0, oy, kh - 1).is_some());
+            if let (Some(iy), Some(columns)) = (first_row, &first_columns) {
+                bases.clear();
+                bases.extend(columns.iter().map(|ix| ((c * h + iy) * wd + ix) * w));
+                max_codes(isa, out, x, &bases, &whole);
+                continue;
+            }
+            // Windows over the padding: each pixel's taps inside the image only.
+            for (ox, out) in out.chunks_exact_mut(w).enumerate() {
                 taps.clear();
                 for iy in (0..kh).filter_map(|ky| g.source(0, oy, ky)) {
                     taps.extend((0..kw).filter_map(|kx| g.source(1, ox, kx)).map(|ix| ((c * h + iy) * wd + ix) * w));
                 }
-                max_codes(isa, out, x, &taps);
+                max_codes(isa, out, x, &[0], &taps);
             }
         }
     }
 }
 
-/// `out[s]` = the largest of `x[t + s]` over the offsets `t` in `taps` (0 if none): 64 samples
-/// per instruction with AVX-512 (BW), else one at a time (the codes pass only between the
+/// Pixel `p` of `out` (`w = out.len() / bases.len()` samples each) gets, sample by sample, the
+/// largest of the pixels of `x` at `bases[p] + t` for the offsets `t` in `taps` (0 if none): 64
+/// samples per instruction with AVX-512 (BW), else one at a time (codes pass only between the
 /// AVX-512 VNNI kernels).
-#[inline]
-fn max_codes(isa: Isa, out: &mut [u8], x: &[u8], taps: &[usize]) {
-    let w = out.len();
-    let fits = taps.iter().all(|&t| t + w <= x.len());
-    assert!(fits, "pool window outside the input");
+fn max_codes(isa: Isa, out: &mut [u8], x: &[u8], bases: &[usize], taps: &[usize]) {
+    let w = out.len() / bases.len().max(1);
+    assert_eq!(out.len(), bases.len() * w, "one output pixel per base");
+    let reach = bases.iter().max().zip(taps.iter().max()).map_or(0, |(b, t)| b + t + w);
+    assert!(reach <= x.len(), "pool window outside the input");
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && is_x86_feature_detected!("avx512bw") {
-        // SAFETY: every tap's w bytes lie inside `x` (asserted); AVX-512BW was detected.
-        return unsafe { x86::max_codes_avx512(out, x, taps) };
+        // SAFETY: every pixel read lies inside `x` (asserted); AVX-512BW was detected.
+        return unsafe { x86::max_codes_avx512(out, x, bases, taps, w) };
     }
-    for s in 0..w {
-        out[s] = taps.iter().map(|&t| x[t + s]).max().unwrap_or(0);
+    for (p, &base) in bases.iter().enumerate() {
+        for s in 0..w {
+            out[p * w + s] = taps.iter().map(|&t| x[base + t + s]).max().unwrap_or(0);
+        }
     }
 }
 
@@ -282,25 +289,27 @@ mod x86 {
         super::pool_tiles(g, x, y, avg, rows, |o, s, sum| unsafe { fold16(o, s, sum) })
     }
 
-    /// `super::max_codes`, 64 bytes at a time, the last vector masked.
+    /// `super::max_codes`, 64 bytes at a time, the last vector of a pixel masked.
     ///
     /// # Safety
-    /// AVX-512F and BW; each tap's `out.len()` bytes lie inside `x`.
+    /// AVX-512F and BW; `out` holds `bases.len() * w` bytes, and `x` every pixel read:
+    /// `base + tap + w` bytes for each base and tap.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn max_codes_avx512(out: &mut [u8], x: &[u8], taps: &[usize]) {
-        let w = out.len();
-        let mut s = 0;
-        while s < w {
-            let m: __mmask64 = if w - s >= 64 { !0 } else { (1u64 << (w - s)) - 1 };
-            // SAFETY: the masked lanes are bytes s..min(s + 64, w) of `out` and of each tap.
-            unsafe {
-                let mut acc = _mm512_setzero_si512();
-                for &t in taps {
-                    acc = _mm512_max_epu8(acc, _mm512_maskz_loadu_epi8(m, x.as_ptr().add(t + s) as *const i8));
+    pub unsafe fn max_codes_avx512(out: &mut [u8], x: &[u8], bases: &[usize], taps: &[usize], w: usize) {
+        for (p, &base) in bases.iter().enumerate() {
+            let mut s = 0;
+            while s < w {
+                let m: __mmask64 = if w - s >= 64 { !0 } else { (1u64 << (w - s)) - 1 };
+                // SAFETY: the masked lanes are bytes s..min(s + 64, w) of pixel p and of each tap.
+                unsafe {
+                    let mut acc = _mm512_setzero_si512();
+                    for &t in taps {
+                        acc = _mm512_max_epu8(acc, _mm512_maskz_loadu_epi8(m, x.as_ptr().add(base + t + s) as *const i8));
+                    }
+                    _mm512_mask_storeu_epi8(out.as_mut_ptr().add(p * w + s) as *mut i8, m, acc);
                 }
-                _mm512_mask_storeu_epi8(out.as_mut_ptr().add(s) as *mut i8, m, acc);
+                s += 64;
             }
-            s += 64;
         }
     }
 
