@@ -364,7 +364,9 @@ impl<'m> Session<'m> {
                 shares[t % threads].push((t, chunk, times, out));
             }
             let shares: Vec<Mutex<_>> = shares.into_iter().map(Mutex::new).collect();
-            self.team.run(&|member| {
+            // Members without a tile are left out (batches of fewer tiles than threads).
+            let members = shares.iter().filter(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).is_empty()).count();
+            self.team.run_some(members, &|member| {
                 let mut mine = shares[member].lock().unwrap_or_else(|e| e.into_inner());
                 for c in 0..columns {
                     for (t, chunk, times, out) in mine.iter_mut() {

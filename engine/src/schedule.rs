@@ -47,6 +47,25 @@ pub const MAX_TILE: usize = 64;
 /// batched kernels lose their vector width.
 const MIN_TILE: usize = 8;
 
+/// Samples in one AVX-512 vector of f32: the narrowest tile the batched kernels fill.
+const VECTOR_TILE: usize = 16;
+
+/// The share of a sample's useful multiply-adds that linear layers do (the rest: convolutions,
+/// which vectorise over output positions as well as samples).
+fn linear_work_share(model: &Model) -> f64 {
+    let (mut linear, mut total) = (0.0, 0.0);
+    for l in &model.layers {
+        if let Exec::MatMul(m) = &l.exec {
+            let work = m.useful_flops_per_column() * m.conv.map_or(1.0, |g| (g.out_hw[0] * g.out_hw[1]) as f64);
+            total += work;
+            if m.conv.is_none() {
+                linear += work;
+            }
+        }
+    }
+    if total > 0.0 { linear / total } else { 0.0 }
+}
+
 /// Environment variable capping the depth-wise tile width (for experiments with the planner).
 pub const TILE_ENV: &str = "ENGINE_TILE";
 
@@ -279,8 +298,14 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
         }
         return Plan { schedule: if batch <= 1 { schedule.min_resolved() } else { Schedule::Layerwise }, ..layerwise() };
     }
-    // Tiles narrow enough that every thread gets one, and as wide as the fewest columns allow.
-    let mut widest = MAX_TILE.min(batch.div_ceil(threads.max(1)));
+    // Tiles narrow enough that every thread gets one, and as wide as the fewest columns allow; but
+    // a model whose work is mostly linear layers keeps tiles of a vector's width (16 samples)
+    // and leaves threads idle instead: its kernels vectorise over the tile's samples only, and
+    // 4- or 8-sample tiles made batch 64 on 16 threads slower than on 4 (BENCHMARKS.md, "Scaling").
+    // So does a model with int8 direct convolutions, which take tiles of 16 samples and up.
+    let int8_direct = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if m.batched == Kernel::Int8Direct));
+    let floor = if linear_work_share(model) > 0.5 || int8_direct { VECTOR_TILE.min(batch) } else { 1 };
+    let mut widest = MAX_TILE.min(batch.div_ceil(threads.max(1)).max(floor));
     if let Some(t) = std::env::var(TILE_ENV).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&t| t >= 1) {
         widest = t.min(batch);
     }

@@ -29,8 +29,10 @@ struct Shared {
     job: Mutex<Option<Job<'static>>>,
     /// Helpers that have not finished the current job.
     pending: AtomicUsize,
-    /// Sleeping helpers, and the condition they wait on; `epoch` changes under this lock.
-    sleepers: Mutex<usize>,
+    /// Members taking part in the current job (0..active); the others skip it.
+    active: AtomicUsize,
+    /// Which members sleep, and the condition they wait on; `epoch` changes under this lock.
+    sleeping: Mutex<Vec<bool>>,
     wake: Condvar,
     stop: AtomicBool,
     /// How long waits spin before they sleep or yield: `SPIN`, or zero for an oversubscribed team.
@@ -56,7 +58,8 @@ impl Team {
             epoch: AtomicUsize::new(0),
             job: Mutex::new(None),
             pending: AtomicUsize::new(0),
-            sleepers: Mutex::new(0),
+            active: AtomicUsize::new(threads),
+            sleeping: Mutex::new(vec![false; threads]),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             spin: if threads <= std::thread::available_parallelism().map_or(1, |n| n.get()) { SPIN } else { Duration::ZERO },
@@ -77,8 +80,15 @@ impl Team {
     /// Calls `f(member)` on every member, the caller being member 0, and returns when all have
     /// finished. A panic in any member is resumed on the caller.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
-        if self.threads == 1 || self.busy.swap(true, Ordering::Acquire) {
-            return (0..self.threads).for_each(f);
+        self.run_some(self.threads, f)
+    }
+
+    /// `run` on members `0..members` only (at most all): the others are not woken and not
+    /// waited for, so a job with work for a few members costs the rest nothing.
+    pub fn run_some(&self, members: usize, f: &(dyn Fn(usize) + Sync)) {
+        let members = members.clamp(1, self.threads);
+        if members == 1 || self.busy.swap(true, Ordering::Acquire) {
+            return (0..members).for_each(f);
         }
         let shared = &*self.shared;
         shared.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -87,11 +97,12 @@ impl Team {
         // slot before this function returns, so no helper calls `f` after its borrow ends.
         let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(f) };
         *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
-        shared.pending.store(self.helpers.len(), Ordering::Release);
+        shared.pending.store(members - 1, Ordering::Release);
+        shared.active.store(members, Ordering::Release);
         {
-            let sleepers = shared.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            let sleeping = shared.sleeping.lock().unwrap_or_else(|e| e.into_inner());
             shared.epoch.fetch_add(1, Ordering::AcqRel);
-            if *sleepers > 0 {
+            if sleeping[1..members].contains(&true) {
                 shared.wake.notify_all();
             }
         }
@@ -111,7 +122,7 @@ impl Team {
         let n = items.len();
         let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
         let next = AtomicUsize::new(0);
-        self.run(&|_| {
+        self.run_some(n, &|_| {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
@@ -172,7 +183,7 @@ impl Drop for Team {
         let shared = &*self.shared;
         shared.stop.store(true, Ordering::Release);
         {
-            let _sleepers = shared.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            let _sleeping = shared.sleeping.lock().unwrap_or_else(|e| e.into_inner());
             shared.epoch.fetch_add(1, Ordering::AcqRel);
             shared.wake.notify_all();
         }
@@ -182,25 +193,34 @@ impl Drop for Team {
     }
 }
 
-/// A helper's life: wait for a new epoch (spinning, then sleeping), run the job, report.
+/// A helper's life: wait for a new epoch (spinning, then sleeping), run the job if it takes
+/// part, report.
 fn helper(shared: &Shared, member: usize) {
     let mut seen = 0;
+    // The last job left this member out: wait for the next one without spinning.
+    let mut left_out = false;
     loop {
-        let mut spin = Spin::new(shared.spin);
+        let mut spin = Spin::new(if left_out { Duration::ZERO } else { shared.spin });
         while shared.epoch.load(Ordering::Acquire) == seen {
             if spin.again() {
                 continue;
             }
-            let mut sleepers = shared.sleepers.lock().unwrap_or_else(|e| e.into_inner());
-            *sleepers += 1;
+            let mut sleeping = shared.sleeping.lock().unwrap_or_else(|e| e.into_inner());
+            sleeping[member] = true;
             while shared.epoch.load(Ordering::Acquire) == seen {
-                sleepers = shared.wake.wait(sleepers).unwrap_or_else(|e| e.into_inner());
+                sleeping = shared.wake.wait(sleeping).unwrap_or_else(|e| e.into_inner());
             }
-            *sleepers -= 1;
+            sleeping[member] = false;
         }
         seen = shared.epoch.load(Ordering::Acquire);
         if shared.stop.load(Ordering::Acquire) {
             return;
+        }
+        // The job of epoch `seen` cannot be replaced before its members finish it, and this
+        // member is not one of them if it is outside `active`.
+        left_out = member >= shared.active.load(Ordering::Acquire);
+        if left_out {
+            continue;
         }
         let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(job) = job
@@ -258,6 +278,27 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn jobs_for_some_members_leave_the_others_out_and_wake_them_later() {
+        let team = Team::new(4).unwrap();
+        for members in [2, 1, 3, 4, 2] {
+            let seen: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+            team.run_some(members, &|m| {
+                seen[m].fetch_add(1, Ordering::Relaxed);
+            });
+            let counts: Vec<usize> = seen.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+            assert_eq!(counts, (0..4).map(|m| usize::from(m < members)).collect::<Vec<_>>(), "members {members}");
+        }
+        // Left-out helpers sleep at once; a full job after a pause still reaches every one.
+        team.run_some(2, &|_| {});
+        std::thread::sleep(SPIN * 3);
+        let count = AtomicUsize::new(0);
+        team.run(&|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 4);
     }
 
     #[test]
