@@ -243,11 +243,17 @@ fn int8_matrix(rows: usize, cols: usize, sparsity: f64, blocks: bool, rng: &mut 
         .collect()
 }
 
+/// Int8 matrices whose input tile overflows L1 at 64 samples (LeNet-300-100's first layer), which
+/// the kernel runs in 32-sample strips.
+fn wide_int8_cases() -> Vec<(usize, usize, usize, f64)> {
+    [32, 64, 96, 100, 130].into_iter().flat_map(|w| [(9, 784, w, 0.5), (13, 600, w, 0.9)]).collect()
+}
+
 #[test]
 fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
     use engine::kernels::q8::{self, Dequant, Q8Matrix};
     let mut rng = StdRng::seed_from_u64(8);
-    for (i, (rows, cols, w, s)) in cases().into_iter().enumerate() {
+    for (i, (rows, cols, w, s)) in cases().into_iter().chain(wide_int8_cases()).enumerate() {
         let values = int8_matrix(rows, cols, s, i % 2 == 0, &mut rng);
         let m = Q8Matrix::from_int8(&values, rows, cols);
         let (scale, zero) = (rng.random_range(0.005..0.05f32), rng.random_range(0..=255u8));
@@ -309,7 +315,7 @@ fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
 fn requantizing_kernels_equal_quantizing_their_f32_output() {
     use engine::kernels::q8::{self, Dequant, Output, Q8Matrix};
     let mut rng = StdRng::seed_from_u64(18);
-    for (i, (rows, cols, w, s)) in cases().into_iter().enumerate() {
+    for (i, (rows, cols, w, s)) in cases().into_iter().chain(wide_int8_cases()).enumerate() {
         let m = Q8Matrix::from_int8(&int8_matrix(rows, cols, s, i % 2 == 0, &mut rng), rows, cols);
         let zero = rng.random_range(0..=255u8);
         let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-3.0..3.0)).collect();

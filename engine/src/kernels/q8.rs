@@ -484,8 +484,11 @@ mod x86 {
         }
     }
 
-    /// Batched: strips of 64 samples (four vectors of 16 int32 sums per row), then 16, then a
-    /// masked remainder.
+    /// Input bytes up to which 64-sample strips run (about two thirds of a 48 KB L1).
+    const WIDE_STRIP_BYTES: usize = 32 * 1024;
+
+    /// Batched: strips of 64 samples (four vectors of 16 int32 sums per row) where 64 samples of
+    /// every input group fit L1, else of 32; then 32, then 16, then a masked remainder.
     ///
     /// # Safety
     /// AVX-512F and AVX-512 VNNI; sizes as `super::check` verifies; `group[j] < groups()`.
@@ -496,7 +499,10 @@ mod x86 {
         let mut c0 = 0;
         // Requantized words in progress, one per 16 samples of the strip.
         let mut words = [_mm512_setzero_si512(); 4];
-        while c0 + 64 <= ld {
+        // A 64-sample strip reads every group's 256 bytes; where those overflow L1 (LeNet-300-100's
+        // 784 inputs: 50 KB), 32-sample strips (half that) measured faster.
+        let wide = m.cols.div_ceil(4) * 256 <= WIDE_STRIP_BYTES;
+        while wide && c0 + 64 <= ld {
             for o in rows.clone() {
                 // Groups alternate between two sets of four accumulators: eight independent
                 // `vpdpbusd` chains, enough to cover its latency.
@@ -521,7 +527,7 @@ mod x86 {
             }
             c0 += 64;
         }
-        if c0 + 32 <= ld {
+        while c0 + 32 <= ld {
             for o in rows.clone() {
                 // Groups go in turn to four pairs of accumulators: eight independent chains, as
                 // in the 64-sample strip.
