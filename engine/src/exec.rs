@@ -44,8 +44,16 @@ struct Plan {
     /// Per column, for a banded one, the layers' row ranges in the order they run: band by band
     /// of the last layer's output, each layer the rows the band needs that earlier bands have
     /// not computed (empty for columns without bands).
-    band_steps: Vec<Vec<(usize, Range<usize>)>>,
+    band_steps: Vec<Steps>,
+    /// Per column, for a banded column of a one-tile batch on several threads, its bands cut into
+    /// one part per thread, each part's steps as in `band_steps` (its first band computing every
+    /// row it needs, border rows of the previous part included); empty where the column runs as
+    /// one part. Each part runs on a chunk of its own (`Session::execute`).
+    band_parts: Vec<Vec<Steps>>,
 }
+
+/// Layers and the output rows each computes, in the order they run (a banded column's steps).
+type Steps = Vec<(usize, Range<usize>)>;
 
 /// How an int8 layer gets its quantized input and where its output goes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,7 +133,7 @@ fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Option<(f32, u8)
 }
 
 impl Plan {
-    fn new(model: &Model, batch: usize, schedule: schedule::Plan) -> Plan {
+    fn new(model: &Model, batch: usize, threads: usize, schedule: schedule::Plan) -> Plan {
         let tile = schedule.tile;
         // Rows of full tiles are padded to 16 floats (64 bytes) so every row of every value starts
         // on a cache line: misaligned vector loads split lines and run about twice as slow.
@@ -172,7 +180,8 @@ impl Plan {
             .unwrap_or(0);
         let q_start = at + scratch_len;
         let fused_input = input_fuses_into_int8(model);
-        let band_steps = schedule.columns.iter().map(|c| if c.bands > 1 { band_steps(model, c) } else { Vec::new() }).collect();
+        let band_steps = schedule.columns.iter().map(|c| if c.bands > 1 { band_steps(model, c, 0..c.bands) } else { Vec::new() }).collect();
+        let band_parts = schedule.columns.iter().map(|c| band_parts(model, c, batch.div_ceil(tile), threads)).collect();
         Plan {
             batch,
             tile,
@@ -185,12 +194,17 @@ impl Plan {
             int8_flow: int8_flows(model, fused_input),
             codes: code_values(model, &schedule),
             band_steps,
+            band_parts,
             schedule,
         }
     }
 
     fn n_tiles(&self) -> usize {
         self.batch.div_ceil(self.tile)
+    }
+    /// Chunks of the arena: one per tile, or one per band part.
+    fn chunks(&self) -> usize {
+        self.band_parts.iter().map(Vec::len).max().unwrap_or(0).max(self.n_tiles())
     }
     /// Samples in tile `t`.
     fn width(&self, t: usize) -> usize {
@@ -281,8 +295,8 @@ impl<'m> Session<'m> {
             )));
         }
         if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
-            let plan = Plan::new(model, batch, self.plan(batch));
-            self.arena = vec![0.0; plan.chunk * plan.n_tiles() + 16];
+            let plan = Plan::new(model, batch, self.threads(), self.plan(batch));
+            self.arena = vec![0.0; plan.chunk * plan.chunks() + 16];
             self.arena_start = align_offset(&self.arena);
             self.plan = Some(plan);
         }
@@ -318,7 +332,9 @@ impl<'m> Session<'m> {
         self.prepare(input, batch)?;
         let model = self.model;
         let plan = self.plan.as_ref().expect("prepared");
-        let chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.n_tiles()).collect();
+        let mut chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.chunks()).collect();
+        // Chunks past the tiles' hold the band parts of a one-tile batch.
+        let mut spare = chunks.split_off(plan.n_tiles());
         let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
         let f_out = model.value_sizes[model.output_value];
         let outs: Vec<&mut [f32]> = out.chunks_mut((plan.tile * f_out).max(1)).collect();
@@ -379,12 +395,68 @@ impl<'m> Session<'m> {
             // large enough to gain from it, and otherwise run on the calling thread.
             let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).zip(outs).collect();
             for c in 0..columns {
+                if let [((chunk, _), out)] = &mut tiles[..]
+                    && !plan.band_parts[c].is_empty()
+                    && !timed
+                {
+                    // A banded column of the one tile: a part of its bands per thread.
+                    if c == 0 {
+                        load_input(model, plan, 0, chunk, input);
+                    }
+                    run_band_parts(model, plan, c, chunk, &mut spare, &self.team, solo);
+                    if c + 1 == columns {
+                        store_output(model, plan, 0, chunk, out);
+                    }
+                    continue;
+                }
                 for (t, ((chunk, times), out)) in tiles.iter_mut().enumerate() {
                     run(c, t, chunk, times, out, &self.team);
                 }
             }
         }
         Ok(times)
+    }
+}
+
+/// Banded column `c` of a one-tile batch as parts on the team's threads (`Plan::band_parts`):
+/// part 0 on the tile's chunk, part k on `spare[k - 1]`. The column's inputs are copied into the
+/// spare chunks first, and after the parts, each one's rows of the column's last output are
+/// copied into the tile's chunk.
+fn run_band_parts(model: &Model, plan: &Plan, c: usize, chunk: &mut [f32], spare: &mut [&mut [f32]], team: &Team, solo: &Team) {
+    let (column, parts) = (&plan.schedule.columns[c], &plan.band_parts[c]);
+    let ld = plan.ld(0);
+    let region = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * ld;
+    let produced: Vec<usize> = column.layers.clone().map(|l| model.layers[l].output).collect();
+    let mut inputs: Vec<usize> =
+        column.layers.clone().flat_map(|l| model.layers[l].inputs.clone()).filter(|v| !produced.contains(v)).collect();
+    inputs.sort_unstable();
+    inputs.dedup();
+    let spare = &mut spare[..parts.len() - 1];
+    for part in spare.iter_mut() {
+        for &v in &inputs {
+            part[region(v)].copy_from_slice(&chunk[region(v)]);
+        }
+    }
+    {
+        let chunks: Vec<Mutex<&mut [f32]>> =
+            std::iter::once(&mut *chunk).chain(spare.iter_mut().map(|s| &mut **s)).map(Mutex::new).collect();
+        team.run_some(parts.len(), &|k| {
+            let mut part = chunks[k].lock().unwrap_or_else(|e| e.into_inner());
+            for (l, rows) in &parts[k] {
+                run_layer_rows(model, plan, *l, 0, &mut part, solo, rows.clone());
+            }
+        });
+    }
+    let last = column.layers.end - 1;
+    let (v, shape) = (model.layers[last].output, &model.layers[last].out_shape);
+    let (height, row) = (shape[1], shape[2] * ld);
+    for (part, steps) in spare.iter().zip(&parts[1..]) {
+        for (_, rows) in steps.iter().filter(|(l, _)| *l == last) {
+            for ch in 0..shape[0] {
+                let at = plan.offsets[v] + (ch * height + rows.start) * row..plan.offsets[v] + (ch * height + rows.end) * row;
+                chunk[at.clone()].copy_from_slice(&part[at]);
+            }
+        }
     }
 }
 
@@ -512,12 +584,33 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
     run_layer(isa, &layer.exec, &xs, y, w, team);
 }
 
-/// The steps of a banded column (see `Plan::band_steps`).
-fn band_steps(model: &Model, column: &schedule::Column) -> Vec<(usize, Range<usize>)> {
+/// A banded column's bands in one part per thread (see `Plan::band_parts`), for a batch of one
+/// tile on several threads; none where the column has one band, or where a value it computes
+/// other than its last layer's output is read after it (parts compute only the rows their bands
+/// need, and only the last layer's rows are gathered back).
+fn band_parts(model: &Model, column: &schedule::Column, tiles: usize, threads: usize) -> Vec<Steps> {
+    let parts = threads.min(column.bands);
+    if tiles != 1 || parts < 2 {
+        return Vec::new();
+    }
+    let last = model.layers[column.layers.end - 1].output;
+    let escapes = |l: usize| {
+        let v = model.layers[l].output;
+        v == model.output_value
+            || model.layers.iter().enumerate().any(|(r, reader)| !column.layers.contains(&r) && reader.inputs.contains(&v))
+    };
+    if column.layers.clone().any(|l| model.layers[l].output != last && escapes(l)) {
+        return Vec::new();
+    }
+    (0..parts).map(|k| band_steps(model, column, k * column.bands / parts..(k + 1) * column.bands / parts)).collect()
+}
+
+/// The steps of bands `bands` of a banded column (see `Plan::band_steps`).
+fn band_steps(model: &Model, column: &schedule::Column, bands: Range<usize>) -> Steps {
     let layers = column.layers.clone();
     let mut done = vec![0usize; layers.len()];
     let mut steps = Vec::new();
-    for band in 0..column.bands {
+    for band in bands {
         let need = schedule::band_rows(model, layers.clone(), column.bands, band);
         for (i, l) in layers.clone().enumerate() {
             // Bands move down the image, so the rows a band needs never start above those an

@@ -59,7 +59,8 @@ fn planner_groups_layers_that_fit_and_splits_those_that_do_not() {
 #[test]
 fn row_bands_match_layerwise() {
     // Budgets too small for whole images make the planner cut columns of convolutions, pools,
-    // batch norms, ReLUs and the residual add into row bands.
+    // batch norms, ReLUs and the residual add into row bands (at batch 1 on 2 threads, each
+    // thread runs a part of the bands on a chunk of its own).
     let graphs = [("cnn", cnn(31, 0.8)), ("cnn-int8", quantized(cnn(32, 0.8))), ("lenet5", lenet(33, 0.9))];
     for (name, graph) in graphs {
         let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
