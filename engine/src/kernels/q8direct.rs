@@ -94,10 +94,10 @@ impl ShiftConv {
     }
 }
 
-/// Whether the vector kernel runs tiles of `w` samples under `isa`: AVX-512 with VNNI and BW, a
-/// whole number of vectors per output position.
+/// Whether the vector kernel runs tiles of `w` samples under `isa`: AVX-512 with VNNI and BW (any
+/// width: each output row's last lanes go masked).
 pub fn vectorized(isa: Isa, w: usize) -> bool {
-    isa == Isa::Avx512 && has_vnni() && has_bw() && w > 0 && w.is_multiple_of(16)
+    isa == Isa::Avx512 && has_vnni() && has_bw() && w > 0
 }
 
 /// Whether this CPU has AVX-512BW (every CPU with AVX-512 VNNI has).
@@ -364,12 +364,25 @@ mod x86 {
     /// chunk reads stay in L1 while every output channel uses them.
     ///
     /// # Safety
-    /// AVX-512F, BW and VNNI; `g.w` a multiple of 16; sizes as `super::check` verifies.
+    /// AVX-512F, BW and VNNI; sizes as `super::check` verifies.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn conv_vnni(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &mut Out, channels: Range<usize>, rows: Range<usize>) {
         let ([oh, ow], w) = (g.out_hw, g.w);
-        let row_vectors = ow * w / 16;
+        // Whole vectors of a row, then the row's last few lanes (tiles of any width).
+        let (row_vectors, tail) = (ow * w / 16, ow * w % 16);
         for oy in rows {
+            if tail > 0 {
+                let v0 = row_vectors;
+                for (i, o) in channels.clone().enumerate() {
+                    // SAFETY: lanes v0 * 16.. + tail of output row (i, oy) lie inside `y`; the
+                    // input lanes they read lie inside `xs` (the caller's contract).
+                    unsafe {
+                        let out = Dest::new(y, (i * oh + oy) * ow * w + v0 * 16);
+                        let input = xs.as_ptr().add((oy * sc.wp * w + v0 * 16) * 4);
+                        last_lanes(sc, d, o, w, input, out, (1u16 << tail) - 1);
+                    }
+                }
+            }
             let mut v0 = 0;
             while v0 < row_vectors {
                 let n = (row_vectors - v0).min(CHUNK);
@@ -466,6 +479,45 @@ mod x86 {
                     let q = _mm512_min_epi32(_mm512_max_epi32(*q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
                     // SAFETY: as above.
                     unsafe { _mm_storeu_si128(y.add(16 * z) as *mut __m128i, _mm512_cvtepi32_epi8(q)) };
+                }
+            }
+        }
+    }
+
+    /// `chunk::<1>` for the lanes of `mask` only (a row's last few).
+    ///
+    /// # Safety
+    /// As `chunk`, for the masked lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn last_lanes(sc: &ShiftConv, d: &Dequant, o: usize, w: usize, input: *const u8, out: Dest, mask: __mmask16) {
+        let mut acc = _mm512_setzero_si512();
+        for j in sc.row_ptr[o] as usize..sc.row_ptr[o + 1] as usize {
+            // SAFETY: as in `chunk`; only the masked lanes are read.
+            unsafe {
+                let p = input.add(*sc.offset.get_unchecked(j) as usize * w * 4);
+                acc = _mm512_dpbusd_epi32(
+                    acc,
+                    _mm512_maskz_loadu_epi32(mask, p as *const i32),
+                    _mm512_set1_epi32(*sc.packed.get_unchecked(j)),
+                );
+            }
+        }
+        let v = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(d.zero_corr[o]))),
+            _mm512_set1_ps(d.mult[o]),
+            _mm512_set1_ps(d.bias[o]),
+        );
+        let v = if d.relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
+        // SAFETY: the masked lanes are inside the output row.
+        unsafe {
+            match out {
+                Dest::F32(y) => _mm512_mask_storeu_ps(y, mask, v),
+                Dest::Codes { y, inv_scale, zero } => {
+                    let q =
+                        _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv_scale))), _mm512_set1_epi32(zero as i32));
+                    let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                    _mm_mask_storeu_epi8(y as *mut i8, mask, _mm512_cvtepi32_epi8(q));
                 }
             }
         }
