@@ -302,9 +302,8 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
     // a model whose work is mostly linear layers keeps tiles of a vector's width (16 samples)
     // and leaves threads idle instead: its kernels vectorise over the tile's samples only, and
     // 4- or 8-sample tiles made batch 64 on 16 threads slower than on 4 (BENCHMARKS.md, "Scaling").
-    // So does a model with int8 direct convolutions, which take tiles of 16 samples and up.
-    let int8_direct = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if m.batched == Kernel::Int8Direct));
-    let floor = if linear_work_share(model) > 0.5 || int8_direct { VECTOR_TILE.min(batch) } else { 1 };
+    // Convolutions vectorise over output positions too and gain from narrow tiles on more threads.
+    let floor = if linear_work_share(model) > 0.5 { VECTOR_TILE.min(batch) } else { 1 };
     let mut widest = MAX_TILE.min(batch.div_ceil(threads.max(1)).max(floor));
     if let Some(t) = std::env::var(TILE_ENV).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&t| t >= 1) {
         widest = t.min(batch);
