@@ -38,8 +38,8 @@ struct Plan {
     fused_input: bool,
     /// Per layer, how an int8 layer's input and output flow.
     int8_flow: Vec<Int8Flow>,
-    /// Per value, the quantization `(scale, zero)` of the codes it is held as on wide tiles
-    /// (`code_values`), or None for f32.
+    /// Per value, the quantization `(scale, zero)` of the codes it is held as where the direct
+    /// int8 kernel runs (`code_values`), or None for f32.
     codes: Vec<Option<(f32, u8)>>,
     /// Per column, for a banded one, the layers' row ranges in the order they run: band by band
     /// of the last layer's output, each layer the rows the band needs that earlier bands have
@@ -99,8 +99,8 @@ fn int8_flows(model: &Model, fused_input: bool) -> Vec<Int8Flow> {
     flows
 }
 
-/// The values held as int8 codes instead of f32 on wide tiles (those the direct int8 kernel
-/// takes): the output of an int8 direct convolution whose chain of sole readers, max pools and
+/// The values held as int8 codes instead of f32 where the direct int8 kernel runs (AVX-512
+/// VNNI): the output of an int8 direct convolution whose chain of sole readers, max pools and
 /// flattens, ends in an int8 layer that reads codes (a direct convolution or a linear layer), all
 /// quantized with that layer's input quantization. The pools and flattens then move a quarter of
 /// the bytes and the int8 layer skips quantizing, with the same result: the maximum of codes is
@@ -214,7 +214,8 @@ impl Plan {
     fn ld(&self, t: usize) -> usize {
         padded(self.width(t))
     }
-    /// The codes value `v` is held as on tiles `ld` samples wide (None: f32).
+    /// The codes value `v` is held as on tiles `ld` samples wide (None: f32, as everywhere
+    /// without the direct int8 kernel).
     fn codes(&self, isa: Isa, v: usize, ld: usize) -> Option<(f32, u8)> {
         self.codes[v].filter(|_| q8direct::vectorized(isa, ld))
     }

@@ -9,13 +9,14 @@
 //! non-zero taps, kernel row by kernel row, covered greedily by groups of four columns (weights
 //! past the kernel's width are zero). Output row `oy` of channel `o` is then, over the contiguous
 //! lanes `(ox, s)`, the sum of `dpbusd(xs[c][oy + ky][ox + kx0][s], group)` over its groups,
-//! dequantized as `q8` does.
+//! dequantized as `q8` does (or requantized into codes for the next int8 layer, `Out`). The
+//! lanes of a row are vectors of 16, the row's last few masked, so tiles of any width run it.
 //!
 //! The shifted image is 4x the bytes of the quantized image but, for kernels 3 wide and up,
-//! smaller than the im2col columns (LeNet-5's first convolution: 36 KB instead of 175 KB per 32
-//! samples), and it is read from L1 while every output channel uses the same rows. Groups cover
-//! one kernel row, so they hold fewer non-zeros than im2col's groups of four consecutive columns
-//! where a row's taps are few; `ShiftConv::worthwhile` weighs the two.
+//! smaller than the im2col columns (LeNet-5's first convolution: 128 KB instead of 686 KB for 32
+//! samples), and the rows an output row reads stay in L1 while every output channel uses them.
+//! Groups cover one kernel row, so they hold fewer non-zeros than im2col's groups of four
+//! consecutive columns where a row's taps are few; `ShiftConv::worthwhile` weighs the two.
 
 use std::ops::Range;
 

@@ -131,7 +131,7 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
 /// Max pooling of codes (`[c, h, wd, w]` bytes, an int8 convolution's output quantized for the
 /// next int8 layer), output rows `rows`: the maximum of the codes is the code of the maximum,
 /// since quantization never reverses an order, so this equals quantizing the f32 pool. Each
-/// output pixel's samples are folded sixteen at a time in a register over the window's taps.
+/// output pixel's samples are folded in a register over the window's taps (`max_codes`).
 pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
     let ([kh, kw], [oh, ow], [h, wd], w) = (g.window.kernel, g.out_hw, g.in_hw, g.w);
     assert!(rows.end <= oh, "pool rows");
