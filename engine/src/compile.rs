@@ -56,11 +56,12 @@ pub enum Kernel {
     Blocked,
     /// Int8 weights and uint8 inputs (quantized layers).
     Int8,
-    /// Int8 direct convolution from a shifted quantized image, no im2col (`q8direct`; batched
-    /// tiles of a multiple of 16 samples with AVX-512 VNNI, other tiles run `Int8`).
+    /// Int8 direct convolution from a shifted quantized image, no im2col (`q8direct`; AVX-512
+    /// VNNI, stride 1; tiles of any width).
     Int8Direct,
-    /// Sparse direct convolution from the image tile, no im2col (batched tiles of a multiple of
-    /// 16 (AVX-512) or 8 (AVX2) samples; other tiles run im2col and the CSR kernel on the same weights).
+    /// Sparse direct convolution from the image tile, no im2col (tiles of a multiple of 16
+    /// (AVX-512) or 8 (AVX2) samples, and one sample at stride 1 with AVX-512; other tiles run
+    /// im2col and the CSR kernel on the same weights).
     Direct,
 }
 
@@ -283,7 +284,8 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             return Err(EngineError::graph(name, format!("{} weight scales for {rows} rows", q.scales.len())));
         }
         let int8 = Int8Layer::new(weight, q, bias, relu, conv.filter(|_| q8direct::vectorized(o.isa, 16)));
-        (m.batch1, m.batched) = (Kernel::Int8, if int8.shift.is_some() { Kernel::Int8Direct } else { Kernel::Int8 });
+        let kernel = if int8.shift.is_some() { Kernel::Int8Direct } else { Kernel::Int8 };
+        (m.batch1, m.batched) = (kernel, kernel);
         m.int8 = Some(Box::new(int8));
         return Ok(m);
     }
@@ -304,7 +306,12 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             if batched == Kernel::Blocked {
                 m.bcsr = blocked;
             }
-            (choose(&m, data, &csr, None, positions, o), batched)
+            // One sample runs the direct kernel too where it takes one (AVX-512, stride 1 along rows).
+            let one = match conv {
+                Some(g) if batched == Kernel::Direct && direct::takes(o.isa, 1, &g) => Kernel::Direct,
+                _ => choose(&m, data, &csr, None, positions, o),
+            };
+            (one, batched)
         }
     };
     if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {

@@ -721,7 +721,7 @@ fn quantized_im2col(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], rows: Range<u
 
 /// Whether a convolution runs its direct kernel on tiles of `w` samples (else im2col and CSR).
 fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
-    m.batched == Kernel::Direct && w > 1 && direct::vectorized(isa, w)
+    m.batched == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(isa, w, &g))
 }
 
 /// Output rows `rows` of a direct convolution, output channels split over `threads`.

@@ -402,6 +402,9 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
         (3, 5, 9, 7, 3, 2, 1, 1),
         (4, 4, 8, 8, 3, 1, 2, 2),
         (2, 3, 5, 5, 1, 1, 0, 1),
+        // Rows of several vectors at one sample (40 = 2 x 16 + 8, 150 = 9 x 16 + 6).
+        (3, 4, 10, 40, 3, 1, 1, 1),
+        (2, 3, 6, 150, 3, 1, 1, 1),
     ];
     for &(cin, cout, h, wd, k, stride, pad, dilation) in &shapes {
         let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation] };

@@ -67,6 +67,13 @@ pub fn vectorized(isa: Isa, w: usize) -> bool {
     }
 }
 
+/// Whether `conv_direct` runs a vector kernel for `g` on tiles of `w` samples: a whole number of
+/// vectors per output position, or with AVX-512 one sample at stride 1 along rows (vectors of 16
+/// output columns).
+pub fn takes(isa: Isa, w: usize, g: &Geometry) -> bool {
+    vectorized(isa, w) || (isa == Isa::Avx512 && w == 1 && g.window.stride[1] == 1)
+}
+
 /// Runs the variant for `isa` (which the CPU must support); other widths use the scalar twin.
 pub fn conv_direct(
     isa: Isa,
@@ -88,6 +95,11 @@ pub fn conv_direct(
             Isa::Avx512 => unsafe { x86::conv_direct_avx512(m, bias, g, x, y, channels, rows, relu) },
             _ => unsafe { x86::conv_direct_avx2(m, bias, g, x, y, channels, rows, relu) },
         };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if takes(isa, g.w, g) {
+        // SAFETY: as above; one sample at stride 1 along rows.
+        return unsafe { x86::conv_direct_one_avx512(m, bias, g, x, y, channels, rows, relu) };
     }
     conv_direct_ref(m, bias, g, x, y, channels, rows, relu)
 }
@@ -118,6 +130,113 @@ mod x86 {
             first.push(taps.len());
         }
         (taps, first)
+    }
+
+    /// One sample (`g.w == 1`) at stride 1 along rows: each vector holds 16 consecutive output
+    /// columns of a row and reads 16 consecutive input columns per tap, the lanes outside the
+    /// image or past the row's end masked. Rows, then chunks of up to 8 vectors, then channels,
+    /// as the batched kernel.
+    ///
+    /// # Safety
+    /// AVX-512F; `g.w == 1` and `g.window.stride[1] == 1`; sizes as `super::check` verifies; CSR
+    /// columns < cols.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn conv_direct_one_avx512(
+        m: &Csr,
+        bias: &[f32],
+        g: &Geometry,
+        x: &[f32],
+        y: &mut [f32],
+        channels: Range<usize>,
+        rows: Range<usize>,
+        relu: bool,
+    ) {
+        let ([oh, ow], [_, wd], kw) = (g.out_hw, g.in_hw, g.window.kernel[1]);
+        let (dilation, pad) = (g.window.dilation[1], g.window.pads[1]);
+        let vectors = ow.div_ceil(16);
+        // Per vector and kernel column, the lanes to load: output column in the row, input column
+        // `ox + kx * dilation - pad` inside the image; and per vector, the lanes to store.
+        let lanes = |v: usize, kx: Option<usize>| {
+            (0..16)
+                .filter(|i| {
+                    let ox = v * 16 + i;
+                    ox < ow && kx.is_none_or(|kx| (ox + kx * dilation).checked_sub(pad).is_some_and(|ix| ix < wd))
+                })
+                .fold(0u16, |mask, i| mask | (1 << i))
+        };
+        let loads: Vec<__mmask16> = (0..vectors).flat_map(|v| (0..kw).map(move |kx| lanes(v, Some(kx)))).collect();
+        let stores: Vec<__mmask16> = (0..vectors).map(|v| lanes(v, None)).collect();
+        let (taps, first) = decode(m, g, channels.clone());
+        for oy in rows {
+            let mut v0 = 0;
+            while v0 < vectors {
+                let n = (vectors - v0).min(CHUNK);
+                for (i, o) in channels.clone().enumerate() {
+                    let run =
+                        Row { g, x, taps: &taps[first[i]..first[i + 1]], oy, v0, loads: &loads, stores: &stores, bias: bias[o], relu };
+                    // SAFETY: the stored lanes of vectors v0..v0 + n are output columns of row (i, oy).
+                    unsafe {
+                        let out = y.as_mut_ptr().add((i * oh + oy) * ow);
+                        match n {
+                            8 => run.go::<8>(out),
+                            7 => run.go::<7>(out),
+                            6 => run.go::<6>(out),
+                            5 => run.go::<5>(out),
+                            4 => run.go::<4>(out),
+                            3 => run.go::<3>(out),
+                            2 => run.go::<2>(out),
+                            _ => run.go::<1>(out),
+                        }
+                    }
+                }
+                v0 += n;
+            }
+        }
+    }
+
+    /// Vectors `v0..v0 + N` of one output row of one sample (`conv_direct_one_avx512`).
+    struct Row<'a> {
+        g: &'a Geometry,
+        x: &'a [f32],
+        taps: &'a [Tap],
+        oy: usize,
+        v0: usize,
+        /// Lanes to load per vector and kernel column, and to store per vector.
+        loads: &'a [__mmask16],
+        stores: &'a [__mmask16],
+        bias: f32,
+        relu: bool,
+    }
+
+    impl Row<'_> {
+        /// # Safety
+        /// AVX-512F; `out` is the output row's first float, with the stored lanes inside `y`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn go<const N: usize>(&self, out: *mut f32) {
+            let g = self.g;
+            let ([h, wd], kw) = (g.in_hw, g.window.kernel[1]);
+            let (dilation, pad) = (g.window.dilation[1], g.window.pads[1]);
+            let mut acc = [_mm512_set1_ps(self.bias); N];
+            for &(c, ky, kx, value) in self.taps {
+                let Some(iy) = g.source(0, self.oy, ky) else { continue };
+                let weight = _mm512_set1_ps(value);
+                // Input column of lane 0 of vector v0, possibly left of the image: such lanes are
+                // masked off, and the address is formed without `add` (it may point before `x`).
+                let base = self.x.as_ptr().wrapping_add((c * h + iy) * wd + self.v0 * 16 + kx * dilation).wrapping_sub(pad);
+                for (z, a) in acc.iter_mut().enumerate() {
+                    let mask = self.loads[(self.v0 + z) * kw + kx];
+                    // SAFETY: the loaded lanes are input columns inside row (c, iy) of `x`; masked
+                    // lanes are not read.
+                    *a = _mm512_fmadd_ps(weight, unsafe { _mm512_maskz_loadu_ps(mask, base.wrapping_add(16 * z)) }, *a);
+                }
+            }
+            for (z, a) in acc.iter().enumerate() {
+                let v = if self.relu { _mm512_max_ps(*a, _mm512_setzero_ps()) } else { *a };
+                // SAFETY: the stored lanes are output columns of the row (the caller's contract).
+                unsafe { _mm512_mask_storeu_ps(out.add((self.v0 + z) * 16), self.stores[self.v0 + z], v) };
+            }
+        }
     }
 
     /// Vectors `v0..v0 + N` of one output row: all taps accumulated in registers, then stored.

@@ -27,7 +27,7 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
     println!("isa:     {} (set ENGINE_ISA=scalar|avx2|avx512 to force)", model.options.isa.name());
     println!();
     println!(
-        "{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}",
+        "{:<18} {:<8} {:<16} {:<16} {:>8} {:<16} {:<16} {:>10}",
         "layer", "op", "output", "weight", "sparsity", "kernel b=1", "kernel b>1", "memory"
     );
     let mut total = 0;
@@ -44,7 +44,7 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
         };
         total += bytes;
         println!(
-            "{:<18} {:<8} {:<16} {:<16} {:>8} {:<14} {:<14} {:>10}",
+            "{:<18} {:<8} {:<16} {:<16} {:>8} {:<16} {:<16} {:>10}",
             l.name,
             l.kind,
             format!("{:?}", l.out_shape),
@@ -55,7 +55,7 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
             human_bytes(bytes)
         );
     }
-    println!("{:<18} {:>94}", "total weights", human_bytes(total));
+    println!("{:<18} {:>98}", "total weights", human_bytes(total));
     let session = args.session(&model)?;
     let plan = session.plan(batch);
     println!();
