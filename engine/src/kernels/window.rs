@@ -259,10 +259,14 @@ fn pool_one(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std
                 let src = &x[(c * h + iy) * wd..][..wd];
                 for (valid, ix0) in &inside {
                     let (outs, counts) = (&mut out[valid.clone()], &mut count[valid.clone()]);
-                    for (i, (o, n)) in outs.iter_mut().zip(counts).enumerate() {
-                        let v = src[ix0 + i * stride];
-                        *o = if avg.is_some() { *o + v } else { o.max(v) };
-                        *n += 1;
+                    let taps = src[*ix0..].iter().step_by(stride);
+                    if avg.is_some() {
+                        for ((o, n), v) in outs.iter_mut().zip(counts).zip(taps) {
+                            *o += v;
+                            *n += 1;
+                        }
+                    } else {
+                        outs.iter_mut().zip(taps).for_each(|(o, v)| *o = o.max(*v));
                     }
                 }
             }
