@@ -1,0 +1,163 @@
+//! Row bands: a banded column runs layer by layer over the rows each band of its last output
+//! needs (`band_steps`); at batch 1 on several threads, a part of the bands per thread, each on a
+//! chunk of its own (`band_parts`, `run_band_parts`).
+
+use super::*;
+
+/// Layers and the output rows each computes, in the order they run (a banded column's steps).
+pub(super) type Steps = Vec<(usize, Range<usize>)>;
+
+/// Banded column `c` of a one-tile batch as parts on the team's threads (`Plan::band_parts`):
+/// part 0 on the tile's chunk, part k on `spare[k - 1]`. The column's inputs are copied into the
+/// spare chunks first, and after the parts, each one's rows of the column's last output are
+/// copied into the tile's chunk.
+pub(super) fn run_band_parts(model: &Model, plan: &Plan, c: usize, chunk: &mut [f32], spare: &mut [&mut [f32]], team: &Team, solo: &Team) {
+    let (column, parts) = (&plan.schedule.columns[c], &plan.band_parts[c]);
+    let ld = plan.ld(0);
+    let region = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * ld;
+    let produced: Vec<usize> = column.layers.clone().map(|l| model.layers[l].output).collect();
+    let mut inputs: Vec<usize> =
+        column.layers.clone().flat_map(|l| model.layers[l].inputs.clone()).filter(|v| !produced.contains(v)).collect();
+    inputs.sort_unstable();
+    inputs.dedup();
+    let spare = &mut spare[..parts.len() - 1];
+    for part in spare.iter_mut() {
+        for &v in &inputs {
+            part[region(v)].copy_from_slice(&chunk[region(v)]);
+        }
+    }
+    {
+        let chunks: Vec<Mutex<&mut [f32]>> =
+            std::iter::once(&mut *chunk).chain(spare.iter_mut().map(|s| &mut **s)).map(Mutex::new).collect();
+        team.run_some(parts.len(), &|k| {
+            let mut part = chunks[k].lock().unwrap_or_else(|e| e.into_inner());
+            for (l, rows) in &parts[k] {
+                run_layer_rows(model, plan, *l, 0, &mut part, solo, rows.clone());
+            }
+        });
+    }
+    let last = column.layers.end - 1;
+    let (v, shape) = (model.layers[last].output, &model.layers[last].out_shape);
+    let (height, row) = (shape[1], shape[2] * ld);
+    for (part, steps) in spare.iter().zip(&parts[1..]) {
+        for (_, rows) in steps.iter().filter(|(l, _)| *l == last) {
+            for ch in 0..shape[0] {
+                let at = plan.offsets[v] + (ch * height + rows.start) * row..plan.offsets[v] + (ch * height + rows.end) * row;
+                chunk[at.clone()].copy_from_slice(&part[at]);
+            }
+        }
+    }
+}
+
+/// A banded column's bands in one part per thread (see `Plan::band_parts`), for a batch of one
+/// tile on several threads; none where the column has one band, or where a value it computes
+/// other than its last layer's output is read after it (parts compute only the rows their bands
+/// need, and only the last layer's rows are gathered back).
+pub(super) fn band_parts(model: &Model, column: &schedule::Column, tiles: usize, threads: usize) -> Vec<Steps> {
+    let parts = threads.min(column.bands);
+    if tiles != 1 || parts < 2 {
+        return Vec::new();
+    }
+    let last = model.layers[column.layers.end - 1].output;
+    let escapes = |l: usize| {
+        let v = model.layers[l].output;
+        v == model.output_value
+            || model.layers.iter().enumerate().any(|(r, reader)| !column.layers.contains(&r) && reader.inputs.contains(&v))
+    };
+    if column.layers.clone().any(|l| model.layers[l].output != last && escapes(l)) {
+        return Vec::new();
+    }
+    (0..parts).map(|k| band_steps(model, column, k * column.bands / parts..(k + 1) * column.bands / parts)).collect()
+}
+
+/// The steps of bands `bands` of a banded column (see `Plan::band_steps`).
+pub(super) fn band_steps(model: &Model, column: &schedule::Column, bands: Range<usize>) -> Steps {
+    let layers = column.layers.clone();
+    let mut done = vec![0usize; layers.len()];
+    let mut steps = Vec::new();
+    for band in bands {
+        let need = schedule::band_rows(model, layers.clone(), column.bands, band);
+        for (i, l) in layers.clone().enumerate() {
+            // Bands move down the image, so the rows a band needs never start above those an
+            // earlier band needed: everything above `done` is already there.
+            let rows = need[i].start.max(done[i])..need[i].end;
+            if !rows.is_empty() {
+                done[i] = rows.end;
+                steps.push((l, rows));
+            }
+        }
+    }
+    steps
+}
+
+/// Output rows `rows` of a spatial layer (convolution, pool or element-wise) on tile `t`.
+pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], team: &Team, rows: Range<usize>) {
+    let layer = &model.layers[l];
+    let w = plan.ld(t);
+    let isa = model.options.isa;
+    let range = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * w;
+    let ins: Vec<Range<usize>> = layer.inputs.iter().map(|&v| range(v)).collect();
+    // Output rows of every channel: `[channels, height, width, w]`, one band per channel.
+    let (height, row_len) = (layer.out_shape[1], layer.out_shape[2] * w);
+    let band = |c: usize| c * height * row_len + rows.start * row_len..c * height * row_len + rows.end * row_len;
+    let channels = layer.out_shape[0];
+    if let Exec::MatMul(m) = &layer.exec {
+        let g = Geometry { w, ..m.conv.expect("a spatial matmul is a convolution") };
+        let band_cols = rows.len() * g.out_hw[1] * w;
+        let (values, rest) = chunk.split_at_mut(plan.scratch.start);
+        if uses_direct(isa, m, w) {
+            let (xs, y) = regions(values, &ins, range(layer.output));
+            return conv_direct(isa, m, &g, xs[0], y, rows, team);
+        }
+        let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
+        if uses_int8_direct(isa, m, w) {
+            // Banded columns hold no codes (`code_values`).
+            let (xs, y) = regions(values, &ins, range(layer.output));
+            let q = m.int8.as_ref().expect("an int8 convolution");
+            let x = q8direct::Source::F32 { x: xs[0], scale: q.input_scale, zero: q.input_zero };
+            let bufs = (bytemuck::cast_slice_mut(scratch), bytemuck::cast_slice_mut(&mut slots[..plan.quantized_len]));
+            return conv_q8_direct(isa, m, &g, x, q8direct::Out::F32(y), rows, bufs, team);
+        }
+        // The band's output goes to scratch space first, then the f32 columns (or for int8, the
+        // quantized image).
+        let (band_out, cols) = scratch.split_at_mut(m.rows * band_cols);
+        let x = &values[ins[0].clone()];
+        match m.int8 {
+            Some(_) => {
+                // The int8 kernel writes the band's rows of each channel straight into the image.
+                let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
+                quantized_im2col(isa, m, &g, x, rows.clone(), cols, qx);
+                let (_, y) = regions(values, &ins, range(layer.output));
+                let out = q8::Output::F32Rows { y: &mut y[band(0).start..], stride: height * row_len };
+                return int8_matmul(isa, m, qx, band_cols, out, team);
+            }
+            None => {
+                window::im2col_rows(&g, x, rows.clone(), cols);
+                matmul(isa, m, cols, band_cols, band_out, team)
+            }
+        }
+        let y = &mut values[range(layer.output)];
+        for (c, part) in band_out.chunks_exact(band_cols).enumerate() {
+            y[band(c)].copy_from_slice(part);
+        }
+        return;
+    }
+    let (xs, y) = regions(chunk, &ins, range(layer.output));
+    let relu = |v: f32, on: bool| if on { v.max(0.0) } else { v };
+    match &layer.exec {
+        Exec::Pool { geometry, avg } => window::pool_rows(isa, &Geometry { w, ..*geometry }, xs[0], y, *avg, rows),
+        Exec::Affine { scale, shift, relu: r, .. } => {
+            for c in 0..channels {
+                let (s, b) = (scale[c], shift[c]);
+                y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, i)| *o = relu(i * s + b, *r));
+            }
+        }
+        Exec::Relu => (0..channels).for_each(|c| y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, i)| *o = i.max(0.0))),
+        Exec::Add { relu: r } => {
+            for c in 0..channels {
+                y[band(c)].iter_mut().zip(xs[0][band(c)].iter().zip(&xs[1][band(c)])).for_each(|(o, (a, b))| *o = relu(a + b, *r));
+            }
+        }
+        _ => unreachable!("only spatial layers run in row bands"),
+    }
+}

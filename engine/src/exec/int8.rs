@@ -1,0 +1,200 @@
+//! The int8 side of the executor: which int8 layers pass activations on as int8 (requantized
+//! between linear layers, codes through pools after a direct convolution), quantizing an int8
+//! convolution's input, and running the int8 kernels over the team.
+
+use super::*;
+
+/// How an int8 layer gets its quantized input and where its output goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Int8Flow {
+    /// Which of the two quantized slots holds its input.
+    pub(super) slot: usize,
+    /// The input is already there (quantized from the samples, or by the previous layer).
+    pub(super) prequantized: bool,
+    /// The output is requantized straight into the next layer's input slot instead of written
+    /// as f32: activations stay int8 between the two layers.
+    pub(super) requantize: bool,
+}
+
+/// An int8 linear layer (int8 convolutions quantize their im2col buffers instead).
+pub(super) fn int8_linear(layer: &Layer) -> bool {
+    matches!(&layer.exec, Exec::MatMul(m) if m.int8.is_some() && m.conv.is_none())
+}
+
+/// Whether `value` is read by exactly one layer, `reader`, and is not the model's output.
+pub(super) fn only_reader(model: &Model, value: usize, reader: usize) -> bool {
+    value != model.output_value && model.layers.iter().enumerate().all(|(i, l)| (i == reader) == l.inputs.contains(&value))
+}
+
+/// Whether the first layer is an int8 linear layer that alone reads the model input.
+pub(super) fn input_fuses_into_int8(model: &Model) -> bool {
+    model.layers.first().is_some_and(|l| l.inputs == [0] && int8_linear(l)) && only_reader(model, 0, 0)
+}
+
+/// Chains of int8 linear layers where each is the only reader of the previous one's output: the
+/// earlier layer requantizes into the later one's input, alternating between the two slots.
+pub(super) fn int8_flows(model: &Model, fused_input: bool) -> Vec<Int8Flow> {
+    let mut flows = vec![Int8Flow::default(); model.layers.len()];
+    if fused_input {
+        flows[0].prequantized = true;
+    }
+    for i in 0..model.layers.len().saturating_sub(1) {
+        let (layer, next) = (&model.layers[i], &model.layers[i + 1]);
+        if int8_linear(layer) && int8_linear(next) && next.inputs == [layer.output] && only_reader(model, layer.output, i + 1) {
+            flows[i].requantize = true;
+            flows[i + 1] = Int8Flow { slot: 1 - flows[i].slot, prequantized: true, requantize: false };
+        }
+    }
+    flows
+}
+
+/// The values held as int8 codes instead of f32 where the direct int8 kernel runs (AVX-512
+/// VNNI): the output of an int8 direct convolution whose chain of sole readers, max pools and
+/// flattens, ends in an int8 layer that reads codes (a direct convolution or a linear layer), all
+/// quantized with that layer's input quantization. The pools and flattens then move a quarter of
+/// the bytes and the int8 layer skips quantizing, with the same result: the maximum of codes is
+/// the code of the maximum. Banded columns run their layers row by row in f32 and keep out.
+pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Option<(f32, u8)>> {
+    let mut codes = vec![None; model.value_sizes.len()];
+    let banded = |l: usize| schedule.columns.iter().any(|c| c.bands > 1 && c.layers.contains(&l));
+    let sole_reader = |v: usize| (0..model.layers.len()).find(|&r| only_reader(model, v, r));
+    for (l, layer) in model.layers.iter().enumerate() {
+        let Exec::MatMul(m) = &layer.exec else { continue };
+        if m.batched != Kernel::Int8Direct || banded(l) {
+            continue;
+        }
+        let mut chain = vec![layer.output];
+        let target = loop {
+            let Some(r) = sole_reader(*chain.last().expect("a value")).filter(|&r| !banded(r)) else { break None };
+            match &model.layers[r].exec {
+                Exec::Pool { avg: None, .. } | Exec::Flatten => chain.push(model.layers[r].output),
+                Exec::MatMul(next) if next.batched == Kernel::Int8Direct || int8_linear(&model.layers[r]) => {
+                    break next.int8.as_ref().map(|q| (q.input_scale, q.input_zero));
+                }
+                _ => break None,
+            }
+        };
+        if target.is_some() {
+            chain.into_iter().for_each(|v| codes[v] = target);
+        }
+    }
+    codes
+}
+
+/// An int8 convolution's quantized columns for output rows `rows`. Tiles of a multiple of 16
+/// samples at stride 1 quantize the input rows the band reads into `scratch` (an image, at its
+/// own offsets) and unfold its bytes (`q8conv`); other cases (batch 1: rows of a few bytes)
+/// unfold f32 columns into `scratch` and quantize those.
+pub(super) fn quantized_im2col(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], rows: Range<usize>, scratch: &mut [f32], qx: &mut [u8]) {
+    let (q, cols) = (m.int8.as_ref().expect("an int8 convolution"), m.cols);
+    if !g.w.is_multiple_of(16) || g.window.stride[1] != 1 {
+        let band = rows.len() * g.out_hw[1] * g.w;
+        window::im2col_rows(g, x, rows, &mut scratch[..cols * band]);
+        return q8::quantize(isa, &scratch[..cols * band], cols, band, q.input_scale, q.input_zero, qx);
+    }
+    let image: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..x.len().div_ceil(4)]);
+    let (plane, row) = (g.in_hw[0] * g.in_hw[1] * g.w, g.in_hw[1] * g.w);
+    let input = g.input_rows(rows.clone());
+    for c in 0..g.channels {
+        let span = c * plane + input.start * row..c * plane + input.end * row;
+        q8::quantize_values(isa, &x[span.clone()], q.input_scale, q.input_zero, &mut image[span]);
+    }
+    q8conv::im2col_u8(isa, g, image, rows, q.input_zero, qx);
+}
+
+/// An int8 layer's weights regrouped for the direct convolution, if it has them.
+pub(super) fn int8_shift(m: &MatMul) -> Option<&q8direct::ShiftConv> {
+    m.int8.as_ref().and_then(|q| q.shift.as_ref())
+}
+
+/// Whether an int8 convolution runs the direct kernel on tiles of `w` samples (else im2col and
+/// the grouped kernel).
+pub(super) fn uses_int8_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
+    m.batched == Kernel::Int8Direct && q8direct::vectorized(isa, w)
+}
+
+/// Output rows `rows` of an int8 convolution by the direct kernel: the input rows they read are
+/// quantized into the shifted image (`bufs`: a row buffer and the image), then the output
+/// channels split over the team.
+#[allow(clippy::too_many_arguments)] // conv_direct's arguments plus the two buffers
+pub(super) fn conv_q8_direct(
+    isa: Isa,
+    m: &MatMul,
+    g: &Geometry,
+    x: q8direct::Source,
+    y: q8direct::Out,
+    rows: Range<usize>,
+    bufs: (&mut [u8], &mut [u8]),
+    team: &Team,
+) {
+    let (q, threads) = (m.int8.as_ref().expect("an int8 convolution"), team.threads());
+    let sc = q.shift.as_ref().expect("weights regrouped for the direct kernel");
+    let (row_buf, xs) = bufs;
+    q8direct::shift_image(isa, g, sc, x, rows.clone(), row_buf, xs);
+    let xs = &*xs;
+    if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
+        return q8direct::conv_q8_direct(isa, sc, &q.dequant, g, xs, y, 0..m.rows, rows);
+    }
+    let per_part = m.rows.div_ceil(threads * 2);
+    team.for_each(y.split(per_part * g.out_hw[0] * g.out_hw[1] * g.w).into_iter().enumerate().collect(), |(p, y)| {
+        let channels = p * per_part..((p + 1) * per_part).min(m.rows);
+        q8direct::conv_q8_direct(isa, sc, &q.dequant, g, xs, y, channels, rows.clone())
+    });
+}
+
+/// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads` (in
+/// whole groups of four when the output is requantized).
+pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, team: &Team) {
+    let threads = team.threads();
+    let q = layer.int8.as_ref().expect("an int8 layer");
+    let m = &q.matrix;
+    if !splits(layer, w, threads) {
+        return q8::spmm_q8_into(isa, m, x, w, out, 0..m.rows, &q.dequant);
+    }
+    match out {
+        // Band rows come from band steps, which run on one thread (see `Session::execute`).
+        rows @ q8::Output::F32Rows { .. } => q8::spmm_q8_into(isa, m, x, w, rows, 0..m.rows, &q.dequant),
+        q8::Output::F32(y) => team.for_each(row_parts(&m.row_ptr, threads, y, w), |(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant)),
+        q8::Output::Quantized { y, inv_scale, zero } => {
+            let mut parts = Vec::new();
+            let mut rest = y;
+            for r in balanced_ranges(&m.row_ptr, threads * 4).into_iter().filter_map(|r| whole_groups(r, m.rows)) {
+                let (head, tail) = rest.split_at_mut(q8::quantized_len(r.len(), w));
+                parts.push((r, head));
+                rest = tail;
+            }
+            team.for_each(parts, |(r, y)| q8::spmm_q8_into(isa, m, x, w, q8::Output::Quantized { y, inv_scale, zero }, r, &q.dequant));
+        }
+    }
+}
+
+/// A range of rows widened to whole groups of four: each start moves down to a multiple of 4,
+/// each end too (or stays at `rows`); a range left empty is dropped. Applied to consecutive
+/// ranges that cover `0..rows`, the results still cover it without overlapping.
+pub(super) fn whole_groups(r: Range<usize>, rows: usize) -> Option<Range<usize>> {
+    let end = if r.end == rows { rows } else { r.end / 4 * 4 };
+    let start = r.start / 4 * 4;
+    (end > start).then_some(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_groups;
+
+    #[test]
+    fn row_ranges_widen_to_whole_groups_of_four_and_still_cover_the_rows() {
+        assert_eq!(whole_groups(0..6, 10), Some(0..4));
+        assert_eq!(whole_groups(6..10, 10), Some(4..10));
+        assert_eq!(whole_groups(5..7, 10), None);
+        assert_eq!(whole_groups(0..3, 3), Some(0..3));
+        for rows in 1..40 {
+            for cut in 0..=rows {
+                let parts: Vec<_> =
+                    [0..cut, cut..rows].into_iter().filter(|r| !r.is_empty()).filter_map(|r| whole_groups(r, rows)).collect();
+                assert_eq!(parts.first().unwrap().start, 0);
+                assert_eq!(parts.last().unwrap().end, rows);
+                assert!(parts.windows(2).all(|p| p[0].end == p[1].start && p[1].start % 4 == 0));
+            }
+        }
+    }
+}

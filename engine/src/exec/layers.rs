@@ -1,0 +1,161 @@
+//! The fp32 layers: each weighted layer on the kernel chosen for it, split over the team where
+//! the work is large enough, and the element-wise and pooling layers.
+
+use super::*;
+
+/// Whether a convolution runs its direct kernel on tiles of `w` samples (else im2col and CSR).
+pub(super) fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
+    m.batched == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(isa, w, &g))
+}
+
+/// Output rows `rows` of a direct convolution, output channels split over `threads`.
+pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], rows: Range<usize>, team: &Team) {
+    let threads = team.threads();
+    let csr = m.csr.as_ref().expect("CSR weights packed for a direct convolution");
+    let plane = g.out_hw[0] * g.out_hw[1] * g.w;
+    if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
+        return direct::conv_direct(isa, csr, &m.bias, g, x, y, 0..m.rows, rows, m.relu);
+    }
+    let per_part = m.rows.div_ceil(threads * 2);
+    team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
+        let channels = p * per_part..((p + 1) * per_part).min(m.rows);
+        direct::conv_direct(isa, csr, &m.bias, g, x, y, channels, rows.clone(), m.relu)
+    });
+}
+
+/// Below about this much work (a few microseconds) handing half of a layer to another thread
+/// costs more than it saves, so small layers run on the calling thread. Counted in multiply-adds
+/// for the kernels that run over a tile of samples (tens of them per nanosecond), and in
+/// gathered weights for the batch-1 kernels (a few per nanosecond).
+pub(super) const PARALLEL_WORK: usize = 256 * 1024;
+
+pub(super) const PARALLEL_GATHERS: usize = 32 * 1024;
+
+/// Whether `work` (multiply-adds over `w` columns) is worth splitting over threads.
+pub(super) fn worth_splitting(threads: usize, work: usize, w: usize) -> bool {
+    threads > 1 && work >= if w == 1 { PARALLEL_GATHERS } else { PARALLEL_WORK }
+}
+
+/// Whether a weighted layer splits its rows (or channels) over `threads` on a `[cols, cols_w]`
+/// input (a convolution's output positions times the tile width): one rule for every kernel, and
+/// for the executor deciding whether a run needs the thread pool at all.
+pub(super) fn splits(m: &MatMul, cols_w: usize, threads: usize) -> bool {
+    let work = match (&m.int8, m.kernel(cols_w == 1)) {
+        // At batch 1 the int8 kernel gathers one 4-byte group per stored group.
+        (Some(q), _) if cols_w == 1 => q.matrix.stored_groups(),
+        (Some(q), _) => 4 * q.matrix.stored_groups() * cols_w,
+        (None, Kernel::Dense) if m.rows < 64 => 0,
+        (None, Kernel::Dense) => m.rows * m.cols * cols_w,
+        (None, Kernel::Blocked) => m.bcsr.as_ref().map_or(0, |b| b.blk_ptr.last().map_or(0, |&n| n as usize) * bcsr::BR) * cols_w,
+        (None, _) => m.csr.as_ref().map_or(0, |c| c.nnz()) * cols_w,
+    };
+    worth_splitting(threads, work, cols_w)
+}
+
+/// Rows (described by cumulative entry counts `row_ptr`) cut into ranges of about equal work,
+/// several per thread so that work stealing evens out rows of unequal cost, each with its slice
+/// of the `[rows, w]` output.
+pub(super) fn row_parts<'y>(row_ptr: &[u32], threads: usize, y: &'y mut [f32], w: usize) -> Vec<(Range<usize>, &'y mut [f32])> {
+    let rows = row_ptr.len().saturating_sub(1);
+    let mut parts = Vec::new();
+    let mut rest = &mut y[..rows * w];
+    for r in balanced_ranges(row_ptr, threads * 4) {
+        let (head, tail) = rest.split_at_mut(r.len() * w);
+        parts.push((r, head));
+        rest = tail;
+    }
+    parts
+}
+
+/// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`.
+pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: &Team) {
+    let threads = team.threads();
+    let batch1 = w == 1;
+    match m.kernel(batch1) {
+        Kernel::Int8 | Kernel::Int8Direct => unreachable!("int8 layers run through int8_matmul"),
+        Kernel::Dense => {
+            let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
+            if !splits(m, w, threads) {
+                return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, 1);
+            }
+            // Slabs of rows, a multiple of 16 each, one GEMM per slab.
+            let slab = m.rows.div_ceil(threads * 2).next_multiple_of(16);
+            let k = m.cols;
+            let slabs = y[..m.rows * w].chunks_mut(slab * w).zip(wt.chunks(slab * k)).zip(m.bias.chunks(slab)).collect();
+            team.for_each(slabs, |((y, wt), bias)| dense::dense(isa, wt, bias.len(), k, bias, x, w, y, m.relu, 1));
+        }
+        Kernel::Blocked => {
+            let b = m.bcsr.as_ref().expect("blocks packed for a blocked choice");
+            let rows_of = |blocks: &Range<usize>| (blocks.start * bcsr::BR).min(m.rows)..(blocks.end * bcsr::BR).min(m.rows);
+            if !splits(m, w, threads) {
+                return bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, 0..b.blocks(), m.relu);
+            }
+            let mut parts = Vec::new();
+            let mut rest = &mut y[..m.rows * w];
+            for blocks in balanced_ranges(&b.blk_ptr, threads * 4) {
+                let (head, tail) = rest.split_at_mut(rows_of(&blocks).len() * w);
+                parts.push((blocks, head));
+                rest = tail;
+            }
+            team.for_each(parts, |(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
+        }
+        // A direct convolution's tiles that its kernel does not take run im2col and CSR.
+        Kernel::Sparse | Kernel::Direct => {
+            let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
+            let run = |rows: Range<usize>, y: &mut [f32]| {
+                if batch1 {
+                    spmv::spmv(isa, csr, &m.bias, x, y, rows, m.relu)
+                } else {
+                    spmm::spmm(isa, csr, &m.bias, x, w, y, rows, m.relu)
+                }
+            };
+            if !splits(m, w, threads) {
+                return run(0..m.rows, y);
+            }
+            team.for_each(row_parts(&csr.row_ptr, threads, y, w), |(r, y)| run(r, y));
+        }
+    }
+}
+
+pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {
+    let x = xs[0];
+    let relu = |v: f32, on: bool| if on { v.max(0.0) } else { v };
+    match exec {
+        Exec::MatMul(m) => matmul(isa, m, x, w, y, team),
+        Exec::Affine { scale, shift, relu: r, per_channel } => {
+            let n = per_channel * w;
+            for (c, (s, b)) in scale.iter().zip(shift).enumerate() {
+                for (o, i) in y[c * n..(c + 1) * n].iter_mut().zip(&x[c * n..(c + 1) * n]) {
+                    *o = relu(i * s + b, *r);
+                }
+            }
+        }
+        Exec::Relu => y.iter_mut().zip(x).for_each(|(o, i)| *o = i.max(0.0)),
+        Exec::Flatten => y.copy_from_slice(x),
+        Exec::Add { relu: r } => y.iter_mut().zip(x.iter().zip(xs[1])).for_each(|(o, (a, b))| *o = relu(a + b, *r)),
+        Exec::Pool { geometry, avg } => window::pool(isa, &Geometry { w, ..*geometry }, x, y, *avg),
+        Exec::GlobalAvgPool { channels, pixels } => {
+            for c in 0..*channels {
+                let out = &mut y[c * w..(c + 1) * w];
+                out.fill(0.0);
+                for p in 0..*pixels {
+                    out.iter_mut().zip(&x[(c * pixels + p) * w..][..w]).for_each(|(o, i)| *o += i);
+                }
+                out.iter_mut().for_each(|o| *o /= *pixels as f32);
+            }
+        }
+        Exec::Softmax => {
+            let features = x.len() / w;
+            for s in 0..w {
+                let max = (0..features).map(|f| x[f * w + s]).fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for f in 0..features {
+                    let e = (x[f * w + s] - max).exp();
+                    y[f * w + s] = e;
+                    sum += e;
+                }
+                (0..features).for_each(|f| y[f * w + s] /= sum);
+            }
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! Runs a compiled model on a batch. The batch is cut into tiles of samples; each tile owns one
+//! contiguous chunk of the activation arena holding every value of the model for that tile
+//! (feature-major, see `kernels`). The schedule (`schedule`) groups the layers into columns: for
+//! each column in turn, every tile runs through the column's layers (band by band of rows for a
+//! banded column of convolutions). With several tiles, each thread of the team (`team`) takes its
+//! own tiles through every column, without waiting for the others; with one tile, each large
+//! enough unbanded layer splits its rows over the team instead, and the rest runs on the calling
+//! thread (a banded column at batch 1: a part of its bands per thread).
+//!
+//! This file holds the plan, the session and a tile's way through its layers; `layers` runs the
+//! fp32 layers, `int8` the int8 ones and what stays int8 between them, `bands` the row bands.
+
+use std::ops::Range;
+
+use std::sync::Mutex;
+
+use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
+use crate::error::{EngineError, Result};
+use crate::kernels::csr::balanced_ranges;
+use crate::kernels::window::{self, Geometry};
+use crate::kernels::{Isa, bcsr, dense, direct, q8, q8conv, q8direct, spmm, spmv, transpose};
+use crate::schedule::{self, Schedule};
+use crate::team::Team;
+
+mod bands;
+mod int8;
+mod layers;
+
+use bands::*;
+use int8::*;
+use layers::*;
+
+/// Memory plan for one batch size: the schedule, and where each value lives inside a tile's chunk.
+#[derive(Debug, Clone)]
+struct Plan {
+    schedule: schedule::Plan,
+    batch: usize,
+    tile: usize,
+    /// Offset of each value in a tile chunk (`value_sizes[v] * tile` floats each).
+    offsets: Vec<usize>,
+    /// Offset and size of the im2col scratch space.
+    scratch: Range<usize>,
+    /// Offset of the two quantized-input slots of int8 layers, `quantized_len` f32 slots each.
+    quantized: usize,
+    quantized_len: usize,
+    chunk: usize,
+    /// The first layer is int8 and the only reader of the input: tiles are quantized straight
+    /// from the caller's samples, without an f32 copy.
+    fused_input: bool,
+    /// Per layer, how an int8 layer's input and output flow.
+    int8_flow: Vec<Int8Flow>,
+    /// Per value, the quantization `(scale, zero)` of the codes it is held as where the direct
+    /// int8 kernel runs (`code_values`), or None for f32.
+    codes: Vec<Option<(f32, u8)>>,
+    /// Per column, for a banded one, the layers' row ranges in the order they run: band by band
+    /// of the last layer's output, each layer the rows the band needs that earlier bands have
+    /// not computed (empty for columns without bands).
+    band_steps: Vec<Steps>,
+    /// Per column, for a banded column of a one-tile batch on several threads, its bands cut into
+    /// one part per thread, each part's steps as in `band_steps` (its first band computing every
+    /// row it needs, border rows of the previous part included); empty where the column runs as
+    /// one part. Each part runs on a chunk of its own (`Session::execute`).
+    band_parts: Vec<Vec<Steps>>,
+}
+
+impl Plan {
+    fn new(model: &Model, batch: usize, threads: usize, schedule: schedule::Plan) -> Plan {
+        let tile = schedule.tile;
+        // Rows of full tiles are padded to 16 floats (64 bytes) so every row of every value starts
+        // on a cache line: misaligned vector loads split lines and run about twice as slow.
+        let tile_ld = padded(tile);
+        let mut offsets = Vec::with_capacity(model.value_sizes.len());
+        let mut at = 0;
+        for &size in &model.value_sizes {
+            offsets.push(at);
+            at += size * tile_ld;
+        }
+        // Convolutions in row bands also keep their band's output there before it is copied
+        // into place.
+        let banded = |l: usize| schedule.columns.iter().any(|c| c.bands > 1 && c.layers.contains(&l));
+        let scratch_len = model
+            .layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match &l.exec {
+                Exec::MatMul(m) => m.conv.map(|g| {
+                    let positions = g.out_hw[0] * g.out_hw[1] * tile_ld;
+                    // Int8 convolutions of wide tiles keep their quantized input image there instead
+                    // (or for the direct kernel, one padded row of it).
+                    let image = if m.int8.is_some() { (g.channels * g.in_hw[0] * g.in_hw[1] * tile_ld).div_ceil(4) } else { 0 };
+                    let image = image.max(int8_shift(m).map_or(0, |sc| ((sc.wp + 3) * tile_ld).div_ceil(4)));
+                    let columns = (m.cols * positions).max(image);
+                    columns + if banded(i) { m.rows * positions } else { 0 }
+                }),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let quantized_len = model
+            .layers
+            .iter()
+            .filter_map(|l| match &l.exec {
+                Exec::MatMul(m) if m.int8.is_some() => {
+                    // A direct int8 convolution keeps its shifted image there instead.
+                    let shifted = m.conv.zip(int8_shift(m)).map_or(0, |(g, sc)| sc.image_len(&g, tile_ld));
+                    Some(q8::quantized_len(m.cols, columns(m, tile_ld)).max(shifted).div_ceil(4))
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let q_start = at + scratch_len;
+        let fused_input = input_fuses_into_int8(model);
+        let band_steps = schedule.columns.iter().map(|c| if c.bands > 1 { band_steps(model, c, 0..c.bands) } else { Vec::new() }).collect();
+        let band_parts = schedule.columns.iter().map(|c| band_parts(model, c, batch.div_ceil(tile), threads)).collect();
+        Plan {
+            batch,
+            tile,
+            offsets,
+            scratch: at..q_start,
+            quantized: q_start,
+            quantized_len,
+            chunk: q_start + 2 * quantized_len,
+            fused_input,
+            int8_flow: int8_flows(model, fused_input),
+            codes: code_values(model, &schedule),
+            band_steps,
+            band_parts,
+            schedule,
+        }
+    }
+
+    fn n_tiles(&self) -> usize {
+        self.batch.div_ceil(self.tile)
+    }
+    /// Chunks of the arena: one per tile, or one per band part.
+    fn chunks(&self) -> usize {
+        self.band_parts.iter().map(Vec::len).max().unwrap_or(0).max(self.n_tiles())
+    }
+    /// Samples in tile `t`.
+    fn width(&self, t: usize) -> usize {
+        self.tile.min(self.batch - t * self.tile)
+    }
+    /// Row length of tile `t` (its width, padded).
+    fn ld(&self, t: usize) -> usize {
+        padded(self.width(t))
+    }
+    /// The codes value `v` is held as on tiles `ld` samples wide (None: f32, as everywhere
+    /// without the direct int8 kernel).
+    fn codes(&self, isa: Isa, v: usize, ld: usize) -> Option<(f32, u8)> {
+        self.codes[v].filter(|_| q8direct::vectorized(isa, ld))
+    }
+
+    /// Quantized slot `k` of a tile chunk.
+    fn quantized_slot(&self, k: usize) -> Range<usize> {
+        let start = self.quantized + k * self.quantized_len;
+        start..start + self.quantized_len
+    }
+}
+
+/// Columns of a weighted layer's input matrix for a tile of `w` samples (times the output
+/// positions of a convolution).
+fn columns(m: &MatMul, w: usize) -> usize {
+    m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * w
+}
+
+// Widths of 16 or more are padded to a multiple of 16 floats (every row of every value then
+// starts on a cache line); smaller ones are left as they are, since padding would multiply
+// their work.
+use schedule::padded;
+
+/// Floats to skip from the start of `v` to reach a 64-byte boundary.
+fn align_offset(v: &[f32]) -> usize {
+    (64 - v.as_ptr() as usize % 64) % 64 / 4
+}
+
+/// Executes a model; keeps its arena between calls of the same batch size.
+pub struct Session<'m> {
+    model: &'m Model,
+    /// The calling thread and its helpers; `solo` is the calling thread alone, for layers that
+    /// run inside one thread's share of the tiles.
+    team: Team,
+    solo: Team,
+    schedule: Schedule,
+    /// Cache budget of a column, in bytes.
+    budget: usize,
+    plan: Option<Plan>,
+    /// Every tile's chunk, from `arena[arena_start..]` (the first 64-byte boundary).
+    arena: Vec<f32>,
+    arena_start: usize,
+}
+
+impl<'m> Session<'m> {
+    /// A session with `threads` threads (at least 1: the caller and `threads - 1` helpers) and
+    /// the automatic schedule.
+    pub fn new(model: &'m Model, threads: usize) -> Result<Session<'m>> {
+        Session::with_schedule(model, threads, Schedule::Auto, None)
+    }
+
+    /// A session with a schedule and a cache budget per column (default: the L2 size).
+    pub fn with_schedule(model: &'m Model, threads: usize, schedule: Schedule, budget: Option<usize>) -> Result<Session<'m>> {
+        let threads = threads.max(1);
+        let start = |n| Team::new(n).map_err(|e| EngineError::Shape(format!("cannot start {threads} threads: {e}")));
+        let (team, solo) = (start(threads)?, start(1)?);
+        let budget = budget.unwrap_or_else(schedule::l2_cache_bytes);
+        Ok(Session { model, team, solo, schedule, budget, plan: None, arena: Vec::new(), arena_start: 0 })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.team.threads()
+    }
+
+    /// The schedule this session uses for `batch` samples.
+    pub fn plan(&self, batch: usize) -> schedule::Plan {
+        schedule::plan(self.model, batch.max(1), self.threads(), self.schedule, self.budget)
+    }
+
+    /// Checks the input and prepares the arena for `batch`.
+    fn prepare(&mut self, input: &[f32], batch: usize) -> Result<()> {
+        let model = self.model;
+        let f_in = model.value_sizes[0];
+        if batch == 0 || input.len() != batch * f_in {
+            return Err(EngineError::Shape(format!(
+                "input has {} values; expected batch x {f_in} (per-sample shape {:?}) with batch >= 1",
+                input.len(),
+                model.input_shape
+            )));
+        }
+        if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
+            let plan = Plan::new(model, batch, self.threads(), self.plan(batch));
+            self.arena = vec![0.0; plan.chunk * plan.chunks() + 16];
+            self.arena_start = align_offset(&self.arena);
+            self.plan = Some(plan);
+        }
+        Ok(())
+    }
+
+    /// Runs `input` (`[batch, input features]`, row-major) and returns `[batch, output features]`.
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; batch * self.model.value_sizes[self.model.output_value]];
+        self.execute(input, batch, false, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs `input` and returns the seconds spent in each layer (for `engine analyze`): thread
+    /// time per layer summed over tiles, scaled so that the layers add up to the wall time.
+    pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<f64>> {
+        let mut out = vec![0.0; batch * self.model.value_sizes[self.model.output_value]];
+        self.execute(input, batch, false, &mut out)?; // validates, plans and warms up
+        let start = std::time::Instant::now();
+        let per_tile = self.execute(input, batch, true, &mut out)?;
+        let wall = start.elapsed().as_secs_f64();
+        let mut seconds = vec![0.0; self.model.layers.len()];
+        for t in per_tile {
+            seconds.iter_mut().zip(t).for_each(|(s, t)| *s += t);
+        }
+        let total: f64 = seconds.iter().sum();
+        Ok(seconds.iter().map(|s| s / total.max(1e-12) * wall).collect())
+    }
+
+    /// Runs the batch column by column into `out` (`[batch, output features]`); with `timed`,
+    /// returns each tile's seconds per layer.
+    fn execute(&mut self, input: &[f32], batch: usize, timed: bool, out: &mut [f32]) -> Result<Vec<Vec<f64>>> {
+        self.prepare(input, batch)?;
+        let model = self.model;
+        let plan = self.plan.as_ref().expect("prepared");
+        let mut chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.chunks()).collect();
+        // Chunks past the tiles' hold the band parts of a one-tile batch.
+        let mut spare = chunks.split_off(plan.n_tiles());
+        let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
+        let f_out = model.value_sizes[model.output_value];
+        let outs: Vec<&mut [f32]> = out.chunks_mut((plan.tile * f_out).max(1)).collect();
+        let columns = plan.schedule.columns.len();
+        // Tile `t` through column `c`, its unbanded layers splitting their rows over `team`; after the
+        // last column, the tile's outputs go to its samples' rows of `out`.
+        let solo = &self.solo;
+        let run = |c: usize, t: usize, chunk: &mut [f32], times: &mut [f64], out: &mut [f32], team: &Team| {
+            let column = &plan.schedule.columns[c];
+            if c == 0 {
+                load_input(model, plan, t, chunk, input);
+            }
+            let mut timed_layer = |l: usize, f: &mut dyn FnMut()| {
+                let start = timed.then(std::time::Instant::now);
+                f();
+                if let Some(start) = start {
+                    times[l] += start.elapsed().as_secs_f64();
+                }
+            };
+            if column.bands > 1 {
+                // A band step is a row or a few of one layer: handing half of it to another
+                // thread measured 1.6x slower at batch 1 than running the whole banded column
+                // on this one (BENCHMARKS.md), so band steps never split.
+                for (l, rows) in &plan.band_steps[c] {
+                    timed_layer(*l, &mut || run_layer_rows(model, plan, *l, t, chunk, solo, rows.clone()));
+                }
+            } else {
+                for l in column.layers.clone() {
+                    timed_layer(l, &mut || run_layer_on_tile(model, plan, l, t, chunk, team));
+                }
+            }
+            if c + 1 == columns {
+                store_output(model, plan, t, chunk, out);
+            }
+        };
+        let threads = self.team.threads();
+        if chunks.len() >= 2 && threads > 1 {
+            // Each thread takes its own tiles (tile t to thread t mod threads, the same every run,
+            // so a tile's data stays in one core's cache) through every column, layers unsplit:
+            // tiles never wait for each other.
+            let mut shares: Vec<Vec<TileJob>> = (0..threads).map(|_| Vec::new()).collect();
+            for (t, ((chunk, times), out)) in chunks.into_iter().zip(times.iter_mut()).zip(outs).enumerate() {
+                shares[t % threads].push((t, chunk, times, out));
+            }
+            let shares: Vec<Mutex<_>> = shares.into_iter().map(Mutex::new).collect();
+            // Members without a tile are left out (batches of fewer tiles than threads).
+            let members = shares.iter().filter(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).is_empty()).count();
+            self.team.run_some(members, &|member| {
+                let mut mine = shares[member].lock().unwrap_or_else(|e| e.into_inner());
+                for c in 0..columns {
+                    for (t, chunk, times, out) in mine.iter_mut() {
+                        run(c, *t, chunk, times, out, solo);
+                    }
+                }
+            });
+        } else {
+            // One tile (or one thread): the layers split their rows over the team where they are
+            // large enough to gain from it, and otherwise run on the calling thread.
+            let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).zip(outs).collect();
+            for c in 0..columns {
+                if let [((chunk, _), out)] = &mut tiles[..]
+                    && !plan.band_parts[c].is_empty()
+                    && !timed
+                {
+                    // A banded column of the one tile: a part of its bands per thread.
+                    if c == 0 {
+                        load_input(model, plan, 0, chunk, input);
+                    }
+                    run_band_parts(model, plan, c, chunk, &mut spare, &self.team, solo);
+                    if c + 1 == columns {
+                        store_output(model, plan, 0, chunk, out);
+                    }
+                    continue;
+                }
+                for (t, ((chunk, times), out)) in tiles.iter_mut().enumerate() {
+                    run(c, t, chunk, times, out, &self.team);
+                }
+            }
+        }
+        Ok(times)
+    }
+}
+
+/// A tile handed to a thread: its index, its chunk of the arena, its per-layer times and its
+/// samples' rows of the output.
+type TileJob<'a> = (usize, &'a mut [f32], &'a mut Vec<f64>, &'a mut [f32]);
+
+/// Transposes tile `t`'s output value back to sample-major rows, `out` holding the tile's samples.
+fn store_output(model: &Model, plan: &Plan, t: usize, chunk: &[f32], out: &mut [f32]) {
+    let f_out = model.value_sizes[model.output_value];
+    let (w, ld) = (plan.width(t), plan.ld(t));
+    let off = plan.offsets[model.output_value];
+    transpose::transpose(model.options.isa, &chunk[off..off + f_out * ld], f_out, w, ld, &mut out[..w * f_out], f_out);
+}
+
+/// The regions of `chunk` for the layer's inputs (read) and output (written); the output never
+/// overlaps an input because every value has its own region.
+fn regions<'a>(chunk: &'a mut [f32], inputs: &[Range<usize>], out: Range<usize>) -> (Vec<&'a [f32]>, &'a mut [f32]) {
+    let (before, rest) = chunk.split_at_mut(out.start);
+    let (output, after) = rest.split_at_mut(out.len());
+    let (before, after): (&'a [f32], &'a [f32]) = (before, after);
+    let ins =
+        inputs.iter().map(|r| if r.end <= out.start { &before[r.clone()] } else { &after[r.start - out.end..r.end - out.end] }).collect();
+    (ins, output)
+}
+
+/// Transposes tile `t`'s samples of `input` into the tile's input region (feature-major), or
+/// with a fused int8 first layer, quantizes them into its quantized scratch space.
+fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[f32]) {
+    let (w, ld) = (plan.width(t), plan.ld(t));
+    let f_in = model.value_sizes[0];
+    let samples = &input[t * plan.tile * f_in..(t * plan.tile + w) * f_in];
+    if plan.fused_input
+        && let Exec::MatMul(m) = &model.layers[0].exec
+        && let Some(q) = &m.int8
+    {
+        let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut chunk[plan.quantized_slot(plan.int8_flow[0].slot)]);
+        return q8::quantize_samples(model.options.isa, samples, f_in, w, ld, q.input_scale, q.input_zero, qx);
+    }
+    let x0 = &mut chunk[plan.offsets[0]..plan.offsets[0] + f_in * ld];
+    transpose::transpose(model.options.isa, samples, w, f_in, f_in, x0, ld);
+}
+
+fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], team: &Team) {
+    // Padding columns are computed along with the samples: they hold finite values derived from
+    // zeros and are never read back.
+    let layer = &model.layers[l];
+    let w = plan.ld(t);
+    let isa = model.options.isa;
+    let range = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * w;
+    let ins: Vec<Range<usize>> = layer.inputs.iter().map(|&v| range(v)).collect();
+    let out_range = range(layer.output);
+    if let Exec::MatMul(m) = &layer.exec
+        && let Some(q) = &m.int8
+    {
+        // Quantize the input (after im2col for a convolution) into the layer's quantized slot
+        // unless it is there already, then run the int8 kernel into the output region, or
+        // requantized into the next layer's slot.
+        let flow = plan.int8_flow[l];
+        let cols_w = columns(m, w);
+        let (values, rest) = chunk.split_at_mut(plan.scratch.start);
+        let (im2col_buf, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
+        let (slot0, slot1) = slots.split_at_mut(plan.quantized_len);
+        let (input_slot, output_slot) = if flow.slot == 0 { (slot0, slot1) } else { (slot1, slot0) };
+        let (codes_in, codes_out) = (plan.codes(isa, layer.inputs[0], w), plan.codes(isa, layer.output, w));
+        if let Some(g) = m.conv
+            && uses_int8_direct(isa, m, w)
+        {
+            let (xs, y) = regions(values, &ins, out_range);
+            let x = match codes_in {
+                Some((_, zero)) => q8direct::Source::Codes { x: bytemuck::cast_slice(xs[0]), zero },
+                None => q8direct::Source::F32 { x: xs[0], scale: q.input_scale, zero: q.input_zero },
+            };
+            let y = match codes_out {
+                Some((scale, zero)) => q8direct::Out::codes(bytemuck::cast_slice_mut(y), scale, zero),
+                None => q8direct::Out::F32(y),
+            };
+            let bufs = (bytemuck::cast_slice_mut(im2col_buf), bytemuck::cast_slice_mut(input_slot));
+            return conv_q8_direct(isa, m, &Geometry { w, ..g }, x, y, 0..g.out_hw[0], bufs, team);
+        }
+        let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut input_slot[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
+        if !flow.prequantized {
+            let x = &values[ins[0].clone()];
+            match (m.conv, codes_in) {
+                (Some(g), _) => quantized_im2col(isa, m, &Geometry { w, ..g }, x, 0..g.out_hw[0], im2col_buf, qx),
+                (None, Some((_, zero))) => q8::group_codes(bytemuck::cast_slice(x), m.cols, cols_w, zero, qx),
+                (None, None) => q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx),
+            }
+        }
+        let out = match &model.layers[l + 1..].first().map(|n| &n.exec) {
+            Some(Exec::MatMul(next)) if flow.requantize => {
+                let next = next.int8.as_ref().expect("requantizing into an int8 layer");
+                let y: &mut [u8] = bytemuck::cast_slice_mut(output_slot);
+                q8::Output::quantized(&mut y[..q8::quantized_len(m.rows, cols_w)], next.input_scale, next.input_zero)
+            }
+            _ => q8::Output::F32(&mut values[out_range]),
+        };
+        int8_matmul(isa, m, qx, cols_w, out, team);
+        return;
+    }
+    if let Exec::MatMul(m) = &layer.exec
+        && let Some(g) = m.conv
+    {
+        let positions = g.out_hw[0] * g.out_hw[1];
+        let (before, rest) = chunk.split_at_mut(plan.scratch.start);
+        if uses_direct(isa, m, w) {
+            let (xs, y) = regions(before, &ins, out_range);
+            return conv_direct(isa, m, &Geometry { w, ..g }, xs[0], y, 0..g.out_hw[0], team);
+        }
+        let scratch = &mut rest[..m.cols * positions * w];
+        window::im2col(&Geometry { w, ..g }, &before[ins[0].clone()], scratch);
+        matmul(isa, m, scratch, positions * w, &mut before[out_range], team);
+        return;
+    }
+    let (xs, y) = regions(chunk, &ins, out_range);
+    if plan.codes(isa, layer.output, w).is_some() {
+        // A max pool or flatten between int8 layers, on codes (`code_values`).
+        let (x, y): (&[u8], &mut [u8]) = (bytemuck::cast_slice(xs[0]), bytemuck::cast_slice_mut(y));
+        return match &layer.exec {
+            Exec::Pool { geometry, .. } => window::max_pool_codes(isa, &Geometry { w, ..*geometry }, x, y, 0..geometry.out_hw[0]),
+            Exec::Flatten => y[..model.value_sizes[layer.output] * w].copy_from_slice(&x[..model.value_sizes[layer.output] * w]),
+            _ => unreachable!("only max pools and flattens pass codes on"),
+        };
+    }
+    run_layer(isa, &layer.exec, &xs, y, w, team);
+}
