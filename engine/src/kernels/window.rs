@@ -121,6 +121,9 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
         return pool_one(g, x, y, avg, rows);
     }
     match isa {
+        // Max pooling folds each output pixel in a register over its window.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if avg.is_none() => max_pool_with(g, x, y, rows, max_f32_avx512),
         // SAFETY: sizes checked above; the CPU supports AVX-512 (chosen from what it reports).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { x86::pool_tiles_avx512(g, x, y, avg, rows) },
@@ -133,6 +136,14 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
 /// since quantization never reverses an order, so this equals quantizing the f32 pool. Each
 /// output pixel's samples are folded in a register over the window's taps (`max_codes`).
 pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
+    max_pool_with(g, x, y, rows, |out, x, bases, taps| max_codes(isa, out, x, bases, taps))
+}
+
+/// Max pooling, output rows `rows`, each output row handed to `fold(out, x, bases, taps)`: output
+/// pixel `p` of `out` is the maximum over the input pixels at `bases[p] + t`, `t` in `taps` (the
+/// offsets of a window's pixels from its first, for rows whose windows are all inside the image;
+/// pixel by pixel, with only the pixels inside, over the padding).
+fn max_pool_with<T>(g: &Geometry, x: &[T], y: &mut [T], rows: std::ops::Range<usize>, fold: impl Fn(&mut [T], &[T], &[usize], &[usize])) {
     let ([kh, kw], [oh, ow], [h, wd], w) = (g.window.kernel, g.out_hw, g.in_hw, g.w);
     assert!(rows.end <= oh, "pool rows");
     assert!(x.len() >= g.channels * h * wd * w && y.len() >= g.channels * oh * ow * w, "pool sizes");
@@ -150,7 +161,7 @@ pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std:
             if let (Some(iy), Some(columns)) = (first_row, &first_columns) {
                 bases.clear();
                 bases.extend(columns.iter().map(|ix| ((c * h + iy) * wd + ix) * w));
-                max_codes(isa, out, x, &bases, &whole);
+                fold(out, x, &bases, &whole);
                 continue;
             }
             // Windows over the padding: each pixel's taps inside the image only.
@@ -159,10 +170,22 @@ pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std:
                 for iy in (0..kh).filter_map(|ky| g.source(0, oy, ky)) {
                     taps.extend((0..kw).filter_map(|kx| g.source(1, ox, kx)).map(|ix| ((c * h + iy) * wd + ix) * w));
                 }
-                max_codes(isa, out, x, &[0], &taps);
+                fold(out, x, &[0], &taps);
             }
         }
     }
+}
+
+/// The f32 twin of `max_codes` for AVX-512 (-inf where a window holds no pixel; an input NaN
+/// is skipped, as `f32::max` does).
+#[cfg(target_arch = "x86_64")]
+fn max_f32_avx512(out: &mut [f32], x: &[f32], bases: &[usize], taps: &[usize]) {
+    let w = out.len() / bases.len().max(1);
+    assert_eq!(out.len(), bases.len() * w, "one output pixel per base");
+    let reach = bases.iter().max().zip(taps.iter().max()).map_or(0, |(b, t)| b + t + w);
+    assert!(reach <= x.len(), "pool window outside the input");
+    // SAFETY: every pixel read lies inside `x` (asserted); the caller chose AVX-512 from the CPU.
+    unsafe { x86::max_f32_avx512(out, x, bases, taps, w) }
 }
 
 /// Pixel `p` of `out` (`w = out.len() / bases.len()` samples each) gets, sample by sample, the
@@ -313,6 +336,30 @@ mod x86 {
                     _mm512_mask_storeu_epi8(out.as_mut_ptr().add(p * w + s) as *mut i8, m, acc);
                 }
                 s += 64;
+            }
+        }
+    }
+
+    /// `super::max_f32_avx512`: per pixel, 16 samples at a time folded in a register over the
+    /// taps, the last vector masked.
+    ///
+    /// # Safety
+    /// AVX-512F; `out` holds `bases.len() * w` floats, and `x` every pixel read.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn max_f32_avx512(out: &mut [f32], x: &[f32], bases: &[usize], taps: &[usize], w: usize) {
+        for (p, &base) in bases.iter().enumerate() {
+            let mut s = 0;
+            while s < w {
+                let m: __mmask16 = if w - s >= 16 { 0xffff } else { (1u16 << (w - s)) - 1 };
+                // SAFETY: the masked lanes are floats s..min(s + 16, w) of pixel p and of each tap.
+                unsafe {
+                    let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+                    for &t in taps {
+                        acc = _mm512_max_ps(_mm512_maskz_loadu_ps(m, x.as_ptr().add(base + t + s)), acc);
+                    }
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(p * w + s), m, acc);
+                }
+                s += 16;
             }
         }
     }
