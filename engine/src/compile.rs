@@ -283,7 +283,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         if q.scales.len() != rows {
             return Err(EngineError::graph(name, format!("{} weight scales for {rows} rows", q.scales.len())));
         }
-        let int8 = Int8Layer::new(weight, q, bias, relu, conv.filter(|_| q8direct::vectorized(o.isa, 16)));
+        let int8 = Int8Layer::new(weight, q, bias, relu, conv.filter(|_| q8direct::available(o.isa)));
         let kernel = if int8.shift.is_some() { Kernel::Int8Direct } else { Kernel::Int8 };
         (m.batch1, m.batched) = (kernel, kernel);
         m.int8 = Some(Box::new(int8));

@@ -16,7 +16,7 @@
 use std::ops::Range;
 
 use crate::compile::{Exec, Kernel, Layer, Model};
-use crate::kernels::{direct, q8, q8direct};
+use crate::kernels::{direct, q8};
 
 /// How layers are ordered over tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -141,7 +141,7 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
         Exec::MatMul(m) => {
             let cols_w = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
             let direct = m.batched == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(model.options.isa, ld, &g));
-            let shifted = m.int8.as_ref().and_then(|q| q.shift.as_ref()).filter(|_| q8direct::vectorized(model.options.isa, ld));
+            let shifted = m.int8.as_ref().and_then(|q| q.shift.as_ref());
             if let (Some(g), Some(sc)) = (m.conv, shifted) {
                 // A direct int8 convolution quantizes its input into a shifted image, a row at a time.
                 return 4 * values * ld + sc.image_len(&g, ld) + (sc.wp + 3) * ld;

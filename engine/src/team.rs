@@ -236,6 +236,15 @@ fn helper(shared: &Shared, member: usize) {
 mod tests {
     use super::*;
 
+    /// How many members a full job ran on.
+    fn members_running(team: &Team) -> usize {
+        let count = AtomicUsize::new(0);
+        team.run(&|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        count.load(Ordering::Relaxed)
+    }
+
     #[test]
     fn every_item_once_on_every_team_size() {
         for threads in 1..=4 {
@@ -273,11 +282,7 @@ mod tests {
             team.run(&|m| assert!(m == 0, "helper fails"));
         }));
         assert!(caught.is_err());
-        let count = AtomicUsize::new(0);
-        team.run(&|_| {
-            count.fetch_add(1, Ordering::Relaxed);
-        });
-        assert_eq!(count.load(Ordering::Relaxed), 2);
+        assert_eq!(members_running(&team), 2);
     }
 
     #[test]
@@ -294,21 +299,13 @@ mod tests {
         // Left-out helpers sleep at once; a full job after a pause still reaches every one.
         team.run_some(2, &|_| {});
         std::thread::sleep(SPIN * 3);
-        let count = AtomicUsize::new(0);
-        team.run(&|_| {
-            count.fetch_add(1, Ordering::Relaxed);
-        });
-        assert_eq!(count.load(Ordering::Relaxed), 4);
+        assert_eq!(members_running(&team), 4);
     }
 
     #[test]
     fn sleeping_helpers_wake_for_the_next_job() {
         let team = Team::new(2).unwrap();
         std::thread::sleep(SPIN * 3);
-        let count = AtomicUsize::new(0);
-        team.run(&|_| {
-            count.fetch_add(1, Ordering::Relaxed);
-        });
-        assert_eq!(count.load(Ordering::Relaxed), 2);
+        assert_eq!(members_running(&team), 2);
     }
 }

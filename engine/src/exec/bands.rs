@@ -7,22 +7,36 @@ use super::*;
 /// Layers and the output rows each computes, in the order they run (a banded column's steps).
 pub(super) type Steps = Vec<(usize, Range<usize>)>;
 
-/// Banded column `c` of a one-tile batch as parts on the team's threads (`Plan::band_parts`):
-/// part 0 on the tile's chunk, part k on `spare[k - 1]`. The column's inputs are copied into the
-/// spare chunks first, and after the parts, each one's rows of the column's last output are
-/// copied into the tile's chunk.
-pub(super) fn run_band_parts(model: &Model, plan: &Plan, c: usize, chunk: &mut [f32], spare: &mut [&mut [f32]], team: &Team, solo: &Team) {
-    let (column, parts) = (&plan.schedule.columns[c], &plan.band_parts[c]);
+/// A banded column's bands cut into one part per thread, for a batch of one tile on several
+/// threads: each part's steps as in `band_steps` (its first band computing every row it needs,
+/// border rows of the previous part included), the values the column reads from outside it, and
+/// its last layer.
+#[derive(Debug, Clone)]
+pub(super) struct BandParts {
+    pub(super) steps: Vec<Steps>,
+    inputs: Vec<usize>,
+    last: usize,
+}
+
+/// A banded column of a one-tile batch as `parts` on the team's threads: part 0 on the tile's
+/// chunk, part k on `spare[k - 1]`. The column's inputs are copied into the spare chunks first,
+/// and after the parts, each one's rows of the column's last output are copied into the tile's
+/// chunk.
+pub(super) fn run_band_parts(
+    model: &Model,
+    plan: &Plan,
+    parts: &BandParts,
+    chunk: &mut [f32],
+    spare: &mut [&mut [f32]],
+    team: &Team,
+    solo: &Team,
+) {
+    let (inputs, last, parts) = (&parts.inputs, parts.last, &parts.steps);
     let ld = plan.ld(0);
     let region = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * ld;
-    let produced: Vec<usize> = column.layers.clone().map(|l| model.layers[l].output).collect();
-    let mut inputs: Vec<usize> =
-        column.layers.clone().flat_map(|l| model.layers[l].inputs.clone()).filter(|v| !produced.contains(v)).collect();
-    inputs.sort_unstable();
-    inputs.dedup();
     let spare = &mut spare[..parts.len() - 1];
     for part in spare.iter_mut() {
-        for &v in &inputs {
+        for &v in inputs {
             part[region(v)].copy_from_slice(&chunk[region(v)]);
         }
     }
@@ -36,7 +50,6 @@ pub(super) fn run_band_parts(model: &Model, plan: &Plan, c: usize, chunk: &mut [
             }
         });
     }
-    let last = column.layers.end - 1;
     let (v, shape) = (model.layers[last].output, &model.layers[last].out_shape);
     let (height, row) = (shape[1], shape[2] * ld);
     for (part, steps) in spare.iter().zip(&parts[1..]) {
@@ -49,14 +62,14 @@ pub(super) fn run_band_parts(model: &Model, plan: &Plan, c: usize, chunk: &mut [
     }
 }
 
-/// A banded column's bands in one part per thread (see `Plan::band_parts`), for a batch of one
-/// tile on several threads; none where the column has one band, or where a value it computes
-/// other than its last layer's output is read after it (parts compute only the rows their bands
-/// need, and only the last layer's rows are gathered back).
-pub(super) fn band_parts(model: &Model, column: &schedule::Column, tiles: usize, threads: usize) -> Vec<Steps> {
+/// A banded column's bands in one part per thread (`BandParts`), for a batch of one tile on
+/// several threads; none where the column has one band, or where a value it computes other than
+/// its last layer's output is read after it (parts compute only the rows their bands need, and
+/// only the last layer's rows are gathered back).
+pub(super) fn band_parts(model: &Model, column: &schedule::Column, tiles: usize, threads: usize) -> Option<BandParts> {
     let parts = threads.min(column.bands);
     if tiles != 1 || parts < 2 {
-        return Vec::new();
+        return None;
     }
     let last = model.layers[column.layers.end - 1].output;
     let escapes = |l: usize| {
@@ -65,9 +78,15 @@ pub(super) fn band_parts(model: &Model, column: &schedule::Column, tiles: usize,
             || model.layers.iter().enumerate().any(|(r, reader)| !column.layers.contains(&r) && reader.inputs.contains(&v))
     };
     if column.layers.clone().any(|l| model.layers[l].output != last && escapes(l)) {
-        return Vec::new();
+        return None;
     }
-    (0..parts).map(|k| band_steps(model, column, k * column.bands / parts..(k + 1) * column.bands / parts)).collect()
+    let produced: Vec<usize> = column.layers.clone().map(|l| model.layers[l].output).collect();
+    let mut inputs: Vec<usize> =
+        column.layers.clone().flat_map(|l| model.layers[l].inputs.clone()).filter(|v| !produced.contains(v)).collect();
+    inputs.sort_unstable();
+    inputs.dedup();
+    let steps = (0..parts).map(|k| band_steps(model, column, k * column.bands / parts..(k + 1) * column.bands / parts)).collect();
+    Some(BandParts { steps, inputs, last: column.layers.end - 1 })
 }
 
 /// The steps of bands `bands` of a banded column (see `Plan::band_steps`).
@@ -110,7 +129,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             return conv_direct(isa, m, &g, xs[0], y, rows, team);
         }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
-        if uses_int8_direct(isa, m, w) {
+        if uses_int8_direct(m) {
             // Banded columns hold no codes (`code_values`).
             let (xs, y) = regions(values, &ins, range(layer.output));
             let q = m.int8.as_ref().expect("an int8 convolution");

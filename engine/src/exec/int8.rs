@@ -107,10 +107,10 @@ pub(super) fn int8_shift(m: &MatMul) -> Option<&q8direct::ShiftConv> {
     m.int8.as_ref().and_then(|q| q.shift.as_ref())
 }
 
-/// Whether an int8 convolution runs the direct kernel on tiles of `w` samples (else im2col and
-/// the grouped kernel).
-pub(super) fn uses_int8_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
-    m.batched == Kernel::Int8Direct && q8direct::vectorized(isa, w)
+/// Whether an int8 convolution runs the direct kernel, at every tile width (else im2col and the
+/// grouped kernel; the compiler chose it where the CPU has AVX-512 VNNI).
+pub(super) fn uses_int8_direct(m: &MatMul) -> bool {
+    m.batched == Kernel::Int8Direct
 }
 
 /// Output rows `rows` of an int8 convolution by the direct kernel: the input rows they read are

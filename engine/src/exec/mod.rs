@@ -49,18 +49,17 @@ struct Plan {
     fused_input: bool,
     /// Per layer, how an int8 layer's input and output flow.
     int8_flow: Vec<Int8Flow>,
-    /// Per value, the quantization `(scale, zero)` of the codes it is held as where the direct
-    /// int8 kernel runs (`code_values`), or None for f32.
+    /// Per value, the quantization `(scale, zero)` of the codes it is held as (`code_values`), or
+    /// None for f32.
     codes: Vec<Option<(f32, u8)>>,
     /// Per column, for a banded one, the layers' row ranges in the order they run: band by band
     /// of the last layer's output, each layer the rows the band needs that earlier bands have
     /// not computed (empty for columns without bands).
     band_steps: Vec<Steps>,
     /// Per column, for a banded column of a one-tile batch on several threads, its bands cut into
-    /// one part per thread, each part's steps as in `band_steps` (its first band computing every
-    /// row it needs, border rows of the previous part included); empty where the column runs as
-    /// one part. Each part runs on a chunk of its own (`Session::execute`).
-    band_parts: Vec<Vec<Steps>>,
+    /// one part per thread (`BandParts`); None where the column runs as one part. Each part runs
+    /// on a chunk of its own (`Session::execute`).
+    band_parts: Vec<Option<BandParts>>,
 }
 
 impl Plan {
@@ -135,7 +134,7 @@ impl Plan {
     }
     /// Chunks of the arena: one per tile, or one per band part.
     fn chunks(&self) -> usize {
-        self.band_parts.iter().map(Vec::len).max().unwrap_or(0).max(self.n_tiles())
+        self.band_parts.iter().flatten().map(|p| p.steps.len()).max().unwrap_or(0).max(self.n_tiles())
     }
     /// Samples in tile `t`.
     fn width(&self, t: usize) -> usize {
@@ -145,12 +144,6 @@ impl Plan {
     fn ld(&self, t: usize) -> usize {
         padded(self.width(t))
     }
-    /// The codes value `v` is held as on tiles `ld` samples wide (None: f32, as everywhere
-    /// without the direct int8 kernel).
-    fn codes(&self, isa: Isa, v: usize, ld: usize) -> Option<(f32, u8)> {
-        self.codes[v].filter(|_| q8direct::vectorized(isa, ld))
-    }
-
     /// Quantized slot `k` of a tile chunk.
     fn quantized_slot(&self, k: usize) -> Range<usize> {
         let start = self.quantized + k * self.quantized_len;
@@ -328,14 +321,14 @@ impl<'m> Session<'m> {
             let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).zip(outs).collect();
             for c in 0..columns {
                 if let [((chunk, _), out)] = &mut tiles[..]
-                    && !plan.band_parts[c].is_empty()
+                    && let Some(parts) = &plan.band_parts[c]
                     && !timed
                 {
                     // A banded column of the one tile: a part of its bands per thread.
                     if c == 0 {
                         load_input(model, plan, 0, chunk, input);
                     }
-                    run_band_parts(model, plan, c, chunk, &mut spare, &self.team, solo);
+                    run_band_parts(model, plan, parts, chunk, &mut spare, &self.team, solo);
                     if c + 1 == columns {
                         store_output(model, plan, 0, chunk, out);
                     }
@@ -411,9 +404,9 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         let (im2col_buf, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         let (slot0, slot1) = slots.split_at_mut(plan.quantized_len);
         let (input_slot, output_slot) = if flow.slot == 0 { (slot0, slot1) } else { (slot1, slot0) };
-        let (codes_in, codes_out) = (plan.codes(isa, layer.inputs[0], w), plan.codes(isa, layer.output, w));
+        let (codes_in, codes_out) = (plan.codes[layer.inputs[0]], plan.codes[layer.output]);
         if let Some(g) = m.conv
-            && uses_int8_direct(isa, m, w)
+            && uses_int8_direct(m)
         {
             let (xs, y) = regions(values, &ins, out_range);
             let x = match codes_in {
@@ -462,7 +455,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         return;
     }
     let (xs, y) = regions(chunk, &ins, out_range);
-    if plan.codes(isa, layer.output, w).is_some() {
+    if plan.codes[layer.output].is_some() {
         // A max pool or flatten between int8 layers, on codes (`code_values`).
         let (x, y): (&[u8], &mut [u8]) = (bytemuck::cast_slice(xs[0]), bytemuck::cast_slice_mut(y));
         return match &layer.exec {

@@ -95,10 +95,10 @@ impl ShiftConv {
     }
 }
 
-/// Whether the vector kernel runs tiles of `w` samples under `isa`: AVX-512 with VNNI and BW (any
-/// width: each output row's last lanes go masked).
-pub fn vectorized(isa: Isa, w: usize) -> bool {
-    isa == Isa::Avx512 && has_vnni() && has_bw() && w > 0
+/// Whether the vector kernel runs under `isa`: AVX-512 with VNNI and BW (tiles of any width:
+/// each output row's last lanes go masked).
+pub fn available(isa: Isa) -> bool {
+    isa == Isa::Avx512 && has_vnni() && has_bw()
 }
 
 /// Whether this CPU has AVX-512BW (every CPU with AVX-512 VNNI has).
@@ -297,7 +297,7 @@ pub fn conv_q8_direct_ref(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], 
     }
 }
 
-/// Runs the VNNI kernel where `vectorized(isa, g.w)`, else the scalar twin.
+/// Runs the VNNI kernel where `available(isa)`, else the scalar twin.
 pub fn conv_q8_direct(
     isa: Isa,
     sc: &ShiftConv,
@@ -310,7 +310,7 @@ pub fn conv_q8_direct(
 ) {
     check(sc, d, g, xs, &y, &channels, &rows);
     #[cfg(target_arch = "x86_64")]
-    if vectorized(isa, g.w) {
+    if available(isa) {
         // SAFETY: sizes checked above; offsets address rows of the padded image, so every lane
         // an output row reads lies inside `xs`; VNNI was detected.
         return unsafe { x86::conv_vnni(sc, d, g, xs, &mut y, channels, rows) };

@@ -126,7 +126,7 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
         Isa::Avx512 if avg.is_none() => max_pool_with(g, x, y, rows, max_f32_avx512),
         // SAFETY: sizes checked above; the CPU supports AVX-512 (chosen from what it reports).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::pool_tiles_avx512(g, x, y, avg, rows) },
+        Isa::Avx512 => unsafe { x86::avg_pool_tiles_avx512(g, x, y, avg, rows) },
         _ => pool_tiles(g, x, y, avg, rows, fold),
     }
 }
@@ -180,10 +180,7 @@ fn max_pool_with<T>(g: &Geometry, x: &[T], y: &mut [T], rows: std::ops::Range<us
 /// is skipped, as `f32::max` does).
 #[cfg(target_arch = "x86_64")]
 fn max_f32_avx512(out: &mut [f32], x: &[f32], bases: &[usize], taps: &[usize]) {
-    let w = out.len() / bases.len().max(1);
-    assert_eq!(out.len(), bases.len() * w, "one output pixel per base");
-    let reach = bases.iter().max().zip(taps.iter().max()).map_or(0, |(b, t)| b + t + w);
-    assert!(reach <= x.len(), "pool window outside the input");
+    let w = pixel_width(out.len(), x.len(), bases, taps);
     // SAFETY: every pixel read lies inside `x` (asserted); the caller chose AVX-512 from the CPU.
     unsafe { x86::max_f32_avx512(out, x, bases, taps, w) }
 }
@@ -193,10 +190,7 @@ fn max_f32_avx512(out: &mut [f32], x: &[f32], bases: &[usize], taps: &[usize]) {
 /// samples per instruction with AVX-512 (BW), else one at a time (codes pass only between the
 /// AVX-512 VNNI kernels).
 fn max_codes(isa: Isa, out: &mut [u8], x: &[u8], bases: &[usize], taps: &[usize]) {
-    let w = out.len() / bases.len().max(1);
-    assert_eq!(out.len(), bases.len() * w, "one output pixel per base");
-    let reach = bases.iter().max().zip(taps.iter().max()).map_or(0, |(b, t)| b + t + w);
-    assert!(reach <= x.len(), "pool window outside the input");
+    let w = pixel_width(out.len(), x.len(), bases, taps);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && is_x86_feature_detected!("avx512bw") {
         // SAFETY: every pixel read lies inside `x` (asserted); AVX-512BW was detected.
@@ -207,6 +201,16 @@ fn max_codes(isa: Isa, out: &mut [u8], x: &[u8], bases: &[usize], taps: &[usize]
             out[p * w + s] = taps.iter().map(|&t| x[base + t + s]).max().unwrap_or(0);
         }
     }
+}
+
+/// The samples per pixel of an output of `out_len` values holding one pixel per base, checking
+/// that every pixel read (`base + tap`, that many samples) lies inside an input of `x_len`.
+fn pixel_width(out_len: usize, x_len: usize, bases: &[usize], taps: &[usize]) -> usize {
+    let w = out_len / bases.len().max(1);
+    assert_eq!(out_len, bases.len() * w, "one output pixel per base");
+    let reach = bases.iter().max().zip(taps.iter().max()).map_or(0, |(b, t)| b + t + w);
+    assert!(reach <= x_len, "pool window outside the input");
+    w
 }
 
 /// Folds the input vector `s` into the output vector `o`: a sum, or a running maximum (which
@@ -308,12 +312,15 @@ mod x86 {
 
     use super::Geometry;
 
+    /// Average pooling (`avg` is `Some`; max pooling runs `super::max_f32_avx512`).
+    ///
     /// # Safety
     /// AVX-512F must be available; sizes as `super::pool_rows` checks.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn pool_tiles_avx512(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
-        // SAFETY: `fold16` only touches the first min(o.len(), s.len()) floats of each slice.
-        super::pool_tiles(g, x, y, avg, rows, |o, s, sum| unsafe { fold16(o, s, sum) })
+    pub unsafe fn avg_pool_tiles_avx512(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
+        assert!(avg.is_some(), "max pooling folds in registers");
+        // SAFETY: `add16` only touches the first min(o.len(), s.len()) floats of each slice.
+        super::pool_tiles(g, x, y, avg, rows, |o, s, _| unsafe { add16(o, s) })
     }
 
     /// `super::max_codes`, 64 bytes at a time, the last vector of a pixel masked.
@@ -364,17 +371,16 @@ mod x86 {
         }
     }
 
-    /// `super::fold` 16 samples at a time, the last vector masked. `max(s, o)` returns `o`
-    /// where `s` is NaN, like `f32::max`.
+    /// `o += s`, 16 samples at a time, the last vector masked (`super::fold`'s sum).
     ///
     /// # Safety
     /// AVX-512F must be available.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn fold16(o: &mut [f32], s: &[f32], sum: bool) {
+    unsafe fn add16(o: &mut [f32], s: &[f32]) {
         let n = o.len().min(s.len());
         let (op, sp) = (o.as_mut_ptr(), s.as_ptr());
-        let combine = |a: __m512, b: __m512| if sum { _mm512_add_ps(a, b) } else { _mm512_max_ps(b, a) };
+        let combine = |a: __m512, b: __m512| _mm512_add_ps(a, b);
         let mut k = 0;
         // SAFETY: k + 16 <= n, and the masked tail covers lanes below n only.
         unsafe {
