@@ -118,7 +118,7 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
     assert!(rows.end <= oh, "pool rows");
     assert!(x.len() >= g.channels * h * wd * g.w && y.len() >= g.channels * oh * ow * g.w, "pool sizes");
     if g.w == 1 {
-        return pool_one(g, x, y, avg, rows);
+        return pool_one(isa, g, x, y, avg, rows);
     }
     match isa {
         // Max pooling folds each output pixel in a register over its window.
@@ -267,41 +267,68 @@ fn pool_tiles(
     }
 }
 
-/// `pool` for one sample: the same arithmetic, without a slice per pixel; the window offsets
-/// inside the image are worked out once per kernel position instead of per output.
-fn pool_one(g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
+/// `pool` for one sample: the same arithmetic, without a slice per pixel. The window offsets
+/// inside the image are worked out once per kernel position; the kernel positions whose inputs
+/// are inside the image for every output of a row fold into that row together (`fold_rows`, one
+/// load and store of the output per 16 pixels), the others (over the padding) one at a time.
+fn pool_one(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
     let [h, wd] = g.in_hw;
     let stride = g.window.stride[1];
     let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
     let mut count = vec![0usize; ow];
+    let mut whole_row = Vec::with_capacity(kh * kw);
     for c in 0..g.channels {
         for oy in rows.clone() {
             let out = &mut y[(c * oh + oy) * ow..][..ow];
             out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
             count.fill(0);
+            whole_row.clear();
             for ky in 0..kh {
                 let Some(iy) = g.source(0, oy, ky) else { continue };
-                let src = &x[(c * h + iy) * wd..][..wd];
+                let row = (c * h + iy) * wd;
                 for (valid, ix0) in &inside {
-                    let (outs, counts) = (&mut out[valid.clone()], &mut count[valid.clone()]);
-                    let taps = src[*ix0..].iter().step_by(stride);
-                    if avg.is_some() {
-                        for ((o, n), v) in outs.iter_mut().zip(counts).zip(taps) {
-                            *o += v;
-                            *n += 1;
-                        }
-                    } else {
-                        outs.iter_mut().zip(taps).for_each(|(o, v)| *o = o.max(*v));
+                    if valid.len() == ow {
+                        whole_row.push(row + ix0);
+                        continue;
                     }
+                    fold_rows(isa, &mut out[valid.clone()], x, &[row + ix0], stride, avg.is_some());
+                    count[valid.clone()].iter_mut().for_each(|n| *n += 1);
                 }
             }
+            fold_rows(isa, out, x, &whole_row, stride, avg.is_some());
             if let Some(include_pad) = avg {
                 for (o, n) in out.iter_mut().zip(&count) {
-                    *o /= if include_pad { kh * kw } else { (*n).max(1) } as f32;
+                    *o /= if include_pad { kh * kw } else { *n + whole_row.len() }.max(1) as f32;
                 }
             }
+        }
+    }
+}
+
+/// `out[i] = max(out[i], x[s + i * stride])` for every start `s` of `starts` and `i < out.len()`
+/// (an input NaN is skipped, as `f32::max` does), or with `sum`, `out[i] += ...`. With AVX-512, 16
+/// outputs at a time folded in a register over the starts: contiguous loads at stride 1, two loads
+/// and a permutation at stride 2, a gather else.
+fn fold_rows(isa: Isa, out: &mut [f32], x: &[f32], starts: &[usize], stride: usize, sum: bool) {
+    let n = out.len();
+    if n == 0 || starts.is_empty() {
+        return;
+    }
+    assert!(starts.iter().all(|s| s + (n - 1) * stride < x.len()), "pooling reads past its input");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && stride < 1 << 26 {
+        // SAFETY: every read x[s + i * stride] (i < n) is inside `x` (asserted); 16 * stride fits
+        // the gather's 32-bit indices; AVX-512 was chosen from what the CPU reports.
+        return unsafe { x86::fold_rows_avx512(out, x, starts, stride, sum) };
+    }
+    for &s in starts {
+        let taps = x[s..].iter().step_by(stride.max(1));
+        if sum {
+            out.iter_mut().zip(taps).for_each(|(o, v)| *o += v);
+        } else {
+            out.iter_mut().zip(taps).for_each(|(o, v)| *o = o.max(*v));
         }
     }
 }
@@ -368,6 +395,49 @@ mod x86 {
                 }
                 s += 16;
             }
+        }
+    }
+
+    /// `super::fold_rows`, 16 outputs at a time, the last step masked.
+    ///
+    /// # Safety
+    /// AVX-512F; `out` is not empty, `s + (out.len() - 1) * stride < x.len()` for every start `s`,
+    /// and `16 * stride < 2^31`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fold_rows_avx512(out: &mut [f32], x: &[f32], starts: &[usize], stride: usize, sum: bool) {
+        let n = out.len();
+        let (op, xp) = (out.as_mut_ptr(), x.as_ptr());
+        let lanes = |k: usize| -> __mmask16 { ((1u32 << k.min(16)) - 1) as __mmask16 };
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let offsets =
+            _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride as i32));
+        let mut i = 0;
+        while i < n {
+            let k = (n - i).min(16);
+            let m = lanes(k);
+            // SAFETY: lane j < k reads x[s + (i + j) * stride], inside `x` by the contract; at
+            // stride 2 the loads cover x[s + 2i .. s + 2i + 2k - 1] only. Lanes of `out` past k
+            // are neither read nor written.
+            unsafe {
+                let mut acc = _mm512_maskz_loadu_ps(m, op.add(i));
+                for &s in starts {
+                    let p = xp.add(s + i * stride);
+                    let v = match stride {
+                        1 => _mm512_maskz_loadu_ps(m, p),
+                        2 => {
+                            let reach = 2 * k - 1;
+                            let lo = _mm512_maskz_loadu_ps(lanes(reach), p);
+                            let hi = _mm512_maskz_loadu_ps(lanes(reach.saturating_sub(16)), p.add(16));
+                            _mm512_permutex2var_ps(lo, evens, hi)
+                        }
+                        _ => _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, offsets, p),
+                    };
+                    // max(v, acc) returns acc where v is NaN: NaN inputs are skipped, as f32::max does.
+                    acc = if sum { _mm512_add_ps(acc, v) } else { _mm512_max_ps(v, acc) };
+                }
+                _mm512_mask_storeu_ps(op.add(i), m, acc);
+            }
+            i += 16;
         }
     }
 
