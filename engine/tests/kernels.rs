@@ -464,6 +464,43 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
     }
 }
 
+/// The one-sample direct kernel (stride 1 along rows, two output rows at a time) with row
+/// strides and dilations of its own, odd numbers of output rows and row ranges starting anywhere.
+#[test]
+fn one_sample_direct_convolution_with_row_strides_and_odd_row_counts() {
+    use engine::graph::Window;
+    use engine::kernels::direct;
+    let mut rng = StdRng::seed_from_u64(23);
+    let windows = [
+        Window { kernel: [3, 3], stride: [2, 1], pads: [1, 1, 1, 1], dilation: [1, 1] },
+        Window { kernel: [3, 2], stride: [1, 1], pads: [2, 0, 1, 1], dilation: [2, 1] },
+        Window { kernel: [2, 3], stride: [3, 1], pads: [0, 1, 0, 2], dilation: [1, 2] },
+    ];
+    for window in windows {
+        for (cin, cout, h, wd) in [(3, 4, 9, 21), (2, 5, 12, 40)] {
+            let (oh, ow) = window.output(h, wd, "t").unwrap();
+            let [kh, kw] = window.kernel;
+            let m = Csr::from_dense(&matrix(cout, cin * kh * kw, 0.6, &mut rng), cout, cin * kh * kw);
+            let bias: Vec<f32> = (0..cout).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let g = Geometry { channels: cin, in_hw: [h, wd], out_hw: [oh, ow], window, w: 1 };
+            let x: Vec<f32> = (0..cin * h * wd).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let mut cols = vec![0.0; cin * kh * kw * oh * ow];
+            window::im2col(&g, &x, &mut cols);
+            let mut want = vec![0.0; cout * oh * ow];
+            spmm::spmm_ref(&m, &bias, &cols, oh * ow, &mut want, 0..cout, false);
+            for isa in Isa::available() {
+                for rows in [0..oh, 1..oh, 2..oh - 1] {
+                    let mut got = want.clone();
+                    let plane = oh * ow;
+                    rows.clone().for_each(|oy| (0..cout).for_each(|c| got[c * plane + oy * ow..][..ow].fill(f32::NAN)));
+                    direct::conv_direct(isa, &m, &bias, &g, &x, &mut got, 0..cout, rows.clone(), false);
+                    assert_close(&got, &want, &format!("one-sample direct {} {window:?} {h}x{wd} rows {rows:?}", isa.name()));
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn unfolding_the_quantized_image_equals_quantizing_im2col() {
     use engine::graph::Window;

@@ -133,13 +133,14 @@ mod x86 {
     }
 
     /// One sample (`g.w == 1`) at stride 1 along rows: each vector holds 16 consecutive output
-    /// columns of a row. For each output row the input rows it reads (every channel, every
-    /// kernel row) are first copied into a buffer with the padding's zeros around them, rows a
-    /// few floats longer than the image's: each tap then reads 16 consecutive input columns per
-    /// vector without masks, and the rows of different channels do not share L1 sets (an image's
-    /// channel planes are often a multiple of 4 KB apart: 96 x 96 floats are 36 KB, and reading
-    /// 32 channels' rows straight from the image ran 4x below the multiply-add rate). Rows, then
-    /// chunks of up to 8 vectors, then channels, as the batched kernel.
+    /// columns of a row. The input rows that two consecutive output rows read (every channel,
+    /// every kernel row) are first copied into a buffer with the padding's zeros around them,
+    /// rows a few floats longer than the image's: each tap then reads 16 consecutive input columns
+    /// per vector without masks, and the rows of different channels do not share L1 sets (an
+    /// image's channel planes are often a multiple of 4 KB apart: 96 x 96 floats are 36 KB, and
+    /// reading 32 channels' rows straight from the image ran 4x below the multiply-add rate).
+    /// Pairs of rows, then chunks of up to 8 vectors, then channels; each tap's weight and
+    /// offsets, loaded once, serve both rows of the pair.
     ///
     /// # Safety
     /// AVX-512F; `g.w == 1` and `g.window.stride[1] == 1`; sizes as `super::check` verifies; CSR
@@ -162,29 +163,36 @@ mod x86 {
         // (vectors * 16 + (kw - 1) * dilation columns); an odd number of cache lines long.
         let reach = vectors * 16 + (kw - 1) * g.window.dilation[1];
         let row_len = (reach.max(left + wd + right).div_ceil(16) * 16) | 16;
-        // A ring of `span` padded input rows per channel: output row oy reads padded rows
-        // oy * stride + ky * dilation, all inside `span` consecutive ones, so the ring keeps each
-        // row in slot `row % span` and the next output row copies only the rows it adds.
+        // A ring of `span` padded input rows per channel: output rows oy and oy + 1 read padded
+        // rows (oy + r) * stride + ky * dilation, all inside `span` consecutive ones, so the ring
+        // keeps each row in slot `row % span` and the next pair copies only the rows it adds.
         let (stride, dilation) = (g.window.stride[0], g.window.dilation[0]);
-        let span = (kh - 1) * dilation + 1;
+        let span = (kh - 1) * dilation + 1 + stride;
         let mut buf = vec![0.0f32; g.channels * span * row_len];
         let mut held: Vec<Option<usize>> = vec![None; span];
-        let mut slots = vec![0usize; kh];
+        // Per kernel row, the offset of the buffer row that each output row of the pair reads.
+        let mut slots = vec![[0usize; 2]; kh];
         let last_lanes: __mmask16 = if ow % 16 == 0 { 0xffff } else { (1u16 << (ow % 16)) - 1 };
         let (taps, first) = decode(m, g, channels.clone());
-        for oy in rows {
-            for (ky, slot) in slots.iter_mut().enumerate() {
-                let padded = oy * stride + ky * dilation;
-                *slot = padded % span;
-                if held[*slot] == Some(padded) {
-                    continue;
-                }
-                held[*slot] = Some(padded);
-                for c in 0..g.channels {
-                    let dst = &mut buf[(c * span + *slot) * row_len + left..][..wd];
-                    match g.source(0, oy, ky) {
-                        Some(iy) => dst.copy_from_slice(&x[(c * h + iy) * wd..][..wd]),
-                        None => dst.fill(0.0),
+        // Each tap as its offset in the buffer (channel ring and kernel column), kernel row, weight.
+        let taps: Vec<RingTap> = taps.iter().map(|&(c, ky, kx, v)| (c * span * row_len + kx * g.window.dilation[1], ky, v)).collect();
+        let mut oy = rows.start;
+        while oy < rows.end {
+            let pair = rows.end - oy >= 2;
+            for r in 0..1 + pair as usize {
+                for (ky, slot) in slots.iter_mut().enumerate() {
+                    let padded = (oy + r) * stride + ky * dilation;
+                    slot[r] = padded % span * row_len;
+                    if held[padded % span] == Some(padded) {
+                        continue;
+                    }
+                    held[padded % span] = Some(padded);
+                    for c in 0..g.channels {
+                        let dst = &mut buf[c * span * row_len + slot[r] + left..][..wd];
+                        match g.source(0, oy + r, ky) {
+                            Some(iy) => dst.copy_from_slice(&x[(c * h + iy) * wd..][..wd]),
+                            None => dst.fill(0.0),
+                        }
                     }
                 }
             }
@@ -193,68 +201,75 @@ mod x86 {
                 let n = (vectors - v0).min(CHUNK);
                 for (i, o) in channels.clone().enumerate() {
                     let taps = &taps[first[i]..first[i + 1]];
-                    let run =
-                        Row { buf: &buf, row_len, span, slots: &slots, dilation: g.window.dilation[1], taps, v0, bias: bias[o], relu };
+                    let run = Rows { buf: &buf, slots: &slots, taps, v0, bias: bias[o], relu };
                     let store = |z: usize| if v0 + z + 1 == vectors { last_lanes } else { 0xffff };
-                    // SAFETY: the stored lanes of vectors v0..v0 + n are output columns of row (i, oy).
+                    // SAFETY: the stored lanes of vectors v0..v0 + n are output columns of rows
+                    // (i, oy) and, for a pair, (i, oy + 1).
                     unsafe {
                         let out = y.as_mut_ptr().add((i * oh + oy) * ow + v0 * 16);
-                        match n {
-                            8 => run.go::<8>(out, store(7)),
-                            7 => run.go::<7>(out, store(6)),
-                            6 => run.go::<6>(out, store(5)),
-                            5 => run.go::<5>(out, store(4)),
-                            4 => run.go::<4>(out, store(3)),
-                            3 => run.go::<3>(out, store(2)),
-                            2 => run.go::<2>(out, store(1)),
-                            _ => run.go::<1>(out, store(0)),
+                        macro_rules! go {
+                            ($($n:literal)*) => {
+                                match (n, pair) {
+                                    $(($n, true) => run.go::<$n, 2>(out, ow, store($n - 1)),)*
+                                    $(($n, false) => run.go::<$n, 1>(out, ow, store($n - 1)),)*
+                                    _ => unreachable!("chunks hold 1 to {CHUNK} vectors"),
+                                }
+                            };
                         }
+                        go!(1 2 3 4 5 6 7 8);
                     }
                 }
                 v0 += n;
             }
+            oy += 1 + pair as usize;
         }
     }
 
-    /// Vectors `v0..v0 + N` of one output row of one sample, from the row ring of
-    /// `conv_direct_one_avx512` (kernel row `ky` of channel `c` in buffer row
-    /// `c * span + slots[ky]`, padded).
-    struct Row<'a> {
+    /// A tap of the one-sample kernel: its offset in the row buffer (its input channel's ring
+    /// plus its kernel column), its kernel row and its weight.
+    type RingTap = (usize, usize, f32);
+
+    /// Vectors `v0..v0 + N` of `R` consecutive output rows (1 or 2) of one sample, from the row
+    /// ring of `conv_direct_one_avx512`: kernel row `ky` of output row `r` is the buffer row at
+    /// `slots[ky][r]` within each channel's ring.
+    struct Rows<'a> {
         buf: &'a [f32],
-        row_len: usize,
-        span: usize,
-        slots: &'a [usize],
-        /// Dilation along rows.
-        dilation: usize,
-        taps: &'a [Tap],
+        slots: &'a [[usize; 2]],
+        taps: &'a [RingTap],
         v0: usize,
         bias: f32,
         relu: bool,
     }
 
-    impl Row<'_> {
+    impl Rows<'_> {
         /// # Safety
-        /// AVX-512F; `out` is vector `v0` of the output row; all of vectors v0..v0 + N are
-        /// inside `y` but the last, whose lanes `last` are.
+        /// AVX-512F; `out` is vector `v0` of the first output row, the next rows `ow` floats
+        /// apart; all of vectors v0..v0 + N are inside `y` in each row but the last, whose
+        /// lanes `last` are.
         #[inline]
         #[target_feature(enable = "avx512f")]
-        unsafe fn go<const N: usize>(&self, out: *mut f32, last: __mmask16) {
-            let mut acc = [_mm512_set1_ps(self.bias); N];
-            for &(c, ky, kx, value) in self.taps {
+        unsafe fn go<const N: usize, const R: usize>(&self, out: *mut f32, ow: usize, last: __mmask16) {
+            let mut acc = [[_mm512_set1_ps(self.bias); N]; R];
+            let base = self.v0 * 16;
+            for &(at, ky, value) in self.taps {
                 let weight = _mm512_set1_ps(value);
-                let at = (c * self.span + self.slots[ky]) * self.row_len + self.v0 * 16 + kx * self.dilation;
-                // SAFETY: at + 16 * N <= the buffer row's start + vectors * 16 + (kw - 1) *
-                // dilation <= the row's end.
-                let src = unsafe { self.buf.as_ptr().add(at) };
-                for (z, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(16 * z)) }, *a);
+                let slots = self.slots[ky];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: at + slots[r] is the start of a buffer row plus the kernel column;
+                    // base + 16 * N <= vectors * 16, within the row's reach.
+                    let src = unsafe { self.buf.as_ptr().add(at + slots[r] + base) };
+                    for (z, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(16 * z)) }, *a);
+                    }
                 }
             }
-            for (z, a) in acc.iter().enumerate() {
-                let v = if self.relu { _mm512_max_ps(*a, _mm512_setzero_ps()) } else { *a };
-                let mask = if z + 1 == N { last } else { 0xffff };
-                // SAFETY: the stored lanes are output columns of the row (the caller's contract).
-                unsafe { _mm512_mask_storeu_ps(out.add(16 * z), mask, v) };
+            for (r, acc) in acc.iter().enumerate() {
+                for (z, a) in acc.iter().enumerate() {
+                    let v = if self.relu { _mm512_max_ps(*a, _mm512_setzero_ps()) } else { *a };
+                    let mask = if z + 1 == N { last } else { 0xffff };
+                    // SAFETY: the stored lanes are output columns of the rows (the caller's contract).
+                    unsafe { _mm512_mask_storeu_ps(out.add(r * ow + 16 * z), mask, v) };
+                }
             }
         }
     }
