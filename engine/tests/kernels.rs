@@ -653,6 +653,9 @@ fn codes_regroup_and_max_pool_as_their_f32_values_would() {
     // Max pooling of codes equals the codes of max pooling (with padding, strides, overlaps).
     for (c, h, wd, k, stride, pad, w) in
         [(6, 28, 28, 2, 2, 0, 32), (3, 7, 9, 3, 2, 1, 16), (2, 5, 5, 3, 1, 1, 3), (2, 6, 6, 2, 2, 0, 80), (1, 4, 4, 2, 1, 1, 64)]
+            .into_iter()
+            // One sample: rows of several vectors (and a partial one) at strides 1, 2 and 3.
+            .chain([(2, 28, 28, 2, 2, 0, 1), (2, 5, 150, 3, 1, 1, 1), (2, 6, 149, 3, 2, 1, 1), (1, 7, 40, 3, 3, 1, 1)])
     {
         let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1] };
         let (oh, ow) = window.output(h, wd, "t").unwrap();

@@ -136,6 +136,11 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
 /// since quantization never reverses an order, so this equals quantizing the f32 pool. Each
 /// output pixel's samples are folded in a register over the window's taps (`max_codes`).
 pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
+    if g.w == 1 {
+        let ([oh, ow], [h, wd]) = (g.out_hw, g.in_hw);
+        assert!(rows.end <= oh && x.len() >= g.channels * h * wd && y.len() >= g.channels * oh * ow, "pool sizes");
+        return max_pool_codes_one(isa, g, x, y, rows);
+    }
     max_pool_with(g, x, y, rows, |out, x, bases, taps| max_codes(isa, out, x, bases, taps))
 }
 
@@ -267,43 +272,91 @@ fn pool_tiles(
     }
 }
 
-/// `pool` for one sample: the same arithmetic, without a slice per pixel. The window offsets
-/// inside the image are worked out once per kernel position; the kernel positions whose inputs
-/// are inside the image for every output of a row fold into that row together (`fold_rows`, one
-/// load and store of the output per 16 pixels), the others (over the padding) one at a time.
-fn pool_one(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
+/// The window positions of one-sample pooling, output row by output row: for each channel `c`
+/// and output row `oy` of `rows`, `row(c * oh + oy, whole, partial)` gets the starts in the image
+/// (`[c, h, wd]`) of the positions whose inputs lie inside the image for every output of the row,
+/// and for the others (over the padding) the outputs they cover with their first input. The
+/// offsets inside the image are worked out once per kernel position, not per output.
+fn one_sample_rows(g: &Geometry, rows: std::ops::Range<usize>, mut row: impl FnMut(usize, &[usize], &[(std::ops::Range<usize>, usize)])) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
     let [h, wd] = g.in_hw;
-    let stride = g.window.stride[1];
     let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
-    let mut count = vec![0usize; ow];
-    let mut whole_row = Vec::with_capacity(kh * kw);
+    let (mut whole, mut partial) = (Vec::with_capacity(kh * kw), Vec::with_capacity(kh * kw));
     for c in 0..g.channels {
         for oy in rows.clone() {
-            let out = &mut y[(c * oh + oy) * ow..][..ow];
-            out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
-            count.fill(0);
-            whole_row.clear();
-            for ky in 0..kh {
-                let Some(iy) = g.source(0, oy, ky) else { continue };
-                let row = (c * h + iy) * wd;
+            whole.clear();
+            partial.clear();
+            for iy in (0..kh).filter_map(|ky| g.source(0, oy, ky)) {
+                let start = (c * h + iy) * wd;
                 for (valid, ix0) in &inside {
                     if valid.len() == ow {
-                        whole_row.push(row + ix0);
-                        continue;
+                        whole.push(start + ix0);
+                    } else if !valid.is_empty() {
+                        partial.push((valid.clone(), start + ix0));
                     }
-                    fold_rows(isa, &mut out[valid.clone()], x, &[row + ix0], stride, avg.is_some());
-                    count[valid.clone()].iter_mut().for_each(|n| *n += 1);
                 }
             }
-            fold_rows(isa, out, x, &whole_row, stride, avg.is_some());
-            if let Some(include_pad) = avg {
-                for (o, n) in out.iter_mut().zip(&count) {
-                    *o /= if include_pad { kh * kw } else { *n + whole_row.len() }.max(1) as f32;
-                }
+            row(c * oh + oy, &whole, &partial);
+        }
+    }
+}
+
+/// `pool` for one sample: the same arithmetic, without a slice per pixel; the window positions
+/// inside the image for a whole output row fold into it together (`fold_rows`, one load and
+/// store of the output per 16 pixels), the others one at a time.
+fn pool_one(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
+    let [kh, kw] = g.window.kernel;
+    let ow = g.out_hw[1];
+    let stride = g.window.stride[1];
+    let mut count = vec![0usize; ow];
+    one_sample_rows(g, rows, |r, whole, partial| {
+        let out = &mut y[r * ow..][..ow];
+        out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
+        count.fill(whole.len());
+        for (valid, start) in partial {
+            fold_rows(isa, &mut out[valid.clone()], x, &[*start], stride, avg.is_some());
+            count[valid.clone()].iter_mut().for_each(|n| *n += 1);
+        }
+        fold_rows(isa, out, x, whole, stride, avg.is_some());
+        if let Some(include_pad) = avg {
+            for (o, n) in out.iter_mut().zip(&count) {
+                *o /= if include_pad { kh * kw } else { *n }.max(1) as f32;
             }
         }
+    });
+}
+
+/// `max_pool_codes` for one sample: as `pool_one`, on codes (0 where a window holds no pixel).
+fn max_pool_codes_one(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
+    let (ow, stride) = (g.out_hw[1], g.window.stride[1]);
+    one_sample_rows(g, rows, |r, whole, partial| {
+        let out = &mut y[r * ow..][..ow];
+        out.fill(0);
+        for (valid, start) in partial {
+            fold_codes(isa, &mut out[valid.clone()], x, &[*start], stride);
+        }
+        fold_codes(isa, out, x, whole, stride);
+    });
+}
+
+/// `out[i] = max(out[i], x[s + i * stride])` for every start `s` of `starts` and `i < out.len()`,
+/// on codes. With AVX-512BW, 64 outputs at a time at stride 1 and 32 at stride 2 (the even
+/// bytes of 64, narrowed from 16-bit lanes).
+fn fold_codes(isa: Isa, out: &mut [u8], x: &[u8], starts: &[usize], stride: usize) {
+    let n = out.len();
+    if n == 0 || starts.is_empty() {
+        return;
+    }
+    assert!(starts.iter().all(|s| s + (n - 1) * stride < x.len()), "pooling reads past its input");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && (stride == 1 || stride == 2) && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") {
+        // SAFETY: every read x[s + i * stride] (i < n) is inside `x` (asserted); AVX-512BW and VL
+        // were detected.
+        return unsafe { x86::fold_codes_avx512(out, x, starts, stride) };
+    }
+    for &s in starts {
+        out.iter_mut().zip(x[s..].iter().step_by(stride.max(1))).for_each(|(o, v)| *o = (*o).max(*v));
     }
 }
 
@@ -370,6 +423,48 @@ mod x86 {
                     _mm512_mask_storeu_epi8(out.as_mut_ptr().add(p * w + s) as *mut i8, m, acc);
                 }
                 s += 64;
+            }
+        }
+    }
+
+    /// `super::fold_codes` at stride 1 or 2, the last step masked.
+    ///
+    /// # Safety
+    /// AVX-512F, BW and VL; `out` is not empty, `stride` is 1 or 2, and `s + (out.len() - 1) *
+    /// stride < x.len()` for every start `s`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn fold_codes_avx512(out: &mut [u8], x: &[u8], starts: &[usize], stride: usize) {
+        let n = out.len();
+        let (op, xp) = (out.as_mut_ptr() as *mut i8, x.as_ptr() as *const i8);
+        let lanes = |k: usize| -> __mmask64 { if k >= 64 { !0 } else { (1u64 << k) - 1 } };
+        let mut i = 0;
+        // SAFETY (both loops): lane j < k of a step reads x[s + (i + j) * stride], inside `x` by
+        // the contract (at stride 2 the loads cover x[s + 2i .. s + 2i + 2k - 1] only); lanes of
+        // `out` past k are neither read nor written.
+        unsafe {
+            if stride == 1 {
+                while i < n {
+                    let m = lanes(n - i);
+                    let mut acc = _mm512_maskz_loadu_epi8(m, op.add(i));
+                    for &s in starts {
+                        acc = _mm512_max_epu8(acc, _mm512_maskz_loadu_epi8(m, xp.add(s + i)));
+                    }
+                    _mm512_mask_storeu_epi8(op.add(i), m, acc);
+                    i += 64;
+                }
+                return;
+            }
+            let low_bytes = _mm512_set1_epi16(0xff);
+            while i < n {
+                let k = (n - i).min(32);
+                let m = lanes(k) as __mmask32;
+                let mut acc = _mm256_maskz_loadu_epi8(m, op.add(i));
+                for &s in starts {
+                    let v = _mm512_maskz_loadu_epi8(lanes(2 * k - 1), xp.add(s + 2 * i));
+                    acc = _mm256_max_epu8(acc, _mm512_cvtepi16_epi8(_mm512_and_si512(v, low_bytes)));
+                }
+                _mm256_mask_storeu_epi8(op.add(i), m, acc);
+                i += 32;
             }
         }
     }
