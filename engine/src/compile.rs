@@ -96,6 +96,8 @@ pub struct MatMul {
     pub csr: Option<Csr>,
     /// Present when the batched choice is the 4-row blocked kernel.
     pub bcsr: Option<Bcsr>,
+    /// Present when a convolution runs the direct kernel: its weights decoded for it.
+    pub taps: Option<direct::Taps>,
     pub sparsity: f64,
     /// For convolutions, the window geometry (with `w = 1`; scaled per tile).
     pub conv: Option<Geometry>,
@@ -275,6 +277,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         dense: None,
         csr: None,
         bcsr: None,
+        taps: None,
         sparsity,
         conv,
         int8: None,
@@ -322,6 +325,9 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         m.csr = Some(csr.with_narrow_columns());
     } else if m.batch1 == Kernel::Sparse || matches!(m.batched, Kernel::Sparse | Kernel::Direct) {
         m.csr = Some(csr);
+    }
+    if let (Kernel::Direct, Some(g), Some(csr)) = (m.batched, &m.conv, &m.csr) {
+        m.taps = Some(direct::Taps::new(csr, g));
     }
     Ok(m)
 }
@@ -399,6 +405,7 @@ fn direct_is_faster(m: &MatMul, g: Geometry, data: &[f32], csr: &Csr, blocked: O
             _ => spmm::spmm(o.isa, csr, &m.bias, &cols, cols_w, &mut y, 0..m.rows, m.relu),
         }
     });
-    let t_direct = best_time(&mut || direct::conv_direct(o.isa, csr, &m.bias, &g, &x, &mut y, 0..m.rows, 0..oh, m.relu));
+    let taps = direct::Taps::new(csr, &g);
+    let t_direct = best_time(&mut || direct::conv_direct_decoded(o.isa, &taps, &m.bias, &g, &x, &mut y, 0..m.rows, 0..oh, m.relu));
     t_direct < t_im2col
 }

@@ -118,8 +118,9 @@ fn direct_convolutions_match_im2col_in_whole_models() {
         let mut direct = im2col.clone();
         for layer in &mut direct.layers {
             if let Exec::MatMul(m) = &mut layer.exec
-                && m.conv.is_some()
+                && let (Some(g), Some(csr)) = (&m.conv, &m.csr)
             {
+                m.taps = Some(engine::kernels::direct::Taps::new(csr, g));
                 m.batched = Kernel::Direct;
             }
         }

@@ -11,15 +11,15 @@ pub(super) fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
 /// Output rows `rows` of a direct convolution, output channels split over `threads`.
 pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], rows: Range<usize>, team: &Team) {
     let threads = team.threads();
-    let csr = m.csr.as_ref().expect("CSR weights packed for a direct convolution");
+    let taps = m.taps.as_ref().expect("weights decoded for a direct convolution");
     let plane = g.out_hw[0] * g.out_hw[1] * g.w;
     if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
-        return direct::conv_direct(isa, csr, &m.bias, g, x, y, 0..m.rows, rows, m.relu);
+        return direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, 0..m.rows, rows, m.relu);
     }
     let per_part = m.rows.div_ceil(threads * 2);
     team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
         let channels = p * per_part..((p + 1) * per_part).min(m.rows);
-        direct::conv_direct(isa, csr, &m.bias, g, x, y, channels, rows.clone(), m.relu)
+        direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, channels, rows.clone(), m.relu)
     });
 }
 

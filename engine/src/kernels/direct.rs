@@ -19,6 +19,11 @@ use super::window::Geometry;
 fn check(m: &Csr, bias: &[f32], g: &Geometry, x: &[f32], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
     let [kh, kw] = g.window.kernel;
     assert!(m.cols == g.channels * kh * kw && bias.len() == m.rows && channels.end <= m.rows, "weights do not match the geometry");
+    check_tiles(g, x, y, channels, rows);
+}
+
+/// The input and output tiles hold what the geometry, `channels` and `rows` need.
+fn check_tiles(g: &Geometry, x: &[f32], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
     assert!(x.len() >= g.channels * g.in_hw[0] * g.in_hw[1] * g.w, "input tile too small");
     assert!(rows.end <= g.out_hw[0] && y.len() >= channels.len() * g.out_hw[0] * g.out_hw[1] * g.w, "output tile too small");
 }
@@ -74,7 +79,45 @@ pub fn takes(isa: Isa, w: usize, g: &Geometry) -> bool {
     vectorized(isa, w) || (isa == Isa::Avx512 && w == 1 && g.window.stride[1] == 1)
 }
 
+/// One output channel's tap: input channel, kernel row, kernel column, weight.
+type Tap = (usize, usize, usize, f32);
+
+/// A convolution's non-zero weights decoded for the vector kernels, once per layer (the compiler
+/// keeps them with the layer): each output channel's taps. Decoding per call had taken a fifth of
+/// a batch-1 LeNet-5 run, whose row bands call the kernel once per output row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Taps {
+    rows: usize,
+    cols: usize,
+    taps: Vec<Tap>,
+    /// `taps[first[o]..first[o + 1]]` are output channel `o`'s.
+    first: Vec<usize>,
+}
+
+impl Taps {
+    /// `m`'s non-zeros as taps of the window of `g` (`m.cols` must be `g`'s channels times its
+    /// kernel size); each column's offsets come from a table built by counting.
+    pub fn new(m: &Csr, g: &Geometry) -> Taps {
+        let [kh, kw] = g.window.kernel;
+        assert_eq!(m.cols, g.channels * kh * kw, "weights do not match the geometry");
+        let offsets: Vec<(usize, usize, usize)> =
+            (0..g.channels).flat_map(|c| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (c, ky, kx)))).collect();
+        let taps = (0..m.nnz()).map(|j| {
+            let (c, ky, kx) = offsets[m.col[j] as usize];
+            (c, ky, kx, m.val[j])
+        });
+        Taps { rows: m.rows, cols: m.cols, taps: taps.collect(), first: m.row_ptr.iter().map(|&p| p as usize).collect() }
+    }
+
+    /// Output channel `o`'s taps.
+    fn of(&self, o: usize) -> &[Tap] {
+        &self.taps[self.first[o]..self.first[o + 1]]
+    }
+}
+
 /// Runs the variant for `isa` (which the CPU must support); other widths use the scalar twin.
+/// Decodes the weights first: a caller that runs the layer often keeps `Taps` and calls
+/// `conv_direct_decoded`.
 pub fn conv_direct(
     isa: Isa,
     m: &Csr,
@@ -87,21 +130,39 @@ pub fn conv_direct(
     relu: bool,
 ) {
     check(m, bias, g, x, y, &channels, &rows);
-    // SAFETY: sizes checked above; CSR columns are < cols = channels * kh * kw, so every decoded
-    // (c, iy, ix) addresses a pixel of `x`; the ISA was chosen from the CPU.
-    #[cfg(target_arch = "x86_64")]
-    if vectorized(isa, g.w) {
-        return match isa {
-            Isa::Avx512 => unsafe { x86::conv_direct_avx512(m, bias, g, x, y, channels, rows, relu) },
-            _ => unsafe { x86::conv_direct_avx2(m, bias, g, x, y, channels, rows, relu) },
-        };
+    if !takes(isa, g.w, g) {
+        return conv_direct_ref(m, bias, g, x, y, channels, rows, relu);
     }
+    conv_direct_decoded(isa, &Taps::new(m, g), bias, g, x, y, channels, rows, relu)
+}
+
+/// `conv_direct` on weights decoded once (`Taps::new(m, g)`, for the same window), for the tiles
+/// a vector variant takes (`takes(isa, g.w, g)`).
+#[allow(clippy::too_many_arguments)] // conv_direct's arguments
+pub fn conv_direct_decoded(
+    isa: Isa,
+    t: &Taps,
+    bias: &[f32],
+    g: &Geometry,
+    x: &[f32],
+    y: &mut [f32],
+    channels: Range<usize>,
+    rows: Range<usize>,
+    relu: bool,
+) {
+    let [kh, kw] = g.window.kernel;
+    assert!(t.cols == g.channels * kh * kw && bias.len() == t.rows && channels.end <= t.rows, "weights do not match the geometry");
+    check_tiles(g, x, y, &channels, &rows);
+    assert!(takes(isa, g.w, g), "no vector kernel for tiles of {} samples", g.w);
+    // SAFETY: sizes checked above; every tap's input channel is below g.channels and its kernel
+    // offsets inside the window (decoded from columns < cols), so every (c, iy, ix) the kernels
+    // read addresses a pixel of `x`; the ISA was chosen from the CPU.
     #[cfg(target_arch = "x86_64")]
-    if takes(isa, g.w, g) {
-        // SAFETY: as above; one sample at stride 1 along rows.
-        return unsafe { x86::conv_direct_one_avx512(m, bias, g, x, y, channels, rows, relu) };
+    match isa {
+        Isa::Avx512 if !vectorized(isa, g.w) => unsafe { x86::conv_direct_one_avx512(t, bias, g, x, y, channels, rows, relu) },
+        Isa::Avx512 => unsafe { x86::conv_direct_avx512(t, bias, g, x, y, channels, rows, relu) },
+        _ => unsafe { x86::conv_direct_avx2(t, bias, g, x, y, channels, rows, relu) },
     }
-    conv_direct_ref(m, bias, g, x, y, channels, rows, relu)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -109,28 +170,10 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Csr, Geometry};
+    use super::{Geometry, Tap, Taps};
 
     /// Vectors of an output row kept in registers at once.
     const CHUNK: usize = 8;
-
-    /// One output channel's taps: input channel, kernel row, kernel column, weight.
-    type Tap = (usize, usize, usize, f32);
-
-    /// Each non-zero's input channel and kernel offsets, decoded once (integer division costs
-    /// more than the multiply-adds of a small row); `taps[first[i]..first[i + 1]]` are the taps
-    /// of the `i`-th channel of `channels`.
-    fn decode(m: &Csr, g: &Geometry, channels: Range<usize>) -> (Vec<Tap>, Vec<usize>) {
-        let (mut taps, mut first) = (Vec::new(), vec![0]);
-        for o in channels {
-            taps.extend((m.row_ptr[o] as usize..m.row_ptr[o + 1] as usize).map(|j| {
-                let (c, ky, kx) = g.tap(m.col[j] as usize);
-                (c, ky, kx, m.val[j])
-            }));
-            first.push(taps.len());
-        }
-        (taps, first)
-    }
 
     /// One sample (`g.w == 1`) at stride 1 along rows: each vector holds 16 consecutive output
     /// columns of a row. The input rows that two consecutive output rows read (every channel,
@@ -147,7 +190,7 @@ mod x86 {
     /// columns < cols.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn conv_direct_one_avx512(
-        m: &Csr,
+        t: &Taps,
         bias: &[f32],
         g: &Geometry,
         x: &[f32],
@@ -173,9 +216,6 @@ mod x86 {
         // Per kernel row, the offset of the buffer row that each output row of the pair reads.
         let mut slots = vec![[0usize; 2]; kh];
         let last_lanes: __mmask16 = if ow % 16 == 0 { 0xffff } else { (1u16 << (ow % 16)) - 1 };
-        let (taps, first) = decode(m, g, channels.clone());
-        // Each tap as its offset in the buffer (channel ring and kernel column), kernel row, weight.
-        let taps: Vec<RingTap> = taps.iter().map(|&(c, ky, kx, v)| (c * span * row_len + kx * g.window.dilation[1], ky, v)).collect();
         let mut oy = rows.start;
         while oy < rows.end {
             let pair = rows.end - oy >= 2;
@@ -200,8 +240,16 @@ mod x86 {
             while v0 < vectors {
                 let n = (vectors - v0).min(CHUNK);
                 for (i, o) in channels.clone().enumerate() {
-                    let taps = &taps[first[i]..first[i + 1]];
-                    let run = Rows { buf: &buf, slots: &slots, taps, v0, bias: bias[o], relu };
+                    let run = Rows {
+                        buf: &buf,
+                        channel_len: span * row_len,
+                        dilation: g.window.dilation[1],
+                        slots: &slots,
+                        taps: t.of(o),
+                        v0,
+                        bias: bias[o],
+                        relu,
+                    };
                     let store = |z: usize| if v0 + z + 1 == vectors { last_lanes } else { 0xffff };
                     // SAFETY: the stored lanes of vectors v0..v0 + n are output columns of rows
                     // (i, oy) and, for a pair, (i, oy + 1).
@@ -225,17 +273,16 @@ mod x86 {
         }
     }
 
-    /// A tap of the one-sample kernel: its offset in the row buffer (its input channel's ring
-    /// plus its kernel column), its kernel row and its weight.
-    type RingTap = (usize, usize, f32);
-
     /// Vectors `v0..v0 + N` of `R` consecutive output rows (1 or 2) of one sample, from the row
-    /// ring of `conv_direct_one_avx512`: kernel row `ky` of output row `r` is the buffer row at
-    /// `slots[ky][r]` within each channel's ring.
+    /// ring of `conv_direct_one_avx512`: input channel `c`'s ring starts at `c * channel_len`,
+    /// and kernel row `ky` of output row `r` is the buffer row at `slots[ky][r]` within it.
     struct Rows<'a> {
         buf: &'a [f32],
+        channel_len: usize,
+        /// Dilation along rows.
+        dilation: usize,
         slots: &'a [[usize; 2]],
-        taps: &'a [RingTap],
+        taps: &'a [Tap],
         v0: usize,
         bias: f32,
         relu: bool,
@@ -251,8 +298,9 @@ mod x86 {
         unsafe fn go<const N: usize, const R: usize>(&self, out: *mut f32, ow: usize, last: __mmask16) {
             let mut acc = [[_mm512_set1_ps(self.bias); N]; R];
             let base = self.v0 * 16;
-            for &(at, ky, value) in self.taps {
+            for &(c, ky, kx, value) in self.taps {
                 let weight = _mm512_set1_ps(value);
+                let at = c * self.channel_len + kx * self.dilation;
                 let slots = self.slots[ky];
                 for (r, acc) in acc.iter_mut().enumerate() {
                     // SAFETY: at + slots[r] is the start of a buffer row plus the kernel column;
@@ -302,7 +350,7 @@ mod x86 {
             /// `super::check` verifies; CSR columns < cols.
             #[target_feature(enable = $feature)]
             pub unsafe fn $name(
-                m: &Csr,
+                t: &Taps,
                 bias: &[f32],
                 g: &Geometry,
                 x: &[f32],
@@ -313,7 +361,6 @@ mod x86 {
             ) {
                 let ([oh, ow], w) = (g.out_hw, g.w);
                 let row_vectors = ow * w / $lanes;
-                let (taps, first) = decode(m, g, channels.clone());
                 for oy in rows {
                     let mut v0 = 0;
                     while v0 < row_vectors {
@@ -322,7 +369,7 @@ mod x86 {
                         for (i, o) in channels.clone().enumerate() {
                             // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`.
                             unsafe {
-                                let taps = &taps[first[i]..first[i + 1]];
+                                let taps = t.of(o);
                                 let out = y.as_mut_ptr().add((i * oh + oy) * ow * w);
                                 let run = Chunk { g, x, taps, oy, v0, pos: &pos, bias: bias[o], relu, y: out };
                                 match n {
