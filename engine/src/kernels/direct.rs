@@ -230,7 +230,7 @@ mod x86 {
                     for c in 0..g.channels {
                         let dst = &mut buf[c * span * row_len + slot[r] + left..][..wd];
                         match g.source(0, oy + r, ky) {
-                            Some(iy) => dst.copy_from_slice(&x[(c * h + iy) * wd..][..wd]),
+                            Some(iy) => copy16(dst, &x[(c * h + iy) * wd..][..wd]),
                             None => dst.fill(0.0),
                         }
                     }
@@ -270,6 +270,22 @@ mod x86 {
                 v0 += n;
             }
             oy += 1 + pair as usize;
+        }
+    }
+
+    /// `dst.copy_from_slice(src)` in 16-float vectors, the last one masked: the rows copied into
+    /// the one-sample kernel's ring are a few hundred bytes, where a call to `memcpy` per row
+    /// had taken a tenth of the convolution stack's time at batch 1.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn copy16(dst: &mut [f32], src: &[f32]) {
+        assert_eq!(dst.len(), src.len(), "copy between rows of different lengths");
+        let mut k = 0;
+        while k < dst.len() {
+            let m: __mmask16 = if dst.len() - k >= 16 { 0xffff } else { (1u16 << (dst.len() - k)) - 1 };
+            // SAFETY: the masked lanes are k..min(k + 16, len) of both slices.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(k), m, _mm512_maskz_loadu_ps(m, src.as_ptr().add(k))) };
+            k += 16;
         }
     }
 

@@ -24,6 +24,11 @@ pub fn transpose_ref(src: &[f32], rows: usize, cols: usize, src_ld: usize, dst: 
 /// Transposes with the variant for `isa`.
 pub fn transpose(isa: Isa, src: &[f32], rows: usize, cols: usize, src_ld: usize, dst: &mut [f32], dst_ld: usize) {
     check(src, rows, cols, src_ld, dst, dst_ld);
+    // One sample into a one-column tile (or one feature of contiguous samples): a copy.
+    if (rows == 1 && dst_ld == 1) || (cols == 1 && src_ld == 1) {
+        let n = rows * cols;
+        return dst[..n].copy_from_slice(&src[..n]);
+    }
     match isa {
         // SAFETY: sizes checked above; AVX is implied by both levels.
         #[cfg(target_arch = "x86_64")]
