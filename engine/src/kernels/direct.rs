@@ -186,8 +186,8 @@ mod x86 {
     /// offsets, loaded once, serve both rows of the pair.
     ///
     /// # Safety
-    /// AVX-512F; `g.w == 1` and `g.window.stride[1] == 1`; sizes as `super::check` verifies; CSR
-    /// columns < cols.
+    /// AVX-512F; `g.w == 1` and `g.window.stride[1] == 1`; sizes and `t` as
+    /// `super::conv_direct_decoded` checks them (taps decoded for `g`'s window).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn conv_direct_one_avx512(
         t: &Taps,
@@ -362,8 +362,8 @@ mod x86 {
         ($name:ident, $go:ident, $feature:literal, $lanes:literal, $vec:ty,
          $set1:ident, $fmadd:ident, $loadu:ident, $storeu:ident, $max:ident, $zero:ident) => {
             /// # Safety
-            /// The CPU has the feature; `g.w` is a multiple of the lane count; sizes as
-            /// `super::check` verifies; CSR columns < cols.
+            /// The CPU has the feature; `g.w` is a multiple of the lane count; sizes and `t` as
+            /// `super::conv_direct_decoded` checks them (taps decoded for `g`'s window).
             #[target_feature(enable = $feature)]
             pub unsafe fn $name(
                 t: &Taps,
