@@ -325,18 +325,24 @@ mod x86 {
 
     use super::{Dequant, Geometry, Out, ShiftConv};
 
-    /// `super::spread` for the first lanes, 64 at a time; returns how many it did.
+    /// `super::spread`, 64 lanes at a time, the last step masked (one sample's rows are a few
+    /// dozen lanes); returns how many lanes it did (all of them).
     ///
     /// # Safety
     /// AVX-512F and BW; `buf` holds `out.len() / 4 + 3 * w` bytes.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn spread_avx512(buf: &[u8], w: usize, out: &mut [u8]) -> usize {
         let lanes = out.len() / 4;
+        let bytes = |k: usize| -> __mmask64 { if k >= 64 { !0 } else { (1u64 << k) - 1 } };
         let mut i = 0;
-        while i + 64 <= lanes {
-            // SAFETY: the four loads end at i + 3 * w + 64 <= buf.len(); the stores at 4 * (i + 64).
+        while i < lanes {
+            let k = (lanes - i).min(64);
+            // SAFETY: load j reads bytes i + j * w .. i + j * w + k <= lanes + 3 * w <= buf.len();
+            // store m writes out's bytes 4i + 64m .. 4i + 64m + 4 * (k - 16m), inside 4 * lanes.
+            // Lane t of every vector below depends only on byte t of each load, so the lanes
+            // past k, loaded as zeros, are never stored.
             unsafe {
-                let load = |j: usize| _mm512_loadu_si512(buf.as_ptr().add(i + j * w) as *const _);
+                let load = |j: usize| _mm512_maskz_loadu_epi8(bytes(k), buf.as_ptr().add(i + j * w) as *const i8);
                 let (a, b, c, d) = (load(0), load(1), load(2), load(3));
                 // Within each 128-bit block: bytes of a and b, then of c and d, paired, then the
                 // pairs paired: w0..w3 hold the block's lanes 0-3, 4-7, 8-11 and 12-15.
@@ -347,13 +353,21 @@ mod x86 {
                 // Output vector m is block m of w0, w1, w2 and w3: a 4x4 transposition of blocks.
                 let (t0, t1) = (_mm512_shuffle_i32x4::<0x44>(w0, w1), _mm512_shuffle_i32x4::<0x44>(w2, w3));
                 let (t2, t3) = (_mm512_shuffle_i32x4::<0xEE>(w0, w1), _mm512_shuffle_i32x4::<0xEE>(w2, w3));
-                let p = out.as_mut_ptr().add(i * 4) as *mut __m512i;
-                _mm512_storeu_si512(p as *mut _, _mm512_shuffle_i32x4::<0x88>(t0, t1));
-                _mm512_storeu_si512(p.add(1) as *mut _, _mm512_shuffle_i32x4::<0xDD>(t0, t1));
-                _mm512_storeu_si512(p.add(2) as *mut _, _mm512_shuffle_i32x4::<0x88>(t2, t3));
-                _mm512_storeu_si512(p.add(3) as *mut _, _mm512_shuffle_i32x4::<0xDD>(t2, t3));
+                let vectors = [
+                    _mm512_shuffle_i32x4::<0x88>(t0, t1),
+                    _mm512_shuffle_i32x4::<0xDD>(t0, t1),
+                    _mm512_shuffle_i32x4::<0x88>(t2, t3),
+                    _mm512_shuffle_i32x4::<0xDD>(t2, t3),
+                ];
+                let p = out.as_mut_ptr().add(i * 4) as *mut i8;
+                for (m, v) in vectors.into_iter().enumerate() {
+                    let lanes_here = k.saturating_sub(16 * m).min(16);
+                    if lanes_here > 0 {
+                        _mm512_mask_storeu_epi8(p.add(64 * m), bytes(4 * lanes_here), v);
+                    }
+                }
             }
-            i += 64;
+            i += k;
         }
         i
     }
