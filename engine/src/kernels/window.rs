@@ -272,32 +272,36 @@ fn pool_tiles(
     }
 }
 
-/// The window positions of one-sample pooling, output row by output row: for each channel `c`
-/// and output row `oy` of `rows`, `row(c * oh + oy, whole, partial)` gets the starts in the image
-/// (`[c, h, wd]`) of the positions whose inputs lie inside the image for every output of the row,
-/// and for the others (over the padding) the outputs they cover with their first input. The
-/// offsets inside the image are worked out once per kernel position, not per output.
-fn one_sample_rows(g: &Geometry, rows: std::ops::Range<usize>, mut row: impl FnMut(usize, &[usize], &[(std::ops::Range<usize>, usize)])) {
+/// The window positions of one-sample pooling, output row by output row: for each output row
+/// `oy` of `rows` and channel `c`, `row(c * oh + oy, plane, whole, partial)` gets channel `c`'s
+/// input plane (`[h, wd]`), the starts in it of the positions whose inputs lie inside the image
+/// for every output of the row, and for the others (over the padding) the outputs they cover with
+/// their first input. The positions are worked out once per output row, for every channel.
+fn one_sample_rows<T>(
+    g: &Geometry,
+    x: &[T],
+    rows: std::ops::Range<usize>,
+    mut row: impl FnMut(usize, &[T], &[usize], &[(std::ops::Range<usize>, usize)]),
+) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
-    let [h, wd] = g.in_hw;
+    let plane = g.in_hw[0] * g.in_hw[1];
     let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
     let (mut whole, mut partial) = (Vec::with_capacity(kh * kw), Vec::with_capacity(kh * kw));
-    for c in 0..g.channels {
-        for oy in rows.clone() {
-            whole.clear();
-            partial.clear();
-            for iy in (0..kh).filter_map(|ky| g.source(0, oy, ky)) {
-                let start = (c * h + iy) * wd;
-                for (valid, ix0) in &inside {
-                    if valid.len() == ow {
-                        whole.push(start + ix0);
-                    } else if !valid.is_empty() {
-                        partial.push((valid.clone(), start + ix0));
-                    }
+    for oy in rows {
+        whole.clear();
+        partial.clear();
+        for iy in (0..kh).filter_map(|ky| g.source(0, oy, ky)) {
+            for (valid, ix0) in &inside {
+                if valid.len() == ow {
+                    whole.push(iy * g.in_hw[1] + ix0);
+                } else if !valid.is_empty() {
+                    partial.push((valid.clone(), iy * g.in_hw[1] + ix0));
                 }
             }
-            row(c * oh + oy, &whole, &partial);
+        }
+        for c in 0..g.channels {
+            row(c * oh + oy, &x[c * plane..][..plane], &whole, &partial);
         }
     }
 }
@@ -310,7 +314,7 @@ fn pool_one(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>,
     let ow = g.out_hw[1];
     let stride = g.window.stride[1];
     let mut count = vec![0usize; ow];
-    one_sample_rows(g, rows, |r, whole, partial| {
+    one_sample_rows(g, x, rows, |r, x, whole, partial| {
         let out = &mut y[r * ow..][..ow];
         out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
         count.fill(whole.len());
@@ -330,7 +334,7 @@ fn pool_one(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>,
 /// `max_pool_codes` for one sample: as `pool_one`, on codes (0 where a window holds no pixel).
 fn max_pool_codes_one(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
     let (ow, stride) = (g.out_hw[1], g.window.stride[1]);
-    one_sample_rows(g, rows, |r, whole, partial| {
+    one_sample_rows(g, x, rows, |r, x, whole, partial| {
         let out = &mut y[r * ow..][..ow];
         out.fill(0);
         for (valid, start) in partial {
@@ -504,8 +508,12 @@ mod x86 {
         let (op, xp) = (out.as_mut_ptr(), x.as_ptr());
         let lanes = |k: usize| -> __mmask16 { ((1u32 << k.min(16)) - 1) as __mmask16 };
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let offsets =
-            _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride as i32));
+        // Gather offsets, for strides above 2 only (a 32-bit multiply is slow).
+        let offsets = if stride > 2 {
+            _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride as i32))
+        } else {
+            _mm512_setzero_si512()
+        };
         let mut i = 0;
         while i < n {
             let k = (n - i).min(16);
