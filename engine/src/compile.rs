@@ -300,7 +300,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // Blocks of 4 rows are a candidate where the weights fill them well (block-pruned or
             // dense weights), with AVX2 or AVX-512; built once here and kept if chosen.
             let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
-            let mut batched = choose(&m, data, &csr, blocked.as_ref(), positions * o.tile, o);
+            let mut batched = choose(&m, data, &csr, blocked.as_ref(), timing_columns(&m, positions * o.tile), o);
             if let Some(g) = conv.filter(|_| direct::vectorized(o.isa, o.tile))
                 && direct_is_faster(&m, g, data, &csr, blocked.as_ref(), batched, o)
             {
@@ -312,7 +312,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // One sample runs the direct kernel too where it takes one (AVX-512, stride 1 along rows).
             let one = match conv {
                 Some(g) if batched == Kernel::Direct && direct::takes(o.isa, 1, &g) => Kernel::Direct,
-                _ => choose(&m, data, &csr, None, positions, o),
+                _ => choose(&m, data, &csr, None, timing_columns(&m, positions), o),
             };
             (one, batched)
         }
@@ -330,6 +330,18 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         m.taps = Some(direct::Taps::new(csr, g));
     }
     Ok(m)
+}
+
+/// Bytes of input (im2col columns) the kernel timings run on at most. A tile's whole image is
+/// timed where it fits; above this, the planner cuts such layers into row bands anyway, and
+/// timing a whole 96 x 96 image at 16-sample tiles (a 170 MB im2col buffer for a 32-channel 3 x 3
+/// layer) had made compiling the convolution stack take 10 s.
+const TIMING_BYTES: usize = 32 << 20;
+
+/// The columns (output positions times samples) to time a layer of `m.cols` inputs on: all `w`
+/// of them, or as many as `TIMING_BYTES` holds.
+fn timing_columns(m: &MatMul, w: usize) -> usize {
+    w.min(TIMING_BYTES / (4 * m.cols.max(1))).max(1)
 }
 
 /// Times the candidates on a `[cols, w]` input (single thread) and returns the fastest, with
@@ -394,11 +406,14 @@ fn best_time(f: &mut dyn FnMut()) -> f64 {
 fn direct_is_faster(m: &MatMul, g: Geometry, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, batched: Kernel, o: &Options) -> bool {
     let g = Geometry { w: o.tile, ..g };
     let [oh, ow] = g.out_hw;
-    let cols_w = oh * ow * o.tile;
+    // The whole image, or a band of output rows from its middle (`timing_columns`).
+    let band = (timing_columns(m, oh * ow * o.tile) / (ow * o.tile).max(1)).clamp(1, oh);
+    let rows = (oh - band) / 2..(oh - band) / 2 + band;
+    let cols_w = band * ow * o.tile;
     let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * o.tile);
-    let (mut cols, mut y) = (vec![0.0f32; m.cols * cols_w], vec![0.0f32; m.rows * cols_w]);
+    let (mut cols, mut y) = (vec![0.0f32; m.cols * cols_w], vec![0.0f32; m.rows * oh * ow * o.tile]);
     let t_im2col = best_time(&mut || {
-        window::im2col(&g, &x, &mut cols);
+        window::im2col_rows(&g, &x, rows.clone(), &mut cols);
         match (batched, blocked) {
             (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &cols, cols_w, &mut y, m.relu, 1),
             (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, &cols, cols_w, &mut y, 0..b.blocks(), m.relu),
@@ -406,6 +421,6 @@ fn direct_is_faster(m: &MatMul, g: Geometry, data: &[f32], csr: &Csr, blocked: O
         }
     });
     let taps = direct::Taps::new(csr, &g);
-    let t_direct = best_time(&mut || direct::conv_direct_decoded(o.isa, &taps, &m.bias, &g, &x, &mut y, 0..m.rows, 0..oh, m.relu));
+    let t_direct = best_time(&mut || direct::conv_direct_decoded(o.isa, &taps, &m.bias, &g, &x, &mut y, 0..m.rows, rows.clone(), m.relu));
     t_direct < t_im2col
 }
