@@ -7,8 +7,9 @@
 //! far more than the multiply-adds read, which is what this saves.
 //!
 //! The weights are the layer's CSR matrix `[out, c * kh * kw]` (the im2col column order), so
-//! the same packing serves both paths. Vector variants: AVX-512 and AVX2, for tiles whose width
-//! is a multiple of 16 or 8 (every vector then holds samples of one output position).
+//! the same packing serves both paths; the vector kernels read it decoded into taps (`Taps`,
+//! once per layer). Vector variants: AVX-512 and AVX2, for tiles whose width is a multiple of 16
+//! or 8 (every vector then holds samples of one output position), and AVX-512 for one sample.
 
 use std::ops::Range;
 
@@ -96,14 +97,12 @@ pub struct Taps {
 
 impl Taps {
     /// `m`'s non-zeros as taps of the window of `g` (`m.cols` must be `g`'s channels times its
-    /// kernel size); each column's offsets come from a table built by counting.
+    /// kernel size).
     pub fn new(m: &Csr, g: &Geometry) -> Taps {
         let [kh, kw] = g.window.kernel;
         assert_eq!(m.cols, g.channels * kh * kw, "weights do not match the geometry");
-        let offsets: Vec<(usize, usize, usize)> =
-            (0..g.channels).flat_map(|c| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (c, ky, kx)))).collect();
         let taps = (0..m.nnz()).map(|j| {
-            let (c, ky, kx) = offsets[m.col[j] as usize];
+            let (c, ky, kx) = g.tap(m.col[j] as usize);
             (c, ky, kx, m.val[j])
         });
         Taps { rows: m.rows, cols: m.cols, taps: taps.collect(), first: m.row_ptr.iter().map(|&p| p as usize).collect() }
