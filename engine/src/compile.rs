@@ -8,7 +8,8 @@ use crate::error::{EngineError, Result};
 use crate::graph::{Activation, Graph, Op, Quant, Weight, Window};
 use crate::kernels::bcsr::{self, Bcsr};
 use crate::kernels::csr::Csr;
-use crate::kernels::q8::{Dequant, Q8Matrix};
+use crate::kernels::q8::{self, Dequant, Q8Matrix};
+use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry};
 use crate::kernels::{Isa, dense, direct, spmm, spmv};
@@ -38,12 +39,41 @@ pub struct Options {
     pub tile: usize,
     /// A sparse kernel must be this much faster than dense to be chosen (0.05 = 5%).
     pub dense_bias: f64,
+    /// Whether int8 linear layers may run dense on AMX tiles (`ENGINE_AMX`).
+    pub amx: Amx,
 }
 
 impl Options {
     pub fn new(policy: KernelPolicy) -> Result<Options> {
         let isa = crate::kernels::active_isa().map_err(EngineError::Shape)?;
-        Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05 })
+        let amx = Amx::from_env().map_err(EngineError::Shape)?;
+        Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05, amx })
+    }
+}
+
+/// Environment variable for the AMX choice: `off`, `on` or `timed` (the default).
+pub const AMX_ENV: &str = "ENGINE_AMX";
+
+/// When the int8 linear layers of a model run dense on AMX tiles (on CPUs that have them, under
+/// the `auto` kernel policy; `sparse` and `dense` never use them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Amx {
+    /// Where the tiles time faster than the sparse int8 kernel on the layer.
+    #[default]
+    Timed,
+    /// Every int8 linear layer.
+    Always,
+    Off,
+}
+
+impl Amx {
+    fn from_env() -> std::result::Result<Amx, String> {
+        match std::env::var(AMX_ENV).as_deref() {
+            Err(_) | Ok("timed") => Ok(Amx::Timed),
+            Ok("on") => Ok(Amx::Always),
+            Ok("off") => Ok(Amx::Off),
+            Ok(v) => Err(format!("{AMX_ENV}={v} is not one of off, on, timed")),
+        }
     }
 }
 
@@ -59,6 +89,9 @@ pub enum Kernel {
     /// Int8 direct convolution from a shifted quantized image, no im2col (`q8direct`; AVX-512
     /// VNNI, stride 1; tiles of any width).
     Int8Direct,
+    /// Int8 weights dense in AMX tiles (`q8amx`; batched tiles of linear layers, on CPUs with
+    /// AMX, where it times faster than the sparse int8 kernel).
+    Int8Tiles,
     /// Sparse direct convolution from the image tile, no im2col (tiles of a multiple of 16
     /// (AVX-512) or 8 (AVX2) samples, and one sample at stride 1 with AVX-512; other tiles run
     /// im2col and the CSR kernel on the same weights).
@@ -75,6 +108,7 @@ impl Kernel {
             (Kernel::Int8, false) => "q8-spmm-k4",
             (Kernel::Int8, true) => "q8-spmv-k4",
             (Kernel::Int8Direct, _) => "q8-conv-direct",
+            (Kernel::Int8Tiles, _) => "q8-amx-dense",
             (Kernel::Direct, _) => "f32-conv-direct",
         }
     }
@@ -114,6 +148,8 @@ pub struct Int8Layer {
     pub input_zero: u8,
     /// For a convolution that runs the direct kernel, its weights regrouped for it.
     pub shift: Option<ShiftConv>,
+    /// For a linear layer whose batched kernel is `Int8Tiles`, its weights in AMX tiles.
+    pub tiles: Option<TileMatrix>,
 }
 
 impl Int8Layer {
@@ -128,7 +164,7 @@ impl Int8Layer {
             zero_corr: matrix.row_sums.iter().map(|&r| r * q.input_zero as i32).collect(),
             relu,
         };
-        Int8Layer { matrix, dequant, input_scale: q.input_scale, input_zero: q.input_zero, shift }
+        Int8Layer { matrix, dequant, input_scale: q.input_scale, input_zero: q.input_zero, shift, tiles: None }
     }
 }
 
@@ -139,7 +175,12 @@ impl MatMul {
     /// Bytes of packed weights kept for execution.
     pub fn weight_bytes(&self) -> usize {
         self.dense.as_ref().map_or(0, |d| 4 * d.len())
-            + self.int8.as_ref().map_or(0, |q| q.matrix.bytes() + 12 * self.rows + q.shift.as_ref().map_or(0, ShiftConv::bytes))
+            + self.int8.as_ref().map_or(0, |q| {
+                q.matrix.bytes()
+                    + 12 * self.rows
+                    + q.shift.as_ref().map_or(0, ShiftConv::bytes)
+                    + q.tiles.as_ref().map_or(0, TileMatrix::bytes)
+            })
             + self.csr.as_ref().map_or(0, Csr::bytes)
             + self.bcsr.as_ref().map_or(0, Bcsr::bytes)
             + 4 * self.bias.len()
@@ -286,9 +327,16 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         if q.scales.len() != rows {
             return Err(EngineError::graph(name, format!("{} weight scales for {rows} rows", q.scales.len())));
         }
-        let int8 = Int8Layer::new(weight, q, bias, relu, conv.filter(|_| q8direct::available(o.isa)));
+        let mut int8 = Int8Layer::new(weight, q, bias, relu, conv.filter(|_| q8direct::available(o.isa)));
         let kernel = if int8.shift.is_some() { Kernel::Int8Direct } else { Kernel::Int8 };
         (m.batch1, m.batched) = (kernel, kernel);
+        if kernel == Kernel::Int8 && conv.is_none() && o.policy == KernelPolicy::Auto && o.amx != Amx::Off && q8amx::available(o.isa) {
+            let tiles = TileMatrix::from_int8(&weight.int8().expect("quantized weight"), rows, cols);
+            if o.amx == Amx::Always || tiles_are_faster(&int8, &tiles, o) {
+                m.batched = Kernel::Int8Tiles;
+                int8.tiles = Some(tiles);
+            }
+        }
         m.int8 = Some(Box::new(int8));
         return Ok(m);
     }
@@ -375,6 +423,17 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize,
         }
     }
     if best.0 < t_dense * (1.0 - o.dense_bias) { best.1 } else { Kernel::Dense }
+}
+
+/// Times an int8 linear layer's dense AMX tiles against its sparse int8 kernel on one tile of
+/// `o.tile` samples (single thread).
+fn tiles_are_faster(int8: &Int8Layer, tiles: &TileMatrix, o: &Options) -> bool {
+    let (m, w) = (&int8.matrix, o.tile);
+    let x: Vec<u8> = (0..q8::quantized_len(m.cols, w)).map(|i| (i * 7919 % 251) as u8).collect();
+    let mut y = vec![0.0f32; m.rows * w];
+    let t_sparse = best_time(&mut || q8::spmm_q8(o.isa, m, &x, w, &mut y, 0..m.rows, &int8.dequant));
+    let t_tiles = best_time(&mut || q8amx::matmul_into(tiles, &x, w, q8::Output::F32(&mut y), 0..m.rows, &int8.dequant));
+    t_tiles < t_sparse
 }
 
 /// Deterministic inputs for timing kernels.

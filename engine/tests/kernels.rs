@@ -685,3 +685,58 @@ impl MapNan for [f32] {
         self.iter().map(|v| v.to_bits()).collect()
     }
 }
+
+#[test]
+fn amx_tiles_match_the_scalar_twin_exactly() {
+    use engine::kernels::q8::{self, Dequant, Output, Q8Matrix};
+    use engine::kernels::q8amx::{self, TileMatrix};
+    if !q8amx::available(Isa::detect()) {
+        eprintln!("no AMX on this CPU: the tile kernel is not tested");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(28);
+    let tile_cases = [(16, 64, 32, 0.5), (33, 130, 40, 0.9), (300, 784, 64, 0.9), (100, 300, 17, 0.9), (5, 1000, 3, 0.0)];
+    for (i, (rows, cols, w, s)) in cases().into_iter().chain(wide_int8_cases()).chain(tile_cases).enumerate() {
+        let values = int8_matrix(rows, cols, s, i % 2 == 0, &mut rng);
+        let (m, tiles) = (Q8Matrix::from_int8(&values, rows, cols), TileMatrix::from_int8(&values, rows, cols));
+        let zero = rng.random_range(0..=255u8);
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let mut qx = vec![0u8; q8::quantized_len(cols, w)];
+        q8::quantize_ref(&x, cols, w, 0.02, zero, &mut qx);
+        let d = Dequant {
+            bias: (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            mult: (0..rows).map(|_| rng.random_range(1e-4..1e-2)).collect(),
+            zero_corr: m.row_sums.iter().map(|&r| r * zero as i32).collect(),
+            relu: i % 3 != 0,
+        };
+        let what = format!("amx {rows}x{cols} w={w} s={s}");
+        let mut want = vec![0.0; rows * w];
+        q8::spmm_q8_ref(&m, &qx, w, &mut want, 0..rows, &d);
+        let mut got = vec![f32::NAN; rows * w];
+        q8amx::matmul_into(&tiles, &qx, w, Output::F32(&mut got), 0..rows, &d);
+        assert_eq!(got, want, "{what}");
+        // Row ranges that start and end inside a tile of 16 rows write only their rows.
+        if rows > 2 {
+            let mut part = vec![f32::NAN; (rows - 2) * w];
+            q8amx::matmul_into(&tiles, &qx, w, Output::F32(&mut part), 1..rows - 1, &d);
+            assert_eq!(part[..], want[w..(rows - 1) * w], "{what} rows 1..{}", rows - 1);
+        }
+        let stride = w + 3;
+        let mut strided = vec![f32::NAN; (rows - 1) * stride + w];
+        q8amx::matmul_into(&tiles, &qx, w, Output::F32Rows { y: &mut strided, stride }, 0..rows, &d);
+        for o in 0..rows {
+            assert_eq!(strided[o * stride..o * stride + w], want[o * w..(o + 1) * w], "{what} strided");
+        }
+        let (next_scale, next_zero) = (rng.random_range(0.002..0.02f32), rng.random_range(0..=255u8));
+        let mut want_q = vec![0u8; q8::quantized_len(rows, w)];
+        q8::spmm_q8_ref_into(&m, &qx, w, Output::quantized(&mut want_q, next_scale, next_zero), 0..rows, &d);
+        let mut got_q = vec![7u8; want_q.len()];
+        q8amx::matmul_into(&tiles, &qx, w, Output::quantized(&mut got_q, next_scale, next_zero), 0..rows, &d);
+        assert_eq!(got_q, want_q, "{what} requantized");
+        if rows > 4 {
+            let mut part = vec![7u8; q8::quantized_len(rows - 4, w)];
+            q8amx::matmul_into(&tiles, &qx, w, Output::quantized(&mut part, next_scale, next_zero), 4..rows, &d);
+            assert_eq!(part[..], want_q[w * 4..], "{what} requantized rows 4..");
+        }
+    }
+}

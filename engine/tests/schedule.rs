@@ -138,3 +138,34 @@ fn direct_convolutions_match_im2col_in_whole_models() {
         }
     }
 }
+
+#[test]
+fn int8_layers_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
+    if !engine::kernels::q8amx::available(engine::kernels::Isa::detect()) {
+        eprintln!("no AMX on this CPU: int8 layers on tiles are not tested");
+        return;
+    }
+    let graph = quantized(mlp_with(41, 0.9, [784, 300, 100, 10]));
+    let sparse = compile::compile(graph.clone(), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
+    let tiles =
+        compile::compile(graph.clone(), Options { amx: compile::Amx::Always, ..Options::new(KernelPolicy::Auto).unwrap() }).unwrap();
+    let kernels: Vec<_> = tiles
+        .layers
+        .iter()
+        .filter_map(|l| match &l.exec {
+            compile::Exec::MatMul(m) => Some(m.batched),
+            _ => None,
+        })
+        .collect();
+    assert!(kernels.iter().all(|&k| k == compile::Kernel::Int8Tiles), "{kernels:?}");
+    for batch in [1, 3, 17, 64, 100] {
+        let input = random_input(batch as u64, batch, &graph.input_shape);
+        let want = Session::with_schedule(&sparse, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+        for threads in [1, 2] {
+            for schedule in [Schedule::Layerwise, Schedule::Depthwise] {
+                let got = Session::with_schedule(&tiles, threads, schedule, None).unwrap().run(&input.data, batch).unwrap();
+                assert_eq!(got, want, "batch {batch}, {threads} threads, {schedule:?}");
+            }
+        }
+    }
+}

@@ -3,6 +3,8 @@
 //! convolution's input, and running the int8 kernels over the team.
 
 use super::*;
+use crate::compile::Int8Layer;
+use crate::kernels::q8amx;
 
 /// How an int8 layer gets its quantized input and where its output goes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -147,6 +149,9 @@ pub(super) fn conv_q8_direct(
 pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, team: &Team) {
     let threads = team.threads();
     let q = layer.int8.as_ref().expect("an int8 layer");
+    if let Some(tiles) = q.tiles.as_ref().filter(|_| w > 1) {
+        return tiles_matmul(tiles, q, x, w, out, splits(layer, w, threads).then_some(team));
+    }
     let m = &q.matrix;
     if !splits(layer, w, threads) {
         return q8::spmm_q8_into(isa, m, x, w, out, 0..m.rows, &q.dequant);
@@ -165,6 +170,36 @@ pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8:
             }
             team.for_each(parts, |(r, y)| q8::spmm_q8_into(isa, m, x, w, q8::Output::Quantized { y, inv_scale, zero }, r, &q.dequant));
         }
+    }
+}
+
+/// The AMX kernel on a quantized tile, its rows split over the team (in whole tiles of 16 rows)
+/// when given one.
+fn tiles_matmul(tiles: &q8amx::TileMatrix, q: &Int8Layer, x: &[u8], w: usize, out: q8::Output, team: Option<&Team>) {
+    let Some(team) = team else { return q8amx::matmul_into(tiles, x, w, out, 0..tiles.rows, &q.dequant) };
+    let parts = tiles.row_parts(team.threads());
+    match out {
+        q8::Output::F32(y) => {
+            let mut rest = y;
+            let mut jobs = Vec::new();
+            for r in parts {
+                let (head, tail) = rest.split_at_mut(r.len() * w);
+                jobs.push((r, q8::Output::F32(head)));
+                rest = tail;
+            }
+            team.for_each(jobs, |(r, y)| q8amx::matmul_into(tiles, x, w, y, r, &q.dequant));
+        }
+        q8::Output::Quantized { y, inv_scale, zero } => {
+            let mut rest = y;
+            let mut jobs = Vec::new();
+            for r in parts {
+                let (head, tail) = rest.split_at_mut(q8::quantized_len(r.len(), w));
+                jobs.push((r, q8::Output::Quantized { y: head, inv_scale, zero }));
+                rest = tail;
+            }
+            team.for_each(jobs, |(r, y)| q8amx::matmul_into(tiles, x, w, y, r, &q.dequant));
+        }
+        rows @ q8::Output::F32Rows { .. } => q8amx::matmul_into(tiles, x, w, rows, 0..tiles.rows, &q.dequant),
     }
 }
 

@@ -72,7 +72,7 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
     let threads = team.threads();
     let batch1 = w == 1;
     match m.kernel(batch1) {
-        Kernel::Int8 | Kernel::Int8Direct => unreachable!("int8 layers run through int8_matmul"),
+        Kernel::Int8 | Kernel::Int8Direct | Kernel::Int8Tiles => unreachable!("int8 layers run through int8_matmul"),
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             if !splits(m, w, threads) {

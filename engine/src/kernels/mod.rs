@@ -14,6 +14,7 @@ pub mod dense;
 pub mod direct;
 pub mod kblocked;
 pub mod q8;
+pub mod q8amx;
 pub mod q8conv;
 pub mod q8direct;
 pub mod spmm;

@@ -98,6 +98,23 @@ pub enum Output<'a> {
 }
 
 impl Output<'_> {
+    /// Panics unless rows `rows` of a matrix of `n_rows` rows, `ld` samples each, fit.
+    pub(crate) fn check(&self, rows: &Range<usize>, n_rows: usize, ld: usize) {
+        match self {
+            Output::F32(y) => assert!(y.len() >= rows.len() * ld, "output tile too small"),
+            Output::F32Rows { y, stride } => {
+                assert!(*stride >= ld && (rows.is_empty() || y.len() >= (rows.len() - 1) * stride + ld), "output rows do not fit")
+            }
+            Output::Quantized { y, .. } => {
+                assert!(
+                    rows.start.is_multiple_of(4) && (rows.end.is_multiple_of(4) || rows.end == n_rows),
+                    "requantized rows must be whole groups of 4"
+                );
+                assert!(y.len() >= quantized_len(rows.len(), ld), "requantized output too small");
+            }
+        }
+    }
+
     /// Output for the next layer's input quantization `(scale, zero)`.
     pub fn quantized(y: &mut [u8], scale: f32, zero: u8) -> Output<'_> {
         Output::Quantized { y, inv_scale: 1.0 / scale, zero }
@@ -274,19 +291,7 @@ fn check(m: &Q8Matrix, x: &[u8], ld: usize, out: &Output, rows: &Range<usize>, d
     assert!(rows.end <= m.rows, "row range does not fit the matrix");
     assert!(d.bias.len() == m.rows && d.mult.len() == m.rows && d.zero_corr.len() == m.rows, "dequantization does not fit");
     assert!(x.len() >= quantized_len(m.cols, ld), "quantized input too small");
-    match out {
-        Output::F32(y) => assert!(y.len() >= rows.len() * ld, "output tile too small"),
-        Output::F32Rows { y, stride } => {
-            assert!(*stride >= ld && (rows.is_empty() || y.len() >= (rows.len() - 1) * stride + ld), "output rows do not fit")
-        }
-        Output::Quantized { y, .. } => {
-            assert!(
-                rows.start.is_multiple_of(4) && (rows.end.is_multiple_of(4) || rows.end == m.rows),
-                "requantized rows must be whole groups of 4"
-            );
-            assert!(y.len() >= quantized_len(rows.len(), ld), "requantized output too small");
-        }
-    }
+    out.check(rows, m.rows, ld);
 }
 
 /// The int32 dot product of row `o` with sample `s`.
@@ -350,6 +355,9 @@ pub fn spmm_q8_into(isa: Isa, m: &Q8Matrix, x: &[u8], ld: usize, mut out: Output
         _ => spmm_q8_ref_into(m, x, ld, out, rows, d),
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::emit16;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -447,7 +455,7 @@ mod x86 {
     /// verifies for rows `r0..` and `ld` samples.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn emit16(
+    pub(crate) unsafe fn emit16(
         out: &mut Output,
         d: &Dequant,
         o: usize,
