@@ -45,8 +45,8 @@ pub struct Options {
 
 impl Options {
     pub fn new(policy: KernelPolicy) -> Result<Options> {
-        let isa = crate::kernels::active_isa().map_err(EngineError::Shape)?;
-        let amx = Amx::from_env().map_err(EngineError::Shape)?;
+        let isa = crate::kernels::active_isa().map_err(EngineError::Setting)?;
+        let amx = Amx::from_env().map_err(EngineError::Setting)?;
         Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05, amx })
     }
 }
@@ -67,6 +67,14 @@ pub enum Amx {
 }
 
 impl Amx {
+    pub fn name(self) -> &'static str {
+        match self {
+            Amx::Timed => "timed",
+            Amx::Always => "on",
+            Amx::Off => "off",
+        }
+    }
+
     fn from_env() -> std::result::Result<Amx, String> {
         match std::env::var(AMX_ENV).as_deref() {
             Err(_) | Ok("timed") => Ok(Amx::Timed),

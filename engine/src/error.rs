@@ -14,6 +14,9 @@ pub enum EngineError {
     Graph { node: String, reason: String },
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// A bad environment setting (`ENGINE_ISA`, `ENGINE_AMX`): the message names it.
+    #[error("{0}")]
+    Setting(String),
     #[error("{path}: not a valid .npy file: {reason}")]
     Npy { path: String, reason: String },
 }

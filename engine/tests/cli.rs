@@ -67,4 +67,8 @@ fn mistakes_are_one_clear_line() {
         Command::new(env!("CARGO_BIN_EXE_engine")).args(["info", "--model", &p("m.sparse")]).env("ENGINE_ISA", "sse9").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("ENGINE_ISA=sse9") && !err.contains("panicked"), "{err}");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_engine")).args(["info", "--model", &p("m.sparse")]).env("ENGINE_AMX", "maybe").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ENGINE_AMX=maybe is not one of off, on, timed") && err.lines().count() == 1, "{err}");
 }

@@ -97,22 +97,31 @@ mod x86 {
     use super::{Dequant, Output, TILE_K, TILE_ROWS, TileMatrix};
     use crate::kernels::q8::emit16;
 
+    /// Asks Linux for the tile state (once per process, before the first tile instruction).
+    #[cfg(target_os = "linux")]
+    fn request_tile_state() -> bool {
+        /// `arch_prctl` request and the tile data feature number (Linux `asm/prctl.h`).
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain system call with integer arguments.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    /// Other systems: tiles are not used.
+    #[cfg(not(target_os = "linux"))]
+    fn request_tile_state() -> bool {
+        false
+    }
+
     /// CPUID leaf 7 EDX bits: AMX-TILE and AMX-INT8.
     const AMX_TILE: u32 = 1 << 24;
     const AMX_INT8: u32 = 1 << 25;
-    /// `arch_prctl` request and the tile data feature number (Linux `asm/prctl.h`).
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
 
     pub fn permitted() -> bool {
         static PERMITTED: OnceLock<bool> = OnceLock::new();
         *PERMITTED.get_or_init(|| {
             let edx = __cpuid_count(7, 0).edx;
-            edx & AMX_TILE != 0
-                && edx & AMX_INT8 != 0
-                && is_x86_feature_detected!("avx512f")
-                // SAFETY: a plain system call with integer arguments.
-                && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+            edx & AMX_TILE != 0 && edx & AMX_INT8 != 0 && is_x86_feature_detected!("avx512f") && request_tile_state()
         })
     }
 

@@ -25,6 +25,9 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
     println!("input:   {} {:?} per sample", model.graph.input, model.input_shape);
     println!("output:  {} {:?} per sample", model.graph.output, model.output_shape);
     println!("isa:     {} (set ENGINE_ISA=scalar|avx2|avx512 to force)", model.options.isa.name());
+    if engine::kernels::q8amx::available(model.options.isa) {
+        println!("amx:     {} (int8 linear layers on AMX tiles; set ENGINE_AMX=off|on|timed)", model.options.amx.name());
+    }
     println!();
     println!(
         "{:<18} {:<8} {:<16} {:<16} {:>8} {:<16} {:<16} {:>10}",
