@@ -66,6 +66,33 @@ fn linear_work_share(model: &Model) -> f64 {
     if total > 0.0 { linear / total } else { 0.0 }
 }
 
+/// Whether a mostly-convolutional model runs best one sample per tile: convolutions running the
+/// direct kernel do most of its work, each of them takes one sample at a time (AVX-512, stride 1
+/// along rows), and their output rows, weighted by each layer's work, fill at least 90% of their
+/// 16-float vectors (other convolutions run im2col, which takes any tile width). The 96x96
+/// convolution stack (rows of 96) measured 1.3-2.5x faster at batches 8-64 in one-sample tiles
+/// than in the 4-, 16- or 32-sample tiles chosen before (the batched direct kernel takes no width
+/// below 16, so 4-sample tiles had left it for im2col); LeNet-5 (rows of 28 and 10, 81% full)
+/// keeps its wider tiles, which measured faster there (BENCHMARKS.md, "Depth-wise").
+fn one_sample_tiles(model: &Model) -> bool {
+    let isa = model.options.isa;
+    let (mut filled, mut direct_work, mut total) = (0.0, 0.0, 0.0);
+    for l in &model.layers {
+        let Exec::MatMul(m) = &l.exec else { continue };
+        let positions = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
+        let work = m.useful_flops_per_column() * positions as f64;
+        total += work;
+        let Some(g) = m.conv.filter(|_| m.batched == Kernel::Direct) else { continue };
+        if m.batch1 != Kernel::Direct || !direct::takes(isa, 1, &g) {
+            return false;
+        }
+        let row = g.out_hw[1];
+        filled += work * row as f64 / row.next_multiple_of(VECTOR_TILE) as f64;
+        direct_work += work;
+    }
+    direct_work > 0.5 * total && filled >= 0.9 * direct_work
+}
+
 /// Environment variable capping the depth-wise tile width (for experiments with the planner).
 pub const TILE_ENV: &str = "ENGINE_TILE";
 
@@ -304,7 +331,7 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
     // 4- or 8-sample tiles made batch 64 on 16 threads slower than on 4 (BENCHMARKS.md, "Scaling").
     // Convolutions vectorise over output positions too and gain from narrow tiles on more threads.
     let floor = if linear_work_share(model) > 0.5 { VECTOR_TILE.min(batch) } else { 1 };
-    let mut widest = MAX_TILE.min(batch.div_ceil(threads.max(1)).max(floor));
+    let mut widest = if one_sample_tiles(model) { 1 } else { MAX_TILE.min(batch.div_ceil(threads.max(1)).max(floor)) };
     if let Some(t) = std::env::var(TILE_ENV).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&t| t >= 1) {
         widest = t.min(batch);
     }

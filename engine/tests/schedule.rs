@@ -169,3 +169,32 @@ fn int8_layers_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
         }
     }
 }
+
+#[test]
+fn convolutions_with_full_rows_run_one_sample_per_tile_and_match_layerwise() {
+    let graph = conv_stack(51, 0.9);
+    let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+    let one_sample = model.layers.iter().all(|l| match &l.exec {
+        compile::Exec::MatMul(m) => m.batched == compile::Kernel::Direct && m.batch1 == compile::Kernel::Direct,
+        _ => true,
+    });
+    if one_sample {
+        // AVX-512 with the direct kernel chosen for every convolution: one-sample tiles.
+        assert_eq!(Session::with_schedule(&model, 2, Schedule::Auto, None).unwrap().plan(8).tile, 1);
+        assert_eq!(Session::with_schedule(&model, 1, Schedule::Depthwise, None).unwrap().plan(64).tile, 1);
+    }
+    // LeNet-5's rows of 28 and 10 keep wider tiles.
+    let lenet_model = compile::compile(lenet(52, 0.9), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+    assert!(Session::with_schedule(&lenet_model, 2, Schedule::Auto, None).unwrap().plan(64).tile > 1);
+    for batch in [2, 8, 17] {
+        let input = random_input(batch as u64, batch, &graph.input_shape);
+        let reference = Session::with_schedule(&model, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+        for threads in [1, 2] {
+            for budget in [None, Some(16 << 10)] {
+                let got = Session::with_schedule(&model, threads, Schedule::Auto, budget).unwrap().run(&input.data, batch).unwrap();
+                let err = rel_err(&got, &reference);
+                assert!(err < 1e-5, "batch {batch}, {threads} threads, budget {budget:?}: relative error {err}");
+            }
+        }
+    }
+}

@@ -146,6 +146,18 @@ pub fn cnn(seed: u64, sparsity: f64) -> Graph {
     Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "probs".into(), nodes }
 }
 
+/// A stack of four 3x3 convolutions (8 channels, stride 1, padding 1) on 3x32x32 images, then a
+/// max pool: output rows of 32, two whole vectors, as the 96x96 benchmark stack's rows of 96.
+pub fn conv_stack(seed: u64, sparsity: f64) -> Graph {
+    let mut r = rng(seed);
+    let mut nodes = vec![conv(&mut r, "conv0", "input", 3, 8, win(3, 1, 1, 1), 0.0, Activation::Relu)];
+    for i in 1..4 {
+        nodes.push(conv(&mut r, &format!("conv{i}"), &format!("conv{}", i - 1), 8, 8, win(3, 1, 1, 1), sparsity, Activation::Relu));
+    }
+    nodes.push(node("pool", Op::MaxPool { window: win(2, 2, 0, 1) }, &["conv3"]));
+    Graph { input: "input".into(), input_shape: vec![3, 32, 32], output: "pool".into(), nodes }
+}
+
 /// LeNet-5 style: conv-pool-conv-pool, flatten, three linear layers (logits out).
 pub fn lenet(seed: u64, sparsity: f64) -> Graph {
     let mut r = rng(seed);

@@ -63,11 +63,12 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
     let plan = session.plan(batch);
     println!();
     println!(
-        "schedule: {} for batch {batch} on {} threads ({} requested): tiles of {} samples, cache budget {} per column",
+        "schedule: {} for batch {batch} on {} threads ({} requested): tiles of {} sample{}, cache budget {} per column",
         plan.schedule.name(),
         session.threads(),
         args.schedule.name(),
         plan.tile,
+        if plan.tile == 1 { "" } else { "s" },
         human_bytes(plan.budget)
     );
     println!("{:<8} {:<40} {:>12} {:>6} {:>10}", "column", "layers", "working set", "fits", "row bands");
