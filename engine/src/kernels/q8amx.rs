@@ -19,7 +19,7 @@ use super::Isa;
 use super::q8::{Dequant, Output};
 
 /// Output rows per tile.
-pub const TILE_ROWS: usize = 16;
+const TILE_ROWS: usize = 16;
 /// Inputs per tile (64 bytes a row).
 const TILE_K: usize = 64;
 
@@ -65,7 +65,10 @@ impl TileMatrix {
 /// The first call asks Linux for the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), which a
 /// process must do once before its first tile instruction.
 pub fn available(isa: Isa) -> bool {
-    isa == Isa::Avx512 && x86::permitted()
+    #[cfg(target_arch = "x86_64")]
+    return isa == Isa::Avx512 && x86::permitted();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 fn check(m: &TileMatrix, x: &[u8], ld: usize, out: &Output, rows: &Range<usize>, d: &Dequant) {
@@ -77,6 +80,7 @@ fn check(m: &TileMatrix, x: &[u8], ld: usize, out: &Output, rows: &Range<usize>,
 
 /// `dequant(W x)` for the rows in `rows` of a quantized `[cols / 4, ld, 4]` tile, written as
 /// `out` says (as `q8::spmm_q8_into`). Panics unless `available(Isa::Avx512)`.
+#[allow(unused_mut)] // used on x86-64 only
 pub fn matmul_into(m: &TileMatrix, x: &[u8], ld: usize, mut out: Output, rows: Range<usize>, d: &Dequant) {
     check(m, x, ld, &out, &rows, d);
     assert!(available(Isa::Avx512), "AMX tiles are not available on this CPU");
