@@ -43,6 +43,10 @@ fn run_info_and_bench_work() {
     for key in ["batch", "threads", "median_ms", "p90_ms", "p99_ms", "mean_ms", "items_per_s", "speedup_vs_dense"] {
         assert!(rows[0].get(key).is_some(), "bench JSON lacks {key}: {}", rows[0]);
     }
+    // One kernel name per linear layer: the batch-1 kernel at batch 1.
+    let kernels = rows[0]["layer_kernels"].as_array().expect("layer_kernels");
+    assert_eq!(kernels.len(), 3, "{}", rows[0]);
+    assert!(kernels.iter().all(|k| k.as_str().is_some_and(|k| k.ends_with("spmv-csr") || k == "dense-gemm")), "{}", rows[0]);
     let (ok, out, _) = engine(&["analyze", "--model", m, "--batch", "4", "--iters", "2"]);
     assert!(ok && out.contains("GFLOP/s") && out.contains("total"), "{out}");
 }

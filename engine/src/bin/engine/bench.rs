@@ -46,6 +46,10 @@ struct Row {
     #[serde(flatten)]
     latency: Latency,
     items_per_s: f64,
+    /// The kernel each linear layer and convolution runs on this plan's tiles (as `engine info`
+    /// names them; one-sample tiles run the batch-1 kernels): the compiler times candidates, so
+    /// two processes may differ.
+    layer_kernels: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dense_median_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +123,14 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
             threads,
             latency: lat,
             items_per_s: batch as f64 / (lat.mean_ms / 1e3),
+            layer_kernels: model
+                .layers
+                .iter()
+                .filter_map(|l| match &l.exec {
+                    compile::Exec::MatMul(m) => Some(m.kernel(plan.tile == 1).name(plan.tile == 1)),
+                    _ => None,
+                })
+                .collect(),
             dense_median_ms: dense_lat.map(|d| d.median_ms),
             speedup_vs_dense: dense_lat.map(|d| d.median_ms / lat.median_ms),
             baseline: a.compare.clone(),
