@@ -246,7 +246,7 @@ mod x86 {
                 let n = (vectors - v0).min(CHUNK);
                 for (i, o) in channels.clone().enumerate() {
                     let run = Rows {
-                        buf: &buf,
+                        buf,
                         channel_len: span * row_len,
                         dilation: g.window.dilation[1],
                         slots: &slots,
