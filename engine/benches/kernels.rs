@@ -9,6 +9,7 @@ use engine::kernels::bcsr::{self, Bcsr};
 use engine::kernels::csr::Csr;
 use engine::kernels::kblocked::{self, KBlocked};
 use engine::kernels::q8::{self, Dequant, Q8Matrix};
+use engine::kernels::q8amx::{self, TileMatrix};
 use engine::kernels::{Isa, dense, spmm, spmv};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -68,11 +69,20 @@ fn kernels(c: &mut Criterion) {
     let keep4: Vec<bool> = (0..rows * cols / 4).map(|_| !rng.random_bool(0.9)).collect();
     let block4: Vec<f32> = (0..rows * cols).map(|i| if keep4[i / 4] { 0.5 } else { 0.0 }).collect();
     let block4 = Q8Matrix::from_int8(&int8(&block4), rows, cols);
+    let useful = |m: &Q8Matrix| (0..m.packed.len()).map(|j| m.packed[j].to_le_bytes().iter().filter(|&&b| b != 0).count()).sum::<usize>();
     for (name, m) in [("q8-spmm-k4-b64-s90", &unstructured), ("q8-spmm-k4-b64-s90-block1x4", &block4)] {
-        let nnz: usize = (0..m.packed.len()).map(|j| m.packed[j].to_le_bytes().iter().filter(|&&b| b != 0).count()).sum();
         let d = dequant(m);
-        g.throughput(Throughput::Elements((2 * nnz * w) as u64));
+        g.throughput(Throughput::Elements((2 * useful(m) * w) as u64));
         g.bench_function(name, |b| b.iter(|| q8::spmm_q8(isa, m, &qx, w, &mut y, 0..rows, &d)));
+    }
+    // The same unstructured weights dense on AMX tiles (where the CPU has them): useful work as
+    // above, so the figure compares with the sparse kernel's directly.
+    if q8amx::available(isa) {
+        let values = int8(&random_sparse(rows, cols, 0.9, 4));
+        let tiles = TileMatrix::from_int8(&values, rows, cols);
+        let d = dequant(&unstructured);
+        g.throughput(Throughput::Elements((2 * useful(&unstructured) * w) as u64));
+        g.bench_function("q8-amx-dense-b64-s90", |b| b.iter(|| q8amx::matmul_into(&tiles, &qx, w, q8::Output::F32(&mut y), 0..rows, &d)));
     }
     g.finish();
 }
