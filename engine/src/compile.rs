@@ -161,11 +161,11 @@ pub struct Int8Layer {
 }
 
 impl Int8Layer {
-    /// `direct`: the geometry of a convolution that may run the direct kernel.
-    fn new(weight: &Weight, q: &Quant, bias: &[f32], relu: bool, direct: Option<Geometry>) -> Int8Layer {
-        let values = weight.int8().expect("quantized weight");
-        let matrix = Q8Matrix::from_int8(&values, weight.rows(), weight.cols());
-        let shift = direct.and_then(|g| ShiftConv::new(&values, weight.rows(), &g)).filter(|s| s.worthwhile(matrix.stored_groups()));
+    /// `values`: the weight's int8 values (`weight.int8()`); `direct`: the geometry of a
+    /// convolution that may run the direct kernel.
+    fn new(weight: &Weight, values: &[i8], q: &Quant, bias: &[f32], relu: bool, direct: Option<Geometry>) -> Int8Layer {
+        let matrix = Q8Matrix::from_int8(values, weight.rows(), weight.cols());
+        let shift = direct.and_then(|g| ShiftConv::new(values, weight.rows(), &g)).filter(|s| s.worthwhile(matrix.stored_groups()));
         let dequant = Dequant {
             bias: bias.to_vec(),
             mult: q.scales.iter().map(|s| s * q.input_scale).collect(),
@@ -335,11 +335,12 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         if q.scales.len() != rows {
             return Err(EngineError::graph(name, format!("{} weight scales for {rows} rows", q.scales.len())));
         }
-        let mut int8 = Int8Layer::new(weight, q, bias, relu, conv.filter(|_| q8direct::available(o.isa)));
+        let values = weight.int8().expect("quantized weight");
+        let mut int8 = Int8Layer::new(weight, &values, q, bias, relu, conv.filter(|_| q8direct::available(o.isa)));
         let kernel = if int8.shift.is_some() { Kernel::Int8Direct } else { Kernel::Int8 };
         (m.batch1, m.batched) = (kernel, kernel);
         if kernel == Kernel::Int8 && conv.is_none() && o.policy == KernelPolicy::Auto && o.amx != Amx::Off && q8amx::available(o.isa) {
-            let tiles = TileMatrix::from_int8(&weight.int8().expect("quantized weight"), rows, cols);
+            let tiles = TileMatrix::from_int8(&values, rows, cols);
             if o.amx == Amx::Always || tiles_are_faster(&int8, &tiles, o) {
                 m.batched = Kernel::Int8Tiles;
                 int8.tiles = Some(tiles);

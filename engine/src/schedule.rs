@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use crate::compile::{Exec, Kernel, Layer, Model};
+use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::kernels::{direct, q8};
 
 /// How layers are ordered over tiles.
@@ -50,13 +50,18 @@ const MIN_TILE: usize = 8;
 /// Samples in one AVX-512 vector of f32: the narrowest tile the batched kernels fill.
 const VECTOR_TILE: usize = 16;
 
+/// A weighted layer's useful FLOPs per sample: per output position, times the positions.
+fn sample_work(m: &MatMul) -> f64 {
+    m.useful_flops_per_column() * m.conv.map_or(1.0, |g| (g.out_hw[0] * g.out_hw[1]) as f64)
+}
+
 /// The share of a sample's useful multiply-adds that linear layers do (the rest: convolutions,
 /// which vectorise over output positions as well as samples).
 fn linear_work_share(model: &Model) -> f64 {
     let (mut linear, mut total) = (0.0, 0.0);
     for l in &model.layers {
         if let Exec::MatMul(m) = &l.exec {
-            let work = m.useful_flops_per_column() * m.conv.map_or(1.0, |g| (g.out_hw[0] * g.out_hw[1]) as f64);
+            let work = sample_work(m);
             total += work;
             if m.conv.is_none() {
                 linear += work;
@@ -79,8 +84,7 @@ fn one_sample_tiles(model: &Model) -> bool {
     let (mut filled, mut direct_work, mut total) = (0.0, 0.0, 0.0);
     for l in &model.layers {
         let Exec::MatMul(m) = &l.exec else { continue };
-        let positions = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
-        let work = m.useful_flops_per_column() * positions as f64;
+        let work = sample_work(m);
         total += work;
         let Some(g) = m.conv.filter(|_| m.batched == Kernel::Direct) else { continue };
         if m.batch1 != Kernel::Direct || !direct::takes(isa, 1, &g) {

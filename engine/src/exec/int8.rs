@@ -159,16 +159,13 @@ pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8:
     match out {
         // Band rows come from band steps, which run on one thread (see `Session::execute`).
         rows @ q8::Output::F32Rows { .. } => q8::spmm_q8_into(isa, m, x, w, rows, 0..m.rows, &q.dequant),
-        q8::Output::F32(y) => team.for_each(row_parts(&m.row_ptr, threads, y, w), |(r, y)| q8::spmm_q8(isa, m, x, w, y, r, &q.dequant)),
-        q8::Output::Quantized { y, inv_scale, zero } => {
-            let mut parts = Vec::new();
-            let mut rest = y;
-            for r in balanced_ranges(&m.row_ptr, threads * 4).into_iter().filter_map(|r| whole_groups(r, m.rows)) {
-                let (head, tail) = rest.split_at_mut(q8::quantized_len(r.len(), w));
-                parts.push((r, head));
-                rest = tail;
-            }
-            team.for_each(parts, |(r, y)| q8::spmm_q8_into(isa, m, x, w, q8::Output::Quantized { y, inv_scale, zero }, r, &q.dequant));
+        out => {
+            let ranges = balanced_ranges(&m.row_ptr, threads * 4);
+            let ranges = match out {
+                q8::Output::Quantized { .. } => ranges.into_iter().filter_map(|r| whole_groups(r, m.rows)).collect(),
+                _ => ranges,
+            };
+            team.for_each(output_parts(out, ranges, w), |(r, out)| q8::spmm_q8_into(isa, m, x, w, out, r, &q.dequant));
         }
     }
 }
@@ -176,31 +173,36 @@ pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8:
 /// The AMX kernel on a quantized tile, its rows split over the team (in whole tiles of 16 rows)
 /// when given one.
 fn tiles_matmul(tiles: &q8amx::TileMatrix, q: &Int8Layer, x: &[u8], w: usize, out: q8::Output, team: Option<&Team>) {
-    let Some(team) = team else { return q8amx::matmul_into(tiles, x, w, out, 0..tiles.rows, &q.dequant) };
-    let parts = tiles.row_parts(team.threads());
-    match out {
-        q8::Output::F32(y) => {
-            let mut rest = y;
-            let mut jobs = Vec::new();
-            for r in parts {
-                let (head, tail) = rest.split_at_mut(r.len() * w);
-                jobs.push((r, q8::Output::F32(head)));
-                rest = tail;
-            }
-            team.for_each(jobs, |(r, y)| q8amx::matmul_into(tiles, x, w, y, r, &q.dequant));
-        }
-        q8::Output::Quantized { y, inv_scale, zero } => {
-            let mut rest = y;
-            let mut jobs = Vec::new();
-            for r in parts {
-                let (head, tail) = rest.split_at_mut(q8::quantized_len(r.len(), w));
-                jobs.push((r, q8::Output::Quantized { y: head, inv_scale, zero }));
-                rest = tail;
-            }
-            team.for_each(jobs, |(r, y)| q8amx::matmul_into(tiles, x, w, y, r, &q.dequant));
-        }
-        rows @ q8::Output::F32Rows { .. } => q8amx::matmul_into(tiles, x, w, rows, 0..tiles.rows, &q.dequant),
+    match (out, team) {
+        (out @ q8::Output::F32Rows { .. }, _) | (out, None) => q8amx::matmul_into(tiles, x, w, out, 0..tiles.rows, &q.dequant),
+        (out, Some(team)) => team.for_each(output_parts(out, tiles.row_parts(team.threads()), w), |(r, out)| {
+            q8amx::matmul_into(tiles, x, w, out, r, &q.dequant)
+        }),
     }
+}
+
+/// `out` (f32 rows or requantized rows, `w` samples each) cut along consecutive row ranges, the
+/// first starting at row 0 (requantized ranges start on a multiple of 4): each range with its part.
+fn output_parts<'y>(out: q8::Output<'y>, ranges: Vec<Range<usize>>, w: usize) -> Vec<(Range<usize>, q8::Output<'y>)> {
+    let mut parts = Vec::with_capacity(ranges.len());
+    match out {
+        q8::Output::F32(mut rest) => {
+            for r in ranges {
+                let (head, tail) = rest.split_at_mut(r.len() * w);
+                parts.push((r, q8::Output::F32(head)));
+                rest = tail;
+            }
+        }
+        q8::Output::Quantized { y: mut rest, inv_scale, zero } => {
+            for r in ranges {
+                let (head, tail) = rest.split_at_mut(q8::quantized_len(r.len(), w));
+                parts.push((r, q8::Output::Quantized { y: head, inv_scale, zero }));
+                rest = tail;
+            }
+        }
+        q8::Output::F32Rows { .. } => unreachable!("rows `stride` apart are not split"),
+    }
+    parts
 }
 
 /// A range of rows widened to whole groups of four: each start moves down to a multiple of 4,

@@ -357,7 +357,7 @@ pub fn spmm_q8_into(isa: Isa, m: &Q8Matrix, x: &[u8], ld: usize, mut out: Output
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::emit16;
+pub(crate) use x86::{codes16, emit16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -365,6 +365,16 @@ mod x86 {
     use std::ops::Range;
 
     use super::{Dequant, Output, Q8Matrix, dot_ref};
+
+    /// `super::quantize_value` of 16 values, one code per 32-bit lane: times the reciprocal of
+    /// the scale, rounded half to even (the default rounding mode, as QuantizeLinear does), plus
+    /// the zero point, clamped to 0..=255.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn codes16(v: __m512, inv_scale: __m512, zero: __m512i) -> __m512i {
+        let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv_scale)), zero);
+        _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255))
+    }
 
     /// Word `g` of each of 16 rows (`rows[i * groups + g]`) to `out[(g * ld + i) * 4..][..4]`:
     /// one gather and one 64-byte store per group.
@@ -393,13 +403,12 @@ mod x86 {
     pub unsafe fn quantize_values_avx512(x: &[f32], inv_scale: f32, zero: u8, out: &mut [u8]) {
         let k = x.len();
         assert!(out.len() >= k);
-        let (vs, vz, lo, hi) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero as i32), _mm512_setzero_si512(), _mm512_set1_epi32(255));
+        let (vs, vz) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero as i32));
         let mut f = 0;
         while f + 16 <= k {
             // SAFETY: f + 15 < k <= x.len() and < out.len().
             unsafe {
-                let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(f)), vs)), vz);
-                let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                let q = codes16(_mm512_loadu_ps(x.as_ptr().add(f)), vs, vz);
                 _mm_storeu_si128(out.as_mut_ptr().add(f) as *mut __m128i, _mm512_cvtepi32_epi8(q));
             }
             f += 16;
@@ -414,7 +423,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn quantize_avx512(x: &[f32], k: usize, ld: usize, inv_scale: f32, zero: u8, out: &mut [u8]) {
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-        let (vs, vz, lo, hi) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero as i32), _mm512_setzero_si512(), _mm512_set1_epi32(255));
+        let (vs, vz) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero as i32));
         for g in 0..k.div_ceil(4) {
             let mut s = 0;
             while s + 16 <= ld {
@@ -423,13 +432,10 @@ mod x86 {
                     let f = 4 * g + j;
                     let q = if f < k {
                         // SAFETY: f < k and s + 15 < ld, inside `x`.
-                        let v = unsafe { _mm512_loadu_ps(xp.add(f * ld + s)) };
-                        // Round to nearest even (the default rounding mode), as QuantizeLinear does.
-                        _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vs)), vz)
+                        codes16(unsafe { _mm512_loadu_ps(xp.add(f * ld + s)) }, vs, vz)
                     } else {
                         vz
                     };
-                    let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
                     word = _mm512_or_si512(word, _mm512_sllv_epi32(q, _mm512_set1_epi32(8 * j as i32)));
                 }
                 // SAFETY: (g * ld + s + 15) * 4 + 3 < quantized_len(k, ld).
@@ -476,10 +482,8 @@ mod x86 {
             // SAFETY: (o - r0) * stride + c0 + 15 < y.len() for the masked lanes (`check`).
             unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add((o - r0) * stride + c0), mask, v) };
         } else if let Output::Quantized { y, inv_scale, zero } = out {
-            // As `quantize_avx512`: round to nearest even, add the zero point, clamp.
             let vz = _mm512_set1_epi32(*zero as i32);
-            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(*inv_scale))), vz);
-            let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+            let q = codes16(v, _mm512_set1_ps(*inv_scale), vz);
             *word = _mm512_or_si512(*word, _mm512_sllv_epi32(q, _mm512_set1_epi32(8 * (o % 4) as i32)));
             if o % 4 == 3 || o + 1 == rows {
                 for r in o % 4 + 1..4 {
@@ -687,9 +691,7 @@ mod x86 {
             // SAFETY: one sample, so row o is at o - r0, inside the output for rows below rows.end.
             Output::F32(y) => unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(o0 - r0), mask, v) },
             Output::Quantized { y, inv_scale, zero } => {
-                let vz = _mm512_set1_epi32(*zero as i32);
-                let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(*inv_scale))), vz);
-                let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                let q = codes16(v, _mm512_set1_ps(*inv_scale), _mm512_set1_epi32(*zero as i32));
                 // SAFETY: as for F32, one byte per row.
                 unsafe { _mm512_mask_cvtepi32_storeu_epi8(y.as_mut_ptr().add(o0 - r0) as *mut _, mask, q) };
                 if batch.end == m.rows {

@@ -324,6 +324,7 @@ mod x86 {
     use std::ops::Range;
 
     use super::{Dequant, Geometry, Out, ShiftConv};
+    use crate::kernels::q8::codes16;
 
     /// `super::spread`, 64 lanes at a time, the last step masked (one sample's rows are a few
     /// dozen lanes); returns how many lanes it did (all of them).
@@ -529,9 +530,7 @@ mod x86 {
             match out {
                 Dest::F32(y) => _mm512_mask_storeu_ps(y, mask, v),
                 Dest::Codes { y, inv_scale, zero } => {
-                    let q =
-                        _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv_scale))), _mm512_set1_epi32(zero as i32));
-                    let q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                    let q = codes16(v, _mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero as i32));
                     _mm_mask_storeu_epi8(y as *mut i8, mask, _mm512_cvtepi32_epi8(q));
                 }
             }
