@@ -47,3 +47,47 @@ pub fn time_runs<E>(
     }
     Ok(out)
 }
+
+/// Times two candidates in alternating blocks, so that this machine's drift between blocks (up to
+/// 2x over seconds on a shared VM) affects both alike and their ratio stays meaningful: `rounds`
+/// blocks each, every block one untimed run (the other candidate has just evicted this one's data
+/// from cache) and then runs for `seconds / rounds` (at least `min_block_iters` of them). Returns
+/// each candidate's timed runs in seconds.
+pub fn time_alternating<E>(
+    warmup: usize,
+    rounds: usize,
+    min_block_iters: usize,
+    seconds: f64,
+    mut a: impl FnMut() -> Result<(), E>,
+    mut b: impl FnMut() -> Result<(), E>,
+) -> Result<(Vec<f64>, Vec<f64>), E> {
+    let rounds = rounds.max(1);
+    for _ in 0..warmup {
+        a()?;
+        b()?;
+    }
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ta.extend(time_runs(1, min_block_iters, 100_000, seconds / rounds as f64, &mut a)?);
+        tb.extend(time_runs(1, min_block_iters, 100_000, seconds / rounds as f64, &mut b)?);
+    }
+    Ok((ta, tb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alternating_blocks_time_both_candidates_in_turn() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let run = |name: char| {
+            order.borrow_mut().push(name);
+            Ok::<(), ()>(())
+        };
+        let (a, b) = time_alternating(1, 3, 2, 0.0, || run('a'), || run('b')).unwrap();
+        assert_eq!((a.len(), b.len()), (6, 6));
+        // Warm-up pair, then per round: one untimed and two timed runs of each.
+        assert_eq!(order.into_inner().iter().collect::<String>(), "abaaabbbaaabbbaaabbb");
+    }
+}

@@ -47,6 +47,28 @@ fn run_info_and_bench_work() {
     let kernels = rows[0]["layer_kernels"].as_array().expect("layer_kernels");
     assert_eq!(kernels.len(), 3, "{}", rows[0]);
     assert!(kernels.iter().all(|k| k.as_str().is_some_and(|k| k.ends_with("spmv-csr") || k == "dense-gemm")), "{}", rows[0]);
+    // A one-thread baseline: the threads' throughput over one thread's, from alternating blocks.
+    let (ok, out, err) = engine(&[
+        "bench",
+        "--model",
+        m,
+        "--batch",
+        "8",
+        "--threads",
+        "2",
+        "--seconds",
+        "0.05",
+        "--warmup",
+        "1",
+        "--json",
+        "--compare",
+        "one-thread",
+    ]);
+    assert!(ok, "{err}");
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((row["baseline"].as_str(), row["threads"].as_u64()), (Some("one-thread"), Some(2)), "{row}");
+    assert!(row["speedup"].as_f64().is_some_and(|s| s > 0.0) && row["baseline_median_ms"].as_f64().is_some(), "{row}");
+    assert!(row.get("speedup_vs_dense").is_none(), "{row}");
     let (ok, out, _) = engine(&["analyze", "--model", m, "--batch", "4", "--iters", "2"]);
     assert!(ok && out.contains("GFLOP/s") && out.contains("total"), "{out}");
 }

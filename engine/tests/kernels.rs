@@ -466,7 +466,8 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
 }
 
 /// The one-sample direct kernel (stride 1 along rows, two output rows at a time) with row
-/// strides and dilations of its own, odd numbers of output rows and row ranges starting anywhere.
+/// strides and dilations of its own, kernel columns at every offset within a vector and beyond,
+/// odd numbers of output rows and row ranges starting anywhere.
 #[test]
 fn one_sample_direct_convolution_with_row_strides_and_odd_row_counts() {
     use engine::graph::Window;
@@ -476,6 +477,9 @@ fn one_sample_direct_convolution_with_row_strides_and_odd_row_counts() {
         Window { kernel: [3, 3], stride: [2, 1], pads: [1, 1, 1, 1], dilation: [1, 1] },
         Window { kernel: [3, 2], stride: [1, 1], pads: [2, 0, 1, 1], dilation: [2, 1] },
         Window { kernel: [2, 3], stride: [3, 1], pads: [0, 1, 0, 2], dilation: [1, 2] },
+        // Kernel columns up to 6 floats into a row, and 8 and 16 floats (a whole vector) in.
+        Window { kernel: [2, 7], stride: [1, 1], pads: [1, 3, 0, 3], dilation: [1, 1] },
+        Window { kernel: [1, 3], stride: [1, 1], pads: [0, 8, 0, 8], dilation: [1, 8] },
     ];
     for window in windows {
         for (cin, cout, h, wd) in [(3, 4, 9, 21), (2, 5, 12, 40)] {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use engine::compile::{self, KernelPolicy, Options};
 use engine::exec::Session;
-use engine::stats::{Latency, time_runs};
+use engine::stats::{Latency, time_alternating};
 use serde::{Deserialize, Serialize};
 use sparsify::recipe::Recipe;
 use sparsify::train::{self, TrainOptions};
@@ -158,11 +158,7 @@ pub fn bench(model: &Path, batches: &[usize], threads: usize, seconds: f64) -> a
     for &batch in batches {
         let x: Vec<f32> = (0..batch * per_sample).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect();
         let (mut s, mut d) = (Session::new(&sparse, threads)?, Session::new(&dense, threads)?);
-        let (mut ts, mut td) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            ts.extend(time_runs(3, 5, 100_000, seconds / 5.0, || s.run(&x, batch).map(|_| ()))?);
-            td.extend(time_runs(3, 5, 100_000, seconds / 5.0, || d.run(&x, batch).map(|_| ()))?);
-        }
+        let (ts, td) = time_alternating(3, 5, 5, seconds, || s.run(&x, batch).map(|_| ()), || d.run(&x, batch).map(|_| ()))?;
         let (ls, ld) = (Latency::from_seconds(&ts), Latency::from_seconds(&td));
         out.push(BatchTiming {
             batch,

@@ -1,6 +1,8 @@
 //! `engine bench`: latency and throughput per batch size, and with `--compare` a baseline timed
-//! in the same process, with the speedup as a ratio: `dense` (the same model compiled with dense
-//! kernels), or `layerwise` / `depthwise` (the same compiled model under that schedule).
+//! in the same process, in blocks alternating with the model's, with the speedup as a ratio:
+//! `dense` (the same model compiled with dense kernels), or `layerwise` / `depthwise` (the same
+//! compiled model under that schedule), or `one-thread` (the same model and schedule on one
+//! thread).
 
 use anyhow::bail;
 use clap::Args;
@@ -10,7 +12,7 @@ use engine::schedule::Schedule;
 
 use crate::ModelArgs;
 use crate::commands::{bench_input, compile_model};
-use engine::stats::{Latency, time_runs};
+use engine::stats::{Latency, time_alternating, time_runs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -19,9 +21,10 @@ pub struct BenchArgs {
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     pub batch: Vec<usize>,
-    /// Also time a baseline and report the speedup over it: dense kernels, or the layerwise or
-    /// depthwise schedule.
-    #[arg(long, value_parser = ["dense", "layerwise", "depthwise"])]
+    /// Also time a baseline, in blocks alternating with the model's, and report the speedup over
+    /// it: dense kernels, the layerwise or depthwise schedule, or one thread (the speedup is then
+    /// the threads' throughput over one thread's).
+    #[arg(long, value_parser = ["dense", "layerwise", "depthwise", "one-thread"])]
     pub compare: Option<String>,
     /// Minimum seconds of timed runs per batch size.
     #[arg(long, default_value_t = 2.0)]
@@ -67,6 +70,30 @@ fn measure(session: &mut Session, input: &[f32], batch: usize, a: &BenchArgs) ->
     Ok(Latency::from_seconds(&runs))
 }
 
+/// Blocks of timed runs of the model and of its baseline, alternating (`COMPARE_ROUNDS` of each),
+/// `--seconds` in all for each: a ratio of two back-to-back measurements on this kind of machine
+/// can be off by its drift between them (up to 2x).
+fn measure_against(
+    session: &mut Session,
+    baseline: &mut Session,
+    input: &[f32],
+    batch: usize,
+    a: &BenchArgs,
+) -> anyhow::Result<(Latency, Latency)> {
+    let (runs, base) = time_alternating(
+        a.warmup,
+        COMPARE_ROUNDS,
+        2,
+        a.seconds,
+        || session.run(input, batch).map(|_| ()),
+        || baseline.run(input, batch).map(|_| ()),
+    )?;
+    Ok((Latency::from_seconds(&runs), Latency::from_seconds(&base)))
+}
+
+/// Alternating blocks per candidate in a `--compare` measurement.
+const COMPARE_ROUNDS: usize = 10;
+
 pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
     if a.batch.is_empty() || a.batch.contains(&0) {
         bail!("--batch needs sizes of at least 1");
@@ -100,15 +127,20 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
         let input = bench_input(&model, batch);
         let mut session = a.model.session(&model)?;
         let plan = session.plan(batch);
-        let lat = measure(&mut session, &input, batch, a)?;
-        let dense_lat = match &dense {
-            Some(d) => Some(measure(&mut a.model.session(d)?, &input, batch, a)?),
-            None => None,
+        let mut baseline = match (&dense, baseline_schedule, a.compare.as_deref()) {
+            (Some(d), _, _) => Some(a.model.session(d)?),
+            (None, Some(s), _) => Some(Session::with_schedule(&model, threads, s, a.model.cache_budget)?),
+            (None, None, Some("one-thread")) => Some(Session::with_schedule(&model, 1, a.model.schedule, a.model.cache_budget)?),
+            _ => None,
         };
-        let baseline_lat = match baseline_schedule {
-            Some(s) => Some(measure(&mut Session::with_schedule(&model, threads, s, a.model.cache_budget)?, &input, batch, a)?),
-            None => dense_lat,
+        let (lat, baseline_lat) = match &mut baseline {
+            Some(b) => {
+                let (lat, base) = measure_against(&mut session, b, &input, batch, a)?;
+                (lat, Some(base))
+            }
+            None => (measure(&mut session, &input, batch, a)?, None),
         };
+        let dense_lat = baseline_lat.filter(|_| dense.is_some());
         let row = Row {
             model: name.clone(),
             kernels: match a.model.kernels {
