@@ -6,8 +6,10 @@ use std::path::PathBuf;
 /// Everything that can go wrong while finding, downloading or reading a dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The I/O error's text is part of the line (not a `source`, which error chains would print
+    /// a second time).
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 
     #[error("{path}: not a valid gzip stream ({reason})")]
     Gzip { path: PathBuf, reason: String },
@@ -48,7 +50,7 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io { path: path.into(), error: source }
     }
 }
 

@@ -2,8 +2,10 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    /// The I/O error's text is part of the line (not a `source`, which error chains would print
+    /// a second time).
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not a valid model file: {reason}")]
     Format { path: String, reason: String },
     #[error("{path}: not a valid ONNX file: {reason}")]
@@ -23,7 +25,7 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        EngineError::Io { path: path.as_ref().display().to_string(), source }
+        EngineError::Io { path: path.as_ref().display().to_string(), error: source }
     }
     pub fn graph(node: impl Into<String>, reason: impl Into<String>) -> Self {
         EngineError::Graph { node: node.into(), reason: reason.into() }

@@ -17,6 +17,9 @@ fn fails_cleanly(args: &[&str], expected: &str) {
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "{args:?}: expected one error line, got {err}");
     assert!(lines[0].starts_with("error: ") && lines[0].contains(expected), "{args:?}: {err}");
+    // Each cause once (an error kept as a `source` is printed again by the chain).
+    let parts: Vec<&str> = lines[0].split(": ").collect();
+    assert!(parts.windows(2).all(|w| w[0] != w[1]) && lines[0].matches("(os error").count() <= 1, "{args:?}: cause repeated: {err}");
 }
 
 #[test]
@@ -69,6 +72,27 @@ fn run_info_and_bench_work() {
     assert_eq!((row["baseline"].as_str(), row["threads"].as_u64()), (Some("one-thread"), Some(2)), "{row}");
     assert!(row["speedup"].as_f64().is_some_and(|s| s > 0.0) && row["baseline_median_ms"].as_f64().is_some(), "{row}");
     assert!(row.get("speedup_vs_dense").is_none(), "{row}");
+    // Another model file as the baseline (here the same network less sparse).
+    let other = dir.path().join("other.sparse");
+    engine::format::save(&common::mlp(1, 0.5), &other).unwrap();
+    let (ok, out, err) = engine(&[
+        "bench",
+        "--model",
+        m,
+        "--batch",
+        "4",
+        "--seconds",
+        "0.05",
+        "--warmup",
+        "1",
+        "--json",
+        "--baseline-model",
+        other.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(row["baseline"].as_str(), other.to_str(), "{row}");
+    assert!(row["speedup"].as_f64().is_some_and(|s| s > 0.0), "{row}");
     let (ok, out, _) = engine(&["analyze", "--model", m, "--batch", "4", "--iters", "2"]);
     assert!(ok && out.contains("GFLOP/s") && out.contains("total"), "{out}");
 }
@@ -89,6 +113,10 @@ fn mistakes_are_one_clear_line() {
     std::fs::write(p("bad.npy"), b"not numpy").unwrap();
     fails_cleanly(&["run", "--model", &p("m.sparse"), "--input", &p("bad.npy"), "--output", &p("y.npy")], "not a valid .npy file");
     fails_cleanly(&["bench", "--model", &p("m.sparse"), "--batch", "0"], "--batch");
+    fails_cleanly(&["bench", "--model", &p("m.sparse"), "--baseline-model", &p("missing.sparse")], "missing.sparse");
+    fails_cleanly(&["bench", "--model", &p("m.sparse"), "--baseline-model", &p("junk.onnx")], "junk.onnx");
+    engine::format::save(&common::mlp_with(1, 0.5, [100, 16, 16, 10]), std::path::Path::new(&p("narrow.sparse"))).unwrap();
+    fails_cleanly(&["bench", "--model", &p("m.sparse"), "--baseline-model", &p("narrow.sparse")], "takes input [100]");
     let out =
         Command::new(env!("CARGO_BIN_EXE_engine")).args(["info", "--model", &p("m.sparse")]).env("ENGINE_ISA", "sse9").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

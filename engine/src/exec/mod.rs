@@ -94,7 +94,8 @@ impl Plan {
                 _ => None,
             })
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .next_multiple_of(16);
         let quantized_len = model
             .layers
             .iter()
@@ -107,7 +108,11 @@ impl Plan {
                 _ => None,
             })
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .next_multiple_of(16);
+        // Every region from here on, and every tile's chunk, starts on a cache line (the scratch
+        // space and the quantized slots are whole lines): the int8 kernels load their inputs in
+        // 64-byte rows.
         let q_start = at + scratch_len;
         let fused_input = input_fuses_into_int8(model);
         let band_steps = schedule.columns.iter().map(|c| if c.bands > 1 { band_steps(model, c, 0..c.bands) } else { Vec::new() }).collect();

@@ -101,7 +101,7 @@ pub fn mlp_with(seed: u64, sparsity: f64, dims: [usize; 4]) -> Graph {
         prev = name;
     }
     nodes.push(node("probs", Op::Softmax, &["fc2"]));
-    Graph { input: "input".into(), input_shape: vec![784], output: "probs".into(), nodes }
+    Graph { input: "input".into(), input_shape: vec![dims[0]], output: "probs".into(), nodes }
 }
 
 #[allow(clippy::too_many_arguments)]

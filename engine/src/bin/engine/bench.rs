@@ -4,7 +4,7 @@
 //! compiled model under that schedule), or `one-thread` (the same model and schedule on one
 //! thread).
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use engine::compile::{self, KernelPolicy, Options};
 use engine::exec::Session;
@@ -26,6 +26,11 @@ pub struct BenchArgs {
     /// the threads' throughput over one thread's).
     #[arg(long, value_parser = ["dense", "layerwise", "depthwise", "one-thread"])]
     pub compare: Option<String>,
+    /// Also time another model file as the baseline, in blocks alternating with this one's (the
+    /// fp32 export of the network this int8 model was trained from, say), compiled with automatic
+    /// kernel choice, on the same threads and schedule; it must take the same input.
+    #[arg(long, value_name = "FILE", conflicts_with = "compare")]
+    pub baseline_model: Option<std::path::PathBuf>,
     /// Minimum seconds of timed runs per batch size.
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
@@ -103,6 +108,23 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
         Some("dense") => Some(compile::compile(engine::load(&a.model.model)?, Options::new(KernelPolicy::Dense)?)?),
         _ => None,
     };
+    let other = match &a.baseline_model {
+        Some(path) => {
+            let other = compile::compile(engine::load(path)?, Options::new(KernelPolicy::Auto)?)
+                .with_context(|| format!("compiling {}", path.display()))?;
+            if other.input_shape != model.input_shape {
+                bail!(
+                    "--baseline-model {} takes input {:?}; {} takes {:?}",
+                    path.display(),
+                    other.input_shape,
+                    a.model.model.display(),
+                    model.input_shape
+                );
+            }
+            Some(other)
+        }
+        None => None,
+    };
     let baseline_schedule = match a.compare.as_deref() {
         Some("layerwise") => Some(Schedule::Layerwise),
         Some("depthwise") => Some(Schedule::Depthwise),
@@ -117,7 +139,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
             a.model.kernels,
             a.model.schedule.name()
         );
-        let vs = format!("vs {}", a.compare.as_deref().unwrap_or("-"));
+        let vs = format!("vs {}", a.compare.as_deref().or(a.baseline_model.as_ref().map(|_| "baseline")).unwrap_or("-"));
         println!(
             "{:>6} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>16}",
             "batch", "items/s", "mean ms", "median ms", "p90 ms", "p99 ms", vs, "plan"
@@ -127,7 +149,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
         let input = bench_input(&model, batch);
         let mut session = a.model.session(&model)?;
         let plan = session.plan(batch);
-        let mut baseline = match (&dense, baseline_schedule, a.compare.as_deref()) {
+        let mut baseline = match (dense.as_ref().or(other.as_ref()), baseline_schedule, a.compare.as_deref()) {
             (Some(d), _, _) => Some(a.model.session(d)?),
             (None, Some(s), _) => Some(Session::with_schedule(&model, threads, s, a.model.cache_budget)?),
             (None, None, Some("one-thread")) => Some(Session::with_schedule(&model, 1, a.model.schedule, a.model.cache_budget)?),
@@ -165,7 +187,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
                 .collect(),
             dense_median_ms: dense_lat.map(|d| d.median_ms),
             speedup_vs_dense: dense_lat.map(|d| d.median_ms / lat.median_ms),
-            baseline: a.compare.clone(),
+            baseline: a.compare.clone().or_else(|| a.baseline_model.as_ref().map(|p| p.display().to_string())),
             baseline_median_ms: baseline_lat.map(|d| d.median_ms),
             speedup: baseline_lat.map(|d| d.median_ms / lat.median_ms),
         };
