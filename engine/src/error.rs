@@ -21,6 +21,9 @@ pub enum EngineError {
     Setting(String),
     #[error("{path}: not a valid .npy file: {reason}")]
     Npy { path: String, reason: String },
+    /// A buffer too large for this machine (a batch size of millions, say).
+    #[error("cannot allocate {what}: {} MB", bytes.div_ceil(1 << 20))]
+    Memory { what: String, bytes: usize },
 }
 
 impl EngineError {
@@ -33,3 +36,14 @@ impl EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// `len` zeros, or `EngineError::Memory` naming `what` where the allocation fails (or its size
+/// overflows), instead of aborting the process.
+pub fn try_zeros(len: Option<usize>, what: impl Fn() -> String) -> Result<Vec<f32>> {
+    let fail = |bytes| EngineError::Memory { what: what(), bytes };
+    let len = len.ok_or_else(|| fail(usize::MAX))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| fail(len.saturating_mul(4)))?;
+    v.resize(len, 0.0);
+    Ok(v)
+}

@@ -114,6 +114,11 @@ fn mistakes_are_one_clear_line() {
     fails_cleanly(&["run", "--model", &p("m.sparse"), "--input", &p("bad.npy"), "--output", &p("y.npy")], "not a valid .npy file");
     fails_cleanly(&["bench", "--model", &p("m.sparse"), "--batch", "0"], "--batch");
     fails_cleanly(&["bench", "--model", &p("m.sparse"), "--baseline-model", &p("missing.sparse")], "missing.sparse");
+    // A batch no machine holds: a clear line, not an allocation failure's abort.
+    fails_cleanly(&["bench", "--model", &p("m.sparse"), "--batch", "100000000000"], "cannot allocate an input batch of 100000000000");
+    fails_cleanly(&["analyze", "--model", &p("m.sparse"), "--batch", "100000000000"], "cannot allocate");
+    let (ok, _, err) = engine(&["bench", "--model", &p("m.sparse"), "--threads", "0"]);
+    assert!(!ok && err.starts_with("error: ") && err.contains("--threads") && !err.contains("panicked"), "{err}");
     fails_cleanly(&["bench", "--model", &p("m.sparse"), "--baseline-model", &p("junk.onnx")], "junk.onnx");
     engine::format::save(&common::mlp_with(1, 0.5, [100, 16, 16, 10]), std::path::Path::new(&p("narrow.sparse"))).unwrap();
     fails_cleanly(&["bench", "--model", &p("m.sparse"), "--baseline-model", &p("narrow.sparse")], "takes input [100]");

@@ -226,7 +226,8 @@ impl<'m> Session<'m> {
         }
         if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
             let plan = Plan::new(model, batch, self.threads(), self.plan(batch));
-            self.arena = vec![0.0; plan.chunk * plan.chunks() + 16];
+            let len = plan.chunk.checked_mul(plan.chunks()).and_then(|n| n.checked_add(16));
+            self.arena = crate::error::try_zeros(len, || format!("the activations of a batch of {batch}"))?;
             self.arena_start = align_offset(&self.arena);
             self.plan = Some(plan);
         }
@@ -235,7 +236,8 @@ impl<'m> Session<'m> {
 
     /// Runs `input` (`[batch, input features]`, row-major) and returns `[batch, output features]`.
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let mut out = vec![0.0; batch * self.model.value_sizes[self.model.output_value]];
+        let len = batch.checked_mul(self.model.value_sizes[self.model.output_value]);
+        let mut out = crate::error::try_zeros(len, || format!("the output of a batch of {batch}"))?;
         self.execute(input, batch, false, &mut out)?;
         Ok(out)
     }
@@ -243,7 +245,8 @@ impl<'m> Session<'m> {
     /// Runs `input` and returns the seconds spent in each layer (for `engine analyze`): thread
     /// time per layer summed over tiles, scaled so that the layers add up to the wall time.
     pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<f64>> {
-        let mut out = vec![0.0; batch * self.model.value_sizes[self.model.output_value]];
+        let len = batch.checked_mul(self.model.value_sizes[self.model.output_value]);
+        let mut out = crate::error::try_zeros(len, || format!("the output of a batch of {batch}"))?;
         self.execute(input, batch, false, &mut out)?; // validates, plans and warms up
         let start = std::time::Instant::now();
         let per_tile = self.execute(input, batch, true, &mut out)?;

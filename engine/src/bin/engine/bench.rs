@@ -146,7 +146,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     for &batch in &a.batch {
-        let input = bench_input(&model, batch);
+        let input = bench_input(&model, batch)?;
         let mut session = a.model.session(&model)?;
         let plan = session.plan(batch);
         let mut baseline = match (dense.as_ref().or(other.as_ref()), baseline_schedule, a.compare.as_deref()) {

@@ -117,6 +117,8 @@ pub fn eval(args: &ModelArgs, dataset: &str, data: Option<PathBuf>, batch: usize
     if d.test.image_size() != per_sample {
         bail!("the model takes {:?} per sample but {dataset} images are {}x{}", model.input_shape, d.test.rows, d.test.cols);
     }
+    // A batch larger than the test set is the whole test set.
+    let batch = batch.min(d.test.len().max(1));
     let mut session = args.session(&model)?;
     let order: Vec<usize> = (0..d.test.len()).collect();
     let (mut correct, mut seconds) = (0usize, Vec::new());
@@ -153,8 +155,7 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
     }
     let model = compile_model(args)?;
     let mut session = args.session(&model)?;
-    let per_sample: usize = model.input_shape.iter().product();
-    let x: Vec<f32> = (0..batch * per_sample).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+    let x = bench_input(&model, batch)?;
     let mut per_layer: Vec<Vec<f64>> = vec![Vec::new(); model.layers.len()];
     for _ in 0..iters {
         for (l, s) in session.profile(&x, batch)?.into_iter().enumerate() {
@@ -192,7 +193,9 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
 }
 
 /// Deterministic pseudo-random input for timing.
-pub fn bench_input(model: &Model, batch: usize) -> Vec<f32> {
+pub fn bench_input(model: &Model, batch: usize) -> engine::Result<Vec<f32>> {
     let per_sample: usize = model.input_shape.iter().product();
-    (0..batch * per_sample).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect()
+    let mut x = engine::error::try_zeros(batch.checked_mul(per_sample), || format!("an input batch of {batch}"))?;
+    x.iter_mut().enumerate().for_each(|(i, v)| *v = ((i * 7919) % 1009) as f32 / 504.5 - 1.0);
+    Ok(x)
 }

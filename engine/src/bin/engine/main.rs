@@ -24,8 +24,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Worker threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// Kernels for weighted layers: auto (time dense and sparse per layer), dense or sparse.
     #[arg(long, value_enum, default_value_t = KernelPolicy::Auto)]
     pub kernels: KernelPolicy,
@@ -45,7 +45,7 @@ fn parse_budget(s: &str) -> Result<usize, String> {
 
 impl ModelArgs {
     pub fn threads(&self) -> usize {
-        self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from)
     }
     /// A session for `model` with these threads, schedule and budget.
     pub fn session<'m>(&self, model: &'m engine::compile::Model) -> anyhow::Result<engine::exec::Session<'m>> {
