@@ -384,7 +384,7 @@ fn transpose_variants_match_the_scalar_twin() {
 fn quantizing_samples_equals_transposing_then_quantizing() {
     use engine::kernels::{q8, transpose};
     let mut rng = StdRng::seed_from_u64(17);
-    for &(k, w, ld) in &[(1, 1, 1), (5, 3, 3), (784, 64, 64), (30, 17, 32), (8, 16, 16), (13, 1, 1)] {
+    for &(k, w, ld) in &[(1, 1, 1), (5, 3, 3), (784, 64, 64), (30, 17, 32), (8, 16, 16), (13, 1, 1), (33, 48, 64), (3, 32, 32)] {
         let x: Vec<f32> = (0..k * w).map(|_| rng.random_range(-3.0..3.0)).collect();
         let mut t = vec![0.0; k * ld];
         transpose::transpose_ref(&x, w, k, k, &mut t, ld);
