@@ -6,7 +6,7 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
-use engine::compile::{self, KernelPolicy, Options};
+use engine::compile::{self, KernelPolicy, Model, Options};
 use engine::exec::Session;
 use engine::schedule::Schedule;
 
@@ -99,37 +99,46 @@ fn measure_against(
 /// Alternating blocks per candidate in a `--compare` measurement.
 const COMPARE_ROUNDS: usize = 10;
 
+/// What the model is timed against (`--compare`, `--baseline-model`).
+enum Baseline {
+    /// Another compiled model: the same file with dense kernels, or `--baseline-model`.
+    Model(Model),
+    /// The same model under another schedule.
+    Schedule(Schedule),
+    /// The same model and schedule on one thread.
+    OneThread,
+}
+
+fn baseline(a: &BenchArgs, model: &Model) -> anyhow::Result<Option<Baseline>> {
+    if let Some(path) = &a.baseline_model {
+        let other = compile::compile(engine::load(path)?, Options::new(KernelPolicy::Auto)?)
+            .with_context(|| format!("compiling {}", path.display()))?;
+        if other.input_shape != model.input_shape {
+            bail!(
+                "--baseline-model {} takes input {:?}; {} takes {:?}",
+                path.display(),
+                other.input_shape,
+                a.model.model.display(),
+                model.input_shape
+            );
+        }
+        return Ok(Some(Baseline::Model(other)));
+    }
+    Ok(match a.compare.as_deref() {
+        Some("dense") => Some(Baseline::Model(compile::compile(engine::load(&a.model.model)?, Options::new(KernelPolicy::Dense)?)?)),
+        Some("layerwise") => Some(Baseline::Schedule(Schedule::Layerwise)),
+        Some("depthwise") => Some(Baseline::Schedule(Schedule::Depthwise)),
+        Some("one-thread") => Some(Baseline::OneThread),
+        _ => None,
+    })
+}
+
 pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
     if a.batch.is_empty() || a.batch.contains(&0) {
         bail!("--batch needs sizes of at least 1");
     }
     let model = compile_model(&a.model)?;
-    let dense = match a.compare.as_deref() {
-        Some("dense") => Some(compile::compile(engine::load(&a.model.model)?, Options::new(KernelPolicy::Dense)?)?),
-        _ => None,
-    };
-    let other = match &a.baseline_model {
-        Some(path) => {
-            let other = compile::compile(engine::load(path)?, Options::new(KernelPolicy::Auto)?)
-                .with_context(|| format!("compiling {}", path.display()))?;
-            if other.input_shape != model.input_shape {
-                bail!(
-                    "--baseline-model {} takes input {:?}; {} takes {:?}",
-                    path.display(),
-                    other.input_shape,
-                    a.model.model.display(),
-                    model.input_shape
-                );
-            }
-            Some(other)
-        }
-        None => None,
-    };
-    let baseline_schedule = match a.compare.as_deref() {
-        Some("layerwise") => Some(Schedule::Layerwise),
-        Some("depthwise") => Some(Schedule::Depthwise),
-        _ => None,
-    };
+    let baseline = baseline(a, &model)?;
     let threads = a.model.threads();
     let name = a.model.model.display().to_string();
     if !a.json {
@@ -149,20 +158,21 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
         let input = bench_input(&model, batch)?;
         let mut session = a.model.session(&model)?;
         let plan = session.plan(batch);
-        let mut baseline = match (dense.as_ref().or(other.as_ref()), baseline_schedule, a.compare.as_deref()) {
-            (Some(d), _, _) => Some(a.model.session(d)?),
-            (None, Some(s), _) => Some(Session::with_schedule(&model, threads, s, a.model.cache_budget)?),
-            (None, None, Some("one-thread")) => Some(Session::with_schedule(&model, 1, a.model.schedule, a.model.cache_budget)?),
-            _ => None,
+        let budget = a.model.cache_budget;
+        let mut base_session = match &baseline {
+            Some(Baseline::Model(other)) => Some(a.model.session(other)?),
+            Some(Baseline::Schedule(s)) => Some(Session::with_schedule(&model, threads, *s, budget)?),
+            Some(Baseline::OneThread) => Some(Session::with_schedule(&model, 1, a.model.schedule, budget)?),
+            None => None,
         };
-        let (lat, baseline_lat) = match &mut baseline {
+        let (lat, baseline_lat) = match &mut base_session {
             Some(b) => {
                 let (lat, base) = measure_against(&mut session, b, &input, batch, a)?;
                 (lat, Some(base))
             }
             None => (measure(&mut session, &input, batch, a)?, None),
         };
-        let dense_lat = baseline_lat.filter(|_| dense.is_some());
+        let dense_lat = baseline_lat.filter(|_| a.compare.as_deref() == Some("dense"));
         let row = Row {
             model: name.clone(),
             kernels: match a.model.kernels {
