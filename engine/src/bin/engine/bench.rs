@@ -102,7 +102,7 @@ const COMPARE_ROUNDS: usize = 10;
 /// What the model is timed against (`--compare`, `--baseline-model`).
 enum Baseline {
     /// Another compiled model: the same file with dense kernels, or `--baseline-model`.
-    Model(Model),
+    Model(Box<Model>),
     /// The same model under another schedule.
     Schedule(Schedule),
     /// The same model and schedule on one thread.
@@ -122,10 +122,12 @@ fn baseline(a: &BenchArgs, model: &Model) -> anyhow::Result<Option<Baseline>> {
                 model.input_shape
             );
         }
-        return Ok(Some(Baseline::Model(other)));
+        return Ok(Some(Baseline::Model(Box::new(other))));
     }
     Ok(match a.compare.as_deref() {
-        Some("dense") => Some(Baseline::Model(compile::compile(engine::load(&a.model.model)?, Options::new(KernelPolicy::Dense)?)?)),
+        Some("dense") => {
+            Some(Baseline::Model(Box::new(compile::compile(engine::load(&a.model.model)?, Options::new(KernelPolicy::Dense)?)?)))
+        }
         Some("layerwise") => Some(Baseline::Schedule(Schedule::Layerwise)),
         Some("depthwise") => Some(Baseline::Schedule(Schedule::Depthwise)),
         Some("one-thread") => Some(Baseline::OneThread),
