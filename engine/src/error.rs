@@ -1,4 +1,5 @@
-//! The engine's error type: every variant says which file, node or tensor it is about.
+//! The engine's error type: every variant says which file, node or tensor it is about; and
+//! `try_zeros`, an allocation that fails with an error of this type instead of aborting.
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
