@@ -50,9 +50,9 @@ pub fn time_runs<E>(
 
 /// Times two candidates in alternating blocks, so that this machine's drift between blocks (up to
 /// 2x over seconds on a shared VM) affects both alike and their ratio stays meaningful: `rounds`
-/// blocks each, every block one untimed run (the other candidate has just evicted this one's data
-/// from cache) and then runs for `seconds / rounds` (at least `min_block_iters` of them). Returns
-/// each candidate's timed runs in seconds.
+/// blocks each, in the order a b, b a, a b, ..., every block one untimed run (the other candidate
+/// has just evicted this one's data from cache) and then runs for `seconds / rounds` (at least
+/// `min_block_iters` of them). Returns each candidate's timed runs in seconds.
 pub fn time_alternating<E>(
     warmup: usize,
     rounds: usize,
@@ -67,9 +67,17 @@ pub fn time_alternating<E>(
         b()?;
     }
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        ta.extend(time_runs(1, min_block_iters, 100_000, seconds / rounds as f64, &mut a)?);
-        tb.extend(time_runs(1, min_block_iters, 100_000, seconds / rounds as f64, &mut b)?);
+    let block = seconds / rounds as f64;
+    for round in 0..rounds {
+        // Which goes first changes every round (a b, b a, a b, ...), so that neither always runs
+        // right after the other's block.
+        if round % 2 == 0 {
+            ta.extend(time_runs(1, min_block_iters, 100_000, block, &mut a)?);
+            tb.extend(time_runs(1, min_block_iters, 100_000, block, &mut b)?);
+        } else {
+            tb.extend(time_runs(1, min_block_iters, 100_000, block, &mut b)?);
+            ta.extend(time_runs(1, min_block_iters, 100_000, block, &mut a)?);
+        }
     }
     Ok((ta, tb))
 }
@@ -87,7 +95,8 @@ mod tests {
         };
         let (a, b) = time_alternating(1, 3, 2, 0.0, || run('a'), || run('b')).unwrap();
         assert_eq!((a.len(), b.len()), (6, 6));
-        // Warm-up pair, then per round: one untimed and two timed runs of each.
-        assert_eq!(order.into_inner().iter().collect::<String>(), "abaaabbbaaabbbaaabbb");
+        // Warm-up pair, then per round one untimed and two timed runs of each, the first of the
+        // round changing every round.
+        assert_eq!(order.into_inner().iter().collect::<String>(), "abaaabbbbbbaaaaaabbb");
     }
 }
