@@ -167,6 +167,15 @@ fn columns(m: &MatMul, w: usize) -> usize {
 // their work.
 use schedule::padded;
 
+/// Floats the arena leaves unused before its first tile chunk (64 KB). A session's arena is
+/// often allocated right after the caller's input, and on 2 threads such a session ran
+/// LeNet-300-100 at batch 64 2-17% slower than identical sessions elsewhere in memory (`cargo run
+/// --release -p engine --example identical_sessions`, fourteen runs); with this gap -1% to +5% in
+/// seven runs (a 16 KB gap: 0-7%, a 4 KB one: no better than none). Why the distance matters is
+/// not understood (a prefetcher's reach across the input's end is one guess); BENCHMARKS.md has
+/// what was tried.
+const ARENA_GUARD: usize = 16 * 1024;
+
 /// Floats to skip from the start of `v` to reach a 64-byte boundary.
 fn align_offset(v: &[f32]) -> usize {
     (64 - v.as_ptr() as usize % 64) % 64 / 4
@@ -183,7 +192,8 @@ pub struct Session<'m> {
     /// Cache budget of a column, in bytes.
     budget: usize,
     plan: Option<Plan>,
-    /// Every tile's chunk, from `arena[arena_start..]` (the first 64-byte boundary).
+    /// Every tile's chunk, from `arena[arena_start..]` (the first 64-byte boundary after
+    /// `ARENA_GUARD` floats).
     arena: Vec<f32>,
     arena_start: usize,
 }
@@ -226,9 +236,9 @@ impl<'m> Session<'m> {
         }
         if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
             let plan = Plan::new(model, batch, self.threads(), self.plan(batch));
-            let len = plan.chunk.checked_mul(plan.chunks()).and_then(|n| n.checked_add(16));
+            let len = plan.chunk.checked_mul(plan.chunks()).and_then(|n| n.checked_add(ARENA_GUARD + 16));
             self.arena = crate::error::try_zeros(len, || format!("the activations of a batch of {batch}"))?;
-            self.arena_start = align_offset(&self.arena);
+            self.arena_start = ARENA_GUARD + align_offset(&self.arena[ARENA_GUARD..]);
             self.plan = Some(plan);
         }
         Ok(())
