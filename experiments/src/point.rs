@@ -156,15 +156,8 @@ pub fn bench(model: &Path, batches: &[usize], threads: usize, seconds: f64) -> a
     let per_sample: usize = sparse.input_shape.iter().product();
     let mut out = Vec::new();
     for &batch in batches {
-        let input = || -> Vec<f32> { (0..batch * per_sample).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect() };
+        let x: Vec<f32> = (0..batch * per_sample).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect();
         let (mut s, mut d) = (Session::new(&sparse, threads)?, Session::new(&dense, threads)?);
-        // The arenas before the timed input, as `engine bench` does: an arena allocated right
-        // after the input ran slower on 2 threads (engine BENCHMARKS.md, identical sessions).
-        let first = input();
-        s.run(&first, batch)?;
-        d.run(&first, batch)?;
-        let x = input();
-        drop(first);
         let (ts, td) = time_alternating(3, 5, 5, seconds, || s.run(&x, batch).map(|_| ()), || d.run(&x, batch).map(|_| ()))?;
         let (ls, ld) = (Latency::from_seconds(&ts), Latency::from_seconds(&td));
         out.push(BatchTiming {

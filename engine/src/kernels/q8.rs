@@ -262,18 +262,20 @@ pub fn quantize_samples(isa: Isa, x: &[f32], k: usize, w: usize, ld: usize, scal
     check_samples(x, k, w, ld, out);
     let groups = k.div_ceil(4);
     // Sixteen samples at a time: quantize their rows into a small buffer (in L1), then write each
-    // group's sixteen words as one contiguous run of the tile.
+    // group's sixteen words as one contiguous run of the tile (the buffer only where the fused
+    // 16-sample kernel does not run).
     const S: usize = 16;
-    let mut rows = vec![0u32; S * groups];
+    let mut rows = Vec::new();
     for s0 in (0..w).step_by(S) {
         let n = S.min(w - s0);
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && n == S && x86::has_bw() {
+        if isa == Isa::Avx512 && n == S && has_bw() {
             // SAFETY: rows s0..s0 + 16 of `x` hold k values each (checked above); the words of
             // samples s0..s0 + 16 of every group are inside `out` as for `interleave16`.
             unsafe { x86::quantize16_avx512(&x[s0 * k..(s0 + S) * k], k, 1.0 / scale, zero, &mut out[s0 * 4..], ld) };
             continue;
         }
+        rows.resize(S * groups, 0u32);
         for i in 0..n {
             let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut rows[i * groups..(i + 1) * groups]);
             quantize(isa, &x[(s0 + i) * k..(s0 + i + 1) * k], k, 1, scale, zero, bytes);
@@ -329,6 +331,16 @@ pub fn spmm_q8_ref_into(m: &Q8Matrix, x: &[u8], ld: usize, mut out: Output, rows
 /// Scalar twin of `spmm_q8`.
 pub fn spmm_q8_ref(m: &Q8Matrix, x: &[u8], ld: usize, y: &mut [f32], rows: Range<usize>, d: &Dequant) {
     spmm_q8_ref_into(m, x, ld, Output::F32(y), rows, d)
+}
+
+/// Whether this CPU has AVX-512BW (every CPU with AVX-512 VNNI has).
+pub fn has_bw() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether this CPU has AVX-512 VNNI.
@@ -400,12 +412,6 @@ mod x86 {
                 _mm512_storeu_si512(out.as_mut_ptr().add(g * ld * 4) as *mut _, v);
             }
         }
-    }
-
-    /// Whether this CPU has AVX-512BW (the byte and word packs), read once.
-    pub fn has_bw() -> bool {
-        static BW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *BW.get_or_init(|| is_x86_feature_detected!("avx512bw"))
     }
 
     /// `quantize_samples` of 16 samples (`x`: 16 rows of `k` values) into the words of groups

@@ -21,7 +21,7 @@
 use std::ops::Range;
 
 use super::Isa;
-use super::q8::{Dequant, has_vnni, quantize_value, quantize_values};
+use super::q8::{Dequant, has_bw, has_vnni, quantize_value, quantize_values};
 use super::q8conv::interleave16;
 use super::window::Geometry;
 
@@ -99,16 +99,6 @@ impl ShiftConv {
 /// each output row's last lanes go masked).
 pub fn available(isa: Isa) -> bool {
     isa == Isa::Avx512 && has_vnni() && has_bw()
-}
-
-/// Whether this CPU has AVX-512BW (every CPU with AVX-512 VNNI has).
-fn has_bw() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// The padded rows of `xs` that output rows `rows` read.

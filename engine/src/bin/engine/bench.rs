@@ -157,6 +157,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     for &batch in &a.batch {
+        let input = bench_input(&model, batch)?;
         let mut session = a.model.session(&model)?;
         let plan = session.plan(batch);
         let budget = a.model.cache_budget;
@@ -166,16 +167,6 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
             Some(Baseline::OneThread) => Some(Session::with_schedule(&model, 1, a.model.schedule, budget)?),
             None => None,
         };
-        // The sessions' arenas first, then the timed input, as in a serving loop where each
-        // request's input comes after the arena: a session whose arena was allocated right
-        // after the input ran 2-17% slower on 2 threads (BENCHMARKS.md, identical sessions).
-        let first = bench_input(&model, batch)?;
-        session.run(&first, batch)?;
-        if let Some(b) = &mut base_session {
-            b.run(&first, batch)?;
-        }
-        let input = bench_input(&model, batch)?;
-        drop(first);
         let (lat, baseline_lat) = match &mut base_session {
             Some(b) => {
                 let (lat, base) = measure_against(&mut session, b, &input, batch, a)?;
