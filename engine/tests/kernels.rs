@@ -417,6 +417,9 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
         // Rows of several vectors at one sample (40 = 2 x 16 + 8, 150 = 9 x 16 + 6).
         (3, 4, 10, 40, 3, 1, 1, 1),
         (2, 3, 6, 150, 3, 1, 1, 1),
+        // Dense layers run blocks of 4 output channels together at one sample: 7 vectors a row
+        // (in parts of at most 6), 9 channels (two blocks and one left over).
+        (3, 9, 7, 100, 3, 1, 1, 1),
     ];
     for &(cin, cout, h, wd, k, stride, pad, dilation) in &shapes {
         let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation] };
