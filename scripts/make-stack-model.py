@@ -6,6 +6,9 @@
   convstack_s90.onnx    3 x 96 x 96 image -> Conv 3->32 3x3 (dense) + Relu, then 4 x (Conv
                         32->32 3x3 + Relu) at 90% sparsity, MaxPool 2x2: images too large for
                         one core's L2, the case for row bands.
+  convstack_4x1_s90.onnx  the same, its sparse convolutions pruned in blocks of 4 output
+                        channels sharing each input tap (sparsify's mask = "4x1"), smallest
+                        mean magnitudes first.
 
 Usage: python make-stack-model.py OUT_DIR   (needs numpy and onnx)
 """
@@ -23,6 +26,15 @@ def prune(w, sparsity):
     return w
 
 
+def prune_4x1(w, sparsity):
+    """Prunes whole blocks of 4 consecutive output channels at one (input channel, ky, kx)."""
+    out = w.shape[0]
+    blocks = np.abs(w).reshape(out // 4, 4, -1).mean(axis=1)
+    cut = np.quantile(blocks, sparsity)
+    keep = np.repeat(blocks >= cut, 4, axis=0).reshape(w.shape)
+    return np.where(keep, w, 0.0).astype(np.float32)
+
+
 def save(path, nodes, inits, inputs, outputs):
     graph = helper.make_graph(nodes, "bench", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -30,14 +42,14 @@ def save(path, nodes, inits, inputs, outputs):
     onnx.save(model, path)
 
 
-def conv_stack(path, size=96, channels=32, layers=4, sparsity=0.9, seed=7):
+def conv_stack(path, size=96, channels=32, layers=4, sparsity=0.9, seed=7, blocks=False):
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     prev, cin = "input", 3
     for i in range(layers + 1):
         w = rng.standard_normal((channels, cin, 3, 3)).astype(np.float32) / np.sqrt(cin * 9)
         if i > 0:
-            w = prune(w, sparsity)
+            w = prune_4x1(w, sparsity) if blocks else prune(w, sparsity)
         b = (rng.standard_normal(channels) * 0.01).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"conv{i}.weight"), numpy_helper.from_array(b, f"conv{i}.bias")]
         nodes.append(helper.make_node("Conv", [prev, f"conv{i}.weight", f"conv{i}.bias"], [f"conv{i}.pre"], name=f"conv{i}",
@@ -79,5 +91,7 @@ if __name__ == "__main__":
     os.makedirs(out, exist_ok=True)
     stack(os.path.join(out, "stack8x256_s90.onnx"))
     conv_stack(os.path.join(out, "convstack_s90.onnx"))
+    conv_stack(os.path.join(out, "convstack_4x1_s90.onnx"), blocks=True)
     print(os.path.join(out, "stack8x256_s90.onnx"))
     print(os.path.join(out, "convstack_s90.onnx"))
+    print(os.path.join(out, "convstack_4x1_s90.onnx"))

@@ -113,7 +113,9 @@ fn bands_cover_every_row_each_layer_needs() {
 #[test]
 fn direct_convolutions_match_im2col_in_whole_models() {
     use engine::compile::{Exec, Kernel};
-    for (name, graph) in [("cnn", cnn(35, 0.8)), ("lenet5", lenet(36, 0.9))] {
+    // Dense LeNet-5: its convolutions run blocks of 4 output channels together (6 channels: one
+    // block and two alone; 16: four blocks), split over threads in whole blocks.
+    for (name, graph) in [("cnn", cnn(35, 0.8)), ("lenet5", lenet(36, 0.9)), ("dense lenet5", lenet(37, 0.0))] {
         let im2col = compile::compile(graph.clone(), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
         let mut direct = im2col.clone();
         for layer in &mut direct.layers {

@@ -10,6 +10,8 @@
 //! the same packing serves both paths; the vector kernels read it decoded into taps (`Taps`,
 //! once per layer). Vector variants: AVX-512 and AVX2, for tiles whose width is a multiple of 16
 //! or 8 (every vector then holds samples of one output position), and AVX-512 for one sample.
+//! Where 4 consecutive output channels have their taps at the same places (dense layers, 4x1
+//! block pruning) they run together, sharing each input load.
 
 use std::ops::Range;
 
@@ -83,9 +85,9 @@ pub fn takes(isa: Isa, w: usize, g: &Geometry) -> bool {
 /// One output channel's tap: input channel, kernel row, kernel column, weight.
 type Tap = (usize, usize, usize, f32);
 
-/// Output channels that the one-sample kernel runs together where their taps sit at the same
-/// places (a dense layer, or one pruned in blocks of output channels).
-const BLOCK: usize = 4;
+/// Output channels that the vector kernels run together where their taps sit at the same places
+/// (a dense layer, or one pruned in blocks of 4 output channels, `mask = "4x1"`).
+pub const BLOCK: usize = 4;
 
 /// A tap shared by the `BLOCK` channels of a block: input channel, kernel row, kernel column,
 /// and each channel's weight.
@@ -103,8 +105,8 @@ pub struct Taps {
     first: Vec<usize>,
     /// Per block of `BLOCK` output channels (`b * BLOCK..`), where all of them have their taps at
     /// the same places, those taps with the block's weights. An input vector loaded for such a
-    /// tap serves every channel of the block: for a dense convolution the one-sample kernel then
-    /// reads 10 vectors per 24 multiply-adds instead of one per multiply-add.
+    /// tap serves every channel of the block: for a dense convolution the AVX-512 kernels then
+    /// read 10 vectors per 24 multiply-adds instead of one per multiply-add.
     blocks: Vec<Option<Vec<BlockTap>>>,
 }
 
@@ -139,6 +141,12 @@ impl Taps {
             (c, ky, kx, std::array::from_fn(|k| channels[k][j].3))
         };
         same.then(|| (0..channels[0].len()).map(tap).collect())
+    }
+
+    /// Whether some block of `BLOCK` output channels has its taps at the same places: a caller
+    /// splitting channels then cuts at multiples of `BLOCK`.
+    pub fn has_blocks(&self) -> bool {
+        self.blocks.iter().any(Option::is_some)
     }
 
     /// The shared taps of the block that starts at output channel `o`, if there is one.
@@ -463,20 +471,25 @@ mod x86 {
         }
     }
 
-    /// Vectors `v0..v0 + N` of one output row: all taps accumulated in registers, then stored.
+    /// Vectors `v0..` of one output row of one channel or of a block's `K`: all taps
+    /// accumulated in registers, then stored.
     struct Chunk<'a> {
         g: &'a Geometry,
         x: &'a [f32],
-        taps: &'a [Tap],
         oy: usize,
         v0: usize,
         /// Output position and sample offset of each vector of the chunk (worked out once per
         /// chunk, not per output channel: it divides by the tile width).
-        pos: &'a [(usize, usize); CHUNK],
-        bias: f32,
+        pos: &'a [(usize, usize)],
         relu: bool,
-        /// The output row's first float.
+        /// The first channel's output row; the next channels' `plane` floats apart.
         y: *mut f32,
+        plane: usize,
+    }
+
+    /// A single channel's taps in the form of a block's.
+    fn one_channel(taps: &[Tap]) -> impl Iterator<Item = (usize, usize, usize, [f32; 1])> + '_ {
+        taps.iter().map(|&(c, ky, kx, v)| (c, ky, kx, [v]))
     }
 
     /// The kernel for one vector width: `$lanes` samples per vector, `$vec` its type and the
@@ -484,7 +497,7 @@ mod x86 {
     /// channels: the input spans one chunk reads (a few rows of each input channel) stay in L1
     /// while every output channel uses them.
     macro_rules! direct_kernel {
-        ($name:ident, $go:ident, $feature:literal, $lanes:literal, $vec:ty,
+        ($name:ident, $go:ident, $feature:literal, $lanes:literal, $block_vectors:literal, $vec:ty,
          $set1:ident, $fmadd:ident, $loadu:ident, $storeu:ident, $max:ident, $zero:ident) => {
             /// # Safety
             /// The CPU has the feature; `g.w` is a multiple of the lane count; sizes and `t` as
@@ -507,23 +520,62 @@ mod x86 {
                     while v0 < row_vectors {
                         let n = (row_vectors - v0).min(CHUNK);
                         let pos: [(usize, usize); CHUNK] = std::array::from_fn(|z| ((v0 + z) * $lanes / w, (v0 + z) * $lanes % w));
-                        for (i, o) in channels.clone().enumerate() {
-                            // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`.
+                        let mut o = channels.start;
+                        while o < channels.end {
+                            let i = o - channels.start;
+                            // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`, and
+                            // for a block those of the next BLOCK - 1 channels too.
+                            let out = unsafe { y.as_mut_ptr().add((i * oh + oy) * ow * w) };
+                            let chunk = |z0: usize, len: usize| Chunk {
+                                g,
+                                x,
+                                oy,
+                                v0: v0 + z0,
+                                pos: &pos[z0..z0 + len],
+                                relu,
+                                y: out,
+                                plane: oh * ow * w,
+                            };
+                            if let Some(taps) = t.block_at(o).filter(|_| o + BLOCK <= channels.end) {
+                                let bias: [f32; BLOCK] = std::array::from_fn(|k| bias[o + k]);
+                                // At most $block_vectors vectors at once: the chunk in even parts.
+                                let parts = n.div_ceil($block_vectors);
+                                let mut z0 = 0;
+                                for part in 0..parts {
+                                    let len = (n - z0) / (parts - part);
+                                    let run = chunk(z0, len);
+                                    let taps = taps.iter().copied();
+                                    // SAFETY: as above, for vectors v0 + z0.. of the block's rows.
+                                    unsafe {
+                                        match len {
+                                            6 => run.$go::<BLOCK, 6>(taps, bias),
+                                            5 => run.$go::<BLOCK, 5>(taps, bias),
+                                            4 => run.$go::<BLOCK, 4>(taps, bias),
+                                            3 => run.$go::<BLOCK, 3>(taps, bias),
+                                            2 => run.$go::<BLOCK, 2>(taps, bias),
+                                            _ => run.$go::<BLOCK, 1>(taps, bias),
+                                        }
+                                    }
+                                    z0 += len;
+                                }
+                                o += BLOCK;
+                                continue;
+                            }
+                            let (run, taps, bias) = (chunk(0, n), one_channel(t.of(o)), [bias[o]]);
+                            // SAFETY: as above.
                             unsafe {
-                                let taps = t.of(o);
-                                let out = y.as_mut_ptr().add((i * oh + oy) * ow * w);
-                                let run = Chunk { g, x, taps, oy, v0, pos: &pos, bias: bias[o], relu, y: out };
                                 match n {
-                                    8 => run.$go::<8>(),
-                                    7 => run.$go::<7>(),
-                                    6 => run.$go::<6>(),
-                                    5 => run.$go::<5>(),
-                                    4 => run.$go::<4>(),
-                                    3 => run.$go::<3>(),
-                                    2 => run.$go::<2>(),
-                                    _ => run.$go::<1>(),
+                                    8 => run.$go::<1, 8>(taps, bias),
+                                    7 => run.$go::<1, 7>(taps, bias),
+                                    6 => run.$go::<1, 6>(taps, bias),
+                                    5 => run.$go::<1, 5>(taps, bias),
+                                    4 => run.$go::<1, 4>(taps, bias),
+                                    3 => run.$go::<1, 3>(taps, bias),
+                                    2 => run.$go::<1, 2>(taps, bias),
+                                    _ => run.$go::<1, 1>(taps, bias),
                                 }
                             }
+                            o += 1;
                         }
                         v0 += n;
                     }
@@ -531,20 +583,28 @@ mod x86 {
             }
 
             impl Chunk<'_> {
+                /// Channels `K` (1, or a block's, whose taps sit at the same places) with their
+                /// taps and biases, each input vector loaded once for all of them.
+                ///
                 /// # Safety
-                /// As the kernel: `y` points at an output row holding vectors `v0..v0 + N`.
+                /// As the kernel: `y` points at an output row holding vectors `v0..v0 + N`, and
+                /// `plane` floats apart at the next `K - 1` channels' rows.
                 #[inline]
                 #[target_feature(enable = $feature)]
-                unsafe fn $go<const N: usize>(&self) {
+                unsafe fn $go<const K: usize, const N: usize>(
+                    &self,
+                    taps: impl Iterator<Item = (usize, usize, usize, [f32; K])>,
+                    bias: [f32; K],
+                ) {
                     let g = self.g;
                     let ([h, wd], w) = (g.in_hw, g.w);
                     let (stride, dilation, pad) = (g.window.stride[1], g.window.dilation[1], g.window.pads[1]);
                     let xp = self.x.as_ptr();
                     let pos = &self.pos[..N];
-                    let mut acc: [$vec; N] = [$set1(self.bias); N];
-                    for &(c, ky, kx, value) in self.taps {
+                    let mut acc: [[$vec; N]; K] = std::array::from_fn(|k| [$set1(bias[k]); N]);
+                    for (c, ky, kx, values) in taps {
                         let Some(iy) = g.source(0, self.oy, ky) else { continue };
-                        let weight = $set1(value);
+                        let weights: [$vec; K] = std::array::from_fn(|k| $set1(values[k]));
                         let row = (c * h + iy) * wd * w;
                         let input = |ox: usize| (ox * stride + kx * dilation).checked_sub(pad).filter(|&p| p < wd);
                         if stride == 1
@@ -553,21 +613,30 @@ mod x86 {
                             // Every vector reads inside the image, from one contiguous span.
                             // SAFETY: the span ends inside row (c, iy) of `x`.
                             let src = unsafe { xp.add(row + ix0 * w + pos[0].1) };
-                            for (z, a) in acc.iter_mut().enumerate() {
-                                *a = $fmadd(weight, unsafe { $loadu(src.add($lanes * z)) }, *a);
+                            for z in 0..N {
+                                let v = unsafe { $loadu(src.add($lanes * z)) };
+                                for (a, weight) in acc.iter_mut().zip(&weights) {
+                                    a[z] = $fmadd(*weight, v, a[z]);
+                                }
                             }
                             continue;
                         }
-                        for (a, &(ox, s)) in acc.iter_mut().zip(pos) {
+                        for (z, &(ox, s)) in pos.iter().enumerate() {
                             let Some(ix) = input(ox) else { continue };
                             // SAFETY: (c, iy, ix) is a pixel of `x` and s + lanes <= w.
-                            *a = $fmadd(weight, unsafe { $loadu(xp.add(row + ix * w + s)) }, *a);
+                            let v = unsafe { $loadu(xp.add(row + ix * w + s)) };
+                            for (a, weight) in acc.iter_mut().zip(&weights) {
+                                a[z] = $fmadd(*weight, v, a[z]);
+                            }
                         }
                     }
-                    for (z, a) in acc.iter().enumerate() {
-                        let v = if self.relu { $max(*a, $zero()) } else { *a };
-                        // SAFETY: vector v0 + z of the row is inside `y` (the caller's contract).
-                        unsafe { $storeu(self.y.add((self.v0 + z) * $lanes), v) };
+                    for (k, acc) in acc.iter().enumerate() {
+                        for (z, a) in acc.iter().enumerate() {
+                            let v = if self.relu { $max(*a, $zero()) } else { *a };
+                            // SAFETY: vector v0 + z of channel k's row is inside `y` (the caller's
+                            // contract).
+                            unsafe { $storeu(self.y.add(k * self.plane + (self.v0 + z) * $lanes), v) };
+                        }
                     }
                 }
             }
@@ -579,6 +648,7 @@ mod x86 {
         go16,
         "avx512f",
         16,
+        6,
         __m512,
         _mm512_set1_ps,
         _mm512_fmadd_ps,
@@ -592,6 +662,7 @@ mod x86 {
         go8,
         "avx2,fma",
         8,
+        2,
         __m256,
         _mm256_set1_ps,
         _mm256_fmadd_ps,
