@@ -8,6 +8,7 @@
 //! ```
 
 pub mod batch;
+pub mod cli;
 pub mod download;
 pub mod embedded;
 pub mod error;

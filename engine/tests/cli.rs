@@ -131,3 +131,23 @@ fn mistakes_are_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("ENGINE_AMX=maybe is not one of off, on, timed") && err.lines().count() == 1, "{err}");
 }
+
+#[test]
+fn a_closed_output_pipe_ends_the_program_quietly() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.sparse");
+    engine::format::save(&common::mlp(1, 0.9), &model).unwrap();
+    // `engine info ... | head -0`: the reader is gone before the first line is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["info", "--model", model.to_str().unwrap(), "--batch", "64"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "wrote to stderr: {err}");
+    assert_eq!(out.status.code(), Some(datasets::cli::BROKEN_PIPE_EXIT));
+}

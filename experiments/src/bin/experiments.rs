@@ -86,6 +86,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    datasets::cli::exit_quietly_on_broken_pipe();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -95,6 +95,7 @@ fn parse_sets(sets: &[String]) -> anyhow::Result<Vec<(String, f64)>> {
 }
 
 fn main() -> ExitCode {
+    datasets::cli::exit_quietly_on_broken_pipe();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

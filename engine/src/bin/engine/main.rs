@@ -107,6 +107,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    datasets::cli::exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { model, batch } => commands::info(&model, batch),
