@@ -295,11 +295,7 @@ mod x86 {
                         let run = BlockRows { buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots, taps, relu };
                         let bias: [f32; BLOCK] = std::array::from_fn(|k| bias[o + k]);
                         for r in 0..1 + pair as usize {
-                            // At most BLOCK_VECTORS vectors at once: the chunk in even parts.
-                            let parts = n.div_ceil(BLOCK_VECTORS);
-                            let mut z0 = 0;
-                            for part in 0..parts {
-                                let len = (n - z0) / (parts - part);
+                            for (z0, len) in even_parts(n, BLOCK_VECTORS) {
                                 let last = if v0 + z0 + len == vectors { last_lanes } else { 0xffff };
                                 // SAFETY: vectors v0 + z0.. of row oy + r of channels o..o + BLOCK
                                 // (at i.. in `y`, planes oh * ow apart) are output columns.
@@ -315,7 +311,6 @@ mod x86 {
                                     }
                                     go!(1 2 3 4 5 6);
                                 }
-                                z0 += len;
                             }
                         }
                         o += BLOCK;
@@ -487,6 +482,13 @@ mod x86 {
         plane: usize,
     }
 
+    /// `n` vectors cut into as few parts of at most `most` as can be, of even lengths: `(first,
+    /// length)` of each (a block holds `most` vectors per channel in registers).
+    fn even_parts(n: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+        let parts = n.div_ceil(most);
+        (0..parts).map(move |p| (n * p / parts, n * (p + 1) / parts - n * p / parts))
+    }
+
     /// A single channel's taps in the form of a block's.
     fn one_channel(taps: &[Tap]) -> impl Iterator<Item = (usize, usize, usize, [f32; 1])> + '_ {
         taps.iter().map(|&(c, ky, kx, v)| (c, ky, kx, [v]))
@@ -538,11 +540,7 @@ mod x86 {
                             };
                             if let Some(taps) = t.block_at(o).filter(|_| o + BLOCK <= channels.end) {
                                 let bias: [f32; BLOCK] = std::array::from_fn(|k| bias[o + k]);
-                                // At most $block_vectors vectors at once: the chunk in even parts.
-                                let parts = n.div_ceil($block_vectors);
-                                let mut z0 = 0;
-                                for part in 0..parts {
-                                    let len = (n - z0) / (parts - part);
+                                for (z0, len) in even_parts(n, $block_vectors) {
                                     let run = chunk(z0, len);
                                     let taps = taps.iter().copied();
                                     // SAFETY: as above, for vectors v0 + z0.. of the block's rows.
@@ -556,7 +554,6 @@ mod x86 {
                                             _ => run.$go::<BLOCK, 1>(taps, bias),
                                         }
                                     }
-                                    z0 += len;
                                 }
                                 o += BLOCK;
                                 continue;
