@@ -403,6 +403,29 @@ fn quantizing_samples_equals_transposing_then_quantizing() {
 }
 
 #[test]
+fn output_channels_with_taps_at_the_same_places_form_blocks() {
+    use engine::graph::Window;
+    use engine::kernels::direct::Taps;
+    let mut rng = StdRng::seed_from_u64(20);
+    let window = Window { kernel: [3, 3], stride: [1, 1], pads: [1; 4], dilation: [1, 1] };
+    let g = Geometry { channels: 5, in_hw: [8, 8], out_hw: [8, 8], window, w: 1 };
+    let cols = 5 * 9;
+    // 10 output channels: two blocks of 4 and two channels alone.
+    let dense = matrix(10, cols, 0.0, &mut rng);
+    assert_eq!(Taps::new(&Csr::from_dense(&dense, 10, cols), &g).shared_blocks(), (2, 2));
+    // Pruned in 4x1 blocks except one weight of channel 5 (block 1): only block 0 shares.
+    let keep: Vec<bool> = (0..3 * cols).map(|_| rng.random_bool(0.3)).collect();
+    let mut blocked: Vec<f32> =
+        dense.iter().enumerate().map(|(i, &v)| if keep[(i / cols / 4) * cols + i % cols] { v } else { 0.0 }).collect();
+    let first_kept = (0..cols).find(|&c| keep[cols + c]).expect("block 1 keeps a tap");
+    blocked[5 * cols + first_kept] = 0.0;
+    assert_eq!(Taps::new(&Csr::from_dense(&blocked, 10, cols), &g).shared_blocks(), (1, 2));
+    // Unstructured: blocks almost never share.
+    let sparse = matrix(10, cols, 0.7, &mut rng);
+    assert_eq!(Taps::new(&Csr::from_dense(&sparse, 10, cols), &g).shared_blocks().0, 0);
+}
+
+#[test]
 fn direct_convolution_matches_im2col_and_its_scalar_twin() {
     use engine::graph::Window;
     use engine::kernels::direct;

@@ -149,6 +149,12 @@ impl Taps {
         self.blocks.iter().any(Option::is_some)
     }
 
+    /// How many of the layer's blocks of `BLOCK` output channels have their taps at the same
+    /// places (and run together), and how many blocks there are.
+    pub fn shared_blocks(&self) -> (usize, usize) {
+        (self.blocks.iter().filter(|b| b.is_some()).count(), self.blocks.len())
+    }
+
     /// The shared taps of the block that starts at output channel `o`, if there is one.
     fn block_at(&self, o: usize) -> Option<&[BlockTap]> {
         if !o.is_multiple_of(BLOCK) {

@@ -59,6 +59,14 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
         );
     }
     println!("{:<18} {:>98}", "total weights", human_bytes(total));
+    for l in &model.layers {
+        if let Exec::MatMul(m) = &l.exec
+            && let Some((shared, blocks)) = m.taps.as_ref().map(|t| t.shared_blocks()).filter(|&(shared, _)| shared > 0)
+        {
+            let block = engine::kernels::direct::BLOCK;
+            println!("{}: {shared} of {blocks} blocks of {block} output channels share their taps (dense or 4x1) and run together", l.name);
+        }
+    }
     let session = args.session(&model)?;
     let plan = session.plan(batch);
     println!();
