@@ -298,7 +298,11 @@ mod x86 {
                 while o < channels.end {
                     let i = o - channels.start;
                     if let Some(taps) = t.block_at(o).filter(|_| o + BLOCK <= channels.end) {
-                        let run = BlockRows { buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots, taps, relu };
+                        let run = BlockRows {
+                            ring: Ring { buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots },
+                            taps,
+                            relu,
+                        };
                         let bias: [f32; BLOCK] = std::array::from_fn(|k| bias[o + k]);
                         for r in 0..1 + pair as usize {
                             for (z0, len) in even_parts(n, BLOCK_VECTORS) {
@@ -322,16 +326,8 @@ mod x86 {
                         o += BLOCK;
                         continue;
                     }
-                    let run = Rows {
-                        buf,
-                        channel_len: span * row_len,
-                        dilation: g.window.dilation[1],
-                        slots: &slots,
-                        taps: t.of(o),
-                        v0,
-                        bias: bias[o],
-                        relu,
-                    };
+                    let ring = Ring { buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots };
+                    let run = Rows { ring, taps: t.of(o), v0, bias: bias[o], relu };
                     let store = |z: usize| if v0 + z + 1 == vectors { last_lanes } else { 0xffff };
                     // SAFETY: the stored lanes of vectors v0..v0 + n are output columns of rows
                     // (i, oy) and, for a pair, (i, oy + 1).
@@ -372,15 +368,34 @@ mod x86 {
         }
     }
 
-    /// Vectors `v0..v0 + N` of `R` consecutive output rows (1 or 2) of one sample, from the row
-    /// ring of `conv_direct_one_avx512`: input channel `c`'s ring starts at `c * channel_len`,
-    /// and kernel row `ky` of output row `r` is the buffer row at `slots[ky][r]` within it.
-    struct Rows<'a> {
+    /// The row ring of `conv_direct_one_avx512` for one pair of output rows: input channel `c`'s
+    /// ring starts at `c * channel_len`, and kernel row `ky` of output row `r` is the buffer row
+    /// at `slots[ky][r]` within it.
+    struct Ring<'a> {
         buf: &'a [f32],
         channel_len: usize,
         /// Dilation along rows.
         dilation: usize,
         slots: &'a [[usize; 2]],
+    }
+
+    impl Ring<'_> {
+        /// Where tap `(c, ky, kx)` of output row `r` starts reading: a buffer row plus the
+        /// kernel column.
+        ///
+        /// # Safety
+        /// The tap is one of the window the ring was filled for (`c` below its channels).
+        #[inline]
+        unsafe fn tap(&self, c: usize, ky: usize, kx: usize, r: usize) -> *const f32 {
+            // SAFETY: channel c's ring holds kernel row ky's buffer row at slots[ky][r], whose
+            // reach covers every kernel column (the caller's contract).
+            unsafe { self.buf.as_ptr().add(c * self.channel_len + kx * self.dilation + self.slots[ky][r]) }
+        }
+    }
+
+    /// Vectors `v0..v0 + N` of `R` consecutive output rows (1 or 2) of one channel, from the ring.
+    struct Rows<'a> {
+        ring: Ring<'a>,
         taps: &'a [Tap],
         v0: usize,
         bias: f32,
@@ -399,12 +414,10 @@ mod x86 {
             let base = self.v0 * 16;
             for &(c, ky, kx, value) in self.taps {
                 let weight = _mm512_set1_ps(value);
-                let at = c * self.channel_len + kx * self.dilation;
-                let slots = self.slots[ky];
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: at + slots[r] is the start of a buffer row plus the kernel column;
-                    // base + 16 * N <= vectors * 16, within the row's reach.
-                    let src = unsafe { self.buf.as_ptr().add(at + slots[r] + base) };
+                    // SAFETY: a tap of the layer's window; base + 16 * N <= vectors * 16, within the
+                    // row's reach.
+                    let src = unsafe { self.ring.tap(c, ky, kx, r).add(base) };
                     for (z, a) in acc.iter_mut().enumerate() {
                         *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(16 * z)) }, *a);
                     }
@@ -429,10 +442,7 @@ mod x86 {
     /// (`Taps::block_at`), from the row ring of `conv_direct_one_avx512` (as `Rows`): each input
     /// vector is loaded once for all of them.
     struct BlockRows<'a> {
-        buf: &'a [f32],
-        channel_len: usize,
-        dilation: usize,
-        slots: &'a [[usize; 2]],
+        ring: Ring<'a>,
         taps: &'a [BlockTap],
         relu: bool,
     }
@@ -450,9 +460,9 @@ mod x86 {
             let mut acc: [[__m512; N]; BLOCK] = std::array::from_fn(|k| [_mm512_set1_ps(bias[k]); N]);
             for &(c, ky, kx, values) in self.taps {
                 let weights: [__m512; BLOCK] = std::array::from_fn(|k| _mm512_set1_ps(values[k]));
-                // SAFETY: as in `Rows::go`: a buffer row plus the kernel column, and vectors
-                // v0..v0 + N within the row's reach.
-                let src = unsafe { self.buf.as_ptr().add(c * self.channel_len + kx * self.dilation + self.slots[ky][r] + v0 * 16) };
+                // SAFETY: as in `Rows::go`: a tap of the layer's window, vectors v0..v0 + N
+                // within the row's reach.
+                let src = unsafe { self.ring.tap(c, ky, kx, r).add(v0 * 16) };
                 for z in 0..N {
                     let v = unsafe { _mm512_loadu_ps(src.add(16 * z)) };
                     for (a, w) in acc.iter_mut().zip(&weights) {
