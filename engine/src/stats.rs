@@ -1,5 +1,5 @@
-//! Latency statistics over repeated runs (mean, median and percentiles, in milliseconds), shared
-//! by `engine bench` and the experiments.
+//! Latency statistics over repeated runs (mean, median and percentiles, in milliseconds), the
+//! timing loops and the input they run on, shared by `engine bench` and the experiments.
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Latency {
@@ -46,6 +46,15 @@ pub fn time_runs<E>(
         out.push(t.elapsed().as_secs_f64());
     }
     Ok(out)
+}
+
+/// Deterministic pseudo-random input for timing `model` on `batch` samples (an error, not an
+/// abort, where the batch is too large to allocate).
+pub fn bench_input(model: &crate::compile::Model, batch: usize) -> crate::Result<Vec<f32>> {
+    let per_sample: usize = model.input_shape.iter().product();
+    let mut x = crate::error::try_zeros(batch.checked_mul(per_sample), || format!("an input batch of {batch}"))?;
+    x.iter_mut().enumerate().for_each(|(i, v)| *v = ((i * 7919) % 1009) as f32 / 504.5 - 1.0);
+    Ok(x)
 }
 
 /// Times two candidates in alternating blocks, so that this machine's drift between blocks (up to

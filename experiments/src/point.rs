@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use engine::compile::{self, KernelPolicy, Options};
 use engine::exec::Session;
-use engine::stats::{Latency, time_alternating};
+use engine::stats::{Latency, bench_input, time_alternating};
 use serde::{Deserialize, Serialize};
 use sparsify::recipe::Recipe;
 use sparsify::train::{self, TrainOptions};
@@ -153,10 +153,9 @@ pub fn bench(model: &Path, batches: &[usize], threads: usize, seconds: f64) -> a
     let graph = engine::load(model)?;
     let sparse = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto)?)?;
     let dense = compile::compile(graph, Options::new(KernelPolicy::Dense)?)?;
-    let per_sample: usize = sparse.input_shape.iter().product();
     let mut out = Vec::new();
     for &batch in batches {
-        let x: Vec<f32> = (0..batch * per_sample).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect();
+        let x = bench_input(&sparse, batch)?;
         let (mut s, mut d) = (Session::new(&sparse, threads)?, Session::new(&dense, threads)?);
         let (ts, td) = time_alternating(3, 5, 5, seconds, || s.run(&x, batch).map(|_| ()), || d.run(&x, batch).map(|_| ()))?;
         let (ls, ld) = (Latency::from_seconds(&ts), Latency::from_seconds(&td));

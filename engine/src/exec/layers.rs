@@ -17,7 +17,7 @@ pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut
         return direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, 0..m.rows, rows, m.relu);
     }
     // Parts of whole blocks where channels share taps (`direct::BLOCK` of them run together).
-    let per_part = m.rows.div_ceil(threads * 2).next_multiple_of(if taps.has_blocks() { direct::BLOCK } else { 1 });
+    let per_part = m.rows.div_ceil(threads * 2).next_multiple_of(if taps.shared_blocks().0 > 0 { direct::BLOCK } else { 1 });
     team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
         let channels = p * per_part..((p + 1) * per_part).min(m.rows);
         direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, channels, rows.clone(), m.relu)

@@ -244,10 +244,15 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
+    /// Zeros for `[batch, output features]`, or an error where that is too large to allocate.
+    fn output(&self, batch: usize) -> Result<Vec<f32>> {
+        let len = batch.checked_mul(self.model.value_sizes[self.model.output_value]);
+        crate::error::try_zeros(len, || format!("the output of a batch of {batch}"))
+    }
+
     /// Runs `input` (`[batch, input features]`, row-major) and returns `[batch, output features]`.
     pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>> {
-        let len = batch.checked_mul(self.model.value_sizes[self.model.output_value]);
-        let mut out = crate::error::try_zeros(len, || format!("the output of a batch of {batch}"))?;
+        let mut out = self.output(batch)?;
         self.execute(input, batch, false, &mut out)?;
         Ok(out)
     }
@@ -255,8 +260,7 @@ impl<'m> Session<'m> {
     /// Runs `input` and returns the seconds spent in each layer (for `engine analyze`): thread
     /// time per layer summed over tiles, scaled so that the layers add up to the wall time.
     pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<f64>> {
-        let len = batch.checked_mul(self.model.value_sizes[self.model.output_value]);
-        let mut out = crate::error::try_zeros(len, || format!("the output of a batch of {batch}"))?;
+        let mut out = self.output(batch)?;
         self.execute(input, batch, false, &mut out)?; // validates, plans and warms up
         let start = std::time::Instant::now();
         let per_tile = self.execute(input, batch, true, &mut out)?;

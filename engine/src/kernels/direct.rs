@@ -143,14 +143,9 @@ impl Taps {
         same.then(|| (0..channels[0].len()).map(tap).collect())
     }
 
-    /// Whether some block of `BLOCK` output channels has its taps at the same places: a caller
-    /// splitting channels then cuts at multiples of `BLOCK`.
-    pub fn has_blocks(&self) -> bool {
-        self.blocks.iter().any(Option::is_some)
-    }
-
     /// How many of the layer's blocks of `BLOCK` output channels have their taps at the same
-    /// places (and run together), and how many blocks there are.
+    /// places (and run together: a caller splitting channels then cuts at multiples of `BLOCK`),
+    /// and how many blocks there are.
     pub fn shared_blocks(&self) -> (usize, usize) {
         (self.blocks.iter().filter(|b| b.is_some()).count(), self.blocks.len())
     }
@@ -291,6 +286,7 @@ mod x86 {
                     }
                 }
             }
+            let ring = Ring { buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots };
             let mut v0 = 0;
             while v0 < vectors {
                 let n = (vectors - v0).min(CHUNK);
@@ -298,11 +294,7 @@ mod x86 {
                 while o < channels.end {
                     let i = o - channels.start;
                     if let Some(taps) = t.block_at(o).filter(|_| o + BLOCK <= channels.end) {
-                        let run = BlockRows {
-                            ring: Ring { buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots },
-                            taps,
-                            relu,
-                        };
+                        let run = BlockRows { ring, taps, relu };
                         let bias: [f32; BLOCK] = std::array::from_fn(|k| bias[o + k]);
                         for r in 0..1 + pair as usize {
                             for (z0, len) in even_parts(n, BLOCK_VECTORS) {
@@ -326,7 +318,6 @@ mod x86 {
                         o += BLOCK;
                         continue;
                     }
-                    let ring = Ring { buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots };
                     let run = Rows { ring, taps: t.of(o), v0, bias: bias[o], relu };
                     let store = |z: usize| if v0 + z + 1 == vectors { last_lanes } else { 0xffff };
                     // SAFETY: the stored lanes of vectors v0..v0 + n are output columns of rows
@@ -371,6 +362,7 @@ mod x86 {
     /// The row ring of `conv_direct_one_avx512` for one pair of output rows: input channel `c`'s
     /// ring starts at `c * channel_len`, and kernel row `ky` of output row `r` is the buffer row
     /// at `slots[ky][r]` within it.
+    #[derive(Clone, Copy)]
     struct Ring<'a> {
         buf: &'a [f32],
         channel_len: usize,

@@ -11,8 +11,8 @@ use engine::exec::Session;
 use engine::schedule::Schedule;
 
 use crate::ModelArgs;
-use crate::commands::{bench_input, compile_model};
-use engine::stats::{Latency, time_alternating, time_runs};
+use crate::commands::compile_model;
+use engine::stats::{Latency, bench_input, time_alternating, time_runs};
 
 #[derive(Args)]
 pub struct BenchArgs {

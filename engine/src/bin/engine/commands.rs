@@ -163,7 +163,7 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
     }
     let model = compile_model(args)?;
     let mut session = args.session(&model)?;
-    let x = bench_input(&model, batch)?;
+    let x = engine::stats::bench_input(&model, batch)?;
     let mut per_layer: Vec<Vec<f64>> = vec![Vec::new(); model.layers.len()];
     for _ in 0..iters {
         for (l, s) in session.profile(&x, batch)?.into_iter().enumerate() {
@@ -198,12 +198,4 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
     }
     println!("{:<18} {:<8} {:>10.4}", "total", "", total);
     Ok(())
-}
-
-/// Deterministic pseudo-random input for timing.
-pub fn bench_input(model: &Model, batch: usize) -> engine::Result<Vec<f32>> {
-    let per_sample: usize = model.input_shape.iter().product();
-    let mut x = engine::error::try_zeros(batch.checked_mul(per_sample), || format!("an input batch of {batch}"))?;
-    x.iter_mut().enumerate().for_each(|(i, v)| *v = ((i * 7919) % 1009) as f32 / 504.5 - 1.0);
-    Ok(x)
 }
