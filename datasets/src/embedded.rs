@@ -19,6 +19,12 @@ pub fn has_subset(name: &str) -> bool {
     name == FASHION_MNIST.name
 }
 
+/// The name that asks for the embedded subset itself (`fashion-mnist-subset`): the dataset it
+/// is a subset of, if `name` is such a name.
+pub fn subset_of(name: &str) -> Option<&str> {
+    name.strip_suffix("-subset").filter(|base| has_subset(base))
+}
+
 fn split(images: &'static [u8], labels: &'static [u8], which: &str) -> Result<Split> {
     let img_name = Path::new("<embedded>").join(format!("{which}-images.gz"));
     let lab_name = Path::new("<embedded>").join(format!("{which}-labels.gz"));

@@ -38,6 +38,12 @@ pub enum DataError {
     #[error("dataset '{name}' not found in {dir}: missing {missing}")]
     MissingFiles { name: String, dir: PathBuf, missing: String },
 
+    #[error(
+        "dataset '{name}' not found (looked in {looked}); install Debian's dataset-{name}, run `datasets fetch {name}` or pass --data DIR{}",
+        if *subset { format!(", or use the embedded 10,000/2,000-image subset knowingly: --allow-subset, or dataset \"{name}-subset\"") } else { String::new() }
+    )]
+    NotFound { name: String, looked: String, subset: bool },
+
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
 

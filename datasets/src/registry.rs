@@ -91,9 +91,11 @@ pub const MNIST: DatasetSpec = DatasetSpec {
 /// Every named dataset.
 pub const ALL: [DatasetSpec; 2] = [FASHION_MNIST, MNIST];
 
-/// Looks a dataset up by name.
+/// Looks a dataset up by name (`fashion-mnist-subset`, the embedded subset, has the full set's
+/// spec).
 pub fn spec(name: &str) -> Result<DatasetSpec> {
-    ALL.iter().copied().find(|s| s.name == name).ok_or_else(|| DataError::UnknownDataset {
+    let base = crate::embedded::subset_of(name).unwrap_or(name);
+    ALL.iter().copied().find(|s| s.name == base).ok_or_else(|| DataError::UnknownDataset {
         name: name.to_string(),
         known: ALL.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
     })

@@ -4,7 +4,10 @@
 //! 2. `./data/<name>`;
 //! 3. `/usr/share/datasets/<name>` (Debian's and Ubuntu's `dataset-fashion-mnist`);
 //! 4. the user's cache (`~/.cache/sparsify/<name>`), downloading on first use unless offline;
-//! 5. the embedded subset, with a printed note that it is a subset.
+//! 5. the embedded subset, only where asked for (`allow_subset`, `--allow-subset`): otherwise an
+//!    error that says how to get the full set, so no result is silently computed on 10,000 images.
+//!
+//! The name `fashion-mnist-subset` always means the embedded subset.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +37,8 @@ pub struct Resolver {
     pub base_url: Option<String>,
     pub download: bool,
     pub quiet: bool,
+    /// Whether the embedded subset may stand in for a full dataset that is not found.
+    pub allow_subset: bool,
 }
 
 impl Resolver {
@@ -48,7 +53,13 @@ impl Resolver {
             base_url: None,
             download: std::env::var(OFFLINE_ENV).map_or(true, |v| v != "1"),
             quiet,
+            allow_subset: false,
         }
+    }
+
+    /// The same resolver, letting the embedded subset stand in for a missing full dataset.
+    pub fn allowing_subset(self, allow: bool) -> Resolver {
+        Resolver { allow_subset: allow, ..self }
     }
 
     fn note(&self, msg: &str) {
@@ -59,6 +70,9 @@ impl Resolver {
 
     /// Finds and loads the named dataset.
     pub fn load(&self, name: &str) -> Result<Dataset> {
+        if embedded::subset_of(name).is_some() {
+            return embedded::load();
+        }
         let spec = registry::spec(name)?;
         if let Some(dir) = &self.explicit {
             let nested = dir.join(name);
@@ -83,7 +97,7 @@ impl Resolver {
                 }
             }
         }
-        if embedded::has_subset(name) {
+        if embedded::has_subset(name) && self.allow_subset {
             let d = embedded::load()?;
             self.note(&format!(
                 "using the embedded {name} subset ({} training / {} test images), not the full dataset; install Debian's dataset-{name} or run `datasets fetch {name}` for the full one",
@@ -92,11 +106,18 @@ impl Resolver {
             ));
             return Ok(d);
         }
-        Err(DataError::MissingFiles {
-            name: name.into(),
-            dir: self.cache.clone().unwrap_or_else(|| self.local.join(name)),
-            missing: "all files (downloads are off: unset SPARSIFY_OFFLINE or pass --data)".into(),
-        })
+        Err(DataError::NotFound { name: name.into(), looked: self.looked_in(name), subset: embedded::has_subset(name) })
+    }
+
+    /// The folders `load` searched, for the error that says the data was not found.
+    fn looked_in(&self, name: &str) -> String {
+        let mut dirs = vec![self.local.join(name), self.system.join(name)];
+        dirs.extend(self.cache.as_ref().map(|c| c.join(name)));
+        let mut text = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+        if !self.download {
+            text += " (downloads off: SPARSIFY_OFFLINE=1)";
+        }
+        text
     }
 
     /// Downloads the dataset's four files into `dir`, skipping those already there.

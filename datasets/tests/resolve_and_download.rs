@@ -31,6 +31,7 @@ fn resolver(root: &Path) -> Resolver {
         base_url: Some("http://127.0.0.1:9/".into()),
         download: false,
         quiet: true,
+        allow_subset: false,
     }
 }
 
@@ -46,7 +47,12 @@ fn resolution_order() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let r = resolver(root);
-    assert_eq!(via(&r.load("fashion-mnist").unwrap().source), "embedded");
+    // Without the full set the embedded subset is used only when asked for, or by its own name.
+    let err = r.load("fashion-mnist").unwrap_err().to_string();
+    assert!(err.contains("not found") && err.contains("--allow-subset") && err.contains("dataset-fashion-mnist"), "{err}");
+    assert_eq!(via(&r.clone().allowing_subset(true).load("fashion-mnist").unwrap().source), "embedded");
+    assert_eq!(via(&r.load("fashion-mnist-subset").unwrap().source), "embedded");
+    let r = r.allowing_subset(true);
 
     write_dataset(&root.join("cache/fashion-mnist"), 5);
     assert_eq!(via(&r.load("fashion-mnist").unwrap().source), "cache");
@@ -73,7 +79,7 @@ fn unknown_dataset_and_mnist_without_subset() {
     let tmp = tempfile::tempdir().unwrap();
     let r = resolver(tmp.path());
     assert!(r.load("cifar").unwrap_err().to_string().contains("known: fashion-mnist, mnist"));
-    assert!(matches!(r.load("mnist"), Err(DataError::MissingFiles { .. })));
+    assert!(matches!(r.clone().allowing_subset(true).load("mnist"), Err(DataError::NotFound { subset: false, .. })));
 }
 
 #[test]

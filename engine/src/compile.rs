@@ -224,6 +224,10 @@ pub enum Exec {
     /// Same memory layout in and out: a copy.
     Flatten,
     Softmax,
+    QuantDequant {
+        scale: f32,
+        zero: u8,
+    },
 }
 
 /// One layer of the compiled model.
@@ -289,6 +293,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             Op::Add { act } => Exec::Add { relu: relu(act) },
             Op::Flatten => Exec::Flatten,
             Op::Softmax => Exec::Softmax,
+            Op::QuantDequant { scale, zero } => Exec::QuantDequant { scale: *scale, zero: *zero },
         };
         names.push(node.output.clone());
         value_sizes.push(out_shape.iter().product());

@@ -17,6 +17,9 @@ pub enum EngineError {
     Graph { node: String, reason: String },
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// Input values the engine refuses (NaN or infinite).
+    #[error("{0}")]
+    Input(String),
     /// A bad environment setting (`ENGINE_ISA`, `ENGINE_AMX`): the message names it.
     #[error("{0}")]
     Setting(String),

@@ -13,13 +13,10 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, Node, Op, Quant, Weight, Window};
+use crate::graph::{Activation, Graph, MAX_WEIGHT_ELEMENTS, Node, Op, Quant, Weight, Window, checked_numel};
 
 /// Value of the `format` metadata key.
 pub const FORMAT_NAME: &str = "sparsify-engine";
-/// Largest weight a file may declare (elements): a bound on what a hostile header can make the
-/// loader allocate.
-pub const MAX_WEIGHT_ELEMENTS: usize = 1 << 28;
 
 /// Current version, the `format_version` metadata key. Readers reject other versions.
 pub const FORMAT_VERSION: u32 = 1;
@@ -76,6 +73,7 @@ enum FileOp {
     Add { act: Activation },
     Flatten,
     Softmax,
+    QuantDequant { scale: f32, zero: u8 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +222,7 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
             Op::Add { act } => FileOp::Add { act: *act },
             Op::Flatten => FileOp::Flatten,
             Op::Softmax => FileOp::Softmax,
+            Op::QuantDequant { scale, zero } => FileOp::QuantDequant { scale: *scale, zero: *zero },
         };
         nodes.push(FileNode { name: name.clone(), inputs: n.inputs.clone(), output: n.output.clone(), op });
     }
@@ -284,6 +283,7 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
             FileOp::Add { act } => Op::Add { act },
             FileOp::Flatten => Op::Flatten,
             FileOp::Softmax => Op::Softmax,
+            FileOp::QuantDequant { scale, zero } => Op::QuantDequant { scale, zero },
         };
         nodes.push(Node { name: n.name, op, inputs: n.inputs, output: n.output });
     }
@@ -364,7 +364,7 @@ impl Reader<'_> {
         if r.shape.len() < 2 || r.shape.contains(&0) {
             return Err(self.bad(format!("weight '{}' has shape {:?}", r.tensor, r.shape)));
         }
-        let numel = r.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_WEIGHT_ELEMENTS);
+        let numel = checked_numel(&r.shape, MAX_WEIGHT_ELEMENTS);
         let numel = numel.ok_or_else(|| self.bad(format!("weight '{}' shape {:?} is too large", r.tensor, r.shape)))?;
         let (rows, cols) = (r.shape[0], numel / r.shape[0]);
         let quant = match (&r.quant, r.encoding) {

@@ -62,6 +62,21 @@ pub enum Activation {
     Relu,
 }
 
+/// Largest value of one window field (kernel, stride, dilation, each pad): far beyond any real
+/// network, and small enough that every window computation in the kernels fits in `usize`.
+pub const MAX_WINDOW: usize = 1 << 16;
+/// Largest per-sample value (elements): 1 GiB of f32.
+pub const MAX_VALUE_ELEMENTS: usize = 1 << 28;
+/// Largest weight or constant tensor (elements), in either file format.
+pub const MAX_WEIGHT_ELEMENTS: usize = 1 << 28;
+/// Largest sum of all weight elements of a model (2 GiB of f32).
+pub const MAX_MODEL_WEIGHT_ELEMENTS: usize = 1 << 29;
+
+/// The product of `dims`, if it does not overflow and stays within `limit`.
+pub fn checked_numel(dims: &[usize], limit: usize) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= limit)
+}
+
 /// Window geometry of a convolution or pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
@@ -73,15 +88,49 @@ pub struct Window {
 }
 
 impl Window {
-    /// Output height and width for an input of `h x w`, or an error if the window does not fit.
+    /// Output height and width for an input of `h x w`, or an error if a field is out of range or
+    /// the window does not fit. Every field is at most `MAX_WINDOW` and `h`, `w` at most `MAX_DIM`,
+    /// so nothing here or in the kernels that walk the window can overflow.
     pub fn output(&self, h: usize, w: usize, node: &str) -> Result<(usize, usize)> {
+        let fields = self.kernel.iter().chain(&self.stride).chain(&self.dilation);
+        if fields.clone().any(|&v| v == 0 || v > MAX_WINDOW)
+            || self.pads.iter().any(|&p| p > MAX_WINDOW)
+            || h > MAX_VALUE_ELEMENTS
+            || w > MAX_VALUE_ELEMENTS
+        {
+            return Err(EngineError::graph(
+                node,
+                format!("{self} on {h}x{w}: kernel, stride and dilation must be 1..={MAX_WINDOW}, pads at most {MAX_WINDOW}"),
+            ));
+        }
         let span = |k: usize, d: usize| d * (k - 1) + 1;
         let (ph, pw) = (h + self.pads[0] + self.pads[2], w + self.pads[1] + self.pads[3]);
         let (kh, kw) = (span(self.kernel[0], self.dilation[0]), span(self.kernel[1], self.dilation[1]));
-        if self.kernel.contains(&0) || self.stride.contains(&0) || self.dilation.contains(&0) || kh > ph || kw > pw {
-            return Err(EngineError::graph(node, format!("window {:?} does not fit an input of {h}x{w}", self)));
+        if kh > ph || kw > pw {
+            return Err(EngineError::graph(node, format!("{self} does not fit an input of {h}x{w}")));
         }
         Ok(((ph - kh) / self.stride[0] + 1, (pw - kw) / self.stride[1] + 1))
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "window kernel {:?} stride {:?} pads {:?} dilation {:?}", self.kernel, self.stride, self.pads, self.dilation)
+    }
+}
+
+impl Window {
+    /// For pooling, each pad must be smaller than the kernel along its axis (as ONNX Runtime
+    /// requires): a window wholly in the padding would have no input to pool.
+    pub fn check_pool(&self, node: &str) -> Result<()> {
+        let [t, l, b, r] = self.pads;
+        if t >= self.kernel[0] || b >= self.kernel[0] || l >= self.kernel[1] || r >= self.kernel[1] {
+            return Err(EngineError::graph(
+                node,
+                format!("pooling pads {:?} must be smaller than the kernel {:?}", self.pads, self.kernel),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +173,14 @@ pub enum Op {
     Flatten,
     /// Softmax over the features of each sample.
     Softmax,
+    /// An activation's QuantizeLinear then DequantizeLinear, run as written in fp32:
+    /// `y = (clamp(round_half_even(x / scale) + zero, 0, 255) - zero) * scale`. A signed (int8)
+    /// pair is the same with codes and zero point shifted by 128. Removed at compile time where
+    /// only int8 layers with the same input quantization read it (they quantize alike).
+    QuantDequant {
+        scale: f32,
+        zero: u8,
+    },
 }
 
 impl Op {
@@ -139,6 +196,7 @@ impl Op {
             Op::Add { .. } => "add",
             Op::Flatten => "flatten",
             Op::Softmax => "softmax",
+            Op::QuantDequant { .. } => "qdq",
         }
     }
     pub fn weight(&self) -> Option<&Weight> {
@@ -172,8 +230,19 @@ impl Graph {
     /// Per-sample shape of every value, in node order, checking that each node's inputs exist
     /// and fit its weights. Returns `(value name, shape)` pairs, the input first.
     pub fn infer_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        check_shape(&self.input, &self.input_shape)?;
         let mut shapes: Vec<(String, Vec<usize>)> = vec![(self.input.clone(), self.input_shape.clone())];
+        let mut weight_elements = 0usize;
         for node in &self.nodes {
+            let weights = match &node.op {
+                Op::Linear { weight, .. } | Op::Conv { weight, .. } => weight.data.len(),
+                Op::Affine { scale, .. } => 2 * scale.len(),
+                _ => 0,
+            };
+            weight_elements = weight_elements.saturating_add(weights);
+            if weight_elements > MAX_MODEL_WEIGHT_ELEMENTS {
+                return Err(EngineError::graph(&node.name, format!("the model has more than {MAX_MODEL_WEIGHT_ELEMENTS} weights")));
+            }
             let get = |name: &str| -> Result<Vec<usize>> {
                 shapes
                     .iter()
@@ -188,6 +257,7 @@ impl Graph {
             }
             let x = get(&node.inputs[0])?;
             let y = node_output_shape(node, &x, |i| get(&node.inputs[i]))?;
+            check_shape(&node.output, &y)?;
             shapes.push((node.output.clone(), y));
         }
         if !shapes.iter().any(|(n, _)| n == &self.output) {
@@ -203,6 +273,42 @@ impl Graph {
     }
 }
 
+/// Every dimension non-zero and the product within `MAX_VALUE_ELEMENTS`: the bounds that
+/// keep the compiler's and the kernels' size arithmetic from overflowing.
+fn check_shape(value: &str, shape: &[usize]) -> Result<()> {
+    if shape.is_empty() || shape.contains(&0) || checked_numel(shape, MAX_VALUE_ELEMENTS).is_none() {
+        return Err(EngineError::graph(
+            value,
+            format!("shape {shape:?}: dimensions must be non-zero and a sample at most {MAX_VALUE_ELEMENTS} elements"),
+        ));
+    }
+    Ok(())
+}
+
+/// A weight's shape: at least 2-D, every dimension non-zero, its elements within the cap and
+/// equal to the data's length.
+fn check_weight(node: &str, weight: &Weight) -> Result<()> {
+    let numel = checked_numel(&weight.shape, MAX_WEIGHT_ELEMENTS);
+    if weight.shape.len() < 2 || weight.shape.contains(&0) || numel != Some(weight.data.len()) {
+        return Err(EngineError::graph(node, format!("weight of shape {:?} with {} values", weight.shape, weight.data.len())));
+    }
+    if weight.data.iter().any(|v| !v.is_finite()) {
+        return Err(EngineError::graph(node, "the weight holds NaN or infinite values"));
+    }
+    if let Some(q) = &weight.quant
+        && (q.scales.len() != weight.shape[0]
+            || !(q.input_scale.is_finite() && q.input_scale > 0.0)
+            || q.scales.iter().any(|s| !s.is_finite()))
+    {
+        return Err(EngineError::graph(node, "int8 weight: one finite scale per output row and a positive input scale are needed"));
+    }
+    Ok(())
+}
+
+fn all_finite(v: &[f32]) -> bool {
+    v.iter().all(|x| x.is_finite())
+}
+
 fn image(node: &Node, x: &[usize]) -> Result<(usize, usize, usize)> {
     match x {
         [c, h, w] => Ok((*c, *h, *w)),
@@ -215,35 +321,38 @@ fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<V
     let bad = |reason: String| Err(EngineError::graph(name, reason));
     match &node.op {
         Op::Linear { weight, bias, .. } => {
+            check_weight(name, weight)?;
             let features: usize = x.iter().product();
             if weight.shape.len() != 2 || weight.shape[1] != features {
                 return bad(format!("weight {:?} does not fit an input of {features} features", weight.shape));
             }
-            if bias.len() != weight.shape[0] || weight.data.len() != weight.shape.iter().product::<usize>() {
-                return bad(format!("bias of {} for {} outputs", bias.len(), weight.shape[0]));
+            if bias.len() != weight.shape[0] || !all_finite(bias) {
+                return bad(format!("bias of {} values (all finite) needed for {} outputs", bias.len(), weight.shape[0]));
             }
             Ok(vec![weight.shape[0]])
         }
         Op::Conv { weight, bias, window, .. } => {
+            check_weight(name, weight)?;
             let (c, h, w) = image(node, x)?;
             if weight.shape.len() != 4 || weight.shape[1] != c || weight.shape[2..] != window.kernel {
                 return bad(format!("weight {:?} does not fit {c} input channels and kernel {:?}", weight.shape, window.kernel));
             }
-            if bias.len() != weight.shape[0] || weight.data.len() != weight.shape.iter().product::<usize>() {
-                return bad(format!("bias of {} for {} output channels", bias.len(), weight.shape[0]));
+            if bias.len() != weight.shape[0] || !all_finite(bias) {
+                return bad(format!("bias of {} values (all finite) needed for {} output channels", bias.len(), weight.shape[0]));
             }
             let (oh, ow) = window.output(h, w, name)?;
             Ok(vec![weight.shape[0], oh, ow])
         }
         Op::Affine { scale, shift, .. } => {
             let c = x.first().copied().unwrap_or(1);
-            if scale.len() != c || shift.len() != c {
-                return bad(format!("{} scales for {c} channels", scale.len()));
+            if scale.len() != c || shift.len() != c || !all_finite(scale) || !all_finite(shift) {
+                return bad(format!("{} scales and {} shifts (all finite) for {c} channels", scale.len(), shift.len()));
             }
             Ok(x.to_vec())
         }
         Op::MaxPool { window } | Op::AvgPool { window, .. } => {
             let (c, h, w) = image(node, x)?;
+            window.check_pool(name)?;
             let (oh, ow) = window.output(h, w, name)?;
             Ok(vec![c, oh, ow])
         }
@@ -260,5 +369,11 @@ fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<V
         }
         Op::Flatten => Ok(vec![x.iter().product()]),
         Op::Relu | Op::Softmax => Ok(x.to_vec()),
+        Op::QuantDequant { scale, .. } => {
+            if !(scale.is_finite() && *scale > 0.0) {
+                return bad(format!("quantization scale {scale} must be positive and finite"));
+            }
+            Ok(x.to_vec())
+        }
     }
 }

@@ -43,11 +43,16 @@ pub fn sniff(bytes: &[u8]) -> FileKind {
 /// Loads a model file of either kind.
 pub fn load(path: &Path) -> Result<graph::Graph> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    let name = path.display().to_string();
-    match sniff(&bytes) {
-        FileKind::Native => format::from_bytes(&bytes, &name),
+    load_bytes(&bytes, &path.display().to_string())
+}
+
+/// Parses a model file's bytes of either kind and validates the graph (`Graph::infer_shapes`);
+/// `name` names the file in errors.
+pub fn load_bytes(bytes: &[u8], name: &str) -> Result<graph::Graph> {
+    match sniff(bytes) {
+        FileKind::Native => format::from_bytes(bytes, name),
         FileKind::Onnx => {
-            let g = onnx::import::import_bytes(&bytes, &name)?;
+            let g = onnx::import::import_bytes(bytes, name)?;
             g.infer_shapes()?;
             Ok(g)
         }

@@ -26,29 +26,117 @@ fn parse(bytes: &[u8]) -> std::result::Result<Array, String> {
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(format!("unsupported format version {v}")),
     };
-    let header = bytes.get(start..start + header_len).ok_or("truncated header")?;
+    let end = header_len.checked_add(start).ok_or("truncated header")?;
+    let header = bytes.get(start..end).ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
-    let field = |key: &str| -> Option<&str> { header.split(&format!("'{key}':")).nth(1).map(str::trim_start) };
-    let descr = field("descr").ok_or("header has no descr")?;
-    if !descr.starts_with("'<f4'") {
-        return Err(format!("dtype {} is not supported; save float32 ('<f4')", descr.split(',').next().unwrap_or("?")));
+    let h = Header::parse(header)?;
+    if h.descr != "<f4" {
+        return Err(format!("dtype '{}' is not supported; save float32 ('<f4')", h.descr));
     }
-    if field("fortran_order").is_some_and(|v| v.starts_with("True")) {
+    if h.fortran_order {
         return Err("Fortran-ordered arrays are not supported".into());
     }
-    let shape_text = field("shape").and_then(|s| s.strip_prefix('(')).and_then(|s| s.split(')').next()).ok_or("header has no shape")?;
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension '{s}'")))
-        .collect::<std::result::Result<_, _>>()?;
-    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape too large")?;
-    let data = &bytes[start + header_len..];
-    if data.len() != numel * 4 {
-        return Err(format!("shape {shape:?} needs {} bytes of data, found {}", numel * 4, data.len()));
+    let bytes_needed = h.shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d)).ok_or("shape too large")?;
+    let data = &bytes[end..];
+    if data.len() != bytes_needed {
+        return Err(format!("shape {:?} needs {bytes_needed} bytes of data, found {}", h.shape, data.len()));
     }
-    Ok(Array { shape, data: data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() })
+    Ok(Array { shape: h.shape, data: data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() })
+}
+
+/// The header: a Python dict literal with exactly the keys `descr` (a string), `fortran_order`
+/// (`True` or `False`) and `shape` (a tuple of integers), then spaces and a newline.
+struct Header {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<usize>,
+}
+
+impl Header {
+    fn parse(text: &str) -> std::result::Result<Header, String> {
+        let mut p = Cursor { rest: text.trim_end_matches([' ', '\n']) };
+        let (mut descr, mut fortran, mut shape) = (None, None, None);
+        p.expect('{')?;
+        while !p.eat('}') {
+            let key = p.string()?;
+            p.expect(':')?;
+            let duplicate = match key.as_str() {
+                "descr" => descr.replace(p.string()?).is_some(),
+                "fortran_order" => fortran.replace(p.boolean()?).is_some(),
+                "shape" => shape.replace(p.tuple()?).is_some(),
+                other => return Err(format!("header has an unknown key '{other}'")),
+            };
+            if duplicate {
+                return Err(format!("header has '{key}' twice"));
+            }
+            if !p.eat(',') {
+                p.expect('}')?;
+                break;
+            }
+        }
+        if !p.rest.trim_start().is_empty() {
+            return Err("header has text after its dict".into());
+        }
+        match (descr, fortran, shape) {
+            (Some(descr), Some(fortran_order), Some(shape)) => Ok(Header { descr, fortran_order, shape }),
+            _ => Err("header needs descr, fortran_order and shape".into()),
+        }
+    }
+}
+
+/// What is left of a header being read.
+struct Cursor<'a> {
+    rest: &'a str,
+}
+
+impl Cursor<'_> {
+    fn eat(&mut self, c: char) -> bool {
+        self.rest = self.rest.trim_start();
+        self.rest.strip_prefix(c).map(|r| self.rest = r).is_some()
+    }
+    fn expect(&mut self, c: char) -> std::result::Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!("malformed header: expected '{c}' at \"{}\"", self.rest.chars().take(20).collect::<String>()))
+        }
+    }
+    fn string(&mut self) -> std::result::Result<String, String> {
+        self.rest = self.rest.trim_start();
+        let quote = self.rest.chars().next().filter(|q| *q == '\'' || *q == '"').ok_or("malformed header: expected a string")?;
+        let body = &self.rest[1..];
+        let close = body.find(quote).ok_or("malformed header: unterminated string")?;
+        self.rest = &body[close + 1..];
+        Ok(body[..close].to_string())
+    }
+    fn boolean(&mut self) -> std::result::Result<bool, String> {
+        self.rest = self.rest.trim_start();
+        for (word, value) in [("True", true), ("False", false)] {
+            if let Some(r) = self.rest.strip_prefix(word) {
+                self.rest = r;
+                return Ok(value);
+            }
+        }
+        Err("malformed header: fortran_order must be True or False".into())
+    }
+    fn tuple(&mut self) -> std::result::Result<Vec<usize>, String> {
+        self.expect('(')?;
+        let mut dims = Vec::new();
+        while !self.eat(')') {
+            self.rest = self.rest.trim_start();
+            let digits = self.rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(self.rest.len());
+            let d = self.rest[..digits]
+                .parse::<usize>()
+                .map_err(|_| format!("bad dimension at \"{}\"", self.rest.chars().take(20).collect::<String>()))?;
+            dims.push(d);
+            self.rest = &self.rest[digits..];
+            if !self.eat(',') {
+                self.expect(')')?;
+                break;
+            }
+        }
+        Ok(dims)
+    }
 }
 
 /// Encodes an array as `.npy` (version 1.0).
@@ -86,5 +174,28 @@ mod tests {
         assert!(parse(b"nonsense!!!").is_err());
         let f8 = to_bytes(&a).iter().map(|&c| if c == b'4' { b'8' } else { c }).collect::<Vec<_>>();
         assert!(parse(&f8).unwrap_err().contains("not supported"));
+        let with_header = |h: &str| {
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            b.extend_from_slice(h.as_bytes());
+            b.extend_from_slice(&[0; 8]);
+            parse(&b)
+        };
+        let ok = with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }\n").unwrap();
+        assert_eq!(ok.shape, vec![2]);
+        assert_eq!(with_header("{'shape': (1, 2), \"descr\": '<f4', 'fortran_order': False}").unwrap().shape, vec![1, 2]);
+        for (header, says) in [
+            ("{'descr': '<f4' if False else '<f8', 'fortran_order': False, 'shape': (2,), }", "malformed header"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'descr': '<f4'}", "twice"),
+            ("{'descr': '<f4', 'fortran_order': False}", "needs descr"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,)}", "bad dimension"),
+            ("{'descr': '<f4', 'fortran_order': 0, 'shape': (2,)}", "True or False"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}", "unknown key"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4)}", "too large"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)} junk", "after its dict"),
+        ] {
+            let err = with_header(header).unwrap_err();
+            assert!(err.contains(says), "{header}: {err}");
+        }
     }
 }

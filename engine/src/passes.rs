@@ -1,13 +1,13 @@
 //! Graph rewrites applied to every loaded model: fold a per-channel affine (an unfolded
-//! BatchNormalization) into the linear layer or convolution before it, and fuse ReLU into the
-//! operator that produces its input. Both only apply when the producer's output has no other
-//! consumer, so the graph computes exactly the same function.
+//! BatchNormalization) into the linear layer or convolution before it, fuse ReLU into the
+//! operator that produces its input, and drop an activation's quantize-dequantize pair that only
+//! int8 layers quantizing their input alike read. Each computes exactly the same function.
 
 use crate::graph::{Activation, Graph, Node, Op};
 
 /// Runs every pass until nothing changes.
 pub fn optimize(graph: &mut Graph) {
-    while fold_affine(graph) || fuse_relu(graph) {}
+    while fold_affine(graph) || fuse_relu(graph) || drop_qdq_before_int8(graph) {}
 }
 
 fn consumers(graph: &Graph, value: &str) -> usize {
@@ -51,6 +51,35 @@ fn fold_affine(graph: &mut Graph) -> bool {
         }
         *prev = act;
         merge_into_producer(graph, p, i);
+        return true;
+    }
+    false
+}
+
+/// A `QuantDequant` whose every reader is an int8 layer with the same input scale and zero point:
+/// those layers quantize the value themselves, and quantizing a dequantized code gives the code
+/// back, so they read the pair's input instead and the pair goes.
+fn drop_qdq_before_int8(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Op::QuantDequant { scale, zero } = graph.nodes[i].op else { continue };
+        let out = graph.nodes[i].output.clone();
+        let readers: Vec<usize> = (0..graph.nodes.len()).filter(|&j| graph.nodes[j].inputs.contains(&out)).collect();
+        let same_quantization = |j: &usize| {
+            graph.nodes[*j].inputs.len() == 1
+                && graph.nodes[*j]
+                    .op
+                    .weight()
+                    .and_then(|w| w.quant.as_ref())
+                    .is_some_and(|q| q.input_scale == scale && q.input_zero == zero)
+        };
+        if graph.output == out || readers.is_empty() || !readers.iter().all(same_quantization) {
+            continue;
+        }
+        let source = graph.nodes[i].inputs[0].clone();
+        for j in readers {
+            graph.nodes[j].inputs[0] = source.clone();
+        }
+        graph.nodes.remove(i);
         return true;
     }
     false

@@ -259,7 +259,7 @@ fn columns(model: &Model, w: usize, budget: usize) -> Vec<Column> {
 fn spatial(layer: &Layer) -> bool {
     let image_op = match &layer.exec {
         Exec::MatMul(m) => m.conv.is_some(),
-        Exec::Pool { .. } | Exec::Affine { .. } | Exec::Relu | Exec::Add { .. } => true,
+        Exec::Pool { .. } | Exec::Affine { .. } | Exec::Relu | Exec::Add { .. } | Exec::QuantDequant { .. } => true,
         _ => false,
     };
     image_op && layer.out_shape.len() == 3

@@ -200,3 +200,77 @@ fn shape_mismatch_is_an_error() {
     let err = g.infer_shapes().unwrap_err().to_string();
     assert!(err.contains("fc1") && err.contains("does not fit"), "{err}");
 }
+
+/// Values near the edges of 32- and 64-bit arithmetic, where shape and window sizes used to wrap.
+const EDGES: [usize; 8] = [1 << 31, (1 << 32) - 1, 1 << 32, 1 << 62, (1 << 62) + 10, (1 << 63) - 1, 1 << 63, usize::MAX];
+
+/// LeNet-5 with one window or the input shape replaced by a hostile value, in both formats: each
+/// is refused at load with one line (before, pads of 2^62 passed every check and the one-sample
+/// direct convolution stored out of bounds).
+#[test]
+fn hostile_geometries_are_refused_at_load() {
+    let mut cases: Vec<(String, engine::graph::Graph)> = Vec::new();
+    for v in EDGES {
+        let with = |what: &str, edit: &dyn Fn(&mut engine::graph::Window)| {
+            let mut g = lenet(3, 0.5);
+            for n in &mut g.nodes {
+                if let engine::graph::Op::Conv { window, .. } | engine::graph::Op::MaxPool { window } = &mut n.op
+                    && (n.name == "c3" || (n.name == "s4" && what.starts_with("pool")))
+                {
+                    edit(window);
+                }
+            }
+            (format!("{what} {v}"), g)
+        };
+        cases.push(with("pads", &|w| w.pads[0] = v));
+        cases.push(with("pads right", &|w| w.pads[3] = v));
+        cases.push(with("dilation", &|w| w.dilation[0] = v));
+        cases.push(with("stride", &|w| w.stride[1] = v));
+        cases.push(with("pool pads", &|w| w.pads[2] = v));
+        cases.push(with("pool kernel", &|w| w.kernel = [v, 2]));
+        let mut g = lenet(3, 0.5);
+        g.input_shape = vec![1, v, 28];
+        cases.push((format!("input {v}"), g.clone()));
+        g.input_shape = vec![v, v, v];
+        cases.push((format!("input cube {v}"), g));
+    }
+    // A pool whose pads reach the kernel has windows with no input at all (inf / NaN before).
+    let mut g = lenet(3, 0.5);
+    if let engine::graph::Op::MaxPool { window } = &mut g.nodes[1].op {
+        window.pads = [2, 0, 0, 0];
+    }
+    cases.push(("pool pads = kernel".into(), g));
+    for (what, g) in cases {
+        let native = engine::format::to_bytes(&g).unwrap();
+        let err = engine::load_bytes(&native, "hostile.sparse").expect_err(&what).to_string();
+        assert!(!err.contains('\n') && err.contains("hostile.sparse"), "{what}: {err}");
+        // (Values past i64::MAX reach ONNX as negative numbers, refused as such.)
+        let onnx = engine::onnx::export::export(&g, &[10]);
+        let err = engine::load_bytes(&onnx, "hostile.onnx").expect_err(&what).to_string();
+        assert!(!err.contains('\n'), "{what}: {err}");
+    }
+}
+
+/// ONNX weights whose dims multiply past the cap (or wrap to 0) are refused without allocating.
+#[test]
+fn onnx_weights_beyond_the_cap_are_refused() {
+    for dims in [[1i64 << 60, 784], [1 << 32, 1 << 32], [1 << 20, 1 << 9], [-1, 784]] {
+        let bytes = model(vec![node("Gemm", &["x", "w"], "y", vec![])], vec![tensor("w", &dims, &[])], &[784], "y");
+        let err = engine::load_bytes(&bytes, "big.onnx").unwrap_err().to_string();
+        assert!(err.contains("big.onnx") && !err.contains('\n'), "{dims:?}: {err}");
+    }
+    let negative_pads = AttributeProto { name: "pads".into(), ints: vec![-1, 0, 0, 0], ..Default::default() };
+    let bytes = model(
+        vec![node(
+            "MaxPool",
+            &["x"],
+            "y",
+            vec![AttributeProto { name: "kernel_shape".into(), ints: vec![2, 2], ..Default::default() }, negative_pads],
+        )],
+        vec![],
+        &[1, 8, 8],
+        "y",
+    );
+    let err = engine::load_bytes(&bytes, "neg.onnx").unwrap_err().to_string();
+    assert!(err.contains("negative"), "{err}");
+}

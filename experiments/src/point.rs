@@ -46,10 +46,23 @@ pub struct PointResult {
     pub git_revision: String,
     pub cpu: String,
     pub isa: String,
+    /// Where the training and test images came from (`run.json`'s `data_source`): the full set's
+    /// folder or the embedded subset; with the image counts. Points from before these fields
+    /// were recorded read as "unknown".
+    #[serde(default = "unknown")]
+    pub data_source: String,
+    #[serde(default)]
+    pub train_images: usize,
+    #[serde(default)]
+    pub test_images: usize,
     /// `(epoch, test accuracy, sparsity)` per epoch.
     pub curve: Vec<(usize, f64, f64)>,
     /// `(parameter, sparsity)` at the end.
     pub layers: Vec<(String, f64)>,
+}
+
+fn unknown() -> String {
+    "unknown".into()
 }
 
 pub fn point_dir(sweep_dir: &Path, p: &Point) -> PathBuf {
@@ -63,12 +76,13 @@ pub fn finished(sweep_dir: &Path, p: &Point) -> Option<PointResult> {
 }
 
 /// Runs a point (or returns its earlier result; with `rebench`, measures it again on the
-/// finished training).
+/// finished training). `data`: the dataset folder, if given, and whether the embedded subset may
+/// stand in for a full set that is not found.
 pub fn run_point(
     sweep: &Sweep,
     sweep_dir: &Path,
     p: &Point,
-    data: Option<PathBuf>,
+    (data, allow_subset): (Option<PathBuf>, bool),
     peers: Option<&crate::peers::Peers>,
     rebench: bool,
 ) -> anyhow::Result<PointResult> {
@@ -83,6 +97,7 @@ pub fn run_point(
     let opts = TrainOptions {
         out: run_dir.clone(),
         data: data.clone(),
+        allow_subset,
         resume,
         quiet: true,
         recipe_path: p.recipe.display().to_string(),
@@ -95,7 +110,7 @@ pub fn run_point(
     sparsify::export::export(&summary.net, &native, sparsify::export::Format::Native)?;
     sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx)?;
 
-    let top1 = engine_accuracy(&native, &recipe, data)?;
+    let top1 = engine_accuracy(&native, &recipe, data, allow_subset)?;
     let mut timings = bench(&native, &sweep.batches, sweep.threads, sweep.bench_seconds)?;
     if let Some(peers) = peers {
         for t in &mut timings {
@@ -125,6 +140,9 @@ pub fn run_point(
         git_revision: info.git_revision,
         cpu: info.cpu,
         isa: info.isa,
+        data_source: info.data_source,
+        train_images: info.train_images,
+        test_images: info.test_images,
         curve: summary.metrics.iter().map(|m| (m.epoch, m.test_accuracy, m.sparsity)).collect(),
         layers: last.layers.clone(),
         point: p.clone(),
@@ -134,8 +152,8 @@ pub fn run_point(
 }
 
 /// Top-1 accuracy of a model file on the recipe's test set, run in the engine.
-fn engine_accuracy(model: &Path, recipe: &Recipe, data: Option<PathBuf>) -> anyhow::Result<f64> {
-    let d = train::load_data(recipe, data, true)?;
+fn engine_accuracy(model: &Path, recipe: &Recipe, data: Option<PathBuf>, allow_subset: bool) -> anyhow::Result<f64> {
+    let d = train::load_data(recipe, data, allow_subset, true)?;
     let m = compile::compile(engine::load(model)?, Options::new(KernelPolicy::Auto)?)?;
     let mut s = Session::new(&m, 2)?;
     let order: Vec<usize> = (0..d.test.len()).collect();

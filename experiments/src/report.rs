@@ -12,6 +12,24 @@ pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usi
     if let Some(r) = rows.first() {
         writeln!(md, "Measured on {} ({}), git revision {}.\n", r.cpu, r.isa, r.git_revision)?;
     }
+    // Where the images came from: one line when every point agrees, a warning and a column
+    // when they do not (a table must not mix full-set and subset accuracies silently).
+    let sources: std::collections::BTreeSet<(String, usize, usize)> =
+        rows.iter().map(|r| (r.data_source.clone(), r.train_images, r.test_images)).collect();
+    let mixed = sources.len() > 1;
+    if mixed {
+        writeln!(
+            md,
+            "**Warning: these points were trained and evaluated on different data** (see the data column):
+"
+        )?;
+        for (s, tr, te) in &sources {
+            writeln!(md, "- {s}: {tr} training / {te} test images")?;
+        }
+        writeln!(md)?;
+    } else if let Some((s, tr, te)) = sources.first() {
+        writeln!(md, "Data: {s}, {tr} training / {te} test images.\n")?;
+    }
     writeln!(md, "Speedup is the same model run with dense fp32 kernels divided by its sparse (or int8) run, in the same process;")?;
     writeln!(md, "latencies are medians in milliseconds.\n")?;
     let mut header = "| model | structure | weights | overrides | sparsity | top-1 |".to_string();
@@ -23,6 +41,10 @@ pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usi
             write!(header, " ORT ms b={b} | DeepSparse ms b={b} |")?;
             rule += "---|---|";
         }
+    }
+    if mixed {
+        header += " data |";
+        rule += "---|";
     }
     writeln!(md, "{header} file |\n{rule}---|")?;
     for r in rows {
@@ -48,6 +70,9 @@ pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usi
                 let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
                 write!(line, " {} | {} |", f(t.and_then(|t| t.onnxruntime_ms)), f(t.and_then(|t| t.deepsparse_ms)))?;
             }
+        }
+        if mixed {
+            write!(line, " {} ({} / {}) |", r.data_source, r.train_images, r.test_images)?;
         }
         writeln!(md, "{line} {:.0} KiB |", r.file_bytes as f64 / 1024.0)?;
     }

@@ -18,7 +18,10 @@ pub fn write_csv(path: &Path, rows: &[PointResult], batches: &[usize]) -> anyhow
             header.push(format!("{c}_b{b}"));
         }
     }
-    header.extend(["file_bytes", "train_seconds", "seed", "git_revision", "cpu", "isa"].map(String::from));
+    header.extend(
+        ["file_bytes", "train_seconds", "seed", "git_revision", "cpu", "isa", "data_source", "train_images", "test_images"]
+            .map(String::from),
+    );
     w.write_record(&header)?;
     for r in rows {
         let p = &r.point;
@@ -52,6 +55,9 @@ pub fn write_csv(path: &Path, rows: &[PointResult], batches: &[usize]) -> anyhow
             r.git_revision.clone(),
             r.cpu.clone(),
             r.isa.clone(),
+            r.data_source.clone(),
+            r.train_images.to_string(),
+            r.test_images.to_string(),
         ]);
         w.write_record(&rec)?;
     }

@@ -25,6 +25,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Dataset folder (else the standard search order).
     pub data: Option<PathBuf>,
+    /// Whether the embedded subset may stand in for a full dataset that is not found.
+    pub allow_subset: bool,
     /// Continue from the last checkpoint in `out`.
     pub resume: bool,
     pub quiet: bool,
@@ -55,8 +57,8 @@ pub struct RunData {
 }
 
 /// Loads the recipe's dataset and applies its subsets and validation split.
-pub fn load_data(recipe: &Recipe, data: Option<PathBuf>, quiet: bool) -> anyhow::Result<RunData> {
-    let d = datasets::Resolver::new(data, quiet).load(&recipe.data.dataset)?;
+pub fn load_data(recipe: &Recipe, data: Option<PathBuf>, allow_subset: bool, quiet: bool) -> anyhow::Result<RunData> {
+    let d = datasets::Resolver::new(data, quiet).allowing_subset(allow_subset).load(&recipe.data.dataset)?;
     let subset = |s: &datasets::Split, n: usize, seed: u64| {
         if n == 0 || n >= s.len() { s.clone() } else { s.select(&datasets::batch::shuffled(s.len(), seed)[..n]) }
     };
@@ -90,7 +92,7 @@ fn progress_bar(quiet: bool, steps: u64, epoch: usize, epochs: usize) -> Progres
 
 /// Trains `recipe` into `opts.out`.
 pub fn train(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions) -> anyhow::Result<Summary> {
-    train_on(recipe, recipe_text, opts, load_data(recipe, opts.data.clone(), opts.quiet)?)
+    train_on(recipe, recipe_text, opts, load_data(recipe, opts.data.clone(), opts.allow_subset, opts.quiet)?)
 }
 
 /// Trains on already loaded data (tests use synthetic data).

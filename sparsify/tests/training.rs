@@ -55,6 +55,7 @@ fn opts(out: &Path) -> TrainOptions {
     TrainOptions {
         out: out.to_path_buf(),
         data: None,
+        allow_subset: false,
         resume: false,
         quiet: true,
         recipe_path: "test.toml".into(),

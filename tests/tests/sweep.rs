@@ -25,7 +25,7 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     let first: Vec<_> = sweep
         .points
         .iter()
-        .map(|p| experiments::point::run_point(&sweep, &sweep_dir, p, Some(data.clone()), None, false).unwrap())
+        .map(|p| experiments::point::run_point(&sweep, &sweep_dir, p, (Some(data.clone()), false), None, false).unwrap())
         .collect();
     assert!((first[2].measured_sparsity - 0.9).abs() < 1e-3);
     let quantized: Vec<&str> = first.iter().map(|r| r.quantization.as_str()).collect();
@@ -37,6 +37,10 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(csv.contains(",int8,"), "{csv}");
     assert!(csv.lines().next().unwrap().contains("speedup_b16"));
+    // Every row says where its images came from: the folder given, 600 / 200 images.
+    assert!(csv.lines().next().unwrap().ends_with("data_source,train_images,test_images"), "{csv}");
+    assert!(csv.lines().skip(1).all(|l| l.contains(&data.display().to_string()) && l.ends_with(",600,200")), "{csv}");
+    assert!(first.iter().all(|r| r.train_images == 600 && r.test_images == 200));
     for plot in ["accuracy_vs_speedup", "accuracy_vs_sparsity", "latency_vs_batch", "layer_sparsity", "training_curves"] {
         for ext in ["png", "svg"] {
             let f = sweep_dir.join(format!("{plot}.{ext}"));
@@ -45,10 +49,10 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     }
     assert!(std::fs::read_to_string(sweep_dir.join("report.md")).unwrap().contains("![accuracy_vs_speedup]"));
     // A second run reuses the finished points: same results, no retraining.
-    let again = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], Some(data.clone()), None, false).unwrap();
+    let again = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], (Some(data.clone()), false), None, false).unwrap();
     assert_eq!(again, first[0]);
     // --rebench measures the finished training again: same accuracy, fresh timings.
-    let rebench = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], Some(data), None, true).unwrap();
+    let rebench = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], (Some(data.clone()), false), None, true).unwrap();
     assert_eq!((rebench.top1, &rebench.curve), (first[0].top1, &first[0].curve));
     assert_ne!(rebench.timings, first[0].timings);
 }

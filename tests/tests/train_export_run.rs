@@ -15,6 +15,7 @@ fn train_shipped(recipe_name: &str, sets: &[(&str, f64)], dir: &std::path::Path,
     let opts = TrainOptions {
         out: dir.join("run"),
         data: Some(data.to_path_buf()),
+        allow_subset: false,
         resume: false,
         quiet: true,
         recipe_path: recipe_name.into(),
@@ -27,7 +28,7 @@ fn train_shipped(recipe_name: &str, sets: &[(&str, f64)], dir: &std::path::Path,
 
 /// The whole test split as one batch, and burn's predicted class for each image.
 fn test_batch_and_burn_predictions(recipe: &Recipe, data: &std::path::Path, summary: &Summary) -> (datasets::batch::Batch, Vec<usize>) {
-    let d = train::load_data(recipe, Some(data.to_path_buf()), true).unwrap();
+    let d = train::load_data(recipe, Some(data.to_path_buf()), false, true).unwrap();
     let order: Vec<usize> = (0..d.test.len()).collect();
     let batch = datasets::batch::batches(&d.test, &order, d.test.len(), d.mean, d.std).next().unwrap();
     let logits = sparsify::step::logits(&summary.net, &sparsify::step::eval_device(), batch.inputs.clone(), batch.len());

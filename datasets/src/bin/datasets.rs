@@ -24,9 +24,12 @@ enum Command {
         /// Folder holding the dataset (overrides SPARSIFY_DATA and the search order).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Never download; fall back to the embedded subset.
+        /// Never download.
         #[arg(long)]
         offline: bool,
+        /// Let the embedded subset (10,000 / 2,000 images) stand in when the full set is not found.
+        #[arg(long)]
+        allow_subset: bool,
     },
     /// Download a dataset into the cache (or DIR), verifying checksums.
     Fetch {
@@ -55,8 +58,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Info { name, data, offline } => {
-            let mut resolver = Resolver::new(data, false);
+        Command::Info { name, data, offline, allow_subset } => {
+            let mut resolver = Resolver::new(data, false).allowing_subset(allow_subset);
             resolver.download &= !offline;
             let d = resolver.load(&name)?;
             let spec = registry::spec(&name)?;

@@ -171,6 +171,9 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
                 y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, i)| *o = relu(i * s + b, *r));
             }
         }
+        Exec::QuantDequant { scale, zero } => (0..channels).for_each(|c| {
+            y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, &i)| *o = crate::kernels::q8::quantize_dequantize(i, *scale, *zero))
+        }),
         Exec::Relu => (0..channels).for_each(|c| y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, i)| *o = i.max(0.0))),
         Exec::Add { relu: r } => {
             for c in 0..channels {

@@ -227,11 +227,24 @@ impl<'m> Session<'m> {
     fn prepare(&mut self, input: &[f32], batch: usize) -> Result<()> {
         let model = self.model;
         let f_in = model.value_sizes[0];
-        if batch == 0 || input.len() != batch * f_in {
+        if batch == 0 || batch.checked_mul(f_in) != Some(input.len()) {
             return Err(EngineError::Shape(format!(
                 "input has {} values; expected batch x {f_in} (per-sample shape {:?}) with batch >= 1",
                 input.len(),
                 model.input_shape
+            )));
+        }
+        // Sparse kernels skip zero weights, so a NaN or infinity would not reach every output it
+        // reaches in a dense engine (ONNX Runtime): refused rather than answered differently.
+        // (A fold without early exit vectorizes: about 1 us per 10,000 values.)
+        if !input.iter().fold(true, |ok, v| ok & v.is_finite())
+            && let Some(i) = input.iter().position(|v| !v.is_finite())
+        {
+            return Err(EngineError::Input(format!(
+                "input value {} of sample {} is {}; the engine runs finite inputs only",
+                i % f_in,
+                i / f_in,
+                input[i]
             )));
         }
         if self.plan.as_ref().is_none_or(|p| p.batch != batch) {

@@ -27,8 +27,7 @@ fn check(m: &Csr, bias: &[f32], g: &Geometry, x: &[f32], y: &[f32], channels: &R
 
 /// The input and output tiles hold what the geometry, `channels` and `rows` need.
 fn check_tiles(g: &Geometry, x: &[f32], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
-    assert!(x.len() >= g.channels * g.in_hw[0] * g.in_hw[1] * g.w, "input tile too small");
-    assert!(rows.end <= g.out_hw[0] && y.len() >= channels.len() * g.out_hw[0] * g.out_hw[1] * g.w, "output tile too small");
+    assert!(rows.end <= g.out_hw[0] && g.holds_input(x.len()) && g.holds_output(y.len(), channels.len()), "input or output tile too small");
 }
 
 /// Scalar twin: output rows `rows` of output channels `channels`; `y` holds those channels as

@@ -161,6 +161,14 @@ pub fn quantize_value(x: f32, inv_scale: f32, zero: u8) -> u8 {
     ((x * inv_scale).round_ties_even() + zero as f32).clamp(0.0, 255.0) as u8
 }
 
+/// QuantizeLinear then DequantizeLinear of `x` with a uint8 code, exactly as ONNX writes them
+/// (dividing by the scale): the value of `x`'s code.
+#[inline]
+pub fn quantize_dequantize(x: f32, scale: f32, zero: u8) -> f32 {
+    let code = ((x / scale).round_ties_even() + zero as f32).clamp(0.0, 255.0);
+    (code - zero as f32) * scale
+}
+
 fn check_quantize(x: &[f32], k: usize, ld: usize, out: &[u8]) {
     assert!(x.len() >= k * ld, "input tile too small");
     assert!(out.len() >= quantized_len(k, ld), "quantized tile too small");

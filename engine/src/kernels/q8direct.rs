@@ -147,7 +147,7 @@ impl Source<'_> {
 
 fn check_image(g: &Geometry, sc: &ShiftConv, x: &Source, rows: &Range<usize>, row_buf: &[u8], xs: &[u8]) {
     assert!(rows.end <= g.out_hw[0], "output rows outside the convolution");
-    assert!(x.len() >= g.channels * g.in_hw[0] * g.in_hw[1] * g.w, "input tile too small");
+    assert!(g.holds_input(x.len()), "input tile too small");
     assert!(row_buf.len() >= (sc.wp + 3) * g.w, "row buffer too small");
     assert!(xs.len() >= sc.image_len(g, g.w), "shifted image too small");
 }
@@ -262,7 +262,7 @@ impl<'a> Out<'a> {
 fn check(sc: &ShiftConv, d: &Dequant, g: &Geometry, xs: &[u8], y: &Out, channels: &Range<usize>, rows: &Range<usize>) {
     assert!(channels.end < sc.row_ptr.len() && d.bias.len() == sc.row_ptr.len() - 1, "channels outside the convolution");
     assert!(xs.len() >= sc.image_len(g, g.w), "shifted image too small");
-    assert!(rows.end <= g.out_hw[0] && y.len() >= channels.len() * g.out_hw[0] * g.out_hw[1] * g.w, "output tile too small");
+    assert!(rows.end <= g.out_hw[0] && g.holds_output(y.len(), channels.len()), "output tile too small");
     let [kh, kw] = g.window.kernel;
     assert!(sc.hp == g.out_hw[0] + kh - 1 && sc.wp == g.out_hw[1] + kw - 1, "weights regrouped for another geometry");
 }

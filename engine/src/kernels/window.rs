@@ -19,6 +19,37 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// The window's output for the input image is `out_hw` (the window's fields within the
+    /// graph's bounds, see `Window::output`), and the tile's sizes fit in `usize`: the
+    /// precondition every kernel's guard starts from. Panics otherwise.
+    pub fn check(&self) {
+        let fits = self.window.output(self.in_hw[0], self.in_hw[1], "").ok() == Some((self.out_hw[0], self.out_hw[1]));
+        assert!(fits && self.channels > 0 && self.w > 0, "window geometry inconsistent: {self:?}");
+        assert!(self.input_len().is_some() && self.output_len(self.channels).is_some(), "window geometry too large: {self:?}");
+    }
+
+    /// Elements of the input tile `[channels, h, wd, w]`, if that fits in `usize`.
+    pub fn input_len(&self) -> Option<usize> {
+        [self.in_hw[0], self.in_hw[1], self.w].iter().try_fold(self.channels, |a, &d| a.checked_mul(d))
+    }
+
+    /// Elements of an output tile of `channels` channels, `[channels, oh, ow, w]`.
+    pub fn output_len(&self, channels: usize) -> Option<usize> {
+        [self.out_hw[0], self.out_hw[1], self.w].iter().try_fold(channels, |a, &d| a.checked_mul(d))
+    }
+
+    /// `check`, then whether `x` elements hold the input tile.
+    pub fn holds_input(&self, x: usize) -> bool {
+        self.check();
+        self.input_len().is_some_and(|n| x >= n)
+    }
+
+    /// `check`, then whether `y` elements hold `channels` output channels of the tile.
+    pub fn holds_output(&self, y: usize, channels: usize) -> bool {
+        self.check();
+        self.output_len(channels).is_some_and(|n| y >= n)
+    }
+
     /// For each output coordinate and kernel offset along one axis, the input coordinate, if it is
     /// inside the image (not padding).
     pub(crate) fn source(&self, axis: usize, out: usize, k: usize) -> Option<usize> {
@@ -71,7 +102,7 @@ pub fn im2col_rows(g: &Geometry, x: &[f32], rows: std::ops::Range<usize>, cols: 
     let w = g.w;
     let plane = rows.len() * ow * w;
     assert!(rows.end <= oh, "im2col rows");
-    assert!(x.len() >= g.channels * h * wd * w && cols.len() >= g.channels * kh * kw * plane, "im2col sizes");
+    assert!(g.holds_input(x.len()) && cols.len() >= g.channels * kh * kw * plane, "im2col sizes");
     // Per kernel column, the output columns inside the image, computed once.
     let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
     for c in 0..g.channels {
@@ -113,10 +144,8 @@ pub fn pool(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>)
 /// several samples fold whole sample vectors per window tap: with AVX-512, 16 samples per
 /// instruction (the portable loop compiles to 4-wide SSE).
 pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>, rows: std::ops::Range<usize>) {
-    let [oh, ow] = g.out_hw;
-    let [h, wd] = g.in_hw;
-    assert!(rows.end <= oh, "pool rows");
-    assert!(x.len() >= g.channels * h * wd * g.w && y.len() >= g.channels * oh * ow * g.w, "pool sizes");
+    assert!(rows.end <= g.out_hw[0], "pool rows");
+    assert!(g.holds_input(x.len()) && g.holds_output(y.len(), g.channels), "pool sizes");
     if g.w == 1 {
         return pool_one(isa, g, x, y, avg, rows);
     }
@@ -137,8 +166,7 @@ pub fn pool_rows(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<b
 /// output pixel's samples are folded in a register over the window's taps (`max_codes`).
 pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std::ops::Range<usize>) {
     if g.w == 1 {
-        let ([oh, ow], [h, wd]) = (g.out_hw, g.in_hw);
-        assert!(rows.end <= oh && x.len() >= g.channels * h * wd && y.len() >= g.channels * oh * ow, "pool sizes");
+        assert!(rows.end <= g.out_hw[0] && g.holds_input(x.len()) && g.holds_output(y.len(), g.channels), "pool sizes");
         return max_pool_codes_one(isa, g, x, y, rows);
     }
     max_pool_with(g, x, y, rows, |out, x, bases, taps| max_codes(isa, out, x, bases, taps))
@@ -151,7 +179,7 @@ pub fn max_pool_codes(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std:
 fn max_pool_with<T>(g: &Geometry, x: &[T], y: &mut [T], rows: std::ops::Range<usize>, fold: impl Fn(&mut [T], &[T], &[usize], &[usize])) {
     let ([kh, kw], [oh, ow], [h, wd], w) = (g.window.kernel, g.out_hw, g.in_hw, g.w);
     assert!(rows.end <= oh, "pool rows");
-    assert!(x.len() >= g.channels * h * wd * w && y.len() >= g.channels * oh * ow * w, "pool sizes");
+    assert!(g.holds_input(x.len()) && g.holds_output(y.len(), g.channels), "pool sizes");
     // Offsets of a window's pixels from its first, for windows wholly inside the image, and per
     // output column, the first input column of such a window (all of them, or the row's pixels
     // go one by one).

@@ -158,6 +158,14 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
             Op::Add { act } => b.with_act("Add", name, x, out, vec![], *act),
             Op::Flatten => b.node("Flatten", name, x, out, vec![int("axis", 1)]),
             Op::Softmax => b.node("Softmax", name, x, out, vec![int("axis", 1)]),
+            Op::QuantDequant { scale, zero } => {
+                let s = b.init(format!("{name}.scale"), &[], &[*scale]);
+                let z = format!("{name}.zero_point");
+                b.inits.push(bytes_tensor(&z, &[], vec![*zero], false));
+                let codes = format!("{name}.codes");
+                b.node("QuantizeLinear", &format!("{name}.q"), vec![x[0].clone(), s.clone(), z.clone()], &codes, vec![]);
+                b.node("DequantizeLinear", name, vec![codes, s, z], out, vec![]);
+            }
         }
     }
     let model = ModelProto {

@@ -9,11 +9,11 @@ use prost::Message;
 
 use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type};
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, Node, Op, Quant, Weight, Window};
+use crate::graph::{Activation, Graph, MAX_WEIGHT_ELEMENTS, Node, Op, Quant, Weight, Window, checked_numel};
 
 /// Operators this importer understands.
 pub const SUPPORTED: &str = "Gemm, MatMul, Add, Relu, Conv, MaxPool, AveragePool, GlobalAveragePool, BatchNormalization, \
-Flatten, Reshape, Softmax, Identity, Dropout, QuantizeLinear and DequantizeLinear (QDQ around Gemm, MatMul and Conv)";
+Flatten, Reshape, Softmax, Identity, Dropout, QuantizeLinear and DequantizeLinear (on weights, biases and other constants, and as pairs on activations)";
 
 /// A constant tensor: dims and values (integers converted exactly to f32).
 struct Constant {
@@ -74,7 +74,8 @@ fn tensor_values(t: &TensorProto) -> std::result::Result<Constant, String> {
     }
     let dims: Vec<usize> =
         t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}"))).collect::<std::result::Result<_, _>>()?;
-    let numel: usize = dims.iter().product();
+    let numel = checked_numel(&dims, MAX_WEIGHT_ELEMENTS)
+        .ok_or_else(|| format!("dims {dims:?} hold more than {MAX_WEIGHT_ELEMENTS} elements (the engine's cap for one tensor)"))?;
     let ints = |width: usize, convert: fn(&[u8]) -> f32| -> Vec<f32> {
         if t.raw_data.is_empty() {
             t.int32_data.iter().map(|&v| v as f32).collect()
@@ -111,8 +112,14 @@ fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
 fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
     attr(node, name).map_or(default, |a| a.f)
 }
-fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<usize>> {
-    attr(node, name).map(|a| a.ints.iter().map(|&v| v.max(0) as usize).collect())
+/// A list of non-negative integers; a negative one is an error naming the attribute.
+fn attr_ints(node: &NodeProto, name: &str) -> Result<Option<Vec<usize>>> {
+    let Some(a) = attr(node, name) else { return Ok(None) };
+    a.ints
+        .iter()
+        .map(|&v| usize::try_from(v).map_err(|_| EngineError::graph(node_name(node), format!("{name} holds {v}, which is negative"))))
+        .collect::<Result<Vec<usize>>>()
+        .map(Some)
 }
 
 struct Importer {
@@ -266,13 +273,10 @@ impl Importer {
             return Err(EngineError::graph(name, "QuantizeLinear of a constant is not supported; store the weights as int8"));
         }
         let (scale, zero) = self.scalar_qparams(node, name)?;
-        let zero = match zero {
-            Some(z) if z.data_type != data_type::UINT8 || z.values.len() != 1 => {
-                return Err(EngineError::graph(name, "activations must be quantized to uint8 with one zero point"));
-            }
-            Some(z) => z.values[0] as u8,
-            None => 0,
-        };
+        let zero = activation_zero(zero, name)?;
+        if attr_i(node, "saturate", 1) != 1 || attr(node, "output_dtype").is_some() {
+            return Err(EngineError::graph(name, "QuantizeLinear is supported with its default saturate and output type"));
+        }
         self.quantized.insert(node.output[0].clone(), QuantizedActivation { source: x, scale, zero });
         Ok(())
     }
@@ -280,18 +284,23 @@ impl Importer {
     fn dequantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         let out = node.output[0].clone();
         if let Some(q) = self.quantized.get(&x).cloned() {
-            let (scale, _) = self.scalar_qparams(node, name)?;
-            if scale != q.scale {
-                return Err(EngineError::graph(name, "DequantizeLinear must use the scale of the QuantizeLinear before it"));
+            let (scale, zero) = self.scalar_qparams(node, name)?;
+            if scale != q.scale || activation_zero(zero, name)? != q.zero {
+                return Err(EngineError::graph(name, "DequantizeLinear must use the scale and zero point of the QuantizeLinear before it"));
             }
-            // Operators other than Gemm, MatMul and Conv read the activation itself.
-            self.aliases.insert(out.clone(), q.source.clone());
+            // The pair rounds and clamps (a quantizer drops the ReLU a zero point of 0 makes
+            // redundant): it runs as written, and disappears where only int8 layers that
+            // quantize their input alike read it (`passes`).
+            self.push(node, Op::QuantDequant { scale: q.scale, zero: q.zero }, vec![q.source.clone()]);
             self.dequantized.insert(out, q);
             return Ok(());
         }
         let c = self.constant(node, 0)?;
         let scale = self.constant(node, 1)?;
         let zero = if node.input.get(2).is_some_and(|z| !z.is_empty()) { Some(self.constant(node, 2)?) } else { None };
+        if scale.values.is_empty() || zero.is_some_and(|z| z.values.is_empty()) {
+            return Err(EngineError::graph(name, "DequantizeLinear needs at least one scale and zero point"));
+        }
         let rank = c.dims.len();
         let axis = attr_i(node, "axis", 1);
         let axis = if axis < 0 { axis + rank as i64 } else { axis };
@@ -368,6 +377,18 @@ impl Importer {
     }
 }
 
+/// An activation's zero point as a uint8 code: uint8 as is, int8 shifted by 128 (the codes shift
+/// alike, so the dequantized values are the same); none is 0 (uint8).
+fn activation_zero(zero: Option<&Constant>, name: &str) -> Result<u8> {
+    match zero {
+        None => Ok(0),
+        Some(z) if z.values.len() != 1 => Err(EngineError::graph(name, "activations need one zero point (per tensor)")),
+        Some(z) if z.data_type == data_type::UINT8 => Ok(z.values[0] as u8),
+        Some(z) if z.data_type == data_type::INT8 => Ok((z.values[0] as i32 + 128) as u8),
+        Some(_) => Err(EngineError::graph(name, "activations must be quantized to uint8 or int8")),
+    }
+}
+
 fn node_name(node: &NodeProto) -> String {
     if node.name.is_empty() {
         format!("{}:{}", node.op_type, node.output.first().map(String::as_str).unwrap_or("?"))
@@ -378,18 +399,18 @@ fn node_name(node: &NodeProto) -> String {
 
 fn window(node: &NodeProto, name: &str, kernel: Option<[usize; 2]>) -> Result<Window> {
     let ks =
-        attr_ints(node, "kernel_shape").or(kernel.map(|k| k.to_vec())).ok_or_else(|| EngineError::graph(name, "missing kernel_shape"))?;
+        attr_ints(node, "kernel_shape")?.or(kernel.map(|k| k.to_vec())).ok_or_else(|| EngineError::graph(name, "missing kernel_shape"))?;
     if ks.len() != 2 {
         return Err(EngineError::graph(name, format!("only 2-D windows are supported, found kernel_shape {ks:?}")));
     }
     let two = |attr: &str| -> Result<[usize; 2]> {
-        match attr_ints(node, attr) {
+        match attr_ints(node, attr)? {
             None => Ok([1, 1]),
             Some(v) if v.len() == 2 => Ok([v[0], v[1]]),
             Some(v) => Err(EngineError::graph(name, format!("{attr} must have 2 values, found {v:?}"))),
         }
     };
-    let pads = match attr_ints(node, "pads") {
+    let pads = match attr_ints(node, "pads")? {
         None => [0; 4],
         Some(p) if p.len() == 4 => [p[0], p[1], p[2], p[3]],
         Some(p) => return Err(EngineError::graph(name, format!("pads must have 4 values, found {p:?}"))),

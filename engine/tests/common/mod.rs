@@ -201,3 +201,19 @@ pub fn quantized(mut g: Graph) -> Graph {
     }
     g
 }
+
+/// Quantizes `model` with ONNX Runtime's own quantizer into `out` (`format`: qdq, qoperator or
+/// dynamic; see `tests/ort_quantize.py`).
+pub fn ort_quantize(python: &Path, model: &Path, out: &Path, format: &str, per_channel: bool) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_quantize.py");
+    let status = Command::new(python)
+        .arg(script)
+        .arg(model)
+        .arg(out)
+        .arg(format)
+        .arg(if per_channel { "1" } else { "0" })
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running python");
+    assert!(status.success(), "ONNX Runtime's quantizer failed on {}", model.display());
+}

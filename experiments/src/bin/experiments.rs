@@ -31,6 +31,10 @@ struct PointArgs {
     /// Folder holding the dataset (else the standard search order).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Let the embedded subset (10,000 / 2,000 images) stand in when the full set is not found;
+    /// the results say so (`data_source`).
+    #[arg(long)]
+    allow_subset: bool,
     /// Where results go (default ./results).
     #[arg(long, default_value = "results")]
     results: PathBuf,
@@ -110,7 +114,7 @@ fn peers(python: Option<PathBuf>, quiet: bool) -> anyhow::Result<Option<Peers>> 
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { sweep: file, point: PointArgs { data, results, peers_python, rebench }, quiet } => {
+        Command::Run { sweep: file, point: PointArgs { data, allow_subset, results, peers_python, rebench }, quiet } => {
             let sweep = Sweep::load(&file)?;
             let peers = peers(peers_python, quiet)?;
             let dir = sweep.dir(&results);
@@ -123,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bar.set_prefix(sweep.name.clone());
             for p in &sweep.points {
                 bar.set_message(p.label());
-                let r = point::run_point(&sweep, &dir, p, data.clone(), peers.as_ref(), rebench)?;
+                let r = point::run_point(&sweep, &dir, p, (data.clone(), allow_subset), peers.as_ref(), rebench)?;
                 bar.inc(1);
                 let line = format!(
                     "{}: top-1 {:.2}%, sparsity {:.1}%, speedup {}",
@@ -140,12 +144,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n = collect(&sweep, &file.display().to_string(), &results)?;
             println!("{n} points: {}", dir.join("report.md").display());
         }
-        Command::RunPoint { sweep: file, id, point: PointArgs { data, results, peers_python, rebench } } => {
+        Command::RunPoint { sweep: file, id, point: PointArgs { data, allow_subset, results, peers_python, rebench } } => {
             let sweep = Sweep::load(&file)?;
             let Some(p) = sweep.points.iter().find(|p| p.id == id) else {
                 bail!("{}: no point with id {id} (see `experiments plan`)", file.display());
             };
-            let r = point::run_point(&sweep, &sweep.dir(&results), p, data, peers(peers_python, true)?.as_ref(), rebench)?;
+            let r = point::run_point(&sweep, &sweep.dir(&results), p, (data, allow_subset), peers(peers_python, true)?.as_ref(), rebench)?;
             println!("{}: top-1 {:.4}", p.label(), r.top1);
         }
         Command::Plan { sweep: file, emit, results } => {

@@ -29,6 +29,9 @@ enum Command {
         /// Folder holding the dataset (else SPARSIFY_DATA, ./data, /usr/share/datasets, cache).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Let the embedded subset (10,000 / 2,000 images) stand in when the full set is not found.
+        #[arg(long)]
+        allow_subset: bool,
         /// Run folder (default runs/<recipe name>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -107,7 +110,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { recipe: path, set, data, out, seed, threads, quiet, resume } => {
+        Command::Train { recipe: path, set, data, allow_subset, out, seed, threads, quiet, resume } => {
             if let Some(n) = threads {
                 if n == 0 {
                     bail!("--threads must be at least 1");
@@ -122,7 +125,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let stem = path.file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned());
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(stem));
-            let opts = TrainOptions { out, data, resume, quiet, recipe_path: path.display().to_string(), overrides, stop_after: None };
+            let opts = TrainOptions {
+                out,
+                data,
+                allow_subset,
+                resume,
+                quiet,
+                recipe_path: path.display().to_string(),
+                overrides,
+                stop_after: None,
+            };
             let summary = train::train(&recipe, &text, &opts)?;
             if let Some(last) = summary.metrics.last() {
                 println!(

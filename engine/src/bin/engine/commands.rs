@@ -1,6 +1,6 @@
 //! `engine info`, `run`, `eval` and `analyze`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use engine::compile::{self, Exec, Model, Options};
@@ -115,12 +115,12 @@ pub fn run(args: &ModelArgs, input: &Path, output: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub fn eval(args: &ModelArgs, dataset: &str, data: Option<PathBuf>, batch: usize, json: bool) -> anyhow::Result<()> {
+pub fn eval(args: &ModelArgs, dataset: &str, resolver: datasets::Resolver, batch: usize, json: bool) -> anyhow::Result<()> {
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
     let model = compile_model(args)?;
-    let d = datasets::Resolver::new(data, json).load(dataset)?;
+    let d = resolver.load(dataset)?;
     let per_sample: usize = model.input_shape.iter().product();
     if d.test.image_size() != per_sample {
         bail!("the model takes {:?} per sample but {dataset} images are {}x{}", model.input_shape, d.test.rows, d.test.cols);

@@ -84,6 +84,9 @@ enum Command {
         /// Folder holding the dataset (else SPARSIFY_DATA, ./data, /usr/share/datasets, cache).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Let the embedded subset (2,000 test images) stand in when the full set is not found.
+        #[arg(long)]
+        allow_subset: bool,
         /// Batch size.
         #[arg(long, default_value_t = 256)]
         batch: usize,
@@ -112,7 +115,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info { model, batch } => commands::info(&model, batch),
         Command::Run { model, input, output } => commands::run(&model, &input, &output),
-        Command::Eval { model, dataset, data, batch, json } => commands::eval(&model, &dataset, data, batch, json),
+        Command::Eval { model, dataset, data, allow_subset, batch, json } => {
+            commands::eval(&model, &dataset, datasets::Resolver::new(data, json).allowing_subset(allow_subset), batch, json)
+        }
         Command::Bench(args) => bench::bench(&args),
         Command::Analyze { model, batch, iters } => commands::analyze(&model, batch, iters),
     };

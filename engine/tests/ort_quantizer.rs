@@ -1,0 +1,83 @@
+//! Int8 models as ONNX Runtime's quantizer writes them (`quantize_static`, QDQ, per tensor and
+//! per channel, uint8 activations, int8 weights): the quantizer drops the ReLU that a zero point
+//! of 0 makes redundant and puts quantize-dequantize pairs around pools, residual adds, global
+//! pooling and flatten. The engine must compute what ONNX Runtime computes on the same file
+//! (QDQ run as written), within one quantization step of the output, and still run its int8
+//! kernels where the pattern allows. The forms it does not run (QOperator, dynamic) are refused
+//! at load, never approximated.
+
+mod common;
+
+use common::*;
+use engine::compile::{self, KernelPolicy, Options};
+use engine::exec::Session;
+use engine::onnx::proto::ModelProto;
+use prost::Message;
+
+/// The scale of the DequantizeLinear that writes the model's output: one quantization step of it.
+fn output_step(path: &std::path::Path) -> Option<f32> {
+    let model = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let g = model.graph.unwrap();
+    let out = &g.output[0].name;
+    let dq = g.node.iter().find(|n| &n.output[0] == out && n.op_type == "DequantizeLinear")?;
+    let scale = g.initializer.iter().find(|t| t.name == dq.input[1])?;
+    Some(if scale.float_data.is_empty() { f32::from_le_bytes(scale.raw_data[..4].try_into().unwrap()) } else { scale.float_data[0] })
+}
+
+#[test]
+fn static_qdq_files_match_onnx_runtime_within_one_step() {
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let models = [
+        ("mlp", mlp_with(21, 0.9, [64, 48, 32, 10])),
+        ("lenet5", lenet(22, 0.8)),
+        ("rescnn", cnn(23, 0.7)),
+        ("convstack", conv_stack(24, 0.8)),
+    ];
+    for (name, graph) in models {
+        let fp32 = dir.path().join(format!("{name}.onnx"));
+        std::fs::write(&fp32, engine::onnx::export::export(&graph, &graph.output_shape().unwrap())).unwrap();
+        for per_channel in [false, true] {
+            let q = dir.path().join(format!("{name}.{per_channel}.qdq.onnx"));
+            ort_quantize(&python, &fp32, &q, "qdq", per_channel);
+            let step = output_step(&q).unwrap_or(1e-5) * 1.001 + 1e-6;
+            let model = compile::compile(engine::load(&q).unwrap(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+            let int8_layers = model.layers.iter().filter(|l| matches!(&l.exec, compile::Exec::MatMul(m) if m.int8.is_some())).count();
+            assert!(int8_layers >= 2, "{name}: only {int8_layers} layers run in int8");
+            for batch in [1, 5] {
+                let input = random_input(30 + batch as u64, batch, &graph.input_shape);
+                let reference = ort_run_with(&python, &q, &input, dir.path(), true);
+                for policy in [KernelPolicy::Auto, KernelPolicy::Sparse] {
+                    let model = compile::compile(engine::load(&q).unwrap(), Options::new(policy).unwrap()).unwrap();
+                    for threads in [1, 2] {
+                        let got = Session::new(&model, threads).unwrap().run(&input.data, batch).unwrap();
+                        let err = got.iter().zip(&reference.data).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                        assert!(
+                            err <= step,
+                            "{name} per_channel={per_channel} batch {batch} {policy:?} {threads} threads: {err} off ONNX Runtime (step {step})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn qoperator_and_dynamic_files_are_refused_not_approximated() {
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, graph) in [("mlp", mlp_with(25, 0.5, [64, 48, 32, 10])), ("lenet5", lenet(26, 0.5))] {
+        let fp32 = dir.path().join(format!("{name}.onnx"));
+        std::fs::write(&fp32, engine::onnx::export::export(&graph, &graph.output_shape().unwrap())).unwrap();
+        for format in ["qoperator", "dynamic"] {
+            let q = dir.path().join(format!("{name}.{format}.onnx"));
+            ort_quantize(&python, &fp32, &q, format, false);
+            let err = engine::load(&q).expect_err(&format!("{name} {format}")).to_string();
+            assert!(
+                !err.contains('\n') && err.contains(&format!("{name}.{format}.onnx")) || err.contains("node '"),
+                "{name} {format}: {err}"
+            );
+        }
+    }
+}
