@@ -100,6 +100,9 @@ fn edge(rng: &mut StdRng) -> i128 {
     if rng.random_bool(0.25) { rng.random_range(0..64) } else { EDGES[rng.random_range(0..EDGES.len())] }
 }
 
+/// A mutation strategy: a seed's bytes to a mutant's.
+type Mutator = fn(&mut StdRng, &[u8]) -> Vec<u8>;
+
 /// Flips, overwrites, truncates, duplicates or deletes bytes.
 fn mutate_bytes(rng: &mut StdRng, bytes: &[u8]) -> Vec<u8> {
     let mut b = bytes.to_vec();
@@ -378,7 +381,7 @@ fn mutants_are_refused_or_run() {
     let (mut tried, mut loaded, mut ran, mut bad) = (0u64, 0u64, 0u64, Vec::new());
     for (s, (name, bytes)) in seeds.iter().enumerate() {
         let is_npy = name.ends_with(".npy");
-        let mutators: &[(&str, fn(&mut StdRng, &[u8]) -> Vec<u8>)] = match engine::sniff(bytes) {
+        let mutators: &[(&str, Mutator)] = match engine::sniff(bytes) {
             _ if is_npy => &[("bytes", mutate_bytes)],
             engine::FileKind::Native => &[("bytes", mutate_bytes), ("fields", mutate_native)],
             engine::FileKind::Onnx => &[("bytes", mutate_bytes), ("fields", mutate_onnx)],

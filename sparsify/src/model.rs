@@ -108,6 +108,29 @@ pub const BN_MOMENTUM: f32 = 0.1;
 /// running variance follows it), and the batch's per-channel mean and variance.
 pub type BatchStats = (usize, Vec<f32>, Vec<f32>);
 
+/// Most parameters a built-in network may have (1 GiB of f32): a bound on what a recipe can make
+/// `Network::new` allocate.
+pub const MAX_PARAMETERS: usize = 1 << 28;
+
+impl Arch {
+    /// Whether the network can be built for `side x side` images: every layer at least one unit
+    /// wide and the parameters within `MAX_PARAMETERS` (counted in checked arithmetic).
+    pub fn check(&self, side: usize, classes: usize) -> Result<(), String> {
+        let Arch::Mlp { hidden } = self else { return Ok(()) };
+        if hidden.contains(&0) {
+            return Err(format!("every layer needs at least one unit, found {hidden:?}"));
+        }
+        let mut dims = vec![side * side];
+        dims.extend(hidden);
+        dims.push(classes);
+        let params = dims.windows(2).try_fold(0usize, |sum, d| d[0].checked_mul(d[1])?.checked_add(d[1])?.checked_add(sum));
+        match params {
+            Some(n) if n <= MAX_PARAMETERS => Ok(()),
+            _ => Err(format!("layers {hidden:?} make more than {MAX_PARAMETERS} parameters")),
+        }
+    }
+}
+
 impl Network {
     /// A freshly initialised network for `side x side` images and `classes` classes.
     pub fn new(arch: &Arch, side: usize, classes: usize, seed: u64) -> Network {

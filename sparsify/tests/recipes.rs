@@ -117,6 +117,33 @@ fn errors_name_the_field_and_line() {
     assert!(e.starts_with("r.toml:1: version"), "{e}");
 }
 
+/// Every numeric field is bounded: values training would refuse or choke on are refused at
+/// parse time, with the field named.
+#[test]
+fn out_of_range_values_are_refused_at_parse_time() {
+    let deep_parens = format!("end_epoch = \"{}epochs{}\"", "(".repeat(100_000), ")".repeat(100_000));
+    let deep_minus = format!("end_epoch = \"{}epochs\"", "- ".repeat(100_000));
+    for (edit, says) in [
+        (("momentum = 0.9", "momentum = 1.5"), "momentum: must be in [0, 1)"),
+        (("momentum = 0.9", "momentum = 0.9\nweight_decay = -1"), "weight_decay: must be in [0, 1]"),
+        (("momentum = 0.9", "momentum = 0.9\nbetas = [0.9, 1.0]"), "betas: must be in [0, 1)"),
+        (("hidden = [16]", "hidden = [0, 100]"), "hidden: every layer needs at least one unit"),
+        (("hidden = [16]", "hidden = [1000000000]"), "hidden: layers [1000000000] make more than"),
+        (("epochs = 10", "epochs = 1e12"), "training needs 0 < end_epoch <= 10000"),
+        (
+            ("schedule = \"cosine\"", "schedule = \"multi_step\"\nmilestones = [5, 2]"),
+            "milestones: must be epochs >= 0 in increasing order",
+        ),
+        (("schedule = \"cosine\"", "schedule = \"multi_step\"\nmilestones = [-1, 2]"), "milestones"),
+        (("schedule = \"cosine\"", "schedule = \"step\"\ngamma = 0"), "gamma: must be > 0"),
+        (("end_epoch = \"epochs\"", deep_parens.as_str()), "nested more than 64 deep"),
+        (("end_epoch = \"epochs\"", deep_minus.as_str()), "nested more than 64 deep"),
+    ] {
+        let e = err(&BASE.replace(edit.0, edit.1));
+        assert!(e.contains(says), "{}: {e}", edit.1.chars().take(60).collect::<String>());
+    }
+}
+
 #[test]
 fn params_that_match_nothing_are_errors() {
     let dir = tempfile::tempdir().unwrap();

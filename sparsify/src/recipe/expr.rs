@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 /// Evaluates `text` with `vars`; the error says what is wrong.
 pub fn eval(text: &str, vars: &BTreeMap<String, f64>) -> Result<f64, String> {
     let tokens = tokenize(text)?;
-    let mut p = Parser { tokens: &tokens, pos: 0, vars };
+    let mut p = Parser { tokens: &tokens, pos: 0, vars, depth: 0 };
     let v = p.sum()?;
     if p.pos != tokens.len() {
         return Err(format!("unexpected '{}' in expression \"{text}\"", tokens[p.pos]));
@@ -46,7 +46,12 @@ struct Parser<'a> {
     tokens: &'a [String],
     pos: usize,
     vars: &'a BTreeMap<String, f64>,
+    /// Nesting of parentheses and unary minuses, bounded so that no expression overflows the stack.
+    depth: usize,
 }
+
+/// Deepest nesting of parentheses and unary minuses an expression may have.
+const MAX_DEPTH: usize = 64;
 
 impl Parser<'_> {
     fn peek(&self) -> Option<&str> {
@@ -75,10 +80,20 @@ impl Parser<'_> {
         }
         Ok(v)
     }
+    /// Runs `f` one level deeper, or fails past `MAX_DEPTH`.
+    fn nested(&mut self, f: impl FnOnce(&mut Self) -> Result<f64, String>) -> Result<f64, String> {
+        if self.depth >= MAX_DEPTH {
+            return Err(format!("expression nested more than {MAX_DEPTH} deep"));
+        }
+        self.depth += 1;
+        let v = f(self);
+        self.depth -= 1;
+        v
+    }
     fn unary(&mut self) -> Result<f64, String> {
         if self.peek() == Some("-") {
             self.pos += 1;
-            return Ok(-self.unary()?);
+            return self.nested(|p| Ok(-p.unary()?));
         }
         self.atom()
     }
@@ -86,7 +101,7 @@ impl Parser<'_> {
         let tok = self.peek().ok_or("expression ends too early")?.to_string();
         self.pos += 1;
         if tok == "(" {
-            let v = self.sum()?;
+            let v = self.nested(Self::sum)?;
             if self.peek() != Some(")") {
                 return Err("missing ')'".into());
             }

@@ -16,6 +16,11 @@ use schema::{Num, RawModifier, RawRecipe, RawSparsity};
 use crate::mask::MaskKind;
 use crate::model::Arch;
 
+/// Longest training a recipe may ask for, in epochs.
+pub const MAX_EPOCHS: f64 = 10_000.0;
+/// Largest batch size a recipe may ask for.
+pub const MAX_BATCH: usize = 1 << 16;
+
 /// A recipe error, with the file and line it is about when known.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {message}", line = line.map_or("-".to_string(), |l| l.to_string()))]
@@ -251,6 +256,13 @@ impl Resolver<'_> {
         }
         Ok(v)
     }
+    /// `v` in `[lo, hi)` (or `[lo, hi]` with `closed`).
+    fn within(&self, field: &str, v: f64, lo: f64, hi: f64, closed: bool) -> Result<f64, RecipeError> {
+        if v < lo || v > hi || (!closed && v == hi) {
+            return Err(self.err(field, format!("must be in [{lo}, {hi}{}, found {v}", if closed { "]" } else { ")" })));
+        }
+        Ok(v)
+    }
     fn range(&self, start: f64, end: f64) -> Result<(), RecipeError> {
         if start < 0.0 {
             return Err(self.err("start_epoch", format!("must be >= 0, found {start}")));
@@ -304,8 +316,8 @@ impl Recipe {
             test_subset: r.count("test_subset", &d.test_subset)?,
         };
         datasets::registry::spec(&data.dataset).map_err(|e| r.err("dataset", e))?;
-        if data.batch_size == 0 {
-            return Err(r.err("batch_size", "must be at least 1"));
+        if data.batch_size == 0 || data.batch_size > MAX_BATCH {
+            return Err(r.err("batch_size", format!("must be 1..={MAX_BATCH}, found {}", data.batch_size)));
         }
         if !(0.0..1.0).contains(&data.validation) {
             return Err(r.err("validation", "must be in [0, 1)"));
@@ -320,7 +332,15 @@ impl Recipe {
             weight_decay: r.opt("weight_decay", &o.weight_decay, 0.0)?,
             betas: o.betas.unwrap_or([0.9, 0.999]),
         };
-        let base_lr = r.opt("lr", &o.lr, 0.0)?;
+        let base_lr = r.within("lr", r.opt("lr", &o.lr, 0.0)?, 0.0, f64::MAX, true)?;
+        r.within("momentum", optimizer.momentum, 0.0, 1.0, false)?;
+        r.within("weight_decay", optimizer.weight_decay, 0.0, 1.0, true)?;
+        for b in optimizer.betas {
+            r.within("betas", b, 0.0, 1.0, false)?;
+        }
+        r.block = ("[model]", 0);
+        let classes = datasets::registry::spec(&data.dataset).map_or(10, |s| s.num_classes());
+        raw.model.check(28, classes).map_err(|m| r.err("hidden", m))?;
 
         let (mut epochs, mut lr, mut pruning, mut constant_pruning) = (None, None, Vec::new(), Vec::new());
         let mut quantization: Option<(Quantization, usize)> = None;
@@ -330,8 +350,8 @@ impl Recipe {
                 RawModifier::EpochRange { start_epoch, end_epoch } => {
                     let (s, e) = (r.num("start_epoch", start_epoch)?, r.num("end_epoch", end_epoch)?);
                     r.range(s, e)?;
-                    if e <= 0.0 {
-                        return Err(r.err("end_epoch", "training needs end_epoch > 0"));
+                    if e <= 0.0 || e > MAX_EPOCHS {
+                        return Err(r.err("end_epoch", format!("training needs 0 < end_epoch <= {MAX_EPOCHS}, found {e}")));
                     }
                     if epochs.replace(e).is_some() {
                         return Err(r.err("type", "a recipe has one epoch_range modifier"));
@@ -350,6 +370,19 @@ impl Recipe {
                     };
                     if s.init_lr <= 0.0 {
                         return Err(r.err("init_lr", "must be > 0"));
+                    }
+                    r.within("final_lr", s.final_lr, 0.0, f64::MAX, true)?;
+                    if s.gamma <= 0.0 {
+                        return Err(r.err("gamma", format!("must be > 0, found {}", s.gamma)));
+                    }
+                    if s.milestones.iter().any(|&m| m < 0.0) || s.milestones.windows(2).any(|w| w[1] < w[0]) {
+                        return Err(r.err("milestones", format!("must be epochs >= 0 in increasing order, found {:?}", s.milestones)));
+                    }
+                    if s.start_epoch < 0.0 || s.end_epoch < s.start_epoch {
+                        return Err(r.err(
+                            "start_epoch",
+                            format!("needs 0 <= start_epoch <= end_epoch, found {} and {}", s.start_epoch, s.end_epoch),
+                        ));
                     }
                     if *schedule == LrKind::Step && s.step_size <= 0.0 {
                         return Err(r.err("step_size", "must be > 0"));
@@ -444,6 +477,9 @@ impl Recipe {
                     r.range(q.start_epoch, q.start_epoch)?;
                     if let Some(f) = q.freeze_observers_epoch.filter(|&f| f < q.start_epoch) {
                         return Err(r.err("freeze_observers_epoch", format!("{f} is before start_epoch {}", q.start_epoch)));
+                    }
+                    if let Some(f) = q.freeze_bn_epoch.filter(|&f| f < 0.0) {
+                        return Err(r.err("freeze_bn_epoch", format!("must be >= 0, found {f}")));
                     }
                     if !(q.observer_averaging > 0.0 && q.observer_averaging <= 1.0) {
                         return Err(r.err("observer_averaging", format!("must be in (0, 1], found {}", q.observer_averaging)));
