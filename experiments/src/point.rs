@@ -90,6 +90,8 @@ pub fn run_point(
         return Ok(r);
     }
     let dir = point_dir(sweep_dir, p);
+    // One writer per point: a second `run` or `run-point` on it is refused, naming the first.
+    let _lock = engine::fsutil::DirLock::acquire(&dir)?;
     let run_dir = dir.join("run");
     let mut recipe = Recipe::parse(&p.recipe_text, &p.recipe.display().to_string(), &p.overrides)?;
     recipe.seed = p.seed;
@@ -99,6 +101,7 @@ pub fn run_point(
         data: data.clone(),
         allow_subset,
         resume,
+        force: false,
         quiet: true,
         recipe_path: p.recipe.display().to_string(),
         overrides: p.overrides.clone(),

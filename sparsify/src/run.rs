@@ -48,14 +48,10 @@ pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The current git revision, or "unknown" outside a repository.
+/// The git revision of the code that runs (recorded at build time, `-dirty` where its tracked
+/// files had changes), or "unknown" when it was built outside a repository.
 pub fn git_revision() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or("unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    env!("SPARSIFY_GIT_REVISION").to_string()
 }
 
 /// The CPU's model name from /proc/cpuinfo.
@@ -64,6 +60,35 @@ pub fn cpu_name() -> String {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Refuses to train into a folder that holds something other than a run (`--out /` would write
+/// beside the user's files), unless `force`: a missing or empty folder, or one with `run.json`
+/// or `checkpoints/`, is fine.
+pub fn check_out_folder(out: &Path, force: bool) -> anyhow::Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(out) else { return Ok(()) };
+    let ours = out.join("run.json").is_file() || out.join("checkpoints").is_dir();
+    if force || ours || entries.all(|e| e.is_ok_and(|e| e.file_name() == ".lock")) {
+        return Ok(());
+    }
+    anyhow::bail!("{} exists and is not a sparsify run folder; choose another --out, or pass --force to write into it", out.display())
+}
+
+/// With `--resume`, the resolved recipe (overrides and seed included) must be the one the run
+/// started with: otherwise the folder would misstate its own history. Names the first change.
+pub fn check_same_recipe(out: &Path, resolved: &str) -> anyhow::Result<()> {
+    let path = out.join("recipe.resolved.toml");
+    let before = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e} (needed to resume)", path.display()))?;
+    if before == resolved {
+        return Ok(());
+    }
+    let (old, new) = before.lines().zip(resolved.lines()).find(|(a, b)| a != b).unwrap_or(("(end)", "(end)"));
+    anyhow::bail!(
+        "{}: the recipe differs from the one this run started with (was `{}`, now `{}`); resume with the same recipe and --set values, or start a new --out",
+        out.display(),
+        old.trim(),
+        new.trim()
+    )
 }
 
 pub fn checkpoint_path(dir: &Path, epoch: usize) -> PathBuf {

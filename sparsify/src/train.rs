@@ -29,6 +29,8 @@ pub struct TrainOptions {
     pub allow_subset: bool,
     /// Continue from the last checkpoint in `out`.
     pub resume: bool,
+    /// Write into an existing folder that is not a run (its files may be replaced).
+    pub force: bool,
     pub quiet: bool,
     /// Recipe path and overrides, recorded in `run.json`.
     pub recipe_path: String,
@@ -109,9 +111,15 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
     let mut step_count: u64 = 0;
     let mut first_epoch = 0;
 
+    run::check_out_folder(out, opts.force)?;
+    let _lock = engine::fsutil::DirLock::acquire(out)?;
+    for dir in [out.to_path_buf(), out.join("checkpoints")] {
+        engine::fsutil::remove_stale_temporaries(&dir);
+    }
     let existing = run::latest_checkpoint(out);
     match (&existing, opts.resume) {
         (Some((_, path)), true) => {
+            run::check_same_recipe(out, &recipe.to_toml())?;
             let ck = checkpoint::load(path)?;
             if ck.net.arch != net.arch || ck.net.params.iter().map(|p| &p.shape).ne(net.params.iter().map(|p| &p.shape)) {
                 bail!("{}: the checkpoint's model does not match the recipe's", path.display());
@@ -250,8 +258,10 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             );
         }
         metrics.push(row);
-        checkpoint::save(&run::checkpoint_path(out, epoch + 1), &net, &optim_state, &pruner, epoch + 1, step_count)?;
+        // The metrics row first, then the checkpoint that commits the epoch: a kill between the
+        // two leaves a row past the last checkpoint, which resuming drops and computes again.
         engine::fsutil::write_atomic(&out.join("metrics.csv"), run::metrics_csv(&metrics)?.as_bytes())?;
+        checkpoint::save(&run::checkpoint_path(out, epoch + 1), &net, &optim_state, &pruner, epoch + 1, step_count)?;
         info.epochs_completed = epoch + 1;
         info.train_seconds = metrics.iter().map(|m| m.seconds).sum();
         run::write_json(&out.join("run.json"), &info)?;

@@ -104,3 +104,51 @@ fn embedded_dir(root: &std::path::Path) -> String {
     }
     dir.to_str().unwrap().to_string()
 }
+
+/// A run folder has one writer and a fixed history: a second writer, a folder of someone else's
+/// files and a resume with another recipe are refused with one line; a kill between an epoch's
+/// metrics row and its checkpoint resumes to the same rows; temporaries of killed writers go.
+#[test]
+fn run_folders_have_one_writer_and_a_fixed_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let data = embedded_dir(dir.path());
+    let r = recipes().join("gmp90.toml");
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["train", "--recipe", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet", "--data", &data];
+        args.extend(["--set", "num_epochs=2", "--set", "pruning_start=0", "--set", "pruning_end=1"]);
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run_args = |a: Vec<String>| sparsify(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, err) = run_args(train(&run, &[]));
+    assert!(ok, "{err}");
+    let rows = |csv: &str| csv.lines().map(|l| l.split(',').take(7).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+    let before = rows(&std::fs::read_to_string(run.join("metrics.csv")).unwrap());
+
+    let fails = |a: Vec<String>, expected: &str| fails_cleanly(&a.iter().map(String::as_str).collect::<Vec<_>>(), expected);
+    fails(train(&run, &[]), "already holds a run; pass --resume");
+    let mut changed = train(&run, &["--resume"]);
+    let at = changed.iter().position(|a| a == "num_epochs=2").unwrap();
+    changed[at] = "num_epochs=3".into();
+    fails(changed, "differs from the one this run started with");
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), "mine").unwrap();
+    fails(train(&theirs, &[]), "is not a sparsify run folder");
+    assert_eq!(std::fs::read_to_string(theirs.join("notes.txt")).unwrap(), "mine");
+    let held = engine::fsutil::DirLock::acquire(&run).unwrap();
+    fails(train(&run, &["--resume"]), "in use by another process (pid");
+    drop(held);
+
+    // Killed after epoch 2's metrics row and before its checkpoint, with a temporary left over.
+    std::fs::remove_file(run.join("checkpoints/epoch-002.safetensors")).unwrap();
+    std::fs::write(run.join(".metrics.csv.4242.0.tmp"), "half").unwrap();
+    let (ok, _, err) = run_args(train(&run, &["--resume"]));
+    assert!(ok, "{err}");
+    assert_eq!(rows(&std::fs::read_to_string(run.join("metrics.csv")).unwrap()), before, "the resumed run's rows");
+    assert!(!run.join(".metrics.csv.4242.0.tmp").exists(), "stale temporaries are removed");
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let revision = info["git_revision"].as_str().unwrap();
+    assert!(revision.len() >= 12 || revision == "unknown", "the build's own revision: {revision}");
+}

@@ -56,6 +56,7 @@ fn opts(out: &Path) -> TrainOptions {
         out: out.to_path_buf(),
         data: None,
         allow_subset: false,
+        force: false,
         resume: false,
         quiet: true,
         recipe_path: "test.toml".into(),

@@ -47,6 +47,9 @@ enum Command {
         /// Continue the run in --out from its last checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Write into an existing --out folder that is not a run (its files may be replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Write a trained run's model for the engine (native) or as ONNX.
     Export {
@@ -110,7 +113,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { recipe: path, set, data, allow_subset, out, seed, threads, quiet, resume } => {
+        Command::Train { recipe: path, set, data, allow_subset, out, seed, threads, quiet, resume, force } => {
             if let Some(n) = threads {
                 if n == 0 {
                     bail!("--threads must be at least 1");
@@ -130,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data,
                 allow_subset,
                 resume,
+                force,
                 quiet,
                 recipe_path: path.display().to_string(),
                 overrides,
