@@ -110,6 +110,14 @@ fn mistakes_are_one_clear_line() {
     engine::npy::write(std::path::Path::new(&p("wrong.npy")), &common::random_input(1, 2, &[100])).unwrap();
     fails_cleanly(&["run", "--model", &p("m.sparse"), "--input", &p("wrong.npy"), "--output", &p("y.npy")], "does not fit the model input");
     assert!(!dir.path().join("y.npy").exists(), "no output is written on error");
+    let mut nan = common::random_input(1, 2, &[784]);
+    nan.data[800] = f32::NAN;
+    engine::npy::write(std::path::Path::new(&p("nan.npy")), &nan).unwrap();
+    fails_cleanly(&["run", "--model", &p("m.sparse"), "--input", &p("nan.npy"), "--output", &p("y.npy")], "input value 16 of sample 1 is NaN");
+    // The fuzzer's first find: pads of 2^62 that once passed every check and crashed a kernel.
+    let hostile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/regressions/segv-old-geometry.bin");
+    fails_cleanly(&["info", "--model", hostile.to_str().unwrap()], "pads at most 65536");
+    fails_cleanly(&["run", "--model", hostile.to_str().unwrap(), "--input", &p("nan.npy"), "--output", &p("y.npy")], "pads at most 65536");
     std::fs::write(p("bad.npy"), b"not numpy").unwrap();
     fails_cleanly(&["run", "--model", &p("m.sparse"), "--input", &p("bad.npy"), "--output", &p("y.npy")], "not a valid .npy file");
     fails_cleanly(&["bench", "--model", &p("m.sparse"), "--batch", "0"], "--batch");
