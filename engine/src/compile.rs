@@ -308,6 +308,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
 
 /// Window geometry of a `[C, H, W] -> [C', H', W']` operator, for one sample (`w` is set per tile).
 fn geometry(in_shape: &[usize], out_shape: &[usize], window: Window) -> Geometry {
+    let window = window.floor_equivalent(in_shape[1], in_shape[2]);
     Geometry { channels: in_shape[0], in_hw: [in_shape[1], in_shape[2]], out_hw: [out_shape[1], out_shape[2]], window, w: 1 }
 }
 

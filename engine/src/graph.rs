@@ -85,6 +85,10 @@ pub struct Window {
     /// Top, left, bottom, right.
     pub pads: [usize; 4],
     pub dilation: [usize; 2],
+    /// Pooling's `ceil_mode`: the output size rounds up, so a last window may reach past the
+    /// bottom or right padding (it still starts inside the image or the top or left padding).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ceil_mode: bool,
 }
 
 impl Window {
@@ -109,7 +113,33 @@ impl Window {
         if kh > ph || kw > pw {
             return Err(EngineError::graph(node, format!("{self} does not fit an input of {h}x{w}")));
         }
-        Ok(((ph - kh) / self.stride[0] + 1, (pw - kw) / self.stride[1] + 1))
+        let size = |padded: usize, span: usize, stride: usize, input: usize, begin: usize| {
+            if !self.ceil_mode {
+                return (padded - span) / stride + 1;
+            }
+            let out = (padded - span).div_ceil(stride) + 1;
+            // As ONNX and PyTorch: no window may start in the bottom or right padding.
+            if (out - 1) * stride >= input + begin { out - 1 } else { out }
+        };
+        Ok((size(ph, kh, self.stride[0], h, self.pads[0]), size(pw, kw, self.stride[1], w, self.pads[1])))
+    }
+
+    /// The same window without `ceil_mode`: bottom and right pads grown so that rounding down
+    /// gives the rounded-up size (the kernels know one rule; max pooling and average pooling
+    /// without counted padding ignore the extra pixels). `h x w` must fit (`output` said so).
+    pub fn floor_equivalent(&self, h: usize, w: usize) -> Window {
+        if !self.ceil_mode {
+            return *self;
+        }
+        let (oh, ow) = self.output(h, w, "").expect("checked at load");
+        let mut plain = Window { ceil_mode: false, ..*self };
+        let need = |out: usize, axis: usize, input: usize| {
+            let span = self.dilation[axis] * (self.kernel[axis] - 1) + 1;
+            ((out - 1) * self.stride[axis] + span).saturating_sub(input + self.pads[axis] + self.pads[axis + 2])
+        };
+        plain.pads[2] += need(oh, 0, h);
+        plain.pads[3] += need(ow, 1, w);
+        plain
     }
 }
 

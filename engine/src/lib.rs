@@ -40,10 +40,15 @@ pub fn sniff(bytes: &[u8]) -> FileKind {
     if bytes.len() > 8 && bytes[8] == b'{' { FileKind::Native } else { FileKind::Onnx }
 }
 
-/// Loads a model file of either kind.
+/// Loads a model file of either kind (an ONNX file's external data from its folder).
 pub fn load(path: &Path) -> Result<graph::Graph> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    load_bytes(&bytes, &path.display().to_string())
+    if sniff(&bytes) == FileKind::Native {
+        return format::from_bytes(&bytes, &path.display().to_string());
+    }
+    let g = onnx::import::import_file(&bytes, path)?;
+    g.infer_shapes()?;
+    Ok(g)
 }
 
 /// Parses a model file's bytes of either kind and validates the graph (`Graph::infer_shapes`);

@@ -113,7 +113,10 @@ fn mistakes_are_one_clear_line() {
     let mut nan = common::random_input(1, 2, &[784]);
     nan.data[800] = f32::NAN;
     engine::npy::write(std::path::Path::new(&p("nan.npy")), &nan).unwrap();
-    fails_cleanly(&["run", "--model", &p("m.sparse"), "--input", &p("nan.npy"), "--output", &p("y.npy")], "input value 16 of sample 1 is NaN");
+    fails_cleanly(
+        &["run", "--model", &p("m.sparse"), "--input", &p("nan.npy"), "--output", &p("y.npy")],
+        "input value 16 of sample 1 is NaN",
+    );
     // The fuzzer's first find: pads of 2^62 that once passed every check and crashed a kernel.
     let hostile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/regressions/segv-old-geometry.bin");
     fails_cleanly(&["info", "--model", hostile.to_str().unwrap()], "pads at most 65536");

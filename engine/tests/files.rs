@@ -274,3 +274,23 @@ fn onnx_weights_beyond_the_cap_are_refused() {
     let err = engine::load_bytes(&bytes, "neg.onnx").unwrap_err().to_string();
     assert!(err.contains("negative"), "{err}");
 }
+
+/// PyTorch's exporters share equal constants through Identity nodes and write some as
+/// `Constant` nodes; a weight or bias reached either way is a constant.
+#[test]
+fn constants_through_identity_and_constant_nodes() {
+    let attr_t = |t: TensorProto| AttributeProto { name: "value".into(), t: Some(t), r#type: 4, ..Default::default() };
+    let bytes = model(
+        vec![
+            node("Constant", &[], "w", vec![attr_t(tensor("", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))]),
+            node("Identity", &["shared_bias"], "b", vec![]),
+            node("Gemm", &["x", "w", "b"], "y", vec![]),
+        ],
+        vec![tensor("shared_bias", &[3], &[0.5, -0.5, 1.0])],
+        &[2],
+        "y",
+    );
+    let g = engine::load_bytes(&bytes, "constants.onnx").unwrap();
+    let engine::graph::Op::Linear { weight, bias, .. } = &g.nodes[0].op else { panic!("{:?}", g.nodes) };
+    assert_eq!((weight.shape.clone(), bias.clone()), (vec![3, 2], vec![0.5, -0.5, 1.0]));
+}

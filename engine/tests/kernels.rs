@@ -179,10 +179,10 @@ fn im2col_and_pooling_match_direct_definitions() {
     use engine::graph::Window;
     let mut rng = StdRng::seed_from_u64(4);
     let windows = [
-        Window { kernel: [3, 2], stride: [2, 1], pads: [1, 0, 1, 1], dilation: [1, 2] },
-        Window { kernel: [2, 2], stride: [2, 2], pads: [0; 4], dilation: [1, 1] },
-        Window { kernel: [3, 3], stride: [1, 3], pads: [2, 3, 2, 3], dilation: [1, 1] },
-        Window { kernel: [5, 5], stride: [1, 1], pads: [2; 4], dilation: [1, 1] },
+        Window { kernel: [3, 2], stride: [2, 1], pads: [1, 0, 1, 1], dilation: [1, 2], ceil_mode: false },
+        Window { kernel: [2, 2], stride: [2, 2], pads: [0; 4], dilation: [1, 1], ceil_mode: false },
+        Window { kernel: [3, 3], stride: [1, 3], pads: [2, 3, 2, 3], dilation: [1, 1], ceil_mode: false },
+        Window { kernel: [5, 5], stride: [1, 1], pads: [2; 4], dilation: [1, 1], ceil_mode: false },
     ];
     for window in windows {
         // One-sample rows of 41 pixels: several vectors of outputs per row, the last one partial.
@@ -407,7 +407,7 @@ fn output_channels_with_taps_at_the_same_places_form_blocks() {
     use engine::graph::Window;
     use engine::kernels::direct::Taps;
     let mut rng = StdRng::seed_from_u64(20);
-    let window = Window { kernel: [3, 3], stride: [1, 1], pads: [1; 4], dilation: [1, 1] };
+    let window = Window { kernel: [3, 3], stride: [1, 1], pads: [1; 4], dilation: [1, 1], ceil_mode: false };
     let g = Geometry { channels: 5, in_hw: [8, 8], out_hw: [8, 8], window, w: 1 };
     let cols = 5 * 9;
     // 10 output channels: two blocks of 4 and two channels alone.
@@ -445,7 +445,7 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
         (3, 9, 7, 100, 3, 1, 1, 1),
     ];
     for &(cin, cout, h, wd, k, stride, pad, dilation) in &shapes {
-        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation] };
+        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation], ceil_mode: false };
         let out = |n: usize| (n + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
         let (oh, ow) = (out(h), out(wd));
         for s in [0.0, 0.5, 0.9, 1.0] {
@@ -500,12 +500,12 @@ fn one_sample_direct_convolution_with_row_strides_and_odd_row_counts() {
     use engine::kernels::direct;
     let mut rng = StdRng::seed_from_u64(23);
     let windows = [
-        Window { kernel: [3, 3], stride: [2, 1], pads: [1, 1, 1, 1], dilation: [1, 1] },
-        Window { kernel: [3, 2], stride: [1, 1], pads: [2, 0, 1, 1], dilation: [2, 1] },
-        Window { kernel: [2, 3], stride: [3, 1], pads: [0, 1, 0, 2], dilation: [1, 2] },
+        Window { kernel: [3, 3], stride: [2, 1], pads: [1, 1, 1, 1], dilation: [1, 1], ceil_mode: false },
+        Window { kernel: [3, 2], stride: [1, 1], pads: [2, 0, 1, 1], dilation: [2, 1], ceil_mode: false },
+        Window { kernel: [2, 3], stride: [3, 1], pads: [0, 1, 0, 2], dilation: [1, 2], ceil_mode: false },
         // Kernel columns up to 6 floats into a row, and 8 and 16 floats (a whole vector) in.
-        Window { kernel: [2, 7], stride: [1, 1], pads: [1, 3, 0, 3], dilation: [1, 1] },
-        Window { kernel: [1, 3], stride: [1, 1], pads: [0, 8, 0, 8], dilation: [1, 8] },
+        Window { kernel: [2, 7], stride: [1, 1], pads: [1, 3, 0, 3], dilation: [1, 1], ceil_mode: false },
+        Window { kernel: [1, 3], stride: [1, 1], pads: [0, 8, 0, 8], dilation: [1, 8], ceil_mode: false },
     ];
     for window in windows {
         for (cin, cout, h, wd) in [(3, 4, 9, 21), (2, 5, 12, 40)] {
@@ -540,7 +540,7 @@ fn unfolding_the_quantized_image_equals_quantizing_im2col() {
     // (in channels, height, width, kernel, stride, pad, dilation): K = 25, 150, 27, 36, 2 rows.
     let shapes = [(1, 28, 28, 5, 1, 2, 1), (6, 14, 14, 5, 1, 0, 1), (3, 9, 7, 3, 2, 1, 1), (4, 8, 8, 3, 1, 2, 2), (2, 5, 5, 1, 1, 0, 1)];
     for &(cin, h, wd, k, stride, pad, dilation) in &shapes {
-        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation] };
+        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation], ceil_mode: false };
         let (oh, ow) = window.output(h, wd, "t").unwrap();
         let rows_k = cin * k * k;
         for w in [1, 3, 16, 32] {
@@ -583,7 +583,7 @@ fn direct_int8_convolution_equals_im2col_and_the_grouped_kernel() {
         (4, 5, 9, 2, 7, [1; 4]),
     ];
     for &(cin, h, wd, kh, kw, pads) in &shapes {
-        let window = Window { kernel: [kh, kw], stride: [1, 1], pads, dilation: [1, 1] };
+        let window = Window { kernel: [kh, kw], stride: [1, 1], pads, dilation: [1, 1], ceil_mode: false };
         let (oh, ow) = window.output(h, wd, "t").unwrap();
         let (rows, cols) = (rng.random_range(1..20), cin * kh * kw);
         for sparsity in [0.0, 0.5, 0.9, 1.0] {
@@ -688,7 +688,7 @@ fn codes_regroup_and_max_pool_as_their_f32_values_would() {
             // One sample: rows of several vectors (and a partial one) at strides 1, 2 and 3.
             .chain([(2, 28, 28, 2, 2, 0, 1), (2, 5, 150, 3, 1, 1, 1), (2, 6, 149, 3, 2, 1, 1), (1, 7, 40, 3, 3, 1, 1)])
     {
-        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1] };
+        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1], ceil_mode: false };
         let (oh, ow) = window.output(h, wd, "t").unwrap();
         let g = Geometry { channels: c, in_hw: [h, wd], out_hw: [oh, ow], window, w };
         let x: Vec<f32> = (0..c * h * wd * w).map(|_| rng.random_range(-1.0..3.0)).collect();

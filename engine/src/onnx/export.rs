@@ -43,6 +43,9 @@ fn window_attrs(w: &Window, with_dilation: bool) -> Vec<AttributeProto> {
     if with_dilation {
         a.push(ints("dilations", &w.dilation));
     }
+    if w.ceil_mode {
+        a.push(int("ceil_mode", 1));
+    }
     a
 }
 

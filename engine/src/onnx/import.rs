@@ -4,12 +4,13 @@
 //! afterwards in `passes`.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use prost::Message;
 
 use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type};
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, MAX_WEIGHT_ELEMENTS, Node, Op, Quant, Weight, Window, checked_numel};
+use crate::graph::{Activation, Graph, Node, Op, Quant, Weight, Window};
 
 /// Operators this importer understands.
 pub const SUPPORTED: &str = "Gemm, MatMul, Add, Relu, Conv, MaxPool, AveragePool, GlobalAveragePool, BatchNormalization, \
@@ -34,15 +35,26 @@ struct QuantizedActivation {
     zero: u8,
 }
 
-/// Parses ONNX bytes; `path` names the file in errors.
+/// Parses ONNX bytes; `path` names the file in errors. External data is refused (there is no
+/// folder to read it from): `import_file` reads it.
 pub fn import_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
+    import_with(bytes, path, None)
+}
+
+/// Parses the ONNX file `path` whose bytes are `bytes`, reading external data from its folder.
+pub fn import_file(bytes: &[u8], path: &Path) -> Result<Graph> {
+    let folder = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    import_with(bytes, &path.display().to_string(), folder)
+}
+
+fn import_with(bytes: &[u8], path: &str, folder: Option<&Path>) -> Result<Graph> {
     let bad = |reason: String| EngineError::Onnx { path: path.to_string(), reason };
     let model = ModelProto::decode(bytes).map_err(|e| bad(format!("protobuf decoding failed: {e}")))?;
     let graph = model.graph.ok_or_else(|| bad("the model has no graph".into()))?;
 
     let mut constants: HashMap<String, Constant> = HashMap::new();
     for t in &graph.initializer {
-        constants.insert(t.name.clone(), tensor_values(t).map_err(|e| bad(format!("initializer '{}': {e}", t.name)))?);
+        constants.insert(t.name.clone(), tensor_values(t, folder).map_err(|e| bad(format!("initializer '{}': {e}", t.name)))?);
     }
     let input =
         graph.input.iter().find(|i| !constants.contains_key(&i.name)).ok_or_else(|| bad("the graph has no non-constant input".into()))?;
@@ -68,38 +80,8 @@ pub fn import_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
     Ok(Graph { input: input.name.clone(), input_shape, output, nodes: importer.nodes })
 }
 
-fn tensor_values(t: &TensorProto) -> std::result::Result<Constant, String> {
-    if t.data_location == 1 {
-        return Err("external data is not supported; save the model with its weights inside".into());
-    }
-    let dims: Vec<usize> =
-        t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}"))).collect::<std::result::Result<_, _>>()?;
-    let numel = checked_numel(&dims, MAX_WEIGHT_ELEMENTS)
-        .ok_or_else(|| format!("dims {dims:?} hold more than {MAX_WEIGHT_ELEMENTS} elements (the engine's cap for one tensor)"))?;
-    let ints = |width: usize, convert: fn(&[u8]) -> f32| -> Vec<f32> {
-        if t.raw_data.is_empty() {
-            t.int32_data.iter().map(|&v| v as f32).collect()
-        } else {
-            t.raw_data.chunks_exact(width).map(convert).collect()
-        }
-    };
-    let values: Vec<f32> = match t.data_type {
-        data_type::INT8 => ints(1, |c| c[0] as i8 as f32),
-        data_type::UINT8 => ints(1, |c| c[0] as f32),
-        data_type::INT32 => ints(4, |c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
-        data_type::FLOAT if !t.raw_data.is_empty() => {
-            t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-        }
-        data_type::FLOAT => t.float_data.clone(),
-        data_type::INT64 if !t.raw_data.is_empty() => {
-            t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect()
-        }
-        data_type::INT64 => t.int64_data.iter().map(|&v| v as f32).collect(),
-        other => return Err(format!("data type {other} is not supported (float32, int64, int32, int8 and uint8 are)")),
-    };
-    if values.len() != numel {
-        return Err(format!("{} values for dims {dims:?}", values.len()));
-    }
+fn tensor_values(t: &TensorProto, folder: Option<&Path>) -> std::result::Result<Constant, String> {
+    let (dims, values) = super::tensor::decode(t, folder)?;
     Ok(Constant { dims, values, data_type: t.data_type, int8_scales: None })
 }
 
@@ -140,10 +122,12 @@ impl Importer {
         n.to_string()
     }
 
+    /// Input `i` of `node`, which must be a constant (an initializer, a `Constant` node, or either
+    /// through Identity).
     fn constant(&self, node: &NodeProto, i: usize) -> Result<&Constant> {
         let name = node.input.get(i).ok_or_else(|| EngineError::graph(node_name(node), format!("missing input {i}")))?;
         self.constants
-            .get(name)
+            .get(&self.resolve(name))
             .ok_or_else(|| EngineError::graph(node_name(node), format!("input '{name}' must be a constant (initializer)")))
     }
 
@@ -161,6 +145,11 @@ impl Importer {
             "Identity" | "Dropout" => {
                 self.aliases.insert(node.output[0].clone(), x);
             }
+            "Constant" => {
+                let c = constant_node(node).map_err(|e| EngineError::graph(&name, e))?;
+                self.constants.insert(node.output[0].clone(), c);
+            }
+            "ReduceMean" => self.reduce_mean(node, &name, x)?,
             "Gemm" => {
                 if attr_i(node, "transA", 0) != 0 {
                     return Err(EngineError::graph(&name, "Gemm with transA=1 is not supported"));
@@ -231,10 +220,11 @@ impl Importer {
                 self.push(node, Op::Affine { scale, shift, act: Activation::None }, vec![x]);
             }
             "MaxPool" | "AveragePool" => {
-                if attr_i(node, "ceil_mode", 0) != 0 {
-                    return Err(EngineError::graph(&name, "pooling with ceil_mode=1 is not supported"));
+                let mut window = window(node, &name, None)?;
+                window.ceil_mode = attr_i(node, "ceil_mode", 0) != 0;
+                if window.ceil_mode && node.op_type == "AveragePool" && attr_i(node, "count_include_pad", 0) != 0 {
+                    return Err(EngineError::graph(&name, "AveragePool with ceil_mode=1 and count_include_pad=1 is not supported"));
                 }
-                let window = window(node, &name, None)?;
                 let op = if node.op_type == "MaxPool" {
                     Op::MaxPool { window }
                 } else {
@@ -355,6 +345,31 @@ impl Importer {
         Err(EngineError::graph(name, "adding a constant is supported only right after Gemm, MatMul or Conv"))
     }
 
+    /// The mean over the spatial axes of a `[N, C, H, W]` value (opset 18 writes global average
+    /// pooling so): with `keepdims`, global average pooling; without, that and a flatten.
+    fn reduce_mean(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let axes: Vec<i64> = match node.input.get(1).filter(|a| !a.is_empty()) {
+            Some(_) => self.constant(node, 1)?.values.iter().map(|&v| v as i64).collect(),
+            None => attr(node, "axes").map(|a| a.ints.clone()).unwrap_or_default(),
+        };
+        let mut spatial: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + 4 } else { a }).collect();
+        spatial.sort_unstable();
+        if spatial != [2, 3] {
+            return Err(EngineError::graph(
+                name,
+                format!("ReduceMean over axes {axes:?} is not supported (only the spatial axes of an image)"),
+            ));
+        }
+        if attr_i(node, "keepdims", 1) != 0 {
+            self.push(node, Op::GlobalAvgPool, vec![x]);
+        } else {
+            let pooled = format!("{}.pooled", node.output[0]);
+            self.nodes.push(Node { name: format!("{name}.pool"), op: Op::GlobalAvgPool, inputs: vec![x], output: pooled.clone() });
+            self.push(node, Op::Flatten, vec![pooled]);
+        }
+        Ok(())
+    }
+
     fn conv(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         if attr_i(node, "group", 1) != 1 {
             return Err(EngineError::graph(name, "grouped convolutions (group > 1) are not supported"));
@@ -389,6 +404,20 @@ fn activation_zero(zero: Option<&Constant>, name: &str) -> Result<u8> {
     }
 }
 
+/// The value of a `Constant` node: a tensor, or one or several floats or integers.
+fn constant_node(node: &NodeProto) -> std::result::Result<Constant, String> {
+    let a = node.attribute.first().ok_or("a Constant node needs a value")?;
+    let list = |values: Vec<f32>, data_type| Constant { dims: vec![values.len()], values, data_type, int8_scales: None };
+    match a.name.as_str() {
+        "value" => tensor_values(a.t.as_ref().ok_or("value holds no tensor")?, None),
+        "value_float" => Ok(Constant { dims: vec![], values: vec![a.f], data_type: data_type::FLOAT, int8_scales: None }),
+        "value_int" => Ok(Constant { dims: vec![], values: vec![a.i as f32], data_type: data_type::INT64, int8_scales: None }),
+        "value_floats" => Ok(list(a.floats.clone(), data_type::FLOAT)),
+        "value_ints" => Ok(list(a.ints.iter().map(|&v| v as f32).collect(), data_type::INT64)),
+        other => Err(format!("a Constant with {other} is not supported")),
+    }
+}
+
 fn node_name(node: &NodeProto) -> String {
     if node.name.is_empty() {
         format!("{}:{}", node.op_type, node.output.first().map(String::as_str).unwrap_or("?"))
@@ -419,7 +448,7 @@ fn window(node: &NodeProto, name: &str, kernel: Option<[usize; 2]>) -> Result<Wi
     if !matches!(auto_pad.as_str(), "" | "NOTSET" | "VALID") {
         return Err(EngineError::graph(name, format!("auto_pad={auto_pad} is not supported; export with explicit pads")));
     }
-    Ok(Window { kernel: [ks[0], ks[1]], stride: two("strides")?, pads, dilation: two("dilations")? })
+    Ok(Window { kernel: [ks[0], ks[1]], stride: two("strides")?, pads, dilation: two("dilations")?, ceil_mode: false })
 }
 
 /// One scale per row of the weight when its rows run along `axis` of the constant (or the

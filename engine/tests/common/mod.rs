@@ -111,7 +111,7 @@ fn conv(r: &mut StdRng, name: &str, input: &str, cin: usize, cout: usize, window
 }
 
 fn win(k: usize, stride: usize, pad: usize, dilation: usize) -> Window {
-    Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation] }
+    Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation], ceil_mode: false }
 }
 
 /// A CNN on 1x28x28 images with every operator the engine supports: convolutions (stride,

@@ -1,0 +1,102 @@
+"""Exports the PyTorch fixtures in engine/tests/torch/ with both of PyTorch's ONNX exporters, as a
+user would: reduced-width versions of real architectures (a few MB each) with torchvision's
+building blocks, in eval mode, random weights from a fixed seed.
+
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch torchvision onnxscript onnx
+    /tmp/torchvenv/bin/python scripts/make-torch-fixtures.py engine/tests/torch
+
+Each model is written as NAME.legacy.onnx (torch.onnx.export(..., dynamo=False)) and
+NAME.dynamo.onnx (the default exporter; its weights go to NAME.dynamo.onnx.data beside it), with
+an input NAME.input.npy; the test runs ONNX Runtime on the same files, so no outputs are stored.
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+from torchvision.models.resnet import BasicBlock
+
+out_dir = sys.argv[1]
+os.makedirs(out_dir, exist_ok=True)
+torch.manual_seed(0)
+
+
+class SmallResNet18(nn.Module):
+    """ResNet-18's layout (stem conv 7x7/2, max pool 3x3/2, four stages of two basic blocks with
+    1x1 projection shortcuts, global average pooling, a linear classifier) at a quarter width."""
+
+    def __init__(self, width=16, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, inplanes = [], width
+        for i, planes in enumerate([width, 2 * width, 4 * width, 8 * width]):
+            stride = 1 if i == 0 else 2
+            down = None
+            if stride != 1 or inplanes != planes:
+                down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            layers.append(nn.Sequential(BasicBlock(inplanes, planes, stride, down), BasicBlock(planes, planes)))
+            inplanes = planes
+        self.layers = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(self.layers(x)), 1))
+
+
+class CeilPoolNet(nn.Module):
+    """SqueezeNet's pooling (max pool 3x3/2 with ceil_mode) and a classifier that averages."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.classifier = nn.Sequential(nn.Conv2d(32, 10, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def randomize_batchnorm(model):
+    """Untrained BatchNorm is the identity; give it statistics so that folding it matters."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+
+
+def pruned(model, amount):
+    """Magnitude-prunes every convolution and linear layer but the first, per layer."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][1:]
+    for m in layers:
+        prune.l1_unstructured(m, "weight", amount)
+        prune.remove(m, "weight")
+    return model
+
+
+models = {
+    "resnet18_w16": (SmallResNet18(), (1, 3, 64, 64)),
+    "resnet18_w16_s90": (pruned(SmallResNet18(), 0.9), (1, 3, 64, 64)),
+    "ceilpool": (CeilPoolNet(), (1, 3, 45, 45)),
+}
+for name, (model, shape) in models.items():
+    randomize_batchnorm(model)
+    model.eval()
+    x = torch.rand(*shape) * 2 - 1
+    np.save(os.path.join(out_dir, f"{name}.input.npy"), np.concatenate([x.numpy()] * 2))
+    legacy = os.path.join(out_dir, f"{name}.legacy.onnx")
+    torch.onnx.export(model, (x,), legacy, dynamo=False, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    dynamo = os.path.join(out_dir, f"{name}.dynamo.onnx")
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(model, (x,), dynamic_shapes={"x": {0: batch}}, dynamo=True)
+    program.save(dynamo, external_data=True)
+    print(name, "written")
