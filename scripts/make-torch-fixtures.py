@@ -16,7 +16,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
+from torchvision.models import mobilenet_v2
+from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
 from torchvision.models.resnet import BasicBlock
+from torchvision.models.squeezenet import Fire
 
 out_dir = sys.argv[1]
 os.makedirs(out_dir, exist_ok=True)
@@ -63,6 +66,28 @@ class CeilPoolNet(nn.Module):
         return torch.flatten(self.classifier(self.features(x)), 1)
 
 
+class SmallSqueezeNet(nn.Module):
+    """SqueezeNet 1.1's layout (Fire modules: a squeeze 1x1 convolution, then 1x1 and 3x3 expand
+    convolutions joined by Concat; ceil-mode max pooling) at a quarter width."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                      Fire(16, 4, 16, 16), Fire(32, 4, 16, 16), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                      Fire(32, 8, 32, 32), Fire(64, 8, 32, 32))
+        self.classifier = nn.Sequential(nn.Conv2d(64, classes, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def small_efficientnet():
+    """EfficientNet-B0's blocks (MBConv: depth-wise convolutions, squeeze-and-excitation, SiLU)
+    at a quarter width and depth."""
+    setting, last = _efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.25)
+    return EfficientNet(setting, dropout=0.2, num_classes=10, last_channel=last)
+
+
 def randomize_batchnorm(model):
     """Untrained BatchNorm is the identity; give it statistics so that folding it matters."""
     for m in model.modules():
@@ -86,6 +111,9 @@ models = {
     "resnet18_w16": (SmallResNet18(), (1, 3, 64, 64)),
     "resnet18_w16_s90": (pruned(SmallResNet18(), 0.9), (1, 3, 64, 64)),
     "ceilpool": (CeilPoolNet(), (1, 3, 45, 45)),
+    "mobilenet_v2_w25": (mobilenet_v2(width_mult=0.25, num_classes=10), (1, 3, 64, 64)),
+    "squeezenet_w25": (SmallSqueezeNet(), (1, 3, 64, 64)),
+    "efficientnet_w25": (small_efficientnet(), (1, 3, 64, 64)),
 }
 for name, (model, shape) in models.items():
     randomize_batchnorm(model)

@@ -12,7 +12,7 @@ use crate::kernels::q8::{self, Dequant, Q8Matrix};
 use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, dense, direct, spmm, spmv};
+use crate::kernels::{Isa, dense, direct, elementwise, spmm, spmv};
 use crate::passes;
 
 /// Samples per tile for batched execution.
@@ -228,6 +228,30 @@ pub enum Exec {
         scale: f32,
         zero: u8,
     },
+    /// Grouped convolution (`kernels::grouped`), dense weights `[out, in / groups, kh, kw]`.
+    GroupConv {
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        geometry: Geometry,
+        groups: usize,
+        relu: bool,
+    },
+    Unary(crate::graph::Unary),
+    /// `a op b` over the output per-sample `shape`, each operand by its broadcast strides; `b` the
+    /// second input or `constant`.
+    Binary {
+        kind: crate::graph::BinaryKind,
+        shape: Vec<usize>,
+        a_strides: Vec<usize>,
+        b_strides: Vec<usize>,
+        constant: Option<Vec<f32>>,
+        constant_first: bool,
+    },
+    /// `kernels::elementwise::concat`'s `outer` and `blocks`.
+    Concat {
+        outer: usize,
+        blocks: Vec<usize>,
+    },
 }
 
 /// One layer of the compiled model.
@@ -294,6 +318,33 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             Op::Flatten => Exec::Flatten,
             Op::Softmax => Exec::Softmax,
             Op::QuantDequant { scale, zero } => Exec::QuantDequant { scale: *scale, zero: *zero },
+            Op::GroupConv { weight, bias, window, groups, act } => Exec::GroupConv {
+                weight: weight.data.clone(),
+                bias: bias.clone(),
+                geometry: geometry(&in_shape, &out_shape, *window),
+                groups: *groups,
+                relu: relu(act),
+            },
+            Op::Unary(f) => Exec::Unary(*f),
+            Op::Binary { kind, constant, constant_first } => {
+                let rank = out_shape.len();
+                let other = match constant {
+                    Some(c) => c.per_sample(rank).expect("checked in infer_shapes").to_vec(),
+                    None => shape_of(&node.inputs[1], i + 1),
+                };
+                Exec::Binary {
+                    kind: *kind,
+                    shape: out_shape.clone(),
+                    a_strides: elementwise::broadcast_strides(&in_shape, rank),
+                    b_strides: elementwise::broadcast_strides(&other, rank),
+                    constant: constant.as_ref().map(|c| c.values.clone()),
+                    constant_first: *constant_first,
+                }
+            }
+            Op::Concat { axis } => Exec::Concat {
+                outer: out_shape[..*axis].iter().product(),
+                blocks: node.inputs.iter().map(|n| shape_of(n, i + 1)[*axis..].iter().product()).collect(),
+            },
         };
         names.push(node.output.clone());
         value_sizes.push(out_shape.iter().product());

@@ -13,7 +13,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, MAX_WEIGHT_ELEMENTS, Node, Op, Quant, Weight, Window, checked_numel};
+use crate::graph::{Activation, BinaryKind, Graph, MAX_WEIGHT_ELEMENTS, Node, Op, Operand, Quant, Unary, Weight, Window, checked_numel};
 
 /// Value of the `format` metadata key.
 pub const FORMAT_NAME: &str = "sparsify-engine";
@@ -63,17 +63,63 @@ struct WeightRef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 enum FileOp {
-    Linear { weight: WeightRef, bias: String, act: Activation },
-    Conv { weight: WeightRef, bias: String, window: Window, act: Activation },
-    Affine { scale: String, shift: String, act: Activation },
+    Linear {
+        weight: WeightRef,
+        bias: String,
+        act: Activation,
+    },
+    Conv {
+        weight: WeightRef,
+        bias: String,
+        window: Window,
+        act: Activation,
+    },
+    Affine {
+        scale: String,
+        shift: String,
+        act: Activation,
+    },
     Relu,
-    MaxPool { window: Window },
-    AvgPool { window: Window, count_include_pad: bool },
+    MaxPool {
+        window: Window,
+    },
+    AvgPool {
+        window: Window,
+        count_include_pad: bool,
+    },
     GlobalAvgPool,
-    Add { act: Activation },
+    Add {
+        act: Activation,
+    },
     Flatten,
     Softmax,
-    QuantDequant { scale: f32, zero: u8 },
+    QuantDequant {
+        scale: f32,
+        zero: u8,
+    },
+    GroupConv {
+        weight: WeightRef,
+        bias: String,
+        window: Window,
+        groups: usize,
+        act: Activation,
+    },
+    Unary {
+        unary: Unary,
+    },
+    /// The constant operand's values are the tensor `constant`, its shape `constant_shape`.
+    Binary {
+        kind: BinaryKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        constant: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        constant_shape: Option<Vec<usize>>,
+        #[serde(default)]
+        constant_first: bool,
+    },
+    Concat {
+        axis: usize,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +269,21 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
             Op::Flatten => FileOp::Flatten,
             Op::Softmax => FileOp::Softmax,
             Op::QuantDequant { scale, zero } => FileOp::QuantDequant { scale: *scale, zero: *zero },
+            Op::GroupConv { weight, bias, window, groups, act } => FileOp::GroupConv {
+                weight: t.weight(name, weight),
+                bias: t.f32(format!("{name}.bias"), vec![bias.len()], bias),
+                window: *window,
+                groups: *groups,
+                act: *act,
+            },
+            Op::Unary(unary) => FileOp::Unary { unary: *unary },
+            Op::Binary { kind, constant, constant_first } => FileOp::Binary {
+                kind: *kind,
+                constant: constant.as_ref().map(|c| t.f32(format!("{name}.constant"), vec![c.values.len()], &c.values)),
+                constant_shape: constant.as_ref().map(|c| c.shape.clone()),
+                constant_first: *constant_first,
+            },
+            Op::Concat { axis } => FileOp::Concat { axis: *axis },
         };
         nodes.push(FileNode { name: name.clone(), inputs: n.inputs.clone(), output: n.output.clone(), op });
     }
@@ -284,6 +345,20 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
             FileOp::Flatten => Op::Flatten,
             FileOp::Softmax => Op::Softmax,
             FileOp::QuantDequant { scale, zero } => Op::QuantDequant { scale, zero },
+            FileOp::GroupConv { weight, bias, window, groups, act } => {
+                let weight = reader.weight(&weight)?;
+                Op::GroupConv { bias: reader.f32(&bias, Some(weight.rows()))?, weight, window, groups, act }
+            }
+            FileOp::Unary { unary } => Op::Unary(unary),
+            FileOp::Binary { kind, constant, constant_shape, constant_first } => {
+                let constant = match (constant, constant_shape) {
+                    (Some(tensor), Some(shape)) => Some(Operand { values: reader.f32(&tensor, None)?, shape }),
+                    (None, None) => None,
+                    _ => return Err(bad(format!("node '{}': a constant operand needs both its tensor and its shape", n.name))),
+                };
+                Op::Binary { kind, constant, constant_first }
+            }
+            FileOp::Concat { axis } => Op::Concat { axis },
         };
         nodes.push(Node { name: n.name, op, inputs: n.inputs, output: n.output });
     }

@@ -164,6 +164,64 @@ impl Window {
     }
 }
 
+/// An element-wise function of one value.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "fn", rename_all = "snake_case")]
+pub enum Unary {
+    /// `min(max(x, lo), hi)` (ReLU6 is `Clip { lo: 0, hi: 6 }`).
+    Clip {
+        lo: f32,
+        hi: f32,
+    },
+    Sigmoid,
+    /// `max(0, min(1, alpha x + beta))`.
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x * HardSigmoid(x)` with alpha 1/6, beta 1/2.
+    HardSwish,
+    /// `x` where positive, else `alpha x`.
+    LeakyRelu {
+        alpha: f32,
+    },
+    Tanh,
+    Erf,
+    /// `0.5 x (1 + erf(x / sqrt 2))`, or its tanh approximation.
+    Gelu {
+        tanh: bool,
+    },
+    Sqrt,
+}
+
+/// An element-wise operation on two values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryKind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+}
+
+/// A constant operand of a `Binary`: its per-sample shape (broadcast against the value's, NumPy
+/// rules, aligned right) and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Operand {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl Operand {
+    /// The constant's shape against a per-sample value of `rank` dimensions: an ONNX constant
+    /// may carry the batch dimension (`[1, C, 1, 1]` against `[N, C, H, W]`), which must be 1.
+    pub fn per_sample(&self, rank: usize) -> Option<&[usize]> {
+        let extra = self.shape.len().saturating_sub(rank);
+        self.shape[..extra].iter().all(|&d| d == 1).then(|| &self.shape[extra..])
+    }
+}
+
 /// An inference operator.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -179,6 +237,28 @@ pub enum Op {
         bias: Vec<f32>,
         window: Window,
         act: Activation,
+    },
+    /// Grouped 2-D convolution (depth-wise where `groups` is the number of input channels),
+    /// `W` of shape `[out, in / groups, kh, kw]`; output channel `o` reads the input channels of
+    /// group `o / (out / groups)`.
+    GroupConv {
+        weight: Weight,
+        bias: Vec<f32>,
+        window: Window,
+        groups: usize,
+        act: Activation,
+    },
+    Unary(Unary),
+    /// `a op b`, NumPy broadcasting: `b` is the second input, or `constant` (the left operand
+    /// where `constant_first`, as in `1 - x`).
+    Binary {
+        kind: BinaryKind,
+        constant: Option<Operand>,
+        constant_first: bool,
+    },
+    /// The inputs joined along per-sample axis `axis`.
+    Concat {
+        axis: usize,
     },
     /// Per-channel `y = x * scale + shift` (an unfolded BatchNormalization).
     Affine {
@@ -227,11 +307,15 @@ impl Op {
             Op::Flatten => "flatten",
             Op::Softmax => "softmax",
             Op::QuantDequant { .. } => "qdq",
+            Op::GroupConv { .. } => "group_conv",
+            Op::Unary(_) => "unary",
+            Op::Binary { .. } => "binary",
+            Op::Concat { .. } => "concat",
         }
     }
     pub fn weight(&self) -> Option<&Weight> {
         match self {
-            Op::Linear { weight, .. } | Op::Conv { weight, .. } => Some(weight),
+            Op::Linear { weight, .. } | Op::Conv { weight, .. } | Op::GroupConv { weight, .. } => Some(weight),
             _ => None,
         }
     }
@@ -265,7 +349,8 @@ impl Graph {
         let mut weight_elements = 0usize;
         for node in &self.nodes {
             let weights = match &node.op {
-                Op::Linear { weight, .. } | Op::Conv { weight, .. } => weight.data.len(),
+                Op::Linear { weight, .. } | Op::Conv { weight, .. } | Op::GroupConv { weight, .. } => weight.data.len(),
+                Op::Binary { constant: Some(c), .. } => c.values.len(),
                 Op::Affine { scale, .. } => 2 * scale.len(),
                 _ => 0,
             };
@@ -281,9 +366,13 @@ impl Graph {
                     .map(|(_, s)| s.clone())
                     .ok_or_else(|| EngineError::graph(&node.name, format!("input '{name}' is not produced by any earlier node")))
             };
-            let arity = if matches!(node.op, Op::Add { .. }) { 2 } else { 1 };
-            if node.inputs.len() != arity {
-                return Err(EngineError::graph(&node.name, format!("expects {arity} input(s), has {}", node.inputs.len())));
+            let arity = match &node.op {
+                Op::Add { .. } | Op::Binary { constant: None, .. } => 2..=2,
+                Op::Concat { .. } => 1..=usize::MAX,
+                _ => 1..=1,
+            };
+            if !arity.contains(&node.inputs.len()) {
+                return Err(EngineError::graph(&node.name, format!("expects {arity:?} input(s), has {}", node.inputs.len())));
             }
             let x = get(&node.inputs[0])?;
             let y = node_output_shape(node, &x, |i| get(&node.inputs[i]))?;
@@ -333,6 +422,19 @@ fn check_weight(node: &str, weight: &Weight) -> Result<()> {
         return Err(EngineError::graph(node, "int8 weight: one finite scale per output row and a positive input scale are needed"));
     }
     Ok(())
+}
+
+/// The NumPy broadcast of two per-sample shapes (aligned right), if they broadcast.
+pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 };
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y || y == 1 => Some(x),
+            (1, y) => Some(y),
+            _ => None,
+        })
+        .collect()
 }
 
 fn all_finite(v: &[f32]) -> bool {
@@ -399,6 +501,58 @@ fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<V
         }
         Op::Flatten => Ok(vec![x.iter().product()]),
         Op::Relu | Op::Softmax => Ok(x.to_vec()),
+        Op::GroupConv { weight, bias, window, groups, .. } => {
+            check_weight(name, weight)?;
+            let (c, h, w) = image(node, x)?;
+            let out = weight.shape[0];
+            let fits = weight.shape.len() == 4
+                && *groups > 0
+                && c.is_multiple_of(*groups)
+                && out.is_multiple_of(*groups)
+                && weight.shape[1] == c / groups
+                && weight.shape[2..] == window.kernel;
+            if !fits {
+                return bad(format!(
+                    "weight {:?} does not fit {c} input channels in {groups} groups and kernel {:?}",
+                    weight.shape, window.kernel
+                ));
+            }
+            if bias.len() != out || !all_finite(bias) {
+                return bad(format!("bias of {} values (all finite) needed for {out} output channels", bias.len()));
+            }
+            let (oh, ow) = window.output(h, w, name)?;
+            Ok(vec![out, oh, ow])
+        }
+        Op::Unary(_) => Ok(x.to_vec()),
+        Op::Binary { constant, .. } => {
+            let other = match constant {
+                Some(c) => {
+                    if checked_numel(&c.shape, MAX_WEIGHT_ELEMENTS) != Some(c.values.len()) || !all_finite(&c.values) {
+                        return bad(format!("constant of shape {:?} with {} values (all finite)", c.shape, c.values.len()));
+                    }
+                    c.per_sample(x.len())
+                        .ok_or_else(|| EngineError::graph(name, format!("constant {:?} would broadcast along the batch", c.shape)))?
+                        .to_vec()
+                }
+                None => input(1)?,
+            };
+            broadcast(x, &other).ok_or_else(|| EngineError::graph(name, format!("shapes {x:?} and {other:?} do not broadcast")))
+        }
+        Op::Concat { axis } => {
+            let mut out = x.to_vec();
+            if *axis >= x.len() {
+                return bad(format!("axis {axis} of a {}-D value", x.len()));
+            }
+            for i in 1..node.inputs.len() {
+                let s = input(i)?;
+                let same_elsewhere = s.len() == x.len() && s.iter().zip(x).enumerate().all(|(d, (a, b))| d == *axis || a == b);
+                if !same_elsewhere {
+                    return bad(format!("cannot join {x:?} and {s:?} along axis {axis}"));
+                }
+                out[*axis] = out[*axis].checked_add(s[*axis]).ok_or_else(|| EngineError::graph(name, "concatenation too large"))?;
+            }
+            Ok(out)
+        }
         Op::QuantDequant { scale, .. } => {
             if !(scale.is_finite() && *scale > 0.0) {
                 return bad(format!("quantization scale {scale} must be positive and finite"));

@@ -32,8 +32,9 @@ fn fold_affine(graph: &mut Graph) -> bool {
         let Op::Affine { scale, shift, act } = &graph.nodes[i].op else { continue };
         let Some(p) = sole_producer(graph, i) else { continue };
         let (scale, shift, act) = (scale.clone(), shift.clone(), *act);
-        let (Op::Linear { weight, bias, act: prev @ Activation::None } | Op::Conv { weight, bias, act: prev @ Activation::None, .. }) =
-            &mut graph.nodes[p].op
+        let (Op::Linear { weight, bias, act: prev @ Activation::None }
+        | Op::Conv { weight, bias, act: prev @ Activation::None, .. }
+        | Op::GroupConv { weight, bias, act: prev @ Activation::None, .. }) = &mut graph.nodes[p].op
         else {
             continue;
         };
@@ -92,7 +93,9 @@ fn fuse_relu(graph: &mut Graph) -> bool {
         }
         let Some(p) = sole_producer(graph, i) else { continue };
         match &mut graph.nodes[p].op {
-            Op::Linear { act, .. } | Op::Conv { act, .. } | Op::Affine { act, .. } | Op::Add { act } if *act == Activation::None => {
+            Op::Linear { act, .. } | Op::Conv { act, .. } | Op::GroupConv { act, .. } | Op::Affine { act, .. } | Op::Add { act }
+                if *act == Activation::None =>
+            {
                 *act = Activation::Relu;
                 merge_into_producer(graph, p, i);
                 return true;

@@ -74,6 +74,14 @@ fn pruned_cnn_matches_onnx_runtime() {
     check_graph("cnn_s80", cnn(4, 0.8));
 }
 
+/// MobileNet / EfficientNet operators: depth-wise and grouped convolutions, ReLU6, SiLU,
+/// squeeze-and-excitation, HardSwish, Concat, broadcast constants, GELU and friends.
+#[test]
+fn mobile_operators_match_onnx_runtime() {
+    check_graph("mobile_dense", mobile(13, 0.0));
+    check_graph("mobile_s80", mobile(14, 0.8));
+}
+
 #[test]
 fn pruned_lenet5_matches_onnx_runtime() {
     check_graph("lenet5_s90", lenet(5, 0.9));

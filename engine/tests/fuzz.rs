@@ -332,6 +332,7 @@ fn write_corpus() {
         ("mlp_s90", common::mlp_with(10, 0.9, [64, 48, 32, 10])),
         ("lenet5_q8", common::quantized(common::lenet(11, 0.8))),
         ("rescnn_q8", common::quantized(common::cnn(12, 0.5))),
+        ("mobile_s80", common::mobile(13, 0.8)),
     ];
     for (name, g) in models {
         let out = g.output_shape().unwrap();

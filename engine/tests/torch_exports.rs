@@ -1,5 +1,6 @@
 //! ONNX files exactly as PyTorch 2.x writes them (`scripts/make-torch-fixtures.py`: both of its
-//! exporters, reduced-width ResNet-18, a 90%-pruned one and SqueezeNet-style ceil-mode pooling):
+//! exporters; reduced-width ResNet-18, a 90%-pruned one, MobileNetV2, SqueezeNet 1.1 and
+//! EfficientNet-B0 built from torchvision's own blocks, and ceil-mode pooling):
 //! the default exporter's IR 10 / opset 20 files with weights in external data and global
 //! pooling as ReduceMean, the legacy exporter's Flatten and GlobalAveragePool. Each matches ONNX
 //! Runtime at 1e-4 with every kernel policy. External data is read only from inside the model's
@@ -24,7 +25,7 @@ fn pytorch_exports_load_and_match_onnx_runtime() {
     let mut models: Vec<PathBuf> =
         std::fs::read_dir(fixtures()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
     models.sort();
-    assert!(models.len() >= 6, "the PyTorch fixtures are missing");
+    assert!(models.len() >= 12, "the PyTorch fixtures are missing");
     let python = ort_python();
     let dir = tempfile::tempdir().unwrap();
     for path in models {

@@ -133,6 +133,26 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
         }
         Exec::Relu => y.iter_mut().zip(x).for_each(|(o, i)| *o = i.max(0.0)),
         Exec::Flatten => y.copy_from_slice(x),
+        Exec::GroupConv { weight, bias, geometry, groups, relu } => {
+            let g = Geometry { w, ..*geometry };
+            let plane = g.out_hw[0] * g.out_hw[1] * w;
+            let out = bias.len();
+            let per_part = out.div_ceil(team.threads() * 2).max(1);
+            let parts: Vec<_> = y[..out * plane].chunks_mut(per_part * plane).enumerate().collect();
+            team.for_each(parts, |(p, y)| {
+                let channels = p * per_part..((p + 1) * per_part).min(out);
+                grouped::group_conv(&g, *groups, weight, bias, x, y, channels, *relu)
+            });
+        }
+        Exec::Unary(f) => elementwise::unary(*f, x, y),
+        Exec::Binary { kind, shape, a_strides, b_strides, constant, constant_first } => {
+            let b = match constant {
+                Some(c) => elementwise::Operand::Constant(c),
+                None => elementwise::Operand::Tile(xs[1]),
+            };
+            elementwise::binary(*kind, shape, x, a_strides, b, b_strides, *constant_first, w, y)
+        }
+        Exec::Concat { outer, blocks } => elementwise::concat(xs, *outer, blocks, w, y),
         Exec::QuantDequant { scale, zero } => y.iter_mut().zip(x).for_each(|(o, &i)| *o = q8::quantize_dequantize(i, *scale, *zero)),
         Exec::Add { relu: r } => y.iter_mut().zip(x.iter().zip(xs[1])).for_each(|(o, (a, b))| *o = relu(a + b, *r)),
         Exec::Pool { geometry, avg } => window::pool(isa, &Geometry { w, ..*geometry }, x, y, *avg),

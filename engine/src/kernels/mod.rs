@@ -12,6 +12,8 @@ pub mod bcsr;
 pub mod csr;
 pub mod dense;
 pub mod direct;
+pub mod elementwise;
+pub mod grouped;
 pub mod kblocked;
 pub mod q8;
 pub mod q8amx;

@@ -6,7 +6,7 @@
 use prost::Message;
 
 use super::proto::*;
-use crate::graph::{Activation, Graph, Op, Weight, Window};
+use crate::graph::{Activation, BinaryKind, Graph, Op, Unary, Weight, Window};
 
 fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
     TensorProto {
@@ -122,6 +122,33 @@ impl Builder {
     }
 }
 
+/// One element-wise function as the ONNX operator (opset 20) that computes it.
+fn unary_node(b: &mut Builder, name: &str, x: String, out: &str, f: Unary) {
+    match f {
+        Unary::Clip { lo, hi } => {
+            let lo = b.init(format!("{name}.min"), &[], &[lo]);
+            let hi = b.init(format!("{name}.max"), &[], &[hi]);
+            b.node("Clip", name, vec![x, lo, hi], out, vec![]);
+        }
+        Unary::Sigmoid => b.node("Sigmoid", name, vec![x], out, vec![]),
+        Unary::HardSigmoid { alpha, beta } => b.node("HardSigmoid", name, vec![x], out, vec![float("alpha", alpha), float("beta", beta)]),
+        Unary::HardSwish => b.node("HardSwish", name, vec![x], out, vec![]),
+        Unary::LeakyRelu { alpha } => b.node("LeakyRelu", name, vec![x], out, vec![float("alpha", alpha)]),
+        Unary::Tanh => b.node("Tanh", name, vec![x], out, vec![]),
+        Unary::Erf => b.node("Erf", name, vec![x], out, vec![]),
+        Unary::Gelu { tanh } => {
+            let approximate = AttributeProto {
+                name: "approximate".into(),
+                s: if tanh { b"tanh".to_vec() } else { b"none".to_vec() },
+                r#type: attr_type::STRING,
+                ..Default::default()
+            };
+            b.node("Gelu", name, vec![x], out, vec![approximate]);
+        }
+        Unary::Sqrt => b.node("Sqrt", name, vec![x], out, vec![]),
+    }
+}
+
 /// Serialises `graph` as an ONNX model.
 pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
     let mut b = Builder { nodes: Vec::new(), inits: Vec::new() };
@@ -161,6 +188,29 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
             Op::Add { act } => b.with_act("Add", name, x, out, vec![], *act),
             Op::Flatten => b.node("Flatten", name, x, out, vec![int("axis", 1)]),
             Op::Softmax => b.node("Softmax", name, x, out, vec![int("axis", 1)]),
+            Op::GroupConv { weight, bias, window, groups, act } => {
+                let [w, bias] = b.weight(name, weight, bias);
+                let mut attrs = window_attrs(window, true);
+                attrs.push(int("group", *groups as i64));
+                b.with_act("Conv", name, vec![x[0].clone(), w, bias], out, attrs, *act);
+            }
+            Op::Unary(f) => unary_node(&mut b, name, x[0].clone(), out, *f),
+            Op::Binary { kind, constant, constant_first } => {
+                let mut ins = x.clone();
+                if let Some(c) = constant {
+                    let operand = b.init(format!("{name}.constant"), &c.shape, &c.values);
+                    ins.insert(if *constant_first { 0 } else { 1 }, operand);
+                }
+                let op = match kind {
+                    BinaryKind::Add => "Add",
+                    BinaryKind::Sub => "Sub",
+                    BinaryKind::Mul => "Mul",
+                    BinaryKind::Div => "Div",
+                    BinaryKind::Pow => "Pow",
+                };
+                b.node(op, name, ins, out, vec![]);
+            }
+            Op::Concat { axis } => b.node("Concat", name, x, out, vec![int("axis", *axis as i64 + 1)]),
             Op::QuantDequant { scale, zero } => {
                 let s = b.init(format!("{name}.scale"), &[], &[*scale]);
                 let z = format!("{name}.zero_point");
@@ -171,8 +221,17 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
             }
         }
     }
+    // Opset 13 (what DeepSparse 1.8 reads) unless an operator needs a later one.
+    let uses = |f: fn(&Unary) -> bool| graph.nodes.iter().any(|n| matches!(&n.op, Op::Unary(u) if f(u)));
+    let opset = if uses(|u| matches!(u, Unary::Gelu { .. })) {
+        20
+    } else if uses(|u| matches!(u, Unary::HardSwish)) {
+        14
+    } else {
+        13
+    };
     let model = ModelProto {
-        ir_version: 8,
+        ir_version: if opset >= 19 { 9 } else { 8 },
         producer_name: "sparsify".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(GraphProto {
@@ -182,7 +241,7 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
             input: vec![value_info(&graph.input, &graph.input_shape)],
             output: vec![value_info(&graph.output, output_shape)],
         }),
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
     };
     model.encode_to_vec()
 }

@@ -10,11 +10,12 @@ use prost::Message;
 
 use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type};
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Graph, Node, Op, Quant, Weight, Window};
+use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Operand, Quant, Unary, Weight, Window};
 
 /// Operators this importer understands.
-pub const SUPPORTED: &str = "Gemm, MatMul, Add, Relu, Conv, MaxPool, AveragePool, GlobalAveragePool, BatchNormalization, \
-Flatten, Reshape, Softmax, Identity, Dropout, QuantizeLinear and DequantizeLinear (on weights, biases and other constants, and as pairs on activations)";
+pub const SUPPORTED: &str = "Gemm, MatMul, Add, Sub, Mul, Div, Pow, Relu, Clip, Sigmoid, HardSigmoid, HardSwish, LeakyRelu, Tanh, \
+Erf, Gelu, Sqrt, Conv (grouped and depth-wise too), Concat, MaxPool, AveragePool, GlobalAveragePool, ReduceMean (spatial), \
+BatchNormalization, Flatten, Reshape, Softmax, Identity, Dropout, Constant, QuantizeLinear and DequantizeLinear (on weights, biases and other constants, and as pairs on activations)";
 
 /// A constant tensor: dims and values (integers converted exactly to f32).
 struct Constant {
@@ -183,7 +184,49 @@ impl Importer {
                 self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
             }
             "Add" => self.add(node, &name)?,
+            "Sub" => self.binary(node, &name, BinaryKind::Sub)?,
+            "Mul" => self.binary(node, &name, BinaryKind::Mul)?,
+            "Div" => self.binary(node, &name, BinaryKind::Div)?,
+            "Pow" => self.binary(node, &name, BinaryKind::Pow)?,
             "Relu" => self.push(node, Op::Relu, vec![x]),
+            "Clip" => {
+                let bound = |i: usize, attr_name: &str, default: f32| -> Result<f32> {
+                    match node.input.get(i).filter(|s| !s.is_empty()) {
+                        Some(_) => Ok(self.constant(node, i)?.values.first().copied().unwrap_or(default)),
+                        None => Ok(attr_f(node, attr_name, default)),
+                    }
+                };
+                let (lo, hi) = (bound(1, "min", f32::NEG_INFINITY)?, bound(2, "max", f32::INFINITY)?);
+                self.push(node, Op::Unary(Unary::Clip { lo, hi }), vec![x]);
+            }
+            "Sigmoid" => self.push(node, Op::Unary(Unary::Sigmoid), vec![x]),
+            "HardSigmoid" => {
+                let f = Unary::HardSigmoid { alpha: attr_f(node, "alpha", 0.2), beta: attr_f(node, "beta", 0.5) };
+                self.push(node, Op::Unary(f), vec![x]);
+            }
+            "HardSwish" => self.push(node, Op::Unary(Unary::HardSwish), vec![x]),
+            "LeakyRelu" => self.push(node, Op::Unary(Unary::LeakyRelu { alpha: attr_f(node, "alpha", 0.01) }), vec![x]),
+            "Tanh" => self.push(node, Op::Unary(Unary::Tanh), vec![x]),
+            "Erf" => self.push(node, Op::Unary(Unary::Erf), vec![x]),
+            "Sqrt" => self.push(node, Op::Unary(Unary::Sqrt), vec![x]),
+            "Gelu" => {
+                let approximate = attr(node, "approximate").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default();
+                self.push(node, Op::Unary(Unary::Gelu { tanh: approximate == "tanh" }), vec![x]);
+            }
+            "Concat" => {
+                let axis = attr_i(node, "axis", 1);
+                if axis < 1 {
+                    return Err(EngineError::graph(
+                        &name,
+                        format!("Concat along axis {axis} is not supported (only axes after the batch, counted from 0)"),
+                    ));
+                }
+                let inputs = node.input.iter().map(|i| self.resolve(i)).collect::<Vec<_>>();
+                if inputs.iter().any(|i| self.constants.contains_key(i)) {
+                    return Err(EngineError::graph(&name, "Concat of constants is not supported"));
+                }
+                self.push(node, Op::Concat { axis: axis as usize - 1 }, inputs);
+            }
             "Softmax" => {
                 let axis = attr_i(node, "axis", -1);
                 if axis != 1 && axis != -1 {
@@ -333,16 +376,36 @@ impl Importer {
             (true, true) => return Err(EngineError::graph(name, "Add of two constants is not supported")),
         };
         let c = &self.constants[&constant];
-        // A bias add right after a linear layer or convolution folds into its bias.
+        // A bias add right after a linear layer folds into its bias.
         if let Some(producer) = self.nodes.iter_mut().rev().find(|n| n.output == value)
-            && let Op::Linear { bias, act: Activation::None, .. } | Op::Conv { bias, act: Activation::None, .. } = &mut producer.op
+            && let Op::Linear { bias, act: Activation::None, .. } = &mut producer.op
+            && let Ok(add) = broadcast_bias(c, bias.len(), 1.0, name)
         {
-            let add = broadcast_bias(c, bias.len(), 1.0, name)?;
             bias.iter_mut().zip(add).for_each(|(b, a)| *b += a);
             producer.output = node.output[0].clone();
             return Ok(());
         }
-        Err(EngineError::graph(name, "adding a constant is supported only right after Gemm, MatMul or Conv"))
+        self.binary(node, name, BinaryKind::Add)
+    }
+
+    /// `a op b` of two values, or of a value and a constant (either side), broadcast.
+    fn binary(&mut self, node: &NodeProto, name: &str, kind: BinaryKind) -> Result<()> {
+        if node.input.len() != 2 {
+            return Err(EngineError::graph(name, format!("{} needs two inputs", node.op_type)));
+        }
+        let (a, b) = (self.resolve(&node.input[0]), self.resolve(&node.input[1]));
+        let operand = |c: &Constant| Operand { shape: c.dims.clone(), values: c.values.clone() };
+        let (value, constant, constant_first) = match (self.constants.get(&a), self.constants.get(&b)) {
+            (None, None) => {
+                self.push(node, Op::Binary { kind, constant: None, constant_first: false }, vec![a, b]);
+                return Ok(());
+            }
+            (None, Some(c)) => (a.clone(), operand(c), false),
+            (Some(c), None) => (b.clone(), operand(c), true),
+            (Some(_), Some(_)) => return Err(EngineError::graph(name, format!("{} of two constants is not supported", node.op_type))),
+        };
+        self.push(node, Op::Binary { kind, constant: Some(constant), constant_first }, vec![value]);
+        Ok(())
     }
 
     /// The mean over the spatial axes of a `[N, C, H, W]` value (opset 18 writes global average
@@ -371,9 +434,8 @@ impl Importer {
     }
 
     fn conv(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
-        if attr_i(node, "group", 1) != 1 {
-            return Err(EngineError::graph(name, "grouped convolutions (group > 1) are not supported"));
-        }
+        let groups = usize::try_from(attr_i(node, "group", 1)).ok().filter(|&g| g > 0);
+        let groups = groups.ok_or_else(|| EngineError::graph(name, "group must be at least 1"))?;
         let w = self.constant(node, 1)?;
         if w.dims.len() != 4 {
             return Err(EngineError::graph(name, format!("Conv weight must be 4-D [out, in, kh, kw], found {:?}", w.dims)));
@@ -387,7 +449,12 @@ impl Importer {
             Some(_) => broadcast_bias(self.constant(node, 2)?, out, 1.0, name)?,
             None => vec![0.0; out],
         };
-        self.push(node, Op::Conv { weight, bias, window, act: Activation::None }, vec![x]);
+        if groups > 1 {
+            weight.quant = None; // Grouped convolutions run in fp32, on the dequantized weights.
+            self.push(node, Op::GroupConv { weight, bias, window, groups, act: Activation::None }, vec![x]);
+        } else {
+            self.push(node, Op::Conv { weight, bias, window, act: Activation::None }, vec![x]);
+        }
         Ok(())
     }
 }

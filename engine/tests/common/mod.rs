@@ -217,3 +217,59 @@ pub fn ort_quantize(python: &Path, model: &Path, out: &Path, format: &str, per_c
         .expect("running python");
     assert!(status.success(), "ONNX Runtime's quantizer failed on {}", model.display());
 }
+
+/// A MobileNet / EfficientNet-style network on 3x20x20 images with the operators of those
+/// exports: ReLU6 (Clip), depth-wise and grouped convolutions, a squeeze-and-excitation block
+/// (global pooling, 1x1 convolutions, Sigmoid, a broadcast Mul), SiLU as `x * Sigmoid(x)`,
+/// HardSwish, LeakyRelu, Tanh, Erf, GELU, Sqrt, constants on either side of Sub, Div and Add,
+/// and a channel Concat; logits out (no Softmax to hide errors).
+pub fn mobile(seed: u64, sparsity: f64) -> Graph {
+    use engine::graph::{BinaryKind, Operand, Unary};
+    let mut r = rng(seed);
+    let group_conv = |r: &mut StdRng, name: &str, input: &str, c: usize, groups: usize, window: Window| {
+        let w = weight(r, &[c, c / groups, window.kernel[0], window.kernel[1]], sparsity * 0.5);
+        node(name, Op::GroupConv { weight: w, bias: vector(r, c, -0.1, 0.1), window, groups, act: Activation::None }, &[input])
+    };
+    let unary = |name: &str, f: Unary, input: &str| node(name, Op::Unary(f), &[input]);
+    let binary =
+        |name: &str, kind: BinaryKind, inputs: &[&str]| node(name, Op::Binary { kind, constant: None, constant_first: false }, inputs);
+    let with_constant = |r: &mut StdRng, name: &str, kind: BinaryKind, shape: &[usize], first: bool, input: &str| {
+        let n = shape.iter().product();
+        let constant = Some(Operand { shape: shape.to_vec(), values: vector(r, n, 0.5, 1.5) });
+        node(name, Op::Binary { kind, constant, constant_first: first }, &[input])
+    };
+    let nodes = vec![
+        conv(&mut r, "stem", "input", 3, 16, win(3, 2, 1, 1), 0.0, Activation::None),
+        unary("relu6", Unary::Clip { lo: 0.0, hi: 6.0 }, "stem"),
+        group_conv(&mut r, "dw", "relu6", 16, 16, win(3, 1, 1, 1)),
+        unary("dw_sig", Unary::Sigmoid, "dw"),
+        binary("silu", BinaryKind::Mul, &["dw", "dw_sig"]),
+        conv(&mut r, "pw", "silu", 16, 24, win(1, 1, 0, 1), sparsity, Activation::None),
+        node("se_pool", Op::GlobalAvgPool, &["pw"]),
+        conv(&mut r, "se_reduce", "se_pool", 24, 8, win(1, 1, 0, 1), 0.0, Activation::Relu),
+        conv(&mut r, "se_expand", "se_reduce", 8, 24, win(1, 1, 0, 1), 0.0, Activation::None),
+        unary("se_gate", Unary::HardSigmoid { alpha: 0.2, beta: 0.5 }, "se_expand"),
+        binary("se", BinaryKind::Mul, &["pw", "se_gate"]),
+        unary("hswish", Unary::HardSwish, "se"),
+        group_conv(&mut r, "grouped", "hswish", 24, 4, win(3, 2, 1, 1)),
+        unary("leaky", Unary::LeakyRelu { alpha: 0.1 }, "grouped"),
+        unary("tanh", Unary::Tanh, "grouped"),
+        node("cat", Op::Concat { axis: 0 }, &["leaky", "tanh", "grouped"]),
+        with_constant(&mut r, "scale", BinaryKind::Mul, &[1, 72, 1, 1], false, "cat"),
+        with_constant(&mut r, "one_minus", BinaryKind::Sub, &[], true, "scale"),
+        with_constant(&mut r, "div", BinaryKind::Div, &[72, 1, 1], false, "one_minus"),
+        with_constant(&mut r, "shift", BinaryKind::Add, &[5], false, "div"),
+        unary("gelu", Unary::Gelu { tanh: false }, "shift"),
+        unary("erf", Unary::Erf, "gelu"),
+        unary("sig", Unary::Sigmoid, "erf"),
+        unary("sqrt", Unary::Sqrt, "sig"),
+        node("gap", Op::GlobalAvgPool, &["sqrt"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node(
+            "fc",
+            Op::Linear { weight: weight(&mut r, &[10, 72], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None },
+            &["flat"],
+        ),
+    ];
+    Graph { input: "input".into(), input_shape: vec![3, 20, 20], output: "fc".into(), nodes }
+}
