@@ -174,6 +174,8 @@ pub enum Unary {
         hi: f32,
     },
     Sigmoid,
+    /// `x * Sigmoid(x)` (SiLU, Swish): what `passes` makes of that pattern.
+    Silu,
     /// `max(0, min(1, alpha x + beta))`.
     HardSigmoid {
         alpha: f32,

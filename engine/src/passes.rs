@@ -3,11 +3,11 @@
 //! operator that produces its input, and drop an activation's quantize-dequantize pair that only
 //! int8 layers quantizing their input alike read. Each computes exactly the same function.
 
-use crate::graph::{Activation, Graph, Node, Op};
+use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Unary};
 
 /// Runs every pass until nothing changes.
 pub fn optimize(graph: &mut Graph) {
-    while fold_affine(graph) || fuse_relu(graph) || drop_qdq_before_int8(graph) {}
+    while fold_affine(graph) || fuse_relu(graph) || drop_qdq_before_int8(graph) || fuse_silu(graph) {}
 }
 
 fn consumers(graph: &Graph, value: &str) -> usize {
@@ -81,6 +81,28 @@ fn drop_qdq_before_int8(graph: &mut Graph) -> bool {
             graph.nodes[j].inputs[0] = source.clone();
         }
         graph.nodes.remove(i);
+        return true;
+    }
+    false
+}
+
+/// `x * Sigmoid(x)` (how exporters write SiLU) as one element-wise `Silu`, where the sigmoid's
+/// output has no other reader.
+fn fuse_silu(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Op::Binary { kind: BinaryKind::Mul, constant: None, .. } = graph.nodes[i].op else { continue };
+        let inputs = graph.nodes[i].inputs.clone();
+        let gate = graph.nodes[..i].iter().rposition(|n| {
+            n.op == Op::Unary(Unary::Sigmoid) && inputs.contains(&n.output) && inputs.contains(&n.inputs[0]) && n.inputs[0] != n.output
+        });
+        let Some(s) = gate else { continue };
+        if consumers(graph, &graph.nodes[s].output) != 1 {
+            continue;
+        }
+        let x = graph.nodes[s].inputs[0].clone();
+        graph.nodes[i].op = Op::Unary(Unary::Silu);
+        graph.nodes[i].inputs = vec![x];
+        graph.nodes.remove(s);
         return true;
     }
     false

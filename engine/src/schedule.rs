@@ -261,7 +261,7 @@ fn columns(model: &Model, w: usize, budget: usize) -> Vec<Column> {
 fn spatial(layer: &Layer) -> bool {
     let image_op = match &layer.exec {
         Exec::MatMul(m) => m.conv.is_some(),
-        Exec::Pool { .. } | Exec::Affine { .. } | Exec::Relu | Exec::Add { .. } | Exec::QuantDequant { .. } => true,
+        Exec::Pool { .. } | Exec::Affine { .. } | Exec::Relu | Exec::Add { .. } | Exec::QuantDequant { .. } | Exec::Unary(_) => true,
         _ => false,
     };
     image_op && layer.out_shape.len() == 3

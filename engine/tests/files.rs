@@ -294,3 +294,33 @@ fn constants_through_identity_and_constant_nodes() {
     let engine::graph::Op::Linear { weight, bias, .. } = &g.nodes[0].op else { panic!("{:?}", g.nodes) };
     assert_eq!((weight.shape.clone(), bias.clone()), (vec![3, 2], vec![0.5, -0.5, 1.0]));
 }
+
+/// A Reshape read as a flatten must name the feature count the value has; a fixed batch of 1
+/// (PyTorch's exporter without dynamic axes) counts as the batch.
+#[test]
+fn reshape_to_features_checks_the_count() {
+    let reshape = |shape: &[f32], batch: i64| {
+        let mut bytes_model = model(
+            vec![node("Reshape", &["x", "shape"], "y", vec![])],
+            vec![TensorProto {
+                dims: vec![2],
+                data_type: data_type::INT64,
+                name: "shape".into(),
+                int64_data: shape.iter().map(|&v| v as i64).collect(),
+                ..Default::default()
+            }],
+            &[4, 7, 7],
+            "y",
+        );
+        let mut m = ModelProto::decode(bytes_model.as_slice()).unwrap();
+        m.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().shape.as_mut().unwrap().dim[0] =
+            DimensionProto { dim_value: Some(batch), dim_param: None };
+        bytes_model = m.encode_to_vec();
+        engine::load_bytes(&bytes_model, "reshape.onnx")
+    };
+    assert!(reshape(&[1.0, 196.0], 1).is_ok(), "[1, 196] with a fixed batch of 1");
+    assert!(reshape(&[-1.0, 196.0], 3).is_ok());
+    let err = reshape(&[0.0, 7.0], 1).unwrap_err().to_string();
+    assert!(err.contains("Reshape to 7 features of a value with 196"), "{err}");
+    assert!(reshape(&[1.0, 196.0], 3).is_err(), "[1, 196] with a batch of 3 is not a flatten");
+}

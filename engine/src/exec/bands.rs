@@ -162,24 +162,17 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         return;
     }
     let (xs, y) = regions(chunk, &ins, range(layer.output));
-    let relu = |v: f32, on: bool| if on { v.max(0.0) } else { v };
     match &layer.exec {
         Exec::Pool { geometry, avg } => window::pool_rows(isa, &Geometry { w, ..*geometry }, xs[0], y, *avg, rows),
-        Exec::Affine { scale, shift, relu: r, .. } => {
-            for c in 0..channels {
-                let (s, b) = (scale[c], shift[c]);
-                y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, i)| *o = relu(i * s + b, *r));
-            }
+        Exec::Affine { scale, shift, relu, .. } => {
+            (0..channels).for_each(|c| elementwise::affine(&xs[0][band(c)], scale[c], shift[c], &mut y[band(c)], *relu))
         }
         Exec::QuantDequant { scale, zero } => (0..channels).for_each(|c| {
             y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, &i)| *o = crate::kernels::q8::quantize_dequantize(i, *scale, *zero))
         }),
-        Exec::Relu => (0..channels).for_each(|c| y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, i)| *o = i.max(0.0))),
-        Exec::Add { relu: r } => {
-            for c in 0..channels {
-                y[band(c)].iter_mut().zip(xs[0][band(c)].iter().zip(&xs[1][band(c)])).for_each(|(o, (a, b))| *o = relu(a + b, *r));
-            }
-        }
+        Exec::Relu => (0..channels).for_each(|c| elementwise::relu_tile(&xs[0][band(c)], &mut y[band(c)])),
+        Exec::Add { relu } => (0..channels).for_each(|c| elementwise::add(&xs[0][band(c)], &xs[1][band(c)], &mut y[band(c)], *relu)),
+        Exec::Unary(f) => (0..channels).for_each(|c| elementwise::unary(*f, &xs[0][band(c)], &mut y[band(c)])),
         _ => unreachable!("only spatial layers run in row bands"),
     }
 }

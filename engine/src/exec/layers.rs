@@ -120,18 +120,15 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
 
 pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {
     let x = xs[0];
-    let relu = |v: f32, on: bool| if on { v.max(0.0) } else { v };
     match exec {
         Exec::MatMul(m) => matmul(isa, m, x, w, y, team),
-        Exec::Affine { scale, shift, relu: r, per_channel } => {
+        Exec::Affine { scale, shift, relu, per_channel } => {
             let n = per_channel * w;
             for (c, (s, b)) in scale.iter().zip(shift).enumerate() {
-                for (o, i) in y[c * n..(c + 1) * n].iter_mut().zip(&x[c * n..(c + 1) * n]) {
-                    *o = relu(i * s + b, *r);
-                }
+                elementwise::affine(&x[c * n..(c + 1) * n], *s, *b, &mut y[c * n..(c + 1) * n], *relu);
             }
         }
-        Exec::Relu => y.iter_mut().zip(x).for_each(|(o, i)| *o = i.max(0.0)),
+        Exec::Relu => elementwise::relu_tile(x, y),
         Exec::Flatten => y.copy_from_slice(x),
         Exec::GroupConv { weight, bias, geometry, groups, relu } => {
             let g = Geometry { w, ..*geometry };
@@ -154,8 +151,13 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
         }
         Exec::Concat { outer, blocks } => elementwise::concat(xs, *outer, blocks, w, y),
         Exec::QuantDequant { scale, zero } => y.iter_mut().zip(x).for_each(|(o, &i)| *o = q8::quantize_dequantize(i, *scale, *zero)),
-        Exec::Add { relu: r } => y.iter_mut().zip(x.iter().zip(xs[1])).for_each(|(o, (a, b))| *o = relu(a + b, *r)),
+        Exec::Add { relu } => elementwise::add(x, xs[1], y, *relu),
         Exec::Pool { geometry, avg } => window::pool(isa, &Geometry { w, ..*geometry }, x, y, *avg),
+        Exec::GlobalAvgPool { channels, pixels } if w == 1 => {
+            for (c, o) in y[..*channels].iter_mut().enumerate() {
+                *o = x[c * pixels..(c + 1) * pixels].iter().sum::<f32>() / *pixels as f32;
+            }
+        }
         Exec::GlobalAvgPool { channels, pixels } => {
             for c in 0..*channels {
                 let out = &mut y[c * w..(c + 1) * w];

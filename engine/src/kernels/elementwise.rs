@@ -18,14 +18,80 @@ pub fn erf(x: f32) -> f32 {
     (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
 }
 
+/// `v` clamped to `[lo, hi]` by comparisons: they vectorize, where `f32::max` and `f32::min`
+/// (NaN-aware) ran 5x slower on ReLU6 (0.30 against 0.06 ms on 301,000 values).
+#[inline]
+fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// `max(v, 0)` by a comparison (see `clamp`).
+#[inline]
+pub fn relu(v: f32) -> f32 {
+    if v > 0.0 { v } else { 0.0 }
+}
+
+/// `y = max(x, 0)`.
+pub fn relu_tile(x: &[f32], y: &mut [f32]) {
+    y.iter_mut().zip(x).for_each(|(o, &i)| *o = relu(i));
+}
+
+/// `y = a + b`, with ReLU where `with_relu` (residual connections): one loop per case, so that
+/// each vectorizes.
+pub fn add(a: &[f32], b: &[f32], y: &mut [f32], with_relu: bool) {
+    let pairs = y.iter_mut().zip(a.iter().zip(b));
+    if with_relu {
+        pairs.for_each(|(o, (&p, &q))| *o = relu(p + q));
+    } else {
+        pairs.for_each(|(o, (&p, &q))| *o = p + q);
+    }
+}
+
+/// `y = x * scale + shift` (one channel), with ReLU where `with_relu`.
+pub fn affine(x: &[f32], scale: f32, shift: f32, y: &mut [f32], with_relu: bool) {
+    let pairs = y.iter_mut().zip(x);
+    if with_relu {
+        pairs.for_each(|(o, &i)| *o = relu(i * scale + shift));
+    } else {
+        pairs.for_each(|(o, &i)| *o = i * scale + shift);
+    }
+}
+
+/// `e^x` within 2e-7 relative over [-87, 88] in plain arithmetic the compiler vectorizes (the
+/// C library's `expf` is a call per element): `x = n ln 2 + f` with `ln 2` in two parts (Cody
+/// and Waite), `2^n` built in the exponent bits, Cephes' polynomial for `e^f`.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    // Rounded by adding and removing 1.5 * 2^23 (the default rounding mode, to nearest even):
+    // `round_ties_even` is a library call per element without SSE4.1.
+    const ROUND: f32 = 12_582_912.0;
+    let n = ((x * std::f32::consts::LOG2_E).clamp(-126.0, 127.0) + ROUND) - ROUND;
+    let f = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * f + 1.398_199_9e-3) * f + 8.333_452e-3) * f + 4.166_579_6e-2) * f + 0.166_666_65) * f + 0.5;
+    (p * f * f + f + 1.0) * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `1 / (1 + e^-x)`.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
 /// `f(x)` for one value.
 #[inline]
 pub fn unary_value(f: Unary, x: f32) -> f32 {
     match f {
-        Unary::Clip { lo, hi } => x.max(lo).min(hi),
-        Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Unary::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
-        Unary::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+        Unary::Clip { lo, hi } => clamp(x, lo, hi),
+        Unary::Sigmoid => sigmoid(x),
+        Unary::Silu => x * sigmoid(x),
+        Unary::HardSigmoid { alpha, beta } => clamp(alpha * x + beta, 0.0, 1.0),
+        Unary::HardSwish => x * clamp(x / 6.0 + 0.5, 0.0, 1.0),
         Unary::LeakyRelu { alpha } => {
             if x >= 0.0 {
                 x
@@ -41,19 +107,25 @@ pub fn unary_value(f: Unary, x: f32) -> f32 {
     }
 }
 
-/// `y = f(x)` over a tile.
+/// `y = f(x)` over a tile. The function is chosen once, outside the loop, and each function's
+/// loop is a function of its own: as one loop with the `match` inside (or as arms LLVM merged
+/// back into one) it ran with a jump per element, ReLU6 at 1.2 ns an element instead of 0.25.
 pub fn unary(f: Unary, x: &[f32], y: &mut [f32]) {
-    y.iter_mut().zip(x).for_each(|(o, &i)| *o = unary_value(f, i));
-}
-
-#[inline]
-fn apply(kind: BinaryKind, a: f32, b: f32) -> f32 {
-    match kind {
-        BinaryKind::Add => a + b,
-        BinaryKind::Sub => a - b,
-        BinaryKind::Mul => a * b,
-        BinaryKind::Div => a / b,
-        BinaryKind::Pow => a.powf(b),
+    #[inline(never)]
+    fn each(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+        y.iter_mut().zip(x).for_each(|(o, &i)| *o = f(i));
+    }
+    match f {
+        Unary::Clip { lo, hi } => each(x, y, |v| clamp(v, lo, hi)),
+        Unary::Sigmoid => each(x, y, sigmoid),
+        Unary::Silu => each(x, y, |v| v * sigmoid(v)),
+        Unary::HardSigmoid { alpha, beta } => each(x, y, |v| clamp(alpha * v + beta, 0.0, 1.0)),
+        Unary::HardSwish => each(x, y, |v| v * clamp(v / 6.0 + 0.5, 0.0, 1.0)),
+        Unary::LeakyRelu { alpha } => each(x, y, |v| if v >= 0.0 { v } else { alpha * v }),
+        Unary::Sqrt => each(x, y, f32::sqrt),
+        Unary::Tanh => each(x, y, f32::tanh),
+        Unary::Erf => each(x, y, erf),
+        Unary::Gelu { tanh } => each(x, y, |v| unary_value(Unary::Gelu { tanh }, v)),
     }
 }
 
@@ -78,7 +150,9 @@ pub enum Operand<'a> {
 }
 
 /// `y = a op b` (or `b op a` with `swap`) on tiles of `w` samples, with output per-sample shape
-/// `shape` and the operands' broadcast strides (`broadcast_strides`).
+/// `shape` and the operands' broadcast strides (`broadcast_strides`). The innermost dimensions
+/// along which each operand is either contiguous or one repeated feature run as one stretch, so
+/// a squeeze-and-excitation `[C, H, W] * [C, 1, 1]` is C stretches of H * W, not H * W * C steps.
 pub fn binary(
     kind: BinaryKind,
     shape: &[usize],
@@ -90,33 +164,51 @@ pub fn binary(
     w: usize,
     y: &mut [f32],
 ) {
+    // The operation is chosen once; each has its own copy of the loops (see `unary`).
+    match (kind, swap) {
+        (BinaryKind::Add, _) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| p + q),
+        (BinaryKind::Mul, _) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| p * q),
+        (BinaryKind::Sub, false) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| p - q),
+        (BinaryKind::Sub, true) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| q - p),
+        (BinaryKind::Div, false) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| p / q),
+        (BinaryKind::Div, true) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| q / p),
+        (BinaryKind::Pow, false) => binary_with(shape, a, a_strides, b, b_strides, w, y, f32::powf),
+        (BinaryKind::Pow, true) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| q.powf(p)),
+    }
+}
+
+/// `binary` for one operation `op(a, b)`.
+#[inline(never)]
+fn binary_with(
+    shape: &[usize],
+    a: &[f32],
+    a_strides: &[usize],
+    b: Operand,
+    b_strides: &[usize],
+    w: usize,
+    y: &mut [f32],
+    op: impl Fn(f32, f32) -> f32 + Copy,
+) {
     let features: usize = shape.iter().product();
     assert!(y.len() >= features * w && a_strides.len() == shape.len() && b_strides.len() == shape.len(), "binary sizes");
-    let mut index = vec![0usize; shape.len()];
+    // From the later of the two starts, each operand keeps its mode (contiguous or repeated).
+    let (a_from, a_repeats) = suffix(shape, a_strides);
+    let (b_from, b_repeats) = suffix(shape, b_strides);
+    let split = a_from.max(b_from);
+    let run: usize = shape[split..].iter().product();
+    let outer = &shape[..split];
+    let mut index = vec![0usize; outer.len()];
     let (mut ia, mut ib) = (0usize, 0usize);
-    for f in 0..features {
-        let out = &mut y[f * w..][..w];
-        let xa = &a[ia * w..][..w];
-        match b {
-            Operand::Tile(b) => {
-                let xb = &b[ib * w..][..w];
-                if swap {
-                    out.iter_mut().zip(xa.iter().zip(xb)).for_each(|(o, (&p, &q))| *o = apply(kind, q, p));
-                } else {
-                    out.iter_mut().zip(xa.iter().zip(xb)).for_each(|(o, (&p, &q))| *o = apply(kind, p, q));
-                }
-            }
-            Operand::Constant(c) => {
-                let q = c[ib];
-                if swap {
-                    out.iter_mut().zip(xa).for_each(|(o, &p)| *o = apply(kind, q, p));
-                } else {
-                    out.iter_mut().zip(xa).for_each(|(o, &p)| *o = apply(kind, p, q));
-                }
-            }
-        }
-        // The next output feature: advance the odometer, carrying into outer dimensions.
-        for d in (0..shape.len()).rev() {
+    for r in 0..features / run.max(1) {
+        let out = &mut y[r * run * w..][..run * w];
+        let xa = &a[ia * w..][..if a_repeats { w } else { run * w }];
+        let xb = match b {
+            Operand::Tile(b) => Stretch::Values(&b[ib * w..][..if b_repeats { w } else { run * w }], b_repeats),
+            Operand::Constant(c) => Stretch::Numbers(&c[ib..ib + if b_repeats { 1 } else { run }]),
+        };
+        stretch(op, out, xa, a_repeats, xb, w);
+        // The next stretch: advance the odometer over the outer dimensions.
+        for d in (0..outer.len()).rev() {
             index[d] += 1;
             ia += a_strides[d];
             ib += b_strides[d];
@@ -126,6 +218,50 @@ pub fn binary(
             ia -= a_strides[d] * shape[d];
             ib -= b_strides[d] * shape[d];
             index[d] = 0;
+        }
+    }
+}
+
+/// Where an operand's innermost stretch can start: the first dimension from which its strides
+/// are the output's (contiguous; `false`) or all zero (one feature repeated; `true`), size-1
+/// dimensions fitting either. Of the two, the earlier.
+fn suffix(shape: &[usize], strides: &[usize]) -> (usize, bool) {
+    let from =
+        |fits: &dyn Fn(usize) -> bool| (0..=shape.len()).rev().take_while(|&d| d == shape.len() || fits(d)).last().unwrap_or(shape.len());
+    let contiguous = from(&|d| shape[d] == 1 || strides[d] == shape[d + 1..].iter().product::<usize>());
+    let repeated = from(&|d| shape[d] == 1 || strides[d] == 0);
+    if repeated < contiguous { (repeated, true) } else { (contiguous, false) }
+}
+
+/// The second operand of one stretch: tile values (`w` of them repeated where `repeats`), or
+/// constant numbers, one per feature (or one for all).
+enum Stretch<'a> {
+    Values(&'a [f32], bool),
+    Numbers(&'a [f32]),
+}
+
+/// `out = a op b` over one stretch of `out.len() / w` features.
+#[inline(always)]
+fn stretch(op: impl Fn(f32, f32) -> f32, out: &mut [f32], a: &[f32], a_repeats: bool, b: Stretch, w: usize) {
+    match b {
+        // The common cases as flat loops over the whole stretch.
+        Stretch::Values(b, false) if !a_repeats => out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&p, &q))| *o = op(p, q)),
+        Stretch::Numbers([q]) if !a_repeats => out.iter_mut().zip(a).for_each(|(o, &p)| *o = op(p, *q)),
+        Stretch::Values(b, true) if !a_repeats && w == 1 => out.iter_mut().zip(a).for_each(|(o, &p)| *o = op(p, b[0])),
+        b => {
+            for (f, o) in out.chunks_mut(w).enumerate() {
+                let xa = if a_repeats { a } else { &a[f * w..][..w] };
+                match b {
+                    Stretch::Values(b, repeats) => {
+                        let xb = if repeats { b } else { &b[f * w..][..w] };
+                        o.iter_mut().zip(xa.iter().zip(xb)).for_each(|(o, (&p, &q))| *o = op(p, q));
+                    }
+                    Stretch::Numbers(c) => {
+                        let q = if c.len() == 1 { c[0] } else { c[f] };
+                        o.iter_mut().zip(xa).for_each(|(o, &p)| *o = op(p, q));
+                    }
+                }
+            }
         }
     }
 }
@@ -148,6 +284,78 @@ pub fn concat(inputs: &[&[f32]], outer: usize, blocks: &[usize], w: usize, y: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `binary` against a plain per-element reference on broadcast shapes of every kind.
+    #[test]
+    fn binary_stretches_match_a_plain_reference() {
+        let cases: [(&[usize], &[usize]); 7] = [
+            (&[3, 4, 5], &[3, 1, 1]),
+            (&[3, 4, 5], &[5]),
+            (&[3, 4, 5], &[1, 4, 1]),
+            (&[3, 4, 5], &[3, 4, 5]),
+            (&[2, 1, 5], &[2, 3, 1]),
+            (&[1], &[4, 2]),
+            (&[3, 1, 1], &[3, 4, 5]),
+        ];
+        for (sa, sb) in cases {
+            let shape = crate::graph::broadcast(sa, sb).unwrap();
+            let rank = shape.len();
+            for w in [1, 3] {
+                let na: usize = sa.iter().product();
+                let nb: usize = sb.iter().product();
+                let a: Vec<f32> = (0..na * w).map(|i| i as f32 * 0.5 + 1.0).collect();
+                let b: Vec<f32> = (0..nb * w).map(|i| 7.0 - i as f32 * 0.25).collect();
+                let (sa_s, sb_s) = (broadcast_strides(sa, rank), broadcast_strides(sb, rank));
+                let features: usize = shape.iter().product();
+                let mut want = vec![0.0; features * w];
+                let mut got = vec![0.0; features * w];
+                for f in 0..features {
+                    let mut rest = f;
+                    let (mut ia, mut ib) = (0, 0);
+                    for d in (0..rank).rev() {
+                        let i = rest % shape[d];
+                        rest /= shape[d];
+                        ia += i * sa_s[d];
+                        ib += i * sb_s[d];
+                    }
+                    for s in 0..w {
+                        want[f * w + s] = a[ia * w + s] - b[ib * w + s];
+                    }
+                }
+                binary(BinaryKind::Sub, &shape, &a, &sa_s, Operand::Tile(&b), &sb_s, false, w, &mut got);
+                assert_eq!(got, want, "{sa:?} - {sb:?}, w {w}");
+                // A constant operand: one number per feature for every sample.
+                let c: Vec<f32> = (0..nb).map(|i| 3.0 + i as f32).collect();
+                for f in 0..features {
+                    let mut rest = f;
+                    let (mut ia, mut ib) = (0, 0);
+                    for d in (0..rank).rev() {
+                        let i = rest % shape[d];
+                        rest /= shape[d];
+                        ia += i * sa_s[d];
+                        ib += i * sb_s[d];
+                    }
+                    for s in 0..w {
+                        want[f * w + s] = c[ib] / a[ia * w + s];
+                    }
+                }
+                binary(BinaryKind::Div, &shape, &a, &sa_s, Operand::Constant(&c), &sb_s, true, w, &mut got);
+                assert_eq!(got, want, "{sb:?} / {sa:?} constant, w {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_and_sigmoid_match_the_library() {
+        // Down to -87: below, results are subnormal and come out as the smallest normal.
+        for i in -1990..=2000 {
+            let x = i as f32 * 0.0437;
+            let (got, want) = (exp(x), x.exp());
+            assert!((got - want).abs() <= 2e-7 * want, "exp({x}) = {got}, library {want}");
+            assert!((sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 1e-7, "sigmoid({x})");
+        }
+        assert!(exp(-200.0) < 1e-37 && exp(200.0) > 1e38, "clamped, not wrapped");
+    }
 
     #[test]
     fn erf_matches_known_values() {

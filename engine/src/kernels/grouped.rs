@@ -39,6 +39,9 @@ pub fn group_conv(g: &Geometry, groups: usize, weight: &[f32], bias: &[f32], x: 
                         if stride == 1 {
                             let n = valid.len() * w;
                             row[valid.start * w..][..n].iter_mut().zip(&src[ix0 * w..][..n]).for_each(|(r, s)| *r += wv * s);
+                        } else if w == 1 {
+                            let dst = &mut row[valid.clone()];
+                            dst.iter_mut().zip(src[*ix0..].iter().step_by(stride)).for_each(|(r, s)| *r += wv * s);
                         } else {
                             for (k, ox) in valid.clone().enumerate() {
                                 let s = &src[(ix0 + k * stride) * w..][..w];
@@ -49,7 +52,7 @@ pub fn group_conv(g: &Geometry, groups: usize, weight: &[f32], bias: &[f32], x: 
                 }
             }
             if relu {
-                row.iter_mut().for_each(|v| *v = v.max(0.0));
+                row.iter_mut().for_each(|v| *v = super::elementwise::relu(*v));
             }
         }
     }

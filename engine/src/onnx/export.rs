@@ -131,6 +131,11 @@ fn unary_node(b: &mut Builder, name: &str, x: String, out: &str, f: Unary) {
             b.node("Clip", name, vec![x, lo, hi], out, vec![]);
         }
         Unary::Sigmoid => b.node("Sigmoid", name, vec![x], out, vec![]),
+        Unary::Silu => {
+            let gate = format!("{name}.sigmoid");
+            b.node("Sigmoid", &gate, vec![x.clone()], &gate, vec![]);
+            b.node("Mul", name, vec![x, gate.clone()], out, vec![]);
+        }
         Unary::HardSigmoid { alpha, beta } => b.node("HardSigmoid", name, vec![x], out, vec![float("alpha", alpha), float("beta", beta)]),
         Unary::HardSwish => b.node("HardSwish", name, vec![x], out, vec![]),
         Unary::LeakyRelu { alpha } => b.node("LeakyRelu", name, vec![x], out, vec![float("alpha", alpha)]),

@@ -72,13 +72,34 @@ fn import_with(bytes: &[u8], path: &str, folder: Option<&Path>) -> Result<Graph>
     let input_shape: Vec<usize> = dims[1..].iter().map(|d| d.unwrap() as usize).collect();
     let output = graph.output.first().ok_or_else(|| bad("the graph has no output".into()))?.name.clone();
 
-    let mut importer =
-        Importer { constants, aliases: HashMap::new(), nodes: Vec::new(), quantized: HashMap::new(), dequantized: HashMap::new() };
+    let mut importer = Importer {
+        constants,
+        aliases: HashMap::new(),
+        nodes: Vec::new(),
+        quantized: HashMap::new(),
+        dequantized: HashMap::new(),
+        static_batch: dims[0],
+        reshapes: Vec::new(),
+    };
     for node in &graph.node {
         importer.node(node)?;
     }
     let output = importer.resolve(&output);
-    Ok(Graph { input: input.name.clone(), input_shape, output, nodes: importer.nodes })
+    let g = Graph { input: input.name.clone(), input_shape, output, nodes: importer.nodes };
+    // Each Reshape read as a flatten must produce the feature count it names.
+    if !importer.reshapes.is_empty() {
+        let shapes = g.infer_shapes()?;
+        for (value, features) in importer.reshapes {
+            let got: Option<usize> = shapes.iter().find(|(n, _)| *n == value).map(|(_, s)| s.iter().product());
+            if got.is_some_and(|g| g != features) {
+                return Err(EngineError::graph(
+                    &value,
+                    format!("Reshape to {features} features of a value with {} features", got.unwrap_or(0)),
+                ));
+            }
+        }
+    }
+    Ok(g)
 }
 
 fn tensor_values(t: &TensorProto, folder: Option<&Path>) -> std::result::Result<Constant, String> {
@@ -112,6 +133,12 @@ struct Importer {
     /// Outputs of QuantizeLinear on activations, and of the DequantizeLinear that follows.
     quantized: HashMap<String, QuantizedActivation>,
     dequantized: HashMap<String, QuantizedActivation>,
+    /// The input's batch dimension where the file fixes it (PyTorch's exporter without dynamic
+    /// axes writes 1), so that a Reshape to `[1, features]` is a flatten.
+    static_batch: Option<i64>,
+    /// Reshapes read as flattens that name their feature count: `(output, features)`, checked
+    /// once shapes are known.
+    reshapes: Vec<(String, usize)>,
 }
 
 impl Importer {
@@ -242,11 +269,15 @@ impl Importer {
             }
             "Reshape" => {
                 let shape = self.constant(node, 1)?;
-                if shape.values.len() != 2 || !(shape.values[0] == 0.0 || shape.values[0] == -1.0 || shape.values[1] == -1.0) {
+                let batch_first = |v: f32| v == 0.0 || v == -1.0 || self.static_batch.is_some_and(|b| b as f32 == v);
+                if shape.values.len() != 2 || !(batch_first(shape.values[0]) || shape.values[1] == -1.0) {
                     return Err(EngineError::graph(
                         &name,
                         format!("Reshape to {:?} is not supported (only [batch, features])", shape.values),
                     ));
+                }
+                if shape.values[1] > 0.0 {
+                    self.reshapes.push((node.output[0].clone(), shape.values[1] as usize));
                 }
                 self.push(node, Op::Flatten, vec![x]);
             }

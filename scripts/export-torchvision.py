@@ -1,0 +1,39 @@
+"""Exports full-size torchvision models (random weights, seed 1; ResNet-50 magnitude-pruned to
+90% per layer, first convolution dense) with both of PyTorch's ONNX exporters, batch fixed at 1
+as `torch.onnx.export` writes without dynamic axes: python export-torchvision.py OUT_DIR.
+Used by scripts/bench-torchvision; needs torch, torchvision, onnxscript and onnx."""
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.utils.prune as prune
+import torchvision
+
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+torch.manual_seed(1)
+
+
+def pruned(m, amount):
+    layers = [x for x in m.modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear))][1:]
+    for x in layers:
+        prune.l1_unstructured(x, "weight", amount)
+        prune.remove(x, "weight")
+    return m
+
+
+models = {
+    "resnet18": torchvision.models.resnet18(),
+    "resnet50_s90": pruned(torchvision.models.resnet50(), 0.9),
+    "mobilenet_v2": torchvision.models.mobilenet_v2(),
+    "efficientnet_b0": torchvision.models.efficientnet_b0(),
+    "squeezenet1_1": torchvision.models.squeezenet1_1(),
+}
+x = torch.rand(1, 3, 224, 224) * 2 - 1
+np.save(os.path.join(out, "input.npy"), x.numpy())
+for name, m in models.items():
+    m.eval()
+    torch.onnx.export(m, (x,), os.path.join(out, f"{name}.legacy.onnx"), dynamo=False)
+    torch.onnx.export(m, (x,), dynamo=True).save(os.path.join(out, f"{name}.dynamo.onnx"), external_data=True)
+    print(name, "exported", flush=True)
