@@ -17,11 +17,29 @@ use sweep::Sweep;
 
 /// Builds the table, plots and report from every finished point of `sweep`; returns how many
 /// points were finished.
-pub fn collect(sweep: &Sweep, sweep_file: &str, results_root: &Path) -> anyhow::Result<usize> {
+pub fn collect(sweep: &Sweep, sweep_file: &str, results_root: &Path, partial: bool) -> anyhow::Result<usize> {
     let dir = sweep.dir(results_root);
     let rows: Vec<PointResult> = sweep.points.iter().filter_map(|p| point::finished(&dir, p)).collect();
     if rows.is_empty() {
         anyhow::bail!("no finished points in {} yet", dir.display());
+    }
+    // A dependent job must be able to tell: missing points are an error unless asked for.
+    let missing: Vec<String> = sweep
+        .points
+        .iter()
+        .filter(|p| point::finished(&dir, p).is_none())
+        .map(|p| format!("{} ({})", p.label(), point::point_dir(&dir, p).display()))
+        .collect();
+    if !missing.is_empty() {
+        let list = missing.join("; ");
+        if !partial {
+            anyhow::bail!(
+                "{} of {} points are not finished: {list}; run them, or pass --partial to collect the rest",
+                missing.len(),
+                sweep.points.len()
+            );
+        }
+        eprintln!("warning: collecting {} of {} points; not finished: {list}", rows.len(), sweep.points.len());
     }
     std::fs::create_dir_all(&dir)?;
     results::write_csv(&dir.join("results.csv"), &rows, &sweep.batches)?;

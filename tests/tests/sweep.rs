@@ -32,7 +32,7 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     assert_eq!(quantized, ["none", "int8", "none", "int8"]);
     assert!(first[1].file_bytes * 2 < first[0].file_bytes, "the int8 file is much smaller");
     assert!(first.iter().all(|r| r.timings.len() == 2 && r.timings.iter().all(|t| t.speedup > 0.0)));
-    assert_eq!(experiments::collect(&sweep, "tiny.toml", &results).unwrap(), 4);
+    assert_eq!(experiments::collect(&sweep, "tiny.toml", &results, false).unwrap(), 4);
     let csv = std::fs::read_to_string(sweep_dir.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(csv.contains(",int8,"), "{csv}");
@@ -55,4 +55,10 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     let rebench = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], (Some(data.clone()), false), None, true).unwrap();
     assert_eq!((rebench.top1, &rebench.curve), (first[0].top1, &first[0].curve));
     assert_ne!(rebench.timings, first[0].timings);
+    // A missing point makes collect fail, naming it, unless --partial.
+    let last = &sweep.points[3];
+    std::fs::remove_file(experiments::point::point_dir(&sweep_dir, last).join("point.json")).unwrap();
+    let err = experiments::collect(&sweep, "tiny.toml", &results, false).unwrap_err().to_string();
+    assert!(err.contains("1 of 4 points are not finished") && err.contains(&last.label()), "{err}");
+    assert_eq!(experiments::collect(&sweep, "tiny.toml", &results, true).unwrap(), 3);
 }

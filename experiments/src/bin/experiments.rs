@@ -86,6 +86,10 @@ enum Command {
         /// The results folder the points were written to.
         #[arg(long, default_value = "results")]
         results: PathBuf,
+        /// Write the table and plots of the finished points even if some are missing (which
+        /// is otherwise an error, naming them).
+        #[arg(long)]
+        partial: bool,
     },
 }
 
@@ -141,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             bar.finish_and_clear();
-            let n = collect(&sweep, &file.display().to_string(), &results)?;
+            let n = collect(&sweep, &file.display().to_string(), &results, false)?;
             println!("{n} points: {}", dir.join("report.md").display());
         }
         Command::RunPoint { sweep: file, id, point: PointArgs { data, allow_subset, results, peers_python, rebench } } => {
@@ -182,9 +186,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         }
-        Command::Collect { sweep: file, results } => {
+        Command::Collect { sweep: file, results, partial } => {
             let sweep = Sweep::load(&file)?;
-            let n = collect(&sweep, &file.display().to_string(), &results)?;
+            let n = collect(&sweep, &file.display().to_string(), &results, partial)?;
             println!("{n} of {} points collected into {}", sweep.points.len(), sweep.dir(&results).display());
         }
     }
