@@ -23,6 +23,7 @@ pub mod passes;
 pub mod schedule;
 pub mod stats;
 pub mod team;
+pub mod testing;
 
 use std::path::Path;
 

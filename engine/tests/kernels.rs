@@ -11,6 +11,18 @@ use engine::kernels::{Isa, dense, spmm, spmv};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// The instruction-set levels to test every kernel at: all the CPU offers (each lower one too);
+/// the levels it lacks are recorded as skipped, so a run on a smaller CPU says what it missed.
+fn variants() -> Vec<Isa> {
+    let levels = Isa::available();
+    for (isa, name) in [(Isa::Avx2, "AVX2"), (Isa::Avx512, "AVX-512")] {
+        if !levels.contains(&isa) {
+            engine::testing::record_skip(&format!("the {name} kernel variants (this CPU, or ENGINE_ISA, stops below {name})"));
+        }
+    }
+    levels
+}
+
 fn matrix(rows: usize, cols: usize, sparsity: f64, rng: &mut StdRng) -> Vec<f32> {
     (0..rows * cols).map(|_| if rng.random_bool(sparsity) { 0.0 } else { rng.random_range(-1.0..1.0f32) }).collect()
 }
@@ -50,7 +62,7 @@ fn spmm_variants_match_the_scalar_twin() {
         for relu in [false, true] {
             let mut want = vec![0.0; rows * w];
             spmm::spmm_ref(&m, &bias, &x, w, &mut want, 0..rows, relu);
-            for isa in Isa::available() {
+            for isa in variants() {
                 let mut got = vec![f32::NAN; rows * w];
                 spmm::spmm(isa, &m, &bias, &x, w, &mut got, 0..rows, relu);
                 assert_close(&got, &want, &format!("spmm {} {rows}x{cols} w={w} s={s}", isa.name()));
@@ -79,7 +91,7 @@ fn column_blocked_spmm_matches_plain_spmm() {
             let mut got = vec![f32::NAN; rows * w];
             kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, &mut got, 0..rows, true);
             assert_close(&got, &want, &format!("kblocked ref kc={kc} {rows}x{cols} w={w}"));
-            for isa in Isa::available() {
+            for isa in variants() {
                 let mut got = vec![f32::NAN; rows * w];
                 kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut got, 0..rows, true);
                 assert_close(&got, &want, &format!("kblocked {} kc={kc} {rows}x{cols} w={w} s={s}", isa.name()));
@@ -102,7 +114,7 @@ fn blocked_4x1_matches_plain_spmm() {
         let mut got = vec![f32::NAN; rows * w];
         bcsr::spmm_bcsr_ref(&b, &bias, &x, w, &mut got, 0..b.blocks(), true);
         assert_close(&got, &want, &format!("bcsr ref {rows}x{cols} w={w}"));
-        for isa in Isa::available() {
+        for isa in variants() {
             let mut got = vec![f32::NAN; rows * w];
             bcsr::spmm_bcsr(isa, &b, &bias, &x, w, &mut got, 0..b.blocks(), true);
             assert_close(&got, &want, &format!("bcsr {} {rows}x{cols} w={w} s={s}", isa.name()));
@@ -127,7 +139,7 @@ fn spmv_variants_match_the_scalar_twin() {
         let mut want = vec![0.0; rows];
         spmv::spmv_ref(&m, &bias, &x, &mut want, 0..rows, true);
         for m in [m.clone(), m.with_narrow_columns()] {
-            for isa in Isa::available() {
+            for isa in variants() {
                 let mut got = vec![f32::NAN; rows];
                 spmv::spmv(isa, &m, &bias, &x, &mut got, 0..rows, true);
                 let width = if m.col16.is_some() { 16 } else { 32 };
@@ -146,7 +158,7 @@ fn narrow_columns_only_where_every_index_fits_in_16_bits() {
         let m = Csr::from_dense(&dense, 2, cols).with_narrow_columns();
         assert_eq!(m.col16.is_some(), fits, "cols = {cols}");
         let x: Vec<f32> = (0..cols).map(|i| i as f32).collect();
-        for isa in Isa::available() {
+        for isa in variants() {
             let mut y = [0.0f32; 2];
             spmv::spmv(isa, &m, &[0.5, 0.0], &x, &mut y, 0..2, false);
             assert_eq!(y, [0.5 + 2.0 * (cols - 1) as f32, 0.0], "{} cols = {cols}", isa.name());
@@ -166,7 +178,7 @@ fn dense_matches_the_scalar_twin_and_sparse() {
         let mut sparse = vec![0.0; rows * w];
         spmm::spmm_ref(&Csr::from_dense(&wt, rows, cols), &bias, &x, w, &mut sparse, 0..rows, true);
         assert_close(&sparse, &want, "sparse vs dense reference");
-        for isa in Isa::available() {
+        for isa in variants() {
             let mut got = vec![f32::NAN; rows * w];
             dense::dense(isa, &wt, rows, cols, &bias, &x, w, &mut got, true, 1);
             assert_close(&got, &want, &format!("dense {} {rows}x{cols} w={w}", isa.name()));
@@ -187,7 +199,7 @@ fn im2col_and_pooling_match_direct_definitions() {
     for window in windows {
         // One-sample rows of 41 pixels: several vectors of outputs per row, the last one partial.
         let cases = [(1, 6), (3, 6), (17, 6), (32, 6), (1, 41)];
-        for ((w, wd), isa) in cases.into_iter().flat_map(|case| Isa::available().into_iter().map(move |isa| (case, isa))) {
+        for ((w, wd), isa) in cases.into_iter().flat_map(|case| variants().into_iter().map(move |isa| (case, isa))) {
             let [kh, kw] = window.kernel;
             let (c, h) = (2, 5);
             let (oh, ow) = window.output(h, wd, "t").unwrap();
@@ -271,7 +283,7 @@ fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
         let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-3.0..3.0)).collect();
         let mut qx = vec![0u8; q8::quantized_len(cols, w)];
         q8::quantize_ref(&x, cols, w, scale, zero, &mut qx);
-        for isa in Isa::available() {
+        for isa in variants() {
             let mut got = vec![7u8; qx.len()];
             q8::quantize(isa, &x, cols, w, scale, zero, &mut got);
             assert_eq!(got, qx, "quantize {} {cols}x{w}", isa.name());
@@ -295,7 +307,7 @@ fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
                     assert!((want[o * w + c] - v).abs() <= 1e-5 * (1.0 + v.abs()), "reference {o},{c}: {} vs {v}", want[o * w + c]);
                 }
             }
-            for isa in Isa::available() {
+            for isa in variants() {
                 let mut got = vec![f32::NAN; rows * w];
                 q8::spmm_q8(isa, &m, &qx, w, &mut got, 0..rows, &d);
                 assert_eq!(got, want, "q8 {} {rows}x{cols} w={w} s={s}", isa.name());
@@ -348,7 +360,7 @@ fn requantizing_kernels_equal_quantizing_their_f32_output() {
         let mut got = vec![7u8; want.len()];
         q8::spmm_q8_ref_into(&m, &qx, w, Output::quantized(&mut got, next_scale, next_zero), 0..rows, &d);
         assert_eq!(got, want, "requantizing reference {rows}x{cols} w={w}");
-        for isa in Isa::available() {
+        for isa in variants() {
             let mut got = vec![7u8; want.len()];
             q8::spmm_q8_into(isa, &m, &qx, w, Output::quantized(&mut got, next_scale, next_zero), 0..rows, &d);
             assert_eq!(got, want, "requantizing q8 {} {rows}x{cols} w={w} s={s}", isa.name());
@@ -372,7 +384,7 @@ fn transpose_variants_match_the_scalar_twin() {
         let src: Vec<f32> = (0..rows * src_ld).map(|_| rng.random_range(-1.0..1.0)).collect();
         let mut want = vec![0.0; cols * dst_ld];
         transpose::transpose_ref(&src, rows, cols, src_ld, &mut want, dst_ld);
-        for isa in Isa::available() {
+        for isa in variants() {
             let mut got = vec![0.0; cols * dst_ld];
             transpose::transpose(isa, &src, rows, cols, src_ld, &mut got, dst_ld);
             assert_eq!(got, want, "transpose {} {rows}x{cols}", isa.name());
@@ -390,7 +402,7 @@ fn quantizing_samples_equals_transposing_then_quantizing() {
         transpose::transpose_ref(&x, w, k, k, &mut t, ld);
         let mut want = vec![0u8; q8::quantized_len(k, ld)];
         q8::quantize_ref(&t, k, ld, 0.03, 100, &mut want);
-        for isa in Isa::available() {
+        for isa in variants() {
             let mut got = want.clone();
             (0..got.len()).filter(|i| (i / 4) % ld < w).for_each(|i| got[i] = 0);
             q8::quantize_samples(isa, &x, k, w, ld, 0.03, 100, &mut got);
@@ -461,7 +473,7 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
                 let mut got = vec![f32::NAN; want.len()];
                 direct::conv_direct_ref(&m, &bias, &g, &x, &mut got, 0..cout, 0..oh, true);
                 assert_close(&got, &want, &format!("direct ref {cin}->{cout} {h}x{wd} k{k} s{stride} w={w}"));
-                for isa in Isa::available() {
+                for isa in variants() {
                     let mut got = vec![f32::NAN; want.len()];
                     direct::conv_direct(isa, &m, &bias, &g, &x, &mut got, 0..cout, 0..oh, true);
                     assert_close(&got, &want, &format!("direct {} {cin}->{cout} {h}x{wd} k{k} s{stride} w={w} s={s}", isa.name()));
@@ -519,7 +531,7 @@ fn one_sample_direct_convolution_with_row_strides_and_odd_row_counts() {
             window::im2col(&g, &x, &mut cols);
             let mut want = vec![0.0; cout * oh * ow];
             spmm::spmm_ref(&m, &bias, &cols, oh * ow, &mut want, 0..cout, false);
-            for isa in Isa::available() {
+            for isa in variants() {
                 for rows in [0..oh, 1..oh, 2..oh - 1] {
                     let mut got = want.clone();
                     let plane = oh * ow;
@@ -558,7 +570,7 @@ fn unfolding_the_quantized_image_equals_quantizing_im2col() {
                 let mut got = vec![7u8; want.len()];
                 q8conv::im2col_u8_ref(&g, &xq, rows.clone(), zero, &mut got);
                 assert_eq!(got, want, "reference {cin}x{h}x{wd} k{k} s{stride} w={w} rows {rows:?}");
-                for isa in Isa::available() {
+                for isa in variants() {
                     let mut got = vec![7u8; want.len()];
                     q8conv::im2col_u8(isa, &g, &xq, rows.clone(), zero, &mut got);
                     assert_eq!(got, want, "{} {cin}x{h}x{wd} k{k} s{stride} w={w} rows {rows:?}", isa.name());
@@ -625,7 +637,7 @@ fn direct_int8_convolution_equals_im2col_and_the_grouped_kernel() {
                     let (scale2, zero2) = (rng.random_range(0.01..0.1f32), rng.random_range(0..=255u8));
                     let want_codes: Vec<u8> =
                         want.iter().map(|&v| if v.is_nan() { 9 } else { q8::quantize_value(v, 1.0 / scale2, zero2) }).collect();
-                    for isa in Isa::available() {
+                    for isa in variants() {
                         for source in [source, q8direct::Source::Codes { x: &xq, zero }] {
                             let mut xs = vec![1u8; xs_ref.len()];
                             let mut row_buf = vec![0u8; (sc.wp + 3) * w];
@@ -697,7 +709,7 @@ fn codes_regroup_and_max_pool_as_their_f32_values_would() {
         window::pool(Isa::Scalar, &g, &x, &mut pooled, None);
         let want: Vec<u8> = pooled.iter().map(|&v| q8::quantize_value(v, 1.0 / scale, zero)).collect();
         let codes: Vec<u8> = x.iter().map(|&v| q8::quantize_value(v, 1.0 / scale, zero)).collect();
-        for isa in Isa::available() {
+        for isa in variants() {
             let mut got = vec![0u8; want.len()];
             window::max_pool_codes(isa, &g, &codes, &mut got, 0..oh);
             assert!(got == want, "{} {c}x{h}x{wd} k{k} s{stride} p{pad} w={w}", isa.name());
@@ -721,7 +733,7 @@ fn amx_tiles_match_the_scalar_twin_exactly() {
     use engine::kernels::q8::{self, Dequant, Output, Q8Matrix};
     use engine::kernels::q8amx::{self, TileMatrix};
     if !q8amx::available(Isa::detect()) {
-        eprintln!("no AMX on this CPU: the tile kernel is not tested");
+        engine::testing::record_skip("the AMX tile kernel (no AMX on this CPU)");
         return;
     }
     let mut rng = StdRng::seed_from_u64(28);

@@ -72,7 +72,7 @@ fn pruned_model_runs_identically_in_burn_the_engine_and_onnx_runtime() {
 
         let Some(python) = std::env::var_os("ENGINE_TEST_PYTHON") else {
             assert!(std::env::var("CI").is_err(), "ENGINE_TEST_PYTHON must be set under CI");
-            eprintln!("note: ENGINE_TEST_PYTHON not set; skipping the ONNX Runtime check");
+            engine::testing::record_skip("the ONNX Runtime check (ENGINE_TEST_PYTHON not set)");
             continue;
         };
         let x = dir.path().join("x.npy");
@@ -93,7 +93,7 @@ fn pruned_model_runs_identically_in_burn_the_engine_and_onnx_runtime() {
 fn onnx_runtime(dir: &std::path::Path, onnx: &std::path::Path, shape: Vec<usize>, inputs: &[f32]) -> Option<Vec<f32>> {
     let Some(python) = std::env::var_os("ENGINE_TEST_PYTHON") else {
         assert!(std::env::var("CI").is_err(), "ENGINE_TEST_PYTHON must be set under CI");
-        eprintln!("note: ENGINE_TEST_PYTHON not set; skipping the ONNX Runtime check");
+        engine::testing::record_skip("the ONNX Runtime check (ENGINE_TEST_PYTHON not set)");
         return None;
     };
     let (x, y) = (dir.join("x.npy"), dir.join("y.npy"));

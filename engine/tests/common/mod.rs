@@ -16,7 +16,7 @@ pub fn ort_python() -> Option<PathBuf> {
     let found = std::env::var_os("ENGINE_TEST_PYTHON").map(PathBuf::from).filter(|p| p.exists());
     if found.is_none() {
         assert!(std::env::var("CI").is_err(), "ENGINE_TEST_PYTHON must name a Python with onnxruntime under CI");
-        eprintln!("note: ENGINE_TEST_PYTHON not set; skipping the ONNX Runtime comparison (scripts/test sets it up)");
+        engine::testing::record_skip("the ONNX Runtime comparison (ENGINE_TEST_PYTHON not set; scripts/test sets it up)");
     }
     found
 }
