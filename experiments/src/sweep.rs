@@ -25,6 +25,10 @@ struct RawSweep {
     /// Seconds of timing per model and batch size (default 1).
     #[serde(default = "default_seconds")]
     bench_seconds: f64,
+    /// Whether the embedded subset may stand in for a full dataset that is not found (as
+    /// `--allow-subset`); the results say which data each point used.
+    #[serde(default)]
+    allow_subset: bool,
     /// Seeds every study is trained with (default [0]).
     #[serde(default = "default_seeds")]
     seeds: Vec<u64>,
@@ -104,6 +108,8 @@ pub struct Sweep {
     pub batches: Vec<usize>,
     pub threads: usize,
     pub bench_seconds: f64,
+    /// The sweep file's `allow_subset`.
+    pub allow_subset: bool,
     pub points: Vec<Point>,
 }
 
@@ -157,7 +163,14 @@ impl Sweep {
         if points.is_empty() {
             bail!("{}: the sweep has no points (add [[study]] tables)", path.display());
         }
-        Ok(Sweep { name: raw.name, batches: raw.batches, threads: raw.threads, bench_seconds: raw.bench_seconds, points })
+        Ok(Sweep {
+            name: raw.name,
+            batches: raw.batches,
+            threads: raw.threads,
+            bench_seconds: raw.bench_seconds,
+            allow_subset: raw.allow_subset,
+            points,
+        })
     }
 
     pub fn dir(&self, results: &Path) -> PathBuf {

@@ -131,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bar.set_prefix(sweep.name.clone());
             for p in &sweep.points {
                 bar.set_message(p.label());
-                let r = point::run_point(&sweep, &dir, p, (data.clone(), allow_subset), peers.as_ref(), rebench)?;
+                let r = point::run_point(&sweep, &dir, p, (data.clone(), allow_subset || sweep.allow_subset), peers.as_ref(), rebench)?;
                 bar.inc(1);
                 let line = format!(
                     "{}: top-1 {:.2}%, sparsity {:.1}%, speedup {}",
@@ -153,7 +153,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(p) = sweep.points.iter().find(|p| p.id == id) else {
                 bail!("{}: no point with id {id} (see `experiments plan`)", file.display());
             };
-            let r = point::run_point(&sweep, &sweep.dir(&results), p, (data, allow_subset), peers(peers_python, true)?.as_ref(), rebench)?;
+            let r = point::run_point(
+                &sweep,
+                &sweep.dir(&results),
+                p,
+                (data, allow_subset || sweep.allow_subset),
+                peers(peers_python, true)?.as_ref(),
+                rebench,
+            )?;
             println!("{}: top-1 {:.4}", p.label(), r.top1);
         }
         Command::Plan { sweep: file, emit, results } => {
