@@ -150,6 +150,11 @@ impl std::fmt::Display for Window {
 }
 
 impl Window {
+    /// A `k x k` window with the same stride and padding on both axes, no dilation.
+    pub fn square(k: usize, stride: usize, pad: usize) -> Window {
+        Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [1, 1], ceil_mode: false }
+    }
+
     /// For pooling, each pad must be smaller than the kernel along its axis (as ONNX Runtime
     /// requires): a window wholly in the padding would have no input to pool.
     pub fn check_pool(&self, node: &str) -> Result<()> {

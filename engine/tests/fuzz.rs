@@ -280,26 +280,26 @@ fn workload(g: &engine::graph::Graph) -> Option<usize> {
 }
 
 /// Loads a model file's bytes and, where it is small, compiles and runs it. Returns whether it
-/// ran; errors are fine (a refusal), panics propagate.
-fn exercise_model(bytes: &[u8], rng: &mut StdRng) -> bool {
-    let Ok(graph) = engine::load_bytes(bytes, "mutant") else { return false };
+/// loaded and whether it ran; errors are fine (a refusal), panics propagate.
+fn exercise_model(bytes: &[u8], rng: &mut StdRng) -> (bool, bool) {
+    let Ok(graph) = engine::load_bytes(bytes, "mutant") else { return (false, false) };
     // Large but valid geometries are checked for loading and shape inference only: running
     // them is correct, just slow for a fuzzer.
     if workload(&graph).is_none_or(|n| n > 1 << 20) {
-        return false;
+        return (true, false);
     }
     let policy = [KernelPolicy::Sparse, KernelPolicy::Dense, KernelPolicy::Auto][rng.random_range(0..3)];
     let mut options = Options::new(policy).expect("options");
     options.tile = [1, 3, 16, 64][rng.random_range(0..4)];
-    let Ok(model) = engine::compile::compile(graph, options) else { return false };
+    let Ok(model) = engine::compile::compile(graph, options) else { return (true, false) };
     let schedule = [Schedule::Auto, Schedule::Layerwise, Schedule::Depthwise][rng.random_range(0..3)];
     let budget = [None, Some(4096), Some(64 << 10)][rng.random_range(0..3)];
     for (threads, batch) in [(1, 1), (2, 3)] {
-        let Ok(mut session) = Session::with_schedule(&model, threads, schedule, budget) else { return false };
+        let Ok(mut session) = Session::with_schedule(&model, threads, schedule, budget) else { return (true, false) };
         let x: Vec<f32> = (0..model.value_sizes[0] * batch).map(|_| rng.random_range(-1.0..1.0f32)).collect();
         let _ = session.run(&x, batch);
     }
-    true
+    (true, true)
 }
 
 fn exercise_npy(bytes: &[u8], dir: &Path) -> bool {
@@ -380,6 +380,8 @@ fn mutants_are_refused_or_run() {
     }
     std::panic::set_hook(Box::new(|_| {}));
     let (mut tried, mut loaded, mut ran, mut bad) = (0u64, 0u64, 0u64, Vec::new());
+    // Mutants per format: native, ONNX, .npy.
+    let mut per_format = [0u64; 3];
     for (s, (name, bytes)) in seeds.iter().enumerate() {
         let is_npy = name.ends_with(".npy");
         let mutators: &[(&str, Mutator)] = match engine::sniff(bytes) {
@@ -387,6 +389,14 @@ fn mutants_are_refused_or_run() {
             engine::FileKind::Native => &[("bytes", mutate_bytes), ("fields", mutate_native)],
             engine::FileKind::Onnx => &[("bytes", mutate_bytes), ("fields", mutate_onnx)],
         };
+        let format = if is_npy {
+            2
+        } else if engine::sniff(bytes) == engine::FileKind::Native {
+            0
+        } else {
+            1
+        };
+        per_format[format] += per_seed * mutators.len() as u64;
         for (m, (mname, mutate)) in mutators.iter().enumerate() {
             let mut rng = StdRng::seed_from_u64(campaign.wrapping_mul(1_000_003) ^ ((s as u64) << 8) ^ m as u64);
             for i in 0..per_seed {
@@ -400,7 +410,7 @@ fn mutants_are_refused_or_run() {
                 started.store(clock.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
                 let mut run_rng = StdRng::seed_from_u64(i);
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if is_npy { (exercise_npy(&mutant, scratch.path()), false) } else { (true, exercise_model(&mutant, &mut run_rng)) }
+                    if is_npy { (exercise_npy(&mutant, scratch.path()), false) } else { exercise_model(&mutant, &mut run_rng) }
                 }));
                 started.store(0, Ordering::Relaxed);
                 tried += 1;
@@ -420,8 +430,12 @@ fn mutants_are_refused_or_run() {
         }
     }
     let _ = std::panic::take_hook();
-    eprintln!("fuzz: {tried} mutants of {} seeds (campaign {campaign}): {ran} compiled and ran, {} panicked", seeds.len(), bad.len());
-    let _ = loaded;
+    let [native, onnx, npy] = per_format;
+    eprintln!(
+        "fuzz: {tried} mutants of {} seeds (campaign {campaign}; {native} native, {onnx} ONNX, {npy} .npy): {loaded} loaded, {ran} compiled and ran, {} panicked",
+        seeds.len(),
+        bad.len()
+    );
     assert!(bad.is_empty(), "{} mutants panicked; saved as\n{}", bad.len(), bad.join("\n"));
     assert!(ran > 0 || only.is_some(), "no mutant ran: the harness is not reaching the kernels");
 }

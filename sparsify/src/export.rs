@@ -53,13 +53,7 @@ pub fn to_graph(net: &Network) -> anyhow::Result<Graph> {
     let (input_shape, mut push) = match net.arch {
         Arch::Mlp { .. } => (vec![net.input_side * net.input_side], 0),
         Arch::Lenet5 => {
-            let win = |k: usize, stride: usize, pad: usize| Window {
-                kernel: [k, k],
-                stride: [stride, stride],
-                pads: [pad; 4],
-                dilation: [1, 1],
-                ceil_mode: false,
-            };
+            let win = Window::square;
             let conv = |i: usize, pad| Op::Conv {
                 weight: weight(i),
                 bias: p[i + 1].values.clone(),
@@ -75,13 +69,7 @@ pub fn to_graph(net: &Network) -> anyhow::Result<Graph> {
             (vec![1, net.input_side, net.input_side], 4)
         }
         Arch::Rescnn => {
-            let win = |k: usize, stride: usize, pad: usize| Window {
-                kernel: [k, k],
-                stride: [stride, stride],
-                pads: [pad; 4],
-                dilation: [1, 1],
-                ceil_mode: false,
-            };
+            let win = Window::square;
             let conv =
                 |i: usize| Op::Conv { weight: weight(i), bias: p[i + 1].values.clone(), window: win(3, 1, 1), act: Activation::None };
             // BatchNorm in inference form, a per-channel affine map that the engine folds into

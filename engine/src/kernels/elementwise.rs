@@ -309,15 +309,19 @@ mod tests {
                 let features: usize = shape.iter().product();
                 let mut want = vec![0.0; features * w];
                 let mut got = vec![0.0; features * w];
-                for f in 0..features {
-                    let mut rest = f;
-                    let (mut ia, mut ib) = (0, 0);
+                // Each output feature's operand features, from its index digit by digit.
+                let operands = |f: usize| {
+                    let (mut rest, mut ia, mut ib) = (f, 0, 0);
                     for d in (0..rank).rev() {
                         let i = rest % shape[d];
                         rest /= shape[d];
                         ia += i * sa_s[d];
                         ib += i * sb_s[d];
                     }
+                    (ia, ib)
+                };
+                for f in 0..features {
+                    let (ia, ib) = operands(f);
                     for s in 0..w {
                         want[f * w + s] = a[ia * w + s] - b[ib * w + s];
                     }
@@ -327,14 +331,7 @@ mod tests {
                 // A constant operand: one number per feature for every sample.
                 let c: Vec<f32> = (0..nb).map(|i| 3.0 + i as f32).collect();
                 for f in 0..features {
-                    let mut rest = f;
-                    let (mut ia, mut ib) = (0, 0);
-                    for d in (0..rank).rev() {
-                        let i = rest % shape[d];
-                        rest /= shape[d];
-                        ia += i * sa_s[d];
-                        ib += i * sb_s[d];
-                    }
+                    let (ia, ib) = operands(f);
                     for s in 0..w {
                         want[f * w + s] = c[ib] / a[ia * w + s];
                     }

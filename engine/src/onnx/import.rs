@@ -18,22 +18,28 @@ Erf, Gelu, Sqrt, Conv (grouped and depth-wise too), Concat, MaxPool, AveragePool
 BatchNormalization, Flatten, Reshape, Softmax, Identity, Dropout, Constant, QuantizeLinear and DequantizeLinear (on weights, biases and other constants, and as pairs on activations)";
 
 /// A constant tensor: dims and values (integers converted exactly to f32).
-struct Constant {
-    dims: Vec<usize>,
-    values: Vec<f32>,
-    data_type: i32,
+pub(super) struct Constant {
+    pub(super) dims: Vec<usize>,
+    pub(super) values: Vec<f32>,
+    pub(super) data_type: i32,
     /// For the output of DequantizeLinear on int8 values with zero point 0: the scales and the
     /// axis they run along (one scale: per tensor).
-    int8_scales: Option<(Vec<f32>, usize)>,
+    pub(super) int8_scales: Option<(Vec<f32>, usize)>,
+}
+
+impl Constant {
+    pub(super) fn floats(dims: Vec<usize>, values: Vec<f32>) -> Constant {
+        Constant { dims, values, data_type: data_type::FLOAT, int8_scales: None }
+    }
 }
 
 /// The output of QuantizeLinear (uint8) then DequantizeLinear on an activation: the activation it
 /// quantizes, the scale and the zero point.
 #[derive(Clone)]
-struct QuantizedActivation {
-    source: String,
-    scale: f32,
-    zero: u8,
+pub(super) struct QuantizedActivation {
+    pub(super) source: String,
+    pub(super) scale: f32,
+    pub(super) zero: u8,
 }
 
 /// Parses ONNX bytes; `path` names the file in errors. External data is refused (there is no
@@ -110,10 +116,10 @@ fn tensor_values(t: &TensorProto, folder: Option<&Path>) -> std::result::Result<
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     node.attribute.iter().find(|a| a.name == name)
 }
-fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
+pub(super) fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
     attr(node, name).map_or(default, |a| a.i)
 }
-fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
+pub(super) fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
     attr(node, name).map_or(default, |a| a.f)
 }
 /// A list of non-negative integers; a negative one is an error naming the attribute.
@@ -126,13 +132,14 @@ fn attr_ints(node: &NodeProto, name: &str) -> Result<Option<Vec<usize>>> {
         .map(Some)
 }
 
-struct Importer {
-    constants: HashMap<String, Constant>,
-    aliases: HashMap<String, String>,
-    nodes: Vec<Node>,
-    /// Outputs of QuantizeLinear on activations, and of the DequantizeLinear that follows.
-    quantized: HashMap<String, QuantizedActivation>,
-    dequantized: HashMap<String, QuantizedActivation>,
+pub(super) struct Importer {
+    pub(super) constants: HashMap<String, Constant>,
+    pub(super) aliases: HashMap<String, String>,
+    pub(super) nodes: Vec<Node>,
+    /// Quantized activations (QuantizeLinear's and the QLinear operators' outputs, codes in the
+    /// file), each with the value of its codes, and the DequantizeLinear outputs that read them.
+    pub(super) quantized: HashMap<String, QuantizedActivation>,
+    pub(super) dequantized: HashMap<String, QuantizedActivation>,
     /// The input's batch dimension where the file fixes it (PyTorch's exporter without dynamic
     /// axes writes 1), so that a Reshape to `[1, features]` is a flatten.
     static_batch: Option<i64>,
@@ -142,7 +149,7 @@ struct Importer {
 }
 
 impl Importer {
-    fn resolve(&self, name: &str) -> String {
+    pub(super) fn resolve(&self, name: &str) -> String {
         let mut n = name;
         while let Some(next) = self.aliases.get(n) {
             n = next;
@@ -152,7 +159,7 @@ impl Importer {
 
     /// Input `i` of `node`, which must be a constant (an initializer, a `Constant` node, or either
     /// through Identity).
-    fn constant(&self, node: &NodeProto, i: usize) -> Result<&Constant> {
+    pub(super) fn constant(&self, node: &NodeProto, i: usize) -> Result<&Constant> {
         let name = node.input.get(i).ok_or_else(|| EngineError::graph(node_name(node), format!("missing input {i}")))?;
         self.constants
             .get(&self.resolve(name))
@@ -163,12 +170,20 @@ impl Importer {
         self.nodes.push(Node { name: node_name(node), op, inputs, output: node.output[0].clone() });
     }
 
-    fn node(&mut self, node: &NodeProto) -> Result<()> {
+    pub(super) fn node(&mut self, node: &NodeProto) -> Result<()> {
         let name = node_name(node);
         if node.output.is_empty() {
             return Err(EngineError::graph(&name, "has no output"));
         }
         let x = node.input.first().map(|i| self.resolve(i)).unwrap_or_default();
+        if super::qoperator::handles(&node.op_type) {
+            return self.qoperator(node);
+        }
+        if matches!(node.op_type.as_str(), "MaxPool" | "Flatten" | "Reshape")
+            && let Some(q) = self.quantized.get(&x).cloned()
+        {
+            return self.on_codes(node, q);
+        }
         match node.op_type.as_str() {
             "Identity" | "Dropout" => {
                 self.aliases.insert(node.output[0].clone(), x);
@@ -341,7 +356,12 @@ impl Importer {
         if attr_i(node, "saturate", 1) != 1 || attr(node, "output_dtype").is_some() {
             return Err(EngineError::graph(name, "QuantizeLinear is supported with its default saturate and output type"));
         }
-        self.quantized.insert(node.output[0].clone(), QuantizedActivation { source: x, scale, zero });
+        // The codes' value, rounded and clamped as QuantizeLinear does (a quantizer drops the
+        // ReLU a zero point of 0 makes redundant); it disappears where only int8 layers that
+        // quantize their input alike read it (`passes`).
+        let value = format!("{}:dequantized", node.output[0]);
+        self.nodes.push(Node { name: name.to_string(), op: Op::QuantDequant { scale, zero }, inputs: vec![x], output: value.clone() });
+        self.quantized.insert(node.output[0].clone(), QuantizedActivation { source: value, scale, zero });
         Ok(())
     }
 
@@ -352,21 +372,26 @@ impl Importer {
             if scale != q.scale || activation_zero(zero, name)? != q.zero {
                 return Err(EngineError::graph(name, "DequantizeLinear must use the scale and zero point of the QuantizeLinear before it"));
             }
-            // The pair rounds and clamps (a quantizer drops the ReLU a zero point of 0 makes
-            // redundant): it runs as written, and disappears where only int8 layers that
-            // quantize their input alike read it (`passes`).
-            self.push(node, Op::QuantDequant { scale: q.scale, zero: q.zero }, vec![q.source.clone()]);
+            self.aliases.insert(out.clone(), q.source.clone());
             self.dequantized.insert(out, q);
             return Ok(());
         }
-        let c = self.constant(node, 0)?;
-        let scale = self.constant(node, 1)?;
-        let zero = if node.input.get(2).is_some_and(|z| !z.is_empty()) { Some(self.constant(node, 2)?) } else { None };
+        let dequantized = self.dequantize(node, [0, 1, 2], attr_i(node, "axis", 1), name)?;
+        self.constants.insert(out, dequantized);
+        Ok(())
+    }
+
+    /// The constant at input `at[0]` dequantized with the scales at `at[1]` and zero points at
+    /// `at[2]` (optional) along `axis`; int8 values with zero points of 0 keep their scales, so
+    /// the layer that reads them can run in int8.
+    pub(super) fn dequantize(&self, node: &NodeProto, at: [usize; 3], axis: i64, name: &str) -> Result<Constant> {
+        let c = self.constant(node, at[0])?;
+        let scale = self.constant(node, at[1])?;
+        let zero = if node.input.get(at[2]).is_some_and(|z| !z.is_empty()) { Some(self.constant(node, at[2])?) } else { None };
         if scale.values.is_empty() || zero.is_some_and(|z| z.values.is_empty()) {
-            return Err(EngineError::graph(name, "DequantizeLinear needs at least one scale and zero point"));
+            return Err(EngineError::graph(name, "dequantization needs at least one scale and zero point"));
         }
         let rank = c.dims.len();
-        let axis = attr_i(node, "axis", 1);
         let axis = if axis < 0 { axis + rank as i64 } else { axis };
         let per_axis = scale.values.len() > 1;
         if per_axis && (axis < 0 || axis as usize >= rank || c.dims[axis as usize] != scale.values.len()) {
@@ -382,14 +407,12 @@ impl Importer {
         let zero_of = |i: usize| if zeros.len() == 1 { zeros[0] } else { zeros[along(i)] };
         let values = c.values.iter().enumerate().map(|(i, v)| (v - zero_of(i)) * scale.values[along(i)]).collect();
         let int8_weight = c.data_type == data_type::INT8 && zeros.iter().all(|&z| z == 0.0);
-        let dequantized = Constant {
+        Ok(Constant {
             dims: c.dims.clone(),
             values,
             data_type: data_type::FLOAT,
             int8_scales: int8_weight.then(|| (scale.values.clone(), axis)),
-        };
-        self.constants.insert(out, dequantized);
-        Ok(())
+        })
     }
 
     fn add(&mut self, node: &NodeProto, name: &str) -> Result<()> {
@@ -464,7 +487,7 @@ impl Importer {
         Ok(())
     }
 
-    fn conv(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+    pub(super) fn conv(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         let groups = usize::try_from(attr_i(node, "group", 1)).ok().filter(|&g| g > 0);
         let groups = groups.ok_or_else(|| EngineError::graph(name, "group must be at least 1"))?;
         let w = self.constant(node, 1)?;
@@ -492,7 +515,7 @@ impl Importer {
 
 /// An activation's zero point as a uint8 code: uint8 as is, int8 shifted by 128 (the codes shift
 /// alike, so the dequantized values are the same); none is 0 (uint8).
-fn activation_zero(zero: Option<&Constant>, name: &str) -> Result<u8> {
+pub(super) fn activation_zero(zero: Option<&Constant>, name: &str) -> Result<u8> {
     match zero {
         None => Ok(0),
         Some(z) if z.values.len() != 1 => Err(EngineError::graph(name, "activations need one zero point (per tensor)")),
@@ -516,7 +539,7 @@ fn constant_node(node: &NodeProto) -> std::result::Result<Constant, String> {
     }
 }
 
-fn node_name(node: &NodeProto) -> String {
+pub(super) fn node_name(node: &NodeProto) -> String {
     if node.name.is_empty() {
         format!("{}:{}", node.op_type, node.output.first().map(String::as_str).unwrap_or("?"))
     } else {

@@ -4,4 +4,5 @@
 pub mod export;
 pub mod import;
 pub mod proto;
+mod qoperator;
 pub mod tensor;
