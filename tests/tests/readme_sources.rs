@@ -1,0 +1,78 @@
+//! Every number in the README's tables comes from a committed result: all the decimals of a
+//! table row must be, after rounding to their printed digits (or as percentages of fractions),
+//! numbers of one file under `results/` (the reports and CSVs the scripts write). A figure typed
+//! by hand, or left behind by a re-run, fails here.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+/// The decimals (`12.5`, `0.034`) in `text`, as written.
+fn decimals(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_digit() && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'.')) {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit() {
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                out.push(&text[start..i]);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn result_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            result_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "md" || x == "csv") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn readme_table_numbers_come_from_committed_results() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    result_files(&repo.join("results"), &mut files);
+    // Each file's numbers, printed with 0 to 4 decimals, and as percentages.
+    let known: Vec<HashSet<String>> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            let mut set = HashSet::new();
+            for d in decimals(&text) {
+                let x: f64 = d.parse().unwrap();
+                for digits in 0..5 {
+                    set.insert(format!("{x:.digits$}"));
+                    set.insert(format!("{:.digits$}", x * 100.0));
+                }
+            }
+            set
+        })
+        .collect();
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let mut rows = 0;
+    let mut unsourced = Vec::new();
+    for line in readme.lines().filter(|l| l.starts_with("| ") && !l.starts_with("|---")) {
+        rows += 1;
+        let numbers = decimals(line);
+        if !numbers.is_empty() && !known.iter().any(|set| numbers.iter().all(|d| set.contains(*d))) {
+            unsourced.push(format!("`{}` ({})", &line[..line.len().min(90)], numbers.join(" ")));
+        }
+    }
+    assert!(rows >= 30, "the README's tables were not found ({rows} rows)");
+    assert!(unsourced.is_empty(), "README numbers with no committed result behind them:\n{}", unsourced.join("\n"));
+}
