@@ -15,12 +15,13 @@ per_channel = per_channel == "1"
 model = onnx.load(src)
 inp = model.graph.input[0]
 shape = [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
+batch = inp.type.tensor_type.shape.dim[0].dim_value or 4  # a file with a fixed batch gets that
 
 
 class Reader(CalibrationDataReader):
     def __init__(self):
         rng = np.random.default_rng(seed)
-        self.batches = iter([{inp.name: rng.uniform(-1, 1, [4] + shape).astype(np.float32)} for _ in range(4)])
+        self.batches = iter([{inp.name: rng.uniform(-1, 1, [batch] + shape).astype(np.float32)} for _ in range(4)])
 
     def get_next(self):
         return next(self.batches, None)
