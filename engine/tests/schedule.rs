@@ -11,7 +11,13 @@ use engine::schedule::Schedule;
 
 #[test]
 fn depthwise_matches_layerwise() {
-    let graphs = [("mlp", mlp(21, 0.9)), ("cnn", cnn(22, 0.8)), ("lenet5", lenet(23, 0.9)), ("lenet5-int8", quantized(lenet(24, 0.9)))];
+    let graphs = [
+        ("mlp", mlp(21, 0.9)),
+        ("cnn", cnn(22, 0.8)),
+        ("lenet5", lenet(23, 0.9)),
+        ("lenet5-int8", quantized(lenet(24, 0.9))),
+        ("mobile", mobile(25, 0.8)),
+    ];
     for (name, graph) in graphs {
         let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
         for batch in [1, 3, 17, 64, 100, 130] {
@@ -59,9 +65,9 @@ fn planner_groups_layers_that_fit_and_splits_those_that_do_not() {
 #[test]
 fn row_bands_match_layerwise() {
     // Budgets too small for whole images make the planner cut columns of convolutions, pools,
-    // batch norms, ReLUs and the residual add into row bands (at batch 1 on 2 threads, each
+    // batch norms, ReLUs, element-wise functions and the residual add into row bands (at batch 1 on 2 threads, each
     // thread runs a part of the bands on a chunk of its own).
-    let graphs = [("cnn", cnn(31, 0.8)), ("cnn-int8", quantized(cnn(32, 0.8))), ("lenet5", lenet(33, 0.9))];
+    let graphs = [("cnn", cnn(31, 0.8)), ("cnn-int8", quantized(cnn(32, 0.8))), ("lenet5", lenet(33, 0.9)), ("mobile", mobile(38, 0.8))];
     for (name, graph) in graphs {
         let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
         let mut banded = 0;
