@@ -54,13 +54,8 @@ pub fn git_revision() -> String {
     env!("SPARSIFY_GIT_REVISION").to_string()
 }
 
-/// The CPU's model name from /proc/cpuinfo.
-pub fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| "unknown".into())
-}
+/// The CPU's model name (the engine's reading of /proc/cpuinfo).
+pub use engine::fsutil::cpu_name;
 
 /// Refuses to train into a folder that holds something other than a run (`--out /` would write
 /// beside the user's files), unless `force`: a missing or empty folder, or one with `run.json`

@@ -338,21 +338,22 @@ impl Importer {
     }
 
     /// A scalar scale and zero point (inputs 1 and 2 of a QuantizeLinear or DequantizeLinear).
-    fn scalar_qparams(&self, node: &NodeProto, name: &str) -> Result<(f32, Option<&Constant>)> {
-        let scale = self.constant(node, 1)?;
+    /// An activation's scalar scale and uint8 (or shifted int8) zero point, at inputs `i` and
+    /// `i + 1` of `node` (QuantizeLinear, DequantizeLinear and the QLinear operators).
+    pub(super) fn activation_qparams(&self, node: &NodeProto, i: usize, name: &str) -> Result<(f32, u8)> {
+        let scale = self.constant(node, i)?;
         if scale.values.len() != 1 || !(scale.values[0] > 0.0 && scale.values[0].is_finite()) {
             return Err(EngineError::graph(name, "activation quantization needs one positive scale (per tensor)"));
         }
-        let zero = if node.input.get(2).is_some_and(|z| !z.is_empty()) { Some(self.constant(node, 2)?) } else { None };
-        Ok((scale.values[0], zero))
+        let zero = if node.input.get(i + 1).is_some_and(|z| !z.is_empty()) { Some(self.constant(node, i + 1)?) } else { None };
+        Ok((scale.values[0], activation_zero(zero, name)?))
     }
 
     fn quantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         if self.constants.contains_key(&x) {
             return Err(EngineError::graph(name, "QuantizeLinear of a constant is not supported; store the weights as int8"));
         }
-        let (scale, zero) = self.scalar_qparams(node, name)?;
-        let zero = activation_zero(zero, name)?;
+        let (scale, zero) = self.activation_qparams(node, 1, name)?;
         if attr_i(node, "saturate", 1) != 1 || attr(node, "output_dtype").is_some() {
             return Err(EngineError::graph(name, "QuantizeLinear is supported with its default saturate and output type"));
         }
@@ -368,8 +369,8 @@ impl Importer {
     fn dequantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         let out = node.output[0].clone();
         if let Some(q) = self.quantized.get(&x).cloned() {
-            let (scale, zero) = self.scalar_qparams(node, name)?;
-            if scale != q.scale || activation_zero(zero, name)? != q.zero {
+            let (scale, zero) = self.activation_qparams(node, 1, name)?;
+            if scale != q.scale || zero != q.zero {
                 return Err(EngineError::graph(name, "DequantizeLinear must use the scale and zero point of the QuantizeLinear before it"));
             }
             self.aliases.insert(out.clone(), q.source.clone());

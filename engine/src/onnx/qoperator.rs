@@ -7,7 +7,7 @@
 //! `QuantDequant` with the output's scale and zero point: the same graph as the QDQ form.
 //! Dynamic quantization (scales computed from each input) is refused.
 
-use super::import::{Importer, QuantizedActivation, activation_zero, attr_i, node_name};
+use super::import::{Importer, QuantizedActivation, attr_i, node_name};
 use super::proto::NodeProto;
 use crate::error::{EngineError, Result};
 use crate::graph::{Activation, Node, Op, Unary};
@@ -43,7 +43,7 @@ impl Importer {
                 format!("input '{raw}' must be a quantized activation (the output of QuantizeLinear or a QLinear operator)"),
             )
         })?;
-        let (scale, zero) = self.qparams_at(node, i + 1, name)?;
+        let (scale, zero) = self.activation_qparams(node, i + 1, name)?;
         if scale != q.scale || zero != q.zero {
             return Err(EngineError::graph(
                 name,
@@ -53,20 +53,10 @@ impl Importer {
         Ok(q)
     }
 
-    /// A scalar scale and uint8/int8 zero point at inputs `i` and `i + 1` of `node`.
-    fn qparams_at(&self, node: &NodeProto, i: usize, name: &str) -> Result<(f32, u8)> {
-        let scale = self.constant(node, i)?;
-        if scale.values.len() != 1 || !(scale.values[0] > 0.0 && scale.values[0].is_finite()) {
-            return Err(EngineError::graph(name, "activation quantization needs one positive scale (per tensor)"));
-        }
-        let zero = if node.input.get(i + 1).is_some_and(|z| !z.is_empty()) { Some(self.constant(node, i + 1)?) } else { None };
-        Ok((scale.values[0], activation_zero(zero, name)?))
-    }
-
     /// Quantizes the fp32 value `value` with the scale and zero point at inputs `i`, `i + 1` into
     /// the node's output (a `QuantDequant`, recorded as a quantized activation).
     fn quantized_output(&mut self, node: &NodeProto, value: String, i: usize, name: &str) -> Result<()> {
-        let (scale, zero) = self.qparams_at(node, i, name)?;
+        let (scale, zero) = self.activation_qparams(node, i, name)?;
         let out = node.output[0].clone();
         let codes = format!("{out}:dequantized");
         self.nodes.push(Node { name: name.to_string(), op: Op::QuantDequant { scale, zero }, inputs: vec![value], output: codes.clone() });
