@@ -92,6 +92,11 @@ pub struct Window {
 }
 
 impl Window {
+    /// A 1x1 window at stride 1 without padding: each output pixel reads the same input pixel.
+    pub fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.pads == [0; 4]
+    }
+
     /// Output height and width for an input of `h x w`, or an error if a field is out of range or
     /// the window does not fit. Every field is at most `MAX_WINDOW` and `h`, `w` at most `MAX_DIM`,
     /// so nothing here or in the kernels that walk the window can overflow.

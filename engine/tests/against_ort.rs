@@ -74,6 +74,14 @@ fn pruned_cnn_matches_onnx_runtime() {
     check_graph("cnn_s80", cnn(4, 0.8));
 }
 
+/// ResNet-50's bottleneck blocks at reduced width: pointwise convolutions, stride-2 projections,
+/// residual adds, dense and 90% pruned.
+#[test]
+fn bottleneck_resnet_matches_onnx_runtime() {
+    check_graph("bottleneck_dense", bottleneck(15, 0.0));
+    check_graph("bottleneck_s90", bottleneck(16, 0.9));
+}
+
 /// MobileNet / EfficientNet operators: depth-wise and grouped convolutions, ReLU6, SiLU,
 /// squeeze-and-excitation, HardSwish, Concat, broadcast constants, GELU and friends.
 #[test]

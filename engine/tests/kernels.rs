@@ -30,6 +30,11 @@ fn matrix(rows: usize, cols: usize, sparsity: f64, rng: &mut StdRng) -> Vec<f32>
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        // NaN marks an element the kernel must leave alone (a gap between strided rows).
+        if w.is_nan() {
+            assert!(g.is_nan(), "{what}: element {i} was written");
+            continue;
+        }
         let tol = 1e-5 * (1.0 + w.abs()) * 8.0;
         assert!((g - w).abs() <= tol, "{what}: element {i}: got {g}, want {w}");
     }
@@ -182,6 +187,67 @@ fn dense_matches_the_scalar_twin_and_sparse() {
             let mut got = vec![f32::NAN; rows * w];
             dense::dense(isa, &wt, rows, cols, &bias, &x, w, &mut got, true, 1);
             assert_close(&got, &want, &format!("dense {} {rows}x{cols} w={w}", isa.name()));
+        }
+    }
+}
+
+/// `[rows, w]` packed values placed `ld` apart in a buffer of NaNs (with `pad` more at the end).
+fn spread(packed: &[f32], rows: usize, w: usize, ld: usize, pad: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; rows.saturating_sub(1) * ld + w * usize::from(rows > 0) + pad];
+    for r in 0..rows {
+        out[r * ld..r * ld + w].copy_from_slice(&packed[r * w..(r + 1) * w]);
+    }
+    out
+}
+
+#[test]
+fn strided_dense_and_sparse_match_the_packed_twins() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for (rows, cols, w, s) in cases().into_iter().step_by(5).filter(|c| c.2 >= 2) {
+        let wt = matrix(rows, cols, s, &mut rng);
+        let m = Csr::from_dense(&wt, rows, cols);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let mut want = vec![0.0; rows * w];
+        dense::dense_ref(&wt, rows, cols, &bias, &x, w, &mut want, true);
+        // Rows 3 and 40 values apart beyond the width, as a band of rows inside whole images.
+        for extra in [0, 3, 40] {
+            let ld = spmm::Ld { x: w + extra, y: w + 2 * extra };
+            let xs = spread(&x, cols, w, ld.x, 0);
+            for isa in variants() {
+                let mut got = spread(&vec![0.0; rows * w], rows, w, ld.y, 0);
+                spmm::spmm_strided(isa, &m, &bias, &xs, w, &mut got, 0..rows, true, ld);
+                let label = format!("{} {rows}x{cols} w={w} s={s} ld={ld:?}", isa.name());
+                assert_close(&got, &spread(&want, rows, w, ld.y, 0), &format!("strided spmm {label}"));
+                let mut got = spread(&vec![0.0; rows * w], rows, w, ld.y, 0);
+                dense::dense_strided(isa, &wt, rows, cols, &bias, &xs, w, &mut got, true, ld);
+                assert_close(&got, &spread(&want, rows, w, ld.y, 0), &format!("strided dense {label}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_by_columns_matches_the_scalar_twin() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let team = engine::team::Team::new(3).expect("a thread team");
+    // Column counts below, at and past whole vectors per part; rows 1 (a single channel) to 64.
+    for (rows, cols, w) in [(1, 5, 1), (3, 7, 17), (64, 27, 100), (16, 147, 513), (5, 1, 48)] {
+        let wt = matrix(rows, cols, 0.0, &mut rng);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let mut want = vec![0.0; rows * w];
+        dense::dense_ref(&wt, rows, cols, &bias, &x, w, &mut want, true);
+        for isa in variants() {
+            for parts in [1, 2, 3, 7] {
+                let mut got = vec![f32::NAN; rows * w];
+                // The team runs one part per member; 7 parts run in turn on this thread.
+                dense::dense_by_columns(isa, &wt, rows, cols, &bias, &x, w, &mut got, true, parts, |job| match parts {
+                    7 => (0..parts).for_each(job),
+                    _ => team.run_some(parts, job),
+                });
+                assert_close(&got, &want, &format!("dense by columns {} {rows}x{cols} w={w} parts={parts}", isa.name()));
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ fn depthwise_matches_layerwise() {
         ("lenet5", lenet(23, 0.9)),
         ("lenet5-int8", quantized(lenet(24, 0.9))),
         ("mobile", mobile(25, 0.8)),
+        ("bottleneck", bottleneck(26, 0.9)),
     ];
     for (name, graph) in graphs {
         let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
@@ -68,8 +69,11 @@ fn row_bands_match_layerwise() {
     // batch norms, ReLUs, element-wise functions and the residual add into row bands (at batch 1 on 2 threads, each
     // thread runs a part of the bands on a chunk of its own).
     let graphs = [("cnn", cnn(31, 0.8)), ("cnn-int8", quantized(cnn(32, 0.8))), ("lenet5", lenet(33, 0.9)), ("mobile", mobile(38, 0.8))];
-    for (name, graph) in graphs {
-        let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+    // ResNet-50's bottleneck blocks, their pointwise convolutions on dense and on sparse kernels.
+    let bottlenecks = [("bottleneck-dense", bottleneck(39, 0.9), KernelPolicy::Dense), ("bottleneck-sparse", bottleneck(40, 0.9), KernelPolicy::Sparse)];
+    let graphs = graphs.into_iter().map(|(name, graph)| (name, graph, KernelPolicy::Auto)).chain(bottlenecks);
+    for (name, graph, policy) in graphs {
+        let model = compile::compile(graph.clone(), Options::new(policy).unwrap()).unwrap();
         let mut banded = 0;
         for batch in [1, 3, 17, 64] {
             let input = random_input(batch as u64, batch, &graph.input_shape);

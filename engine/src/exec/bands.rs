@@ -128,6 +128,15 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             let (xs, y) = regions(values, &ins, range(layer.output));
             return conv_direct(isa, m, &g, xs[0], y, rows, team);
         }
+        if g.window.is_pointwise() {
+            // The band's rows of each channel, read and written in place (planes apart).
+            let (xs, y) = regions(values, &ins, range(layer.output));
+            let (plane, at) = (height * row_len, rows.start * row_len);
+            let ld = spmm::Ld { x: plane, y: plane };
+            if matmul_strided(isa, m, &xs[0][at..], band_cols, &mut y[at..], ld, team) {
+                return;
+            }
+        }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         if uses_int8_direct(m) {
             // Banded columns hold no codes (`code_values`).

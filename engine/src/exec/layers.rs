@@ -79,6 +79,11 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
             if !splits(m, w, threads) {
                 return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, 1);
             }
+            if w >= m.rows {
+                // Few rows, many columns (im2col of a large image): each thread a range of columns.
+                let parts = team.threads();
+                return dense::dense_by_columns(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, parts, |job| team.run(job));
+            }
             // Slabs of rows, a multiple of 16 each, one GEMM per slab.
             let slab = m.rows.div_ceil(threads * 2).next_multiple_of(16);
             let k = m.cols;
@@ -116,6 +121,60 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
             team.for_each(row_parts(&csr.row_ptr, threads, y, w), |(r, y)| run(r, y));
         }
     }
+}
+
+/// `matmul` on rows that lie `ld.x` apart in `x` and `ld.y` apart in `y` (a pointwise
+/// convolution on a band of rows, read and written in place in whole images). Returns false,
+/// doing nothing, where the layer's kernel has no strided form (blocked or int8 weights, a single
+/// column): the caller packs the band then.
+pub(super) fn matmul_strided(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spmm::Ld, team: &Team) -> bool {
+    if w < 2 || m.int8.is_some() {
+        return false;
+    }
+    let threads = team.threads();
+    let split = splits(m, w, threads);
+    match m.kernel(false) {
+        Kernel::Dense => {
+            let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
+            let (rows, k) = (m.rows, m.cols);
+            if !split {
+                dense::dense_strided(isa, wt, rows, k, &m.bias, x, w, y, m.relu, ld);
+                return true;
+            }
+            let slab = rows.div_ceil(threads * 2).next_multiple_of(16);
+            let ranges: Vec<Range<usize>> = (0..rows).step_by(slab).map(|r| r..(r + slab).min(rows)).collect();
+            let parts: Vec<_> = ranges.iter().cloned().zip(strided_row_parts(&ranges, y, ld.y)).collect();
+            team.for_each(parts, |(r, y)| {
+                dense::dense_strided(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r.clone()], x, w, y, m.relu, ld)
+            });
+        }
+        Kernel::Sparse | Kernel::Direct => {
+            let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
+            if !split {
+                spmm::spmm_strided(isa, csr, &m.bias, x, w, y, 0..m.rows, m.relu, ld);
+                return true;
+            }
+            let ranges = balanced_ranges(&csr.row_ptr, threads * 4);
+            let parts: Vec<_> = ranges.iter().cloned().zip(strided_row_parts(&ranges, y, ld.y)).collect();
+            team.for_each(parts, |(r, y)| spmm::spmm_strided(isa, csr, &m.bias, x, w, y, r, m.relu, ld));
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// `y` cut at the starts of consecutive row ranges whose rows lie `ld` apart (the last part
+/// keeps the rest).
+fn strided_row_parts<'y>(ranges: &[Range<usize>], y: &'y mut [f32], ld: usize) -> Vec<&'y mut [f32]> {
+    let mut parts = Vec::with_capacity(ranges.len());
+    let mut rest = y;
+    for (i, r) in ranges.iter().enumerate() {
+        let take = if i + 1 == ranges.len() { rest.len() } else { (r.len() * ld).min(rest.len()) };
+        let (head, tail) = rest.split_at_mut(take);
+        parts.push(head);
+        rest = tail;
+    }
+    parts
 }
 
 pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {

@@ -484,6 +484,11 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
             let (xs, y) = regions(before, &ins, out_range);
             return conv_direct(isa, m, &Geometry { w, ..g }, xs[0], y, 0..g.out_hw[0], team);
         }
+        if g.window.is_pointwise() {
+            // The image is its own im2col: `[channels, positions * w]`.
+            let (xs, y) = regions(before, &ins, out_range);
+            return matmul(isa, m, xs[0], positions * w, y, team);
+        }
         let scratch = &mut rest[..m.cols * positions * w];
         window::im2col(&Geometry { w, ..g }, &before[ins[0].clone()], scratch);
         matmul(isa, m, scratch, positions * w, &mut before[out_range], team);

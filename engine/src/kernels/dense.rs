@@ -7,6 +7,7 @@
 //! `wt` is `[rows, cols]` row-major, `x` is `[cols, w]`, `y` is `[rows, w]`.
 
 use super::Isa;
+use super::spmm::Ld;
 
 fn check(wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], w: usize, y: &[f32]) {
     assert!(wt.len() == rows * cols && bias.len() == rows, "weight or bias size");
@@ -78,6 +79,142 @@ pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[
     }
     if relu {
         y[..rows * w].iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+/// `dense` on `w` (more than one) columns of rows that lie `ld.x` apart in `x` and `ld.y` apart
+/// in `y` (see `spmm::Ld`), on the calling thread.
+pub fn dense_strided(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], relu: bool, ld: Ld) {
+    let span = |n: usize, ld: usize| if n == 0 { 0 } else { (n - 1) * ld + w };
+    assert!(wt.len() == rows * cols && bias.len() == rows && ld.x >= w && ld.y >= w, "weight, bias or leading dimension");
+    assert!(x.len() >= span(cols, ld.x) && y.len() >= span(rows, ld.y), "input or output tile size");
+    for (r, b) in bias.iter().enumerate() {
+        y[r * ld.y..r * ld.y + w].fill(*b);
+    }
+    if isa == Isa::Scalar || w == 1 {
+        for r in 0..rows {
+            for s in 0..w {
+                y[r * ld.y + s] += (0..cols).map(|c| wt[r * cols + c] * x[c * ld.x + s]).sum::<f32>();
+            }
+        }
+    } else if cols > 0 && rows > 0 {
+        // SAFETY: dst is rows x w with row stride ld.y, rhs cols x w with row stride ld.x, lhs rows x
+        // cols; the spans were checked above and `x` and `y` are distinct slices.
+        unsafe {
+            gemm::gemm(
+                rows,
+                w,
+                cols,
+                y.as_mut_ptr(),
+                1,
+                ld.y as isize,
+                true,
+                wt.as_ptr(),
+                1,
+                cols as isize,
+                x.as_ptr(),
+                1,
+                ld.x as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+    if relu {
+        for r in 0..rows {
+            y[r * ld.y..r * ld.y + w].iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+/// `dense` with the tile's columns cut into `parts` ranges (whole vectors each), `run` calling
+/// the job for every part index `0..parts`, typically on a thread team. For layers with few rows
+/// and many columns (a convolution's im2col at batch 1: 64 rows, 12544 columns for ResNet's
+/// stem), where slabs of rows would leave each GEMM too few rows to run at speed.
+pub fn dense_by_columns(
+    isa: Isa,
+    wt: &[f32],
+    rows: usize,
+    cols: usize,
+    bias: &[f32],
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    relu: bool,
+    parts: usize,
+    run: impl FnOnce(&(dyn Fn(usize) + Sync)),
+) {
+    check(wt, rows, cols, bias, x, w, y);
+    let per_part = w.div_ceil(parts.max(1)).next_multiple_of(16);
+    let out = SharedOutput(y.as_mut_ptr());
+    let job = |p: usize| {
+        let span = (p * per_part).min(w)..((p + 1) * per_part).min(w);
+        if span.is_empty() {
+            return;
+        }
+        for (r, b) in bias.iter().enumerate() {
+            // SAFETY: row r's columns `span` lie inside `y` (rows x w, checked above), and each part
+            // touches only its own columns, so no two jobs write the same element.
+            unsafe { std::slice::from_raw_parts_mut(out.at(r * w + span.start), span.len()) }.fill(*b);
+        }
+        if isa != Isa::Scalar && cols > 0 && rows > 0 {
+            // SAFETY: as in `dense`, on the column range `span` of dst and rhs (row stride w).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    span.len(),
+                    cols,
+                    out.at(span.start),
+                    1,
+                    w as isize,
+                    true,
+                    wt.as_ptr(),
+                    1,
+                    cols as isize,
+                    x.as_ptr().add(span.start),
+                    1,
+                    w as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        for r in 0..rows {
+            // SAFETY: as above.
+            let y = unsafe { std::slice::from_raw_parts_mut(out.at(r * w + span.start), span.len()) };
+            if isa == Isa::Scalar {
+                for (s, v) in span.clone().zip(y.iter_mut()) {
+                    *v += (0..cols).map(|c| wt[r * cols + c] * x[c * w + s]).sum::<f32>();
+                }
+            }
+            if relu {
+                y.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        }
+    };
+    run(&job);
+}
+
+/// The output pointer the column parts of `dense_by_columns` share; each writes its own columns.
+struct SharedOutput(*mut f32);
+
+// SAFETY: the jobs sharing it write disjoint elements (see `dense_by_columns`).
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// # Safety
+    /// `offset` must lie inside the output.
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `offset` inside the output.
+        unsafe { self.0.add(offset) }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Sparse (CSR) weights times a tile of activations: `f32-spmm-64x1` in XNNPACK's terms.
 //!
 //! For each output row `r` of `rows`, and every sample column `s < w`:
-//! `y[(r - rows.start) * w + s] = act(bias[r] + sum_j val[j] * x[col[j] * w + s])`.
+//! `y[(r - rows.start) * w + s] = act(bias[r] + sum_j val[j] * x[col[j] * w + s])` (row strides other
+//! than `w`: `spmm_strided`).
 //! `x` is `[cols, w]` feature-major, `y` holds the rows of `rows` as `[rows.len(), w]`.
 //! The vector variants keep a 64-column (AVX-512) or 32-column (AVX2) strip of one output row
 //! in registers while streaming that row's non-zeros, so each weight is loaded once per strip.
@@ -11,11 +12,33 @@ use std::ops::Range;
 use super::Isa;
 use super::csr::Csr;
 
+/// Leading dimensions: input row `c` starts at `c * x` in `x`, output row `i` at `i * y` in `y`.
+/// Both are `w` for a packed tile; larger for rows of a band inside whole images (a pointwise
+/// convolution reading and writing the band's rows in place, see `spmm_strided`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ld {
+    pub x: usize,
+    pub y: usize,
+}
+
+impl Ld {
+    /// A packed `[_, w]` tile in and out.
+    pub fn packed(w: usize) -> Ld {
+        Ld { x: w, y: w }
+    }
+}
+
+/// Elements a `[rows, w]` matrix with leading dimension `ld` spans.
+fn span(rows: usize, w: usize, ld: usize) -> usize {
+    if rows == 0 { 0 } else { (rows - 1) * ld + w }
+}
+
 /// Checks the sizes every variant relies on.
-fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>) {
+fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, ld: Ld) {
     assert!(rows.end <= m.rows && bias.len() == m.rows, "row range or bias does not fit the matrix");
-    assert!(x.len() >= m.cols * w, "input tile too small: {} < {} x {w}", x.len(), m.cols);
-    assert!(y.len() >= rows.len() * w, "output tile too small");
+    assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
+    assert!(x.len() >= span(m.cols, w, ld.x), "input tile too small: {} < {} x {w}", x.len(), m.cols);
+    assert!(y.len() >= span(rows.len(), w, ld.y), "output tile too small");
 }
 
 /// The scalar twin: the definition, written plainly.
@@ -25,14 +48,19 @@ pub fn spmm_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows:
 
 /// Scalar twin of `spmm_acc`: with `accumulate`, sums start from `y` instead of the bias.
 pub fn spmm_acc_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
-    check(m, bias, x, w, y, &rows);
+    spmm_strided_ref(m, bias, x, w, y, rows, relu, accumulate, Ld::packed(w))
+}
+
+/// Scalar twin of `spmm_strided` (with `accumulate` as in `spmm_acc`).
+pub fn spmm_strided_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
+    check(m, bias, x, w, y, &rows, ld);
     for (i, r) in rows.enumerate() {
         for s in 0..w {
-            let mut acc = if accumulate { y[i * w + s] } else { bias[r] };
+            let mut acc = if accumulate { y[i * ld.y + s] } else { bias[r] };
             for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
-                acc += m.val[j] * x[m.col[j] as usize * w + s];
+                acc += m.val[j] * x[m.col[j] as usize * ld.x + s];
             }
-            y[i * w + s] = if relu { acc.max(0.0) } else { acc };
+            y[i * ld.y + s] = if relu { acc.max(0.0) } else { acc };
         }
     }
 }
@@ -45,15 +73,24 @@ pub fn spmm(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32],
 /// `spmm`, or with `accumulate` adding to the values already in `y` instead of the bias (for
 /// weights split into column blocks, see `kblocked`).
 pub fn spmm_acc(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
-    check(m, bias, x, w, y, &rows);
+    run(isa, m, bias, x, w, y, rows, relu, accumulate, Ld::packed(w))
+}
+
+/// `spmm` on `w` columns of rows that lie `ld.x` apart in `x` and `ld.y` apart in `y`.
+pub fn spmm_strided(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, ld: Ld) {
+    run(isa, m, bias, x, w, y, rows, relu, false, ld)
+}
+
+fn run(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
+    check(m, bias, x, w, y, &rows, ld);
     match isa {
         // SAFETY: sizes checked above; the CSR indices were validated at construction (`col < cols`);
         // the caller selected `isa` from what the CPU reports.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, relu, accumulate) },
+        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, relu, accumulate, ld) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, relu, accumulate) },
-        _ => spmm_acc_ref(m, bias, x, w, y, rows, relu, accumulate),
+        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, relu, accumulate, ld) },
+        _ => spmm_strided_ref(m, bias, x, w, y, rows, relu, accumulate, ld),
     }
 }
 
@@ -62,12 +99,12 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::Csr;
+    use super::{Csr, Ld};
 
     /// # Safety
     /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn spmm_avx512(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
+    pub unsafe fn spmm_avx512(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let zero = _mm512_setzero_ps();
         let r0 = rows.start;
@@ -76,9 +113,9 @@ mod x86 {
         while c0 + 64 <= w {
             for r in rows.clone() {
                 // SAFETY (whole block): j < nnz by the CSR invariants; col * w + c0 + 63 < cols * w <= x.len();
-                // (r - r0) * w + c0 + 63 < rows.len() * w <= y.len().
+                // (r - r0) * ld.y + c0 + 63 < rows.len() * w <= y.len().
                 unsafe {
-                    let q = yp.add((r - r0) * w + c0);
+                    let q = yp.add((r - r0) * ld.y + c0);
                     let (mut a0, mut a1, mut a2, mut a3) = if accumulate {
                         (_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16)), _mm512_loadu_ps(q.add(32)), _mm512_loadu_ps(q.add(48)))
                     } else {
@@ -92,8 +129,8 @@ mod x86 {
                     let mut j = start;
                     while j + 2 <= end {
                         let (v, u) = (_mm512_set1_ps(*m.val.get_unchecked(j)), _mm512_set1_ps(*m.val.get_unchecked(j + 1)));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
-                        let o = xp.add(*m.col.get_unchecked(j + 1) as usize * w + c0);
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
+                        let o = xp.add(*m.col.get_unchecked(j + 1) as usize * ld.x + c0);
                         a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
                         a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
                         a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(32)), a2);
@@ -106,7 +143,7 @@ mod x86 {
                     }
                     if j < end {
                         let v = _mm512_set1_ps(*m.val.get_unchecked(j));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
                         a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
                         a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
                         a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(32)), a2);
@@ -131,7 +168,7 @@ mod x86 {
             for r in rows.clone() {
                 // SAFETY: as above, with a 32-column strip.
                 unsafe {
-                    let q = yp.add((r - r0) * w + c0);
+                    let q = yp.add((r - r0) * ld.y + c0);
                     let first = if accumulate {
                         [_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16))]
                     } else {
@@ -143,7 +180,7 @@ mod x86 {
                     while j + 4 <= end {
                         for (k, [lo, hi]) in acc.iter_mut().enumerate() {
                             let v = _mm512_set1_ps(*m.val.get_unchecked(j + k));
-                            let p = xp.add(*m.col.get_unchecked(j + k) as usize * w + c0);
+                            let p = xp.add(*m.col.get_unchecked(j + k) as usize * ld.x + c0);
                             *lo = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), *lo);
                             *hi = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), *hi);
                         }
@@ -151,7 +188,7 @@ mod x86 {
                     }
                     for j in j..end {
                         let v = _mm512_set1_ps(*m.val.get_unchecked(j));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
                         acc[0][0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), acc[0][0]);
                         acc[0][1] = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), acc[0][1]);
                     }
@@ -174,7 +211,7 @@ mod x86 {
             for r in rows.clone() {
                 // SAFETY: as above; masked lanes are neither read nor written.
                 unsafe {
-                    let q = yp.add((r - r0) * w + c0);
+                    let q = yp.add((r - r0) * ld.y + c0);
                     let a = if accumulate { _mm512_maskz_loadu_ps(mask, q) } else { _mm512_set1_ps(*bias.get_unchecked(r)) };
                     let mut acc = [a, zero, zero, zero];
                     let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
@@ -182,14 +219,14 @@ mod x86 {
                     while j + 4 <= end {
                         for (k, acc) in acc.iter_mut().enumerate() {
                             let v = _mm512_set1_ps(*m.val.get_unchecked(j + k));
-                            let p = xp.add(*m.col.get_unchecked(j + k) as usize * w + c0);
+                            let p = xp.add(*m.col.get_unchecked(j + k) as usize * ld.x + c0);
                             *acc = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), *acc);
                         }
                         j += 4;
                     }
                     for j in j..end {
                         let v = _mm512_set1_ps(*m.val.get_unchecked(j));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
                         acc[0] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), acc[0]);
                     }
                     let mut a = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
@@ -206,7 +243,7 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
+    pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let zero = _mm256_setzero_ps();
         let r0 = rows.start;
@@ -216,7 +253,7 @@ mod x86 {
             for r in rows.clone() {
                 // SAFETY: as in the AVX-512 variant, with 32-column strips.
                 unsafe {
-                    let q = yp.add((r - r0) * w + c0);
+                    let q = yp.add((r - r0) * ld.y + c0);
                     let (mut a0, mut a1, mut a2, mut a3) = if accumulate {
                         (_mm256_loadu_ps(q), _mm256_loadu_ps(q.add(8)), _mm256_loadu_ps(q.add(16)), _mm256_loadu_ps(q.add(24)))
                     } else {
@@ -225,7 +262,7 @@ mod x86 {
                     };
                     for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
                         let v = _mm256_set1_ps(*m.val.get_unchecked(j));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * w + c0);
+                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
                         a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p), a0);
                         a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(8)), a1);
                         a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(16)), a2);
@@ -248,11 +285,11 @@ mod x86 {
             for r in rows.clone() {
                 // SAFETY: as above.
                 unsafe {
-                    let q = yp.add((r - r0) * w + c0);
+                    let q = yp.add((r - r0) * ld.y + c0);
                     let mut a = if accumulate { _mm256_loadu_ps(q) } else { _mm256_set1_ps(*bias.get_unchecked(r)) };
                     for j in *m.row_ptr.get_unchecked(r) as usize..*m.row_ptr.get_unchecked(r + 1) as usize {
                         let v = _mm256_set1_ps(*m.val.get_unchecked(j));
-                        a = _mm256_fmadd_ps(v, _mm256_loadu_ps(xp.add(*m.col.get_unchecked(j) as usize * w + c0)), a);
+                        a = _mm256_fmadd_ps(v, _mm256_loadu_ps(xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0)), a);
                     }
                     if relu {
                         a = _mm256_max_ps(a, zero);
@@ -265,11 +302,11 @@ mod x86 {
         // LOOP 3: fewer than 8 columns left, one at a time.
         for s in c0..w {
             for r in rows.clone() {
-                let mut acc = if accumulate { y[(r - r0) * w + s] } else { bias[r] };
+                let mut acc = if accumulate { y[(r - r0) * ld.y + s] } else { bias[r] };
                 for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
-                    acc += m.val[j] * x[m.col[j] as usize * w + s];
+                    acc += m.val[j] * x[m.col[j] as usize * ld.x + s];
                 }
-                y[(r - r0) * w + s] = if relu { acc.max(0.0) } else { acc };
+                y[(r - r0) * ld.y + s] = if relu { acc.max(0.0) } else { acc };
             }
         }
     }

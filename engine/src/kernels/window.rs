@@ -122,6 +122,10 @@ pub fn im2col_rows(g: &Geometry, x: &[f32], rows: std::ops::Range<usize>, cols: 
                     if g.window.stride[1] == 1 {
                         // Neighbouring outputs read neighbouring inputs: one copy for the row.
                         dst[lo * w..hi * w].copy_from_slice(&src[ix0 * w..(ix0 + hi - lo) * w]);
+                    } else if w == 1 {
+                        // One sample (a batch-1 stem): a strided gather, not a copy call per value.
+                        let stride = g.window.stride[1];
+                        dst[lo..hi].iter_mut().zip(src[*ix0..].iter().step_by(stride)).for_each(|(d, s)| *d = *s);
                     } else {
                         for ox in lo..hi {
                             let ix = ix0 + (ox - lo) * g.window.stride[1];

@@ -223,6 +223,34 @@ pub fn ort_quantize(python: &Path, model: &Path, out: &Path, format: &str, per_c
 /// (global pooling, 1x1 convolutions, Sigmoid, a broadcast Mul), SiLU as `x * Sigmoid(x)`,
 /// HardSwish, LeakyRelu, Tanh, Erf, GELU, Sqrt, constants on either side of Sub, Div and Add,
 /// and a channel Concat; logits out (no Softmax to hide errors).
+/// A ResNet-50-style network at reduced width on 3x24x24 images: a 7x7 stride-2 stem, a 3x3
+/// stride-2 max pool, then two bottleneck blocks (1x1, 3x3, 1x1 convolutions and a residual add
+/// with ReLU), the second at stride 2 with a stride-2 1x1 projection, global average pooling and
+/// a linear classifier. The first convolution stays dense, as pruned ResNets keep it.
+pub fn bottleneck(seed: u64, sparsity: f64) -> Graph {
+    let mut r = rng(seed);
+    let mut nodes = vec![
+        conv(&mut r, "stem", "input", 3, 16, win(7, 2, 3, 1), 0.0, Activation::Relu),
+        node("pool", Op::MaxPool { window: win(3, 2, 1, 1) }, &["stem"]),
+    ];
+    let mut input = "pool".to_string();
+    for (b, (cin, mid, out, stride)) in [(16, 8, 32, 1), (32, 16, 48, 2)].into_iter().enumerate() {
+        let name = |part: &str| format!("b{b}_{part}");
+        nodes.push(conv(&mut r, &name("reduce"), &input, cin, mid, win(1, 1, 0, 1), sparsity, Activation::Relu));
+        nodes.push(conv(&mut r, &name("conv"), &name("reduce"), mid, mid, win(3, stride, 1, 1), sparsity, Activation::Relu));
+        nodes.push(conv(&mut r, &name("expand"), &name("conv"), mid, out, win(1, 1, 0, 1), sparsity, Activation::None));
+        nodes.push(conv(&mut r, &name("project"), &input, cin, out, win(1, stride, 0, 1), sparsity, Activation::None));
+        nodes.push(node(&name("add"), Op::Add { act: Activation::None }, &[&name("expand"), &name("project")]));
+        nodes.push(node(&name("relu"), Op::Relu, &[&name("add")]));
+        input = name("relu");
+    }
+    nodes.push(node("gap", Op::GlobalAvgPool, &[&input]));
+    nodes.push(node("flat", Op::Flatten, &["gap"]));
+    let fc = Op::Linear { weight: weight(&mut r, &[10, 48], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None };
+    nodes.push(node("fc", fc, &["flat"]));
+    Graph { input: "input".into(), input_shape: vec![3, 24, 24], output: "fc".into(), nodes }
+}
+
 pub fn mobile(seed: u64, sparsity: f64) -> Graph {
     use engine::graph::{BinaryKind, Operand, Unary};
     let mut r = rng(seed);
