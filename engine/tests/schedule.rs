@@ -70,7 +70,8 @@ fn row_bands_match_layerwise() {
     // thread runs a part of the bands on a chunk of its own).
     let graphs = [("cnn", cnn(31, 0.8)), ("cnn-int8", quantized(cnn(32, 0.8))), ("lenet5", lenet(33, 0.9)), ("mobile", mobile(38, 0.8))];
     // ResNet-50's bottleneck blocks, their pointwise convolutions on dense and on sparse kernels.
-    let bottlenecks = [("bottleneck-dense", bottleneck(39, 0.9), KernelPolicy::Dense), ("bottleneck-sparse", bottleneck(40, 0.9), KernelPolicy::Sparse)];
+    let bottlenecks =
+        [("bottleneck-dense", bottleneck(39, 0.9), KernelPolicy::Dense), ("bottleneck-sparse", bottleneck(40, 0.9), KernelPolicy::Sparse)];
     let graphs = graphs.into_iter().map(|(name, graph)| (name, graph, KernelPolicy::Auto)).chain(bottlenecks);
     for (name, graph, policy) in graphs {
         let model = compile::compile(graph.clone(), Options::new(policy).unwrap()).unwrap();

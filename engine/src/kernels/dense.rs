@@ -54,31 +54,33 @@ pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[
         // SAFETY: dst is rows x w with row stride w, lhs rows x cols with row stride cols, rhs cols x w
         // with row stride w; all three sizes were checked above and the slices do not overlap.
         unsafe {
-            gemm::gemm(
-                rows,
-                w,
-                cols,
-                y.as_mut_ptr(),
-                1,
-                w as isize,
-                true,
-                wt.as_ptr(),
-                1,
-                cols as isize,
-                x.as_ptr(),
-                1,
-                w as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                par,
-            );
+            gemm_add(rows, cols, w, wt.as_ptr(), x.as_ptr(), w, y.as_mut_ptr(), w, par);
         }
     }
     if relu {
         y[..rows * w].iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+/// `y += wt x` through the `gemm` crate: `wt` is `[rows, cols]` row-major, `x` `[cols, w]` with
+/// rows `x_ld` apart, `y` `[rows, w]` with rows `y_ld` apart.
+///
+/// # Safety
+/// Each matrix lies inside its allocation with those strides, and `y` overlaps neither other.
+unsafe fn gemm_add(
+    rows: usize,
+    cols: usize,
+    w: usize,
+    wt: *const f32,
+    x: *const f32,
+    x_ld: usize,
+    y: *mut f32,
+    y_ld: usize,
+    par: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(rows, w, cols, y, 1, y_ld as isize, true, wt, 1, cols as isize, x, 1, x_ld as isize, 1.0, 1.0, false, false, false, par)
     }
 }
 
@@ -101,27 +103,7 @@ pub fn dense_strided(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32
         // SAFETY: dst is rows x w with row stride ld.y, rhs cols x w with row stride ld.x, lhs rows x
         // cols; the spans were checked above and `x` and `y` are distinct slices.
         unsafe {
-            gemm::gemm(
-                rows,
-                w,
-                cols,
-                y.as_mut_ptr(),
-                1,
-                ld.y as isize,
-                true,
-                wt.as_ptr(),
-                1,
-                cols as isize,
-                x.as_ptr(),
-                1,
-                ld.x as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+            gemm_add(rows, cols, w, wt.as_ptr(), x.as_ptr(), ld.x, y.as_mut_ptr(), ld.y, gemm::Parallelism::None);
         }
     }
     if relu {
@@ -164,25 +146,15 @@ pub fn dense_by_columns(
         if isa != Isa::Scalar && cols > 0 && rows > 0 {
             // SAFETY: as in `dense`, on the column range `span` of dst and rhs (row stride w).
             unsafe {
-                gemm::gemm(
+                gemm_add(
                     rows,
-                    span.len(),
                     cols,
-                    out.at(span.start),
-                    1,
-                    w as isize,
-                    true,
+                    span.len(),
                     wt.as_ptr(),
-                    1,
-                    cols as isize,
                     x.as_ptr().add(span.start),
-                    1,
-                    w as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
+                    w,
+                    out.at(span.start),
+                    w,
                     gemm::Parallelism::None,
                 );
             }

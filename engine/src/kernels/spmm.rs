@@ -52,7 +52,17 @@ pub fn spmm_acc_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], r
 }
 
 /// Scalar twin of `spmm_strided` (with `accumulate` as in `spmm_acc`).
-pub fn spmm_strided_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
+pub fn spmm_strided_ref(
+    m: &Csr,
+    bias: &[f32],
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    rows: Range<usize>,
+    relu: bool,
+    accumulate: bool,
+    ld: Ld,
+) {
     check(m, bias, x, w, y, &rows, ld);
     for (i, r) in rows.enumerate() {
         for s in 0..w {
@@ -104,7 +114,17 @@ mod x86 {
     /// # Safety
     /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn spmm_avx512(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
+    pub unsafe fn spmm_avx512(
+        m: &Csr,
+        bias: &[f32],
+        x: &[f32],
+        w: usize,
+        y: &mut [f32],
+        rows: Range<usize>,
+        relu: bool,
+        accumulate: bool,
+        ld: Ld,
+    ) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let zero = _mm512_setzero_ps();
         let r0 = rows.start;
@@ -243,7 +263,17 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
+    pub unsafe fn spmm_avx2(
+        m: &Csr,
+        bias: &[f32],
+        x: &[f32],
+        w: usize,
+        y: &mut [f32],
+        rows: Range<usize>,
+        relu: bool,
+        accumulate: bool,
+        ld: Ld,
+    ) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let zero = _mm256_setzero_ps();
         let r0 = rows.start;
