@@ -521,6 +521,12 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
         // Dense layers run blocks of 4 output channels together at one sample: 7 vectors a row
         // (in parts of at most 6), 9 channels (two blocks and one left over).
         (3, 9, 7, 100, 3, 1, 1, 1),
+        // Rows shorter than a vector (`flat`: several rows per vector, in chunks of rows): a
+        // ResNet stage's 7x7, a 1-pixel image, more rows than one chunk holds, padding of 2.
+        (8, 8, 7, 7, 3, 1, 1, 1),
+        (3, 4, 1, 1, 3, 1, 1, 1),
+        (5, 6, 17, 17, 3, 1, 1, 1),
+        (2, 3, 3, 2, 3, 1, 2, 1),
     ];
     for &(cin, cout, h, wd, k, stride, pad, dilation) in &shapes {
         let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation], ceil_mode: false };

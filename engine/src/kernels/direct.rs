@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use super::Isa;
 use super::csr::Csr;
+use super::flat;
 use super::window::Geometry;
 
 fn check(m: &Csr, bias: &[f32], g: &Geometry, x: &[f32], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
@@ -82,7 +83,7 @@ pub fn takes(isa: Isa, w: usize, g: &Geometry) -> bool {
 }
 
 /// One output channel's tap: input channel, kernel row, kernel column, weight.
-type Tap = (usize, usize, usize, f32);
+pub(crate) type Tap = (usize, usize, usize, f32);
 
 /// Output channels that the vector kernels run together where their taps sit at the same places
 /// (a dense layer, or one pruned in blocks of 4 output channels, `mask = "4x1"`).
@@ -126,7 +127,7 @@ impl Taps {
     }
 
     /// Output channel `o`'s taps.
-    fn of(&self, o: usize) -> &[Tap] {
+    pub(crate) fn of(&self, o: usize) -> &[Tap] {
         &self.taps[self.first[o]..self.first[o + 1]]
     }
 
@@ -140,6 +141,16 @@ impl Taps {
             (c, ky, kx, std::array::from_fn(|k| channels[k][j].3))
         };
         same.then(|| (0..channels[0].len()).map(tap).collect())
+    }
+
+    /// Output channels (the weights' rows).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input channels times the kernel's size (the weights' columns).
+    pub fn cols(&self) -> usize {
+        self.cols
     }
 
     /// How many of the layer's blocks of `BLOCK` output channels have their taps at the same
@@ -157,6 +168,10 @@ impl Taps {
         self.blocks.get(o / BLOCK).and_then(|b| b.as_deref())
     }
 }
+
+/// One-sample output rows shorter than this run on `flat`'s kernel (several rows per vector)
+/// rather than the row ring's (whole vectors per row).
+pub const FLAT_BELOW: usize = 32;
 
 /// Runs the variant for `isa` (which the CPU must support); other widths use the scalar twin.
 /// Decodes the weights first: a caller that runs the layer often keeps `Taps` and calls
@@ -202,6 +217,10 @@ pub fn conv_direct_decoded(
     // read addresses a pixel of `x`; the ISA was chosen from the CPU.
     #[cfg(target_arch = "x86_64")]
     match isa {
+        // Unstructured taps on small images: several output rows per vector (`flat`).
+        Isa::Avx512 if flat::takes(isa, g) && t.shared_blocks().0 == 0 && g.out_hw[1] < FLAT_BELOW => {
+            flat::conv_direct_flat(isa, t, bias, g, x, y, channels, rows, relu)
+        }
         Isa::Avx512 if !vectorized(isa, g.w) => unsafe { x86::conv_direct_one_avx512(t, bias, g, x, y, channels, rows, relu) },
         Isa::Avx512 => unsafe { x86::conv_direct_avx512(t, bias, g, x, y, channels, rows, relu) },
         _ => unsafe { x86::conv_direct_avx2(t, bias, g, x, y, channels, rows, relu) },

@@ -13,6 +13,7 @@ pub mod csr;
 pub mod dense;
 pub mod direct;
 pub mod elementwise;
+pub mod flat;
 pub mod grouped;
 pub mod kblocked;
 pub mod q8;

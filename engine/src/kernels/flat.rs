@@ -1,0 +1,153 @@
+//! One-sample sparse direct convolution on small images, `f32-conv-direct-flat`: at stride 1
+//! without dilation, output pixel `(oy, ox)` reads padded input pixel `(oy + ky, ox + kx)`, so
+//! on the padded image laid out flat (rows `wp = left + width + right` floats long) output
+//! position `oy * wp + ox` reads input position `oy * wp + ox + ky * wp + kx`: one offset per tap
+//! for every output row at once. The kernel keeps up to 8 vectors of such positions (several
+//! output rows, with the `kw - 1` padding columns of each row computed and dropped) in registers
+//! and runs each output channel's taps over them. Where an output row is shorter than a vector
+//! (ResNet's 7x7 and 14x14 stages), this fills the vectors that one row per vector leaves 44% or
+//! 88% used, and gives each tap 4-8 vectors of work instead of 1-2.
+
+use std::ops::Range;
+
+use super::Isa;
+use super::direct::Taps;
+use super::window::Geometry;
+
+/// Vectors of flat positions kept in registers at once.
+const CHUNK: usize = 8;
+
+/// Whether `conv_direct_flat` takes `g` under `isa`: one sample, stride 1, no dilation, and a
+/// padded row that fits the vectors held at once.
+pub fn takes(isa: Isa, g: &Geometry) -> bool {
+    let w = g.window;
+    let padded_width = w.pads[1] + g.in_hw[1] + w.pads[3];
+    isa == Isa::Avx512 && g.w == 1 && w.stride == [1, 1] && w.dilation == [1, 1] && !w.ceil_mode && padded_width <= CHUNK * 16
+}
+
+/// Output rows `rows` of output channels `channels` (`y` holds those channels as
+/// `[channels.len(), oh, ow]`), as `direct::conv_direct_ref` defines them.
+#[allow(clippy::too_many_arguments)] // conv_direct's arguments
+pub fn conv_direct_flat(
+    isa: Isa,
+    t: &Taps,
+    bias: &[f32],
+    g: &Geometry,
+    x: &[f32],
+    y: &mut [f32],
+    channels: Range<usize>,
+    rows: Range<usize>,
+    relu: bool,
+) {
+    g.check();
+    let [kh, kw] = g.window.kernel;
+    assert!(takes(isa, g), "no flat kernel for {g:?}");
+    assert!(t.cols() == g.channels * kh * kw && bias.len() == t.rows() && channels.end <= t.rows(), "weights do not match the geometry");
+    assert!(rows.end <= g.out_hw[0] && g.holds_input(x.len()) && g.holds_output(y.len(), channels.len()), "input or output tile too small");
+    if rows.is_empty() {
+        return;
+    }
+    let [top, left, _, _] = g.window.pads;
+    let ([oh, ow], [h, wd]) = (g.out_hw, g.in_hw);
+    let wp = left + wd + g.window.pads[3];
+    // Padded input rows rows.start .. rows.end + kh - 1 of every channel, flat, with a vector's
+    // worth of zeros after them: the last vector of a chunk reads up to 15 positions past the
+    // chunk's last output (and those positions' kernel columns kw - 1 beyond).
+    let padded_rows = rows.len() + kh - 1;
+    let plane = padded_rows * wp + 16 + kw;
+    let mut buf = vec![0.0f32; g.channels * plane];
+    for c in 0..g.channels {
+        for pr in 0..padded_rows {
+            let Some(iy) = (rows.start + pr).checked_sub(top).filter(|&iy| iy < h) else { continue };
+            buf[c * plane + pr * wp + left..][..wd].copy_from_slice(&x[(c * h + iy) * wd..][..wd]);
+        }
+    }
+    let per_chunk = (CHUNK * 16 / wp).max(1);
+    let mut a = rows.start;
+    while a < rows.end {
+        let b = (a + per_chunk).min(rows.end);
+        let positions = (b - a) * wp;
+        let first = (a - rows.start) * wp;
+        for (i, o) in channels.clone().enumerate() {
+            let mut out = [0.0f32; CHUNK * 16];
+            // SAFETY: every tap (c, ky, kx) has c < g.channels and ky < kh, kx < kw (decoded for
+            // this window), so first + ky * wp + kx + 16 * n - 1 < (padded_rows - 1) * wp + wp + 16 + kw
+            // <= plane for the n <= CHUNK vectors covering `positions`; the ISA was checked by `takes`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                x86::channel(&buf, plane, wp, first, positions, t.of(o), bias[o], relu, &mut out)
+            };
+            for r in a..b {
+                let from = (r - a) * wp;
+                y[(i * oh + r) * ow..][..ow].copy_from_slice(&out[from..from + ow]);
+            }
+        }
+        a = b;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::CHUNK;
+    use crate::kernels::direct::Tap;
+
+    /// One output channel over `positions` flat positions from `first`, into `out`.
+    ///
+    /// # Safety
+    /// AVX-512F; every tap reads inside `buf` (see the caller); `positions <= CHUNK * 16`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn channel(
+        buf: &[f32],
+        plane: usize,
+        wp: usize,
+        first: usize,
+        positions: usize,
+        taps: &[Tap],
+        bias: f32,
+        relu: bool,
+        out: &mut [f32; CHUNK * 16],
+    ) {
+        macro_rules! go {
+            ($($n:literal)*) => {
+                match positions.div_ceil(16) {
+                    $($n => unsafe { run::<$n>(buf, plane, wp, first, taps, bias, relu, out) },)*
+                    _ => unreachable!("chunks hold 1 to {CHUNK} vectors"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8)
+    }
+
+    /// # Safety
+    /// As `channel`, with `N` vectors.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<const N: usize>(
+        buf: &[f32],
+        plane: usize,
+        wp: usize,
+        first: usize,
+        taps: &[Tap],
+        bias: f32,
+        relu: bool,
+        out: &mut [f32; CHUNK * 16],
+    ) {
+        let mut acc = [_mm512_set1_ps(bias); N];
+        let base = buf.as_ptr().wrapping_add(first);
+        for &(c, ky, kx, value) in taps {
+            let weight = _mm512_set1_ps(value);
+            // SAFETY: the caller's contract: vectors 0..N from this tap's offset lie inside `buf`.
+            let src = unsafe { base.add(c * plane + ky * wp + kx) };
+            for (z, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(16 * z)) }, *a);
+            }
+        }
+        for (z, a) in acc.iter().enumerate() {
+            let v = if relu { _mm512_max_ps(*a, _mm512_setzero_ps()) } else { *a };
+            // SAFETY: z < N <= CHUNK, so the vector lies inside `out`.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * z), v) };
+        }
+    }
+}
