@@ -177,17 +177,40 @@ fn strided_row_parts<'y>(ranges: &[Range<usize>], y: &'y mut [f32], ld: usize) -
     parts
 }
 
+/// Below this many values an element-wise layer runs on the calling thread: handing work to the
+/// team costs a few microseconds, about what a pass over this many values takes.
+pub(super) const PARALLEL_VALUES: usize = 32 * 1024;
+
+/// Values per part when a pass over `n` values is split over the team (whole multiples of
+/// `unit`): one part per thread, or all of them where `n` is below `PARALLEL_VALUES`.
+fn split_len(team: &Team, n: usize, unit: usize) -> usize {
+    if team.threads() < 2 || n < PARALLEL_VALUES { n.max(1) } else { n.div_ceil(team.threads()).next_multiple_of(unit.max(1)) }
+}
+
+/// `f` on matching parts of `x` and `y`, split over the team where there are enough values.
+fn split_values(team: &Team, x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    let n = x.len().min(y.len());
+    let part = split_len(team, n, 16);
+    team.for_each(y[..n].chunks_mut(part).zip(x[..n].chunks(part)).collect(), |(y, x)| f(x, y));
+}
+
 pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {
     let x = xs[0];
     match exec {
         Exec::MatMul(m) => matmul(isa, m, x, w, y, team),
         Exec::Affine { scale, shift, relu, per_channel } => {
             let n = per_channel * w;
-            for (c, (s, b)) in scale.iter().zip(shift).enumerate() {
-                elementwise::affine(&x[c * n..(c + 1) * n], *s, *b, &mut y[c * n..(c + 1) * n], *relu);
-            }
+            let channels_per_part = split_len(team, scale.len() * n, 1).div_ceil(n.max(1)).max(1);
+            let parts: Vec<_> =
+                y[..scale.len() * n].chunks_mut(channels_per_part * n).zip(x.chunks(channels_per_part * n)).enumerate().collect();
+            team.for_each(parts, |(p, (y, x))| {
+                for (k, (x, y)) in x.chunks(n).zip(y.chunks_mut(n)).enumerate() {
+                    let c = p * channels_per_part + k;
+                    elementwise::affine(x, scale[c], shift[c], y, *relu);
+                }
+            });
         }
-        Exec::Relu => elementwise::relu_tile(x, y),
+        Exec::Relu => split_values(team, x, y, elementwise::relu_tile),
         Exec::Flatten => y.copy_from_slice(x),
         Exec::GroupConv { weight, bias, geometry, groups, relu } => {
             let g = Geometry { w, ..*geometry };
@@ -200,7 +223,7 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 grouped::group_conv(&g, *groups, weight, bias, x, y, channels, *relu)
             });
         }
-        Exec::Unary(f) => elementwise::unary(*f, x, y),
+        Exec::Unary(f) => split_values(team, x, y, |x, y| elementwise::unary(*f, x, y)),
         Exec::Binary { kind, shape, a_strides, b_strides, constant, constant_first } => {
             let b = match constant {
                 Some(c) => elementwise::Operand::Constant(c),
@@ -209,8 +232,15 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             elementwise::binary(*kind, shape, x, a_strides, b, b_strides, *constant_first, w, y)
         }
         Exec::Concat { outer, blocks } => elementwise::concat(xs, *outer, blocks, w, y),
-        Exec::QuantDequant { scale, zero } => y.iter_mut().zip(x).for_each(|(o, &i)| *o = q8::quantize_dequantize(i, *scale, *zero)),
-        Exec::Add { relu } => elementwise::add(x, xs[1], y, *relu),
+        Exec::QuantDequant { scale, zero } => {
+            split_values(team, x, y, |x, y| y.iter_mut().zip(x).for_each(|(o, &i)| *o = q8::quantize_dequantize(i, *scale, *zero)))
+        }
+        Exec::Add { relu } => {
+            let n = x.len().min(xs[1].len()).min(y.len());
+            let part = split_len(team, n, 16);
+            let parts: Vec<_> = y[..n].chunks_mut(part).zip(x[..n].chunks(part).zip(xs[1][..n].chunks(part))).collect();
+            team.for_each(parts, |(y, (a, b))| elementwise::add(a, b, y, *relu));
+        }
         Exec::Pool { geometry, avg } => window::pool(isa, &Geometry { w, ..*geometry }, x, y, *avg),
         Exec::GlobalAvgPool { channels, pixels } if w == 1 => {
             for (c, o) in y[..*channels].iter_mut().enumerate() {
