@@ -6,7 +6,8 @@
 //! output rows, with the `kw - 1` padding columns of each row computed and dropped) in registers
 //! and runs each output channel's taps over them. Where an output row is shorter than a vector
 //! (ResNet's 7x7 and 14x14 stages), this fills the vectors that one row per vector leaves 44% or
-//! 88% used, and gives each tap 4-8 vectors of work instead of 1-2.
+//! 88% used, and gives each tap 4-8 vectors of work instead of 1-2. Depth-wise convolutions of
+//! one sample at stride 1 (`depthwise_flat`) run the same loop on each channel's plane alone.
 
 use std::ops::Range;
 
