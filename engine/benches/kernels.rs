@@ -33,7 +33,7 @@ fn kernels(c: &mut Criterion) {
 
     let wd = random_sparse(rows, cols, 0.0, 1);
     g.throughput(Throughput::Elements((2 * rows * cols * w) as u64));
-    g.bench_function("f32-gemm-dense-b64", |b| b.iter(|| dense::dense(isa, &wd, rows, cols, &bias, x, w, &mut y, true, 1)));
+    g.bench_function("f32-gemm-dense-b64", |b| b.iter(|| dense::dense(isa, &wd, rows, cols, &bias, x, w, &mut y, true)));
     let full = Bcsr::from_dense(&wd, rows, cols);
     g.bench_function("f32-spmm-bcsr4x1-b64-s0", |b| b.iter(|| bcsr::spmm_bcsr(isa, &full, &bias, x, w, &mut y, 0..full.blocks(), true)));
     // 90% sparse in whole blocks of 4 output rows, as `mask = "4x1"` trains them.

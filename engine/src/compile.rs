@@ -470,7 +470,7 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize,
     let x = test_values(m.cols * w);
     let mut y = vec![0.0f32; m.rows * w];
     let mut time = |f: &mut dyn FnMut(&mut [f32])| best_time(&mut || f(&mut y));
-    let t_dense = time(&mut |y| dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &x, w, y, m.relu, 1));
+    let t_dense = time(&mut |y| dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &x, w, y, m.relu));
     let t_sparse = time(&mut |y| {
         if w == 1 {
             spmv::spmv(o.isa, csr, &m.bias, &x, y, 0..m.rows, m.relu)
@@ -545,7 +545,7 @@ fn direct_is_faster(m: &MatMul, g: Geometry, data: &[f32], csr: &Csr, blocked: O
     let t_im2col = best_time(&mut || {
         window::im2col_rows(&g, &x, rows.clone(), &mut cols);
         match (batched, blocked) {
-            (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &cols, cols_w, &mut y, m.relu, 1),
+            (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &cols, cols_w, &mut y, m.relu),
             (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, &cols, cols_w, &mut y, 0..b.blocks(), m.relu),
             _ => spmm::spmm(o.isa, csr, &m.bias, &cols, cols_w, &mut y, 0..m.rows, m.relu),
         }

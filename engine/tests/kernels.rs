@@ -185,7 +185,7 @@ fn dense_matches_the_scalar_twin_and_sparse() {
         assert_close(&sparse, &want, "sparse vs dense reference");
         for isa in variants() {
             let mut got = vec![f32::NAN; rows * w];
-            dense::dense(isa, &wt, rows, cols, &bias, &x, w, &mut got, true, 1);
+            dense::dense(isa, &wt, rows, cols, &bias, &x, w, &mut got, true);
             assert_close(&got, &want, &format!("dense {} {rows}x{cols} w={w}", isa.name()));
         }
     }

@@ -53,19 +53,26 @@ pub(super) fn splits(m: &MatMul, cols_w: usize, threads: usize) -> bool {
     worth_splitting(threads, work, cols_w)
 }
 
-/// Rows (described by cumulative entry counts `row_ptr`) cut into ranges of about equal work,
-/// several per thread so that work stealing evens out rows of unequal cost, each with its slice
-/// of the `[rows, w]` output.
-pub(super) fn row_parts<'y>(row_ptr: &[u32], threads: usize, y: &'y mut [f32], w: usize) -> Vec<(Range<usize>, &'y mut [f32])> {
-    let rows = row_ptr.len().saturating_sub(1);
-    let mut parts = Vec::new();
-    let mut rest = &mut y[..rows * w];
-    for r in balanced_ranges(row_ptr, threads * 4) {
-        let (head, tail) = rest.split_at_mut(r.len() * w);
+/// Each of consecutive row ranges with its part of the output, whose rows lie `ld` apart (the
+/// last part keeps the rest). For the sparse kernels the ranges are `balanced_ranges`: about
+/// equal work, several per thread so that work stealing evens out rows of unequal cost.
+pub(super) fn row_parts(ranges: Vec<Range<usize>>, y: &mut [f32], ld: usize) -> Vec<(Range<usize>, &mut [f32])> {
+    let mut parts = Vec::with_capacity(ranges.len());
+    let mut rest = y;
+    let last = ranges.len().saturating_sub(1);
+    for (i, r) in ranges.into_iter().enumerate() {
+        let take = if i == last { rest.len() } else { (r.len() * ld).min(rest.len()) };
+        let (head, tail) = rest.split_at_mut(take);
         parts.push((r, head));
         rest = tail;
     }
     parts
+}
+
+/// Slabs of a dense layer's rows for `threads`: two per thread, each a multiple of 16 rows.
+fn slabs(rows: usize, threads: usize) -> Vec<Range<usize>> {
+    let slab = rows.div_ceil(threads * 2).next_multiple_of(16);
+    (0..rows).step_by(slab).map(|r| r..(r + slab).min(rows)).collect()
 }
 
 /// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`.
@@ -77,18 +84,21 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             if !splits(m, w, threads) {
-                return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, 1);
+                return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu);
             }
             if w >= m.rows {
                 // Few rows, many columns (im2col of a large image): each thread a range of columns.
                 let parts = team.threads();
                 return dense::dense_by_columns(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, parts, |job| team.run(job));
             }
-            // Slabs of rows, a multiple of 16 each, one GEMM per slab.
-            let slab = m.rows.div_ceil(threads * 2).next_multiple_of(16);
+            if !batch1 {
+                return matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team);
+            }
+            // One column: slabs of rows, each a run of dot products.
             let k = m.cols;
-            let slabs = y[..m.rows * w].chunks_mut(slab * w).zip(wt.chunks(slab * k)).zip(m.bias.chunks(slab)).collect();
-            team.for_each(slabs, |((y, wt), bias)| dense::dense(isa, wt, bias.len(), k, bias, x, w, y, m.relu, 1));
+            team.for_each(row_parts(slabs(m.rows, threads), &mut y[..m.rows], 1), |(r, y)| {
+                dense::dense(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r], x, 1, y, m.relu)
+            });
         }
         Kernel::Blocked => {
             let b = m.bcsr.as_ref().expect("blocks packed for a blocked choice");
@@ -107,18 +117,15 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
         }
         // A direct convolution's tiles that its kernel does not take run im2col and CSR.
         Kernel::Sparse | Kernel::Direct => {
-            let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
-            let run = |rows: Range<usize>, y: &mut [f32]| {
-                if batch1 {
-                    spmv::spmv(isa, csr, &m.bias, x, y, rows, m.relu)
-                } else {
-                    spmm::spmm(isa, csr, &m.bias, x, w, y, rows, m.relu)
-                }
-            };
-            if !splits(m, w, threads) {
-                return run(0..m.rows, y);
+            if !batch1 {
+                return matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team);
             }
-            team.for_each(row_parts(&csr.row_ptr, threads, y, w), |(r, y)| run(r, y));
+            let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
+            if !splits(m, w, threads) {
+                return spmv::spmv(isa, csr, &m.bias, x, y, 0..m.rows, m.relu);
+            }
+            let parts = row_parts(balanced_ranges(&csr.row_ptr, threads * 4), &mut y[..m.rows], 1);
+            team.for_each(parts, |(r, y)| spmv::spmv(isa, csr, &m.bias, x, y, r, m.relu));
         }
     }
 }
@@ -128,9 +135,16 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
 /// doing nothing, where the layer's kernel has no strided form (blocked or int8 weights, a single
 /// column): the caller packs the band then.
 pub(super) fn matmul_strided(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spmm::Ld, team: &Team) -> bool {
-    if w < 2 || m.int8.is_some() {
-        return false;
+    let strided = w >= 2 && m.int8.is_none() && matches!(m.kernel(false), Kernel::Dense | Kernel::Sparse | Kernel::Direct);
+    if strided {
+        matmul_rows(isa, m, x, w, y, ld, team);
     }
+    strided
+}
+
+/// A dense or CSR layer on `w >= 2` columns of rows `ld.x` and `ld.y` apart: slabs of rows (dense)
+/// or balanced row ranges (CSR) over the team where the work is large enough.
+fn matmul_rows(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spmm::Ld, team: &Team) {
     let threads = team.threads();
     let split = splits(m, w, threads);
     match m.kernel(false) {
@@ -138,43 +152,22 @@ pub(super) fn matmul_strided(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut 
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             let (rows, k) = (m.rows, m.cols);
             if !split {
-                dense::dense_strided(isa, wt, rows, k, &m.bias, x, w, y, m.relu, ld);
-                return true;
+                return dense::dense_strided(isa, wt, rows, k, &m.bias, x, w, y, m.relu, ld);
             }
-            let slab = rows.div_ceil(threads * 2).next_multiple_of(16);
-            let ranges: Vec<Range<usize>> = (0..rows).step_by(slab).map(|r| r..(r + slab).min(rows)).collect();
-            let parts: Vec<_> = ranges.iter().cloned().zip(strided_row_parts(&ranges, y, ld.y)).collect();
-            team.for_each(parts, |(r, y)| {
-                dense::dense_strided(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r.clone()], x, w, y, m.relu, ld)
+            team.for_each(row_parts(slabs(rows, threads), y, ld.y), |(r, y)| {
+                dense::dense_strided(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r], x, w, y, m.relu, ld)
             });
         }
         Kernel::Sparse | Kernel::Direct => {
             let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
             if !split {
-                spmm::spmm_strided(isa, csr, &m.bias, x, w, y, 0..m.rows, m.relu, ld);
-                return true;
+                return spmm::spmm_strided(isa, csr, &m.bias, x, w, y, 0..m.rows, m.relu, ld);
             }
-            let ranges = balanced_ranges(&csr.row_ptr, threads * 4);
-            let parts: Vec<_> = ranges.iter().cloned().zip(strided_row_parts(&ranges, y, ld.y)).collect();
+            let parts = row_parts(balanced_ranges(&csr.row_ptr, threads * 4), y, ld.y);
             team.for_each(parts, |(r, y)| spmm::spmm_strided(isa, csr, &m.bias, x, w, y, r, m.relu, ld));
         }
-        _ => return false,
+        kernel => unreachable!("{kernel:?} has no strided form"),
     }
-    true
-}
-
-/// `y` cut at the starts of consecutive row ranges whose rows lie `ld` apart (the last part
-/// keeps the rest).
-fn strided_row_parts<'y>(ranges: &[Range<usize>], y: &'y mut [f32], ld: usize) -> Vec<&'y mut [f32]> {
-    let mut parts = Vec::with_capacity(ranges.len());
-    let mut rest = y;
-    for (i, r) in ranges.iter().enumerate() {
-        let take = if i + 1 == ranges.len() { rest.len() } else { (r.len() * ld).min(rest.len()) };
-        let (head, tail) = rest.split_at_mut(take);
-        parts.push(head);
-        rest = tail;
-    }
-    parts
 }
 
 /// Below this many values an element-wise layer runs on the calling thread: handing work to the

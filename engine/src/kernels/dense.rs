@@ -28,8 +28,8 @@ pub fn dense_ref(wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], 
     }
 }
 
-/// Dense layer on a tile with up to `threads` threads (1 = the calling thread only).
-pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], relu: bool, threads: usize) {
+/// Dense layer on a tile, on the calling thread.
+pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], relu: bool) {
     check(wt, rows, cols, bias, x, w, y);
     if isa == Isa::Scalar {
         return dense_ref(wt, rows, cols, bias, x, w, y, relu);
@@ -46,20 +46,7 @@ pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[
         }
         return;
     }
-    for (r, b) in bias.iter().enumerate() {
-        y[r * w..(r + 1) * w].fill(*b);
-    }
-    if cols > 0 && w > 0 && rows > 0 {
-        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: dst is rows x w with row stride w, lhs rows x cols with row stride cols, rhs cols x w
-        // with row stride w; all three sizes were checked above and the slices do not overlap.
-        unsafe {
-            gemm_add(rows, cols, w, wt.as_ptr(), x.as_ptr(), w, y.as_mut_ptr(), w, par);
-        }
-    }
-    if relu {
-        y[..rows * w].iter_mut().for_each(|v| *v = v.max(0.0));
-    }
+    dense_strided(isa, wt, rows, cols, bias, x, w, y, relu, Ld::packed(w))
 }
 
 /// `y += wt x` through the `gemm` crate: `wt` is `[rows, cols]` row-major, `x` `[cols, w]` with
@@ -84,8 +71,8 @@ unsafe fn gemm_add(
     }
 }
 
-/// `dense` on `w` (more than one) columns of rows that lie `ld.x` apart in `x` and `ld.y` apart
-/// in `y` (see `spmm::Ld`), on the calling thread.
+/// `dense` on `w` columns of rows that lie `ld.x` apart in `x` and `ld.y` apart in `y` (see
+/// `spmm::Ld`), on the calling thread (one column in plain loops: `dense` has dot products).
 pub fn dense_strided(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], relu: bool, ld: Ld) {
     let span = |n: usize, ld: usize| if n == 0 { 0 } else { (n - 1) * ld + w };
     assert!(wt.len() == rows * cols && bias.len() == rows && ld.x >= w && ld.y >= w, "weight, bias or leading dimension");
