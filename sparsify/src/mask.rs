@@ -243,6 +243,103 @@ mod tests {
         assert_eq!(masks[1].iter().filter(|k| !**k).count(), 0);
     }
 
+    /// Distinct magnitudes in a random order with random signs, so the smallest set is unique.
+    fn shuffled_weights(n: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng, seq::SliceRandom};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut v: Vec<f32> = (1..=n).map(|i| i as f32 * 0.37).collect();
+        v.shuffle(&mut rng);
+        v.iter().map(|x| if rng.random_bool(0.5) { -x } else { *x }).collect()
+    }
+
+    /// Every `k`-subset of `0..n`, in lexicographic order.
+    fn subsets(n: usize, k: usize) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        let mut pick: Vec<usize> = (0..k).collect();
+        loop {
+            out.push(pick.clone());
+            let Some(i) = (0..k).rev().find(|&i| pick[i] < n - k + i) else { return out };
+            pick[i] += 1;
+            for j in i + 1..k {
+                pick[j] = pick[j - 1] + 1;
+            }
+        }
+    }
+
+    /// The groups (lists of flat indices) that a brute-force search may prune: single weights,
+    /// `bh x bw` blocks, over `tensors` numbered consecutively.
+    fn brute_groups(shapes: &[(usize, usize)], bh: usize, bw: usize) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        for &(rows, cols) in shapes {
+            for r0 in (0..rows).step_by(bh) {
+                for c0 in (0..cols).step_by(bw) {
+                    out.push((r0..r0 + bh).flat_map(|r| (c0..c0 + bw).map(move |c| offset + r * cols + c)).collect());
+                }
+            }
+            offset += rows * cols;
+        }
+        out
+    }
+
+    /// Checks that `keep` prunes exactly `count` whole groups and that no other choice of `count`
+    /// groups, tried one by one, prunes less total magnitude (ties within f32 rounding allowed).
+    fn assert_smallest(values: &[f32], groups: &[Vec<usize>], count: usize, keep: &[bool], what: &str) {
+        let pruned: Vec<usize> = (0..groups.len()).filter(|&g| groups[g].iter().all(|&i| !keep[i])).collect();
+        let pruned_weights = keep.iter().filter(|k| !**k).count();
+        assert!(
+            pruned.len() == count && pruned_weights == groups[0].len() * count,
+            "{what}: pruned {pruned_weights} weights, not {count} whole groups"
+        );
+        let cost = |pick: &[usize]| pick.iter().flat_map(|&g| &groups[g]).map(|&i| values[i].abs() as f64).sum::<f64>();
+        let best = subsets(groups.len(), count).iter().map(|p| cost(p)).fold(f64::INFINITY, f64::min);
+        let got = cost(&pruned);
+        assert!(got <= best * (1.0 + 1e-6) + 1e-9, "{what}: pruned magnitude {got}, the smallest possible {best}");
+    }
+
+    #[test]
+    fn masks_prune_the_smallest_weights_a_brute_force_search_finds() {
+        for seed in 0..6 {
+            // Unstructured on a 3x4 tensor, blocks on a 4x8 one: every count that can be pruned.
+            for (kind, rows, cols, bh, bw) in [
+                (MaskKind::Unstructured, 3, 4, 1, 1),
+                (MaskKind::Block { rows: 1, cols: 4 }, 4, 8, 1, 4),
+                (MaskKind::Block { rows: 4, cols: 1 }, 4, 8, 4, 1),
+                (MaskKind::Block { rows: 2, cols: 2 }, 4, 8, 2, 2),
+                (MaskKind::Block { rows: 2, cols: 4 }, 4, 8, 2, 4),
+            ] {
+                let w = shuffled_weights(rows * cols, seed);
+                let groups = brute_groups(&[(rows, cols)], bh, bw);
+                for count in 0..=groups.len() {
+                    let s = (count * bh * bw) as f64 / (rows * cols) as f64;
+                    let got = layer_mask(&w, rows, cols, s, kind);
+                    assert_smallest(&w, &groups, count, &got, &format!("seed {seed} {kind:?} sparsity {s}"));
+                }
+            }
+            // Global: the pruned weights (or blocks) over two tensors together are the smallest.
+            let (a, b) = (shuffled_weights(8, seed + 100), shuffled_weights(12, seed + 200));
+            let both: Vec<f32> = a.iter().chain(&b).copied().collect();
+            for (kind, bh, bw) in [(MaskKind::Unstructured, 1, 1), (MaskKind::Block { rows: 1, cols: 2 }, 1, 2)] {
+                let groups = brute_groups(&[(2, 4), (3, 4)], bh, bw);
+                for count in 0..=groups.len() {
+                    let s = (count * bh * bw) as f64 / 20.0;
+                    let got = global_masks(&[(&a, 2, 4), (&b, 3, 4)], s, kind).concat();
+                    assert_smallest(&both, &groups, count, &got, &format!("seed {seed} global {kind:?} sparsity {s}"));
+                }
+            }
+            // N:M: in every group of m inputs of a row, the n kept have the largest magnitudes.
+            for (n, m) in [(2, 4), (1, 4), (3, 4), (1, 2), (2, 3)] {
+                let cols = 3 * m;
+                let w = shuffled_weights(2 * cols, seed + 300);
+                let got = layer_mask(&w, 2, cols, 1.0 - n as f64 / m as f64, MaskKind::NOfM { n, m });
+                for (g, (keep, vals)) in got.chunks(m).zip(w.chunks(m)).enumerate() {
+                    let groups: Vec<Vec<usize>> = (0..m).map(|i| vec![i]).collect();
+                    assert_smallest(vals, &groups, m - n, keep, &format!("seed {seed} {n}:{m} group {g}"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn parses_mask_names() {
         assert_eq!(MaskKind::parse("4x1").unwrap(), MaskKind::Block { rows: 4, cols: 1 });

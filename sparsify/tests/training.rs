@@ -1,6 +1,7 @@
-//! Training end to end on small synthetic data: the target sparsity is reached, pruned weights
-//! stay zero through momentum and weight decay, the same seed gives the same metrics, a resumed
-//! run ends where an unbroken one does, and the engine agrees with burn on the exported model.
+//! Training end to end on small synthetic data: the target sparsity is reached, every mask update
+//! applies the sparsity of the schedule's formula, pruned weights stay zero through momentum and
+//! weight decay, the same seed gives the same metrics, a resumed run (SGD or Adam) ends where an
+//! unbroken one does, and the engine agrees with burn on the exported model.
 
 use std::path::Path;
 
@@ -92,6 +93,67 @@ fn reaches_target_sparsity_and_learns_for_every_structure() {
     }
 }
 
+/// The test recipe's schedule, written out: cubic from 0 at epoch 0.5 to `last` at epoch 3.
+fn cubic_target(last: f64, epoch: f64) -> f64 {
+    let x = ((epoch - 0.5) / 2.5).clamp(0.0, 1.0);
+    last * (1.0 - (1.0 - x).powi(3))
+}
+
+#[test]
+fn every_mask_update_applies_the_scheduled_sparsity() {
+    // Stepping as training does (7 steps an epoch, so updates fall between quarter epochs): each
+    // update prunes exactly round(numel * target(epoch)) weights of every layer, none comes
+    // before the start, they come at most a quarter epoch and a step apart, the last at the end.
+    let (r, _) = recipe("unstructured", 0.9, "layer", MLP);
+    let mut net = sparsify::model::Network::new(&r.model, 28, 10, 7);
+    let mut pruner = sparsify::prune::Pruner::new(&r, &net).unwrap();
+    let targets = net.prunable();
+    let steps = 7;
+    let mut updates = vec![];
+    for step in 0..=4 * steps {
+        let e = step as f64 / steps as f64;
+        // The weights move between updates, as in training; pruned ones stay zero.
+        for &p in &targets {
+            net.params[p].values.iter_mut().enumerate().for_each(|(i, v)| *v *= 1.0 + 0.01 * ((i + step) % 5) as f32);
+        }
+        if pruner.update(&r, &net, e) {
+            updates.push(e.min(3.0));
+        }
+        for &p in &targets {
+            pruner.zero_pruned(&r, p, e, &mut net.params[p].values);
+        }
+        let Some(&at) = updates.last() else { continue };
+        for &p in &targets {
+            let v = &net.params[p].values;
+            let want = (v.len() as f64 * cubic_target(0.9, at)).round() as usize;
+            assert_eq!(v.iter().filter(|x| **x == 0.0).count(), want, "{} at epoch {e:.3} (update at {at:.3})", net.params[p].name);
+        }
+    }
+    assert!(updates[0] >= 0.5 && updates[0] < 0.5 + 1.0 / steps as f64, "first update at {}", updates[0]);
+    assert_eq!(*updates.last().unwrap(), 3.0, "the last update applies the final sparsity at end_epoch");
+    for (i, w) in updates.windows(2).enumerate() {
+        let gap = w[1] - w[0];
+        let last = i + 2 == updates.len();
+        assert!((last || gap >= 0.25 - 1e-9) && gap < 0.25 + 1.0 / steps as f64, "updates at {w:?}");
+    }
+
+    // Through training, at the epoch boundaries (20 steps an epoch, updates on quarter epochs):
+    // the metrics of epochs 1 and 2, mid-schedule, and 3 and 4 show the formula's sparsity.
+    let dir = tempfile::tempdir().unwrap();
+    let (r, text) = recipe("unstructured", 0.9, "layer", MLP);
+    let d = datasets::synthetic::synthetic(640, 200, 10, 28, 3);
+    let d = RunData { train: d.train, val: None, test: d.test, mean: d.mean, std: d.std, classes: 10, source: "synthetic".into() };
+    let sum = train::train_on(&r, &text, &opts(dir.path()), d).unwrap();
+    for m in &sum.metrics {
+        let target = cubic_target(0.9, m.epoch as f64);
+        for (name, s) in &m.layers {
+            let p = sum.net.params.iter().find(|p| &p.name == name).unwrap();
+            let want = (p.values.len() as f64 * target).round() / p.values.len() as f64;
+            assert!((s - want).abs() < 1e-12, "epoch {}: {name} at {s}, the schedule says {want}", m.epoch);
+        }
+    }
+}
+
 #[test]
 fn pruned_weights_stay_zero_through_momentum_and_weight_decay() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,6 +204,37 @@ fn same_seed_same_metrics_and_resume_matches_unbroken_run() {
         assert_eq!(x.values, y.values, "{} differs after resuming", x.name);
     }
     assert_eq!(resumed.metrics.last().unwrap().test_accuracy, unbroken.metrics.last().unwrap().test_accuracy);
+}
+
+#[test]
+fn resume_with_adam_matches_unbroken_run() {
+    let (_, text) = recipe("4x1", 0.8, "layer", MLP);
+    let text = text.replace("type = \"sgd\"\nmomentum = 0.9\nnesterov = true", "type = \"adam\"\nbetas = [0.8, 0.99]");
+    let text = text.replace("init_lr = 0.05", "init_lr = 0.002");
+    let r = Recipe::parse(&text, "test.toml", &[]).unwrap();
+    assert_eq!(r.optimizer.kind, sparsify::recipe::OptimizerKind::Adam);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let unbroken = train::train_on(&r, &text, &opts(a.path()), data()).unwrap();
+    assert!(unbroken.metrics.last().unwrap().test_accuracy > 0.8, "Adam learns: {:?}", unbroken.metrics.last());
+    let mut o = opts(b.path());
+    o.stop_after = Some(2);
+    train::train_on(&r, &text, &o, data()).unwrap();
+    o.stop_after = None;
+    o.resume = true;
+    let resumed = train::train_on(&r, &text, &o, data()).unwrap();
+    // Both moments and the step count come back from the checkpoint: a restart from zero moments
+    // or a reset bias correction would move every weight.
+    for (x, y) in unbroken.net.params.iter().zip(&resumed.net.params) {
+        assert_eq!(x.values, y.values, "{} differs after resuming", x.name);
+    }
+    // The epochs before the break come back from metrics.csv (six decimals).
+    for (x, y) in unbroken.metrics.iter().zip(&resumed.metrics) {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        assert!(
+            close(x.train_loss, y.train_loss) && close(x.test_accuracy, y.test_accuracy) && close(x.sparsity, y.sparsity),
+            "{x:?} / {y:?}"
+        );
+    }
 }
 
 #[test]
