@@ -1,6 +1,7 @@
 //! The engine's outputs against ONNX Runtime on the same ONNX files (dense and pruned MLPs and
 //! CNNs, every kernel policy, batch sizes that do and do not divide into tiles), within 1e-4
-//! relative; and the native file against the ONNX file of the same graph.
+//! relative (on the logits too where a Softmax ends the model); and the native file against the
+//! ONNX file of the same graph.
 
 mod common;
 
@@ -19,6 +20,14 @@ fn check_graph(name: &str, graph: engine::graph::Graph) {
 
 fn check_graph_within(name: &str, graph: engine::graph::Graph, tolerance: f32) {
     let Some(python) = ort_python() else { return };
+    // Errors relative to the largest output hide in small probabilities after a Softmax: the
+    // logits before it are checked the same way.
+    if let Some(last) = graph.nodes.last().filter(|n| matches!(n.op, engine::graph::Op::Softmax) && n.output == graph.output) {
+        let mut logits = graph.clone();
+        logits.output = last.inputs[0].clone();
+        logits.nodes.pop();
+        check_graph_within(&format!("{name}_logits"), logits, tolerance);
+    }
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join(format!("{name}.onnx"));
     let native = dir.path().join(format!("{name}.sparse"));
@@ -154,6 +163,33 @@ fn int8_batches_match_one_sample_at_a_time() {
             let single = one.run(&input.data[s * per..(s + 1) * per], 1).unwrap();
             let err = rel_err(&single, &batched[s * out..(s + 1) * out]);
             assert!(err < 1e-5, "{name} sample {s}: batch-1 and batched int8 differ by {err}");
+        }
+    }
+}
+
+/// Every instruction-set level this CPU offers (each one `ENGINE_ISA` can force) runs whole
+/// models to ONNX Runtime's answers: residual bottlenecks and depth-wise blocks in fp32, LeNet-5
+/// in int8 (against the QDQ file run as written), sparse and auto kernels, 1 and 2 threads.
+#[test]
+fn every_isa_level_matches_onnx_runtime() {
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let models =
+        [("bottleneck", bottleneck(41, 0.9), false), ("mobile", mobile(42, 0.8), false), ("lenet5_q8", quantized(lenet(43, 0.8)), true)];
+    for (name, graph, literal) in models {
+        let onnx = dir.path().join(format!("{name}.onnx"));
+        std::fs::write(&onnx, engine::onnx::export::export(&graph, &graph.output_shape().unwrap())).unwrap();
+        let input = random_input(44, 3, &graph.input_shape);
+        let reference = ort_run_with(&python, &onnx, &input, dir.path(), literal);
+        for isa in engine::kernels::Isa::available() {
+            for policy in [KernelPolicy::Auto, KernelPolicy::Sparse] {
+                let options = Options { isa, ..Options::new(policy).unwrap() };
+                let model = compile::compile(engine::load(&onnx).unwrap(), options).unwrap();
+                for threads in [1, 2] {
+                    let err = rel_err(&Session::new(&model, threads).unwrap().run(&input.data, 3).unwrap(), &reference.data);
+                    assert!(err < 1e-4, "{name} {isa:?} {policy:?} {threads} threads: relative error {err}");
+                }
+            }
         }
     }
 }

@@ -155,7 +155,7 @@ fn direct_convolutions_match_im2col_in_whole_models() {
 #[test]
 fn int8_layers_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
     if !engine::kernels::q8amx::available(engine::kernels::Isa::detect()) {
-        eprintln!("no AMX on this CPU: int8 layers on tiles are not tested");
+        engine::testing::record_skip("int8 layers on AMX tiles (no AMX on this CPU)");
         return;
     }
     let graph = quantized(mlp_with(41, 0.9, [784, 300, 100, 10]));
