@@ -1,8 +1,69 @@
 //! A tiny sweep end to end: points train, export, evaluate and benchmark; the table, plots and
-//! report are written; running again reuses every finished point.
+//! report are written, and the table's values are what they claim (speedup = dense / sparse time,
+//! top-1 = `engine eval` on the point's model = burn's accuracy for fp32); running again reuses
+//! every finished point.
+
+use std::path::Path;
+use std::process::Command;
 
 use e2e_tests::{real_data, repo};
+use experiments::point::PointResult;
 use experiments::sweep::Sweep;
+
+/// The `engine` binary of this build (built if this test runs alone).
+fn engine_binary() -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let bin = deps.parent().unwrap().join("engine");
+    if !bin.exists() {
+        let release = deps.parent().unwrap().ends_with("release");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-q", "-p", "engine", "--bin", "engine"]).current_dir(repo());
+        if release {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "building the engine binary");
+    }
+    bin
+}
+
+/// Each row of `results.csv`: the speedup is the dense median over the sparse one (within the
+/// table's four decimals), top-1 is what `engine eval` measures on the point's model, and for fp32
+/// points what burn measured at the end of training.
+fn check_table_values(csv: &str, sweep: &Sweep, sweep_dir: &Path, data: &Path, results: &[PointResult]) {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}"));
+    for line in lines {
+        assert!(!line.contains('"'), "unexpected quoting: {line}");
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |name: &str| f[col(name)].parse::<f64>().unwrap_or_else(|_| panic!("{name}: '{}' in {line}", f[col(name)]));
+        for b in &sweep.batches {
+            let (sparse, dense, speedup) =
+                (num(&format!("median_ms_b{b}")), num(&format!("dense_median_ms_b{b}")), num(&format!("speedup_b{b}")));
+            // Each printed value is within 5e-5 of the measured one.
+            let (lo, hi) = ((dense - 5e-5) / (sparse + 5e-5) - 5e-5, (dense + 5e-5) / (sparse - 5e-5).max(1e-9) + 5e-5);
+            assert!(speedup >= lo && speedup <= hi, "batch {b}: speedup {speedup}, dense {dense} ms / sparse {sparse} ms: {line}");
+        }
+        let id = f[col("id")];
+        let model = sweep_dir.join("points").join(id).join("model.sparse");
+        let out = Command::new(engine_binary())
+            .args(["eval", "--json", "--threads", "2", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "engine eval: {}", String::from_utf8_lossy(&out.stderr));
+        let eval = String::from_utf8(out.stdout).unwrap();
+        let accuracy: f64 = eval.split("\"accuracy\":").nth(1).and_then(|r| r.split([',', '}']).next()).unwrap().trim().parse().unwrap();
+        assert_eq!(f[col("top1")], format!("{accuracy:.4}"), "{id}: the table's top-1 against engine eval ({eval})");
+        let r = results.iter().find(|r| r.point.id == id).unwrap();
+        if r.quantization == "none" {
+            let burn = r.curve.last().unwrap().1;
+            assert_eq!(f[col("top1")], format!("{burn:.4}"), "{id}: the table's top-1 against burn's test accuracy");
+        }
+    }
+}
 
 #[test]
 fn tiny_sweep_runs_collects_and_reuses_points() {
@@ -48,6 +109,7 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
         }
     }
     assert!(std::fs::read_to_string(sweep_dir.join("report.md")).unwrap().contains("![accuracy_vs_speedup]"));
+    check_table_values(&csv, &sweep, &sweep_dir, &data, &first);
     // A second run reuses the finished points: same results, no retraining.
     let again = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], (Some(data.clone()), false), None, false).unwrap();
     assert_eq!(again, first[0]);
