@@ -118,7 +118,10 @@ impl Sweep {
     /// against the sweep file's parent folder.
     pub fn load(path: &Path) -> anyhow::Result<Sweep> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let raw: RawSweep = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let raw: RawSweep = toml::from_str(&text).map_err(|e| match sparsify::recipe::toml_error(&text, &e) {
+            (Some(line), message) => anyhow::anyhow!("{}:{line}: {message}", path.display()),
+            (None, message) => anyhow::anyhow!("{}: {message}", path.display()),
+        })?;
         if raw.version != 1 {
             bail!("{}: version {} is not supported (1 is)", path.display(), raw.version);
         }

@@ -274,6 +274,19 @@ impl Resolver<'_> {
     }
 }
 
+/// A TOML parse error as its 1-based line and a one-line message (the parser's own text spans
+/// several lines, with a drawing of the spot).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> (Option<usize>, String) {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    // An unknown field inside a table is reported at the table: point at the field itself.
+    if let (Some(at), Some(field)) = (line, message.strip_prefix("unknown field `").and_then(|m| m.split('`').next())) {
+        let is_field = |l: &str| l.trim_start().strip_prefix(field).is_some_and(|rest| rest.trim_start().starts_with('='));
+        line = text.lines().enumerate().skip(at - 1).find(|(_, l)| is_field(l)).map_or(line, |(i, _)| Some(i + 1));
+    }
+    (line, message)
+}
+
 impl Recipe {
     /// Reads and resolves a recipe file with `--set` overrides.
     pub fn load(path: &Path, overrides: &[(String, f64)]) -> Result<Recipe, RecipeError> {
@@ -284,10 +297,9 @@ impl Recipe {
 
     /// Parses recipe text; `file` names it in errors.
     pub fn parse(text: &str, file: &str, overrides: &[(String, f64)]) -> Result<Recipe, RecipeError> {
-        let raw: RawRecipe = toml::from_str(text).map_err(|e| RecipeError {
-            file: file.to_string(),
-            line: e.span().map(|s| text[..s.start].lines().count().max(1)),
-            message: e.message().trim().to_string(),
+        let raw: RawRecipe = toml::from_str(text).map_err(|e| {
+            let (line, message) = toml_error(text, &e);
+            RecipeError { file: file.to_string(), line, message }
         })?;
         let mut r = Resolver { file, vars: raw.variables.clone(), loc: Locator { text }, block: ("[variables]", 0) };
         if raw.version != 1 {
