@@ -1,6 +1,8 @@
 """Exports full-size torchvision models (random weights, seed 1; ResNet-50 magnitude-pruned to
 90% per layer, first convolution dense) with both of PyTorch's ONNX exporters, batch fixed at 1
-as `torch.onnx.export` writes without dynamic axes: python export-torchvision.py OUT_DIR.
+as `torch.onnx.export` writes without dynamic axes, and with the legacy one at opset 13 too
+(`NAME.opset13.onnx`: what DeepSparse, which reads opsets up to 19, was fed):
+python export-torchvision.py OUT_DIR.
 Used by scripts/bench-torchvision; needs torch, torchvision, onnxscript and onnx."""
 import os
 import sys
@@ -35,5 +37,6 @@ np.save(os.path.join(out, "input.npy"), x.numpy())
 for name, m in models.items():
     m.eval()
     torch.onnx.export(m, (x,), os.path.join(out, f"{name}.legacy.onnx"), dynamo=False)
+    torch.onnx.export(m, (x,), os.path.join(out, f"{name}.opset13.onnx"), dynamo=False, opset_version=13)
     torch.onnx.export(m, (x,), dynamo=True).save(os.path.join(out, f"{name}.dynamo.onnx"), external_data=True)
     print(name, "exported", flush=True)

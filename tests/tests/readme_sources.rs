@@ -1,7 +1,8 @@
-//! Every number in the README's tables comes from a committed result: all the decimals of a
-//! table row must be, after rounding to their printed digits (or as percentages of fractions),
-//! numbers of one file under `results/` (the reports and CSVs the scripts write). A figure typed
-//! by hand, or left behind by a re-run, fails here.
+//! Every number in the README's tables and in BENCHMARKS.md's current results comes from a
+//! committed result: all the decimals of a table row must be, after rounding to their printed
+//! digits (or as percentages of fractions), numbers of one file under `results/` (the reports and
+//! CSVs the scripts write), and every decimal of their prose a number of some such file. A
+//! figure typed by hand, or left behind by a re-run, fails here.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -42,13 +43,11 @@ fn result_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-#[test]
-fn readme_table_numbers_come_from_committed_results() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+/// Each committed result file's numbers, printed with 0 to 4 decimals, and as percentages.
+fn known_numbers(repo: &Path) -> Vec<HashSet<String>> {
     let mut files = Vec::new();
     result_files(&repo.join("results"), &mut files);
-    // Each file's numbers, printed with 0 to 4 decimals, and as percentages.
-    let known: Vec<HashSet<String>> = files
+    files
         .iter()
         .map(|f| {
             let text = std::fs::read_to_string(f).unwrap();
@@ -62,17 +61,61 @@ fn readme_table_numbers_come_from_committed_results() {
             }
             set
         })
-        .collect();
-    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+        .collect()
+}
+
+/// Table rows of `text` whose decimals are not all numbers of one result file; and the count of
+/// rows.
+fn unsourced_rows(text: &str, known: &[HashSet<String>]) -> (Vec<String>, usize) {
     let mut rows = 0;
     let mut unsourced = Vec::new();
-    for line in readme.lines().filter(|l| l.starts_with("| ") && !l.starts_with("|---")) {
+    for line in text.lines().filter(|l| l.starts_with("| ") && !l.starts_with("|---")) {
         rows += 1;
         let numbers = decimals(line);
         if !numbers.is_empty() && !known.iter().any(|set| numbers.iter().all(|d| set.contains(*d))) {
             unsourced.push(format!("`{}` ({})", &line[..line.len().min(90)], numbers.join(" ")));
         }
     }
+    (unsourced, rows)
+}
+
+/// Decimals of `text`'s prose (outside tables and code blocks) that are no number of any result
+/// file.
+fn unsourced_prose(text: &str, known: &[HashSet<String>]) -> Vec<String> {
+    let mut unsourced = Vec::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        in_code ^= line.starts_with("```");
+        if in_code || line.starts_with('|') || line.starts_with("```") {
+            continue;
+        }
+        for d in decimals(line).into_iter().filter(|d| !known.iter().any(|set| set.contains(*d))) {
+            unsourced.push(format!("{d} in `{}`", &line[..line.len().min(90)]));
+        }
+    }
+    unsourced
+}
+
+#[test]
+fn readme_numbers_come_from_committed_results() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let known = known_numbers(&repo);
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let (mut unsourced, rows) = unsourced_rows(&readme, &known);
     assert!(rows >= 30, "the README's tables were not found ({rows} rows)");
+    unsourced.extend(unsourced_prose(&readme, &known));
     assert!(unsourced.is_empty(), "README numbers with no committed result behind them:\n{}", unsourced.join("\n"));
+}
+
+#[test]
+fn benchmarks_current_results_come_from_committed_results() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let known = known_numbers(&repo);
+    let text = std::fs::read_to_string(repo.join("BENCHMARKS.md")).unwrap();
+    // The current results run up to the notes on what was tried and not kept.
+    let current = &text[..text.find("\n## Tried and not kept").expect("BENCHMARKS.md's sections")];
+    let (mut unsourced, rows) = unsourced_rows(current, &known);
+    assert!(rows >= 30, "BENCHMARKS.md's tables were not found ({rows} rows)");
+    unsourced.extend(unsourced_prose(current, &known));
+    assert!(unsourced.is_empty(), "BENCHMARKS.md numbers with no committed result behind them:\n{}", unsourced.join("\n"));
 }
