@@ -66,6 +66,16 @@ fn opts(out: &Path) -> TrainOptions {
     }
 }
 
+/// Trains `r` into `dir` for two epochs, stops, and resumes to the end.
+fn stopped_after_two_epochs_then_resumed(r: &Recipe, text: &str, dir: &Path) -> sparsify::train::Summary {
+    let mut o = opts(dir);
+    o.stop_after = Some(2);
+    train::train_on(r, text, &o, data()).unwrap();
+    o.stop_after = None;
+    o.resume = true;
+    train::train_on(r, text, &o, data()).unwrap()
+}
+
 #[test]
 fn reaches_target_sparsity_and_learns_for_every_structure() {
     for (mask, s, scope) in [
@@ -216,12 +226,7 @@ fn resume_with_adam_matches_unbroken_run() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let unbroken = train::train_on(&r, &text, &opts(a.path()), data()).unwrap();
     assert!(unbroken.metrics.last().unwrap().test_accuracy > 0.8, "Adam learns: {:?}", unbroken.metrics.last());
-    let mut o = opts(b.path());
-    o.stop_after = Some(2);
-    train::train_on(&r, &text, &o, data()).unwrap();
-    o.stop_after = None;
-    o.resume = true;
-    let resumed = train::train_on(&r, &text, &o, data()).unwrap();
+    let resumed = stopped_after_two_epochs_then_resumed(&r, &text, b.path());
     // Both moments and the step count come back from the checkpoint: a restart from zero moments
     // or a reset bias correction would move every weight.
     for (x, y) in unbroken.net.params.iter().zip(&resumed.net.params) {
@@ -284,12 +289,7 @@ fn quantization_aware_training_resumes_exactly_and_keeps_masks() {
         let fq = sparsify::quant::fake_quant_weight(&p.values, p.shape[0], true);
         assert!(p.values.iter().zip(&fq).all(|(w, f)| (*w == 0.0) == (*f == 0.0) || w.abs() < 1e-3), "{}", p.name);
     }
-    let mut o = opts(b.path());
-    o.stop_after = Some(2);
-    train::train_on(&r, &text, &o, data()).unwrap();
-    o.stop_after = None;
-    o.resume = true;
-    let resumed = train::train_on(&r, &text, &o, data()).unwrap();
+    let resumed = stopped_after_two_epochs_then_resumed(&r, &text, b.path());
     assert_eq!(resumed.net.quant, unbroken.net.quant, "observer ranges after resuming");
     for (x, y) in unbroken.net.params.iter().zip(&resumed.net.params) {
         assert_eq!(x.values, y.values, "{} differs after resuming", x.name);
