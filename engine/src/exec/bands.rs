@@ -21,7 +21,7 @@ pub(super) struct BandParts {
 /// A banded column of a one-tile batch as `parts` on the team's threads: part 0 on the tile's
 /// chunk, part k on `spare[k - 1]`. The column's inputs are copied into the spare chunks first,
 /// and after the parts, each one's rows of the column's last output are copied into the tile's
-/// chunk.
+/// chunk; both copies split over the team.
 pub(super) fn run_band_parts(
     model: &Model,
     plan: &Plan,
@@ -35,10 +35,10 @@ pub(super) fn run_band_parts(
     let ld = plan.ld(0);
     let region = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * ld;
     let spare = &mut spare[..parts.len() - 1];
-    for part in spare.iter_mut() {
-        for &v in inputs {
-            part[region(v)].copy_from_slice(&chunk[region(v)]);
-        }
+    {
+        let source: &[f32] = chunk;
+        let copies = spare.iter_mut().flat_map(|part| disjoint_mut(part, inputs.iter().map(|&v| region(v)).collect()));
+        copy_over(team, copies.zip(inputs.iter().cycle().map(|&v| &source[region(v)])).collect());
     }
     {
         let chunks: Vec<Mutex<&mut [f32]>> =
@@ -50,16 +50,73 @@ pub(super) fn run_band_parts(
             }
         });
     }
+    // Each spare part's rows of the last output, channel by channel: `[channels, height, row]`.
     let (v, shape) = (model.layers[last].output, &model.layers[last].out_shape);
     let (height, row) = (shape[1], shape[2] * ld);
+    let mut ranges = Vec::new();
+    let mut sources = Vec::new();
     for (part, steps) in spare.iter().zip(&parts[1..]) {
         for (_, rows) in steps.iter().filter(|(l, _)| *l == last) {
             for ch in 0..shape[0] {
                 let at = plan.offsets[v] + (ch * height + rows.start) * row..plan.offsets[v] + (ch * height + rows.end) * row;
-                chunk[at.clone()].copy_from_slice(&part[at]);
+                sources.push(&part[at.clone()]);
+                ranges.push(at);
             }
         }
     }
+    copy_over(team, disjoint_mut(chunk, ranges).into_iter().zip(sources).collect());
+}
+
+/// Below this many floats a copy runs on the calling thread (waking the team costs more).
+const PARALLEL_COPY: usize = 1 << 15;
+
+/// Does every `(to, from)` copy, the work split evenly over the team's threads.
+fn copy_over(team: &Team, copies: Vec<(&mut [f32], &[f32])>) {
+    let total: usize = copies.iter().map(|(to, _)| to.len()).sum();
+    let threads = team.threads().min(total.div_ceil(PARALLEL_COPY)).max(1);
+    if threads == 1 {
+        copies.into_iter().for_each(|(to, from)| to.copy_from_slice(from));
+        return;
+    }
+    // Cut the copies into pieces so that each thread gets `share` floats.
+    let share = total.div_ceil(threads);
+    let mut jobs: Vec<Vec<(&mut [f32], &[f32])>> = (0..threads).map(|_| Vec::new()).collect();
+    let (mut thread, mut filled) = (0, 0);
+    for (mut to, mut from) in copies {
+        while !to.is_empty() {
+            let n = to.len().min(share - filled);
+            let (head, tail) = std::mem::take(&mut to).split_at_mut(n);
+            jobs[thread].push((head, &from[..n]));
+            (to, from) = (tail, &from[n..]);
+            filled += n;
+            if filled == share && thread + 1 < threads {
+                (thread, filled) = (thread + 1, 0);
+            }
+        }
+    }
+    let jobs: Vec<Mutex<Vec<(&mut [f32], &[f32])>>> = jobs.into_iter().map(Mutex::new).collect();
+    team.run_some(threads, &|k| {
+        for (to, from) in jobs[k].lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+            to.copy_from_slice(from);
+        }
+    });
+}
+
+/// Mutable views of the given non-overlapping `ranges` of `buf`, in the order given.
+fn disjoint_mut(buf: &mut [f32], ranges: Vec<Range<usize>>) -> Vec<&mut [f32]> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].start);
+    let mut views: Vec<Option<&mut [f32]>> = (0..ranges.len()).map(|_| None).collect();
+    let (mut rest, mut at) = (buf, 0);
+    for i in order {
+        let r = &ranges[i];
+        assert!(r.start >= at, "overlapping ranges");
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - at);
+        let (view, tail) = tail.split_at_mut(r.len());
+        views[i] = Some(view);
+        (rest, at) = (tail, r.end);
+    }
+    views.into_iter().map(|v| v.expect("every range has a view")).collect()
 }
 
 /// A banded column's bands in one part per thread (`BandParts`), for a batch of one tile on
@@ -183,5 +240,26 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         Exec::Add { relu } => (0..channels).for_each(|c| elementwise::add(&xs[0][band(c)], &xs[1][band(c)], &mut y[band(c)], *relu)),
         Exec::Unary(f) => (0..channels).for_each(|c| elementwise::unary(*f, &xs[0][band(c)], &mut y[band(c)])),
         _ => unreachable!("only spatial layers run in row bands"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_over_the_team_land_where_serial_ones_do() {
+        let team = Team::new(2).unwrap();
+        // Ranges out of order, of sizes below, at and above a thread's share, some empty.
+        let ranges = [300_000..301_000, 0..40_000, 50_000..50_000, 100_000..170_001, 40_000..40_007, 200_000..299_999];
+        let source: Vec<f32> = (0..400_000).map(|i| i as f32).collect();
+        for threads_team in [&team, &Team::new(1).unwrap()] {
+            let mut got = vec![-1.0f32; source.len()];
+            let views = disjoint_mut(&mut got, ranges.to_vec());
+            copy_over(threads_team, views.into_iter().zip(ranges.iter().map(|r| &source[r.clone()])).collect());
+            let mut want = vec![-1.0f32; source.len()];
+            ranges.iter().for_each(|r| want[r.clone()].copy_from_slice(&source[r.clone()]));
+            assert!(got == want, "{} threads", threads_team.threads());
+        }
     }
 }
