@@ -71,10 +71,10 @@ pub(super) fn run_band_parts(
 const PARALLEL_COPY: usize = 1 << 15;
 
 /// A copy to do: destination and source, of one length.
-type Copy<'a> = (&'a mut [f32], &'a [f32]);
+type CopyJob<'a> = (&'a mut [f32], &'a [f32]);
 
 /// Does every `(to, from)` copy, the work split evenly over the team's threads.
-fn copy_over(team: &Team, copies: Vec<Copy>) {
+fn copy_over(team: &Team, copies: Vec<CopyJob>) {
     let total: usize = copies.iter().map(|(to, _)| to.len()).sum();
     let threads = team.threads().min(total.div_ceil(PARALLEL_COPY)).max(1);
     if threads == 1 {
@@ -83,7 +83,7 @@ fn copy_over(team: &Team, copies: Vec<Copy>) {
     }
     // Cut the copies into pieces so that each thread gets `share` floats.
     let share = total.div_ceil(threads);
-    let mut jobs: Vec<Vec<Copy>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut jobs: Vec<Vec<CopyJob>> = (0..threads).map(|_| Vec::new()).collect();
     let (mut thread, mut filled) = (0, 0);
     for (mut to, mut from) in copies {
         while !to.is_empty() {
@@ -97,7 +97,7 @@ fn copy_over(team: &Team, copies: Vec<Copy>) {
             }
         }
     }
-    let jobs: Vec<Mutex<Vec<Copy>>> = jobs.into_iter().map(Mutex::new).collect();
+    let jobs: Vec<Mutex<Vec<CopyJob>>> = jobs.into_iter().map(Mutex::new).collect();
     team.run_some(threads, &|k| {
         for (to, from) in jobs[k].lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
             to.copy_from_slice(from);
