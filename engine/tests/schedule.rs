@@ -63,6 +63,28 @@ fn planner_groups_layers_that_fit_and_splits_those_that_do_not() {
     assert_eq!(Session::with_schedule(&model, 2, Schedule::Layerwise, None).unwrap().plan(64).columns.len(), model.layers.len());
 }
 
+/// At batch 1 a column is cut into row bands only where one of its convolutions, planned alone
+/// with its whole images, overflows the budget (bands re-read weights once per band and gain
+/// nothing where every image fits): checked over budgets from 4 KiB to 2 MiB on the reduced
+/// ResNet, some of which do band.
+#[test]
+fn one_sample_columns_are_banded_only_where_a_convolution_overflows_alone() {
+    let model = compile::compile(bottleneck(52, 0.0), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+    let mut banded = 0;
+    let mut budget = 4 << 10;
+    while budget <= 2 << 20 {
+        let plan = Session::with_schedule(&model, 2, Schedule::Auto, Some(budget)).unwrap().plan(1);
+        let alone = Session::with_schedule(&model, 2, Schedule::Layerwise, Some(budget)).unwrap().plan(1);
+        for c in plan.columns.iter().filter(|c| c.bands > 1) {
+            banded += 1;
+            let overflows = c.layers.clone().any(|l| matches!(model.layers[l].exec, compile::Exec::MatMul(_)) && !alone.columns[l].fits);
+            assert!(overflows, "budget {budget}: column {:?} is banded though each of its convolutions fits alone", c.layers);
+        }
+        budget = budget * 3 / 2;
+    }
+    assert!(banded > 0, "no budget made a banded column: the check checked nothing");
+}
+
 #[test]
 fn row_bands_match_layerwise() {
     // Budgets too small for whole images make the planner cut columns of convolutions, pools,
