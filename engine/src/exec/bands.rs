@@ -36,9 +36,11 @@ pub(super) fn run_band_parts(
     let region = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * ld;
     let spare = &mut spare[..parts.len() - 1];
     {
-        let source: &[f32] = chunk;
-        let copies = spare.iter_mut().flat_map(|part| disjoint_mut(part, inputs.iter().map(|&v| region(v)).collect()));
-        copy_over(team, copies.zip(inputs.iter().cycle().map(|&v| &source[region(v)])).collect());
+        let (source, regions): (&[f32], Vec<Range<usize>>) = (chunk, inputs.iter().map(|&v| region(v)).collect());
+        let copies = spare
+            .iter_mut()
+            .flat_map(|part| disjoint_mut(part, regions.clone()).into_iter().zip(regions.iter().map(|r| &source[r.clone()])));
+        copy_over(team, copies.collect());
     }
     {
         let chunks: Vec<Mutex<&mut [f32]>> =

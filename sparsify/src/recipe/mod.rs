@@ -206,10 +206,7 @@ impl Locator<'_> {
     fn line(&self, header: &str, index: usize, field: &str) -> Option<usize> {
         let (start, end) = self.block_lines(header, index)?;
         let lines: Vec<&str> = self.text.lines().collect();
-        let found = (start..end).find(|&i| {
-            let l = lines[i].trim_start();
-            l.strip_prefix(field).is_some_and(|rest| rest.trim_start().starts_with('='))
-        });
+        let found = (start..end).find(|&i| assigns(lines[i], field));
         Some(found.unwrap_or(start) + 1)
     }
 }
@@ -274,6 +271,11 @@ impl Resolver<'_> {
     }
 }
 
+/// Whether a TOML line sets `field` (`field = ...`).
+fn assigns(line: &str, field: &str) -> bool {
+    line.trim_start().strip_prefix(field).is_some_and(|rest| rest.trim_start().starts_with('='))
+}
+
 /// A TOML parse error as its 1-based line and a one-line message (the parser's own text spans
 /// several lines, with a drawing of the spot).
 pub fn toml_error(text: &str, e: &toml::de::Error) -> (Option<usize>, String) {
@@ -281,8 +283,7 @@ pub fn toml_error(text: &str, e: &toml::de::Error) -> (Option<usize>, String) {
     let mut line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     // An unknown field inside a table is reported at the table: point at the field itself.
     if let (Some(at), Some(field)) = (line, message.strip_prefix("unknown field `").and_then(|m| m.split('`').next())) {
-        let is_field = |l: &str| l.trim_start().strip_prefix(field).is_some_and(|rest| rest.trim_start().starts_with('='));
-        line = text.lines().enumerate().skip(at - 1).find(|(_, l)| is_field(l)).map_or(line, |(i, _)| Some(i + 1));
+        line = text.lines().enumerate().skip(at - 1).find(|(_, l)| assigns(l, field)).map_or(line, |(i, _)| Some(i + 1));
     }
     (line, message)
 }
