@@ -3,8 +3,9 @@ user would: reduced-width versions of real architectures (a few MB each) with to
 building blocks, in eval mode, random weights from a fixed seed.
 
     python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch torchvision onnxscript onnx
-    /tmp/torchvenv/bin/python scripts/make-torch-fixtures.py engine/tests/torch
+    /tmp/torchvenv/bin/python scripts/make-torch-fixtures.py engine/tests/torch [NAME...]
 
+(only the NAMEs given, where some are). 
 Each model is written as NAME.legacy.onnx (torch.onnx.export(..., dynamo=False)) and
 NAME.dynamo.onnx (the default exporter; its weights go to NAME.dynamo.onnx.data beside it), with
 an input NAME.input.npy; the test runs ONNX Runtime on the same files, so no outputs are stored.
@@ -21,7 +22,10 @@ from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.squeezenet import Fire
 
-out_dir = sys.argv[1]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from yolov5 import YOLOv5  # noqa: E402
+
+out_dir, only = sys.argv[1], set(sys.argv[2:])
 os.makedirs(out_dir, exist_ok=True)
 torch.manual_seed(0)
 
@@ -107,6 +111,15 @@ def pruned(model, amount):
     return model
 
 
+def small_yolov5():
+    """YOLOv5's layout (scripts/yolov5.py: SiLU convolutions, C3 blocks, SPPF, nearest upsampling,
+    the Detect head's reshape, permute, split and box decoding) at a quarter of YOLOv5s's width,
+    3 classes, 64x64 images; its convolutions 85% pruned but the first. Built from its own seed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        return pruned(YOLOv5(width=0.125, depth=0.33, classes=3, image=64), 0.85)
+
+
 models = {
     "resnet18_w16": (SmallResNet18(), (1, 3, 64, 64)),
     "resnet18_w16_s90": (pruned(SmallResNet18(), 0.9), (1, 3, 64, 64)),
@@ -114,8 +127,11 @@ models = {
     "mobilenet_v2_w25": (mobilenet_v2(width_mult=0.25, num_classes=10), (1, 3, 64, 64)),
     "squeezenet_w25": (SmallSqueezeNet(), (1, 3, 64, 64)),
     "efficientnet_w25": (small_efficientnet(), (1, 3, 64, 64)),
+    "yolov5_w12_s85": (small_yolov5(), (1, 3, 64, 64)),
 }
 for name, (model, shape) in models.items():
+    if only and name not in only:
+        continue
     randomize_batchnorm(model)
     model.eval()
     x = torch.rand(*shape) * 2 - 1

@@ -247,6 +247,11 @@ pub enum Exec {
         constant: Option<Vec<f32>>,
         constant_first: bool,
     },
+    /// Output element `i` of each sample copies input element `sources[i]` (a transpose or a
+    /// selection, `layout::sources`).
+    Gather {
+        sources: Vec<u32>,
+    },
     /// `kernels::elementwise::concat`'s `outer` and `blocks`.
     Concat {
         outer: usize,
@@ -315,7 +320,10 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             }
             Op::GlobalAvgPool => Exec::GlobalAvgPool { channels: in_shape[0], pixels: in_shape[1..].iter().product() },
             Op::Add { act } => Exec::Add { relu: relu(act) },
-            Op::Flatten => Exec::Flatten,
+            Op::Flatten | Op::Reshape { .. } => Exec::Flatten,
+            Op::Transpose { .. } | Op::Select { .. } => {
+                Exec::Gather { sources: crate::layout::sources(&node.op, &in_shape).expect("a layout operator") }
+            }
             Op::Softmax => Exec::Softmax,
             Op::QuantDequant { scale, zero } => Exec::QuantDequant { scale: *scale, zero: *zero },
             Op::GroupConv { weight, bias, window, groups, act } => Exec::GroupConv {

@@ -11,8 +11,8 @@ pub enum EngineError {
     Format { path: String, reason: String },
     #[error("{path}: not a valid ONNX file: {reason}")]
     Onnx { path: String, reason: String },
-    #[error("unsupported ONNX operator '{op}' (node '{node}'); supported: {supported}")]
-    UnsupportedOp { op: String, node: String, supported: &'static str },
+    #[error("unsupported ONNX operators: {ops}; the engine reads {supported}")]
+    UnsupportedOps { ops: String, supported: String },
     #[error("node '{node}': {reason}")]
     Graph { node: String, reason: String },
     #[error("shape mismatch: {0}")]

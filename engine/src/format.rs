@@ -120,6 +120,15 @@ enum FileOp {
     Concat {
         axis: usize,
     },
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Select {
+        indices: Vec<Vec<usize>>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -284,6 +293,9 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
                 constant_first: *constant_first,
             },
             Op::Concat { axis } => FileOp::Concat { axis: *axis },
+            Op::Reshape { shape } => FileOp::Reshape { shape: shape.clone() },
+            Op::Transpose { perm } => FileOp::Transpose { perm: perm.clone() },
+            Op::Select { indices } => FileOp::Select { indices: indices.clone() },
         };
         nodes.push(FileNode { name: name.clone(), inputs: n.inputs.clone(), output: n.output.clone(), op });
     }
@@ -359,6 +371,9 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
                 Op::Binary { kind, constant, constant_first }
             }
             FileOp::Concat { axis } => Op::Concat { axis },
+            FileOp::Reshape { shape } => Op::Reshape { shape },
+            FileOp::Transpose { perm } => Op::Transpose { perm },
+            FileOp::Select { indices } => Op::Select { indices },
         };
         nodes.push(Node { name: n.name, op, inputs: n.inputs, output: n.output });
     }

@@ -303,6 +303,20 @@ pub enum Op {
         scale: f32,
         zero: u8,
     },
+    /// The same elements in the same order under another per-sample shape (ONNX Reshape,
+    /// Squeeze, Unsqueeze).
+    Reshape {
+        shape: Vec<usize>,
+    },
+    /// Axes permuted: output axis `a` is input axis `perm[a]`.
+    Transpose {
+        perm: Vec<usize>,
+    },
+    /// Along each axis `a`, output coordinate `i` reads input coordinate `indices[a][i]` (Slice,
+    /// Split, nearest Resize, Gather with constant indices).
+    Select {
+        indices: Vec<Vec<usize>>,
+    },
 }
 
 impl Op {
@@ -323,6 +337,9 @@ impl Op {
             Op::Unary(_) => "unary",
             Op::Binary { .. } => "binary",
             Op::Concat { .. } => "concat",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Select { .. } => "select",
         }
     }
     pub fn weight(&self) -> Option<&Weight> {
@@ -364,6 +381,7 @@ impl Graph {
                 Op::Linear { weight, .. } | Op::Conv { weight, .. } | Op::GroupConv { weight, .. } => weight.data.len(),
                 Op::Binary { constant: Some(c), .. } => c.values.len(),
                 Op::Affine { scale, .. } => 2 * scale.len(),
+                Op::Select { indices } => indices.iter().map(Vec::len).sum(),
                 _ => 0,
             };
             weight_elements = weight_elements.saturating_add(weights);
@@ -460,7 +478,9 @@ fn image(node: &Node, x: &[usize]) -> Result<(usize, usize, usize)> {
     }
 }
 
-fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Vec<usize>>) -> Result<Vec<usize>> {
+/// Per-sample output shape of `node` on input shapes `x` (the first) and `input(i)`, checking its
+/// parameters.
+pub fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Vec<usize>>) -> Result<Vec<usize>> {
     let name = node.name.as_str();
     let bad = |reason: String| Err(EngineError::graph(name, reason));
     match &node.op {
@@ -570,6 +590,26 @@ fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<V
                 return bad(format!("quantization scale {scale} must be positive and finite"));
             }
             Ok(x.to_vec())
+        }
+        Op::Reshape { shape } => {
+            if checked_numel(shape, MAX_VALUE_ELEMENTS) != Some(x.iter().product()) {
+                return bad(format!("cannot reshape {x:?} to {shape:?}"));
+            }
+            Ok(shape.clone())
+        }
+        Op::Transpose { perm } => {
+            let mut seen = vec![false; x.len()];
+            if perm.len() != x.len() || !perm.iter().all(|&a| a < x.len() && !std::mem::replace(&mut seen[a], true)) {
+                return bad(format!("{perm:?} is not a permutation of the axes of {x:?}"));
+            }
+            Ok(perm.iter().map(|&a| x[a]).collect())
+        }
+        Op::Select { indices } => {
+            let fits = indices.len() == x.len() && indices.iter().zip(x).all(|(ix, &d)| !ix.is_empty() && ix.iter().all(|&i| i < d));
+            if !fits {
+                return bad(format!("selection of {} axes, each non-empty and within {x:?}", indices.len()));
+            }
+            Ok(indices.iter().map(Vec::len).collect())
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod format;
 pub mod fsutil;
 pub mod graph;
 pub mod kernels;
+pub mod layout;
 pub mod npy;
 pub mod onnx;
 pub mod passes;

@@ -99,6 +99,26 @@ fn mobile_operators_match_onnx_runtime() {
     check_graph("mobile_s80", mobile(14, 0.8));
 }
 
+/// The layout operators in the engine's own graph (a detection head's permute, a selection along
+/// two axes, a reshape), written to ONNX and to the native file.
+#[test]
+fn layout_operators_match_onnx_runtime() {
+    use engine::graph::{Graph, Op};
+    let mut r = rng(21);
+    let nodes = vec![
+        node("permuted", Op::Transpose { perm: vec![2, 0, 1] }, &["input"]),
+        node("picked", Op::Select { indices: vec![vec![4, 0, 2], vec![1, 1, 3], (0..6).rev().collect()] }, &["permuted"]),
+        node("viewed", Op::Reshape { shape: vec![6, 3, 3] }, &["picked"]),
+        node("flat", Op::Flatten, &["viewed"]),
+        node(
+            "fc",
+            Op::Linear { weight: weight(&mut r, &[10, 54], 0.5), bias: vector(&mut r, 10, -0.1, 0.1), act: Default::default() },
+            &["flat"],
+        ),
+    ];
+    check_graph("layout", Graph { input: "input".into(), input_shape: vec![4, 6, 5], output: "fc".into(), nodes });
+}
+
 #[test]
 fn pruned_lenet5_matches_onnx_runtime() {
     check_graph("lenet5_s90", lenet(5, 0.9));

@@ -182,10 +182,17 @@ fn batchnorm_after_conv_folds_into_it() {
 }
 
 #[test]
-fn unsupported_operator_is_named() {
-    let bytes = model(vec![node("LSTM", &["x"], "y", vec![])], vec![], &[4], "y");
+fn every_unsupported_operator_is_named_with_its_count() {
+    let nodes = vec![
+        node("LSTM", &["x"], "a", vec![]),
+        node("TopK", &["a"], "b", vec![]),
+        node("Relu", &["b"], "c", vec![]),
+        node("TopK", &["c"], "y", vec![]),
+    ];
+    let bytes = model(nodes, vec![], &[4], "y");
     let err = engine::onnx::import::import_bytes(&bytes, "rnn.onnx").unwrap_err().to_string();
-    assert!(err.contains("unsupported ONNX operator 'LSTM'") && err.contains("Gemm"), "{err}");
+    assert!(err.contains("unsupported ONNX operators: LSTM (1 node), TopK (2 nodes);") && err.contains("Gemm"), "{err}");
+    assert!(!err.contains('\n') && !err.contains("Relu ("), "{err}");
     let err = engine::onnx::import::import_bytes(b"\xff\xff\xff garbage", "bad.onnx").unwrap_err().to_string();
     assert!(err.contains("bad.onnx: not a valid ONNX file"), "{err}");
 }
@@ -295,8 +302,8 @@ fn constants_through_identity_and_constant_nodes() {
     assert_eq!((weight.shape.clone(), bias.clone()), (vec![3, 2], vec![0.5, -0.5, 1.0]));
 }
 
-/// A Reshape read as a flatten must name the feature count the value has; a fixed batch of 1
-/// (PyTorch's exporter without dynamic axes) counts as the batch.
+/// A Reshape to `[batch, features]` must name the feature count the value has; a fixed batch of 1
+/// (PyTorch's exporter without dynamic axes) counts as the batch, a 1 with a dynamic batch does not.
 #[test]
 fn reshape_to_features_checks_the_count() {
     let reshape = |shape: &[f32], batch: i64| {
@@ -321,6 +328,6 @@ fn reshape_to_features_checks_the_count() {
     assert!(reshape(&[1.0, 196.0], 1).is_ok(), "[1, 196] with a fixed batch of 1");
     assert!(reshape(&[-1.0, 196.0], 3).is_ok());
     let err = reshape(&[0.0, 7.0], 1).unwrap_err().to_string();
-    assert!(err.contains("Reshape to 7 features of a value with 196"), "{err}");
+    assert!(err.contains("cannot reshape samples of [4, 7, 7] to [0.0, 7.0]"), "{err}");
     assert!(reshape(&[1.0, 196.0], 3).is_err(), "[1, 196] with a batch of 3 is not a flatten");
 }

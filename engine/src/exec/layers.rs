@@ -229,6 +229,7 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             elementwise::binary(*kind, shape, x, a_strides, b, b_strides, *constant_first, w, y)
         }
         Exec::Concat { outer, blocks } => elementwise::concat(xs, *outer, blocks, w, y),
+        Exec::Gather { sources } => elementwise::gather_rows(sources, x, w, y),
         Exec::QuantDequant { scale, zero } => {
             split_values(team, x, y, |x, y| y.iter_mut().zip(x).for_each(|(o, &i)| *o = q8::quantize_dequantize(i, *scale, *zero)))
         }

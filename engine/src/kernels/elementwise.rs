@@ -281,6 +281,13 @@ pub fn concat(inputs: &[&[f32]], outer: usize, blocks: &[usize], w: usize, y: &m
     }
 }
 
+/// Row `i` of `y` (one element of `w` samples) is row `sources[i]` of `x`.
+pub fn gather_rows(sources: &[u32], x: &[f32], w: usize, y: &mut [f32]) {
+    for (out, &s) in y.chunks_exact_mut(w).zip(sources) {
+        out.copy_from_slice(&x[s as usize * w..][..w]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,16 @@ fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
     }
 }
 
+fn int64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: data_type::INT64,
+        name: name.to_string(),
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
 /// An int8 (`signed`) or uint8 tensor.
 fn bytes_tensor(name: &str, dims: &[usize], bytes: Vec<u8>, signed: bool) -> TensorProto {
     TensorProto {
@@ -78,6 +88,10 @@ impl Builder {
     }
     fn init(&mut self, name: String, dims: &[usize], values: &[f32]) -> String {
         self.inits.push(tensor(&name, dims, values));
+        name
+    }
+    fn init_int64(&mut self, name: String, values: &[i64]) -> String {
+        self.inits.push(int64_tensor(&name, &[values.len()], values));
         name
     }
     /// Emits `op` then, if `act` is ReLU, a Relu node writing `output`.
@@ -216,6 +230,30 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
                 b.node(op, name, ins, out, vec![]);
             }
             Op::Concat { axis } => b.node("Concat", name, x, out, vec![int("axis", *axis as i64 + 1)]),
+            Op::Reshape { shape } => {
+                let dims: Vec<i64> = [-1].into_iter().chain(shape.iter().map(|&d| d as i64)).collect();
+                let shape = b.init_int64(format!("{name}.shape"), &dims);
+                b.node("Reshape", name, vec![x[0].clone(), shape], out, vec![]);
+            }
+            Op::Transpose { perm } => {
+                let perm: Vec<usize> = [0].into_iter().chain(perm.iter().map(|a| a + 1)).collect();
+                b.node("Transpose", name, x, out, vec![ints("perm", &perm)]);
+            }
+            Op::Select { indices } => {
+                // One Gather per axis that is not read whole and in order.
+                let moved: Vec<usize> = (0..indices.len()).filter(|&a| indices[a].iter().enumerate().any(|(i, &j)| i != j)).collect();
+                let mut value = x[0].clone();
+                for (k, &a) in moved.iter().enumerate() {
+                    let ix: Vec<i64> = indices[a].iter().map(|&i| i as i64).collect();
+                    let ix = b.init_int64(format!("{name}.indices{a}"), &ix);
+                    let target = if k + 1 == moved.len() { out.to_string() } else { format!("{name}.axis{a}") };
+                    b.node("Gather", &format!("{name}.gather{a}"), vec![value, ix], &target, vec![int("axis", a as i64 + 1)]);
+                    value = target;
+                }
+                if moved.is_empty() {
+                    b.node("Identity", name, vec![value], out, vec![]);
+                }
+            }
             Op::QuantDequant { scale, zero } => {
                 let s = b.init(format!("{name}.scale"), &[], &[*scale]);
                 let z = format!("{name}.zero_point");

@@ -12,10 +12,52 @@ use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type
 use crate::error::{EngineError, Result};
 use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Operand, Quant, Unary, Weight, Window};
 
-/// Operators this importer understands.
-pub const SUPPORTED: &str = "Gemm, MatMul, Add, Sub, Mul, Div, Pow, Relu, Clip, Sigmoid, HardSigmoid, HardSwish, LeakyRelu, Tanh, \
-Erf, Gelu, Sqrt, Conv (grouped and depth-wise too), Concat, MaxPool, AveragePool, GlobalAveragePool, ReduceMean (spatial), \
-BatchNormalization, Flatten, Reshape, Softmax, Identity, Dropout, Constant, QuantizeLinear and DequantizeLinear (on weights, biases and other constants, and as pairs on activations)";
+/// Operators this importer reads (with the QLinear operators of `qoperator`); the README's list is
+/// checked against it.
+pub const OPERATORS: &[&str] = &[
+    "Gemm",
+    "MatMul",
+    "Conv",
+    "BatchNormalization",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Tanh",
+    "Erf",
+    "Gelu",
+    "Sqrt",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Softmax",
+    "Concat",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Slice",
+    "Split",
+    "Gather",
+    "Resize",
+    "Upsample",
+    "Shape",
+    "Cast",
+    "Constant",
+    "Identity",
+    "Dropout",
+    "QuantizeLinear",
+    "DequantizeLinear",
+];
 
 /// A constant tensor: dims and values (integers converted exactly to f32).
 pub(super) struct Constant {
@@ -25,11 +67,17 @@ pub(super) struct Constant {
     /// For the output of DequantizeLinear on int8 values with zero point 0: the scales and the
     /// axis they run along (one scale: per tensor).
     pub(super) int8_scales: Option<(Vec<f32>, usize)>,
+    /// For a value that depends on the batch size (shape arithmetic, `fold`): its values with the
+    /// batch taken as `fold::OTHER_BATCH` (`values` take it as `fold::BATCH`).
+    pub(super) other_batch: Option<Vec<f32>>,
 }
 
 impl Constant {
+    pub(super) fn new(dims: Vec<usize>, values: Vec<f32>, data_type: i32) -> Constant {
+        Constant { dims, values, data_type, int8_scales: None, other_batch: None }
+    }
     pub(super) fn floats(dims: Vec<usize>, values: Vec<f32>) -> Constant {
-        Constant { dims, values, data_type: data_type::FLOAT, int8_scales: None }
+        Constant::new(dims, values, data_type::FLOAT)
     }
 }
 
@@ -78,6 +126,7 @@ fn import_with(bytes: &[u8], path: &str, folder: Option<&Path>) -> Result<Graph>
     let input_shape: Vec<usize> = dims[1..].iter().map(|d| d.unwrap() as usize).collect();
     let output = graph.output.first().ok_or_else(|| bad("the graph has no output".into()))?.name.clone();
 
+    refuse_unsupported(&graph.node)?;
     let mut importer = Importer {
         constants,
         aliases: HashMap::new(),
@@ -85,32 +134,37 @@ fn import_with(bytes: &[u8], path: &str, folder: Option<&Path>) -> Result<Graph>
         quantized: HashMap::new(),
         dequantized: HashMap::new(),
         static_batch: dims[0],
-        reshapes: Vec::new(),
+        input: (input.name.clone(), input_shape.clone()),
+        shapes: HashMap::from([(input.name.clone(), input_shape.clone())]),
+        shaped: 0,
     };
     for node in &graph.node {
         importer.node(node)?;
     }
     let output = importer.resolve(&output);
-    let g = Graph { input: input.name.clone(), input_shape, output, nodes: importer.nodes };
-    // Each Reshape read as a flatten must produce the feature count it names.
-    if !importer.reshapes.is_empty() {
-        let shapes = g.infer_shapes()?;
-        for (value, features) in importer.reshapes {
-            let got: Option<usize> = shapes.iter().find(|(n, _)| *n == value).map(|(_, s)| s.iter().product());
-            if got.is_some_and(|g| g != features) {
-                return Err(EngineError::graph(
-                    &value,
-                    format!("Reshape to {features} features of a value with {} features", got.unwrap_or(0)),
-                ));
-            }
+    Ok(Graph { input: input.name.clone(), input_shape, output, nodes: importer.nodes })
+}
+
+/// One error naming every operator type of `nodes` this importer does not read, with how many nodes
+/// use it.
+fn refuse_unsupported(nodes: &[NodeProto]) -> Result<()> {
+    let mut missing: Vec<(String, usize)> = Vec::new();
+    for n in nodes.iter().filter(|n| !OPERATORS.contains(&n.op_type.as_str()) && !super::qoperator::handles(&n.op_type)) {
+        match missing.iter_mut().find(|(op, _)| *op == n.op_type) {
+            Some((_, count)) => *count += 1,
+            None => missing.push((n.op_type.clone(), 1)),
         }
     }
-    Ok(g)
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ops = missing.iter().map(|(op, n)| format!("{op} ({n} node{})", if *n == 1 { "" } else { "s" })).collect::<Vec<_>>().join(", ");
+    Err(EngineError::UnsupportedOps { ops, supported: OPERATORS.join(", ") })
 }
 
 fn tensor_values(t: &TensorProto, folder: Option<&Path>) -> std::result::Result<Constant, String> {
     let (dims, values) = super::tensor::decode(t, folder)?;
-    Ok(Constant { dims, values, data_type: t.data_type, int8_scales: None })
+    Ok(Constant::new(dims, values, t.data_type))
 }
 
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
@@ -142,10 +196,12 @@ pub(super) struct Importer {
     pub(super) dequantized: HashMap<String, QuantizedActivation>,
     /// The input's batch dimension where the file fixes it (PyTorch's exporter without dynamic
     /// axes writes 1), so that a Reshape to `[1, features]` is a flatten.
-    static_batch: Option<i64>,
-    /// Reshapes read as flattens that name their feature count: `(output, features)`, checked
-    /// once shapes are known.
-    reshapes: Vec<(String, usize)>,
+    pub(super) static_batch: Option<i64>,
+    /// The graph's input and its per-sample shape.
+    pub(super) input: (String, Vec<usize>),
+    /// Per-sample shapes of the activations of `nodes[..shaped]` (`shape_of`).
+    pub(super) shapes: HashMap<String, Vec<usize>>,
+    pub(super) shaped: usize,
 }
 
 impl Importer {
@@ -158,8 +214,20 @@ impl Importer {
     }
 
     /// Input `i` of `node`, which must be a constant (an initializer, a `Constant` node, or either
-    /// through Identity).
+    /// through Identity) that does not depend on the batch size.
     pub(super) fn constant(&self, node: &NodeProto, i: usize) -> Result<&Constant> {
+        let c = self.shape_constant(node, i)?;
+        if c.other_batch.is_some() {
+            return Err(EngineError::graph(
+                node_name(node),
+                format!("input '{}' depends on the batch size, which is not supported here", node.input[i]),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Input `i` of `node`, a constant that may depend on the batch size (a shape).
+    pub(super) fn shape_constant(&self, node: &NodeProto, i: usize) -> Result<&Constant> {
         let name = node.input.get(i).ok_or_else(|| EngineError::graph(node_name(node), format!("missing input {i}")))?;
         self.constants
             .get(&self.resolve(name))
@@ -183,6 +251,19 @@ impl Importer {
             && let Some(q) = self.quantized.get(&x).cloned()
         {
             return self.on_codes(node, q);
+        }
+        if super::fold::FOLDED.contains(&node.op_type.as_str()) {
+            let inputs = self.constant_inputs(node);
+            let all_constant = node.input.iter().zip(&inputs).all(|(name, c)| name.is_empty() || c.is_some());
+            let folded = match node.op_type.as_str() {
+                "Shape" if !self.constants.contains_key(&x) => Some(super::fold::shape_of_value(node, &self.shape_of(&x, &name)?)?),
+                _ if all_constant => Some(super::fold::fold(node, &inputs)?),
+                _ => None,
+            };
+            if let Some(c) = folded {
+                self.constants.insert(node.output[0].clone(), c);
+                return Ok(());
+            }
         }
         match node.op_type.as_str() {
             "Identity" | "Dropout" => {
@@ -256,8 +337,10 @@ impl Importer {
                 self.push(node, Op::Unary(Unary::Gelu { tanh: approximate == "tanh" }), vec![x]);
             }
             "Concat" => {
+                let rank = self.shape_of(&x, &name)?.len() + 1;
                 let axis = attr_i(node, "axis", 1);
-                if axis < 1 {
+                let axis = if axis < 0 { axis + rank as i64 } else { axis };
+                if axis < 1 || axis >= rank as i64 {
                     return Err(EngineError::graph(
                         &name,
                         format!("Concat along axis {axis} is not supported (only axes after the batch, counted from 0)"),
@@ -271,8 +354,15 @@ impl Importer {
             }
             "Softmax" => {
                 let axis = attr_i(node, "axis", -1);
-                if axis != 1 && axis != -1 {
-                    return Err(EngineError::graph(&name, format!("Softmax over axis {axis} is not supported (only the feature axis)")));
+                let dims = self.shape_of(&x, &name)?;
+                if (axis != 1 && axis != -1) || dims[..dims.len() - 1].iter().any(|&d| d != 1) {
+                    return Err(EngineError::graph(
+                        &name,
+                        format!(
+                            "Softmax over axis {axis} of a {}-D value is not supported (only over the features of each sample)",
+                            dims.len() + 1
+                        ),
+                    ));
                 }
                 self.push(node, Op::Softmax, vec![x]);
             }
@@ -282,19 +372,19 @@ impl Importer {
                 }
                 self.push(node, Op::Flatten, vec![x]);
             }
-            "Reshape" => {
-                let shape = self.constant(node, 1)?;
-                let batch_first = |v: f32| v == 0.0 || v == -1.0 || self.static_batch.is_some_and(|b| b as f32 == v);
-                if shape.values.len() != 2 || !(batch_first(shape.values[0]) || shape.values[1] == -1.0) {
-                    return Err(EngineError::graph(
-                        &name,
-                        format!("Reshape to {:?} is not supported (only [batch, features])", shape.values),
-                    ));
+            "Reshape" => self.reshape(node, &name, x)?,
+            "Squeeze" | "Unsqueeze" => self.squeeze(node, &name, x)?,
+            "Transpose" => self.transpose(node, &name, x)?,
+            "Slice" => self.slice(node, &name, x)?,
+            "Split" => self.split(node, &name, x)?,
+            "Gather" => self.gather(node, &name, x)?,
+            "Resize" | "Upsample" => self.resize(node, &name, x)?,
+            "Cast" => {
+                let to = attr_i(node, "to", data_type::FLOAT as i64) as i32;
+                if to != data_type::FLOAT {
+                    return Err(EngineError::graph(&name, format!("Cast of an activation to data type {to} is not supported")));
                 }
-                if shape.values[1] > 0.0 {
-                    self.reshapes.push((node.output[0].clone(), shape.values[1] as usize));
-                }
-                self.push(node, Op::Flatten, vec![x]);
+                self.aliases.insert(node.output[0].clone(), x);
             }
             "Conv" => self.conv(node, &name, x)?,
             "BatchNormalization" => {
@@ -324,7 +414,7 @@ impl Importer {
             "GlobalAveragePool" => self.push(node, Op::GlobalAvgPool, vec![x]),
             "QuantizeLinear" => self.quantize_linear(node, &name, x)?,
             "DequantizeLinear" => self.dequantize_linear(node, &name, x)?,
-            other => return Err(EngineError::UnsupportedOp { op: other.to_string(), node: name, supported: SUPPORTED }),
+            other => return Err(EngineError::graph(&name, format!("{other} on these inputs is not supported"))),
         }
         Ok(())
     }
@@ -409,10 +499,8 @@ impl Importer {
         let values = c.values.iter().enumerate().map(|(i, v)| (v - zero_of(i)) * scale.values[along(i)]).collect();
         let int8_weight = c.data_type == data_type::INT8 && zeros.iter().all(|&z| z == 0.0);
         Ok(Constant {
-            dims: c.dims.clone(),
-            values,
-            data_type: data_type::FLOAT,
             int8_scales: int8_weight.then(|| (scale.values.clone(), axis)),
+            ..Constant::new(c.dims.clone(), values, data_type::FLOAT)
         })
     }
 
@@ -529,11 +617,11 @@ pub(super) fn activation_zero(zero: Option<&Constant>, name: &str) -> Result<u8>
 /// The value of a `Constant` node: a tensor, or one or several floats or integers.
 fn constant_node(node: &NodeProto) -> std::result::Result<Constant, String> {
     let a = node.attribute.first().ok_or("a Constant node needs a value")?;
-    let list = |values: Vec<f32>, data_type| Constant { dims: vec![values.len()], values, data_type, int8_scales: None };
+    let list = |values: Vec<f32>, data_type| Constant::new(vec![values.len()], values, data_type);
     match a.name.as_str() {
         "value" => tensor_values(a.t.as_ref().ok_or("value holds no tensor")?, None),
-        "value_float" => Ok(Constant { dims: vec![], values: vec![a.f], data_type: data_type::FLOAT, int8_scales: None }),
-        "value_int" => Ok(Constant { dims: vec![], values: vec![a.i as f32], data_type: data_type::INT64, int8_scales: None }),
+        "value_float" => Ok(Constant::new(vec![], vec![a.f], data_type::FLOAT)),
+        "value_int" => Ok(Constant::new(vec![], vec![a.i as f32], data_type::INT64)),
         "value_floats" => Ok(list(a.floats.clone(), data_type::FLOAT)),
         "value_ints" => Ok(list(a.ints.iter().map(|&v| v as f32).collect(), data_type::INT64)),
         other => Err(format!("a Constant with {other} is not supported")),

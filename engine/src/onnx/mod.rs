@@ -2,7 +2,9 @@
 //! engine's graphs for ONNX Runtime and DeepSparse.
 
 pub mod export;
+mod fold;
 pub mod import;
+mod layout;
 pub mod proto;
 mod qoperator;
 pub mod tensor;
