@@ -14,6 +14,7 @@ use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry};
 use crate::kernels::{Isa, dense, direct, elementwise, spmm, spmv};
 use crate::passes;
+use crate::phases::{self, PhaseConv};
 
 /// Samples per tile for batched execution.
 pub const DEFAULT_TILE: usize = 64;
@@ -41,13 +42,16 @@ pub struct Options {
     pub dense_bias: f64,
     /// Whether int8 linear layers may run dense on AMX tiles (`ENGINE_AMX`).
     pub amx: Amx,
+    /// Strided convolutions on their input's phase images (`phases`): where they time faster
+    /// (`None`, the default), wherever the direct kernel takes them (`Some(true)`), never.
+    pub phases: Option<bool>,
 }
 
 impl Options {
     pub fn new(policy: KernelPolicy) -> Result<Options> {
         let isa = crate::kernels::active_isa().map_err(EngineError::Setting)?;
         let amx = Amx::from_env().map_err(EngineError::Setting)?;
-        Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05, amx })
+        Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05, amx, phases: None })
     }
 }
 
@@ -295,7 +299,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
         shapes[..upto].iter().rev().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap_or_default()
     };
     for (i, node) in graph.nodes.iter().enumerate() {
-        let inputs: Vec<usize> = node
+        let mut inputs: Vec<usize> = node
             .inputs
             .iter()
             .map(|n| names.iter().rposition(|v| v == n).ok_or_else(|| EngineError::graph(&node.name, format!("unknown input '{n}'"))))
@@ -306,8 +310,17 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
         let exec = match &node.op {
             Op::Linear { weight, bias, act } => Exec::MatMul(Box::new(pack(&node.name, weight, bias, relu(act), None, &options)?)),
             Op::Conv { weight, bias, window, act } => {
-                let geometry = geometry(&in_shape, &out_shape, *window);
-                Exec::MatMul(Box::new(pack(&node.name, weight, bias, relu(act), Some(geometry), &options)?))
+                let (phased, m) = conv_plan(&node.name, weight, bias, relu(act), window, &in_shape, &out_shape, &options)?;
+                if let Some(phased) = phased {
+                    // The phase images are a value of their own, made by a gather layer.
+                    names.push(format!("{}.phases", node.output));
+                    value_sizes.push(phased.sources.len());
+                    let gather = Exec::Gather { sources: phased.sources };
+                    let (name, output) = (format!("{}.phases", node.name), names.len() - 1);
+                    layers.push(Layer { name, kind: "phases", exec: gather, inputs, output, out_shape: phased.phase_shape });
+                    inputs = vec![output];
+                }
+                Exec::MatMul(Box::new(m))
             }
             Op::Affine { scale, shift, act } => {
                 Exec::Affine { scale: scale.clone(), shift: shift.clone(), relu: relu(act), per_channel: in_shape[1..].iter().product() }
@@ -363,6 +376,48 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     let output_shape =
         value_sizes.get(output_value).map(|_| shapes.iter().rev().find(|(n, _)| n == &graph.output).unwrap().1.clone()).unwrap();
     Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
+}
+
+/// A convolution's packed weights, and for a strided one whose stride-1 form on its input's phase
+/// images (`phases`) needs no im2col (the direct kernel, or a 1x1 convolution) and times faster
+/// on one sample, gather included, that form's gather. The dense policy (the baseline of `--compare dense`) keeps every layer as written.
+#[allow(clippy::too_many_arguments)]
+fn conv_plan(
+    name: &str,
+    weight: &Weight,
+    bias: &[f32],
+    relu: bool,
+    window: &Window,
+    in_shape: &[usize],
+    out_shape: &[usize],
+    o: &Options,
+) -> Result<(Option<PhaseConv>, MatMul)> {
+    let strided = pack(name, weight, bias, relu, Some(geometry(in_shape, out_shape, *window)), o)?;
+    let wanted = o.policy == KernelPolicy::Auto && o.phases != Some(false);
+    let Some(phased) = phases::rewrite(weight, window, in_shape, out_shape).filter(|_| wanted) else {
+        return Ok((None, strided));
+    };
+    let m = pack(name, &phased.weight, bias, relu, Some(geometry(&phased.phase_shape, out_shape, phased.window)), o)?;
+    // On phase images without im2col: the direct kernel, or a 1x1 convolution reading the image.
+    if !((m.batched == Kernel::Direct && m.batch1 == Kernel::Direct) || phased.window.is_pointwise()) {
+        return Ok((None, strided));
+    }
+    if o.phases == Some(true) {
+        return Ok((Some(phased), m));
+    }
+    let team = crate::team::Team::new(1).map_err(|e| EngineError::graph(name, format!("starting a timing thread: {e}")))?;
+    let x = test_values(in_shape.iter().product());
+    let (mut phase_x, mut y) = (vec![0.0; phased.sources.len()], vec![0.0; out_shape.iter().product()]);
+    let mut scratch = vec![0.0; strided.cols * out_shape[1] * out_shape[2]];
+    let conv = |m: &MatMul, x: &[f32], y: &mut [f32], scratch: &mut [f32]| {
+        crate::exec::conv(o.isa, m, m.conv.expect("a convolution"), 1, x, y, scratch, &team)
+    };
+    let t_strided = best_time(&mut || conv(&strided, &x, &mut y, &mut scratch));
+    let t_phases = best_time(&mut || {
+        elementwise::gather_rows(&phased.sources, &x, 1, &mut phase_x);
+        conv(&m, &phase_x, &mut y, &mut [])
+    });
+    Ok(if t_phases < t_strided { (Some(phased), m) } else { (None, strided) })
 }
 
 /// Window geometry of a `[C, H, W] -> [C', H', W']` operator, for one sample (`w` is set per tile).

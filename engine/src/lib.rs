@@ -21,6 +21,7 @@ pub mod layout;
 pub mod npy;
 pub mod onnx;
 pub mod passes;
+pub mod phases;
 pub mod schedule;
 pub mod stats;
 pub mod team;

@@ -262,14 +262,18 @@ fn columns(model: &Model, w: usize, budget: usize) -> Vec<Column> {
 /// few rows at a time; they pay only where a convolution, which reads its input many times, would
 /// otherwise have its images leave the cache (element-wise layers and pools read each value about
 /// once either way). ResNet-50's 14x14 stage ran faster layer by layer, its 56x56 and 28x28
-/// stages in bands.
+/// stages in bands. Nor do they pay where the convolution's weights fill half the budget
+/// themselves: each band re-reads them (ResNet-50's last stride-2 convolution on its phase
+/// images, 1.8 MiB of weights for 7 output rows, ran 5x slower in 7 bands).
 fn unband_fitting(model: &Model, columns: Vec<Column>, budget: usize) -> Vec<Column> {
     let alone = |l: usize| weight_bytes(&model.layers[l].exec) + activation_bytes(model, l, 1);
-    let fits_alone = |l: usize| !matches!(model.layers[l].exec, Exec::MatMul(_)) || alone(l) <= budget;
+    let bands_pay = |l: usize| {
+        matches!(model.layers[l].exec, Exec::MatMul(_)) && alone(l) > budget && weight_bytes(&model.layers[l].exec) <= budget / 2
+    };
     columns
         .into_iter()
         .flat_map(|c| {
-            if c.bands > 1 && c.layers.clone().all(fits_alone) {
+            if c.bands > 1 && !c.layers.clone().any(bands_pay) {
                 c.layers.map(|l| Column { layers: l..l + 1, working_set: alone(l), fits: true, bands: 1 }).collect()
             } else {
                 vec![c]

@@ -99,6 +99,40 @@ fn mobile_operators_match_onnx_runtime() {
     check_graph("mobile_s80", mobile(14, 0.8));
 }
 
+/// Strided convolutions run as stride-1 ones on their input's phase images (a 7x7/2 stem, a 3x3/2
+/// convolution and a 1x1/2 projection, dense and pruned) give ONNX Runtime's results.
+#[test]
+fn strided_convolutions_on_phase_images_match_onnx_runtime() {
+    let Some(python) = ort_python() else { return };
+    for (seed, sparsity) in [(31, 0.0), (32, 0.8)] {
+        let graph = bottleneck(seed, sparsity);
+        let dir = tempfile::tempdir().unwrap();
+        let onnx = dir.path().join("strided.onnx");
+        std::fs::write(&onnx, engine::onnx::export::export(&graph, &graph.output_shape().unwrap())).unwrap();
+        let mut options = Options::new(KernelPolicy::Auto).unwrap();
+        options.phases = Some(true);
+        let model = compile::compile(graph.clone(), options).unwrap();
+        let phased = model.layers.iter().filter(|l| l.kind == "phases").count();
+        if options_have_direct_one_sample_kernels() {
+            assert_eq!(phased, 3, "every strided convolution on phase images");
+        }
+        for batch in [1, 3, 17] {
+            let input = random_input(batch as u64 + seed, batch, &graph.input_shape);
+            let reference = ort_run(&python, &onnx, &input, dir.path());
+            for threads in [1, 2] {
+                let got = Session::new(&model, threads).unwrap().run(&input.data, batch).unwrap();
+                let err = rel_err(&got, &reference.data);
+                assert!(err < 1e-4, "sparsity {sparsity} batch {batch} {threads} threads: relative error {err}");
+            }
+        }
+    }
+}
+
+/// The direct convolution takes one sample (stride 1) with AVX-512 only.
+fn options_have_direct_one_sample_kernels() -> bool {
+    engine::kernels::active_isa() == Ok(engine::kernels::Isa::Avx512)
+}
+
 /// The layout operators in the engine's own graph (a detection head's permute, a selection along
 /// two axes, a reshape), written to ONNX and to the native file.
 #[test]

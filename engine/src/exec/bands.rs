@@ -243,7 +243,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         }),
         Exec::Relu => (0..channels).for_each(|c| elementwise::relu_tile(&xs[0][band(c)], &mut y[band(c)])),
         Exec::Add { relu } => (0..channels).for_each(|c| elementwise::add(&xs[0][band(c)], &xs[1][band(c)], &mut y[band(c)], *relu)),
-        Exec::Unary(f) => (0..channels).for_each(|c| elementwise::unary(*f, &xs[0][band(c)], &mut y[band(c)])),
+        Exec::Unary(f) => (0..channels).for_each(|c| elementwise::unary(isa, *f, &xs[0][band(c)], &mut y[band(c)])),
         _ => unreachable!("only spatial layers run in row bands"),
     }
 }

@@ -24,6 +24,24 @@ pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut
     });
 }
 
+/// A convolution on whole images of `w` samples: its direct kernel, or the image as its own
+/// im2col (1x1 at stride 1), or im2col into `scratch` (at least `m.cols * positions * w` values)
+/// and the matrix kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(isa: Isa, m: &MatMul, g: Geometry, w: usize, x: &[f32], y: &mut [f32], scratch: &mut [f32], team: &Team) {
+    let positions = g.out_hw[0] * g.out_hw[1];
+    if uses_direct(isa, m, w) {
+        return conv_direct(isa, m, &Geometry { w, ..g }, x, y, 0..g.out_hw[0], team);
+    }
+    if g.window.is_pointwise() {
+        // The image is its own im2col: `[channels, positions * w]`.
+        return matmul(isa, m, x, positions * w, y, team);
+    }
+    let scratch = &mut scratch[..m.cols * positions * w];
+    window::im2col(&Geometry { w, ..g }, x, scratch);
+    matmul(isa, m, scratch, positions * w, y, team);
+}
+
 /// Below about this much work (a few microseconds) handing half of a layer to another thread
 /// costs more than it saves, so small layers run on the calling thread. Counted in multiply-adds
 /// for the kernels that run over a tile of samples (tens of them per nanosecond), and in
@@ -220,7 +238,7 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 }
             });
         }
-        Exec::Unary(f) => split_values(team, x, y, |x, y| elementwise::unary(*f, x, y)),
+        Exec::Unary(f) => split_values(team, x, y, |x, y| elementwise::unary(isa, *f, x, y)),
         Exec::Binary { kind, shape, a_strides, b_strides, constant, constant_first } => {
             let b = match constant {
                 Some(c) => elementwise::Operand::Constant(c),
@@ -229,7 +247,11 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             elementwise::binary(*kind, shape, x, a_strides, b, b_strides, *constant_first, w, y)
         }
         Exec::Concat { outer, blocks } => elementwise::concat(xs, *outer, blocks, w, y),
-        Exec::Gather { sources } => elementwise::gather_rows(sources, x, w, y),
+        Exec::Gather { sources } => {
+            let part = split_len(team, sources.len() * w, 16 * w.max(1)) / w.max(1);
+            let parts: Vec<_> = y[..sources.len() * w].chunks_mut(part.max(1) * w).zip(sources.chunks(part.max(1))).collect();
+            team.for_each(parts, |(y, sources)| elementwise::gather_rows(sources, x, w, y));
+        }
         Exec::QuantDequant { scale, zero } => {
             split_values(team, x, y, |x, y| y.iter_mut().zip(x).for_each(|(o, &i)| *o = q8::quantize_dequantize(i, *scale, *zero)))
         }

@@ -25,6 +25,7 @@ use crate::team::Team;
 mod bands;
 mod int8;
 mod layers;
+pub(crate) use layers::conv;
 
 use bands::*;
 use int8::*;
@@ -478,21 +479,9 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
     if let Exec::MatMul(m) = &layer.exec
         && let Some(g) = m.conv
     {
-        let positions = g.out_hw[0] * g.out_hw[1];
         let (before, rest) = chunk.split_at_mut(plan.scratch.start);
-        if uses_direct(isa, m, w) {
-            let (xs, y) = regions(before, &ins, out_range);
-            return conv_direct(isa, m, &Geometry { w, ..g }, xs[0], y, 0..g.out_hw[0], team);
-        }
-        if g.window.is_pointwise() {
-            // The image is its own im2col: `[channels, positions * w]`.
-            let (xs, y) = regions(before, &ins, out_range);
-            return matmul(isa, m, xs[0], positions * w, y, team);
-        }
-        let scratch = &mut rest[..m.cols * positions * w];
-        window::im2col(&Geometry { w, ..g }, &before[ins[0].clone()], scratch);
-        matmul(isa, m, scratch, positions * w, &mut before[out_range], team);
-        return;
+        let (xs, y) = regions(before, &ins, out_range);
+        return conv(isa, m, g, w, xs[0], y, rest, team);
     }
     let (xs, y) = regions(chunk, &ins, out_range);
     if plan.codes[layer.output].is_some() {

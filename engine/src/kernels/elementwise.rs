@@ -2,6 +2,7 @@
 //! sigmoid, GELU, ...), two-value operations with NumPy broadcasting over the per-sample shape,
 //! and concatenation. Plain loops the compiler vectorizes; each is its own scalar reference.
 
+use super::Isa;
 use crate::graph::{BinaryKind, Unary};
 
 /// `erf(x)` within 1.2e-7 (Numerical Recipes' `erfc` Chebyshev fit), for Erf and exact GELU.
@@ -69,12 +70,15 @@ pub fn affine(x: &[f32], scale: f32, shift: f32, y: &mut [f32], with_relu: bool)
 #[inline]
 pub fn exp(x: f32) -> f32 {
     // Rounded by adding and removing 1.5 * 2^23 (the default rounding mode, to nearest even):
-    // `round_ties_even` is a library call per element without SSE4.1.
+    // `round_ties_even` is a library call per element without SSE4.1. The sum's low bits hold
+    // `n` itself, which builds `2^n` with integer operations only (a float-to-int conversion
+    // kept the loop from vectorizing).
     const ROUND: f32 = 12_582_912.0;
-    let n = ((x * std::f32::consts::LOG2_E).clamp(-126.0, 127.0) + ROUND) - ROUND;
+    let shifted = (x * std::f32::consts::LOG2_E).clamp(-126.0, 127.0) + ROUND;
+    let n = shifted - ROUND;
     let f = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * f + 1.398_199_9e-3) * f + 8.333_452e-3) * f + 4.166_579_6e-2) * f + 0.166_666_65) * f + 0.5;
-    (p * f * f + f + 1.0) * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    (p * f * f + f + 1.0) * f32::from_bits(shifted.to_bits().wrapping_add(127) << 23)
 }
 
 /// `1 / (1 + e^-x)`.
@@ -110,22 +114,48 @@ pub fn unary_value(f: Unary, x: f32) -> f32 {
 /// `y = f(x)` over a tile. The function is chosen once, outside the loop, and each function's
 /// loop is a function of its own: as one loop with the `match` inside (or as arms LLVM merged
 /// back into one) it ran with a jump per element, ReLU6 at 1.2 ns an element instead of 0.25.
-pub fn unary(f: Unary, x: &[f32], y: &mut [f32]) {
+/// Each loop is compiled for AVX-512 and AVX2 too (the crate's baseline is SSE2), where the
+/// compiler vectorizes `exp` 16 or 8 lanes wide: SiLU ran at 1.9 ns an element on SSE2.
+pub fn unary(isa: Isa, f: Unary, x: &[f32], y: &mut [f32]) {
+    match f {
+        Unary::Clip { lo, hi } => each_value(isa, x, y, |v| clamp(v, lo, hi)),
+        Unary::Sigmoid => each_value(isa, x, y, sigmoid),
+        Unary::Silu => each_value(isa, x, y, |v| v * sigmoid(v)),
+        Unary::HardSigmoid { alpha, beta } => each_value(isa, x, y, |v| clamp(alpha * v + beta, 0.0, 1.0)),
+        Unary::HardSwish => each_value(isa, x, y, |v| v * clamp(v / 6.0 + 0.5, 0.0, 1.0)),
+        Unary::LeakyRelu { alpha } => each_value(isa, x, y, |v| if v >= 0.0 { v } else { alpha * v }),
+        Unary::Sqrt => each_value(isa, x, y, f32::sqrt),
+        Unary::Tanh => each_value(isa, x, y, f32::tanh),
+        Unary::Erf => each_value(isa, x, y, erf),
+        Unary::Gelu { tanh } => each_value(isa, x, y, |v| unary_value(Unary::Gelu { tanh }, v)),
+    }
+}
+
+/// `y[i] = f(x[i])`, the loop compiled for `isa`.
+fn each_value(isa: Isa, x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
     #[inline(never)]
-    fn each(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+    fn plain(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
         y.iter_mut().zip(x).for_each(|(o, &i)| *o = f(i));
     }
-    match f {
-        Unary::Clip { lo, hi } => each(x, y, |v| clamp(v, lo, hi)),
-        Unary::Sigmoid => each(x, y, sigmoid),
-        Unary::Silu => each(x, y, |v| v * sigmoid(v)),
-        Unary::HardSigmoid { alpha, beta } => each(x, y, |v| clamp(alpha * v + beta, 0.0, 1.0)),
-        Unary::HardSwish => each(x, y, |v| v * clamp(v / 6.0 + 0.5, 0.0, 1.0)),
-        Unary::LeakyRelu { alpha } => each(x, y, |v| if v >= 0.0 { v } else { alpha * v }),
-        Unary::Sqrt => each(x, y, f32::sqrt),
-        Unary::Tanh => each(x, y, f32::tanh),
-        Unary::Erf => each(x, y, erf),
-        Unary::Gelu { tanh } => each(x, y, |v| unary_value(Unary::Gelu { tanh }, v)),
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    fn avx512(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+        y.iter_mut().zip(x).for_each(|(o, &i)| *o = f(i));
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    fn avx2(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+        y.iter_mut().zip(x).for_each(|(o, &i)| *o = f(i));
+    }
+    match isa {
+        // SAFETY: `isa` is at most what the CPU supports (`Isa::detect`, `kernels::isa`).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512(x, y, f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(x, y, f) },
+        _ => plain(x, y, f),
     }
 }
 
@@ -283,6 +313,11 @@ pub fn concat(inputs: &[&[f32]], outer: usize, blocks: &[usize], w: usize, y: &m
 
 /// Row `i` of `y` (one element of `w` samples) is row `sources[i]` of `x`.
 pub fn gather_rows(sources: &[u32], x: &[f32], w: usize, y: &mut [f32]) {
+    if w == 1 {
+        // One sample: an indexed load per element, not a copy call.
+        y.iter_mut().zip(sources).for_each(|(o, &s)| *o = x[s as usize]);
+        return;
+    }
     for (out, &s) in y.chunks_exact_mut(w).zip(sources) {
         out.copy_from_slice(&x[s as usize * w..][..w]);
     }
@@ -359,6 +394,37 @@ mod tests {
             assert!((sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 1e-7, "sigmoid({x})");
         }
         assert!(exp(-200.0) < 1e-37 && exp(200.0) > 1e38, "clamped, not wrapped");
+    }
+
+    /// Every function compiled for each level this CPU has gives what the scalar code gives, on
+    /// values from -100 to 100 (exp's clamps included) and lengths that leave vector tails.
+    #[test]
+    fn unary_functions_match_the_scalar_code_on_every_level() {
+        let functions = [
+            Unary::Clip { lo: 0.0, hi: 6.0 },
+            Unary::Sigmoid,
+            Unary::Silu,
+            Unary::HardSigmoid { alpha: 0.2, beta: 0.5 },
+            Unary::HardSwish,
+            Unary::LeakyRelu { alpha: 0.1 },
+            Unary::Tanh,
+            Unary::Erf,
+            Unary::Gelu { tanh: false },
+            Unary::Gelu { tanh: true },
+            Unary::Sqrt,
+        ];
+        for n in [1, 15, 17, 1003] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7919 + 0.013).sin() * 100.0 * (i % 7) as f32 / 6.0).collect();
+            for f in functions {
+                let want: Vec<f32> = x.iter().map(|&v| unary_value(f, v)).collect();
+                for isa in Isa::available() {
+                    let mut got = vec![0.0; n];
+                    unary(isa, f, &x, &mut got);
+                    let same = got.iter().zip(&want).all(|(g, w)| g == w || (g.is_nan() && w.is_nan()));
+                    assert!(same, "{f:?} on {isa:?}, {n} values");
+                }
+            }
+        }
     }
 
     #[test]
