@@ -149,6 +149,9 @@ pub struct MatMul {
     pub conv: Option<Geometry>,
     /// Present when the layer runs in int8.
     pub int8: Option<Box<Int8Layer>>,
+    /// An element-wise function of the outputs, applied right after the kernel wrote them (the
+    /// SiLU or ReLU6 after a convolution): fused from the node that follows, fp32 layers only.
+    pub post: Option<crate::graph::Unary>,
 }
 
 /// A quantized layer's packed int8 weights, its dequantization and its input quantization.
@@ -298,7 +301,11 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     let shape_of = |name: &str, upto: usize| -> Vec<usize> {
         shapes[..upto].iter().rev().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap_or_default()
     };
+    let mut fused = None;
     for (i, node) in graph.nodes.iter().enumerate() {
+        if fused.take() == Some(i) {
+            continue;
+        }
         let mut inputs: Vec<usize> = node
             .inputs
             .iter()
@@ -367,7 +374,14 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
                 blocks: node.inputs.iter().map(|n| shape_of(n, i + 1)[*axis..].iter().product()).collect(),
             },
         };
-        names.push(node.output.clone());
+        let mut exec = exec;
+        let mut output_name = node.output.clone();
+        if let (Exec::MatMul(m), Some((next, f))) = (&mut exec, fusable_unary(&graph, i)) {
+            m.post = Some(f);
+            output_name = graph.nodes[next].output.clone();
+            fused = Some(next);
+        }
+        names.push(output_name);
         value_sizes.push(out_shape.iter().product());
         layers.push(Layer { name: node.name.clone(), kind: node.op.kind(), exec, inputs, output: names.len() - 1, out_shape });
     }
@@ -376,6 +390,17 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     let output_shape =
         value_sizes.get(output_value).map(|_| shapes.iter().rev().find(|(n, _)| n == &graph.output).unwrap().1.clone()).unwrap();
     Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
+}
+
+/// The element-wise function that a fp32 convolution `nodes[i]` can apply to its outputs itself:
+/// the next node's, where that node is its output's only reader (the node's index, the function).
+fn fusable_unary(graph: &Graph, i: usize) -> Option<(usize, crate::graph::Unary)> {
+    let node = &graph.nodes[i];
+    let Op::Conv { weight, .. } = &node.op else { return None };
+    let next = graph.nodes.get(i + 1)?;
+    let Op::Unary(f) = next.op else { return None };
+    let readers = graph.nodes.iter().flat_map(|n| &n.inputs).filter(|v| **v == node.output).count();
+    (weight.quant.is_none() && next.inputs == [node.output.clone()] && readers == 1 && graph.output != node.output).then_some((i + 1, f))
 }
 
 /// A convolution's packed weights, and for a strided one whose stride-1 form on its input's phase
@@ -450,6 +475,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         sparsity,
         conv,
         int8: None,
+        post: None,
     };
     if let Some(q) = weight.quant.as_ref().filter(|_| o.policy != KernelPolicy::Dense) {
         if q.scales.len() != rows {

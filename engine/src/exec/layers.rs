@@ -13,15 +13,32 @@ pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut
     let threads = team.threads();
     let taps = m.taps.as_ref().expect("weights decoded for a direct convolution");
     let plane = g.out_hw[0] * g.out_hw[1] * g.w;
+    // The rows `rows` of each channel of `y`, where a fused function applies, while they are in cache.
+    let post = |y: &mut [f32]| {
+        if let Some(f) = m.post {
+            let row = g.out_hw[1] * g.w;
+            y.chunks_mut(plane).for_each(|c| elementwise::unary_in_place(isa, f, &mut c[rows.start * row..rows.end * row]));
+        }
+    };
     if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
-        return direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, 0..m.rows, rows, m.relu);
+        direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, 0..m.rows, rows.clone(), m.relu);
+        return post(&mut y[..m.rows * plane]);
     }
     // Parts of whole blocks where channels share taps (`direct::BLOCK` of them run together).
     let per_part = m.rows.div_ceil(threads * 2).next_multiple_of(if taps.shared_blocks().0 > 0 { direct::BLOCK } else { 1 });
     team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
         let channels = p * per_part..((p + 1) * per_part).min(m.rows);
-        direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, channels, rows.clone(), m.relu)
+        direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, channels, rows.clone(), m.relu);
+        post(y);
     });
+}
+
+/// A fused function (`MatMul::post`) on `y`, split over the team where it is large.
+pub(super) fn post(isa: Isa, m: &MatMul, y: &mut [f32], team: &Team) {
+    if let Some(f) = m.post {
+        let part = split_len(team, y.len(), 16);
+        team.for_each(y.chunks_mut(part).collect(), |y| elementwise::unary_in_place(isa, f, y));
+    }
 }
 
 /// A convolution on whole images of `w` samples: its direct kernel, or the image as its own
@@ -35,11 +52,13 @@ pub(crate) fn conv(isa: Isa, m: &MatMul, g: Geometry, w: usize, x: &[f32], y: &m
     }
     if g.window.is_pointwise() {
         // The image is its own im2col: `[channels, positions * w]`.
-        return matmul(isa, m, x, positions * w, y, team);
+        matmul(isa, m, x, positions * w, y, team);
+    } else {
+        let scratch = &mut scratch[..m.cols * positions * w];
+        window::im2col(&Geometry { w, ..g }, x, scratch);
+        matmul(isa, m, scratch, positions * w, y, team);
     }
-    let scratch = &mut scratch[..m.cols * positions * w];
-    window::im2col(&Geometry { w, ..g }, x, scratch);
-    matmul(isa, m, scratch, positions * w, y, team);
+    post(isa, m, &mut y[..m.rows * positions * w], team);
 }
 
 /// Below about this much work (a few microseconds) handing half of a layer to another thread
@@ -261,7 +280,15 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             let parts: Vec<_> = y[..n].chunks_mut(part).zip(x[..n].chunks(part).zip(xs[1][..n].chunks(part))).collect();
             team.for_each(parts, |(y, (a, b))| elementwise::add(a, b, y, *relu));
         }
-        Exec::Pool { geometry, avg } => window::pool(isa, &Geometry { w, ..*geometry }, x, y, *avg),
+        Exec::Pool { geometry, avg } => {
+            // Channels split over the team where there is enough work (window taps read).
+            let g = Geometry { w, ..*geometry };
+            let (plane_in, plane_out) = (g.in_hw[0] * g.in_hw[1] * w, g.out_hw[0] * g.out_hw[1] * w);
+            let reads = g.channels * plane_out * g.window.kernel[0] * g.window.kernel[1];
+            let per_part = if reads < PARALLEL_VALUES { g.channels } else { g.channels.div_ceil(team.threads()) };
+            let parts: Vec<_> = y[..g.channels * plane_out].chunks_mut(per_part * plane_out).zip(x.chunks(per_part * plane_in)).collect();
+            team.for_each(parts, |(y, x)| window::pool(isa, &Geometry { channels: y.len() / plane_out, ..g }, x, y, *avg));
+        }
         Exec::GlobalAvgPool { channels, pixels } if w == 1 => {
             for (c, o) in y[..*channels].iter_mut().enumerate() {
                 *o = x[c * pixels..(c + 1) * pixels].iter().sum::<f32>() / *pixels as f32;

@@ -131,6 +131,15 @@ pub fn unary(isa: Isa, f: Unary, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `y = f(y)`, through a small buffer (so that `unary` serves both).
+pub fn unary_in_place(isa: Isa, f: Unary, y: &mut [f32]) {
+    let mut buf = [0.0f32; 256];
+    for part in y.chunks_mut(256) {
+        buf[..part.len()].copy_from_slice(part);
+        unary(isa, f, &buf[..part.len()], part);
+    }
+}
+
 /// `y[i] = f(x[i])`, the loop compiled for `isa`.
 fn each_value(isa: Isa, x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
     #[inline(never)]
