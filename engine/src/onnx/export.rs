@@ -8,35 +8,22 @@ use prost::Message;
 use super::proto::*;
 use crate::graph::{Activation, BinaryKind, Graph, Op, Unary, Weight, Window};
 
+/// A tensor of `data_type` whose values are `raw_data` (little-endian).
+fn raw_tensor(name: &str, dims: &[usize], data_type: i32, raw_data: Vec<u8>) -> TensorProto {
+    TensorProto { dims: dims.iter().map(|&d| d as i64).collect(), data_type, name: name.to_string(), raw_data, ..Default::default() }
+}
+
 fn tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
-    TensorProto {
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: data_type::FLOAT,
-        name: name.to_string(),
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    raw_tensor(name, dims, data_type::FLOAT, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 fn int64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
-    TensorProto {
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: data_type::INT64,
-        name: name.to_string(),
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    raw_tensor(name, dims, data_type::INT64, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// An int8 (`signed`) or uint8 tensor.
 fn bytes_tensor(name: &str, dims: &[usize], bytes: Vec<u8>, signed: bool) -> TensorProto {
-    TensorProto {
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: if signed { data_type::INT8 } else { data_type::UINT8 },
-        name: name.to_string(),
-        raw_data: bytes,
-        ..Default::default()
-    }
+    raw_tensor(name, dims, if signed { data_type::INT8 } else { data_type::UINT8 }, bytes)
 }
 
 fn ints(name: &str, v: &[usize]) -> AttributeProto {
