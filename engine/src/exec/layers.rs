@@ -263,7 +263,14 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 Some(c) => elementwise::Operand::Constant(c),
                 None => elementwise::Operand::Tile(xs[1]),
             };
-            elementwise::binary(*kind, shape, x, a_strides, b, b_strides, *constant_first, w, y)
+            // Whole stretches (`elementwise::stretches`) split over the team.
+            let (run, count) = elementwise::stretches(shape, a_strides, b_strides);
+            let per_part = split_len(team, count * run * w, run * w) / (run * w).max(1);
+            let parts: Vec<_> = y[..count * run * w].chunks_mut(per_part.max(1) * run * w).enumerate().collect();
+            team.for_each(parts, |(p, y)| {
+                let part = p * per_part..((p + 1) * per_part).min(count);
+                elementwise::binary(isa, *kind, shape, x, a_strides, b, b_strides, *constant_first, w, y, part)
+            })
         }
         Exec::Concat { outer, blocks } => elementwise::concat(xs, *outer, blocks, w, y),
         Exec::Gather { sources } => {
@@ -290,9 +297,14 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             team.for_each(parts, |(y, x)| window::pool(isa, &Geometry { channels: y.len() / plane_out, ..g }, x, y, *avg));
         }
         Exec::GlobalAvgPool { channels, pixels } if w == 1 => {
-            for (c, o) in y[..*channels].iter_mut().enumerate() {
-                *o = x[c * pixels..(c + 1) * pixels].iter().sum::<f32>() / *pixels as f32;
-            }
+            // Channels split over the team where the images are large.
+            let per_part = split_len(team, channels * pixels, *pixels).div_ceil((*pixels).max(1)).max(1);
+            let parts: Vec<_> = y[..*channels].chunks_mut(per_part).zip(x.chunks(per_part * pixels)).collect();
+            team.for_each(parts, |(y, x)| {
+                for (o, image) in y.iter_mut().zip(x.chunks(*pixels)) {
+                    *o = image.iter().sum::<f32>() / *pixels as f32;
+                }
+            });
         }
         Exec::GlobalAvgPool { channels, pixels } => {
             for c in 0..*channels {

@@ -2,6 +2,8 @@
 //! sigmoid, GELU, ...), two-value operations with NumPy broadcasting over the per-sample shape,
 //! and concatenation. Plain loops the compiler vectorizes; each is its own scalar reference.
 
+use std::ops::Range;
+
 use super::Isa;
 use crate::graph::{BinaryKind, Unary};
 
@@ -183,6 +185,7 @@ pub fn broadcast_strides(shape: &[usize], rank: usize) -> Vec<usize> {
 
 /// The second operand of a `binary`: a value tile (`[features, w]`) or a constant (one number
 /// per feature, the same for every sample).
+#[derive(Clone, Copy)]
 pub enum Operand<'a> {
     Tile(&'a [f32]),
     Constant(&'a [f32]),
@@ -193,6 +196,7 @@ pub enum Operand<'a> {
 /// along which each operand is either contiguous or one repeated feature run as one stretch, so
 /// a squeeze-and-excitation `[C, H, W] * [C, 1, 1]` is C stretches of H * W, not H * W * C steps.
 pub fn binary(
+    isa: Isa,
     kind: BinaryKind,
     shape: &[usize],
     a: &[f32],
@@ -202,43 +206,92 @@ pub fn binary(
     swap: bool,
     w: usize,
     y: &mut [f32],
+    part: Range<usize>,
 ) {
+    let args = Args { shape, a, a_strides, b, b_strides, w, part };
     // The operation is chosen once; each has its own copy of the loops (see `unary`).
     match (kind, swap) {
-        (BinaryKind::Add, _) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| p + q),
-        (BinaryKind::Mul, _) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| p * q),
-        (BinaryKind::Sub, false) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| p - q),
-        (BinaryKind::Sub, true) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| q - p),
-        (BinaryKind::Div, false) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| p / q),
-        (BinaryKind::Div, true) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| q / p),
-        (BinaryKind::Pow, false) => binary_with(shape, a, a_strides, b, b_strides, w, y, f32::powf),
-        (BinaryKind::Pow, true) => binary_with(shape, a, a_strides, b, b_strides, w, y, |p, q| q.powf(p)),
+        (BinaryKind::Add, _) => binary_on(isa, args, y, |p, q| p + q),
+        (BinaryKind::Mul, _) => binary_on(isa, args, y, |p, q| p * q),
+        (BinaryKind::Sub, false) => binary_on(isa, args, y, |p, q| p - q),
+        (BinaryKind::Sub, true) => binary_on(isa, args, y, |p, q| q - p),
+        (BinaryKind::Div, false) => binary_on(isa, args, y, |p, q| p / q),
+        (BinaryKind::Div, true) => binary_on(isa, args, y, |p, q| q / p),
+        (BinaryKind::Pow, false) => binary_on(isa, args, y, f32::powf),
+        (BinaryKind::Pow, true) => binary_on(isa, args, y, |p, q| q.powf(p)),
     }
 }
 
-/// `binary` for one operation `op(a, b)`.
-#[inline(never)]
-fn binary_with(
-    shape: &[usize],
-    a: &[f32],
-    a_strides: &[usize],
-    b: Operand,
-    b_strides: &[usize],
+/// How `binary` cuts its output: stretches of this many features (over which each operand is
+/// contiguous or one repeated feature), and how many of them.
+pub fn stretches(shape: &[usize], a_strides: &[usize], b_strides: &[usize]) -> (usize, usize) {
+    let split = suffix(shape, a_strides).0.max(suffix(shape, b_strides).0);
+    let run: usize = shape[split..].iter().product();
+    (run, shape.iter().product::<usize>() / run.max(1))
+}
+
+/// `binary`'s operands and the stretches of the output to compute.
+#[derive(Clone)]
+struct Args<'a> {
+    shape: &'a [usize],
+    a: &'a [f32],
+    a_strides: &'a [usize],
+    b: Operand<'a>,
+    b_strides: &'a [usize],
     w: usize,
-    y: &mut [f32],
-    op: impl Fn(f32, f32) -> f32 + Copy,
-) {
+    part: Range<usize>,
+}
+
+/// `binary_with`, compiled for `isa` (as `each_value`).
+fn binary_on(isa: Isa, args: Args, y: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
+    #[inline(never)]
+    fn plain(args: Args, y: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
+        binary_with(args, y, op)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    fn avx512(args: Args, y: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
+        binary_with(args, y, op)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    fn avx2(args: Args, y: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
+        binary_with(args, y, op)
+    }
+    match isa {
+        // SAFETY: `isa` is at most what the CPU supports (`Isa::detect`, `kernels::isa`).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512(args, y, op) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(args, y, op) },
+        _ => plain(args, y, op),
+    }
+}
+
+#[inline(always)]
+fn binary_with(args: Args, y: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
+    let Args { shape, a, a_strides, b, b_strides, w, part } = args;
     let features: usize = shape.iter().product();
-    assert!(y.len() >= features * w && a_strides.len() == shape.len() && b_strides.len() == shape.len(), "binary sizes");
+    assert!(a_strides.len() == shape.len() && b_strides.len() == shape.len(), "binary sizes");
     // From the later of the two starts, each operand keeps its mode (contiguous or repeated).
     let (a_from, a_repeats) = suffix(shape, a_strides);
     let (b_from, b_repeats) = suffix(shape, b_strides);
     let split = a_from.max(b_from);
     let run: usize = shape[split..].iter().product();
     let outer = &shape[..split];
+    assert!(part.end <= features / run.max(1) && y.len() >= part.len() * run * w, "binary sizes");
+    // The odometer over the outer dimensions, at the part's first stretch.
     let mut index = vec![0usize; outer.len()];
-    let (mut ia, mut ib) = (0usize, 0usize);
-    for r in 0..features / run.max(1) {
+    let (mut ia, mut ib, mut rest) = (0usize, 0usize, part.start);
+    for d in (0..outer.len()).rev() {
+        index[d] = rest % outer[d];
+        rest /= outer[d];
+        ia += index[d] * a_strides[d];
+        ib += index[d] * b_strides[d];
+    }
+    for r in 0..part.len() {
         let out = &mut y[r * run * w..][..run * w];
         let xa = &a[ia * w..][..if a_repeats { w } else { run * w }];
         let xb = match b {
@@ -336,6 +389,25 @@ pub fn gather_rows(sources: &[u32], x: &[f32], w: usize, y: &mut [f32]) {
 mod tests {
     use super::*;
 
+    /// `binary` over the whole output on every level this CPU has, in one part and in parts of
+    /// one stretch each; all must agree (the result is left in `y`).
+    fn whole(kind: BinaryKind, shape: &[usize], a: &[f32], sa: &[usize], b: Operand, sb: &[usize], swap: bool, w: usize, y: &mut [f32]) {
+        let (run, count) = stretches(shape, sa, sb);
+        let mut first: Option<Vec<f32>> = None;
+        for isa in Isa::available() {
+            binary(isa, kind, shape, a, sa, b, sb, swap, w, y, 0..count);
+            let mut parts = vec![0.0; y.len()];
+            for (r, out) in parts.chunks_mut(run * w).enumerate().take(count) {
+                binary(isa, kind, shape, a, sa, b, sb, swap, w, out, r..r + 1);
+            }
+            assert_eq!(parts[..count * run * w], y[..count * run * w], "{isa:?}: parts differ from the whole");
+            match &first {
+                Some(f) => assert_eq!(f[..], y[..], "{isa:?} differs from the scalar code"),
+                None => first = Some(y.to_vec()),
+            }
+        }
+    }
+
     /// `binary` against a plain per-element reference on broadcast shapes of every kind.
     #[test]
     fn binary_stretches_match_a_plain_reference() {
@@ -377,7 +449,7 @@ mod tests {
                         want[f * w + s] = a[ia * w + s] - b[ib * w + s];
                     }
                 }
-                binary(BinaryKind::Sub, &shape, &a, &sa_s, Operand::Tile(&b), &sb_s, false, w, &mut got);
+                whole(BinaryKind::Sub, &shape, &a, &sa_s, Operand::Tile(&b), &sb_s, false, w, &mut got);
                 assert_eq!(got, want, "{sa:?} - {sb:?}, w {w}");
                 // A constant operand: one number per feature for every sample.
                 let c: Vec<f32> = (0..nb).map(|i| 3.0 + i as f32).collect();
@@ -387,7 +459,7 @@ mod tests {
                         want[f * w + s] = c[ib] / a[ia * w + s];
                     }
                 }
-                binary(BinaryKind::Div, &shape, &a, &sa_s, Operand::Constant(&c), &sb_s, true, w, &mut got);
+                whole(BinaryKind::Div, &shape, &a, &sa_s, Operand::Constant(&c), &sb_s, true, w, &mut got);
                 assert_eq!(got, want, "{sb:?} / {sa:?} constant, w {w}");
             }
         }
@@ -449,7 +521,7 @@ mod tests {
         let a: Vec<f32> = (0..12).map(|v| v as f32).collect();
         let c = [1.0, 10.0, 100.0];
         let mut y = vec![0.0; 12];
-        binary(
+        whole(
             BinaryKind::Mul,
             &[2, 3],
             &a,
@@ -465,7 +537,7 @@ mod tests {
         // [2, 1] - [1, 3] = [2, 3], two tiles; swapped: b - a.
         let (p, q) = ([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]);
         let mut y = vec![0.0; 12];
-        binary(
+        whole(
             BinaryKind::Sub,
             &[2, 3],
             &p,
