@@ -66,6 +66,11 @@ pub fn rewrite(weight: &Weight, window: &Window, input: &[usize], output: &[usiz
     phases.sort_unstable();
     let out = weight.shape[0];
     let (ka, kb) = (window.kernel[0], window.kernel[1]);
+    // Real layers grow by at most 16/9 (3x3/2); a window built to grow more is left as written,
+    // so the rewrite never multiplies a file's weights (up to `MAX_WEIGHT_ELEMENTS`) by much.
+    if phases.len() * kh * kw > 2 * ka * kb {
+        return None;
+    }
     let mut data = vec![0.0; out * phases.len() * c * kh * kw];
     for o in 0..out {
         for ci in 0..c {
