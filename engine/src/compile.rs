@@ -242,6 +242,8 @@ pub enum Exec {
         geometry: Geometry,
         groups: usize,
         relu: bool,
+        /// As `MatMul::post`.
+        post: Option<crate::graph::Unary>,
     },
     Unary(crate::graph::Unary),
     /// `a op b` over the output per-sample `shape`, each operand by its broadcast strides; `b` the
@@ -352,6 +354,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
                 geometry: geometry(&in_shape, &out_shape, *window),
                 groups: *groups,
                 relu: relu(act),
+                post: None,
             },
             Op::Unary(f) => Exec::Unary(*f),
             Op::Binary { kind, constant, constant_first } => {
@@ -376,8 +379,12 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
         };
         let mut exec = exec;
         let mut output_name = node.output.clone();
-        if let (Exec::MatMul(m), Some((next, f))) = (&mut exec, fusable_unary(&graph, i)) {
-            m.post = Some(f);
+        if let Some((next, f)) = fusable_unary(&graph, i) {
+            match &mut exec {
+                Exec::MatMul(m) => m.post = Some(f),
+                Exec::GroupConv { post, .. } => *post = Some(f),
+                _ => unreachable!("only convolutions take a function"),
+            }
             output_name = graph.nodes[next].output.clone();
             fused = Some(next);
         }
@@ -392,11 +399,11 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
 }
 
-/// The element-wise function that a fp32 convolution `nodes[i]` can apply to its outputs itself:
+/// The element-wise function that a fp32 convolution `nodes[i]` (grouped too) can apply to its outputs itself:
 /// the next node's, where that node is its output's only reader (the node's index, the function).
 fn fusable_unary(graph: &Graph, i: usize) -> Option<(usize, crate::graph::Unary)> {
     let node = &graph.nodes[i];
-    let Op::Conv { weight, .. } = &node.op else { return None };
+    let (Op::Conv { weight, .. } | Op::GroupConv { weight, .. }) = &node.op else { return None };
     let next = graph.nodes.get(i + 1)?;
     let Op::Unary(f) = next.op else { return None };
     let readers = graph.nodes.iter().flat_map(|n| &n.inputs).filter(|v| **v == node.output).count();

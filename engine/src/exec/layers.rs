@@ -242,7 +242,7 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
         }
         Exec::Relu => split_values(team, x, y, elementwise::relu_tile),
         Exec::Flatten => y.copy_from_slice(x),
-        Exec::GroupConv { weight, bias, geometry, groups, relu } => {
+        Exec::GroupConv { weight, bias, geometry, groups, relu, post } => {
             let g = Geometry { w, ..*geometry };
             let plane = g.out_hw[0] * g.out_hw[1] * w;
             let out = bias.len();
@@ -254,6 +254,10 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                     flat::depthwise_flat(isa, &g, weight, bias, x, y, channels, *relu)
                 } else {
                     grouped::group_conv(&g, *groups, weight, bias, x, y, channels, *relu)
+                }
+                // A fused function on this part's channels, while they are in cache.
+                if let Some(f) = post {
+                    elementwise::unary_in_place(isa, *f, y);
                 }
             });
         }
