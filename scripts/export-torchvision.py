@@ -1,5 +1,6 @@
 """Exports full-size torchvision models (random weights, seed 1; ResNet-50 magnitude-pruned to
-90% per layer, first convolution dense) and a YOLOv5s (scripts/yolov5.py, 320x320, 80 classes,
+90% per layer, first convolution dense; a MobileNetV2 with its 1x1 convolutions and classifier
+pruned 90%) and a YOLOv5s (scripts/yolov5.py, 320x320, 80 classes,
 convolutions 85% pruned but the first) with both of PyTorch's ONNX exporters, batch fixed at 1
 as `torch.onnx.export` writes without dynamic axes, and with the legacy one at opset 13 too
 (`NAME.opset13.onnx`: what DeepSparse, which reads opsets up to 19, was fed):
@@ -30,6 +31,16 @@ def pruned(m, amount):
     return m
 
 
+def pointwise_pruned(m, amount):
+    """Magnitude-prunes the 1x1 convolutions and the classifier, per layer (depth-wise and the
+    stem dense), as #19 asks of MobileNetV2."""
+    for x in m.modules():
+        if isinstance(x, torch.nn.Linear) or (isinstance(x, torch.nn.Conv2d) and x.kernel_size == (1, 1)):
+            prune.l1_unstructured(x, "weight", amount)
+            prune.remove(x, "weight")
+    return m
+
+
 models = {
     "resnet18": torchvision.models.resnet18(),
     "resnet50_s90": pruned(torchvision.models.resnet50(), 0.9),
@@ -41,6 +52,8 @@ x = torch.rand(1, 3, 224, 224) * 2 - 1
 np.save(os.path.join(out, "input.npy"), x.numpy())
 torch.manual_seed(2)
 models["yolov5s_s85"] = pruned(YOLOv5(width=0.50, depth=0.33, classes=80, image=320), 0.85)
+torch.manual_seed(3)
+models["mobilenet_v2_s90"] = pointwise_pruned(torchvision.models.mobilenet_v2(), 0.9)
 inputs = {"yolov5s_s85": torch.rand(1, 3, 320, 320)}
 np.save(os.path.join(out, "yolov5s_s85.input.npy"), inputs["yolov5s_s85"].numpy())
 for name, m in models.items():
