@@ -316,7 +316,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
         let in_shape = shape_of(&node.inputs[0], i + 1);
         let out_shape = shapes[i + 1].1.clone();
         let relu = |a: &Activation| *a == Activation::Relu;
-        let exec = match &node.op {
+        let mut exec = match &node.op {
             Op::Linear { weight, bias, act } => Exec::MatMul(Box::new(pack(&node.name, weight, bias, relu(act), None, &options)?)),
             Op::Conv { weight, bias, window, act } => {
                 let (phased, m) = conv_plan(&node.name, weight, bias, relu(act), window, &in_shape, &out_shape, &options)?;
@@ -377,7 +377,6 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
                 blocks: node.inputs.iter().map(|n| shape_of(n, i + 1)[*axis..].iter().product()).collect(),
             },
         };
-        let mut exec = exec;
         let mut output_name = node.output.clone();
         if let Some((next, f)) = fusable_unary(&graph, i) {
             match &mut exec {
@@ -406,8 +405,7 @@ fn fusable_unary(graph: &Graph, i: usize) -> Option<(usize, crate::graph::Unary)
     let (Op::Conv { weight, .. } | Op::GroupConv { weight, .. }) = &node.op else { return None };
     let next = graph.nodes.get(i + 1)?;
     let Op::Unary(f) = next.op else { return None };
-    let readers = graph.nodes.iter().flat_map(|n| &n.inputs).filter(|v| **v == node.output).count();
-    (weight.quant.is_none() && next.inputs == [node.output.clone()] && readers == 1 && graph.output != node.output).then_some((i + 1, f))
+    (weight.quant.is_none() && next.inputs == [node.output.clone()] && passes::consumers(graph, &node.output) == 1).then_some((i + 1, f))
 }
 
 /// A convolution's packed weights, and for a strided one whose stride-1 form on its input's phase

@@ -454,6 +454,12 @@ fn check_weight(node: &str, weight: &Weight) -> Result<()> {
     Ok(())
 }
 
+/// Whether `perm` lists each of `0..rank` once.
+pub fn is_permutation(perm: &[usize], rank: usize) -> bool {
+    let mut seen = vec![false; rank];
+    perm.len() == rank && perm.iter().all(|&a| a < rank && !std::mem::replace(&mut seen[a], true))
+}
+
 /// The NumPy broadcast of two per-sample shapes (aligned right), if they broadcast.
 pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
@@ -598,8 +604,7 @@ pub fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Resu
             Ok(shape.clone())
         }
         Op::Transpose { perm } => {
-            let mut seen = vec![false; x.len()];
-            if perm.len() != x.len() || !perm.iter().all(|&a| a < x.len() && !std::mem::replace(&mut seen[a], true)) {
+            if !is_permutation(perm, x.len()) {
                 return bad(format!("{perm:?} is not a permutation of the axes of {x:?}"));
             }
             Ok(perm.iter().map(|&a| x[a]).collect())

@@ -10,7 +10,8 @@ pub fn optimize(graph: &mut Graph) {
     while fold_affine(graph) || fuse_relu(graph) || drop_qdq_before_int8(graph) || fuse_silu(graph) {}
 }
 
-fn consumers(graph: &Graph, value: &str) -> usize {
+/// How many inputs of nodes read `value`, plus one where it is the graph's output.
+pub(crate) fn consumers(graph: &Graph, value: &str) -> usize {
     graph.nodes.iter().flat_map(|n| &n.inputs).filter(|i| *i == value).count() + usize::from(graph.output == value)
 }
 

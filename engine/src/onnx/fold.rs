@@ -7,7 +7,7 @@
 use super::import::{Constant, attr_i, node_name};
 use super::proto::{NodeProto, data_type};
 use crate::error::{EngineError, Result};
-use crate::graph::{MAX_WEIGHT_ELEMENTS, Op, broadcast, checked_numel};
+use crate::graph::{MAX_WEIGHT_ELEMENTS, Op, broadcast, checked_numel, is_permutation};
 
 /// The batch size a batch-dependent constant is evaluated with, and the other one.
 pub(super) const BATCH: f32 = 1.0;
@@ -105,12 +105,10 @@ fn eval(node: &NodeProto, inputs: &[Option<&Constant>]) -> Folded {
                 Some(a) => a.ints.iter().map(|&p| normalize(p, x.dims.len())).collect::<std::result::Result<Vec<_>, _>>()?,
                 None => default,
             };
-            let op = Op::Transpose { perm: perm.clone() };
-            let mut seen = vec![false; x.dims.len()];
-            if perm.len() != x.dims.len() || !perm.iter().all(|&a| !std::mem::replace(&mut seen[a], true)) {
+            if !is_permutation(&perm, x.dims.len()) {
                 return Err(format!("perm {perm:?} of a {}-D constant", x.dims.len()));
             }
-            let sources = crate::layout::sources(&op, &x.dims).expect("a transpose");
+            let sources = crate::layout::sources(&Op::Transpose { perm: perm.clone() }, &x.dims).expect("a transpose");
             let values = sources.iter().map(|&s| x.values[s as usize]).collect();
             Ok(Constant::new(perm.iter().map(|&a| x.dims[a]).collect(), values, x.data_type))
         }
@@ -251,9 +249,14 @@ pub(super) fn slice_indices(dim: usize, start: f64, end: f64, step: f64) -> std:
     Ok(ix)
 }
 
+/// A selection of every coordinate of every axis of `dims`.
+pub(super) fn whole(dims: &[usize]) -> Vec<Vec<usize>> {
+    dims.iter().map(|&d| (0..d).collect()).collect()
+}
+
 /// The coordinates `ix` of `c` along `axis`.
 fn select_along(c: &Constant, axis: usize, ix: &[usize]) -> Folded {
-    let mut indices: Vec<Vec<usize>> = c.dims.iter().map(|&d| (0..d).collect()).collect();
+    let mut indices = whole(&c.dims);
     indices[axis] = ix.to_vec();
     let dims: Vec<usize> = indices.iter().map(Vec::len).collect();
     if checked_numel(&dims, MAX_WEIGHT_ELEMENTS).is_none() {

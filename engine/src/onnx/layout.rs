@@ -47,6 +47,17 @@ impl Importer {
         self.nodes.push(Node { name, op, inputs: vec![input], output });
     }
 
+    /// The per-sample shape of `x` and the axis of `node`'s `axis` attribute counted in it; an
+    /// error for the batch axis.
+    fn sample_axis(&mut self, node: &NodeProto, name: &str, x: &str) -> Result<(Vec<usize>, usize)> {
+        let dims = self.shape_of(x, name)?;
+        let axis = fold::normalize(attr_i(node, "axis", 0), dims.len() + 1).map_err(|e| EngineError::graph(name, e))?;
+        if axis == 0 {
+            return Err(EngineError::graph(name, format!("{} along the batch axis is not supported", node.op_type)));
+        }
+        Ok((dims, axis - 1))
+    }
+
     pub(super) fn reshape(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         let target = self.shape_constant(node, 1)?;
         let (values, other) = (target.values.clone(), target.other_batch.clone());
@@ -103,7 +114,7 @@ impl Importer {
         let dims = self.shape_of(&x, name)?;
         let with_batch: Vec<usize> = [1].into_iter().chain(dims.iter().copied()).collect();
         let ranges = fold::slice_ranges(node, &self.constant_inputs(node), &with_batch, false).map_err(|e| EngineError::graph(name, e))?;
-        let mut indices: Vec<Vec<usize>> = dims.iter().map(|&d| (0..d).collect()).collect();
+        let mut indices = fold::whole(&dims);
         for (axis, ix) in ranges {
             indices[axis - 1] = ix;
         }
@@ -113,12 +124,8 @@ impl Importer {
 
     /// Each output of a Split is a selection of consecutive coordinates along its axis.
     pub(super) fn split(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
-        let dims = self.shape_of(&x, name)?;
-        let axis = fold::normalize(attr_i(node, "axis", 0), dims.len() + 1).map_err(|e| EngineError::graph(name, e))?;
-        if axis == 0 {
-            return Err(EngineError::graph(name, "Split along the batch axis is not supported"));
-        }
-        let d = dims[axis - 1];
+        let (dims, axis) = self.sample_axis(node, name, &x)?;
+        let d = dims[axis];
         let parts = node.output.len();
         let sizes: Vec<usize> = match (node.input.get(1).filter(|s| !s.is_empty()), node.attribute.iter().find(|a| a.name == "split")) {
             (Some(_), _) => self.constant(node, 1)?.values.iter().map(|&v| if v >= 0.0 { v as usize } else { usize::MAX }).collect(),
@@ -132,8 +139,8 @@ impl Importer {
         }
         let mut start = 0;
         for (k, (size, output)) in sizes.iter().zip(&node.output).enumerate() {
-            let mut indices: Vec<Vec<usize>> = dims.iter().map(|&d| (0..d).collect()).collect();
-            indices[axis - 1] = (start..start + size).collect();
+            let mut indices = fold::whole(&dims);
+            indices[axis] = (start..start + size).collect();
             start += size;
             self.push_as(format!("{name}.{k}"), Op::Select { indices }, x.clone(), output.clone());
         }
@@ -143,17 +150,13 @@ impl Importer {
     /// Gather of an activation with constant indices: a selection along the axis, reshaped where
     /// the indices are not one list.
     pub(super) fn gather(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
-        let dims = self.shape_of(&x, name)?;
-        let axis = fold::normalize(attr_i(node, "axis", 0), dims.len() + 1).map_err(|e| EngineError::graph(name, e))?;
-        if axis == 0 {
-            return Err(EngineError::graph(name, "Gather along the batch axis is not supported"));
-        }
+        let (dims, axis) = self.sample_axis(node, name, &x)?;
         let indices = self.constant(node, 1)?;
-        let ix = indices.values.iter().map(|&i| fold::index(i, dims[axis - 1])).collect::<std::result::Result<Vec<_>, _>>();
+        let ix = indices.values.iter().map(|&i| fold::index(i, dims[axis])).collect::<std::result::Result<Vec<_>, _>>();
         let ix = ix.map_err(|e| EngineError::graph(name, e))?;
-        let shape = [&dims[..axis - 1], &indices.dims[..], &dims[axis..]].concat();
-        let mut select: Vec<Vec<usize>> = dims.iter().map(|&d| (0..d).collect()).collect();
-        select[axis - 1] = ix;
+        let shape = [&dims[..axis], &indices.dims[..], &dims[axis + 1..]].concat();
+        let mut select = fold::whole(&dims);
+        select[axis] = ix;
         let out = node.output[0].clone();
         if indices.dims.len() == 1 {
             self.push_as(name.to_string(), Op::Select { indices: select }, x, out);
