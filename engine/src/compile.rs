@@ -230,7 +230,33 @@ pub enum Exec {
     },
     /// Same memory layout in and out: a copy.
     Flatten,
-    Softmax,
+    /// Softmax over groups of `len` elements (the last axis).
+    Softmax {
+        len: usize,
+    },
+    /// Rows of `table` (`width` values each) picked by the input's values.
+    Embed {
+        table: Vec<f32>,
+        width: usize,
+    },
+    LayerNorm {
+        scale: Vec<f32>,
+        bias: Vec<f32>,
+        epsilon: f32,
+    },
+    /// One product per output slice, its operands starting at elements `slices[i]` of the inputs.
+    BatchMatMul {
+        product: crate::kernels::sequence::Product,
+        slices: Vec<(usize, usize)>,
+    },
+    /// `kernels::sequence::select` over `shape`: condition, then `x`, then `y`, each a constant or
+    /// the next input, with its broadcast strides.
+    Where {
+        shape: Vec<usize>,
+        strides: [Vec<usize>; 3],
+        x: Option<Vec<f32>>,
+        y: Option<Vec<f32>>,
+    },
     QuantDequant {
         scale: f32,
         zero: u8,
@@ -346,7 +372,26 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             Op::Transpose { .. } | Op::Select { .. } => {
                 Exec::Gather { sources: crate::layout::sources(&node.op, &in_shape).expect("a layout operator") }
             }
-            Op::Softmax => Exec::Softmax,
+            Op::Softmax => Exec::Softmax { len: *out_shape.last().expect("a shape has an axis") },
+            Op::Pick { sources, .. } => Exec::Gather { sources: sources.iter().map(|&s| s as u32).collect() },
+            Op::Embed { table } => Exec::Embed { table: table.data.clone(), width: table.shape[1] },
+            Op::LayerNorm { scale, bias, epsilon } => Exec::LayerNorm { scale: scale.clone(), bias: bias.clone(), epsilon: *epsilon },
+            Op::BatchMatMul => crate::sequence::batch_matmul(&in_shape, &shape_of(&node.inputs[1], i + 1)),
+            Op::Where { x, y } => {
+                let mut next = 0;
+                let mut shape_of_operand = |c: &Option<crate::graph::Operand>| match c {
+                    Some(c) => c.per_sample(in_shape.len()).expect("checked in infer_shapes").to_vec(),
+                    None => {
+                        next += 1;
+                        shape_of(&node.inputs[next], i + 1)
+                    }
+                };
+                let (xs, ys) = (shape_of_operand(x), shape_of_operand(y));
+                let rank = out_shape.len();
+                let strides = [&in_shape, &xs, &ys].map(|s| elementwise::broadcast_strides(s, rank));
+                let values = |c: &Option<crate::graph::Operand>| c.as_ref().map(|c| c.values.clone());
+                Exec::Where { shape: out_shape.clone(), strides, x: values(x), y: values(y) }
+            }
             Op::QuantDequant { scale, zero } => Exec::QuantDequant { scale: *scale, zero: *zero },
             Op::GroupConv { weight, bias, window, groups, act } => Exec::GroupConv {
                 weight: weight.data.clone(),

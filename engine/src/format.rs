@@ -13,7 +13,9 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, BinaryKind, Graph, MAX_WEIGHT_ELEMENTS, Node, Op, Operand, Quant, Unary, Weight, Window, checked_numel};
+use crate::graph::{
+    Activation, BinaryKind, Graph, MAX_WEIGHT_ELEMENTS, Node, Op, Operand, Ports, Quant, Unary, Weight, Window, checked_numel,
+};
 
 /// Value of the `format` metadata key.
 pub const FORMAT_NAME: &str = "sparsify-engine";
@@ -129,6 +131,32 @@ enum FileOp {
     Select {
         indices: Vec<Vec<usize>>,
     },
+    /// `sources`: u32 `[n]`.
+    Pick {
+        shape: Vec<usize>,
+        sources: String,
+    },
+    /// `table`: a dense weight `[rows, width]`.
+    Embed {
+        table: WeightRef,
+    },
+    LayerNorm {
+        scale: String,
+        bias: String,
+        epsilon: f32,
+    },
+    BatchMatMul,
+    /// Each constant operand's values are a tensor, its shape beside it.
+    Where {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        x: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        x_shape: Option<Vec<usize>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        y: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        y_shape: Option<Vec<usize>>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +174,8 @@ struct FileGraph {
     input_shape: Vec<usize>,
     output: String,
     nodes: Vec<FileNode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ports: Option<Ports>,
 }
 
 /// Tensors being written: name, dtype, shape, little-endian bytes.
@@ -296,10 +326,34 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
             Op::Reshape { shape } => FileOp::Reshape { shape: shape.clone() },
             Op::Transpose { perm } => FileOp::Transpose { perm: perm.clone() },
             Op::Select { indices } => FileOp::Select { indices: indices.clone() },
+            Op::Pick { shape, sources } => {
+                let bytes = sources.iter().flat_map(|&s| (s as u32).to_le_bytes()).collect();
+                FileOp::Pick { shape: shape.clone(), sources: t.bytes(format!("{name}.sources"), Dtype::U32, vec![sources.len()], bytes) }
+            }
+            Op::Embed { table } => FileOp::Embed { table: t.weight(name, &Weight { quant: None, ..table.clone() }) },
+            Op::LayerNorm { scale, bias, epsilon } => FileOp::LayerNorm {
+                scale: t.f32(format!("{name}.scale"), vec![scale.len()], scale),
+                bias: t.f32(format!("{name}.bias"), vec![bias.len()], bias),
+                epsilon: *epsilon,
+            },
+            Op::BatchMatMul => FileOp::BatchMatMul,
+            Op::Where { x, y } => {
+                let mut operand = |c: &Option<Operand>, which: &str| {
+                    c.as_ref().map(|c| (t.f32(format!("{name}.{which}"), vec![c.values.len()], &c.values), c.shape.clone())).unzip()
+                };
+                let ((x, x_shape), (y, y_shape)) = (operand(x, "x"), operand(y, "y"));
+                FileOp::Where { x, x_shape, y, y_shape }
+            }
         };
         nodes.push(FileNode { name: name.clone(), inputs: n.inputs.clone(), output: n.output.clone(), op });
     }
-    let fg = FileGraph { input: graph.input.clone(), input_shape: graph.input_shape.clone(), output: graph.output.clone(), nodes };
+    let fg = FileGraph {
+        input: graph.input.clone(),
+        input_shape: graph.input_shape.clone(),
+        output: graph.output.clone(),
+        nodes,
+        ports: graph.ports.clone(),
+    };
     let meta: HashMap<String, String> = [
         ("format".to_string(), FORMAT_NAME.to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
@@ -374,10 +428,30 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
             FileOp::Reshape { shape } => Op::Reshape { shape },
             FileOp::Transpose { perm } => Op::Transpose { perm },
             FileOp::Select { indices } => Op::Select { indices },
+            FileOp::Pick { shape, sources } => {
+                Op::Pick { shape, sources: reader.u32s(&sources)?.into_iter().map(|s| s as usize).collect() }
+            }
+            FileOp::Embed { table } => Op::Embed { table: reader.weight(&table)? },
+            FileOp::LayerNorm { scale, bias, epsilon } => {
+                let scale = reader.f32(&scale, None)?;
+                Op::LayerNorm { bias: reader.f32(&bias, Some(scale.len()))?, scale, epsilon }
+            }
+            FileOp::BatchMatMul => Op::BatchMatMul,
+            FileOp::Where { x, x_shape, y, y_shape } => {
+                let operand = |tensor: Option<String>, shape: Option<Vec<usize>>| match (tensor, shape) {
+                    (Some(tensor), Some(shape)) => Ok(Some(Operand { values: reader.f32(&tensor, None)?, shape })),
+                    (None, None) => Ok(None),
+                    _ => Err(bad(format!("node '{}': a constant operand needs both its tensor and its shape", n.name))),
+                };
+                Op::Where { x: operand(x, x_shape)?, y: operand(y, y_shape)? }
+            }
         };
         nodes.push(Node { name: n.name, op, inputs: n.inputs, output: n.output });
     }
-    let graph = Graph { input: fg.input, input_shape: fg.input_shape, output: fg.output, nodes };
+    let graph = Graph { input: fg.input, input_shape: fg.input_shape, output: fg.output, nodes, ports: fg.ports };
+    if let Some(ports) = &graph.ports {
+        ports.check(&graph.input_shape).map_err(bad)?;
+    }
     graph.infer_shapes().map_err(|e| bad(e.to_string()))?;
     Ok(graph)
 }

@@ -204,6 +204,12 @@ pub enum Unary {
         tanh: bool,
     },
     Sqrt,
+    /// 1 where `x` is NaN, else 0 (ONNX IsNaN; the engine's values are finite, so always 0).
+    IsNaN,
+    /// 1 where `x` is non-zero, else 0 (a Cast to bool: the engine holds booleans as 0 and 1).
+    Bool,
+    /// 1 where `x` is zero, else 0 (ONNX Not).
+    Not,
 }
 
 /// An element-wise operation on two values.
@@ -215,6 +221,14 @@ pub enum BinaryKind {
     Mul,
     Div,
     Pow,
+    /// Logical operations and comparisons: 1 where true, else 0 (non-zero is true).
+    And,
+    Or,
+    Equal,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
 }
 
 /// A constant operand of a `Binary`: its per-sample shape (broadcast against the value's, NumPy
@@ -293,7 +307,7 @@ pub enum Op {
     },
     /// `[C, H, W] -> [C * H * W]`.
     Flatten,
-    /// Softmax over the features of each sample.
+    /// Softmax over the last axis.
     Softmax,
     /// An activation's QuantizeLinear then DequantizeLinear, run as written in fp32:
     /// `y = (clamp(round_half_even(x / scale) + zero, 0, 255) - zero) * scale`. A signed (int8)
@@ -316,6 +330,32 @@ pub enum Op {
     /// Split, nearest Resize, Gather with constant indices).
     Select {
         indices: Vec<Vec<usize>>,
+    },
+    /// Output element `i` (of per-sample `shape`) copies input element `sources[i]` (GatherND,
+    /// GatherElements and Expand with constant indices).
+    Pick {
+        shape: Vec<usize>,
+        sources: Vec<usize>,
+    },
+    /// Rows of `table` (`[rows, width]`) picked by the input's values, integer indices (ONNX
+    /// Gather of an embedding): the input's shape with `width` appended.
+    Embed {
+        table: Weight,
+    },
+    /// Normalization over the last axis: `(x - mean) / sqrt(variance + epsilon) * scale + bias`.
+    LayerNorm {
+        scale: Vec<f32>,
+        bias: Vec<f32>,
+        epsilon: f32,
+    },
+    /// Matrix products of two values over their last two axes (`[.., m, k] x [.., k, n]`), the
+    /// leading axes broadcast (attention's products).
+    BatchMatMul,
+    /// `x` where the first input is non-zero, else `y` (broadcast); `x` and `y` are constants or
+    /// the next inputs, in that order.
+    Where {
+        x: Option<Operand>,
+        y: Option<Operand>,
     },
 }
 
@@ -340,6 +380,11 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Transpose { .. } => "transpose",
             Op::Select { .. } => "select",
+            Op::Pick { .. } => "pick",
+            Op::Embed { .. } => "embed",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::BatchMatMul => "batch_matmul",
+            Op::Where { .. } => "where",
         }
     }
     pub fn weight(&self) -> Option<&Weight> {
@@ -359,6 +404,56 @@ pub struct Node {
     pub output: String,
 }
 
+/// One of a model's several inputs or outputs (`Ports`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Port {
+    pub name: String,
+    /// Per-sample shape.
+    pub shape: Vec<usize>,
+    /// Integer values (held as exact `f32`s, so within +-2^24).
+    pub integer: bool,
+    /// For an integer input that indexes a table (token ids): the table's rows; valid values
+    /// are `0..rows`.
+    pub rows: Option<usize>,
+}
+
+impl Port {
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A model with several inputs or outputs (BERT: token ids, attention mask, token types): the
+/// graph's one input holds the inputs one after another per sample, and its one output the
+/// outputs, each flattened.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Ports {
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+}
+
+impl Ports {
+    /// The inputs fill the packed input of `input_shape` exactly (and each shape is sane).
+    pub fn check(&self, input_shape: &[usize]) -> std::result::Result<(), String> {
+        let sizes = |ports: &[Port]| ports.iter().try_fold(0usize, |n, p| n.checked_add(checked_numel(&p.shape, MAX_VALUE_ELEMENTS)?));
+        let (inputs, outputs) = (sizes(&self.inputs), sizes(&self.outputs));
+        if inputs.is_none() || outputs.is_none() || inputs != checked_numel(input_shape, MAX_VALUE_ELEMENTS) || self.inputs.is_empty() {
+            return Err(format!("the model's ports do not fill its input of shape {input_shape:?}"));
+        }
+        Ok(())
+    }
+
+    /// The port `name` among the inputs, with its first element in the packed input.
+    pub fn input(&self, name: &str) -> Option<(usize, &Port)> {
+        let mut at = 0;
+        self.inputs.iter().find_map(|p| {
+            let found = (p.name == name).then_some((at, p));
+            at += p.elements();
+            found
+        })
+    }
+}
+
 /// A model: one input, one output, nodes in execution order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Graph {
@@ -367,6 +462,8 @@ pub struct Graph {
     pub input_shape: Vec<usize>,
     pub output: String,
     pub nodes: Vec<Node>,
+    /// Present where the model has several inputs or outputs packed into `input` and `output`.
+    pub ports: Option<Ports>,
 }
 
 impl Graph {
@@ -382,6 +479,10 @@ impl Graph {
                 Op::Binary { constant: Some(c), .. } => c.values.len(),
                 Op::Affine { scale, .. } => 2 * scale.len(),
                 Op::Select { indices } => indices.iter().map(Vec::len).sum(),
+                Op::Pick { sources, .. } => sources.len(),
+                Op::Embed { table } => table.data.len(),
+                Op::LayerNorm { scale, .. } => 2 * scale.len(),
+                Op::Where { x, y } => x.iter().chain(y).map(|c| c.values.len()).sum(),
                 _ => 0,
             };
             weight_elements = weight_elements.saturating_add(weights);
@@ -397,7 +498,11 @@ impl Graph {
                     .ok_or_else(|| EngineError::graph(&node.name, format!("input '{name}' is not produced by any earlier node")))
             };
             let arity = match &node.op {
-                Op::Add { .. } | Op::Binary { constant: None, .. } => 2..=2,
+                Op::Add { .. } | Op::Binary { constant: None, .. } | Op::BatchMatMul => 2..=2,
+                Op::Where { x, y } => {
+                    let n = 1 + x.is_none() as usize + y.is_none() as usize;
+                    n..=n
+                }
                 Op::Concat { .. } => 1..=usize::MAX,
                 _ => 1..=1,
             };
@@ -539,6 +644,9 @@ pub fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Resu
         }
         Op::Flatten => Ok(vec![x.iter().product()]),
         Op::Relu | Op::Softmax => Ok(x.to_vec()),
+        Op::Pick { .. } | Op::Embed { .. } | Op::LayerNorm { .. } | Op::BatchMatMul | Op::Where { .. } => {
+            crate::sequence::output_shape(node, x, input)
+        }
         Op::GroupConv { weight, bias, window, groups, .. } => {
             check_weight(name, weight)?;
             let (c, h, w) = image(node, x)?;

@@ -23,6 +23,7 @@ pub mod onnx;
 pub mod passes;
 pub mod phases;
 pub mod schedule;
+pub mod sequence;
 pub mod stats;
 pub mod team;
 pub mod testing;

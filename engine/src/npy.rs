@@ -1,5 +1,6 @@
-//! Reading and writing NumPy `.npy` files of little-endian float32 (version 1.0 and 2.0 headers),
-//! for `engine run`. Anything else is rejected with the reason.
+//! Reading and writing NumPy `.npy` files (version 1.0 and 2.0 headers) for `engine run`: float32
+//! written; float32, float64, int64, int32 and bool read (as f32, integers exactly up to 2^24).
+//! Anything else is rejected with the reason.
 
 use std::path::Path;
 
@@ -30,18 +31,29 @@ fn parse(bytes: &[u8]) -> std::result::Result<Array, String> {
     let header = bytes.get(start..end).ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
     let h = Header::parse(header)?;
-    if h.descr != "<f4" {
-        return Err(format!("dtype '{}' is not supported; save float32 ('<f4')", h.descr));
-    }
+    // Integer and boolean arrays (token ids, attention masks) are read into exact f32s.
+    let (width, decode): (usize, fn(&[u8]) -> f64) = match h.descr.as_str() {
+        "<f4" => (4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+        "<f8" => (8, |c| f64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        "<i8" => (8, |c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64),
+        "<i4" => (4, |c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+        "|b1" | "|u1" => (1, |c| c[0] as f64),
+        other => return Err(format!("dtype '{other}' is not supported; save float32 ('<f4'), int64, int32 or bool")),
+    };
     if h.fortran_order {
         return Err("Fortran-ordered arrays are not supported".into());
     }
-    let bytes_needed = h.shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d)).ok_or("shape too large")?;
+    let bytes_needed = h.shape.iter().try_fold(width, |a, &d| a.checked_mul(d)).ok_or("shape too large")?;
     let data = &bytes[end..];
     if data.len() != bytes_needed {
         return Err(format!("shape {:?} needs {bytes_needed} bytes of data, found {}", h.shape, data.len()));
     }
-    Ok(Array { shape: h.shape, data: data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() })
+    let integer = !h.descr.starts_with("<f");
+    let values: Vec<f64> = data.chunks_exact(width).map(decode).collect();
+    if integer && let Some(v) = values.iter().find(|v| v.abs() > (1u32 << 24) as f64) {
+        return Err(format!("integer {v} is beyond 2^24, which float32 holds exactly"));
+    }
+    Ok(Array { shape: h.shape, data: values.into_iter().map(|v| v as f32).collect() })
 }
 
 /// The header: a Python dict literal with exactly the keys `descr` (a string), `fortran_order`
@@ -172,8 +184,22 @@ mod tests {
         b.pop();
         assert!(parse(&b).unwrap_err().contains("needs 24 bytes"));
         assert!(parse(b"nonsense!!!").is_err());
+        // The header says f8: 24 bytes hold 3 values, not the 6 the shape needs.
         let f8 = to_bytes(&a).iter().map(|&c| if c == b'4' { b'8' } else { c }).collect::<Vec<_>>();
-        assert!(parse(&f8).unwrap_err().contains("not supported"));
+        assert!(parse(&f8).unwrap_err().contains("needs 48 bytes"));
+        let f2 = to_bytes(&a).iter().map(|&c| if c == b'4' { b'2' } else { c }).collect::<Vec<_>>();
+        assert!(parse(&f2).unwrap_err().contains("not supported"));
+        // Integers: exact, and refused beyond what f32 holds exactly.
+        let ints = |v: &[i64]| {
+            let h = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}\n", v.len());
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            b.extend_from_slice(h.as_bytes());
+            v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            parse(&b)
+        };
+        assert_eq!(ints(&[3, -2, 30521]).unwrap().data, [3.0, -2.0, 30521.0]);
+        assert!(ints(&[1 << 25]).unwrap_err().contains("beyond 2^24"));
         let with_header = |h: &str| {
             let mut b = b"\x93NUMPY\x01\x00".to_vec();
             b.extend_from_slice(&(h.len() as u16).to_le_bytes());

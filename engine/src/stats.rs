@@ -54,6 +54,21 @@ pub fn bench_input(model: &crate::compile::Model, batch: usize) -> crate::Result
     let per_sample: usize = model.input_shape.iter().product();
     let mut x = crate::error::try_zeros(batch.checked_mul(per_sample), || format!("an input batch of {batch}"))?;
     x.iter_mut().enumerate().for_each(|(i, v)| *v = ((i * 7919) % 1009) as f32 / 504.5 - 1.0);
+    // Integer inputs get integers: rows of the table they index (token ids), else ones (an
+    // attention mask that hides nothing).
+    if let Some(ports) = &model.graph.ports {
+        let mut at = 0;
+        for port in &ports.inputs {
+            if port.integer {
+                for sample in x.chunks_mut(per_sample) {
+                    for (i, v) in sample[at..at + port.elements()].iter_mut().enumerate() {
+                        *v = port.rows.map_or(1.0, |rows| ((i * 7919 + 13) % rows) as f32);
+                    }
+                }
+            }
+            at += port.elements();
+        }
+    }
     Ok(x)
 }
 

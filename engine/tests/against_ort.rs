@@ -150,7 +150,7 @@ fn layout_operators_match_onnx_runtime() {
             &["flat"],
         ),
     ];
-    check_graph("layout", Graph { input: "input".into(), input_shape: vec![4, 6, 5], output: "fc".into(), nodes });
+    check_graph("layout", Graph { input: "input".into(), input_shape: vec![4, 6, 5], output: "fc".into(), nodes, ports: None });
 }
 
 #[test]

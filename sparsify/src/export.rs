@@ -107,7 +107,7 @@ pub fn to_graph(net: &Network) -> anyhow::Result<Graph> {
         prev = name;
         push += 2;
     }
-    Ok(Graph { input: "input".into(), input_shape, output: prev, nodes })
+    Ok(Graph { input: "input".into(), input_shape, output: prev, nodes, ports: None })
 }
 
 /// Writes `net` to `path` in `format`, atomically.

@@ -217,6 +217,14 @@ fn split_len(team: &Team, n: usize, unit: usize) -> usize {
     if team.threads() < 2 || n < PARALLEL_VALUES { n.max(1) } else { n.div_ceil(team.threads()).next_multiple_of(unit.max(1)) }
 }
 
+/// `f` on matching parts of `x` and `y` of whole groups of `group` values each, split over the
+/// team where there are enough values.
+fn split_groups(team: &Team, x: &[f32], y: &mut [f32], group: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    let n = x.len().min(y.len());
+    let part = split_len(team, n, group);
+    team.for_each(y[..n].chunks_mut(part).zip(x[..n].chunks(part)).collect(), |(y, x)| f(x, y));
+}
+
 /// `f` on matching parts of `x` and `y`, split over the team where there are enough values.
 fn split_values(team: &Team, x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
     let n = x.len().min(y.len());
@@ -320,18 +328,31 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 out.iter_mut().for_each(|o| *o /= *pixels as f32);
             }
         }
-        Exec::Softmax => {
-            let features = x.len() / w;
-            for s in 0..w {
-                let max = (0..features).map(|f| x[f * w + s]).fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for f in 0..features {
-                    let e = (x[f * w + s] - max).exp();
-                    y[f * w + s] = e;
-                    sum += e;
+        Exec::Softmax { len } => split_groups(team, x, y, len * w, |x, y| sequence::softmax(x, *len, w, y)),
+        Exec::LayerNorm { scale, bias, epsilon } => {
+            split_groups(team, x, y, scale.len() * w, |x, y| sequence::layer_norm(x, scale, bias, *epsilon, w, y))
+        }
+        Exec::Embed { table, width } => {
+            let part = split_len(team, y.len(), width * w) / (width * w).max(1);
+            let parts: Vec<_> = y.chunks_mut(part.max(1) * width * w).zip(x.chunks(part.max(1) * w)).collect();
+            team.for_each(parts, |(y, x)| sequence::embed(table, *width, x, w, y));
+        }
+        Exec::BatchMatMul { product, slices } => {
+            let size = product.m * product.n * w;
+            let work = slices.len() * product.m * product.k * product.n * w;
+            let per_part = if worth_splitting(team.threads(), work, 2) { slices.len().div_ceil(team.threads()) } else { slices.len() };
+            let parts: Vec<_> = y[..slices.len() * size].chunks_mut(per_part.max(1) * size).zip(slices.chunks(per_part.max(1))).collect();
+            team.for_each(parts, |(y, slices)| {
+                for (y, &(at_a, at_b)) in y.chunks_mut(size).zip(slices) {
+                    sequence::matmul_slice(*product, x, at_a, xs[1], at_b, w, y);
                 }
-                (0..features).for_each(|f| y[f * w + s] /= sum);
-            }
+            });
+        }
+        Exec::Where { shape, strides, x: on, y: off } => {
+            let mut rest = xs[1..].iter().map(|v| sequence::Source::Tile(v));
+            let on = on.as_deref().map(sequence::Source::Constant).or_else(|| rest.next()).expect("an input per missing constant");
+            let off = off.as_deref().map(sequence::Source::Constant).or_else(|| rest.next()).expect("an input per missing constant");
+            sequence::select(shape, [(sequence::Source::Tile(x), &strides[0]), (on, &strides[1]), (off, &strides[2])], w, y);
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, bcsr, dense, direct, elementwise, flat, grouped, q8, q8conv, q8direct, spmm, spmv, transpose};
+use crate::kernels::{Isa, bcsr, dense, direct, elementwise, flat, grouped, q8, q8conv, q8direct, sequence, spmm, spmv, transpose};
 use crate::schedule::{self, Schedule};
 use crate::team::Team;
 
@@ -199,6 +199,27 @@ pub struct Session<'m> {
     arena_start: usize,
 }
 
+/// Every value of an input that indexes a table (token ids) is an integer row of it (negative
+/// ones count from the end, as ONNX Gather): a row outside the table is refused, not clamped.
+fn check_indices(ports: &crate::graph::Ports, input: &[f32], per_sample: usize) -> Result<()> {
+    let mut at = 0;
+    for port in &ports.inputs {
+        if let Some(rows) = port.rows {
+            for (s, sample) in input.chunks(per_sample).enumerate() {
+                let values = &sample[at..at + port.elements()];
+                if let Some(v) = values.iter().find(|&&v| v.fract() != 0.0 || v < -(rows as f32) || v >= rows as f32) {
+                    return Err(EngineError::Input(format!(
+                        "input '{}' of sample {s} holds {v}, which is not a row of its table of {rows}",
+                        port.name
+                    )));
+                }
+            }
+        }
+        at += port.elements();
+    }
+    Ok(())
+}
+
 impl<'m> Session<'m> {
     /// A session with `threads` threads (at least 1: the caller and `threads - 1` helpers) and
     /// the automatic schedule.
@@ -247,6 +268,9 @@ impl<'m> Session<'m> {
                 i / f_in,
                 input[i]
             )));
+        }
+        if let Some(ports) = &model.graph.ports {
+            check_indices(ports, input, f_in)?;
         }
         if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
             let plan = Plan::new(model, batch, self.threads(), self.plan(batch));

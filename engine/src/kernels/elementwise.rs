@@ -66,7 +66,8 @@ pub fn affine(x: &[f32], scale: f32, shift: f32, y: &mut [f32], with_relu: bool)
     }
 }
 
-/// `e^x` within 2e-7 relative over [-87, 88] in plain arithmetic the compiler vectorizes (the
+/// `e^x` within 2e-7 relative over [-87, 88] (beyond, the bounds' values: about 1e-38 for any
+/// smaller `x`, as a softmax's masked scores of -3.4e38 need) in plain arithmetic the compiler vectorizes (the
 /// C library's `expf` is a call per element): `x = n ln 2 + f` with `ln 2` in two parts (Cody
 /// and Waite), `2^n` built in the exponent bits, Cephes' polynomial for `e^f`.
 #[inline]
@@ -76,6 +77,7 @@ pub fn exp(x: f32) -> f32 {
     // `n` itself, which builds `2^n` with integer operations only (a float-to-int conversion
     // kept the loop from vectorizing).
     const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_55, 88.722_83);
     let shifted = (x * std::f32::consts::LOG2_E).clamp(-126.0, 127.0) + ROUND;
     let n = shifted - ROUND;
     let f = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
@@ -110,7 +112,16 @@ pub fn unary_value(f: Unary, x: f32) -> f32 {
         Unary::Gelu { tanh: false } => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
         Unary::Gelu { tanh: true } => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044_715 * x * x * x)).tanh()),
         Unary::Sqrt => x.sqrt(),
+        Unary::IsNaN => truth(x.is_nan()),
+        Unary::Bool => truth(x != 0.0),
+        Unary::Not => truth(x == 0.0),
     }
+}
+
+/// 1 for true, 0 for false: how the engine holds booleans.
+#[inline]
+fn truth(b: bool) -> f32 {
+    if b { 1.0 } else { 0.0 }
 }
 
 /// `y = f(x)` over a tile. The function is chosen once, outside the loop, and each function's
@@ -130,6 +141,9 @@ pub fn unary(isa: Isa, f: Unary, x: &[f32], y: &mut [f32]) {
         Unary::Tanh => each_value(isa, x, y, f32::tanh),
         Unary::Erf => each_value(isa, x, y, erf),
         Unary::Gelu { tanh } => each_value(isa, x, y, |v| unary_value(Unary::Gelu { tanh }, v)),
+        Unary::IsNaN => each_value(isa, x, y, |v| truth(v.is_nan())),
+        Unary::Bool => each_value(isa, x, y, |v| truth(v != 0.0)),
+        Unary::Not => each_value(isa, x, y, |v| truth(v == 0.0)),
     }
 }
 
@@ -219,6 +233,13 @@ pub fn binary(
         (BinaryKind::Div, true) => binary_on(isa, args, y, |p, q| q / p),
         (BinaryKind::Pow, false) => binary_on(isa, args, y, f32::powf),
         (BinaryKind::Pow, true) => binary_on(isa, args, y, |p, q| q.powf(p)),
+        (BinaryKind::And, _) => binary_on(isa, args, y, |p, q| truth(p != 0.0 && q != 0.0)),
+        (BinaryKind::Or, _) => binary_on(isa, args, y, |p, q| truth(p != 0.0 || q != 0.0)),
+        (BinaryKind::Equal, _) => binary_on(isa, args, y, |p, q| truth(p == q)),
+        (BinaryKind::Less, false) | (BinaryKind::Greater, true) => binary_on(isa, args, y, |p, q| truth(p < q)),
+        (BinaryKind::Less, true) | (BinaryKind::Greater, false) => binary_on(isa, args, y, |p, q| truth(p > q)),
+        (BinaryKind::LessOrEqual, false) | (BinaryKind::GreaterOrEqual, true) => binary_on(isa, args, y, |p, q| truth(p <= q)),
+        (BinaryKind::LessOrEqual, true) | (BinaryKind::GreaterOrEqual, false) => binary_on(isa, args, y, |p, q| truth(p >= q)),
     }
 }
 

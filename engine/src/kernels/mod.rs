@@ -20,6 +20,7 @@ pub mod q8;
 pub mod q8amx;
 pub mod q8conv;
 pub mod q8direct;
+pub mod sequence;
 pub mod spmm;
 pub mod spmv;
 pub mod transpose;

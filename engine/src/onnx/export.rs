@@ -81,6 +81,11 @@ impl Builder {
         self.inits.push(int64_tensor(&name, &[values.len()], values));
         name
     }
+    /// `x` cast to `to`, written to `out`; returns `out`.
+    fn cast(&mut self, x: String, out: &str, to: i32) -> String {
+        self.node("Cast", &format!("{out}.cast"), vec![x], out, vec![int("to", to as i64)]);
+        out.to_string()
+    }
     /// Emits `op` then, if `act` is ReLU, a Relu node writing `output`.
     fn with_act(&mut self, op: &str, name: &str, inputs: Vec<String>, output: &str, attrs: Vec<AttributeProto>, act: Activation) {
         if act == Activation::Relu {
@@ -152,12 +157,30 @@ fn unary_node(b: &mut Builder, name: &str, x: String, out: &str, f: Unary) {
             b.node("Gelu", name, vec![x], out, vec![approximate]);
         }
         Unary::Sqrt => b.node("Sqrt", name, vec![x], out, vec![]),
+        Unary::IsNaN => {
+            let t = format!("{name}.bool");
+            b.node("IsNaN", name, vec![x], &t, vec![]);
+            b.cast(t, out, data_type::FLOAT);
+        }
+        Unary::Bool => {
+            let t = b.cast(x, &format!("{name}.bool"), data_type::BOOL);
+            b.cast(t, out, data_type::FLOAT);
+        }
+        Unary::Not => {
+            let t = b.cast(x, &format!("{name}.bool"), data_type::BOOL);
+            let not = format!("{name}.not");
+            b.node("Not", name, vec![t], &not, vec![]);
+            b.cast(not, out, data_type::FLOAT);
+        }
     }
 }
 
 /// Serialises `graph` as an ONNX model.
 pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
     let mut b = Builder { nodes: Vec::new(), inits: Vec::new() };
+    // Per-sample shapes, for the operators that flatten their input (the graph was checked).
+    let shapes = graph.infer_shapes().unwrap_or_default();
+    let in_shape = |v: &str| shapes.iter().rev().find(|(n, _)| n == v).map(|(_, s)| s.clone()).unwrap_or_default();
     for n in &graph.nodes {
         let (name, out, x) = (n.name.as_str(), n.output.as_str(), n.inputs.clone());
         match &n.op {
@@ -193,7 +216,40 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
             Op::GlobalAvgPool => b.node("GlobalAveragePool", name, x, out, vec![]),
             Op::Add { act } => b.with_act("Add", name, x, out, vec![], *act),
             Op::Flatten => b.node("Flatten", name, x, out, vec![int("axis", 1)]),
-            Op::Softmax => b.node("Softmax", name, x, out, vec![int("axis", 1)]),
+            Op::Softmax => b.node("Softmax", name, x, out, vec![int("axis", -1)]),
+            Op::Pick { shape, sources } => {
+                let flat = b.init_int64(format!("{name}.flat"), &[-1, in_shape(&x[0]).iter().product::<usize>() as i64]);
+                let flattened = format!("{name}.flattened");
+                b.node("Reshape", &format!("{name}.flatten"), vec![x[0].clone(), flat], &flattened, vec![]);
+                let ix: Vec<i64> = sources.iter().map(|&i| i as i64).collect();
+                let ix = b.init_int64(format!("{name}.sources"), &ix);
+                let picked = format!("{name}.picked");
+                b.node("Gather", name, vec![flattened, ix], &picked, vec![int("axis", 1)]);
+                let dims: Vec<i64> = [-1].into_iter().chain(shape.iter().map(|&d| d as i64)).collect();
+                let dims = b.init_int64(format!("{name}.shape"), &dims);
+                b.node("Reshape", &format!("{name}.reshape"), vec![picked, dims], out, vec![]);
+            }
+            Op::Embed { table } => {
+                let t = b.init(format!("{name}.table"), &table.shape, &table.data);
+                let ix = b.cast(x[0].clone(), &format!("{name}.indices"), data_type::INT64);
+                b.node("Gather", name, vec![t, ix], out, vec![int("axis", 0)]);
+            }
+            Op::LayerNorm { scale, bias, epsilon } => {
+                let s = b.init(format!("{name}.scale"), &[scale.len()], scale);
+                let bias = b.init(format!("{name}.bias"), &[bias.len()], bias);
+                b.node("LayerNormalization", name, vec![x[0].clone(), s, bias], out, vec![int("axis", -1), float("epsilon", *epsilon)]);
+            }
+            Op::BatchMatMul => b.node("MatMul", name, x, out, vec![]),
+            Op::Where { x: on, y: off } => {
+                let mut rest = x[1..].iter().cloned();
+                let mut operand = |c: &Option<crate::graph::Operand>, which: &str| match c {
+                    Some(c) => b.init(format!("{name}.{which}"), &c.shape, &c.values),
+                    None => rest.next().expect("an input per missing constant"),
+                };
+                let (on, off) = (operand(on, "x"), operand(off, "y"));
+                let cond = b.cast(x[0].clone(), &format!("{name}.condition"), data_type::BOOL);
+                b.node("Where", name, vec![cond, on, off], out, vec![]);
+            }
             Op::GroupConv { weight, bias, window, groups, act } => {
                 let [w, bias] = b.weight(name, weight, bias);
                 let mut attrs = window_attrs(window, true);
@@ -213,8 +269,25 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
                     BinaryKind::Mul => "Mul",
                     BinaryKind::Div => "Div",
                     BinaryKind::Pow => "Pow",
+                    BinaryKind::And => "And",
+                    BinaryKind::Or => "Or",
+                    BinaryKind::Equal => "Equal",
+                    BinaryKind::Less => "Less",
+                    BinaryKind::LessOrEqual => "LessOrEqual",
+                    BinaryKind::Greater => "Greater",
+                    BinaryKind::GreaterOrEqual => "GreaterOrEqual",
                 };
-                b.node(op, name, ins, out, vec![]);
+                if matches!(kind, BinaryKind::Add | BinaryKind::Sub | BinaryKind::Mul | BinaryKind::Div | BinaryKind::Pow) {
+                    b.node(op, name, ins, out, vec![]);
+                } else {
+                    // Logical operators read booleans; every one of these writes booleans, held as 0 and 1.
+                    if matches!(kind, BinaryKind::And | BinaryKind::Or) {
+                        ins = ins.into_iter().enumerate().map(|(k, v)| b.cast(v, &format!("{name}.bool{k}"), data_type::BOOL)).collect();
+                    }
+                    let t = format!("{name}.result");
+                    b.node(op, name, ins, &t, vec![]);
+                    b.cast(t, out, data_type::FLOAT);
+                }
             }
             Op::Concat { axis } => b.node("Concat", name, x, out, vec![int("axis", *axis as i64 + 1)]),
             Op::Reshape { shape } => {
@@ -255,6 +328,8 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
     let uses = |f: fn(&Unary) -> bool| graph.nodes.iter().any(|n| matches!(&n.op, Op::Unary(u) if f(u)));
     let opset = if uses(|u| matches!(u, Unary::Gelu { .. })) {
         20
+    } else if graph.nodes.iter().any(|n| matches!(n.op, Op::LayerNorm { .. })) {
+        17
     } else if uses(|u| matches!(u, Unary::HardSwish)) {
         14
     } else {

@@ -14,8 +14,34 @@ pub(super) const BATCH: f32 = 1.0;
 pub(super) const OTHER_BATCH: f32 = 2.0;
 
 /// Operators folded when every input is a constant (`Shape` when its input's shape is known).
-pub(super) const FOLDED: &[&str] =
-    &["Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Add", "Sub", "Mul", "Div", "Cast", "Slice", "Reshape", "Transpose"];
+pub(super) const FOLDED: &[&str] = &[
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Cast",
+    "Slice",
+    "Reshape",
+    "Transpose",
+    "ConstantOfShape",
+    "Range",
+    "Expand",
+    "Where",
+    "Not",
+    "IsNaN",
+    "And",
+    "Or",
+    "Equal",
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
+];
 
 /// `[BATCH, dims...]` for a value of per-sample shape `dims`, as ONNX's Shape (with its `start` and
 /// `end` attributes) returns it.
@@ -43,7 +69,7 @@ pub(super) fn fold(node: &NodeProto, inputs: &[Option<&Constant>]) -> Result<Con
             .collect();
         let again = eval(node, &other.iter().map(Option::as_ref).collect::<Vec<_>>()).map_err(|e| EngineError::graph(&name, e))?;
         if again.dims != value.dims {
-            return Err(EngineError::graph(&name, "a constant whose shape depends on the batch size is not supported"));
+            return Err(EngineError::graph(&name, format!("a constant {} is not supported", super::import::BATCH_DEPENDENT)));
         }
         value.other_batch = (again.values != value.values).then_some(again.values);
     }
@@ -112,8 +138,76 @@ fn eval(node: &NodeProto, inputs: &[Option<&Constant>]) -> Folded {
             let values = sources.iter().map(|&s| x.values[s as usize]).collect();
             Ok(Constant::new(perm.iter().map(|&a| x.dims[a]).collect(), values, x.data_type))
         }
-        other => Err(format!("{other} of constants is not supported")),
+        "ConstantOfShape" => {
+            let dims: Vec<usize> = x.values.iter().map(|&d| d.max(0.0) as usize).collect();
+            let n = checked_numel(&dims, MAX_WEIGHT_ELEMENTS).ok_or("too large")?;
+            let (value, data_type) = match node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()) {
+                Some(t) => (super::tensor::decode(t, None)?.1.first().copied().unwrap_or(0.0), t.data_type),
+                None => (0.0, data_type::FLOAT),
+            };
+            Ok(Constant::new(dims, vec![value; n], data_type))
+        }
+        "Range" => {
+            let (start, limit, delta) = (x.values.first().copied(), input(1)?.values.first().copied(), input(2)?.values.first().copied());
+            let (Some(start), Some(limit), Some(delta)) = (start, limit, delta) else { return Err("Range needs three scalars".into()) };
+            let n = ((limit - start) / delta).ceil().max(0.0);
+            if delta == 0.0 || n > MAX_WEIGHT_ELEMENTS as f32 {
+                return Err(format!("Range from {start} to {limit} by {delta}"));
+            }
+            Ok(Constant::new(vec![n as usize], (0..n as usize).map(|i| start + i as f32 * delta).collect(), x.data_type))
+        }
+        "Expand" => {
+            let shape: Vec<usize> = input(1)?.values.iter().map(|&d| d.max(1.0) as usize).collect();
+            let ones = Constant::new(shape, vec![], x.data_type);
+            elementwise(&[x, &ones], x.data_type, |v| v[0])
+        }
+        "Where" => elementwise(&[x, input(1)?, input(2)?], input(1)?.data_type, |v| if v[0] != 0.0 { v[1] } else { v[2] }),
+        "Not" => elementwise(&[x], data_type::BOOL, |v| truth(v[0] == 0.0)),
+        "IsNaN" => elementwise(&[x], data_type::BOOL, |v| truth(v[0].is_nan())),
+        op => {
+            let compare: fn(f32, f32) -> bool = match op {
+                "And" => |p, q| p != 0.0 && q != 0.0,
+                "Or" => |p, q| p != 0.0 || q != 0.0,
+                "Equal" => |p, q| p == q,
+                "Less" => |p, q| p < q,
+                "LessOrEqual" => |p, q| p <= q,
+                "Greater" => |p, q| p > q,
+                "GreaterOrEqual" => |p, q| p >= q,
+                other => return Err(format!("{other} of constants is not supported")),
+            };
+            elementwise(&[x, input(1)?], data_type::BOOL, |v| truth(compare(v[0], v[1])))
+        }
     }
+}
+
+fn truth(b: bool) -> f32 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// `f` of the operands' broadcast elements (NumPy rules); an operand without values (`Expand`'s
+/// target) only takes part in the shape.
+fn elementwise(operands: &[&Constant], data_type: i32, f: impl Fn(&[f32]) -> f32) -> Folded {
+    let dims = operands[1..]
+        .iter()
+        .try_fold(operands[0].dims.clone(), |d, c| broadcast(&d, &c.dims))
+        .ok_or_else(|| format!("shapes {:?} do not broadcast", operands.iter().map(|c| &c.dims).collect::<Vec<_>>()))?;
+    let n = checked_numel(&dims, MAX_WEIGHT_ELEMENTS).ok_or("too large")?;
+    let strides: Vec<Vec<usize>> = operands.iter().map(|c| crate::kernels::elementwise::broadcast_strides(&c.dims, dims.len())).collect();
+    let mut v = vec![0.0; operands.len()];
+    let values = (0..n)
+        .map(|i| {
+            for (k, c) in operands.iter().enumerate() {
+                let (mut rest, mut at) = (i, 0);
+                for d in (0..dims.len()).rev() {
+                    at += (rest % dims[d]) * strides[k][d];
+                    rest /= dims[d];
+                }
+                v[k] = c.values.get(at).copied().unwrap_or(0.0);
+            }
+            f(&v)
+        })
+        .collect();
+    Ok(Constant::new(dims, values, data_type))
 }
 
 /// `axis` counted from the end where negative, within `rank`.

@@ -3,14 +3,14 @@
 //! Bias adds after MatMul become the layer's bias; Identity and Dropout disappear; fusions happen
 //! afterwards in `passes`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use prost::Message;
 
 use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type};
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Operand, Quant, Unary, Weight, Window};
+use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Operand, Port, Ports, Quant, Unary, Weight, Window};
 
 /// Operators this importer reads (with the QLinear operators of `qoperator`); the README's list is
 /// checked against it.
@@ -48,11 +48,26 @@ pub const OPERATORS: &[&str] = &[
     "Slice",
     "Split",
     "Gather",
+    "GatherND",
+    "Expand",
+    "LayerNormalization",
+    "Where",
+    "IsNaN",
+    "Not",
+    "And",
+    "Or",
+    "Equal",
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
     "Resize",
     "Upsample",
     "Shape",
     "Cast",
     "Constant",
+    "ConstantOfShape",
+    "Range",
     "Identity",
     "Dropout",
     "QuantizeLinear",
@@ -103,6 +118,19 @@ pub fn import_file(bytes: &[u8], path: &Path) -> Result<Graph> {
 }
 
 fn import_with(bytes: &[u8], path: &str, folder: Option<&Path>) -> Result<Graph> {
+    match import_as(bytes, path, folder, false) {
+        // A dynamic-batch file whose shape arithmetic mixes the batch into other axes (the index
+        // tensors `transformers` builds for attention masks): its batch-1 graph, run per sample.
+        Err(EngineError::Graph { reason, .. }) if reason.contains(BATCH_DEPENDENT) => import_as(bytes, path, folder, true),
+        result => result,
+    }
+}
+
+/// How a fold that depends on the batch size in a way the engine cannot follow is refused.
+pub(super) const BATCH_DEPENDENT: &str = "whose shape depends on the batch size";
+
+/// `as_batch_one`: read a dynamic batch as the batch of 1 that every sample runs in.
+fn import_as(bytes: &[u8], path: &str, folder: Option<&Path>, as_batch_one: bool) -> Result<Graph> {
     let bad = |reason: String| EngineError::Onnx { path: path.to_string(), reason };
     let model = ModelProto::decode(bytes).map_err(|e| bad(format!("protobuf decoding failed: {e}")))?;
     let graph = model.graph.ok_or_else(|| bad("the model has no graph".into()))?;
@@ -111,20 +139,36 @@ fn import_with(bytes: &[u8], path: &str, folder: Option<&Path>) -> Result<Graph>
     for t in &graph.initializer {
         constants.insert(t.name.clone(), tensor_values(t, folder).map_err(|e| bad(format!("initializer '{}': {e}", t.name)))?);
     }
-    let input =
-        graph.input.iter().find(|i| !constants.contains_key(&i.name)).ok_or_else(|| bad("the graph has no non-constant input".into()))?;
-    let dims: Vec<Option<i64>> = input
-        .r#type
-        .as_ref()
-        .and_then(|t| t.tensor_type.as_ref())
-        .and_then(|t| t.shape.as_ref())
-        .map(|s| s.dim.iter().map(|d| d.dim_value).collect())
-        .unwrap_or_default();
-    if dims.len() < 2 || dims[1..].iter().any(|d| d.is_none_or(|v| v <= 0)) {
-        return Err(bad(format!("input '{}' must have a batch dimension and known per-sample dimensions, found {dims:?}", input.name)));
+    let inputs: Vec<&super::proto::ValueInfoProto> = graph.input.iter().filter(|i| !constants.contains_key(&i.name)).collect();
+    if inputs.is_empty() {
+        return Err(bad("the graph has no non-constant input".into()));
     }
-    let input_shape: Vec<usize> = dims[1..].iter().map(|d| d.unwrap() as usize).collect();
-    let output = graph.output.first().ok_or_else(|| bad("the graph has no output".into()))?.name.clone();
+    let mut ports = Ports::default();
+    let mut static_batch = None;
+    for input in &inputs {
+        let tensor = input.r#type.as_ref().and_then(|t| t.tensor_type.as_ref());
+        let dims: Vec<Option<i64>> =
+            tensor.and_then(|t| t.shape.as_ref()).map(|s| s.dim.iter().map(|d| d.dim_value).collect()).unwrap_or_default();
+        if dims.len() < 2 || dims[1..].iter().any(|d| d.is_none_or(|v| v <= 0)) {
+            return Err(bad(format!("input '{}' must have a batch dimension and known per-sample dimensions, found {dims:?}", input.name)));
+        }
+        static_batch = static_batch.or(if as_batch_one { Some(1) } else { dims[0] });
+        let elem = tensor.map_or(data_type::FLOAT, |t| t.elem_type);
+        let integer = match elem {
+            data_type::FLOAT | data_type::DOUBLE => false,
+            data_type::INT64 | data_type::INT32 | data_type::BOOL => true,
+            other => return Err(bad(format!("input '{}' has data type {other}, which is not supported", input.name))),
+        };
+        let shape = dims[1..].iter().map(|d| d.unwrap() as usize).collect();
+        ports.inputs.push(Port { name: input.name.clone(), shape, integer, rows: None });
+    }
+    let several = ports.inputs.len() > 1;
+    let packed = if several { unused_name(&graph, "inputs") } else { ports.inputs[0].name.clone() };
+    let input_shape = if several { vec![ports.inputs.iter().map(Port::elements).sum()] } else { ports.inputs[0].shape.clone() };
+    let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    if outputs.is_empty() {
+        return Err(bad("the graph has no output".into()));
+    }
 
     refuse_unsupported(&graph.node)?;
     let mut importer = Importer {
@@ -133,16 +177,35 @@ fn import_with(bytes: &[u8], path: &str, folder: Option<&Path>) -> Result<Graph>
         nodes: Vec::new(),
         quantized: HashMap::new(),
         dequantized: HashMap::new(),
-        static_batch: dims[0],
-        input: (input.name.clone(), input_shape.clone()),
-        shapes: HashMap::from([(input.name.clone(), input_shape.clone())]),
+        static_batch,
+        input: (packed.clone(), input_shape.clone()),
+        shapes: HashMap::from([(packed.clone(), input_shape.clone())]),
         shaped: 0,
+        integral: ports.inputs.iter().filter(|p| p.integer).map(|p| p.name.clone()).collect(),
+        merged: HashSet::new(),
+        ports,
     };
+    if several {
+        importer.unpack_inputs(&packed);
+    }
     for node in &graph.node {
         importer.node(node)?;
     }
-    let output = importer.resolve(&output);
-    Ok(Graph { input: input.name.clone(), input_shape, output, nodes: importer.nodes })
+    let (output, ports) = if outputs.len() > 1 || several {
+        let output = importer.pack_outputs(&outputs, unused_name(&graph, "outputs"))?;
+        (output, Some(importer.ports))
+    } else {
+        (importer.resolve(&outputs[0]), None)
+    };
+    Ok(Graph { input: packed, input_shape, output, nodes: importer.nodes, ports })
+}
+
+/// `base`, or `base` with a number, that no value of `graph` is named.
+fn unused_name(graph: &super::proto::GraphProto, base: &str) -> String {
+    let taken = |n: &str| {
+        graph.input.iter().chain(&graph.output).any(|v| v.name == n) || graph.node.iter().any(|x| x.output.iter().any(|o| o == n))
+    };
+    (0..).map(|i| if i == 0 { base.to_string() } else { format!("{base}{i}") }).find(|n| !taken(n)).expect("a free name")
 }
 
 /// One error naming every operator type of `nodes` this importer does not read, with how many nodes
@@ -202,9 +265,52 @@ pub(super) struct Importer {
     /// Per-sample shapes of the activations of `nodes[..shaped]` (`shape_of`).
     pub(super) shapes: HashMap<String, Vec<usize>>,
     pub(super) shaped: usize,
+    /// The model's inputs (and, once packed, outputs), for a model with several.
+    pub(super) ports: Ports,
+    /// Activations known to hold integers (integer inputs, booleans), which a Cast to an integer
+    /// type leaves as they are.
+    pub(super) integral: HashSet<String>,
+    /// Activations of a batch-1 file whose first axis holds the batch folded into another axis
+    /// (`reshape`): their per-sample shape is the file's whole shape.
+    pub(super) merged: HashSet<String>,
 }
 
 impl Importer {
+    /// Each input port as a value of its own, picked from the packed input.
+    fn unpack_inputs(&mut self, packed: &str) {
+        let mut at = 0;
+        for port in self.ports.inputs.clone() {
+            let sources = (at..at + port.elements()).collect();
+            at += port.elements();
+            let op = Op::Pick { shape: port.shape.clone(), sources };
+            self.nodes.push(Node { name: format!("{}.unpack", port.name), op, inputs: vec![packed.to_string()], output: port.name });
+        }
+    }
+
+    /// The outputs, flattened and joined into one value `packed`; records their ports.
+    fn pack_outputs(&mut self, outputs: &[String], packed: String) -> Result<String> {
+        let mut flat = Vec::new();
+        for o in outputs {
+            let value = self.resolve(o);
+            if self.constants.contains_key(&value) {
+                return Err(EngineError::graph(o, "a constant output is not supported"));
+            }
+            let shape = self.shape_of(&value, o)?;
+            let len = shape.iter().product();
+            self.ports.outputs.push(Port { name: o.clone(), shape, integer: self.integral.contains(&value), rows: None });
+            let flattened = format!("{packed}.{o}");
+            self.nodes.push(Node {
+                name: flattened.clone(),
+                op: Op::Reshape { shape: vec![len] },
+                inputs: vec![value],
+                output: flattened.clone(),
+            });
+            flat.push(flattened);
+        }
+        self.nodes.push(Node { name: packed.clone(), op: Op::Concat { axis: 0 }, inputs: flat, output: packed.clone() });
+        Ok(packed)
+    }
+
     pub(super) fn resolve(&self, name: &str) -> String {
         let mut n = name;
         while let Some(next) = self.aliases.get(n) {
@@ -247,6 +353,17 @@ impl Importer {
         if super::qoperator::handles(&node.op_type) {
             return self.qoperator(node);
         }
+        let merged_inputs = node.input.iter().filter(|i| self.merged.contains(&self.resolve(i))).count();
+        if merged_inputs > 0 && !matches!(node.op_type.as_str(), "Reshape" | "Transpose" | "Gather" | "Flatten") {
+            let activations = node.input.iter().filter(|i| !i.is_empty() && !self.constants.contains_key(&self.resolve(i))).count();
+            if merged_inputs != activations || !matches!(node.op_type.as_str(), "MatMul" | "Mul" | "Add" | "Sub" | "Div" | "Identity") {
+                return Err(EngineError::graph(
+                    &name,
+                    format!("{} of a value whose batch axis was folded into another is not supported", node.op_type),
+                ));
+            }
+            self.merged.insert(node.output[0].clone());
+        }
         if matches!(node.op_type.as_str(), "MaxPool" | "Flatten" | "Reshape")
             && let Some(q) = self.quantized.get(&x).cloned()
         {
@@ -260,7 +377,10 @@ impl Importer {
                 _ if all_constant => Some(super::fold::fold(node, &inputs)?),
                 _ => None,
             };
-            if let Some(c) = folded {
+            if let Some(mut c) = folded {
+                if self.static_batch == Some(1) {
+                    c.other_batch = None; // The file's one batch size is the sample's.
+                }
                 self.constants.insert(node.output[0].clone(), c);
                 return Ok(());
             }
@@ -295,7 +415,11 @@ impl Importer {
                 };
                 self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
             }
+            "MatMul" if !self.constants.contains_key(&self.resolve(node.input.get(1).map_or("", |b| b.as_str()))) => {
+                self.matmul_values(node, &name, x)?
+            }
             "MatMul" => {
+                let dims = self.shape_of(&x, &name)?;
                 let b = self.constant(node, 1)?;
                 if b.dims.len() != 2 {
                     return Err(EngineError::graph(&name, format!("MatMul weight must be 2-D, found {:?}", b.dims)));
@@ -303,6 +427,10 @@ impl Importer {
                 let scales = row_scales(b, 1);
                 let mut weight = transpose(&b.dims, &b.values);
                 weight.quant = self.quant(node, scales);
+                if dims.len() > 1 {
+                    self.row_linear(&name, x, &dims, weight, node.output[0].clone());
+                    return Ok(());
+                }
                 let bias = vec![0.0; weight.rows()];
                 self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
             }
@@ -331,6 +459,19 @@ impl Importer {
             "LeakyRelu" => self.push(node, Op::Unary(Unary::LeakyRelu { alpha: attr_f(node, "alpha", 0.01) }), vec![x]),
             "Tanh" => self.push(node, Op::Unary(Unary::Tanh), vec![x]),
             "Erf" => self.push(node, Op::Unary(Unary::Erf), vec![x]),
+            "IsNaN" | "Not" => {
+                self.integral.insert(node.output[0].clone());
+                let f = if node.op_type == "Not" { Unary::Not } else { Unary::IsNaN };
+                self.push(node, Op::Unary(f), vec![x]);
+            }
+            op if super::sequence::logic_kind(op).is_some() => {
+                self.integral.insert(node.output[0].clone());
+                self.binary(node, &name, super::sequence::logic_kind(op).expect("checked"))?;
+            }
+            "LayerNormalization" => self.layer_norm(node, &name, x)?,
+            "GatherND" => self.gather_nd(node, &name, x)?,
+            "Expand" => self.expand(node, &name, x)?,
+            "Where" => self.where_(node, &name)?,
             "Sqrt" => self.push(node, Op::Unary(Unary::Sqrt), vec![x]),
             "Gelu" => {
                 let approximate = attr(node, "approximate").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default();
@@ -355,17 +496,18 @@ impl Importer {
             "Softmax" => {
                 let axis = attr_i(node, "axis", -1);
                 let dims = self.shape_of(&x, &name)?;
-                if (axis != 1 && axis != -1) || dims[..dims.len() - 1].iter().any(|&d| d != 1) {
+                let a = super::fold::normalize(axis, dims.len() + 1).map_err(|e| EngineError::graph(&name, e))?;
+                // Axis 1 of a value whose other axes are 1 is its last axis in every opset.
+                let over_last = a == dims.len() || (a == 1 && dims[..dims.len() - 1].iter().all(|&d| d == 1));
+                if !over_last {
                     return Err(EngineError::graph(
                         &name,
-                        format!(
-                            "Softmax over axis {axis} of a {}-D value is not supported (only over the features of each sample)",
-                            dims.len() + 1
-                        ),
+                        format!("Softmax over axis {axis} of a {}-D value is not supported (only over the last axis)", dims.len() + 1),
                     ));
                 }
                 self.push(node, Op::Softmax, vec![x]);
             }
+            "Flatten" if attr_i(node, "axis", 1) != 1 && self.static_batch == Some(1) => self.flatten_whole(node, &name, x)?,
             "Flatten" => {
                 if attr_i(node, "axis", 1) != 1 {
                     return Err(EngineError::graph(&name, "Flatten is supported with axis=1 only"));
@@ -381,10 +523,19 @@ impl Importer {
             "Resize" | "Upsample" => self.resize(node, &name, x)?,
             "Cast" => {
                 let to = attr_i(node, "to", data_type::FLOAT as i64) as i32;
-                if to != data_type::FLOAT {
-                    return Err(EngineError::graph(&name, format!("Cast of an activation to data type {to} is not supported")));
+                match to {
+                    data_type::FLOAT | data_type::DOUBLE => {
+                        self.aliases.insert(node.output[0].clone(), x);
+                    }
+                    data_type::BOOL => {
+                        self.integral.insert(node.output[0].clone());
+                        self.push(node, Op::Unary(Unary::Bool), vec![x]);
+                    }
+                    data_type::INT64 | data_type::INT32 if self.integral.contains(&x) => {
+                        self.aliases.insert(node.output[0].clone(), x);
+                    }
+                    _ => return Err(EngineError::graph(&name, format!("Cast of a float activation to data type {to} is not supported"))),
                 }
-                self.aliases.insert(node.output[0].clone(), x);
             }
             "Conv" => self.conv(node, &name, x)?,
             "BatchNormalization" => {
@@ -510,10 +661,11 @@ impl Importer {
         }
         let (a, b) = (self.resolve(&node.input[0]), self.resolve(&node.input[1]));
         let (value, constant) = match (self.constants.contains_key(&a), self.constants.contains_key(&b)) {
-            (false, false) => {
+            (false, false) if self.shape_of(&a, name)? == self.shape_of(&b, name)? => {
                 self.push(node, Op::Add { act: Activation::None }, vec![a, b]);
                 return Ok(());
             }
+            (false, false) => return self.binary(node, name, BinaryKind::Add),
             (false, true) => (a, b),
             (true, false) => (b, a),
             (true, true) => return Err(EngineError::graph(name, "Add of two constants is not supported")),

@@ -62,16 +62,20 @@ impl Importer {
         let target = self.shape_constant(node, 1)?;
         let (values, other) = (target.values.clone(), target.other_batch.clone());
         let allowzero = attr_i(node, "allowzero", 0) != 0;
+        let dims = self.shape_of(&x, name)?;
+        let merged = self.merged.contains(&x);
         let batch_first = match &other {
             Some(o) => values.first() == Some(&BATCH) && o.first() == Some(&OTHER_BATCH) && o[1..] == values[1..],
             None => {
                 values.first().is_some_and(|&v| v == -1.0 || (v == 0.0 && !allowzero) || self.static_batch.is_some_and(|b| b as f32 == v))
             }
         };
-        if !batch_first {
+        if self.static_batch == Some(1) && other.is_none() {
+            return self.reshape_whole(name, x, &values, allowzero, node.output[0].clone());
+        }
+        if !batch_first || merged {
             return Err(EngineError::graph(name, format!("Reshape to {values:?} is not supported: its first dimension must be the batch")));
         }
-        let dims = self.shape_of(&x, name)?;
         let mut full = values.clone();
         full[0] = 1.0;
         let with_batch: Vec<usize> = [1].into_iter().chain(dims.iter().copied()).collect();
@@ -81,6 +85,35 @@ impl Importer {
         let op = if shape.len() == 1 { Op::Flatten } else { Op::Reshape { shape } };
         self.push_as(name.to_string(), op, x, node.output[0].clone());
         Ok(())
+    }
+
+    /// A Reshape in a batch-1 file, on the sample's values as the file's whole tensor: the file may
+    /// fold the batch into its first axis and out again (attention heads as `[heads, rows,
+    /// features]`), which `merged` tracks.
+    fn reshape_whole(&mut self, name: &str, x: String, target: &[f32], allowzero: bool, output: String) -> Result<()> {
+        let dims = self.shape_of(&x, name)?;
+        let whole: Vec<usize> = if self.merged.contains(&x) { dims.clone() } else { [1].into_iter().chain(dims.iter().copied()).collect() };
+        let out = fold::reshaped(&whole, target, allowzero)
+            .map_err(|_| EngineError::graph(name, format!("cannot reshape samples of {dims:?} to {target:?}")))?;
+        let shape = if out.first() == Some(&1) && out.len() > 1 {
+            out[1..].to_vec()
+        } else {
+            self.merged.insert(output.clone());
+            out
+        };
+        let op = if shape.len() == 1 && !self.merged.contains(&output) { Op::Flatten } else { Op::Reshape { shape } };
+        self.push_as(name.to_string(), op, x, output);
+        Ok(())
+    }
+
+    /// Flatten at an axis other than 1 in a batch-1 file: a Reshape of the whole tensor.
+    pub(super) fn flatten_whole(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let dims = self.shape_of(&x, name)?;
+        let whole: Vec<usize> = if self.merged.contains(&x) { dims.clone() } else { [1].into_iter().chain(dims.iter().copied()).collect() };
+        let axis = attr_i(node, "axis", 1);
+        let axis = if axis < 0 { axis + whole.len() as i64 } else { axis }.clamp(0, whole.len() as i64) as usize;
+        let target = [whole[..axis].iter().product::<usize>() as f32, whole[axis..].iter().product::<usize>() as f32];
+        self.reshape_whole(name, x, &target, false, node.output[0].clone())
     }
 
     pub(super) fn squeeze(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
@@ -97,6 +130,22 @@ impl Importer {
     }
 
     pub(super) fn transpose(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        if self.merged.contains(&x) {
+            // The batch (of 1) is inside axis 0: every axis is the sample's.
+            let rank = self.shape_of(&x, name)?.len();
+            let perm: Vec<usize> = match node.attribute.iter().find(|a| a.name == "perm") {
+                Some(a) => a
+                    .ints
+                    .iter()
+                    .map(|&p| fold::normalize(p, rank))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| EngineError::graph(name, e))?,
+                None => (0..rank).rev().collect(),
+            };
+            self.merged.insert(node.output[0].clone());
+            self.push_as(name.to_string(), Op::Transpose { perm }, x, node.output[0].clone());
+            return Ok(());
+        }
         let rank = self.shape_of(&x, name)?.len() + 1;
         let perm: Vec<i64> = match node.attribute.iter().find(|a| a.name == "perm") {
             Some(a) => a.ints.clone(),
@@ -150,6 +199,12 @@ impl Importer {
     /// Gather of an activation with constant indices: a selection along the axis, reshaped where
     /// the indices are not one list.
     pub(super) fn gather(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        if self.constants.contains_key(&x) {
+            return self.embed(node, name, &x);
+        }
+        if self.merged.contains(&x) {
+            return self.gather_whole(node, name, x);
+        }
         let (dims, axis) = self.sample_axis(node, name, &x)?;
         let indices = self.constant(node, 1)?;
         let ix = indices.values.iter().map(|&i| fold::index(i, dims[axis])).collect::<std::result::Result<Vec<_>, _>>();
@@ -166,6 +221,23 @@ impl Importer {
             self.push_as(name.to_string(), Op::Reshape { shape }, picked, out);
         }
         Ok(())
+    }
+
+    /// Gather with constant indices on a value whose batch (of 1) is folded into its first axis:
+    /// every axis is the sample's; the result is a sample again where its first axis is 1.
+    fn gather_whole(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let dims = self.shape_of(&x, name)?;
+        let axis = fold::normalize(attr_i(node, "axis", 0), dims.len()).map_err(|e| EngineError::graph(name, e))?;
+        let indices = self.constant(node, 1)?;
+        let ix = indices.values.iter().map(|&i| fold::index(i, dims[axis])).collect::<std::result::Result<Vec<_>, _>>();
+        let mut select = fold::whole(&dims);
+        select[axis] = ix.map_err(|e| EngineError::graph(name, e))?;
+        let whole: Vec<f32> = [&dims[..axis], &indices.dims[..], &dims[axis + 1..]].concat().iter().map(|&d| d as f32).collect();
+        let out = node.output[0].clone();
+        let picked = format!("{out}.picked");
+        self.merged.insert(picked.clone());
+        self.push_as(format!("{name}.select"), Op::Select { indices: select }, x, picked.clone());
+        self.reshape_whole(name, picked, &whole, true, out)
     }
 
     /// Nearest-neighbour Resize (opset 10 on) and Upsample: per axis, each output coordinate reads

@@ -7,4 +7,5 @@ pub mod import;
 mod layout;
 pub mod proto;
 mod qoperator;
+mod sequence;
 pub mod tensor;

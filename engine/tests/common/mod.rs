@@ -101,7 +101,7 @@ pub fn mlp_with(seed: u64, sparsity: f64, dims: [usize; 4]) -> Graph {
         prev = name;
     }
     nodes.push(node("probs", Op::Softmax, &["fc2"]));
-    Graph { input: "input".into(), input_shape: vec![dims[0]], output: "probs".into(), nodes }
+    Graph { input: "input".into(), input_shape: vec![dims[0]], output: "probs".into(), nodes, ports: None }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -143,7 +143,7 @@ pub fn cnn(seed: u64, sparsity: f64) -> Graph {
         ),
         node("probs", Op::Softmax, &["fc"]),
     ];
-    Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "probs".into(), nodes }
+    Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "probs".into(), nodes, ports: None }
 }
 
 /// A stack of four 3x3 convolutions (8 channels, stride 1, padding 1) on 3x32x32 images, then a
@@ -155,7 +155,7 @@ pub fn conv_stack(seed: u64, sparsity: f64) -> Graph {
         nodes.push(conv(&mut r, &format!("conv{i}"), &format!("conv{}", i - 1), 8, 8, win(3, 1, 1, 1), sparsity, Activation::Relu));
     }
     nodes.push(node("pool", Op::MaxPool { window: win(2, 2, 0, 1) }, &["conv3"]));
-    Graph { input: "input".into(), input_shape: vec![3, 32, 32], output: "pool".into(), nodes }
+    Graph { input: "input".into(), input_shape: vec![3, 32, 32], output: "pool".into(), nodes, ports: None }
 }
 
 /// LeNet-5 style: conv-pool-conv-pool, flatten, three linear layers (logits out).
@@ -174,7 +174,7 @@ pub fn lenet(seed: u64, sparsity: f64) -> Graph {
         lin(&mut r, "f6", "f5", 120, 84, Activation::Relu),
         lin(&mut r, "f7", "f6", 84, 10, Activation::None),
     ];
-    Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "f7".into(), nodes }
+    Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "f7".into(), nodes, ports: None }
 }
 
 pub fn random_input(seed: u64, batch: usize, per_sample: &[usize]) -> engine::npy::Array {
@@ -248,7 +248,7 @@ pub fn bottleneck(seed: u64, sparsity: f64) -> Graph {
     nodes.push(node("flat", Op::Flatten, &["gap"]));
     let fc = Op::Linear { weight: weight(&mut r, &[10, 48], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None };
     nodes.push(node("fc", fc, &["flat"]));
-    Graph { input: "input".into(), input_shape: vec![3, 24, 24], output: "fc".into(), nodes }
+    Graph { input: "input".into(), input_shape: vec![3, 24, 24], output: "fc".into(), nodes, ports: None }
 }
 
 pub fn mobile(seed: u64, sparsity: f64) -> Graph {
@@ -299,5 +299,5 @@ pub fn mobile(seed: u64, sparsity: f64) -> Graph {
             &["flat"],
         ),
     ];
-    Graph { input: "input".into(), input_shape: vec![3, 20, 20], output: "fc".into(), nodes }
+    Graph { input: "input".into(), input_shape: vec![3, 20, 20], output: "fc".into(), nodes, ports: None }
 }

@@ -99,20 +99,76 @@ pub fn human_bytes(b: usize) -> String {
     }
 }
 
-pub fn run(args: &ModelArgs, input: &Path, output: &Path) -> anyhow::Result<()> {
+pub fn run(args: &ModelArgs, inputs: &[String], output: &Path) -> anyhow::Result<()> {
     let model = compile_model(args)?;
-    let x = npy::read(input)?;
-    let per_sample: usize = model.input_shape.iter().product();
-    let batch = x.shape.first().copied().unwrap_or(0);
-    if x.shape.len() < 2 || x.shape[1..].iter().product::<usize>() != per_sample {
-        bail!("{}: shape {:?} does not fit the model input [batch, {:?}]", input.display(), x.shape, model.input_shape);
-    }
+    let (x, batch) = packed_inputs(&model, inputs)?;
     let mut session = args.session(&model)?;
-    let y = session.run(&x.data, batch)?;
-    let mut shape = vec![batch];
-    shape.extend(&model.output_shape);
-    npy::write(output, &npy::Array { shape, data: y })?;
+    let y = session.run(&x, batch)?;
+    let Some(ports) = &model.graph.ports else {
+        let mut shape = vec![batch];
+        shape.extend(&model.output_shape);
+        npy::write(output, &npy::Array { shape, data: y })?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
+    let per_sample: usize = model.output_shape.iter().product();
+    let mut at = 0;
+    for port in &ports.outputs {
+        let data = (0..batch).flat_map(|b| y[b * per_sample + at..][..port.elements()].iter().copied()).collect();
+        at += port.elements();
+        let shape = [batch].into_iter().chain(port.shape.iter().copied()).collect();
+        npy::write(&output.join(format!("{}.npy", file_name(&port.name))), &npy::Array { shape, data })?;
+    }
     Ok(())
+}
+
+/// A port's name as a file name: path separators and other odd characters become `_`.
+fn file_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+}
+
+/// The model's input for `engine run`: one file, or one `NAME=FILE` per input of a model with
+/// several, packed sample by sample; and the batch size.
+fn packed_inputs(model: &Model, inputs: &[String]) -> anyhow::Result<(Vec<f32>, usize)> {
+    let batch_of = |a: &npy::Array, shape: &[usize], what: &str| -> anyhow::Result<usize> {
+        let batch = a.shape.first().copied().unwrap_or(0);
+        if a.shape.len() < 2 || a.shape[1..].iter().product::<usize>() != shape.iter().product::<usize>() {
+            bail!("{what}: shape {:?} does not fit the model input [batch, {shape:?}]", a.shape);
+        }
+        Ok(batch)
+    };
+    let Some(ports) = &model.graph.ports else {
+        let [path] = inputs else { bail!("the model has one input: give one --input FILE.npy") };
+        let path = Path::new(path.split_once('=').map_or(path.as_str(), |(_, p)| p));
+        let x = npy::read(path)?;
+        let batch = batch_of(&x, &model.input_shape, &path.display().to_string())?;
+        return Ok((x.data, batch));
+    };
+    let mut arrays = Vec::new();
+    for port in &ports.inputs {
+        let given = inputs.iter().find_map(|i| i.split_once('=').filter(|(n, _)| *n == port.name));
+        let Some((_, path)) = given else {
+            let names = ports.inputs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+            bail!("the model takes inputs {names}: give --input {}=FILE.npy for each", port.name);
+        };
+        let a = npy::read(Path::new(path))?;
+        arrays.push((batch_of(&a, &port.shape, path)?, a));
+    }
+    if let Some(unknown) = inputs.iter().find(|i| !ports.inputs.iter().any(|p| i.split_once('=').is_some_and(|(n, _)| n == p.name))) {
+        bail!("--input {unknown}: the model has no input of that name");
+    }
+    let batch = arrays[0].0;
+    if arrays.iter().any(|(b, _)| *b != batch) {
+        bail!("the inputs have different batch sizes");
+    }
+    let per_sample: usize = model.input_shape.iter().product();
+    let mut x = Vec::with_capacity(batch * per_sample);
+    for b in 0..batch {
+        for (port, (_, a)) in ports.inputs.iter().zip(&arrays) {
+            x.extend_from_slice(&a.data[b * port.elements()..(b + 1) * port.elements()]);
+        }
+    }
+    Ok((x, batch))
 }
 
 pub fn eval(args: &ModelArgs, dataset: &str, resolver: datasets::Resolver, batch: usize, json: bool) -> anyhow::Result<()> {

@@ -67,10 +67,12 @@ enum Command {
     Run {
         #[command(flatten)]
         model: ModelArgs,
-        /// Input .npy file, float32, batch first.
-        #[arg(long)]
-        input: PathBuf,
-        /// Output .npy file (written atomically).
+        /// Input .npy file, batch first (float32; integer or bool for integer inputs). A model
+        /// with several inputs takes one `--input NAME=FILE.npy` per input.
+        #[arg(long, required = true)]
+        input: Vec<String>,
+        /// Output .npy file (written atomically); for a model with several outputs, a folder that
+        /// receives one `NAME.npy` per output.
         #[arg(long)]
         output: PathBuf,
     },

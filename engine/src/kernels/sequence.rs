@@ -1,0 +1,189 @@
+//! Kernels of the sequence operators (BERT): embedding lookups, layer normalization, softmax over
+//! the last axis, products of two activations, and `Where`. Values are feature-major over a tile
+//! of `w` samples: element `e` of sample `s` is at `e * w + s`.
+
+/// The row of `table` (`rows x width`) that an index value picks: negative values count from
+/// the end (as ONNX Gather); anything else outside the table (callers refuse such inputs, see
+/// `Session`) is clamped, so no read leaves the table.
+fn table_row(v: f32, rows: usize) -> usize {
+    let r = if v < 0.0 { v + rows as f32 } else { v };
+    (r.max(0.0) as usize).min(rows - 1)
+}
+
+/// `y[i, d] = table[x[i], d]` for each index element `i` of the tile.
+pub fn embed(table: &[f32], width: usize, x: &[f32], w: usize, y: &mut [f32]) {
+    let rows = table.len() / width.max(1);
+    for (i, indices) in x.chunks_exact(w).enumerate() {
+        let out = &mut y[i * width * w..(i + 1) * width * w];
+        for (s, &v) in indices.iter().enumerate() {
+            let row = &table[table_row(v, rows) * width..][..width];
+            if w == 1 {
+                out.copy_from_slice(row);
+            } else {
+                row.iter().enumerate().for_each(|(d, &t)| out[d * w + s] = t);
+            }
+        }
+    }
+}
+
+/// Each sample's groups of `len` consecutive elements (the last axis) normalized, scaled and shifted.
+pub fn layer_norm(x: &[f32], scale: &[f32], bias: &[f32], epsilon: f32, w: usize, y: &mut [f32]) {
+    let len = scale.len();
+    let mut row = vec![0.0f32; len];
+    for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
+        for s in 0..w {
+            row.iter_mut().enumerate().for_each(|(d, r)| *r = xg[d * w + s]);
+            let mean = row.iter().sum::<f32>() / len as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len as f32;
+            let inv = 1.0 / (var + epsilon).sqrt();
+            for d in 0..len {
+                yg[d * w + s] = (row[d] - mean) * inv * scale[d] + bias[d];
+            }
+        }
+    }
+}
+
+/// Softmax over each sample's groups of `len` consecutive elements.
+pub fn softmax(x: &[f32], len: usize, w: usize, y: &mut [f32]) {
+    for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
+        for s in 0..w {
+            let max = (0..len).map(|d| xg[d * w + s]).fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for d in 0..len {
+                let e = super::elementwise::exp(xg[d * w + s] - max);
+                yg[d * w + s] = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            (0..len).for_each(|d| yg[d * w + s] *= inv);
+        }
+    }
+}
+
+/// The shapes of one product: `[m, k] x [k, n]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Product {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+/// `y = a x b` for one slice of the tile: `a` starts at element `a_at` of `a`, `b` at `b_at`,
+/// and `y` is the slice's own `m x n` elements.
+pub fn matmul_slice(p: Product, a: &[f32], a_at: usize, b: &[f32], b_at: usize, w: usize, y: &mut [f32]) {
+    let Product { m, k, n } = p;
+    y[..m * n * w].fill(0.0);
+    for i in 0..m {
+        let out = &mut y[i * n * w..(i + 1) * n * w];
+        for kk in 0..k {
+            let a_row = &a[(a_at + i * k + kk) * w..][..w];
+            let b_row = &b[(b_at + kk * n) * w..][..n * w];
+            if w == 1 {
+                let av = a_row[0];
+                out.iter_mut().zip(b_row).for_each(|(o, &bv)| *o += av * bv);
+            } else {
+                for (o, bj) in out.chunks_exact_mut(w).zip(b_row.chunks_exact(w)) {
+                    o.iter_mut().zip(bj).zip(a_row).for_each(|((o, &bv), &av)| *o += av * bv);
+                }
+            }
+        }
+    }
+}
+
+/// One operand of `select`: a tile value or a constant, with its broadcast strides.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    Tile(&'a [f32]),
+    Constant(&'a [f32]),
+}
+
+impl Source<'_> {
+    #[inline]
+    fn at(&self, element: usize, s: usize, w: usize) -> f32 {
+        match self {
+            Source::Tile(v) => v[element * w + s],
+            Source::Constant(c) => c[element],
+        }
+    }
+}
+
+/// `y = cond != 0 ? on : off` over the output `shape`, each operand read through its broadcast
+/// strides (`elementwise::broadcast_strides`).
+pub fn select(shape: &[usize], operands: [(Source, &[usize]); 3], w: usize, y: &mut [f32]) {
+    let numel: usize = shape.iter().product();
+    let mut index = vec![0usize; shape.len()];
+    let mut at = [0usize; 3];
+    for o in 0..numel {
+        for s in 0..w {
+            let cond = operands[0].0.at(at[0], s, w);
+            let pick = if cond != 0.0 { 1 } else { 2 };
+            y[o * w + s] = operands[pick].0.at(at[pick], s, w);
+        }
+        // Next index, last axis fastest; the operands' offsets follow.
+        for d in (0..shape.len()).rev() {
+            index[d] += 1;
+            for (a, (_, strides)) in at.iter_mut().zip(&operands) {
+                *a += strides[d];
+            }
+            if index[d] < shape[d] {
+                break;
+            }
+            for (a, (_, strides)) in at.iter_mut().zip(&operands) {
+                *a -= strides[d] * shape[d];
+            }
+            index[d] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_of_a_tile_match_one_sample_at_a_time() {
+        let p = Product { m: 3, k: 5, n: 4 };
+        let w = 3;
+        let a: Vec<f32> = (0..p.m * p.k * w).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..p.k * p.n * w).map(|i| (i % 5) as f32 * 0.5).collect();
+        let mut y = vec![0.0; p.m * p.n * w];
+        matmul_slice(p, &a, 0, &b, 0, w, &mut y);
+        for s in 0..w {
+            let one = |v: &[f32]| v.iter().skip(s).step_by(w).copied().collect::<Vec<f32>>();
+            let (a1, b1) = (one(&a), one(&b));
+            let mut y1 = vec![0.0; p.m * p.n];
+            matmul_slice(p, &a1, 0, &b1, 0, 1, &mut y1);
+            for i in 0..p.m {
+                for j in 0..p.n {
+                    let want: f32 = (0..p.k).map(|kk| a1[i * p.k + kk] * b1[kk * p.n + j]).sum();
+                    assert_eq!(y1[i * p.n + j], want);
+                    assert_eq!(y[(i * p.n + j) * w + s], want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn select_broadcasts_each_operand() {
+        // cond [2, 1] against on [3] (constant) and off [2, 3] (tile of 2 samples).
+        let cond = [1.0, 0.0, 0.0, 1.0]; // rows of 2 samples: cond[0] = (1, 0), cond[1] = (0, 1)
+        let on = [7.0, 8.0, 9.0];
+        let off: Vec<f32> = (0..12).map(|i| -(i as f32)).collect();
+        let mut y = vec![0.0; 12];
+        let shape = [2, 3];
+        select(&shape, [(Source::Tile(&cond), &[1, 0]), (Source::Constant(&on), &[0, 1]), (Source::Tile(&off), &[3, 1])], 2, &mut y);
+        for (e, s) in (0..6).flat_map(|e| (0..2).map(move |s| (e, s))) {
+            let (i, j) = (e / 3, e % 3);
+            let want = if cond[i * 2 + s] != 0.0 { on[j] } else { off[e * 2 + s] };
+            assert_eq!(y[e * 2 + s], want, "element {e} sample {s}");
+        }
+    }
+
+    #[test]
+    fn embedding_rows_are_clamped_inside_the_table() {
+        let table: Vec<f32> = (0..6).map(|v| v as f32).collect(); // 3 rows of 2
+        let mut y = vec![0.0; 8];
+        embed(&table, 2, &[1.0, -1.0, 9.0, 0.0], 1, &mut y);
+        assert_eq!(y, [2.0, 3.0, 4.0, 5.0, 4.0, 5.0, 0.0, 1.0]);
+    }
+}

@@ -1,0 +1,109 @@
+//! Shape rules of the operators that sequence models (BERT) bring: embeddings, layer
+//! normalization, products of two activations, `Where` and element picks.
+
+use crate::compile::Exec;
+use crate::error::{EngineError, Result};
+use crate::graph::{MAX_VALUE_ELEMENTS, Node, Op, Operand, broadcast, checked_numel};
+use crate::kernels::sequence::Product;
+
+/// Per-sample output shape of a sequence operator `node` on input shapes `x` and `input(i)`,
+/// checking its parameters.
+pub fn output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Vec<usize>>) -> Result<Vec<usize>> {
+    let name = node.name.as_str();
+    let bad = |reason: String| Err(EngineError::graph(name, reason));
+    let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+    match &node.op {
+        Op::Pick { shape, sources } => {
+            let numel: usize = x.iter().product();
+            if checked_numel(shape, MAX_VALUE_ELEMENTS) != Some(sources.len()) || sources.iter().any(|&s| s >= numel) {
+                return bad(format!("a pick of {} elements into {shape:?} from {x:?}", sources.len()));
+            }
+            Ok(shape.clone())
+        }
+        Op::Embed { table } => {
+            let fits = table.shape.len() == 2 && checked_numel(&table.shape, usize::MAX) == Some(table.data.len());
+            if !fits || table.shape.contains(&0) || !finite(&table.data) {
+                return bad(format!("an embedding table of shape {:?} with {} values (all finite)", table.shape, table.data.len()));
+            }
+            Ok(x.iter().copied().chain([table.shape[1]]).collect())
+        }
+        Op::LayerNorm { scale, bias, epsilon } => {
+            let last = *x.last().unwrap_or(&0);
+            if scale.len() != last || bias.len() != last || !finite(scale) || !finite(bias) || !(epsilon.is_finite() && *epsilon >= 0.0) {
+                return bad(format!(
+                    "{} scales and {} biases (finite) for a last axis of {last}, epsilon {epsilon}",
+                    scale.len(),
+                    bias.len()
+                ));
+            }
+            Ok(x.to_vec())
+        }
+        Op::BatchMatMul => {
+            let b = input(1)?;
+            let (ra, rb) = (x.len(), b.len());
+            if ra < 2 || rb < 2 || x[ra - 1] != b[rb - 2] {
+                return bad(format!("cannot multiply {x:?} by {b:?}"));
+            }
+            let mut out =
+                broadcast(&x[..ra - 2], &b[..rb - 2]).ok_or_else(|| EngineError::graph(name, format!("cannot multiply {x:?} by {b:?}")))?;
+            out.extend([x[ra - 2], b[rb - 1]]);
+            Ok(out)
+        }
+        Op::Where { x: on, y: off } => {
+            let mut next = 1;
+            let mut operand = |c: &Option<Operand>| -> Result<Vec<usize>> {
+                match c {
+                    Some(c) => {
+                        // Infinities are allowed: attention masks add -inf to the scores they hide.
+                        if checked_numel(&c.shape, crate::graph::MAX_WEIGHT_ELEMENTS) != Some(c.values.len())
+                            || c.values.iter().any(|v| v.is_nan())
+                        {
+                            return bad(format!("constant of shape {:?} with {} values (none NaN)", c.shape, c.values.len()));
+                        }
+                        let shape = c.per_sample(x.len());
+                        shape
+                            .map(<[usize]>::to_vec)
+                            .ok_or_else(|| EngineError::graph(name, format!("constant {:?} would broadcast along the batch", c.shape)))
+                    }
+                    None => {
+                        next += 1;
+                        input(next - 1)
+                    }
+                }
+            };
+            let (a, b) = (operand(on)?, operand(off)?);
+            broadcast(x, &a)
+                .and_then(|s| broadcast(&s, &b))
+                .ok_or_else(|| EngineError::graph(name, format!("shapes {x:?}, {a:?} and {b:?} do not broadcast")))
+        }
+        _ => unreachable!("not a sequence operator"),
+    }
+}
+
+/// The executable form of a product of two values of per-sample shapes `a` and `b`: each output
+/// slice's operands, by the leading axes' broadcast.
+pub fn batch_matmul(a: &[usize], b: &[usize]) -> Exec {
+    let (ra, rb) = (a.len(), b.len());
+    let product = Product { m: a[ra - 2], k: a[ra - 1], n: b[rb - 1] };
+    let lead = broadcast(&a[..ra - 2], &b[..rb - 2]).expect("checked in infer_shapes");
+    let strides = |s: &[usize], size: usize| {
+        let mut st = crate::kernels::elementwise::broadcast_strides(s, lead.len());
+        st.iter_mut().for_each(|v| *v *= size);
+        st
+    };
+    let (sa, sb) = (strides(&a[..ra - 2], product.m * product.k), strides(&b[..rb - 2], product.k * product.n));
+    let count: usize = lead.iter().product();
+    let slices = (0..count)
+        .map(|mut z| {
+            let (mut at_a, mut at_b) = (0, 0);
+            for d in (0..lead.len()).rev() {
+                let i = z % lead[d];
+                z /= lead[d];
+                at_a += i * sa[d];
+                at_b += i * sb[d];
+            }
+            (at_a, at_b)
+        })
+        .collect();
+    Exec::BatchMatMul { product, slices }
+}
