@@ -2,13 +2,15 @@
 user would: reduced-width versions of real architectures (a few MB each) with torchvision's
 building blocks, in eval mode, random weights from a fixed seed.
 
-    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch torchvision onnxscript onnx
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch torchvision onnxscript onnx transformers
     /tmp/torchvenv/bin/python scripts/make-torch-fixtures.py engine/tests/torch [NAME...]
 
 (only the NAMEs given, where some are). 
 Each model is written as NAME.legacy.onnx (torch.onnx.export(..., dynamo=False)) and
 NAME.dynamo.onnx (the default exporter; its weights go to NAME.dynamo.onnx.data beside it), with
 an input NAME.input.npy; the test runs ONNX Runtime on the same files, so no outputs are stored.
+BERT's three int64 inputs are stored packed as the engine takes them (`graph::Ports`): one float32
+`[batch, 3 * sequence]` array, token ids, attention mask, token types in turn.
 """
 import os
 import sys
@@ -119,6 +121,53 @@ def small_yolov5():
         torch.manual_seed(5)
         return pruned(YOLOv5(width=0.125, depth=0.33, classes=3, image=64), 0.85)
 
+
+class Bert(nn.Module):
+    """`transformers`' BertModel (its real modules and attention-mask code) at a reduced size:
+    2 layers, hidden 64, 4 heads, sequence 16; every weight, bias and norm parameter random.
+    Returns both outputs, the last hidden state and the pooled output."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=128, max_position_embeddings=64)
+        with torch.random.fork_rng():
+            torch.manual_seed(11)
+            self.bert = BertModel(config)
+            with torch.no_grad():
+                for p in self.bert.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.last_hidden_state, out.pooler_output
+
+
+def export_bert(name="bert_l2_h64"):
+    model = Bert().eval()
+    g = torch.Generator().manual_seed(12)
+    ids = torch.randint(0, 500, (2, 16), generator=g)
+    mask = torch.ones(2, 16, dtype=torch.int64)
+    mask[0, 11:] = 0
+    types = torch.randint(0, 2, (2, 16), generator=g)
+    packed = torch.cat([ids, mask, types], dim=1).numpy().astype(np.float32)
+    np.save(os.path.join(out_dir, f"{name}.input.npy"), packed)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    args = (ids[:1], mask[:1], types[:1])
+    torch.onnx.export(model, args, os.path.join(out_dir, f"{name}.legacy.onnx"), dynamo=False, input_names=names,
+                      output_names=["last_hidden_state", "pooler_output"], dynamic_axes={n: {0: "batch"} for n in names},
+                      opset_version=17)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(model, args, dynamo=True, input_names=names,
+                                dynamic_shapes={n: {0: batch} for n in names})
+    program.save(os.path.join(out_dir, f"{name}.dynamo.onnx"), external_data=True)
+    print(name, "written")
+
+
+if not only or "bert_l2_h64" in only:
+    export_bert()
 
 models = {
     "resnet18_w16": (SmallResNet18(), (1, 3, 64, 64)),

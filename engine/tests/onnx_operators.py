@@ -94,3 +94,34 @@ chain = [
     helper.make_node("Relu", ["r"], ["y"]),
 ]
 save("shape_chain", chain, [6, 4, 5], [ints("zero", 0), ints("two", 2), ints("c3", 2), ints("axis0", [0]), ints("three", [3])])
+
+# Sequence operators (BERT's), named seq_*: computed in floating point, so matched at 1e-5, not
+# bit for bit. Softmax and LayerNormalization over the last axis; MatMul by weights on
+# [rows, features] values; MatMul of two values with leading axes broadcast; Where with a
+# constant and an activation; comparisons and logic on 0/1 values; Expand. (GatherND, whose
+# indices name the batch, is checked on the BERT fixtures of make-torch-fixtures.py.)
+save("seq_softmax_last_axis", [helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [3, 4, 7])
+save("seq_layer_norm", [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], axis=-1, epsilon=1e-5)], [5, 8],
+     [floats("scale", rng.uniform(0.5, 1.5, 8)), floats("bias", rng.uniform(-1, 1, 8))], opset=17)
+save("seq_rows_by_weights", [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])], [2, 6, 8],
+     [floats("w", rng.uniform(-1, 1, (8, 5))), floats("b", rng.uniform(-1, 1, 5))])
+save("seq_products", [
+    helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]),
+    helper.make_node("MatMul", ["x", "t"], ["s"]),
+    helper.make_node("Slice", ["x", "z", "one", "ax"], ["first"]),
+    helper.make_node("MatMul", ["s", "first"], ["y"]),
+], [3, 4, 5], [ints("z", [0]), ints("one", [1]), ints("ax", [1])])
+save("seq_where_mask", [
+    helper.make_node("Greater", ["x", "zero"], ["positive"]),
+    helper.make_node("Not", ["positive"], ["negative"]),
+    helper.make_node("And", ["negative", "keep"], ["hide"]),
+    helper.make_node("Where", ["hide", "low", "x"], ["masked"]),
+    helper.make_node("Softmax", ["masked"], ["y"], axis=-1),
+], [2, 3, 6], [floats("zero", 0.0), numpy_helper.from_array(np.array([True, False, True, True, False, True]), "keep"),
+               floats("low", -3.4028235e38)])
+save("seq_expand_equal", [
+    helper.make_node("Expand", ["x", "shape"], ["e"]),
+    helper.make_node("Equal", ["e", "half"], ["eq"]),
+    helper.make_node("Cast", ["eq"], ["f"], to=TensorProto.FLOAT),
+    helper.make_node("Add", ["e", "f"], ["y"]),
+], [1, 5], [ints("shape", [1, 3, 5]), floats("half", 0.5)])

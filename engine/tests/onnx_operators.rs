@@ -1,7 +1,9 @@
 //! ONNX's layout operators and shape arithmetic as real exports write them
 //! (`tests/onnx_operators.py`: nearest Resize in every mode, Upsample, Slice, Split, Transpose,
 //! Reshape, Squeeze, Unsqueeze, Gather, the `Shape` chains of a dynamic batch) match ONNX Runtime
-//! exactly: they only move values. A batch-dependent shape used anywhere but a Reshape's batch
+//! exactly: they only move values. BERT's operators (`seq_*`: Softmax and LayerNormalization over
+//! the last axis, MatMul of rows by weights and of two values, Where, logic, Expand)
+//! compute in floating point and match at 1e-5. A batch-dependent shape used anywhere but a Reshape's batch
 //! axis is refused.
 
 mod common;
@@ -22,7 +24,7 @@ fn layout_operators_match_onnx_runtime() {
     let mut models: Vec<_> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
     models.sort();
-    assert!(models.len() >= 36, "{} models", models.len());
+    assert!(models.len() >= 42, "{} models", models.len());
     for path in models {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let input = engine::npy::read(&dir.path().join(format!("{name}.input.npy"))).unwrap();
@@ -32,7 +34,12 @@ fn layout_operators_match_onnx_runtime() {
         assert_eq!(model.output_shape, reference.shape[1..], "{name}: output shape");
         for threads in [1, 2] {
             let got = Session::new(&model, threads).unwrap().run(&input.data, input.shape[0]).unwrap();
-            assert_eq!(got, reference.data, "{name}, {threads} threads");
+            if name.starts_with("seq_") {
+                let err = rel_err(&got, &reference.data);
+                assert!(err < 1e-5, "{name}, {threads} threads: relative error {err}");
+            } else {
+                assert_eq!(got, reference.data, "{name}, {threads} threads");
+            }
         }
     }
 }

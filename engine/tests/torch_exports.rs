@@ -121,3 +121,37 @@ fn external_data_is_read_safely() {
     let err = engine::load_bytes(&bytes, "mem.onnx").unwrap_err().to_string();
     assert!(err.contains("needs the model loaded from its folder"), "{err}");
 }
+
+/// BERT's graph (several inputs and outputs, embeddings, layer norms, attention) survives the native
+/// format and ONNX export: the native file reloads to the same graph, and ONNX Runtime runs the
+/// exported file (its inputs packed into one) to the engine's answer.
+#[test]
+fn bert_round_trips_through_both_formats() {
+    let graph = engine::load(&fixtures().join("bert_l2_h64.legacy.onnx")).unwrap();
+    assert_eq!(graph.ports.as_ref().map(|p| (p.inputs.len(), p.outputs.len())), Some((3, 2)));
+    let bytes = engine::format::to_bytes(&graph).unwrap();
+    assert_eq!(engine::format::from_bytes(&bytes, "bert.sparse").unwrap(), graph);
+    let input = engine::npy::read(&fixtures().join("bert_l2_h64.input.npy")).unwrap();
+    let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+    let ours = Session::new(&model, 2).unwrap().run(&input.data, input.shape[0]).unwrap();
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("bert.onnx");
+    std::fs::write(&onnx, engine::onnx::export::export(&graph, &graph.output_shape().unwrap())).unwrap();
+    let reference = ort_run(&python, &onnx, &input, dir.path());
+    let err = rel_err(&ours, &reference.data);
+    assert!(err < 1e-4, "relative error {err}");
+}
+
+/// Token ids outside the embedding table are refused with the input's name, not clamped.
+#[test]
+fn token_ids_outside_the_table_are_refused() {
+    let graph = engine::load(&fixtures().join("bert_l2_h64.dynamo.onnx")).unwrap();
+    let mut input = engine::npy::read(&fixtures().join("bert_l2_h64.input.npy")).unwrap();
+    let model = compile::compile(graph, Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+    input.data[3] = 500.0;
+    let err = Session::new(&model, 1).unwrap().run(&input.data, input.shape[0]).unwrap_err().to_string();
+    assert!(err.contains("input 'input_ids' of sample 0 holds 500"), "{err}");
+    input.data[3] = 2.5;
+    assert!(Session::new(&model, 1).unwrap().run(&input.data, input.shape[0]).is_err());
+}

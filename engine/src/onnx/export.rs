@@ -301,7 +301,9 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
             }
             Op::Select { indices } => {
                 // One Gather per axis that is not read whole and in order.
-                let moved: Vec<usize> = (0..indices.len()).filter(|&a| indices[a].iter().enumerate().any(|(i, &j)| i != j)).collect();
+                let dims = in_shape(&x[0]);
+                let whole = |a: usize| indices[a].len() == dims[a] && indices[a].iter().enumerate().all(|(i, &j)| i == j);
+                let moved: Vec<usize> = (0..indices.len()).filter(|&a| !whole(a)).collect();
                 let mut value = x[0].clone();
                 for (k, &a) in moved.iter().enumerate() {
                     let ix: Vec<i64> = indices[a].iter().map(|&i| i as i64).collect();

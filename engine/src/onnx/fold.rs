@@ -41,6 +41,8 @@ pub(super) const FOLDED: &[&str] = &[
     "LessOrEqual",
     "Greater",
     "GreaterOrEqual",
+    "Max",
+    "Min",
 ];
 
 /// `[BATCH, dims...]` for a value of per-sample shape `dims`, as ONNX's Shape (with its `start` and
@@ -163,6 +165,11 @@ fn eval(node: &NodeProto, inputs: &[Option<&Constant>]) -> Folded {
         }
         "Where" => elementwise(&[x, input(1)?, input(2)?], input(1)?.data_type, |v| if v[0] != 0.0 { v[1] } else { v[2] }),
         "Not" => elementwise(&[x], data_type::BOOL, |v| truth(v[0] == 0.0)),
+        "Max" | "Min" => {
+            let operands: Vec<&Constant> = (0..inputs.len()).map(&input).collect::<std::result::Result<_, _>>()?;
+            let max = node.op_type == "Max";
+            elementwise(&operands, x.data_type, |v| v.iter().copied().reduce(if max { f32::max } else { f32::min }).unwrap_or(0.0))
+        }
         "IsNaN" => elementwise(&[x], data_type::BOOL, |v| truth(v[0].is_nan())),
         op => {
             let compare: fn(f32, f32) -> bool = match op {

@@ -68,6 +68,8 @@ pub const OPERATORS: &[&str] = &[
     "Constant",
     "ConstantOfShape",
     "Range",
+    "Max",
+    "Min",
     "Identity",
     "Dropout",
     "QuantizeLinear",

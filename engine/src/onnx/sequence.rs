@@ -93,8 +93,8 @@ impl Importer {
         self.push_named(format!("{name}.rows_first"), Op::Pick { shape, sources: rows_first }, vec![products], out);
     }
 
-    /// GatherND of an activation with constant indices (`batch_dims` 0, the batch coordinate 0, as
-    /// a batch-1 export writes it; or `batch_dims` 1 with one row of indices for every sample).
+    /// GatherND of an activation with constant indices whose first coordinate is the batch's, 0 in
+    /// every row (`batch_dims` 0, as a batch-1 export writes it): each sample picks from itself.
     pub(super) fn gather_nd(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         let dims = self.shape_of(&x, name)?;
         let indices = self.constant(node, 1)?;
@@ -102,26 +102,20 @@ impl Importer {
             EngineError::graph(name, format!("GatherND with indices of shape {:?} on {dims:?} per sample is not supported", indices.dims))
         };
         let (&r, lead) = indices.dims.split_last().ok_or_else(bad)?;
-        let batch_dims = attr_i(node, "batch_dims", 0);
-        // Coordinates per index row that address the per-sample axes (the first is the batch's at batch_dims 0).
-        let skip = match batch_dims {
-            0 => 1,
-            1 => 0,
-            _ => return Err(bad()),
-        };
-        if lead.first() != Some(&1) || r < skip || r - skip > dims.len() {
+        if attr_i(node, "batch_dims", 0) != 0 || lead.first() != Some(&1) || r < 1 || r - 1 > dims.len() {
             return Err(bad());
         }
-        let r = r - skip;
+        // Coordinates after the batch's address the sample's axes.
+        let r = r - 1;
         let inner: usize = dims[r..].iter().product();
         let strides = crate::kernels::elementwise::broadcast_strides(&dims, dims.len());
         let mut sources = Vec::new();
-        for row in indices.values.chunks(r + skip) {
-            if skip == 1 && row[0] != 0.0 {
+        for row in indices.values.chunks(r + 1) {
+            if row[0] != 0.0 {
                 return Err(bad());
             }
             let mut at = 0;
-            for (a, &i) in row[skip..].iter().enumerate() {
+            for (a, &i) in row[1..].iter().enumerate() {
                 at += fold::index(i, dims[a]).map_err(|e| EngineError::graph(name, e))? * strides[a];
             }
             sources.extend(at..at + inner);
