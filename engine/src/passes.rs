@@ -7,7 +7,7 @@ use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Unary};
 
 /// Runs every pass until nothing changes.
 pub fn optimize(graph: &mut Graph) {
-    while fold_affine(graph) || fuse_relu(graph) || drop_qdq_before_int8(graph) || fuse_silu(graph) {}
+    while fold_affine(graph) || fuse_relu(graph) || drop_qdq_before_int8(graph) || fuse_silu(graph) || crate::row_passes::optimize(graph) {}
 }
 
 /// How many inputs of nodes read `value`, plus one where it is the graph's output.

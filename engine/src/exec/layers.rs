@@ -328,9 +328,9 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 out.iter_mut().for_each(|o| *o /= *pixels as f32);
             }
         }
-        Exec::Softmax { len } => split_groups(team, x, y, len * w, |x, y| sequence::softmax(x, *len, w, y)),
+        Exec::Softmax { len } => split_groups(team, x, y, len * w, |x, y| sequence::softmax(isa, x, *len, w, y)),
         Exec::LayerNorm { scale, bias, epsilon } => {
-            split_groups(team, x, y, scale.len() * w, |x, y| sequence::layer_norm(x, scale, bias, *epsilon, w, y))
+            split_groups(team, x, y, scale.len() * w, |x, y| sequence::layer_norm(isa, x, scale, bias, *epsilon, w, y))
         }
         Exec::Embed { table, width } => {
             let part = split_len(team, y.len(), width * w) / (width * w).max(1);
@@ -342,11 +342,7 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             let work = slices.len() * product.m * product.k * product.n * w;
             let per_part = if worth_splitting(team.threads(), work, 2) { slices.len().div_ceil(team.threads()) } else { slices.len() };
             let parts: Vec<_> = y[..slices.len() * size].chunks_mut(per_part.max(1) * size).zip(slices.chunks(per_part.max(1))).collect();
-            team.for_each(parts, |(y, slices)| {
-                for (y, &(at_a, at_b)) in y.chunks_mut(size).zip(slices) {
-                    sequence::matmul_slice(*product, x, at_a, xs[1], at_b, w, y);
-                }
-            });
+            team.for_each(parts, |(y, slices)| sequence::matmul_slices(isa, *product, x, xs[1], slices, w, y));
         }
         Exec::Where { shape, strides, x: on, y: off } => {
             let mut rest = xs[1..].iter().map(|v| sequence::Source::Tile(v));

@@ -7,18 +7,21 @@ use std::ops::Range;
 use super::Isa;
 use crate::graph::{BinaryKind, Unary};
 
-/// `erf(x)` within 1.2e-7 (Numerical Recipes' `erfc` Chebyshev fit), for Erf and exact GELU.
+/// `erf(x)` within 5e-7 (Numerical Recipes' `erfc` Chebyshev fit) in f32 arithmetic and this
+/// module's `exp`, which vectorize: in f64 with the library's `exp` it took 3.6 ns a value, and
+/// BERT-base's GELUs 1.4 ms a layer.
+#[inline]
 pub fn erf(x: f32) -> f32 {
-    let z = (x as f64).abs();
+    let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
+    let poly = -z * z - 1.265_512_2
+        + t * (1.000_023_7
             + t * (0.374_091_96
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
-                        + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * poly.exp();
-    (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
+                        + t * (0.278_868_07 + t * (-1.135_204 + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
+    let erfc = t * exp(poly);
+    if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }
 }
 
 /// `v` clamped to `[lo, hi]` by comparisons: they vectorize, where `f32::max` and `f32::min`
@@ -140,7 +143,8 @@ pub fn unary(isa: Isa, f: Unary, x: &[f32], y: &mut [f32]) {
         Unary::Sqrt => each_value(isa, x, y, f32::sqrt),
         Unary::Tanh => each_value(isa, x, y, f32::tanh),
         Unary::Erf => each_value(isa, x, y, erf),
-        Unary::Gelu { tanh } => each_value(isa, x, y, |v| unary_value(Unary::Gelu { tanh }, v)),
+        Unary::Gelu { tanh: false } => each_value(isa, x, y, |v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))),
+        Unary::Gelu { tanh: true } => each_value(isa, x, y, |v| unary_value(Unary::Gelu { tanh: true }, v)),
         Unary::IsNaN => each_value(isa, x, y, |v| truth(v.is_nan())),
         Unary::Bool => each_value(isa, x, y, |v| truth(v != 0.0)),
         Unary::Not => each_value(isa, x, y, |v| truth(v == 0.0)),
@@ -530,9 +534,33 @@ mod tests {
     }
 
     #[test]
+    fn erf_matches_the_fit_in_double_precision() {
+        let twin = |x: f32| {
+            let z = (x as f64).abs();
+            let t = 1.0 / (1.0 + 0.5 * z);
+            let c = [
+                1.000_023_68,
+                0.374_091_96,
+                0.096_784_18,
+                -0.186_288_06,
+                0.278_868_07,
+                -1.135_203_98,
+                1.488_515_87,
+                -0.822_152_23,
+                0.170_872_77,
+            ];
+            let poly = -z * z - 1.265_512_23 + t * c.iter().rev().fold(0.0, |acc, &k| acc * t + k);
+            let erfc = t * poly.exp();
+            if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }
+        };
+        let worst = (-60_000..=60_000).map(|i| i as f32 * 1e-4).map(|x| (erf(x) as f64 - twin(x)).abs()).fold(0.0, f64::max);
+        assert!(worst < 5e-7, "{worst}");
+    }
+
+    #[test]
     fn erf_matches_known_values() {
         for (x, e) in [(0.0f32, 0.0f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (-2.0, -0.995_322_3), (3.5, 0.999_999_3)] {
-            assert!((erf(x) - e).abs() < 2e-7, "erf({x}) = {} not {e}", erf(x));
+            assert!((erf(x) - e).abs() < 5e-7, "erf({x}) = {} not {e}", erf(x));
         }
     }
 

@@ -1,6 +1,33 @@
 //! Kernels of the sequence operators (BERT): embedding lookups, layer normalization, softmax over
 //! the last axis, products of two activations, and `Where`. Values are feature-major over a tile
-//! of `w` samples: element `e` of sample `s` is at `e * w + s`.
+//! of `w` samples: element `e` of sample `s` is at `e * w + s`. Plain loops, compiled for AVX-512
+//! and AVX2 too (`on_isa`), where the compiler vectorizes them.
+
+use super::Isa;
+
+/// `f()` compiled for `isa`: `f`'s loops (inlined into it) vectorize 16 or 8 lanes wide.
+fn on_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    fn avx512<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    fn avx2<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    match isa {
+        // SAFETY: `isa` is at most what the CPU supports (`Isa::detect`, `kernels::isa`).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512(f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(f) },
+        _ => f(),
+    }
+}
 
 /// The row of `table` (`rows x width`) that an index value picks: negative values count from
 /// the end (as ONNX Gather); anything else outside the table (callers refuse such inputs, see
@@ -27,37 +54,60 @@ pub fn embed(table: &[f32], width: usize, x: &[f32], w: usize, y: &mut [f32]) {
 }
 
 /// Each sample's groups of `len` consecutive elements (the last axis) normalized, scaled and shifted.
-pub fn layer_norm(x: &[f32], scale: &[f32], bias: &[f32], epsilon: f32, w: usize, y: &mut [f32]) {
+pub fn layer_norm(isa: Isa, x: &[f32], scale: &[f32], bias: &[f32], epsilon: f32, w: usize, y: &mut [f32]) {
     let len = scale.len();
-    let mut row = vec![0.0f32; len];
-    for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
-        for s in 0..w {
-            row.iter_mut().enumerate().for_each(|(d, r)| *r = xg[d * w + s]);
-            let mean = row.iter().sum::<f32>() / len as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len as f32;
-            let inv = 1.0 / (var + epsilon).sqrt();
-            for d in 0..len {
-                yg[d * w + s] = (row[d] - mean) * inv * scale[d] + bias[d];
+    let mut row = vec![0.0f32; if w == 1 { 0 } else { len }];
+    on_isa(isa, || {
+        for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
+            for s in 0..w {
+                let row: &[f32] = if w == 1 {
+                    xg
+                } else {
+                    row.iter_mut().enumerate().for_each(|(d, r)| *r = xg[d * w + s]);
+                    &row
+                };
+                let mean = row.iter().sum::<f32>() / len as f32;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len as f32;
+                let inv = 1.0 / (var + epsilon).sqrt();
+                if w == 1 {
+                    for ((o, &v), (&k, &b)) in yg.iter_mut().zip(row).zip(scale.iter().zip(bias)) {
+                        *o = (v - mean) * inv * k + b;
+                    }
+                } else {
+                    for d in 0..len {
+                        yg[d * w + s] = (row[d] - mean) * inv * scale[d] + bias[d];
+                    }
+                }
             }
         }
-    }
+    })
 }
 
 /// Softmax over each sample's groups of `len` consecutive elements.
-pub fn softmax(x: &[f32], len: usize, w: usize, y: &mut [f32]) {
-    for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
-        for s in 0..w {
-            let max = (0..len).map(|d| xg[d * w + s]).fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for d in 0..len {
-                let e = super::elementwise::exp(xg[d * w + s] - max);
-                yg[d * w + s] = e;
-                sum += e;
+pub fn softmax(isa: Isa, x: &[f32], len: usize, w: usize, y: &mut [f32]) {
+    on_isa(isa, || {
+        for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
+            if w == 1 {
+                // Comparisons, not `f32::max`, so the loop vectorizes.
+                let max = xg.iter().fold(f32::MIN, |m, &v| if v > m { v } else { m });
+                yg.iter_mut().zip(xg).for_each(|(o, &v)| *o = super::elementwise::exp(v - max));
+                let inv = 1.0 / yg.iter().sum::<f32>();
+                yg.iter_mut().for_each(|o| *o *= inv);
+                continue;
             }
-            let inv = 1.0 / sum;
-            (0..len).for_each(|d| yg[d * w + s] *= inv);
+            for s in 0..w {
+                let max = (0..len).map(|d| xg[d * w + s]).fold(f32::MIN, |m, v| if v > m { v } else { m });
+                let mut sum = 0.0;
+                for d in 0..len {
+                    let e = super::elementwise::exp(xg[d * w + s] - max);
+                    yg[d * w + s] = e;
+                    sum += e;
+                }
+                let inv = 1.0 / sum;
+                (0..len).for_each(|d| yg[d * w + s] *= inv);
+            }
         }
-    }
+    })
 }
 
 /// The shapes of one product: `[m, k] x [k, n]`.
@@ -68,9 +118,19 @@ pub struct Product {
     pub n: usize,
 }
 
-/// `y = a x b` for one slice of the tile: `a` starts at element `a_at` of `a`, `b` at `b_at`,
-/// and `y` is the slice's own `m x n` elements.
-pub fn matmul_slice(p: Product, a: &[f32], a_at: usize, b: &[f32], b_at: usize, w: usize, y: &mut [f32]) {
+/// `y = a x b` for consecutive slices of the tile, `y` holding their `m x n` elements in turn:
+/// slice `i` reads `a` from element `slices[i].0` and `b` from `slices[i].1`.
+pub fn matmul_slices(isa: Isa, p: Product, a: &[f32], b: &[f32], slices: &[(usize, usize)], w: usize, y: &mut [f32]) {
+    on_isa(isa, || {
+        for (y, &(at_a, at_b)) in y.chunks_mut(p.m * p.n * w).zip(slices) {
+            matmul_slice(p, a, at_a, b, at_b, w, y);
+        }
+    })
+}
+
+/// One slice of `matmul_slices`.
+#[inline(always)]
+fn matmul_slice(p: Product, a: &[f32], a_at: usize, b: &[f32], b_at: usize, w: usize, y: &mut [f32]) {
     let Product { m, k, n } = p;
     y[..m * n * w].fill(0.0);
     for i in 0..m {
@@ -111,6 +171,28 @@ impl Source<'_> {
 /// strides (`elementwise::broadcast_strides`).
 pub fn select(shape: &[usize], operands: [(Source, &[usize]); 3], w: usize, y: &mut [f32]) {
     let numel: usize = shape.iter().product();
+    // A whole condition with whole values or single constants (NaNs to zero after a softmax, a
+    // mask to scores): one flat loop, specialized per case so that it vectorizes.
+    let whole = super::elementwise::broadcast_strides(shape, shape.len());
+    let is_whole = |k: usize| operands[k].1 == &whole[..];
+    let scalar = |k: usize| match operands[k].0 {
+        Source::Constant(c) if operands[k].1.iter().all(|&v| v == 0) => c.first().copied(),
+        _ => None,
+    };
+    if let (Source::Tile(cond), true) = (operands[0].0, is_whole(0)) {
+        let n = numel * w;
+        let (cond, y) = (&cond[..n], &mut y[..n]);
+        match (operands[1].0, scalar(1), operands[2].0, scalar(2)) {
+            (_, Some(a), _, Some(b)) => return y.iter_mut().zip(cond).for_each(|(o, &c)| *o = if c != 0.0 { a } else { b }),
+            (_, Some(a), Source::Tile(v), None) if is_whole(2) => {
+                return y.iter_mut().zip(cond).zip(&v[..n]).for_each(|((o, &c), &v)| *o = if c != 0.0 { a } else { v });
+            }
+            (Source::Tile(v), None, _, Some(b)) if is_whole(1) => {
+                return y.iter_mut().zip(cond).zip(&v[..n]).for_each(|((o, &c), &v)| *o = if c != 0.0 { v } else { b });
+            }
+            _ => {}
+        }
+    }
     let mut index = vec![0usize; shape.len()];
     let mut at = [0usize; 3];
     for o in 0..numel {
@@ -147,12 +229,12 @@ mod tests {
         let a: Vec<f32> = (0..p.m * p.k * w).map(|i| (i % 7) as f32 - 3.0).collect();
         let b: Vec<f32> = (0..p.k * p.n * w).map(|i| (i % 5) as f32 * 0.5).collect();
         let mut y = vec![0.0; p.m * p.n * w];
-        matmul_slice(p, &a, 0, &b, 0, w, &mut y);
+        matmul_slices(Isa::detect(), p, &a, &b, &[(0, 0)], w, &mut y);
         for s in 0..w {
             let one = |v: &[f32]| v.iter().skip(s).step_by(w).copied().collect::<Vec<f32>>();
             let (a1, b1) = (one(&a), one(&b));
             let mut y1 = vec![0.0; p.m * p.n];
-            matmul_slice(p, &a1, 0, &b1, 0, 1, &mut y1);
+            matmul_slices(Isa::detect(), p, &a1, &b1, &[(0, 0)], 1, &mut y1);
             for i in 0..p.m {
                 for j in 0..p.n {
                     let want: f32 = (0..p.k).map(|kk| a1[i * p.k + kk] * b1[kk * p.n + j]).sum();
@@ -176,6 +258,33 @@ mod tests {
             let (i, j) = (e / 3, e % 3);
             let want = if cond[i * 2 + s] != 0.0 { on[j] } else { off[e * 2 + s] };
             assert_eq!(y[e * 2 + s], want, "element {e} sample {s}");
+        }
+    }
+
+    #[test]
+    fn select_on_whole_values_matches_the_element_rule() {
+        // Whole condition and values or scalar constants, 2 samples: the flat loops.
+        let (shape, w) = ([2, 3], 2);
+        let cond: Vec<f32> = (0..12).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let (whole, none) = ([3usize, 1], [0usize, 0]);
+        let cases: [[(Source, &[usize]); 3]; 3] = [
+            [(Source::Tile(&cond), &whole), (Source::Constant(&[5.0]), &none), (Source::Tile(&v), &whole)],
+            [(Source::Tile(&cond), &whole), (Source::Tile(&v), &whole), (Source::Constant(&[-1.0]), &none)],
+            [(Source::Tile(&cond), &whole), (Source::Constant(&[5.0]), &none), (Source::Constant(&[-1.0]), &none)],
+        ];
+        for operands in cases {
+            let mut y = vec![0.0; 12];
+            select(&shape, operands, w, &mut y);
+            for k in 0..12 {
+                let (e, s) = (k / w, k % w);
+                let value = |src: Source| match src {
+                    Source::Tile(t) => t[e * w + s],
+                    Source::Constant(c) => c[0],
+                };
+                let want = if cond[k] != 0.0 { value(operands[1].0) } else { value(operands[2].0) };
+                assert_eq!(y[k], want, "element {k}");
+            }
         }
     }
 

@@ -1,0 +1,170 @@
+//! Graph passes for the row-wise layers of sequence models (BERT): a linear layer over rows is a
+//! 1x1 convolution between two picks (`onnx::sequence`); these passes fold what exporters write
+//! around it into the convolution and merge the data movement between layers:
+//! - a bias added after the rows-first pick goes into the convolution's bias;
+//! - GELU as `x * 0.5 * (1 + erf(x / sqrt 2))` becomes one `Gelu`;
+//! - an element-wise function after a pick moves before it, where the convolution applies it;
+//! - consecutive picks, transposes, selections and reshapes become one pick (none where they
+//!   undo each other).
+
+use crate::graph::{BinaryKind, Graph, Node, Op, Unary};
+use crate::passes::consumers;
+
+pub fn optimize(graph: &mut Graph) -> bool {
+    fuse_gelu(graph) || fold_row_bias(graph) || unary_before_pick(graph) || compose_moves(graph)
+}
+
+/// The node writing `value`, before `before`.
+fn producer(graph: &Graph, value: &str, before: usize) -> Option<usize> {
+    graph.nodes[..before].iter().rposition(|n| n.output == value)
+}
+
+/// The one constant of a `Binary` of `kind` on one value, if it is a scalar: (input, constant).
+fn scalar_binary(node: &Node, kind: BinaryKind) -> Option<(&str, f32)> {
+    match &node.op {
+        Op::Binary { kind: k, constant: Some(c), .. } if *k == kind && c.values.len() == 1 => Some((&node.inputs[0], c.values[0])),
+        _ => None,
+    }
+}
+
+/// `Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)` (or with 0.5 in the first product) -> `Gelu(x)`.
+fn fuse_gelu(graph: &mut Graph) -> bool {
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * b.abs();
+    for i in 0..graph.nodes.len() {
+        let Some((product, half)) = scalar_binary(&graph.nodes[i], BinaryKind::Mul) else { continue };
+        let Some(p) = producer(graph, product, i) else { continue };
+        if !close(half, 0.5) || consumers(graph, product) != 1 {
+            continue;
+        }
+        let Op::Binary { kind: BinaryKind::Mul, constant: None, .. } = graph.nodes[p].op else { continue };
+        // One factor is `x`, the other `1 + erf(x / sqrt 2)`.
+        let factors = graph.nodes[p].inputs.clone();
+        let chain = |sum: &str, x: &str| -> Option<Vec<usize>> {
+            let a = producer(graph, sum, p)?;
+            let (erf_out, one) = scalar_binary(&graph.nodes[a], BinaryKind::Add)?;
+            let e = producer(graph, erf_out, a)?;
+            (graph.nodes[e].op == Op::Unary(Unary::Erf)).then_some(())?;
+            let d = producer(graph, &graph.nodes[e].inputs[0], e)?;
+            let scaled = match scalar_binary(&graph.nodes[d], BinaryKind::Div) {
+                Some((input, c)) if close(c, std::f32::consts::SQRT_2) => input,
+                _ => scalar_binary(&graph.nodes[d], BinaryKind::Mul).filter(|(_, c)| close(*c, std::f32::consts::FRAC_1_SQRT_2))?.0,
+            };
+            let single = [sum, erf_out, &graph.nodes[e].inputs[0]].iter().all(|v| consumers(graph, v) == 1);
+            (close(one, 1.0) && scaled == x && single && !matches!(graph.nodes[d].op, Op::Binary { constant_first: true, .. }))
+                .then(|| vec![a, e, d])
+        };
+        let found = chain(&factors[1], &factors[0]).map(|c| (c, 0)).or_else(|| chain(&factors[0], &factors[1]).map(|c| (c, 1)));
+        let Some((mut dead, x_at)) = found else { continue };
+        let x = factors[x_at].clone();
+        graph.nodes[i].op = Op::Unary(Unary::Gelu { tanh: false });
+        graph.nodes[i].inputs = vec![x];
+        dead.push(p);
+        dead.sort_unstable();
+        for d in dead.into_iter().rev() {
+            graph.nodes.remove(d);
+        }
+        return true;
+    }
+    false
+}
+
+/// A constant added over the last axis of a pick that lays a 1x1 convolution's `[channels, 1,
+/// rows]` output out as `[.., rows, channels]`: the convolution's bias.
+fn fold_row_bias(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Op::Binary { kind: BinaryKind::Add, constant: Some(c), .. } = &graph.nodes[i].op else { continue };
+        let Some(p) = producer(graph, &graph.nodes[i].inputs[0], i) else { continue };
+        let Op::Pick { shape, sources } = &graph.nodes[p].op else { continue };
+        let Some(q) = producer(graph, &graph.nodes[p].inputs[0], p) else { continue };
+        let Op::Conv { bias, weight, .. } = &graph.nodes[q].op else { continue };
+        let (channels, last) = (bias.len(), *shape.last().unwrap_or(&0));
+        let per_channel = c.shape.iter().rev().skip(1).all(|&d| d == 1) && c.values.len() == channels;
+        let rows = sources.len() / channels.max(1);
+        // Output element `i` must read channel `i % channels`.
+        let rows_first = last == channels && sources.iter().enumerate().all(|(i, &s)| s / rows.max(1) == i % channels);
+        let single = consumers(graph, &graph.nodes[q].output) == 1 && consumers(graph, &graph.nodes[p].output) == 1;
+        if !(per_channel && rows_first && single && weight.quant.is_none()) {
+            continue;
+        }
+        let add = c.values.clone();
+        if let Op::Conv { bias, .. } = &mut graph.nodes[q].op {
+            bias.iter_mut().zip(add).for_each(|(b, a)| *b += a);
+        }
+        let removed = graph.nodes.remove(i);
+        graph.nodes[p].output = removed.output;
+        return true;
+    }
+    false
+}
+
+/// `f(pick(x))` is `pick(f(x))` for an element-wise `f`: moved before the pick, `f` can run inside
+/// the convolution that writes `x` (`compile::fusable_unary`).
+fn unary_before_pick(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Op::Unary(_) = graph.nodes[i].op else { continue };
+        let Some(p) = producer(graph, &graph.nodes[i].inputs[0], i) else { continue };
+        let Op::Pick { .. } = graph.nodes[p].op else { continue };
+        let Some(q) = producer(graph, &graph.nodes[p].inputs[0], p) else { continue };
+        let from_conv = matches!(&graph.nodes[q].op, Op::Conv { weight, .. } if weight.quant.is_none());
+        if !from_conv || consumers(graph, &graph.nodes[p].output) != 1 || consumers(graph, &graph.nodes[q].output) != 1 {
+            continue;
+        }
+        // conv -> f -> pick, under the names the values had.
+        let f = graph.nodes.remove(i);
+        let pick_input = graph.nodes[p].inputs[0].clone();
+        let moved = format!("{}.before_pick", f.output);
+        graph.nodes[p].inputs = vec![moved.clone()];
+        graph.nodes[p].output = f.output.clone();
+        graph.nodes.insert(p, Node { name: f.name, op: f.op, inputs: vec![pick_input], output: moved });
+        return true;
+    }
+    false
+}
+
+/// An operator that only moves a sample's elements, as the map from each output element to the
+/// input element it copies (`None` for a reshape or flatten, which keep the order).
+fn moves(op: &Op, input: &[usize]) -> Option<Option<Vec<usize>>> {
+    match op {
+        Op::Pick { sources, .. } => Some(Some(sources.clone())),
+        Op::Transpose { .. } | Op::Select { .. } => {
+            Some(crate::layout::sources(op, input).map(|s| s.into_iter().map(|v| v as usize).collect()))
+        }
+        Op::Reshape { .. } | Op::Flatten => Some(None),
+        _ => None,
+    }
+}
+
+/// Two element moves in a row, the first's output read by the second only, as one `Pick` (or a
+/// `Reshape` where together they keep the order), at least one of them a pick.
+fn compose_moves(graph: &mut Graph) -> bool {
+    let Ok(shapes) = graph.infer_shapes() else { return false };
+    let shape_of = |v: &str| shapes.iter().rev().find(|(n, _)| n == v).map(|(_, s)| s.clone());
+    for i in 0..graph.nodes.len() {
+        let Some(p) = producer(graph, &graph.nodes[i].inputs[0], i) else { continue };
+        let any_pick = matches!(graph.nodes[i].op, Op::Pick { .. }) || matches!(graph.nodes[p].op, Op::Pick { .. });
+        if !any_pick || graph.nodes[i].inputs.len() != 1 || consumers(graph, &graph.nodes[p].output) != 1 {
+            continue;
+        }
+        let (Some(x), Some(mid), Some(out)) =
+            (shape_of(&graph.nodes[p].inputs[0]), shape_of(&graph.nodes[p].output), shape_of(&graph.nodes[i].output))
+        else {
+            continue;
+        };
+        let (Some(first), Some(second)) = (moves(&graph.nodes[p].op, &x), moves(&graph.nodes[i].op, &mid)) else { continue };
+        let n: usize = out.iter().product();
+        let sources: Vec<usize> = match (first, second) {
+            (Some(a), Some(b)) => b.iter().map(|&s| a[s]).collect(),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => (0..n).collect(),
+        };
+        let identity = sources.len() == x.iter().product::<usize>() && sources.iter().enumerate().all(|(k, &s)| k == s);
+        let op = if identity { Op::Reshape { shape: out } } else { Op::Pick { shape: out, sources } };
+        let first = graph.nodes.remove(p);
+        let node = &mut graph.nodes[i - 1];
+        node.op = op;
+        node.inputs = first.inputs;
+        return true;
+    }
+    false
+}
