@@ -555,17 +555,24 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
             let mut batched = choose(&m, data, &csr, blocked.as_ref(), timing_columns(&m, positions * o.tile), o);
             if let Some(g) = conv.filter(|_| direct::vectorized(o.isa, o.tile))
-                && direct_is_faster(&m, g, data, &csr, blocked.as_ref(), batched, o)
+                && direct_is_faster(&m, g, data, &csr, blocked.as_ref(), batched, o.tile, o)
             {
                 batched = Kernel::Direct;
             }
             if batched == Kernel::Blocked {
                 m.bcsr = blocked;
             }
-            // One sample runs the direct kernel too where it takes one (AVX-512, stride 1 along rows).
+            // One sample runs the direct kernel too where it takes one (AVX-512, stride 1 along rows)
+            // and times faster on one sample (BERT's row-wise layers, a 1x128 image each, ran it
+            // at 39 GFLOP/s where the CSR kernel on the image ran at 116).
+            let one = choose(&m, data, &csr, None, timing_columns(&m, positions), o);
             let one = match conv {
-                Some(g) if batched == Kernel::Direct && direct::takes(o.isa, 1, &g) => Kernel::Direct,
-                _ => choose(&m, data, &csr, None, timing_columns(&m, positions), o),
+                Some(g)
+                    if batched == Kernel::Direct && direct::takes(o.isa, 1, &g) && direct_is_faster(&m, g, data, &csr, None, one, 1, o) =>
+                {
+                    Kernel::Direct
+                }
+                _ => one,
             };
             (one, batched)
         }
@@ -591,10 +598,17 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
 /// layer) had made compiling the convolution stack take 10 s.
 const TIMING_BYTES: usize = 32 << 20;
 
+/// Multiply-adds of one dense timing run at most (about 1-2 ms), but never fewer columns than
+/// `MIN_TIMING_COLUMNS`, which the kernels' speed per column has settled by. Timing whole
+/// images had BERT-base's 73 row-wise layers (128 rows, tiles of 64) take 75 s to compile.
+const TIMING_MACS: usize = 1 << 26;
+const MIN_TIMING_COLUMNS: usize = 256;
+
 /// The columns (output positions times samples) to time a layer of `m.cols` inputs on: all `w`
-/// of them, or as many as `TIMING_BYTES` holds.
+/// of them, or as many as `TIMING_BYTES` holds and `TIMING_MACS` allows.
 fn timing_columns(m: &MatMul, w: usize) -> usize {
-    w.min(TIMING_BYTES / (4 * m.cols.max(1))).max(1)
+    let by_work = (TIMING_MACS / (m.rows * m.cols).max(1)).max(MIN_TIMING_COLUMNS);
+    w.min(TIMING_BYTES / (4 * m.cols.max(1))).min(by_work).max(1)
 }
 
 /// Times the candidates on a `[cols, w]` input (single thread) and returns the fastest, with
@@ -672,21 +686,41 @@ fn best_time(f: &mut dyn FnMut()) -> f64 {
 /// Times a convolution's direct kernel against im2col followed by the `batched` kernel on one
 /// tile of `o.tile` samples (single thread): im2col's copy is part of the cost the direct kernel
 /// saves, so it is timed with it.
-fn direct_is_faster(m: &MatMul, g: Geometry, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, batched: Kernel, o: &Options) -> bool {
-    let g = Geometry { w: o.tile, ..g };
+#[allow(clippy::too_many_arguments)]
+fn direct_is_faster(
+    m: &MatMul,
+    g: Geometry,
+    data: &[f32],
+    csr: &Csr,
+    blocked: Option<&Bcsr>,
+    batched: Kernel,
+    tile: usize,
+    o: &Options,
+) -> bool {
     let [oh, ow] = g.out_hw;
-    // The whole image, or a band of output rows from its middle (`timing_columns`).
-    let band = (timing_columns(m, oh * ow * o.tile) / (ow * o.tile).max(1)).clamp(1, oh);
+    // The whole image, or a band of output rows from its middle (`timing_columns`); where one row
+    // of the tile is more than that (a row-wise linear layer's 128 positions), a narrower tile.
+    let budget = timing_columns(m, oh * ow * tile);
+    let tile = if ow * tile > budget { (budget / ow.max(1)).next_multiple_of(16).min(tile) } else { tile };
+    let g = Geometry { w: tile, ..g };
+    let band = (budget / (ow * tile).max(1)).clamp(1, oh);
     let rows = (oh - band) / 2..(oh - band) / 2 + band;
-    let cols_w = band * ow * o.tile;
-    let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * o.tile);
-    let (mut cols, mut y) = (vec![0.0f32; m.cols * cols_w], vec![0.0f32; m.rows * oh * ow * o.tile]);
+    let cols_w = band * ow * tile;
+    let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * tile);
+    // A 1x1 convolution over the whole image reads the image as its im2col (`exec::conv`).
+    let own = g.window.is_pointwise() && band == oh;
+    let (mut cols, mut y) = (vec![0.0f32; if own { 0 } else { m.cols * cols_w }], vec![0.0f32; m.rows * oh * ow * tile]);
     let t_im2col = best_time(&mut || {
-        window::im2col_rows(&g, &x, rows.clone(), &mut cols);
+        let cols: &[f32] = if own {
+            &x
+        } else {
+            window::im2col_rows(&g, &x, rows.clone(), &mut cols);
+            &cols
+        };
         match (batched, blocked) {
-            (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &cols, cols_w, &mut y, m.relu),
-            (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, &cols, cols_w, &mut y, 0..b.blocks(), m.relu),
-            _ => spmm::spmm(o.isa, csr, &m.bias, &cols, cols_w, &mut y, 0..m.rows, m.relu),
+            (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, cols, cols_w, &mut y, m.relu),
+            (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, cols, cols_w, &mut y, 0..b.blocks(), m.relu),
+            _ => spmm::spmm(o.isa, csr, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu),
         }
     });
     let taps = direct::Taps::new(csr, &g);

@@ -135,22 +135,33 @@ fn moves(op: &Op, input: &[usize]) -> Option<Option<Vec<usize>>> {
 }
 
 /// Two element moves in a row, the first's output read by the second only, as one `Pick` (or a
-/// `Reshape` where together they keep the order), at least one of them a pick.
+/// `Reshape` where together they keep the order), at least one of them a pick. Every such pair
+/// in one sweep: shapes are inferred once (a merge changes no surviving value's shape).
 fn compose_moves(graph: &mut Graph) -> bool {
-    let Ok(shapes) = graph.infer_shapes() else { return false };
-    let shape_of = |v: &str| shapes.iter().rev().find(|(n, _)| n == v).map(|(_, s)| s.clone());
-    for i in 0..graph.nodes.len() {
-        let Some(p) = producer(graph, &graph.nodes[i].inputs[0], i) else { continue };
+    let is_move = |op: &Op| matches!(op, Op::Pick { .. } | Op::Transpose { .. } | Op::Select { .. } | Op::Reshape { .. } | Op::Flatten);
+    let candidate = |graph: &Graph, i: usize| -> Option<usize> {
+        let p = producer(graph, graph.nodes[i].inputs.first()?, i)?;
         let any_pick = matches!(graph.nodes[i].op, Op::Pick { .. }) || matches!(graph.nodes[p].op, Op::Pick { .. });
-        if !any_pick || graph.nodes[i].inputs.len() != 1 || consumers(graph, &graph.nodes[p].output) != 1 {
-            continue;
-        }
-        let (Some(x), Some(mid), Some(out)) =
-            (shape_of(&graph.nodes[p].inputs[0]), shape_of(&graph.nodes[p].output), shape_of(&graph.nodes[i].output))
-        else {
+        let fits = any_pick && is_move(&graph.nodes[i].op) && is_move(&graph.nodes[p].op) && graph.nodes[i].inputs.len() == 1;
+        (fits && consumers(graph, &graph.nodes[p].output) == 1).then_some(p)
+    };
+    if !(0..graph.nodes.len()).any(|i| candidate(graph, i).is_some()) {
+        return false;
+    }
+    let Ok(shapes) = graph.infer_shapes() else { return false };
+    let shapes: std::collections::HashMap<String, Vec<usize>> = shapes.into_iter().collect();
+    let mut merged = false;
+    let mut i = 0;
+    while i < graph.nodes.len() {
+        let Some(p) = candidate(graph, i) else {
+            i += 1;
             continue;
         };
-        let (Some(first), Some(second)) = (moves(&graph.nodes[p].op, &x), moves(&graph.nodes[i].op, &mid)) else { continue };
+        let (x, mid, out) = (&shapes[&graph.nodes[p].inputs[0]], &shapes[&graph.nodes[p].output], &shapes[&graph.nodes[i].output]);
+        let (Some(first), Some(second)) = (moves(&graph.nodes[p].op, x), moves(&graph.nodes[i].op, mid)) else {
+            i += 1;
+            continue;
+        };
         let n: usize = out.iter().product();
         let sources: Vec<usize> = match (first, second) {
             (Some(a), Some(b)) => b.iter().map(|&s| a[s]).collect(),
@@ -159,12 +170,13 @@ fn compose_moves(graph: &mut Graph) -> bool {
             (None, None) => (0..n).collect(),
         };
         let identity = sources.len() == x.iter().product::<usize>() && sources.iter().enumerate().all(|(k, &s)| k == s);
-        let op = if identity { Op::Reshape { shape: out } } else { Op::Pick { shape: out, sources } };
+        let op = if identity { Op::Reshape { shape: out.clone() } } else { Op::Pick { shape: out.clone(), sources } };
         let first = graph.nodes.remove(p);
         let node = &mut graph.nodes[i - 1];
         node.op = op;
         node.inputs = first.inputs;
-        return true;
+        merged = true;
+        i = p;
     }
-    false
+    merged
 }

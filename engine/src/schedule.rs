@@ -173,7 +173,7 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
     let scratch = match &l.exec {
         Exec::MatMul(m) => {
             let cols_w = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
-            let direct = m.batched == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(model.options.isa, ld, &g));
+            let direct = m.kernel(ld == 1) == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(model.options.isa, ld, &g));
             let shifted = m.int8.as_ref().and_then(|q| q.shift.as_ref());
             if let (Some(g), Some(sc)) = (m.conv, shifted) {
                 // A direct int8 convolution quantizes its input into a shifted image, a row at a time.

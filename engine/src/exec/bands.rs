@@ -195,7 +195,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             let (xs, y) = regions(values, &ins, range(layer.output));
             let (plane, at) = (height * row_len, rows.start * row_len);
             let ld = spmm::Ld { x: plane, y: plane };
-            if matmul_strided(isa, m, &xs[0][at..], band_cols, &mut y[at..], ld, team) {
+            if matmul_strided(isa, m, &xs[0][at..], band_cols, &mut y[at..], ld, team, w == 1) {
                 for c in 0..m.rows {
                     post(isa, m, &mut y[c * plane + at..c * plane + rows.end * row_len], team);
                 }
@@ -226,7 +226,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             }
             None => {
                 window::im2col_rows(&g, x, rows.clone(), cols);
-                matmul(isa, m, cols, band_cols, band_out, team);
+                matmul(isa, m, cols, band_cols, band_out, team, g.w == 1);
                 post(isa, m, band_out, team);
             }
         }

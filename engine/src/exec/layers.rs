@@ -5,7 +5,7 @@ use super::*;
 
 /// Whether a convolution runs its direct kernel on tiles of `w` samples (else im2col and CSR).
 pub(super) fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
-    m.batched == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(isa, w, &g))
+    m.kernel(w == 1) == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(isa, w, &g))
 }
 
 /// Output rows `rows` of a direct convolution, output channels split over `threads`.
@@ -52,11 +52,11 @@ pub(crate) fn conv(isa: Isa, m: &MatMul, g: Geometry, w: usize, x: &[f32], y: &m
     }
     if g.window.is_pointwise() {
         // The image is its own im2col: `[channels, positions * w]`.
-        matmul(isa, m, x, positions * w, y, team);
+        matmul(isa, m, x, positions * w, y, team, w == 1);
     } else {
         let scratch = &mut scratch[..m.cols * positions * w];
         window::im2col(&Geometry { w, ..g }, x, scratch);
-        matmul(isa, m, scratch, positions * w, y, team);
+        matmul(isa, m, scratch, positions * w, y, team, w == 1);
     }
     post(isa, m, &mut y[..m.rows * positions * w], team);
 }
@@ -112,11 +112,13 @@ fn slabs(rows: usize, threads: usize) -> Vec<Range<usize>> {
     (0..rows).step_by(slab).map(|r| r..(r + slab).min(rows)).collect()
 }
 
-/// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`.
-pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: &Team) {
+/// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`, on
+/// the kernel chosen for tiles of one sample (`one_sample`: a convolution's columns are its
+/// output positions) or for wider ones.
+pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: &Team, one_sample: bool) {
     let threads = team.threads();
     let batch1 = w == 1;
-    match m.kernel(batch1) {
+    match m.kernel(one_sample) {
         Kernel::Int8 | Kernel::Int8Direct | Kernel::Int8Tiles => unreachable!("int8 layers run through int8_matmul"),
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
@@ -129,7 +131,7 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
                 return dense::dense_by_columns(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, parts, |job| team.run(job));
             }
             if !batch1 {
-                return matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team);
+                return matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team, one_sample);
             }
             // One column: slabs of rows, each a run of dot products.
             let k = m.cols;
@@ -155,7 +157,7 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
         // A direct convolution's tiles that its kernel does not take run im2col and CSR.
         Kernel::Sparse | Kernel::Direct => {
             if !batch1 {
-                return matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team);
+                return matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team, one_sample);
             }
             let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
             if !splits(m, w, threads) {
@@ -171,20 +173,31 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
 /// convolution on a band of rows, read and written in place in whole images). Returns false,
 /// doing nothing, where the layer's kernel has no strided form (blocked or int8 weights, a single
 /// column): the caller packs the band then.
-pub(super) fn matmul_strided(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spmm::Ld, team: &Team) -> bool {
-    let strided = w >= 2 && m.int8.is_none() && matches!(m.kernel(false), Kernel::Dense | Kernel::Sparse | Kernel::Direct);
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_strided(
+    isa: Isa,
+    m: &MatMul,
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    ld: spmm::Ld,
+    team: &Team,
+    one_sample: bool,
+) -> bool {
+    let strided = w >= 2 && m.int8.is_none() && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Sparse | Kernel::Direct);
     if strided {
-        matmul_rows(isa, m, x, w, y, ld, team);
+        matmul_rows(isa, m, x, w, y, ld, team, one_sample);
     }
     strided
 }
 
 /// A dense or CSR layer on `w >= 2` columns of rows `ld.x` and `ld.y` apart: slabs of rows (dense)
 /// or balanced row ranges (CSR) over the team where the work is large enough.
-fn matmul_rows(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spmm::Ld, team: &Team) {
+#[allow(clippy::too_many_arguments)]
+fn matmul_rows(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spmm::Ld, team: &Team, one_sample: bool) {
     let threads = team.threads();
     let split = splits(m, w, threads);
-    match m.kernel(false) {
+    match m.kernel(one_sample) {
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             let (rows, k) = (m.rows, m.cols);
@@ -235,7 +248,7 @@ fn split_values(team: &Team, x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [
 pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {
     let x = xs[0];
     match exec {
-        Exec::MatMul(m) => matmul(isa, m, x, w, y, team),
+        Exec::MatMul(m) => matmul(isa, m, x, w, y, team, w == 1),
         Exec::Affine { scale, shift, relu, per_channel } => {
             let n = per_channel * w;
             let channels_per_part = split_len(team, scale.len() * n, 1).div_ceil(n.max(1)).max(1);
