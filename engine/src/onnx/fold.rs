@@ -13,8 +13,9 @@ use crate::graph::{MAX_WEIGHT_ELEMENTS, Op, broadcast, checked_numel, is_permuta
 pub(super) const BATCH: f32 = 1.0;
 pub(super) const OTHER_BATCH: f32 = 2.0;
 
-/// Operators folded when every input is a constant (`Shape` when its input's shape is known).
-pub(super) const FOLDED: &[&str] = &[
+/// Operators folded when every input is a constant (`Shape` when its input's shape is known),
+/// besides the logical ones (`folds`).
+const FOLDED: &[&str] = &[
     "Shape",
     "Gather",
     "Unsqueeze",
@@ -34,16 +35,15 @@ pub(super) const FOLDED: &[&str] = &[
     "Where",
     "Not",
     "IsNaN",
-    "And",
-    "Or",
-    "Equal",
-    "Less",
-    "LessOrEqual",
-    "Greater",
-    "GreaterOrEqual",
     "Max",
     "Min",
 ];
+
+/// Whether `op` is folded when every input is a constant: `FOLDED`, and the logical operators and
+/// comparisons (`sequence::logic_kind`).
+pub(super) fn folds(op: &str) -> bool {
+    FOLDED.contains(&op) || super::sequence::logic_kind(op).is_some()
+}
 
 /// `[BATCH, dims...]` for a value of per-sample shape `dims`, as ONNX's Shape (with its `start` and
 /// `end` attributes) returns it.

@@ -371,7 +371,7 @@ impl Importer {
         {
             return self.on_codes(node, q);
         }
-        if super::fold::FOLDED.contains(&node.op_type.as_str()) {
+        if super::fold::folds(&node.op_type) {
             let inputs = self.constant_inputs(node);
             let all_constant = node.input.iter().zip(&inputs).all(|(name, c)| name.is_empty() || c.is_some());
             let folded = match node.op_type.as_str() {
