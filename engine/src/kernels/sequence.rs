@@ -132,6 +132,9 @@ pub fn matmul_slices(isa: Isa, p: Product, a: &[f32], b: &[f32], slices: &[(usiz
 #[inline(always)]
 fn matmul_slice(p: Product, a: &[f32], a_at: usize, b: &[f32], b_at: usize, w: usize, y: &mut [f32]) {
     let Product { m, k, n } = p;
+    if w == 1 {
+        return matmul_one(p, &a[a_at..a_at + m * k], &b[b_at..b_at + k * n], &mut y[..m * n]);
+    }
     y[..m * n * w].fill(0.0);
     for i in 0..m {
         let out = &mut y[i * n * w..(i + 1) * n * w];
@@ -146,6 +149,49 @@ fn matmul_slice(p: Product, a: &[f32], a_at: usize, b: &[f32], b_at: usize, w: u
                     o.iter_mut().zip(bj).zip(a_row).for_each(|((o, &bv), &av)| *o += av * bv);
                 }
             }
+        }
+    }
+}
+
+/// Rows of the output at a time in `matmul_one`, and columns (one AVX-512 vector).
+const ROWS: usize = 4;
+const COLS: usize = 16;
+
+/// `y = a x b` for one sample, `[m, k] x [k, n]`: blocks of `ROWS x COLS` outputs accumulate in
+/// registers over all of `k`; each output sums its products in order of `k`, as a plain loop.
+/// On BERT-base's attention products (2 threads, `engine analyze`): 0.37 ms each, against 0.53
+/// a row at a time (outputs loaded and stored for every `k`); blocks of 8 rows took 0.45 ms and
+/// of 32 columns 1.48 (the accumulators no longer stay in registers).
+#[inline(always)]
+fn matmul_one(p: Product, a: &[f32], b: &[f32], y: &mut [f32]) {
+    let Product { m, k, n } = p;
+    let (full_rows, full_cols) = (m - m % ROWS, n - n % COLS);
+    for i0 in (0..full_rows).step_by(ROWS) {
+        for j0 in (0..full_cols).step_by(COLS) {
+            let mut acc = [[0.0f32; COLS]; ROWS];
+            for kk in 0..k {
+                let bv: &[f32; COLS] = b[kk * n + j0..kk * n + j0 + COLS].try_into().expect("a full block");
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = a[(i0 + r) * k + kk];
+                    for c in 0..COLS {
+                        acc[c] += av * bv[c];
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                y[(i0 + r) * n + j0..(i0 + r) * n + j0 + COLS].copy_from_slice(acc);
+            }
+        }
+    }
+    // The rest: rows below the blocks, columns right of them, one output at a time.
+    for i in 0..m {
+        let cols = if i < full_rows { full_cols..n } else { 0..n };
+        for j in cols {
+            let mut sum = 0.0;
+            for kk in 0..k {
+                sum += a[i * k + kk] * b[kk * n + j];
+            }
+            y[i * n + j] = sum;
         }
     }
 }
@@ -221,6 +267,25 @@ pub fn select(shape: &[usize], operands: [(Source, &[usize]); 3], w: usize, y: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_sample_products_match_the_plain_sums_on_edge_shapes() {
+        for (m, k, n) in [(1, 1, 1), (4, 3, 16), (5, 7, 17), (9, 64, 33), (8, 2, 128), (3, 5, 4)] {
+            let p = Product { m, k, n };
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 11) as f32 * 0.25 - 1.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 53) % 13) as f32 * 0.5 - 3.0).collect();
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; m * n];
+                matmul_slices(isa, p, &a, &b, &[(0, 0)], 1, &mut y);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = (0..k).fold(0.0f32, |s, kk| s + a[i * k + kk] * b[kk * n + j]);
+                        assert_eq!(y[i * n + j], want, "{m}x{k}x{n} at ({i}, {j}) on {isa:?}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn products_of_a_tile_match_one_sample_at_a_time() {
