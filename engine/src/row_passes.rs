@@ -1,17 +1,45 @@
 //! Graph passes for the row-wise layers of sequence models (BERT): a linear layer over rows is a
 //! 1x1 convolution between two picks (`onnx::sequence`); these passes fold what exporters write
 //! around it into the convolution and merge the data movement between layers:
-//! - a bias added after the rows-first pick goes into the convolution's bias;
+//! - a bias added after the rows-first pick goes into the convolution's bias, and a scalar product
+//!   after any pick (attention's scaling of queries and keys) into its weights;
 //! - GELU as `x * 0.5 * (1 + erf(x / sqrt 2))` becomes one `Gelu`;
 //! - an element-wise function after a pick moves before it, where the convolution applies it;
 //! - consecutive picks, transposes, selections and reshapes become one pick (none where they
-//!   undo each other).
+//!   undo each other);
+//! - the same move of the same value, made twice (the query, key and value layers each moving
+//!   the normalized rows features-first), is made once.
 
 use crate::graph::{BinaryKind, Graph, Node, Op, Unary};
 use crate::passes::consumers;
 
 pub fn optimize(graph: &mut Graph) -> bool {
-    fuse_gelu(graph) || fold_row_bias(graph) || unary_before_pick(graph) || compose_moves(graph)
+    fuse_gelu(graph)
+        || fold_row_bias(graph)
+        || fold_row_scale(graph)
+        || unary_before_pick(graph)
+        || compose_moves(graph)
+        || share_moves(graph)
+}
+
+/// A move (pick, transpose, selection, reshape) equal to an earlier one of the same value: its
+/// readers read the earlier one's output instead.
+fn share_moves(graph: &mut Graph) -> bool {
+    let is_move = |op: &Op| matches!(op, Op::Pick { .. } | Op::Transpose { .. } | Op::Select { .. } | Op::Reshape { .. });
+    for i in 0..graph.nodes.len() {
+        let node = &graph.nodes[i];
+        if !is_move(&node.op) || graph.output == node.output {
+            continue;
+        }
+        let Some(j) = graph.nodes[..i].iter().position(|e| e.inputs == node.inputs && e.op == node.op) else { continue };
+        let (gone, kept) = (node.output.clone(), graph.nodes[j].output.clone());
+        graph.nodes.remove(i);
+        for n in &mut graph.nodes[i..] {
+            n.inputs.iter_mut().filter(|v| **v == gone).for_each(|v| *v = kept.clone());
+        }
+        return true;
+    }
+    false
 }
 
 /// The node writing `value`, before `before`.
@@ -89,6 +117,32 @@ fn fold_row_bias(graph: &mut Graph) -> bool {
         let add = c.values.clone();
         if let Op::Conv { bias, .. } = &mut graph.nodes[q].op {
             bias.iter_mut().zip(add).for_each(|(b, a)| *b += a);
+        }
+        let removed = graph.nodes.remove(i);
+        graph.nodes[p].output = removed.output;
+        return true;
+    }
+    false
+}
+
+/// A scalar product after a pick of an fp32 1x1 convolution's output (each only read there): the
+/// convolution's weights and bias scaled instead.
+fn fold_row_scale(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Some((input, factor)) = scalar_binary(&graph.nodes[i], BinaryKind::Mul) else { continue };
+        let Some(p) = producer(graph, input, i) else { continue };
+        let Op::Pick { .. } = graph.nodes[p].op else { continue };
+        let Some(q) = producer(graph, &graph.nodes[p].inputs[0], p) else { continue };
+        let pointwise = matches!(&graph.nodes[q].op, Op::Conv { weight, window, .. } if weight.quant.is_none() && window.is_pointwise());
+        let single = consumers(graph, &graph.nodes[q].output) == 1 && consumers(graph, &graph.nodes[p].output) == 1;
+        if !(pointwise && single && factor.is_finite()) {
+            continue;
+        }
+        if let Op::Conv { weight, bias, act: crate::graph::Activation::None, .. } = &mut graph.nodes[q].op {
+            weight.data.iter_mut().for_each(|w| *w *= factor);
+            bias.iter_mut().for_each(|b| *b *= factor);
+        } else {
+            continue;
         }
         let removed = graph.nodes.remove(i);
         graph.nodes[p].output = removed.output;
