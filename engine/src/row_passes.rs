@@ -96,56 +96,62 @@ fn fuse_gelu(graph: &mut Graph) -> bool {
     false
 }
 
+/// For `nodes[i]` reading a pick of an fp32 1x1 convolution's output, each value read only there:
+/// the pick's and the convolution's indices.
+fn pick_of_conv(graph: &Graph, i: usize) -> Option<(usize, usize)> {
+    let p = producer(graph, graph.nodes[i].inputs.first()?, i)?;
+    let Op::Pick { .. } = graph.nodes[p].op else { return None };
+    let q = producer(graph, &graph.nodes[p].inputs[0], p)?;
+    let fp32_conv = matches!(&graph.nodes[q].op, Op::Conv { weight, window, .. } if weight.quant.is_none() && window.is_pointwise());
+    let single = consumers(graph, &graph.nodes[q].output) == 1 && consumers(graph, &graph.nodes[p].output) == 1;
+    (fp32_conv && single).then_some((p, q))
+}
+
+/// Removes `nodes[i]`, folded into the convolution behind the pick `nodes[p]`, which writes its
+/// output instead.
+fn fold_into_pick(graph: &mut Graph, i: usize, p: usize) {
+    let removed = graph.nodes.remove(i);
+    graph.nodes[p].output = removed.output;
+}
+
 /// A constant added over the last axis of a pick that lays a 1x1 convolution's `[channels, 1,
 /// rows]` output out as `[.., rows, channels]`: the convolution's bias.
 fn fold_row_bias(graph: &mut Graph) -> bool {
     for i in 0..graph.nodes.len() {
         let Op::Binary { kind: BinaryKind::Add, constant: Some(c), .. } = &graph.nodes[i].op else { continue };
-        let Some(p) = producer(graph, &graph.nodes[i].inputs[0], i) else { continue };
-        let Op::Pick { shape, sources } = &graph.nodes[p].op else { continue };
-        let Some(q) = producer(graph, &graph.nodes[p].inputs[0], p) else { continue };
-        let Op::Conv { bias, weight, .. } = &graph.nodes[q].op else { continue };
+        let Some((p, q)) = pick_of_conv(graph, i) else { continue };
+        let (Op::Pick { shape, sources }, Op::Conv { bias, .. }) = (&graph.nodes[p].op, &graph.nodes[q].op) else { continue };
         let (channels, last) = (bias.len(), *shape.last().unwrap_or(&0));
         let per_channel = c.shape.iter().rev().skip(1).all(|&d| d == 1) && c.values.len() == channels;
         let rows = sources.len() / channels.max(1);
         // Output element `i` must read channel `i % channels`.
         let rows_first = last == channels && sources.iter().enumerate().all(|(i, &s)| s / rows.max(1) == i % channels);
-        let single = consumers(graph, &graph.nodes[q].output) == 1 && consumers(graph, &graph.nodes[p].output) == 1;
-        if !(per_channel && rows_first && single && weight.quant.is_none()) {
+        if !(per_channel && rows_first) {
             continue;
         }
         let add = c.values.clone();
         if let Op::Conv { bias, .. } = &mut graph.nodes[q].op {
             bias.iter_mut().zip(add).for_each(|(b, a)| *b += a);
         }
-        let removed = graph.nodes.remove(i);
-        graph.nodes[p].output = removed.output;
+        fold_into_pick(graph, i, p);
         return true;
     }
     false
 }
 
-/// A scalar product after a pick of an fp32 1x1 convolution's output (each only read there): the
-/// convolution's weights and bias scaled instead.
+/// A scalar product after a pick of a 1x1 convolution's output: the convolution's weights and
+/// bias scaled instead.
 fn fold_row_scale(graph: &mut Graph) -> bool {
     for i in 0..graph.nodes.len() {
-        let Some((input, factor)) = scalar_binary(&graph.nodes[i], BinaryKind::Mul) else { continue };
-        let Some(p) = producer(graph, input, i) else { continue };
-        let Op::Pick { .. } = graph.nodes[p].op else { continue };
-        let Some(q) = producer(graph, &graph.nodes[p].inputs[0], p) else { continue };
-        let pointwise = matches!(&graph.nodes[q].op, Op::Conv { weight, window, .. } if weight.quant.is_none() && window.is_pointwise());
-        let single = consumers(graph, &graph.nodes[q].output) == 1 && consumers(graph, &graph.nodes[p].output) == 1;
-        if !(pointwise && single && factor.is_finite()) {
+        let Some((_, factor)) = scalar_binary(&graph.nodes[i], BinaryKind::Mul) else { continue };
+        let Some((p, q)) = pick_of_conv(graph, i) else { continue };
+        let Op::Conv { weight, bias, act: crate::graph::Activation::None, .. } = &mut graph.nodes[q].op else { continue };
+        if !factor.is_finite() {
             continue;
         }
-        if let Op::Conv { weight, bias, act: crate::graph::Activation::None, .. } = &mut graph.nodes[q].op {
-            weight.data.iter_mut().for_each(|w| *w *= factor);
-            bias.iter_mut().for_each(|b| *b *= factor);
-        } else {
-            continue;
-        }
-        let removed = graph.nodes.remove(i);
-        graph.nodes[p].output = removed.output;
+        weight.data.iter_mut().for_each(|w| *w *= factor);
+        bias.iter_mut().for_each(|b| *b *= factor);
+        fold_into_pick(graph, i, p);
         return true;
     }
     false
@@ -156,13 +162,7 @@ fn fold_row_scale(graph: &mut Graph) -> bool {
 fn unary_before_pick(graph: &mut Graph) -> bool {
     for i in 0..graph.nodes.len() {
         let Op::Unary(_) = graph.nodes[i].op else { continue };
-        let Some(p) = producer(graph, &graph.nodes[i].inputs[0], i) else { continue };
-        let Op::Pick { .. } = graph.nodes[p].op else { continue };
-        let Some(q) = producer(graph, &graph.nodes[p].inputs[0], p) else { continue };
-        let from_conv = matches!(&graph.nodes[q].op, Op::Conv { weight, .. } if weight.quant.is_none());
-        if !from_conv || consumers(graph, &graph.nodes[p].output) != 1 || consumers(graph, &graph.nodes[q].output) != 1 {
-            continue;
-        }
+        let Some((p, _)) = pick_of_conv(graph, i) else { continue };
         // conv -> f -> pick, under the names the values had.
         let f = graph.nodes.remove(i);
         let pick_input = graph.nodes[p].inputs[0].clone();
