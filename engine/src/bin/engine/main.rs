@@ -63,7 +63,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
-    /// Run a model on a NumPy file ([batch, features...] float32) and write the output as .npy.
+    /// Run a model on NumPy files (one per input, batch first) and write each output as .npy.
     Run {
         #[command(flatten)]
         model: ModelArgs,
