@@ -443,13 +443,12 @@ impl Ports {
         Ok(())
     }
 
-    /// The port `name` among the inputs, with its first element in the packed input.
-    pub fn input(&self, name: &str) -> Option<(usize, &Port)> {
-        let mut at = 0;
-        self.inputs.iter().find_map(|p| {
-            let found = (p.name == name).then_some((at, p));
-            at += p.elements();
-            found
+    /// Each of `ports` (the inputs or the outputs) with the elements of a packed sample it holds.
+    pub fn placed(ports: &[Port]) -> impl Iterator<Item = (std::ops::Range<usize>, &Port)> {
+        ports.iter().scan(0, |at, p| {
+            let range = *at..*at + p.elements();
+            *at = range.end;
+            Some((range, p))
         })
     }
 }
@@ -578,7 +577,7 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         .collect()
 }
 
-fn all_finite(v: &[f32]) -> bool {
+pub(crate) fn all_finite(v: &[f32]) -> bool {
     v.iter().all(|x| x.is_finite())
 }
 

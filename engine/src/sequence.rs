@@ -3,7 +3,7 @@
 
 use crate::compile::Exec;
 use crate::error::{EngineError, Result};
-use crate::graph::{MAX_VALUE_ELEMENTS, Node, Op, Operand, broadcast, checked_numel};
+use crate::graph::{MAX_VALUE_ELEMENTS, Node, Op, Operand, all_finite, broadcast, checked_numel};
 use crate::kernels::sequence::Product;
 
 /// Per-sample output shape of a sequence operator `node` on input shapes `x` and `input(i)`,
@@ -11,7 +11,6 @@ use crate::kernels::sequence::Product;
 pub fn output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Vec<usize>>) -> Result<Vec<usize>> {
     let name = node.name.as_str();
     let bad = |reason: String| Err(EngineError::graph(name, reason));
-    let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
     match &node.op {
         Op::Pick { shape, sources } => {
             let numel: usize = x.iter().product();
@@ -22,14 +21,19 @@ pub fn output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Ve
         }
         Op::Embed { table } => {
             let fits = table.shape.len() == 2 && checked_numel(&table.shape, usize::MAX) == Some(table.data.len());
-            if !fits || table.shape.contains(&0) || !finite(&table.data) {
+            if !fits || table.shape.contains(&0) || !all_finite(&table.data) {
                 return bad(format!("an embedding table of shape {:?} with {} values (all finite)", table.shape, table.data.len()));
             }
             Ok(x.iter().copied().chain([table.shape[1]]).collect())
         }
         Op::LayerNorm { scale, bias, epsilon } => {
             let last = *x.last().unwrap_or(&0);
-            if scale.len() != last || bias.len() != last || !finite(scale) || !finite(bias) || !(epsilon.is_finite() && *epsilon >= 0.0) {
+            if scale.len() != last
+                || bias.len() != last
+                || !all_finite(scale)
+                || !all_finite(bias)
+                || !(epsilon.is_finite() && *epsilon >= 0.0)
+            {
                 return bad(format!(
                     "{} scales and {} biases (finite) for a last axis of {last}, epsilon {epsilon}",
                     scale.len(),

@@ -57,16 +57,12 @@ pub fn bench_input(model: &crate::compile::Model, batch: usize) -> crate::Result
     // Integer inputs get integers: rows of the table they index (token ids), else ones (an
     // attention mask that hides nothing).
     if let Some(ports) = &model.graph.ports {
-        let mut at = 0;
-        for port in &ports.inputs {
-            if port.integer {
-                for sample in x.chunks_mut(per_sample) {
-                    for (i, v) in sample[at..at + port.elements()].iter_mut().enumerate() {
-                        *v = port.rows.map_or(1.0, |rows| ((i * 7919 + 13) % rows) as f32);
-                    }
+        for (range, port) in crate::graph::Ports::placed(&ports.inputs).filter(|(_, p)| p.integer) {
+            for sample in x.chunks_mut(per_sample) {
+                for (i, v) in sample[range.clone()].iter_mut().enumerate() {
+                    *v = port.rows.map_or(1.0, |rows| ((i * 7919 + 13) % rows) as f32);
                 }
             }
-            at += port.elements();
         }
     }
     Ok(x)

@@ -202,11 +202,10 @@ pub struct Session<'m> {
 /// Every value of an input that indexes a table (token ids) is an integer row of it (negative
 /// ones count from the end, as ONNX Gather): a row outside the table is refused, not clamped.
 fn check_indices(ports: &crate::graph::Ports, input: &[f32], per_sample: usize) -> Result<()> {
-    let mut at = 0;
-    for port in &ports.inputs {
+    for (range, port) in crate::graph::Ports::placed(&ports.inputs) {
         if let Some(rows) = port.rows {
             for (s, sample) in input.chunks(per_sample).enumerate() {
-                let values = &sample[at..at + port.elements()];
+                let values = &sample[range.clone()];
                 if let Some(v) = values.iter().find(|&&v| v.fract() != 0.0 || v < -(rows as f32) || v >= rows as f32) {
                     return Err(EngineError::Input(format!(
                         "input '{}' of sample {s} holds {v}, which is not a row of its table of {rows}",
@@ -215,7 +214,6 @@ fn check_indices(ports: &crate::graph::Ports, input: &[f32], per_sample: usize) 
                 }
             }
         }
-        at += port.elements();
     }
     Ok(())
 }

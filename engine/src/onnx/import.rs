@@ -280,12 +280,10 @@ pub(super) struct Importer {
 impl Importer {
     /// Each input port as a value of its own, picked from the packed input.
     fn unpack_inputs(&mut self, packed: &str) {
-        let mut at = 0;
-        for port in self.ports.inputs.clone() {
-            let sources = (at..at + port.elements()).collect();
-            at += port.elements();
-            let op = Op::Pick { shape: port.shape.clone(), sources };
-            self.nodes.push(Node { name: format!("{}.unpack", port.name), op, inputs: vec![packed.to_string()], output: port.name });
+        for (range, port) in Ports::placed(&self.ports.inputs) {
+            let op = Op::Pick { shape: port.shape.clone(), sources: range.collect() };
+            let (name, output) = (format!("{}.unpack", port.name), port.name.clone());
+            self.nodes.push(Node { name, op, inputs: vec![packed.to_string()], output });
         }
     }
 

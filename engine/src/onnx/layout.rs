@@ -91,8 +91,7 @@ impl Importer {
     /// fold the batch into its first axis and out again (attention heads as `[heads, rows,
     /// features]`), which `merged` tracks.
     fn reshape_whole(&mut self, name: &str, x: String, target: &[f32], allowzero: bool, output: String) -> Result<()> {
-        let dims = self.shape_of(&x, name)?;
-        let whole: Vec<usize> = if self.merged.contains(&x) { dims.clone() } else { [1].into_iter().chain(dims.iter().copied()).collect() };
+        let (dims, whole) = self.whole_shape(&x, name)?;
         let out = fold::reshaped(&whole, target, allowzero)
             .map_err(|_| EngineError::graph(name, format!("cannot reshape samples of {dims:?} to {target:?}")))?;
         let shape = if out.first() == Some(&1) && out.len() > 1 {
@@ -106,10 +105,17 @@ impl Importer {
         Ok(())
     }
 
+    /// The per-sample shape of `x` and the file's whole shape of it in a batch-1 file: the batch of
+    /// 1 first, unless folded into the first axis already (`merged`).
+    fn whole_shape(&mut self, x: &str, name: &str) -> Result<(Vec<usize>, Vec<usize>)> {
+        let dims = self.shape_of(x, name)?;
+        let whole = if self.merged.contains(x) { dims.clone() } else { [1].into_iter().chain(dims.iter().copied()).collect() };
+        Ok((dims, whole))
+    }
+
     /// Flatten at an axis other than 1 in a batch-1 file: a Reshape of the whole tensor.
     pub(super) fn flatten_whole(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
-        let dims = self.shape_of(&x, name)?;
-        let whole: Vec<usize> = if self.merged.contains(&x) { dims.clone() } else { [1].into_iter().chain(dims.iter().copied()).collect() };
+        let (_, whole) = self.whole_shape(&x, name)?;
         let axis = attr_i(node, "axis", 1);
         let axis = if axis < 0 { axis + whole.len() as i64 } else { axis }.clamp(0, whole.len() as i64) as usize;
         let target = [whole[..axis].iter().product::<usize>() as f32, whole[axis..].iter().product::<usize>() as f32];

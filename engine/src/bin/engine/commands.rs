@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use engine::compile::{self, Exec, Model, Options};
+use engine::graph::Ports;
 use engine::npy;
 
 use crate::ModelArgs;
@@ -112,10 +113,8 @@ pub fn run(args: &ModelArgs, inputs: &[String], output: &Path) -> anyhow::Result
     };
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     let per_sample: usize = model.output_shape.iter().product();
-    let mut at = 0;
-    for port in &ports.outputs {
-        let data = (0..batch).flat_map(|b| y[b * per_sample + at..][..port.elements()].iter().copied()).collect();
-        at += port.elements();
+    for (range, port) in Ports::placed(&ports.outputs) {
+        let data = (0..batch).flat_map(|b| y[b * per_sample..][range.clone()].iter().copied()).collect();
         let shape = [batch].into_iter().chain(port.shape.iter().copied()).collect();
         npy::write(&output.join(format!("{}.npy", file_name(&port.name))), &npy::Array { shape, data })?;
     }
