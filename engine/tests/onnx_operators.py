@@ -103,6 +103,31 @@ save("shape_chain", chain, [6, 4, 5], [ints("zero", 0), ints("two", 2), ints("c3
 save("seq_softmax_last_axis", [helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [3, 4, 7])
 save("seq_layer_norm", [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], axis=-1, epsilon=1e-5)], [5, 8],
      [floats("scale", rng.uniform(0.5, 1.5, 8)), floats("bias", rng.uniform(-1, 1, 8))], opset=17)
+# The layer norm that PyTorch's exporter writes below opset 17, nine nodes the importer fuses into
+# one: with Pow, constants in Constant nodes, a scale and a bias (opset 13, axes as attribute);
+# and with Mul of the difference by itself, no scale or bias (opset 18, axes as input).
+save("seq_layer_norm_decomposed", [
+    helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+    helper.make_node("Sub", ["x", "mean"], ["d"]),
+    helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2.0, dtype=np.float32))),
+    helper.make_node("Pow", ["d", "two"], ["sq"]),
+    helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1]),
+    helper.make_node("Constant", [], ["eps"], value=numpy_helper.from_array(np.array(1e-12, dtype=np.float32))),
+    helper.make_node("Add", ["var", "eps"], ["ve"]),
+    helper.make_node("Sqrt", ["ve"], ["dev"]),
+    helper.make_node("Div", ["d", "dev"], ["n"]),
+    helper.make_node("Mul", ["n", "scale"], ["s"]),
+    helper.make_node("Add", ["s", "bias"], ["y"]),
+], [5, 8], [floats("scale", rng.uniform(0.5, 1.5, 8)), floats("bias", rng.uniform(-1, 1, 8))], opset=13)
+save("seq_layer_norm_decomposed_plain", [
+    helper.make_node("ReduceMean", ["x", "last"], ["mean"]),
+    helper.make_node("Sub", ["x", "mean"], ["d"]),
+    helper.make_node("Mul", ["d", "d"], ["sq"]),
+    helper.make_node("ReduceMean", ["sq", "last"], ["var"]),
+    helper.make_node("Add", ["eps", "var"], ["ve"]),
+    helper.make_node("Sqrt", ["ve"], ["dev"]),
+    helper.make_node("Div", ["d", "dev"], ["y"]),
+], [2, 3, 6], [ints("last", [-1]), floats("eps", 1e-5)])
 save("seq_rows_by_weights", [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])], [2, 6, 8],
      [floats("w", rng.uniform(-1, 1, (8, 5))), floats("b", rng.uniform(-1, 1, 5))])
 save("seq_products", [

@@ -172,7 +172,8 @@ fn import_as(bytes: &[u8], path: &str, folder: Option<&Path>, as_batch_one: bool
         return Err(bad("the graph has no output".into()));
     }
 
-    refuse_unsupported(&graph.node)?;
+    let nodes = super::layer_norm::fuse_decomposed(&graph.node, &outputs, &mut constants);
+    refuse_unsupported(&nodes)?;
     let mut importer = Importer {
         constants,
         aliases: HashMap::new(),
@@ -190,7 +191,7 @@ fn import_as(bytes: &[u8], path: &str, folder: Option<&Path>, as_batch_one: bool
     if several {
         importer.unpack_inputs(&packed);
     }
-    for node in &graph.node {
+    for node in &nodes {
         importer.node(node)?;
     }
     let (output, ports) = if outputs.len() > 1 || several {
@@ -767,7 +768,7 @@ pub(super) fn activation_zero(zero: Option<&Constant>, name: &str) -> Result<u8>
 }
 
 /// The value of a `Constant` node: a tensor, or one or several floats or integers.
-fn constant_node(node: &NodeProto) -> std::result::Result<Constant, String> {
+pub(super) fn constant_node(node: &NodeProto) -> std::result::Result<Constant, String> {
     let a = node.attribute.first().ok_or("a Constant node needs a value")?;
     let list = |values: Vec<f32>, data_type| Constant::new(vec![values.len()], values, data_type);
     match a.name.as_str() {

@@ -4,6 +4,7 @@
 pub mod export;
 mod fold;
 pub mod import;
+mod layer_norm;
 mod layout;
 pub mod proto;
 mod qoperator;
