@@ -91,6 +91,16 @@ impl<'a> Finder<'a> {
         }
     }
 
+    /// Where the one reader of `*out` is an `op` node with a constant, that constant's name: the
+    /// node joins `chain` and its output becomes `*out`.
+    fn by_constant(&self, out: &mut &'a str, op: &str, chain: &mut Vec<usize>) -> Option<&'a str> {
+        let (i, node) = self.only_reader(out, op)?;
+        let constant = Self::other(node, out).filter(|c| self.constant(c).is_some())?;
+        chain.push(i);
+        *out = node.output[0].as_str();
+        Some(constant)
+    }
+
     /// Whether `node` is a ReduceMean over the last axis that keeps it.
     fn mean_over_last_axis(&self, node: &NodeProto) -> bool {
         let axes: Option<Vec<f32>> = match node.input.get(1).filter(|a| !a.is_empty()) {
@@ -142,22 +152,8 @@ impl<'a> Finder<'a> {
         }
         let mut chain = vec![i, sub_i, square_i, var_i, eps_i, sqrt_i, div_i];
         let mut out = div.output[0].as_str();
-        let mut scale = None;
-        if let Some((mul_i, mul)) =
-            self.only_reader(out, "Mul").filter(|(_, m)| Self::other(m, out).is_some_and(|s| self.constant(s).is_some()))
-        {
-            scale = Self::other(mul, out);
-            chain.push(mul_i);
-            out = mul.output[0].as_str();
-        }
-        let mut bias = None;
-        if let Some((add_i, add)) =
-            self.only_reader(out, "Add").filter(|(_, a)| Self::other(a, out).is_some_and(|b| self.constant(b).is_some()))
-        {
-            bias = Self::other(add, out);
-            chain.push(add_i);
-            out = add.output[0].as_str();
-        }
+        let scale = self.by_constant(&mut out, "Mul", &mut chain);
+        let bias = self.by_constant(&mut out, "Add", &mut chain);
         let ones = scale.is_none().then(|| format!("{out}.layer_norm_scale"));
         let scale = scale.map(str::to_string).or_else(|| ones.clone())?;
         let attribute = vec![
