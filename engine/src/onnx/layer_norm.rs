@@ -3,7 +3,7 @@
 //! `Div`, then `Mul` by the scale and `Add` of the bias — found in the file's nodes and replaced by
 //! the one `LayerNormalization` node it computes, before import.
 
-use super::import::{Constant, constant_node};
+use super::import::{Constant, attr_i, constant_node};
 use super::proto::{AttributeProto, NodeProto, attr_type, data_type};
 use std::collections::HashMap;
 
@@ -20,12 +20,9 @@ pub(super) fn fuse_decomposed(nodes: &[NodeProto], outputs: &[String], constants
             }
         }
     }
-    let scalars: HashMap<&str, Constant> = nodes
-        .iter()
-        .filter(|n| n.op_type == "Constant")
-        .filter_map(|n| Some((n.output.first()?.as_str(), constant_node(n).ok()?)))
-        .collect();
-    let finder = Finder { nodes, outputs, consumers, scalars, constants };
+    let constant_nodes: HashMap<&str, &NodeProto> =
+        nodes.iter().filter(|n| n.op_type == "Constant").filter_map(|n| Some((n.output.first()?.as_str(), n))).collect();
+    let finder = Finder { nodes, outputs, consumers, constant_nodes, constants };
     let mut fused: Vec<(Vec<usize>, NodeProto)> = Vec::new();
     let mut missing_scales = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -59,8 +56,8 @@ struct Finder<'a> {
     nodes: &'a [NodeProto],
     outputs: &'a [String],
     consumers: HashMap<&'a str, Vec<usize>>,
-    /// Constant nodes' values.
-    scalars: HashMap<&'a str, Constant>,
+    /// The Constant nodes by output, decoded only where the pattern asks for a value.
+    constant_nodes: HashMap<&'a str, &'a NodeProto>,
     constants: &'a HashMap<String, Constant>,
 }
 
@@ -73,13 +70,21 @@ impl<'a> Finder<'a> {
         }
     }
 
-    fn constant(&self, name: &str) -> Option<&Constant> {
-        self.constants.get(name).or_else(|| self.scalars.get(name))
+    fn is_constant(&self, name: &str) -> bool {
+        self.constants.contains_key(name) || self.constant_nodes.contains_key(name)
+    }
+
+    /// The values of constant `name` (an initializer or a Constant node's).
+    fn values(&self, name: &str) -> Option<Vec<f32>> {
+        match self.constants.get(name) {
+            Some(c) => Some(c.values.clone()),
+            None => constant_node(self.constant_nodes.get(name)?).ok().map(|c| c.values),
+        }
     }
 
     /// A single value `name` holds, if it is a constant.
     fn scalar(&self, name: &str) -> Option<f32> {
-        self.constant(name).filter(|c| c.values.len() == 1).map(|c| c.values[0])
+        self.values(name).filter(|v| v.len() == 1).map(|v| v[0])
     }
 
     /// The input of `node` other than `value`, where `value` is one of its two inputs.
@@ -95,7 +100,7 @@ impl<'a> Finder<'a> {
     /// node joins `chain` and its output becomes `*out`.
     fn by_constant(&self, out: &mut &'a str, op: &str, chain: &mut Vec<usize>) -> Option<&'a str> {
         let (i, node) = self.only_reader(out, op)?;
-        let constant = Self::other(node, out).filter(|c| self.constant(c).is_some())?;
+        let constant = Self::other(node, out).filter(|c| self.is_constant(c))?;
         chain.push(i);
         *out = node.output[0].as_str();
         Some(constant)
@@ -103,12 +108,14 @@ impl<'a> Finder<'a> {
 
     /// Whether `node` is a ReduceMean over the last axis that keeps it.
     fn mean_over_last_axis(&self, node: &NodeProto) -> bool {
+        if node.op_type != "ReduceMean" || attr_i(node, "keepdims", 1) == 0 {
+            return false;
+        }
         let axes: Option<Vec<f32>> = match node.input.get(1).filter(|a| !a.is_empty()) {
-            Some(a) => self.constant(a).map(|c| c.values.clone()),
+            Some(a) => self.values(a),
             None => node.attribute.iter().find(|a| a.name == "axes").map(|a| a.ints.iter().map(|&v| v as f32).collect()),
         };
-        let keeps = node.attribute.iter().find(|a| a.name == "keepdims").is_none_or(|a| a.i != 0);
-        node.op_type == "ReduceMean" && keeps && axes.as_deref() == Some(&[-1.0])
+        axes.as_deref() == Some(&[-1.0])
     }
 
     /// The decomposed layer norm starting at node `i` (its first ReduceMean): the chain's node
