@@ -204,6 +204,24 @@ impl MatMul {
     pub fn useful_flops_per_column(&self) -> f64 {
         2.0 * self.rows as f64 * self.cols as f64 * (1.0 - self.sparsity)
     }
+    /// Output positions per sample: a convolution's output pixels, else one.
+    pub fn positions(&self) -> f64 {
+        self.conv.map_or(1.0, |g| (g.out_hw[0] * g.out_hw[1]) as f64)
+    }
+}
+
+impl Model {
+    /// FLOPs per sample of the weighted layers: `(useful, dense)`, the non-zero multiply-adds and
+    /// all of them, times two. Their ratio bounds what skipping zeros can gain.
+    pub fn flops_per_sample(&self) -> (f64, f64) {
+        self.layers
+            .iter()
+            .filter_map(|l| match &l.exec {
+                Exec::MatMul(m) => Some((m.useful_flops_per_column() * m.positions(), 2.0 * (m.rows * m.cols) as f64 * m.positions())),
+                _ => None,
+            })
+            .fold((0.0, 0.0), |(u, d), (a, b)| (u + a, d + b))
+    }
 }
 
 /// An executable operator.

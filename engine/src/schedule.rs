@@ -52,7 +52,7 @@ const VECTOR_TILE: usize = 16;
 
 /// A weighted layer's useful FLOPs per sample: per output position, times the positions.
 fn sample_work(m: &MatMul) -> f64 {
-    m.useful_flops_per_column() * m.conv.map_or(1.0, |g| (g.out_hw[0] * g.out_hw[1]) as f64)
+    m.useful_flops_per_column() * m.positions()
 }
 
 /// The share of a sample's useful multiply-adds that linear layers do (the rest: convolutions,

@@ -5,6 +5,7 @@
 pub struct Latency {
     pub mean_ms: f64,
     pub median_ms: f64,
+    pub p10_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub iters: usize,
@@ -19,6 +20,7 @@ impl Latency {
         Latency {
             mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
             median_ms: pct(0.5),
+            p10_ms: pct(0.1),
             p90_ms: pct(0.9),
             p99_ms: pct(0.99),
             iters: ms.len(),
@@ -68,11 +70,15 @@ pub fn bench_input(model: &crate::compile::Model, batch: usize) -> crate::Result
     Ok(x)
 }
 
+/// Timed runs in seconds, one list per round.
+pub type Rounds = Vec<Vec<f64>>;
+
 /// Times two candidates in alternating blocks, so that this machine's drift between blocks (up to
 /// 2x over seconds on a shared VM) affects both alike and their ratio stays meaningful: `rounds`
 /// blocks each, in the order a b, b a, a b, ..., every block one untimed run (the other candidate
 /// has just evicted this one's data from cache) and then runs for `seconds / rounds` (at least
-/// `min_block_iters` of them). Returns each candidate's timed runs in seconds.
+/// `min_block_iters` of them). Returns each candidate's timed runs in seconds, one list per round
+/// (`concat` them for all runs; round by round they give the spread of the candidates' ratio).
 pub fn time_alternating<E>(
     warmup: usize,
     rounds: usize,
@@ -80,7 +86,7 @@ pub fn time_alternating<E>(
     seconds: f64,
     mut a: impl FnMut() -> Result<(), E>,
     mut b: impl FnMut() -> Result<(), E>,
-) -> Result<(Vec<f64>, Vec<f64>), E> {
+) -> Result<(Rounds, Rounds), E> {
     let rounds = rounds.max(1);
     for _ in 0..warmup {
         a()?;
@@ -92,11 +98,11 @@ pub fn time_alternating<E>(
         // Which goes first changes every round (a b, b a, a b, ...), so that neither always runs
         // right after the other's block.
         if round % 2 == 0 {
-            ta.extend(time_runs(1, min_block_iters, 100_000, block, &mut a)?);
-            tb.extend(time_runs(1, min_block_iters, 100_000, block, &mut b)?);
+            ta.push(time_runs(1, min_block_iters, 100_000, block, &mut a)?);
+            tb.push(time_runs(1, min_block_iters, 100_000, block, &mut b)?);
         } else {
-            tb.extend(time_runs(1, min_block_iters, 100_000, block, &mut b)?);
-            ta.extend(time_runs(1, min_block_iters, 100_000, block, &mut a)?);
+            tb.push(time_runs(1, min_block_iters, 100_000, block, &mut b)?);
+            ta.push(time_runs(1, min_block_iters, 100_000, block, &mut a)?);
         }
     }
     Ok((ta, tb))
@@ -114,7 +120,8 @@ mod tests {
             Ok::<(), ()>(())
         };
         let (a, b) = time_alternating(1, 3, 2, 0.0, || run('a'), || run('b')).unwrap();
-        assert_eq!((a.len(), b.len()), (6, 6));
+        assert_eq!((a.len(), b.len()), (3, 3));
+        assert_eq!((a.concat().len(), b.concat().len()), (6, 6));
         // Warm-up pair, then per round one untimed and two timed runs of each, the first of the
         // round changing every round.
         assert_eq!(order.into_inner().iter().collect::<String>(), "abaaabbbbbbaaaaaabbb");

@@ -4,11 +4,13 @@
 //! `results/<sweep>/`. Points are cached by a hash of their configuration.
 
 pub mod peers;
+pub mod plan;
 pub mod plots;
 pub mod point;
 pub mod report;
 pub mod results;
 pub mod sweep;
+pub mod timing;
 
 use std::path::Path;
 
@@ -20,18 +22,13 @@ use sweep::Sweep;
 pub fn collect(sweep: &Sweep, sweep_file: &str, results_root: &Path, partial: bool) -> anyhow::Result<usize> {
     let dir = sweep.dir(results_root);
     let rows: Vec<PointResult> = sweep.points.iter().filter_map(|p| point::finished(&dir, p)).collect();
-    if rows.is_empty() {
-        anyhow::bail!("no finished points in {} yet", dir.display());
-    }
     // A dependent job must be able to tell: missing points are an error unless asked for.
-    let missing: Vec<String> = sweep
-        .points
-        .iter()
-        .filter(|p| point::finished(&dir, p).is_none())
-        .map(|p| format!("{} ({})", p.label(), point::point_dir(&dir, p).display()))
-        .collect();
+    let missing: Vec<String> = sweep.points.iter().filter(|p| point::finished(&dir, p).is_none()).map(|p| missing_point(&dir, p)).collect();
+    let list = missing.join("; ");
+    if rows.is_empty() {
+        anyhow::bail!("no finished points in {} yet: {list}", dir.display());
+    }
     if !missing.is_empty() {
-        let list = missing.join("; ");
         if !partial {
             anyhow::bail!(
                 "{} of {} points are not finished: {list}; run them, or pass --partial to collect the rest",
@@ -46,4 +43,19 @@ pub fn collect(sweep: &Sweep, sweep_file: &str, results_root: &Path, partial: bo
     let plots = plots::all(&dir, &rows)?;
     report::write(&dir.join("report.md"), sweep_file, &rows, &sweep.batches, &plots)?;
     Ok(rows.len())
+}
+
+/// A point that is not finished, for collect's message: its label and folder, and where a
+/// planned job logged its run, with the log's last error line when it failed.
+fn missing_point(sweep_dir: &Path, p: &sweep::Point) -> String {
+    let folder = point::point_dir(sweep_dir, p);
+    let log = plan::log_path(&sweep_dir.join("logs"), p);
+    let Ok(text) = std::fs::read_to_string(&log) else {
+        let state = if folder.exists() { "unfinished" } else { "not started" };
+        return format!("{} ({state}, {})", p.label(), folder.display());
+    };
+    match text.lines().rev().find(|l| l.starts_with("error:")) {
+        Some(error) => format!("{} (failed, log {}: {error})", p.label(), log.display()),
+        None => format!("{} (unfinished, log {})", p.label(), log.display()),
+    }
 }

@@ -11,12 +11,14 @@ use plotters::prelude::*;
 use crate::point::PointResult;
 use crate::results::pareto;
 
-/// A named series of `(x, y)` points, drawn as a line, markers or both.
+/// A named series of `(x, y)` points, drawn as a line, markers or both, with error bars (each
+/// a segment between two points) where it has them.
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     pub line: bool,
     pub markers: bool,
+    pub bars: Vec<[(f64, f64); 2]>,
 }
 
 /// A chart's text and axes.
@@ -39,7 +41,8 @@ const COLORS: [RGBColor; 8] = [
 ];
 
 fn bounds(series: &[Series], pick: impl Fn(&(f64, f64)) -> f64) -> (f64, f64) {
-    let vals: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(&pick)).filter(|v| v.is_finite()).collect();
+    let vals: Vec<f64> =
+        series.iter().flat_map(|s| s.points.iter().chain(s.bars.iter().flatten()).map(&pick)).filter(|v| v.is_finite()).collect();
     let (lo, hi) = vals.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     if vals.is_empty() {
         return (0.0, 1.0);
@@ -67,6 +70,10 @@ where
                 if s.line {
                     let anno = ctx.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))).map_err(|e| anyhow::anyhow!("{e}"))?;
                     anno.label(&s.name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                }
+                for bar in s.bars.iter().filter(|b| b.iter().all(|p| p.0.is_finite() && p.1.is_finite())) {
+                    ctx.draw_series(std::iter::once(PathElement::new(bar.to_vec(), color.stroke_width(1))))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                 }
                 if s.markers {
                     let anno =
@@ -120,7 +127,14 @@ fn largest_batch(rows: &[PointResult]) -> usize {
 /// All plots of a sweep into `dir`; returns the file stems written.
 pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
     let batch = largest_batch(rows);
-    let speed = |r: &PointResult| r.timings.iter().find(|t| t.batch == batch).map_or(f64::NAN, |t| t.speedup);
+    let timing = |r: &PointResult| r.timings.iter().find(|t| t.batch == batch).cloned();
+    let speed = |r: &PointResult| timing(r).map_or(f64::NAN, |t| t.speedup);
+    // The speedup's per-round range (10th-90th percentile) as a horizontal bar; none for points
+    // timed before ranges were recorded.
+    let speed_bar = |r: &PointResult| {
+        let t = timing(r).filter(|t| t.attempts > 0)?;
+        Some([(t.speedup_p10, 100.0 * r.top1), (t.speedup_p90, 100.0 * r.top1)])
+    };
     let groups = group(rows);
     let mut written = Vec::new();
 
@@ -131,6 +145,7 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
             points: rs.iter().map(|r| (speed(r), 100.0 * r.top1)).collect(),
             line: false,
             markers: true,
+            bars: rs.iter().filter_map(|r| speed_bar(r)).collect(),
         })
         .collect();
     series.push(Series {
@@ -138,8 +153,9 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
         points: pareto(&rows.iter().map(|r| (speed(r), 100.0 * r.top1)).collect::<Vec<_>>()),
         line: true,
         markers: false,
+        bars: Vec::new(),
     });
-    let title = format!("Top-1 accuracy vs measured speedup over dense (batch {batch})");
+    let title = format!("Top-1 accuracy vs measured speedup over dense (batch {batch}; bars: 10th-90th percentile of rounds)");
     render(
         &dir.join("accuracy_vs_speedup"),
         &Chart { title: &title, x: "speedup over the same model with dense kernels (x)", y: "top-1 accuracy (%)", log_x: false },
@@ -152,7 +168,7 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
         .map(|(name, rs)| {
             let mut pts: Vec<(f64, f64)> = rs.iter().map(|r| (100.0 * r.measured_sparsity, 100.0 * r.top1)).collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { name: name.clone(), points: pts, line: true, markers: true }
+            Series { name: name.clone(), points: pts, line: true, markers: true, bars: Vec::new() }
         })
         .collect();
     render(
@@ -169,11 +185,22 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
             points: r.timings.iter().map(|t| (t.batch as f64, t.median_ms / t.batch as f64)).collect(),
             line: true,
             markers: true,
+            bars: r
+                .timings
+                .iter()
+                .filter(|t| t.attempts > 0)
+                .map(|t| [(t.batch as f64, t.p10_ms / t.batch as f64), (t.batch as f64, t.p90_ms / t.batch as f64)])
+                .collect(),
         })
         .collect();
     render(
         &dir.join("latency_vs_batch"),
-        &Chart { title: "Latency per item vs batch size (engine, median)", x: "batch size", y: "ms per item", log_x: true },
+        &Chart {
+            title: "Latency per item vs batch size (engine; median, bars 10th-90th percentile)",
+            x: "batch size",
+            y: "ms per item",
+            log_x: true,
+        },
         &series,
     )?;
     written.push("latency_vs_batch".to_string());
@@ -185,6 +212,7 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
             points: r.layers.iter().enumerate().map(|(i, (_, s))| (i as f64 + 1.0, 100.0 * s)).collect(),
             line: true,
             markers: true,
+            bars: Vec::new(),
         })
         .collect();
     render(
@@ -203,12 +231,14 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
                     points: r.curve.iter().map(|c| (c.0 as f64, 100.0 * c.1)).collect(),
                     line: true,
                     markers: false,
+                    bars: Vec::new(),
                 },
                 Series {
                     name: format!("{} sparsity", short(r)),
                     points: r.curve.iter().map(|c| (c.0 as f64, 100.0 * c.2)).collect(),
                     line: true,
                     markers: true,
+                    bars: Vec::new(),
                 },
             ]
         })

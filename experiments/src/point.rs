@@ -7,28 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use engine::compile::{self, KernelPolicy, Options};
 use engine::exec::Session;
-use engine::stats::{Latency, bench_input, time_alternating};
 use serde::{Deserialize, Serialize};
 use sparsify::recipe::Recipe;
 use sparsify::train::{self, TrainOptions};
 
 use crate::sweep::{Point, Sweep};
-
-/// Timing of one batch size.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BatchTiming {
-    pub batch: usize,
-    pub median_ms: f64,
-    pub p90_ms: f64,
-    pub dense_median_ms: f64,
-    /// `dense_median_ms / median_ms`.
-    pub speedup: f64,
-    /// Peers' medians on the exported ONNX, when measured.
-    #[serde(default)]
-    pub onnxruntime_ms: Option<f64>,
-    #[serde(default)]
-    pub deepsparse_ms: Option<f64>,
-}
+use crate::timing::{self, BatchTiming};
 
 /// Everything measured for a point (`point.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,7 +70,10 @@ pub fn run_point(
     peers: Option<&crate::peers::Peers>,
     rebench: bool,
 ) -> anyhow::Result<PointResult> {
-    if let Some(r) = finished(sweep_dir, p).filter(|_| !rebench) {
+    // A finished point is reused unless asked to measure it again, or its timing stayed
+    // doubtful (or predates the checks): then its training is reused and the rest redone.
+    let remeasure = |r: &PointResult| rebench || r.timings.iter().any(BatchTiming::needs_remeasure);
+    if let Some(r) = finished(sweep_dir, p).filter(|r| !remeasure(r)) {
         return Ok(r);
     }
     let dir = point_dir(sweep_dir, p);
@@ -114,7 +101,7 @@ pub fn run_point(
     sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx)?;
 
     let top1 = engine_accuracy(&native, &recipe, data, allow_subset)?;
-    let mut timings = bench(&native, &sweep.batches, sweep.threads, sweep.bench_seconds)?;
+    let mut timings = timing::bench(&native, &sweep.batches, sweep.threads, sweep.bench_seconds)?;
     if let Some(peers) = peers {
         for t in &mut timings {
             let (ort, ds) = peers.time(&onnx, t.batch, sweep.threads)?;
@@ -166,29 +153,4 @@ fn engine_accuracy(model: &Path, recipe: &Recipe, data: Option<PathBuf>, allow_s
         correct += sparsify::step::argmax(&out, d.classes).iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
     }
     Ok(correct as f64 / d.test.len().max(1) as f64)
-}
-
-/// Times the model with its chosen kernels and with dense kernels, alternating rounds so drift
-/// affects both alike; returns medians per batch size.
-pub fn bench(model: &Path, batches: &[usize], threads: usize, seconds: f64) -> anyhow::Result<Vec<BatchTiming>> {
-    let graph = engine::load(model)?;
-    let sparse = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto)?)?;
-    let dense = compile::compile(graph, Options::new(KernelPolicy::Dense)?)?;
-    let mut out = Vec::new();
-    for &batch in batches {
-        let x = bench_input(&sparse, batch)?;
-        let (mut s, mut d) = (Session::new(&sparse, threads)?, Session::new(&dense, threads)?);
-        let (ts, td) = time_alternating(3, 5, 5, seconds, || s.run(&x, batch).map(|_| ()), || d.run(&x, batch).map(|_| ()))?;
-        let (ls, ld) = (Latency::from_seconds(&ts), Latency::from_seconds(&td));
-        out.push(BatchTiming {
-            batch,
-            median_ms: ls.median_ms,
-            p90_ms: ls.p90_ms,
-            dense_median_ms: ld.median_ms,
-            speedup: ld.median_ms / ls.median_ms,
-            onnxruntime_ms: None,
-            deepsparse_ms: None,
-        });
-    }
-    Ok(out)
 }

@@ -1,6 +1,7 @@
 //! The results table: one row per finished point in `results.csv`, with the columns the issue
-//! lists (model, recipe, structure, sparsity, accuracy, latency per batch, speedup, size, time,
-//! seed, revision, CPU, ISA) and the peers' latencies when they were measured.
+//! lists (model, recipe, structure, sparsity, accuracy, latency per batch with its spread,
+//! speedup with its spread and whether it stayed doubtful, size, time, seed, revision, CPU, ISA,
+//! data) and the peers' latencies when they were measured.
 
 use std::path::Path;
 
@@ -14,7 +15,21 @@ pub fn write_csv(path: &Path, rows: &[PointResult], batches: &[usize]) -> anyhow
             .map(String::from)
             .to_vec();
     for b in batches {
-        for c in ["median_ms", "p90_ms", "dense_median_ms", "speedup", "onnxruntime_ms", "deepsparse_ms"] {
+        for c in [
+            "median_ms",
+            "p10_ms",
+            "p90_ms",
+            "dense_median_ms",
+            "dense_p10_ms",
+            "dense_p90_ms",
+            "speedup",
+            "speedup_p10",
+            "speedup_p90",
+            "attempts",
+            "suspect",
+            "onnxruntime_ms",
+            "deepsparse_ms",
+        ] {
             header.push(format!("{c}_b{b}"));
         }
     }
@@ -41,9 +56,17 @@ pub fn write_csv(path: &Path, rows: &[PointResult], batches: &[usize]) -> anyhow
             let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
             rec.extend([
                 f(t.map(|t| t.median_ms)),
+                f(t.map(|t| t.p10_ms)),
                 f(t.map(|t| t.p90_ms)),
                 f(t.map(|t| t.dense_median_ms)),
+                f(t.map(|t| t.dense_p10_ms)),
+                f(t.map(|t| t.dense_p90_ms)),
                 f(t.map(|t| t.speedup)),
+                f(t.map(|t| t.speedup_p10)),
+                f(t.map(|t| t.speedup_p90)),
+                t.map_or(String::new(), |t| t.attempts.to_string()),
+                // The reason, made safe for the table's plain comma-separated cells.
+                t.and_then(|t| t.suspect.as_ref()).map_or(String::new(), |s| s.replace([',', '"'], ";")),
                 f(t.and_then(|t| t.onnxruntime_ms)),
                 f(t.and_then(|t| t.deepsparse_ms)),
             ]);

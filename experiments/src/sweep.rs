@@ -32,7 +32,43 @@ struct RawSweep {
     /// Seeds every study is trained with (default [0]).
     #[serde(default = "default_seeds")]
     seeds: Vec<u64>,
+    /// What a Slurm job of this sweep asks for.
+    #[serde(default)]
+    cluster: Cluster,
     study: Vec<RawStudy>,
+}
+
+/// A sweep's `[cluster]` table: what each Slurm task asks for beyond its CPUs (which are the
+/// sweep's `threads`). Unset fields are left to the cluster's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--time`, such as "00:30:00" or "1-00:00:00".
+    pub time: Option<String>,
+    /// `--mem`, such as "4G".
+    pub mem: Option<String>,
+}
+
+impl Cluster {
+    /// The `#SBATCH` options it sets, as `(option, value)`.
+    pub fn options(&self) -> Vec<(&'static str, &str)> {
+        [("partition", &self.partition), ("time", &self.time), ("mem", &self.mem)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+            .collect()
+    }
+
+    /// Refuses values that are empty or could break out of an `#SBATCH` line.
+    fn check(&self, file: &Path) -> anyhow::Result<()> {
+        for (key, value) in self.options() {
+            if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_:.,+".contains(c)) {
+                bail!("{}: [cluster] {key} = {value:?}: use letters, digits and - _ : . , + only", file.display());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +146,7 @@ pub struct Sweep {
     pub bench_seconds: f64,
     /// The sweep file's `allow_subset`.
     pub allow_subset: bool,
+    pub cluster: Cluster,
     pub points: Vec<Point>,
 }
 
@@ -131,6 +168,7 @@ impl Sweep {
         if raw.batches.is_empty() || raw.batches.contains(&0) || raw.threads == 0 || raw.seeds.is_empty() {
             bail!("{}: batches, threads and seeds need at least one value, all >= 1 (seeds >= 0)", path.display());
         }
+        raw.cluster.check(path)?;
         let base = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
         let mut points = Vec::new();
         for study in &raw.study {
@@ -172,6 +210,7 @@ impl Sweep {
             threads: raw.threads,
             bench_seconds: raw.bench_seconds,
             allow_subset: raw.allow_subset,
+            cluster: raw.cluster,
             points,
         })
     }

@@ -39,6 +39,12 @@ fn mistakes_get_one_line_and_a_failing_exit() {
     fails_with(d, &["run", "norecipe.toml", "--quiet"], &["nothere.toml not found"]);
     fails_with(d, &["plan", "v2.toml"], &["version 2"]);
     fails_with(d, &["run-point", "ok.toml", "nosuchid"], &["no point with id nosuchid"]);
+    fails_with(d, &["plan", "ok.toml", "--with-collect"], &["--with-collect goes with --emit slurm"]);
+    write(
+        "badcluster.toml",
+        &format!("version = 1\nname = \"t\"\n[cluster]\ntime = \"1:00\\n#SBATCH --x\"\n[[study]]\nrecipe = \"{}\"\n", recipe.display()),
+    );
+    fails_with(d, &["plan", "badcluster.toml", "--emit", "slurm"], &["[cluster] time"]);
     fails_with(d, &["collect", "ok.toml", "--results", "empty"], &["no finished points"]);
     // A point whose dataset is not where --data says: named, nothing trained on other images.
     let (ok, plan) = {
@@ -46,7 +52,9 @@ fn mistakes_get_one_line_and_a_failing_exit() {
         (out.status.success(), String::from_utf8(out.stdout).unwrap())
     };
     assert!(ok, "plan");
-    let id = plan.split_whitespace().nth(3).unwrap();
+    // `... run-point 'SWEEP' 'ID' ...`
+    let words: Vec<&str> = plan.lines().next().unwrap().split_whitespace().collect();
+    let id = words[words.iter().position(|w| *w == "run-point").unwrap() + 2].trim_matches('\'');
     fails_with(d, &["run-point", "ok.toml", id, "--data", "nodata"], &["not found in nodata"]);
     assert!(!d.join("results/t/points").join(id).join("point.json").exists());
     // Usage mistakes are clap's: non-zero, no panic.

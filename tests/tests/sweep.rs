@@ -9,19 +9,20 @@ use std::process::Command;
 use e2e_tests::{real_data, repo};
 use experiments::point::PointResult;
 use experiments::sweep::Sweep;
+use experiments::timing::{ATTEMPTS, doubt};
 
-/// The `engine` binary of this build (built if this test runs alone).
-fn engine_binary() -> std::path::PathBuf {
+/// A binary of this build (`engine`, `experiments`), built if this test runs alone.
+fn binary(name: &str) -> std::path::PathBuf {
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-    let bin = deps.parent().unwrap().join("engine");
+    let bin = deps.parent().unwrap().join(name);
     if !bin.exists() {
         let release = deps.parent().unwrap().ends_with("release");
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-q", "-p", "engine", "--bin", "engine"]).current_dir(repo());
+        build.args(["build", "-q", "-p", name, "--bin", name]).current_dir(repo());
         if release {
             build.arg("--release");
         }
-        assert!(build.status().unwrap().success(), "building the engine binary");
+        assert!(build.status().unwrap().success(), "building the {name} binary");
     }
     bin
 }
@@ -46,7 +47,7 @@ fn check_table_values(csv: &str, sweep: &Sweep, sweep_dir: &Path, data: &Path, r
         }
         let id = f[col("id")];
         let model = sweep_dir.join("points").join(id).join("model.sparse");
-        let out = Command::new(engine_binary())
+        let out = Command::new(binary("engine"))
             .args(["eval", "--json", "--threads", "2", "--model"])
             .arg(&model)
             .arg("--data")
@@ -63,6 +64,19 @@ fn check_table_values(csv: &str, sweep: &Sweep, sweep_dir: &Path, data: &Path, r
             assert_eq!(f[col("top1")], format!("{burn:.4}"), "{id}: the table's top-1 against burn's test accuracy");
         }
     }
+}
+
+/// Rewrites a finished point's `point.json` with every timing flagged doubtful for `why`, or
+/// clean (measured once, no doubt); returns the result as stored.
+fn mark_timings(sweep_dir: &Path, p: &experiments::sweep::Point, why: Option<&str>) -> PointResult {
+    let file = experiments::point::point_dir(sweep_dir, p).join("point.json");
+    let mut r: PointResult = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    for t in &mut r.timings {
+        t.suspect = why.map(String::from);
+        t.attempts = 1;
+    }
+    std::fs::write(&file, serde_json::to_string(&r).unwrap()).unwrap();
+    r
 }
 
 #[test]
@@ -93,11 +107,36 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     assert_eq!(quantized, ["none", "int8", "none", "int8"]);
     assert!(first[1].file_bytes * 2 < first[0].file_bytes, "the int8 file is much smaller");
     assert!(first.iter().all(|r| r.timings.len() == 2 && r.timings.iter().all(|t| t.speedup > 0.0)));
+    // The arithmetic's bound on the speedup: all multiply-adds over the non-zero ones (the
+    // classifier is pruned too), 16x more for int8 kernels.
+    for r in &first {
+        let model = engine::compile::compile(
+            engine::load(&experiments::point::point_dir(&sweep_dir, &r.point).join("model.sparse")).unwrap(),
+            engine::compile::Options::new(engine::compile::KernelPolicy::Auto).unwrap(),
+        )
+        .unwrap();
+        let expected = 1.0 / (1.0 - r.measured_sparsity) * if r.quantization == "int8" { 16.0 } else { 1.0 };
+        let bound = experiments::timing::speedup_bound(&model);
+        assert!((bound / expected - 1.0).abs() < 0.05, "{}: bound {bound}, expected {expected}", r.point.label());
+    }
+    // Every timing carries its spread, and its flag agrees with the checks.
+    for t in first.iter().flat_map(|r| &r.timings) {
+        assert!(t.p10_ms <= t.median_ms && t.median_ms <= t.p90_ms && t.dense_p10_ms <= t.dense_p90_ms, "{t:?}");
+        assert!(t.speedup_p10 > 0.0 && t.speedup_p10 <= t.speedup_p90 && (1..=ATTEMPTS).contains(&t.attempts), "{t:?}");
+        // Clean after the checks, or flagged only once every measurement was doubtful.
+        assert!(t.suspect.as_ref().map_or(doubt(t, f64::INFINITY).is_none(), |_| t.attempts == ATTEMPTS), "{t:?}");
+    }
     assert_eq!(experiments::collect(&sweep, "tiny.toml", &results, false).unwrap(), 4);
     let csv = std::fs::read_to_string(sweep_dir.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(csv.contains(",int8,"), "{csv}");
-    assert!(csv.lines().next().unwrap().contains("speedup_b16"));
+    assert!(
+        ["speedup_b16", "speedup_p10_b16", "speedup_p90_b1", "p10_ms_b1", "suspect_b16"].iter().all(|c| csv
+            .lines()
+            .next()
+            .unwrap()
+            .contains(c))
+    );
     // Every row says where its images came from: the folder given, 600 / 200 images.
     assert!(csv.lines().next().unwrap().ends_with("data_source,train_images,test_images"), "{csv}");
     assert!(csv.lines().skip(1).all(|l| l.contains(&data.display().to_string()) && l.ends_with(",600,200")), "{csv}");
@@ -110,9 +149,17 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     }
     assert!(std::fs::read_to_string(sweep_dir.join("report.md")).unwrap().contains("![accuracy_vs_speedup]"));
     check_table_values(&csv, &sweep, &sweep_dir, &data, &first);
-    // A second run reuses the finished points: same results, no retraining.
-    let again = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], (Some(data.clone()), false), None, false).unwrap();
-    assert_eq!(again, first[0]);
+    // A second run reuses a finished point whose timings passed the checks: same results...
+    let run = |p: &experiments::sweep::Point| {
+        experiments::point::run_point(&sweep, &sweep_dir, p, (Some(data.clone()), false), None, false).unwrap()
+    };
+    let clean = mark_timings(&sweep_dir, &sweep.points[0], None);
+    assert_eq!(run(&sweep.points[0]), clean);
+    // ...and measures again one whose timing stayed doubtful, reusing its training.
+    let doubtful = mark_timings(&sweep_dir, &sweep.points[2], Some("a test's doubt"));
+    let remeasured = run(&sweep.points[2]);
+    assert_eq!((remeasured.top1, &remeasured.curve), (doubtful.top1, &doubtful.curve));
+    assert!(remeasured.timings.iter().all(|t| t.suspect.as_deref() != Some("a test's doubt")));
     // --rebench measures the finished training again: same accuracy, fresh timings.
     let rebench = experiments::point::run_point(&sweep, &sweep_dir, &sweep.points[0], (Some(data.clone()), false), None, true).unwrap();
     assert_eq!((rebench.top1, &rebench.curve), (first[0].top1, &first[0].curve));
@@ -123,4 +170,62 @@ fn tiny_sweep_runs_collects_and_reuses_points() {
     let err = experiments::collect(&sweep, "tiny.toml", &results, false).unwrap_err().to_string();
     assert!(err.contains("1 of 4 points are not finished") && err.contains(&last.label()), "{err}");
     assert_eq!(experiments::collect(&sweep, "tiny.toml", &results, true).unwrap(), 3);
+}
+
+/// The planned jobs of a sweep run as a user would run them without Slurm: planned in one folder,
+/// run from another by `xargs -P 2`, one staged binary, a log per point in the results folder,
+/// then collected. The Slurm script refuses to run outside an array.
+#[test]
+fn planned_shell_jobs_run_anywhere_under_xargs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = real_data(dir.path(), 300, 100);
+    let (plan_dir, run_dir) = (dir.path().join("plan"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&plan_dir).unwrap();
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::write(
+        plan_dir.join("tiny.toml"),
+        format!(
+            "version = 1\nname = \"tiny\"\nbatches = [1]\nbench_seconds = 0.02\n\n[[study]]\nrecipe = \"{}\"\nset = {{ num_epochs = 1, pruning_start = 0, pruning_end = 1 }}\nsweep = {{ final_sparsity = [0.5, 0.9] }}\n",
+            repo().join("recipes/gmp90.toml").display()
+        ),
+    )
+    .unwrap();
+    let experiments = binary("experiments");
+    let plan = |emit: &str| {
+        let out = Command::new(&experiments)
+            .args(["plan", "tiny.toml", "--emit", emit, "--results", "res", "--data"])
+            .arg(&data)
+            .current_dir(&plan_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let jobs = plan("shell");
+    assert_eq!(jobs.lines().count(), 2, "{jobs}");
+    let staged: Vec<_> = std::fs::read_dir(plan_dir.join("res/tiny/bin")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(staged.len(), 1, "one staged binary");
+    assert!(jobs.lines().all(|l| l.contains(&format!("'{}'", staged[0].display())) && l.contains("/res/tiny/logs/")), "{jobs}");
+    let mut xargs = Command::new("xargs")
+        .args(["-d", "\\n", "-P", "2", "-I", "{}", "sh", "-c", "{}"])
+        .current_dir(&run_dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut xargs.stdin.take().unwrap(), jobs.as_bytes()).unwrap();
+    assert!(xargs.wait().unwrap().success(), "the planned jobs");
+    let logs: Vec<_> = std::fs::read_dir(plan_dir.join("res/tiny/logs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert!(logs.iter().all(|l| std::fs::read_to_string(l).unwrap().contains("top-1")), "{logs:?}");
+    let collect = Command::new(&experiments).args(["collect", "tiny.toml", "--results", "res"]).current_dir(&plan_dir).output().unwrap();
+    assert!(collect.status.success(), "{}", String::from_utf8_lossy(&collect.stderr));
+    assert_eq!(std::fs::read_to_string(plan_dir.join("res/tiny/results.csv")).unwrap().lines().count(), 3);
+    // The array script, run by hand, refuses: one error line, a failing exit.
+    let script = plan("slurm");
+    assert!(
+        script.contains("#SBATCH --cpus-per-task=2")
+            && script.contains(&format!("#SBATCH --chdir={}", plan_dir.canonicalize().unwrap().display()))
+    );
+    let out = Command::new("bash").arg("-c").arg(&script).current_dir(&run_dir).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("submit it with sbatch"));
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use experiments::peers::Peers;
+use experiments::plan::{self, Plan};
 use experiments::sweep::Sweep;
 use experiments::{collect, point};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -68,16 +69,25 @@ enum Command {
         #[command(flatten)]
         point: PointArgs,
     },
-    /// Print the jobs of a sweep, one per point, for a cluster or GNU parallel.
+    /// Print the jobs of a sweep, one per point, for a cluster or GNU parallel: absolute paths,
+    /// one staged binary, logs in the results folder.
     Plan {
         /// Sweep file (TOML), such as experiments/quick.toml.
         sweep: PathBuf,
         /// What to write: a Slurm job-array script or one command per line.
         #[arg(long, value_enum, default_value_t = Emit::Shell)]
         emit: Emit,
-        /// The shared results folder the jobs write to.
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
+        /// The binary the jobs run (else this one, copied into the results folder so that a
+        /// rebuild during the sweep does not change it).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// With `--emit slurm`: a script to run with bash that submits the array and a collect
+        /// job after it (`afterany`), instead of the array script for sbatch.
+        #[arg(long)]
+        with_collect: bool,
+        /// Passed to every point (`--results` is the shared results folder).
+        #[command(flatten)]
+        point: PointArgs,
     },
     /// Build the table, plots and report from the points finished so far.
     Collect {
@@ -163,29 +173,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             println!("{}: top-1 {:.4}", p.label(), r.top1);
         }
-        Command::Plan { sweep: file, emit, results } => {
+        Command::Plan { sweep: file, emit, bin, with_collect, point: PointArgs { data, allow_subset, results, peers_python, rebench } } => {
             let sweep = Sweep::load(&file)?;
-            let exe = std::env::current_exe()?;
-            let cmd = |id: &str| format!("{} run-point {} {id} --results {}", exe.display(), file.display(), results.display());
-            let mut out = String::new();
-            match emit {
-                Emit::Shell => sweep.points.iter().for_each(|p| out += &format!("{}\n", cmd(&p.id))),
-                Emit::Slurm => {
-                    out += &format!(
-                        "#!/bin/bash\n#SBATCH --job-name={}\n#SBATCH --array=0-{}\n#SBATCH --cpus-per-task=2\n",
-                        sweep.name,
-                        sweep.points.len() - 1
-                    );
-                    out += &format!(
-                        "# After the array finishes: {} collect {} --results {}\n",
-                        exe.display(),
-                        file.display(),
-                        results.display()
-                    );
-                    out += &format!("ids=({})\n", sweep.points.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(" "));
-                    out += &format!("{}\n", cmd("${ids[$SLURM_ARRAY_TASK_ID]}"));
+            if with_collect && !matches!(emit, Emit::Slurm) {
+                bail!("--with-collect goes with --emit slurm");
+            }
+            let bin = match bin {
+                Some(b) => b,
+                None => plan::stage_binary(&std::env::current_exe()?, &sweep.dir(&results))?,
+            };
+            let cwd = std::env::current_dir()?;
+            let mut args = Vec::new();
+            for (flag, path) in [("--data", data), ("--peers-python", peers_python)] {
+                if let Some(path) = path {
+                    args.extend([flag.to_string(), cwd.join(path).display().to_string()]);
                 }
             }
+            args.extend(allow_subset.then(|| "--allow-subset".to_string()));
+            args.extend(rebench.then(|| "--rebench".to_string()));
+            let plan = Plan::new(&bin, &file, &results, args, &sweep)?;
+            let out = match emit {
+                Emit::Shell => plan.shell(&sweep),
+                Emit::Slurm if with_collect => plan.slurm_with_collect(&sweep),
+                Emit::Slurm => plan.slurm_array(&sweep),
+            };
             // A reader that stops early (`| head`) is not an error.
             if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())
                 && e.kind() != std::io::ErrorKind::BrokenPipe

@@ -93,7 +93,7 @@ fn measure_against(
         || session.run(input, batch).map(|_| ()),
         || baseline.run(input, batch).map(|_| ()),
     )?;
-    Ok((Latency::from_seconds(&runs), Latency::from_seconds(&base)))
+    Ok((Latency::from_seconds(&runs.concat()), Latency::from_seconds(&base.concat())))
 }
 
 /// Alternating blocks per candidate in a `--compare` measurement.
