@@ -163,6 +163,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(p) = sweep.points.iter().find(|p| p.id == id) else {
                 bail!("{}: no point with id {id} (see `experiments plan`)", file.display());
             };
+            // A requeued or restarted task says where it picks up (in its log).
+            let run_dir = point::point_dir(&sweep.dir(&results), p).join("run");
+            if let Some((epoch, _)) =
+                sparsify::run::latest_checkpoint(&run_dir).filter(|_| point::finished(&sweep.dir(&results), p).is_none())
+            {
+                eprintln!("{}: resuming its training after epoch {epoch} ({})", p.label(), run_dir.display());
+            }
             let r = point::run_point(
                 &sweep,
                 &sweep.dir(&results),
