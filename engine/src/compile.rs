@@ -31,6 +31,16 @@ pub enum KernelPolicy {
     Sparse,
 }
 
+impl KernelPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPolicy::Auto => "auto",
+            KernelPolicy::Dense => "dense",
+            KernelPolicy::Sparse => "sparse",
+        }
+    }
+}
+
 /// Compilation settings.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -22,6 +22,7 @@ pub mod npy;
 pub mod onnx;
 pub mod passes;
 pub mod phases;
+pub mod report;
 pub mod row_passes;
 pub mod schedule;
 pub mod sequence;

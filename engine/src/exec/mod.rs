@@ -10,7 +10,7 @@
 //! This file holds the plan, the session and a tile's way through its layers; `layers` runs the
 //! fp32 layers, `int8` the int8 ones and what stays int8 between them, `bands` the row bands.
 
-use std::ops::Range;
+use std::ops::{Deref, Range};
 
 use std::sync::Mutex;
 
@@ -182,9 +182,11 @@ fn align_offset(v: &[f32]) -> usize {
     (64 - v.as_ptr() as usize % 64) % 64 / 4
 }
 
-/// Executes a model; keeps its arena between calls of the same batch size.
-pub struct Session<'m> {
-    model: &'m Model,
+/// Executes a model; keeps its arena between calls of the same batch size. `M` is how the
+/// session holds the model: borrowed (`&Model`, most callers) or shared (`Arc<Model>`, for a
+/// session that must own it, as the Python module's).
+pub struct Session<M: Deref<Target = Model> + Clone> {
+    model: M,
     /// The calling thread and its helpers; `solo` is the calling thread alone, for layers that
     /// run inside one thread's share of the tiles.
     team: Team,
@@ -218,15 +220,15 @@ fn check_indices(ports: &crate::graph::Ports, input: &[f32], per_sample: usize) 
     Ok(())
 }
 
-impl<'m> Session<'m> {
+impl<M: Deref<Target = Model> + Clone> Session<M> {
     /// A session with `threads` threads (at least 1: the caller and `threads - 1` helpers) and
     /// the automatic schedule.
-    pub fn new(model: &'m Model, threads: usize) -> Result<Session<'m>> {
+    pub fn new(model: M, threads: usize) -> Result<Session<M>> {
         Session::with_schedule(model, threads, Schedule::Auto, None)
     }
 
     /// A session with a schedule and a cache budget per column (default: the L2 size).
-    pub fn with_schedule(model: &'m Model, threads: usize, schedule: Schedule, budget: Option<usize>) -> Result<Session<'m>> {
+    pub fn with_schedule(model: M, threads: usize, schedule: Schedule, budget: Option<usize>) -> Result<Session<M>> {
         let threads = threads.max(1);
         let start = |n| Team::new(n).map_err(|e| EngineError::Shape(format!("cannot start {threads} threads: {e}")));
         let (team, solo) = (start(threads)?, start(1)?);
@@ -240,12 +242,13 @@ impl<'m> Session<'m> {
 
     /// The schedule this session uses for `batch` samples.
     pub fn plan(&self, batch: usize) -> schedule::Plan {
-        schedule::plan(self.model, batch.max(1), self.threads(), self.schedule, self.budget)
+        schedule::plan(&self.model, batch.max(1), self.threads(), self.schedule, self.budget)
     }
 
     /// Checks the input and prepares the arena for `batch`.
     fn prepare(&mut self, input: &[f32], batch: usize) -> Result<()> {
-        let model = self.model;
+        let owner = self.model.clone();
+        let model: &Model = &owner;
         let f_in = model.value_sizes[0];
         if batch == 0 || batch.checked_mul(f_in) != Some(input.len()) {
             return Err(EngineError::Shape(format!(
@@ -313,7 +316,8 @@ impl<'m> Session<'m> {
     /// returns each tile's seconds per layer.
     fn execute(&mut self, input: &[f32], batch: usize, timed: bool, out: &mut [f32]) -> Result<Vec<Vec<f64>>> {
         self.prepare(input, batch)?;
-        let model = self.model;
+        let owner = self.model.clone();
+        let model: &Model = &owner;
         let plan = self.plan.as_ref().expect("prepared");
         let mut chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.chunks()).collect();
         // Chunks past the tiles' hold the band parts of a one-tile batch.

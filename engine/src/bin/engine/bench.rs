@@ -12,7 +12,8 @@ use engine::schedule::Schedule;
 
 use crate::ModelArgs;
 use crate::commands::compile_model;
-use engine::stats::{Latency, bench_input, time_alternating, time_runs};
+use engine::report::{self, BenchRow};
+use engine::stats::{Latency, bench_input, time_alternating};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -42,45 +43,12 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-#[derive(serde::Serialize)]
-struct Row {
-    model: String,
-    kernels: &'static str,
-    schedule: &'static str,
-    tile: usize,
-    columns: usize,
-    batch: usize,
-    threads: usize,
-    #[serde(flatten)]
-    latency: Latency,
-    items_per_s: f64,
-    /// The kernel each linear layer and convolution runs on this plan's tiles (as `engine info`
-    /// names them; one-sample tiles run the batch-1 kernels): the compiler times candidates, so
-    /// two processes may differ.
-    layer_kernels: Vec<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dense_median_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    speedup_vs_dense: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    baseline: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    baseline_median_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    speedup: Option<f64>,
-}
-
-fn measure(session: &mut Session, input: &[f32], batch: usize, a: &BenchArgs) -> anyhow::Result<Latency> {
-    let runs = time_runs(a.warmup, 20, 100_000, a.seconds, || session.run(input, batch).map(|_| ()))?;
-    Ok(Latency::from_seconds(&runs))
-}
-
 /// Blocks of timed runs of the model and of its baseline, alternating (`COMPARE_ROUNDS` of each),
 /// `--seconds` in all for each: a ratio of two back-to-back measurements on this kind of machine
 /// can be off by its drift between them (up to 2x).
 fn measure_against(
-    session: &mut Session,
-    baseline: &mut Session,
+    session: &mut Session<&Model>,
+    baseline: &mut Session<&Model>,
     input: &[f32],
     batch: usize,
     a: &BenchArgs,
@@ -159,7 +127,6 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
     for &batch in &a.batch {
         let input = bench_input(&model, batch)?;
         let mut session = a.model.session(&model)?;
-        let plan = session.plan(batch);
         let budget = a.model.cache_budget;
         let mut base_session = match &baseline {
             Some(Baseline::Model(other)) => Some(a.model.session(other)?),
@@ -172,36 +139,16 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<()> {
                 let (lat, base) = measure_against(&mut session, b, &input, batch, a)?;
                 (lat, Some(base))
             }
-            None => (measure(&mut session, &input, batch, a)?, None),
+            None => (report::measure(&mut session, &model, batch, a.warmup, a.seconds)?, None),
         };
         let dense_lat = baseline_lat.filter(|_| a.compare.as_deref() == Some("dense"));
-        let row = Row {
-            model: name.clone(),
-            kernels: match a.model.kernels {
-                KernelPolicy::Auto => "auto",
-                KernelPolicy::Dense => "dense",
-                KernelPolicy::Sparse => "sparse",
-            },
-            schedule: plan.schedule.name(),
-            tile: plan.tile,
-            columns: plan.columns.len(),
-            batch,
-            threads,
-            latency: lat,
-            items_per_s: batch as f64 / (lat.mean_ms / 1e3),
-            layer_kernels: model
-                .layers
-                .iter()
-                .filter_map(|l| match &l.exec {
-                    compile::Exec::MatMul(m) => Some(m.kernel(plan.tile == 1).name(plan.tile == 1)),
-                    _ => None,
-                })
-                .collect(),
+        let row = BenchRow {
             dense_median_ms: dense_lat.map(|d| d.median_ms),
             speedup_vs_dense: dense_lat.map(|d| d.median_ms / lat.median_ms),
             baseline: a.compare.clone().or_else(|| a.baseline_model.as_ref().map(|p| p.display().to_string())),
             baseline_median_ms: baseline_lat.map(|d| d.median_ms),
             speedup: baseline_lat.map(|d| d.median_ms / lat.median_ms),
+            ..BenchRow::new(&name, &model, a.model.kernels, &session, batch, lat)
         };
         if a.json {
             println!("{}", serde_json::to_string(&row)?);

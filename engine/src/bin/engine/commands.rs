@@ -35,28 +35,18 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
         "layer", "op", "output", "weight", "sparsity", "kernel b=1", "kernel b>1", "memory"
     );
     let mut total = 0;
-    for l in &model.layers {
-        let (weight, sparsity, k1, kb, bytes) = match &l.exec {
-            Exec::MatMul(m) => (
-                format!("[{}, {}]", m.rows, m.cols),
-                format!("{:.1}%", 100.0 * m.sparsity),
-                m.batch1.name(m.conv.is_none()).to_string(),
-                m.batched.name(false).to_string(),
-                m.weight_bytes(),
-            ),
-            _ => ("-".into(), "-".into(), "-".into(), "-".into(), 0),
-        };
-        total += bytes;
+    for l in engine::report::layers(&model) {
+        total += l.weight_bytes;
         println!(
             "{:<18} {:<8} {:<16} {:<16} {:>8} {:<16} {:<16} {:>10}",
-            l.name,
-            l.kind,
-            format!("{:?}", l.out_shape),
-            weight,
-            sparsity,
-            k1,
-            kb,
-            human_bytes(bytes)
+            l.layer,
+            l.op,
+            format!("{:?}", l.output),
+            l.weight.map_or("-".into(), |[r, c]| format!("[{r}, {c}]")),
+            l.sparsity.map_or("-".into(), |s| format!("{:.1}%", 100.0 * s)),
+            l.kernel_batch1.unwrap_or("-"),
+            l.kernel_batched.unwrap_or("-"),
+            human_bytes(l.weight_bytes)
         );
     }
     println!("{:<18} {:>98}", "total weights", human_bytes(total));
@@ -218,15 +208,8 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
     }
     let model = compile_model(args)?;
     let mut session = args.session(&model)?;
-    let x = engine::stats::bench_input(&model, batch)?;
-    let mut per_layer: Vec<Vec<f64>> = vec![Vec::new(); model.layers.len()];
-    for _ in 0..iters {
-        for (l, s) in session.profile(&x, batch)?.into_iter().enumerate() {
-            per_layer[l].push(s);
-        }
-    }
-    let medians: Vec<f64> = per_layer.iter().map(|v| Latency::from_seconds(v).median_ms).collect();
-    let total: f64 = medians.iter().sum();
+    let layers = engine::report::analyze(&mut session, &model, batch, iters)?;
+    let total: f64 = layers.iter().map(|l| l.ms).sum();
     let plan = session.plan(batch);
     println!(
         "batch {batch}, {} threads, {} schedule (tiles of {}, {} columns), median of {iters} runs",
@@ -236,20 +219,17 @@ pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<(
         plan.columns.len()
     );
     println!("{:<18} {:<8} {:>10} {:>7} {:>10} {:>9} {:<14}", "layer", "op", "time ms", "share", "GFLOP/s", "sparsity", "kernel");
-    for (l, ms) in model.layers.iter().zip(&medians) {
-        let (gflops, sparsity, kernel) = match &l.exec {
-            Exec::MatMul(m) => {
-                let columns = batch * m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
-                let flops = m.useful_flops_per_column() * columns as f64;
-                (
-                    format!("{:.1}", flops / (ms / 1e3) / 1e9),
-                    format!("{:.1}%", 100.0 * m.sparsity),
-                    m.kernel(batch == 1).name(batch == 1 && m.conv.is_none()),
-                )
-            }
-            _ => ("-".into(), "-".into(), "-"),
-        };
-        println!("{:<18} {:<8} {:>10.4} {:>6.1}% {:>10} {:>9} {:<14}", l.name, l.kind, ms, 100.0 * ms / total, gflops, sparsity, kernel);
+    for l in &layers {
+        println!(
+            "{:<18} {:<8} {:>10.4} {:>6.1}% {:>10} {:>9} {:<14}",
+            l.layer,
+            l.op,
+            l.ms,
+            100.0 * l.share,
+            l.gflops.map_or("-".into(), |g| format!("{g:.1}")),
+            l.sparsity.map_or("-".into(), |s| format!("{:.1}%", 100.0 * s)),
+            l.kernel.unwrap_or("-")
+        );
     }
     println!("{:<18} {:<8} {:>10.4}", "total", "", total);
     Ok(())

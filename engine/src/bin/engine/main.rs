@@ -48,7 +48,7 @@ impl ModelArgs {
         self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from)
     }
     /// A session for `model` with these threads, schedule and budget.
-    pub fn session<'m>(&self, model: &'m engine::compile::Model) -> anyhow::Result<engine::exec::Session<'m>> {
+    pub fn session<'m>(&self, model: &'m engine::compile::Model) -> anyhow::Result<engine::exec::Session<&'m engine::compile::Model>> {
         Ok(engine::exec::Session::with_schedule(model, self.threads(), self.schedule, self.cache_budget)?)
     }
 }
