@@ -13,7 +13,8 @@ use engine::exec::Session;
 use engine::graph::Port;
 use engine::report::{self, BenchRow};
 use engine::schedule::Schedule;
-use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::ndarray::{Array, IxDyn};
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -180,13 +181,13 @@ impl Engine {
         let shape = |p: &Port| [vec![batch], p.shape.clone()].concat();
         if let [port] = &self.outputs[..] {
             // One output: NumPy takes the engine's buffer as it is.
-            return Ok(vec![PyArray1::from_vec(py, out).reshape(shape(port))?.into_any()]);
+            return Ok(vec![Array::from_shape_vec(IxDyn(&shape(port)), out).map_err(engine_error)?.into_pyarray(py).into_any()]);
         }
         let per_sample: usize = self.outputs.iter().map(Port::elements).sum();
         let mut arrays = Vec::with_capacity(self.outputs.len());
         for (range, port) in engine::graph::Ports::placed(&self.outputs) {
             let values: Vec<f32> = out.chunks(per_sample.max(1)).flat_map(|sample| sample[range.clone()].iter().copied()).collect();
-            arrays.push(PyArray1::from_vec(py, values).reshape(shape(port))?.into_any());
+            arrays.push(Array::from_shape_vec(IxDyn(&shape(port)), values).map_err(engine_error)?.into_pyarray(py).into_any());
         }
         Ok(arrays)
     }
