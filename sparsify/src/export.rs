@@ -117,9 +117,14 @@ pub fn export(net: &Network, path: &Path, format: Format) -> anyhow::Result<()> 
     if out_shape != [net.classes] {
         bail!("internal error: exported graph gives {out_shape:?}, expected [{}]", net.classes);
     }
+    write_graph(&graph, path, format)
+}
+
+/// Writes an engine graph to `path` in `format`, atomically.
+pub fn write_graph(graph: &Graph, path: &Path, format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Native => engine::format::save(&graph, path)?,
-        Format::Onnx => engine::fsutil::write_atomic(path, &engine::onnx::export::export(&graph, &out_shape))?,
+        Format::Native => engine::format::save(graph, path)?,
+        Format::Onnx => engine::fsutil::write_atomic(path, &engine::onnx::export::export(graph, &graph.output_shape()?))?,
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod export;
 pub mod mask;
 pub mod model;
+pub mod oneshot;
 pub mod optim;
 pub mod prune;
 pub mod quant;

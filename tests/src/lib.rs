@@ -24,3 +24,19 @@ pub fn real_data(root: &Path, train: usize, test: usize) -> PathBuf {
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+/// A binary of this build (`engine`, `experiments`, `sparsify`), built if this test runs alone.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let bin = deps.parent().unwrap().join(name);
+    if !bin.exists() {
+        let release = deps.parent().unwrap().ends_with("release");
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args(["build", "-q", "-p", name, "--bin", name]).current_dir(repo());
+        if release {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "building the {name} binary");
+    }
+    bin
+}

@@ -6,26 +6,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use e2e_tests::{real_data, repo};
+use e2e_tests::{binary, real_data, repo};
 use experiments::point::PointResult;
 use experiments::sweep::Sweep;
 use experiments::timing::{ATTEMPTS, doubt};
-
-/// A binary of this build (`engine`, `experiments`), built if this test runs alone.
-fn binary(name: &str) -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-    let bin = deps.parent().unwrap().join(name);
-    if !bin.exists() {
-        let release = deps.parent().unwrap().ends_with("release");
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-q", "-p", name, "--bin", name]).current_dir(repo());
-        if release {
-            build.arg("--release");
-        }
-        assert!(build.status().unwrap().success(), "building the {name} binary");
-    }
-    bin
-}
 
 /// Each row of `results.csv`: the speedup is the dense median over the sparse one (within the
 /// table's four decimals), top-1 is what `engine eval` measures on the point's model, and for fp32

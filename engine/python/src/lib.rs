@@ -17,7 +17,7 @@ use numpy::ndarray::{Array, IxDyn};
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 pyo3::create_exception!(
     sparsify_engine,
@@ -144,13 +144,13 @@ impl Engine {
             .cast::<PyArrayDyn<f32>>()
             .ok()
             .filter(|a| arrays.len() == 1 && !port.integer && a.is_c_contiguous() && fits(a.shape(), port));
-        let (batch, out) = match in_place {
+        match in_place {
             // One contiguous float32 input: the engine reads NumPy's buffer.
             Some(array) => {
                 let batch = array.shape()[0];
                 self.check_batch(batch)?;
                 let view = array.readonly();
-                (batch, self.run_packed(py, view.as_slice().map_err(engine_error)?, batch)?)
+                self.run_packed(py, view.as_slice().map_err(engine_error)?, batch)
             }
             None => {
                 let mut read = Vec::with_capacity(arrays.len());
@@ -170,19 +170,14 @@ impl Engine {
                         packed.extend_from_slice(&values[s * port.elements()..(s + 1) * port.elements()]);
                     }
                 }
-                (batch, self.run_packed(py, &packed, batch)?)
+                self.run_packed(py, &packed, batch)
             }
-        };
-        self.split_outputs(py, batch, out)
+        }
     }
 
     /// The engine's flat output (`[batch, outputs side by side]`) as one array per output.
     fn split_outputs<'py>(&self, py: Python<'py>, batch: usize, out: Vec<f32>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let shape = |p: &Port| [vec![batch], p.shape.clone()].concat();
-        if let [port] = &self.outputs[..] {
-            // One output: NumPy takes the engine's buffer as it is.
-            return Ok(vec![Array::from_shape_vec(IxDyn(&shape(port)), out).map_err(engine_error)?.into_pyarray(py).into_any()]);
-        }
         let per_sample: usize = self.outputs.iter().map(Port::elements).sum();
         let mut arrays = Vec::with_capacity(self.outputs.len());
         for (range, port) in engine::graph::Ports::placed(&self.outputs) {
@@ -201,9 +196,20 @@ impl Engine {
         }
     }
 
-    /// Runs the packed input without the GIL; the engine's flat output.
-    fn run_packed(&self, py: Python<'_>, input: &[f32], batch: usize) -> PyResult<Vec<f32>> {
-        py.detach(|| self.session.lock().unwrap_or_else(|e| e.into_inner()).run(input, batch)).map_err(engine_error)
+    /// Runs the packed input without the GIL: one array per output, `[batch, *shape]`. One
+    /// output is written by the engine straight into its NumPy array.
+    fn run_packed<'py>(&self, py: Python<'py>, input: &[f32], batch: usize) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        if let [port] = &self.outputs[..] {
+            let array = PyArrayDyn::<f32>::zeros(py, [vec![batch], port.shape.clone()].concat(), false);
+            {
+                let mut out = array.readwrite();
+                let out = out.as_slice_mut().map_err(engine_error)?;
+                py.detach(|| self.session.lock().unwrap_or_else(|e| e.into_inner()).run_into(input, batch, out)).map_err(engine_error)?;
+            }
+            return Ok(vec![array.into_any()]);
+        }
+        let out = py.detach(|| self.session.lock().unwrap_or_else(|e| e.into_inner()).run(input, batch)).map_err(engine_error)?;
+        self.split_outputs(py, batch, out)
     }
 
     fn input_names(&self) -> Vec<String> {
@@ -253,7 +259,9 @@ impl Engine {
     #[pyo3(signature = (inputs, feed=None))]
     fn run<'py>(&self, py: Python<'py>, inputs: &Bound<'py, PyAny>, feed: Option<&Bound<'py, PyDict>>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let Some(feed) = feed else {
-            let arrays: Vec<Bound<'py, PyAny>> = if inputs.cast::<PyUntypedArray>().is_ok() {
+            let arrays: Vec<Bound<'py, PyAny>> = if let Ok(list) = inputs.cast::<PyList>() {
+                list.iter().collect()
+            } else if inputs.cast::<PyUntypedArray>().is_ok() {
                 vec![inputs.clone()]
             } else {
                 inputs

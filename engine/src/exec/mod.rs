@@ -296,6 +296,17 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
         Ok(out)
     }
 
+    /// Runs `input` into `out`, which must hold `[batch, output features]` (a caller's buffer:
+    /// the Python module's NumPy array).
+    pub fn run_into(&mut self, input: &[f32], batch: usize, out: &mut [f32]) -> Result<()> {
+        let expected = batch.checked_mul(self.model.value_sizes[self.model.output_value]);
+        if expected != Some(out.len()) {
+            return Err(EngineError::Shape(format!("an output of {} values for a batch of {batch}; expected {expected:?}", out.len())));
+        }
+        self.execute(input, batch, false, out)?;
+        Ok(())
+    }
+
     /// Runs `input` and returns the seconds spent in each layer (for `engine analyze`): thread
     /// time per layer summed over tiles, scaled so that the layers add up to the wall time.
     pub fn profile(&mut self, input: &[f32], batch: usize) -> Result<Vec<f64>> {

@@ -1,4 +1,5 @@
-//! `sparsify`: train with a recipe, inspect recipes, export trained models.
+//! `sparsify`: train with a recipe, inspect recipes, export trained models, prune trained models
+//! one-shot.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sparsify::export::{self, Format};
+use sparsify::oneshot::{self, Method};
 use sparsify::recipe::Recipe;
 use sparsify::train::{self, TrainOptions};
 
@@ -62,6 +64,50 @@ enum Command {
         /// File format (default: from the extension, native otherwise).
         #[arg(long, value_enum)]
         format: Option<Format>,
+    },
+    /// Prune a trained model without training: every linear layer and convolution to
+    /// --sparsity, from a few calibration images (SparseGPT's `obs`, Wanda or magnitude).
+    Oneshot {
+        /// The model: ONNX or the engine's file, or a run folder of `sparsify train`.
+        #[arg(long)]
+        model: PathBuf,
+        /// Fraction of each layer's weights to prune, in [0, 1).
+        #[arg(long)]
+        sparsity: f64,
+        /// How to choose the weights to prune.
+        #[arg(long, value_enum, default_value_t = Method::Obs)]
+        method: Method,
+        /// Structure: unstructured, a block such as 4x1 or 1x4, or N:M such as 2:4.
+        #[arg(long, default_value = "unstructured")]
+        mask: String,
+        /// Dataset whose training images calibrate (fashion-mnist, mnist).
+        #[arg(long, default_value = "fashion-mnist")]
+        calibration: String,
+        /// Folder holding the dataset (else the standard search order).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Let the embedded subset stand in when the full set is not found.
+        #[arg(long)]
+        allow_subset: bool,
+        /// Calibration images.
+        #[arg(long, default_value_t = 512)]
+        samples: usize,
+        /// obs: damping added to the Hessian's diagonal, as a fraction of its mean.
+        #[arg(long, default_value_t = 0.01)]
+        damp: f64,
+        /// obs: columns that share one mask selection.
+        #[arg(long, default_value_t = 128)]
+        block: usize,
+        /// Threads that run the calibration data through the model.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Output file; `.onnx` is ONNX, anything else the engine's file. `<out>.oneshot.json`
+        /// beside it says what was done.
+        #[arg(long)]
+        out: PathBuf,
+        /// No per-layer lines.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Inspect recipes.
     Recipe {
@@ -156,6 +202,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             export::export(&net, &out, format)?;
             let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
             println!("{}: {:?} model, {} bytes", out.display(), format, bytes);
+        }
+        Command::Oneshot { model, sparsity, method, mask, calibration, data, allow_subset, samples, damp, block, threads, out, quiet } => {
+            let start = std::time::Instant::now();
+            let mask = sparsify::mask::MaskKind::parse(&mask).map_err(anyhow::Error::msg)?;
+            if block == 0 || threads == 0 || !damp.is_finite() || damp < 0.0 {
+                bail!("--block and --threads must be at least 1, --damp at least 0");
+            }
+            let mut graph = if model.is_dir() { export::to_graph(&train::final_network(&model)?)? } else { engine::load(&model)? };
+            let (inputs, n, source) = oneshot::calibration(&calibration, data, allow_subset, samples, &graph.input_shape)?;
+            let settings = oneshot::Settings { sparsity, method, mask, obs: oneshot::obs::ObsOptions { damp, block }, threads };
+            let layers = oneshot::prune(&mut graph, &inputs, n, &settings, |layer| {
+                if !quiet {
+                    eprintln!("pruning {layer}");
+                }
+            })?;
+            export::write_graph(&graph, &out, Format::from_path(&out))?;
+            let report = oneshot::Report {
+                model: model.display().to_string(),
+                out: out.display().to_string(),
+                method,
+                mask,
+                sparsity,
+                calibration: source,
+                samples: n,
+                damp,
+                block,
+                layers,
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            let json = out.with_file_name(format!("{}.oneshot.json", out.file_name().map_or("model".into(), |f| f.to_string_lossy())));
+            sparsify::run::write_json(&json, &report)?;
+            for l in report.layers.iter().filter(|_| !quiet) {
+                println!("{:<16} [{}, {}] sparsity {:.3}, output change {:.4}", l.layer, l.rows, l.cols, l.sparsity, l.relative_error);
+            }
+            println!(
+                "{}: {} layers pruned by {:?} in {:.1} s ({})",
+                out.display(),
+                report.layers.len(),
+                method,
+                report.seconds,
+                json.display()
+            );
         }
         Command::Recipe { command: RecipeCommand::Check { recipe, set } } => {
             let r = Recipe::load(&recipe, &parse_sets(&set)?)?;

@@ -1,0 +1,103 @@
+//! `sparsify oneshot` as a user runs it: a trained run folder pruned without training by
+//! magnitude and by SparseGPT's obs, each layer to the sparsity asked, obs changing every
+//! layer's output on the calibration data less than magnitude does; N:M masks kept; the written
+//! file loads in the engine; mistakes get one error line.
+
+use std::path::Path;
+use std::process::Command;
+
+use e2e_tests::{binary, real_data, repo};
+
+fn sparsify(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary("sparsify")).args(args).current_dir(dir).env("SPARSIFY_OFFLINE", "1").output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The per-layer `relative_error` values of a `<out>.oneshot.json`.
+fn errors(report: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(report).unwrap();
+    text.split("\"relative_error\":").skip(1).map(|r| r.split([',', '}']).next().unwrap().trim().parse().unwrap()).collect()
+}
+
+#[test]
+fn a_trained_run_is_pruned_one_shot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = real_data(d, 600, 100);
+    let recipe = repo().join("recipes/lenet5-dense.toml");
+    let data_arg = data.display().to_string();
+    let (ok, _, err) = sparsify(
+        d,
+        &["train", "--recipe", recipe.to_str().unwrap(), "--set", "num_epochs=1", "--data", &data_arg, "--out", "run", "--quiet"],
+    );
+    assert!(ok, "{err}");
+    let prune = |method: &str, mask: &str, out: &str| {
+        let (ok, stdout, err) = sparsify(
+            d,
+            &[
+                "oneshot",
+                "--model",
+                "run",
+                "--sparsity",
+                "0.7",
+                "--method",
+                method,
+                "--mask",
+                mask,
+                "--data",
+                &data_arg,
+                "--samples",
+                "64",
+                "--out",
+                out,
+            ],
+        );
+        assert!(ok, "{method} {mask}: {err}");
+        assert!(stdout.contains("layers pruned"), "{stdout}");
+    };
+    prune("magnitude", "unstructured", "magnitude.onnx");
+    prune("obs", "unstructured", "obs.onnx");
+    prune("obs", "2:4", "obs24.sparse");
+    // Every layer at 70% (exactly: a weight count times 0.7, rounded), the file loads and runs.
+    let graph = engine::load(&d.join("obs.onnx")).unwrap();
+    let mut layers = 0;
+    for node in &graph.nodes {
+        if let engine::graph::Op::Linear { weight, .. } | engine::graph::Op::Conv { weight, .. } = &node.op {
+            let zeros = weight.data.iter().filter(|v| **v == 0.0).count();
+            assert_eq!(zeros, (weight.data.len() as f64 * 0.7).round() as usize, "{}", node.name);
+            layers += 1;
+        }
+    }
+    assert_eq!(layers, 5, "LeNet-5: two convolutions, three linear layers");
+    let (e_mag, e_obs) = (errors(&d.join("magnitude.onnx.oneshot.json")), errors(&d.join("obs.onnx.oneshot.json")));
+    assert_eq!(e_mag.len(), 5);
+    for (l, (m, o)) in e_mag.iter().zip(&e_obs).enumerate() {
+        assert!(o < m, "layer {l}: obs changed the output by {o}, magnitude by {m}");
+    }
+    // 2:4: at least two zeros in every group of four inputs of every output.
+    let graph = engine::load(&d.join("obs24.sparse")).unwrap();
+    for node in &graph.nodes {
+        if let engine::graph::Op::Linear { weight, .. } | engine::graph::Op::Conv { weight, .. } = &node.op {
+            for row in weight.data.chunks(weight.cols()) {
+                assert!(row.chunks(4).all(|g| g.iter().filter(|v| **v == 0.0).count() >= g.len() / 2), "{}", node.name);
+            }
+        }
+    }
+    let eval =
+        Command::new(binary("engine")).args(["eval", "--model"]).arg(d.join("obs.onnx")).args(["--data", &data_arg]).output().unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+
+    // Mistakes: one line, a failing exit.
+    let corpus = repo().join("engine/tests/corpus");
+    let fails = |args: &[&str], expected: &str| {
+        let (ok, _, err) = sparsify(d, args);
+        assert!(!ok && err.trim_end().lines().count() == 1 && err.contains(expected) && !err.contains("panicked"), "{args:?}: {err}");
+    };
+    let base = ["oneshot", "--out", "x.onnx", "--data", &data_arg];
+    fails(&[&base[..], &["--model", "run", "--sparsity", "1"]].concat(), "outside [0, 1)");
+    fails(&[&base[..], &["--model", "run", "--sparsity", "0.5", "--mask", "3x"]].concat(), "not a mask");
+    let mlp64 = corpus.join("mlp_s90.onnx").display().to_string();
+    fails(&[&base[..], &["--model", &mlp64, "--sparsity", "0.5"]].concat(), "the model takes [64]");
+    let int8 = corpus.join("lenet5_q8.onnx").display().to_string();
+    fails(&[&base[..], &["--model", &int8, "--sparsity", "0.5"]].concat(), "no fp32 linear layer");
+}
