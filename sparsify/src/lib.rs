@@ -9,6 +9,7 @@ pub mod mask;
 pub mod model;
 pub mod oneshot;
 pub mod optim;
+pub mod plot;
 pub mod prune;
 pub mod quant;
 pub mod recipe;

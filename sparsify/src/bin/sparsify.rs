@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use sparsify::export::{self, Format};
-use sparsify::oneshot::{self, Method};
+use sparsify::oneshot::{self, Method, allocate, sensitivity};
 use sparsify::recipe::Recipe;
 use sparsify::train::{self, TrainOptions};
 
@@ -68,39 +68,11 @@ enum Command {
     /// Prune a trained model without training: every linear layer and convolution to
     /// --sparsity, from a few calibration images (SparseGPT's `obs`, Wanda or magnitude).
     Oneshot {
-        /// The model: ONNX or the engine's file, or a run folder of `sparsify train`.
-        #[arg(long)]
-        model: PathBuf,
+        #[command(flatten)]
+        prune: PruneArgs,
         /// Fraction of each layer's weights to prune, in [0, 1).
         #[arg(long)]
         sparsity: f64,
-        /// How to choose the weights to prune.
-        #[arg(long, value_enum, default_value_t = Method::Obs)]
-        method: Method,
-        /// Structure: unstructured, a block such as 4x1 or 1x4, or N:M such as 2:4.
-        #[arg(long, default_value = "unstructured")]
-        mask: String,
-        /// Dataset whose training images calibrate (fashion-mnist, mnist).
-        #[arg(long, default_value = "fashion-mnist")]
-        calibration: String,
-        /// Folder holding the dataset (else the standard search order).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Let the embedded subset stand in when the full set is not found.
-        #[arg(long)]
-        allow_subset: bool,
-        /// Calibration images.
-        #[arg(long, default_value_t = 512)]
-        samples: usize,
-        /// obs: damping added to the Hessian's diagonal, as a fraction of its mean.
-        #[arg(long, default_value_t = 0.01)]
-        damp: f64,
-        /// obs: columns that share one mask selection.
-        #[arg(long, default_value_t = 128)]
-        block: usize,
-        /// Threads that run the calibration data through the model.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
         /// Output file; `.onnx` is ONNX, anything else the engine's file. `<out>.oneshot.json`
         /// beside it says what was done.
         #[arg(long)]
@@ -109,11 +81,106 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Each prunable layer alone pruned one-shot to each level: the loss and top-1 it costs on
+    /// test images and the time it saves in the engine, as CSV and a plot.
+    Sensitivity {
+        #[command(flatten)]
+        prune: PruneArgs,
+        /// Sparsity levels, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.8,0.9,0.95,0.98")]
+        levels: Vec<f64>,
+        /// Batch sizes to time each layer at, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        batch: Vec<usize>,
+        /// Test images the loss and top-1 are measured on.
+        #[arg(long, default_value_t = 2000)]
+        eval_samples: usize,
+        /// Profiled runs per timing (their median is kept).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// The CSV; the plot goes beside it (`.png`, `.svg`), at the largest batch.
+        #[arg(long)]
+        out: PathBuf,
+        /// No per-layer lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Per-layer sparsities from a sensitivity table that reach a measured speedup (or latency)
+    /// with the least estimated loss, written as a recipe with per-layer GMP targets.
+    Allocate {
+        /// The CSV of `sparsify sensitivity`.
+        #[arg(long)]
+        sensitivity: PathBuf,
+        /// Speedup over the unpruned model to reach, in the engine at --batch.
+        #[arg(long, conflicts_with = "target_latency_ms")]
+        target_speedup: Option<f64>,
+        /// Or the model's time to reach, ms.
+        #[arg(long)]
+        target_latency_ms: Option<f64>,
+        /// The batch size whose timings count.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// The recipe to give the per-layer targets to (its one gmp modifier's final_sparsity).
+        #[arg(long)]
+        recipe: PathBuf,
+        /// The recipe written.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Inspect recipes.
     Recipe {
         #[command(subcommand)]
         command: RecipeCommand,
     },
+}
+
+/// The model to prune one-shot, the images that calibrate it, and how its weights are chosen.
+#[derive(Args)]
+struct PruneArgs {
+    /// The model: ONNX or the engine's file, or a run folder of `sparsify train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// How to choose the weights to prune.
+    #[arg(long, value_enum, default_value_t = Method::Obs)]
+    method: Method,
+    /// Structure: unstructured, a block such as 4x1 or 1x4, or N:M such as 2:4.
+    #[arg(long, default_value = "unstructured")]
+    mask: String,
+    /// Dataset whose training images calibrate (and whose test images evaluate).
+    #[arg(long, default_value = "fashion-mnist")]
+    calibration: String,
+    /// Folder holding the dataset (else the standard search order).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Let the embedded subset stand in when the full set is not found.
+    #[arg(long)]
+    allow_subset: bool,
+    /// Calibration images.
+    #[arg(long, default_value_t = 512)]
+    samples: usize,
+    /// obs: damping added to the Hessian's diagonal, as a fraction of its mean.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// obs: columns that share one mask selection.
+    #[arg(long, default_value_t = 128)]
+    block: usize,
+    /// Threads of the engine (calibration, evaluation, timing).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+impl PruneArgs {
+    /// The model's graph, the dataset checked against its input, and the settings.
+    fn load(&self, sparsity: f64) -> anyhow::Result<(engine::graph::Graph, datasets::Dataset, String, oneshot::Settings)> {
+        let mask = sparsify::mask::MaskKind::parse(&self.mask).map_err(anyhow::Error::msg)?;
+        if self.block == 0 || self.threads == 0 || !self.damp.is_finite() || self.damp < 0.0 {
+            bail!("--block and --threads must be at least 1, --damp at least 0");
+        }
+        let graph = if self.model.is_dir() { export::to_graph(&train::final_network(&self.model)?)? } else { engine::load(&self.model)? };
+        let (d, source) = oneshot::load_images(&self.calibration, self.data.clone(), self.allow_subset, &graph.input_shape)?;
+        let obs = oneshot::obs::ObsOptions { damp: self.damp, block: self.block };
+        Ok((graph, d, source, oneshot::Settings { sparsity, method: self.method, mask, obs, threads: self.threads }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -203,15 +270,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
             println!("{}: {:?} model, {} bytes", out.display(), format, bytes);
         }
-        Command::Oneshot { model, sparsity, method, mask, calibration, data, allow_subset, samples, damp, block, threads, out, quiet } => {
+        Command::Oneshot { prune, sparsity, out, quiet } => {
             let start = std::time::Instant::now();
-            let mask = sparsify::mask::MaskKind::parse(&mask).map_err(anyhow::Error::msg)?;
-            if block == 0 || threads == 0 || !damp.is_finite() || damp < 0.0 {
-                bail!("--block and --threads must be at least 1, --damp at least 0");
-            }
-            let mut graph = if model.is_dir() { export::to_graph(&train::final_network(&model)?)? } else { engine::load(&model)? };
-            let (inputs, n, source) = oneshot::calibration(&calibration, data, allow_subset, samples, &graph.input_shape)?;
-            let settings = oneshot::Settings { sparsity, method, mask, obs: oneshot::obs::ObsOptions { damp, block }, threads };
+            let (mut graph, d, source, settings) = prune.load(sparsity)?;
+            let (inputs, _) = oneshot::images(&d, &d.train, prune.samples, 0);
+            let n = inputs.len() / graph.input_shape.iter().product::<usize>().max(1);
             let layers = oneshot::prune(&mut graph, &inputs, n, &settings, |layer| {
                 if !quiet {
                     eprintln!("pruning {layer}");
@@ -219,15 +282,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             export::write_graph(&graph, &out, Format::from_path(&out))?;
             let report = oneshot::Report {
-                model: model.display().to_string(),
+                model: prune.model.display().to_string(),
                 out: out.display().to_string(),
-                method,
-                mask,
+                method: settings.method,
+                mask: settings.mask,
                 sparsity,
                 calibration: source,
                 samples: n,
-                damp,
-                block,
+                damp: prune.damp,
+                block: prune.block,
                 layers,
                 seconds: start.elapsed().as_secs_f64(),
             };
@@ -240,9 +303,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}: {} layers pruned by {:?} in {:.1} s ({})",
                 out.display(),
                 report.layers.len(),
-                method,
+                settings.method,
                 report.seconds,
                 json.display()
+            );
+        }
+        Command::Sensitivity { prune, levels, batch, eval_samples, iters, out, quiet } => {
+            if levels.is_empty() || batch.is_empty() || batch.contains(&0) || iters == 0 || eval_samples == 0 {
+                bail!("--levels and --batch need values (batches >= 1), --iters and --eval-samples at least 1");
+            }
+            let (graph, d, _, settings) = prune.load(0.0)?;
+            let (inputs, _) = oneshot::images(&d, &d.train, prune.samples, 0);
+            let n = inputs.len() / graph.input_shape.iter().product::<usize>().max(1);
+            let (eval_inputs, labels) = oneshot::images(&d, &d.test, eval_samples, 1);
+            let eval = sensitivity::Eval { inputs: &eval_inputs, labels: &labels };
+            let plan = sensitivity::Plan { levels: &levels, batches: &batch, iters, settings };
+            let rows = sensitivity::measure(&graph, &inputs, n, &eval, &plan, |layer| {
+                if !quiet {
+                    eprintln!("layer {layer}: {} levels", levels.len());
+                }
+            })?;
+            sensitivity::write_csv(&out, &rows)?;
+            let largest = *batch.iter().max().expect("checked non-empty");
+            sensitivity::plot(&out.with_extension(""), &rows, largest)?;
+            println!(
+                "{}: {} layers x {} levels x {} batch sizes (plot: {})",
+                out.display(),
+                rows.len() / (levels.len() * batch.len()),
+                levels.len(),
+                batch.len(),
+                out.with_extension("png").display()
+            );
+        }
+        Command::Allocate { sensitivity: table, target_speedup, target_latency_ms, batch, recipe, out } => {
+            let rows = sensitivity::read_csv(&table)?;
+            let model_ms = rows
+                .iter()
+                .find(|r| r.batch == batch)
+                .map(|r| r.model_ms)
+                .with_context(|| format!("{}: no timings at batch {batch}", table.display()))?;
+            let target_ms = match (target_speedup, target_latency_ms) {
+                (Some(s), None) if s >= 1.0 => model_ms / s,
+                (None, Some(ms)) if ms > 0.0 => ms,
+                _ => bail!("give --target-speedup (at least 1) or --target-latency-ms (above 0)"),
+            };
+            let a = allocate::allocate(&rows, batch, target_ms)?;
+            let base = std::fs::read_to_string(&recipe).with_context(|| format!("reading {}", recipe.display()))?;
+            let mut text = allocate::recipe(&base, &recipe.display().to_string(), &a, &rows)?;
+            text = format!(
+                "# Per-layer targets chosen by `sparsify allocate` from {} for {:.4} ms at batch {batch} ({:.2}x the unpruned {:.4} ms):\n# estimated {:.4} ms, loss increase {:.4} (the layers' one-shot increases added up).\n{text}",
+                table.display(),
+                target_ms,
+                model_ms / target_ms,
+                model_ms,
+                a.estimated_ms,
+                a.estimated_loss_increase
+            );
+            engine::fsutil::write_atomic(&out, text.as_bytes())?;
+            for c in &a.choices {
+                println!("{:<16} {:>5.1}%  {:.4} -> {:.4} ms, loss +{:.4}", c.layer, 100.0 * c.level, c.dense_ms, c.ms, c.loss_increase);
+            }
+            println!(
+                "{}: estimated {:.4} ms ({:.2}x), loss +{:.4}",
+                out.display(),
+                a.estimated_ms,
+                model_ms / a.estimated_ms,
+                a.estimated_loss_increase
             );
         }
         Command::Recipe { command: RecipeCommand::Check { recipe, set } } => {

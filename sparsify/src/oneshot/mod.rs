@@ -4,8 +4,10 @@
 //! surgeon as SparseGPT does it (`obs`). Layers are visited in order and each sees the
 //! calibration data through the layers before it as already pruned.
 
+pub mod allocate;
 pub mod hessian;
 pub mod obs;
+pub mod sensitivity;
 
 use std::time::Instant;
 
@@ -50,8 +52,82 @@ pub struct LayerReport {
     pub seconds: f64,
 }
 
-/// Prunes every fp32 linear layer and convolution of `graph` in place; `samples` holds `n`
-/// calibration inputs (normalized, sample-major). `progress` hears of each layer as it starts.
+/// The layers one-shot pruning prunes: every fp32 linear layer and convolution, as node indices.
+pub fn targets(graph: &Graph) -> anyhow::Result<Vec<usize>> {
+    let targets: Vec<usize> = (0..graph.nodes.len())
+        .filter(|&k| matches!(&graph.nodes[k].op, Op::Linear { weight, .. } | Op::Conv { weight, .. } if weight.quant.is_none()))
+        .collect();
+    if targets.is_empty() {
+        bail!("the model has no fp32 linear layer or convolution to prune");
+    }
+    Ok(targets)
+}
+
+/// Checks a sparsity and calibration data that must hold `n` samples of the model's input.
+pub fn check(graph: &Graph, sparsity: f64, samples: &[f32], n: usize) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&sparsity) {
+        bail!("sparsity {sparsity} is outside [0, 1)");
+    }
+    let per_sample: usize = graph.input_shape.iter().product();
+    if n == 0 || samples.len() != n * per_sample {
+        bail!("the calibration data has {} values, not {n} samples of the model's input {:?}", samples.len(), graph.input_shape);
+    }
+    Ok(())
+}
+
+/// The Hessian of node `k`'s inputs on the calibration data run through the graph before it.
+pub fn layer_hessian(graph: &Graph, k: usize, samples: &[f32], n: usize, threads: usize) -> anyhow::Result<Vec<f64>> {
+    let name = &graph.nodes[k].name;
+    let x = hessian::layer_input(graph, k, samples, n, threads)?;
+    match &graph.nodes[k].op {
+        Op::Linear { weight, .. } => Ok(hessian::linear(&x, weight.cols())),
+        Op::Conv { window, .. } => {
+            let shapes = graph.infer_shapes()?;
+            let in_shape = shapes.iter().rev().find(|(v, _)| *v == graph.nodes[k].inputs[0]).map(|(_, s)| s.clone()).unwrap_or_default();
+            let [c, h, w] = in_shape[..] else { bail!("layer '{name}': input shape {in_shape:?} is not [channels, height, width]") };
+            Ok(hessian::conv(&x, [c, h, w], window))
+        }
+        _ => bail!("layer '{name}' is not a linear layer or a convolution"),
+    }
+}
+
+/// Prunes node `k`'s weights to `sparsity` given its inputs' Hessian `h`; reports the result.
+pub fn prune_layer(graph: &mut Graph, k: usize, h: &[f64], sparsity: f64, s: &Settings) -> LayerReport {
+    let start = Instant::now();
+    let layer = graph.nodes[k].name.clone();
+    let (Op::Linear { weight, .. } | Op::Conv { weight, .. }) = &mut graph.nodes[k].op else {
+        unreachable!("targets are linear layers and convolutions")
+    };
+    let (rows, cols) = (weight.rows(), weight.cols());
+    let before = weight.data.clone();
+    match s.method {
+        Method::Magnitude => apply(&mut weight.data, &layer_mask(&before, rows, cols, sparsity, s.mask)),
+        Method::Wanda => {
+            let scores: Vec<f32> =
+                before.iter().enumerate().map(|(i, w)| w.abs() * (h[(i % cols) * cols + i % cols]).sqrt() as f32).collect();
+            let keep: Vec<bool> = match s.mask {
+                // Wanda compares the weights of one output with each other.
+                MaskKind::Unstructured => scores.chunks(cols).flat_map(|row| layer_mask(row, 1, cols, sparsity, s.mask)).collect(),
+                _ => layer_mask(&scores, rows, cols, sparsity, s.mask),
+            };
+            apply(&mut weight.data, &keep);
+        }
+        Method::Obs => obs::prune(&mut weight.data, rows, cols, h, sparsity, s.mask, s.obs),
+    }
+    let zeros = weight.data.iter().filter(|v| **v == 0.0).count();
+    LayerReport {
+        layer,
+        rows,
+        cols,
+        sparsity: zeros as f64 / weight.data.len().max(1) as f64,
+        relative_error: obs::relative_error(&before, &weight.data, rows, cols, h),
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Prunes every fp32 linear layer and convolution of `graph` in place, in order, each seeing the
+/// calibration data through the layers before it as pruned; `samples` holds `n` calibration
+/// inputs (normalized, sample-major). `progress` hears of each layer as it starts.
 pub fn prune(
     graph: &mut Graph,
     samples: &[f32],
@@ -59,64 +135,15 @@ pub fn prune(
     s: &Settings,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<Vec<LayerReport>> {
-    if !(0.0..1.0).contains(&s.sparsity) {
-        bail!("sparsity {} is outside [0, 1)", s.sparsity);
-    }
-    let per_sample: usize = graph.input_shape.iter().product();
-    if n == 0 || samples.len() != n * per_sample {
-        bail!("the calibration data has {} values, not {n} samples of the model's input {:?}", samples.len(), graph.input_shape);
-    }
-    let targets: Vec<usize> = (0..graph.nodes.len())
-        .filter(|&k| matches!(&graph.nodes[k].op, Op::Linear { weight, .. } | Op::Conv { weight, .. } if weight.quant.is_none()))
-        .collect();
-    if targets.is_empty() {
-        bail!("the model has no fp32 linear layer or convolution to prune");
-    }
-    let shapes = graph.infer_shapes()?;
+    check(graph, s.sparsity, samples, n)?;
     let mut reports = Vec::new();
-    for k in targets {
+    for k in targets(graph)? {
+        progress(&graph.nodes[k].name);
         let start = Instant::now();
-        let name = graph.nodes[k].name.clone();
-        progress(&name);
-        let x = hessian::layer_input(graph, k, samples, n, s.threads)?;
-        let in_shape = shapes.iter().rev().find(|(v, _)| *v == graph.nodes[k].inputs[0]).map(|(_, s)| s.clone()).unwrap_or_default();
-        let (weight, h) = match &mut graph.nodes[k].op {
-            Op::Linear { weight, .. } => {
-                let cols = weight.cols();
-                (weight, hessian::linear(&x, cols))
-            }
-            Op::Conv { weight, window, .. } => {
-                let [c, hh, ww] = in_shape[..] else { bail!("layer '{name}': input shape {in_shape:?} is not [channels, height, width]") };
-                let h = hessian::conv(&x, [c, hh, ww], window);
-                (weight, h)
-            }
-            _ => unreachable!("targets are linear layers and convolutions"),
-        };
-        let (rows, cols) = (weight.rows(), weight.cols());
-        let before = weight.data.clone();
-        match s.method {
-            Method::Magnitude => apply(&mut weight.data, &layer_mask(&before, rows, cols, s.sparsity, s.mask)),
-            Method::Wanda => {
-                let scores: Vec<f32> =
-                    before.iter().enumerate().map(|(i, w)| w.abs() * (h[(i % cols) * cols + i % cols]).sqrt() as f32).collect();
-                let keep: Vec<bool> = match s.mask {
-                    // Wanda compares the weights of one output with each other.
-                    MaskKind::Unstructured => scores.chunks(cols).flat_map(|row| layer_mask(row, 1, cols, s.sparsity, s.mask)).collect(),
-                    _ => layer_mask(&scores, rows, cols, s.sparsity, s.mask),
-                };
-                apply(&mut weight.data, &keep);
-            }
-            Method::Obs => obs::prune(&mut weight.data, rows, cols, &h, s.sparsity, s.mask, s.obs),
-        }
-        let zeros = weight.data.iter().filter(|v| **v == 0.0).count();
-        reports.push(LayerReport {
-            layer: name,
-            rows,
-            cols,
-            sparsity: zeros as f64 / weight.data.len().max(1) as f64,
-            relative_error: obs::relative_error(&before, &weight.data, rows, cols, &h),
-            seconds: start.elapsed().as_secs_f64(),
-        });
+        let h = layer_hessian(graph, k, samples, n, s.threads)?;
+        let mut report = prune_layer(graph, k, &h, s.sparsity, s);
+        report.seconds = start.elapsed().as_secs_f64();
+        reports.push(report);
     }
     Ok(reports)
 }
@@ -141,16 +168,14 @@ pub struct Report {
     pub seconds: f64,
 }
 
-/// The calibration inputs: `samples` training images of `dataset` (a seeded random choice),
-/// normalized as training and `engine eval` do. Returns the values, how many, and where they
-/// came from.
-pub fn calibration(
+/// A dataset for calibration and evaluation, checked against the model's input: `source` says
+/// where its images came from.
+pub fn load_images(
     dataset: &str,
     data: Option<std::path::PathBuf>,
     allow_subset: bool,
-    samples: usize,
     input_shape: &[usize],
-) -> anyhow::Result<(Vec<f32>, usize, String)> {
+) -> anyhow::Result<(datasets::Dataset, String)> {
     let d = datasets::Resolver::new(data, true).allowing_subset(allow_subset).load(dataset)?;
     let per_sample: usize = input_shape.iter().product();
     if d.train.image_size() != per_sample {
@@ -161,8 +186,17 @@ pub fn calibration(
             d.train.image_size()
         );
     }
-    let n = samples.clamp(1, d.train.len());
-    let order = datasets::batch::shuffled(d.train.len(), 0)[..n].to_vec();
-    let batch = datasets::batch::batches(&d.train, &order, n, d.mean, d.std).next().expect("n >= 1");
-    Ok((batch.inputs, n, format!("{dataset} ({})", d.source)))
+    let source = format!("{dataset} ({})", d.source);
+    Ok((d, source))
+}
+
+/// `n` images of `split` (a choice seeded by `seed`), normalized as training and `engine eval`
+/// do: the values (sample-major) and labels.
+pub fn images(d: &datasets::Dataset, split: &datasets::Split, n: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
+    let n = n.clamp(1, split.len().max(1));
+    let order = datasets::batch::shuffled(split.len(), seed)[..n.min(split.len())].to_vec();
+    let batch = datasets::batch::batches(split, &order, n, d.mean, d.std)
+        .next()
+        .unwrap_or(datasets::batch::Batch { inputs: vec![], labels: vec![] });
+    (batch.inputs, batch.labels)
 }
