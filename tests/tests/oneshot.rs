@@ -1,7 +1,8 @@
 //! `sparsify oneshot` as a user runs it: a trained run folder pruned without training by
 //! magnitude and by SparseGPT's obs, each layer to the sparsity asked, obs changing every
 //! layer's output on the calibration data less than magnitude does; N:M masks kept; the written
-//! file loads in the engine; mistakes get one error line.
+//! file loads in the engine; the sensitivity table and the allocation made from it; mistakes get
+//! one error line.
 
 use std::path::Path;
 use std::process::Command;
@@ -86,6 +87,48 @@ fn a_trained_run_is_pruned_one_shot() {
     let eval =
         Command::new(binary("engine")).args(["eval", "--model"]).arg(d.join("obs.onnx")).args(["--data", &data_arg]).output().unwrap();
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+
+    // Sensitivity: every layer alone at each level and batch size, a table and a plot.
+    let (ok, _, err) = sparsify(
+        d,
+        &[
+            "sensitivity", "--model", "run", "--method", "magnitude", "--levels", "0.5,0.9", "--batch", "1,4", "--samples", "64",
+            "--eval-samples", "100", "--iters", "3", "--data", &data_arg, "--out", "sens.csv",
+        ],
+    );
+    assert!(ok, "{err}");
+    let rows = sparsify::oneshot::sensitivity::read_csv(&d.join("sens.csv")).unwrap();
+    assert_eq!(rows.len(), 5 * 2 * 2, "5 layers x 2 levels x 2 batch sizes");
+    assert!(rows.iter().all(|r| r.ms > 0.0 && r.dense_ms > 0.0 && r.model_ms >= r.dense_ms && (r.sparsity - r.level).abs() < 0.01));
+    assert!(d.join("sens.png").exists() && d.join("sens.svg").exists());
+    // Allocation for half the time the levels can save at batch 4: a recipe whose targets are
+    // measured levels, estimated within the target.
+    let at4: Vec<_> = rows.iter().filter(|r| r.batch == 4).collect();
+    let mut most = std::collections::BTreeMap::new();
+    for r in &at4 {
+        let e = most.entry(r.layer.clone()).or_insert(0.0f64);
+        *e = e.max(r.dense_ms - r.ms);
+    }
+    let target = at4[0].model_ms - 0.5 * most.values().sum::<f64>();
+    let base = repo().join("recipes/lenet5-gmp90.toml");
+    let (ok, stdout, err) = sparsify(
+        d,
+        &[
+            "allocate", "--sensitivity", "sens.csv", "--target-latency-ms", &target.to_string(), "--batch", "4", "--recipe",
+            base.to_str().unwrap(), "--out", "allocated.toml",
+        ],
+    );
+    assert!(ok, "{err}");
+    let estimated: f64 = stdout.split("estimated ").nth(1).unwrap().split(" ms").next().unwrap().parse().unwrap();
+    assert!(estimated <= target + 1e-9, "{stdout}");
+    let recipe = sparsify::recipe::Recipe::load(&d.join("allocated.toml"), &[]).unwrap();
+    let targets: Vec<f64> = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"].iter().map(|p| recipe.pruning[0].final_for(p)).collect();
+    assert!(targets.iter().all(|t| [0.0, 0.5, 0.9].contains(t)) && targets.iter().any(|t| *t > 0.0), "{targets:?}");
+    let (ok, _, err) = sparsify(
+        d,
+        &["allocate", "--sensitivity", "sens.csv", "--target-speedup", "1000", "--batch", "4", "--recipe", base.to_str().unwrap(), "--out", "x.toml"],
+    );
+    assert!(!ok && err.contains("out of reach"), "{err}");
 
     // Mistakes: one line, a failing exit.
     let corpus = repo().join("engine/tests/corpus");
