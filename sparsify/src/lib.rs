@@ -4,6 +4,7 @@
 //! checkpoints, metrics and run metadata; `export` writes the engine's model file or ONNX.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod export;
 pub mod mask;
 pub mod model;

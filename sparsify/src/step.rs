@@ -26,11 +26,22 @@ pub struct StepOutput {
     pub stats: crate::model::ForwardStats,
 }
 
-/// Loss, correct predictions, gradients and batch statistics for a batch.
+/// A teacher's softened targets for a batch (`[batch, classes]` probabilities at `temperature`)
+/// and the weight of their loss.
+pub struct Soft {
+    pub targets: Vec<f32>,
+    pub temperature: f32,
+    pub hardness: f32,
+}
+
+/// Loss, correct predictions, gradients and batch statistics for a batch: cross-entropy with the
+/// labels, and with `soft` targets `(1 - hardness) * that + hardness * T^2 * cross-entropy of
+/// the student's outputs at temperature T with the targets` (the KL divergence up to the
+/// targets' entropy, which has no gradient).
 ///
 /// # Shapes
 /// `inputs`: `[labels.len(), side * side]` normalised pixels.
-pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]) -> StepOutput {
+pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8], soft: Option<Soft>) -> StepOutput {
     let b = labels.len();
     let params = net.tensors(device, true);
     let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_side * net.input_side]), device);
@@ -45,7 +56,16 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
         onehot[i * net.classes + l as usize] = 1.0;
     }
     let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, net.classes]), device);
-    let loss = (log_softmax(logits, 1) * onehot).sum().neg().div_scalar(b as f32);
+    let hard = (log_softmax(logits.clone(), 1) * onehot).sum().neg().div_scalar(b as f32);
+    let loss = match soft {
+        None => hard,
+        Some(s) => {
+            let targets = Tensor::<2>::from_data(TensorData::new(s.targets, [b, net.classes]), device);
+            let t = s.temperature;
+            let distill = (log_softmax(logits.div_scalar(t), 1) * targets).sum().neg().div_scalar(b as f32).mul_scalar(t * t);
+            hard.mul_scalar(1.0 - s.hardness) + distill.mul_scalar(s.hardness)
+        }
+    };
     let loss_value = loss.to_data().try_to_vec::<f32>().expect("f32 loss")[0];
     let grads = loss.backward();
     let grads = params
@@ -81,4 +101,31 @@ pub fn accuracy(net: &Network, split: &datasets::Split, mean: f32, std: f32) -> 
         correct += preds.iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
     }
     correct as f64 / split.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Arch;
+
+    /// Targets equal to the student's own softened outputs pull nowhere: with hardness 1 every
+    /// gradient vanishes; with the labels' loss mixed in, the gradients scale with 1 - hardness.
+    #[test]
+    fn distilling_towards_itself_adds_no_gradient() {
+        let net = Network::new(&Arch::Mlp { hidden: vec![16] }, 28, 10, 3);
+        let (b, t) = (4, 3.0f32);
+        let inputs: Vec<f32> = (0..b * 784).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect();
+        let own = logits(&net, &eval_device(), inputs.clone(), b);
+        let targets: Vec<f32> = own.chunks(10).flat_map(|r| crate::distill::soften(r, t as f64)).collect();
+        let labels = [0u8, 3, 5, 9];
+        let device = train_device();
+        let soft = |hardness| Some(Soft { targets: targets.clone(), temperature: t, hardness });
+        let only_soft = gradients(&net, &device, inputs.clone(), &labels, soft(1.0));
+        assert!(only_soft.grads.iter().flatten().all(|g| g.abs() < 1e-5), "soft gradients at the student's own targets");
+        let hard = gradients(&net, &device, inputs.clone(), &labels, None);
+        let mixed = gradients(&net, &device, inputs, &labels, soft(0.25));
+        for (m, h) in mixed.grads.iter().flatten().zip(hard.grads.iter().flatten()) {
+            assert!((m - 0.75 * h).abs() < 1e-4 * (1.0 + h.abs()), "{m} against 0.75 x {h}");
+        }
+    }
 }

@@ -176,6 +176,8 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
     let targeted = pruner.targeted();
     let frozen: Vec<bool> = net.params.iter().map(|p| !p.trainable).collect();
     let last_epoch = opts.stop_after.map_or(epochs, |s| s.min(epochs));
+    let side = net.input_side;
+    let mut teacher = recipe.distillation.as_ref().map(|d| crate::distill::Teacher::load(d, &[side * side], net.classes)).transpose()?;
     for epoch in first_epoch..last_epoch {
         let start = Instant::now();
         let order = datasets::batch::shuffled(data.train.len(), recipe.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
@@ -194,7 +196,13 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
                 quant::set_epoch(&mut net, q, e);
             }
             let n = b.len();
-            let step::StepOutput { loss, correct: ok, mut grads, stats } = step::gradients(&net, &device, b.inputs, &b.labels);
+            let soft = match (&mut teacher, &recipe.distillation) {
+                (Some(t), Some(d)) if d.active(e) => {
+                    Some(step::Soft { targets: t.targets(&b.inputs, n)?, temperature: d.temperature as f32, hardness: d.hardness as f32 })
+                }
+                _ => None,
+            };
+            let step::StepOutput { loss, correct: ok, mut grads, stats } = step::gradients(&net, &device, b.inputs, &b.labels, soft);
             net.update_running_stats(&stats);
             if !loss.is_finite() {
                 bail!("the loss became {loss} at epoch {e:.2}: lower the learning rate");

@@ -208,3 +208,21 @@ fn quantization_modifier_resolves_and_reports_mistakes() {
     let e = sparsify::recipe::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
     assert!(e.contains("ignore: 'fc9' matches no layer of this model (fc1, fc2)"), "{e}");
 }
+
+const DISTILL: &str = "\n[[modifiers]]\ntype = \"distillation\"\nteacher = \"runs/dense\"\n";
+
+#[test]
+fn distillation_modifier_resolves_and_reports_mistakes() {
+    let r = parse(&format!("{BASE}{DISTILL}")).unwrap();
+    let d = r.distillation.as_ref().unwrap();
+    assert_eq!((d.teacher.as_str(), d.temperature, d.hardness, d.start_epoch, d.end_epoch), ("runs/dense", 2.0, 0.5, 0.0, 10.0));
+    assert!(d.active(0.0) && d.active(9.9) && !d.active(10.0));
+    let r = parse(&format!("{BASE}{DISTILL}temperature = 4\nhardness = 1\nstart_epoch = 2\nend_epoch = 8\n")).unwrap();
+    let d = r.distillation.unwrap();
+    assert_eq!((d.temperature, d.hardness), (4.0, 1.0));
+    assert!(!d.active(1.9) && d.active(2.0) && !d.active(8.0));
+    assert!(err(&format!("{BASE}{DISTILL}hardness = 1.5\n")).contains("hardness: must be in [0, 1], found 1.5"));
+    assert!(err(&format!("{BASE}{DISTILL}temperature = 0\n")).contains("temperature: must be above 0"));
+    assert!(err(&format!("{BASE}{DISTILL}{DISTILL}")).contains("at most one distillation modifier"));
+    assert!(err(&format!("{BASE}\n[[modifiers]]\ntype = \"distillation\"\n")).contains("teacher"));
+}

@@ -92,8 +92,25 @@ fn a_trained_run_is_pruned_one_shot() {
     let (ok, _, err) = sparsify(
         d,
         &[
-            "sensitivity", "--model", "run", "--method", "magnitude", "--levels", "0.5,0.9", "--batch", "1,4", "--samples", "64",
-            "--eval-samples", "100", "--iters", "3", "--data", &data_arg, "--out", "sens.csv",
+            "sensitivity",
+            "--model",
+            "run",
+            "--method",
+            "magnitude",
+            "--levels",
+            "0.5,0.9",
+            "--batch",
+            "1,4",
+            "--samples",
+            "64",
+            "--eval-samples",
+            "100",
+            "--iters",
+            "3",
+            "--data",
+            &data_arg,
+            "--out",
+            "sens.csv",
         ],
     );
     assert!(ok, "{err}");
@@ -114,19 +131,41 @@ fn a_trained_run_is_pruned_one_shot() {
     let (ok, stdout, err) = sparsify(
         d,
         &[
-            "allocate", "--sensitivity", "sens.csv", "--target-latency-ms", &target.to_string(), "--batch", "4", "--recipe",
-            base.to_str().unwrap(), "--out", "allocated.toml",
+            "allocate",
+            "--sensitivity",
+            "sens.csv",
+            "--target-latency-ms",
+            &target.to_string(),
+            "--batch",
+            "4",
+            "--recipe",
+            base.to_str().unwrap(),
+            "--out",
+            "allocated.toml",
         ],
     );
     assert!(ok, "{err}");
     let estimated: f64 = stdout.split("estimated ").nth(1).unwrap().split(" ms").next().unwrap().parse().unwrap();
     assert!(estimated <= target + 1e-9, "{stdout}");
     let recipe = sparsify::recipe::Recipe::load(&d.join("allocated.toml"), &[]).unwrap();
-    let targets: Vec<f64> = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"].iter().map(|p| recipe.pruning[0].final_for(p)).collect();
+    let targets: Vec<f64> =
+        ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"].iter().map(|p| recipe.pruning[0].final_for(p)).collect();
     assert!(targets.iter().all(|t| [0.0, 0.5, 0.9].contains(t)) && targets.iter().any(|t| *t > 0.0), "{targets:?}");
     let (ok, _, err) = sparsify(
         d,
-        &["allocate", "--sensitivity", "sens.csv", "--target-speedup", "1000", "--batch", "4", "--recipe", base.to_str().unwrap(), "--out", "x.toml"],
+        &[
+            "allocate",
+            "--sensitivity",
+            "sens.csv",
+            "--target-speedup",
+            "1000",
+            "--batch",
+            "4",
+            "--recipe",
+            base.to_str().unwrap(),
+            "--out",
+            "x.toml",
+        ],
     );
     assert!(!ok && err.contains("out of reach"), "{err}");
 

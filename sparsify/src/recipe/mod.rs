@@ -149,6 +149,27 @@ impl Quantization {
     }
 }
 
+/// Knowledge distillation (SparseML's `DistillationModifier`): from `start_epoch` to
+/// `end_epoch` the loss is `(1 - hardness) * cross-entropy + hardness * T^2 * KL(teacher || student)`
+/// with both outputs softened by the temperature `T`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Distillation {
+    /// A run folder of `sparsify train`, or a model file (ONNX or the engine's); relative paths
+    /// from the folder training starts in.
+    pub teacher: String,
+    pub temperature: f64,
+    pub hardness: f64,
+    pub start_epoch: f64,
+    pub end_epoch: f64,
+}
+
+impl Distillation {
+    /// Whether the teacher's targets count at fractional `epoch`.
+    pub fn active(&self, epoch: f64) -> bool {
+        epoch >= self.start_epoch && epoch < self.end_epoch
+    }
+}
+
 /// Optimizer settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Optimizer {
@@ -183,6 +204,7 @@ pub struct Recipe {
     pub pruning: Vec<Gmp>,
     pub constant_pruning: Vec<ConstantPruning>,
     pub quantization: Option<Quantization>,
+    pub distillation: Option<Distillation>,
 }
 
 /// Finds the line of `field` inside the `index`-th `[[modifiers]]` block (or a `[table]`).
@@ -357,6 +379,7 @@ impl Recipe {
 
         let (mut epochs, mut lr, mut pruning, mut constant_pruning) = (None, None, Vec::new(), Vec::new());
         let mut quantization: Option<(Quantization, usize)> = None;
+        let mut distillation: Option<(Distillation, usize)> = None;
         for (i, m) in raw.modifiers.iter().enumerate() {
             r.block = ("[[modifiers]]", i);
             match m {
@@ -478,6 +501,28 @@ impl Recipe {
                     }
                     constant_pruning.push(c);
                 }
+                RawModifier::Distillation { teacher, temperature, hardness, start_epoch, end_epoch } => {
+                    let d = Distillation {
+                        teacher: teacher.clone(),
+                        temperature: r.opt("temperature", temperature, 2.0)?,
+                        hardness: r.opt("hardness", hardness, 0.5)?,
+                        start_epoch: r.opt("start_epoch", start_epoch, 0.0)?,
+                        end_epoch: r.opt("end_epoch", end_epoch, f64::NAN)?,
+                    };
+                    if teacher.is_empty() {
+                        return Err(r.err("teacher", "name a run folder or a model file"));
+                    }
+                    if !(d.temperature > 0.0 && d.temperature.is_finite()) {
+                        return Err(r.err("temperature", format!("must be above 0, found {}", d.temperature)));
+                    }
+                    r.within("hardness", d.hardness, 0.0, 1.0, true)?;
+                    if !d.end_epoch.is_nan() {
+                        r.range(d.start_epoch, d.end_epoch)?;
+                    }
+                    if distillation.replace((d, i)).is_some() {
+                        return Err(r.err("type", "a recipe has at most one distillation modifier"));
+                    }
+                }
                 RawModifier::Quantization { start_epoch, weights, freeze_observers_epoch, freeze_bn_epoch, ignore, observer_averaging } => {
                     let q = Quantization {
                         start_epoch: r.num("start_epoch", start_epoch)?,
@@ -558,6 +603,12 @@ impl Recipe {
             pruning,
             constant_pruning,
             quantization: quantization.map(|(q, _)| q),
+            distillation: distillation.map(|(mut d, _)| {
+                if d.end_epoch.is_nan() {
+                    d.end_epoch = epochs;
+                }
+                d
+            }),
         })
     }
 

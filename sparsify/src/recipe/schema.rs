@@ -200,6 +200,16 @@ pub enum RawModifier {
         start_epoch: Option<Num>,
         end_epoch: Option<Num>,
     },
+    /// Knowledge distillation: a teacher's outputs, softened by `temperature`, as a second
+    /// target weighted by `hardness`.
+    Distillation {
+        /// A run folder of `sparsify train`, or a model file (ONNX or the engine's).
+        teacher: String,
+        temperature: Option<Num>,
+        hardness: Option<Num>,
+        start_epoch: Option<Num>,
+        end_epoch: Option<Num>,
+    },
     /// Quantization-aware training from `start_epoch`: int8 symmetric weights, 8-bit asymmetric
     /// activations observed with a moving min/max.
     Quantization {
