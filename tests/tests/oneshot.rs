@@ -88,6 +88,44 @@ fn a_trained_run_is_pruned_one_shot() {
         Command::new(binary("engine")).args(["eval", "--model"]).arg(d.join("obs.onnx")).args(["--data", &data_arg]).output().unwrap();
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
 
+    // A recipe's per-layer targets: lenet5-gmp90's conv1 50%, conv2 80%, fc1 92%, fc2 90%, fc3 80%.
+    let per_layer = repo().join("recipes/lenet5-gmp90.toml");
+    let (ok, _, err) = sparsify(
+        d,
+        &[
+            "oneshot",
+            "--model",
+            "run",
+            "--recipe",
+            per_layer.to_str().unwrap(),
+            "--data",
+            &data_arg,
+            "--samples",
+            "64",
+            "--out",
+            "recipe.onnx",
+        ],
+    );
+    assert!(ok, "{err}");
+    let graph = engine::load(&d.join("recipe.onnx")).unwrap();
+    let levels: Vec<f64> = graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            engine::graph::Op::Linear { weight, .. } | engine::graph::Op::Conv { weight, .. } => {
+                Some(weight.data.iter().filter(|v| **v == 0.0).count() as f64 / weight.data.len() as f64)
+            }
+            _ => None,
+        })
+        .collect();
+    for (got, want) in levels.iter().zip([0.5, 0.8, 0.92, 0.9, 0.8]) {
+        assert!((got - want).abs() < 0.01, "{levels:?}");
+    }
+    let mlp_recipe = repo().join("recipes/gmp90.toml");
+    let (ok, _, err) =
+        sparsify(d, &["oneshot", "--model", "run", "--recipe", mlp_recipe.to_str().unwrap(), "--data", &data_arg, "--out", "x.onnx"]);
+    assert!(!ok && err.contains("3 prunable weights; this model has 5"), "{err}");
+
     // Sensitivity: every layer alone at each level and batch size, a table and a plot.
     let (ok, _, err) = sparsify(
         d,

@@ -71,8 +71,12 @@ enum Command {
         #[command(flatten)]
         prune: PruneArgs,
         /// Fraction of each layer's weights to prune, in [0, 1).
+        #[arg(long, required_unless_present = "recipe", conflicts_with = "recipe")]
+        sparsity: Option<f64>,
+        /// Or the per-layer targets of a recipe's gmp modifier (its model's prunable weights
+        /// matched to this model's layers in order).
         #[arg(long)]
-        sparsity: f64,
+        recipe: Option<PathBuf>,
         /// Output file; `.onnx` is ONNX, anything else the engine's file. `<out>.oneshot.json`
         /// beside it says what was done.
         #[arg(long)]
@@ -270,12 +274,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
             println!("{}: {:?} model, {} bytes", out.display(), format, bytes);
         }
-        Command::Oneshot { prune, sparsity, out, quiet } => {
+        Command::Oneshot { prune, sparsity, recipe, out, quiet } => {
             let start = std::time::Instant::now();
-            let (mut graph, d, source, settings) = prune.load(sparsity)?;
+            let (mut graph, d, source, settings) = prune.load(sparsity.unwrap_or(0.0))?;
+            let levels = match (&recipe, sparsity) {
+                (Some(path), _) => {
+                    let r = Recipe::load(path, &[])?;
+                    oneshot::recipe_levels(&r, &path.display().to_string(), &graph)?
+                }
+                (None, Some(s)) => vec![s; oneshot::targets(&graph)?.len()],
+                (None, None) => bail!("give --sparsity or --recipe"),
+            };
             let (inputs, _) = oneshot::images(&d, &d.train, prune.samples, 0);
             let n = inputs.len() / graph.input_shape.iter().product::<usize>().max(1);
-            let layers = oneshot::prune(&mut graph, &inputs, n, &settings, |layer| {
+            let layers = oneshot::prune_each(&mut graph, &inputs, n, &settings, &levels, |layer| {
                 if !quiet {
                     eprintln!("pruning {layer}");
                 }
@@ -287,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 method: settings.method,
                 mask: settings.mask,
                 sparsity,
+                recipe: recipe.map(|r| r.display().to_string()),
                 calibration: source,
                 samples: n,
                 damp: prune.damp,

@@ -125,23 +125,38 @@ pub fn prune_layer(graph: &mut Graph, k: usize, h: &[f64], sparsity: f64, s: &Se
     }
 }
 
-/// Prunes every fp32 linear layer and convolution of `graph` in place, in order, each seeing the
-/// calibration data through the layers before it as pruned; `samples` holds `n` calibration
-/// inputs (normalized, sample-major). `progress` hears of each layer as it starts.
-pub fn prune(
+/// Prunes every fp32 linear layer and convolution of `graph` in place to `s.sparsity`; see
+/// `prune_each`.
+pub fn prune(graph: &mut Graph, samples: &[f32], n: usize, s: &Settings, progress: impl FnMut(&str)) -> anyhow::Result<Vec<LayerReport>> {
+    let levels = vec![s.sparsity; targets(graph)?.len()];
+    prune_each(graph, samples, n, s, &levels, progress)
+}
+
+/// Prunes the fp32 linear layers and convolutions of `graph` in place, in order, the i-th to
+/// `levels[i]`, each seeing the calibration data through the layers before it as pruned;
+/// `samples` holds `n` calibration inputs (normalized, sample-major). `progress` hears of each
+/// layer as it starts.
+pub fn prune_each(
     graph: &mut Graph,
     samples: &[f32],
     n: usize,
     s: &Settings,
+    levels: &[f64],
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<Vec<LayerReport>> {
-    check(graph, s.sparsity, samples, n)?;
+    let targets = targets(graph)?;
+    if levels.len() != targets.len() {
+        bail!("{} sparsities for {} prunable layers", levels.len(), targets.len());
+    }
+    for &level in levels {
+        check(graph, level, samples, n)?;
+    }
     let mut reports = Vec::new();
-    for k in targets(graph)? {
+    for (k, &level) in targets.into_iter().zip(levels) {
         progress(&graph.nodes[k].name);
         let start = Instant::now();
         let h = layer_hessian(graph, k, samples, n, s.threads)?;
-        let mut report = prune_layer(graph, k, &h, s.sparsity, s);
+        let mut report = prune_layer(graph, k, &h, level, s);
         report.seconds = start.elapsed().as_secs_f64();
         reports.push(report);
     }
@@ -159,7 +174,9 @@ pub struct Report {
     pub out: String,
     pub method: Method,
     pub mask: MaskKind,
-    pub sparsity: f64,
+    /// One sparsity for every layer, or the recipe whose per-layer targets were used.
+    pub sparsity: Option<f64>,
+    pub recipe: Option<String>,
     pub calibration: String,
     pub samples: usize,
     pub damp: f64,
@@ -199,4 +216,32 @@ pub fn images(d: &datasets::Dataset, split: &datasets::Split, n: usize, seed: u6
         .next()
         .unwrap_or(datasets::batch::Batch { inputs: vec![], labels: vec![] });
     (batch.inputs, batch.labels)
+}
+
+/// The prunable weights of a recipe's model, in order: their names and element counts.
+pub fn recipe_params(recipe: &crate::recipe::Recipe) -> Vec<(String, usize)> {
+    let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
+    let net = crate::model::Network::new(&recipe.model, 28, classes, 0);
+    net.prunable().into_iter().map(|i| (net.params[i].name.clone(), net.params[i].values.len())).collect()
+}
+
+/// The sparsity of each prunable layer of `graph` (in order) from a recipe's gmp modifier's
+/// final targets, matching the recipe model's prunable weights to the layers in order (their
+/// sizes must agree).
+pub fn recipe_levels(recipe: &crate::recipe::Recipe, name: &str, graph: &Graph) -> anyhow::Result<Vec<f64>> {
+    let [gmp] = &recipe.pruning[..] else { bail!("{name}: the recipe needs exactly one gmp modifier for per-layer targets") };
+    let params = recipe_params(recipe);
+    let layers = targets(graph)?;
+    if params.len() != layers.len() {
+        bail!("{name}: its model has {} prunable weights; this model has {} prunable layers", params.len(), layers.len());
+    }
+    let mut levels = Vec::new();
+    for ((param, size), k) in params.iter().zip(layers) {
+        let (Op::Linear { weight, .. } | Op::Conv { weight, .. }) = &graph.nodes[k].op else { unreachable!("targets are weighted") };
+        if weight.data.len() != *size {
+            bail!("{name}: {param} has {size} weights, layer '{}' {}", graph.nodes[k].name, weight.data.len());
+        }
+        levels.push(gmp.final_for(param));
+    }
+    Ok(levels)
 }
