@@ -3,6 +3,7 @@
 //! in the same run); the results become `results.csv`, plots and `report.md` under
 //! `results/<sweep>/`. Points are cached by a hash of their configuration.
 
+pub mod oneshot;
 pub mod peers;
 pub mod plan;
 pub mod plots;

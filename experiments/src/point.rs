@@ -79,6 +79,12 @@ pub fn run_point(
     let dir = point_dir(sweep_dir, p);
     // One writer per point: a second `run` or `run-point` on it is refused, naming the first.
     let _lock = engine::fsutil::DirLock::acquire(&dir)?;
+    if let Some(o) = &p.oneshot {
+        let mut result = crate::oneshot::run(o, &dir, (data, allow_subset), p)?;
+        result.timings = timings(sweep, &dir, peers)?;
+        sparsify::run::write_json(&dir.join("point.json"), &result)?;
+        return Ok(result);
+    }
     let run_dir = dir.join("run");
     let mut recipe = Recipe::parse(&p.recipe_text, &p.recipe.display().to_string(), &p.overrides)?;
     recipe.seed = p.seed;
@@ -100,15 +106,9 @@ pub fn run_point(
     sparsify::export::export(&summary.net, &native, sparsify::export::Format::Native)?;
     sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx)?;
 
-    let top1 = engine_accuracy(&native, &recipe, data, allow_subset)?;
-    let mut timings = timing::bench(&native, &sweep.batches, sweep.threads, sweep.bench_seconds)?;
-    if let Some(peers) = peers {
-        for t in &mut timings {
-            let (ort, ds) = peers.time(&onnx, t.batch, sweep.threads)?;
-            t.onnxruntime_ms = ort;
-            t.deepsparse_ms = ds;
-        }
-    }
+    let d = train::load_data(&recipe, data, allow_subset, true)?;
+    let top1 = engine_accuracy(&native, &d.test, d.mean, d.std, d.classes)?;
+    let timings = timings(sweep, &dir, peers)?;
     let info: sparsify::run::RunInfo = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json"))?)?;
     let last = summary.metrics.last().context("the run has no epochs")?;
     let result = PointResult {
@@ -141,16 +141,29 @@ pub fn run_point(
     Ok(result)
 }
 
-/// Top-1 accuracy of a model file on the recipe's test set, run in the engine.
-fn engine_accuracy(model: &Path, recipe: &Recipe, data: Option<PathBuf>, allow_subset: bool) -> anyhow::Result<f64> {
-    let d = train::load_data(recipe, data, allow_subset, true)?;
+/// The point's model (`model.sparse`, `model.onnx` in its folder) timed with its kernels against
+/// dense ones at each batch size, and in the peers when they are given.
+fn timings(sweep: &Sweep, dir: &Path, peers: Option<&crate::peers::Peers>) -> anyhow::Result<Vec<BatchTiming>> {
+    let mut timings = timing::bench(&dir.join("model.sparse"), &sweep.batches, sweep.threads, sweep.bench_seconds)?;
+    if let Some(peers) = peers {
+        for t in &mut timings {
+            let (ort, ds) = peers.time(&dir.join("model.onnx"), t.batch, sweep.threads)?;
+            t.onnxruntime_ms = ort;
+            t.deepsparse_ms = ds;
+        }
+    }
+    Ok(timings)
+}
+
+/// Top-1 accuracy of a model file on a test split (normalized by `mean`, `std`), in the engine.
+pub fn engine_accuracy(model: &Path, test: &datasets::Split, mean: f32, std: f32, classes: usize) -> anyhow::Result<f64> {
     let m = compile::compile(engine::load(model)?, Options::new(KernelPolicy::Auto)?)?;
     let mut s = Session::new(&m, 2)?;
-    let order: Vec<usize> = (0..d.test.len()).collect();
+    let order: Vec<usize> = (0..test.len()).collect();
     let mut correct = 0;
-    for b in datasets::batch::batches(&d.test, &order, 500, d.mean, d.std) {
+    for b in datasets::batch::batches(test, &order, 500, mean, std) {
         let out = s.run(&b.inputs, b.len())?;
-        correct += sparsify::step::argmax(&out, d.classes).iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
+        correct += sparsify::step::argmax(&out, classes).iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
     }
-    Ok(correct as f64 / d.test.len().max(1) as f64)
+    Ok(correct as f64 / test.len().max(1) as f64)
 }

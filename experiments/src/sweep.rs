@@ -75,7 +75,11 @@ impl Cluster {
 #[serde(deny_unknown_fields)]
 struct RawStudy {
     /// Recipe path, relative to the sweep file's folder's parent (the repository root).
-    recipe: String,
+    #[serde(default)]
+    recipe: Option<String>,
+    /// Or a trained model pruned one-shot (no training): `sweep` then varies `sparsity`.
+    #[serde(default)]
+    oneshot: Option<RawOneshot>,
     /// Variables set for every point of this study.
     #[serde(default)]
     set: BTreeMap<String, f64>,
@@ -86,6 +90,49 @@ struct RawStudy {
     /// `[false]`); `true` adds `quantization_modifier` to the recipe.
     #[serde(default = "default_quantize")]
     quantize: Vec<bool>,
+}
+
+/// A one-shot study: a model file pruned by each method to each swept `sparsity`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOneshot {
+    /// ONNX or engine model file, relative like recipes.
+    model: String,
+    #[serde(default = "default_methods")]
+    methods: Vec<sparsify::oneshot::Method>,
+    #[serde(default = "default_mask")]
+    mask: String,
+    /// Calibration images (from the dataset's training set).
+    #[serde(default = "default_samples")]
+    samples: usize,
+    #[serde(default = "default_dataset")]
+    dataset: String,
+}
+
+fn default_methods() -> Vec<sparsify::oneshot::Method> {
+    vec![sparsify::oneshot::Method::Obs]
+}
+fn default_mask() -> String {
+    "unstructured".into()
+}
+fn default_samples() -> usize {
+    512
+}
+fn default_dataset() -> String {
+    "fashion-mnist".into()
+}
+
+/// What a one-shot point prunes, and how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OneshotPoint {
+    pub model: PathBuf,
+    /// SHA-256 prefix of the model file: a changed file is a new point.
+    pub model_hash: String,
+    pub method: sparsify::oneshot::Method,
+    pub mask: String,
+    pub samples: usize,
+    pub dataset: String,
+    pub sparsity: f64,
 }
 
 fn default_quantize() -> Vec<bool> {
@@ -125,11 +172,18 @@ pub struct Point {
     /// The sweep added int8 quantization-aware training to the recipe.
     #[serde(default)]
     pub quantized: bool,
+    /// A one-shot point: `recipe` is then the model file, and nothing is trained.
+    #[serde(default)]
+    pub oneshot: Option<OneshotPoint>,
 }
 
 impl Point {
     /// A short label: recipe name (with `+int8` when the sweep quantizes it) and overrides.
     pub fn label(&self) -> String {
+        if let Some(o) = &self.oneshot {
+            let stem = o.model.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
+            return format!("{stem} one-shot {:?} {} sparsity={}", o.method, o.mask, o.sparsity).to_lowercase();
+        }
         let stem = self.recipe.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
         let stem = if self.quantized { format!("{stem}+int8") } else { stem };
         let sets: Vec<String> = self.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -172,8 +226,20 @@ impl Sweep {
         let base = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
         let mut points = Vec::new();
         for study in &raw.study {
-            let recipe = [PathBuf::from(&study.recipe), base.join(&study.recipe)].into_iter().find(|p| p.exists());
-            let recipe = recipe.with_context(|| format!("{}: recipe {} not found", path.display(), study.recipe))?;
+            let find = |name: &str, what: &str| {
+                [PathBuf::from(name), base.join(name)]
+                    .into_iter()
+                    .find(|p| p.exists())
+                    .with_context(|| format!("{}: {what} {name} not found", path.display()))
+            };
+            let recipe = match (&study.recipe, &study.oneshot) {
+                (Some(r), None) => find(r, "recipe")?,
+                (None, Some(o)) => {
+                    points.extend(oneshot_points(path, study, o, find(&o.model, "model")?)?);
+                    continue;
+                }
+                _ => bail!("{}: a study names a recipe or a oneshot model, one of the two", path.display()),
+            };
             let recipe_text = std::fs::read_to_string(&recipe).with_context(|| format!("reading {}", recipe.display()))?;
             for combo in combinations(&study.sweep) {
                 let mut overrides: BTreeMap<String, f64> = study.set.clone();
@@ -196,6 +262,7 @@ impl Sweep {
                             overrides: overrides.clone(),
                             seed,
                             quantized,
+                            oneshot: None,
                         });
                     }
                 }
@@ -218,6 +285,49 @@ impl Sweep {
     pub fn dir(&self, results: &Path) -> PathBuf {
         results.join(&self.name)
     }
+}
+
+/// The points of a one-shot study: each method at each swept `sparsity` (the only variable).
+fn oneshot_points(file: &Path, study: &RawStudy, o: &RawOneshot, model: PathBuf) -> anyhow::Result<Vec<Point>> {
+    let levels = match study.sweep.get("sparsity") {
+        Some(levels) if study.sweep.len() == 1 && study.set.is_empty() && study.quantize == [false] => levels.clone(),
+        _ => bail!("{}: a oneshot study sweeps `sparsity` only (no set, no quantize)", file.display()),
+    };
+    sparsify::mask::MaskKind::parse(&o.mask).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if let Some(s) = levels.iter().find(|s| !(0.0..1.0).contains(*s)) {
+        bail!("{}: sparsity {s} is outside [0, 1)", file.display());
+    }
+    if o.methods.is_empty() || o.samples == 0 {
+        bail!("{}: a oneshot study needs at least one method and one sample", file.display());
+    }
+    let bytes = std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
+    let model_hash: String = Sha256::digest(&bytes).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let mut points = Vec::new();
+    for &method in &o.methods {
+        for &sparsity in &levels {
+            let spec = OneshotPoint {
+                model: model.clone(),
+                model_hash: model_hash.clone(),
+                method,
+                mask: o.mask.clone(),
+                samples: o.samples,
+                dataset: o.dataset.clone(),
+                sparsity,
+            };
+            let key = serde_json::json!({"oneshot": {"model": spec.model_hash, "method": spec.method, "mask": spec.mask, "samples": spec.samples, "dataset": spec.dataset, "sparsity": sparsity}});
+            let id: String = Sha256::digest(key.to_string().as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+            points.push(Point {
+                id,
+                recipe: model.clone(),
+                recipe_text: String::new(),
+                overrides: vec![("sparsity".into(), sparsity)],
+                seed: 0,
+                quantized: false,
+                oneshot: Some(spec),
+            });
+        }
+    }
+    Ok(points)
 }
 
 /// Every combination of the swept values (one empty combination when nothing is swept).

@@ -213,3 +213,59 @@ fn planned_shell_jobs_run_anywhere_under_xargs() {
     let out = Command::new("bash").arg("-c").arg(&script).current_dir(&run_dir).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("submit it with sbatch"));
 }
+
+/// A one-shot study: a trained model pruned by two methods to two sparsities, no training; each
+/// point evaluated and timed like a trained one, collected into the same table.
+#[test]
+fn oneshot_studies_prune_a_trained_model_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = real_data(dir.path(), 600, 200);
+    let dense = repo().join("recipes/dense.toml");
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let base = "version = 1\nbatches = [1, 8]\nbench_seconds = 0.02\n";
+    let trained = write(
+        "trained.toml",
+        format!("{base}name = \"trained\"\n[[study]]\nrecipe = \"{}\"\nset = {{ num_epochs = 1 }}\n", dense.display()),
+    );
+    let results = dir.path().join("results");
+    let sweep = Sweep::load(&trained).unwrap();
+    let teacher =
+        experiments::point::run_point(&sweep, &sweep.dir(&results), &sweep.points[0], (Some(data.clone()), false), None, false).unwrap();
+    let model = experiments::point::point_dir(&sweep.dir(&results), &teacher.point).join("model.onnx");
+    let oneshot = write(
+        "oneshot.toml",
+        format!(
+            "{base}name = \"oneshot\"\n[[study]]\noneshot = {{ model = \"{}\", methods = [\"magnitude\", \"obs\"], samples = 64 }}\nsweep = {{ sparsity = [0.5, 0.8] }}\n",
+            model.display()
+        ),
+    );
+    let sweep = Sweep::load(&oneshot).unwrap();
+    assert_eq!(sweep.points.len(), 4);
+    let rows: Vec<PointResult> = sweep
+        .points
+        .iter()
+        .map(|p| experiments::point::run_point(&sweep, &sweep.dir(&results), p, (Some(data.clone()), false), None, false).unwrap())
+        .collect();
+    for r in &rows {
+        let o = r.point.oneshot.as_ref().unwrap();
+        assert!((r.measured_sparsity - o.sparsity).abs() < 0.01, "{}: {}", r.point.label(), r.measured_sparsity);
+        assert!(r.top1 > 0.1 && r.timings.len() == 2 && r.curve.is_empty(), "{r:?}");
+        assert!(r.model.contains("one-shot"), "{}", r.model);
+    }
+    assert_eq!(experiments::collect(&sweep, "oneshot.toml", &results, false).unwrap(), 4);
+    // A changed model file is a new point.
+    let again = std::fs::read(&model).unwrap();
+    std::fs::write(&model, [again.as_slice(), &[0u8]].concat()).unwrap();
+    let changed = Sweep::load(&oneshot).unwrap();
+    assert!(changed.points.iter().zip(&sweep.points).all(|(a, b)| a.id != b.id));
+    // A oneshot study sweeps sparsity only.
+    let bad = write(
+        "bad.toml",
+        format!("{base}name = \"bad\"\n[[study]]\noneshot = {{ model = \"{}\" }}\nsweep = {{ lr = [0.1] }}\n", model.display()),
+    );
+    assert!(Sweep::load(&bad).unwrap_err().to_string().contains("sweeps `sparsity` only"));
+}

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::mask::{MaskKind, layer_mask};
 
 /// How the weights to prune are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// The smallest weights of each layer.
