@@ -49,10 +49,16 @@ impl Teacher {
     }
 }
 
+/// Whether a model's output row is already a probability distribution (the model ends in a
+/// softmax) rather than logits.
+pub fn is_distribution(row: &[f32]) -> bool {
+    row.iter().all(|v| (0.0..=1.0).contains(v)) && (row.iter().sum::<f32>() - 1.0).abs() < 1e-3
+}
+
 /// `softmax(logits / t)`; a row that is already a probability distribution gives
 /// `softmax(ln(p) / t)`.
 pub fn soften(row: &[f32], t: f64) -> Vec<f32> {
-    let probabilities = row.iter().all(|v| (0.0..=1.0).contains(v)) && (row.iter().sum::<f32>() - 1.0).abs() < 1e-3;
+    let probabilities = is_distribution(row);
     let logits: Vec<f64> = row.iter().map(|&v| if probabilities { (v as f64).max(1e-12).ln() } else { v as f64 }).collect();
     let max = logits.iter().copied().fold(f64::MIN, f64::max);
     let e: Vec<f64> = logits.iter().map(|l| ((l - max) / t).exp()).collect();

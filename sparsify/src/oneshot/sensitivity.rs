@@ -56,8 +56,7 @@ fn evaluate(graph: &Graph, eval: &Eval, threads: usize) -> anyhow::Result<(f64, 
     let classes = out.len() / n.max(1);
     let (mut loss, mut correct) = (0.0f64, 0usize);
     for (row, &label) in out.chunks(classes.max(1)).zip(eval.labels) {
-        let probabilities = row.iter().all(|v| (0.0..=1.0).contains(v)) && (row.iter().sum::<f32>() - 1.0).abs() < 1e-3;
-        let p = if probabilities {
+        let p = if crate::distill::is_distribution(row) {
             row[label as usize] as f64
         } else {
             let max = row.iter().copied().fold(f32::MIN, f32::max) as f64;
