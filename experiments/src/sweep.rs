@@ -80,6 +80,9 @@ struct RawStudy {
     /// Or a trained model pruned one-shot (no training): `sweep` then varies `sparsity`.
     #[serde(default)]
     oneshot: Option<RawOneshot>,
+    /// Or recipes made by `sparsify allocate` for each target speedup, then trained.
+    #[serde(default)]
+    allocate: Option<RawAllocate>,
     /// Variables set for every point of this study.
     #[serde(default)]
     set: BTreeMap<String, f64>,
@@ -120,6 +123,24 @@ fn default_samples() -> usize {
 }
 fn default_dataset() -> String {
     "fashion-mnist".into()
+}
+
+/// An allocation study: per-layer sparsities chosen from a sensitivity table for each target
+/// speedup at `batch`, given to `recipe`'s gmp modifier, each recipe trained.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllocate {
+    /// The CSV of `sparsify sensitivity`, relative like recipes.
+    sensitivity: String,
+    /// The recipe that takes the per-layer targets.
+    recipe: String,
+    speedups: Vec<f64>,
+    #[serde(default = "default_allocation_batch")]
+    batch: usize,
+}
+
+fn default_allocation_batch() -> usize {
+    64
 }
 
 /// What a one-shot point prunes, and how.
@@ -232,13 +253,18 @@ impl Sweep {
                     .find(|p| p.exists())
                     .with_context(|| format!("{}: {what} {name} not found", path.display()))
             };
-            let recipe = match (&study.recipe, &study.oneshot) {
-                (Some(r), None) => find(r, "recipe")?,
-                (None, Some(o)) => {
+            let recipe = match (&study.recipe, &study.oneshot, &study.allocate) {
+                (Some(r), None, None) => find(r, "recipe")?,
+                (None, Some(o), None) => {
                     points.extend(oneshot_points(path, study, o, find(&o.model, "model")?)?);
                     continue;
                 }
-                _ => bail!("{}: a study names a recipe or a oneshot model, one of the two", path.display()),
+                (None, None, Some(a)) => {
+                    let (table, recipe) = (find(&a.sensitivity, "sensitivity table")?, find(&a.recipe, "recipe")?);
+                    points.extend(allocation_points(path, study, a, &table, &recipe, &raw.seeds)?);
+                    continue;
+                }
+                _ => bail!("{}: a study names one of a recipe, a oneshot model or an allocation", path.display()),
             };
             let recipe_text = std::fs::read_to_string(&recipe).with_context(|| format!("reading {}", recipe.display()))?;
             for combo in combinations(&study.sweep) {
@@ -324,6 +350,57 @@ fn oneshot_points(file: &Path, study: &RawStudy, o: &RawOneshot, model: PathBuf)
                 seed: 0,
                 quantized: false,
                 oneshot: Some(spec),
+            });
+        }
+    }
+    Ok(points)
+}
+
+/// The points of an allocation study: for each target speedup, the base recipe with the
+/// per-layer targets `sparsify allocate` chooses from the table, trained with each seed.
+fn allocation_points(
+    file: &Path,
+    study: &RawStudy,
+    a: &RawAllocate,
+    table: &Path,
+    recipe: &Path,
+    seeds: &[u64],
+) -> anyhow::Result<Vec<Point>> {
+    if !study.sweep.is_empty() || study.quantize != [false] || a.speedups.is_empty() {
+        bail!("{}: an allocation study lists speedups (and may set variables); it sweeps nothing else", file.display());
+    }
+    use sparsify::oneshot::{allocate, sensitivity};
+    let rows = sensitivity::read_csv(table)?;
+    let model_ms = rows
+        .iter()
+        .find(|r| r.batch == a.batch)
+        .map(|r| r.model_ms)
+        .with_context(|| format!("{}: no timings at batch {}", table.display(), a.batch))?;
+    let base = std::fs::read_to_string(recipe).with_context(|| format!("reading {}", recipe.display()))?;
+    let overrides: Vec<(String, f64)> = study.set.clone().into_iter().collect();
+    let stem = recipe.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
+    let mut points = Vec::new();
+    for &speedup in &a.speedups {
+        if speedup.is_nan() || speedup < 1.0 {
+            bail!("{}: speedup {speedup} must be at least 1", file.display());
+        }
+        let allocation = allocate::allocate(&rows, a.batch, model_ms / speedup).with_context(|| format!("{}", file.display()))?;
+        let text = format!(
+            "# Allocated by the sweep from {} for {speedup}x at batch {}.\n{}",
+            table.display(),
+            a.batch,
+            allocate::recipe(&base, &recipe.display().to_string(), &allocation, &rows)?
+        );
+        sparsify::recipe::Recipe::parse(&text, &recipe.display().to_string(), &overrides)?;
+        for &seed in seeds {
+            points.push(Point {
+                id: point_id(&text, &overrides, seed),
+                recipe: recipe.with_file_name(format!("{stem}-allocated-{speedup}x.toml")),
+                recipe_text: text.clone(),
+                overrides: overrides.clone(),
+                seed,
+                quantized: false,
+                oneshot: None,
             });
         }
     }

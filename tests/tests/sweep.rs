@@ -269,3 +269,66 @@ fn oneshot_studies_prune_a_trained_model_without_training() {
     );
     assert!(Sweep::load(&bad).unwrap_err().to_string().contains("sweeps `sparsity` only"));
 }
+
+/// An allocation study: recipes made by `sparsify allocate` from a sensitivity table for each
+/// target speedup, trained as points of the sweep.
+#[test]
+fn allocation_studies_train_allocated_recipes() {
+    use sparsify::oneshot::sensitivity::{Row, write_csv};
+    let dir = tempfile::tempdir().unwrap();
+    let data = real_data(dir.path(), 600, 200);
+    // LeNet-300-100's layers: fc1 takes most of the time and loses little when pruned.
+    let row = |layer: &str, rows, cols, level: f64, ms: f64, dense_ms: f64, loss: f64| Row {
+        layer: layer.into(),
+        rows,
+        cols,
+        level,
+        sparsity: level,
+        loss,
+        loss_increase: loss,
+        top1: 0.0,
+        top1_change: 0.0,
+        batch: 64,
+        ms,
+        dense_ms,
+        model_ms: 1.0,
+    };
+    let table = dir.path().join("sens.csv");
+    write_csv(
+        &table,
+        &[
+            row("fc1", 300, 784, 0.5, 0.45, 0.8, 0.01),
+            row("fc1", 300, 784, 0.9, 0.1, 0.8, 0.05),
+            row("fc2", 100, 300, 0.5, 0.08, 0.15, 0.01),
+            row("fc2", 100, 300, 0.9, 0.02, 0.15, 0.2),
+            row("logits", 10, 100, 0.5, 0.01, 0.02, 0.3),
+            row("logits", 10, 100, 0.9, 0.005, 0.02, 0.9),
+        ],
+    )
+    .unwrap();
+    let sweep_file = dir.path().join("alloc.toml");
+    std::fs::write(
+        &sweep_file,
+        format!(
+            "version = 1\nname = \"alloc\"\nbatches = [1]\nbench_seconds = 0.02\n[[study]]\nallocate = {{ sensitivity = \"{}\", recipe = \"{}\", speedups = [1.5, 4.0] }}\nset = {{ num_epochs = 1, pruning_start = 0, pruning_end = 1 }}\n",
+            table.display(),
+            repo().join("recipes/gmp90.toml").display()
+        ),
+    )
+    .unwrap();
+    let sweep = Sweep::load(&sweep_file).unwrap();
+    assert_eq!(sweep.points.len(), 2);
+    // 1.5x: save a third of the time, fc1 at 50%; 4x: fc1 at 90% and fc2 at 50%.
+    assert!(
+        sweep.points[0].recipe_text.contains(r#"final_sparsity = { "fc1.weight" = 0.5, "fc2.weight" = 0, "fc3.weight" = 0 }"#),
+        "{}",
+        sweep.points[0].recipe_text
+    );
+    assert!(sweep.points[1].recipe_text.contains(r#""fc1.weight" = 0.9, "fc2.weight" = 0.5"#), "{}", sweep.points[1].recipe_text);
+    let r =
+        experiments::point::run_point(&sweep, &sweep.dir(&dir.path().join("results")), &sweep.points[1], (Some(data), false), None, false)
+            .unwrap();
+    let fc1 = r.layers.iter().find(|(n, _)| n == "fc1.weight").unwrap().1;
+    assert!((fc1 - 0.9).abs() < 1e-3, "{:?}", r.layers);
+    assert!(r.point.label().contains("gmp90-allocated-4x"), "{}", r.point.label());
+}
