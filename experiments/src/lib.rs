@@ -22,9 +22,14 @@ use sweep::Sweep;
 /// points were finished.
 pub fn collect(sweep: &Sweep, sweep_file: &str, results_root: &Path, partial: bool) -> anyhow::Result<usize> {
     let dir = sweep.dir(results_root);
-    let rows: Vec<PointResult> = sweep.points.iter().filter_map(|p| point::finished(&dir, p)).collect();
-    // A dependent job must be able to tell: missing points are an error unless asked for.
-    let missing: Vec<String> = sweep.points.iter().filter(|p| point::finished(&dir, p).is_none()).map(|p| missing_point(&dir, p)).collect();
+    let (mut rows, mut missing): (Vec<PointResult>, Vec<String>) = (Vec::new(), Vec::new());
+    for p in &sweep.points {
+        match point::finished(&dir, p) {
+            Some(r) => rows.push(r),
+            // A dependent job must be able to tell: missing points are an error unless asked for.
+            None => missing.push(missing_point(&dir, p)),
+        }
+    }
     let list = missing.join("; ");
     if rows.is_empty() {
         anyhow::bail!("no finished points in {} yet: {list}", dir.display());

@@ -18,9 +18,9 @@ pub fn run(o: &OneshotPoint, dir: &Path, (data, allow_subset): (Option<PathBuf>,
     let mut graph = engine::load(&o.model)?;
     let (d, source) = oneshot::load_images(&o.dataset, data, allow_subset, &graph.input_shape)?;
     let mask = sparsify::mask::MaskKind::parse(&o.mask).map_err(anyhow::Error::msg)?;
-    let settings = Settings { sparsity: o.sparsity, method: o.method, mask, obs: ObsOptions { damp: 0.01, block: 128 }, threads: 2 };
-    let (inputs, _) = oneshot::images(&d, &d.train, o.samples, 0);
-    let n = inputs.len() / graph.input_shape.iter().product::<usize>().max(1);
+    let settings = Settings { sparsity: o.sparsity, method: o.method, mask, obs: ObsOptions::default(), threads: 2 };
+    let (inputs, labels) = oneshot::images(&d, &d.train, o.samples, 0);
+    let n = labels.len();
     let layers = oneshot::prune(&mut graph, &inputs, n, &settings, |_| {}).with_context(|| format!("pruning {}", p.label()))?;
     let native = dir.join("model.sparse");
     write_graph(&graph, &native, Format::Native)?;

@@ -7,7 +7,6 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use crate::sweep::{Point, Sweep};
 
@@ -138,7 +137,7 @@ pub fn log_path(logs: &Path, p: &Point) -> PathBuf {
 /// (once; atomically), so every task of a sweep runs the same binary whatever is rebuilt.
 pub fn stage_binary(exe: &Path, sweep_dir: &Path) -> anyhow::Result<PathBuf> {
     let bytes = std::fs::read(exe).with_context(|| format!("reading {}", exe.display()))?;
-    let hash: String = Sha256::digest(&bytes).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let hash = crate::sweep::short_hash(&bytes);
     let dir = sweep_dir.join("bin");
     let staged = dir.join(format!("experiments-{hash}"));
     if !staged.exists() {

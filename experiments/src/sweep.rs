@@ -327,7 +327,7 @@ fn oneshot_points(file: &Path, study: &RawStudy, o: &RawOneshot, model: PathBuf)
         bail!("{}: a oneshot study needs at least one method and one sample", file.display());
     }
     let bytes = std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
-    let model_hash: String = Sha256::digest(&bytes).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let model_hash = short_hash(&bytes);
     let mut points = Vec::new();
     for &method in &o.methods {
         for &sparsity in &levels {
@@ -341,7 +341,7 @@ fn oneshot_points(file: &Path, study: &RawStudy, o: &RawOneshot, model: PathBuf)
                 sparsity,
             };
             let key = serde_json::json!({"oneshot": {"model": spec.model_hash, "method": spec.method, "mask": spec.mask, "samples": spec.samples, "dataset": spec.dataset, "sparsity": sparsity}});
-            let id: String = Sha256::digest(key.to_string().as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+            let id = short_hash(key.to_string().as_bytes());
             points.push(Point {
                 id,
                 recipe: model.clone(),
@@ -419,8 +419,12 @@ fn combinations(sweep: &BTreeMap<String, Vec<f64>>) -> Vec<Vec<(String, f64)>> {
 /// Hash of what determines a point's training: recipe text, overrides, seed.
 fn point_id(recipe_text: &str, overrides: &[(String, f64)], seed: u64) -> String {
     let key = serde_json::json!({"recipe": recipe_text, "overrides": overrides, "seed": seed});
-    let digest = Sha256::digest(key.to_string().as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    short_hash(key.to_string().as_bytes())
+}
+
+/// The first 6 bytes of `bytes`' SHA-256, in hex: the names of points and staged binaries.
+pub fn short_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

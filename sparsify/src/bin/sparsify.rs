@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use sparsify::export::{self, Format};
+use sparsify::oneshot::obs::ObsOptions;
 use sparsify::oneshot::{self, Method, allocate, sensitivity};
 use sparsify::recipe::Recipe;
 use sparsify::train::{self, TrainOptions};
@@ -163,10 +164,10 @@ struct PruneArgs {
     #[arg(long, default_value_t = 512)]
     samples: usize,
     /// obs: damping added to the Hessian's diagonal, as a fraction of its mean.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = ObsOptions::default().damp)]
     damp: f64,
     /// obs: columns that share one mask selection.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = ObsOptions::default().block)]
     block: usize,
     /// Threads of the engine (calibration, evaluation, timing).
     #[arg(long, default_value_t = 2)]
@@ -182,7 +183,7 @@ impl PruneArgs {
         }
         let graph = if self.model.is_dir() { export::to_graph(&train::final_network(&self.model)?)? } else { engine::load(&self.model)? };
         let (d, source) = oneshot::load_images(&self.calibration, self.data.clone(), self.allow_subset, &graph.input_shape)?;
-        let obs = oneshot::obs::ObsOptions { damp: self.damp, block: self.block };
+        let obs = ObsOptions { damp: self.damp, block: self.block };
         Ok((graph, d, source, oneshot::Settings { sparsity, method: self.method, mask, obs, threads: self.threads }))
     }
 }
@@ -285,8 +286,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(s)) => vec![s; oneshot::targets(&graph)?.len()],
                 (None, None) => bail!("give --sparsity or --recipe"),
             };
-            let (inputs, _) = oneshot::images(&d, &d.train, prune.samples, 0);
-            let n = inputs.len() / graph.input_shape.iter().product::<usize>().max(1);
+            let (inputs, calibration_labels) = oneshot::images(&d, &d.train, prune.samples, 0);
+            let n = calibration_labels.len();
             let layers = oneshot::prune_each(&mut graph, &inputs, n, &settings, &levels, |layer| {
                 if !quiet {
                     eprintln!("pruning {layer}");
@@ -326,8 +327,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--levels and --batch need values (batches >= 1), --iters and --eval-samples at least 1");
             }
             let (graph, d, _, settings) = prune.load(0.0)?;
-            let (inputs, _) = oneshot::images(&d, &d.train, prune.samples, 0);
-            let n = inputs.len() / graph.input_shape.iter().product::<usize>().max(1);
+            let (inputs, calibration_labels) = oneshot::images(&d, &d.train, prune.samples, 0);
+            let n = calibration_labels.len();
             let (eval_inputs, labels) = oneshot::images(&d, &d.test, eval_samples, 1);
             let eval = sensitivity::Eval { inputs: &eval_inputs, labels: &labels };
             let plan = sensitivity::Plan { levels: &levels, batches: &batch, iters, settings };

@@ -13,6 +13,13 @@ pub struct ObsOptions {
     pub block: usize,
 }
 
+impl Default for ObsOptions {
+    /// The paper's settings.
+    fn default() -> ObsOptions {
+        ObsOptions { damp: 0.01, block: 128 }
+    }
+}
+
 /// Lower Cholesky factor `L` of a symmetric positive definite `n x n` matrix (`A = L L^T`), or
 /// `None` where it is not positive definite.
 fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {

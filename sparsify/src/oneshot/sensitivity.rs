@@ -70,14 +70,18 @@ fn evaluate(graph: &Graph, eval: &Eval, threads: usize) -> anyhow::Result<(f64, 
     Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
 }
 
-/// Each weighted layer's median time (by name) and the model's total, in the engine with its
-/// chosen kernels at `batch`, over `iters` profiled runs.
-fn layer_times(graph: &Graph, batch: usize, threads: usize, iters: usize) -> anyhow::Result<(BTreeMap<String, f64>, f64)> {
+/// At each of `batches`: each weighted layer's median time (by name) and the model's total, in
+/// the engine with its chosen kernels (compiled once), over `iters` profiled runs.
+fn layer_times(graph: &Graph, batches: &[usize], threads: usize, iters: usize) -> anyhow::Result<Vec<(BTreeMap<String, f64>, f64)>> {
     let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto)?)?;
     let mut session = Session::new(&model, threads)?;
-    let layers = engine::report::analyze(&mut session, &model, batch, iters)?;
-    let total = layers.iter().map(|l| l.ms).sum();
-    Ok((layers.into_iter().map(|l| (l.layer, l.ms)).collect(), total))
+    let mut out = Vec::new();
+    for &batch in batches {
+        let layers = engine::report::analyze(&mut session, &model, batch, iters)?;
+        let total = layers.iter().map(|l| l.ms).sum();
+        out.push((layers.into_iter().map(|l| (l.layer, l.ms)).collect(), total));
+    }
+    Ok(out)
 }
 
 /// What `measure` needs besides the model and the data.
@@ -105,8 +109,7 @@ pub fn measure(
     }
     let threads = plan.settings.threads;
     let (base_loss, base_top1) = evaluate(graph, eval, threads)?;
-    let base_times: Vec<(BTreeMap<String, f64>, f64)> =
-        plan.batches.iter().map(|&b| layer_times(graph, b, threads, plan.iters)).collect::<anyhow::Result<_>>()?;
+    let base_times = layer_times(graph, plan.batches, threads, plan.iters)?;
     let mut rows = Vec::new();
     for k in targets(graph)? {
         let name = graph.nodes[k].name.clone();
@@ -116,8 +119,8 @@ pub fn measure(
             let mut pruned = graph.clone();
             let report = prune_layer(&mut pruned, k, &h, level, &plan.settings);
             let (loss, top1) = evaluate(&pruned, eval, threads)?;
-            for (&batch, (dense, model_ms)) in plan.batches.iter().zip(&base_times) {
-                let (times, _) = layer_times(&pruned, batch, threads, plan.iters)?;
+            let pruned_times = layer_times(&pruned, plan.batches, threads, plan.iters)?;
+            for ((&batch, (dense, model_ms)), (times, _)) in plan.batches.iter().zip(&base_times).zip(&pruned_times) {
                 let of = |t: &BTreeMap<String, f64>| {
                     t.get(&name).copied().with_context(|| format!("layer '{name}' is not in the compiled model"))
                 };
@@ -132,7 +135,7 @@ pub fn measure(
                     top1,
                     top1_change: top1 - base_top1,
                     batch,
-                    ms: of(&times)?,
+                    ms: of(times)?,
                     dense_ms: of(dense)?,
                     model_ms: *model_ms,
                 });
