@@ -8,6 +8,7 @@ use crate::error::{EngineError, Result};
 use crate::graph::{Activation, Graph, Op, Quant, Weight, Window};
 use crate::kernels::bcsr::{self, Bcsr};
 use crate::kernels::csr::Csr;
+use crate::kernels::kblocked::{self, KBlocked};
 use crate::kernels::q8::{self, Dequant, Q8Matrix};
 use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
@@ -106,6 +107,9 @@ pub enum Kernel {
     Sparse,
     /// Blocks of 4 output rows sharing columns (batched tiles only).
     Blocked,
+    /// CSR weights in blocks of input columns over packed panels of the input (`kblocked`;
+    /// tiles of two columns or more, where it times faster than plain CSR).
+    ColumnBlocked,
     /// Int8 weights and uint8 inputs (quantized layers).
     Int8,
     /// Int8 direct convolution from a shifted quantized image, no im2col (`q8direct`; AVX-512
@@ -127,6 +131,7 @@ impl Kernel {
             (Kernel::Sparse, false) => "f32-spmm-csr",
             (Kernel::Sparse, true) => "f32-spmv-csr",
             (Kernel::Blocked, _) => "f32-spmm-bcsr4x1",
+            (Kernel::ColumnBlocked, _) => "f32-spmm-csr-kc128",
             (Kernel::Int8, false) => "q8-spmm-k4",
             (Kernel::Int8, true) => "q8-spmv-k4",
             (Kernel::Int8Direct, _) => "q8-conv-direct",
@@ -152,6 +157,8 @@ pub struct MatMul {
     pub csr: Option<Csr>,
     /// Present when the batched choice is the 4-row blocked kernel.
     pub bcsr: Option<Bcsr>,
+    /// Present when some choice is the column-blocked CSR kernel.
+    pub kblocked: Option<KBlocked>,
     /// Present when a convolution runs the direct kernel: its weights decoded for it.
     pub taps: Option<direct::Taps>,
     pub sparsity: f64,
@@ -208,6 +215,7 @@ impl MatMul {
             })
             + self.csr.as_ref().map_or(0, Csr::bytes)
             + self.bcsr.as_ref().map_or(0, Bcsr::bytes)
+            + self.kblocked.as_ref().map_or(0, KBlocked::bytes)
             + 4 * self.bias.len()
     }
     /// Useful (non-zero) multiply-adds per output position, times two: FLOPs per sample column.
@@ -549,6 +557,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         dense: None,
         csr: None,
         bcsr: None,
+        kblocked: None,
         taps: None,
         sparsity,
         conv,
@@ -608,6 +617,9 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
     if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
         m.dense = Some(data.to_vec());
     }
+    if m.batch1 == Kernel::ColumnBlocked || m.batched == Kernel::ColumnBlocked {
+        m.kblocked = Some(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC));
+    }
     if m.batch1 == Kernel::Sparse && m.conv.is_none() {
         // The batch-1 kernel of a linear layer streams every index once per sample.
         m.csr = Some(csr.with_narrow_columns());
@@ -660,9 +672,14 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize,
         }
     });
     let mut best = (t_sparse, Kernel::Sparse);
-    // The column-blocked CSR kernel (`kernels::kblocked`) times faster than this one on a single
-    // thread, but measured slower inside whole models at 2 threads (BENCHMARKS.md), so it is not
-    // a candidate.
+    // Column blocks where there are at least two of them.
+    if m.cols > kblocked::DEFAULT_KC {
+        let kb = KBlocked::from_csr(csr, kblocked::DEFAULT_KC);
+        let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, &kb, &m.bias, &x, w, y, 0..m.rows, m.relu, spmm::Ld::packed(w)));
+        if t < best.0 {
+            best = (t, Kernel::ColumnBlocked);
+        }
+    }
     if let Some(b) = blocked.filter(|_| w > 1) {
         let t = time(&mut |y| bcsr::spmm_bcsr(o.isa, b, &m.bias, &x, w, y, 0..b.blocks(), m.relu));
         if t < best.0 {
@@ -737,6 +754,7 @@ fn direct_is_faster(
     let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * tile);
     // A 1x1 convolution over the whole image reads the image as its im2col (`exec::conv`).
     let own = g.window.is_pointwise() && band == oh;
+    let column_blocks = (batched == Kernel::ColumnBlocked).then(|| KBlocked::from_csr(csr, kblocked::DEFAULT_KC));
     let (mut cols, mut y) = (vec![0.0f32; if own { 0 } else { m.cols * cols_w }], vec![0.0f32; m.rows * oh * ow * tile]);
     let t_im2col = best_time(&mut || {
         let cols: &[f32] = if own {
@@ -748,6 +766,9 @@ fn direct_is_faster(
         match (batched, blocked) {
             (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, cols, cols_w, &mut y, m.relu),
             (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, cols, cols_w, &mut y, 0..b.blocks(), m.relu),
+            (Kernel::ColumnBlocked, _) if let Some(kb) = &column_blocks => {
+                kblocked::spmm_kblocked(o.isa, kb, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu, spmm::Ld::packed(cols_w))
+            }
             _ => spmm::spmm(o.isa, csr, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu),
         }
     });

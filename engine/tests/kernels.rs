@@ -6,6 +6,7 @@
 use engine::kernels::bcsr::{self, Bcsr};
 use engine::kernels::csr::Csr;
 use engine::kernels::kblocked::{self, KBlocked};
+use engine::kernels::spmm::Ld;
 use engine::kernels::window::{self, Geometry};
 use engine::kernels::{Isa, dense, spmm, spmv};
 use rand::rngs::StdRng;
@@ -88,18 +89,31 @@ fn column_blocked_spmm_matches_plain_spmm() {
     for (rows, cols, w, s) in cases() {
         let m = Csr::from_dense(&matrix(rows, cols, s, &mut rng), rows, cols);
         let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-2.0..2.0)).collect();
-        let mut want = vec![0.0; rows * w];
-        spmm::spmm_ref(&m, &bias, &x, w, &mut want, 0..rows, true);
-        for kc in [1, 7, 64] {
-            let kb = KBlocked::from_csr(&m, kc);
-            let mut got = vec![f32::NAN; rows * w];
-            kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, &mut got, 0..rows, true);
-            assert_close(&got, &want, &format!("kblocked ref kc={kc} {rows}x{cols} w={w}"));
-            for isa in variants() {
-                let mut got = vec![f32::NAN; rows * w];
-                kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut got, 0..rows, true);
-                assert_close(&got, &want, &format!("kblocked {} kc={kc} {rows}x{cols} w={w} s={s}", isa.name()));
+        // Rows of the input and output lie 3 floats further apart than the width (a band of
+        // rows inside whole images), so the strided form is checked as well as packed tiles.
+        for ld in [Ld::packed(w), Ld { x: w + 3, y: w + 5 }] {
+            let x: Vec<f32> = (0..cols * ld.x).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let mut want = vec![0.0; rows * ld.y];
+            spmm::spmm_strided_ref(&m, &bias, &x, w, &mut want, 0..rows, true, false, ld);
+            for kc in [1, 7, 64, 128] {
+                let kb = KBlocked::from_csr(&m, kc);
+                let mut got = want.clone();
+                got.iter_mut().enumerate().filter(|(i, _)| i % ld.y < w).for_each(|(_, v)| *v = f32::NAN);
+                kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, &mut got, 0..rows, true, ld);
+                assert_close(&got, &want, &format!("kblocked ref kc={kc} {rows}x{cols} w={w} {ld:?}"));
+                for isa in variants() {
+                    let mut got = want.clone();
+                    got.iter_mut().enumerate().filter(|(i, _)| i % ld.y < w).for_each(|(_, v)| *v = f32::NAN);
+                    kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut got, 0..rows, true, ld);
+                    assert_close(&got, &want, &format!("kblocked {} kc={kc} {rows}x{cols} w={w} s={s} {ld:?}", isa.name()));
+                    // A sub-range of rows writes only its own rows.
+                    if rows > 2 {
+                        let mut part = vec![0.0; (rows - 2) * ld.y];
+                        kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut part, 1..rows - 1, true, ld);
+                        let rows_of = |v: &[f32]| v.chunks(ld.y).map(|r| r[..w].to_vec()).collect::<Vec<_>>().concat();
+                        assert_close(&rows_of(&part), &rows_of(&want[ld.y..(rows - 1) * ld.y]), "kblocked row range");
+                    }
+                }
             }
         }
     }

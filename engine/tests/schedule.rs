@@ -178,6 +178,43 @@ fn direct_convolutions_match_im2col_in_whole_models() {
 }
 
 #[test]
+fn column_blocked_layers_match_plain_csr_in_whole_models() {
+    use engine::compile::{Exec, Kernel};
+    use engine::kernels::kblocked::{DEFAULT_KC, KBlocked};
+    // Every weighted layer on the column-blocked kernel at both batch sizes (bottleneck blocks
+    // with 1x1 and 3x3 convolutions read in place and through im2col, in row bands and whole, and
+    // the MLP's linear layers), against the plain CSR kernel; widths 1 to 100 columns.
+    for (name, graph) in [("bottleneck", bottleneck(61, 0.8)), ("cnn", cnn(62, 0.7)), ("mlp", mlp(63, 0.9))] {
+        let plain = compile::compile(graph.clone(), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
+        let mut blocked = plain.clone();
+        let mut changed = 0;
+        for layer in &mut blocked.layers {
+            if let Exec::MatMul(m) = &mut layer.exec
+                && let Some(csr) = &m.csr
+            {
+                // Narrow blocks, so that the small layers here span several.
+                m.kblocked = Some(KBlocked::from_csr(csr, DEFAULT_KC.min(m.cols.div_ceil(3).max(1))));
+                (m.batch1, m.batched) = (Kernel::ColumnBlocked, Kernel::ColumnBlocked);
+                changed += 1;
+            }
+        }
+        assert!(changed > 0, "{name}: no layer to block");
+        for batch in [1, 3, 17, 64, 100] {
+            let input = random_input(batch as u64, batch, &graph.input_shape);
+            let want = Session::with_schedule(&plain, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+            for threads in [1, 2] {
+                for (schedule, budget) in [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(32 << 10))]
+                {
+                    let got = Session::with_schedule(&blocked, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap();
+                    let err = rel_err(&got, &want);
+                    assert!(err < 1e-5, "{name} batch {batch} {threads} threads {schedule:?} {budget:?}: relative error {err}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn int8_layers_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
     if !engine::kernels::q8amx::available(engine::kernels::Isa::detect()) {
         engine::testing::record_skip("int8 layers on AMX tiles (no AMX on this CPU)");

@@ -84,6 +84,7 @@ pub(super) fn splits(m: &MatMul, cols_w: usize, threads: usize) -> bool {
         (Some(q), _) => 4 * q.matrix.stored_groups() * cols_w,
         (None, Kernel::Dense) if m.rows < 64 => 0,
         (None, Kernel::Dense) => m.rows * m.cols * cols_w,
+        (None, Kernel::ColumnBlocked) => m.kblocked.as_ref().map_or(0, |k| k.row_ptr.last().map_or(0, |&n| n as usize)) * cols_w,
         (None, Kernel::Blocked) => m.bcsr.as_ref().map_or(0, |b| b.blk_ptr.last().map_or(0, |&n| n as usize) * bcsr::BR) * cols_w,
         (None, _) => m.csr.as_ref().map_or(0, |c| c.nnz()) * cols_w,
     };
@@ -154,6 +155,7 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
             }
             team.for_each(parts, |(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
         }
+        Kernel::ColumnBlocked => matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team, one_sample),
         // A direct convolution's tiles that its kernel does not take run im2col and CSR.
         Kernel::Sparse | Kernel::Direct => {
             if !batch1 {
@@ -184,7 +186,9 @@ pub(super) fn matmul_strided(
     team: &Team,
     one_sample: bool,
 ) -> bool {
-    let strided = w >= 2 && m.int8.is_none() && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Sparse | Kernel::Direct);
+    let strided = w >= 2
+        && m.int8.is_none()
+        && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Sparse | Kernel::ColumnBlocked | Kernel::Direct);
     if strided {
         matmul_rows(isa, m, x, w, y, ld, team, one_sample);
     }
@@ -215,6 +219,15 @@ fn matmul_rows(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spm
             }
             let parts = row_parts(balanced_ranges(&csr.row_ptr, threads * 4), y, ld.y);
             team.for_each(parts, |(r, y)| spmm::spmm_strided(isa, csr, &m.bias, x, w, y, r, m.relu, ld));
+        }
+        Kernel::ColumnBlocked => {
+            let kb = m.kblocked.as_ref().expect("column blocks packed for a column-blocked choice");
+            if !split {
+                return kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, 0..m.rows, m.relu, ld);
+            }
+            // Each part copies the panels it reads: a small cost next to its rows' products.
+            let parts = row_parts(balanced_ranges(&kb.row_ptr, threads * 2), y, ld.y);
+            team.for_each(parts, |(r, y)| kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, r, m.relu, ld));
         }
         kernel => unreachable!("{kernel:?} has no strided form"),
     }

@@ -18,7 +18,9 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, bcsr, dense, direct, elementwise, flat, grouped, q8, q8conv, q8direct, sequence, spmm, spmv, transpose};
+use crate::kernels::{
+    Isa, bcsr, dense, direct, elementwise, flat, grouped, kblocked, q8, q8conv, q8direct, sequence, spmm, spmv, transpose,
+};
 use crate::schedule::{self, Schedule};
 use crate::team::Team;
 

@@ -1,21 +1,29 @@
-//! Unstructured sparse weights split into blocks of `kc` input columns, `f32-spmm-csr-kc`.
+//! Unstructured sparse weights in blocks of `kc` input columns over packed panels of the input,
+//! `f32-spmm-csr-kc`.
 //!
-//! The plain CSR kernel reads, for every non-zero, a 64-column row of the activation panel
-//! (`cols x 64` floats, 512 KiB for 2048 inputs) from L2. Taking the columns `kc` at a time
-//! keeps that block's slice of the panel (`kc x 64 x 4` bytes, 32 KiB for `kc = 128`) in L1
-//! while every output row consumes it; the price is reading and writing the output rows once per
-//! block. The compiler keeps whichever of the two is faster on the layer's real shape.
+//! The plain CSR kernel reads, for every non-zero, a 64-column strip of one input row, and walks
+//! all `cols` input rows for each output row: on ResNet-50's 3x3 layers (2304 inputs) a strip of
+//! the input is 590 KiB, read from L2 once per non-zero, and rows of a tile lie `w` floats apart,
+//! so each strip straddles cache lines. Here each 64-column strip is taken `kc` input rows at a
+//! time: that block of the strip is copied into a packed panel (`kc x 64 x 4` bytes, 32 KiB for
+//! `kc = 128`, in L1) and every output row consumes it, accumulating into the output strip (in
+//! L2). The price is the copy and reading and writing the output strip once per block; the
+//! compiler keeps this kernel only where it times faster than the plain one on the layer's shape.
 
 use std::ops::Range;
 
 use super::Isa;
 use super::csr::Csr;
-use super::spmm::{spmm_acc, spmm_acc_ref};
+use super::spmm::{Ld, spmm_strided_acc, spmm_strided_ref};
 
-/// Input columns per block: 128 x 64 samples x 4 bytes = 32 KiB, within a 48 KiB L1.
+/// Input rows per block: 128 x 64 columns x 4 bytes = 32 KiB, within a 48 KiB L1.
 pub const DEFAULT_KC: usize = 128;
 
-/// A CSR matrix cut into column blocks, each a CSR of the same rows with absolute column indices.
+/// Columns of a strip, as the AVX-512 CSR kernel's widest loop.
+pub const STRIP: usize = 64;
+
+/// A CSR matrix cut into column blocks: block `b` holds columns `b * kc ..` of the same rows,
+/// its column indices relative to the block's first column.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KBlocked {
     pub rows: usize,
@@ -31,12 +39,14 @@ impl KBlocked {
     pub fn from_csr(m: &Csr, kc: usize) -> KBlocked {
         let kc = kc.max(1);
         let n_blocks = m.cols.div_ceil(kc).max(1);
+        let width = |b: usize| kc.min(m.cols.saturating_sub(b * kc));
         let mut blocks: Vec<Csr> =
-            (0..n_blocks).map(|_| Csr { rows: m.rows, cols: m.cols, row_ptr: vec![0], col: vec![], val: vec![], col16: None }).collect();
+            (0..n_blocks).map(|b| Csr { rows: m.rows, cols: width(b), row_ptr: vec![0], col: vec![], val: vec![], col16: None }).collect();
         for r in 0..m.rows {
             for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
-                let b = &mut blocks[m.col[j] as usize / kc];
-                b.col.push(m.col[j]);
+                let c = m.col[j] as usize;
+                let b = &mut blocks[c / kc];
+                b.col.push((c % kc) as u32);
                 b.val.push(m.val[j]);
             }
             for b in &mut blocks {
@@ -49,20 +59,80 @@ impl KBlocked {
     pub fn bytes(&self) -> usize {
         self.blocks.iter().map(Csr::bytes).sum()
     }
-}
 
-/// Same contract as `spmm::spmm`.
-pub fn spmm_kblocked(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
-    let last = m.blocks.len() - 1;
-    for (i, b) in m.blocks.iter().enumerate() {
-        spmm_acc(isa, b, bias, x, w, y, rows.clone(), relu && i == last, i > 0);
+    /// Floats of the panel scratch one call uses.
+    pub fn panel_len(&self) -> usize {
+        self.kc.min(self.cols) * STRIP
     }
 }
 
-/// The scalar twin.
-pub fn spmm_kblocked_ref(m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
+/// Same contract as `spmm::spmm_strided`: output rows `rows` of `y` (rows `ld.y` apart), from
+/// the `[cols, w]` input `x` whose rows lie `ld.x` apart.
+pub fn spmm_kblocked(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, ld: Ld) {
+    assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
+    assert!(m.cols == 0 || x.len() >= (m.cols - 1) * ld.x + w, "input tile too small");
+    PANEL.with_borrow_mut(|panel| {
+        if panel.len() < m.panel_len() {
+            panel.resize(m.panel_len(), 0.0);
+        }
+        run(isa, m, bias, x, w, y, rows, relu, ld, panel)
+    })
+}
+
+thread_local! {
+    /// Each thread's panel, kept between calls: a fresh 32 KiB buffer per call page-faulted
+    /// inside whole models, where the allocator had given the memory back.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn run(
+    isa: Isa,
+    m: &KBlocked,
+    bias: &[f32],
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    rows: Range<usize>,
+    relu: bool,
+    ld: Ld,
+    panel: &mut [f32],
+) {
+    let last = m.blocks.len() - 1;
+    let mut c0 = 0;
+    while c0 < w {
+        let cw = STRIP.min(w - c0);
+        for (i, b) in m.blocks.iter().enumerate() {
+            // This block's input rows of the strip, packed `cw` wide.
+            let first = i * m.kc;
+            for (r, row) in panel.chunks_exact_mut(cw).take(b.cols).enumerate() {
+                let at = (first + r) * ld.x + c0;
+                copy_row(row, &x[at..at + cw]);
+            }
+            let panel = &panel[..b.cols * cw];
+            spmm_strided_acc(isa, b, bias, panel, cw, &mut y[c0..], rows.clone(), relu && i == last, i > 0, Ld { x: cw, y: ld.y });
+        }
+        c0 += cw;
+    }
+}
+
+/// Copies a strip's row in 16-float pieces, which compile to single vector moves (a call to
+/// `memcpy` per row had taken an eighth of the kernel's time).
+fn copy_row(to: &mut [f32], from: &[f32]) {
+    let mut pieces = to.chunks_exact_mut(16);
+    let mut sources = from.chunks_exact(16);
+    for (t, f) in (&mut pieces).zip(&mut sources) {
+        t.copy_from_slice(f);
+    }
+    for (t, f) in pieces.into_remainder().iter_mut().zip(sources.remainder()) {
+        *t = *f;
+    }
+}
+
+/// The scalar twin: the plain CSR definition over the blocks in turn.
+pub fn spmm_kblocked_ref(m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, ld: Ld) {
     let last = m.blocks.len() - 1;
     for (i, b) in m.blocks.iter().enumerate() {
-        spmm_acc_ref(b, bias, x, w, y, rows.clone(), relu && i == last, i > 0);
+        let x = &x[(i * m.kc * ld.x).min(x.len())..];
+        spmm_strided_ref(b, bias, x, w, y, rows.clone(), relu && i == last, i > 0, ld);
     }
 }

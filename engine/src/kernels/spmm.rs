@@ -91,6 +91,22 @@ pub fn spmm_strided(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mu
     run(isa, m, bias, x, w, y, rows, relu, false, ld)
 }
 
+/// `spmm_strided`, with `accumulate` as in `spmm_acc`.
+pub fn spmm_strided_acc(
+    isa: Isa,
+    m: &Csr,
+    bias: &[f32],
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    rows: Range<usize>,
+    relu: bool,
+    accumulate: bool,
+    ld: Ld,
+) {
+    run(isa, m, bias, x, w, y, rows, relu, accumulate, ld)
+}
+
 fn run(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
     check(m, bias, x, w, y, &rows, ld);
     match isa {
