@@ -21,7 +21,8 @@ use crate::phases::{self, PhaseConv};
 pub const DEFAULT_TILE: usize = 64;
 
 /// Which kernel families the compiler may use for weighted layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum KernelPolicy {
     /// Time the candidates on each layer's shape and keep the fastest (ties go to dense).
     #[default]

@@ -29,6 +29,7 @@ pub mod sequence;
 pub mod stats;
 pub mod team;
 pub mod testing;
+pub mod top1;
 
 use std::path::Path;
 

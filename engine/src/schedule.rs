@@ -19,7 +19,8 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::kernels::{direct, q8};
 
 /// How layers are ordered over tiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Schedule {
     /// Every tile through a layer before the next layer (each layer's output fully materialised).
     Layerwise,

@@ -163,7 +163,7 @@ pub fn engine_accuracy(model: &Path, test: &datasets::Split, mean: f32, std: f32
     let mut correct = 0;
     for b in datasets::batch::batches(test, &order, 500, mean, std) {
         let out = s.run(&b.inputs, b.len())?;
-        correct += sparsify::step::argmax(&out, classes).iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
+        correct += engine::top1::correct(&out, classes, &b.labels);
     }
     Ok(correct as f64 / test.len().max(1) as f64)
 }

@@ -46,11 +46,7 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
     let params = net.tensors(device, true);
     let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_side * net.input_side]), device);
     let (logits, stats) = net.forward_mode(&params, x, true);
-    let correct = argmax(&logits.to_data().try_to_vec::<f32>().expect("f32 logits"), net.classes)
-        .iter()
-        .zip(labels)
-        .filter(|(p, l)| **p == **l as usize)
-        .count();
+    let correct = engine::top1::correct(&logits.to_data().try_to_vec::<f32>().expect("f32 logits"), net.classes, labels);
     let mut onehot = vec![0.0f32; b * net.classes];
     for (i, &l) in labels.iter().enumerate() {
         onehot[i * net.classes + l as usize] = 1.0;
@@ -82,11 +78,6 @@ pub fn logits(net: &Network, device: &Device, inputs: Vec<f32>, batch: usize) ->
     net.forward(&params, x).to_data().try_to_vec::<f32>().expect("f32 logits")
 }
 
-/// Index of the largest value of each row of `classes` values.
-pub fn argmax(values: &[f32], classes: usize) -> Vec<usize> {
-    values.chunks(classes).map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)).collect()
-}
-
 /// Top-1 accuracy of `net` on a split (batches of 500).
 pub fn accuracy(net: &Network, split: &datasets::Split, mean: f32, std: f32) -> f64 {
     if split.is_empty() {
@@ -97,8 +88,7 @@ pub fn accuracy(net: &Network, split: &datasets::Split, mean: f32, std: f32) -> 
     let mut correct = 0;
     for b in datasets::batch::batches(split, &order, 500, mean, std) {
         let n = b.len();
-        let preds = argmax(&logits(net, &device, b.inputs, n), net.classes);
-        correct += preds.iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
+        correct += engine::top1::correct(&logits(net, &device, b.inputs, n), net.classes, &b.labels);
     }
     correct as f64 / split.len() as f64
 }

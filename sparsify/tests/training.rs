@@ -263,7 +263,7 @@ fn engine_agrees_with_burn_on_exported_models() {
             let model =
                 engine::compile::compile(engine::load(&path).unwrap(), engine::compile::Options::new(Default::default()).unwrap()).unwrap();
             let out = engine::exec::Session::new(&model, 2).unwrap().run(&batch.inputs, test.len()).unwrap();
-            let agree = sparsify::step::argmax(&out, 10).iter().zip(sparsify::step::argmax(&burn, 10)).filter(|(a, b)| **a == *b).count();
+            let agree = engine::top1::argmax(&out, 10).iter().zip(engine::top1::argmax(&burn, 10)).filter(|(a, b)| **a == *b).count();
             assert_eq!(agree, test.len(), "{arch} {ext}: engine and burn disagree on {} images", test.len() - agree);
             let scale = burn.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let diff = out.iter().zip(&burn).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));

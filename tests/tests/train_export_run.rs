@@ -34,7 +34,7 @@ fn test_batch_and_burn(recipe: &Recipe, data: &std::path::Path, summary: &Summar
     let order: Vec<usize> = (0..d.test.len()).collect();
     let batch = datasets::batch::batches(&d.test, &order, d.test.len(), d.mean, d.std).next().unwrap();
     let logits = sparsify::step::logits(&summary.net, &sparsify::step::eval_device(), batch.inputs.clone(), batch.len());
-    let classes = sparsify::step::argmax(&logits, 10);
+    let classes = engine::top1::argmax(&logits, 10);
     (batch, logits, classes)
 }
 
@@ -70,7 +70,7 @@ fn pruned_model_runs_identically_in_burn_the_engine_and_onnx_runtime() {
             let model =
                 engine::compile::compile(engine::load(file).unwrap(), engine::compile::Options::new(Default::default()).unwrap()).unwrap();
             let out = engine::exec::Session::new(&model, 2).unwrap().run(&batch.inputs, n).unwrap();
-            let agree = sparsify::step::argmax(&out, 10).iter().zip(&burn).filter(|(a, b)| a == b).count();
+            let agree = engine::top1::argmax(&out, 10).iter().zip(&burn).filter(|(a, b)| a == b).count();
             assert_eq!(agree, n, "{recipe_name} {}: the engine disagrees with burn", file.display());
             let err = rel_err(&out, &logits);
             assert!(err < 1e-4, "{recipe_name} {}: logits {err} off burn's", file.display());
@@ -81,7 +81,7 @@ fn pruned_model_runs_identically_in_burn_the_engine_and_onnx_runtime() {
         );
         let shape = if recipe_name.starts_with("gmp") { vec![n, 784] } else { vec![n, 1, 28, 28] };
         if let Some(ort) = onnx_runtime(dir.path(), &onnx, shape, &batch.inputs, false) {
-            let agree = sparsify::step::argmax(&ort, 10).iter().zip(&burn).filter(|(a, b)| a == b).count();
+            let agree = engine::top1::argmax(&ort, 10).iter().zip(&burn).filter(|(a, b)| a == b).count();
             assert_eq!(agree, n, "{recipe_name}: ONNX Runtime disagrees with burn on the exported ONNX");
             let err = rel_err(&ort, &logits);
             assert!(err < 1e-4, "{recipe_name}: ONNX Runtime's logits {err} off burn's");
@@ -122,7 +122,7 @@ fn quantized_model_exports_to_int8_that_agrees_with_burn() {
 
         let (batch, _, burn) = test_batch_and_burn(&recipe, &data, &summary);
         let n = batch.len();
-        let agreement = |out: &[f32]| sparsify::step::argmax(out, 10).iter().zip(&burn).filter(|(a, b)| a == b).count() as f64 / n as f64;
+        let agreement = |out: &[f32]| engine::top1::argmax(out, 10).iter().zip(&burn).filter(|(a, b)| a == b).count() as f64 / n as f64;
 
         let (native, onnx) = export_both(&summary, dir.path());
         for file in [&native, &onnx] {

@@ -64,8 +64,7 @@ fn evaluate(graph: &Graph, eval: &Eval, threads: usize) -> anyhow::Result<(f64, 
             (row[label as usize] as f64 - max).exp() / sum
         };
         loss -= p.max(1e-12).ln();
-        let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-        correct += (best == label as usize) as usize;
+        correct += engine::top1::correct(row, classes, &[label]);
     }
     Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
 }

@@ -179,7 +179,7 @@ pub fn eval(args: &ModelArgs, dataset: &str, resolver: datasets::Resolver, batch
         let t = std::time::Instant::now();
         let logits = session.run(&b.inputs, b.len())?;
         seconds.push(t.elapsed().as_secs_f64());
-        correct += argmax_rows(&logits, b.len()).iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
+        correct += engine::top1::correct(&logits, logits.len() / b.len().max(1), &b.labels);
     }
     let accuracy = correct as f64 / d.test.len() as f64;
     let lat = Latency::from_seconds(&seconds);
@@ -194,12 +194,6 @@ pub fn eval(args: &ModelArgs, dataset: &str, resolver: datasets::Resolver, batch
         println!("latency:   {:.3} ms median per batch of {batch}, {} threads", lat.median_ms, session.threads());
     }
     Ok(())
-}
-
-/// Index of the largest value in each of `n` rows.
-pub fn argmax_rows(values: &[f32], n: usize) -> Vec<usize> {
-    let f = values.len() / n.max(1);
-    values.chunks(f.max(1)).map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)).collect()
 }
 
 pub fn analyze(args: &ModelArgs, batch: usize, iters: usize) -> anyhow::Result<()> {
