@@ -242,9 +242,9 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         Exec::Affine { scale, shift, relu, .. } => {
             (0..channels).for_each(|c| elementwise::affine(&xs[0][band(c)], scale[c], shift[c], &mut y[band(c)], *relu))
         }
-        Exec::QuantDequant { scale, zero } => (0..channels).for_each(|c| {
-            y[band(c)].iter_mut().zip(&xs[0][band(c)]).for_each(|(o, &i)| *o = crate::kernels::q8::quantize_dequantize(i, *scale, *zero))
-        }),
+        Exec::QuantDequant { scale, zero } => {
+            (0..channels).for_each(|c| elementwise::quantize_dequantize(isa, &xs[0][band(c)], &mut y[band(c)], *scale, *zero))
+        }
         Exec::Relu => (0..channels).for_each(|c| elementwise::relu_tile(&xs[0][band(c)], &mut y[band(c)])),
         Exec::Add { relu } => (0..channels).for_each(|c| elementwise::add(&xs[0][band(c)], &xs[1][band(c)], &mut y[band(c)], *relu)),
         Exec::Unary(f) => (0..channels).for_each(|c| elementwise::unary(isa, *f, &xs[0][band(c)], &mut y[band(c)])),
