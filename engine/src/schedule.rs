@@ -27,7 +27,8 @@ pub enum Schedule {
     /// Tiles through columns of layers that fit the cache budget.
     Depthwise,
     /// Depth-wise when the plan gains from it (some column holds several layers, or every
-    /// column fits and tiles let each thread work on its own), else layer-wise.
+    /// column fits and tiles let each thread work on its own), else layer-wise; a depth-wise plan
+    /// is timed against layer-wise execution at the first run of each batch size, the faster kept.
     #[default]
     Auto,
 }

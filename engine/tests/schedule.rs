@@ -215,6 +215,30 @@ fn column_blocked_layers_match_plain_csr_in_whole_models() {
 }
 
 #[test]
+fn auto_times_depthwise_against_layerwise_and_keeps_one_per_batch_size() {
+    // LeNet-300-100 at batch 64 on 2 threads: the planner's rule picks depth-wise columns.
+    let graph = mlp_with(71, 0.9, [784, 300, 100, 10]);
+    let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
+    let mut session = Session::new(&model, 2).unwrap();
+    assert_eq!(session.plan(64).schedule, Schedule::Depthwise, "the rule's own choice, before any run");
+    let input = random_input(71, 64, &graph.input_shape);
+    let want = Session::with_schedule(&model, 1, Schedule::Layerwise, None).unwrap().run(&input.data, 64).unwrap();
+    let got = session.run(&input.data, 64).unwrap();
+    assert!(rel_err(&got, &want) < 1e-5);
+    let kept = session.plan(64).schedule;
+    assert!(matches!(kept, Schedule::Depthwise | Schedule::Layerwise), "{kept:?}");
+    for _ in 0..3 {
+        assert_eq!(session.run(&input.data, 64).unwrap(), got, "the kept schedule answers the same");
+        assert_eq!(session.plan(64).schedule, kept, "measured once per batch size");
+    }
+    // Another batch size is measured on its own; explicit schedules are never replaced.
+    assert!(rel_err(&session.run(&input.data[..784 * 3], 3).unwrap(), &want[..30]) < 1e-5);
+    let mut explicit = Session::with_schedule(&model, 2, Schedule::Depthwise, None).unwrap();
+    explicit.run(&input.data, 64).unwrap();
+    assert_eq!(explicit.plan(64).schedule, Schedule::Depthwise);
+}
+
+#[test]
 fn int8_layers_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
     if !engine::kernels::q8amx::available(engine::kernels::Isa::detect()) {
         engine::testing::record_skip("int8 layers on AMX tiles (no AMX on this CPU)");

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use engine::compile::{self, Exec, Model, Options};
 use engine::graph::Ports;
 use engine::npy;
+use engine::schedule::Schedule;
 
 use crate::ModelArgs;
 use engine::stats::Latency;
@@ -70,6 +71,9 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
         if plan.tile == 1 { "" } else { "s" },
         human_bytes(plan.budget)
     );
+    if args.schedule == Schedule::Auto && plan.schedule == Schedule::Depthwise {
+        println!("          (auto: timed against layerwise at the first run of batch {batch}, the faster kept)");
+    }
     println!("{:<8} {:<40} {:>12} {:>6} {:>10}", "column", "layers", "working set", "fits", "row bands");
     for (i, c) in plan.columns.iter().enumerate() {
         let names: Vec<&str> = model.layers[c.layers.clone()].iter().map(|l| l.name.as_str()).collect();
