@@ -1,5 +1,5 @@
-//! Every number in the README's tables and in BENCHMARKS.md's current results comes from a
-//! committed result: all the decimals of a table row must be, after rounding to their printed
+//! Every number in the README's tables, in the guides (`engine/README.md`, `sparsify/README.md`)
+//! and in BENCHMARKS.md's current results comes from a committed result: all the decimals of a table row must be, after rounding to their printed
 //! digits (or as percentages of fractions), numbers of one file under `results/` (the reports and
 //! CSVs the scripts write), and every decimal of their prose a number of some such file. A
 //! figure typed by hand, or left behind by a re-run, fails here.
@@ -105,6 +105,18 @@ fn readme_numbers_come_from_committed_results() {
     assert!(rows >= 30, "the README's tables were not found ({rows} rows)");
     unsourced.extend(unsourced_prose(&readme, &known));
     assert!(unsourced.is_empty(), "README numbers with no committed result behind them:\n{}", unsourced.join("\n"));
+}
+
+#[test]
+fn guide_numbers_come_from_committed_results() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let known = known_numbers(&repo);
+    for guide in ["engine/README.md", "sparsify/README.md"] {
+        let text = std::fs::read_to_string(repo.join(guide)).unwrap();
+        let (mut unsourced, _) = unsourced_rows(&text, &known);
+        unsourced.extend(unsourced_prose(&text, &known));
+        assert!(unsourced.is_empty(), "{guide}: numbers with no committed result behind them:\n{}", unsourced.join("\n"));
+    }
 }
 
 #[test]

@@ -12,8 +12,8 @@ use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type
 use crate::error::{EngineError, Result};
 use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Operand, Port, Ports, Quant, Unary, Weight, Window};
 
-/// Operators this importer reads (with the QLinear operators of `qoperator`); the README's list is
-/// checked against it.
+/// Operators this importer reads (with the QLinear operators of `qoperator`); the engine guide's
+/// list (engine/README.md) is checked against it.
 pub const OPERATORS: &[&str] = &[
     "Gemm",
     "MatMul",
