@@ -28,7 +28,8 @@ pub enum Schedule {
     Depthwise,
     /// Depth-wise when the plan gains from it (some column holds several layers, or every
     /// column fits and tiles let each thread work on its own), else layer-wise; a depth-wise plan
-    /// is timed against layer-wise execution at the first run of each batch size, the faster kept.
+    /// is timed against layer-wise execution (and against the widest tile throughout, where its
+    /// tiles are narrower) at the first run of each batch size, the fastest kept.
     #[default]
     Auto,
 }
@@ -116,6 +117,9 @@ pub struct Column {
     /// previous band were computed by it and are reused), so a band's rows stay in cache from
     /// the column's first layer to its last.
     pub bands: usize,
+    /// Samples per tile. Columns after the first ones may run wider tiles than the plan's
+    /// `tile` (`widen_tail`); the executor moves the values that cross into them.
+    pub tile: usize,
 }
 
 /// The schedule chosen for one batch size and thread count.
@@ -123,6 +127,7 @@ pub struct Column {
 pub struct Plan {
     /// `Layerwise` or `Depthwise` (never `Auto`).
     pub schedule: Schedule,
+    /// Samples per tile of the first column (see `Column::tile`).
     pub tile: usize,
     pub columns: Vec<Column>,
     pub budget: usize,
@@ -236,25 +241,79 @@ fn band_counts(rows: usize) -> impl Iterator<Item = usize> {
     (1..).map(|p| 1usize << p).take_while(move |&b| b < rows).chain(std::iter::once(rows).filter(|&r| r > 1))
 }
 
-/// Greedy columns for tiles of `w` samples: a layer joins the column while the column still fits
-/// (cut into row bands if it must).
-fn columns(model: &Model, w: usize, budget: usize) -> Vec<Column> {
+/// Greedy columns of `layers` for tiles of `w` samples: a layer joins the column while the column
+/// still fits (cut into row bands if it must).
+fn columns(model: &Model, layers: Range<usize>, w: usize, budget: usize) -> Vec<Column> {
     let column = |layers: Range<usize>| {
         let bands = fitting_bands(model, layers.clone(), w, budget).unwrap_or(1);
         let working_set = working_set(model, layers.clone(), w, bands);
-        Column { layers, working_set, fits: working_set <= budget, bands }
+        Column { layers, working_set, fits: working_set <= budget, bands, tile: w }
     };
     let mut out = Vec::new();
-    let mut start = 0;
-    for l in 1..model.layers.len() {
+    let mut start = layers.start;
+    for l in layers.start + 1..layers.end {
         if fitting_bands(model, start..l + 1, w, budget).is_none() {
             out.push(column(start..l));
             start = l;
         }
     }
-    if start < model.layers.len() {
-        out.push(column(start..model.layers.len()));
+    if start < layers.end {
+        out.push(column(start..layers.end));
     }
+    out
+}
+
+/// Whether the activations of each of `layers` for tiles of `w` samples (inputs, output, im2col)
+/// fit the budget, in row bands where a convolution's images overflow it.
+fn activations_fit(model: &Model, layers: Range<usize>, w: usize, budget: usize) -> bool {
+    layers.into_iter().all(|l| {
+        let acts = activation_bytes(model, l, w) as f64;
+        let rows = model.layers[l].out_shape.get(1).copied().unwrap_or(1);
+        let banded = bandable(model, l..l + 1).then(|| band_fraction(&model.layers[l], rows));
+        acts * banded.unwrap_or(1.0) <= budget as f64
+    })
+}
+
+/// A convolution's output plane (rows times columns) in floats, for one sample; None for other
+/// layers.
+fn output_plane(layer: &Layer) -> Option<usize> {
+    match &layer.exec {
+        Exec::MatMul(m) => m.conv.map(|g| g.out_hw[0] * g.out_hw[1]),
+        _ => None,
+    }
+}
+
+/// The columns after the first ones that needed narrow `tile`s, rebuilt for tiles of `wide`
+/// samples: from the first column after which every convolution's output plane leaves
+/// one-sample rows on partial vectors (whether their activations fit the cache or not: the
+/// wide tiles' kernels gain more than a column's cache reuse does). Large early images
+/// force narrow tiles (ResNet-50's 56x56 stage, one sample at batch 16), and the small late ones
+/// then run one sample's 14x14 or 7x7 positions at a time, rows of 196 or 49 floats off cache
+/// lines and in partial register strips. ResNet-50 90% at batch 16 on 2 threads (`engine analyze`
+/// per layer): its 14x14 and 7x7 stages ran 1.9x and 2.0x faster in tiles of 8 samples than of
+/// one, its 56x56 stage (planes of whole vectors, the one-sample direct convolution) 1.3x slower.
+/// The values crossing into the wide columns are copied once into the wide tiles' layout. Int8
+/// models keep one tile width: their codes and quantized inputs pass between layers in per-tile
+/// slots that such a copy does not move.
+fn widen_tail(model: &Model, narrow: Vec<Column>, tile: usize, wide: usize, budget: usize) -> Vec<Column> {
+    let int8 = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if m.int8.is_some()));
+    if wide <= tile || int8 {
+        return narrow;
+    }
+    let n = model.layers.len();
+    // One sample's channel rows fill 16-float vectors and start on cache lines only where the
+    // plane is a multiple of 16 floats.
+    let widens = |start: usize| {
+        let planes: Vec<usize> = model.layers[start..].iter().filter_map(output_plane).collect();
+        !planes.is_empty() && planes.iter().all(|p| !p.is_multiple_of(VECTOR_TILE))
+    };
+    let Some(b) = (1..narrow.len()).find(|&b| widens(narrow[b].layers.start)) else {
+        return narrow;
+    };
+    let start = narrow[b].layers.start;
+    let mut out = narrow;
+    out.truncate(b);
+    out.extend(columns(model, start..n, wide, budget));
     out
 }
 
@@ -276,7 +335,7 @@ fn unband_fitting(model: &Model, columns: Vec<Column>, budget: usize) -> Vec<Col
         .into_iter()
         .flat_map(|c| {
             if c.bands > 1 && !c.layers.clone().any(bands_pay) {
-                c.layers.map(|l| Column { layers: l..l + 1, working_set: alone(l), fits: true, bands: 1 }).collect()
+                c.layers.map(|l| Column { layers: l..l + 1, working_set: alone(l), fits: true, bands: 1, tile: c.tile }).collect()
             } else {
                 vec![c]
             }
@@ -345,7 +404,7 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
         let columns = (0..model.layers.len())
             .map(|l| {
                 let working_set = weight_bytes(&model.layers[l].exec) + activation_bytes(model, l, tile);
-                Column { layers: l..l + 1, working_set, fits: working_set <= budget, bands: 1 }
+                Column { layers: l..l + 1, working_set, fits: working_set <= budget, bands: 1, tile }
             })
             .collect();
         Plan { schedule: Schedule::Layerwise, tile, columns, budget }
@@ -353,40 +412,37 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
     if schedule == Schedule::Layerwise || batch <= 1 {
         // One sample is one tile: depth-wise only pays where row bands let several layers share
         // the cache.
-        let banded = (batch <= 1 && schedule != Schedule::Layerwise).then(|| unband_fitting(model, columns(model, 1, budget), budget));
+        let banded = (batch <= 1 && schedule != Schedule::Layerwise)
+            .then(|| unband_fitting(model, columns(model, 0..model.layers.len(), 1, budget), budget));
         if let Some(cols) = banded.filter(|cols| cols.iter().any(|c| c.bands > 1 && c.layers.len() > 1)) {
             return Plan { schedule: Schedule::Depthwise, tile: 1, columns: cols, budget };
         }
         return Plan { schedule: if batch <= 1 { schedule.min_resolved() } else { Schedule::Layerwise }, ..layerwise() };
     }
-    // Tiles narrow enough that every thread gets one, and as wide as the fewest columns allow; but
-    // a model whose work is mostly linear layers keeps tiles of a vector's width (16 samples)
-    // and leaves threads idle instead: its kernels vectorise over the tile's samples only, and
-    // 4- or 8-sample tiles made batch 64 on 16 threads slower than on 4 (BENCHMARKS.md, "Scaling").
-    // Convolutions vectorise over output positions too and gain from narrow tiles on more threads.
-    let floor = if linear_work_share(model) > 0.5 { VECTOR_TILE.min(batch) } else { 1 };
-    let mut widest = if one_sample_tiles(model) { 1 } else { MAX_TILE.min(batch.div_ceil(threads.max(1)).max(floor)) };
-    if let Some(t) = std::env::var(TILE_ENV).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&t| t >= 1) {
-        widest = t.min(batch);
-    }
+    let widest = widest_tile(model, batch, threads);
     let candidates: Vec<usize> = [64, 32, 16, 8, 4, 2, 1].into_iter().filter(|&t| t <= widest && (t >= MIN_TILE || t == widest)).collect();
     let candidates = if candidates.is_empty() || std::env::var(TILE_ENV).is_ok() { vec![widest] } else { candidates };
     // The widest tile whose largest layer activations (inputs, output, im2col) fit the budget:
     // narrower tiles cost kernel efficiency, so weights that nearly fill the cache on their own
     // never shrink the tile, only activations do.
     // Convolutions whose images overflow the budget may still fit in row bands.
-    let acts_fit = |t: usize| {
-        (0..model.layers.len()).all(|l| {
-            let acts = activation_bytes(model, l, t) as f64;
-            let rows = model.layers[l].out_shape.get(1).copied().unwrap_or(1);
-            let banded = bandable(model, l..l + 1).then(|| band_fraction(&model.layers[l], rows));
-            acts * banded.unwrap_or(1.0) <= budget as f64
-        })
-    };
+    let acts_fit = |t: usize| activations_fit(model, 0..model.layers.len(), t, budget);
     // Tiles narrower than `MIN_TILE` only where they let row bands fit images nothing wider can.
     let narrow = [4, 2, 1].into_iter().filter(|&t| t < *candidates.last().expect("one candidate") && std::env::var(TILE_ENV).is_err());
-    let tile = candidates.iter().copied().chain(narrow).find(|&t| acts_fit(t)).unwrap_or(*candidates.last().expect("one candidate"));
-    let cols = columns(model, tile, budget);
+    let tried: Vec<usize> = candidates.iter().copied().chain(narrow).collect();
+    // Where no tile fits every layer, the one that leaves the fewest layers out (the wider on a
+    // tie): a layer that overflows at every width (ResNet-50's stride-2 1x1 convolution on phase
+    // images, where the compiler chose them: 3 MiB of input per sample, not bandable) then no
+    // longer sends the whole model to the widest tile, whose 56x56 convolutions ran 1.3x slower.
+    let misfits = |t: usize| (0..model.layers.len()).filter(|&l| !activations_fit(model, l..l + 1, t, budget)).count();
+    let tile = tried
+        .iter()
+        .copied()
+        .find(|&t| acts_fit(t))
+        .unwrap_or_else(|| tried.iter().copied().min_by_key(|&t| misfits(t)).expect("one candidate"));
+    let cols = columns(model, 0..model.layers.len(), tile, budget);
+    let forced = std::env::var(TILE_ENV).is_ok();
+    let cols = if forced { cols } else { widen_tail(model, cols, tile, candidates[0], budget) };
     let depthwise = Plan { schedule: Schedule::Depthwise, tile, columns: cols, budget };
     match schedule {
         Schedule::Depthwise => depthwise,
@@ -399,6 +455,35 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
             if grouped || spread { depthwise } else { layerwise() }
         }
     }
+}
+
+/// The widest depth-wise tile for `batch` samples on `threads` threads (`ENGINE_TILE` caps it).
+fn widest_tile(model: &Model, batch: usize, threads: usize) -> usize {
+    if let Some(t) = std::env::var(TILE_ENV).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&t| t >= 1) {
+        return t.min(batch);
+    }
+    // Tiles narrow enough that every thread gets one, and as wide as the fewest columns allow; but
+    // a model whose work is mostly linear layers keeps tiles of a vector's width (16 samples)
+    // and leaves threads idle instead: its kernels vectorise over the tile's samples only, and
+    // 4- or 8-sample tiles made batch 64 on 16 threads slower than on 4 (BENCHMARKS.md, "Scaling").
+    // Convolutions vectorise over output positions too and gain from narrow tiles on more threads.
+    let floor = if linear_work_share(model) > 0.5 { VECTOR_TILE.min(batch) } else { 1 };
+    if one_sample_tiles(model) { 1 } else { MAX_TILE.min(batch.div_ceil(threads.max(1)).max(floor)) }
+}
+
+/// The depth-wise plan with the widest tile in every column, for batches of several tiles: the
+/// alternative `Schedule::Auto` times against `plan`'s where that one runs narrower tiles. Where
+/// no tile fits every layer, which width runs faster depends on where the work is: ResNet-50 at
+/// batch 16 ran its 56x56 stage 1.3x faster in one-sample tiles (the one-sample direct
+/// convolution), EfficientNet-B0 ran faster in tiles of 8 throughout.
+pub fn uniform_plan(model: &Model, batch: usize, threads: usize, budget: usize) -> Option<Plan> {
+    let tile = widest_tile(model, batch, threads);
+    (batch > 1 && tile > 1).then(|| Plan {
+        schedule: Schedule::Depthwise,
+        tile,
+        columns: columns(model, 0..model.layers.len(), tile, budget),
+        budget,
+    })
 }
 
 impl Schedule {

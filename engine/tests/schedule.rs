@@ -89,6 +89,39 @@ fn one_sample_columns_are_banded_only_where_a_convolution_overflows_alone() {
 }
 
 #[test]
+fn wide_tiles_after_narrow_ones_match_layerwise() {
+    // The bottleneck network's stem writes 12x12 planes (whole vectors per sample), every later
+    // convolution 6x6 or 3x3: budgets that keep the stem's tiles narrow widen the tiles after it,
+    // the values crossing (the pool's output, read by both branches of the first block, or a
+    // block's middle) copied into the wide layout.
+    let graph = bottleneck(41, 0.8);
+    let options = Options { phases: Some(false), ..Options::new(KernelPolicy::Auto).unwrap() };
+    let model = compile::compile(graph.clone(), options).unwrap();
+    let mut mixed = std::collections::BTreeSet::new();
+    for batch in [5, 16, 33] {
+        let input = random_input(batch as u64, batch, &graph.input_shape);
+        let reference = Session::with_schedule(&model, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+        for threads in [1, 2] {
+            for budget in [4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10] {
+                let mut session = Session::with_schedule(&model, threads, Schedule::Depthwise, Some(budget)).unwrap();
+                let plan = session.plan(batch);
+                let tiles: Vec<usize> = plan.columns.iter().map(|c| c.tile).collect();
+                assert_eq!(tiles[0], plan.tile);
+                assert!(tiles.windows(2).all(|w| w[0] <= w[1]), "tiles only widen: {tiles:?}");
+                if tiles[tiles.len() - 1] > tiles[0] {
+                    mixed.insert((tiles[0], tiles[tiles.len() - 1]));
+                }
+                let got = session.run(&input.data, batch).unwrap();
+                let err = rel_err(&got, &reference);
+                assert!(err < 1e-5, "batch {batch}, {threads} threads, budget {budget}: relative error {err}, tiles {tiles:?}");
+            }
+        }
+    }
+    assert!(!mixed.is_empty(), "no plan widened its tiles: the check checked nothing");
+    eprintln!("narrow -> wide tiles exercised: {mixed:?}");
+}
+
+#[test]
 fn row_bands_match_layerwise() {
     // Budgets too small for whole images make the planner cut columns of convolutions, pools,
     // batch norms, ReLUs, element-wise functions and the residual add into row bands (at batch 1 on 2 threads, each

@@ -27,11 +27,13 @@ use crate::team::Team;
 mod bands;
 mod int8;
 mod layers;
+mod segments;
 pub(crate) use layers::conv;
 
 use bands::*;
 use int8::*;
 use layers::*;
+use segments::{Segment, retile};
 
 /// Memory plan for one batch size: the schedule, and where each value lives inside a tile's chunk.
 #[derive(Debug, Clone)]
@@ -66,25 +68,26 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(model: &Model, batch: usize, threads: usize, schedule: schedule::Plan) -> Plan {
+    /// The plan of `schedule`'s columns, which run `layers`; a tile's chunk holds the values
+    /// marked in `held` (the others are never touched by these layers, and have offset 0).
+    fn new(model: &Model, batch: usize, threads: usize, schedule: schedule::Plan, layers: Range<usize>, held: &[bool]) -> Plan {
         let tile = schedule.tile;
         // Rows of full tiles are padded to 16 floats (64 bytes) so every row of every value starts
         // on a cache line: misaligned vector loads split lines and run about twice as slow.
         let tile_ld = padded(tile);
         let mut offsets = Vec::with_capacity(model.value_sizes.len());
         let mut at = 0;
-        for &size in &model.value_sizes {
-            offsets.push(at);
-            at += size * tile_ld;
+        for (&size, &held) in model.value_sizes.iter().zip(held) {
+            offsets.push(if held { at } else { 0 });
+            at += if held { size * tile_ld } else { 0 };
         }
         // Convolutions in row bands also keep their band's output there before it is copied
         // into place.
         let banded = |l: usize| schedule.columns.iter().any(|c| c.bands > 1 && c.layers.contains(&l));
-        let scratch_len = model
-            .layers
+        let scratch_len = model.layers[layers.clone()]
             .iter()
-            .enumerate()
-            .filter_map(|(i, l)| match &l.exec {
+            .zip(layers.clone())
+            .filter_map(|(l, i)| match &l.exec {
                 Exec::MatMul(m) => m.conv.map(|g| {
                     let positions = g.out_hw[0] * g.out_hw[1] * tile_ld;
                     // Int8 convolutions of wide tiles keep their quantized input image there instead
@@ -99,8 +102,7 @@ impl Plan {
             .max()
             .unwrap_or(0)
             .next_multiple_of(16);
-        let quantized_len = model
-            .layers
+        let quantized_len = model.layers[layers]
             .iter()
             .filter_map(|l| match &l.exec {
                 Exec::MatMul(m) if m.int8.is_some() => {
@@ -194,16 +196,14 @@ pub struct Session<M: Deref<Target = Model> + Clone> {
     team: Team,
     solo: Team,
     schedule: Schedule,
-    /// Under `Schedule::Auto`, the schedule measured faster for each batch size run so far
+    /// Under `Schedule::Auto`, the plan measured fastest for each batch size run so far
     /// (`measure_auto`).
-    measured: Vec<(usize, Schedule)>,
+    measured: Vec<(usize, schedule::Plan)>,
     /// Cache budget of a column, in bytes.
     budget: usize,
-    plan: Option<Plan>,
-    /// Every tile's chunk, from `arena[arena_start..]` (the first 64-byte boundary after
-    /// `ARENA_GUARD` floats).
-    arena: Vec<f32>,
-    arena_start: usize,
+    /// The memory plans and arenas of the last batch size run: one per run of columns with the
+    /// same tile width (`segments`).
+    segments: Vec<Segment>,
 }
 
 /// Every value of an input that indexes a table (token ids) is an integer row of it (negative
@@ -238,7 +238,7 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
         let start = |n| Team::new(n).map_err(|e| EngineError::Shape(format!("cannot start {threads} threads: {e}")));
         let (team, solo) = (start(threads)?, start(1)?);
         let budget = budget.unwrap_or_else(schedule::l2_cache_bytes);
-        Ok(Session { model, team, solo, schedule, measured: Vec::new(), budget, plan: None, arena: Vec::new(), arena_start: 0 })
+        Ok(Session { model, team, solo, schedule, measured: Vec::new(), budget, segments: Vec::new() })
     }
 
     pub fn threads(&self) -> usize {
@@ -248,39 +248,46 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
     /// The schedule this session uses for `batch` samples (under `Schedule::Auto`, the one
     /// measured faster once a batch of that size has run).
     pub fn plan(&self, batch: usize) -> schedule::Plan {
-        let schedule = self.measured.iter().find(|(b, _)| *b == batch.max(1)).map_or(self.schedule, |&(_, s)| s);
-        schedule::plan(&self.model, batch.max(1), self.threads(), schedule, self.budget)
+        match self.measured.iter().find(|(b, _)| *b == batch.max(1)) {
+            Some((_, plan)) => plan.clone(),
+            None => schedule::plan(&self.model, batch.max(1), self.threads(), self.schedule, self.budget),
+        }
     }
 
     /// Under `Schedule::Auto`, on the first run of a batch size for which the planner chose
-    /// depth-wise columns: runs the batch depth-wise and layer-wise (a warm-up and three timed
-    /// runs each) and keeps the faster for that size. The planner's rule cannot tell from sizes
-    /// alone: at batch 1 on 2 threads its columns ran ResNet-18 and YOLOv5s 12-14% faster than
-    /// layer-wise execution, but MobileNetV2 with 90%-pruned 1x1 convolutions and a 95%-pruned
-    /// ResNet-50 10% slower (`engine bench --compare layerwise`).
+    /// depth-wise columns: runs the batch on that plan, layer-wise, and depth-wise with the widest
+    /// tile throughout where the plan's tiles are narrower (`schedule::uniform_plan`), a warm-up
+    /// and three timed runs each, and keeps the fastest for that size. The planner's rule cannot
+    /// tell from sizes alone: at batch 1 on 2 threads its columns ran ResNet-18 and YOLOv5s 12-14%
+    /// faster than layer-wise execution, but MobileNetV2 with 90%-pruned 1x1 convolutions and a
+    /// 95%-pruned ResNet-50 10% slower (`engine bench --compare layerwise`).
     fn measure_auto(&mut self, input: &[f32], batch: usize, out: &mut [f32]) -> Result<()> {
         if self.schedule != Schedule::Auto || self.measured.iter().any(|(b, _)| *b == batch) {
             return Ok(());
         }
-        let mut choice = self.plan(batch).schedule;
-        if choice == Schedule::Depthwise {
-            let mut best = [f64::MAX; 2];
-            for (i, candidate) in [Schedule::Depthwise, Schedule::Layerwise].into_iter().enumerate() {
-                // An explicit schedule while measuring, so that these runs do not measure again.
-                self.schedule = candidate;
-                self.plan = None;
+        let rule = self.plan(batch);
+        let mut choice = rule.clone();
+        if rule.schedule == Schedule::Depthwise {
+            let (threads, budget) = (self.threads(), self.budget);
+            let mut candidates = vec![rule.clone(), schedule::plan(&self.model, batch, threads, Schedule::Layerwise, budget)];
+            candidates.extend(schedule::uniform_plan(&self.model, batch, threads, budget).filter(|p| *p != rule));
+            let mut best = f64::MAX;
+            for candidate in candidates {
+                // Held as the measured plan while it runs, so that these runs do not measure again.
+                self.measured.push((batch, candidate.clone()));
+                self.segments.clear();
                 let runs = (0..4).map(|_| {
                     let start = std::time::Instant::now();
                     self.execute(input, batch, false, out).map(|_| start.elapsed().as_secs_f64())
                 });
                 let times = runs.collect::<Result<Vec<f64>>>();
-                self.schedule = Schedule::Auto;
-                best[i] = times?.into_iter().skip(1).fold(f64::MAX, f64::min);
+                self.measured.pop();
+                let seconds = times?.into_iter().skip(1).fold(f64::MAX, f64::min);
+                if seconds < best {
+                    (best, choice) = (seconds, candidate);
+                }
             }
-            if best[1] < best[0] {
-                choice = Schedule::Layerwise;
-            }
-            self.plan = None;
+            self.segments.clear();
         }
         self.measured.push((batch, choice));
         Ok(())
@@ -314,12 +321,10 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
         if let Some(ports) = &model.graph.ports {
             check_indices(ports, input, f_in)?;
         }
-        if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
-            let plan = Plan::new(model, batch, self.threads(), self.plan(batch));
-            let len = plan.chunk.checked_mul(plan.chunks()).and_then(|n| n.checked_add(ARENA_GUARD + 16));
-            self.arena = crate::error::try_zeros(len, || format!("the activations of a batch of {batch}"))?;
-            self.arena_start = ARENA_GUARD + align_offset(&self.arena[ARENA_GUARD..]);
-            self.plan = Some(plan);
+        if self.segments.first().is_none_or(|s| s.plan.batch != batch) {
+            // The old arenas go first: two batch sizes' activations need not fit at once.
+            self.segments.clear();
+            self.segments = segments::segments(model, batch, self.threads(), self.plan(batch))?;
         }
         Ok(())
     }
@@ -364,8 +369,8 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
         Ok(seconds.iter().map(|s| s / total.max(1e-12) * wall).collect())
     }
 
-    /// Runs the batch column by column into `out` (`[batch, output features]`); with `timed`,
-    /// returns each tile's seconds per layer.
+    /// Runs the batch column by column into `out` (`[batch, output features]`), segment by
+    /// segment; with `timed`, returns each tile's seconds per layer.
     fn execute(&mut self, input: &[f32], batch: usize, timed: bool, out: &mut [f32]) -> Result<Vec<Vec<f64>>> {
         self.prepare(input, batch)?;
         if self.schedule == Schedule::Auto && !self.measured.iter().any(|(b, _)| *b == batch) {
@@ -374,91 +379,117 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
         }
         let owner = self.model.clone();
         let model: &Model = &owner;
-        let plan = self.plan.as_ref().expect("prepared");
-        let mut chunks: Vec<&mut [f32]> = self.arena[self.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.chunks()).collect();
-        // Chunks past the tiles' hold the band parts of a one-tile batch.
-        let mut spare = chunks.split_off(plan.n_tiles());
-        let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
-        let f_out = model.value_sizes[model.output_value];
-        let outs: Vec<&mut [f32]> = out.chunks_mut((plan.tile * f_out).max(1)).collect();
-        let columns = plan.schedule.columns.len();
-        // Tile `t` through column `c`, its unbanded layers splitting their rows over `team`; after the
-        // last column, the tile's outputs go to its samples' rows of `out`.
-        let solo = &self.solo;
-        let run = |c: usize, t: usize, chunk: &mut [f32], times: &mut [f64], out: &mut [f32], team: &Team| {
-            let column = &plan.schedule.columns[c];
-            if c == 0 {
-                load_input(model, plan, t, chunk, input);
+        let mut times = Vec::new();
+        let n = self.segments.len();
+        for k in 0..n {
+            let (done, rest) = self.segments.split_at_mut(k);
+            let segment = &mut rest[0];
+            if let Some(previous) = done.last() {
+                retile(model, previous, segment, &self.team);
             }
-            let mut timed_layer = |l: usize, f: &mut dyn FnMut()| {
-                let start = timed.then(std::time::Instant::now);
-                f();
-                if let Some(start) = start {
-                    times[l] += start.elapsed().as_secs_f64();
-                }
-            };
-            if column.bands > 1 {
-                // A band step is a row or a few of one layer: handing half of it to another
-                // thread measured 1.6x slower at batch 1 than running the whole banded column
-                // on this one (BENCHMARKS.md), so band steps never split.
-                for (l, rows) in &plan.band_steps[c] {
-                    timed_layer(*l, &mut || run_layer_rows(model, plan, *l, t, chunk, solo, rows.clone()));
-                }
-            } else {
-                for l in column.layers.clone() {
-                    timed_layer(l, &mut || run_layer_on_tile(model, plan, l, t, chunk, team));
-                }
-            }
-            if c + 1 == columns {
-                store_output(model, plan, t, chunk, out);
-            }
-        };
-        let threads = self.team.threads();
-        if chunks.len() >= 2 && threads > 1 {
-            // Each thread takes its own tiles (tile t to thread t mod threads, the same every run,
-            // so a tile's data stays in one core's cache) through every column, layers unsplit:
-            // tiles never wait for each other.
-            let mut shares: Vec<Vec<TileJob>> = (0..threads).map(|_| Vec::new()).collect();
-            for (t, ((chunk, times), out)) in chunks.into_iter().zip(times.iter_mut()).zip(outs).enumerate() {
-                shares[t % threads].push((t, chunk, times, out));
-            }
-            let shares: Vec<Mutex<_>> = shares.into_iter().map(Mutex::new).collect();
-            // Members without a tile are left out (batches of fewer tiles than threads).
-            let members = shares.iter().filter(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).is_empty()).count();
-            self.team.run_some(members, &|member| {
-                let mut mine = shares[member].lock().unwrap_or_else(|e| e.into_inner());
-                for c in 0..columns {
-                    for (t, chunk, times, out) in mine.iter_mut() {
-                        run(c, *t, chunk, times, out, solo);
-                    }
-                }
-            });
-        } else {
-            // One tile (or one thread): the layers split their rows over the team where they are
-            // large enough to gain from it, and otherwise run on the calling thread.
-            let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).zip(outs).collect();
-            for c in 0..columns {
-                if let [((chunk, _), out)] = &mut tiles[..]
-                    && let Some(parts) = &plan.band_parts[c]
-                    && !timed
-                {
-                    // A banded column of the one tile: a part of its bands per thread.
-                    if c == 0 {
-                        load_input(model, plan, 0, chunk, input);
-                    }
-                    run_band_parts(model, plan, parts, chunk, &mut spare, &self.team, solo);
-                    if c + 1 == columns {
-                        store_output(model, plan, 0, chunk, out);
-                    }
-                    continue;
-                }
-                for (t, ((chunk, times), out)) in tiles.iter_mut().enumerate() {
-                    run(c, t, chunk, times, out, &self.team);
-                }
-            }
+            let ends = (k == 0, k + 1 == n);
+            times.extend(run_segment(model, segment, ends, input, timed, out, &self.team, &self.solo));
         }
         Ok(times)
     }
+}
+
+/// Runs a segment's columns: the first segment loads the input into its tiles, the last stores
+/// their outputs into `out` (`ends`); with `timed`, returns each tile's seconds per layer.
+#[allow(clippy::too_many_arguments)]
+fn run_segment(
+    model: &Model,
+    segment: &mut Segment,
+    (first, last): (bool, bool),
+    input: &[f32],
+    timed: bool,
+    out: &mut [f32],
+    team: &Team,
+    solo: &Team,
+) -> Vec<Vec<f64>> {
+    let plan = &segment.plan;
+    let mut chunks: Vec<&mut [f32]> = segment.arena[segment.arena_start..].chunks_mut(plan.chunk.max(1)).take(plan.chunks()).collect();
+    // Chunks past the tiles' hold the band parts of a one-tile batch.
+    let mut spare = chunks.split_off(plan.n_tiles());
+    let mut times = vec![vec![0.0; if timed { model.layers.len() } else { 0 }]; chunks.len()];
+    let f_out = model.value_sizes[model.output_value];
+    let outs: Vec<&mut [f32]> = out.chunks_mut((plan.tile * f_out).max(1)).collect();
+    let columns = plan.schedule.columns.len();
+    // Tile `t` through column `c`, its unbanded layers splitting their rows over `team`; after the
+    // last column, the tile's outputs go to its samples' rows of `out`.
+    let run = |c: usize, t: usize, chunk: &mut [f32], times: &mut [f64], out: &mut [f32], team: &Team| {
+        let column = &plan.schedule.columns[c];
+        if c == 0 && first {
+            load_input(model, plan, t, chunk, input);
+        }
+        let mut timed_layer = |l: usize, f: &mut dyn FnMut()| {
+            let start = timed.then(std::time::Instant::now);
+            f();
+            if let Some(start) = start {
+                times[l] += start.elapsed().as_secs_f64();
+            }
+        };
+        if column.bands > 1 {
+            // A band step is a row or a few of one layer: handing half of it to another
+            // thread measured 1.6x slower at batch 1 than running the whole banded column
+            // on this one (BENCHMARKS.md), so band steps never split.
+            for (l, rows) in &plan.band_steps[c] {
+                timed_layer(*l, &mut || run_layer_rows(model, plan, *l, t, chunk, solo, rows.clone()));
+            }
+        } else {
+            for l in column.layers.clone() {
+                timed_layer(l, &mut || run_layer_on_tile(model, plan, l, t, chunk, team));
+            }
+        }
+        if c + 1 == columns && last {
+            store_output(model, plan, t, chunk, out);
+        }
+    };
+    let threads = team.threads();
+    if chunks.len() >= 2 && threads > 1 {
+        // Each thread takes its own tiles (tile t to thread t mod threads, the same every run,
+        // so a tile's data stays in one core's cache) through every column, layers unsplit:
+        // tiles never wait for each other.
+        let mut shares: Vec<Vec<TileJob>> = (0..threads).map(|_| Vec::new()).collect();
+        for (t, ((chunk, times), out)) in chunks.into_iter().zip(times.iter_mut()).zip(outs).enumerate() {
+            shares[t % threads].push((t, chunk, times, out));
+        }
+        let shares: Vec<Mutex<_>> = shares.into_iter().map(Mutex::new).collect();
+        // Members without a tile are left out (batches of fewer tiles than threads).
+        let members = shares.iter().filter(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).is_empty()).count();
+        team.run_some(members, &|member| {
+            let mut mine = shares[member].lock().unwrap_or_else(|e| e.into_inner());
+            for c in 0..columns {
+                for (t, chunk, times, out) in mine.iter_mut() {
+                    run(c, *t, chunk, times, out, solo);
+                }
+            }
+        });
+    } else {
+        // One tile (or one thread): the layers split their rows over the team where they are
+        // large enough to gain from it, and otherwise run on the calling thread.
+        let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).zip(outs).collect();
+        for c in 0..columns {
+            if let [((chunk, _), out)] = &mut tiles[..]
+                && let Some(parts) = &plan.band_parts[c]
+                && !timed
+            {
+                // A banded column of the one tile: a part of its bands per thread.
+                if c == 0 && first {
+                    load_input(model, plan, 0, chunk, input);
+                }
+                run_band_parts(model, plan, parts, chunk, &mut spare, team, solo);
+                if c + 1 == columns && last {
+                    store_output(model, plan, 0, chunk, out);
+                }
+                continue;
+            }
+            for (t, ((chunk, times), out)) in tiles.iter_mut().enumerate() {
+                run(c, t, chunk, times, out, team);
+            }
+        }
+    }
+    times
 }
 
 /// A tile handed to a thread: its index, its chunk of the arena, its per-layer times and its

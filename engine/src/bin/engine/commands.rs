@@ -72,15 +72,29 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
         human_bytes(plan.budget)
     );
     if args.schedule == Schedule::Auto && plan.schedule == Schedule::Depthwise {
-        println!("          (auto: timed against layerwise at the first run of batch {batch}, the faster kept)");
+        println!(
+            "          (auto: timed against layerwise, and against the widest tile throughout, at the first run of batch {batch}; the fastest kept)"
+        );
     }
-    println!("{:<8} {:<40} {:>12} {:>6} {:>10}", "column", "layers", "working set", "fits", "row bands");
+    if let Some(c) = plan.columns.iter().find(|c| c.tile != plan.tile) {
+        println!(
+            "          (from column {} on, tiles of {} samples: the values crossing into them are copied once)",
+            plan.columns.iter().position(|x| x == c).unwrap_or(0),
+            c.tile
+        );
+    }
+    println!("{:<8} {:<40} {:>12} {:>6} {:>10} {:>5}", "column", "layers", "working set", "fits", "row bands", "tile");
     for (i, c) in plan.columns.iter().enumerate() {
         let names: Vec<&str> = model.layers[c.layers.clone()].iter().map(|l| l.name.as_str()).collect();
         let names =
             if names.len() > 3 { format!("{} .. {} ({})", names[0], names[names.len() - 1], names.len()) } else { names.join(", ") };
         let bands = if c.bands > 1 { c.bands.to_string() } else { "-".into() };
-        println!("{i:<8} {names:<40} {:>12} {:>6} {bands:>10}", human_bytes(c.working_set), if c.fits { "yes" } else { "no" });
+        println!(
+            "{i:<8} {names:<40} {:>12} {:>6} {bands:>10} {:>5}",
+            human_bytes(c.working_set),
+            if c.fits { "yes" } else { "no" },
+            c.tile
+        );
     }
     Ok(())
 }

@@ -31,8 +31,8 @@ pub struct ModelArgs {
     pub kernels: KernelPolicy,
     /// Layer order: layerwise (each layer over the whole batch), depthwise (tiles through
     /// columns of layers that fit the cache, convolutions on large images in row bands), or auto
-    /// (the plan `engine info` shows; a depth-wise plan is timed against layer-wise execution at
-    /// the first run of each batch size, the faster kept).
+    /// (the plan `engine info` shows; a depth-wise plan is timed against layer-wise execution, and
+    /// against the widest tile throughout, at the first run of each batch size, the fastest kept).
     #[arg(long, value_enum, default_value_t = Schedule::Auto)]
     pub schedule: Schedule,
     /// Cache budget of a depth-wise column, in bytes (`2M`, `512K`; default: this CPU's L2).
