@@ -591,9 +591,11 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // Blocks of 4 rows are a candidate where the weights fill them well (block-pruned or
             // dense weights), with AVX2 or AVX-512; built once here and kept if chosen.
             let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
-            let mut batched = choose(&m, data, &csr, blocked.as_ref(), timing_columns(&m, positions * o.tile), o);
+            // Column blocks where there are at least two of them; likewise built once.
+            let column_blocks = (cols > kblocked::DEFAULT_KC).then(|| KBlocked::from_csr(&csr, kblocked::DEFAULT_KC));
+            let mut batched = choose(&m, data, &csr, blocked.as_ref(), column_blocks.as_ref(), timing_columns(&m, positions * o.tile), o);
             if let Some(g) = conv.filter(|_| direct::vectorized(o.isa, o.tile))
-                && direct_is_faster(&m, g, data, &csr, blocked.as_ref(), batched, o.tile, o)
+                && direct_is_faster(&m, g, data, &csr, blocked.as_ref(), column_blocks.as_ref(), batched, o.tile, o)
             {
                 batched = Kernel::Direct;
             }
@@ -603,23 +605,25 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // One sample runs the direct kernel too where it takes one (AVX-512, stride 1 along rows)
             // and times faster on one sample (BERT's row-wise layers, a 1x128 image each, ran it
             // at 39 GFLOP/s where the CSR kernel on the image ran at 116).
-            let one = choose(&m, data, &csr, None, timing_columns(&m, positions), o);
+            let one = choose(&m, data, &csr, None, column_blocks.as_ref(), timing_columns(&m, positions), o);
             let one = match conv {
                 Some(g)
-                    if batched == Kernel::Direct && direct::takes(o.isa, 1, &g) && direct_is_faster(&m, g, data, &csr, None, one, 1, o) =>
+                    if batched == Kernel::Direct
+                        && direct::takes(o.isa, 1, &g)
+                        && direct_is_faster(&m, g, data, &csr, None, column_blocks.as_ref(), one, 1, o) =>
                 {
                     Kernel::Direct
                 }
                 _ => one,
             };
+            if one == Kernel::ColumnBlocked || batched == Kernel::ColumnBlocked {
+                m.kblocked = column_blocks;
+            }
             (one, batched)
         }
     };
     if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
         m.dense = Some(data.to_vec());
-    }
-    if m.batch1 == Kernel::ColumnBlocked || m.batched == Kernel::ColumnBlocked {
-        m.kblocked = Some(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC));
     }
     if m.batch1 == Kernel::Sparse && m.conv.is_none() {
         // The batch-1 kernel of a linear layer streams every index once per sample.
@@ -654,7 +658,7 @@ fn timing_columns(m: &MatMul, w: usize) -> usize {
 
 /// Times the candidates on a `[cols, w]` input (single thread) and returns the fastest, with
 /// `dense_bias` in dense's favour.
-fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize, o: &Options) -> Kernel {
+fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, column_blocks: Option<&KBlocked>, w: usize, o: &Options) -> Kernel {
     if w == 1 {
         // One sample reads every weight once, so the cost is the bytes streamed from memory; a
         // timing loop would keep the weights in cache and favour dense wrongly on large layers.
@@ -673,10 +677,8 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, w: usize,
         }
     });
     let mut best = (t_sparse, Kernel::Sparse);
-    // Column blocks where there are at least two of them.
-    if m.cols > kblocked::DEFAULT_KC {
-        let kb = KBlocked::from_csr(csr, kblocked::DEFAULT_KC);
-        let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, &kb, &m.bias, &x, w, y, 0..m.rows, m.relu, spmm::Ld::packed(w)));
+    if let Some(kb) = column_blocks {
+        let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, kb, &m.bias, &x, w, y, 0..m.rows, m.relu, spmm::Ld::packed(w)));
         if t < best.0 {
             best = (t, Kernel::ColumnBlocked);
         }
@@ -739,6 +741,7 @@ fn direct_is_faster(
     data: &[f32],
     csr: &Csr,
     blocked: Option<&Bcsr>,
+    column_blocks: Option<&KBlocked>,
     batched: Kernel,
     tile: usize,
     o: &Options,
@@ -755,7 +758,6 @@ fn direct_is_faster(
     let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * tile);
     // A 1x1 convolution over the whole image reads the image as its im2col (`exec::conv`).
     let own = g.window.is_pointwise() && band == oh;
-    let column_blocks = (batched == Kernel::ColumnBlocked).then(|| KBlocked::from_csr(csr, kblocked::DEFAULT_KC));
     let (mut cols, mut y) = (vec![0.0f32; if own { 0 } else { m.cols * cols_w }], vec![0.0f32; m.rows * oh * ow * tile]);
     let t_im2col = best_time(&mut || {
         let cols: &[f32] = if own {
@@ -767,7 +769,7 @@ fn direct_is_faster(
         match (batched, blocked) {
             (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, cols, cols_w, &mut y, m.relu),
             (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, cols, cols_w, &mut y, 0..b.blocks(), m.relu),
-            (Kernel::ColumnBlocked, _) if let Some(kb) = &column_blocks => {
+            (Kernel::ColumnBlocked, _) if let Some(kb) = column_blocks => {
                 kblocked::spmm_kblocked(o.isa, kb, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu, spmm::Ld::packed(cols_w))
             }
             _ => spmm::spmm(o.isa, csr, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu),

@@ -302,11 +302,11 @@ fn widen_tail(model: &Model, narrow: Vec<Column>, tile: usize, wide: usize, budg
     }
     let n = model.layers.len();
     // One sample's channel rows fill 16-float vectors and start on cache lines only where the
-    // plane is a multiple of 16 floats.
-    let widens = |start: usize| {
-        let planes: Vec<usize> = model.layers[start..].iter().filter_map(output_plane).collect();
-        !planes.is_empty() && planes.iter().all(|p| !p.is_multiple_of(VECTOR_TILE))
-    };
+    // plane is a multiple of 16 floats: the wide tiles start after the last such convolution,
+    // where some convolution is left.
+    let after_whole =
+        model.layers.iter().rposition(|l| output_plane(l).is_some_and(|p| p.is_multiple_of(VECTOR_TILE))).map_or(0, |l| l + 1);
+    let widens = |start: usize| start >= after_whole && model.layers[start..].iter().any(|l| output_plane(l).is_some());
     let Some(b) = (1..narrow.len()).find(|&b| widens(narrow[b].layers.start)) else {
         return narrow;
     };
