@@ -293,6 +293,11 @@ fn im2col_and_pooling_match_direct_definitions() {
             };
             let mut cols = vec![f32::NAN; c * kh * kw * oh * ow * w];
             window::im2col(&g, &x, &mut cols);
+            // The second channel's rows alone, as a thread of the team fills its part.
+            let part = kh * kw * oh * ow * w;
+            let mut second = vec![f32::NAN; part];
+            window::im2col_channels(&g, &x, 0..oh, 1..2, &mut second);
+            assert_eq!(second[..], cols[part..2 * part], "{window:?} w={w}: one channel's part");
             let mut maxp = vec![0.0; c * oh * ow * w];
             window::pool(isa, &g, &x, &mut maxp, None);
             let (mut avg_pad, mut avg_valid) = (vec![0.0; c * oh * ow * w], vec![0.0; c * oh * ow * w]);

@@ -225,15 +225,13 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
                 return int8_matmul(isa, m, qx, band_cols, out, team);
             }
             None => {
-                window::im2col_rows(&g, x, rows.clone(), cols);
+                im2col(&g, x, rows.clone(), cols, team);
                 matmul(isa, m, cols, band_cols, band_out, team, g.w == 1);
                 post(isa, m, band_out, team);
             }
         }
-        let y = &mut values[range(layer.output)];
-        for (c, part) in band_out.chunks_exact(band_cols).enumerate() {
-            y[band(c)].copy_from_slice(part);
-        }
+        let views = disjoint_mut(&mut values[range(layer.output)], (0..m.rows).map(band).collect());
+        copy_over(team, views.into_iter().zip(band_out.chunks_exact(band_cols)).collect());
         return;
     }
     let (xs, y) = regions(chunk, &ins, range(layer.output));

@@ -96,19 +96,26 @@ pub fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
 /// `im2col` for the output rows in `rows` only: `cols` is `[c * kh * kw, rows.len(), ow, w]`
 /// (a band of a convolution's output, see `schedule`).
 pub fn im2col_rows(g: &Geometry, x: &[f32], rows: std::ops::Range<usize>, cols: &mut [f32]) {
+    im2col_channels(g, x, rows, 0..g.channels, cols)
+}
+
+/// `im2col_rows` for the input channels in `channels` only: `cols` holds their rows of the
+/// unfolded matrix, `[channels.len() * kh * kw, rows.len(), ow, w]` (a part of the whole that a
+/// thread fills while others fill the rest).
+pub fn im2col_channels(g: &Geometry, x: &[f32], rows: std::ops::Range<usize>, channels: std::ops::Range<usize>, cols: &mut [f32]) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
     let [h, wd] = g.in_hw;
     let w = g.w;
     let plane = rows.len() * ow * w;
-    assert!(rows.end <= oh, "im2col rows");
-    assert!(g.holds_input(x.len()) && cols.len() >= g.channels * kh * kw * plane, "im2col sizes");
+    assert!(rows.end <= oh && channels.end <= g.channels, "im2col rows or channels");
+    assert!(g.holds_input(x.len()) && cols.len() >= channels.len() * kh * kw * plane, "im2col sizes");
     // Per kernel column, the output columns inside the image, computed once.
     let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
-    for c in 0..g.channels {
+    for (i, c) in channels.enumerate() {
         for ky in 0..kh {
             for (kx, (valid, ix0)) in inside.iter().enumerate() {
-                let row = ((c * kh + ky) * kw + kx) * plane;
+                let row = ((i * kh + ky) * kw + kx) * plane;
                 for oy in rows.clone() {
                     let dst = &mut cols[row + (oy - rows.start) * ow * w..][..ow * w];
                     let Some(iy) = g.source(0, oy, ky).filter(|_| !valid.is_empty()) else {
