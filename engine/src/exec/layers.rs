@@ -243,8 +243,8 @@ fn matmul_rows(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spm
             if !split {
                 return kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, 0..m.rows, m.relu, ld);
             }
-            // Each part copies the panels it reads: a small cost next to its rows' products.
-            let parts = row_parts(balanced_ranges(&kb.row_ptr, threads * 2), y, ld.y);
+            // Each part copies every panel of the input it reads, so one part per thread.
+            let parts = row_parts(balanced_ranges(&kb.row_ptr, threads), y, ld.y);
             team.for_each(parts, |(r, y)| kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, r, m.relu, ld));
         }
         kernel => unreachable!("{kernel:?} has no strided form"),
