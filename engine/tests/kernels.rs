@@ -905,3 +905,58 @@ fn flat_depthwise_convolution_matches_the_grouped_kernel() {
         }
     }
 }
+
+#[test]
+fn winograd_convolution_matches_im2col_and_the_dense_twin() {
+    use engine::graph::Window;
+    use engine::kernels::winograd::{self, Winograd};
+    let mut rng = StdRng::seed_from_u64(11);
+    // Odd and even sizes (a last tile half outside), a 1-pixel image, asymmetric and no padding.
+    let cases = [
+        (3, 5, [7, 6], [1, 1, 1, 1], 1),
+        (4, 7, [8, 8], [1, 1, 1, 1], 3),
+        (2, 3, [1, 1], [1, 1, 1, 1], 1),
+        (5, 4, [6, 9], [0, 0, 0, 0], 16),
+        (3, 2, [5, 4], [2, 1, 0, 2], 2),
+    ];
+    for (channels, rows, [h, wd], pads, w) in cases {
+        let window = Window { kernel: [3, 3], stride: [1, 1], pads, dilation: [1, 1], ceil_mode: false };
+        let (oh, ow) = window.output(h, wd, "t").unwrap();
+        let g = Geometry { channels, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+        assert!(winograd::applies(&g));
+        let wt: Vec<f32> = (0..rows * channels * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..channels * h * wd * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let positions = oh * ow * w;
+        let mut cols = vec![0.0; channels * 9 * positions];
+        window::im2col(&g, &x, &mut cols);
+        for relu in [false, true] {
+            let mut want = vec![0.0; rows * positions];
+            dense::dense_ref(&wt, rows, channels * 9, &bias, &cols, positions, &mut want, relu);
+            let wg = Winograd::new(&wt, rows, channels);
+            for isa in variants() {
+                let mut got = vec![f32::NAN; rows * positions];
+                let mut scratch = vec![f32::NAN; wg.scratch_len(&g)];
+                winograd::conv_winograd(isa, &wg, &bias, &g, &x, &mut got, relu, &mut scratch);
+                // Output channels in two parts, as the executor's threads take them.
+                let t = winograd::tile_columns(&g);
+                let (v, m) = scratch.split_at_mut(16 * channels * t);
+                let mut parts = vec![f32::NAN; rows * positions];
+                let (first, second) = parts.split_at_mut(rows / 2 * positions);
+                let (m1, m2) = m.split_at_mut(rows / 2 * 16 * t);
+                winograd::multiply_and_transform_output(isa, &wg, &bias, &g, v, 0..rows / 2, m1, first, relu);
+                winograd::multiply_and_transform_output(isa, &wg, &bias, &g, v, rows / 2..rows, m2, second, relu);
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                        "{channels}->{rows} {h}x{wd} w={w} {} at {i}: {a} vs {b}",
+                        isa.name()
+                    );
+                }
+                for (a, b) in parts.iter().zip(&got) {
+                    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "two parts differ from the whole: {a} vs {b}");
+                }
+            }
+        }
+    }
+}
