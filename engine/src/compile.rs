@@ -13,7 +13,6 @@ use crate::kernels::q8::{self, Dequant, Q8Matrix};
 use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::{Isa, dense, direct, elementwise, spmm, spmv};
 use crate::passes;
 use crate::phases::{self, PhaseConv};
@@ -124,9 +123,6 @@ pub enum Kernel {
     /// (AVX-512) or 8 (AVX2) samples, and one sample at stride 1 with AVX-512; other tiles run
     /// im2col and the CSR kernel on the same weights).
     Direct,
-    /// Dense 3x3 convolution at stride 1 by Winograd's F(2x2, 3x3) (`winograd`; whole images of
-    /// one sample, where it times faster than im2col and dense GEMM; row bands run the GEMM).
-    Winograd,
 }
 
 impl Kernel {
@@ -142,7 +138,6 @@ impl Kernel {
             (Kernel::Int8Direct, _) => "q8-conv-direct",
             (Kernel::Int8Tiles, _) => "q8-amx-dense",
             (Kernel::Direct, _) => "f32-conv-direct",
-            (Kernel::Winograd, _) => "f32-conv-winograd",
         }
     }
 }
@@ -167,8 +162,6 @@ pub struct MatMul {
     pub kblocked: Option<KBlocked>,
     /// Present when a convolution runs the direct kernel: its weights decoded for it.
     pub taps: Option<direct::Taps>,
-    /// Present when a convolution's one-sample kernel is `Winograd`: its weights transformed.
-    pub winograd: Option<Winograd>,
     pub sparsity: f64,
     /// For convolutions, the window geometry (with `w = 1`; scaled per tile).
     pub conv: Option<Geometry>,
@@ -224,7 +217,6 @@ impl MatMul {
             + self.csr.as_ref().map_or(0, Csr::bytes)
             + self.bcsr.as_ref().map_or(0, Bcsr::bytes)
             + self.kblocked.as_ref().map_or(0, KBlocked::bytes)
-            + self.winograd.as_ref().map_or(0, Winograd::bytes)
             + 4 * self.bias.len()
     }
     /// Useful (non-zero) multiply-adds per output position, times two: FLOPs per sample column.
@@ -568,7 +560,6 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         bcsr: None,
         kblocked: None,
         taps: None,
-        winograd: None,
         sparsity,
         conv,
         int8: None,
@@ -628,23 +619,10 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             if one == Kernel::ColumnBlocked || batched == Kernel::ColumnBlocked {
                 m.kblocked = column_blocks;
             }
-            // A dense 3x3 convolution on one sample: Winograd's products where they time faster.
-            let one = match conv.filter(|g| one == Kernel::Dense && winograd::applies(g)) {
-                Some(g) => {
-                    let wg = Winograd::new(data, rows, g.channels);
-                    if winograd_is_faster(&m, &g, data, &wg, o) {
-                        m.winograd = Some(wg);
-                        Kernel::Winograd
-                    } else {
-                        one
-                    }
-                }
-                None => one,
-            };
             (one, batched)
         }
     };
-    if matches!(m.batch1, Kernel::Dense | Kernel::Winograd) || m.batched == Kernel::Dense {
+    if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
         m.dense = Some(data.to_vec());
     }
     if m.batch1 == Kernel::Sparse && m.conv.is_none() {
@@ -751,24 +729,6 @@ fn best_time(f: &mut dyn FnMut()) -> f64 {
         }
     }
     best
-}
-
-/// Times a dense 3x3 convolution on one sample, whole image, single thread: Winograd's products
-/// against im2col and dense GEMM.
-fn winograd_is_faster(m: &MatMul, g: &Geometry, data: &[f32], wg: &Winograd, o: &Options) -> bool {
-    let positions = g.out_hw[0] * g.out_hw[1];
-    if m.cols * positions * 4 > TIMING_BYTES {
-        return false;
-    }
-    let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1]);
-    let (mut cols, mut y) = (vec![0.0f32; m.cols * positions], vec![0.0f32; m.rows * positions]);
-    let mut scratch = vec![0.0f32; wg.scratch_len(g)];
-    let t_gemm = best_time(&mut || {
-        window::im2col(g, &x, &mut cols);
-        dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &cols, positions, &mut y, m.relu)
-    });
-    let t_winograd = best_time(&mut || winograd::conv_winograd(o.isa, wg, &m.bias, g, &x, &mut y, m.relu, &mut scratch));
-    t_winograd < t_gemm
 }
 
 /// Times a convolution's direct kernel against im2col followed by the `batched` kernel on one

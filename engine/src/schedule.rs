@@ -194,9 +194,7 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
                 Some(_) if !direct => m.cols * cols_w * 4,
                 _ => 0,
             };
-            // A Winograd convolution's transformed input and products (one sample).
-            let winograd = m.winograd.as_ref().filter(|_| ld == 1).zip(m.conv).map_or(0, |(wg, g)| 4 * wg.scratch_len(&g));
-            im2col.max(winograd) + m.int8.as_ref().map_or(0, |_| q8::quantized_len(m.cols, cols_w))
+            im2col + m.int8.as_ref().map_or(0, |_| q8::quantized_len(m.cols, cols_w))
         }
         _ => 0,
     };

@@ -33,26 +33,6 @@ pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut
     });
 }
 
-/// A Winograd convolution on one whole image (`scratch` holds `wg.scratch_len(g)` floats): the
-/// input channels' transforms split over the team, then the output channels' products and
-/// transforms.
-#[allow(clippy::too_many_arguments)]
-fn conv_winograd(isa: Isa, m: &MatMul, wg: &Winograd, g: &Geometry, x: &[f32], y: &mut [f32], scratch: &mut [f32], team: &Team) {
-    let t = winograd::tile_columns(g);
-    let (v, products) = scratch[..wg.scratch_len(g)].split_at_mut(16 * wg.channels * t);
-    let channels = split_len(team, wg.channels * 16 * t, 16 * t) / (16 * t);
-    team.for_each(v.chunks_mut(channels * 16 * t).enumerate().collect(), |(p, v)| {
-        winograd::transform_input(g, x, p * channels..((p + 1) * channels).min(wg.channels), v)
-    });
-    let plane = g.out_hw[0] * g.out_hw[1];
-    let rows = if worth_splitting(team.threads(), m.rows * m.cols * plane, plane) { m.rows.div_ceil(team.threads()) } else { m.rows };
-    let parts = products.chunks_mut(rows * 16 * t).zip(y[..m.rows * plane].chunks_mut(rows * plane)).enumerate().collect();
-    team.for_each(parts, |(p, (products, y))| {
-        let range = p * rows..((p + 1) * rows).min(m.rows);
-        winograd::multiply_and_transform_output(isa, wg, &m.bias, g, v, range, products, y, m.relu)
-    });
-}
-
 /// A fused function (`MatMul::post`) on `y`, split over the team where it is large.
 pub(super) fn post(isa: Isa, m: &MatMul, y: &mut [f32], team: &Team) {
     if let Some(f) = m.post {
@@ -69,10 +49,6 @@ pub(crate) fn conv(isa: Isa, m: &MatMul, g: Geometry, w: usize, x: &[f32], y: &m
     let positions = g.out_hw[0] * g.out_hw[1];
     if uses_direct(isa, m, w) {
         return conv_direct(isa, m, &Geometry { w, ..g }, x, y, 0..g.out_hw[0], team);
-    }
-    if let Some(wg) = m.winograd.as_ref().filter(|_| w == 1 && m.batch1 == Kernel::Winograd) {
-        conv_winograd(isa, m, wg, &g, x, y, scratch, team);
-        return post(isa, m, &mut y[..m.rows * positions], team);
     }
     if g.window.is_pointwise() {
         // The image is its own im2col: `[channels, positions * w]`.
@@ -119,8 +95,8 @@ pub(super) fn splits(m: &MatMul, cols_w: usize, threads: usize) -> bool {
         // At batch 1 the int8 kernel gathers one 4-byte group per stored group.
         (Some(q), _) if cols_w == 1 => q.matrix.stored_groups(),
         (Some(q), _) => 4 * q.matrix.stored_groups() * cols_w,
-        (None, Kernel::Dense | Kernel::Winograd) if m.rows < 64 => 0,
-        (None, Kernel::Dense | Kernel::Winograd) => m.rows * m.cols * cols_w,
+        (None, Kernel::Dense) if m.rows < 64 => 0,
+        (None, Kernel::Dense) => m.rows * m.cols * cols_w,
         (None, Kernel::ColumnBlocked) => m.kblocked.as_ref().map_or(0, |k| k.row_ptr.last().map_or(0, |&n| n as usize)) * cols_w,
         (None, Kernel::Blocked) => m.bcsr.as_ref().map_or(0, |b| b.blk_ptr.last().map_or(0, |&n| n as usize) * bcsr::BR) * cols_w,
         (None, _) => m.csr.as_ref().map_or(0, |c| c.nnz()) * cols_w,
@@ -158,8 +134,7 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
     let batch1 = w == 1;
     match m.kernel(one_sample) {
         Kernel::Int8 | Kernel::Int8Direct | Kernel::Int8Tiles => unreachable!("int8 layers run through int8_matmul"),
-        // A Winograd layer's row bands and tiles wider than one sample run dense GEMM.
-        Kernel::Dense | Kernel::Winograd => {
+        Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             if !splits(m, w, threads) {
                 return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu);
@@ -228,7 +203,7 @@ pub(super) fn matmul_strided(
 ) -> bool {
     let strided = w >= 2
         && m.int8.is_none()
-        && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Winograd | Kernel::Sparse | Kernel::ColumnBlocked | Kernel::Direct);
+        && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Sparse | Kernel::ColumnBlocked | Kernel::Direct);
     if strided {
         matmul_rows(isa, m, x, w, y, ld, team, one_sample);
     }
@@ -242,7 +217,7 @@ fn matmul_rows(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spm
     let threads = team.threads();
     let split = splits(m, w, threads);
     match m.kernel(one_sample) {
-        Kernel::Dense | Kernel::Winograd => {
+        Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             let (rows, k) = (m.rows, m.cols);
             if !split {

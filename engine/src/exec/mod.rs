@@ -18,7 +18,6 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::{
     Isa, bcsr, dense, direct, elementwise, flat, grouped, kblocked, q8, q8conv, q8direct, sequence, spmm, spmv, transpose,
 };
@@ -95,9 +94,7 @@ impl Plan {
                     // (or for the direct kernel, one padded row of it).
                     let image = if m.int8.is_some() { (g.channels * g.in_hw[0] * g.in_hw[1] * tile_ld).div_ceil(4) } else { 0 };
                     let image = image.max(int8_shift(m).map_or(0, |sc| ((sc.wp + 3) * tile_ld).div_ceil(4)));
-                    // A Winograd convolution keeps its transformed input and products there.
-                    let winograd = m.winograd.as_ref().map_or(0, |wg| wg.scratch_len(&g));
-                    let columns = (m.cols * positions).max(image).max(winograd);
+                    let columns = (m.cols * positions).max(image);
                     columns + if banded(i) { m.rows * positions } else { 0 }
                 }),
                 _ => None,

@@ -25,7 +25,6 @@ pub mod spmm;
 pub mod spmv;
 pub mod transpose;
 pub mod window;
-pub mod winograd;
 
 use std::sync::OnceLock;
 
