@@ -120,9 +120,9 @@ pub(super) fn row_parts(ranges: Vec<Range<usize>>, y: &mut [f32], ld: usize) -> 
     parts
 }
 
-/// About `parts` slabs of a dense layer's rows, each a multiple of 16 rows.
-fn slabs(rows: usize, parts: usize) -> Vec<Range<usize>> {
-    let slab = rows.div_ceil(parts).next_multiple_of(16);
+/// Slabs of a dense layer's rows for `threads`: two per thread, each a multiple of 16 rows.
+fn slabs(rows: usize, threads: usize) -> Vec<Range<usize>> {
+    let slab = rows.div_ceil(threads * 2).next_multiple_of(16);
     (0..rows).step_by(slab).map(|r| r..(r + slab).min(rows)).collect()
 }
 
@@ -149,9 +149,7 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
             }
             // One column: slabs of rows, each a run of dot products.
             let k = m.cols;
-            // Two slabs per thread: dot products cost the same per row, and a thread that runs
-            // slow for a while passes its second slab on.
-            team.for_each(row_parts(slabs(m.rows, threads * 2), &mut y[..m.rows], 1), |(r, y)| {
+            team.for_each(row_parts(slabs(m.rows, threads), &mut y[..m.rows], 1), |(r, y)| {
                 dense::dense(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r], x, 1, y, m.relu)
             });
         }
@@ -223,9 +221,6 @@ fn matmul_rows(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spm
             if !split {
                 return dense::dense_strided(isa, wt, rows, k, &m.bias, x, w, y, m.relu, ld);
             }
-            // One slab per thread: each GEMM call packs the whole input again, so more slabs
-            // pack more (2 threads, ResNet-18's 3x3 convolutions on 14x14 and 7x7 at batch 1:
-            // 1.58 and 1.38 ms in four slabs, 1.50 and 1.34 in two, medians of 5 alternating runs).
             team.for_each(row_parts(slabs(rows, threads), y, ld.y), |(r, y)| {
                 dense::dense_strided(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r], x, w, y, m.relu, ld)
             });
