@@ -205,6 +205,12 @@ impl MatMul {
     pub fn kernel(&self, batch1: bool) -> Kernel {
         if batch1 { self.batch1 } else { self.batched }
     }
+    /// The name of the kernel that tiles of one sample (`one_sample`) or wider ones run: on one
+    /// sample a linear layer runs the kernels' matrix-vector form, a convolution their matrix form
+    /// over its output positions. `engine info`, `analyze` and `bench` all name kernels by it.
+    pub fn kernel_name(&self, one_sample: bool) -> &'static str {
+        self.kernel(one_sample).name(one_sample && self.conv.is_none())
+    }
     /// Bytes of packed weights kept for execution.
     pub fn weight_bytes(&self) -> usize {
         self.dense.as_ref().map_or(0, |d| 4 * d.len())

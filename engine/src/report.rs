@@ -41,8 +41,8 @@ pub fn layers(model: &Model) -> Vec<LayerInfo> {
                 output: l.out_shape.clone(),
                 weight: m.map(|m| [m.rows, m.cols]),
                 sparsity: m.map(|m| m.sparsity),
-                kernel_batch1: m.map(|m| m.batch1.name(m.conv.is_none())),
-                kernel_batched: m.map(|m| m.batched.name(false)),
+                kernel_batch1: m.map(|m| m.kernel_name(true)),
+                kernel_batched: m.map(|m| m.kernel_name(false)),
                 weight_bytes: m.map_or(0, |m| m.weight_bytes()),
             }
         })
@@ -94,7 +94,7 @@ pub fn analyze<M: Deref<Target = Model> + Clone>(
                 share: ms / total.max(1e-12),
                 gflops: m.map(|m| m.useful_flops_per_column() * (batch as f64 * m.positions()) / (ms / 1e3) / 1e9),
                 sparsity: m.map(|m| m.sparsity),
-                kernel: m.map(|m| m.kernel(batch == 1).name(batch == 1 && m.conv.is_none())),
+                kernel: m.map(|m| m.kernel_name(batch == 1)),
             }
         })
         .collect())
@@ -156,7 +156,7 @@ impl BenchRow {
                 .layers
                 .iter()
                 .filter_map(|l| match &l.exec {
-                    Exec::MatMul(m) => Some(m.kernel(plan.tile == 1).name(plan.tile == 1)),
+                    Exec::MatMul(m) => Some(m.kernel_name(plan.tile == 1)),
                     _ => None,
                 })
                 .collect(),

@@ -23,6 +23,26 @@ fn fails_cleanly(args: &[&str], expected: &str) {
 }
 
 #[test]
+fn info_and_bench_name_a_convolutions_kernel_alike() {
+    // On one sample a convolution runs the CSR kernel's matrix form over its output positions;
+    // `bench` had named it by the matrix-vector form, `info` by the matrix form.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("c.sparse");
+    engine::format::save(&common::conv_stack(1, 0.9), &model).unwrap();
+    let m = model.to_str().unwrap();
+    let (ok, info, err) = engine(&["info", "--model", m, "--kernels", "sparse"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = engine(&["bench", "--model", m, "--kernels", "sparse", "--batch", "1", "--seconds", "0.05", "--json"]);
+    assert!(ok, "{err}");
+    let row: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let kernels = row["layer_kernels"].as_array().expect("layer_kernels");
+    assert_eq!(kernels.len(), 4, "{row}");
+    for k in kernels.iter().map(|k| k.as_str().unwrap()) {
+        assert!(!k.contains("spmv") && info.contains(k), "bench names {k}; info:\n{info}");
+    }
+}
+
+#[test]
 fn run_info_and_bench_work() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m.sparse");
