@@ -78,11 +78,13 @@ pub fn analyze<M: Deref<Target = Model> + Clone>(
     }
     let medians: Vec<f64> = per_layer.iter().map(|v| Latency::from_seconds(v).median_ms).collect();
     let total: f64 = medians.iter().sum();
+    let plan = session.plan(batch);
     Ok(model
         .layers
         .iter()
         .zip(&medians)
-        .map(|(l, &ms)| {
+        .enumerate()
+        .map(|(i, (l, &ms))| {
             let m = match &l.exec {
                 Exec::MatMul(m) => Some(m),
                 _ => None,
@@ -94,7 +96,7 @@ pub fn analyze<M: Deref<Target = Model> + Clone>(
                 share: ms / total.max(1e-12),
                 gflops: m.map(|m| m.useful_flops_per_column() * (batch as f64 * m.positions()) / (ms / 1e3) / 1e9),
                 sparsity: m.map(|m| m.sparsity),
-                kernel: m.map(|m| m.kernel_name(batch == 1)),
+                kernel: m.map(|m| m.kernel_name(plan.tile_of(i) == 1)),
             }
         })
         .collect())
@@ -155,8 +157,9 @@ impl BenchRow {
             layer_kernels: model
                 .layers
                 .iter()
-                .filter_map(|l| match &l.exec {
-                    Exec::MatMul(m) => Some(m.kernel_name(plan.tile == 1)),
+                .enumerate()
+                .filter_map(|(i, l)| match &l.exec {
+                    Exec::MatMul(m) => Some(m.kernel_name(plan.tile_of(i) == 1)),
                     _ => None,
                 })
                 .collect(),

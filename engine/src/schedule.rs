@@ -133,6 +133,14 @@ pub struct Plan {
     pub budget: usize,
 }
 
+impl Plan {
+    /// Samples per tile of the column that runs `layer` (a weighted layer runs the kernel chosen
+    /// for one sample where this is 1).
+    pub fn tile_of(&self, layer: usize) -> usize {
+        self.columns.iter().find(|c| c.layers.contains(&layer)).map_or(self.tile, |c| c.tile)
+    }
+}
+
 /// The L2 cache of one core, from Linux's sysfs; 1 MiB if it cannot be read.
 pub fn l2_cache_bytes() -> usize {
     let read = |index: usize, file: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{index}/{file}"));
