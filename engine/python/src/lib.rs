@@ -30,9 +30,6 @@ fn engine_error(e: impl std::fmt::Display) -> PyErr {
     EngineError::new_err(e.to_string())
 }
 
-/// Axes of an output array (batch included) whose shape `run_packed` builds on the stack.
-const STACK_AXES: usize = 8;
-
 /// Integers held as `f32` are exact within this magnitude.
 const EXACT_INTEGER: i64 = 1 << 24;
 
@@ -84,6 +81,12 @@ fn parse_kernels(s: &str) -> PyResult<KernelPolicy> {
 fn to_python<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
     let text = serde_json::to_string(value).map_err(engine_error)?;
     py.import("json")?.call_method1("loads", (text,))
+}
+
+/// The shape of `batch` samples of `port`, built in one allocation (a run at batch 1 takes a few
+/// microseconds, and each allocation a fraction of a percent of that).
+fn batch_shape(batch: usize, port: &Port) -> Vec<usize> {
+    std::iter::once(batch).chain(port.shape.iter().copied()).collect()
 }
 
 /// Whether an array of `shape` is a batch of `port`'s samples: `[batch >= 1, *port.shape]`.
@@ -180,12 +183,11 @@ impl Engine {
 
     /// The engine's flat output (`[batch, outputs side by side]`) as one array per output.
     fn split_outputs<'py>(&self, py: Python<'py>, batch: usize, out: Vec<f32>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let shape = |p: &Port| [vec![batch], p.shape.clone()].concat();
         let per_sample: usize = self.outputs.iter().map(Port::elements).sum();
         let mut arrays = Vec::with_capacity(self.outputs.len());
         for (range, port) in engine::graph::Ports::placed(&self.outputs) {
             let values: Vec<f32> = out.chunks(per_sample.max(1)).flat_map(|sample| sample[range.clone()].iter().copied()).collect();
-            arrays.push(Array::from_shape_vec(IxDyn(&shape(port)), values).map_err(engine_error)?.into_pyarray(py).into_any());
+            arrays.push(Array::from_shape_vec(IxDyn(&batch_shape(batch, port)), values).map_err(engine_error)?.into_pyarray(py).into_any());
         }
         Ok(arrays)
     }
@@ -203,17 +205,7 @@ impl Engine {
     /// output is written by the engine straight into its NumPy array.
     fn run_packed<'py>(&self, py: Python<'py>, input: &[f32], batch: usize) -> PyResult<Vec<Bound<'py, PyAny>>> {
         if let [port] = &self.outputs[..] {
-            // The shape on the stack where it fits: a run at batch 1 takes a few microseconds,
-            // and each allocation here a fraction of a percent of that.
-            let mut dims = [0usize; STACK_AXES];
-            let array = match dims.get_mut(..1 + port.shape.len()) {
-                Some(dims) => {
-                    dims[0] = batch;
-                    dims[1..].copy_from_slice(&port.shape);
-                    PyArrayDyn::<f32>::zeros(py, IxDyn(dims), false)
-                }
-                None => PyArrayDyn::<f32>::zeros(py, [vec![batch], port.shape.clone()].concat(), false),
-            };
+            let array = PyArrayDyn::<f32>::zeros(py, batch_shape(batch, port), false);
             {
                 let mut out = array.readwrite();
                 let out = out.as_slice_mut().map_err(engine_error)?;
