@@ -114,7 +114,7 @@ pub enum Kernel {
     /// Int8 weights and uint8 inputs (quantized layers).
     Int8,
     /// Int8 direct convolution from a shifted quantized image, no im2col (`q8direct`; AVX-512
-    /// VNNI, stride 1; tiles of any width).
+    /// VNNI, stride 1; tiles of any width, where it times faster than im2col and `Int8`).
     Int8Direct,
     /// Int8 weights dense in AMX tiles (`q8amx`; batched tiles of linear layers, on CPUs with
     /// AMX, where it times faster than the sparse int8 kernel).
@@ -577,9 +577,18 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         }
         let values = weight.int8().expect("quantized weight");
         let mut int8 = Int8Layer::new(weight, &values, q, bias, relu, conv.filter(|_| q8direct::available(o.isa)));
-        let kernel = if int8.shift.is_some() { Kernel::Int8Direct } else { Kernel::Int8 };
-        (m.batch1, m.batched) = (kernel, kernel);
-        if kernel == Kernel::Int8 && conv.is_none() && o.policy == KernelPolicy::Auto && o.amx != Amx::Off && q8amx::available(o.isa) {
+        // The direct kernel where its weights were regrouped and, under the auto policy, it times
+        // faster at that tile width (1x1 convolutions and narrow images often do not).
+        let direct = |tile: usize| match (int8.shift.as_ref(), conv) {
+            (Some(sc), Some(g)) if o.policy == KernelPolicy::Auto => int8_direct_is_faster(&int8, sc, g, tile, o),
+            (shift, _) => shift.is_some(),
+        };
+        let kernel = |direct: bool| if direct { Kernel::Int8Direct } else { Kernel::Int8 };
+        (m.batch1, m.batched) = (kernel(direct(1)), kernel(direct(o.tile)));
+        if m.batch1 != Kernel::Int8Direct && m.batched != Kernel::Int8Direct {
+            int8.shift = None;
+        }
+        if m.batched == Kernel::Int8 && conv.is_none() && o.policy == KernelPolicy::Auto && o.amx != Amx::Off && q8amx::available(o.isa) {
             let tiles = TileMatrix::from_int8(&values, rows, cols);
             if o.amx == Amx::Always || tiles_are_faster(&int8, &tiles, o) {
                 m.batched = Kernel::Int8Tiles;
@@ -721,20 +730,71 @@ fn test_values(n: usize) -> Vec<f32> {
 
 /// The best of up to 15 runs of `f` (after one warm-up), stopping after 50 ms.
 fn best_time(f: &mut dyn FnMut()) -> f64 {
+    best_time_within(f, 15, 0.05)
+}
+
+/// The best of up to `runs` runs of `f` (after one warm-up), stopping after `budget` seconds.
+fn best_time_within(f: &mut dyn FnMut(), runs: usize, budget: f64) -> f64 {
     f();
     let mut best = f64::MAX;
     let mut spent = 0.0;
-    for _ in 0..15 {
+    for _ in 0..runs {
         let t = Instant::now();
         f();
         let e = t.elapsed().as_secs_f64();
         best = best.min(e);
         spent += e;
-        if spent > 0.05 {
+        if spent > budget {
             break;
         }
     }
     best
+}
+
+/// Times an int8 convolution's direct kernel against im2col, quantization and the grouped
+/// kernel on one tile of `tile` samples (single thread), on a band of output rows from the middle
+/// of the image where the whole is more than the timing budget, as `direct_is_faster` does.
+fn int8_direct_is_faster(q: &Int8Layer, sc: &ShiftConv, g: Geometry, tile: usize, o: &Options) -> bool {
+    let (rows, cols, [oh, ow]) = (q.matrix.rows, q.matrix.cols, g.out_hw);
+    let budget = (TIMING_MACS / (rows * cols).max(1)).max(MIN_TIMING_COLUMNS).min(TIMING_BYTES / cols.max(1));
+    let band = (budget / (ow * tile).max(1)).clamp(1, oh);
+    let out_rows = (oh - band) / 2..(oh - band) / 2 + band;
+    let (g, cols_w) = (Geometry { w: tile, ..g }, band * ow * tile);
+    // Only the input rows the band reads get values; the rest of the buffers stays untouched
+    // (zeroed allocations are not written, so 16-sample tiles of large images cost nothing).
+    let (plane, row, input) = (g.in_hw[0] * g.in_hw[1] * tile, g.in_hw[1] * tile, g.input_rows(out_rows.clone()));
+    let mut x = vec![0.0f32; g.channels * plane];
+    let values = test_values((input.end - input.start) * row);
+    for channel in x.chunks_exact_mut(plane.max(1)) {
+        channel[input.start * row..input.end * row].copy_from_slice(&values);
+    }
+    let mut y = vec![0.0f32; rows * oh * ow * tile];
+    let image = g.channels * g.in_hw[0] * g.in_hw[1] * tile;
+    let mut scratch = vec![0.0f32; (cols * cols_w).max(image.div_ceil(4))];
+    let mut qx = vec![0u8; q8::quantized_len(cols, cols_w)];
+    // A team of one spawns no thread, so this does not fail.
+    let Ok(team) = crate::team::Team::new(1) else { return true };
+    // Few runs: the two differ by 2-5x where it matters (ResNet-50's int8 layers took 4 s to
+    // compile at best_time's 15).
+    let t_im2col = best_time_within(
+        &mut || {
+            crate::exec::quantized_im2col(o.isa, q, &g, &x, out_rows.clone(), &mut scratch, &mut qx, &team);
+            q8::spmm_q8(o.isa, &q.matrix, &qx, cols_w, &mut y[..rows * cols_w], 0..rows, &q.dequant)
+        },
+        5,
+        0.01,
+    );
+    let (mut row_buf, mut xs) = (vec![0u8; (sc.wp + 3) * tile], vec![0u8; sc.image_len(&g, tile)]);
+    let t_direct = best_time_within(
+        &mut || {
+            let source = q8direct::Source::F32 { x: &x, scale: q.input_scale, zero: q.input_zero };
+            q8direct::shift_image(o.isa, &g, sc, source, out_rows.clone(), &mut row_buf, &mut xs);
+            q8direct::conv_q8_direct(o.isa, sc, &q.dequant, &g, &xs, q8direct::Out::F32(&mut y), 0..rows, out_rows.clone())
+        },
+        5,
+        0.01,
+    );
+    t_direct < t_im2col
 }
 
 /// Times a convolution's direct kernel against im2col followed by the `batched` kernel on one

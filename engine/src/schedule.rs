@@ -189,7 +189,7 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
         Exec::MatMul(m) => {
             let cols_w = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
             let direct = m.kernel(ld == 1) == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(model.options.isa, ld, &g));
-            let shifted = m.int8.as_ref().and_then(|q| q.shift.as_ref());
+            let shifted = m.int8.as_ref().and_then(|q| q.shift.as_ref()).filter(|_| m.kernel(ld == 1) == Kernel::Int8Direct);
             if let (Some(g), Some(sc)) = (m.conv, shifted) {
                 // A direct int8 convolution quantizes its input into a shifted image, a row at a time.
                 return 4 * values * ld + sc.image_len(&g, ld) + (sc.wp + 3) * ld;

@@ -203,7 +203,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             }
         }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
-        if uses_int8_direct(m) {
+        if uses_int8_direct(m, g.w) {
             // Banded columns hold no codes (`code_values`).
             let (xs, y) = regions(values, &ins, range(layer.output));
             let q = m.int8.as_ref().expect("an int8 convolution");
@@ -219,7 +219,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             Some(_) => {
                 // The int8 kernel writes the band's rows of each channel straight into the image.
                 let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
-                quantized_im2col(isa, m, &g, x, rows.clone(), cols, qx);
+                quantized_im2col(isa, m.int8.as_ref().expect("an int8 convolution"), &g, x, rows.clone(), cols, qx, team);
                 let (_, y) = regions(values, &ins, range(layer.output));
                 let out = q8::Output::F32Rows { y: &mut y[band(0).start..], stride: height * row_len };
                 return int8_matmul(isa, m, qx, band_cols, out, team);

@@ -62,7 +62,7 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
     let sole_reader = |v: usize| (0..model.layers.len()).find(|&r| only_reader(model, v, r));
     for (l, layer) in model.layers.iter().enumerate() {
         let Exec::MatMul(m) = &layer.exec else { continue };
-        if m.batched != Kernel::Int8Direct || banded(l) {
+        if !uses_int8_direct(m, schedule.tile_of(l)) || banded(l) {
             continue;
         }
         let mut chain = vec![layer.output];
@@ -70,7 +70,7 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
             let Some(r) = sole_reader(*chain.last().expect("a value")).filter(|&r| !banded(r)) else { break None };
             match &model.layers[r].exec {
                 Exec::Pool { avg: None, .. } | Exec::Flatten => chain.push(model.layers[r].output),
-                Exec::MatMul(next) if next.batched == Kernel::Int8Direct || int8_linear(&model.layers[r]) => {
+                Exec::MatMul(next) if uses_int8_direct(next, schedule.tile_of(r)) || int8_linear(&model.layers[r]) => {
                     break next.int8.as_ref().map(|q| (q.input_scale, q.input_zero));
                 }
                 _ => break None,
@@ -83,16 +83,32 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
     codes
 }
 
-/// An int8 convolution's quantized columns for output rows `rows`. Tiles of a multiple of 16
-/// samples at stride 1 quantize the input rows the band reads into `scratch` (an image, at its
-/// own offsets) and unfold its bytes (`q8conv`); other cases (batch 1: rows of a few bytes)
-/// unfold f32 columns into `scratch` and quantize those.
-pub(super) fn quantized_im2col(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], rows: Range<usize>, scratch: &mut [f32], qx: &mut [u8]) {
-    let (q, cols) = (m.int8.as_ref().expect("an int8 convolution"), m.cols);
+/// An int8 convolution's quantized columns for output rows `rows`. A 1x1 convolution over all
+/// rows quantizes its image, which is its own im2col. Tiles of a multiple of 16 samples at
+/// stride 1 quantize the input rows the band reads into `scratch` (an image, at its own offsets)
+/// and unfold its bytes (`q8conv`); other cases (batch 1: rows of a few bytes) unfold f32
+/// columns into `scratch` and quantize those.
+/// The f32 paths split over the team.
+#[allow(clippy::too_many_arguments)] // the layer's input, its quantization and the team
+pub(crate) fn quantized_im2col(
+    isa: Isa,
+    q: &Int8Layer,
+    g: &Geometry,
+    x: &[f32],
+    rows: Range<usize>,
+    scratch: &mut [f32],
+    qx: &mut [u8],
+    team: &Team,
+) {
+    let cols = q.matrix.cols;
+    if g.window.is_pointwise() && rows == (0..g.out_hw[0]) {
+        let positions = g.out_hw[0] * g.out_hw[1] * g.w;
+        return quantize_split(isa, q, &x[..cols * positions], positions, qx, team);
+    }
     if !g.w.is_multiple_of(16) || g.window.stride[1] != 1 {
         let band = rows.len() * g.out_hw[1] * g.w;
-        window::im2col_rows(g, x, rows, &mut scratch[..cols * band]);
-        return q8::quantize(isa, &scratch[..cols * band], cols, band, q.input_scale, q.input_zero, qx);
+        im2col(g, x, rows, &mut scratch[..cols * band], team);
+        return quantize_split(isa, q, &scratch[..cols * band], band, qx, team);
     }
     let image: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..x.len().div_ceil(4)]);
     let (plane, row) = (g.in_hw[0] * g.in_hw[1] * g.w, g.in_hw[1] * g.w);
@@ -104,15 +120,28 @@ pub(super) fn quantized_im2col(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], ro
     q8conv::im2col_u8(isa, g, image, rows, q.input_zero, qx);
 }
 
+/// `q8::quantize` of a `[features, ld]` tile with the layer's input quantization, its features
+/// split over the team in whole groups of four.
+fn quantize_split(isa: Isa, q: &Int8Layer, x: &[f32], ld: usize, qx: &mut [u8], team: &Team) {
+    let k = x.len() / ld.max(1);
+    let per_part = (split_len(team, k * ld, 4 * ld) / ld.max(1)).next_multiple_of(4);
+    let parts = qx[..q8::quantized_len(k, ld)].chunks_mut(per_part * ld).enumerate().collect();
+    team.for_each(parts, |(p, out)| {
+        let features = p * per_part..((p + 1) * per_part).min(k);
+        let x = &x[features.start * ld..features.end * ld];
+        q8::quantize(isa, x, features.len(), ld, q.input_scale, q.input_zero, out)
+    });
+}
+
 /// An int8 layer's weights regrouped for the direct convolution, if it has them.
 pub(super) fn int8_shift(m: &MatMul) -> Option<&q8direct::ShiftConv> {
     m.int8.as_ref().and_then(|q| q.shift.as_ref())
 }
 
-/// Whether an int8 convolution runs the direct kernel, at every tile width (else im2col and the
-/// grouped kernel; the compiler chose it where the CPU has AVX-512 VNNI).
-pub(super) fn uses_int8_direct(m: &MatMul) -> bool {
-    m.batched == Kernel::Int8Direct
+/// Whether an int8 convolution runs the direct kernel on tiles of `w` samples (else im2col and
+/// the grouped kernel; the compiler timed the two where the CPU has AVX-512 VNNI).
+pub(super) fn uses_int8_direct(m: &MatMul, w: usize) -> bool {
+    m.kernel(w == 1) == Kernel::Int8Direct
 }
 
 /// Output rows `rows` of an int8 convolution by the direct kernel: the input rows they read are
@@ -216,7 +245,55 @@ pub(super) fn whole_groups(r: Range<usize>, rows: usize) -> Option<Range<usize>>
 
 #[cfg(test)]
 mod tests {
-    use super::whole_groups;
+    use super::{Int8Layer, quantized_im2col, whole_groups};
+    use crate::graph::Window;
+    use crate::kernels::q8::{self, Dequant, Q8Matrix};
+    use crate::kernels::window::{self, Geometry};
+    use crate::kernels::{Isa, active_isa};
+    use crate::team::Team;
+
+    /// An int8 layer of `cols` inputs quantized with scale 0.05 and zero point 7 (weights unused).
+    fn layer(cols: usize) -> Int8Layer {
+        let dequant = Dequant { bias: vec![0.0], mult: vec![1.0], zero_corr: vec![0], relu: false };
+        Int8Layer {
+            matrix: Q8Matrix::from_int8(&vec![0; cols], 1, cols),
+            dequant,
+            input_scale: 0.05,
+            input_zero: 7,
+            shift: None,
+            tiles: None,
+        }
+    }
+
+    #[test]
+    fn quantized_columns_match_im2col_then_quantize_on_any_team_and_band() {
+        let isa = active_isa().unwrap_or(Isa::Scalar);
+        // The last two are large enough to split over two threads (`PARALLEL_VALUES`), in parts of
+        // whole groups of four features out of 201 and 207.
+        for (kernel, pads, channels, w) in
+            [(1, 0, 6, 1), (1, 0, 9, 3), (3, 1, 5, 1), (3, 1, 3, 16), (1, 0, 8, 16), (1, 0, 201, 1), (3, 1, 23, 1)]
+        {
+            let (h, wd) = (15, 13);
+            let window = Window { kernel: [kernel; 2], stride: [1, 1], pads: [pads; 4], dilation: [1, 1], ceil_mode: false };
+            let g = Geometry { channels, in_hw: [h, wd], out_hw: [h, wd], window, w };
+            let q = layer(channels * kernel * kernel);
+            let x: Vec<f32> = (0..channels * h * wd * w).map(|i| ((i * 37) % 101) as f32 * 0.013 - 0.4).collect();
+            for rows in [0..h, 2..9] {
+                let band = rows.len() * wd * w;
+                let mut cols = vec![0.0; q.matrix.cols * band];
+                window::im2col_rows(&g, &x, rows.clone(), &mut cols);
+                let mut want = vec![0u8; q8::quantized_len(q.matrix.cols, band)];
+                q8::quantize_ref(&cols, q.matrix.cols, band, q.input_scale, q.input_zero, &mut want);
+                for threads in [1, 2] {
+                    let team = Team::new(threads).unwrap();
+                    let mut scratch = vec![0.0; q.matrix.cols * band + x.len()];
+                    let mut got = vec![0u8; want.len()];
+                    quantized_im2col(isa, &q, &g, &x, rows.clone(), &mut scratch, &mut got, &team);
+                    assert_eq!(got, want, "kernel {kernel}, {channels} channels, {w} samples, rows {rows:?}, {threads} threads");
+                }
+            }
+        }
+    }
 
     #[test]
     fn row_ranges_widen_to_whole_groups_of_four_and_still_cover_the_rows() {

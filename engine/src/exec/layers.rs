@@ -252,7 +252,7 @@ pub(super) const PARALLEL_VALUES: usize = 32 * 1024;
 
 /// Values per part when a pass over `n` values is split over the team (whole multiples of
 /// `unit`): one part per thread, or all of them where `n` is below `PARALLEL_VALUES`.
-fn split_len(team: &Team, n: usize, unit: usize) -> usize {
+pub(super) fn split_len(team: &Team, n: usize, unit: usize) -> usize {
     if team.threads() < 2 || n < PARALLEL_VALUES { n.max(1) } else { n.div_ceil(team.threads()).next_multiple_of(unit.max(1)) }
 }
 

@@ -28,6 +28,7 @@ mod bands;
 mod int8;
 mod layers;
 mod segments;
+pub(crate) use int8::quantized_im2col;
 pub(crate) use layers::conv;
 
 use bands::*;
@@ -555,7 +556,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         let (input_slot, output_slot) = if flow.slot == 0 { (slot0, slot1) } else { (slot1, slot0) };
         let (codes_in, codes_out) = (plan.codes[layer.inputs[0]], plan.codes[layer.output]);
         if let Some(g) = m.conv
-            && uses_int8_direct(m)
+            && uses_int8_direct(m, w)
         {
             let (xs, y) = regions(values, &ins, out_range);
             let x = match codes_in {
@@ -573,7 +574,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         if !flow.prequantized {
             let x = &values[ins[0].clone()];
             match (m.conv, codes_in) {
-                (Some(g), _) => quantized_im2col(isa, m, &Geometry { w, ..g }, x, 0..g.out_hw[0], im2col_buf, qx),
+                (Some(g), _) => quantized_im2col(isa, q, &Geometry { w, ..g }, x, 0..g.out_hw[0], im2col_buf, qx, team),
                 (None, Some((_, zero))) => q8::group_codes(bytemuck::cast_slice(x), m.cols, cols_w, zero, qx),
                 (None, None) => q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx),
             }
