@@ -354,7 +354,7 @@ fn int8_matrix(rows: usize, cols: usize, sparsity: f64, blocks: bool, rng: &mut 
 /// Int8 matrices whose input tile overflows L1 at 64 samples (LeNet-300-100's first layer), which
 /// the kernel runs in 32-sample strips.
 fn wide_int8_cases() -> Vec<(usize, usize, usize, f64)> {
-    [32, 64, 96, 100, 130].into_iter().flat_map(|w| [(9, 784, w, 0.5), (13, 600, w, 0.9)]).collect()
+    [32, 48, 49, 64, 96, 100, 130].into_iter().flat_map(|w| [(9, 784, w, 0.5), (13, 600, w, 0.9)]).collect()
 }
 
 #[test]

@@ -573,117 +573,91 @@ mod x86 {
     const WIDE_STRIP_BYTES: usize = 32 * 1024;
 
     /// Batched: strips of 64 samples (four vectors of 16 int32 sums per row) where 64 samples of
-    /// every input group fit L1, else of 32; then 32, then 16, then a masked remainder.
+    /// every input group fit L1, else of 32; the samples left after them, up to one vector more
+    /// than a strip, go in one last strip of as many vectors, its last one masked. (Strips of 32
+    /// then 16 then a masked remainder had read every weight three times on a 7x7 image.)
     ///
     /// # Safety
     /// AVX-512F and AVX-512 VNNI; sizes as `super::check` verifies; `group[j] < groups()`.
     #[target_feature(enable = "avx512f,avx512vnni")]
     pub unsafe fn spmm_vnni(m: &Q8Matrix, x: &[u8], ld: usize, out: &mut Output, rows: Range<usize>, d: &Dequant) {
-        let xp = x.as_ptr();
-        let (r0, n_rows) = (rows.start, m.rows);
-        let mut c0 = 0;
-        // Requantized words in progress, one per 16 samples of the strip.
-        let mut words = [_mm512_setzero_si512(); 4];
         // A 64-sample strip reads every group's 256 bytes; where those overflow L1 (LeNet-300-100's
         // 784 inputs: 50 KB), 32-sample strips (half that) measured faster.
-        let wide = m.cols.div_ceil(4) * 256 <= WIDE_STRIP_BYTES;
-        while wide && c0 + 64 <= ld {
-            for o in rows.clone() {
-                // Groups alternate between two sets of four accumulators: eight independent
-                // `vpdpbusd` chains, enough to cover its latency. (The sets are two arrays taken
-                // in turn by an unrolled loop: picking one by the group's parity kept them in
-                // memory, and the strip ran 3x slower than two 32-sample strips.)
-                let (mut even, mut odd) = ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4]);
-                let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
-                // SAFETY: j < end <= packed.len() = group.len(); group < groups(), so
-                // (group * ld + c0 + 63) * 4 + 3 < x.len().
-                let group = |j: usize, acc: &mut [__m512i; 4]| unsafe {
-                    let wv = _mm512_set1_epi32(*m.packed.get_unchecked(j));
-                    let p = xp.add((*m.group.get_unchecked(j) as usize * ld + c0) * 4);
-                    for (k, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_dpbusd_epi32(*acc, _mm512_loadu_si512(p.add(64 * k) as *const _), wv);
-                    }
-                };
-                let mut j = start;
-                while j + 2 <= end {
-                    group(j, &mut even);
-                    group(j + 1, &mut odd);
-                    j += 2;
-                }
-                if j < end {
-                    group(j, &mut even);
-                }
-                for (k, word) in words.iter_mut().enumerate() {
-                    // SAFETY: samples c0 + 16 * k + 15 < ld, as `emit16` requires.
-                    unsafe { emit16(out, d, o, r0, n_rows, ld, c0 + 16 * k, _mm512_add_epi32(even[k], odd[k]), 0xffff, word) };
-                }
-            }
-            c0 += 64;
-        }
-        while c0 + 32 <= ld {
-            for o in rows.clone() {
-                // Groups go in turn to four pairs of accumulators: eight independent chains, as
-                // in the 64-sample strip.
-                let mut a = [[_mm512_setzero_si512(); 2]; 4];
-                let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
-                let mut j = start;
-                // SAFETY: as above, with a 32-sample strip; j + k < end for every group read.
-                unsafe {
-                    let group = |j: usize, [lo, hi]: &mut [__m512i; 2]| {
-                        let wv = _mm512_set1_epi32(*m.packed.get_unchecked(j));
-                        let p = xp.add((*m.group.get_unchecked(j) as usize * ld + c0) * 4);
-                        *lo = _mm512_dpbusd_epi32(*lo, _mm512_loadu_si512(p as *const _), wv);
-                        *hi = _mm512_dpbusd_epi32(*hi, _mm512_loadu_si512(p.add(64) as *const _), wv);
-                    };
-                    while j + 4 <= end {
-                        for (k, pair) in a.iter_mut().enumerate() {
-                            group(j + k, pair);
-                        }
-                        j += 4;
-                    }
-                    for j in j..end {
-                        group(j, &mut a[0]);
-                    }
-                }
-                let sum = |i: usize| _mm512_add_epi32(_mm512_add_epi32(a[0][i], a[1][i]), _mm512_add_epi32(a[2][i], a[3][i]));
-                let [w0, w1, ..] = &mut words;
-                // SAFETY: samples c0 + 31 < ld.
-                unsafe {
-                    emit16(out, d, o, r0, n_rows, ld, c0, sum(0), 0xffff, w0);
-                    emit16(out, d, o, r0, n_rows, ld, c0 + 16, sum(1), 0xffff, w1);
-                }
-            }
-            c0 += 32;
-        }
+        let widest = if m.cols.div_ceil(4) * 256 <= WIDE_STRIP_BYTES { 4 } else { 2 };
+        let mut c0 = 0;
         while c0 < ld {
-            let n = (ld - c0).min(16);
-            let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
-            for o in rows.clone() {
-                // Groups go in turn to eight accumulators (an unrolled loop, so they stay in
-                // registers): eight independent chains cover `vpdpbusd`'s latency on two ports.
-                let mut a = [_mm512_setzero_si512(); 8];
-                let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
-                // SAFETY: only the first n lanes (samples c0..c0 + n <= ld) are loaded.
-                let group = |j: usize, acc: &mut __m512i| unsafe {
-                    let p = xp.add((m.group[j] as usize * ld + c0) * 4);
-                    let v = _mm512_maskz_loadu_epi32(mask, p as *const i32);
-                    *acc = _mm512_dpbusd_epi32(*acc, v, _mm512_set1_epi32(m.packed[j]));
-                };
-                let mut j = start;
-                while j + 8 <= end {
-                    for (k, acc) in a.iter_mut().enumerate() {
-                        group(j + k, acc);
-                    }
-                    j += 8;
+            let left = ld - c0;
+            let vectors = if left <= 16 * (widest + 1) { left.div_ceil(16) } else { widest };
+            let lanes = left.min(16 * vectors);
+            // SAFETY: samples c0..c0 + lanes <= ld; the rest as this function's.
+            unsafe {
+                match vectors {
+                    1 => strip::<1, 8>(m, x, ld, out, &rows, d, c0, lanes),
+                    2 => strip::<2, 4>(m, x, ld, out, &rows, d, c0, lanes),
+                    3 => strip::<3, 3>(m, x, ld, out, &rows, d, c0, lanes),
+                    4 => strip::<4, 2>(m, x, ld, out, &rows, d, c0, lanes),
+                    _ => strip::<5, 2>(m, x, ld, out, &rows, d, c0, lanes),
                 }
-                for j in j..end {
-                    group(j, &mut a[0]);
-                }
-                let acc = a.iter().fold(_mm512_setzero_si512(), |sum, a| _mm512_add_epi32(sum, *a));
-                // SAFETY: the masked lanes are samples below ld.
-                unsafe { emit16(out, d, o, r0, n_rows, ld, c0, acc, mask, &mut words[0]) };
             }
-            c0 += n;
+            c0 += lanes;
+        }
+    }
+
+    /// Samples `c0..c0 + lanes` of rows `rows` (`lanes` more than `16 * (V - 1)`, at most
+    /// `16 * V`): `V` vectors of 16 sums per row, the last masked. Groups go in turn to `S` sets of
+    /// accumulators, `S * V` independent `vpdpbusd` chains (eight or more cover its latency on two
+    /// ports). The sets are arrays taken in turn by a loop of constant bounds, which keeps them in
+    /// registers (picking one by the group's parity had kept them in memory, 3x slower).
+    ///
+    /// # Safety
+    /// As `spmm_vnni`, with `c0 + lanes <= ld`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[allow(clippy::too_many_arguments)] // spmm_vnni's arguments plus the strip
+    unsafe fn strip<const V: usize, const S: usize>(
+        m: &Q8Matrix,
+        x: &[u8],
+        ld: usize,
+        out: &mut Output,
+        rows: &Range<usize>,
+        d: &Dequant,
+        c0: usize,
+        lanes: usize,
+    ) {
+        let xp = x.as_ptr();
+        let tail = lanes - 16 * (V - 1);
+        let last: __mmask16 = if tail == 16 { 0xffff } else { (1u16 << tail) - 1 };
+        let mask = |k: usize| if k + 1 == V { last } else { 0xffff };
+        // Requantized words in progress, one per vector of the strip.
+        let mut words = [_mm512_setzero_si512(); V];
+        for o in rows.clone() {
+            let mut sets = [[_mm512_setzero_si512(); V]; S];
+            let (start, end) = (m.row_ptr[o] as usize, m.row_ptr[o + 1] as usize);
+            // SAFETY: j < end <= packed.len() = group.len(); group < groups(), so the masked lanes
+            // read, samples below c0 + lanes <= ld of that group, lie in `x`.
+            let group = |j: usize, acc: &mut [__m512i; V]| unsafe {
+                let wv = _mm512_set1_epi32(*m.packed.get_unchecked(j));
+                let p = xp.add((*m.group.get_unchecked(j) as usize * ld + c0) * 4);
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_maskz_loadu_epi32(mask(k), p.add(64 * k) as *const i32);
+                    *acc = _mm512_dpbusd_epi32(*acc, xv, wv);
+                }
+            };
+            let mut j = start;
+            while j + S <= end {
+                for (s, acc) in sets.iter_mut().enumerate() {
+                    group(j + s, acc);
+                }
+                j += S;
+            }
+            for j in j..end {
+                group(j, &mut sets[0]);
+            }
+            for (k, word) in words.iter_mut().enumerate() {
+                let sum = sets.iter().fold(_mm512_setzero_si512(), |sum, set| _mm512_add_epi32(sum, set[k]));
+                // SAFETY: the masked lanes are samples below c0 + lanes <= ld.
+                unsafe { emit16(out, d, o, rows.start, m.rows, ld, c0 + 16 * k, sum, mask(k), word) };
+            }
         }
     }
 
