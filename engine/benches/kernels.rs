@@ -63,7 +63,8 @@ fn kernels(c: &mut Criterion) {
     // Int8: unstructured 90% and 90% in 1x4 blocks (one VNNI group each), on a quantized tile.
     let mut qx = vec![0u8; q8::quantized_len(cols, w)];
     q8::quantize(isa, x, cols, w, 0.02, 128, &mut qx);
-    let dequant = |m: &Q8Matrix| Dequant { bias: bias.clone(), mult: vec![1e-3; rows], zero_corr: m.row_sums.clone(), relu: true };
+    let dequant =
+        |m: &Q8Matrix| Dequant { bias: bias.clone(), mult: vec![1e-3; rows], zero_corr: m.row_sums.clone(), relu: true, fake_quant: None };
     let int8 = |v: &[f32]| v.iter().map(|&f| (f * 100.0) as i8).collect::<Vec<i8>>();
     let unstructured = Q8Matrix::from_int8(&int8(&random_sparse(rows, cols, 0.9, 4)), rows, cols);
     let keep4: Vec<bool> = (0..rows * cols / 4).map(|_| !rng.random_bool(0.9)).collect();

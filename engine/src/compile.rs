@@ -196,6 +196,7 @@ impl Int8Layer {
             mult: q.scales.iter().map(|s| s * q.input_scale).collect(),
             zero_corr: matrix.row_sums.iter().map(|&r| r * q.input_zero as i32).collect(),
             relu,
+            fake_quant: None,
         };
         Int8Layer { matrix, dequant, input_scale: q.input_scale, input_zero: q.input_zero, shift, tiles: None }
     }
@@ -270,6 +271,8 @@ pub enum Exec {
     },
     Add {
         relu: bool,
+        /// A QuantizeLinear / DequantizeLinear pair `(scale, zero)` that followed, fused.
+        fake_quant: Option<(f32, u8)>,
     },
     /// Same memory layout in and out: a copy.
     Flatten,
@@ -410,7 +413,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
                 Exec::Pool { geometry, avg }
             }
             Op::GlobalAvgPool => Exec::GlobalAvgPool { channels: in_shape[0], pixels: in_shape[1..].iter().product() },
-            Op::Add { act } => Exec::Add { relu: relu(act) },
+            Op::Add { act } => Exec::Add { relu: relu(act), fake_quant: None },
             Op::Flatten | Op::Reshape { .. } => Exec::Flatten,
             Op::Transpose { .. } | Op::Select { .. } => {
                 Exec::Gather { sources: crate::layout::sources(&node.op, &in_shape).expect("a layout operator") }
@@ -474,6 +477,11 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             }
             output_name = graph.nodes[next].output.clone();
             fused = Some(next);
+        } else if let Some((next, scale, zero)) = fusable_qdq(&graph, i)
+            && take_fake_quant(&mut exec, scale, zero)
+        {
+            output_name = graph.nodes[next].output.clone();
+            fused = Some(next);
         }
         names.push(output_name);
         value_sizes.push(out_shape.iter().product());
@@ -494,6 +502,30 @@ fn fusable_unary(graph: &Graph, i: usize) -> Option<(usize, crate::graph::Unary)
     let next = graph.nodes.get(i + 1)?;
     let Op::Unary(f) = next.op else { return None };
     (weight.quant.is_none() && next.inputs == [node.output.clone()] && passes::consumers(graph, &node.output) == 1).then_some((i + 1, f))
+}
+
+/// The QuantizeLinear / DequantizeLinear pair right after node `i` that alone reads its output:
+/// the pair's index, scale and zero point.
+fn fusable_qdq(graph: &Graph, i: usize) -> Option<(usize, f32, u8)> {
+    let (node, next) = (&graph.nodes[i], graph.nodes.get(i + 1)?);
+    let Op::QuantDequant { scale, zero } = next.op else { return None };
+    (next.inputs == [node.output.clone()] && passes::consumers(graph, &node.output) == 1).then_some((i + 1, scale, zero))
+}
+
+/// Fuses a fake quantization into the operator that computes its input, where that operator
+/// applies one to its outputs as it writes them (an int8 layer's dequantization, an addition);
+/// false otherwise.
+fn take_fake_quant(exec: &mut Exec, scale: f32, zero: u8) -> bool {
+    let slot = match exec {
+        Exec::MatMul(m) => match m.int8.as_mut() {
+            Some(q) => &mut q.dequant.fake_quant,
+            None => return false,
+        },
+        Exec::Add { fake_quant, .. } => fake_quant,
+        _ => return false,
+    };
+    *slot = Some((scale, zero));
+    true
 }
 
 /// A convolution's packed weights, and for a strided one whose stride-1 form on its input's phase

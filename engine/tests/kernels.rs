@@ -373,12 +373,15 @@ fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
             q8::quantize(isa, &x, cols, w, scale, zero, &mut got);
             assert_eq!(got, qx, "quantize {} {cols}x{w}", isa.name());
         }
-        for relu in [false, true] {
+        // With and without a fused QuantizeLinear/DequantizeLinear pair on the outputs (a scale
+        // at which some codes clamp).
+        for (relu, fake_quant) in [(false, None), (true, None), (false, Some((0.004, 100))), (true, Some((0.003, 0)))] {
             let d = Dequant {
                 bias: (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect(),
                 mult: (0..rows).map(|_| rng.random_range(1e-4..1e-2)).collect(),
                 zero_corr: m.row_sums.iter().map(|&r| r * zero as i32).collect(),
                 relu,
+                fake_quant,
             };
             let mut want = vec![0.0; rows * w];
             q8::spmm_q8_ref(&m, &qx, w, &mut want, 0..rows, &d);
@@ -389,7 +392,10 @@ fn q8_kernels_match_the_scalar_twin_exactly_in_int32() {
                         (0..cols).map(|k| values[o * cols + k] as i32 * (qx[((k / 4) * w + c) * 4 + k % 4] as i32 - zero as i32)).sum();
                     let v = (acc as f32).mul_add(d.mult[o], d.bias[o]);
                     let v = if relu { v.max(0.0) } else { v };
-                    assert!((want[o * w + c] - v).abs() <= 1e-5 * (1.0 + v.abs()), "reference {o},{c}: {} vs {v}", want[o * w + c]);
+                    let v = fake_quant.map_or(v, |(scale, zero)| q8::quantize_dequantize(v, scale, zero));
+                    // A value within rounding of a half-way code may take the other code.
+                    let tolerance = 1e-5 * (1.0 + v.abs()) + fake_quant.map_or(0.0, |(scale, _)| scale * 1.001);
+                    assert!((want[o * w + c] - v).abs() <= tolerance, "reference {o},{c}: {} vs {v}", want[o * w + c]);
                 }
             }
             for isa in variants() {
@@ -435,6 +441,7 @@ fn requantizing_kernels_equal_quantizing_their_f32_output() {
             mult: (0..rows).map(|_| rng.random_range(1e-4..1e-2)).collect(),
             zero_corr: m.row_sums.iter().map(|&r| r * zero as i32).collect(),
             relu,
+            fake_quant: (i % 4 == 1).then_some((0.005, 20)),
         };
         // The next layer's input quantization: a scale small enough that some codes clamp.
         let (next_scale, next_zero) = (rng.random_range(0.002..0.02f32), if relu { 0 } else { rng.random_range(0..=255u8) });
@@ -699,6 +706,7 @@ fn direct_int8_convolution_equals_im2col_and_the_grouped_kernel() {
                 mult: (0..rows).map(|_| rng.random_range(1e-4..1e-3)).collect(),
                 zero_corr: matrix.row_sums.iter().map(|&r| r * zero as i32).collect(),
                 relu: sparsity > 0.4,
+                fake_quant: (sparsity == 0.5).then_some((0.002, 9)),
             };
             for w in [1, 3, 16, 32, 48] {
                 let g = Geometry { channels: cin, in_hw: [h, wd], out_hw: [oh, ow], window, w };
@@ -841,6 +849,7 @@ fn amx_tiles_match_the_scalar_twin_exactly() {
             mult: (0..rows).map(|_| rng.random_range(1e-4..1e-2)).collect(),
             zero_corr: m.row_sums.iter().map(|&r| r * zero as i32).collect(),
             relu: i % 3 != 0,
+            fake_quant: (i % 4 == 1).then_some((0.005, 20)),
         };
         let what = format!("amx {rows}x{cols} w={w} s={s}");
         let mut want = vec![0.0; rows * w];

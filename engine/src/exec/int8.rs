@@ -254,7 +254,7 @@ mod tests {
 
     /// An int8 layer of `cols` inputs quantized with scale 0.05 and zero point 7 (weights unused).
     fn layer(cols: usize) -> Int8Layer {
-        let dequant = Dequant { bias: vec![0.0], mult: vec![1.0], zero_corr: vec![0], relu: false };
+        let dequant = Dequant { bias: vec![0.0], mult: vec![1.0], zero_corr: vec![0], relu: false, fake_quant: None };
         Int8Layer {
             matrix: Q8Matrix::from_int8(&vec![0; cols], 1, cols),
             dequant,

@@ -330,11 +330,11 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             team.for_each(parts, |(y, sources)| elementwise::gather_rows(sources, x, w, y));
         }
         Exec::QuantDequant { scale, zero } => split_values(team, x, y, |x, y| elementwise::quantize_dequantize(isa, x, y, *scale, *zero)),
-        Exec::Add { relu } => {
+        Exec::Add { relu, fake_quant } => {
             let n = x.len().min(xs[1].len()).min(y.len());
             let part = split_len(team, n, 16);
             let parts: Vec<_> = y[..n].chunks_mut(part).zip(x[..n].chunks(part).zip(xs[1][..n].chunks(part))).collect();
-            team.for_each(parts, |(y, (a, b))| elementwise::add(a, b, y, *relu));
+            team.for_each(parts, |(y, (a, b))| elementwise::add_fake_quantized(isa, a, b, y, *relu, *fake_quant));
         }
         Exec::Pool { geometry, avg } => {
             // Channels split over the team where there is enough work (window taps read).

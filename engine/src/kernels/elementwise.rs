@@ -59,6 +59,17 @@ pub fn add(a: &[f32], b: &[f32], y: &mut [f32], with_relu: bool) {
     }
 }
 
+/// `add`, then where `fake_quant` is given the QuantizeLinear / DequantizeLinear pair `(scale,
+/// zero)` that followed the addition (fused into it), block by block while they are in L1.
+pub fn add_fake_quantized(isa: Isa, a: &[f32], b: &[f32], y: &mut [f32], with_relu: bool, fake_quant: Option<(f32, u8)>) {
+    let Some((scale, zero)) = fake_quant else { return add(a, b, y, with_relu) };
+    let n = a.len().min(b.len()).min(y.len());
+    for ((y, a), b) in y[..n].chunks_mut(BLOCK).zip(a.chunks(BLOCK)).zip(b.chunks(BLOCK)) {
+        add(a, b, y, with_relu);
+        quantize_dequantize_in_place(isa, y, scale, zero);
+    }
+}
+
 /// `y = x * scale + shift` (one channel), with ReLU where `with_relu`.
 pub fn affine(x: &[f32], scale: f32, shift: f32, y: &mut [f32], with_relu: bool) {
     let pairs = y.iter_mut().zip(x);
@@ -154,8 +165,41 @@ pub fn unary(isa: Isa, f: Unary, x: &[f32], y: &mut [f32]) {
 /// `y = q8::quantize_dequantize(x)` over a tile (a QuantizeLinear / DequantizeLinear pair), the
 /// loop compiled for `isa`: on the crate's SSE2 baseline each value's round-half-to-even was a
 /// call into libm, 3 ns a value (ResNet-50's int8 file spent 40% of its time in these passes).
+/// With AVX-512, blocks of the input go through `y` and are fake-quantized there, in L1.
 pub fn quantize_dequantize(isa: Isa, x: &[f32], y: &mut [f32], scale: f32, zero: u8) {
-    each_value(isa, x, y, |v| super::q8::quantize_dequantize(v, scale, zero))
+    if isa != Isa::Avx512 {
+        return each_value(isa, x, y, |v| super::q8::quantize_dequantize(v, scale, zero));
+    }
+    for (y, x) in y.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
+        y[..x.len()].copy_from_slice(x);
+        quantize_dequantize_in_place(isa, &mut y[..x.len()], scale, zero);
+    }
+}
+
+/// Values per block where a tile goes through two passes that should meet in L1.
+const BLOCK: usize = 1024;
+
+/// `y = q8::quantize_dequantize(y)`, bit for bit, at a multiplication per value with AVX-512
+/// (`q8::quantize_dequantize16`) where the plain loop divides.
+pub fn quantize_dequantize_in_place(isa: Isa, y: &mut [f32], scale: f32, zero: u8) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: AVX-512F is present when `isa` is Avx512.
+        return unsafe { quantize_dequantize_avx512(y, scale, zero) };
+    }
+    y.iter_mut().for_each(|v| *v = super::q8::quantize_dequantize(*v, scale, zero));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn quantize_dequantize_avx512(y: &mut [f32], scale: f32, zero: u8) {
+    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
+    let mut vectors = y.chunks_exact_mut(16);
+    for v in &mut vectors {
+        // SAFETY: `v` holds 16 floats.
+        unsafe { _mm512_storeu_ps(v.as_mut_ptr(), super::q8::quantize_dequantize16(_mm512_loadu_ps(v.as_ptr()), scale, zero)) };
+    }
+    vectors.into_remainder().iter_mut().for_each(|v| *v = super::q8::quantize_dequantize(*v, scale, zero));
 }
 
 /// `y = f(y)`, through a small buffer (so that `unary` serves both).

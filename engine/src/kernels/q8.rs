@@ -70,14 +70,24 @@ pub struct Dequant {
     /// `input_zero * row_sums[o]`.
     pub zero_corr: Vec<i32>,
     pub relu: bool,
+    /// The activation's QuantizeLinear/DequantizeLinear pair `(scale, zero)` that followed the
+    /// layer, applied to its f32 outputs after the ReLU (`quantize_dequantize`): fused from the
+    /// node after it, so the pass over the output that the pair was goes.
+    pub fake_quant: Option<(f32, u8)>,
 }
 
 impl Dequant {
     /// Row `o`'s output for the int32 dot product `acc`.
     #[inline]
     pub fn apply(&self, o: usize, acc: i32) -> f32 {
-        let v = ((acc - self.zero_corr[o]) as f32).mul_add(self.mult[o], self.bias[o]);
-        if self.relu { v.max(0.0) } else { v }
+        self.finish(((acc - self.zero_corr[o]) as f32).mul_add(self.mult[o], self.bias[o]))
+    }
+
+    /// A dequantized value's ReLU and fake quantization.
+    #[inline]
+    pub fn finish(&self, v: f32) -> f32 {
+        let v = if self.relu { v.max(0.0) } else { v };
+        self.fake_quant.map_or(v, |(scale, zero)| quantize_dequantize(v, scale, zero))
     }
 }
 
@@ -384,7 +394,7 @@ pub fn spmm_q8_into(isa: Isa, m: &Q8Matrix, x: &[u8], ld: usize, mut out: Output
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{codes16, emit16};
+pub(crate) use x86::{activate16, codes16, emit16, quantize_dequantize16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -392,6 +402,38 @@ mod x86 {
     use std::ops::Range;
 
     use super::{Dequant, Output, Q8Matrix, dot_ref};
+
+    /// `Dequant::finish` of 16 dequantized values: the ReLU, then the fake quantization.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn activate16(v: __m512, d: &Dequant) -> __m512 {
+        let v = if d.relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
+        match d.fake_quant {
+            Some((scale, zero)) => quantize_dequantize16(v, scale, zero),
+            None => v,
+        }
+    }
+
+    /// `super::quantize_dequantize` of 16 values, bit for bit, at the cost of a multiplication:
+    /// `v` times the reciprocal of the scale is within about one unit in the last place of the
+    /// quotient (`quantize_value`), so it rounds to the same integer unless it lies within a few
+    /// units of a half-way point; only then (a few values in ten million) are those lanes divided.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn quantize_dequantize16(v: __m512, scale: f32, zero: u8) -> __m512 {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let q = _mm512_mul_ps(v, _mm512_set1_ps(1.0 / scale));
+        let mut r = _mm512_roundscale_ps::<NEAREST>(q);
+        // Off a half-way point by less than 2^-20 of the value (four times the product's error).
+        let slack = _mm512_fnmadd_ps(_mm512_abs_ps(q), _mm512_set1_ps(1.0 / (1 << 20) as f32), _mm512_set1_ps(0.5));
+        let near = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(q, r)), slack);
+        if near != 0 {
+            r = _mm512_mask_roundscale_ps::<NEAREST>(r, near, _mm512_div_ps(v, _mm512_set1_ps(scale)));
+        }
+        let z = _mm512_set1_ps(zero as f32);
+        let code = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, z), _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+        _mm512_mul_ps(_mm512_sub_ps(code, z), _mm512_set1_ps(scale))
+    }
 
     /// `super::quantize_value` of 16 values, one code per 32-bit lane: times the reciprocal of
     /// the scale, rounded half to even (the default rounding mode, as QuantizeLinear does), plus
@@ -547,10 +589,7 @@ mod x86 {
         word: &mut __m512i,
     ) {
         let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(d.zero_corr[o])));
-        let mut v = _mm512_fmadd_ps(v, _mm512_set1_ps(d.mult[o]), _mm512_set1_ps(d.bias[o]));
-        if d.relu {
-            v = _mm512_max_ps(v, _mm512_setzero_ps());
-        }
+        let v = activate16(_mm512_fmadd_ps(v, _mm512_set1_ps(d.mult[o]), _mm512_set1_ps(d.bias[o])), d);
         if let Some((y, stride)) = out.f32_rows(ld) {
             // SAFETY: (o - r0) * stride + c0 + 15 < y.len() for the masked lanes (`check`).
             unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add((o - r0) * stride + c0), mask, v) };
@@ -733,7 +772,7 @@ mod x86 {
             let mult = _mm512_maskz_loadu_ps(mask, d.mult.as_ptr().add(o0));
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), mult, _mm512_maskz_loadu_ps(mask, d.bias.as_ptr().add(o0)))
         };
-        let v = if d.relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
+        let v = activate16(v, d);
         match out {
             // SAFETY: one sample, so row o is at o - r0, inside the output for rows below rows.end.
             Output::F32(y) => unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(o0 - r0), mask, v) },
@@ -788,6 +827,15 @@ mod x86 {
                 if d.relu {
                     v = _mm256_max_ps(v, _mm256_setzero_ps());
                 }
+                if let Some((scale, zero)) = d.fake_quant {
+                    // AVX2 machines only: through memory, one value at a time.
+                    let mut vs = [0.0f32; 8];
+                    // SAFETY: `vs` holds 8 floats.
+                    unsafe { _mm256_storeu_ps(vs.as_mut_ptr(), v) };
+                    vs.iter_mut().for_each(|v| *v = super::quantize_dequantize(*v, scale, zero));
+                    // SAFETY: as above.
+                    v = unsafe { _mm256_loadu_ps(vs.as_ptr()) };
+                }
                 match out.f32_rows(ld) {
                     // SAFETY: (o - r0) * stride + c0 + 7 < y.len() (`check`).
                     Some((y, stride)) => unsafe { _mm256_storeu_ps(y.as_mut_ptr().add((o - r0) * stride + c0), v) },
@@ -804,6 +852,44 @@ mod x86 {
         for o in rows.clone() {
             for s in c0..ld {
                 out.put(o, r0, m.rows, ld, s, d.apply(o, dot_ref(m, x, ld, o, s)));
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::arch::x86_64::*;
+
+    use super::quantize_dequantize;
+
+    #[test]
+    fn vector_fake_quantization_equals_the_division_bit_for_bit() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let next = |v: f32, ulps: i32| f32::from_bits((v.to_bits() as i32 + ulps) as u32);
+        for (scale, zero) in [(0.1f32, 0u8), (0.003, 128), (1.0 / 3.0, 7), (0.0078125, 255), (0.023456, 60), (7.9e-5, 3)] {
+            // Half-way points between codes and a few units in the last place either side (where
+            // the product and the quotient can round apart), zeros, and values that clamp.
+            let mut values = vec![0.0, -0.0, 1e6, -1e6, 300.0 * scale, -300.0 * scale];
+            for k in -140..140 {
+                let half = (k as f32 + 0.5) * scale;
+                values.extend((-4..=4).map(|u| next(half, u)));
+                values.push(next((k as f32 + 0.5) / (1.0 / scale), 0));
+            }
+            for chunk in values.chunks(16) {
+                let mut lanes = [0.0f32; 16];
+                lanes[..chunk.len()].copy_from_slice(chunk);
+                let mut got = [0.0f32; 16];
+                // SAFETY: AVX-512F detected above; both arrays hold 16 floats.
+                unsafe {
+                    let v = super::x86::quantize_dequantize16(_mm512_loadu_ps(lanes.as_ptr()), scale, zero);
+                    _mm512_storeu_ps(got.as_mut_ptr(), v);
+                }
+                for (x, g) in lanes.iter().zip(got) {
+                    assert_eq!(g.to_bits(), quantize_dequantize(*x, scale, zero).to_bits(), "{x} at scale {scale}, zero {zero}");
+                }
             }
         }
     }

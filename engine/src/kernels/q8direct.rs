@@ -315,7 +315,7 @@ mod x86 {
     use std::ops::Range;
 
     use super::{Dequant, Geometry, Out, ShiftConv};
-    use crate::kernels::q8::codes16;
+    use crate::kernels::q8::{activate16, codes16};
 
     /// `super::spread`, 64 lanes at a time, the last step masked (one sample's rows are a few
     /// dozen lanes); returns how many lanes it did (all of them).
@@ -460,10 +460,8 @@ mod x86 {
             }
         }
         let (corr, mult, bias) = (_mm512_set1_epi32(d.zero_corr[o]), _mm512_set1_ps(d.mult[o]), _mm512_set1_ps(d.bias[o]));
-        let values: [__m512; N] = std::array::from_fn(|z| {
-            let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[z], corr)), mult, bias);
-            if d.relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v }
-        });
+        let values: [__m512; N] =
+            std::array::from_fn(|z| activate16(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[z], corr)), mult, bias), d));
         match out {
             Dest::F32(y) => {
                 for (z, v) in values.iter().enumerate() {
@@ -515,7 +513,7 @@ mod x86 {
             _mm512_set1_ps(d.mult[o]),
             _mm512_set1_ps(d.bias[o]),
         );
-        let v = if d.relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
+        let v = activate16(v, d);
         // SAFETY: the masked lanes are inside the output row.
         unsafe {
             match out {
