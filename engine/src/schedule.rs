@@ -196,9 +196,7 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
             }
             let im2col = match m.conv {
                 // Int8 convolutions of wide tiles quantize their input image, then unfold bytes.
-                Some(g) if m.int8.is_some() && ld.is_multiple_of(16) && g.window.stride[1] == 1 => {
-                    g.channels * g.in_hw[0] * g.in_hw[1] * ld
-                }
+                Some(g) if m.int8.is_some() && ld.is_multiple_of(16) => g.channels * g.in_hw[0] * g.in_hw[1] * ld,
                 Some(_) if !direct => m.cols * cols_w * 4,
                 _ => 0,
             };

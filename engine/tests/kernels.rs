@@ -647,8 +647,16 @@ fn unfolding_the_quantized_image_equals_quantizing_im2col() {
     use engine::graph::Window;
     use engine::kernels::{q8, q8conv};
     let mut rng = StdRng::seed_from_u64(20);
-    // (in channels, height, width, kernel, stride, pad, dilation): K = 25, 150, 27, 36, 2 rows.
-    let shapes = [(1, 28, 28, 5, 1, 2, 1), (6, 14, 14, 5, 1, 0, 1), (3, 9, 7, 3, 2, 1, 1), (4, 8, 8, 3, 1, 2, 2), (2, 5, 5, 1, 1, 0, 1)];
+    // (in channels, height, width, kernel, stride, pad, dilation): K = 25, 150, 27, 36, 2 rows,
+    // and 147 for a ResNet stem at stride 2 (its last group of four one short).
+    let shapes = [
+        (1, 28, 28, 5, 1, 2, 1),
+        (6, 14, 14, 5, 1, 0, 1),
+        (3, 9, 7, 3, 2, 1, 1),
+        (4, 8, 8, 3, 1, 2, 2),
+        (2, 5, 5, 1, 1, 0, 1),
+        (3, 12, 11, 7, 2, 3, 1),
+    ];
     for &(cin, h, wd, k, stride, pad, dilation) in &shapes {
         let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation], ceil_mode: false };
         let (oh, ow) = window.output(h, wd, "t").unwrap();
@@ -666,12 +674,17 @@ fn unfolding_the_quantized_image_equals_quantizing_im2col() {
                 let mut want = vec![0u8; q8::quantized_len(rows_k, band)];
                 q8::quantize_ref(&cols, rows_k, band, scale, zero, &mut want);
                 let mut got = vec![7u8; want.len()];
-                q8conv::im2col_u8_ref(&g, &xq, rows.clone(), zero, &mut got);
+                let groups = rows_k.div_ceil(4);
+                q8conv::im2col_u8_ref(&g, &xq, rows.clone(), 0..groups, zero, &mut got);
                 assert_eq!(got, want, "reference {cin}x{h}x{wd} k{k} s{stride} w={w} rows {rows:?}");
                 for isa in variants() {
                     let mut got = vec![7u8; want.len()];
-                    q8conv::im2col_u8(isa, &g, &xq, rows.clone(), zero, &mut got);
+                    q8conv::im2col_u8(isa, &g, &xq, rows.clone(), 0..groups, zero, &mut got);
                     assert_eq!(got, want, "{} {cin}x{h}x{wd} k{k} s{stride} w={w} rows {rows:?}", isa.name());
+                    // Groups from the second on, as another thread would unfold them.
+                    let mut part = vec![7u8; (groups - 1) * band * 4];
+                    q8conv::im2col_u8(isa, &g, &xq, rows.clone(), 1..groups, zero, &mut part);
+                    assert_eq!(part[..], want[band * 4..], "{} groups 1.. {cin}x{h}x{wd} k{k} s{stride} w={w}", isa.name());
                 }
             }
         }
@@ -718,7 +731,7 @@ fn direct_int8_convolution_equals_im2col_and_the_grouped_kernel() {
                     // The reference: unfold the quantized image, the grouped kernel's twin.
                     let band = out_rows.len() * ow * w;
                     let mut cols_q = vec![0u8; q8::quantized_len(cols, band)];
-                    q8conv::im2col_u8_ref(&g, &xq, out_rows.clone(), zero, &mut cols_q);
+                    q8conv::im2col_u8_ref(&g, &xq, out_rows.clone(), 0..cols.div_ceil(4), zero, &mut cols_q);
                     let mut banded = vec![0.0; rows * band];
                     q8::spmm_q8_ref(&matrix, &cols_q, band, &mut banded, 0..rows, &d);
                     let mut want = vec![f32::NAN; rows * oh * ow * w];

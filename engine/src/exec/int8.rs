@@ -84,10 +84,10 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
 }
 
 /// An int8 convolution's quantized columns for output rows `rows`. A 1x1 convolution over all
-/// rows quantizes its image, which is its own im2col. Tiles of a multiple of 16 samples at
-/// stride 1 quantize the input rows the band reads into `scratch` (an image, at its own offsets)
-/// and unfold its bytes (`q8conv`); other cases (batch 1: rows of a few bytes) unfold f32
-/// columns into `scratch` and quantize those.
+/// rows quantizes its image, which is its own im2col. Tiles of a multiple of 16 samples quantize
+/// the input rows the band reads into `scratch` (an image, at its own offsets) and unfold its
+/// bytes (`q8conv`); other cases (batch 1: rows of a few bytes) unfold f32 columns into `scratch`
+/// and quantize those.
 /// The f32 paths split over the team.
 #[allow(clippy::too_many_arguments)] // the layer's input, its quantization and the team
 pub(crate) fn quantized_im2col(
@@ -105,19 +105,29 @@ pub(crate) fn quantized_im2col(
         let positions = g.out_hw[0] * g.out_hw[1] * g.w;
         return quantize_split(isa, q, &x[..cols * positions], positions, qx, team);
     }
-    if !g.w.is_multiple_of(16) || g.window.stride[1] != 1 {
+    if !g.w.is_multiple_of(16) {
         let band = rows.len() * g.out_hw[1] * g.w;
         im2col(g, x, rows, &mut scratch[..cols * band], team);
         return quantize_split(isa, q, &scratch[..cols * band], band, qx, team);
     }
+    // Both steps split over the team: the image by channels, the unfolding by groups.
     let image: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..x.len().div_ceil(4)]);
     let (plane, row) = (g.in_hw[0] * g.in_hw[1] * g.w, g.in_hw[1] * g.w);
     let input = g.input_rows(rows.clone());
-    for c in 0..g.channels {
-        let span = c * plane + input.start * row..c * plane + input.end * row;
-        q8::quantize_values(isa, &x[span.clone()], q.input_scale, q.input_zero, &mut image[span]);
-    }
-    q8conv::im2col_u8(isa, g, image, rows, q.input_zero, qx);
+    let per_part = split_len(team, g.channels * plane, plane) / plane.max(1);
+    team.for_each(image[..g.channels * plane].chunks_mut((per_part * plane).max(1)).enumerate().collect(), |(p, image)| {
+        for (c, image) in (p * per_part..).zip(image.chunks_mut(plane)) {
+            let span = input.start * row..input.end * row;
+            q8::quantize_values(isa, &x[c * plane..][span.clone()], q.input_scale, q.input_zero, &mut image[span]);
+        }
+    });
+    let (groups, band) = (cols.div_ceil(4), rows.len() * g.out_hw[1] * g.w);
+    let per_part = split_len(team, groups * band, band) / band.max(1);
+    let image = &*image;
+    team.for_each(qx[..groups * band * 4].chunks_mut((per_part * band * 4).max(1)).enumerate().collect(), |(p, qx)| {
+        let part = p * per_part..((p + 1) * per_part).min(groups);
+        q8conv::im2col_u8(isa, g, image, rows.clone(), part, q.input_zero, qx)
+    });
 }
 
 /// `q8::quantize` of a `[features, ld]` tile with the layer's input quantization, its features
@@ -268,10 +278,10 @@ mod tests {
     #[test]
     fn quantized_columns_match_im2col_then_quantize_on_any_team_and_band() {
         let isa = active_isa().unwrap_or(Isa::Scalar);
-        // The last two are large enough to split over two threads (`PARALLEL_VALUES`), in parts of
-        // whole groups of four features out of 201 and 207.
+        // The last three are large enough to split over two threads (`PARALLEL_VALUES`): in parts
+        // of whole groups of four features out of 201 and 207, and by channels and groups.
         for (kernel, pads, channels, w) in
-            [(1, 0, 6, 1), (1, 0, 9, 3), (3, 1, 5, 1), (3, 1, 3, 16), (1, 0, 8, 16), (1, 0, 201, 1), (3, 1, 23, 1)]
+            [(1, 0, 6, 1), (1, 0, 9, 3), (3, 1, 5, 1), (3, 1, 3, 16), (1, 0, 8, 16), (1, 0, 201, 1), (3, 1, 23, 1), (3, 1, 12, 16)]
         {
             let (h, wd) = (15, 13);
             let window = Window { kernel: [kernel; 2], stride: [1, 1], pads: [pads; 4], dilation: [1, 1], ceil_mode: false };

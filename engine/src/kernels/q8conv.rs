@@ -8,15 +8,16 @@
 use std::ops::Range;
 
 use super::Isa;
-use super::q8::quantized_len;
 use super::window::Geometry;
 
-fn check(g: &Geometry, xq: &[u8], rows: &Range<usize>, out: &[u8]) -> (usize, usize) {
+/// The im2col rows `k` and columns `ld`, after checking the sizes for groups `groups` of them.
+fn check(g: &Geometry, xq: &[u8], rows: &Range<usize>, groups: &Range<usize>, out: &[u8]) -> (usize, usize) {
     let k = g.channels * g.window.kernel[0] * g.window.kernel[1];
     let ld = rows.len() * g.out_hw[1] * g.w;
     assert!(rows.end <= g.out_hw[0], "im2col rows");
+    assert!(groups.end <= k.div_ceil(4), "groups of im2col rows");
     assert!(xq.len() >= g.channels * g.in_hw[0] * g.in_hw[1] * g.w, "quantized image too small");
-    assert!(out.len() >= quantized_len(k, ld), "quantized columns too small");
+    assert!(out.len() >= groups.len() * ld * 4, "quantized columns too small");
     (k, ld)
 }
 
@@ -42,16 +43,16 @@ fn run(g: &Geometry, f: Option<usize>, oy: usize) -> Run {
 }
 
 /// Scalar twin of `im2col_u8`.
-pub fn im2col_u8_ref(g: &Geometry, xq: &[u8], rows: Range<usize>, zero: u8, out: &mut [u8]) {
-    let (k, ld) = check(g, xq, &rows, out);
+pub fn im2col_u8_ref(g: &Geometry, xq: &[u8], rows: Range<usize>, groups: Range<usize>, zero: u8, out: &mut [u8]) {
+    let (k, ld) = check(g, xq, &rows, &groups, out);
     let ([h, wd], [_, ow], w) = (g.in_hw, g.out_hw, g.w);
-    for f in 0..k.next_multiple_of(4) {
+    for f in 4 * groups.start..4 * groups.end {
         let (c, ky, kx) = g.tap(f);
         for (r, oy) in rows.clone().enumerate() {
             for ox in 0..ow {
                 let pixel = (f < k).then(|| g.source(0, oy, ky).zip(g.source(1, ox, kx))).flatten();
                 for s in 0..w {
-                    let at = (f / 4 * ld + (r * ow + ox) * w + s) * 4 + f % 4;
+                    let at = ((f / 4 - groups.start) * ld + (r * ow + ox) * w + s) * 4 + f % 4;
                     out[at] = pixel.map_or(zero, |(iy, ix)| xq[((c * h + iy) * wd + ix) * w + s]);
                 }
             }
@@ -60,18 +61,50 @@ pub fn im2col_u8_ref(g: &Geometry, xq: &[u8], rows: Range<usize>, zero: u8, out:
 }
 
 /// Unfolds output rows `rows` of the convolution `g` over the quantized image `xq`
-/// (`[c, h, wd, w]` bytes) into grouped columns `[groups, rows.len() * ow * w, 4]`.
-pub fn im2col_u8(isa: Isa, g: &Geometry, xq: &[u8], rows: Range<usize>, zero: u8, out: &mut [u8]) {
-    let (k, ld) = check(g, xq, &rows, out);
+/// (`[c, h, wd, w]` bytes) into grouped columns `[groups, rows.len() * ow * w, 4]`: the groups
+/// `groups` of them (all are `0..k.div_ceil(4)`), group `groups.start` first in `out`, so parts
+/// can go to different threads.
+pub fn im2col_u8(isa: Isa, g: &Geometry, xq: &[u8], rows: Range<usize>, groups: Range<usize>, zero: u8, out: &mut [u8]) {
+    let (k, ld) = check(g, xq, &rows, &groups, out);
+    if isa != Isa::Scalar && g.window.stride[1] != 1 && g.w.is_multiple_of(16) {
+        return im2col_u8_strided(g, xq, rows, groups, zero, out, k, ld);
+    }
     if isa == Isa::Scalar || g.window.stride[1] != 1 {
-        return im2col_u8_ref(g, xq, rows, zero, out);
+        return im2col_u8_ref(g, xq, rows, groups, zero, out);
     }
     let row_len = g.out_hw[1] * g.w;
-    for group in 0..k.div_ceil(4) {
+    for group in groups.clone() {
         for (r, oy) in rows.clone().enumerate() {
             let runs: [Run; 4] = std::array::from_fn(|j| run(g, (4 * group + j < k).then_some(4 * group + j), oy));
-            let words = &mut out[(group * ld + r * row_len) * 4..][..row_len * 4];
+            let words = &mut out[((group - groups.start) * ld + r * row_len) * 4..][..row_len * 4];
             interleave(xq, &runs, zero, words);
+        }
+    }
+}
+
+/// `im2col_u8` of a tile of a multiple of 16 samples at any stride along rows: the 16-sample chunks
+/// of one input pixel are contiguous, so each output position's chunks take four of them at once.
+#[allow(clippy::too_many_arguments)] // im2col_u8's arguments and the sizes it checked
+fn im2col_u8_strided(g: &Geometry, xq: &[u8], rows: Range<usize>, groups: Range<usize>, zero: u8, out: &mut [u8], k: usize, ld: usize) {
+    let ([h, wd], [_, ow], w) = (g.in_hw, g.out_hw, g.w);
+    for group in groups.clone() {
+        for (r, oy) in rows.clone().enumerate() {
+            for ox in 0..ow {
+                // Where each of the group's four im2col rows reads this position's samples.
+                let src: [Option<usize>; 4] = std::array::from_fn(|j| {
+                    let f = 4 * group + j;
+                    let (c, ky, kx) = g.tap(f);
+                    let pixel = (f < k).then(|| g.source(0, oy, ky).zip(g.source(1, ox, kx))).flatten();
+                    pixel.map(|(iy, ix)| ((c * h + iy) * wd + ix) * w)
+                });
+                let at = ((group - groups.start) * ld + (r * ow + ox) * w) * 4;
+                assert!(at + w * 4 <= out.len(), "quantized columns too small");
+                for s in (0..w).step_by(16) {
+                    // SAFETY: a source is a pixel of the image `check` verified, whose w samples
+                    // (w >= s + 16) lie in `xq`; the 64 bytes written lie below at + w * 4.
+                    unsafe { interleave16(xq.as_ptr(), src.map(|p| p.map(|p| p + s)), zero, out.as_mut_ptr().add(at + s * 4)) };
+                }
+            }
         }
     }
 }
