@@ -927,3 +927,31 @@ fn flat_depthwise_convolution_matches_the_grouped_kernel() {
         }
     }
 }
+
+#[test]
+fn fused_additions_equal_adding_then_fake_quantizing() {
+    use engine::kernels::{elementwise, q8};
+    let mut rng = StdRng::seed_from_u64(31);
+    for n in [0, 1, 15, 16, 17, 33, 1000, 2500] {
+        let a: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        for relu in [false, true] {
+            for fake_quant in [None, Some((0.01f32, 0u8)), Some((0.02, 131))] {
+                let want: Vec<f32> = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(p, q)| {
+                        let v = if relu { elementwise::relu(p + q) } else { p + q };
+                        fake_quant.map_or(v, |(scale, zero)| q8::quantize_dequantize(v, scale, zero))
+                    })
+                    .collect();
+                for isa in variants() {
+                    let mut got = vec![f32::NAN; n];
+                    elementwise::add_fake_quantized(isa, &a, &b, &mut got, relu, fake_quant);
+                    let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{} n={n} relu={relu} {fake_quant:?}", isa.name());
+                }
+            }
+        }
+    }
+}
