@@ -548,8 +548,10 @@ fn conv_plan(
         return Ok((None, strided));
     };
     let m = pack(name, &phased.weight, bias, relu, Some(geometry(&phased.phase_shape, out_shape, phased.window)), o)?;
-    // On phase images without im2col: the direct kernel, or a 1x1 convolution reading the image.
-    if !((m.batched == Kernel::Direct && m.batch1 == Kernel::Direct) || phased.window.is_pointwise()) {
+    // On phase images without im2col: the direct kernel (fp32 or int8), or a 1x1 convolution
+    // reading the image.
+    let direct = |k: Kernel| matches!(k, Kernel::Direct | Kernel::Int8Direct);
+    if !((direct(m.batched) && direct(m.batch1)) || phased.window.is_pointwise()) {
         return Ok((None, strided));
     }
     if o.phases == Some(true) {
@@ -558,16 +560,67 @@ fn conv_plan(
     let team = crate::team::Team::new(1).map_err(|e| EngineError::graph(name, format!("starting a timing thread: {e}")))?;
     let x = test_values(in_shape.iter().product());
     let (mut phase_x, mut y) = (vec![0.0; phased.sources.len()], vec![0.0; out_shape.iter().product()]);
-    let mut scratch = vec![0.0; strided.cols * out_shape[1] * out_shape[2]];
-    let conv = |m: &MatMul, x: &[f32], y: &mut [f32], scratch: &mut [f32]| {
-        crate::exec::conv(o.isa, m, m.conv.expect("a convolution"), 1, x, y, scratch, &team)
+    let positions = out_shape[1] * out_shape[2];
+    let mut scratch = vec![0.0; (strided.cols * positions).max(x.len().div_ceil(4))];
+    let mut bytes = Int8Buffers::new(&strided, &m, positions);
+    let mut conv = |m: &MatMul, x: &[f32], y: &mut [f32], scratch: &mut [f32]| match &m.int8 {
+        Some(q) => int8_conv_one_sample(o.isa, m, q, x, y, scratch, &mut bytes, &team),
+        None => crate::exec::conv(o.isa, m, m.conv.expect("a convolution"), 1, x, y, scratch, &team),
     };
     let t_strided = best_time(&mut || conv(&strided, &x, &mut y, &mut scratch));
     let t_phases = best_time(&mut || {
         elementwise::gather_rows(&phased.sources, &x, 1, &mut phase_x);
-        conv(&m, &phase_x, &mut y, &mut [])
+        conv(&m, &phase_x, &mut y, &mut scratch)
     });
     Ok(if t_phases < t_strided { (Some(phased), m) } else { (None, strided) })
+}
+
+/// Byte buffers for timing int8 convolutions on one sample: quantized columns, and a row buffer
+/// and shifted image for the direct kernel.
+struct Int8Buffers {
+    columns: Vec<u8>,
+    row: Vec<u8>,
+    shifted: Vec<u8>,
+}
+
+impl Int8Buffers {
+    /// Enough for each of `layers` (convolutions of `positions` output positions) on one sample.
+    fn new(a: &MatMul, b: &MatMul, positions: usize) -> Int8Buffers {
+        let shifts = [a, b].map(|m| m.conv.zip(m.int8.as_ref().and_then(|q| q.shift.as_ref())));
+        let row = shifts.iter().flatten().map(|(_, sc)| sc.wp + 3).max().unwrap_or(0);
+        let shifted = shifts.iter().flatten().map(|(g, sc)| sc.image_len(g, 1)).max().unwrap_or(0);
+        let columns = vec![0; [a, b].map(|m| q8::quantized_len(m.cols, positions)).into_iter().max().unwrap_or(0)];
+        Int8Buffers { columns, row: vec![0; row], shifted: vec![0; shifted] }
+    }
+}
+
+/// One sample through an int8 convolution as the executor runs it on one thread, for timing: the
+/// direct kernel where it is the one-sample choice, else im2col, quantization and the grouped
+/// kernel (`scratch`: the f32 columns or the quantized image).
+#[allow(clippy::too_many_arguments)] // the layer, its input and output, and the buffers
+fn int8_conv_one_sample(
+    isa: Isa,
+    m: &MatMul,
+    q: &Int8Layer,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [f32],
+    bufs: &mut Int8Buffers,
+    team: &crate::team::Team,
+) {
+    let g = m.conv.expect("a convolution");
+    let (rows, positions) = (0..g.out_hw[0], g.out_hw[0] * g.out_hw[1]);
+    match q.shift.as_ref().filter(|_| m.batch1 == Kernel::Int8Direct) {
+        Some(sc) => {
+            let source = q8direct::Source::F32 { x, scale: q.input_scale, zero: q.input_zero };
+            q8direct::shift_image(isa, &g, sc, source, rows.clone(), &mut bufs.row, &mut bufs.shifted);
+            q8direct::conv_q8_direct(isa, sc, &q.dequant, &g, &bufs.shifted, q8direct::Out::F32(y), 0..m.rows, rows)
+        }
+        None => {
+            crate::exec::quantized_im2col(isa, q, &g, x, rows, scratch, &mut bufs.columns, team);
+            q8::spmm_q8(isa, &q.matrix, &bufs.columns, positions, &mut y[..m.rows * positions], 0..m.rows, &q.dequant)
+        }
+    }
 }
 
 /// Window geometry of a `[C, H, W] -> [C', H', W']` operator, for one sample (`w` is set per tile).

@@ -44,7 +44,6 @@ pub fn rewrite(weight: &Weight, window: &Window, input: &[usize], output: &[usiz
         && !window.ceil_mode
         && h.is_multiple_of(s)
         && w.is_multiple_of(s)
-        && weight.quant.is_none()
         && weight.shape.len() == 4;
     if !fits {
         return None;
@@ -96,7 +95,8 @@ pub fn rewrite(weight: &Weight, window: &Window, input: &[usize], output: &[usiz
     Some(PhaseConv {
         sources,
         phase_shape: vec![phases.len() * c, hp, wp],
-        weight: Weight::dense(vec![out, phases.len() * c, kh, kw], data),
+        // Int8 weights keep their per-output-channel scales: the values only move.
+        weight: Weight { shape: vec![out, phases.len() * c, kh, kw], data, quant: weight.quant.clone() },
         window: Window { kernel: [kh, kw], stride: [1, 1], pads: [top, left, bottom, right], dilation: [1, 1], ceil_mode: false },
     })
 }

@@ -75,3 +75,34 @@ fn dynamic_files_are_refused_not_approximated() {
         assert!(!err.contains('\n') && (err.contains("dynamic quantization") || err.contains("not supported")), "{name}: {err}");
     }
 }
+
+/// Strided int8 convolutions on their input's phase images (ResNet's 7x7/2 stem, a 3x3/2
+/// convolution and a 1x1/2 projection, quantized by ONNX Runtime's quantizer) compute what they
+/// compute as written: the int32 sums are the same products, so the outputs are equal.
+#[test]
+fn strided_int8_convolutions_on_phase_images_equal_the_strided_ones() {
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let graph = bottleneck(33, 0.8);
+    let (fp32, q) = (dir.path().join("strided.onnx"), dir.path().join("strided.qdq.onnx"));
+    std::fs::write(&fp32, engine::onnx::export::export(&graph, &graph.output_shape().unwrap())).unwrap();
+    ort_quantize(&python, &fp32, &q, "qdq", true);
+    let compiled = |phases: bool| {
+        let mut options = Options::new(KernelPolicy::Auto).unwrap();
+        options.phases = Some(phases);
+        compile::compile(engine::load(&q).unwrap(), options).unwrap()
+    };
+    let (phased, strided) = (compiled(true), compiled(false));
+    let phase_layers = phased.layers.iter().filter(|l| l.kind == "phases").count();
+    if engine::kernels::q8direct::available(engine::kernels::active_isa().unwrap()) {
+        assert!(phase_layers >= 1, "no strided int8 convolution on phase images");
+    }
+    for batch in [1, 3] {
+        let input = random_input(40 + batch as u64, batch, &graph.input_shape);
+        for threads in [1, 2] {
+            let want = Session::new(&strided, threads).unwrap().run(&input.data, batch).unwrap();
+            let got = Session::new(&phased, threads).unwrap().run(&input.data, batch).unwrap();
+            assert_eq!(got, want, "batch {batch}, {threads} threads");
+        }
+    }
+}

@@ -62,7 +62,7 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
     let sole_reader = |v: usize| (0..model.layers.len()).find(|&r| only_reader(model, v, r));
     for (l, layer) in model.layers.iter().enumerate() {
         let Exec::MatMul(m) = &layer.exec else { continue };
-        if !uses_int8_direct(m, schedule.tile_of(l)) || banded(l) {
+        if !int8_direct_at_every_width(m) || banded(l) {
             continue;
         }
         let mut chain = vec![layer.output];
@@ -70,7 +70,7 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
             let Some(r) = sole_reader(*chain.last().expect("a value")).filter(|&r| !banded(r)) else { break None };
             match &model.layers[r].exec {
                 Exec::Pool { avg: None, .. } | Exec::Flatten => chain.push(model.layers[r].output),
-                Exec::MatMul(next) if uses_int8_direct(next, schedule.tile_of(r)) || int8_linear(&model.layers[r]) => {
+                Exec::MatMul(next) if int8_direct_at_every_width(next) || int8_linear(&model.layers[r]) => {
                     break next.int8.as_ref().map(|q| (q.input_scale, q.input_zero));
                 }
                 _ => break None,
@@ -146,6 +146,13 @@ fn quantize_split(isa: Isa, q: &Int8Layer, x: &[f32], ld: usize, qx: &mut [u8], 
 /// An int8 layer's weights regrouped for the direct convolution, if it has them.
 pub(super) fn int8_shift(m: &MatMul) -> Option<&q8direct::ShiftConv> {
     m.int8.as_ref().and_then(|q| q.shift.as_ref())
+}
+
+/// Whether an int8 convolution runs the direct kernel on tiles of one sample and on wider ones:
+/// the codes it writes or reads (`code_values`) must be there whatever the width of a tile (a
+/// batch's last tile may hold one sample where the others hold more).
+fn int8_direct_at_every_width(m: &MatMul) -> bool {
+    uses_int8_direct(m, 1) && uses_int8_direct(m, 2)
 }
 
 /// Whether an int8 convolution runs the direct kernel on tiles of `w` samples (else im2col and
