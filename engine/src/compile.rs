@@ -562,10 +562,17 @@ fn conv_plan(
     let (mut phase_x, mut y) = (vec![0.0; phased.sources.len()], vec![0.0; out_shape.iter().product()]);
     let positions = out_shape[1] * out_shape[2];
     let mut scratch = vec![0.0; (strided.cols * positions).max(x.len().div_ceil(4))];
-    let mut bytes = Int8Buffers::new(&strided, &m, positions);
-    let mut conv = |m: &MatMul, x: &[f32], y: &mut [f32], scratch: &mut [f32]| match &m.int8 {
-        Some(q) => int8_conv_one_sample(o.isa, m, q, x, y, scratch, &mut bytes, &team),
-        None => crate::exec::conv(o.isa, m, m.conv.expect("a convolution"), 1, x, y, scratch, &team),
+    let mut bytes = Int8Buffers::for_one_sample(&[&strided, &m], positions);
+    let mut conv = |m: &MatMul, x: &[f32], y: &mut [f32], scratch: &mut [f32]| {
+        let g = m.conv.expect("a convolution");
+        match &m.int8 {
+            // As the executor runs one sample: the direct kernel where it is the one-sample choice.
+            Some(q) => {
+                let direct = q.shift.as_ref().filter(|_| m.batch1 == Kernel::Int8Direct);
+                int8_conv_rows(o.isa, q, direct, &g, x, 0..g.out_hw[0], y, scratch, &mut bytes, &team)
+            }
+            None => crate::exec::conv(o.isa, m, g, 1, x, y, scratch, &team),
+        }
     };
     let t_strided = best_time(&mut || conv(&strided, &x, &mut y, &mut scratch));
     let t_phases = best_time(&mut || {
@@ -575,8 +582,8 @@ fn conv_plan(
     Ok(if t_phases < t_strided { (Some(phased), m) } else { (None, strided) })
 }
 
-/// Byte buffers for timing int8 convolutions on one sample: quantized columns, and a row buffer
-/// and shifted image for the direct kernel.
+/// Byte buffers for timing int8 convolutions (`int8_conv_rows`): quantized columns, and a row
+/// buffer and shifted image for the direct kernel.
 struct Int8Buffers {
     columns: Vec<u8>,
     row: Vec<u8>,
@@ -584,41 +591,46 @@ struct Int8Buffers {
 }
 
 impl Int8Buffers {
-    /// Enough for each of `layers` (convolutions of `positions` output positions) on one sample.
-    fn new(a: &MatMul, b: &MatMul, positions: usize) -> Int8Buffers {
-        let shifts = [a, b].map(|m| m.conv.zip(m.int8.as_ref().and_then(|q| q.shift.as_ref())));
-        let row = shifts.iter().flatten().map(|(_, sc)| sc.wp + 3).max().unwrap_or(0);
-        let shifted = shifts.iter().flatten().map(|(g, sc)| sc.image_len(g, 1)).max().unwrap_or(0);
-        let columns = vec![0; [a, b].map(|m| q8::quantized_len(m.cols, positions)).into_iter().max().unwrap_or(0)];
-        Int8Buffers { columns, row: vec![0; row], shifted: vec![0; shifted] }
+    /// Enough for any of `layers` (int8 or not; convolutions of `positions` output positions) on
+    /// one sample.
+    fn for_one_sample(layers: &[&MatMul], positions: usize) -> Int8Buffers {
+        let shifts: Vec<_> = layers.iter().filter_map(|m| m.conv.zip(m.int8.as_ref().and_then(|q| q.shift.as_ref()))).collect();
+        Int8Buffers {
+            columns: vec![0; layers.iter().map(|m| q8::quantized_len(m.cols, positions)).max().unwrap_or(0)],
+            row: vec![0; shifts.iter().map(|(_, sc)| sc.wp + 3).max().unwrap_or(0)],
+            shifted: vec![0; shifts.iter().map(|(g, sc)| sc.image_len(g, 1)).max().unwrap_or(0)],
+        }
     }
 }
 
-/// One sample through an int8 convolution as the executor runs it on one thread, for timing: the
-/// direct kernel where it is the one-sample choice, else im2col, quantization and the grouped
-/// kernel (`scratch`: the f32 columns or the quantized image).
+/// Output rows `rows` of an int8 convolution on one thread, as the executor computes them, for
+/// timing: the direct kernel on `direct`'s regrouped weights (`y` holds the whole output), else
+/// im2col, quantization and the grouped kernel (`y` holds the band; `scratch`: the f32 columns
+/// or the quantized image).
 #[allow(clippy::too_many_arguments)] // the layer, its input and output, and the buffers
-fn int8_conv_one_sample(
+fn int8_conv_rows(
     isa: Isa,
-    m: &MatMul,
     q: &Int8Layer,
+    direct: Option<&ShiftConv>,
+    g: &Geometry,
     x: &[f32],
+    rows: std::ops::Range<usize>,
     y: &mut [f32],
     scratch: &mut [f32],
     bufs: &mut Int8Buffers,
     team: &crate::team::Team,
 ) {
-    let g = m.conv.expect("a convolution");
-    let (rows, positions) = (0..g.out_hw[0], g.out_hw[0] * g.out_hw[1]);
-    match q.shift.as_ref().filter(|_| m.batch1 == Kernel::Int8Direct) {
+    match direct {
         Some(sc) => {
             let source = q8direct::Source::F32 { x, scale: q.input_scale, zero: q.input_zero };
-            q8direct::shift_image(isa, &g, sc, source, rows.clone(), &mut bufs.row, &mut bufs.shifted);
-            q8direct::conv_q8_direct(isa, sc, &q.dequant, &g, &bufs.shifted, q8direct::Out::F32(y), 0..m.rows, rows)
+            q8direct::shift_image(isa, g, sc, source, rows.clone(), &mut bufs.row, &mut bufs.shifted);
+            q8direct::conv_q8_direct(isa, sc, &q.dequant, g, &bufs.shifted, q8direct::Out::F32(y), 0..q.matrix.rows, rows)
         }
         None => {
-            crate::exec::quantized_im2col(isa, q, &g, x, rows, scratch, &mut bufs.columns, team);
-            q8::spmm_q8(isa, &q.matrix, &bufs.columns, positions, &mut y[..m.rows * positions], 0..m.rows, &q.dequant)
+            let cols_w = rows.len() * g.out_hw[1] * g.w;
+            crate::exec::quantized_im2col(isa, q, g, x, rows, scratch, &mut bufs.columns, team);
+            let out = &mut y[..q.matrix.rows * cols_w];
+            q8::spmm_q8(isa, &q.matrix, &bufs.columns, cols_w, out, 0..q.matrix.rows, &q.dequant)
         }
     }
 }
@@ -853,31 +865,26 @@ fn int8_direct_is_faster(q: &Int8Layer, sc: &ShiftConv, g: Geometry, tile: usize
     for channel in x.chunks_exact_mut(plane.max(1)) {
         channel[input.start * row..input.end * row].copy_from_slice(&values);
     }
+    let mut scratch = vec![0.0f32; (cols * cols_w).max(x.len().div_ceil(4))];
+    let mut bufs = Int8Buffers {
+        columns: vec![0; q8::quantized_len(cols, cols_w)],
+        row: vec![0; (sc.wp + 3) * tile],
+        shifted: vec![0; sc.image_len(&g, tile)],
+    };
     let mut y = vec![0.0f32; rows * oh * ow * tile];
-    let image = g.channels * g.in_hw[0] * g.in_hw[1] * tile;
-    let mut scratch = vec![0.0f32; (cols * cols_w).max(image.div_ceil(4))];
-    let mut qx = vec![0u8; q8::quantized_len(cols, cols_w)];
     // A team of one spawns no thread, so this does not fail.
     let Ok(team) = crate::team::Team::new(1) else { return true };
-    let (mut row_buf, mut xs, mut y_direct) = (vec![0u8; (sc.wp + 3) * tile], vec![0u8; sc.image_len(&g, tile)], y.clone());
-    let mut im2col = || {
-        crate::exec::quantized_im2col(o.isa, q, &g, &x, out_rows.clone(), &mut scratch, &mut qx, &team);
-        q8::spmm_q8(o.isa, &q.matrix, &qx, cols_w, &mut y[..rows * cols_w], 0..rows, &q.dequant)
-    };
-    let mut direct = || {
-        let source = q8direct::Source::F32 { x: &x, scale: q.input_scale, zero: q.input_zero };
-        q8direct::shift_image(o.isa, &g, sc, source, out_rows.clone(), &mut row_buf, &mut xs);
-        q8direct::conv_q8_direct(o.isa, sc, &q.dequant, &g, &xs, q8direct::Out::F32(&mut y_direct), 0..rows, out_rows.clone())
-    };
+    let mut run =
+        |direct: Option<&ShiftConv>| int8_conv_rows(o.isa, q, direct, &g, &x, out_rows.clone(), &mut y, &mut scratch, &mut bufs, &team);
     // A warm-up, then two runs in turns, so that a slow phase of the machine hits both: the two
     // differ by 2-5x where it matters (ResNet-50's int8 layers took 4 s to compile at best_time's
     // 15 runs each).
     let (mut t_im2col, mut t_direct) = (f64::MAX, f64::MAX);
-    im2col();
-    direct();
+    run(None);
+    run(Some(sc));
     for _ in 0..2 {
-        t_im2col = t_im2col.min(elapsed(&mut im2col));
-        t_direct = t_direct.min(elapsed(&mut direct));
+        t_im2col = t_im2col.min(elapsed(&mut || run(None)));
+        t_direct = t_direct.min(elapsed(&mut || run(Some(sc))));
     }
     t_direct < t_im2col
 }

@@ -83,12 +83,11 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
     codes
 }
 
-/// An int8 convolution's quantized columns for output rows `rows`. A 1x1 convolution over all
-/// rows quantizes its image, which is its own im2col. Tiles of a multiple of 16 samples quantize
-/// the input rows the band reads into `scratch` (an image, at its own offsets) and unfold its
-/// bytes (`q8conv`); other cases (batch 1: rows of a few bytes) unfold f32 columns into `scratch`
-/// and quantize those.
-/// The f32 paths split over the team.
+/// An int8 convolution's quantized columns for output rows `rows`, the work split over the team.
+/// A 1x1 convolution over all rows quantizes its image, which is its own im2col. Tiles of a
+/// multiple of 16 samples quantize the input rows the band reads into `scratch` (an image, at its
+/// own offsets) and unfold its bytes (`q8conv`); other cases (batch 1: rows of a few bytes)
+/// unfold f32 columns into `scratch` and quantize those.
 #[allow(clippy::too_many_arguments)] // the layer's input, its quantization and the team
 pub(crate) fn quantized_im2col(
     isa: Isa,
@@ -152,7 +151,7 @@ pub(super) fn int8_shift(m: &MatMul) -> Option<&q8direct::ShiftConv> {
 /// the codes it writes or reads (`code_values`) must be there whatever the width of a tile (a
 /// batch's last tile may hold one sample where the others hold more).
 fn int8_direct_at_every_width(m: &MatMul) -> bool {
-    uses_int8_direct(m, 1) && uses_int8_direct(m, 2)
+    m.batch1 == Kernel::Int8Direct && m.batched == Kernel::Int8Direct
 }
 
 /// Whether an int8 convolution runs the direct kernel on tiles of `w` samples (else im2col and
