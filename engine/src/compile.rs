@@ -57,13 +57,16 @@ pub struct Options {
     /// Strided convolutions on their input's phase images (`phases`): where they time faster
     /// (`None`, the default), wherever the direct kernel takes them (`Some(true)`), never.
     pub phases: Option<bool>,
+    /// Residual additions fused into the layer before them (`fuse_residuals`); off only to
+    /// compare against the separate addition.
+    pub fuse_residuals: bool,
 }
 
 impl Options {
     pub fn new(policy: KernelPolicy) -> Result<Options> {
         let isa = crate::kernels::active_isa().map_err(EngineError::Setting)?;
         let amx = Amx::from_env().map_err(EngineError::Setting)?;
-        Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05, amx, phases: None })
+        Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05, amx, phases: None, fuse_residuals: true })
     }
 }
 
@@ -170,6 +173,17 @@ pub struct MatMul {
     /// An element-wise function of the outputs, applied right after the kernel wrote them (the
     /// SiLU or ReLU6 after a convolution): fused from the node that follows, fp32 layers only.
     pub post: Option<crate::graph::Unary>,
+    /// A residual connection fused from the addition that alone read the outputs: the layer's
+    /// second input is added to them (`fuse_residuals`).
+    pub residual: Option<Residual>,
+}
+
+/// The residual addition a layer makes itself: its second input joins the sums after the bias,
+/// then this ReLU applies (the layer's own `relu` is off). The CSR kernels add it as they store
+/// each strip; the others' outputs get it in a pass of their own, as the addition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Residual {
+    pub relu: bool,
 }
 
 /// A quantized layer's packed int8 weights, its dequantization and its input quantization.
@@ -489,9 +503,53 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     }
     let output_value =
         names.iter().rposition(|n| n == &graph.output).ok_or_else(|| EngineError::graph(&graph.output, "output not produced"))?;
+    if options.fuse_residuals {
+        fuse_residuals(&mut layers, output_value);
+    }
     let output_shape =
         value_sizes.get(output_value).map(|_| shapes.iter().rev().find(|(n, _)| n == &graph.output).unwrap().1.clone()).unwrap();
     Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
+}
+
+/// Fuses each residual addition into the fp32 linear layer or pointwise convolution that
+/// computes one of its operands, where that layer's output has no other reader, nothing (no
+/// ReLU, no function) follows the sums in the layer, and the other operand is ready before the
+/// layer runs (made by an earlier layer, or the model input). The layer takes the other operand
+/// as its second input and writes the addition's output; the addition goes. A pointwise window
+/// keeps the second input's rows those of the output, as row bands need (`schedule`).
+fn fuse_residuals(layers: &mut Vec<Layer>, output_value: usize) {
+    let mut k = 0;
+    while k < layers.len() {
+        let Exec::Add { relu, fake_quant: None } = layers[k].exec else {
+            k += 1;
+            continue;
+        };
+        let producer = |v: usize| layers.iter().position(|l| l.output == v);
+        let readers = |v: usize| layers.iter().filter(|l| l.inputs.contains(&v)).count();
+        let fusable = |p: usize, other: usize| -> Option<usize> {
+            let l = producer(p)?;
+            let Exec::MatMul(m) = &layers[l].exec else { return None };
+            let plain = m.int8.is_none() && m.post.is_none() && !m.relu && m.residual.is_none();
+            let pointwise = m.conv.is_none_or(|g| g.window.is_pointwise());
+            let ready = producer(other).is_none_or(|o| o < l);
+            (plain && pointwise && ready && p != output_value && readers(p) == 1 && layers[l].inputs.len() == 1).then_some(l)
+        };
+        let [a, b] = layers[k].inputs[..] else {
+            k += 1;
+            continue;
+        };
+        let Some((l, other)) = fusable(a, b).map(|l| (l, b)).or_else(|| fusable(b, a).map(|l| (l, a))) else {
+            k += 1;
+            continue;
+        };
+        let add = layers.remove(k);
+        let layer = &mut layers[l];
+        let Exec::MatMul(m) = &mut layer.exec else { unreachable!("checked above") };
+        m.residual = Some(Residual { relu });
+        layer.kind = if m.conv.is_some() { "conv+add" } else { "linear+add" };
+        layer.inputs.push(other);
+        layer.output = add.output;
+    }
 }
 
 /// The element-wise function that a fp32 convolution `nodes[i]` (grouped too) can apply to its outputs itself:
@@ -571,7 +629,7 @@ fn conv_plan(
                 let direct = q.shift.as_ref().filter(|_| m.batch1 == Kernel::Int8Direct);
                 int8_conv_rows(o.isa, q, direct, &g, x, 0..g.out_hw[0], y, scratch, &mut bytes, &team)
             }
-            None => crate::exec::conv(o.isa, m, g, 1, x, y, scratch, &team),
+            None => crate::exec::conv(o.isa, m, g, 1, x, None, y, scratch, &team),
         }
     };
     let t_strided = best_time(&mut || conv(&strided, &x, &mut y, &mut scratch));
@@ -667,6 +725,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         conv,
         int8: None,
         post: None,
+        residual: None,
     };
     if let Some(q) = weight.quant.as_ref().filter(|_| o.policy != KernelPolicy::Dense) {
         if q.scales.len() != rows {
@@ -790,7 +849,7 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, column_bl
     });
     let mut best = (t_sparse, Kernel::Sparse);
     if let Some(kb) = column_blocks {
-        let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, kb, &m.bias, &x, w, y, 0..m.rows, m.relu, spmm::Ld::packed(w)));
+        let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, kb, &m.bias, &x, w, y, 0..m.rows, m.relu, spmm::Ld::packed(w), None));
         if t < best.0 {
             best = (t, Kernel::ColumnBlocked);
         }
@@ -928,7 +987,7 @@ fn direct_is_faster(
             (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, cols, cols_w, &mut y, m.relu),
             (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, cols, cols_w, &mut y, 0..b.blocks(), m.relu),
             (Kernel::ColumnBlocked, _) if let Some(kb) = column_blocks => {
-                kblocked::spmm_kblocked(o.isa, kb, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu, spmm::Ld::packed(cols_w))
+                kblocked::spmm_kblocked(o.isa, kb, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu, spmm::Ld::packed(cols_w), None)
             }
             _ => spmm::spmm(o.isa, csr, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu),
         }

@@ -330,3 +330,43 @@ fn convolutions_with_full_rows_run_one_sample_per_tile_and_match_layerwise() {
         }
     }
 }
+
+#[test]
+fn residual_additions_fused_into_layers_give_the_separate_additions_results() {
+    // Bottleneck blocks (the addition fuses into the stride-1 projection, whose other operand is
+    // ready; not into the stride-2 one), a residual CNN, and MobileNet's blocks. On the fixed
+    // kernel policies, layer by layer, bit for bit the model with the additions kept; depth-wise
+    // and in row bands (plans of their own) within rounding; on the timed policy, where two
+    // compilations may pick different kernels, within rounding.
+    let graphs = [("bottleneck", bottleneck(51, 0.9)), ("cnn", cnn(52, 0.8)), ("mobile", mobile(53, 0.8))];
+    let mut fused = 0;
+    for (name, graph) in graphs {
+        for policy in [KernelPolicy::Sparse, KernelPolicy::Dense, KernelPolicy::Auto] {
+            let options = Options::new(policy).unwrap();
+            let model = compile::compile(graph.clone(), options.clone()).unwrap();
+            let separate = compile::compile(graph.clone(), Options { fuse_residuals: false, ..options }).unwrap();
+            let adds = |m: &compile::Model| m.layers.iter().filter(|l| matches!(l.exec, compile::Exec::Add { .. })).count();
+            fused += adds(&separate) - adds(&model);
+            for batch in [1, 3, 17] {
+                let input = random_input(batch as u64, batch, &graph.input_shape);
+                for threads in [1, 2] {
+                    for (schedule, budget) in
+                        [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(16 << 10))]
+                    {
+                        let run = |m: &compile::Model| {
+                            Session::with_schedule(m, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap()
+                        };
+                        let (got, want) = (run(&model), run(&separate));
+                        let label = format!("{name} {policy:?} batch {batch} {threads} threads {schedule:?} {budget:?}");
+                        if policy != KernelPolicy::Auto && schedule == Schedule::Layerwise {
+                            assert!(got == want, "{label}: relative error {}", rel_err(&got, &want));
+                        } else {
+                            assert!(rel_err(&got, &want) < 1e-5, "{label}: relative error {}", rel_err(&got, &want));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(fused > 0, "no addition was fused: the test compared nothing");
+}

@@ -186,16 +186,22 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         let g = Geometry { w, ..m.conv.expect("a spatial matmul is a convolution") };
         let band_cols = rows.len() * g.out_hw[1] * w;
         let (values, rest) = chunk.split_at_mut(plan.scratch.start);
+        // A residual the kernel does not add itself: each channel's band rows get it after.
+        let add_band_residual = |xs: &[&[f32]], y: &mut [f32]| {
+            (0..m.rows).for_each(|c| add_residual(isa, m, xs.get(1).map(|r| &r[band(c)]), &mut y[band(c)], team))
+        };
         if uses_direct(isa, m, w) {
             let (xs, y) = regions(values, &ins, range(layer.output));
-            return conv_direct(isa, m, &g, xs[0], y, rows, team);
+            conv_direct(isa, m, &g, xs[0], y, rows.clone(), team);
+            return add_band_residual(&xs, y);
         }
         if g.window.is_pointwise() {
             // The band's rows of each channel, read and written in place (planes apart).
             let (xs, y) = regions(values, &ins, range(layer.output));
             let (plane, at) = (height * row_len, rows.start * row_len);
             let ld = spmm::Ld { x: plane, y: plane };
-            if matmul_strided(isa, m, &xs[0][at..], band_cols, &mut y[at..], ld, team, w == 1) {
+            let residual = xs.get(1).map(|r| &r[at..]);
+            if matmul_strided(isa, m, &xs[0][at..], band_cols, residual, &mut y[at..], ld, team, w == 1) {
                 for c in 0..m.rows {
                     post(isa, m, &mut y[c * plane + at..c * plane + rows.end * row_len], team);
                 }
@@ -226,12 +232,16 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             }
             None => {
                 im2col(&g, x, rows.clone(), cols, team);
-                matmul(isa, m, cols, band_cols, band_out, team, g.w == 1);
+                matmul(isa, m, cols, band_cols, None, band_out, team, g.w == 1);
                 post(isa, m, band_out, team);
             }
         }
         let views = disjoint_mut(&mut values[range(layer.output)], (0..m.rows).map(band).collect());
         copy_over(team, views.into_iter().zip(band_out.chunks_exact(band_cols)).collect());
+        if m.residual.is_some() {
+            let (xs, y) = regions(values, &ins, range(layer.output));
+            add_band_residual(&xs, y);
+        }
         return;
     }
     let (xs, y) = regions(chunk, &ins, range(layer.output));

@@ -43,22 +43,47 @@ pub(super) fn post(isa: Isa, m: &MatMul, y: &mut [f32], team: &Team) {
 
 /// A convolution on whole images of `w` samples: its direct kernel, or the image as its own
 /// im2col (1x1 at stride 1), or im2col into `scratch` (at least `m.cols * positions * w` values)
-/// and the matrix kernel.
+/// and the matrix kernel; `residual` is the layer's second input where it adds one.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv(isa: Isa, m: &MatMul, g: Geometry, w: usize, x: &[f32], y: &mut [f32], scratch: &mut [f32], team: &Team) {
+pub(crate) fn conv(
+    isa: Isa,
+    m: &MatMul,
+    g: Geometry,
+    w: usize,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    team: &Team,
+) {
     let positions = g.out_hw[0] * g.out_hw[1];
     if uses_direct(isa, m, w) {
-        return conv_direct(isa, m, &Geometry { w, ..g }, x, y, 0..g.out_hw[0], team);
+        conv_direct(isa, m, &Geometry { w, ..g }, x, y, 0..g.out_hw[0], team);
+        return add_residual(isa, m, residual, &mut y[..m.rows * positions * w], team);
     }
     if g.window.is_pointwise() {
         // The image is its own im2col: `[channels, positions * w]`.
-        matmul(isa, m, x, positions * w, y, team, w == 1);
+        matmul(isa, m, x, positions * w, residual, y, team, w == 1);
     } else {
         let scratch = &mut scratch[..m.cols * positions * w];
         im2col(&Geometry { w, ..g }, x, 0..g.out_hw[0], scratch, team);
-        matmul(isa, m, scratch, positions * w, y, team, w == 1);
+        matmul(isa, m, scratch, positions * w, residual, y, team, w == 1);
     }
     post(isa, m, &mut y[..m.rows * positions * w], team);
+}
+
+/// The ReLU a layer applies after its sums: its residual addition's where it has one.
+fn final_relu(m: &MatMul) -> bool {
+    m.residual.map_or(m.relu, |r| r.relu)
+}
+
+/// `y = act(y + residual)` where the layer adds a residual (`MatMul::residual`) that its kernel
+/// did not, on `y` (the layer's outputs or some of them, laid out as `residual`), split over the
+/// team where large: bit for bit the addition it replaces.
+pub(super) fn add_residual(isa: Isa, m: &MatMul, residual: Option<&[f32]>, y: &mut [f32], team: &Team) {
+    let (Some(add), Some(r)) = (m.residual, residual) else { return };
+    let part = split_len(team, y.len(), 16);
+    team.for_each(y.chunks_mut(part).zip(r.chunks(part)).collect(), |(y, r)| elementwise::add_in_place(isa, y, r, add.relu));
 }
 
 /// `window::im2col_rows` into `cols`, its input channels split over the team where the copy is
@@ -128,8 +153,22 @@ fn slabs(rows: usize, threads: usize) -> Vec<Range<usize>> {
 
 /// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`, on
 /// the kernel chosen for tiles of one sample (`one_sample`: a convolution's columns are its
-/// output positions) or for wider ones.
-pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: &Team, one_sample: bool) {
+/// output positions) or for wider ones; `residual` (`[rows, w]`) where the layer adds one.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, residual: Option<&[f32]>, y: &mut [f32], team: &Team, one_sample: bool) {
+    match m.kernel(one_sample) {
+        // The CSR kernels on tiles of several columns add the residual themselves.
+        Kernel::ColumnBlocked => matmul_rows(isa, m, x, w, residual, y, spmm::Ld::packed(w), team, one_sample),
+        Kernel::Sparse | Kernel::Direct if w > 1 => matmul_rows(isa, m, x, w, residual, y, spmm::Ld::packed(w), team, one_sample),
+        _ => {
+            matmul_plain(isa, m, x, w, y, team, one_sample);
+            add_residual(isa, m, residual, &mut y[..m.rows * w], team);
+        }
+    }
+}
+
+/// `matmul` on the kernels that add no residual: dense, blocked, and CSR on one column.
+fn matmul_plain(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: &Team, one_sample: bool) {
     let threads = team.threads();
     let batch1 = w == 1;
     match m.kernel(one_sample) {
@@ -145,7 +184,7 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
                 return dense::dense_by_columns(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, parts, |job| team.run(job));
             }
             if !batch1 {
-                return matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team, one_sample);
+                return matmul_rows(isa, m, x, w, None, y, spmm::Ld::packed(w), team, one_sample);
             }
             // One column: slabs of rows, each a run of dot products.
             let k = m.cols;
@@ -168,12 +207,9 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
             }
             team.for_each(parts, |(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
         }
-        Kernel::ColumnBlocked => matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team, one_sample),
+        Kernel::ColumnBlocked => unreachable!("column blocks run through matmul_rows"),
         // A direct convolution's tiles that its kernel does not take run im2col and CSR.
         Kernel::Sparse | Kernel::Direct => {
-            if !batch1 {
-                return matmul_rows(isa, m, x, w, y, spmm::Ld::packed(w), team, one_sample);
-            }
             let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
             if !splits(m, w, threads) {
                 return spmv::spmv(isa, csr, &m.bias, x, y, 0..m.rows, m.relu);
@@ -184,16 +220,17 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], t
     }
 }
 
-/// `matmul` on rows that lie `ld.x` apart in `x` and `ld.y` apart in `y` (a pointwise
-/// convolution on a band of rows, read and written in place in whole images). Returns false,
-/// doing nothing, where the layer's kernel has no strided form (blocked or int8 weights, a single
-/// column): the caller packs the band then.
+/// `matmul` on rows that lie `ld.x` apart in `x` and `ld.y` apart in `y` and `residual` (a
+/// pointwise convolution on a band of rows, read and written in place in whole images). Returns
+/// false, doing nothing, where the layer's kernel has no strided form (blocked or int8 weights,
+/// a single column): the caller packs the band then.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul_strided(
     isa: Isa,
     m: &MatMul,
     x: &[f32],
     w: usize,
+    residual: Option<&[f32]>,
     y: &mut [f32],
     ld: spmm::Ld,
     team: &Team,
@@ -203,44 +240,65 @@ pub(super) fn matmul_strided(
         && m.int8.is_none()
         && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Sparse | Kernel::ColumnBlocked | Kernel::Direct);
     if strided {
-        matmul_rows(isa, m, x, w, y, ld, team, one_sample);
+        matmul_rows(isa, m, x, w, residual, y, ld, team, one_sample);
     }
     strided
 }
 
-/// A dense or CSR layer on `w >= 2` columns of rows `ld.x` and `ld.y` apart: slabs of rows (dense)
-/// or balanced row ranges (CSR) over the team where the work is large enough.
+/// A dense or CSR layer on `w >= 2` columns of rows `ld.x` and `ld.y` apart (the residual's rows
+/// too): slabs of rows (dense) or balanced row ranges (CSR) over the team where the work is
+/// large enough.
 #[allow(clippy::too_many_arguments)]
-fn matmul_rows(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], ld: spmm::Ld, team: &Team, one_sample: bool) {
+fn matmul_rows(
+    isa: Isa,
+    m: &MatMul,
+    x: &[f32],
+    w: usize,
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    ld: spmm::Ld,
+    team: &Team,
+    one_sample: bool,
+) {
     let threads = team.threads();
     let split = splits(m, w, threads);
+    let relu = final_relu(m);
+    // A part's rows of the residual: where its rows of `y` lie.
+    let residual_of = |r: &Range<usize>| residual.map(|res| &res[r.start * ld.y..]);
     match m.kernel(one_sample) {
         Kernel::Dense => {
             let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
             let (rows, k) = (m.rows, m.cols);
+            let dense_rows = |r: Range<usize>, y: &mut [f32]| {
+                dense::dense_strided(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r.clone()], x, w, y, m.relu, ld);
+                // The dense kernel adds no residual: each row of the part gets it here.
+                if let (Some(add), Some(res)) = (m.residual, residual_of(&r)) {
+                    for (i, y) in y.chunks_mut(ld.y).take(r.len()).enumerate() {
+                        elementwise::add_in_place(isa, &mut y[..w], &res[i * ld.y..i * ld.y + w], add.relu);
+                    }
+                }
+            };
             if !split {
-                return dense::dense_strided(isa, wt, rows, k, &m.bias, x, w, y, m.relu, ld);
+                return dense_rows(0..rows, y);
             }
-            team.for_each(row_parts(slabs(rows, threads), y, ld.y), |(r, y)| {
-                dense::dense_strided(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r], x, w, y, m.relu, ld)
-            });
+            team.for_each(row_parts(slabs(rows, threads), y, ld.y), |(r, y)| dense_rows(r, y));
         }
         Kernel::Sparse | Kernel::Direct => {
             let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
             if !split {
-                return spmm::spmm_strided(isa, csr, &m.bias, x, w, y, 0..m.rows, m.relu, ld);
+                return spmm::spmm_strided(isa, csr, &m.bias, x, w, y, 0..m.rows, relu, ld, residual);
             }
             let parts = row_parts(balanced_ranges(&csr.row_ptr, threads * 4), y, ld.y);
-            team.for_each(parts, |(r, y)| spmm::spmm_strided(isa, csr, &m.bias, x, w, y, r, m.relu, ld));
+            team.for_each(parts, |(r, y)| spmm::spmm_strided(isa, csr, &m.bias, x, w, y, r.clone(), relu, ld, residual_of(&r)));
         }
         Kernel::ColumnBlocked => {
             let kb = m.kblocked.as_ref().expect("column blocks packed for a column-blocked choice");
             if !split {
-                return kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, 0..m.rows, m.relu, ld);
+                return kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, 0..m.rows, relu, ld, residual);
             }
             // Each part copies every panel of the input it reads, so one part per thread.
             let parts = row_parts(balanced_ranges(&kb.row_ptr, threads), y, ld.y);
-            team.for_each(parts, |(r, y)| kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, r, m.relu, ld));
+            team.for_each(parts, |(r, y)| kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, r.clone(), relu, ld, residual_of(&r)));
         }
         kernel => unreachable!("{kernel:?} has no strided form"),
     }
@@ -274,7 +332,7 @@ fn split_values(team: &Team, x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [
 pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {
     let x = xs[0];
     match exec {
-        Exec::MatMul(m) => matmul(isa, m, x, w, y, team, w == 1),
+        Exec::MatMul(m) => matmul(isa, m, x, w, xs.get(1).copied(), y, team, w == 1),
         Exec::Affine { scale, shift, relu, per_channel } => {
             let n = per_channel * w;
             let channels_per_part = split_len(team, scale.len() * n, 1).div_ceil(n.max(1)).max(1);

@@ -595,7 +595,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
     {
         let (before, rest) = chunk.split_at_mut(plan.scratch.start);
         let (xs, y) = regions(before, &ins, out_range);
-        return conv(isa, m, g, w, xs[0], y, rest, team);
+        return conv(isa, m, g, w, xs[0], xs.get(1).copied(), y, rest, team);
     }
     let (xs, y) = regions(chunk, &ins, out_range);
     if plan.codes[layer.output].is_some() {

@@ -59,6 +59,16 @@ pub fn add(a: &[f32], b: &[f32], y: &mut [f32], with_relu: bool) {
     }
 }
 
+/// `y = y + r`, with ReLU where `with_relu`: the residual connection of a layer whose kernel
+/// did not add it itself (`MatMul::residual`), bit for bit `add` (block by block through L1).
+pub fn add_in_place(isa: Isa, y: &mut [f32], r: &[f32], with_relu: bool) {
+    let mut buf = [0.0f32; 256];
+    for (y, r) in y.chunks_mut(256).zip(r.chunks(256)) {
+        buf[..y.len()].copy_from_slice(y);
+        add_fake_quantized(isa, &buf[..y.len()], r, y, with_relu, None);
+    }
+}
+
 /// `add`, then where `fake_quant` is given the QuantizeLinear / DequantizeLinear pair `(scale,
 /// zero)` that followed the addition (fused into it): with AVX-512 in one pass, 16 values at a
 /// time (the plain loop compiles for the crate's SSE2 baseline), else block by block in L1.

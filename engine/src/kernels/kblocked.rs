@@ -67,15 +67,28 @@ impl KBlocked {
 }
 
 /// Same contract as `spmm::spmm_strided`: output rows `rows` of `y` (rows `ld.y` apart), from
-/// the `[cols, w]` input `x` whose rows lie `ld.x` apart.
-pub fn spmm_kblocked(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, ld: Ld) {
+/// the `[cols, w]` input `x` whose rows lie `ld.x` apart, `residual` (laid out as `y`) added to
+/// the sums before the ReLU where given.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_kblocked(
+    isa: Isa,
+    m: &KBlocked,
+    bias: &[f32],
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    rows: Range<usize>,
+    relu: bool,
+    ld: Ld,
+    residual: Option<&[f32]>,
+) {
     assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
     assert!(m.cols == 0 || x.len() >= (m.cols - 1) * ld.x + w, "input tile too small");
     PANEL.with_borrow_mut(|panel| {
         if panel.len() < m.panel_len() {
             panel.resize(m.panel_len(), 0.0);
         }
-        run(isa, m, bias, x, w, y, rows, relu, ld, panel)
+        run(isa, m, bias, x, w, y, rows, relu, ld, residual, panel)
     })
 }
 
@@ -95,6 +108,7 @@ fn run(
     rows: Range<usize>,
     relu: bool,
     ld: Ld,
+    residual: Option<&[f32]>,
     panel: &mut [f32],
 ) {
     let last = m.blocks.len() - 1;
@@ -109,7 +123,21 @@ fn run(
                 copy_row(row, &x[at..at + cw]);
             }
             let panel = &panel[..b.cols * cw];
-            spmm_strided_acc(isa, b, bias, panel, cw, &mut y[c0..], rows.clone(), relu && i == last, i > 0, Ld { x: cw, y: ld.y });
+            // The last block finishes the sums: the residual, then the ReLU.
+            let residual = residual.filter(|_| i == last).map(|r| &r[c0..]);
+            spmm_strided_acc(
+                isa,
+                b,
+                bias,
+                panel,
+                cw,
+                &mut y[c0..],
+                rows.clone(),
+                relu && i == last,
+                i > 0,
+                Ld { x: cw, y: ld.y },
+                residual,
+            );
         }
         c0 += cw;
     }
@@ -130,10 +158,21 @@ fn copy_row(to: &mut [f32], from: &[f32]) {
 }
 
 /// The scalar twin: the plain CSR definition over the blocks in turn.
-pub fn spmm_kblocked_ref(m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, ld: Ld) {
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_kblocked_ref(
+    m: &KBlocked,
+    bias: &[f32],
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    rows: Range<usize>,
+    relu: bool,
+    ld: Ld,
+    residual: Option<&[f32]>,
+) {
     let last = m.blocks.len() - 1;
     for (i, b) in m.blocks.iter().enumerate() {
         let x = &x[(i * m.kc * ld.x).min(x.len())..];
-        spmm_strided_ref(b, bias, x, w, y, rows.clone(), relu && i == last, i > 0, ld);
+        spmm_strided_ref(b, bias, x, w, y, rows.clone(), relu && i == last, i > 0, ld, residual.filter(|_| i == last));
     }
 }

@@ -6,6 +6,8 @@
 //! `x` is `[cols, w]` feature-major, `y` holds the rows of `rows` as `[rows.len(), w]`.
 //! The vector variants keep a 64-column (AVX-512) or 32-column (AVX2) strip of one output row
 //! in registers while streaming that row's non-zeros, so each weight is loaded once per strip.
+//! The strided forms can add a residual laid out as `y` to the sums before the ReLU (a residual
+//! connection fused into the layer: `MatMul::residual`).
 
 use std::ops::Range;
 
@@ -34,11 +36,12 @@ fn span(rows: usize, w: usize, ld: usize) -> usize {
 }
 
 /// Checks the sizes every variant relies on.
-fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, ld: Ld) {
+fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, ld: Ld, residual: Option<&[f32]>) {
     assert!(rows.end <= m.rows && bias.len() == m.rows, "row range or bias does not fit the matrix");
     assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
     assert!(x.len() >= span(m.cols, w, ld.x), "input tile too small: {} < {} x {w}", x.len(), m.cols);
     assert!(y.len() >= span(rows.len(), w, ld.y), "output tile too small");
+    assert!(residual.is_none_or(|r| r.len() >= span(rows.len(), w, ld.y)), "residual smaller than the output");
 }
 
 /// The scalar twin: the definition, written plainly.
@@ -48,10 +51,12 @@ pub fn spmm_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows:
 
 /// Scalar twin of `spmm_acc`: with `accumulate`, sums start from `y` instead of the bias.
 pub fn spmm_acc_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
-    spmm_strided_ref(m, bias, x, w, y, rows, relu, accumulate, Ld::packed(w))
+    spmm_strided_ref(m, bias, x, w, y, rows, relu, accumulate, Ld::packed(w), None)
 }
 
-/// Scalar twin of `spmm_strided` (with `accumulate` as in `spmm_acc`).
+/// Scalar twin of `spmm_strided` (with `accumulate` as in `spmm_acc`, and `residual` added to the
+/// sums before the ReLU).
+#[allow(clippy::too_many_arguments)]
 pub fn spmm_strided_ref(
     m: &Csr,
     bias: &[f32],
@@ -62,13 +67,17 @@ pub fn spmm_strided_ref(
     relu: bool,
     accumulate: bool,
     ld: Ld,
+    residual: Option<&[f32]>,
 ) {
-    check(m, bias, x, w, y, &rows, ld);
+    check(m, bias, x, w, y, &rows, ld, residual);
     for (i, r) in rows.enumerate() {
         for s in 0..w {
             let mut acc = if accumulate { y[i * ld.y + s] } else { bias[r] };
             for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
                 acc += m.val[j] * x[m.col[j] as usize * ld.x + s];
+            }
+            if let Some(res) = residual {
+                acc += res[i * ld.y + s];
             }
             y[i * ld.y + s] = if relu { acc.max(0.0) } else { acc };
         }
@@ -83,15 +92,29 @@ pub fn spmm(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32],
 /// `spmm`, or with `accumulate` adding to the values already in `y` instead of the bias (for
 /// weights split into column blocks, see `kblocked`).
 pub fn spmm_acc(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
-    run(isa, m, bias, x, w, y, rows, relu, accumulate, Ld::packed(w))
+    run(isa, m, bias, x, w, y, rows, relu, accumulate, Ld::packed(w), None)
 }
 
-/// `spmm` on `w` columns of rows that lie `ld.x` apart in `x` and `ld.y` apart in `y`.
-pub fn spmm_strided(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, ld: Ld) {
-    run(isa, m, bias, x, w, y, rows, relu, false, ld)
+/// `spmm` on `w` columns of rows that lie `ld.x` apart in `x` and `ld.y` apart in `y`; where
+/// `residual` is given (laid out as `y`), it is added to the sums before the ReLU.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_strided(
+    isa: Isa,
+    m: &Csr,
+    bias: &[f32],
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    rows: Range<usize>,
+    relu: bool,
+    ld: Ld,
+    residual: Option<&[f32]>,
+) {
+    run(isa, m, bias, x, w, y, rows, relu, false, ld, residual)
 }
 
 /// `spmm_strided`, with `accumulate` as in `spmm_acc`.
+#[allow(clippy::too_many_arguments)]
 pub fn spmm_strided_acc(
     isa: Isa,
     m: &Csr,
@@ -103,20 +126,34 @@ pub fn spmm_strided_acc(
     relu: bool,
     accumulate: bool,
     ld: Ld,
+    residual: Option<&[f32]>,
 ) {
-    run(isa, m, bias, x, w, y, rows, relu, accumulate, ld)
+    run(isa, m, bias, x, w, y, rows, relu, accumulate, ld, residual)
 }
 
-fn run(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool, ld: Ld) {
-    check(m, bias, x, w, y, &rows, ld);
+#[allow(clippy::too_many_arguments)]
+fn run(
+    isa: Isa,
+    m: &Csr,
+    bias: &[f32],
+    x: &[f32],
+    w: usize,
+    y: &mut [f32],
+    rows: Range<usize>,
+    relu: bool,
+    accumulate: bool,
+    ld: Ld,
+    residual: Option<&[f32]>,
+) {
+    check(m, bias, x, w, y, &rows, ld, residual);
     match isa {
-        // SAFETY: sizes checked above; the CSR indices were validated at construction (`col < cols`);
-        // the caller selected `isa` from what the CPU reports.
+        // SAFETY: sizes checked above (the residual's too); the CSR indices were validated at
+        // construction (`col < cols`); the caller selected `isa` from what the CPU reports.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, relu, accumulate, ld) },
+        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, relu, accumulate, ld, residual) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, relu, accumulate, ld) },
-        _ => spmm_strided_ref(m, bias, x, w, y, rows, relu, accumulate, ld),
+        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, relu, accumulate, ld, residual) },
+        _ => spmm_strided_ref(m, bias, x, w, y, rows, relu, accumulate, ld, residual),
     }
 }
 
@@ -140,8 +177,11 @@ mod x86 {
         relu: bool,
         accumulate: bool,
         ld: Ld,
+        residual: Option<&[f32]>,
     ) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        // The residual's row `r` starts where the output's does (same layout).
+        let rp = residual.map(<[f32]>::as_ptr);
         let zero = _mm512_setzero_ps();
         let r0 = rows.start;
         let mut c0 = 0;
@@ -149,7 +189,7 @@ mod x86 {
         while c0 + 64 <= w {
             for r in rows.clone() {
                 // SAFETY (whole block): j < nnz by the CSR invariants; col * w + c0 + 63 < cols * w <= x.len();
-                // (r - r0) * ld.y + c0 + 63 < rows.len() * w <= y.len().
+                // (r - r0) * ld.y + c0 + 63 < rows.len() * w <= y.len(), and the residual's length.
                 unsafe {
                     let q = yp.add((r - r0) * ld.y + c0);
                     let (mut a0, mut a1, mut a2, mut a3) = if accumulate {
@@ -186,6 +226,13 @@ mod x86 {
                         a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(48)), a3);
                     }
                     (a0, a1, a2, a3) = (_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1), _mm512_add_ps(a2, b2), _mm512_add_ps(a3, b3));
+                    if let Some(rp) = rp {
+                        let s = rp.add((r - r0) * ld.y + c0);
+                        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(s));
+                        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(s.add(16)));
+                        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(s.add(32)));
+                        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(s.add(48)));
+                    }
                     if relu {
                         (a0, a1, a2, a3) =
                             (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero), _mm512_max_ps(a2, zero), _mm512_max_ps(a3, zero));
@@ -230,6 +277,10 @@ mod x86 {
                     }
                     let sum = |i: usize| _mm512_add_ps(_mm512_add_ps(acc[0][i], acc[1][i]), _mm512_add_ps(acc[2][i], acc[3][i]));
                     let (mut a0, mut a1) = (sum(0), sum(1));
+                    if let Some(rp) = rp {
+                        let s = rp.add((r - r0) * ld.y + c0);
+                        (a0, a1) = (_mm512_add_ps(a0, _mm512_loadu_ps(s)), _mm512_add_ps(a1, _mm512_loadu_ps(s.add(16))));
+                    }
                     if relu {
                         (a0, a1) = (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero));
                     }
@@ -266,6 +317,9 @@ mod x86 {
                         acc[0] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), acc[0]);
                     }
                     let mut a = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+                    if let Some(rp) = rp {
+                        a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(mask, rp.add((r - r0) * ld.y + c0)));
+                    }
                     if relu {
                         a = _mm512_max_ps(a, zero);
                     }
@@ -289,8 +343,10 @@ mod x86 {
         relu: bool,
         accumulate: bool,
         ld: Ld,
+        residual: Option<&[f32]>,
     ) {
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let rp = residual.map(<[f32]>::as_ptr);
         let zero = _mm256_setzero_ps();
         let r0 = rows.start;
         let mut c0 = 0;
@@ -313,6 +369,13 @@ mod x86 {
                         a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(8)), a1);
                         a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(16)), a2);
                         a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(p.add(24)), a3);
+                    }
+                    if let Some(rp) = rp {
+                        let s = rp.add((r - r0) * ld.y + c0);
+                        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(s));
+                        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(s.add(8)));
+                        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(s.add(16)));
+                        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(s.add(24)));
                     }
                     if relu {
                         (a0, a1, a2, a3) =
@@ -337,6 +400,9 @@ mod x86 {
                         let v = _mm256_set1_ps(*m.val.get_unchecked(j));
                         a = _mm256_fmadd_ps(v, _mm256_loadu_ps(xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0)), a);
                     }
+                    if let Some(rp) = rp {
+                        a = _mm256_add_ps(a, _mm256_loadu_ps(rp.add((r - r0) * ld.y + c0)));
+                    }
                     if relu {
                         a = _mm256_max_ps(a, zero);
                     }
@@ -351,6 +417,9 @@ mod x86 {
                 let mut acc = if accumulate { y[(r - r0) * ld.y + s] } else { bias[r] };
                 for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
                     acc += m.val[j] * x[m.col[j] as usize * ld.x + s];
+                }
+                if let Some(res) = residual {
+                    acc += res[(r - r0) * ld.y + s];
                 }
                 y[(r - r0) * ld.y + s] = if relu { acc.max(0.0) } else { acc };
             }
