@@ -164,9 +164,15 @@ mod x86 {
 
     use super::{Csr, Ld};
 
+    /// Strips of 64 sample columns (four vectors of accumulators per output row); the columns
+    /// left after them, up to one vector more than a strip, go in one last strip of as many
+    /// vectors, its last one masked. (Strips of 32, then 16, then a masked remainder had read
+    /// every weight three times on a 7x7 image.)
+    ///
     /// # Safety
     /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn spmm_avx512(
         m: &Csr,
         bias: &[f32],
@@ -179,154 +185,122 @@ mod x86 {
         ld: Ld,
         residual: Option<&[f32]>,
     ) {
-        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-        // The residual's row `r` starts where the output's does (same layout).
-        let rp = residual.map(<[f32]>::as_ptr);
-        let zero = _mm512_setzero_ps();
-        let r0 = rows.start;
+        let sums = Sums { relu, accumulate, ld, residual };
         let mut c0 = 0;
-        // LOOP 1: strips of 64 sample columns, four vectors of accumulators per output row.
-        while c0 + 64 <= w {
-            for r in rows.clone() {
-                // SAFETY (whole block): j < nnz by the CSR invariants; col * w + c0 + 63 < cols * w <= x.len();
-                // (r - r0) * ld.y + c0 + 63 < rows.len() * w <= y.len(), and the residual's length.
-                unsafe {
-                    let q = yp.add((r - r0) * ld.y + c0);
-                    let (mut a0, mut a1, mut a2, mut a3) = if accumulate {
-                        (_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16)), _mm512_loadu_ps(q.add(32)), _mm512_loadu_ps(q.add(48)))
-                    } else {
-                        let b = _mm512_set1_ps(*bias.get_unchecked(r));
-                        (b, b, b, b)
-                    };
-                    // Non-zeros alternate between two sets of accumulators: eight independent FMA
-                    // chains, enough to cover the FMA latency on two FMA ports.
-                    let (mut b0, mut b1, mut b2, mut b3) = (zero, zero, zero, zero);
-                    let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
-                    let mut j = start;
-                    while j + 2 <= end {
-                        let (v, u) = (_mm512_set1_ps(*m.val.get_unchecked(j)), _mm512_set1_ps(*m.val.get_unchecked(j + 1)));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
-                        let o = xp.add(*m.col.get_unchecked(j + 1) as usize * ld.x + c0);
-                        a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
-                        a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
-                        a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(32)), a2);
-                        a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(48)), a3);
-                        b0 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o), b0);
-                        b1 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o.add(16)), b1);
-                        b2 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o.add(32)), b2);
-                        b3 = _mm512_fmadd_ps(u, _mm512_loadu_ps(o.add(48)), b3);
-                        j += 2;
-                    }
-                    if j < end {
-                        let v = _mm512_set1_ps(*m.val.get_unchecked(j));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
-                        a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), a0);
-                        a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), a1);
-                        a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(32)), a2);
-                        a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(48)), a3);
-                    }
-                    (a0, a1, a2, a3) = (_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1), _mm512_add_ps(a2, b2), _mm512_add_ps(a3, b3));
-                    if let Some(rp) = rp {
-                        let s = rp.add((r - r0) * ld.y + c0);
-                        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(s));
-                        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(s.add(16)));
-                        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(s.add(32)));
-                        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(s.add(48)));
-                    }
-                    if relu {
-                        (a0, a1, a2, a3) =
-                            (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero), _mm512_max_ps(a2, zero), _mm512_max_ps(a3, zero));
-                    }
-                    _mm512_storeu_ps(q, a0);
-                    _mm512_storeu_ps(q.add(16), a1);
-                    _mm512_storeu_ps(q.add(32), a2);
-                    _mm512_storeu_ps(q.add(48), a3);
-                }
-            }
-            c0 += 64;
-        }
-        // LOOP 2: a 32-column strip (narrow depth-wise tiles); the non-zeros go in turn to four
-        // pairs of accumulators, eight independent FMA chains as in the 64-column strip.
-        if c0 + 32 <= w {
-            for r in rows.clone() {
-                // SAFETY: as above, with a 32-column strip.
-                unsafe {
-                    let q = yp.add((r - r0) * ld.y + c0);
-                    let first = if accumulate {
-                        [_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(16))]
-                    } else {
-                        [_mm512_set1_ps(*bias.get_unchecked(r)); 2]
-                    };
-                    let mut acc = [first, [zero; 2], [zero; 2], [zero; 2]];
-                    let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
-                    let mut j = start;
-                    while j + 4 <= end {
-                        for (k, [lo, hi]) in acc.iter_mut().enumerate() {
-                            let v = _mm512_set1_ps(*m.val.get_unchecked(j + k));
-                            let p = xp.add(*m.col.get_unchecked(j + k) as usize * ld.x + c0);
-                            *lo = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), *lo);
-                            *hi = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), *hi);
-                        }
-                        j += 4;
-                    }
-                    for j in j..end {
-                        let v = _mm512_set1_ps(*m.val.get_unchecked(j));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
-                        acc[0][0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(p), acc[0][0]);
-                        acc[0][1] = _mm512_fmadd_ps(v, _mm512_loadu_ps(p.add(16)), acc[0][1]);
-                    }
-                    let sum = |i: usize| _mm512_add_ps(_mm512_add_ps(acc[0][i], acc[1][i]), _mm512_add_ps(acc[2][i], acc[3][i]));
-                    let (mut a0, mut a1) = (sum(0), sum(1));
-                    if let Some(rp) = rp {
-                        let s = rp.add((r - r0) * ld.y + c0);
-                        (a0, a1) = (_mm512_add_ps(a0, _mm512_loadu_ps(s)), _mm512_add_ps(a1, _mm512_loadu_ps(s.add(16))));
-                    }
-                    if relu {
-                        (a0, a1) = (_mm512_max_ps(a0, zero), _mm512_max_ps(a1, zero));
-                    }
-                    _mm512_storeu_ps(q, a0);
-                    _mm512_storeu_ps(q.add(16), a1);
-                }
-            }
-            c0 += 32;
-        }
-        // LOOP 3: the remaining columns, 16 at a time, the last strip masked; four accumulators
-        // take the non-zeros in turn.
         while c0 < w {
-            let n = (w - c0).min(16);
-            let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
-            for r in rows.clone() {
-                // SAFETY: as above; masked lanes are neither read nor written.
-                unsafe {
-                    let q = yp.add((r - r0) * ld.y + c0);
-                    let a = if accumulate { _mm512_maskz_loadu_ps(mask, q) } else { _mm512_set1_ps(*bias.get_unchecked(r)) };
-                    let mut acc = [a, zero, zero, zero];
-                    let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
-                    let mut j = start;
-                    while j + 4 <= end {
-                        for (k, acc) in acc.iter_mut().enumerate() {
-                            let v = _mm512_set1_ps(*m.val.get_unchecked(j + k));
-                            let p = xp.add(*m.col.get_unchecked(j + k) as usize * ld.x + c0);
-                            *acc = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), *acc);
+            let left = w - c0;
+            let vectors = if left <= 80 { left.div_ceil(16) } else { 4 };
+            let lanes = left.min(16 * vectors);
+            // SAFETY: columns c0..c0 + lanes <= w; the rest as this function's.
+            unsafe {
+                match vectors {
+                    1 => strip::<1, 4>(m, bias, x, y, &rows, &sums, c0, lanes),
+                    2 => strip::<2, 4>(m, bias, x, y, &rows, &sums, c0, lanes),
+                    3 => strip::<3, 3>(m, bias, x, y, &rows, &sums, c0, lanes),
+                    4 => strip::<4, 2>(m, bias, x, y, &rows, &sums, c0, lanes),
+                    _ => strip::<5, 2>(m, bias, x, y, &rows, &sums, c0, lanes),
+                }
+            }
+            c0 += lanes;
+        }
+    }
+
+    /// How a strip starts and finishes its sums: from the bias or from `y` (`accumulate`), the
+    /// residual (laid out as `y`) added and the ReLU applied before they are stored.
+    struct Sums<'a> {
+        relu: bool,
+        accumulate: bool,
+        ld: Ld,
+        residual: Option<&'a [f32]>,
+    }
+
+    /// Columns `c0..c0 + lanes` of rows `rows` (`lanes` more than `16 * (V - 1)`, at most
+    /// `16 * V`): `V` vectors of sums per row, the last masked. Non-zeros go in turn to `S` sets
+    /// of accumulators, `S * V` independent FMA chains (eight or more cover the FMA latency on two
+    /// ports); the sets are summed pairwise.
+    ///
+    /// # Safety
+    /// As `spmm_avx512`, with `c0 + lanes <= w`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn strip<const V: usize, const S: usize>(
+        m: &Csr,
+        bias: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        rows: &Range<usize>,
+        sums: &Sums,
+        c0: usize,
+        lanes: usize,
+    ) {
+        let (xp, yp, ld) = (x.as_ptr(), y.as_mut_ptr(), sums.ld);
+        // The residual's row `r` starts where the output's does (same layout).
+        let rp = sums.residual.map(<[f32]>::as_ptr);
+        let tail = lanes - 16 * (V - 1);
+        let last: __mmask16 = if tail == 16 { 0xffff } else { (1u16 << tail) - 1 };
+        // SAFETY (the closures): vector k of a strip at `p` reads lanes c0 + 16k.. below
+        // c0 + lanes <= w, the last one masked to them.
+        let load = |p: *const f32, k: usize| unsafe {
+            if k + 1 < V || tail == 16 { _mm512_loadu_ps(p.add(16 * k)) } else { _mm512_maskz_loadu_ps(last, p.add(16 * k)) }
+        };
+        let store = |p: *mut f32, k: usize, v: __m512| unsafe {
+            if k + 1 < V || tail == 16 { _mm512_storeu_ps(p.add(16 * k), v) } else { _mm512_mask_storeu_ps(p.add(16 * k), last, v) }
+        };
+        let zero = _mm512_setzero_ps();
+        for r in rows.clone() {
+            // SAFETY (whole block): j < nnz by the CSR invariants; col * ld.x + c0 + lanes <= x's
+            // span (`super::check`); (r - r0) * ld.y + c0 + lanes within y's and the residual's.
+            unsafe {
+                let q = yp.add((r - rows.start) * ld.y + c0);
+                let mut sets = [[zero; V]; S];
+                for (k, acc) in sets[0].iter_mut().enumerate() {
+                    *acc = if sums.accumulate { load(q, k) } else { _mm512_set1_ps(*bias.get_unchecked(r)) };
+                }
+                let (start, end) = (*m.row_ptr.get_unchecked(r) as usize, *m.row_ptr.get_unchecked(r + 1) as usize);
+                let nonzero = |j: usize, set: &mut [__m512; V]| {
+                    let v = _mm512_set1_ps(*m.val.get_unchecked(j));
+                    let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
+                    for (k, acc) in set.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(v, load(p, k), *acc);
+                    }
+                };
+                let mut j = start;
+                while j + S <= end {
+                    for (s, set) in sets.iter_mut().enumerate() {
+                        nonzero(j + s, set);
+                    }
+                    j += S;
+                }
+                for j in j..end {
+                    nonzero(j, &mut sets[0]);
+                }
+                for k in 0..V {
+                    // Pairwise: (s0 + s1) + (s2 + s3).
+                    let mut parts = [zero; S];
+                    for (s, set) in sets.iter().enumerate() {
+                        parts[s] = set[k];
+                    }
+                    let mut n = S;
+                    while n > 1 {
+                        for i in 0..n / 2 {
+                            parts[i] = _mm512_add_ps(parts[2 * i], parts[2 * i + 1]);
                         }
-                        j += 4;
+                        if n % 2 == 1 {
+                            parts[n / 2] = parts[n - 1];
+                        }
+                        n = n.div_ceil(2);
                     }
-                    for j in j..end {
-                        let v = _mm512_set1_ps(*m.val.get_unchecked(j));
-                        let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
-                        acc[0] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, p), acc[0]);
-                    }
-                    let mut a = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+                    let mut a = parts[0];
                     if let Some(rp) = rp {
-                        a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(mask, rp.add((r - r0) * ld.y + c0)));
+                        a = _mm512_add_ps(a, load(rp.add((r - rows.start) * ld.y + c0), k));
                     }
-                    if relu {
+                    if sums.relu {
                         a = _mm512_max_ps(a, zero);
                     }
-                    _mm512_mask_storeu_ps(q, mask, a);
+                    store(q, k, a);
                 }
             }
-            c0 += n;
         }
     }
 
