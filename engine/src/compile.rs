@@ -511,12 +511,12 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
 }
 
-/// Fuses each residual addition into the fp32 linear layer or pointwise convolution that
-/// computes one of its operands, where that layer's output has no other reader, nothing (no
-/// ReLU, no function) follows the sums in the layer, and the other operand is ready before the
-/// layer runs (made by an earlier layer, or the model input). The layer takes the other operand
-/// as its second input and writes the addition's output; the addition goes. A pointwise window
-/// keeps the second input's rows those of the output, as row bands need (`schedule`).
+/// Fuses each residual addition into the fp32 linear layer or convolution that computes one of
+/// its operands, where that layer's output has no other reader, nothing (no ReLU, no function)
+/// follows the sums in the layer, and the other operand is ready before the layer runs (made by
+/// an earlier layer, or the model input). The layer takes the other operand as its second input
+/// (read at the output's rows, also in row bands: `schedule::band_rows`) and writes the
+/// addition's output; the addition goes.
 fn fuse_residuals(layers: &mut Vec<Layer>, output_value: usize) {
     let mut k = 0;
     while k < layers.len() {
@@ -530,9 +530,8 @@ fn fuse_residuals(layers: &mut Vec<Layer>, output_value: usize) {
             let l = producer(p)?;
             let Exec::MatMul(m) = &layers[l].exec else { return None };
             let plain = m.int8.is_none() && m.post.is_none() && !m.relu && m.residual.is_none();
-            let pointwise = m.conv.is_none_or(|g| g.window.is_pointwise());
             let ready = producer(other).is_none_or(|o| o < l);
-            (plain && pointwise && ready && p != output_value && readers(p) == 1 && layers[l].inputs.len() == 1).then_some(l)
+            (plain && ready && p != output_value && readers(p) == 1 && layers[l].inputs.len() == 1).then_some(l)
         };
         let [a, b] = layers[k].inputs[..] else {
             k += 1;

@@ -389,11 +389,13 @@ pub fn band_rows(model: &Model, layers: Range<usize>, bands: usize, band: usize)
         }
         let layer = &model.layers[l];
         let input = match &layer.exec {
-            Exec::MatMul(m) => m.conv.expect("spatial").input_rows(out),
-            Exec::Pool { geometry, .. } => geometry.input_rows(out),
-            _ => out,
+            Exec::MatMul(m) => m.conv.expect("spatial").input_rows(out.clone()),
+            Exec::Pool { geometry, .. } => geometry.input_rows(out.clone()),
+            _ => out.clone(),
         };
-        for &v in &layer.inputs {
+        for (i, &v) in layer.inputs.iter().enumerate() {
+            // A convolution's residual (its second input) is read at its output's rows.
+            let input = if i > 0 && matches!(layer.exec, Exec::MatMul(_)) { out.clone() } else { input.clone() };
             if let Some(p) = layers.clone().find(|&p| model.layers[p].output == v) {
                 let have = &mut need[p - start];
                 *have = if have.start >= have.end { input.clone() } else { have.start.min(input.start)..have.end.max(input.end) };

@@ -333,8 +333,9 @@ fn convolutions_with_full_rows_run_one_sample_per_tile_and_match_layerwise() {
 
 #[test]
 fn residual_additions_fused_into_layers_give_the_separate_additions_results() {
-    // Bottleneck blocks (the addition fuses into the stride-1 projection, whose other operand is
-    // ready; not into the stride-2 one), a residual CNN, and MobileNet's blocks. On the fixed
+    // Bottleneck blocks (each addition fuses into the projection, stride 1 and stride 2, whose
+    // other operand is ready first), a residual CNN (into a 3x3 convolution), and MobileNet's
+    // blocks. On the fixed
     // kernel policies, layer by layer, bit for bit the model with the additions kept; depth-wise
     // and in row bands (plans of their own) within rounding; on the timed policy, where two
     // compilations may pick different kernels, within rounding.
@@ -347,7 +348,7 @@ fn residual_additions_fused_into_layers_give_the_separate_additions_results() {
             let separate = compile::compile(graph.clone(), Options { fuse_residuals: false, ..options }).unwrap();
             let adds = |m: &compile::Model| m.layers.iter().filter(|l| matches!(l.exec, compile::Exec::Add { .. })).count();
             fused += adds(&separate) - adds(&model);
-            for batch in [1, 3, 17] {
+            for batch in [1, 3, 17, 64] {
                 let input = random_input(batch as u64, batch, &graph.input_shape);
                 for threads in [1, 2] {
                     for (schedule, budget) in

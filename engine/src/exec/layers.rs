@@ -72,9 +72,13 @@ pub(crate) fn conv(
     post(isa, m, &mut y[..m.rows * positions * w], team);
 }
 
-/// The ReLU a layer applies after its sums: its residual addition's where it has one.
-fn final_relu(m: &MatMul) -> bool {
-    m.residual.map_or(m.relu, |r| r.relu)
+/// The ReLU a kernel applies to its sums: the residual addition's where it adds the residual
+/// itself (`residual` given), else the layer's own (off where a residual follows).
+fn kernel_relu(m: &MatMul, residual: Option<&[f32]>) -> bool {
+    match (m.residual, residual) {
+        (Some(add), Some(_)) => add.relu,
+        _ => m.relu,
+    }
 }
 
 /// `y = act(y + residual)` where the layer adds a residual (`MatMul::residual`) that its kernel
@@ -262,7 +266,7 @@ fn matmul_rows(
 ) {
     let threads = team.threads();
     let split = splits(m, w, threads);
-    let relu = final_relu(m);
+    let relu = kernel_relu(m, residual);
     // A part's rows of the residual: where its rows of `y` lie.
     let residual_of = |r: &Range<usize>| residual.map(|res| &res[r.start * ld.y..]);
     match m.kernel(one_sample) {
