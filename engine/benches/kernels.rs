@@ -52,7 +52,7 @@ fn kernels(c: &mut Criterion) {
         });
         let kb = KBlocked::from_csr(&m, kblocked::DEFAULT_KC);
         g.bench_function(format!("f32-spmm-csr-kc128-b64-s{}", (s * 100.0) as u32), |b| {
-            b.iter(|| kblocked::spmm_kblocked(isa, &kb, &bias, x, w, &mut y, 0..rows, true, spmm::Ld::packed(w), None))
+            b.iter(|| kblocked::spmm_kblocked(isa, &kb, &bias, x, w, &mut y, 0..rows, spmm::Sums::new(spmm::Ld::packed(w), true)))
         });
         g.throughput(Throughput::Elements((2 * m.nnz()) as u64));
         g.bench_function(format!("f32-spmv-csr-b1-s{}", (s * 100.0) as u32), |b| {

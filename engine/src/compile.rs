@@ -848,7 +848,8 @@ fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, column_bl
     });
     let mut best = (t_sparse, Kernel::Sparse);
     if let Some(kb) = column_blocks {
-        let t = time(&mut |y| kblocked::spmm_kblocked(o.isa, kb, &m.bias, &x, w, y, 0..m.rows, m.relu, spmm::Ld::packed(w), None));
+        let t =
+            time(&mut |y| kblocked::spmm_kblocked(o.isa, kb, &m.bias, &x, w, y, 0..m.rows, spmm::Sums::new(spmm::Ld::packed(w), m.relu)));
         if t < best.0 {
             best = (t, Kernel::ColumnBlocked);
         }
@@ -985,9 +986,16 @@ fn direct_is_faster(
         match (batched, blocked) {
             (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, cols, cols_w, &mut y, m.relu),
             (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, cols, cols_w, &mut y, 0..b.blocks(), m.relu),
-            (Kernel::ColumnBlocked, _) if let Some(kb) = column_blocks => {
-                kblocked::spmm_kblocked(o.isa, kb, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu, spmm::Ld::packed(cols_w), None)
-            }
+            (Kernel::ColumnBlocked, _) if let Some(kb) = column_blocks => kblocked::spmm_kblocked(
+                o.isa,
+                kb,
+                &m.bias,
+                cols,
+                cols_w,
+                &mut y,
+                0..m.rows,
+                spmm::Sums::new(spmm::Ld::packed(cols_w), m.relu),
+            ),
             _ => spmm::spmm(o.isa, csr, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu),
         }
     });

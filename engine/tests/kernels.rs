@@ -6,7 +6,7 @@
 use engine::kernels::bcsr::{self, Bcsr};
 use engine::kernels::csr::Csr;
 use engine::kernels::kblocked::{self, KBlocked};
-use engine::kernels::spmm::Ld;
+use engine::kernels::spmm::{Ld, Sums};
 use engine::kernels::window::{self, Geometry};
 use engine::kernels::{Isa, dense, elementwise, spmm, spmv};
 use rand::rngs::StdRng;
@@ -94,22 +94,22 @@ fn column_blocked_spmm_matches_plain_spmm() {
         for ld in [Ld::packed(w), Ld { x: w + 3, y: w + 5 }] {
             let x: Vec<f32> = (0..cols * ld.x).map(|_| rng.random_range(-2.0..2.0)).collect();
             let mut want = vec![0.0; rows * ld.y];
-            spmm::spmm_strided_ref(&m, &bias, &x, w, &mut want, 0..rows, true, false, ld, None);
+            spmm::spmm_strided_ref(&m, &bias, &x, w, &mut want, 0..rows, Sums::new(ld, true));
             for kc in [1, 7, 64, 128] {
                 let kb = KBlocked::from_csr(&m, kc);
                 let mut got = want.clone();
                 got.iter_mut().enumerate().filter(|(i, _)| i % ld.y < w).for_each(|(_, v)| *v = f32::NAN);
-                kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, &mut got, 0..rows, true, ld, None);
+                kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, &mut got, 0..rows, Sums::new(ld, true));
                 assert_close(&got, &want, &format!("kblocked ref kc={kc} {rows}x{cols} w={w} {ld:?}"));
                 for isa in variants() {
                     let mut got = want.clone();
                     got.iter_mut().enumerate().filter(|(i, _)| i % ld.y < w).for_each(|(_, v)| *v = f32::NAN);
-                    kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut got, 0..rows, true, ld, None);
+                    kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut got, 0..rows, Sums::new(ld, true));
                     assert_close(&got, &want, &format!("kblocked {} kc={kc} {rows}x{cols} w={w} s={s} {ld:?}", isa.name()));
                     // A sub-range of rows writes only its own rows.
                     if rows > 2 {
                         let mut part = vec![0.0; (rows - 2) * ld.y];
-                        kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut part, 1..rows - 1, true, ld, None);
+                        kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut part, 1..rows - 1, Sums::new(ld, true));
                         let rows_of = |v: &[f32]| v.chunks(ld.y).map(|r| r[..w].to_vec()).collect::<Vec<_>>().concat();
                         assert_close(&rows_of(&part), &rows_of(&want[ld.y..(rows - 1) * ld.y]), "kblocked row range");
                     }
@@ -147,24 +147,24 @@ fn residual_added_by_csr_kernels_equals_the_separate_addition() {
                         want
                     };
                     let mut plain = vec![0.0; part.len() * ld.y];
-                    spmm::spmm_strided(isa, &m, &bias, &x, w, &mut plain, part.clone(), false, ld, None);
+                    spmm::spmm_strided(isa, &m, &bias, &x, w, &mut plain, part.clone(), Sums::new(ld, false));
                     let mut fused = vec![0.0; part.len() * ld.y];
-                    spmm::spmm_strided(isa, &m, &bias, &x, w, &mut fused, part.clone(), relu, ld, Some(res));
+                    spmm::spmm_strided(isa, &m, &bias, &x, w, &mut fused, part.clone(), Sums::new(ld, relu).with_residual(Some(res)));
                     assert!(fused == separate(&plain), "spmm residual {label}");
                     let mut plain = vec![0.0; part.len() * ld.y];
-                    kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut plain, part.clone(), false, ld, None);
+                    kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut plain, part.clone(), Sums::new(ld, false));
                     let mut fused = vec![0.0; part.len() * ld.y];
-                    kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut fused, part.clone(), relu, ld, Some(res));
+                    kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut fused, part.clone(), Sums::new(ld, relu).with_residual(Some(res)));
                     assert!(fused == separate(&plain), "kblocked residual {label}");
                 }
             }
             // The scalar twins: the sums, then the residual, then the ReLU.
             let mut plain = vec![0.0; part.len() * ld.y];
-            spmm::spmm_strided_ref(&m, &bias, &x, w, &mut plain, part.clone(), false, false, ld, None);
+            spmm::spmm_strided_ref(&m, &bias, &x, w, &mut plain, part.clone(), Sums::new(ld, false));
             let mut fused = vec![0.0; part.len() * ld.y];
-            spmm::spmm_strided_ref(&m, &bias, &x, w, &mut fused, part.clone(), true, false, ld, Some(res));
+            spmm::spmm_strided_ref(&m, &bias, &x, w, &mut fused, part.clone(), Sums::new(ld, true).with_residual(Some(res)));
             let mut fused_blocks = vec![0.0; part.len() * ld.y];
-            kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, &mut fused_blocks, part.clone(), true, ld, Some(res));
+            kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, &mut fused_blocks, part.clone(), Sums::new(ld, true).with_residual(Some(res)));
             for i in 0..part.len() {
                 for c in 0..w {
                     let want = (plain[i * ld.y + c] + res[i * ld.y + c]).max(0.0);
@@ -287,7 +287,7 @@ fn strided_dense_and_sparse_match_the_packed_twins() {
             let xs = spread(&x, cols, w, ld.x, 0);
             for isa in variants() {
                 let mut got = spread(&vec![0.0; rows * w], rows, w, ld.y, 0);
-                spmm::spmm_strided(isa, &m, &bias, &xs, w, &mut got, 0..rows, true, ld, None);
+                spmm::spmm_strided(isa, &m, &bias, &xs, w, &mut got, 0..rows, Sums::new(ld, true));
                 let label = format!("{} {rows}x{cols} w={w} s={s} ld={ld:?}", isa.name());
                 assert_close(&got, &spread(&want, rows, w, ld.y, 0), &format!("strided spmm {label}"));
                 let mut got = spread(&vec![0.0; rows * w], rows, w, ld.y, 0);

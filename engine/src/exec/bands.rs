@@ -201,7 +201,8 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             let (plane, at) = (height * row_len, rows.start * row_len);
             let ld = spmm::Ld { x: plane, y: plane };
             let residual = xs.get(1).map(|r| &r[at..]);
-            if matmul_strided(isa, m, &xs[0][at..], band_cols, residual, &mut y[at..], ld, team, w == 1) {
+            if has_strided_form(m, band_cols, w == 1) {
+                matmul_rows(isa, m, &xs[0][at..], band_cols, residual, &mut y[at..], ld, team, w == 1);
                 for c in 0..m.rows {
                     post(isa, m, &mut y[c * plane + at..c * plane + rows.end * row_len], team);
                 }

@@ -224,36 +224,19 @@ fn matmul_plain(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: 
     }
 }
 
-/// `matmul` on rows that lie `ld.x` apart in `x` and `ld.y` apart in `y` and `residual` (a
-/// pointwise convolution on a band of rows, read and written in place in whole images). Returns
-/// false, doing nothing, where the layer's kernel has no strided form (blocked or int8 weights,
-/// a single column): the caller packs the band then.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn matmul_strided(
-    isa: Isa,
-    m: &MatMul,
-    x: &[f32],
-    w: usize,
-    residual: Option<&[f32]>,
-    y: &mut [f32],
-    ld: spmm::Ld,
-    team: &Team,
-    one_sample: bool,
-) -> bool {
-    let strided = w >= 2
-        && m.int8.is_none()
-        && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Sparse | Kernel::ColumnBlocked | Kernel::Direct);
-    if strided {
-        matmul_rows(isa, m, x, w, residual, y, ld, team, one_sample);
-    }
-    strided
+/// Whether `matmul_rows` takes the layer on `w` columns: dense and CSR kernels on two columns or
+/// more (blocked and int8 weights, and single columns, have no form with rows apart: a band of
+/// them is packed first).
+pub(super) fn has_strided_form(m: &MatMul, w: usize, one_sample: bool) -> bool {
+    w >= 2 && m.int8.is_none() && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Sparse | Kernel::ColumnBlocked | Kernel::Direct)
 }
 
 /// A dense or CSR layer on `w >= 2` columns of rows `ld.x` and `ld.y` apart (the residual's rows
-/// too): slabs of rows (dense) or balanced row ranges (CSR) over the team where the work is
+/// too; a pointwise convolution on a band of rows reads and writes them in place in whole
+/// images): slabs of rows (dense) or balanced row ranges (CSR) over the team where the work is
 /// large enough.
 #[allow(clippy::too_many_arguments)]
-fn matmul_rows(
+pub(super) fn matmul_rows(
     isa: Isa,
     m: &MatMul,
     x: &[f32],
@@ -266,7 +249,8 @@ fn matmul_rows(
 ) {
     let threads = team.threads();
     let split = splits(m, w, threads);
-    let relu = kernel_relu(m, residual);
+    // The CSR kernels' sums; each part gets its rows of the residual.
+    let sums = spmm::Sums::new(ld, kernel_relu(m, residual));
     // A part's rows of the residual: where its rows of `y` lie.
     let residual_of = |r: &Range<usize>| residual.map(|res| &res[r.start * ld.y..]);
     match m.kernel(one_sample) {
@@ -290,19 +274,21 @@ fn matmul_rows(
         Kernel::Sparse | Kernel::Direct => {
             let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
             if !split {
-                return spmm::spmm_strided(isa, csr, &m.bias, x, w, y, 0..m.rows, relu, ld, residual);
+                return spmm::spmm_strided(isa, csr, &m.bias, x, w, y, 0..m.rows, sums.with_residual(residual));
             }
             let parts = row_parts(balanced_ranges(&csr.row_ptr, threads * 4), y, ld.y);
-            team.for_each(parts, |(r, y)| spmm::spmm_strided(isa, csr, &m.bias, x, w, y, r.clone(), relu, ld, residual_of(&r)));
+            team.for_each(parts, |(r, y)| spmm::spmm_strided(isa, csr, &m.bias, x, w, y, r.clone(), sums.with_residual(residual_of(&r))));
         }
         Kernel::ColumnBlocked => {
             let kb = m.kblocked.as_ref().expect("column blocks packed for a column-blocked choice");
             if !split {
-                return kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, 0..m.rows, relu, ld, residual);
+                return kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, 0..m.rows, sums.with_residual(residual));
             }
             // Each part copies every panel of the input it reads, so one part per thread.
             let parts = row_parts(balanced_ranges(&kb.row_ptr, threads), y, ld.y);
-            team.for_each(parts, |(r, y)| kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, r.clone(), relu, ld, residual_of(&r)));
+            team.for_each(parts, |(r, y)| {
+                kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, r.clone(), sums.with_residual(residual_of(&r)))
+            });
         }
         kernel => unreachable!("{kernel:?} has no strided form"),
     }

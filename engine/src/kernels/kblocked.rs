@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use super::Isa;
 use super::csr::Csr;
-use super::spmm::{Ld, spmm_strided_acc, spmm_strided_ref};
+use super::spmm::{Ld, Sums, spmm_strided, spmm_strided_ref};
 
 /// Input rows per block: 128 x 64 columns x 4 bytes = 32 KiB, within a 48 KiB L1.
 pub const DEFAULT_KC: usize = 128;
@@ -66,29 +66,17 @@ impl KBlocked {
     }
 }
 
-/// Same contract as `spmm::spmm_strided`: output rows `rows` of `y` (rows `ld.y` apart), from
-/// the `[cols, w]` input `x` whose rows lie `ld.x` apart, `residual` (laid out as `y`) added to
-/// the sums before the ReLU where given.
-#[allow(clippy::too_many_arguments)]
-pub fn spmm_kblocked(
-    isa: Isa,
-    m: &KBlocked,
-    bias: &[f32],
-    x: &[f32],
-    w: usize,
-    y: &mut [f32],
-    rows: Range<usize>,
-    relu: bool,
-    ld: Ld,
-    residual: Option<&[f32]>,
-) {
+/// Same contract as `spmm::spmm_strided`: output rows `rows` of `y`, from the `[cols, w]` input
+/// `x`, rows and sums as `sums` says.
+pub fn spmm_kblocked(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
+    let ld = sums.ld;
     assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
     assert!(m.cols == 0 || x.len() >= (m.cols - 1) * ld.x + w, "input tile too small");
     PANEL.with_borrow_mut(|panel| {
         if panel.len() < m.panel_len() {
             panel.resize(m.panel_len(), 0.0);
         }
-        run(isa, m, bias, x, w, y, rows, relu, ld, residual, panel)
+        run(isa, m, bias, x, w, y, rows, sums, panel)
     })
 }
 
@@ -98,20 +86,16 @@ thread_local! {
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn run(
-    isa: Isa,
-    m: &KBlocked,
-    bias: &[f32],
-    x: &[f32],
-    w: usize,
-    y: &mut [f32],
-    rows: Range<usize>,
-    relu: bool,
-    ld: Ld,
-    residual: Option<&[f32]>,
-    panel: &mut [f32],
-) {
-    let last = m.blocks.len() - 1;
+/// Block `i`'s sums of a call's `sums` on rows `ld` apart: each block after the first adds to
+/// the ones before it, and the last one finishes the sums (the residual, then the ReLU).
+fn block_sums<'a>(m: &KBlocked, i: usize, sums: &Sums<'a>, ld: Ld) -> Sums<'a> {
+    let last = i + 1 == m.blocks.len();
+    Sums { ld, relu: sums.relu && last, accumulate: sums.accumulate || i > 0, residual: sums.residual.filter(|_| last) }
+}
+
+#[allow(clippy::too_many_arguments)] // spmm_kblocked's arguments and its panel
+fn run(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums, panel: &mut [f32]) {
+    let ld = sums.ld;
     let mut c0 = 0;
     while c0 < w {
         let cw = STRIP.min(w - c0);
@@ -123,21 +107,9 @@ fn run(
                 copy_row(row, &x[at..at + cw]);
             }
             let panel = &panel[..b.cols * cw];
-            // The last block finishes the sums: the residual, then the ReLU.
-            let residual = residual.filter(|_| i == last).map(|r| &r[c0..]);
-            spmm_strided_acc(
-                isa,
-                b,
-                bias,
-                panel,
-                cw,
-                &mut y[c0..],
-                rows.clone(),
-                relu && i == last,
-                i > 0,
-                Ld { x: cw, y: ld.y },
-                residual,
-            );
+            let strip = block_sums(m, i, &sums, Ld { x: cw, y: ld.y });
+            let strip = strip.with_residual(strip.residual.map(|r| &r[c0..]));
+            spmm_strided(isa, b, bias, panel, cw, &mut y[c0..], rows.clone(), strip);
         }
         c0 += cw;
     }
@@ -158,21 +130,9 @@ fn copy_row(to: &mut [f32], from: &[f32]) {
 }
 
 /// The scalar twin: the plain CSR definition over the blocks in turn.
-#[allow(clippy::too_many_arguments)]
-pub fn spmm_kblocked_ref(
-    m: &KBlocked,
-    bias: &[f32],
-    x: &[f32],
-    w: usize,
-    y: &mut [f32],
-    rows: Range<usize>,
-    relu: bool,
-    ld: Ld,
-    residual: Option<&[f32]>,
-) {
-    let last = m.blocks.len() - 1;
+pub fn spmm_kblocked_ref(m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
     for (i, b) in m.blocks.iter().enumerate() {
-        let x = &x[(i * m.kc * ld.x).min(x.len())..];
-        spmm_strided_ref(b, bias, x, w, y, rows.clone(), relu && i == last, i > 0, ld, residual.filter(|_| i == last));
+        let x = &x[(i * m.kc * sums.ld.x).min(x.len())..];
+        spmm_strided_ref(b, bias, x, w, y, rows.clone(), block_sums(m, i, &sums, sums.ld));
     }
 }

@@ -35,125 +35,79 @@ fn span(rows: usize, w: usize, ld: usize) -> usize {
     if rows == 0 { 0 } else { (rows - 1) * ld + w }
 }
 
+/// How a call's sums start and end, and where its rows lie: from the bias, or with `accumulate`
+/// from the values already in `y` (weights split into column blocks, see `kblocked`); then the
+/// `residual` (laid out as `y`, a residual connection fused into the layer) and the ReLU.
+#[derive(Debug, Clone, Copy)]
+pub struct Sums<'a> {
+    pub ld: Ld,
+    pub relu: bool,
+    pub accumulate: bool,
+    pub residual: Option<&'a [f32]>,
+}
+
+impl<'a> Sums<'a> {
+    /// From the bias, rows `ld` apart, ReLU where `relu`, no residual.
+    pub fn new(ld: Ld, relu: bool) -> Sums<'a> {
+        Sums { ld, relu, accumulate: false, residual: None }
+    }
+
+    /// These sums with `residual` added before the ReLU.
+    pub fn with_residual(self, residual: Option<&'a [f32]>) -> Sums<'a> {
+        Sums { residual, ..self }
+    }
+}
+
 /// Checks the sizes every variant relies on.
-fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, ld: Ld, residual: Option<&[f32]>) {
+fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, sums: &Sums) {
+    let ld = sums.ld;
     assert!(rows.end <= m.rows && bias.len() == m.rows, "row range or bias does not fit the matrix");
     assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
     assert!(x.len() >= span(m.cols, w, ld.x), "input tile too small: {} < {} x {w}", x.len(), m.cols);
     assert!(y.len() >= span(rows.len(), w, ld.y), "output tile too small");
-    assert!(residual.is_none_or(|r| r.len() >= span(rows.len(), w, ld.y)), "residual smaller than the output");
+    assert!(sums.residual.is_none_or(|r| r.len() >= span(rows.len(), w, ld.y)), "residual smaller than the output");
 }
 
 /// The scalar twin: the definition, written plainly.
 pub fn spmm_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
-    spmm_acc_ref(m, bias, x, w, y, rows, relu, false)
+    spmm_strided_ref(m, bias, x, w, y, rows, Sums::new(Ld::packed(w), relu))
 }
 
-/// Scalar twin of `spmm_acc`: with `accumulate`, sums start from `y` instead of the bias.
-pub fn spmm_acc_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
-    spmm_strided_ref(m, bias, x, w, y, rows, relu, accumulate, Ld::packed(w), None)
-}
-
-/// Scalar twin of `spmm_strided` (with `accumulate` as in `spmm_acc`, and `residual` added to the
-/// sums before the ReLU).
-#[allow(clippy::too_many_arguments)]
-pub fn spmm_strided_ref(
-    m: &Csr,
-    bias: &[f32],
-    x: &[f32],
-    w: usize,
-    y: &mut [f32],
-    rows: Range<usize>,
-    relu: bool,
-    accumulate: bool,
-    ld: Ld,
-    residual: Option<&[f32]>,
-) {
-    check(m, bias, x, w, y, &rows, ld, residual);
+/// Scalar twin of `spmm_strided`.
+pub fn spmm_strided_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
+    check(m, bias, x, w, y, &rows, &sums);
+    let ld = sums.ld;
     for (i, r) in rows.enumerate() {
         for s in 0..w {
-            let mut acc = if accumulate { y[i * ld.y + s] } else { bias[r] };
+            let mut acc = if sums.accumulate { y[i * ld.y + s] } else { bias[r] };
             for j in m.row_ptr[r] as usize..m.row_ptr[r + 1] as usize {
                 acc += m.val[j] * x[m.col[j] as usize * ld.x + s];
             }
-            if let Some(res) = residual {
+            if let Some(res) = sums.residual {
                 acc += res[i * ld.y + s];
             }
-            y[i * ld.y + s] = if relu { acc.max(0.0) } else { acc };
+            y[i * ld.y + s] = if sums.relu { acc.max(0.0) } else { acc };
         }
     }
 }
 
 /// Runs the variant for `isa` (which the CPU must support).
 pub fn spmm(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool) {
-    spmm_acc(isa, m, bias, x, w, y, rows, relu, false)
+    spmm_strided(isa, m, bias, x, w, y, rows, Sums::new(Ld::packed(w), relu))
 }
 
-/// `spmm`, or with `accumulate` adding to the values already in `y` instead of the bias (for
-/// weights split into column blocks, see `kblocked`).
-pub fn spmm_acc(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, relu: bool, accumulate: bool) {
-    run(isa, m, bias, x, w, y, rows, relu, accumulate, Ld::packed(w), None)
-}
-
-/// `spmm` on `w` columns of rows that lie `ld.x` apart in `x` and `ld.y` apart in `y`; where
-/// `residual` is given (laid out as `y`), it is added to the sums before the ReLU.
-#[allow(clippy::too_many_arguments)]
-pub fn spmm_strided(
-    isa: Isa,
-    m: &Csr,
-    bias: &[f32],
-    x: &[f32],
-    w: usize,
-    y: &mut [f32],
-    rows: Range<usize>,
-    relu: bool,
-    ld: Ld,
-    residual: Option<&[f32]>,
-) {
-    run(isa, m, bias, x, w, y, rows, relu, false, ld, residual)
-}
-
-/// `spmm_strided`, with `accumulate` as in `spmm_acc`.
-#[allow(clippy::too_many_arguments)]
-pub fn spmm_strided_acc(
-    isa: Isa,
-    m: &Csr,
-    bias: &[f32],
-    x: &[f32],
-    w: usize,
-    y: &mut [f32],
-    rows: Range<usize>,
-    relu: bool,
-    accumulate: bool,
-    ld: Ld,
-    residual: Option<&[f32]>,
-) {
-    run(isa, m, bias, x, w, y, rows, relu, accumulate, ld, residual)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run(
-    isa: Isa,
-    m: &Csr,
-    bias: &[f32],
-    x: &[f32],
-    w: usize,
-    y: &mut [f32],
-    rows: Range<usize>,
-    relu: bool,
-    accumulate: bool,
-    ld: Ld,
-    residual: Option<&[f32]>,
-) {
-    check(m, bias, x, w, y, &rows, ld, residual);
+/// `spmm` on `w` columns of rows that lie `sums.ld.x` apart in `x` and `sums.ld.y` apart in `y`,
+/// the sums started and ended as `sums` says.
+pub fn spmm_strided(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
+    check(m, bias, x, w, y, &rows, &sums);
     match isa {
         // SAFETY: sizes checked above (the residual's too); the CSR indices were validated at
         // construction (`col < cols`); the caller selected `isa` from what the CPU reports.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, relu, accumulate, ld, residual) },
+        Isa::Avx512 => unsafe { x86::spmm_avx512(m, bias, x, w, y, rows, &sums) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, relu, accumulate, ld, residual) },
-        _ => spmm_strided_ref(m, bias, x, w, y, rows, relu, accumulate, ld, residual),
+        Isa::Avx2 => unsafe { x86::spmm_avx2(m, bias, x, w, y, rows, &sums) },
+        _ => spmm_strided_ref(m, bias, x, w, y, rows, sums),
     }
 }
 
@@ -162,7 +116,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Csr, Ld};
+    use super::{Csr, Sums};
 
     /// Strips of 64 sample columns (four vectors of accumulators per output row); the columns
     /// left after them, up to one vector more than a strip, go in one last strip of as many
@@ -172,20 +126,7 @@ mod x86 {
     /// # Safety
     /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn spmm_avx512(
-        m: &Csr,
-        bias: &[f32],
-        x: &[f32],
-        w: usize,
-        y: &mut [f32],
-        rows: Range<usize>,
-        relu: bool,
-        accumulate: bool,
-        ld: Ld,
-        residual: Option<&[f32]>,
-    ) {
-        let sums = Sums { relu, accumulate, ld, residual };
+    pub unsafe fn spmm_avx512(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: &Sums) {
         let mut c0 = 0;
         while c0 < w {
             let left = w - c0;
@@ -194,24 +135,15 @@ mod x86 {
             // SAFETY: columns c0..c0 + lanes <= w; the rest as this function's.
             unsafe {
                 match vectors {
-                    1 => strip::<1, 4>(m, bias, x, y, &rows, &sums, c0, lanes),
-                    2 => strip::<2, 4>(m, bias, x, y, &rows, &sums, c0, lanes),
-                    3 => strip::<3, 3>(m, bias, x, y, &rows, &sums, c0, lanes),
-                    4 => strip::<4, 2>(m, bias, x, y, &rows, &sums, c0, lanes),
-                    _ => strip::<5, 2>(m, bias, x, y, &rows, &sums, c0, lanes),
+                    1 => strip::<1, 4>(m, bias, x, y, &rows, sums, c0, lanes),
+                    2 => strip::<2, 4>(m, bias, x, y, &rows, sums, c0, lanes),
+                    3 => strip::<3, 3>(m, bias, x, y, &rows, sums, c0, lanes),
+                    4 => strip::<4, 2>(m, bias, x, y, &rows, sums, c0, lanes),
+                    _ => strip::<5, 2>(m, bias, x, y, &rows, sums, c0, lanes),
                 }
             }
             c0 += lanes;
         }
-    }
-
-    /// How a strip starts and finishes its sums: from the bias or from `y` (`accumulate`), the
-    /// residual (laid out as `y`) added and the ReLU applied before they are stored.
-    struct Sums<'a> {
-        relu: bool,
-        accumulate: bool,
-        ld: Ld,
-        residual: Option<&'a [f32]>,
     }
 
     /// Columns `c0..c0 + lanes` of rows `rows` (`lanes` more than `16 * (V - 1)`, at most
@@ -307,18 +239,8 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn spmm_avx2(
-        m: &Csr,
-        bias: &[f32],
-        x: &[f32],
-        w: usize,
-        y: &mut [f32],
-        rows: Range<usize>,
-        relu: bool,
-        accumulate: bool,
-        ld: Ld,
-        residual: Option<&[f32]>,
-    ) {
+    pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: &Sums) {
+        let Sums { ld, relu, accumulate, residual } = *sums;
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let rp = residual.map(<[f32]>::as_ptr);
         let zero = _mm256_setzero_ps();
