@@ -985,6 +985,49 @@ fn flat_depthwise_convolution_matches_the_grouped_kernel() {
     }
 }
 
+/// Strided grouped and depth-wise convolutions of one sample (read through each input row's
+/// phases) equal, bit for bit, sample 0 of the same convolution on a tile of two samples (read
+/// pixel by pixel): strides 2 and 3, dilation, odd sizes, groups of one and of several channels,
+/// channel ranges.
+#[test]
+fn strided_grouped_convolutions_of_one_sample_match_wider_tiles() {
+    use engine::graph::Window;
+    use engine::kernels::grouped;
+    let mut rng = StdRng::seed_from_u64(24);
+    // (channels, groups, out, height, width, kernel, stride, pad, dilation)
+    let cases = [
+        // Output rows of 16 or more read the phases; shorter ones gather (both checked).
+        (4, 4, 4, 9, 40, 3, 2, 1, 1),
+        (6, 3, 6, 11, 37, 3, 2, 1, 1),
+        (3, 3, 6, 10, 50, 5, 3, 2, 1),
+        (2, 2, 2, 8, 36, 3, 2, 2, 2),
+        (4, 4, 4, 9, 9, 3, 2, 1, 1),
+        (1, 1, 1, 1, 1, 3, 2, 1, 1),
+    ];
+    for (c, groups, out, h, wd, k, stride, pad, dil) in cases {
+        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dil, dil], ceil_mode: false };
+        let [oh, ow] = [h, wd].map(|n| (n + 2 * pad - dil * (k - 1) - 1) / stride + 1);
+        let one = Geometry { channels: c, in_hw: [h, wd], out_hw: [oh, ow], window, w: 1 };
+        let two = Geometry { w: 2, ..one };
+        let weight = matrix(out, c / groups * k * k, 0.3, &mut rng);
+        let bias: Vec<f32> = (0..out).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f32> = (0..c * h * wd).map(|_| rng.random_range(-2.0..2.0)).collect();
+        // The same sample twice, interleaved as a two-sample tile.
+        let x2: Vec<f32> = x.iter().flat_map(|&v| [v, v]).collect();
+        for relu in [false, true] {
+            let mut wide = vec![0.0; out * oh * ow * 2];
+            grouped::group_conv(&two, groups, &weight, &bias, &x2, &mut wide, 0..out, relu);
+            let want: Vec<f32> = wide.iter().step_by(2).copied().collect();
+            let mut got = vec![f32::NAN; out * oh * ow];
+            grouped::group_conv(&one, groups, &weight, &bias, &x, &mut got, 0..out, relu);
+            assert!(got == want, "{c}ch {groups} groups {h}x{wd} k{k} stride {stride} pad {pad} dilation {dil}");
+            let mut part = vec![f32::NAN; (out - 1) * oh * ow];
+            grouped::group_conv(&one, groups, &weight, &bias, &x, &mut part, 1..out, relu);
+            assert!(part[..] == want[oh * ow..], "channel range");
+        }
+    }
+}
+
 #[test]
 fn fused_additions_equal_adding_then_fake_quantizing() {
     use engine::kernels::{elementwise, q8};

@@ -21,8 +21,27 @@ pub fn group_conv(g: &Geometry, groups: usize, weight: &[f32], bias: &[f32], x: 
     assert!(g.holds_input(x.len()) && g.holds_output(y.len(), channels.len()), "input or output tile too small");
     let inside: Vec<(Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
     let stride = g.window.stride[1];
+    // One sample at a stride above 1: each input row of a group's channels split into its
+    // `stride` phases (`phases`), so that every tap reads a contiguous run, which vectorizes;
+    // on output rows shorter than a vector the split costs more than it saves (MobileNetV2's
+    // 14x14 and 7x7 stride-2 layers, measured), and each tap gathers its pixels instead.
+    let phased = stride > 1 && w == 1 && ow >= 16;
+    let phase_len = wd.div_ceil(stride);
+    let mut phases = vec![0.0f32; if phased { per_group_in * h * stride * phase_len } else { 0 }];
+    let mut phases_of = usize::MAX;
     for (i, o) in channels.enumerate() {
         let group = o / per_group_out;
+        if phased && phases_of != group {
+            for (ci, plane) in phases.chunks_exact_mut(h * stride * phase_len).enumerate() {
+                let c = group * per_group_in + ci;
+                for (row, split) in x[c * h * wd..(c + 1) * h * wd].chunks_exact(wd).zip(plane.chunks_exact_mut(stride * phase_len)) {
+                    for (p, phase) in split.chunks_exact_mut(phase_len).enumerate() {
+                        phase.iter_mut().zip(row[p..].iter().step_by(stride)).for_each(|(d, s)| *d = *s);
+                    }
+                }
+            }
+            phases_of = group;
+        }
         for oy in 0..oh {
             let row = &mut y[(i * oh + oy) * ow * w..][..ow * w];
             row.fill(bias[o]);
@@ -39,6 +58,11 @@ pub fn group_conv(g: &Geometry, groups: usize, weight: &[f32], bias: &[f32], x: 
                         if stride == 1 {
                             let n = valid.len() * w;
                             row[valid.start * w..][..n].iter_mut().zip(&src[ix0 * w..][..n]).for_each(|(r, s)| *r += wv * s);
+                        } else if phased {
+                            // Input columns ix0, ix0 + stride, ...: phase ix0 % stride from ix0 / stride.
+                            let at = ((ci * h + iy) * stride + ix0 % stride) * phase_len + ix0 / stride;
+                            let dst = &mut row[valid.clone()];
+                            dst.iter_mut().zip(&phases[at..at + valid.len()]).for_each(|(r, s)| *r += wv * s);
                         } else if w == 1 {
                             let dst = &mut row[valid.clone()];
                             dst.iter_mut().zip(src[*ix0..].iter().step_by(stride)).for_each(|(r, s)| *r += wv * s);
