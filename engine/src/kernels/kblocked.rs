@@ -99,6 +99,8 @@ fn run(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32],
     let mut c0 = 0;
     while c0 < w {
         let cw = STRIP.min(w - c0);
+        // The strip's columns of the residual.
+        let strip_sums = sums.with_residual(sums.residual.map(|r| &r[c0..]));
         for (i, b) in m.blocks.iter().enumerate() {
             // This block's input rows of the strip, packed `cw` wide.
             let first = i * m.kc;
@@ -107,9 +109,7 @@ fn run(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32],
                 copy_row(row, &x[at..at + cw]);
             }
             let panel = &panel[..b.cols * cw];
-            let strip = block_sums(m, i, &sums, Ld { x: cw, y: ld.y });
-            let strip = strip.with_residual(strip.residual.map(|r| &r[c0..]));
-            spmm_strided(isa, b, bias, panel, cw, &mut y[c0..], rows.clone(), strip);
+            spmm_strided(isa, b, bias, panel, cw, &mut y[c0..], rows.clone(), block_sums(m, i, &strip_sums, Ld { x: cw, y: ld.y }));
         }
         c0 += cw;
     }
