@@ -662,6 +662,12 @@ pub fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Resu
                     weight.shape, window.kernel
                 ));
             }
+            if weight.quant.is_some() {
+                return bad(
+                    "grouped convolutions run in fp32: their weights dequantized, the input's quantization a QuantDequant before them"
+                        .into(),
+                );
+            }
             if bias.len() != out || !all_finite(bias) {
                 return bad(format!("bias of {} values (all finite) needed for {out} output channels", bias.len()));
             }

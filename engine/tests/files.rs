@@ -208,6 +208,21 @@ fn shape_mismatch_is_an_error() {
     assert!(err.contains("fc1") && err.contains("does not fit"), "{err}");
 }
 
+/// Grouped convolutions run in fp32: a file that gives one an int8 weight (whose input the
+/// kernel would not quantize) is refused at load rather than run without its quantization.
+#[test]
+fn quantized_grouped_convolutions_are_refused() {
+    let mut g = mobile(5, 0.5);
+    let n = g.nodes.iter_mut().find(|n| matches!(n.op, engine::graph::Op::GroupConv { .. })).unwrap();
+    let engine::graph::Op::GroupConv { weight, .. } = &mut n.op else { unreachable!() };
+    weight.quant = Some(engine::graph::Quant { scales: vec![0.01; weight.rows()], input_scale: 0.02, input_zero: 0 });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grouped.sparse");
+    engine::format::save(&g, &path).unwrap();
+    let err = engine::load(&path).unwrap_err().to_string();
+    assert!(err.contains("grouped convolutions run in fp32") && !err.contains('\n'), "{err}");
+}
+
 /// Values near the edges of 32- and 64-bit arithmetic, where shape and window sizes used to wrap.
 const EDGES: [usize; 8] = [1 << 31, (1 << 32) - 1, 1 << 32, 1 << 62, (1 << 62) + 10, (1 << 63) - 1, 1 << 63, usize::MAX];
 

@@ -112,13 +112,7 @@ pub fn run_point(
     let info: sparsify::run::RunInfo = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json"))?)?;
     let last = summary.metrics.last().context("the run has no epochs")?;
     let result = PointResult {
-        model: match recipe.model {
-            sparsify::model::Arch::Mlp { ref hidden } => {
-                format!("mlp-{}", hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"))
-            }
-            sparsify::model::Arch::Lenet5 => "lenet5".into(),
-            sparsify::model::Arch::Rescnn => "rescnn".into(),
-        },
+        model: recipe.model.label(),
         structure: sparsify::prune::structure(&recipe),
         target_sparsity: recipe.pruning.first().map_or(0.0, |g| g.final_for("")),
         measured_sparsity: last.sparsity,

@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Arch, Network, Param};
+use crate::arch::Arch;
+use crate::model::Network;
 use crate::optim::OptimState;
 use crate::prune::Pruner;
 
@@ -123,17 +124,15 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         }
         Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     };
-    let mut params = Vec::new();
+    let mut net = Network::new(&progress.arch, progress.input_side, progress.classes, 0).map_err(|e| bad(e.to_string()))?;
+    let recorded = progress.params.iter().map(|(name, shape, ..)| (name, shape));
+    if recorded.ne(net.params.iter().map(|p| (&p.name, &p.shape))) {
+        bail!(bad(format!("its parameters are not those of a {} for {} pixels", progress.arch.label(), progress.input_side)));
+    }
     let (mut first, mut second) = (Vec::new(), Vec::new());
-    for (i, (name, shape, prunable, trainable)) in progress.params.iter().enumerate() {
-        let n: usize = shape.iter().product();
-        params.push(Param {
-            name: name.clone(),
-            shape: shape.clone(),
-            values: f32s(&format!("param.{name}"), n)?,
-            prunable: *prunable,
-            trainable: *trainable,
-        });
+    for (i, p) in net.params.iter_mut().enumerate() {
+        let n = p.numel();
+        p.values = f32s(&format!("param.{}", p.name), n)?;
         first.push(f32s(&format!("optim.first.{i}"), n)?);
         if st.tensor(&format!("optim.second.{i}")).is_ok() {
             second.push(f32s(&format!("optim.second.{i}"), n)?);
@@ -147,18 +146,12 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         }
     }
     if let Some(q) = &progress.quant
-        && q.layers.iter().any(|l| params.get(l.weight).is_none_or(|p| !p.prunable))
+        && q.layers.iter().any(|l| net.params.get(l.weight).is_none_or(|p| !p.prunable))
     {
         bail!(bad("its quantization state names a parameter that is not a weight".into()));
     }
-    let net = Network {
-        arch: progress.arch.clone(),
-        input_side: progress.input_side,
-        classes: progress.classes,
-        params,
-        quant: progress.quant.clone(),
-        bn_frozen: progress.bn_frozen,
-    };
+    net.quant = progress.quant.clone();
+    net.bn_frozen = progress.bn_frozen;
     let optim = OptimState { first, second, steps: progress.optimizer_steps };
     Ok(Loaded { progress, net, optim, masks })
 }

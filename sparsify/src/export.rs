@@ -4,9 +4,10 @@
 use std::path::Path;
 
 use anyhow::bail;
-use engine::graph::{Activation, Graph, Node, Op, Quant, Weight, Window};
+use engine::graph::{Activation, Graph, Node, Op, Quant, Unary, Weight, Window};
 
-use crate::model::{Arch, Network};
+use crate::arch::{LayerOp, Value};
+use crate::model::{BN_EPS, Network};
 use crate::quant::{self, ActQuant};
 
 /// File formats `sparsify export` writes.
@@ -40,74 +41,56 @@ fn engine_weight(net: &Network, i: usize) -> anyhow::Result<Weight> {
     Ok(Weight { shape: p.shape.clone(), data, quant: Some(Quant { scales, input_scale: input.scale, input_zero: input.zero_point }) })
 }
 
-/// The engine graph computing the same logits as `net.forward` (fake-quantized layers become
-/// int8 layers).
+/// The engine graph computing the same logits as `net.forward`: one node per layer of the
+/// description, named after it (fake-quantized layers become int8 layers; BatchNorm becomes the
+/// per-channel affine map the engine folds into the convolution before it).
 pub fn to_graph(net: &Network) -> anyhow::Result<Graph> {
-    let p = &net.params;
-    let weights: Vec<Weight> = (0..p.len()).map(|i| engine_weight(net, i)).collect::<anyhow::Result<_>>()?;
-    let weight = |i: usize| weights[i].clone();
-    let node = |name: &str, op: Op, input: &str| Node { name: name.into(), op, inputs: vec![input.into()], output: name.into() };
-    let linear = |i: usize, act| Op::Linear { weight: weight(i), bias: p[i + 1].values.clone(), act };
-    let mut nodes = Vec::new();
-    let mut prev = "input".to_string();
-    let (input_shape, mut push) = match net.arch {
-        Arch::Mlp { .. } => (vec![net.input_side * net.input_side], 0),
-        Arch::Lenet5 => {
-            let win = Window::square;
-            let conv = |i: usize, pad| Op::Conv {
-                weight: weight(i),
-                bias: p[i + 1].values.clone(),
-                window: win(5, 1, pad),
-                act: Activation::Relu,
-            };
-            nodes.push(node("conv1", conv(0, 2), "input"));
-            nodes.push(node("pool1", Op::MaxPool { window: win(2, 2, 0) }, "conv1"));
-            nodes.push(node("conv2", conv(2, 0), "pool1"));
-            nodes.push(node("pool2", Op::MaxPool { window: win(2, 2, 0) }, "conv2"));
-            nodes.push(node("flatten", Op::Flatten, "pool2"));
-            prev = "flatten".into();
-            (vec![1, net.input_side, net.input_side], 4)
-        }
-        Arch::Rescnn => {
-            let win = Window::square;
-            let conv =
-                |i: usize| Op::Conv { weight: weight(i), bias: p[i + 1].values.clone(), window: win(3, 1, 1), act: Activation::None };
-            // BatchNorm in inference form, a per-channel affine map that the engine folds into
-            // the convolution before it: scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
-            let affine = |i: usize, act| {
-                let scale: Vec<f32> =
-                    p[i].values.iter().zip(&p[i + 3].values).map(|(g, v)| g / (v + crate::model::BN_EPS).sqrt()).collect();
-                let shift = p[i + 1].values.iter().zip(&p[i + 2].values).zip(&scale).map(|((b, m), s)| b - m * s).collect();
-                Op::Affine { scale, shift, act }
-            };
-            nodes.push(node("conv1", conv(0), "input"));
-            nodes.push(node("bn1", affine(2, Activation::Relu), "conv1"));
-            nodes.push(node("pool1", Op::MaxPool { window: win(2, 2, 0) }, "bn1"));
-            nodes.push(node("conv2", conv(6), "pool1"));
-            nodes.push(node("bn2", affine(8, Activation::Relu), "conv2"));
-            nodes.push(node("conv3", conv(12), "bn2"));
-            nodes.push(node("bn3", affine(14, Activation::None), "conv3"));
-            nodes.push(Node {
-                name: "residual".into(),
-                op: Op::Add { act: Activation::Relu },
-                inputs: vec!["bn3".into(), "pool1".into()],
-                output: "residual".into(),
-            });
-            nodes.push(node("pool2", Op::MaxPool { window: win(2, 2, 0) }, "residual"));
-            nodes.push(node("flatten", Op::Flatten, "pool2"));
-            prev = "flatten".into();
-            (vec![1, net.input_side, net.input_side], 18)
-        }
+    let desc = &net.desc;
+    let value_name = |v: Value| match v {
+        Value::Input => "input".to_string(),
+        Value::Layer(i) => desc.layers[i].name.clone(),
     };
-    let layers = (p.len() - push) / 2;
-    for l in 0..layers {
-        let last = l + 1 == layers;
-        let name = if last { "logits".to_string() } else { p[push].name.trim_end_matches(".weight").to_string() };
-        nodes.push(node(&name, linear(push, if last { Activation::None } else { Activation::Relu }), &prev));
-        prev = name;
-        push += 2;
+    let mut nodes = Vec::with_capacity(desc.layers.len());
+    for (i, layer) in desc.layers.iter().enumerate() {
+        let mut inputs: Vec<String> = layer.inputs.iter().map(|&v| value_name(v)).collect();
+        let first = net.first_param[i];
+        let values = |k: usize| net.params[first + k].values.clone();
+        let op = match layer.op {
+            LayerOp::Linear { .. } => Op::Linear { weight: engine_weight(net, first)?, bias: values(1), act: Activation::None },
+            LayerOp::Conv { out, kernel, stride, pad, groups, bias } => {
+                let (mut weight, window) = (engine_weight(net, first)?, Window::square(kernel, stride, pad));
+                let bias = if bias { values(1) } else { vec![0.0; out] };
+                if groups == 1 {
+                    Op::Conv { weight, bias, window, act: Activation::None }
+                } else {
+                    // Grouped convolutions run in fp32 on the fake-quantized weights; the input's
+                    // quantization is a node of its own.
+                    if let Some(q) = weight.quant.take() {
+                        let output = format!("{}.input_quantized", layer.name);
+                        let op = Op::QuantDequant { scale: q.input_scale, zero: q.input_zero };
+                        nodes.push(Node { name: output.clone(), op, inputs: std::mem::take(&mut inputs), output: output.clone() });
+                        inputs = vec![output];
+                    }
+                    Op::GroupConv { weight, bias, window, groups, act: Activation::None }
+                }
+            }
+            // Inference BatchNorm: scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+            LayerOp::BatchNorm => {
+                let scale: Vec<f32> = values(0).iter().zip(values(3)).map(|(g, v)| g / (v + BN_EPS).sqrt()).collect();
+                let shift = values(1).iter().zip(values(2)).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+                Op::Affine { scale, shift, act: Activation::None }
+            }
+            LayerOp::Relu => Op::Relu,
+            LayerOp::Relu6 => Op::Unary(Unary::Clip { lo: 0.0, hi: 6.0 }),
+            LayerOp::MaxPool { kernel, stride } => Op::MaxPool { window: Window::square(kernel, stride, 0) },
+            LayerOp::GlobalAvgPool => Op::GlobalAvgPool,
+            LayerOp::Flatten => Op::Flatten,
+            LayerOp::Add => Op::Add { act: Activation::None },
+        };
+        nodes.push(Node { name: layer.name.clone(), op, inputs, output: layer.name.clone() });
     }
-    Ok(Graph { input: "input".into(), input_shape, output: prev, nodes, ports: None })
+    let output = nodes.last().map(|n| n.output.clone()).unwrap_or_else(|| "input".into());
+    Ok(Graph { input: "input".into(), input_shape: desc.input.clone(), output, nodes, ports: None })
 }
 
 /// Writes `net` to `path` in `format`, atomically.

@@ -3,6 +3,7 @@
 //! masks (`mask`, `prune`), fake quantization (`quant`) and our optimizers (`optim`) over burn's autodiff (`step`), writing
 //! checkpoints, metrics and run metadata; `export` writes the engine's model file or ONNX.
 
+pub mod arch;
 pub mod checkpoint;
 pub mod distill;
 pub mod export;

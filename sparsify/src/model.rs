@@ -1,42 +1,22 @@
-//! The networks sparsify trains, written directly on burn tensors so that every parameter is a
-//! plain named array we own: masks, the optimizer, checkpoints and export all work on the same
-//! `Vec<f32>`s, and each training step builds burn leaf tensors from them.
+//! The networks sparsify trains: parameters built from an architecture's description
+//! (`arch`) as plain named arrays we own, so that masks, the optimizer, checkpoints and export
+//! all work on the same `Vec<f32>`s; each training step builds burn leaf tensors from them and
+//! runs the description's layers on burn.
 //!
 //! Layouts (PyTorch's, and the engine's): linear weights `[out, in]`, convolution weights
-//! `[out, in, kh, kw]`; pruning targets every weight tensor (never biases).
+//! `[out, in / groups, kh, kw]`; pruning targets every weight tensor (never biases).
+
+use std::cell::RefCell;
 
 use burn::tensor::activation::relu;
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
-use std::cell::RefCell;
-
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 
+use crate::arch::{Arch, Desc, LayerOp, ParamKind, Value};
 use crate::quant::{self, ActQuant, QuantState};
-
-/// Which architecture, with its sizes (the `[model]` table of a recipe).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Arch {
-    /// Fully connected ReLU network on flattened images; LeNet-300-100 by default.
-    Mlp {
-        #[serde(default = "default_hidden")]
-        hidden: Vec<usize>,
-    },
-    /// LeNet-5: conv 5x5 (6, padded) - maxpool - conv 5x5 (16) - maxpool - 120 - 84 - 10.
-    Lenet5,
-    /// A small residual CNN with BatchNorm: conv 3x3 (16) + BN + ReLU - maxpool - a residual
-    /// block (conv-BN-ReLU-conv-BN, plus the block's input, ReLU) - maxpool - linear.
-    Rescnn,
-}
-
-fn default_hidden() -> Vec<usize> {
-    vec![300, 100]
-}
-
 /// One named parameter: its shape and values, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
@@ -55,13 +35,17 @@ impl Param {
     }
 }
 
-/// A network: its architecture and its parameters in a fixed order.
+/// A network: its architecture, its description and its parameters in the description's order.
 #[derive(Debug, Clone)]
 pub struct Network {
     pub arch: Arch,
     pub input_side: usize,
     pub classes: usize,
+    /// The architecture's layers (from `arch`, `input_side` and `classes`).
+    pub desc: Desc,
     pub params: Vec<Param>,
+    /// Where each layer's parameters start in `params`.
+    pub first_param: Vec<usize>,
     /// Fake quantization, when a `quantization` modifier configured it.
     pub quant: Option<QuantState>,
     /// BatchNorm uses its running statistics in training too (`freeze_bn_epoch` passed).
@@ -76,30 +60,6 @@ pub struct ForwardStats {
     pub ranges: Vec<(usize, [f32; 2])>,
 }
 
-/// He-uniform initialisation of a weight with `fan_in` inputs; biases start at zero.
-fn init(name: &str, shape: &[usize], rng: &mut StdRng) -> [Param; 2] {
-    let fan_in: usize = shape[1..].iter().product();
-    let bound = (6.0 / fan_in as f32).sqrt();
-    let n: usize = shape.iter().product();
-    [
-        Param {
-            name: format!("{name}.weight"),
-            shape: shape.to_vec(),
-            values: (0..n).map(|_| rng.random_range(-bound..bound)).collect(),
-            prunable: true,
-            trainable: true,
-        },
-        Param { name: format!("{name}.bias"), shape: vec![shape[0]], values: vec![0.0; shape[0]], prunable: false, trainable: true },
-    ]
-}
-
-/// BatchNorm over `c` channels: scale and shift (trained), running mean and variance (not).
-fn batchnorm(name: &str, c: usize) -> [Param; 4] {
-    let p =
-        |n: &str, v: f32, trainable| Param { name: format!("{name}.{n}"), shape: vec![c], values: vec![v; c], prunable: false, trainable };
-    [p("gamma", 1.0, true), p("beta", 0.0, true), p("running_mean", 0.0, false), p("running_var", 1.0, false)]
-}
-
 /// BatchNorm's epsilon and the weight of each batch in the running statistics (PyTorch's).
 pub const BN_EPS: f32 = 1e-5;
 pub const BN_MOMENTUM: f32 = 0.1;
@@ -108,63 +68,69 @@ pub const BN_MOMENTUM: f32 = 0.1;
 /// running variance follows it), and the batch's per-channel mean and variance.
 pub type BatchStats = (usize, Vec<f32>, Vec<f32>);
 
-/// Most parameters a built-in network may have (1 GiB of f32): a bound on what a recipe can make
-/// `Network::new` allocate.
-pub const MAX_PARAMETERS: usize = 1 << 28;
+/// A layer's output in the forward pass: images `[batch, C, H, W]` or rows `[batch, features]`.
+#[derive(Clone)]
+enum Activations {
+    Image(Tensor<4>),
+    Flat(Tensor<2>),
+}
 
-impl Arch {
-    /// Whether the network can be built for `side x side` images: every layer at least one unit
-    /// wide and the parameters within `MAX_PARAMETERS` (counted in checked arithmetic).
-    pub fn check(&self, side: usize, classes: usize) -> Result<(), String> {
-        let Arch::Mlp { hidden } = self else { return Ok(()) };
-        if hidden.contains(&0) {
-            return Err(format!("every layer needs at least one unit, found {hidden:?}"));
+impl Activations {
+    fn image(self) -> Tensor<4> {
+        match self {
+            Activations::Image(x) => x,
+            Activations::Flat(_) => unreachable!("the plan checked that this layer reads images"),
         }
-        let mut dims = vec![side * side];
-        dims.extend(hidden);
-        dims.push(classes);
-        let params = dims.windows(2).try_fold(0usize, |sum, d| d[0].checked_mul(d[1])?.checked_add(d[1])?.checked_add(sum));
-        match params {
-            Some(n) if n <= MAX_PARAMETERS => Ok(()),
-            _ => Err(format!("layers {hidden:?} make more than {MAX_PARAMETERS} parameters")),
+    }
+
+    fn flat(self) -> Tensor<2> {
+        match self {
+            Activations::Flat(x) => x,
+            Activations::Image(_) => unreachable!("the plan checked that this layer reads rows"),
+        }
+    }
+
+    fn map(self, f4: impl FnOnce(Tensor<4>) -> Tensor<4>, f2: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Activations {
+        match self {
+            Activations::Image(x) => Activations::Image(f4(x)),
+            Activations::Flat(x) => Activations::Flat(f2(x)),
         }
     }
 }
 
 impl Network {
-    /// A freshly initialised network for `side x side` images and `classes` classes.
-    pub fn new(arch: &Arch, side: usize, classes: usize, seed: u64) -> Network {
+    /// A freshly initialised network for `side x side` images and `classes` classes: weights
+    /// He-uniform (drawn in parameter order from `seed`), biases and shifts zero, BatchNorm
+    /// scales and running variances one. An error where the architecture does not fit.
+    pub fn new(arch: &Arch, side: usize, classes: usize, seed: u64) -> Result<Network, String> {
+        let desc = arch.describe(side, classes);
+        let plan = desc.plan(classes)?;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut params = Vec::new();
-        match arch {
-            Arch::Mlp { hidden } => {
-                let mut dims = vec![side * side];
-                dims.extend(hidden);
-                dims.push(classes);
-                for i in 0..dims.len() - 1 {
-                    params.extend(init(&format!("fc{}", i + 1), &[dims[i + 1], dims[i]], &mut rng));
-                }
-            }
-            Arch::Lenet5 => {
-                let flat = 16 * ((side / 2 - 4) / 2).pow(2);
-                params.extend(init("conv1", &[6, 1, 5, 5], &mut rng));
-                params.extend(init("conv2", &[16, 6, 5, 5], &mut rng));
-                params.extend(init("fc1", &[120, flat], &mut rng));
-                params.extend(init("fc2", &[84, 120], &mut rng));
-                params.extend(init("fc3", &[classes, 84], &mut rng));
-            }
-            Arch::Rescnn => {
-                let flat = 16 * (side / 4) * (side / 4);
-                params.extend(init("conv1", &[16, 1, 3, 3], &mut rng));
-                params.extend(batchnorm("bn1", 16));
-                params.extend(init("conv2", &[16, 16, 3, 3], &mut rng));
-                params.extend(batchnorm("bn2", 16));
-                params.extend(init("conv3", &[16, 16, 3, 3], &mut rng));
-                params.extend(batchnorm("bn3", 16));
-                params.extend(init("fc", &[classes, flat], &mut rng));
-            }
-        }
-        Network { arch: arch.clone(), input_side: side, classes, params, quant: None, bn_frozen: false }
+        let params = plan
+            .params
+            .into_iter()
+            .map(|spec| {
+                let n: usize = spec.shape.iter().product();
+                let values = match spec.kind {
+                    ParamKind::Weight => {
+                        let fan_in: usize = spec.shape[1..].iter().product();
+                        let bound = (6.0 / fan_in as f32).sqrt();
+                        (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+                    }
+                    ParamKind::Shift | ParamKind::RunningMean => vec![0.0; n],
+                    ParamKind::Scale | ParamKind::RunningVar => vec![1.0; n],
+                };
+                let trainable = !matches!(spec.kind, ParamKind::RunningMean | ParamKind::RunningVar);
+                Param { name: spec.name, shape: spec.shape, values, prunable: spec.kind == ParamKind::Weight, trainable }
+            })
+            .collect();
+        let first_param = plan.first_param;
+        Ok(Network { arch: arch.clone(), input_side: side, classes, params, desc, first_param, quant: None, bn_frozen: false })
+    }
+
+    /// Elements of one input sample.
+    pub fn input_len(&self) -> usize {
+        self.desc.input_len()
     }
 
     /// Parameters as burn tensors on `device` (leaves that track gradients when `device` is an
@@ -189,88 +155,91 @@ impl Network {
     /// Logits for a batch, in inference mode (BatchNorm uses its running statistics).
     ///
     /// # Shapes
-    /// `x`: `[batch, side * side]` normalised pixels; returns `[batch, classes]`.
+    /// `x`: `[batch, input_len]` normalised pixels; returns `[batch, classes]`.
     pub fn forward(&self, params: &[Tensor<1>], x: Tensor<2>) -> Tensor<2> {
         self.forward_mode(params, x, false).0
     }
 
     /// Logits for a batch; with `train`, BatchNorm normalises with the batch's statistics and
-    /// returns them for the running averages.
+    /// returns them for the running averages. Each layer of the description in order; a value
+    /// is dropped after its last reader.
     pub fn forward_mode(&self, params: &[Tensor<1>], x: Tensor<2>, train: bool) -> (Tensor<2>, ForwardStats) {
+        let [batch, _] = x.dims();
         let mut stats = Vec::new();
         let ranges = RefCell::new(Vec::new());
-        let p = |i: usize| -> Tensor<1> { params[i].clone() };
-        let shape = |i: usize| self.params[i].shape.clone();
-        let linear = |x: Tensor<2>, i: usize| -> Tensor<2> {
-            let x = self.quant_input(x, i, train, &ranges);
-            let s = shape(i);
-            let w: Tensor<2> = p(i).reshape([s[0], s[1]]);
-            x.matmul(w.transpose()) + p(i + 1).reshape([1, s[0]])
+        let layers = &self.desc.layers;
+        let input = match self.desc.input[..] {
+            [c, h, w] => Activations::Image(x.reshape([batch, c, h, w])),
+            _ => Activations::Flat(x),
         };
-        match &self.arch {
-            Arch::Mlp { .. } => {
-                let layers = self.params.len() / 2;
-                let mut h = x;
-                for l in 0..layers {
-                    h = linear(h, 2 * l);
-                    if l + 1 < layers {
-                        h = relu(h);
-                    }
+        let slot = |v: Value| match v {
+            Value::Input => 0,
+            Value::Layer(i) => i + 1,
+        };
+        let mut readers = vec![0usize; layers.len() + 1];
+        layers.iter().flat_map(|l| &l.inputs).for_each(|&v| readers[slot(v)] += 1);
+        let mut values: Vec<Option<Activations>> = vec![None; layers.len() + 1];
+        values[0] = Some(input);
+        for (i, layer) in layers.iter().enumerate() {
+            let mut read = |v: Value| {
+                let s = slot(v);
+                readers[s] -= 1;
+                let value = if readers[s] == 0 { values[s].take() } else { values[s].clone() };
+                value.expect("layers read earlier values (the plan checked)")
+            };
+            let x = read(layer.inputs[0]);
+            let first = self.first_param[i];
+            let p = |k: usize| -> Tensor<1> { params[first + k].clone() };
+            let out = match layer.op {
+                LayerOp::Linear { out } => {
+                    let x = self.quant_input(x.flat(), first, train, &ranges);
+                    let w: Tensor<2> = p(0).reshape([out, self.params[first].shape[1]]);
+                    Activations::Flat(x.matmul(w.transpose()) + p(1).reshape([1, out]))
                 }
-                (h, ForwardStats { bn: stats, ranges: ranges.into_inner() })
-            }
-            Arch::Lenet5 => {
-                let [b, _] = x.dims();
-                let side = self.input_side;
-                let conv = |x: Tensor<4>, i: usize, pad: usize| -> Tensor<4> {
-                    let x = self.quant_input(x, i, train, &ranges);
-                    let s = shape(i);
-                    let w: Tensor<4> = p(i).reshape([s[0], s[1], s[2], s[3]]);
-                    conv2d(x, w, Some(p(i + 1)), ConvOptions::new([1, 1], [pad, pad], [1, 1], 1))
-                };
-                let pool = |x: Tensor<4>| max_pool2d(x, MaxPoolOptions::new([2, 2]));
-                let h = x.reshape([b, 1, side, side]);
-                let h = pool(relu(conv(h, 0, 2)));
-                let h = pool(relu(conv(h, 2, 0)));
-                let h: Tensor<2> = h.reshape([b as i32, -1]);
-                let h = relu(linear(h, 4));
-                let h = relu(linear(h, 6));
-                let logits = linear(h, 8);
-                (logits, ForwardStats { bn: stats, ranges: ranges.into_inner() })
-            }
-            Arch::Rescnn => {
-                let [b, _] = x.dims();
-                let side = self.input_side;
-                let conv = |x: Tensor<4>, i: usize| -> Tensor<4> {
-                    let x = self.quant_input(x, i, train, &ranges);
-                    let s = shape(i);
-                    let w: Tensor<4> = p(i).reshape([s[0], s[1], s[2], s[3]]);
-                    conv2d(x, w, Some(p(i + 1)), ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
-                };
-                let mut bn = |x: Tensor<4>, i: usize| -> Tensor<4> {
-                    let c = self.params[i].numel();
-                    let (mean, var) = if train && !self.bn_frozen {
-                        let mean: Tensor<4> = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
-                        let var: Tensor<4> = (x.clone() - mean.clone()).powi_scalar(2).mean_dim(0).mean_dim(2).mean_dim(3);
-                        let host = |t: &Tensor<4>| t.to_data().try_to_vec::<f32>().expect("f32 statistics");
-                        stats.push((i + 2, host(&mean), host(&var)));
-                        (mean, var)
-                    } else {
-                        (p(i + 2).reshape([1, c, 1, 1]), p(i + 3).reshape([1, c, 1, 1]))
-                    };
-                    (x - mean) / (var + BN_EPS).sqrt() * p(i).reshape([1, c, 1, 1]) + p(i + 1).reshape([1, c, 1, 1])
-                };
-                let pool = |x: Tensor<4>| max_pool2d(x, MaxPoolOptions::new([2, 2]));
-                let h = x.reshape([b, 1, side, side]);
-                let h = pool(relu(bn(conv(h, 0), 2)));
-                let r = relu(bn(conv(h.clone(), 6), 8));
-                let r = bn(conv(r, 12), 14);
-                let h = pool(relu(r + h));
-                let h: Tensor<2> = h.reshape([b as i32, -1]);
-                let logits = linear(h, 18);
-                (logits, ForwardStats { bn: stats, ranges: ranges.into_inner() })
-            }
+                LayerOp::Conv { stride, pad, groups, bias, .. } => {
+                    let x = self.quant_input(x.image(), first, train, &ranges);
+                    let s = &self.params[first].shape;
+                    let w: Tensor<4> = p(0).reshape([s[0], s[1], s[2], s[3]]);
+                    let options = ConvOptions::new([stride, stride], [pad, pad], [1, 1], groups);
+                    Activations::Image(conv2d(x, w, bias.then(|| p(1)), options))
+                }
+                LayerOp::BatchNorm => Activations::Image(self.batchnorm(x.image(), params, first, train, &mut stats)),
+                LayerOp::Relu => x.map(relu, relu),
+                LayerOp::Relu6 => x.map(|t| t.clamp(0.0, 6.0), |t| t.clamp(0.0, 6.0)),
+                LayerOp::MaxPool { kernel, stride } => {
+                    Activations::Image(max_pool2d(x.image(), MaxPoolOptions::new([kernel, kernel]).with_stride([stride, stride])))
+                }
+                LayerOp::GlobalAvgPool => Activations::Image(x.image().mean_dim(2).mean_dim(3)),
+                LayerOp::Flatten => Activations::Flat(match x {
+                    Activations::Image(t) => t.reshape([batch as i32, -1]),
+                    flat => flat.flat(),
+                }),
+                LayerOp::Add => {
+                    let y = read(layer.inputs[1]);
+                    x.map(|a| a + y.clone().image(), |a| a + y.clone().flat())
+                }
+            };
+            values[i + 1] = Some(out);
         }
+        let logits = values.pop().flatten().expect("a network has layers (the plan checked)").flat();
+        (logits, ForwardStats { bn: stats, ranges: ranges.into_inner() })
+    }
+
+    /// BatchNorm of `x` with parameters from `first`: the batch's statistics in training (kept
+    /// in `stats` for the running averages) unless frozen, else the running ones.
+    fn batchnorm(&self, x: Tensor<4>, params: &[Tensor<1>], first: usize, train: bool, stats: &mut Vec<BatchStats>) -> Tensor<4> {
+        let c = self.params[first].numel();
+        let channel = |k: usize| params[first + k].clone().reshape([1, c, 1, 1]);
+        let (mean, var) = if train && !self.bn_frozen {
+            let mean: Tensor<4> = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
+            let var: Tensor<4> = (x.clone() - mean.clone()).powi_scalar(2).mean_dim(0).mean_dim(2).mean_dim(3);
+            let host = |t: &Tensor<4>| t.to_data().try_to_vec::<f32>().expect("f32 statistics");
+            stats.push((first + 2, host(&mean), host(&var)));
+            (mean, var)
+        } else {
+            (channel(2), channel(3))
+        };
+        (x - mean) / (var + BN_EPS).sqrt() * channel(0) + channel(1)
     }
 
     /// Fake-quantizes the input of the layer whose weight is parameter `weight`, if quantization

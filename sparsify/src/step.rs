@@ -44,7 +44,7 @@ pub struct Soft {
 pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8], soft: Option<Soft>) -> StepOutput {
     let b = labels.len();
     let params = net.tensors(device, true);
-    let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_side * net.input_side]), device);
+    let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_len()]), device);
     let (logits, stats) = net.forward_mode(&params, x, true);
     let correct = engine::top1::correct(&logits.to_data().try_to_vec::<f32>().expect("f32 logits"), net.classes, labels);
     let mut onehot = vec![0.0f32; b * net.classes];
@@ -74,7 +74,7 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
 /// Logits for a batch, without autodiff: `[labels, classes]` row-major.
 pub fn logits(net: &Network, device: &Device, inputs: Vec<f32>, batch: usize) -> Vec<f32> {
     let params = net.tensors(device, false);
-    let x = Tensor::<2>::from_data(TensorData::new(inputs, [batch, net.input_side * net.input_side]), device);
+    let x = Tensor::<2>::from_data(TensorData::new(inputs, [batch, net.input_len()]), device);
     net.forward(&params, x).to_data().try_to_vec::<f32>().expect("f32 logits")
 }
 
@@ -96,13 +96,13 @@ pub fn accuracy(net: &Network, split: &datasets::Split, mean: f32, std: f32) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Arch;
+    use crate::arch::Arch;
 
     /// Targets equal to the student's own softened outputs pull nowhere: with hardness 1 every
     /// gradient vanishes; with the labels' loss mixed in, the gradients scale with 1 - hardness.
     #[test]
     fn distilling_towards_itself_adds_no_gradient() {
-        let net = Network::new(&Arch::Mlp { hidden: vec![16] }, 28, 10, 3);
+        let net = Network::new(&Arch::Mlp { hidden: vec![16] }, 28, 10, 3).unwrap();
         let (b, t) = (4, 3.0f32);
         let inputs: Vec<f32> = (0..b * 784).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect();
         let own = logits(&net, &eval_device(), inputs.clone(), b);

@@ -101,7 +101,8 @@ pub fn train(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions) -> anyhow:
 pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: RunData) -> anyhow::Result<Summary> {
     let out = &opts.out;
     let epochs = recipe.epochs.ceil() as usize;
-    let mut net = Network::new(&recipe.model, data.train.rows, data.classes, recipe.seed);
+    let mut net = Network::new(&recipe.model, data.train.rows, data.classes, recipe.seed)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?;
     if let Some(q) = &recipe.quantization {
         net.quant = Some(quant::state_for(q, &net).map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?);
     }
@@ -176,8 +177,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
     let targeted = pruner.targeted();
     let frozen: Vec<bool> = net.params.iter().map(|p| !p.trainable).collect();
     let last_epoch = opts.stop_after.map_or(epochs, |s| s.min(epochs));
-    let side = net.input_side;
-    let mut teacher = recipe.distillation.as_ref().map(|d| crate::distill::Teacher::load(d, &[side * side], net.classes)).transpose()?;
+    let mut teacher = recipe.distillation.as_ref().map(|d| crate::distill::Teacher::load(d, &net.desc.input, net.classes)).transpose()?;
     for epoch in first_epoch..last_epoch {
         let start = Instant::now();
         let order = datasets::batch::shuffled(data.train.len(), recipe.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));

@@ -133,7 +133,7 @@ fn out_of_range_values_are_refused_at_parse_time() {
         (("momentum = 0.9", "momentum = 0.9\nweight_decay = -1"), "weight_decay: must be in [0, 1]"),
         (("momentum = 0.9", "momentum = 0.9\nbetas = [0.9, 1.0]"), "betas: must be in [0, 1)"),
         (("hidden = [16]", "hidden = [0, 100]"), "hidden: every layer needs at least one unit"),
-        (("hidden = [16]", "hidden = [1000000000]"), "hidden: layers [1000000000] make more than"),
+        (("hidden = [16]", "hidden = [1000000000]"), "hidden: fc1: the network has more than 268435456 parameters"),
         (("epochs = 10", "epochs = 1e12"), "training needs 0 < end_epoch <= 10000"),
         (
             ("schedule = \"cosine\"", "schedule = \"multi_step\"\nmilestones = [5, 2]"),

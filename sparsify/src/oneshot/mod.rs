@@ -219,10 +219,10 @@ pub fn images(d: &datasets::Dataset, split: &datasets::Split, n: usize, seed: u6
 }
 
 /// The prunable weights of a recipe's model, in order: their names and element counts.
-pub fn recipe_params(recipe: &crate::recipe::Recipe) -> Vec<(String, usize)> {
+pub fn recipe_params(recipe: &crate::recipe::Recipe) -> anyhow::Result<Vec<(String, usize)>> {
     let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
-    let net = crate::model::Network::new(&recipe.model, 28, classes, 0);
-    net.prunable().into_iter().map(|i| (net.params[i].name.clone(), net.params[i].values.len())).collect()
+    let net = crate::model::Network::new(&recipe.model, 28, classes, 0).map_err(|e| anyhow::anyhow!("the recipe's model: {e}"))?;
+    Ok(net.prunable().into_iter().map(|i| (net.params[i].name.clone(), net.params[i].values.len())).collect())
 }
 
 /// The sparsity of each prunable layer of `graph` (in order) from a recipe's gmp modifier's
@@ -230,7 +230,7 @@ pub fn recipe_params(recipe: &crate::recipe::Recipe) -> Vec<(String, usize)> {
 /// sizes must agree).
 pub fn recipe_levels(recipe: &crate::recipe::Recipe, name: &str, graph: &Graph) -> anyhow::Result<Vec<f64>> {
     let [gmp] = &recipe.pruning[..] else { bail!("{name}: the recipe needs exactly one gmp modifier for per-layer targets") };
-    let params = recipe_params(recipe);
+    let params = recipe_params(recipe)?;
     let layers = targets(graph)?;
     if params.len() != layers.len() {
         bail!("{name}: its model has {} prunable weights; this model has {} prunable layers", params.len(), layers.len());

@@ -13,8 +13,8 @@ use serde::Serialize;
 pub use schema::{Curve, LrKind, OptimizerKind, Scope, WeightScheme};
 use schema::{Num, RawModifier, RawRecipe, RawSparsity};
 
+use crate::arch::Arch;
 use crate::mask::MaskKind;
-use crate::model::Arch;
 
 /// Longest training a recipe may ask for, in epochs.
 pub const MAX_EPOCHS: f64 = 10_000.0;
@@ -622,10 +622,11 @@ impl Recipe {
 pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
     let side = 28;
     let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
-    let net = crate::model::Network::new(&recipe.model, side, classes, 0);
-    crate::prune::Pruner::new(recipe, &net)
-        .map(|_| ())
-        .and_then(|_| recipe.quantization.as_ref().map_or(Ok(()), |q| crate::quant::state_for(q, &net).map(|_| ())))
+    crate::model::Network::new(&recipe.model, side, classes, 0)
+        .and_then(|net| {
+            crate::prune::Pruner::new(recipe, &net)?;
+            recipe.quantization.as_ref().map_or(Ok(()), |q| crate::quant::state_for(q, &net).map(|_| ()))
+        })
         .map_err(|message| {
             let line = message.split_once(':').and_then(|(field, _)| text_line(file, |l| l.trim_start().starts_with(field)));
             RecipeError { file: file.to_string(), line, message }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Arch;
+use crate::arch::Arch;
 
 /// A number or an arithmetic expression over the recipe's variables (`"epochs * 0.6"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
