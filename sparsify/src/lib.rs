@@ -5,6 +5,7 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod conv;
 pub mod distill;
 pub mod export;
 pub mod mask;

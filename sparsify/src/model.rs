@@ -9,8 +9,8 @@
 use std::cell::RefCell;
 
 use burn::tensor::activation::relu;
-use burn::tensor::module::{conv2d, max_pool2d};
-use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -200,8 +200,7 @@ impl Network {
                     let x = self.quant_input(x.image(), first, train, &ranges);
                     let s = &self.params[first].shape;
                     let w: Tensor<4> = p(0).reshape([s[0], s[1], s[2], s[3]]);
-                    let options = ConvOptions::new([stride, stride], [pad, pad], [1, 1], groups);
-                    Activations::Image(conv2d(x, w, bias.then(|| p(1)), options))
+                    Activations::Image(crate::conv::conv2d(x, w, bias.then(|| p(1)), stride, pad, groups))
                 }
                 LayerOp::BatchNorm => Activations::Image(self.batchnorm(x.image(), params, first, train, &mut stats)),
                 LayerOp::Relu => x.map(relu, relu),

@@ -1,0 +1,349 @@
+//! The training convolution's kernels, on plain NCHW `f32` slices: im2col, its adjoint col2im
+//! and GEMM (the `gemm` crate, one thread each), over the batch's samples in parallel — the
+//! forward pass, the input's gradient and the weight's gradient of a 2-D convolution with one
+//! group. Each has a scalar twin in the tests.
+
+use rayon::prelude::*;
+
+/// A convolution's sizes: input `[batch, channels, height, width]`, weight
+/// `[out_channels, channels, kernel[0], kernel[1]]`, the same stride and zero padding on both
+/// axes, no dilation; output `[batch, out_channels, out_h, out_w]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub stride: usize,
+    pub pad: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl Geometry {
+    /// The geometry of a convolution of `x` by `weight` (shapes as above), or `None` where the
+    /// shapes do not fit each other, the window does not fit the padded input, or a size is zero.
+    pub fn new(x: [usize; 4], weight: [usize; 4], stride: usize, pad: usize) -> Option<Geometry> {
+        let [batch, channels, height, width] = x;
+        let [out_channels, c, kh, kw] = weight;
+        if c != channels || stride == 0 || x.iter().chain(&weight).any(|&d| d == 0) {
+            return None;
+        }
+        let out = |size: usize, k: usize| pad.checked_mul(2)?.checked_add(size)?.checked_sub(k).map(|s| s / stride + 1);
+        let (out_h, out_w) = (out(height, kh)?, out(width, kw)?);
+        Some(Geometry { batch, channels, height, width, out_channels, kernel: [kh, kw], stride, pad, out_h, out_w })
+    }
+
+    /// Rows of the im2col matrix (one per input channel and kernel tap).
+    fn taps(&self) -> usize {
+        self.channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Output positions of one sample (the im2col matrix's columns).
+    fn positions(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    fn input_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    fn output_len(&self) -> usize {
+        self.out_channels * self.positions()
+    }
+
+    /// A 1x1 window at stride 1 without padding: the input is its own im2col matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == 1 && self.pad == 0
+    }
+}
+
+/// The output coordinates `o < out` whose input coordinate `o * stride + tap - pad` lies in
+/// `0..size`.
+fn valid_outputs(out: usize, size: usize, stride: usize, tap: usize, pad: usize) -> std::ops::Range<usize> {
+    let first = pad.saturating_sub(tap).div_ceil(stride).min(out);
+    let end = (size + pad).checked_sub(tap).map_or(0, |limit| limit.div_ceil(stride)).min(out);
+    first..end.max(first)
+}
+
+/// One sample's im2col matrix, `[taps, positions]`: row `(c, i, j)`, column `(oy, ox)` holds
+/// `x[c][oy * stride + i - pad][ox * stride + j - pad]`, zero in the padding.
+fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let (positions, s) = (g.positions(), g.stride);
+    for c in 0..g.channels {
+        let plane = &x[c * g.height * g.width..][..g.height * g.width];
+        for i in 0..kh {
+            let rows = valid_outputs(g.out_h, g.height, s, i, g.pad);
+            for j in 0..kw {
+                let row = &mut col[((c * kh + i) * kw + j) * positions..][..positions];
+                let cols = valid_outputs(g.out_w, g.width, s, j, g.pad);
+                for oy in 0..g.out_h {
+                    let out = &mut row[oy * g.out_w..][..g.out_w];
+                    if !rows.contains(&oy) || cols.is_empty() {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let line = &plane[(oy * s + i - g.pad) * g.width..][..g.width];
+                    out[..cols.start].fill(0.0);
+                    out[cols.end..].fill(0.0);
+                    let first = cols.start * s + j - g.pad;
+                    if s == 1 {
+                        out[cols.clone()].copy_from_slice(&line[first..first + cols.len()]);
+                    } else {
+                        out[cols.clone()].iter_mut().zip(line[first..].iter().step_by(s)).for_each(|(o, v)| *o = *v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col`: adds each entry of `col` to the input pixel it was read from.
+fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let (positions, s) = (g.positions(), g.stride);
+    for c in 0..g.channels {
+        let plane = &mut dx[c * g.height * g.width..][..g.height * g.width];
+        for i in 0..kh {
+            let rows = valid_outputs(g.out_h, g.height, s, i, g.pad);
+            for j in 0..kw {
+                let row = &col[((c * kh + i) * kw + j) * positions..][..positions];
+                let cols = valid_outputs(g.out_w, g.width, s, j, g.pad);
+                if cols.is_empty() {
+                    continue;
+                }
+                for oy in rows.clone() {
+                    let line = &mut plane[(oy * s + i - g.pad) * g.width..][..g.width];
+                    let first = cols.start * s + j - g.pad;
+                    let values = &row[oy * g.out_w..][cols.clone()];
+                    if s == 1 {
+                        line[first..first + values.len()].iter_mut().zip(values).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (d, v) in line[first..].iter_mut().step_by(s).zip(values) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A matrix operand: its values and the distance between consecutive rows and columns.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    values: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    fn rows(values: &'a [f32], cols: usize) -> Operand<'a> {
+        Operand { values, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    fn transposed(values: &'a [f32], cols: usize) -> Operand<'a> {
+        Operand { values, row_stride: 1, col_stride: cols }
+    }
+
+    /// Whether a `rows x cols` view stays inside the values.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.values.len()
+    }
+}
+
+/// `dst (m x n, row-major) = [dst +] a (m x k) * b (k x n)`, on one thread.
+fn matmul(dst: &mut [f32], accumulate: bool, a: Operand, b: Operand, [m, k, n]: [usize; 3]) {
+    assert!(dst.len() >= m * n && a.fits(m, k) && b.fits(k, n), "matmul operands smaller than {m}x{k} by {k}x{n}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the assertion above keeps every element the strides address inside its slice,
+    // and `dst` is borrowed mutably, so it overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.values.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.values.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Samples per parallel task: the batch split evenly over the pool's threads.
+fn samples_per_task(batch: usize) -> usize {
+    batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// `y = conv(x, weight)`, `[batch, out_channels, out_h, out_w]`.
+pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0; g.batch * g.output_len()];
+    let w = Operand::rows(weight, g.taps());
+    let dims = [g.out_channels, g.taps(), g.positions()];
+    let chunk = samples_per_task(g.batch);
+    y.par_chunks_mut(chunk * g.output_len()).zip(x.par_chunks(chunk * g.input_len())).for_each(|(ys, xs)| {
+        let mut col = vec![0.0; if g.is_pointwise() { 0 } else { g.taps() * g.positions() }];
+        for (y, x) in ys.chunks_mut(g.output_len()).zip(xs.chunks(g.input_len())) {
+            let columns = if g.is_pointwise() {
+                x
+            } else {
+                im2col(g, x, &mut col);
+                &col
+            };
+            matmul(y, false, w, Operand::rows(columns, g.positions()), dims);
+        }
+    });
+    y
+}
+
+/// The gradient of the loss with respect to `x`, given its gradient `dy` with respect to `y`:
+/// `col2im(weight^T dy)` per sample.
+pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0.0; g.batch * g.input_len()];
+    let wt = Operand::transposed(weight, g.taps());
+    let dims = [g.taps(), g.out_channels, g.positions()];
+    let chunk = samples_per_task(g.batch);
+    dx.par_chunks_mut(chunk * g.input_len()).zip(dy.par_chunks(chunk * g.output_len())).for_each(|(dxs, dys)| {
+        let mut col = vec![0.0; if g.is_pointwise() { 0 } else { g.taps() * g.positions() }];
+        for (dx, dy) in dxs.chunks_mut(g.input_len()).zip(dys.chunks(g.output_len())) {
+            let dy = Operand::rows(dy, g.positions());
+            if g.is_pointwise() {
+                matmul(dx, false, wt, dy, dims);
+            } else {
+                matmul(&mut col, false, wt, dy, dims);
+                col2im(g, &col, dx);
+            }
+        }
+    });
+    dx
+}
+
+/// The gradient of the loss with respect to the weight: the sum over samples of
+/// `dy im2col(x)^T`, `[out_channels, taps]`.
+pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let dims = [g.out_channels, g.positions(), g.taps()];
+    let chunk = samples_per_task(g.batch);
+    let partial = |(xs, dys): (&[f32], &[f32])| {
+        let mut dw = vec![0.0; g.out_channels * g.taps()];
+        let mut col = vec![0.0; if g.is_pointwise() { 0 } else { g.taps() * g.positions() }];
+        for (x, dy) in xs.chunks(g.input_len()).zip(dys.chunks(g.output_len())) {
+            let columns = if g.is_pointwise() {
+                x
+            } else {
+                im2col(g, x, &mut col);
+                &col
+            };
+            matmul(&mut dw, true, Operand::rows(dy, g.positions()), Operand::transposed(columns, g.positions()), dims);
+        }
+        dw
+    };
+    let partials: Vec<Vec<f32>> = x.par_chunks(chunk * g.input_len()).zip(dy.par_chunks(chunk * g.output_len())).map(partial).collect();
+    partials
+        .into_iter()
+        .reduce(|mut sum, p| {
+            sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+            sum
+        })
+        .unwrap_or_else(|| vec![0.0; g.out_channels * g.taps()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Input coordinate of output `o` at kernel tap `t`, if inside the image.
+    fn source(o: usize, t: usize, g: &Geometry, size: usize) -> Option<usize> {
+        (o * g.stride + t).checked_sub(g.pad).filter(|&v| v < size)
+    }
+
+    /// The convolution and both gradients by their definitions, one multiply-add at a time.
+    fn scalar(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f32>; 3] {
+        let [kh, kw] = g.kernel;
+        let (mut y, mut dx, mut dw) = (vec![0.0; g.batch * g.output_len()], vec![0.0; x.len()], vec![0.0; w.len()]);
+        for b in 0..g.batch {
+            for o in 0..g.out_channels {
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        let yi = ((b * g.out_channels + o) * g.out_h + oy) * g.out_w + ox;
+                        for c in 0..g.channels {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let (Some(iy), Some(ix)) = (source(oy, i, g, g.height), source(ox, j, g, g.width)) else { continue };
+                                    let xi = ((b * g.channels + c) * g.height + iy) * g.width + ix;
+                                    let wi = ((o * g.channels + c) * kh + i) * kw + j;
+                                    y[yi] += x[xi] * w[wi];
+                                    dx[xi] += w[wi] * dy[yi];
+                                    dw[wi] += x[xi] * dy[yi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [y, dx, dw]
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0).collect()
+    }
+
+    #[test]
+    fn kernels_match_their_definitions_on_edge_shapes() {
+        // (batch, channels, side h, side w, out, kernel h, kernel w, stride, pad)
+        let cases = [
+            (3, 2, 7, 5, 4, 3, 3, 1, 1),
+            (2, 3, 8, 8, 5, 3, 3, 2, 1),
+            (5, 4, 6, 6, 3, 1, 1, 1, 0),
+            (2, 4, 7, 7, 3, 1, 1, 2, 0),
+            (1, 1, 5, 9, 2, 5, 5, 1, 2),
+            (3, 2, 9, 9, 2, 3, 2, 3, 2),
+            (4, 3, 3, 3, 2, 3, 3, 1, 2),
+            (2, 1, 1, 1, 3, 1, 1, 1, 0),
+            (1, 2, 4, 4, 1, 4, 4, 1, 0),
+        ];
+        for (batch, channels, h, w, out, kh, kw, stride, pad) in cases {
+            let g = Geometry::new([batch, channels, h, w], [out, channels, kh, kw], stride, pad).unwrap();
+            let x = values(batch * channels * h * w, 1);
+            let weight = values(out * channels * kh * kw, 2);
+            let dy = values(batch * g.output_len(), 3);
+            let [y, dx, dw] = scalar(&g, &x, &weight, &dy);
+            for (name, got, want) in
+                [("y", forward(&g, &x, &weight), y), ("dx", input_grad(&g, &weight, &dy), dx), ("dw", weight_grad(&g, &x, &dy), dw)]
+            {
+                assert_eq!(got.len(), want.len(), "{g:?} {name}");
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{g:?} {name}: {a} against {b}");
+                }
+            }
+        }
+        assert_eq!(Geometry::new([1, 2, 3, 3], [1, 2, 5, 5], 1, 0), None, "window larger than the image");
+        assert_eq!(Geometry::new([1, 2, 3, 3], [1, 3, 3, 3], 1, 1), None, "channels differ");
+        assert_eq!(Geometry::new([1, 2, 3, 3], [1, 2, 3, 3], 0, 1), None, "stride 0");
+    }
+}
