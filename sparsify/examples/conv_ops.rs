@@ -23,7 +23,7 @@ fn main() {
             let (x, w) = if backward { (x.require_grad(), w.require_grad()) } else { (x, w) };
             let t = Instant::now();
             let y = if ours {
-                sparsify::conv::conv2d(x.clone(), w.clone(), None, stride, 1, 1)
+                sparsify::ops::conv::conv2d(x.clone(), w.clone(), None, stride, 1, 1)
             } else {
                 conv2d(x.clone(), w.clone(), None, opts.clone())
             };

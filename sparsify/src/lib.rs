@@ -5,12 +5,12 @@
 
 pub mod arch;
 pub mod checkpoint;
-pub mod conv;
 pub mod distill;
 pub mod export;
 pub mod mask;
 pub mod model;
 pub mod oneshot;
+pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod prune;

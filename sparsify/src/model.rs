@@ -200,7 +200,7 @@ impl Network {
                     let x = self.quant_input(x.image(), first, train, &ranges);
                     let s = &self.params[first].shape;
                     let w: Tensor<4> = p(0).reshape([s[0], s[1], s[2], s[3]]);
-                    Activations::Image(crate::conv::conv2d(x, w, bias.then(|| p(1)), stride, pad, groups))
+                    Activations::Image(crate::ops::conv::conv2d(x, w, bias.then(|| p(1)), stride, pad, groups))
                 }
                 LayerOp::BatchNorm => Activations::Image(self.batchnorm(x.image(), params, first, train, &mut stats)),
                 LayerOp::Relu => x.map(relu, relu),
@@ -227,18 +227,14 @@ impl Network {
     /// BatchNorm of `x` with parameters from `first`: the batch's statistics in training (kept
     /// in `stats` for the running averages) unless frozen, else the running ones.
     fn batchnorm(&self, x: Tensor<4>, params: &[Tensor<1>], first: usize, train: bool, stats: &mut Vec<BatchStats>) -> Tensor<4> {
+        if train && !self.bn_frozen {
+            let (y, mean, var) = crate::ops::batchnorm::batchnorm_train(x, params[first].clone(), params[first + 1].clone(), BN_EPS);
+            stats.push((first + 2, mean, var));
+            return y;
+        }
         let c = self.params[first].numel();
         let channel = |k: usize| params[first + k].clone().reshape([1, c, 1, 1]);
-        let (mean, var) = if train && !self.bn_frozen {
-            let mean: Tensor<4> = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
-            let var: Tensor<4> = (x.clone() - mean.clone()).powi_scalar(2).mean_dim(0).mean_dim(2).mean_dim(3);
-            let host = |t: &Tensor<4>| t.to_data().try_to_vec::<f32>().expect("f32 statistics");
-            stats.push((first + 2, host(&mean), host(&var)));
-            (mean, var)
-        } else {
-            (channel(2), channel(3))
-        };
-        (x - mean) / (var + BN_EPS).sqrt() * channel(0) + channel(1)
+        (x - channel(2)) / (channel(3) + BN_EPS).sqrt() * channel(0) + channel(1)
     }
 
     /// Fake-quantizes the input of the layer whose weight is parameter `weight`, if quantization

@@ -1,10 +1,7 @@
-//! The convolution training uses: burn's `conv2d` on the `flex` backend spends most of a
-//! ResNet-20 step outside its GEMM (a serial layout change and im2col on every call; BENCHMARKS.md,
-//! "Training"), so convolutions with one group run on our kernels (`kernels`: im2col, GEMM,
-//! col2im, samples in parallel) as a burn backend extension with its own backward pass.
-//! Grouped convolutions stay on burn's.
-
-pub mod kernels;
+//! The convolution training uses: burn's `conv2d` on the `flex` backend spends most of its time
+//! outside its GEMM (a serial layout change and im2col on every call), so convolutions with one
+//! group run on our kernels (`conv_kernels`: im2col, GEMM, col2im, samples in parallel) as a burn
+//! backend extension with its own backward pass. Grouped convolutions stay on burn's.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -14,11 +11,13 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::Tensor;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorData};
 
-use kernels::Geometry;
+use super::{contiguous, slice, tensor};
+
+use super::conv_kernels::{self as kernels, Geometry};
 
 /// A convolution with one group on our kernels.
 #[backend_extension(Flex, Autodiff)]
@@ -27,33 +26,16 @@ pub trait GemmConv: Backend {
     fn gemm_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize, pad: usize) -> FloatTensor<Self>;
 }
 
-/// A flex tensor laid out contiguously from its start (itself where it already is), and its 4-D
-/// shape.
-fn contiguous(t: FlexTensor) -> (FlexTensor, [usize; 4]) {
-    let t = if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() };
-    let dims = t.layout().shape();
-    let shape = [dims[0], dims[1], dims[2], dims[3]];
-    (t, shape)
-}
-
-/// The values of a tensor `contiguous` returned.
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice().expect("an f32 tensor made contiguous")
-}
-
-fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
-
-fn geometry(x: [usize; 4], weight: [usize; 4], stride: usize, pad: usize) -> Geometry {
-    Geometry::new(x, weight, stride, pad).expect("convolution shapes checked by the network's plan")
+fn geometry(x: &[usize], weight: &[usize], stride: usize, pad: usize) -> Geometry {
+    let four = |s: &[usize]| [s[0], s[1], s[2], s[3]];
+    Geometry::new(four(x), four(weight), stride, pad).expect("convolution shapes checked by the network's plan")
 }
 
 impl GemmConv for Flex {
     fn gemm_conv2d(x: FlexTensor, weight: FlexTensor, stride: usize, pad: usize) -> FlexTensor {
         let ((x, xs), (w, ws)) = (contiguous(x), contiguous(weight));
-        let g = geometry(xs, ws, stride, pad);
-        tensor(kernels::forward(&g, slice(&x), slice(&w)), [g.batch, g.out_channels, g.out_h, g.out_w])
+        let g = geometry(&xs, &ws, stride, pad);
+        tensor(kernels::forward(&g, slice(&x), slice(&w)), &[g.batch, g.out_channels, g.out_h, g.out_w])
     }
 }
 
@@ -71,12 +53,12 @@ impl Backward<Flex, 2> for GemmConvBackward {
         let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
         let weight: FlexTensor = checkpointer.retrieve_node_output(weight_state);
         let ((x, xs), (w, ws), (dy, _)) = (contiguous(x), contiguous(weight), contiguous(dy));
-        let g = geometry(xs, ws, stride, pad);
+        let g = geometry(&xs, &ws, stride, pad);
         if let Some(node) = x_node {
-            grads.register::<Flex>(node.id, tensor(kernels::input_grad(&g, slice(&w), slice(&dy)), xs));
+            grads.register::<Flex>(node.id, tensor(kernels::input_grad(&g, slice(&w), slice(&dy)), &xs));
         }
         if let Some(node) = weight_node {
-            grads.register::<Flex>(node.id, tensor(kernels::weight_grad(&g, slice(&x), slice(&dy)), ws));
+            grads.register::<Flex>(node.id, tensor(kernels::weight_grad(&g, slice(&x), slice(&dy)), &ws));
         }
     }
 }
