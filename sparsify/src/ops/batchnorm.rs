@@ -19,9 +19,12 @@ use burn::tensor::Tensor;
 use super::batchnorm_kernels::{self as kernels, Dims};
 use super::{contiguous, slice, tensor};
 
-/// Where the operator leaves the per-channel mean and variance it normalised with.
+/// Per-channel mean and biased variance.
+pub type Statistics = (Vec<f32>, Vec<f32>);
+
+/// Where the operator leaves the statistics it normalised with.
 #[derive(Debug, Clone, Default)]
-pub struct StatisticsSink(Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>);
+pub struct StatisticsSink(Arc<Mutex<Option<Statistics>>>);
 
 impl StatisticsSink {
     fn put(&self, mean: Vec<f32>, var: Vec<f32>) {
@@ -29,7 +32,7 @@ impl StatisticsSink {
     }
 
     /// The statistics of the last call, once.
-    pub fn take(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+    pub fn take(&self) -> Option<Statistics> {
         self.0.lock().expect("statistics lock").take()
     }
 }
