@@ -23,24 +23,44 @@ impl OptimState {
     }
 }
 
+/// Elements per parallel task of an update (large weights split over the threads).
+const CHUNK: usize = 1 << 14;
+
+/// SGD on one run of elements: `g += wd * w`, then with momentum `b = mu * b + g` and the
+/// direction `g + mu * b` (Nesterov) or `b`; `w -= lr * direction`. One loop per case, so each
+/// vectorizes.
+fn sgd_update(w: &mut [f32], g: &[f32], b: &mut [f32], [lr, wd, mu]: [f32; 3], nesterov: bool) {
+    let elements = w.iter_mut().zip(g).zip(b.iter_mut());
+    if mu == 0.0 {
+        elements.for_each(|((w, g), _)| *w -= lr * (g + wd * *w));
+    } else if nesterov {
+        elements.for_each(|((w, g), b)| {
+            let g = g + wd * *w;
+            *b = mu * *b + g;
+            *w -= lr * (g + mu * *b);
+        });
+    } else {
+        elements.for_each(|((w, g), b)| {
+            *b = mu * *b + (g + wd * *w);
+            *w -= lr * *b;
+        });
+    }
+}
+
 /// Updates `params[i] -= lr * direction(grads[i])` for every parameter not `frozen`.
 pub fn step(o: &Optimizer, state: &mut OptimState, params: &mut [Vec<f32>], grads: &[Vec<f32>], frozen: &[bool], lr: f64) {
     state.steps += 1;
     let (lr, wd, mu) = (lr as f32, o.weight_decay as f32, o.momentum as f32);
     match o.kind {
         OptimizerKind::Sgd => {
-            params.par_iter_mut().zip(grads).zip(&mut state.first).zip(frozen).filter(|(_, f)| !**f).for_each(|(((w, g), buf), _)| {
-                for ((w, g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
-                    let g = g + wd * *w;
-                    let d = if mu == 0.0 {
-                        g
-                    } else {
-                        *b = mu * *b + g;
-                        if o.nesterov { g + mu * *b } else { *b }
-                    };
-                    *w -= lr * d;
-                }
-            });
+            let chunks = params
+                .iter_mut()
+                .zip(grads)
+                .zip(&mut state.first)
+                .zip(frozen)
+                .filter(|(_, f)| !**f)
+                .flat_map(|(((w, g), b), _)| w.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(b.chunks_mut(CHUNK)));
+            chunks.collect::<Vec<_>>().into_par_iter().for_each(|((w, g), b)| sgd_update(w, g, b, [lr, wd, mu], o.nesterov));
         }
         OptimizerKind::Adam => {
             let [b1, b2] = [o.betas[0] as f32, o.betas[1] as f32];
