@@ -9,8 +9,6 @@
 use std::cell::RefCell;
 
 use burn::tensor::activation::relu;
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -205,9 +203,7 @@ impl Network {
                 LayerOp::BatchNorm => Activations::Image(self.batchnorm(x.image(), params, first, train, &mut stats)),
                 LayerOp::Relu => x.map(relu, relu),
                 LayerOp::Relu6 => x.map(|t| t.clamp(0.0, 6.0), |t| t.clamp(0.0, 6.0)),
-                LayerOp::MaxPool { kernel, stride } => {
-                    Activations::Image(max_pool2d(x.image(), MaxPoolOptions::new([kernel, kernel]).with_stride([stride, stride])))
-                }
+                LayerOp::MaxPool { kernel, stride } => Activations::Image(crate::ops::max_pool::max_pool2d(x.image(), kernel, stride)),
                 LayerOp::GlobalAvgPool => Activations::Image(x.image().mean_dim(2).mean_dim(3)),
                 LayerOp::Flatten => Activations::Flat(match x {
                     Activations::Image(t) => t.reshape([batch as i32, -1]),

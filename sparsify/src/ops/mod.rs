@@ -1,12 +1,14 @@
 //! Training operators that burn's `flex` backend runs slowly, on our kernels as burn backend
-//! extensions with their own backward passes: convolution with one group (`conv`) and BatchNorm
-//! on the batch's statistics (`batchnorm`). Each has its kernels beside it and is tested against
+//! extensions with their own backward passes: convolution with one group (`conv`), BatchNorm
+//! on the batch's statistics (`batchnorm`) and max pooling (`max_pool`). Each has its kernels beside it and is tested against
 //! burn's own composition of the same function.
 
 pub mod batchnorm;
 pub mod batchnorm_kernels;
 pub mod conv;
 pub mod conv_kernels;
+pub mod max_pool;
+pub mod max_pool_kernels;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::TensorData;
