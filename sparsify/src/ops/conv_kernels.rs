@@ -3,6 +3,8 @@
 //! forward pass, the input's gradient and the weight's gradient of a 2-D convolution with one
 //! group. Each has a scalar twin in the tests.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 /// A convolution's sizes: input `[batch, channels, height, width]`, weight
@@ -68,6 +70,35 @@ fn valid_outputs(out: usize, size: usize, stride: usize, tap: usize, pad: usize)
     first..end.max(first)
 }
 
+/// Where a stride-1 convolution keeps the image's width, each im2col row of a tap `(i, j)` is the
+/// plane shifted by `(i - pad) * width + j - pad`, except at the borders: the positions
+/// `block` whose source `position + shift` lies in the plane, among the valid output `rows`.
+/// `None` where the row is wholly padding or the shape is another.
+fn shifted_block(g: &Geometry, i: usize, j: usize, rows: &Range<usize>, cols: &Range<usize>) -> Option<(Range<usize>, isize)> {
+    if g.stride != 1 || g.out_w != g.width || rows.is_empty() || cols.is_empty() {
+        return None;
+    }
+    let w = g.width;
+    let shift = (i as isize - g.pad as isize) * w as isize + j as isize - g.pad as isize;
+    let start = (rows.start * w).max(usize::try_from(-shift).unwrap_or(0));
+    let end = (rows.end * w).min(usize::try_from(g.height as isize * w as isize - shift).unwrap_or(0));
+    Some((start..end.max(start), shift))
+}
+
+/// Zeroes the entries of an im2col row `[out_h * out_w]` in the valid `rows` but outside the
+/// valid `cols` (where a shifted block wrapped around a line's end).
+fn zero_outside_columns(row: &mut [f32], out_w: usize, rows: &Range<usize>, cols: &Range<usize>) {
+    for line in row[rows.start * out_w..rows.end * out_w].chunks_mut(out_w) {
+        line[..cols.start].fill(0.0);
+        line[cols.end..].fill(0.0);
+    }
+}
+
+/// `position + shift` for a position of a shifted block (inside the plane by construction).
+fn source(position: usize, shift: isize) -> usize {
+    (position as isize + shift) as usize
+}
+
 /// One sample's im2col matrix, `[taps, positions]`: row `(c, i, j)`, column `(oy, ox)` holds
 /// `x[c][oy * stride + i - pad][ox * stride + j - pad]`, zero in the padding.
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
@@ -80,6 +111,13 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
             for j in 0..kw {
                 let row = &mut col[((c * kh + i) * kw + j) * positions..][..positions];
                 let cols = valid_outputs(g.out_w, g.width, s, j, g.pad);
+                if let Some((block, shift)) = shifted_block(g, i, j, &rows, &cols) {
+                    row[..block.start].fill(0.0);
+                    row[block.end..].fill(0.0);
+                    row[block.clone()].copy_from_slice(&plane[source(block.start, shift)..source(block.end, shift)]);
+                    zero_outside_columns(row, g.out_w, &rows, &cols);
+                    continue;
+                }
                 for oy in 0..g.out_h {
                     let out = &mut row[oy * g.out_w..][..g.out_w];
                     if !rows.contains(&oy) || cols.is_empty() {
@@ -101,8 +139,9 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// The adjoint of `im2col`: adds each entry of `col` to the input pixel it was read from.
-fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
+/// The adjoint of `im2col`: adds each entry of `col` to the input pixel it was read from
+/// (`col`'s entries that map to padding may be overwritten).
+fn col2im(g: &Geometry, col: &mut [f32], dx: &mut [f32]) {
     let [kh, kw] = g.kernel;
     let (positions, s) = (g.positions(), g.stride);
     for c in 0..g.channels {
@@ -110,8 +149,14 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
         for i in 0..kh {
             let rows = valid_outputs(g.out_h, g.height, s, i, g.pad);
             for j in 0..kw {
-                let row = &col[((c * kh + i) * kw + j) * positions..][..positions];
+                let row = &mut col[((c * kh + i) * kw + j) * positions..][..positions];
                 let cols = valid_outputs(g.out_w, g.width, s, j, g.pad);
+                if let Some((block, shift)) = shifted_block(g, i, j, &rows, &cols) {
+                    zero_outside_columns(row, g.out_w, &rows, &cols);
+                    let sources = &mut plane[source(block.start, shift)..source(block.end, shift)];
+                    sources.iter_mut().zip(&row[block]).for_each(|(d, v)| *d += v);
+                    continue;
+                }
                 if cols.is_empty() {
                     continue;
                 }
@@ -236,7 +281,7 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
                 matmul(dx, false, wt, dy, dims);
             } else {
                 matmul(&mut col, false, wt, dy, dims);
-                col2im(g, &col, dx);
+                col2im(g, &mut col, dx);
             }
         }
     });
@@ -326,6 +371,10 @@ mod tests {
             (4, 3, 3, 3, 2, 3, 3, 1, 2),
             (2, 1, 1, 1, 3, 1, 1, 1, 0),
             (1, 2, 4, 4, 1, 4, 4, 1, 0),
+            // Stride 1 keeping the width: rows copied as shifted blocks.
+            (2, 2, 4, 1, 3, 3, 3, 1, 1),
+            (2, 3, 6, 6, 2, 5, 5, 1, 2),
+            (1, 2, 2, 3, 2, 3, 3, 1, 1),
         ];
         for (batch, channels, h, w, out, kh, kw, stride, pad) in cases {
             let g = Geometry::new([batch, channels, h, w], [out, channels, kh, kw], stride, pad).unwrap();
