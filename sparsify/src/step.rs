@@ -66,7 +66,7 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
     let grads = loss.backward();
     let grads = params
         .iter()
-        .map(|p| p.grad(&grads).map(|g| g.to_data().try_to_vec::<f32>().expect("f32 grad")).unwrap_or_else(|| vec![0.0; p.dims()[0]]))
+        .map(|p| p.grad(&grads).map(|g| g.into_data().try_into_vec::<f32>().expect("f32 grad")).unwrap_or_else(|| vec![0.0; p.dims()[0]]))
         .collect();
     StepOutput { loss: loss_value, correct, grads, stats }
 }
@@ -75,7 +75,7 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
 pub fn logits(net: &Network, device: &Device, inputs: Vec<f32>, batch: usize) -> Vec<f32> {
     let params = net.tensors(device, false);
     let x = Tensor::<2>::from_data(TensorData::new(inputs, [batch, net.input_len()]), device);
-    net.forward(&params, x).to_data().try_to_vec::<f32>().expect("f32 logits")
+    net.forward(&params, x).into_data().try_into_vec::<f32>().expect("f32 logits")
 }
 
 /// Top-1 accuracy of `net` on a split (batches of 500).
