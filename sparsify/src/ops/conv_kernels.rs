@@ -245,6 +245,20 @@ fn samples_per_task(batch: usize) -> usize {
     batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
+/// A task's im2col buffer (none for pointwise convolutions).
+fn scratch(g: &Geometry) -> Vec<f32> {
+    vec![0.0; if g.is_pointwise() { 0 } else { g.taps() * g.positions() }]
+}
+
+/// One sample's im2col matrix: the sample itself for a pointwise convolution, else built in `col`.
+fn columns<'a>(g: &Geometry, x: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+    if g.is_pointwise() {
+        return x;
+    }
+    im2col(g, x, col);
+    col
+}
+
 /// `y = conv(x, weight)`, `[batch, out_channels, out_h, out_w]`.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0; g.batch * g.output_len()];
@@ -252,15 +266,9 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let dims = [g.out_channels, g.taps(), g.positions()];
     let chunk = samples_per_task(g.batch);
     y.par_chunks_mut(chunk * g.output_len()).zip(x.par_chunks(chunk * g.input_len())).for_each(|(ys, xs)| {
-        let mut col = vec![0.0; if g.is_pointwise() { 0 } else { g.taps() * g.positions() }];
+        let mut col = scratch(g);
         for (y, x) in ys.chunks_mut(g.output_len()).zip(xs.chunks(g.input_len())) {
-            let columns = if g.is_pointwise() {
-                x
-            } else {
-                im2col(g, x, &mut col);
-                &col
-            };
-            matmul(y, false, w, Operand::rows(columns, g.positions()), dims);
+            matmul(y, false, w, Operand::rows(columns(g, x, &mut col), g.positions()), dims);
         }
     });
     y
@@ -274,7 +282,7 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     let dims = [g.taps(), g.out_channels, g.positions()];
     let chunk = samples_per_task(g.batch);
     dx.par_chunks_mut(chunk * g.input_len()).zip(dy.par_chunks(chunk * g.output_len())).for_each(|(dxs, dys)| {
-        let mut col = vec![0.0; if g.is_pointwise() { 0 } else { g.taps() * g.positions() }];
+        let mut col = scratch(g);
         for (dx, dy) in dxs.chunks_mut(g.input_len()).zip(dys.chunks(g.output_len())) {
             let dy = Operand::rows(dy, g.positions());
             if g.is_pointwise() {
@@ -295,14 +303,9 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let chunk = samples_per_task(g.batch);
     let partial = |(xs, dys): (&[f32], &[f32])| {
         let mut dw = vec![0.0; g.out_channels * g.taps()];
-        let mut col = vec![0.0; if g.is_pointwise() { 0 } else { g.taps() * g.positions() }];
+        let mut col = scratch(g);
         for (x, dy) in xs.chunks(g.input_len()).zip(dys.chunks(g.output_len())) {
-            let columns = if g.is_pointwise() {
-                x
-            } else {
-                im2col(g, x, &mut col);
-                &col
-            };
+            let columns = columns(g, x, &mut col);
             matmul(&mut dw, true, Operand::rows(dy, g.positions()), Operand::transposed(columns, g.positions()), dims);
         }
         dw
