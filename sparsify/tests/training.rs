@@ -242,9 +242,13 @@ fn resume_with_adam_matches_unbroken_run() {
     }
 }
 
+/// One exported file's run in the engine: its extension, logits, and top-1 classes that agree
+/// with burn's.
+type EngineRun = (&'static str, Vec<f32>, usize);
+
 /// The test split's logits in burn, and in the engine from `net` exported as `model.sparse` and
-/// `model.onnx` in `dir`, with how many top-1 classes agree: `(burn, [(ext, engine, agree)])`.
-fn burn_and_engine_logits(net: &sparsify::model::Network, dir: &Path) -> (Vec<f32>, Vec<(&'static str, Vec<f32>, usize)>) {
+/// `model.onnx` in `dir`.
+fn burn_and_engine_logits(net: &sparsify::model::Network, dir: &Path) -> (Vec<f32>, Vec<EngineRun>) {
     let test = data().test;
     let order: Vec<usize> = (0..test.len()).collect();
     let batch = datasets::batch::batches(&test, &order, test.len(), 0.2, 0.35).next().unwrap();
