@@ -124,7 +124,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         }
         Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     };
-    let mut net = Network::new(&progress.arch, progress.input_side, progress.classes, 0).map_err(|e| bad(e.to_string()))?;
+    let mut net = Network::zeroed(&progress.arch, progress.input_side, progress.classes).map_err(|e| bad(e.to_string()))?;
     let recorded = progress.params.iter().map(|(name, shape, ..)| (name, shape));
     if recorded.ne(net.params.iter().map(|p| (&p.name, &p.shape))) {
         bail!(bad(format!("its parameters are not those of a {} for {} pixels", progress.arch.label(), progress.input_side)));

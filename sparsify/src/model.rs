@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::arch::{Arch, Desc, LayerOp, ParamKind, Value};
+use crate::arch::{Arch, Desc, LayerOp, ParamKind, ParamSpec, Value};
 use crate::quant::{self, ActQuant, QuantState};
 /// One named parameter: its shape and values, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,20 +101,32 @@ impl Network {
     /// He-uniform (drawn in parameter order from `seed`), biases and shifts zero, BatchNorm
     /// scales and running variances one. An error where the architecture does not fit.
     pub fn new(arch: &Arch, side: usize, classes: usize, seed: u64) -> Result<Network, String> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        Network::build(arch, side, classes, |spec, n| {
+            let fan_in: usize = spec.shape[1..].iter().product();
+            let bound = (6.0 / fan_in as f32).sqrt();
+            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+        })
+    }
+
+    /// The network with every weight zero: its structure (names, shapes, layers), for values
+    /// read from elsewhere (a checkpoint) or none.
+    pub fn zeroed(arch: &Arch, side: usize, classes: usize) -> Result<Network, String> {
+        Network::build(arch, side, classes, |_, n| vec![0.0; n])
+    }
+
+    /// The network with weights from `weight(spec, elements)`, biases and shifts zero, BatchNorm
+    /// scales and running variances one.
+    fn build(arch: &Arch, side: usize, classes: usize, mut weight: impl FnMut(&ParamSpec, usize) -> Vec<f32>) -> Result<Network, String> {
         let desc = arch.describe(side, classes);
         let plan = desc.plan(classes)?;
-        let mut rng = StdRng::seed_from_u64(seed);
         let params = plan
             .params
             .into_iter()
             .map(|spec| {
                 let n: usize = spec.shape.iter().product();
                 let values = match spec.kind {
-                    ParamKind::Weight => {
-                        let fan_in: usize = spec.shape[1..].iter().product();
-                        let bound = (6.0 / fan_in as f32).sqrt();
-                        (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-                    }
+                    ParamKind::Weight => weight(&spec, n),
                     ParamKind::Shift | ParamKind::RunningMean => vec![0.0; n],
                     ParamKind::Scale | ParamKind::RunningVar => vec![1.0; n],
                 };

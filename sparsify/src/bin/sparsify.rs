@@ -396,7 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
             print!("{}", r.to_toml());
             let classes = datasets::registry::spec(&r.data.dataset)?.num_classes();
-            let net = sparsify::model::Network::new(&r.model, 28, classes, 0).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
+            let net = sparsify::model::Network::zeroed(&r.model, 28, classes).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
             let pruner = sparsify::prune::Pruner::new(&r, &net).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
             println!("\n# schedule at the start of each epoch (target sparsity over each modifier's weights)");
             let mut header = format!("{:>6} {:>12}", "epoch", "lr");

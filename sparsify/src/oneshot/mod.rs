@@ -221,7 +221,7 @@ pub fn images(d: &datasets::Dataset, split: &datasets::Split, n: usize, seed: u6
 /// The prunable weights of a recipe's model, in order: their names and element counts.
 pub fn recipe_params(recipe: &crate::recipe::Recipe) -> anyhow::Result<Vec<(String, usize)>> {
     let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
-    let net = crate::model::Network::new(&recipe.model, 28, classes, 0).map_err(|e| anyhow::anyhow!("the recipe's model: {e}"))?;
+    let net = crate::model::Network::zeroed(&recipe.model, 28, classes).map_err(|e| anyhow::anyhow!("the recipe's model: {e}"))?;
     Ok(net.prunable().into_iter().map(|i| (net.params[i].name.clone(), net.params[i].values.len())).collect())
 }
 

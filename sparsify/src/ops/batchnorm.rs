@@ -55,14 +55,20 @@ fn dims(shape: &[usize]) -> Dims {
     Dims { batch: shape[0], channels: shape[1], pixels: shape[2..].iter().product() }
 }
 
+/// The normalisation of `x` and the statistics it used.
+fn normalise(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f32) -> (FlexTensor, Statistics) {
+    let ((x, shape), (gamma, _), (beta, _)) = (contiguous(x), contiguous(gamma), contiguous(beta));
+    let d = dims(&shape);
+    let (mean, var) = kernels::statistics(&d, slice(&x));
+    let y = kernels::forward(&d, slice(&x), slice(&gamma), slice(&beta), &mean, &var, eps);
+    (tensor(y, &shape), (mean, var))
+}
+
 impl BatchNormOp for Flex {
     fn batchnorm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f32, sink: StatisticsSink) -> FlexTensor {
-        let ((x, shape), (gamma, _), (beta, _)) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let d = dims(&shape);
-        let (mean, var) = kernels::statistics(&d, slice(&x));
-        let y = kernels::forward(&d, slice(&x), slice(&gamma), slice(&beta), &mean, &var, eps);
+        let (y, (mean, var)) = normalise(x, gamma, beta, eps);
         sink.put(mean, var);
-        tensor(y, &shape)
+        y
     }
 }
 
@@ -100,8 +106,7 @@ impl<C: CheckpointStrategy> BatchNormOp for Autodiff<Flex, C> {
         match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let y = Flex::batchnorm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), eps, sink.clone());
-                let (mean, var) = sink.take().expect("the forward pass left its statistics");
+                let (y, (mean, var)) = normalise(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), eps);
                 sink.put(mean.clone(), var.clone());
                 prep.finish((x_state, gamma_state, mean, var, eps), y)
             }

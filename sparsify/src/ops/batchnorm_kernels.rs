@@ -28,17 +28,17 @@ impl Dims {
     }
 }
 
-/// Per-channel sums of `f(channel, value)` over the batch, in a fixed order for a given number
-/// of threads (partial sums per task, added in task order).
-fn channel_sums(d: &Dims, x: &[f32], f: impl Fn(usize, f32) -> f32 + Sync) -> Vec<f32> {
-    let partials: Vec<Vec<f32>> = x
+/// Per-channel sums of `f(channel, a, b)` over the batch, for two activations `a` and `b` of the
+/// same layout, in a fixed order for a given number of threads (partial sums per task, added in
+/// task order).
+fn channel_sums(d: &Dims, a: &[f32], b: &[f32], f: impl Fn(usize, f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = a
         .par_chunks(d.chunk())
-        .map(|samples| {
+        .zip(b.par_chunks(d.chunk()))
+        .map(|(a, b)| {
             let mut sums = vec![0.0f32; d.channels];
-            for sample in samples.chunks(d.sample()) {
-                for (c, plane) in sample.chunks(d.pixels).enumerate() {
-                    sums[c] += plane.iter().map(|&v| f(c, v)).sum::<f32>();
-                }
+            for (i, (a, b)) in a.chunks(d.pixels).zip(b.chunks(d.pixels)).enumerate() {
+                sums[i % d.channels] += a.iter().zip(b).map(|(&a, &b)| f(i % d.channels, a, b)).sum::<f32>();
             }
             sums
         })
@@ -52,8 +52,8 @@ fn channel_sums(d: &Dims, x: &[f32], f: impl Fn(usize, f32) -> f32 + Sync) -> Ve
 /// Each channel's mean and biased variance over the batch and pixels (two passes).
 pub fn statistics(d: &Dims, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let n = d.count();
-    let mean: Vec<f32> = channel_sums(d, x, |_, v| v).into_iter().map(|s| s / n).collect();
-    let var = channel_sums(d, x, |c, v| (v - mean[c]) * (v - mean[c])).into_iter().map(|s| s / n).collect();
+    let mean: Vec<f32> = channel_sums(d, x, x, |_, v, _| v).into_iter().map(|s| s / n).collect();
+    let var = channel_sums(d, x, x, |c, v, _| (v - mean[c]) * (v - mean[c])).into_iter().map(|s| s / n).collect();
     (mean, var)
 }
 
@@ -84,24 +84,8 @@ pub fn forward(d: &Dims, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], v
 pub fn backward(d: &Dims, x: &[f32], dy: &[f32], gamma: &[f32], mean: &[f32], var: &[f32], eps: f32) -> [Vec<f32>; 3] {
     let inv = inverse_std(var, eps);
     let n = d.count();
-    let dbeta = channel_sums(d, dy, |_, v| v);
-    // Sums of dy * (x - mean), from the two slices side by side.
-    let pairs: Vec<Vec<f32>> = x
-        .par_chunks(d.chunk())
-        .zip(dy.par_chunks(d.chunk()))
-        .map(|(xs, dys)| {
-            let mut sums = vec![0.0f32; d.channels];
-            for (i, (x, dy)) in xs.chunks(d.pixels).zip(dys.chunks(d.pixels)).enumerate() {
-                let c = i % d.channels;
-                sums[c] += x.iter().zip(dy).map(|(x, g)| (x - mean[c]) * g).sum::<f32>();
-            }
-            sums
-        })
-        .collect();
-    let centred = pairs.into_iter().fold(vec![0.0; d.channels], |mut total, p| {
-        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
-        total
-    });
+    let dbeta = channel_sums(d, dy, dy, |_, g, _| g);
+    let centred = channel_sums(d, x, dy, |c, x, g| (x - mean[c]) * g);
     let dgamma: Vec<f32> = centred.iter().zip(&inv).map(|(s, i)| s * i).collect();
     let mut dx = vec![0.0; x.len()];
     dx.par_chunks_mut(d.chunk()).zip(x.par_chunks(d.chunk()).zip(dy.par_chunks(d.chunk()))).for_each(|(dxs, (xs, dys))| {

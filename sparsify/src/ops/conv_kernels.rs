@@ -99,41 +99,58 @@ fn source(position: usize, shift: isize) -> usize {
     (position as isize + shift) as usize
 }
 
+/// One row of the im2col matrix: input channel `channel` read at kernel tap `(i, j)`, valid at
+/// the output rows `rows` and columns `cols` (elsewhere the tap reads padding).
+struct Tap {
+    channel: usize,
+    i: usize,
+    j: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+}
+
+/// The im2col matrix's rows in order: channel, then kernel row, then kernel column.
+fn taps(g: &Geometry) -> impl Iterator<Item = Tap> + '_ {
+    let [kh, kw] = g.kernel;
+    (0..g.channels).flat_map(move |channel| {
+        (0..kh).flat_map(move |i| {
+            (0..kw).map(move |j| Tap {
+                channel,
+                i,
+                j,
+                rows: valid_outputs(g.out_h, g.height, g.stride, i, g.pad),
+                cols: valid_outputs(g.out_w, g.width, g.stride, j, g.pad),
+            })
+        })
+    })
+}
+
 /// One sample's im2col matrix, `[taps, positions]`: row `(c, i, j)`, column `(oy, ox)` holds
 /// `x[c][oy * stride + i - pad][ox * stride + j - pad]`, zero in the padding.
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
-    let [kh, kw] = g.kernel;
-    let (positions, s) = (g.positions(), g.stride);
-    for c in 0..g.channels {
-        let plane = &x[c * g.height * g.width..][..g.height * g.width];
-        for i in 0..kh {
-            let rows = valid_outputs(g.out_h, g.height, s, i, g.pad);
-            for j in 0..kw {
-                let row = &mut col[((c * kh + i) * kw + j) * positions..][..positions];
-                let cols = valid_outputs(g.out_w, g.width, s, j, g.pad);
-                if let Some((block, shift)) = shifted_block(g, i, j, &rows, &cols) {
-                    row[..block.start].fill(0.0);
-                    row[block.end..].fill(0.0);
-                    row[block.clone()].copy_from_slice(&plane[source(block.start, shift)..source(block.end, shift)]);
-                    zero_outside_columns(row, g.out_w, &rows, &cols);
-                    continue;
-                }
-                for oy in 0..g.out_h {
-                    let out = &mut row[oy * g.out_w..][..g.out_w];
-                    if !rows.contains(&oy) || cols.is_empty() {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let line = &plane[(oy * s + i - g.pad) * g.width..][..g.width];
-                    out[..cols.start].fill(0.0);
-                    out[cols.end..].fill(0.0);
-                    let first = cols.start * s + j - g.pad;
-                    if s == 1 {
-                        out[cols.clone()].copy_from_slice(&line[first..first + cols.len()]);
-                    } else {
-                        out[cols.clone()].iter_mut().zip(line[first..].iter().step_by(s)).for_each(|(o, v)| *o = *v);
-                    }
-                }
+    let (plane_len, s) = (g.height * g.width, g.stride);
+    for (Tap { channel, i, j, rows, cols }, row) in taps(g).zip(col.chunks_exact_mut(g.positions())) {
+        let plane = &x[channel * plane_len..][..plane_len];
+        if let Some((block, shift)) = shifted_block(g, i, j, &rows, &cols) {
+            row[..block.start].fill(0.0);
+            row[block.end..].fill(0.0);
+            row[block.clone()].copy_from_slice(&plane[source(block.start, shift)..source(block.end, shift)]);
+            zero_outside_columns(row, g.out_w, &rows, &cols);
+            continue;
+        }
+        for (oy, out) in row.chunks_exact_mut(g.out_w).enumerate() {
+            if !rows.contains(&oy) || cols.is_empty() {
+                out.fill(0.0);
+                continue;
+            }
+            let line = &plane[(oy * s + i - g.pad) * g.width..][..g.width];
+            out[..cols.start].fill(0.0);
+            out[cols.end..].fill(0.0);
+            let first = cols.start * s + j - g.pad;
+            if s == 1 {
+                out[cols.clone()].copy_from_slice(&line[first..first + cols.len()]);
+            } else {
+                out[cols.clone()].iter_mut().zip(line[first..].iter().step_by(s)).for_each(|(o, v)| *o = *v);
             }
         }
     }
@@ -142,35 +159,27 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
 /// The adjoint of `im2col`: adds each entry of `col` to the input pixel it was read from
 /// (`col`'s entries that map to padding may be overwritten).
 fn col2im(g: &Geometry, col: &mut [f32], dx: &mut [f32]) {
-    let [kh, kw] = g.kernel;
-    let (positions, s) = (g.positions(), g.stride);
-    for c in 0..g.channels {
-        let plane = &mut dx[c * g.height * g.width..][..g.height * g.width];
-        for i in 0..kh {
-            let rows = valid_outputs(g.out_h, g.height, s, i, g.pad);
-            for j in 0..kw {
-                let row = &mut col[((c * kh + i) * kw + j) * positions..][..positions];
-                let cols = valid_outputs(g.out_w, g.width, s, j, g.pad);
-                if let Some((block, shift)) = shifted_block(g, i, j, &rows, &cols) {
-                    zero_outside_columns(row, g.out_w, &rows, &cols);
-                    let sources = &mut plane[source(block.start, shift)..source(block.end, shift)];
-                    sources.iter_mut().zip(&row[block]).for_each(|(d, v)| *d += v);
-                    continue;
-                }
-                if cols.is_empty() {
-                    continue;
-                }
-                for oy in rows.clone() {
-                    let line = &mut plane[(oy * s + i - g.pad) * g.width..][..g.width];
-                    let first = cols.start * s + j - g.pad;
-                    let values = &row[oy * g.out_w..][cols.clone()];
-                    if s == 1 {
-                        line[first..first + values.len()].iter_mut().zip(values).for_each(|(d, v)| *d += v);
-                    } else {
-                        for (d, v) in line[first..].iter_mut().step_by(s).zip(values) {
-                            *d += v;
-                        }
-                    }
+    let (plane_len, s) = (g.height * g.width, g.stride);
+    for (Tap { channel, i, j, rows, cols }, row) in taps(g).zip(col.chunks_exact_mut(g.positions())) {
+        let plane = &mut dx[channel * plane_len..][..plane_len];
+        if let Some((block, shift)) = shifted_block(g, i, j, &rows, &cols) {
+            zero_outside_columns(row, g.out_w, &rows, &cols);
+            let sources = &mut plane[source(block.start, shift)..source(block.end, shift)];
+            sources.iter_mut().zip(&row[block]).for_each(|(d, v)| *d += v);
+            continue;
+        }
+        if cols.is_empty() {
+            continue;
+        }
+        for oy in rows {
+            let line = &mut plane[(oy * s + i - g.pad) * g.width..][..g.width];
+            let first = cols.start * s + j - g.pad;
+            let values = &row[oy * g.out_w..][cols.clone()];
+            if s == 1 {
+                line[first..first + values.len()].iter_mut().zip(values).for_each(|(d, v)| *d += v);
+            } else {
+                for (d, v) in line[first..].iter_mut().step_by(s).zip(values) {
+                    *d += v;
                 }
             }
         }

@@ -622,7 +622,7 @@ impl Recipe {
 pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
     let side = 28;
     let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
-    crate::model::Network::new(&recipe.model, side, classes, 0)
+    crate::model::Network::zeroed(&recipe.model, side, classes)
         .and_then(|net| {
             crate::prune::Pruner::new(recipe, &net)?;
             recipe.quantization.as_ref().map_or(Ok(()), |q| crate::quant::state_for(q, &net).map(|_| ()))
