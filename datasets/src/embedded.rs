@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::error::Result;
 use crate::idx;
 use crate::registry::FASHION_MNIST;
-use crate::split::{Dataset, Source, Split};
+use crate::split::{Dataset, Normalization, Source, Split};
 
 const TRAIN_IMAGES: &[u8] = include_bytes!("../embedded/fashion-mnist/train-images-idx3-ubyte.gz");
 const TRAIN_LABELS: &[u8] = include_bytes!("../embedded/fashion-mnist/train-labels-idx1-ubyte.gz");
@@ -39,8 +39,7 @@ pub fn load() -> Result<Dataset> {
         name: FASHION_MNIST.name.to_string(),
         source: Source::Embedded,
         num_classes: FASHION_MNIST.num_classes(),
-        mean: FASHION_MNIST.mean,
-        std: FASHION_MNIST.std,
+        norm: Normalization::uniform(FASHION_MNIST.mean, FASHION_MNIST.std, 1),
         train: split(TRAIN_IMAGES, TRAIN_LABELS, "train")?,
         test: split(TEST_IMAGES, TEST_LABELS, "test")?,
     })

@@ -21,4 +21,4 @@ pub mod synthetic;
 pub use error::{DataError, Result};
 pub use registry::DEFAULT_DATASET;
 pub use resolve::Resolver;
-pub use split::{Dataset, Source, Split};
+pub use split::{Dataset, Normalization, Pixels, Source, Split};

@@ -15,7 +15,7 @@ use crate::download::download;
 use crate::embedded;
 use crate::error::{DataError, Result};
 use crate::registry::{self, DatasetSpec};
-use crate::split::{Dataset, Source, Split};
+use crate::split::{Dataset, Normalization, Source, Split};
 
 /// Environment variable naming a data folder, like `--data`.
 pub const DATA_ENV: &str = "SPARSIFY_DATA";
@@ -166,8 +166,7 @@ pub fn load_dir(spec: &DatasetSpec, dir: &Path, via: &'static str) -> Result<Dat
         name: spec.name.into(),
         source: Source::Dir { path: dir.into(), via },
         num_classes: classes,
-        mean: spec.mean,
-        std: spec.std,
+        norm: Normalization::uniform(spec.mean, spec.std, 1),
         train,
         test,
     })

@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::split::{Dataset, Source, Split};
+use crate::split::{Dataset, Normalization, Pixels, Source, Split};
 
 /// Builds `train` and `test` images of `side x side` pixels in `classes` classes from `seed`.
 pub fn synthetic(train: usize, test: usize, classes: usize, side: usize, seed: u64) -> Dataset {
@@ -31,11 +31,12 @@ pub fn synthetic(train: usize, test: usize, classes: usize, side: usize, seed: u
             }
             labels.push(class as u8);
         }
-        Split { rows: side, cols: side, pixels, labels }
+        Split { channels: 1, rows: side, cols: side, pixels: Pixels::Bytes(pixels), labels }
     };
     let train = make(train);
     let test = make(test);
-    Dataset { name: "synthetic".into(), source: Source::Embedded, num_classes: classes, mean: 0.2, std: 0.35, train, test }
+    let norm = Normalization::uniform(0.2, 0.35, 1);
+    Dataset { name: "synthetic".into(), source: Source::Embedded, num_classes: classes, norm, train, test }
 }
 
 fn pattern(side: usize, rng: &mut StdRng) -> Vec<f32> {

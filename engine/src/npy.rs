@@ -14,11 +14,16 @@ pub struct Array {
 }
 
 pub fn read(path: &Path) -> Result<Array> {
+    read_typed(path).map(|(array, _)| array)
+}
+
+/// The array and the NumPy type it was stored as (`<f4`, `|u1`, `<i8`, ...).
+pub fn read_typed(path: &Path) -> Result<(Array, String)> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
     parse(&bytes).map_err(|reason| EngineError::Npy { path: path.display().to_string(), reason })
 }
 
-fn parse(bytes: &[u8]) -> std::result::Result<Array, String> {
+fn parse(bytes: &[u8]) -> std::result::Result<(Array, String), String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("missing the \\x93NUMPY magic".into());
     }
@@ -53,7 +58,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<Array, String> {
     if integer && let Some(v) = values.iter().find(|v| v.abs() > (1u32 << 24) as f64) {
         return Err(format!("integer {v} is beyond 2^24, which float32 holds exactly"));
     }
-    Ok(Array { shape: h.shape, data: values.into_iter().map(|v| v as f32).collect() })
+    Ok((Array { shape: h.shape, data: values.into_iter().map(|v| v as f32).collect() }, h.descr))
 }
 
 /// The header: a Python dict literal with exactly the keys `descr` (a string), `fortran_order`
@@ -179,7 +184,7 @@ mod tests {
     #[test]
     fn round_trip_and_errors() {
         let a = Array { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5] };
-        assert_eq!(parse(&to_bytes(&a)).unwrap(), a);
+        assert_eq!(parse(&to_bytes(&a)).unwrap(), (a.clone(), "<f4".to_string()));
         let mut b = to_bytes(&a);
         b.pop();
         assert!(parse(&b).unwrap_err().contains("needs 24 bytes"));
@@ -196,7 +201,10 @@ mod tests {
             b.extend_from_slice(&(h.len() as u16).to_le_bytes());
             b.extend_from_slice(h.as_bytes());
             v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
-            parse(&b)
+            parse(&b).map(|(a, descr)| {
+                assert_eq!(descr, "<i8");
+                a
+            })
         };
         assert_eq!(ints(&[3, -2, 30521]).unwrap().data, [3.0, -2.0, 30521.0]);
         assert!(ints(&[1 << 25]).unwrap_err().contains("beyond 2^24"));
@@ -205,7 +213,7 @@ mod tests {
             b.extend_from_slice(&(h.len() as u16).to_le_bytes());
             b.extend_from_slice(h.as_bytes());
             b.extend_from_slice(&[0; 8]);
-            parse(&b)
+            parse(&b).map(|(a, _)| a)
         };
         let ok = with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }\n").unwrap();
         assert_eq!(ok.shape, vec![2]);

@@ -25,7 +25,7 @@ pub fn run(o: &OneshotPoint, dir: &Path, (data, allow_subset): (Option<PathBuf>,
     let native = dir.join("model.sparse");
     write_graph(&graph, &native, Format::Native)?;
     write_graph(&graph, &dir.join("model.onnx"), Format::Onnx)?;
-    let top1 = engine_accuracy(&native, &d.test, d.mean, d.std, d.num_classes)?;
+    let top1 = engine_accuracy(&native, &d.test, &d.norm, d.num_classes)?;
     let weights: usize = layers.iter().map(|l| l.rows * l.cols).sum();
     let pruned: f64 = layers.iter().map(|l| l.sparsity * (l.rows * l.cols) as f64).sum();
     let stem = o.model.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());

@@ -107,7 +107,7 @@ pub fn run_point(
     sparsify::export::export(&summary.net, &onnx, sparsify::export::Format::Onnx)?;
 
     let d = train::load_data(&recipe, data, allow_subset, true)?;
-    let top1 = engine_accuracy(&native, &d.test, d.mean, d.std, d.classes)?;
+    let top1 = engine_accuracy(&native, &d.test, &d.norm, d.classes)?;
     let timings = timings(sweep, &dir, peers)?;
     let info: sparsify::run::RunInfo = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json"))?)?;
     let last = summary.metrics.last().context("the run has no epochs")?;
@@ -149,13 +149,13 @@ fn timings(sweep: &Sweep, dir: &Path, peers: Option<&crate::peers::Peers>) -> an
     Ok(timings)
 }
 
-/// Top-1 accuracy of a model file on a test split (normalized by `mean`, `std`), in the engine.
-pub fn engine_accuracy(model: &Path, test: &datasets::Split, mean: f32, std: f32, classes: usize) -> anyhow::Result<f64> {
+/// Top-1 accuracy of a model file on a test split (normalized by `norm`), in the engine.
+pub fn engine_accuracy(model: &Path, test: &datasets::Split, norm: &datasets::Normalization, classes: usize) -> anyhow::Result<f64> {
     let m = compile::compile(engine::load(model)?, Options::new(KernelPolicy::Auto)?)?;
     let mut s = Session::new(&m, 2)?;
     let order: Vec<usize> = (0..test.len()).collect();
     let mut correct = 0;
-    for b in datasets::batch::batches(test, &order, 500, mean, std) {
+    for b in datasets::batch::batches(test, &order, 500, norm, None) {
         let out = s.run(&b.inputs, b.len())?;
         correct += engine::top1::correct(&out, classes, &b.labels);
     }

@@ -24,7 +24,12 @@ pub struct Progress {
     /// Optimizer steps taken.
     pub step: u64,
     pub arch: Arch,
-    pub input_side: usize,
+    /// The images the network reads, `[channels, rows, cols]` (checkpoints written before
+    /// images had channels have `input_side` instead: square greyscale images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<[usize; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_side: Option<usize>,
     pub classes: usize,
     pub last_update: Vec<Option<f64>>,
     pub optimizer_steps: u64,
@@ -69,7 +74,8 @@ pub fn save(path: &Path, net: &Network, optim: &OptimState, pruner: &Pruner, epo
         epoch,
         step,
         arch: net.arch.clone(),
-        input_side: net.input_side,
+        input: Some(net.input),
+        input_side: None,
         classes: net.classes,
         last_update: pruner.last_update.clone(),
         optimizer_steps: optim.steps,
@@ -124,10 +130,12 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
         }
         Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     };
-    let mut net = Network::zeroed(&progress.arch, progress.input_side, progress.classes).map_err(|e| bad(e.to_string()))?;
+    let input =
+        progress.input.or(progress.input_side.map(|side| [1, side, side])).ok_or_else(|| bad("it records no input shape".into()))?;
+    let mut net = Network::zeroed(&progress.arch, input, progress.classes).map_err(|e| bad(e.to_string()))?;
     let recorded = progress.params.iter().map(|(name, shape, ..)| (name, shape));
     if recorded.ne(net.params.iter().map(|p| (&p.name, &p.shape))) {
-        bail!(bad(format!("its parameters are not those of a {} for {} pixels", progress.arch.label(), progress.input_side)));
+        bail!(bad(format!("its parameters are not those of a {} for {input:?} images", progress.arch.label())));
     }
     let (mut first, mut second) = (Vec::new(), Vec::new());
     for (i, p) in net.params.iter_mut().enumerate() {

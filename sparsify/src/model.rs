@@ -37,9 +37,10 @@ impl Param {
 #[derive(Debug, Clone)]
 pub struct Network {
     pub arch: Arch,
-    pub input_side: usize,
+    /// The images it reads: `[channels, rows, cols]`.
+    pub input: [usize; 3],
     pub classes: usize,
-    /// The architecture's layers (from `arch`, `input_side` and `classes`).
+    /// The architecture's layers (from `arch`, `input` and `classes`).
     pub desc: Desc,
     pub params: Vec<Param>,
     /// Where each layer's parameters start in `params`.
@@ -97,12 +98,12 @@ impl Activations {
 }
 
 impl Network {
-    /// A freshly initialised network for `side x side` images and `classes` classes: weights
+    /// A freshly initialised network for `input` images and `classes` classes: weights
     /// He-uniform (drawn in parameter order from `seed`), biases and shifts zero, BatchNorm
     /// scales and running variances one. An error where the architecture does not fit.
-    pub fn new(arch: &Arch, side: usize, classes: usize, seed: u64) -> Result<Network, String> {
+    pub fn new(arch: &Arch, input: [usize; 3], classes: usize, seed: u64) -> Result<Network, String> {
         let mut rng = StdRng::seed_from_u64(seed);
-        Network::build(arch, side, classes, |spec, n| {
+        Network::build(arch, input, classes, |spec, n| {
             let fan_in: usize = spec.shape[1..].iter().product();
             let bound = (6.0 / fan_in as f32).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
@@ -111,14 +112,19 @@ impl Network {
 
     /// The network with every weight zero: its structure (names, shapes, layers), for values
     /// read from elsewhere (a checkpoint) or none.
-    pub fn zeroed(arch: &Arch, side: usize, classes: usize) -> Result<Network, String> {
-        Network::build(arch, side, classes, |_, n| vec![0.0; n])
+    pub fn zeroed(arch: &Arch, input: [usize; 3], classes: usize) -> Result<Network, String> {
+        Network::build(arch, input, classes, |_, n| vec![0.0; n])
     }
 
     /// The network with weights from `weight(spec, elements)`, biases and shifts zero, BatchNorm
     /// scales and running variances one.
-    fn build(arch: &Arch, side: usize, classes: usize, mut weight: impl FnMut(&ParamSpec, usize) -> Vec<f32>) -> Result<Network, String> {
-        let desc = arch.describe(side, classes);
+    fn build(
+        arch: &Arch,
+        input: [usize; 3],
+        classes: usize,
+        mut weight: impl FnMut(&ParamSpec, usize) -> Vec<f32>,
+    ) -> Result<Network, String> {
+        let desc = arch.describe(input, classes);
         let plan = desc.plan(classes)?;
         let params = plan
             .params
@@ -135,7 +141,7 @@ impl Network {
             })
             .collect();
         let first_param = plan.first_param;
-        Ok(Network { arch: arch.clone(), input_side: side, classes, params, desc, first_param, quant: None, bn_frozen: false })
+        Ok(Network { arch: arch.clone(), input, classes, params, desc, first_param, quant: None, bn_frozen: false })
     }
 
     /// Elements of one input sample.

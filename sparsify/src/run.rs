@@ -34,6 +34,14 @@ pub struct RunInfo {
     pub isa: String,
     pub dataset: String,
     pub data_source: String,
+    /// The images' `[channels, rows, cols]` and the classes the model was built for.
+    #[serde(default)]
+    pub input: [usize; 3],
+    #[serde(default)]
+    pub classes: usize,
+    /// Per-channel mean and standard deviation the inputs were standardised with.
+    #[serde(default)]
+    pub normalization: (Vec<f32>, Vec<f32>),
     pub train_images: usize,
     pub test_images: usize,
     pub started_unix: u64,

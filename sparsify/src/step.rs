@@ -40,7 +40,7 @@ pub struct Soft {
 /// targets' entropy, which has no gradient).
 ///
 /// # Shapes
-/// `inputs`: `[labels.len(), side * side]` normalised pixels.
+/// `inputs`: `[labels.len(), channels * rows * cols]` normalised pixels.
 pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8], soft: Option<Soft>) -> StepOutput {
     let b = labels.len();
     let params = net.tensors(device, true);
@@ -79,14 +79,14 @@ pub fn logits(net: &Network, device: &Device, inputs: Vec<f32>, batch: usize) ->
 }
 
 /// Top-1 accuracy of `net` on a split (batches of 500).
-pub fn accuracy(net: &Network, split: &datasets::Split, mean: f32, std: f32) -> f64 {
+pub fn accuracy(net: &Network, split: &datasets::Split, norm: &datasets::Normalization) -> f64 {
     if split.is_empty() {
         return 0.0;
     }
     let device = eval_device();
     let order: Vec<usize> = (0..split.len()).collect();
     let mut correct = 0;
-    for b in datasets::batch::batches(split, &order, 500, mean, std) {
+    for b in datasets::batch::batches(split, &order, 500, norm, None) {
         let n = b.len();
         correct += engine::top1::correct(&logits(net, &device, b.inputs, n), net.classes, &b.labels);
     }
@@ -102,7 +102,7 @@ mod tests {
     /// gradient vanishes; with the labels' loss mixed in, the gradients scale with 1 - hardness.
     #[test]
     fn distilling_towards_itself_adds_no_gradient() {
-        let net = Network::new(&Arch::Mlp { hidden: vec![16] }, 28, 10, 3).unwrap();
+        let net = Network::new(&Arch::Mlp { hidden: vec![16] }, [1, 28, 28], 10, 3).unwrap();
         let (b, t) = (4, 3.0f32);
         let inputs: Vec<f32> = (0..b * 784).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect();
         let own = logits(&net, &eval_device(), inputs.clone(), b);

@@ -18,6 +18,9 @@ use crate::recipe::Recipe;
 use crate::run::{self, EpochMetrics, RunInfo};
 use crate::step;
 
+/// Mixed into an epoch's seed for its augmentation draws (so they are not the shuffle's).
+const AUGMENT_SEED: u64 = 0xA06_5EED;
+
 /// How to run a recipe.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -52,15 +55,22 @@ pub struct RunData {
     pub train: datasets::Split,
     pub val: Option<datasets::Split>,
     pub test: datasets::Split,
-    pub mean: f32,
-    pub std: f32,
+    /// Per-channel normalisation of every split.
+    pub norm: datasets::Normalization,
+    /// Augmentation of training batches.
+    pub augment: datasets::batch::Augment,
     pub classes: usize,
     pub source: String,
 }
 
-/// Loads the recipe's dataset and applies its subsets and validation split.
+/// Loads the recipe's dataset (named, or the user's files) and applies its subsets, validation
+/// split and normalisation.
 pub fn load_data(recipe: &Recipe, data: Option<PathBuf>, allow_subset: bool, quiet: bool) -> anyhow::Result<RunData> {
-    let d = datasets::Resolver::new(data, quiet).allowing_subset(allow_subset).load(&recipe.data.dataset)?;
+    let d = match &recipe.data.files {
+        None => datasets::Resolver::new(data, quiet).allowing_subset(allow_subset).load(&recipe.data.dataset)?,
+        Some(files) => crate::data::load(&recipe.data.dataset, files)?,
+    };
+    let norm = recipe.data.normalization(d.norm.clone(), d.train.channels).map_err(|e| anyhow::anyhow!(e))?;
     let subset = |s: &datasets::Split, n: usize, seed: u64| {
         if n == 0 || n >= s.len() { s.clone() } else { s.select(&datasets::batch::shuffled(s.len(), seed)[..n]) }
     };
@@ -72,10 +82,8 @@ pub fn load_data(recipe: &Recipe, data: Option<PathBuf>, allow_subset: bool, qui
     } else {
         (train, None)
     };
-    if train.rows != train.cols {
-        bail!("{}: images are {}x{}; the models expect square images", recipe.data.dataset, train.rows, train.cols);
-    }
-    Ok(RunData { train, val, test, mean: d.mean, std: d.std, classes: d.num_classes, source: d.source.to_string() })
+    let augment = recipe.data.augment();
+    Ok(RunData { train, val, test, norm, augment, classes: d.num_classes, source: d.source.to_string() })
 }
 
 fn progress_bar(quiet: bool, steps: u64, epoch: usize, epochs: usize) -> ProgressBar {
@@ -101,8 +109,15 @@ pub fn train(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions) -> anyhow:
 pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: RunData) -> anyhow::Result<Summary> {
     let out = &opts.out;
     let epochs = recipe.epochs.ceil() as usize;
-    let mut net = Network::new(&recipe.model, data.train.rows, data.classes, recipe.seed)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?;
+    let mut net = Network::new(&recipe.model, data.train.shape(), data.classes, recipe.seed).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: the model does not fit {}'s {:?} images in {} classes: {e}",
+            opts.recipe_path,
+            recipe.data.dataset,
+            data.train.shape(),
+            data.classes
+        )
+    })?;
     if let Some(q) = &recipe.quantization {
         net.quant = Some(quant::state_for(q, &net).map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?);
     }
@@ -160,6 +175,9 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
         isa: engine::kernels::Isa::detect().name().to_string(),
         dataset: recipe.data.dataset.clone(),
         data_source: data.source.clone(),
+        input: net.input,
+        classes: net.classes,
+        normalization: (data.norm.mean.clone(), data.norm.std.clone()),
         train_images: data.train.len(),
         test_images: data.test.len(),
         started_unix: run::now_unix(),
@@ -180,11 +198,13 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
     let mut teacher = recipe.distillation.as_ref().map(|d| crate::distill::Teacher::load(d, &net.desc.input, net.classes)).transpose()?;
     for epoch in first_epoch..last_epoch {
         let start = Instant::now();
-        let order = datasets::batch::shuffled(data.train.len(), recipe.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let epoch_seed = recipe.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+        let order = datasets::batch::shuffled(data.train.len(), epoch_seed);
+        let augment = Some((&data.augment, epoch_seed ^ AUGMENT_SEED));
         let bar = progress_bar(opts.quiet, steps_per_epoch as u64, epoch, epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = recipe.lr.at(epoch as f64);
-        for b in datasets::batch::batches(&data.train, &order, batch, data.mean, data.std) {
+        for b in datasets::batch::batches(&data.train, &order, batch, &data.norm, augment) {
             let e = step_count as f64 / steps_per_epoch as f64;
             if pruner.update(recipe, &net, e) {
                 for &p in &targeted {
@@ -245,8 +265,8 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
         if let Some(q) = &recipe.quantization {
             quant::set_epoch(&mut net, q, boundary);
         }
-        let test_accuracy = step::accuracy(&net, &data.test, data.mean, data.std);
-        let val_accuracy = data.val.as_ref().map(|v| step::accuracy(&net, v, data.mean, data.std));
+        let test_accuracy = step::accuracy(&net, &data.test, &data.norm);
+        let val_accuracy = data.val.as_ref().map(|v| step::accuracy(&net, v, &data.norm));
         let row = EpochMetrics {
             epoch: epoch + 1,
             lr,

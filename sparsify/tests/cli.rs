@@ -98,7 +98,7 @@ fn embedded_dir(root: &std::path::Path) -> String {
     let small = |s: &datasets::Split, n: usize| s.select(&(0..n).map(|i| i * (s.len() / n)).collect::<Vec<_>>());
     for (split, prefix, n) in [(&d.train, "train", 2000), (&d.test, "t10k", 500)] {
         let s = small(split, n);
-        let images = IdxImages { count: s.len(), rows: 28, cols: 28, pixels: s.pixels.clone() };
+        let images = IdxImages { count: s.len(), rows: 28, cols: 28, pixels: s.pixels.bytes().expect("byte images").to_vec() };
         std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte.gz")), gzip(&encode_images(&images))).unwrap();
         std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), gzip(&encode_labels(&s.labels))).unwrap();
     }

@@ -49,7 +49,7 @@ const MLP: &str = "name = \"mlp\"\nhidden = [64, 32]";
 
 fn data() -> RunData {
     let d = datasets::synthetic::synthetic(600, 200, 10, 28, 3);
-    RunData { train: d.train, val: None, test: d.test, mean: d.mean, std: d.std, classes: 10, source: "synthetic".into() }
+    RunData { train: d.train, val: None, test: d.test, norm: d.norm, augment: Default::default(), classes: 10, source: "synthetic".into() }
 }
 
 fn opts(out: &Path) -> TrainOptions {
@@ -115,7 +115,7 @@ fn every_mask_update_applies_the_scheduled_sparsity() {
     // update prunes exactly round(numel * target(epoch)) weights of every layer, none comes
     // before the start, they come at most a quarter epoch and a step apart, the last at the end.
     let (r, _) = recipe("unstructured", 0.9, "layer", MLP);
-    let mut net = sparsify::model::Network::new(&r.model, 28, 10, 7).unwrap();
+    let mut net = sparsify::model::Network::new(&r.model, [1, 28, 28], 10, 7).unwrap();
     let mut pruner = sparsify::prune::Pruner::new(&r, &net).unwrap();
     let targets = net.prunable();
     let steps = 7;
@@ -152,7 +152,15 @@ fn every_mask_update_applies_the_scheduled_sparsity() {
     let dir = tempfile::tempdir().unwrap();
     let (r, text) = recipe("unstructured", 0.9, "layer", MLP);
     let d = datasets::synthetic::synthetic(640, 200, 10, 28, 3);
-    let d = RunData { train: d.train, val: None, test: d.test, mean: d.mean, std: d.std, classes: 10, source: "synthetic".into() };
+    let d = RunData {
+        train: d.train,
+        val: None,
+        test: d.test,
+        norm: d.norm,
+        augment: Default::default(),
+        classes: 10,
+        source: "synthetic".into(),
+    };
     let sum = train::train_on(&r, &text, &opts(dir.path()), d).unwrap();
     for m in &sum.metrics {
         let target = cubic_target(0.9, m.epoch as f64);
@@ -251,7 +259,7 @@ type EngineRun = (&'static str, Vec<f32>, usize);
 fn burn_and_engine_logits(net: &sparsify::model::Network, dir: &Path) -> (Vec<f32>, Vec<EngineRun>) {
     let test = data().test;
     let order: Vec<usize> = (0..test.len()).collect();
-    let batch = datasets::batch::batches(&test, &order, test.len(), 0.2, 0.35).next().unwrap();
+    let batch = datasets::batch::batches(&test, &order, test.len(), &datasets::Normalization::uniform(0.2, 0.35, 1), None).next().unwrap();
     let burn = sparsify::step::logits(net, &sparsify::step::eval_device(), batch.inputs.clone(), test.len());
     let runs = ["sparse", "onnx"]
         .into_iter()

@@ -13,7 +13,7 @@ pub fn real_data(root: &Path, train: usize, test: usize) -> PathBuf {
     let pick = |s: &datasets::Split, n: usize| s.select(&(0..n).map(|i| i * (s.len() / n)).collect::<Vec<_>>());
     for (split, prefix, n) in [(&d.train, "train", train), (&d.test, "t10k", test)] {
         let s = pick(split, n);
-        let images = IdxImages { count: s.len(), rows: s.rows, cols: s.cols, pixels: s.pixels.clone() };
+        let images = IdxImages { count: s.len(), rows: s.rows, cols: s.cols, pixels: s.pixels.bytes().expect("byte images").to_vec() };
         std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte.gz")), gzip(&encode_images(&images))).unwrap();
         std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), gzip(&encode_labels(&s.labels))).unwrap();
     }

@@ -32,7 +32,7 @@ fn train_shipped(recipe_name: &str, sets: &[(&str, f64)], dir: &std::path::Path,
 fn test_batch_and_burn(recipe: &Recipe, data: &std::path::Path, summary: &Summary) -> (datasets::batch::Batch, Vec<f32>, Vec<usize>) {
     let d = train::load_data(recipe, Some(data.to_path_buf()), false, true).unwrap();
     let order: Vec<usize> = (0..d.test.len()).collect();
-    let batch = datasets::batch::batches(&d.test, &order, d.test.len(), d.mean, d.std).next().unwrap();
+    let batch = datasets::batch::batches(&d.test, &order, d.test.len(), &d.norm, None).next().unwrap();
     let logits = sparsify::step::logits(&summary.net, &sparsify::step::eval_device(), batch.inputs.clone(), batch.len());
     let classes = engine::top1::argmax(&logits, 10);
     (batch, logits, classes)

@@ -39,11 +39,11 @@ fn default_hidden() -> Vec<usize> {
 }
 
 impl Arch {
-    /// The network for single-channel `side x side` images and `classes` classes.
-    pub fn describe(&self, side: usize, classes: usize) -> Desc {
-        let image = vec![1, side, side];
+    /// The network for images `[channels, rows, cols]` and `classes` classes.
+    pub fn describe(&self, input: [usize; 3], classes: usize) -> Desc {
+        let image = input.to_vec();
         match self {
-            Arch::Mlp { hidden } => mlp(side * side, hidden, classes),
+            Arch::Mlp { hidden } => mlp(input.iter().product(), hidden, classes),
             Arch::Lenet5 => lenet5(image, classes),
             Arch::Rescnn => rescnn(image, classes),
             Arch::Resnet20 => resnet20(image, classes),
@@ -52,14 +52,14 @@ impl Arch {
         }
     }
 
-    /// Whether the network can be built for `side x side` images (see `Desc::plan`).
-    pub fn check(&self, side: usize, classes: usize) -> Result<(), String> {
+    /// Whether the network can be built for `input` images (see `Desc::plan`).
+    pub fn check(&self, input: [usize; 3], classes: usize) -> Result<(), String> {
         if let Arch::Mlp { hidden } = self
             && hidden.contains(&0)
         {
             return Err(format!("every layer needs at least one unit, found {hidden:?}"));
         }
-        self.describe(side, classes).plan(classes).map(|_| ())
+        self.describe(input, classes).plan(classes).map(|_| ())
     }
 
     /// A short name for tables: `mlp-300-100`, `lenet5`, `resnet20`.
@@ -179,14 +179,14 @@ mod tests {
     use super::*;
     use crate::arch::ParamKind;
 
-    /// Each built-in plans on 28x28 and 32x32 images; the parameter counts are the
+    /// Each built-in plans on 28x28 and 32x32 images of one and three channels; the parameter counts are the
     /// architectures' (ResNet-20: the 269,722 of He et al.'s CIFAR model with identity
     /// shortcuts, less its first convolution's two other input channels, plus the two 1x1
     /// projection shortcuts and their BatchNorms).
     #[test]
     fn built_ins_plan_with_their_parameter_counts() {
         let weights = |arch: &Arch, side| -> usize {
-            let plan = arch.describe(side, 10).plan(10).unwrap();
+            let plan = arch.describe([1, side, side], 10).plan(10).unwrap();
             plan.params
                 .iter()
                 .filter(|p| p.kind != ParamKind::RunningMean && p.kind != ParamKind::RunningVar)
@@ -198,7 +198,8 @@ mod tests {
         assert_eq!(weights(&Arch::Resnet20, 32), 269_722 - 2 * 16 * 9 + (16 * 32 + 32 * 64) + 2 * (32 + 64));
         for arch in [Arch::Rescnn, Arch::Resnet20, Arch::Vgg11, Arch::Mobilenet] {
             for side in [28, 32] {
-                arch.check(side, 10).unwrap_or_else(|e| panic!("{arch:?} at {side}: {e}"));
+                arch.check([1, side, side], 10).unwrap_or_else(|e| panic!("{arch:?} at {side}: {e}"));
+                arch.check([3, side, side], 100).unwrap_or_else(|e| panic!("{arch:?} at 3x{side}: {e}"));
             }
         }
         assert_eq!(Arch::Resnet20.label(), "resnet20");

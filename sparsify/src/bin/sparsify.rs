@@ -395,8 +395,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
             sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
             print!("{}", r.to_toml());
-            let classes = datasets::registry::spec(&r.data.dataset)?.num_classes();
-            let net = sparsify::model::Network::zeroed(&r.model, 28, classes).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
+            let (input, classes) = r.data.nominal();
+            let net =
+                sparsify::model::Network::zeroed(&r.model, input, classes).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
             let pruner = sparsify::prune::Pruner::new(&r, &net).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
             println!("\n# schedule at the start of each epoch (target sparsity over each modifier's weights)");
             let mut header = format!("{:>6} {:>12}", "epoch", "lr");

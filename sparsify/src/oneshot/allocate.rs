@@ -110,8 +110,8 @@ pub fn recipe(base: &str, base_name: &str, allocation: &Allocation, rows: &[Row]
     if recipe.pruning.len() != 1 {
         bail!("{base_name}: the recipe needs exactly one gmp modifier to take the per-layer targets");
     }
-    let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
-    let net = crate::model::Network::zeroed(&recipe.model, 28, classes).map_err(|e| anyhow::anyhow!("{base_name}: {e}"))?;
+    let (input, classes) = recipe.data.nominal();
+    let net = crate::model::Network::zeroed(&recipe.model, input, classes).map_err(|e| anyhow::anyhow!("{base_name}: {e}"))?;
     let params: Vec<&crate::model::Param> = net.prunable().into_iter().map(|i| &net.params[i]).collect();
     if params.len() != allocation.choices.len() {
         bail!("{base_name}: its model has {} prunable weights; the table has {} layers", params.len(), allocation.choices.len());

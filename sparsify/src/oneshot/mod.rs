@@ -196,12 +196,7 @@ pub fn load_images(
     let d = datasets::Resolver::new(data, true).allowing_subset(allow_subset).load(dataset)?;
     let per_sample: usize = input_shape.iter().product();
     if d.train.image_size() != per_sample {
-        bail!(
-            "{dataset} images are {}x{} ({} values); the model takes {input_shape:?} per sample",
-            d.train.rows,
-            d.train.cols,
-            d.train.image_size()
-        );
+        bail!("{dataset} images are {:?} ({} values); the model takes {input_shape:?} per sample", d.train.shape(), d.train.image_size());
     }
     let source = format!("{dataset} ({})", d.source);
     Ok((d, source))
@@ -212,7 +207,7 @@ pub fn load_images(
 pub fn images(d: &datasets::Dataset, split: &datasets::Split, n: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
     let n = n.clamp(1, split.len().max(1));
     let order = datasets::batch::shuffled(split.len(), seed)[..n.min(split.len())].to_vec();
-    let batch = datasets::batch::batches(split, &order, n, d.mean, d.std)
+    let batch = datasets::batch::batches(split, &order, n, &d.norm, None)
         .next()
         .unwrap_or(datasets::batch::Batch { inputs: vec![], labels: vec![] });
     (batch.inputs, batch.labels)
@@ -220,8 +215,8 @@ pub fn images(d: &datasets::Dataset, split: &datasets::Split, n: usize, seed: u6
 
 /// The prunable weights of a recipe's model, in order: their names and element counts.
 pub fn recipe_params(recipe: &crate::recipe::Recipe) -> anyhow::Result<Vec<(String, usize)>> {
-    let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
-    let net = crate::model::Network::zeroed(&recipe.model, 28, classes).map_err(|e| anyhow::anyhow!("the recipe's model: {e}"))?;
+    let (input, classes) = recipe.data.nominal();
+    let net = crate::model::Network::zeroed(&recipe.model, input, classes).map_err(|e| anyhow::anyhow!("the recipe's model: {e}"))?;
     Ok(net.prunable().into_iter().map(|i| (net.params[i].name.clone(), net.params[i].values.len())).collect())
 }
 

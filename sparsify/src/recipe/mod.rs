@@ -2,6 +2,7 @@
 //! modifiers). `Recipe::parse` checks everything that can be checked without training and
 //! reports errors as `recipe.toml:LINE: field: what is wrong`.
 
+mod data;
 pub mod expr;
 pub mod schema;
 
@@ -10,6 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub use data::Data;
 pub use schema::{Curve, LrKind, OptimizerKind, Scope, WeightScheme};
 use schema::{Num, RawModifier, RawRecipe, RawSparsity};
 
@@ -180,16 +182,6 @@ pub struct Optimizer {
     pub betas: [f64; 2],
 }
 
-/// Data settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Data {
-    pub dataset: String,
-    pub batch_size: usize,
-    pub validation: f64,
-    pub train_subset: usize,
-    pub test_subset: usize,
-}
-
 /// A resolved, checked recipe.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recipe {
@@ -342,21 +334,7 @@ impl Recipe {
         }
 
         r.block = ("[data]", 0);
-        let d = &raw.data;
-        let data = Data {
-            dataset: d.dataset.clone(),
-            batch_size: r.count("batch_size", &d.batch_size)?,
-            validation: r.num("validation", &d.validation)?,
-            train_subset: r.count("train_subset", &d.train_subset)?,
-            test_subset: r.count("test_subset", &d.test_subset)?,
-        };
-        datasets::registry::spec(&data.dataset).map_err(|e| r.err("dataset", e))?;
-        if data.batch_size == 0 || data.batch_size > MAX_BATCH {
-            return Err(r.err("batch_size", format!("must be 1..={MAX_BATCH}, found {}", data.batch_size)));
-        }
-        if !(0.0..1.0).contains(&data.validation) {
-            return Err(r.err("validation", "must be in [0, 1)"));
-        }
+        let data = r.data(&raw.data)?;
 
         r.block = ("[optimizer]", 0);
         let o = &raw.optimizer;
@@ -374,8 +352,8 @@ impl Recipe {
             r.within("betas", b, 0.0, 1.0, false)?;
         }
         r.block = ("[model]", 0);
-        let classes = datasets::registry::spec(&data.dataset).map_or(10, |s| s.num_classes());
-        raw.model.check(28, classes).map_err(|m| r.err("hidden", m))?;
+        let (input, classes) = data.nominal();
+        raw.model.check(input, classes).map_err(|m| r.err("hidden", m))?;
 
         let (mut epochs, mut lr, mut pruning, mut constant_pruning) = (None, None, Vec::new(), Vec::new());
         let mut quantization: Option<(Quantization, usize)> = None;
@@ -620,9 +598,8 @@ impl Recipe {
 
 /// Checks the recipe's `params` patterns against the parameters of its model.
 pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
-    let side = 28;
-    let classes = datasets::registry::spec(&recipe.data.dataset).map(|s| s.num_classes()).unwrap_or(10);
-    crate::model::Network::zeroed(&recipe.model, side, classes)
+    let (input, classes) = recipe.data.nominal();
+    crate::model::Network::zeroed(&recipe.model, input, classes)
         .and_then(|net| {
             crate::prune::Pruner::new(recipe, &net)?;
             recipe.quantization.as_ref().map_or(Ok(()), |q| crate::quant::state_for(q, &net).map(|_| ()))

@@ -61,9 +61,47 @@ pub struct RawRecipe {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawData {
-    /// Dataset name (default `fashion-mnist`).
-    #[serde(default = "default_dataset")]
-    pub dataset: String,
+    /// Dataset name (default `fashion-mnist`); with `format`, only a label for the user's data.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// The user's files instead of a named dataset: `npy`, `cifar` or `image-folder`.
+    #[serde(default)]
+    pub format: Option<DataFormat>,
+    /// `npy`: the four arrays.
+    #[serde(default)]
+    pub train_x: Option<String>,
+    #[serde(default)]
+    pub train_y: Option<String>,
+    #[serde(default)]
+    pub test_x: Option<String>,
+    #[serde(default)]
+    pub test_y: Option<String>,
+    /// `cifar`: the folder of the binary batches.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `image-folder`: the training and test folders (one sub-folder per class).
+    #[serde(default)]
+    pub train: Option<String>,
+    #[serde(default)]
+    pub test: Option<String>,
+    /// `image-folder`: the side images are resized to (default 32) and 1 (grey) or 3 (RGB,
+    /// the default) channels.
+    #[serde(default)]
+    pub size: Option<Num>,
+    #[serde(default)]
+    pub channels: Option<Num>,
+    /// Per-channel normalisation (one value for every channel, or one per channel); by default
+    /// the named dataset's constants, or measured on the user's training split.
+    #[serde(default)]
+    pub mean: Option<Vec<f64>>,
+    #[serde(default)]
+    pub std: Option<Vec<f64>>,
+    /// Augmentation of training images: zero padding of a random crop (default 0, none) and a
+    /// random horizontal flip (default false).
+    #[serde(default)]
+    pub random_crop: Option<Num>,
+    #[serde(default)]
+    pub flip: bool,
     /// Training batch size (default 128).
     #[serde(default = "default_batch")]
     pub batch_size: Num,
@@ -80,12 +118,37 @@ pub struct RawData {
 
 impl Default for RawData {
     fn default() -> Self {
-        RawData { dataset: default_dataset(), batch_size: default_batch(), validation: zero(), train_subset: zero(), test_subset: zero() }
+        RawData {
+            dataset: None,
+            format: None,
+            train_x: None,
+            train_y: None,
+            test_x: None,
+            test_y: None,
+            path: None,
+            train: None,
+            test: None,
+            size: None,
+            channels: None,
+            mean: None,
+            std: None,
+            random_crop: None,
+            flip: false,
+            batch_size: default_batch(),
+            validation: zero(),
+            train_subset: zero(),
+            test_subset: zero(),
+        }
     }
 }
 
-fn default_dataset() -> String {
-    datasets::DEFAULT_DATASET.to_string()
+/// The formats of the user's own data (`[data] format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    Npy,
+    Cifar,
+    ImageFolder,
 }
 fn default_batch() -> Num {
     Num::Value(128.0)

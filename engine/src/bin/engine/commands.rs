@@ -186,14 +186,14 @@ pub fn eval(args: &ModelArgs, dataset: &str, resolver: datasets::Resolver, batch
     let d = resolver.load(dataset)?;
     let per_sample: usize = model.input_shape.iter().product();
     if d.test.image_size() != per_sample {
-        bail!("the model takes {:?} per sample but {dataset} images are {}x{}", model.input_shape, d.test.rows, d.test.cols);
+        bail!("the model takes {:?} per sample but {dataset} images are {:?}", model.input_shape, d.test.shape());
     }
     // A batch larger than the test set is the whole test set.
     let batch = batch.min(d.test.len().max(1));
     let mut session = args.session(&model)?;
     let order: Vec<usize> = (0..d.test.len()).collect();
     let (mut correct, mut seconds) = (0usize, Vec::new());
-    for b in datasets::batch::batches(&d.test, &order, batch, d.mean, d.std) {
+    for b in datasets::batch::batches(&d.test, &order, batch, &d.norm, None) {
         let t = std::time::Instant::now();
         let logits = session.run(&b.inputs, b.len())?;
         seconds.push(t.elapsed().as_secs_f64());
