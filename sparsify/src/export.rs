@@ -1,10 +1,12 @@
 //! A trained network as the engine's graph, then as the engine's native file (sparse weights
 //! stored compactly) or as ONNX (dense weights with their zeros, as SparseML exports).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::bail;
 use engine::graph::{Activation, Graph, Node, Op, Quant, Unary, Weight, Window};
+use engine::onnx::BatchNormState;
 
 use crate::arch::{LayerOp, Value};
 use crate::model::{BN_EPS, Network};
@@ -100,7 +102,27 @@ pub fn export(net: &Network, path: &Path, format: Format) -> anyhow::Result<()> 
     if out_shape != [net.classes] {
         bail!("internal error: exported graph gives {out_shape:?}, expected [{}]", net.classes);
     }
-    write_graph(&graph, path, format)
+    match format {
+        Format::Native => write_graph(&graph, path, format),
+        // Each BatchNorm's own parameters, so that training can read the file back and go on.
+        Format::Onnx => {
+            let states = batch_norm_states(net);
+            let bytes = engine::onnx::export::export_with_batch_norms(&graph, &out_shape, &states);
+            Ok(engine::fsutil::write_atomic(path, &bytes)?)
+        }
+    }
+}
+
+/// Every BatchNorm layer's parameters, by layer name.
+fn batch_norm_states(net: &Network) -> HashMap<String, BatchNormState> {
+    let layers = net.desc.layers.iter().enumerate().filter(|(_, l)| l.op == LayerOp::BatchNorm);
+    layers
+        .map(|(i, l)| {
+            let values = |k: usize| net.params[net.first_param[i] + k].values.clone();
+            let state = BatchNormState { gamma: values(0), beta: values(1), mean: values(2), var: values(3), epsilon: BN_EPS };
+            (l.name.clone(), state)
+        })
+        .collect()
 }
 
 /// Writes an engine graph to `path` in `format`, atomically.

@@ -100,14 +100,24 @@ impl Activations {
 impl Network {
     /// A freshly initialised network for `input` images and `classes` classes: weights
     /// He-uniform (drawn in parameter order from `seed`), biases and shifts zero, BatchNorm
-    /// scales and running variances one. An error where the architecture does not fit.
+    /// scales and running variances one; an ONNX model's parameters are the file's unless it
+    /// asks for `init = "random"`. An error where the architecture does not fit.
     pub fn new(arch: &Arch, input: [usize; 3], classes: usize, seed: u64) -> Result<Network, String> {
         let mut rng = StdRng::seed_from_u64(seed);
-        Network::build(arch, input, classes, |spec, n| {
+        let mut net = Network::build(arch, input, classes, |spec, n| {
             let fan_in: usize = spec.shape[1..].iter().product();
             let bound = (6.0 / fan_in as f32).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-        })
+        })?;
+        if let Some(values) = arch.pretrained()? {
+            for (p, v) in net.params.iter_mut().zip(values) {
+                if v.len() != p.values.len() {
+                    return Err(format!("{}: the file holds {} values for {} of shape {:?}", arch.label(), v.len(), p.name, p.shape));
+                }
+                p.values = v;
+            }
+        }
+        Ok(net)
     }
 
     /// The network with every weight zero: its structure (names, shapes, layers), for values
@@ -124,7 +134,7 @@ impl Network {
         classes: usize,
         mut weight: impl FnMut(&ParamSpec, usize) -> Vec<f32>,
     ) -> Result<Network, String> {
-        let desc = arch.describe(input, classes);
+        let desc = arch.describe(input, classes)?;
         let plan = desc.plan(classes)?;
         let params = plan
             .params

@@ -3,8 +3,11 @@
 //! written in QDQ form: QuantizeLinear/DequantizeLinear on the input (uint8), int8 weights with a
 //! per-row DequantizeLinear (axis 0), and the fp32 Gemm or Conv between them.
 
+use std::collections::HashMap;
+
 use prost::Message;
 
+use super::BatchNormState;
 use super::proto::*;
 use crate::graph::{Activation, BinaryKind, Graph, Op, Unary, Weight, Window};
 
@@ -177,6 +180,12 @@ fn unary_node(b: &mut Builder, name: &str, x: String, out: &str, f: Unary) {
 
 /// Serialises `graph` as an ONNX model.
 pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
+    export_with_batch_norms(graph, output_shape, &HashMap::new())
+}
+
+/// As `export`, with the `Affine` nodes named in `states` written as BatchNormalization with
+/// those parameters (the same function) instead of their scale and shift.
+pub fn export_with_batch_norms(graph: &Graph, output_shape: &[usize], states: &HashMap<String, BatchNormState>) -> Vec<u8> {
     let mut b = Builder { nodes: Vec::new(), inits: Vec::new() };
     // Per-sample shapes, for the operators that flatten their input (the graph was checked).
     let shapes = graph.infer_shapes().unwrap_or_default();
@@ -196,13 +205,21 @@ pub fn export(graph: &Graph, output_shape: &[usize]) -> Vec<u8> {
             }
             Op::Affine { scale, shift, act } => {
                 let c = scale.len();
-                let eps = 1e-5f32;
+                let folded = BatchNormState {
+                    gamma: scale.clone(),
+                    beta: shift.clone(),
+                    mean: vec![0.0; c],
+                    var: vec![1.0 - 1e-5; c],
+                    epsilon: 1e-5,
+                };
+                let s = states.get(name).unwrap_or(&folded);
+                let eps = s.epsilon;
                 let ins = vec![
                     x[0].clone(),
-                    b.init(format!("{name}.scale"), &[c], scale),
-                    b.init(format!("{name}.shift"), &[c], shift),
-                    b.init(format!("{name}.mean"), &[c], &vec![0.0; c]),
-                    b.init(format!("{name}.var"), &[c], &vec![1.0 - eps; c]),
+                    b.init(format!("{name}.scale"), &[c], &s.gamma),
+                    b.init(format!("{name}.shift"), &[c], &s.beta),
+                    b.init(format!("{name}.mean"), &[c], &s.mean),
+                    b.init(format!("{name}.var"), &[c], &s.var),
                 ];
                 b.with_act("BatchNormalization", name, ins, out, vec![float("epsilon", eps)], *act);
             }

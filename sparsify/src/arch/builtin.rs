@@ -1,6 +1,8 @@
 //! The built-in architectures a recipe's `[model]` table names, each a short description
 //! adapted to the data's image size and classes.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Builder, Desc};
@@ -32,6 +34,24 @@ pub enum Arch {
     /// added where the shape allows) of 16, 24 (x2, stride 2), 32 (x2, stride 2) and 64 (x2,
     /// stride 2) channels, 1x1 conv (128) + BN + ReLU6, global average pool, linear.
     Mobilenet,
+    /// A model read from an ONNX file (`[model] onnx = "model.onnx"`): its layers, and its
+    /// weights unless `init = "random"`.
+    Onnx {
+        onnx: PathBuf,
+        #[serde(default)]
+        init: Init,
+    },
+}
+
+/// Where an ONNX model's weights start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// The file's values (sparse transfer learning).
+    #[default]
+    Pretrained,
+    /// A fresh initialisation from the seed, as for the built-ins.
+    Random,
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -39,16 +59,51 @@ fn default_hidden() -> Vec<usize> {
 }
 
 impl Arch {
-    /// The network for images `[channels, rows, cols]` and `classes` classes.
-    pub fn describe(&self, input: [usize; 3], classes: usize) -> Desc {
+    /// The network for images `[channels, rows, cols]` and `classes` classes (an ONNX model's
+    /// own, checked to read such images).
+    pub fn describe(&self, input: [usize; 3], classes: usize) -> Result<Desc, String> {
         let image = input.to_vec();
-        match self {
+        Ok(match self {
             Arch::Mlp { hidden } => mlp(input.iter().product(), hidden, classes),
             Arch::Lenet5 => lenet5(image, classes),
             Arch::Rescnn => rescnn(image, classes),
             Arch::Resnet20 => resnet20(image, classes),
             Arch::Vgg11 => vgg11(image, classes),
             Arch::Mobilenet => mobilenet(image, classes),
+            Arch::Onnx { onnx, .. } => {
+                let desc = super::onnx::read(onnx)?.0;
+                let elements = |s: &[usize]| s.iter().product::<usize>();
+                let fits = desc.input == image || (desc.input.len() == 1 && elements(&desc.input) == elements(&image));
+                if !fits {
+                    return Err(format!("{} reads {:?} per sample, the data are {image:?}", onnx.display(), desc.input));
+                }
+                desc
+            }
+        })
+    }
+
+    /// An ONNX model's own input (`[channels, rows, cols]`; features as `[1, 1, n]`) and
+    /// classes; `None` for the built-ins, which adapt to the data.
+    pub fn own_shape(&self) -> Result<Option<([usize; 3], usize)>, String> {
+        let Arch::Onnx { onnx, .. } = self else { return Ok(None) };
+        let desc = super::onnx::read(onnx)?.0;
+        let input = match desc.input[..] {
+            [c, h, w] => [c, h, w],
+            [n] => [1, 1, n],
+            _ => return Err(format!("{} reads {:?} per sample (training reads images or features)", onnx.display(), desc.input)),
+        };
+        let shapes = desc.shapes()?;
+        match shapes.last().map(Vec::as_slice) {
+            Some(&[classes]) => Ok(Some((input, classes))),
+            other => Err(format!("{} gives {other:?} per sample, not class scores", onnx.display())),
+        }
+    }
+
+    /// The parameters' starting values where they come from a file (in plan order).
+    pub fn pretrained(&self) -> Result<Option<Vec<Vec<f32>>>, String> {
+        match self {
+            Arch::Onnx { onnx, init: Init::Pretrained } => Ok(Some(super::onnx::read(onnx)?.1)),
+            _ => Ok(None),
         }
     }
 
@@ -59,7 +114,7 @@ impl Arch {
         {
             return Err(format!("every layer needs at least one unit, found {hidden:?}"));
         }
-        self.describe(input, classes).plan(classes).map(|_| ())
+        self.describe(input, classes)?.plan(classes).map(|_| ())
     }
 
     /// A short name for tables: `mlp-300-100`, `lenet5`, `resnet20`.
@@ -186,7 +241,7 @@ mod tests {
     #[test]
     fn built_ins_plan_with_their_parameter_counts() {
         let weights = |arch: &Arch, side| -> usize {
-            let plan = arch.describe([1, side, side], 10).plan(10).unwrap();
+            let plan = arch.describe([1, side, side], 10).unwrap().plan(10).unwrap();
             plan.params
                 .iter()
                 .filter(|p| p.kind != ParamKind::RunningMean && p.kind != ParamKind::RunningVar)

@@ -5,8 +5,9 @@
 //! function that writes one.
 
 pub mod builtin;
+pub mod onnx;
 
-pub use builtin::Arch;
+pub use builtin::{Arch, Init};
 
 /// Most parameters a network may have (1 GiB of f32): a bound on what a recipe can make
 /// `Network::new` allocate.
@@ -120,6 +121,20 @@ impl Desc {
     /// of the shapes it needs, every size in checked arithmetic, at most `MAX_PARAMETERS`
     /// parameters and `MAX_ACTIVATION` elements per activation, and a `[classes]` output.
     pub fn plan(&self, classes: usize) -> Result<Plan, String> {
+        let plan = self.plan_any()?;
+        match plan.shapes.last() {
+            Some(s) if s[..] == [classes] => Ok(plan),
+            last => Err(format!("the network gives {:?} per sample, not [{classes}] class scores", last.unwrap_or(&self.input))),
+        }
+    }
+
+    /// Every layer's output shape (see `plan`).
+    pub fn shapes(&self) -> Result<Vec<Vec<usize>>, String> {
+        self.plan_any().map(|p| p.shapes)
+    }
+
+    /// `plan` without the check of the output.
+    fn plan_any(&self) -> Result<Plan, String> {
         let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(self.layers.len());
         let mut params = Vec::new();
         let mut first_param = Vec::with_capacity(self.layers.len());
@@ -190,10 +205,7 @@ impl Desc {
             check_activation(name, &out)?;
             shapes.push(out);
         }
-        match shapes.last() {
-            Some(s) if s[..] == [classes] => Ok(Plan { shapes, params, first_param }),
-            last => Err(format!("the network gives {:?} per sample, not [{classes}] class scores", last.unwrap_or(&self.input))),
-        }
+        Ok(Plan { shapes, params, first_param })
     }
 
     /// Elements of one sample's input.

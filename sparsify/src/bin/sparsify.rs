@@ -395,7 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
             sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
             print!("{}", r.to_toml());
-            let (input, classes) = r.data.nominal();
+            let (input, classes) = r.nominal().map_err(|e| anyhow::anyhow!(e))?;
             let net =
                 sparsify::model::Network::zeroed(&r.model, input, classes).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
             let pruner = sparsify::prune::Pruner::new(&r, &net).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;

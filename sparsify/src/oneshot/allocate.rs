@@ -110,7 +110,7 @@ pub fn recipe(base: &str, base_name: &str, allocation: &Allocation, rows: &[Row]
     if recipe.pruning.len() != 1 {
         bail!("{base_name}: the recipe needs exactly one gmp modifier to take the per-layer targets");
     }
-    let (input, classes) = recipe.data.nominal();
+    let (input, classes) = recipe.nominal().map_err(|e| anyhow::anyhow!(e))?;
     let net = crate::model::Network::zeroed(&recipe.model, input, classes).map_err(|e| anyhow::anyhow!("{base_name}: {e}"))?;
     let params: Vec<&crate::model::Param> = net.prunable().into_iter().map(|i| &net.params[i]).collect();
     if params.len() != allocation.choices.len() {

@@ -215,7 +215,7 @@ pub fn images(d: &datasets::Dataset, split: &datasets::Split, n: usize, seed: u6
 
 /// The prunable weights of a recipe's model, in order: their names and element counts.
 pub fn recipe_params(recipe: &crate::recipe::Recipe) -> anyhow::Result<Vec<(String, usize)>> {
-    let (input, classes) = recipe.data.nominal();
+    let (input, classes) = recipe.nominal().map_err(|e| anyhow::anyhow!(e))?;
     let net = crate::model::Network::zeroed(&recipe.model, input, classes).map_err(|e| anyhow::anyhow!("the recipe's model: {e}"))?;
     Ok(net.prunable().into_iter().map(|i| (net.params[i].name.clone(), net.params[i].values.len())).collect())
 }

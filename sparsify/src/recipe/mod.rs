@@ -313,6 +313,11 @@ impl Recipe {
     /// Parses recipe text; `file` names it in errors.
     pub fn parse(text: &str, file: &str, overrides: &[(String, f64)]) -> Result<Recipe, RecipeError> {
         let raw: RawRecipe = toml::from_str(text).map_err(|e| {
+            // A `[model]` table neither form reads: the built-ins' own message.
+            let e = match schema::RawModel::error(text) {
+                Some(model_error) if e.message().contains("untagged enum RawModel") => model_error,
+                _ => e,
+            };
             let (line, message) = toml_error(text, &e);
             RecipeError { file: file.to_string(), line, message }
         })?;
@@ -352,8 +357,10 @@ impl Recipe {
             r.within("betas", b, 0.0, 1.0, false)?;
         }
         r.block = ("[model]", 0);
-        let (input, classes) = data.nominal();
-        raw.model.check(input, classes).map_err(|m| r.err("hidden", m))?;
+        let model = raw.model.clone().into_arch();
+        let field = if matches!(model, Arch::Onnx { .. }) { "onnx" } else { "hidden" };
+        let (input, classes) = nominal(&model, &data).map_err(|m| r.err(field, m))?;
+        model.check(input, classes).map_err(|m| r.err(field, m))?;
 
         let (mut epochs, mut lr, mut pruning, mut constant_pruning) = (None, None, Vec::new(), Vec::new());
         let mut quantization: Option<(Quantization, usize)> = None;
@@ -572,7 +579,7 @@ impl Recipe {
         Ok(Recipe {
             version: raw.version,
             variables: r.vars,
-            model: raw.model,
+            model,
             data,
             optimizer,
             seed: raw.training.seed,
@@ -590,6 +597,12 @@ impl Recipe {
         })
     }
 
+    /// The input `[channels, rows, cols]` and classes the model is built for before the data are
+    /// read: an ONNX model's own, else the data's (see `Data::nominal`).
+    pub fn nominal(&self) -> Result<([usize; 3], usize), String> {
+        nominal(&self.model, &self.data)
+    }
+
     /// The resolved recipe as TOML (written next to every run).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not serialise the recipe: {e}\n"))
@@ -598,7 +611,7 @@ impl Recipe {
 
 /// Checks the recipe's `params` patterns against the parameters of its model.
 pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
-    let (input, classes) = recipe.data.nominal();
+    let (input, classes) = recipe.nominal().map_err(|message| RecipeError { file: file.to_string(), line: None, message })?;
     crate::model::Network::zeroed(&recipe.model, input, classes)
         .and_then(|net| {
             crate::prune::Pruner::new(recipe, &net)?;
@@ -613,4 +626,8 @@ pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
 fn text_line(file: &str, pred: impl Fn(&str) -> bool) -> Option<usize> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines().position(pred).map(|i| i + 1)
+}
+
+fn nominal(model: &Arch, data: &Data) -> Result<([usize; 3], usize), String> {
+    Ok(model.own_shape()?.unwrap_or_else(|| data.nominal()))
 }

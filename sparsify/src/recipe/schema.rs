@@ -41,6 +41,52 @@ impl Params {
     }
 }
 
+/// `[model]`: a built-in by `name`, or an ONNX file by `onnx` (where `name = "onnx"` may be
+/// left out).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawModel {
+    Named(Arch),
+    File(OnnxFile),
+}
+
+/// `[model] onnx = "model.onnx"` without a name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxFile {
+    onnx: std::path::PathBuf,
+    #[serde(default)]
+    init: crate::arch::Init,
+}
+
+impl RawModel {
+    pub fn into_arch(self) -> Arch {
+        match self {
+            RawModel::Named(arch) => arch,
+            RawModel::File(OnnxFile { onnx, init }) => Arch::Onnx { onnx, init },
+        }
+    }
+
+    /// What is wrong with a `[model]` table neither form reads: the ONNX form's complaint where
+    /// it names a file and no built-in, else the built-ins'.
+    pub fn error(text: &str) -> Option<toml::de::Error> {
+        #[derive(Deserialize)]
+        struct Builtin {
+            #[allow(dead_code)]
+            model: Arch,
+        }
+        #[derive(Deserialize)]
+        struct File {
+            #[allow(dead_code)]
+            model: OnnxFile,
+        }
+        match toml::from_str::<File>(text) {
+            Err(e) if !["missing field `onnx`", "unknown field `name`"].iter().any(|m| e.message().contains(m)) => Some(e),
+            _ => toml::from_str::<Builtin>(text).err(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRecipe {
@@ -49,7 +95,7 @@ pub struct RawRecipe {
     /// Named numbers usable in expressions; `--set name=value` overrides them.
     #[serde(default)]
     pub variables: BTreeMap<String, f64>,
-    pub model: Arch,
+    pub model: RawModel,
     #[serde(default)]
     pub data: RawData,
     pub optimizer: RawOptimizer,
