@@ -327,3 +327,29 @@ fn data_tables_name_their_format_and_paths() {
         assert!(err.contains(says), "{says}: {err}");
     }
 }
+
+/// The same images as a named dataset or as `.npy` files with the same normalisation train to
+/// the same metrics: the user's data take exactly the named datasets' path.
+#[test]
+fn fashion_mnist_as_npy_files_trains_exactly_as_the_named_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = datasets::embedded::load().unwrap();
+    let paths = ["train_x", "train_y", "test_x", "test_y"].map(|n| dir.path().join(format!("{n}.npy")));
+    for (split, x, y) in [(&d.train, &paths[0], &paths[1]), (&d.test, &paths[2], &paths[3])] {
+        npy(x, "|u1", &[split.len(), 28, 28], split.pixels.bytes().unwrap());
+        npy(y, "<i8", &[split.len()], &i64s(&split.labels.iter().map(|&l| l as i64).collect::<Vec<_>>()));
+    }
+    let model = "name = \"mlp\"\nhidden = [32]";
+    let named = recipe_text(model, "dataset = \"fashion-mnist-subset\"", 1);
+    let files = recipe_text(model, &format!("{}\nmean = [{}]\nstd = [{}]", npy_data(&paths), d.norm.mean[0], d.norm.std[0]), 1);
+    let run = |text: &str, out: &str| {
+        let r = Recipe::parse(text, "test.toml", &[]).unwrap();
+        train::train(&r, text, &opts(&dir.path().join(out))).unwrap()
+    };
+    let (a, b) = (run(&named, "named"), run(&files, "files"));
+    assert_eq!(a.metrics[0].train_loss, b.metrics[0].train_loss);
+    assert_eq!(a.metrics[0].test_accuracy, b.metrics[0].test_accuracy);
+    for (x, y) in a.net.params.iter().zip(&b.net.params) {
+        assert_eq!(x.values, y.values, "{}", x.name);
+    }
+}
