@@ -9,7 +9,7 @@
 //! job less than `SPIN` ago picks up the next one without any system call.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,14 +23,15 @@ const SPIN: Duration = Duration::from_millis(2);
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
 struct Shared {
-    /// Bumped once per job (and once to stop); helpers watch it to see a new job.
-    epoch: AtomicUsize,
+    /// The job's number (high 32 bits, bumped once per job and once to stop) and how many
+    /// members take part in it (low 32 bits: members `0..n`; the others skip it). One word, so
+    /// that a helper reads both at once: read apart, a helper late for one job could take the
+    /// next one's member count for it, run that job twice and leave `pending` wrapped around.
+    epoch: AtomicU64,
     /// The current job, present from the epoch bump until every helper has finished it.
     job: Mutex<Option<Job<'static>>>,
     /// Helpers that have not finished the current job.
     pending: AtomicUsize,
-    /// Members taking part in the current job (0..active); the others skip it.
-    active: AtomicUsize,
     /// Which members sleep, and the condition they wait on; `epoch` changes under this lock.
     sleeping: Mutex<Vec<bool>>,
     wake: Condvar,
@@ -55,10 +56,9 @@ impl Team {
     pub fn new(threads: usize) -> std::io::Result<Team> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
             job: Mutex::new(None),
             pending: AtomicUsize::new(0),
-            active: AtomicUsize::new(threads),
             sleeping: Mutex::new(vec![false; threads]),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -98,10 +98,9 @@ impl Team {
         let job: Job<'static> = unsafe { std::mem::transmute::<Job<'_>, Job<'static>>(f) };
         *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         shared.pending.store(members - 1, Ordering::Release);
-        shared.active.store(members, Ordering::Release);
         {
             let sleeping = shared.sleeping.lock().unwrap_or_else(|e| e.into_inner());
-            shared.epoch.fetch_add(1, Ordering::AcqRel);
+            shared.next_epoch(members);
             if sleeping[1..members].contains(&true) {
                 shared.wake.notify_all();
             }
@@ -184,12 +183,23 @@ impl Drop for Team {
         shared.stop.store(true, Ordering::Release);
         {
             let _sleeping = shared.sleeping.lock().unwrap_or_else(|e| e.into_inner());
-            shared.epoch.fetch_add(1, Ordering::AcqRel);
+            shared.next_epoch(self.threads);
             shared.wake.notify_all();
         }
         for h in self.helpers.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+/// The low bits of `Shared::epoch`: the members of its job.
+const MEMBERS: u64 = u32::MAX as u64;
+
+impl Shared {
+    /// Starts the next epoch, a job for members `0..members` (the caller holds `sleeping`).
+    fn next_epoch(&self, members: usize) {
+        let count = (self.epoch.load(Ordering::Acquire) >> 32).wrapping_add(1);
+        self.epoch.store((count << 32) | (members as u64).min(MEMBERS), Ordering::Release);
     }
 }
 
@@ -217,8 +227,8 @@ fn helper(shared: &Shared, member: usize) {
             return;
         }
         // The job of epoch `seen` cannot be replaced before its members finish it, and this
-        // member is not one of them if it is outside `active`.
-        left_out = member >= shared.active.load(Ordering::Acquire);
+        // member is not one of them if it is outside the epoch's members.
+        left_out = member as u64 >= seen & MEMBERS;
         if left_out {
             continue;
         }
@@ -243,6 +253,24 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         count.load(Ordering::Relaxed)
+    }
+
+    /// Jobs for a few members and for all alternate quickly on more threads than cores: each
+    /// member runs each job it belongs to once (a helper late for one job must not take the
+    /// next one's member count for it).
+    #[test]
+    fn alternating_member_counts_run_each_member_once() {
+        let team = Team::new(4).unwrap();
+        let calls: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+        let mut expected = [0usize; 4];
+        for round in 0..3000 {
+            let members = [2, 4, 1, 3][round % 4];
+            team.run_some(members, &|m| {
+                calls[m].fetch_add(1, Ordering::Relaxed);
+            });
+            (0..members).for_each(|m| expected[m] += 1);
+        }
+        assert_eq!(calls.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>(), expected);
     }
 
     #[test]

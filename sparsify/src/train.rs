@@ -42,6 +42,24 @@ pub struct TrainOptions {
     pub stop_after: Option<usize>,
 }
 
+impl TrainOptions {
+    /// Training into `out` from its start, quietly, with the standard data search: what a
+    /// program or a test that calls the library usually wants.
+    pub fn quiet(out: &Path) -> TrainOptions {
+        TrainOptions {
+            out: out.to_path_buf(),
+            data: None,
+            allow_subset: false,
+            resume: false,
+            force: false,
+            quiet: true,
+            recipe_path: "recipe.toml".into(),
+            overrides: vec![],
+            stop_after: None,
+        }
+    }
+}
+
 /// What a finished (or stopped) run reached.
 #[derive(Debug, Clone)]
 pub struct Summary {

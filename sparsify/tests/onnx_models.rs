@@ -50,17 +50,7 @@ update_frequency = 0.5
 }
 
 fn opts(out: &Path) -> TrainOptions {
-    TrainOptions {
-        out: out.to_path_buf(),
-        data: None,
-        allow_subset: false,
-        force: false,
-        resume: false,
-        quiet: true,
-        recipe_path: "test.toml".into(),
-        overrides: vec![],
-        stop_after: None,
-    }
+    TrainOptions { recipe_path: "test.toml".into(), ..TrainOptions::quiet(out) }
 }
 
 fn logits(net: &Network) -> Vec<f32> {

@@ -53,17 +53,7 @@ fn data() -> RunData {
 }
 
 fn opts(out: &Path) -> TrainOptions {
-    TrainOptions {
-        out: out.to_path_buf(),
-        data: None,
-        allow_subset: false,
-        force: false,
-        resume: false,
-        quiet: true,
-        recipe_path: "test.toml".into(),
-        overrides: vec![],
-        stop_after: None,
-    }
+    TrainOptions { recipe_path: "test.toml".into(), ..TrainOptions::quiet(out) }
 }
 
 /// Trains `r` into `dir` for two epochs, stops, and resumes to the end.

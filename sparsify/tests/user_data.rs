@@ -99,17 +99,7 @@ fn npy_data(paths: &[PathBuf; 4]) -> String {
 }
 
 fn opts(out: &Path) -> TrainOptions {
-    TrainOptions {
-        out: out.to_path_buf(),
-        data: None,
-        allow_subset: false,
-        force: false,
-        resume: false,
-        quiet: true,
-        recipe_path: "test.toml".into(),
-        overrides: vec![],
-        stop_after: None,
-    }
+    TrainOptions { recipe_path: "test.toml".into(), ..TrainOptions::quiet(out) }
 }
 
 #[test]
