@@ -110,11 +110,16 @@ impl Network {
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         })?;
         if let Some(values) = arch.pretrained()? {
-            for (p, v) in net.params.iter_mut().zip(values) {
-                if v.len() != p.values.len() {
-                    return Err(format!("{}: the file holds {} values for {} of shape {:?}", arch.label(), v.len(), p.name, p.shape));
+            let last = net.first_param.last().copied().unwrap_or(0);
+            for (i, (p, v)) in net.params.iter_mut().zip(values).enumerate() {
+                match v.len() == p.values.len() {
+                    true => p.values = v,
+                    // The classifier of a model transferred to other classes starts afresh.
+                    false if i >= last => {}
+                    false => {
+                        return Err(format!("{}: the file holds {} values for {} of shape {:?}", arch.label(), v.len(), p.name, p.shape));
+                    }
                 }
-                p.values = v;
             }
         }
         Ok(net)

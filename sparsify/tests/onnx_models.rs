@@ -1,7 +1,8 @@
 //! Models from ONNX files (`[model] onnx = "model.onnx"`): a network `sparsify` exported reads
 //! back with the same layers, parameters and logits (BatchNorm's running statistics included),
-//! trains on under a pruning recipe and exports again; `init = "random"` keeps only the
-//! structure; files training cannot follow get one clear error.
+//! trains on under a pruning recipe and exports again; its classifier is resized for data of
+//! other classes; `init = "random"` keeps only the structure; files training cannot follow get
+//! one clear error.
 
 use std::path::Path;
 
@@ -109,8 +110,14 @@ fn files_training_cannot_follow_get_one_clear_error() {
 
     let err = Network::new(&r.model, [1, 20, 20], 10, 1).unwrap_err();
     assert!(err.contains("reads [1, 16, 16] per sample, the data are [1, 20, 20]"), "{err}");
-    let err = Network::new(&r.model, [1, 16, 16], 7, 1).unwrap_err();
-    assert!(err.contains("not [7] class scores"), "{err}");
+    // Other classes: the classifier gets one output per class and fresh weights, the rest
+    // keeps the file's.
+    let transferred = Network::new(&r.model, [1, 16, 16], 7, 1).unwrap();
+    let head = transferred.params.len() - 2;
+    assert_eq!(transferred.params[head].shape, vec![7, 84]);
+    for (a, b) in transferred.params[..head].iter().zip(&net.params) {
+        assert_eq!(a.values, b.values, "{} keeps the file's values", a.name);
+    }
 
     // An operator training has no layer for.
     let mut graph = engine::load(&file).unwrap();

@@ -71,11 +71,16 @@ impl Arch {
             Arch::Vgg11 => vgg11(image, classes),
             Arch::Mobilenet => mobilenet(image, classes),
             Arch::Onnx { onnx, .. } => {
-                let desc = super::onnx::read(onnx)?.0;
+                let mut desc = super::onnx::read(onnx)?.0;
                 let elements = |s: &[usize]| s.iter().product::<usize>();
                 let fits = desc.input == image || (desc.input.len() == 1 && elements(&desc.input) == elements(&image));
                 if !fits {
                     return Err(format!("{} reads {:?} per sample, the data are {image:?}", onnx.display(), desc.input));
+                }
+                // Transfer to other classes: a last linear layer gets one output per class
+                // (and fresh weights, see `pretrained`).
+                if let Some(super::Layer { op: super::LayerOp::Linear { out }, .. }) = desc.layers.last_mut() {
+                    *out = classes;
                 }
                 desc
             }
@@ -99,7 +104,8 @@ impl Arch {
         }
     }
 
-    /// The parameters' starting values where they come from a file (in plan order).
+    /// The parameters' starting values where they come from a file, in plan order (a
+    /// classifier resized for other classes does not take them: `Network::new`).
     pub fn pretrained(&self) -> Result<Option<Vec<Vec<f32>>>, String> {
         match self {
             Arch::Onnx { onnx, init: Init::Pretrained } => Ok(Some(super::onnx::read(onnx)?.1)),
