@@ -104,12 +104,13 @@ impl Network {
     /// asks for `init = "random"`. An error where the architecture does not fit.
     pub fn new(arch: &Arch, input: [usize; 3], classes: usize, seed: u64) -> Result<Network, String> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut net = Network::build(arch, input, classes, |spec, n| {
+        let (desc, pretrained) = arch.describe_pretrained(input, classes)?;
+        let mut net = Network::build(arch, desc, input, classes, |spec, n| {
             let fan_in: usize = spec.shape[1..].iter().product();
             let bound = (6.0 / fan_in as f32).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         })?;
-        if let Some(values) = arch.pretrained()? {
+        if let Some(values) = pretrained {
             let last = net.first_param.last().copied().unwrap_or(0);
             for (i, (p, v)) in net.params.iter_mut().zip(values).enumerate() {
                 match v.len() == p.values.len() {
@@ -128,18 +129,18 @@ impl Network {
     /// The network with every weight zero: its structure (names, shapes, layers), for values
     /// read from elsewhere (a checkpoint) or none.
     pub fn zeroed(arch: &Arch, input: [usize; 3], classes: usize) -> Result<Network, String> {
-        Network::build(arch, input, classes, |_, n| vec![0.0; n])
+        Network::build(arch, arch.describe(input, classes)?, input, classes, |_, n| vec![0.0; n])
     }
 
-    /// The network with weights from `weight(spec, elements)`, biases and shifts zero, BatchNorm
-    /// scales and running variances one.
+    /// The network `desc` describes (`arch`'s), with weights from `weight(spec, elements)`, biases
+    /// and shifts zero, BatchNorm scales and running variances one.
     fn build(
         arch: &Arch,
+        desc: Desc,
         input: [usize; 3],
         classes: usize,
         mut weight: impl FnMut(&ParamSpec, usize) -> Vec<f32>,
     ) -> Result<Network, String> {
-        let desc = arch.describe(input, classes)?;
         let plan = desc.plan(classes)?;
         let params = plan
             .params

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Builder, Desc};
+use super::{Builder, Desc, ParamValues};
 
 /// Which architecture, with its sizes (the `[model]` table of a recipe).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,29 +62,24 @@ impl Arch {
     /// The network for images `[channels, rows, cols]` and `classes` classes (an ONNX model's
     /// own, checked to read such images).
     pub fn describe(&self, input: [usize; 3], classes: usize) -> Result<Desc, String> {
+        self.describe_pretrained(input, classes).map(|(desc, _)| desc)
+    }
+
+    /// `describe`, with the parameters' starting values where they come from a file (in plan
+    /// order; a classifier resized for other classes does not take them: `Network::new`), from
+    /// one reading of the file.
+    pub fn describe_pretrained(&self, input: [usize; 3], classes: usize) -> Result<(Desc, Option<ParamValues>), String> {
         let image = input.to_vec();
-        Ok(match self {
+        let desc = match self {
             Arch::Mlp { hidden } => mlp(input.iter().product(), hidden, classes),
             Arch::Lenet5 => lenet5(image, classes),
             Arch::Rescnn => rescnn(image, classes),
             Arch::Resnet20 => resnet20(image, classes),
             Arch::Vgg11 => vgg11(image, classes),
             Arch::Mobilenet => mobilenet(image, classes),
-            Arch::Onnx { onnx, .. } => {
-                let mut desc = super::onnx::read(onnx)?.0;
-                let elements = |s: &[usize]| s.iter().product::<usize>();
-                let fits = desc.input == image || (desc.input.len() == 1 && elements(&desc.input) == elements(&image));
-                if !fits {
-                    return Err(format!("{} reads {:?} per sample, the data are {image:?}", onnx.display(), desc.input));
-                }
-                // Transfer to other classes: a last linear layer gets one output per class
-                // (and fresh weights, see `pretrained`).
-                if let Some(super::Layer { op: super::LayerOp::Linear { out }, .. }) = desc.layers.last_mut() {
-                    *out = classes;
-                }
-                desc
-            }
-        })
+            Arch::Onnx { onnx, init } => return onnx_model(onnx, *init, image, classes),
+        };
+        Ok((desc, None))
     }
 
     /// An ONNX model's own input (`[channels, rows, cols]`; features as `[1, 1, n]`) and
@@ -101,15 +96,6 @@ impl Arch {
         match shapes.last().map(Vec::as_slice) {
             Some(&[classes]) => Ok(Some((input, classes))),
             other => Err(format!("{} gives {other:?} per sample, not class scores", onnx.display())),
-        }
-    }
-
-    /// The parameters' starting values where they come from a file, in plan order (a
-    /// classifier resized for other classes does not take them: `Network::new`).
-    pub fn pretrained(&self) -> Result<Option<Vec<Vec<f32>>>, String> {
-        match self {
-            Arch::Onnx { onnx, init: Init::Pretrained } => Ok(Some(super::onnx::read(onnx)?.1)),
-            _ => Ok(None),
         }
     }
 
@@ -130,6 +116,21 @@ impl Arch {
             other => serde_json::to_value(other).ok().and_then(|v| v["name"].as_str().map(String::from)).unwrap_or_default(),
         }
     }
+}
+
+/// The model in `onnx` for `image` inputs, a last linear layer resized for `classes` (its
+/// fresh weights: `Network::new`), and the file's values unless `init` is random.
+fn onnx_model(onnx: &std::path::Path, init: Init, image: Vec<usize>, classes: usize) -> Result<(Desc, Option<ParamValues>), String> {
+    let (mut desc, values) = super::onnx::read(onnx)?;
+    let elements = |s: &[usize]| s.iter().product::<usize>();
+    let fits = desc.input == image || (desc.input.len() == 1 && elements(&desc.input) == elements(&image));
+    if !fits {
+        return Err(format!("{} reads {:?} per sample, the data are {image:?}", onnx.display(), desc.input));
+    }
+    if let Some(super::Layer { op: super::LayerOp::Linear { out }, .. }) = desc.layers.last_mut() {
+        *out = classes;
+    }
+    Ok((desc, (init == Init::Pretrained).then_some(values)))
 }
 
 /// Linear layers `fc1`, `fc2`, ... with ReLU between them, on flat inputs.

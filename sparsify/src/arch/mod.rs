@@ -13,6 +13,9 @@ pub use builtin::{Arch, Init};
 /// `Network::new` allocate.
 pub const MAX_PARAMETERS: usize = 1 << 28;
 
+/// Every parameter's values, in plan order (a file's weights).
+pub type ParamValues = Vec<Vec<f32>>;
+
 /// Most elements one sample's activation may have at any layer (1 GiB of f32).
 pub const MAX_ACTIVATION: usize = 1 << 28;
 

@@ -10,14 +10,14 @@ use std::path::Path;
 use engine::graph::{Activation, Graph, Op, Unary, Weight, Window};
 use engine::onnx::training::LayerSource;
 
-use super::{Desc, Layer, LayerOp, Value};
+use super::{Desc, Layer, LayerOp, ParamValues, Value};
 use crate::model::BN_EPS;
 
 /// What training reads, for the error that names what it does not.
 const TRAINABLE: &str = "Gemm, MatMul, Conv (with groups), BatchNormalization, Relu, Clip(0, 6), MaxPool, GlobalAveragePool, Add, Flatten and Reshape to [N, -1]";
 
 /// The description of the model in `path` and its parameters' values, in plan order.
-pub fn read(path: &Path) -> Result<(Desc, Vec<Vec<f32>>), String> {
+pub fn read(path: &Path) -> Result<(Desc, ParamValues), String> {
     let at = |e: String| format!("{}: {e}", path.display());
     let bytes = std::fs::read(path).map_err(|e| at(e.to_string()))?;
     let graph = engine::onnx::import::import_file(&bytes, path).map_err(|e| e.to_string())?;
@@ -26,7 +26,7 @@ pub fn read(path: &Path) -> Result<(Desc, Vec<Vec<f32>>), String> {
 }
 
 /// Turns the engine's graph into layers.
-fn describe(graph: &Graph, sources: &HashMap<String, LayerSource>) -> Result<(Desc, Vec<Vec<f32>>), String> {
+fn describe(graph: &Graph, sources: &HashMap<String, LayerSource>) -> Result<(Desc, ParamValues), String> {
     if graph.ports.is_some() {
         return Err("a model with several inputs or outputs cannot be trained".into());
     }
