@@ -626,17 +626,25 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
                 let mut want = vec![0.0; cout * oh * ow * w];
                 spmm::spmm_ref(&m, &bias, &cols, oh * ow * w, &mut want, 0..cout, true);
                 let mut got = vec![f32::NAN; want.len()];
-                direct::conv_direct_ref(&m, &bias, &g, &x, &mut got, 0..cout, 0..oh, true);
+                direct::conv_direct_ref(&m, &bias, &g, &x, &mut got, 0..cout, 0..oh, true, None);
                 assert_close(&got, &want, &format!("direct ref {cin}->{cout} {h}x{wd} k{k} s{stride} w={w}"));
                 for isa in variants() {
                     let mut got = vec![f32::NAN; want.len()];
-                    direct::conv_direct(isa, &m, &bias, &g, &x, &mut got, 0..cout, 0..oh, true);
+                    direct::conv_direct(isa, &m, &bias, &g, &x, &mut got, 0..cout, 0..oh, true, None);
                     assert_close(&got, &want, &format!("direct {} {cin}->{cout} {h}x{wd} k{k} s{stride} w={w} s={s}", isa.name()));
+                    // A residual added to the sums before the ReLU, on some rows: as the twin.
+                    let residual: Vec<f32> = (0..want.len()).map(|_| rng.random_range(-2.0..2.0)).collect();
+                    let rows = oh / 3..oh;
+                    let mut twin = vec![5.0; want.len()];
+                    direct::conv_direct_ref(&m, &bias, &g, &x, &mut twin, 0..cout, rows.clone(), true, Some(&residual));
+                    let mut got = vec![5.0; want.len()];
+                    direct::conv_direct(isa, &m, &bias, &g, &x, &mut got, 0..cout, rows, true, Some(&residual));
+                    assert_close(&got, &twin, &format!("direct + residual {} {cin}->{cout} {h}x{wd} w={w}", isa.name()));
                     // Some channels, some rows: only those are written.
                     if cout > 2 && oh > 2 {
                         let plane = oh * ow * w;
                         let mut part = vec![7.0; (cout - 2) * plane];
-                        direct::conv_direct(isa, &m, &bias, &g, &x, &mut part, 1..cout - 1, 1..oh - 1, false);
+                        direct::conv_direct(isa, &m, &bias, &g, &x, &mut part, 1..cout - 1, 1..oh - 1, false, None);
                         for c in 0..cout - 2 {
                             for oy in 0..oh {
                                 let got = &part[(c * oh + oy) * ow * w..][..ow * w];
@@ -691,7 +699,7 @@ fn one_sample_direct_convolution_with_row_strides_and_odd_row_counts() {
                     let mut got = want.clone();
                     let plane = oh * ow;
                     rows.clone().for_each(|oy| (0..cout).for_each(|c| got[c * plane + oy * ow..][..ow].fill(f32::NAN)));
-                    direct::conv_direct(isa, &m, &bias, &g, &x, &mut got, 0..cout, rows.clone(), false);
+                    direct::conv_direct(isa, &m, &bias, &g, &x, &mut got, 0..cout, rows.clone(), false, None);
                     assert_close(&got, &want, &format!("one-sample direct {} {window:?} {h}x{wd} rows {rows:?}", isa.name()));
                 }
             }

@@ -192,8 +192,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         };
         if uses_direct(isa, m, w) {
             let (xs, y) = regions(values, &ins, range(layer.output));
-            conv_direct(isa, m, &g, xs[0], y, rows.clone(), team);
-            return add_band_residual(&xs, y);
+            return conv_direct(isa, m, &g, xs[0], xs.get(1).copied(), y, rows.clone(), team);
         }
         if g.window.is_pointwise() {
             // The band's rows of each channel, read and written in place (planes apart).

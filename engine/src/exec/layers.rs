@@ -8,11 +8,17 @@ pub(super) fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
     m.kernel(w == 1) == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(isa, w, &g))
 }
 
-/// Output rows `rows` of a direct convolution, output channels split over `threads`.
-pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut [f32], rows: Range<usize>, team: &Team) {
+/// Output rows `rows` of a direct convolution, output channels split over `threads`, with the
+/// layer's `residual` (laid out as `y`) added where it has one: by the kernel to its sums, or
+/// after a fused function (which comes before the addition).
+#[allow(clippy::too_many_arguments)] // the layer, its tiles and the part
+pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], residual: Option<&[f32]>, y: &mut [f32], rows: Range<usize>, team: &Team) {
     let threads = team.threads();
     let taps = m.taps.as_ref().expect("weights decoded for a direct convolution");
     let plane = g.out_hw[0] * g.out_hw[1] * g.w;
+    let residual = residual.filter(|_| m.residual.is_some());
+    let (fused, after) = if m.post.is_none() { (residual, None) } else { (None, residual) };
+    let relu = kernel_relu(m, fused);
     // The rows `rows` of each channel of `y`, where a fused function applies, while they are in cache.
     let post = |y: &mut [f32]| {
         if let Some(f) = m.post {
@@ -21,16 +27,23 @@ pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], y: &mut
         }
     };
     if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
-        direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, 0..m.rows, rows.clone(), m.relu);
-        return post(&mut y[..m.rows * plane]);
+        direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, 0..m.rows, rows.clone(), relu, fused);
+        post(&mut y[..m.rows * plane]);
+    } else {
+        // Parts of whole blocks where channels share taps (`direct::BLOCK` of them run together).
+        let per_part = m.rows.div_ceil(threads * 2).next_multiple_of(if taps.shared_blocks().0 > 0 { direct::BLOCK } else { 1 });
+        team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
+            let channels = p * per_part..((p + 1) * per_part).min(m.rows);
+            let fused = fused.map(|r| &r[channels.start * plane..]);
+            direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, channels, rows.clone(), relu, fused);
+            post(y);
+        });
     }
-    // Parts of whole blocks where channels share taps (`direct::BLOCK` of them run together).
-    let per_part = m.rows.div_ceil(threads * 2).next_multiple_of(if taps.shared_blocks().0 > 0 { direct::BLOCK } else { 1 });
-    team.for_each(y[..m.rows * plane].chunks_mut(per_part * plane).enumerate().collect(), |(p, y)| {
-        let channels = p * per_part..((p + 1) * per_part).min(m.rows);
-        direct::conv_direct_decoded(isa, taps, &m.bias, g, x, y, channels, rows.clone(), m.relu);
-        post(y);
-    });
+    if let Some(r) = after {
+        let row = g.out_hw[1] * g.w;
+        let band = |c: usize| c * plane + rows.start * row..c * plane + rows.end * row;
+        (0..m.rows).for_each(|c| add_residual(isa, m, Some(&r[band(c)]), &mut y[band(c)], team));
+    }
 }
 
 /// A fused function (`MatMul::post`) on `y`, split over the team where it is large.
@@ -58,8 +71,7 @@ pub(crate) fn conv(
 ) {
     let positions = g.out_hw[0] * g.out_hw[1];
     if uses_direct(isa, m, w) {
-        conv_direct(isa, m, &Geometry { w, ..g }, x, y, 0..g.out_hw[0], team);
-        return add_residual(isa, m, residual, &mut y[..m.rows * positions * w], team);
+        return conv_direct(isa, m, &Geometry { w, ..g }, x, residual, y, 0..g.out_hw[0], team);
     }
     if g.window.is_pointwise() {
         // The image is its own im2col: `[channels, positions * w]`.

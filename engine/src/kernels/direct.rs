@@ -17,22 +17,26 @@ use std::ops::Range;
 
 use super::Isa;
 use super::csr::Csr;
+use super::elementwise;
 use super::flat;
 use super::window::Geometry;
 
-fn check(m: &Csr, bias: &[f32], g: &Geometry, x: &[f32], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
+fn check(m: &Csr, bias: &[f32], g: &Geometry, x: &[f32], y: &[f32], residual: Option<&[f32]>, channels: &Range<usize>, rows: &Range<usize>) {
     let [kh, kw] = g.window.kernel;
     assert!(m.cols == g.channels * kh * kw && bias.len() == m.rows && channels.end <= m.rows, "weights do not match the geometry");
-    check_tiles(g, x, y, channels, rows);
+    check_tiles(g, x, y, residual, channels, rows);
 }
 
-/// The input and output tiles hold what the geometry, `channels` and `rows` need.
-fn check_tiles(g: &Geometry, x: &[f32], y: &[f32], channels: &Range<usize>, rows: &Range<usize>) {
-    assert!(rows.end <= g.out_hw[0] && g.holds_input(x.len()) && g.holds_output(y.len(), channels.len()), "input or output tile too small");
+/// The input, output and residual tiles hold what the geometry, `channels` and `rows` need.
+fn check_tiles(g: &Geometry, x: &[f32], y: &[f32], residual: Option<&[f32]>, channels: &Range<usize>, rows: &Range<usize>) {
+    let holds = |out: &[f32]| g.holds_output(out.len(), channels.len());
+    assert!(rows.end <= g.out_hw[0] && g.holds_input(x.len()) && holds(y) && residual.is_none_or(holds), "input or output tile too small");
 }
 
 /// Scalar twin: output rows `rows` of output channels `channels`; `y` holds those channels as
-/// `[channels.len(), oh, ow, w]` (rows outside `rows` are left as they are).
+/// `[channels.len(), oh, ow, w]` (rows outside `rows` are left as they are). A `residual` laid
+/// out as `y` is added to the sums before the ReLU (a residual block's addition).
+#[allow(clippy::too_many_arguments)] // the layer, the tiles, the part and what ends the sums
 pub fn conv_direct_ref(
     m: &Csr,
     bias: &[f32],
@@ -42,8 +46,9 @@ pub fn conv_direct_ref(
     channels: Range<usize>,
     rows: Range<usize>,
     relu: bool,
+    residual: Option<&[f32]>,
 ) {
-    check(m, bias, g, x, y, &channels, &rows);
+    check(m, bias, g, x, y, residual, &channels, &rows);
     let ([oh, ow], [h, wd], w) = (g.out_hw, g.in_hw, g.w);
     for (i, o) in channels.enumerate() {
         for oy in rows.clone() {
@@ -57,6 +62,9 @@ pub fn conv_direct_ref(
                     let src = &x[((c * h + iy) * wd + ix) * w..][..w];
                     out[ox * w..(ox + 1) * w].iter_mut().zip(src).for_each(|(o, s)| *o += m.val[j] * s);
                 }
+            }
+            if let Some(r) = residual {
+                out.iter_mut().zip(&r[(i * oh + oy) * ow * w..]).for_each(|(o, r)| *o += r);
             }
             if relu {
                 out.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -176,6 +184,7 @@ pub const FLAT_BELOW: usize = 32;
 /// Runs the variant for `isa` (which the CPU must support); other widths use the scalar twin.
 /// Decodes the weights first: a caller that runs the layer often keeps `Taps` and calls
 /// `conv_direct_decoded`.
+#[allow(clippy::too_many_arguments)] // conv_direct_ref's arguments
 pub fn conv_direct(
     isa: Isa,
     m: &Csr,
@@ -186,12 +195,13 @@ pub fn conv_direct(
     channels: Range<usize>,
     rows: Range<usize>,
     relu: bool,
+    residual: Option<&[f32]>,
 ) {
-    check(m, bias, g, x, y, &channels, &rows);
+    check(m, bias, g, x, y, residual, &channels, &rows);
     if !takes(isa, g.w, g) {
-        return conv_direct_ref(m, bias, g, x, y, channels, rows, relu);
+        return conv_direct_ref(m, bias, g, x, y, channels, rows, relu, residual);
     }
-    conv_direct_decoded(isa, &Taps::new(m, g), bias, g, x, y, channels, rows, relu)
+    conv_direct_decoded(isa, &Taps::new(m, g), bias, g, x, y, channels, rows, relu, residual)
 }
 
 /// `conv_direct` on weights decoded once (`Taps::new(m, g)`, for the same window), for the tiles
@@ -207,11 +217,17 @@ pub fn conv_direct_decoded(
     channels: Range<usize>,
     rows: Range<usize>,
     relu: bool,
+    residual: Option<&[f32]>,
 ) {
     let [kh, kw] = g.window.kernel;
     assert!(t.cols == g.channels * kh * kw && bias.len() == t.rows && channels.end <= t.rows, "weights do not match the geometry");
-    check_tiles(g, x, y, &channels, &rows);
+    check_tiles(g, x, y, residual, &channels, &rows);
     assert!(takes(isa, g.w, g), "no vector kernel for tiles of {} samples", g.w);
+    // The kernels for one sample add a residual after their sums are stored.
+    let (sums_relu, after) = match residual {
+        Some(r) if !vectorized(isa, g.w) => (false, Some(r)),
+        _ => (relu, None),
+    };
     // SAFETY: sizes checked above; every tap's input channel is below g.channels and its kernel
     // offsets inside the window (decoded from columns < cols), so every (c, iy, ix) the kernels
     // read addresses a pixel of `x`; the ISA was chosen from the CPU.
@@ -219,11 +235,18 @@ pub fn conv_direct_decoded(
     match isa {
         // Unstructured taps on small images: several output rows per vector (`flat`).
         Isa::Avx512 if flat::takes(isa, g) && t.shared_blocks().0 == 0 && g.out_hw[1] < FLAT_BELOW => {
-            flat::conv_direct_flat(isa, t, bias, g, x, y, channels, rows, relu)
+            flat::conv_direct_flat(isa, t, bias, g, x, y, channels.clone(), rows.clone(), sums_relu)
         }
-        Isa::Avx512 if !vectorized(isa, g.w) => unsafe { x86::conv_direct_one_avx512(t, bias, g, x, y, channels, rows, relu) },
-        Isa::Avx512 => unsafe { x86::conv_direct_avx512(t, bias, g, x, y, channels, rows, relu) },
-        _ => unsafe { x86::conv_direct_avx2(t, bias, g, x, y, channels, rows, relu) },
+        Isa::Avx512 if !vectorized(isa, g.w) => unsafe { x86::conv_direct_one_avx512(t, bias, g, x, y, channels.clone(), rows.clone(), sums_relu) },
+        Isa::Avx512 => unsafe { x86::conv_direct_avx512(t, bias, g, x, y, residual, channels.clone(), rows.clone(), relu) },
+        _ => unsafe { x86::conv_direct_avx2(t, bias, g, x, y, residual, channels.clone(), rows.clone(), relu) },
+    }
+    if let Some(r) = after {
+        let ([oh, ow], w) = (g.out_hw, g.w);
+        for i in 0..channels.len() {
+            let span = (i * oh + rows.start) * ow * w..(i * oh + rows.end) * ow * w;
+            elementwise::add_in_place(isa, &mut y[span.clone()], &r[span], relu);
+        }
     }
 }
 
@@ -236,6 +259,10 @@ mod x86 {
 
     /// Vectors of an output row kept in registers at once.
     const CHUNK: usize = 8;
+
+    /// Vectors of an output row that the AVX-512 kernel for several samples keeps in registers
+    /// for one channel (a row cut into even parts of at most this many).
+    const CHUNK512: usize = 16;
 
     /// One sample (`g.w == 1`) at stride 1 along rows: each vector holds 16 consecutive output
     /// columns of a row. The input rows that two consecutive output rows read (every channel,
@@ -502,10 +529,53 @@ mod x86 {
         /// Output position and sample offset of each vector of the chunk (worked out once per
         /// chunk, not per output channel: it divides by the tile width).
         pos: &'a [(usize, usize)],
+        /// At stride 1 along rows, where each kernel place reads for the whole chunk
+        /// (`Place::fill`); this part starts `part` vectors into it.
+        places: &'a [Place],
+        part: usize,
         relu: bool,
         /// The first channel's output row; the next channels' `plane` floats apart.
         y: *mut f32,
+        /// The residual to add to the sums before the ReLU, laid out as `y`.
+        residual: Option<*const f32>,
         plane: usize,
+    }
+
+    /// Where kernel place `(ky, kx)` reads the vectors of a chunk of an output row, at stride 1
+    /// along rows (each vector then reads `lanes` consecutive floats, and the chunk's vectors one
+    /// contiguous span): worked out once per chunk for every output channel, so that a tap costs
+    /// an index and an add rather than the bounds checks of its row and columns.
+    #[derive(Clone, Copy, Default)]
+    struct Place {
+        /// Where vector 0 reads, in floats from the start of input channel 0 (vector `z` reads
+        /// `lanes * z` further); may lie outside the image where vector 0 does.
+        start: isize,
+        /// Bit `z` set where vector `z` reads inside the image (none where the kernel row falls
+        /// in the padding).
+        inside: u32,
+    }
+
+    impl Place {
+        /// The places of `g`'s window for output row `oy`, for the chunk of vectors at `pos`
+        /// (output column and sample offset of each; stride 1 along rows).
+        fn fill(places: &mut [Place], g: &Geometry, oy: usize, pos: &[(usize, usize)]) {
+            let ([kh, kw], [_, wd], w) = (g.window.kernel, g.in_hw, g.w);
+            let (dilation, pad) = (g.window.dilation[1], g.window.pads[1]);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let place = &mut places[ky * kw + kx];
+                    let Some(iy) = g.source(0, oy, ky) else {
+                        *place = Place::default();
+                        continue;
+                    };
+                    // Input column of output column ox: ox + kx * dilation - pad.
+                    let column = |ox: usize| (ox + kx * dilation) as isize - pad as isize;
+                    let (ox, s) = pos[0];
+                    place.start = ((iy * wd) as isize + column(ox)) * w as isize + s as isize;
+                    place.inside = pos.iter().enumerate().filter(|(_, p)| (0..wd as isize).contains(&column(p.0))).fold(0, |bits, (z, _)| bits | 1 << z);
+                }
+            }
+        }
     }
 
     /// `n` vectors cut into as few parts of at most `most` as can be, of even lengths: `(first,
@@ -525,8 +595,8 @@ mod x86 {
     /// channels: the input spans one chunk reads (a few rows of each input channel) stay in L1
     /// while every output channel uses them.
     macro_rules! direct_kernel {
-        ($name:ident, $go:ident, $feature:literal, $lanes:literal, $block_vectors:literal, $vec:ty,
-         $set1:ident, $fmadd:ident, $loadu:ident, $storeu:ident, $max:ident, $zero:ident) => {
+        ($name:ident, $go:ident, $store:ident, $feature:literal, $lanes:literal, $chunk:expr, [$($arm:literal)*], $block_vectors:literal, $vec:ty,
+         $set1:ident, $fmadd:ident, $loadu:ident, $storeu:ident, $add:ident, $max:ident, $zero:ident) => {
             /// # Safety
             /// The CPU has the feature; `g.w` is a multiple of the lane count; sizes and `t` as
             /// `super::conv_direct_decoded` checks them (taps decoded for `g`'s window).
@@ -537,30 +607,39 @@ mod x86 {
                 g: &Geometry,
                 x: &[f32],
                 y: &mut [f32],
+                residual: Option<&[f32]>,
                 channels: Range<usize>,
                 rows: Range<usize>,
                 relu: bool,
             ) {
                 let ([oh, ow], w) = (g.out_hw, g.w);
                 let row_vectors = ow * w / $lanes;
+                let mut places = vec![Place::default(); g.window.kernel[0] * g.window.kernel[1]];
                 for oy in rows {
-                    let mut v0 = 0;
-                    while v0 < row_vectors {
-                        let n = (row_vectors - v0).min(CHUNK);
-                        let pos: [(usize, usize); CHUNK] = std::array::from_fn(|z| ((v0 + z) * $lanes / w, (v0 + z) * $lanes % w));
+                    for (v0, n) in even_parts(row_vectors, $chunk) {
+                        let pos: [(usize, usize); $chunk] = std::array::from_fn(|z| ((v0 + z) * $lanes / w, (v0 + z) * $lanes % w));
+                        if g.window.stride[1] == 1 {
+                            Place::fill(&mut places, g, oy, &pos[..n]);
+                        }
                         let mut o = channels.start;
                         while o < channels.end {
                             let i = o - channels.start;
                             // SAFETY: vectors v0..v0 + n of output row (i, oy) lie inside `y`, and
                             // for a block those of the next BLOCK - 1 channels too.
-                            let out = unsafe { y.as_mut_ptr().add((i * oh + oy) * ow * w) };
+                            let row = (i * oh + oy) * ow * w;
+                            let out = unsafe { y.as_mut_ptr().add(row) };
+                            // SAFETY: the residual is laid out as `y` and as long.
+                            let residual = residual.map(|r| unsafe { r.as_ptr().add(row) });
                             let chunk = |z0: usize, len: usize| Chunk {
                                 g,
                                 x,
                                 oy,
                                 v0: v0 + z0,
                                 pos: &pos[z0..z0 + len],
+                                places: &places,
+                                part: z0,
                                 relu,
+                                residual,
                                 y: out,
                                 plane: oh * ow * w,
                             };
@@ -588,19 +667,12 @@ mod x86 {
                             // SAFETY: as above.
                             unsafe {
                                 match n {
-                                    8 => run.$go::<1, 8>(taps, bias),
-                                    7 => run.$go::<1, 7>(taps, bias),
-                                    6 => run.$go::<1, 6>(taps, bias),
-                                    5 => run.$go::<1, 5>(taps, bias),
-                                    4 => run.$go::<1, 4>(taps, bias),
-                                    3 => run.$go::<1, 3>(taps, bias),
-                                    2 => run.$go::<1, 2>(taps, bias),
-                                    _ => run.$go::<1, 1>(taps, bias),
+                                    $($arm => run.$go::<1, $arm>(taps, bias),)*
+                                    _ => unreachable!("chunks hold 1 to {} vectors", $chunk),
                                 }
                             }
                             o += 1;
                         }
-                        v0 += n;
                     }
                 }
             }
@@ -625,6 +697,53 @@ mod x86 {
                     let xp = self.x.as_ptr();
                     let pos = &self.pos[..N];
                     let mut acc: [[$vec; N]; K] = std::array::from_fn(|k| [$set1(bias[k]); N]);
+                    if let Some(r) = self.residual {
+                        for (k, acc) in acc.iter_mut().enumerate() {
+                            for (z, a) in acc.iter_mut().enumerate() {
+                                // SAFETY: the residual holds vector v0 + z of channel k's row,
+                                // as `y` does.
+                                *a = $add(*a, unsafe { $loadu(r.add(k * self.plane + (self.v0 + z) * $lanes)) });
+                            }
+                        }
+                    }
+                    if stride == 1 {
+                        // Each tap reads from its place's start in its channel's plane; the
+                        // place says which vectors of the part read inside the image.
+                        let (all, plane, kw) = ((1u32 << N) - 1, h * wd * w, g.window.kernel[1]);
+                        for (c, ky, kx, values) in taps {
+                            let place = self.places[ky * kw + kx];
+                            let inside = (place.inside >> self.part) & all;
+                            if inside == 0 {
+                                continue;
+                            }
+                            let weights: [$vec; K] = std::array::from_fn(|k| $set1(values[k]));
+                            let start = place.start + (c * plane + self.part * $lanes) as isize;
+                            if inside == all {
+                                // SAFETY: every vector of the part reads inside row iy of
+                                // channel c (Place::fill), so the span is inside `x`.
+                                let src = unsafe { xp.offset(start) };
+                                for z in 0..N {
+                                    let v = unsafe { $loadu(src.add($lanes * z)) };
+                                    for (a, weight) in acc.iter_mut().zip(&weights) {
+                                        a[z] = $fmadd(*weight, v, a[z]);
+                                    }
+                                }
+                                continue;
+                            }
+                            for z in 0..N {
+                                if inside >> z & 1 == 1 {
+                                    // SAFETY: vector z reads a pixel of channel c inside `x`.
+                                    let v = unsafe { $loadu(xp.offset(start + ($lanes * z) as isize)) };
+                                    for (a, weight) in acc.iter_mut().zip(&weights) {
+                                        a[z] = $fmadd(*weight, v, a[z]);
+                                    }
+                                }
+                            }
+                        }
+                        // SAFETY: the caller's contract, as this function's.
+                        unsafe { self.$store(acc) };
+                        return;
+                    }
                     for (c, ky, kx, values) in taps {
                         let Some(iy) = g.source(0, self.oy, ky) else { continue };
                         let weights: [$vec; K] = std::array::from_fn(|k| $set1(values[k]));
@@ -653,6 +772,18 @@ mod x86 {
                             }
                         }
                     }
+                    // SAFETY: the caller's contract, as this function's.
+                    unsafe { self.$store(acc) };
+                }
+
+                /// The accumulators of channels `K`, vectors `N`, into the output rows (ReLU
+                /// applied if asked).
+                ///
+                /// # Safety
+                /// As `$go`.
+                #[inline]
+                #[target_feature(enable = $feature)]
+                unsafe fn $store<const K: usize, const N: usize>(&self, acc: [[$vec; N]; K]) {
                     for (k, acc) in acc.iter().enumerate() {
                         for (z, a) in acc.iter().enumerate() {
                             let v = if self.relu { $max(*a, $zero()) } else { *a };
@@ -669,28 +800,36 @@ mod x86 {
     direct_kernel!(
         conv_direct_avx512,
         go16,
+        store16,
         "avx512f",
         16,
+        CHUNK512,
+        [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28],
         6,
         __m512,
         _mm512_set1_ps,
         _mm512_fmadd_ps,
         _mm512_loadu_ps,
         _mm512_storeu_ps,
+        _mm512_add_ps,
         _mm512_max_ps,
         _mm512_setzero_ps
     );
     direct_kernel!(
         conv_direct_avx2,
         go8,
+        store8,
         "avx2,fma",
         8,
+        8,
+        [1 2 3 4 5 6 7 8],
         2,
         __m256,
         _mm256_set1_ps,
         _mm256_fmadd_ps,
         _mm256_loadu_ps,
         _mm256_storeu_ps,
+        _mm256_add_ps,
         _mm256_max_ps,
         _mm256_setzero_ps
     );
