@@ -1000,6 +1000,7 @@ fn direct_is_faster(
         }
     });
     let taps = direct::Taps::new(csr, &g);
-    let t_direct = best_time(&mut || direct::conv_direct_decoded(o.isa, &taps, &m.bias, &g, &x, &mut y, 0..m.rows, rows.clone(), m.relu, None));
+    let t_direct =
+        best_time(&mut || direct::conv_direct_decoded(o.isa, &taps, &m.bias, &g, &x, &mut y, 0..m.rows, rows.clone(), m.relu, None));
     t_direct < t_im2col
 }

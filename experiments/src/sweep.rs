@@ -273,7 +273,7 @@ impl Sweep {
                 let overrides: Vec<(String, f64)> = overrides.into_iter().collect();
                 // Check the recipe with these overrides now, not hours into the sweep.
                 let r = sparsify::recipe::Recipe::parse(&recipe_text, &recipe.display().to_string(), &overrides)?;
-                sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
+                sparsify::targets::check_params(&r, &recipe.display().to_string())?;
                 if study.quantize.contains(&true) && r.quantization.is_some() {
                     bail!("{}: {} already quantizes; use quantize = [false] for it", path.display(), recipe.display());
                 }

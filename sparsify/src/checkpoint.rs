@@ -77,7 +77,7 @@ pub fn save(path: &Path, net: &Network, optim: &OptimState, pruner: &Pruner, epo
         input: Some(net.input),
         input_side: None,
         classes: net.classes,
-        last_update: pruner.last_update.clone(),
+        last_update: pruner.last_updates(),
         optimizer_steps: optim.steps,
         params: net.params.iter().map(|p| (p.name.clone(), p.shape.clone(), p.prunable, p.trainable)).collect(),
         quant: net.quant.clone(),
@@ -162,4 +162,11 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     net.bn_frozen = progress.bn_frozen;
     let optim = OptimState { first, second, steps: progress.optimizer_steps };
     Ok(Loaded { progress, net, optim, masks })
+}
+
+/// The network of a run's last checkpoint.
+pub fn final_network(run_dir: &Path) -> anyhow::Result<Network> {
+    let (_, path) = crate::run::latest_checkpoint(run_dir)
+        .with_context(|| format!("{} has no checkpoints (is it a sparsify run folder?)", run_dir.display()))?;
+    Ok(load(&path)?.net)
 }

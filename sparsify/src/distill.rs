@@ -24,7 +24,7 @@ impl Teacher {
     pub fn load(d: &Distillation, input_shape: &[usize], classes: usize) -> anyhow::Result<Teacher> {
         let path = Path::new(&d.teacher);
         let graph = if path.is_dir() {
-            crate::export::to_graph(&crate::train::final_network(path)?)?
+            crate::export::to_graph(&crate::checkpoint::final_network(path)?)?
         } else {
             engine::load(path).with_context(|| format!("loading the teacher {}", path.display()))?
         };

@@ -20,4 +20,5 @@ pub mod quant;
 pub mod recipe;
 pub mod run;
 pub mod step;
+pub mod targets;
 pub mod train;

@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::arch::{Arch, Desc, LayerOp, ParamKind, ParamSpec, Value};
 use crate::quant::{self, ActQuant, QuantState};
+use crate::recipe::Quantization;
 /// One named parameter: its shape and values, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
@@ -59,8 +60,9 @@ pub struct ForwardStats {
     pub ranges: Vec<(usize, [f32; 2])>,
 }
 
-/// BatchNorm's epsilon and the weight of each batch in the running statistics (PyTorch's).
-pub const BN_EPS: f32 = 1e-5;
+pub use crate::arch::BN_EPS;
+
+/// The weight of each batch in BatchNorm's running statistics (PyTorch's).
 pub const BN_MOMENTUM: f32 = 0.1;
 
 /// A BatchNorm's batch statistics from a training step: the index of its running mean (the
@@ -305,5 +307,15 @@ impl Network {
     /// Indices of the prunable parameters.
     pub fn prunable(&self) -> Vec<usize> {
         (0..self.params.len()).filter(|&i| self.params[i].prunable).collect()
+    }
+
+    /// Switches fake quantization, its observers and frozen BatchNorm statistics on or off as a
+    /// recipe's `quantization` modifier asks at fractional `epoch`.
+    pub fn quantization_at(&mut self, q: &Quantization, epoch: f64) {
+        if let Some(state) = self.quant.as_mut() {
+            state.active = q.active(epoch);
+            state.observe = q.observing(epoch);
+        }
+        self.bn_frozen = q.bn_frozen(epoch);
     }
 }

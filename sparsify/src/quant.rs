@@ -14,9 +14,6 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Network;
-use crate::recipe::{Quantization, WeightScheme};
-
 /// Largest magnitude of a symmetric int8 weight (-128 is not used, as in most int8 runtimes).
 pub const WEIGHT_QMAX: f32 = 127.0;
 
@@ -123,44 +120,6 @@ pub fn observe(old: Option<[f32; 2]>, batch: [f32; 2], averaging: f32) -> [f32; 
         None => batch,
         Some([lo, hi]) => [lo + averaging * (batch[0] - lo), hi + averaging * (batch[1] - hi)],
     }
-}
-
-/// The quantization state for `net` under a recipe's modifier (switched off until training
-/// reaches `start_epoch`); `ignore` patterns that match no layer are an error.
-pub fn state_for(q: &Quantization, net: &Network) -> Result<QuantState, String> {
-    let weights = net.prunable();
-    let layer_name = |i: usize| net.params[i].name.trim_end_matches(".weight").to_string();
-    let mut ignored = Vec::new();
-    for pattern in &q.ignore {
-        let matched: Vec<usize> = if let Some(re) = pattern.strip_prefix("re:") {
-            let re = regex::Regex::new(re).map_err(|e| format!("ignore: bad regular expression '{re}': {e}"))?;
-            weights.iter().copied().filter(|&i| re.is_match(&layer_name(i))).collect()
-        } else {
-            let pattern = pattern.trim_end_matches(".weight");
-            weights.iter().copied().filter(|&i| crate::prune::glob(pattern, &layer_name(i))).collect()
-        };
-        if matched.is_empty() {
-            let names: Vec<String> = weights.iter().map(|&i| layer_name(i)).collect();
-            return Err(format!("ignore: '{pattern}' matches no layer of this model ({})", names.join(", ")));
-        }
-        ignored.extend(matched);
-    }
-    Ok(QuantState {
-        per_channel: q.weights == WeightScheme::PerChannel,
-        averaging: q.observer_averaging as f32,
-        layers: weights.into_iter().filter(|i| !ignored.contains(i)).map(|weight| QuantLayer { weight, range: None }).collect(),
-        active: false,
-        observe: false,
-    })
-}
-
-/// Sets what is switched on at fractional `epoch`.
-pub fn set_epoch(net: &mut Network, q: &Quantization, epoch: f64) {
-    if let Some(state) = net.quant.as_mut() {
-        state.active = q.active(epoch);
-        state.observe = q.observing(epoch);
-    }
-    net.bn_frozen = q.bn_frozen(epoch);
 }
 
 #[cfg(test)]

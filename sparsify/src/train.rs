@@ -13,10 +13,10 @@ use crate::checkpoint;
 use crate::model::Network;
 use crate::optim::{self, OptimState};
 use crate::prune::{self, Pruner};
-use crate::quant;
 use crate::recipe::Recipe;
 use crate::run::{self, EpochMetrics, RunInfo};
 use crate::step;
+use crate::targets;
 
 /// Mixed into an epoch's seed for its augmentation draws (so they are not the shuffle's).
 const AUGMENT_SEED: u64 = 0xA06_5EED;
@@ -137,9 +137,9 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
         )
     })?;
     if let Some(q) = &recipe.quantization {
-        net.quant = Some(quant::state_for(q, &net).map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?);
+        net.quant = Some(targets::quant_state(q, &net).map_err(|e| e.in_file(&opts.recipe_path))?);
     }
-    let mut pruner = Pruner::new(recipe, &net).map_err(|e| anyhow::anyhow!("{}: {e}", opts.recipe_path))?;
+    let mut pruner = Pruner::new(recipe, &net).map_err(|e| e.in_file(&opts.recipe_path))?;
     let mut optim_state = OptimState::new(&net.params.iter().map(|p| p.numel()).collect::<Vec<_>>(), recipe.optimizer.kind);
     let mut metrics: Vec<EpochMetrics> = Vec::new();
     let mut step_count: u64 = 0;
@@ -160,7 +160,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             }
             net = ck.net;
             optim_state = ck.optim;
-            pruner.last_update = ck.progress.last_update.clone();
+            pruner.restore_last_updates(&ck.progress.last_update).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             for (key, mask) in ck.masks {
                 pruner.restore_mask(&key, mask).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             }
@@ -231,7 +231,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             }
             lr = recipe.lr.at(e);
             if let Some(q) = &recipe.quantization {
-                quant::set_epoch(&mut net, q, e);
+                net.quantization_at(q, e);
             }
             let n = b.len();
             let soft = match (&mut teacher, &recipe.distillation) {
@@ -281,7 +281,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             }
         }
         if let Some(q) = &recipe.quantization {
-            quant::set_epoch(&mut net, q, boundary);
+            net.quantization_at(q, boundary);
         }
         let test_accuracy = step::accuracy(&net, &data.test, &data.norm);
         let val_accuracy = data.val.as_ref().map(|v| step::accuracy(&net, v, &data.norm));
@@ -319,11 +319,4 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
         run::write_json(&out.join("run.json"), &info)?;
     }
     Ok(Summary { metrics, out: out.to_path_buf(), net })
-}
-
-/// The network of a run's last checkpoint.
-pub fn final_network(run_dir: &Path) -> anyhow::Result<Network> {
-    let (_, path) = run::latest_checkpoint(run_dir)
-        .with_context(|| format!("{} has no checkpoints (is it a sparsify run folder?)", run_dir.display()))?;
-    Ok(checkpoint::load(&path)?.net)
 }

@@ -10,7 +10,8 @@ use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sparsify::recipe::{Recipe, check_params};
+use sparsify::recipe::Recipe;
+use sparsify::targets::check_params;
 
 /// Any single allocation over 4 GiB is refused, which aborts the test where the caller cannot
 /// handle it: the allocation the acceptance criterion forbids.

@@ -155,8 +155,24 @@ fn params_that_match_nothing_are_errors() {
     let path = dir.path().join("r.toml");
     std::fs::write(&path, BASE.replace("params = \"__ALL_PRUNABLE__\"", "params = [\"conv*.weight\"]")).unwrap();
     let r = Recipe::load(&path, &[]).unwrap();
-    let e = sparsify::recipe::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
+    let e = sparsify::targets::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
     assert!(e.contains("'conv*.weight' matches no parameter") && e.contains(":28:"), "{e}");
+    // A second modifier's mistake is reported at its own line, not at the first `params`.
+    let second = "\n[[modifiers]]\ntype = \"constant_pruning\"\nparams = [\"fc9.weight\"]\n";
+    let text = format!("{BASE}{second}");
+    std::fs::write(&path, &text).unwrap();
+    let r = Recipe::load(&path, &[]).unwrap();
+    let e = sparsify::targets::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
+    let line = text.lines().position(|l| l.contains("fc9.weight")).unwrap() + 1;
+    assert!(e.contains(&format!(":{line}: params: 'fc9.weight' matches no parameter")), "{e}");
+    // Two gmp modifiers on one parameter: at the second's `params`.
+    let gmp = &BASE[BASE.rfind("[[modifiers]]").unwrap()..];
+    let text = format!("{BASE}\n{gmp}");
+    std::fs::write(&path, &text).unwrap();
+    let r = Recipe::load(&path, &[]).unwrap();
+    let e = sparsify::targets::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
+    let line = text.lines().enumerate().filter(|(_, l)| l.starts_with("params")).nth(1).unwrap().0 + 1;
+    assert!(e.contains(&format!(":{line}: params: 'fc1.weight' is targeted by two gmp modifiers")), "{e}");
 }
 
 /// A recipe that starts from another run's ONNX export (`onnx = "runs/full/NAME/model.onnx"`),
@@ -183,7 +199,7 @@ fn shipped_recipes_are_valid() {
         if path.extension().is_some_and(|e| e == "toml") {
             let text = with_onnx_export(&std::fs::read_to_string(&path).unwrap(), &dir, exports.path());
             let r = Recipe::parse(&text, &path.display().to_string(), &[]).unwrap_or_else(|e| panic!("{e}"));
-            sparsify::recipe::check_params(&r, &path.display().to_string()).unwrap();
+            sparsify::targets::check_params(&r, &path.display().to_string()).unwrap();
             n += 1;
         }
     }
@@ -221,7 +237,7 @@ fn quantization_modifier_resolves_and_reports_mistakes() {
     let path = dir.path().join("r.toml");
     std::fs::write(&path, format!("{BASE}{QUANT}ignore = [\"fc9\"]\n")).unwrap();
     let r = Recipe::load(&path, &[]).unwrap();
-    let e = sparsify::recipe::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
+    let e = sparsify::targets::check_params(&r, &path.display().to_string()).unwrap_err().to_string();
     assert!(e.contains("ignore: 'fc9' matches no layer of this model (fc1, fc2)"), "{e}");
 }
 

@@ -12,7 +12,16 @@ pub(super) fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
 /// layer's `residual` (laid out as `y`) added where it has one: by the kernel to its sums, or
 /// after a fused function (which comes before the addition).
 #[allow(clippy::too_many_arguments)] // the layer, its tiles and the part
-pub(super) fn conv_direct(isa: Isa, m: &MatMul, g: &Geometry, x: &[f32], residual: Option<&[f32]>, y: &mut [f32], rows: Range<usize>, team: &Team) {
+pub(super) fn conv_direct(
+    isa: Isa,
+    m: &MatMul,
+    g: &Geometry,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    rows: Range<usize>,
+    team: &Team,
+) {
     let threads = team.threads();
     let taps = m.taps.as_ref().expect("weights decoded for a direct convolution");
     let plane = g.out_hw[0] * g.out_hw[1] * g.w;

@@ -21,7 +21,16 @@ use super::elementwise;
 use super::flat;
 use super::window::Geometry;
 
-fn check(m: &Csr, bias: &[f32], g: &Geometry, x: &[f32], y: &[f32], residual: Option<&[f32]>, channels: &Range<usize>, rows: &Range<usize>) {
+fn check(
+    m: &Csr,
+    bias: &[f32],
+    g: &Geometry,
+    x: &[f32],
+    y: &[f32],
+    residual: Option<&[f32]>,
+    channels: &Range<usize>,
+    rows: &Range<usize>,
+) {
     let [kh, kw] = g.window.kernel;
     assert!(m.cols == g.channels * kh * kw && bias.len() == m.rows && channels.end <= m.rows, "weights do not match the geometry");
     check_tiles(g, x, y, residual, channels, rows);
@@ -237,7 +246,9 @@ pub fn conv_direct_decoded(
         Isa::Avx512 if flat::takes(isa, g) && t.shared_blocks().0 == 0 && g.out_hw[1] < FLAT_BELOW => {
             flat::conv_direct_flat(isa, t, bias, g, x, y, channels.clone(), rows.clone(), sums_relu)
         }
-        Isa::Avx512 if !vectorized(isa, g.w) => unsafe { x86::conv_direct_one_avx512(t, bias, g, x, y, channels.clone(), rows.clone(), sums_relu) },
+        Isa::Avx512 if !vectorized(isa, g.w) => unsafe {
+            x86::conv_direct_one_avx512(t, bias, g, x, y, channels.clone(), rows.clone(), sums_relu)
+        },
         Isa::Avx512 => unsafe { x86::conv_direct_avx512(t, bias, g, x, y, residual, channels.clone(), rows.clone(), relu) },
         _ => unsafe { x86::conv_direct_avx2(t, bias, g, x, y, residual, channels.clone(), rows.clone(), relu) },
     }
@@ -572,7 +583,11 @@ mod x86 {
                     let column = |ox: usize| (ox + kx * dilation) as isize - pad as isize;
                     let (ox, s) = pos[0];
                     place.start = ((iy * wd) as isize + column(ox)) * w as isize + s as isize;
-                    place.inside = pos.iter().enumerate().filter(|(_, p)| (0..wd as isize).contains(&column(p.0))).fold(0, |bits, (z, _)| bits | 1 << z);
+                    place.inside = pos
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| (0..wd as isize).contains(&column(p.0)))
+                        .fold(0, |bits, (z, _)| bits | 1 << z);
                 }
             }
         }

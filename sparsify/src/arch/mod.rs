@@ -19,6 +19,9 @@ pub type ParamValues = Vec<Vec<f32>>;
 /// Most elements one sample's activation may have at any layer (1 GiB of f32).
 pub const MAX_ACTIVATION: usize = 1 << 28;
 
+/// BatchNorm's epsilon (PyTorch's): training, export and ONNX import use this one.
+pub const BN_EPS: f32 = 1e-5;
+
 /// What a layer computes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerOp {

@@ -10,8 +10,7 @@ use std::path::Path;
 use engine::graph::{Activation, Graph, Op, Unary, Weight, Window};
 use engine::onnx::training::LayerSource;
 
-use super::{Desc, Layer, LayerOp, ParamValues, Value};
-use crate::model::BN_EPS;
+use super::{BN_EPS, Desc, Layer, LayerOp, ParamValues, Value};
 
 /// What training reads, for the error that names what it does not.
 const TRAINABLE: &str = "Gemm, MatMul, Conv (with groups), BatchNormalization, Relu, Clip(0, 6), MaxPool, GlobalAveragePool, Add, Flatten and Reshape to [N, -1]";

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use sparsify::checkpoint;
 use sparsify::export::{self, Format};
 use sparsify::oneshot::obs::ObsOptions;
 use sparsify::oneshot::{self, Method, allocate, sensitivity};
@@ -181,7 +182,8 @@ impl PruneArgs {
         if self.block == 0 || self.threads == 0 || !self.damp.is_finite() || self.damp < 0.0 {
             bail!("--block and --threads must be at least 1, --damp at least 0");
         }
-        let graph = if self.model.is_dir() { export::to_graph(&train::final_network(&self.model)?)? } else { engine::load(&self.model)? };
+        let graph =
+            if self.model.is_dir() { export::to_graph(&checkpoint::final_network(&self.model)?)? } else { engine::load(&self.model)? };
         let (d, source) = oneshot::load_images(&self.calibration, self.data.clone(), self.allow_subset, &graph.input_shape)?;
         let obs = ObsOptions { damp: self.damp, block: self.block };
         Ok((graph, d, source, oneshot::Settings { sparsity, method: self.method, mask, obs, threads: self.threads }))
@@ -269,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Export { run, out, format } => {
-            let net = train::final_network(&run)?;
+            let net = checkpoint::final_network(&run)?;
             let format = format.unwrap_or_else(|| Format::from_path(&out));
             export::export(&net, &out, format)?;
             let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
@@ -387,18 +389,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Recipe { command: RecipeCommand::Check { recipe, set } } => {
             let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
-            sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
+            sparsify::targets::check_params(&r, &recipe.display().to_string())?;
             let quant = r.quantization.as_ref().map_or(String::new(), |q| format!(", int8 quantization from epoch {}", q.start_epoch));
             println!("{}: ok ({} epochs, {} pruning modifier(s){quant})", recipe.display(), r.epochs, r.pruning.len());
         }
         Command::Recipe { command: RecipeCommand::Show { recipe, set } } => {
             let r = Recipe::load(&recipe, &parse_sets(&set)?)?;
-            sparsify::recipe::check_params(&r, &recipe.display().to_string())?;
+            sparsify::targets::check_params(&r, &recipe.display().to_string())?;
             print!("{}", r.to_toml());
             let (input, classes) = r.nominal().map_err(|e| anyhow::anyhow!(e))?;
             let net =
                 sparsify::model::Network::zeroed(&r.model, input, classes).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
-            let pruner = sparsify::prune::Pruner::new(&r, &net).map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))?;
+            let pruner = sparsify::prune::Pruner::new(&r, &net).map_err(|e| e.in_file(&recipe.display().to_string()))?;
             println!("\n# schedule at the start of each epoch (target sparsity over each modifier's weights)");
             let mut header = format!("{:>6} {:>12}", "epoch", "lr");
             for (i, g) in r.pruning.iter().enumerate() {
@@ -410,7 +412,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{header}");
             for e in 0..=(r.epochs.ceil() as usize) {
                 let mut line = format!("{e:>6} {:>12.6}", r.lr.at(e as f64));
-                for (g, targets) in r.pruning.iter().zip(&pruner.gmp_targets) {
+                for (g, targets) in r.pruning.iter().zip(pruner.gradual_targets()) {
                     // Target over all the modifier's weights (per-parameter targets weighted by size).
                     let (mut zeros, mut total) = (0.0, 0.0);
                     for &t in targets {

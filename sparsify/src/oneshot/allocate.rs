@@ -140,7 +140,7 @@ pub fn recipe(base: &str, base_name: &str, allocation: &Allocation, rows: &[Row]
     out[at] = format!("final_sparsity = {{ {} }}", targets.join(", "));
     let text = out.join("\n") + "\n";
     let check = crate::recipe::Recipe::parse(&text, base_name, &[])?;
-    crate::recipe::check_params(&check, base_name)?;
+    crate::targets::check_params(&check, base_name)?;
     Ok(text)
 }
 

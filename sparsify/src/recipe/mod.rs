@@ -32,6 +32,26 @@ pub struct RecipeError {
     pub message: String,
 }
 
+/// Where a modifier's fields are written in its recipe file (1-based lines; the block's header
+/// for a field left out), for errors found once the model is known, such as a `params` pattern
+/// that matches no parameter (see `targets`). Empty for a recipe not read from a file. Where a
+/// modifier is written is not part of what it does: any two compare equal.
+#[derive(Debug, Clone, Default)]
+pub struct Lines(BTreeMap<&'static str, usize>);
+
+impl Lines {
+    /// The line of `field`, if known.
+    pub fn of(&self, field: &str) -> Option<usize> {
+        self.0.get(field).copied()
+    }
+}
+
+impl PartialEq for Lines {
+    fn eq(&self, _: &Lines) -> bool {
+        true
+    }
+}
+
 /// Learning-rate schedule, in fractional epochs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LrSchedule {
@@ -83,6 +103,8 @@ pub struct Gmp {
     pub mask: MaskKind,
     pub scope: Scope,
     pub leave_enabled: bool,
+    #[serde(skip)]
+    pub lines: Lines,
 }
 
 impl Gmp {
@@ -122,6 +144,8 @@ pub struct ConstantPruning {
     pub params: Vec<String>,
     pub start_epoch: f64,
     pub end_epoch: f64,
+    #[serde(skip)]
+    pub lines: Lines,
 }
 
 /// Quantization-aware training settings (the `quantization` modifier).
@@ -136,6 +160,8 @@ pub struct Quantization {
     /// Layers left in fp32.
     pub ignore: Vec<String>,
     pub observer_averaging: f64,
+    #[serde(skip)]
+    pub lines: Lines,
 }
 
 impl Quantization {
@@ -240,6 +266,10 @@ impl Resolver<'_> {
             line: self.loc.line(self.block.0, self.block.1, field),
             message: format!("{field}: {message}"),
         }
+    }
+    /// The lines of `fields` in the current block.
+    fn lines(&self, fields: &[&'static str]) -> Lines {
+        Lines(fields.iter().filter_map(|&f| Some((f, self.loc.line(self.block.0, self.block.1, f)?))).collect())
     }
     fn num(&self, field: &str, n: &Num) -> Result<f64, RecipeError> {
         let v = match n {
@@ -447,6 +477,7 @@ impl Recipe {
                         mask,
                         scope: scope.unwrap_or(Scope::Layer),
                         leave_enabled: leave_enabled.unwrap_or(true),
+                        lines: r.lines(&["params", "final_sparsity"]),
                     };
                     r.range(g.start_epoch, g.end_epoch)?;
                     if g.update_frequency <= 0.0 && g.update_frequency != -1.0 {
@@ -480,6 +511,7 @@ impl Recipe {
                         params: params.patterns(),
                         start_epoch: r.opt("start_epoch", start_epoch, 0.0)?,
                         end_epoch: r.opt("end_epoch", end_epoch, -1.0)?,
+                        lines: r.lines(&["params"]),
                     };
                     if c.end_epoch >= 0.0 {
                         r.range(c.start_epoch, c.end_epoch)?;
@@ -516,6 +548,7 @@ impl Recipe {
                         freeze_bn_epoch: freeze_bn_epoch.as_ref().map(|n| r.num("freeze_bn_epoch", n)).transpose()?,
                         ignore: ignore.clone().unwrap_or_default(),
                         observer_averaging: r.opt("observer_averaging", observer_averaging, 0.01)?,
+                        lines: r.lines(&["ignore"]),
                     };
                     r.range(q.start_epoch, q.start_epoch)?;
                     if let Some(f) = q.freeze_observers_epoch.filter(|&f| f < q.start_epoch) {
@@ -607,25 +640,6 @@ impl Recipe {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not serialise the recipe: {e}\n"))
     }
-}
-
-/// Checks the recipe's `params` patterns against the parameters of its model.
-pub fn check_params(recipe: &Recipe, file: &str) -> Result<(), RecipeError> {
-    let (input, classes) = recipe.nominal().map_err(|message| RecipeError { file: file.to_string(), line: None, message })?;
-    crate::model::Network::zeroed(&recipe.model, input, classes)
-        .and_then(|net| {
-            crate::prune::Pruner::new(recipe, &net)?;
-            recipe.quantization.as_ref().map_or(Ok(()), |q| crate::quant::state_for(q, &net).map(|_| ()))
-        })
-        .map_err(|message| {
-            let line = message.split_once(':').and_then(|(field, _)| text_line(file, |l| l.trim_start().starts_with(field)));
-            RecipeError { file: file.to_string(), line, message }
-        })
-}
-
-fn text_line(file: &str, pred: impl Fn(&str) -> bool) -> Option<usize> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().position(pred).map(|i| i + 1)
 }
 
 fn nominal(model: &Arch, data: &Data) -> Result<([usize; 3], usize), String> {
