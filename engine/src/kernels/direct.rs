@@ -274,6 +274,7 @@ mod x86 {
     /// Vectors of an output row that the AVX-512 kernel for several samples keeps in registers
     /// for one channel (a row cut into even parts of at most this many).
     const CHUNK512: usize = 16;
+    const _: () = assert!(CHUNK512 == 16, "the AVX-512 kernel's match arms cover 1..=16 vectors");
 
     /// One sample (`g.w == 1`) at stride 1 along rows: each vector holds 16 consecutive output
     /// columns of a row. The input rows that two consecutive output rows read (every channel,
@@ -819,7 +820,8 @@ mod x86 {
         "avx512f",
         16,
         CHUNK512,
-        [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28],
+        // One match arm per chunk length, 1..=CHUNK512.
+        [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16],
         6,
         __m512,
         _mm512_set1_ps,
