@@ -183,23 +183,30 @@ impl Pruner {
         v
     }
 
+    /// The gradual modifiers' states, in the recipe's order (they come first).
+    fn gradual(&self) -> &[State] {
+        let n = self.states.iter().take_while(|s| matches!(s.modifier, Modifier::Gradual(_))).count();
+        &self.states[..n]
+    }
+
     /// The parameters each gradual modifier targets, in the recipe's order.
     pub fn gradual_targets(&self) -> impl Iterator<Item = &[usize]> {
-        self.states.iter().filter(|s| matches!(s.modifier, Modifier::Gradual(_))).map(|s| s.targets.as_slice())
+        self.gradual().iter().map(|s| s.targets.as_slice())
     }
 
     /// The epoch of each gradual modifier's last mask update (for checkpoints).
     pub fn last_updates(&self) -> Vec<Option<f64>> {
-        self.states.iter().filter(|s| matches!(s.modifier, Modifier::Gradual(_))).map(|s| s.last_update).collect()
+        self.gradual().iter().map(|s| s.last_update).collect()
     }
 
     /// Restores the epochs `last_updates` gave; a list that does not fit the recipe is an error.
     pub fn restore_last_updates(&mut self, epochs: &[Option<f64>]) -> Result<(), String> {
-        let gradual: Vec<&mut State> = self.states.iter_mut().filter(|s| matches!(s.modifier, Modifier::Gradual(_))).collect();
+        let n = self.gradual().len();
+        let gradual = &mut self.states[..n];
         if gradual.len() != epochs.len() {
             return Err(format!("the checkpoint has {} gmp modifiers, the recipe {}", epochs.len(), gradual.len()));
         }
-        gradual.into_iter().zip(epochs).for_each(|(s, &e)| s.last_update = e);
+        gradual.iter_mut().zip(epochs).for_each(|(s, &e)| s.last_update = e);
         Ok(())
     }
 

@@ -112,8 +112,9 @@ pub fn quant_state(q: &Quantization, net: &Network) -> Result<QuantState, Target
     let layers: Vec<(usize, String)> = weights.iter().map(|&i| (i, net.params[i].name.trim_end_matches(".weight").to_string())).collect();
     let mut ignored = Vec::new();
     for pattern in &q.ignore {
-        let matched =
-            matching(pattern.strip_prefix("re:").map_or(pattern.trim_end_matches(".weight"), |_| pattern), &layers).map_err(err)?;
+        // Globs name layers with or without `.weight`; regular expressions match layer names.
+        let over_layers = if pattern.starts_with("re:") { pattern.as_str() } else { pattern.trim_end_matches(".weight") };
+        let matched = matching(over_layers, &layers).map_err(err)?;
         if matched.is_empty() {
             let names: Vec<&str> = layers.iter().map(|(_, n)| n.as_str()).collect();
             return Err(err(format!("'{pattern}' matches no layer of this model ({})", names.join(", "))));
