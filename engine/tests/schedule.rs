@@ -186,24 +186,32 @@ fn direct_convolutions_match_im2col_in_whole_models() {
     // block and two alone; 16: four blocks), split over threads in whole blocks.
     for (name, graph) in [("cnn", cnn(35, 0.8)), ("lenet5", lenet(36, 0.9)), ("dense lenet5", lenet(37, 0.0))] {
         let im2col = compile::compile(graph.clone(), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
-        let mut direct = im2col.clone();
-        for layer in &mut direct.layers {
-            if let Exec::MatMul(m) = &mut layer.exec
-                && let (Some(g), Some(csr)) = (&m.conv, &m.csr)
-            {
-                m.taps = Some(engine::kernels::direct::Taps::new(csr, g));
-                m.batched = Kernel::Direct;
-            }
-        }
-        for batch in [1, 3, 17, 64, 100] {
-            let input = random_input(batch as u64, batch, &graph.input_shape);
-            let want = Session::with_schedule(&im2col, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
-            for threads in [1, 2] {
-                for (schedule, budget) in [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(32 << 10))]
+        // The direct kernel on wider tiles only, on one sample only (the compiler times the two
+        // apart), and on both.
+        for (one, wide) in [(Kernel::Sparse, Kernel::Direct), (Kernel::Direct, Kernel::Sparse), (Kernel::Direct, Kernel::Direct)] {
+            let mut direct = im2col.clone();
+            for layer in &mut direct.layers {
+                if let Exec::MatMul(m) = &mut layer.exec
+                    && let (Some(g), Some(csr)) = (&m.conv, &m.csr)
                 {
-                    let got = Session::with_schedule(&direct, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap();
-                    let err = rel_err(&got, &want);
-                    assert!(err < 1e-5, "{name} batch {batch} {threads} threads {schedule:?} {budget:?}: relative error {err}");
+                    m.taps = Some(engine::kernels::direct::Taps::new(csr, g));
+                    (m.batch1, m.batched) = (one, wide);
+                }
+            }
+            for batch in [1, 3, 17, 64, 100] {
+                let input = random_input(batch as u64, batch, &graph.input_shape);
+                let want = Session::with_schedule(&im2col, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+                for threads in [1, 2] {
+                    for (schedule, budget) in
+                        [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(32 << 10))]
+                    {
+                        let got = Session::with_schedule(&direct, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap();
+                        let err = rel_err(&got, &want);
+                        assert!(
+                            err < 1e-5,
+                            "{name} {one:?}/{wide:?} batch {batch} {threads} threads {schedule:?} {budget:?}: relative error {err}"
+                        );
+                    }
                 }
             }
         }
