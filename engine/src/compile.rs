@@ -774,7 +774,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             }
             // One sample runs the direct kernel where it takes one (AVX-512, stride 1 along rows)
             // and times faster on one sample, whatever wider tiles run: ResNet-50's 28x28 and
-            // 14x14 3x3 layers run it 15-20% faster than im2col on one sample and not on 16
+            // 14x14 3x3 layers run it about 15% faster than im2col on one sample and not on 16
             // (BERT's row-wise layers, a 1x128 image each, ran it at 39 GFLOP/s where the CSR
             // kernel on the image ran at 116).
             let one = choose(&m, data, &csr, None, column_blocks.as_ref(), timing_columns(&m, positions), o);
