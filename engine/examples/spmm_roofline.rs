@@ -1,0 +1,54 @@
+//! Where the sparse CSR kernel's time goes: useful GFLOP/s of `spmm` (one thread, 90% sparse
+//! rows of 256 outputs) on one packed input tile of `cols` inputs by 16, 32 or 64 columns, used
+//! again and again, so the tile stays in L1 (48 KiB here), L2 or beyond by its size alone; the
+//! dense GEMM on the same shapes gives the core's reachable peak. Prints a Markdown table.
+//! Run: `cargo run --release -p engine --example spmm_roofline` (scripts/bench-kernel-roofline).
+
+use engine::kernels::csr::Csr;
+use engine::kernels::{Isa, dense, spmm};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+const ROWS: usize = 256;
+
+/// The best seconds per call of `f` over five rounds of `calls` calls.
+fn seconds(calls: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            (0..calls).for_each(|_| f());
+            t.elapsed().as_secs_f64() / calls as f64
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+fn main() {
+    let isa = Isa::detect();
+    println!("| inputs | columns | input tile KiB | CSR GFLOP/s (useful) | dense GFLOP/s |");
+    println!("|---|---|---|---|---|");
+    for cols in [64, 128, 256, 512, 1152, 2304] {
+        let mut rng = StdRng::seed_from_u64(cols as u64);
+        let weights: Vec<f32> =
+            (0..ROWS * cols).map(|_| if rng.random_bool(0.9) { 0.0 } else { rng.random_range(-1.0..1.0f32) }).collect();
+        let csr = Csr::from_dense(&weights, ROWS, cols);
+        let bias = vec![0.0; ROWS];
+        for w in [16, 32, 64] {
+            let x: Vec<f32> = (0..cols * w).map(|i| (i % 13) as f32 * 0.1).collect();
+            let mut y = vec![0.0; ROWS * w];
+            // About 20 million multiply-adds per round.
+            let calls = (20_000_000 / (csr.nnz() * w).max(1)).max(1);
+            let sparse = seconds(calls, || spmm::spmm(isa, &csr, &bias, &x, w, &mut y, 0..ROWS, false));
+            let dense = seconds(calls / 10 + 1, || dense::dense(isa, &weights, ROWS, cols, &bias, &x, w, &mut y, false));
+            let useful = 2.0 * (csr.nnz() * w) as f64;
+            let all = 2.0 * (ROWS * cols * w) as f64;
+            println!(
+                "| {cols} | {w} | {} | {:.1} | {:.1} |",
+                cols * w * 4 / 1024,
+                useful / sparse / 1e9,
+                all / dense / 1e9
+            );
+        }
+    }
+}
