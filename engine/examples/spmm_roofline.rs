@@ -30,8 +30,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     for cols in [64, 128, 256, 512, 1152, 2304] {
         let mut rng = StdRng::seed_from_u64(cols as u64);
-        let weights: Vec<f32> =
-            (0..ROWS * cols).map(|_| if rng.random_bool(0.9) { 0.0 } else { rng.random_range(-1.0..1.0f32) }).collect();
+        let weights: Vec<f32> = (0..ROWS * cols).map(|_| if rng.random_bool(0.9) { 0.0 } else { rng.random_range(-1.0..1.0f32) }).collect();
         let csr = Csr::from_dense(&weights, ROWS, cols);
         let bias = vec![0.0; ROWS];
         for w in [16, 32, 64] {
@@ -43,12 +42,7 @@ fn main() {
             let dense = seconds(calls / 10 + 1, || dense::dense(isa, &weights, ROWS, cols, &bias, &x, w, &mut y, false));
             let useful = 2.0 * (csr.nnz() * w) as f64;
             let all = 2.0 * (ROWS * cols * w) as f64;
-            println!(
-                "| {cols} | {w} | {} | {:.1} | {:.1} |",
-                cols * w * 4 / 1024,
-                useful / sparse / 1e9,
-                all / dense / 1e9
-            );
+            println!("| {cols} | {w} | {} | {:.1} | {:.1} |", cols * w * 4 / 1024, useful / sparse / 1e9, all / dense / 1e9);
         }
     }
 }

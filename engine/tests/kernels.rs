@@ -610,6 +610,10 @@ fn direct_convolution_matches_im2col_and_its_scalar_twin() {
         (3, 4, 1, 1, 3, 1, 1, 1),
         (5, 6, 17, 17, 3, 1, 1, 1),
         (2, 3, 3, 2, 3, 1, 2, 1),
+        // Enough input channels that `flat` runs them in blocks (3 of them on 7x7, 2 on 14x14),
+        // each output channel's sums carried across.
+        (100, 6, 7, 7, 3, 1, 1, 1),
+        (70, 5, 14, 14, 3, 1, 1, 1),
     ];
     for &(cin, cout, h, wd, k, stride, pad, dilation) in &shapes {
         let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation], ceil_mode: false };

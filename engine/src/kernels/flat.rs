@@ -64,20 +64,45 @@ pub fn conv_direct_flat(
         }
     }
     let per_chunk = (CHUNK * 16 / wp).max(1);
+    let block = input_block(g.channels, (per_chunk + kh - 1) * wp);
+    // Each output channel's sums over the chunk's positions, carried from one block of input
+    // channels to the next.
+    let mut sums = vec![0.0f32; channels.len() * CHUNK * 16];
+    // Where each output channel's taps of the next block of input channels start.
+    let mut next = vec![0usize; channels.len()];
     let mut a = rows.start;
     while a < rows.end {
         let b = (a + per_chunk).min(rows.end);
         let positions = (b - a) * wp;
         let first = (a - rows.start) * wp;
-        for (i, o) in channels.clone().enumerate() {
-            let mut out = [0.0f32; CHUNK * 16];
-            // SAFETY: every tap (c, ky, kx) has c < g.channels and ky < kh, kx < kw (decoded for
-            // this window), so first + ky * wp + kx + 16 * n - 1 < (padded_rows - 1) * wp + wp + 16 + kw
-            // <= plane for the n <= CHUNK vectors covering `positions`; the ISA was checked by `takes`.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                x86::channel(&buf, plane, wp, first, positions, t.of(o), bias[o], relu, &mut out)
-            };
+        for (out, o) in sums.chunks_exact_mut(CHUNK * 16).zip(channels.clone()) {
+            out.fill(bias[o]);
+        }
+        next.fill(0);
+        for c0 in (0..g.channels).step_by(block) {
+            let (c1, last) = ((c0 + block).min(g.channels), c0 + block >= g.channels);
+            let outs = sums.as_chunks_mut::<{ CHUNK * 16 }>().0.iter_mut();
+            for ((out, o), start) in outs.zip(channels.clone()).zip(next.iter_mut()) {
+                // Channel o's taps on input channels c0..c1: the next ones, as taps come in
+                // input-channel order (a binary search per block had read scattered taps from
+                // L3 and doubled the time of a 512-channel layer).
+                let taps = &t.of(o)[*start..];
+                let taps = &taps[..taps.iter().position(|tap| tap.0 as usize >= c1).unwrap_or(taps.len())];
+                *start += taps.len();
+                if taps.is_empty() && !(last && relu) {
+                    continue;
+                }
+                // SAFETY: every tap (c, ky, kx) has c < g.channels and ky < kh, kx < kw (decoded
+                // for this window), so first + ky * wp + kx + 16 * n - 1 < (padded_rows - 1) * wp + wp
+                // + 16 + kw <= plane for the n <= CHUNK vectors covering `positions`; the ISA was
+                // checked by `takes`.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::channel(&buf, plane, wp, first, positions, taps, relu && last, out)
+                };
+            }
+        }
+        for (i, out) in sums.chunks_exact(CHUNK * 16).enumerate() {
             for r in a..b {
                 let from = (r - a) * wp;
                 y[(i * oh + r) * ow..][..ow].copy_from_slice(&out[from..from + ow]);
@@ -85,6 +110,18 @@ pub fn conv_direct_flat(
         }
         a = b;
     }
+}
+
+/// Bytes of the input rows that one block of input channels' taps read per chunk of positions:
+/// what stays in L1 (48 KiB here) beside the weights streaming past. Every output channel runs its
+/// taps of a block of input channels before the next block, its sums carried in `sums`; where
+/// each tap had read all input channels' rows at once, ResNet-50's 28x28 to 7x7 layers (up to
+/// 512 channels' rows, 92-166 KiB) read them from L2.
+const BLOCK_BYTES: usize = 24 << 10;
+
+/// Input channels per block for chunks that read `floats` padded input floats per channel.
+fn input_block(channels: usize, floats: usize) -> usize {
+    (BLOCK_BYTES / (4 * floats).max(1)).clamp(1, channels.max(1))
 }
 
 /// A depth-wise convolution (one input channel per output channel, `weight` `[channels, 1, kh,
@@ -112,16 +149,18 @@ pub fn depthwise_flat(isa: Isa, g: &Geometry, weight: &[f32], bias: &[f32], x: &
                 None => row.fill(0.0),
             }
         }
-        let taps: Vec<Tap> =
-            (0..kh * kw).filter(|t| weight[o * kh * kw + t] != 0.0).map(|t| (0, t / kw, t % kw, weight[o * kh * kw + t])).collect();
+        let taps: Vec<Tap> = (0..kh * kw)
+            .filter(|t| weight[o * kh * kw + t] != 0.0)
+            .map(|t| (0, (t / kw) as u32, (t % kw) as u32, weight[o * kh * kw + t]))
+            .collect();
         let mut a = 0;
         while a < oh {
             let b = (a + per_chunk).min(oh);
-            let mut out = [0.0f32; CHUNK * 16];
+            let mut out = [bias[o]; CHUNK * 16];
             // SAFETY: as in `conv_direct_flat`, on one channel's plane (c = 0).
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                x86::channel(&buf, plane, wp, a * wp, (b - a) * wp, &taps, bias[o], relu, &mut out)
+                x86::channel(&buf, plane, wp, a * wp, (b - a) * wp, &taps, relu, &mut out)
             };
             for r in a..b {
                 y[(i * oh + r) * ow..][..ow].copy_from_slice(&out[(r - a) * wp..][..ow]);
@@ -138,7 +177,9 @@ mod x86 {
     use super::CHUNK;
     use crate::kernels::direct::Tap;
 
-    /// One output channel over `positions` flat positions from `first`, into `out`.
+    /// One output channel over `positions` flat positions from `first`: `out` holds its sums
+    /// so far (the bias, or the taps of the input channels before), and gets them with these
+    /// taps added (and the ReLU where `relu`).
     ///
     /// # Safety
     /// AVX-512F; every tap reads inside `buf` (see the caller); `positions <= CHUNK * 16`.
@@ -150,14 +191,13 @@ mod x86 {
         first: usize,
         positions: usize,
         taps: &[Tap],
-        bias: f32,
         relu: bool,
         out: &mut [f32; CHUNK * 16],
     ) {
         macro_rules! go {
             ($($n:literal)*) => {
                 match positions.div_ceil(16) {
-                    $($n => unsafe { run::<$n>(buf, plane, wp, first, taps, bias, relu, out) },)*
+                    $($n => unsafe { run::<$n>(buf, plane, wp, first, taps, relu, out) },)*
                     _ => unreachable!("chunks hold 1 to {CHUNK} vectors"),
                 }
             };
@@ -175,16 +215,16 @@ mod x86 {
         wp: usize,
         first: usize,
         taps: &[Tap],
-        bias: f32,
         relu: bool,
         out: &mut [f32; CHUNK * 16],
     ) {
-        let mut acc = [_mm512_set1_ps(bias); N];
+        // SAFETY: z < N <= CHUNK, so each vector lies inside `out`.
+        let mut acc: [__m512; N] = std::array::from_fn(|z| unsafe { _mm512_loadu_ps(out.as_ptr().add(16 * z)) });
         let base = buf.as_ptr().wrapping_add(first);
         for &(c, ky, kx, value) in taps {
             let weight = _mm512_set1_ps(value);
             // SAFETY: the caller's contract: vectors 0..N from this tap's offset lie inside `buf`.
-            let src = unsafe { base.add(c * plane + ky * wp + kx) };
+            let src = unsafe { base.add(c as usize * plane + ky as usize * wp + kx as usize) };
             for (z, a) in acc.iter_mut().enumerate() {
                 *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(16 * z)) }, *a);
             }
