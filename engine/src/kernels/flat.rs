@@ -79,7 +79,8 @@ pub fn conv_direct_flat(
             out.fill(bias[o]);
         }
         next.fill(0);
-        for c0 in (0..g.channels).step_by(block) {
+        // At least one block, so that the ReLU applies even without input channels.
+        for c0 in (0..g.channels.max(1)).step_by(block) {
             let (c1, last) = ((c0 + block).min(g.channels), c0 + block >= g.channels);
             let outs = sums.as_chunks_mut::<{ CHUNK * 16 }>().0.iter_mut();
             for ((out, o), start) in outs.zip(channels.clone()).zip(next.iter_mut()) {
