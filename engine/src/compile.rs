@@ -996,7 +996,7 @@ fn direct_is_faster(
     // then ran at half the CSR kernel's speed).
     let own = g.window.is_pointwise();
     let (mut cols, mut y) = (vec![0.0f32; if own { 0 } else { m.cols * cols_w }], vec![0.0f32; m.rows * oh * ow * tile]);
-    let mut y_direct = y.clone();
+    let mut y_direct = vec![0.0f32; y.len()];
     let taps = direct::Taps::new(csr, &g);
     let mut im2col = || {
         let cols: &[f32] = if own {

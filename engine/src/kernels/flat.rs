@@ -75,7 +75,7 @@ pub fn conv_direct_flat(
         let b = (a + per_chunk).min(rows.end);
         let positions = (b - a) * wp;
         let first = (a - rows.start) * wp;
-        for (out, o) in sums.chunks_exact_mut(CHUNK * 16).zip(channels.clone()) {
+        for (out, o) in sums.as_chunks_mut::<{ CHUNK * 16 }>().0.iter_mut().zip(channels.clone()) {
             out.fill(bias[o]);
         }
         next.fill(0);
@@ -103,7 +103,7 @@ pub fn conv_direct_flat(
                 };
             }
         }
-        for (i, out) in sums.chunks_exact(CHUNK * 16).enumerate() {
+        for (i, out) in sums.as_chunks::<{ CHUNK * 16 }>().0.iter().enumerate() {
             for r in a..b {
                 let from = (r - a) * wp;
                 y[(i * oh + r) * ow..][..ow].copy_from_slice(&out[from..from + ow]);
