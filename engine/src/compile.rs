@@ -6,14 +6,18 @@ use std::time::Instant;
 
 use crate::error::{EngineError, Result};
 use crate::graph::{Activation, Graph, Op, Quant, Weight, Window};
-use crate::kernels::bcsr::{self, Bcsr};
+use std::sync::Arc;
+
+use crate::catalogue::{DirectWeights, F32Kernel, Int8Kernel, Kernels};
+pub use crate::catalogue::{Int8Layer, Kernel};
+use crate::kernels::bcsr::Bcsr;
 use crate::kernels::csr::Csr;
 use crate::kernels::kblocked::{self, KBlocked};
 use crate::kernels::q8::{self, Dequant, Q8Matrix};
 use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, dense, direct, elementwise, spmm, spmv};
+use crate::kernels::{Isa, direct, elementwise, spmm};
 use crate::passes;
 use crate::phases::{self, PhaseConv};
 
@@ -104,47 +108,6 @@ impl Amx {
     }
 }
 
-/// A kernel family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    Dense,
-    Sparse,
-    /// Blocks of 4 output rows sharing columns (batched tiles only).
-    Blocked,
-    /// CSR weights in blocks of input columns over packed panels of the input (`kblocked`;
-    /// tiles of two columns or more, where it times faster than plain CSR).
-    ColumnBlocked,
-    /// Int8 weights and uint8 inputs (quantized layers).
-    Int8,
-    /// Int8 direct convolution from a shifted quantized image, no im2col (`q8direct`; AVX-512
-    /// VNNI, stride 1; tiles of any width, where it times faster than im2col and `Int8`).
-    Int8Direct,
-    /// Int8 weights dense in AMX tiles (`q8amx`; batched tiles of linear layers, on CPUs with
-    /// AMX, where it times faster than the sparse int8 kernel).
-    Int8Tiles,
-    /// Sparse direct convolution from the image tile, no im2col (tiles of a multiple of 16
-    /// (AVX-512) or 8 (AVX2) samples, and one sample at stride 1 with AVX-512; other tiles run
-    /// im2col and the CSR kernel on the same weights).
-    Direct,
-}
-
-impl Kernel {
-    pub fn name(self, batch1: bool) -> &'static str {
-        match (self, batch1) {
-            (Kernel::Dense, _) => "dense-gemm",
-            (Kernel::Sparse, false) => "f32-spmm-csr",
-            (Kernel::Sparse, true) => "f32-spmv-csr",
-            (Kernel::Blocked, _) => "f32-spmm-bcsr4x1",
-            (Kernel::ColumnBlocked, _) => "f32-spmm-csr-kc128",
-            (Kernel::Int8, false) => "q8-spmm-k4",
-            (Kernel::Int8, true) => "q8-spmv-k4",
-            (Kernel::Int8Direct, _) => "q8-conv-direct",
-            (Kernel::Int8Tiles, _) => "q8-amx-dense",
-            (Kernel::Direct, _) => "f32-conv-direct",
-        }
-    }
-}
-
 /// Packed weights of a linear layer or convolution, `[rows, cols]` with `cols = in (* kh * kw)`.
 #[derive(Debug, Clone)]
 pub struct MatMul {
@@ -152,24 +115,11 @@ pub struct MatMul {
     pub cols: usize,
     pub bias: Vec<f32>,
     pub relu: bool,
-    /// Kernel at batch 1 and for batched tiles.
-    pub batch1: Kernel,
-    pub batched: Kernel,
-    /// Present when some choice is dense.
-    pub dense: Option<Vec<f32>>,
-    /// Present when some choice is sparse.
-    pub csr: Option<Csr>,
-    /// Present when the batched choice is the 4-row blocked kernel.
-    pub bcsr: Option<Bcsr>,
-    /// Present when some choice is the column-blocked CSR kernel.
-    pub kblocked: Option<KBlocked>,
-    /// Present when a convolution runs the direct kernel: its weights decoded for it.
-    pub taps: Option<direct::Taps>,
+    /// The kernels of tiles of one sample and of wider ones, with their packed weights.
+    pub kernels: Kernels,
     pub sparsity: f64,
     /// For convolutions, the window geometry (with `w = 1`; scaled per tile).
     pub conv: Option<Geometry>,
-    /// Present when the layer runs in int8.
-    pub int8: Option<Box<Int8Layer>>,
     /// An element-wise function of the outputs, applied right after the kernel wrote them (the
     /// SiLU or ReLU6 after a convolution): fused from the node that follows, fp32 layers only.
     pub post: Option<crate::graph::Unary>,
@@ -186,39 +136,27 @@ pub struct Residual {
     pub relu: bool,
 }
 
-/// A quantized layer's packed int8 weights, its dequantization and its input quantization.
-#[derive(Debug, Clone)]
-pub struct Int8Layer {
-    pub matrix: Q8Matrix,
-    pub dequant: Dequant,
-    pub input_scale: f32,
-    pub input_zero: u8,
-    /// For a convolution that runs the direct kernel, its weights regrouped for it.
-    pub shift: Option<ShiftConv>,
-    /// For a linear layer whose batched kernel is `Int8Tiles`, its weights in AMX tiles.
-    pub tiles: Option<TileMatrix>,
-}
-
-impl Int8Layer {
-    /// `values`: the weight's int8 values (`weight.int8()`); `direct`: the geometry of a
-    /// convolution that may run the direct kernel.
-    fn new(weight: &Weight, values: &[i8], q: &Quant, bias: &[f32], relu: bool, direct: Option<Geometry>) -> Int8Layer {
-        let matrix = Q8Matrix::from_int8(values, weight.rows(), weight.cols());
-        let shift = direct.and_then(|g| ShiftConv::new(values, weight.rows(), &g)).filter(|s| s.worthwhile(matrix.stored_groups()));
-        let dequant = Dequant {
-            bias: bias.to_vec(),
-            mult: q.scales.iter().map(|s| s * q.input_scale).collect(),
-            zero_corr: matrix.row_sums.iter().map(|&r| r * q.input_zero as i32).collect(),
-            relu,
-            fake_quant: None,
-        };
-        Int8Layer { matrix, dequant, input_scale: q.input_scale, input_zero: q.input_zero, shift, tiles: None }
-    }
+/// `values`: the weight's int8 values (`weight.int8()`).
+fn int8_layer(weight: &Weight, values: &[i8], q: &Quant, bias: &[f32], relu: bool) -> Int8Layer {
+    let matrix = Q8Matrix::from_int8(values, weight.rows(), weight.cols());
+    let dequant = Dequant {
+        bias: bias.to_vec(),
+        mult: q.scales.iter().map(|s| s * q.input_scale).collect(),
+        zero_corr: matrix.row_sums.iter().map(|&r| r * q.input_zero as i32).collect(),
+        relu,
+        fake_quant: None,
+    };
+    Int8Layer { matrix, dequant, input_scale: q.input_scale, input_zero: q.input_zero }
 }
 
 impl MatMul {
-    pub fn kernel(&self, batch1: bool) -> Kernel {
-        if batch1 { self.batch1 } else { self.batched }
+    /// The kernel that tiles of one sample (`one_sample`) or wider ones run.
+    pub fn kernel(&self, one_sample: bool) -> Kernel {
+        self.kernels.kernel(one_sample)
+    }
+    /// The layer's int8 weights and quantization, where it runs in int8.
+    pub fn int8(&self) -> Option<&Int8Layer> {
+        self.kernels.int8()
     }
     /// The name of the kernel that tiles of one sample (`one_sample`) or wider ones run: on one
     /// sample a linear layer runs the kernels' matrix-vector form, a convolution their matrix form
@@ -228,17 +166,7 @@ impl MatMul {
     }
     /// Bytes of packed weights kept for execution.
     pub fn weight_bytes(&self) -> usize {
-        self.dense.as_ref().map_or(0, |d| 4 * d.len())
-            + self.int8.as_ref().map_or(0, |q| {
-                q.matrix.bytes()
-                    + 12 * self.rows
-                    + q.shift.as_ref().map_or(0, ShiftConv::bytes)
-                    + q.tiles.as_ref().map_or(0, TileMatrix::bytes)
-            })
-            + self.csr.as_ref().map_or(0, Csr::bytes)
-            + self.bcsr.as_ref().map_or(0, Bcsr::bytes)
-            + self.kblocked.as_ref().map_or(0, KBlocked::bytes)
-            + 4 * self.bias.len()
+        self.kernels.weight_bytes() + 4 * self.bias.len()
     }
     /// Useful (non-zero) multiply-adds per output position, times two: FLOPs per sample column.
     pub fn useful_flops_per_column(&self) -> f64 {
@@ -529,7 +457,7 @@ fn fuse_residuals(layers: &mut Vec<Layer>, output_value: usize) {
         let fusable = |p: usize, other: usize| -> Option<usize> {
             let l = producer(p)?;
             let Exec::MatMul(m) = &layers[l].exec else { return None };
-            let plain = m.int8.is_none() && m.post.is_none() && !m.relu && m.residual.is_none();
+            let plain = m.int8().is_none() && m.post.is_none() && !m.relu && m.residual.is_none();
             let ready = producer(other).is_none_or(|o| o < l);
             (plain && ready && p != output_value && readers(p) == 1 && layers[l].inputs.len() == 1).then_some(l)
         };
@@ -574,7 +502,7 @@ fn fusable_qdq(graph: &Graph, i: usize) -> Option<(usize, f32, u8)> {
 /// false otherwise.
 fn take_fake_quant(exec: &mut Exec, scale: f32, zero: u8) -> bool {
     let slot = match exec {
-        Exec::MatMul(m) => match m.int8.as_mut() {
+        Exec::MatMul(m) => match m.kernels.int8_mut() {
             Some(q) => &mut q.dequant.fake_quant,
             None => return false,
         },
@@ -607,8 +535,8 @@ fn conv_plan(
     let m = pack(name, &phased.weight, bias, relu, Some(geometry(&phased.phase_shape, out_shape, phased.window)), o)?;
     // On phase images without im2col: the direct kernel (fp32 or int8), or a 1x1 convolution
     // reading the image.
-    let direct = |k: Kernel| matches!(k, Kernel::Direct | Kernel::Int8Direct);
-    if !((direct(m.batched) && direct(m.batch1)) || phased.window.is_pointwise()) {
+    let direct = |one_sample: bool| matches!(m.kernel(one_sample), Kernel::Direct | Kernel::Int8Direct);
+    if !((direct(false) && direct(true)) || phased.window.is_pointwise()) {
         return Ok((None, strided));
     }
     if o.phases == Some(true) {
@@ -622,13 +550,13 @@ fn conv_plan(
     let mut bytes = Int8Buffers::for_one_sample(&[&strided, &m], positions);
     let mut conv = |m: &MatMul, x: &[f32], y: &mut [f32], scratch: &mut [f32]| {
         let g = m.conv.expect("a convolution");
-        match &m.int8 {
+        match (m.int8(), m.kernels.int8_kernel(true)) {
             // As the executor runs one sample: the direct kernel where it is the one-sample choice.
-            Some(q) => {
-                let direct = q.shift.as_ref().filter(|_| m.batch1 == Kernel::Int8Direct);
-                int8_conv_rows(o.isa, q, direct, &g, x, 0..g.out_hw[0], y, scratch, &mut bytes, &team)
+            (Some(q), Some(Int8Kernel::Direct(sc))) => {
+                int8_conv_rows(o.isa, q, Some(sc), &g, x, 0..g.out_hw[0], y, scratch, &mut bytes, &team)
             }
-            None => crate::exec::conv(o.isa, m, g, 1, x, None, y, scratch, &team),
+            (Some(q), _) => int8_conv_rows(o.isa, q, None, &g, x, 0..g.out_hw[0], y, scratch, &mut bytes, &team),
+            (None, _) => crate::exec::conv(o.isa, m, g, 1, x, None, y, scratch, &team),
         }
     };
     let t_strided = best_time(&mut || conv(&strided, &x, &mut y, &mut scratch));
@@ -651,7 +579,7 @@ impl Int8Buffers {
     /// Enough for any of `layers` (int8 or not; convolutions of `positions` output positions) on
     /// one sample.
     fn for_one_sample(layers: &[&MatMul], positions: usize) -> Int8Buffers {
-        let shifts: Vec<_> = layers.iter().filter_map(|m| m.conv.zip(m.int8.as_ref().and_then(|q| q.shift.as_ref()))).collect();
+        let shifts: Vec<_> = layers.iter().filter_map(|m| m.conv.zip(m.kernels.shift())).collect();
         Int8Buffers {
             columns: vec![0; layers.iter().map(|m| q8::quantized_len(m.cols, positions)).max().unwrap_or(0)],
             row: vec![0; shifts.iter().map(|(_, sc)| sc.wp + 3).max().unwrap_or(0)],
@@ -708,103 +636,115 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
     }
     let csr = Csr::from_dense(data, rows, cols);
     let sparsity = 1.0 - csr.nnz() as f64 / data.len().max(1) as f64;
-    let mut m = MatMul {
-        rows,
-        cols,
-        bias: bias.to_vec(),
-        relu,
-        batch1: Kernel::Dense,
-        batched: Kernel::Dense,
-        dense: None,
-        csr: None,
-        bcsr: None,
-        kblocked: None,
-        taps: None,
-        sparsity,
-        conv,
-        int8: None,
-        post: None,
-        residual: None,
-    };
+    let layer = |kernels| MatMul { rows, cols, bias: bias.to_vec(), relu, kernels, sparsity, conv, post: None, residual: None };
     if let Some(q) = weight.quant.as_ref().filter(|_| o.policy != KernelPolicy::Dense) {
         if q.scales.len() != rows {
             return Err(EngineError::graph(name, format!("{} weight scales for {rows} rows", q.scales.len())));
         }
-        let values = weight.int8().expect("quantized weight");
-        let mut int8 = Int8Layer::new(weight, &values, q, bias, relu, conv.filter(|_| q8direct::available(o.isa)));
-        // The direct kernel where its weights were regrouped and, under the auto policy, it times
-        // faster at that tile width (1x1 convolutions and narrow images often do not).
-        let direct = |tile: usize| match (int8.shift.as_ref(), conv) {
-            (Some(sc), Some(g)) if o.policy == KernelPolicy::Auto => int8_direct_is_faster(&int8, sc, g, tile, o),
-            (shift, _) => shift.is_some(),
-        };
-        let kernel = |direct: bool| if direct { Kernel::Int8Direct } else { Kernel::Int8 };
-        (m.batch1, m.batched) = (kernel(direct(1)), kernel(direct(o.tile)));
-        if m.batch1 != Kernel::Int8Direct && m.batched != Kernel::Int8Direct {
-            int8.shift = None;
-        }
-        if m.batched == Kernel::Int8 && conv.is_none() && o.policy == KernelPolicy::Auto && o.amx != Amx::Off && q8amx::available(o.isa) {
-            let tiles = TileMatrix::from_int8(&values, rows, cols);
-            if o.amx == Amx::Always || tiles_are_faster(&int8, &tiles, o) {
-                m.batched = Kernel::Int8Tiles;
-                int8.tiles = Some(tiles);
-            }
-        }
-        m.int8 = Some(Box::new(int8));
-        return Ok(m);
+        return Ok(layer(int8_kernels(weight, q, bias, relu, conv, o)));
     }
-    (m.batch1, m.batched) = match o.policy {
-        KernelPolicy::Dense => (Kernel::Dense, Kernel::Dense),
-        KernelPolicy::Sparse => (Kernel::Sparse, Kernel::Sparse),
+    let shape = Timed { rows, cols, bias, relu };
+    // A linear layer whose one sample runs the CSR kernel streams every index once per sample:
+    // 16-bit copies of them (the CSR kernels on wider tiles share the weights and ignore them).
+    let one_sample_sparse = match o.policy {
+        KernelPolicy::Dense => false,
+        KernelPolicy::Sparse => true,
+        KernelPolicy::Auto => sparse_streams_less(&shape, &csr, o),
+    };
+    let csr = Arc::new(if conv.is_none() && one_sample_sparse { csr.with_narrow_columns() } else { csr });
+    let dense = F32Kernel::Dense(Arc::new(data.to_vec()));
+    let sparse = F32Kernel::Sparse(csr.clone());
+    let (one_sample, batched) = match o.policy {
+        KernelPolicy::Dense => (dense.clone(), dense),
+        KernelPolicy::Sparse => (sparse.clone(), sparse),
         KernelPolicy::Auto => {
             let positions = conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
-            // Blocks of 4 rows are a candidate where the weights fill them well (block-pruned or
-            // dense weights), with AVX2 or AVX-512; built once here and kept if chosen.
-            let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
-            // Column blocks where there are at least two of them; likewise built once.
-            let column_blocks = (cols > kblocked::DEFAULT_KC).then(|| KBlocked::from_csr(&csr, kblocked::DEFAULT_KC));
-            let mut batched = choose(&m, data, &csr, blocked.as_ref(), column_blocks.as_ref(), timing_columns(&m, positions * o.tile), o);
-            if let Some(g) = conv.filter(|_| direct::vectorized(o.isa, o.tile))
-                && direct_is_faster(&m, g, data, &csr, blocked.as_ref(), column_blocks.as_ref(), batched, o.tile, o)
-            {
-                batched = Kernel::Direct;
+            let mut candidates = vec![dense, sparse];
+            // Column blocks where there are at least two of them.
+            if cols > kblocked::DEFAULT_KC {
+                candidates.push(F32Kernel::ColumnBlocked(Arc::new(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC))));
             }
-            if batched == Kernel::Blocked {
-                m.bcsr = blocked;
+            // Blocks of 4 rows are a candidate for batched tiles where the weights fill them well
+            // (block-pruned or dense weights), with AVX2 or AVX-512.
+            let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
+            let wide: Vec<F32Kernel> = candidates.iter().cloned().chain(blocked.map(|b| F32Kernel::Blocked(Arc::new(b)))).collect();
+            let mut batched = choose(&shape, &wide, timing_columns(&shape, positions * o.tile), o);
+            // The direct kernel's taps, decoded once where some tile may run it.
+            let direct = conv
+                .filter(|g| direct::vectorized(o.isa, o.tile) || direct::takes(o.isa, 1, g))
+                .map(|g| (g, F32Kernel::Direct(Arc::new(DirectWeights { taps: direct::Taps::new(&csr, &g), csr: csr.clone() }))));
+            if let Some((g, d)) = direct.as_ref().filter(|_| direct::vectorized(o.isa, o.tile))
+                && direct_is_faster(&shape, *g, d, &batched, o.tile, o)
+            {
+                batched = d.clone();
             }
             // One sample runs the direct kernel where it takes one (AVX-512, stride 1 along rows)
             // and times faster on one sample, whatever wider tiles run: ResNet-50's 28x28 and
             // 14x14 3x3 layers run it about 15% faster than im2col on one sample and not on 16
             // (BERT's row-wise layers, a 1x128 image each, ran it at 39 GFLOP/s where the CSR
             // kernel on the image ran at 116).
-            let one = choose(&m, data, &csr, None, column_blocks.as_ref(), timing_columns(&m, positions), o);
-            let one = match conv {
-                Some(g) if direct::takes(o.isa, 1, &g) && direct_is_faster(&m, g, data, &csr, None, column_blocks.as_ref(), one, 1, o) => {
-                    Kernel::Direct
-                }
+            let one = choose(&shape, &candidates, timing_columns(&shape, positions), o);
+            let one = match direct {
+                Some((g, d)) if direct::takes(o.isa, 1, &g) && direct_is_faster(&shape, g, &d, &one, 1, o) => d,
                 _ => one,
             };
-            if one == Kernel::ColumnBlocked || batched == Kernel::ColumnBlocked {
-                m.kblocked = column_blocks;
-            }
             (one, batched)
         }
     };
-    if m.batch1 == Kernel::Dense || m.batched == Kernel::Dense {
-        m.dense = Some(data.to_vec());
-    }
-    if m.batch1 == Kernel::Sparse && m.conv.is_none() {
-        // The batch-1 kernel of a linear layer streams every index once per sample.
-        m.csr = Some(csr.with_narrow_columns());
-    } else if matches!(m.batch1, Kernel::Sparse | Kernel::Direct) || matches!(m.batched, Kernel::Sparse | Kernel::Direct) {
-        m.csr = Some(csr);
-    }
-    if (m.batch1 == Kernel::Direct || m.batched == Kernel::Direct)
-        && let (Some(g), Some(csr)) = (&m.conv, &m.csr)
+    Ok(layer(Kernels::F32 { one_sample, batched }))
+}
+
+/// A quantized layer's kernels: the int8 direct convolution where its weights regroup for it
+/// and, under the auto policy, it times faster at that tile width (1x1 convolutions and narrow
+/// images often do not), else the grouped kernel; batched tiles of linear layers on AMX tiles
+/// where the CPU has them and they time faster (or `ENGINE_AMX=on`).
+fn int8_kernels(weight: &Weight, q: &Quant, bias: &[f32], relu: bool, conv: Option<Geometry>, o: &Options) -> Kernels {
+    let (rows, cols) = (weight.rows(), weight.cols());
+    let values = weight.int8().expect("quantized weight");
+    let int8 = int8_layer(weight, &values, q, bias, relu);
+    let shift = conv
+        .filter(|_| q8direct::available(o.isa))
+        .and_then(|g| ShiftConv::new(&values, rows, &g))
+        .filter(|s| s.worthwhile(int8.matrix.stored_groups()));
+    let direct = |tile: usize| match (shift.as_ref(), conv) {
+        (Some(sc), Some(g)) if o.policy == KernelPolicy::Auto => int8_direct_is_faster(&int8, sc, g, tile, o),
+        (shift, _) => shift.is_some(),
+    };
+    let (direct_one, direct_batched) = (direct(1), direct(o.tile));
+    let shift = shift.map(Arc::new);
+    let kernel = |direct: bool| match shift.as_ref().filter(|_| direct) {
+        Some(sc) => Int8Kernel::Direct(sc.clone()),
+        None => Int8Kernel::Grouped,
+    };
+    let (one_sample, mut batched) = (kernel(direct_one), kernel(direct_batched));
+    if matches!(batched, Int8Kernel::Grouped)
+        && conv.is_none()
+        && o.policy == KernelPolicy::Auto
+        && o.amx != Amx::Off
+        && q8amx::available(o.isa)
     {
-        m.taps = Some(direct::Taps::new(csr, g));
+        let tiles = TileMatrix::from_int8(&values, rows, cols);
+        if o.amx == Amx::Always || tiles_are_faster(&int8, &tiles, o) {
+            batched = Int8Kernel::Tiles(Arc::new(tiles));
+        }
     }
-    Ok(m)
+    Kernels::Int8 { layer: Box::new(int8), one_sample, batched }
+}
+
+/// What the kernel timings need of a layer: its shape, bias and activation.
+struct Timed<'a> {
+    rows: usize,
+    cols: usize,
+    bias: &'a [f32],
+    relu: bool,
+}
+
+/// Whether the CSR weights stream fewer bytes than dense ones (with `dense_bias` in dense's
+/// favour): the cost of one sample, which reads every weight once (a timing loop would keep the
+/// weights in cache and favour dense wrongly on large layers).
+fn sparse_streams_less(m: &Timed, csr: &Csr, o: &Options) -> bool {
+    let sparse_bytes = csr.nnz() * 8 + 4 * (m.rows + 1);
+    (sparse_bytes as f64) < (4 * m.rows * m.cols) as f64 * (1.0 - o.dense_bias)
 }
 
 /// Bytes of input (im2col columns) the kernel timings run on at most. A tile's whole image is
@@ -821,46 +761,33 @@ const MIN_TIMING_COLUMNS: usize = 256;
 
 /// The columns (output positions times samples) to time a layer of `m.cols` inputs on: all `w`
 /// of them, or as many as `TIMING_BYTES` holds and `TIMING_MACS` allows.
-fn timing_columns(m: &MatMul, w: usize) -> usize {
+fn timing_columns(m: &Timed, w: usize) -> usize {
     let by_work = (TIMING_MACS / (m.rows * m.cols).max(1)).max(MIN_TIMING_COLUMNS);
     w.min(TIMING_BYTES / (4 * m.cols.max(1))).min(by_work).max(1)
 }
 
-/// Times the candidates on a `[cols, w]` input (single thread) and returns the fastest, with
-/// `dense_bias` in dense's favour.
-fn choose(m: &MatMul, data: &[f32], csr: &Csr, blocked: Option<&Bcsr>, column_blocks: Option<&KBlocked>, w: usize, o: &Options) -> Kernel {
+/// Times the `candidates` (dense first, then CSR, then others) on a `[cols, w]` input (single
+/// thread) and returns the fastest, with `dense_bias` in dense's favour; on one column, by the
+/// bytes streamed (`sparse_streams_less`).
+fn choose(m: &Timed, candidates: &[F32Kernel], w: usize, o: &Options) -> F32Kernel {
+    let [dense, sparse, others @ ..] = candidates else { unreachable!("dense and CSR are always candidates") };
     if w == 1 {
-        // One sample reads every weight once, so the cost is the bytes streamed from memory; a
-        // timing loop would keep the weights in cache and favour dense wrongly on large layers.
-        let sparse_bytes = csr.nnz() * 8 + 4 * (m.rows + 1);
-        return if (sparse_bytes as f64) < (4 * data.len()) as f64 * (1.0 - o.dense_bias) { Kernel::Sparse } else { Kernel::Dense };
+        let csr = sparse.csr().expect("the CSR candidate");
+        return if sparse_streams_less(m, csr, o) { sparse.clone() } else { dense.clone() };
     }
     let x = test_values(m.cols * w);
     let mut y = vec![0.0f32; m.rows * w];
-    let mut time = |f: &mut dyn FnMut(&mut [f32])| best_time(&mut || f(&mut y));
-    let t_dense = time(&mut |y| dense::dense(o.isa, data, m.rows, m.cols, &m.bias, &x, w, y, m.relu));
-    let t_sparse = time(&mut |y| {
-        if w == 1 {
-            spmv::spmv(o.isa, csr, &m.bias, &x, y, 0..m.rows, m.relu)
-        } else {
-            spmm::spmm(o.isa, csr, &m.bias, &x, w, y, 0..m.rows, m.relu)
-        }
-    });
-    let mut best = (t_sparse, Kernel::Sparse);
-    if let Some(kb) = column_blocks {
-        let t =
-            time(&mut |y| kblocked::spmm_kblocked(o.isa, kb, &m.bias, &x, w, y, 0..m.rows, spmm::Sums::new(spmm::Ld::packed(w), m.relu)));
+    let sums = spmm::Sums::new(spmm::Ld::packed(w), m.relu);
+    let mut time = |k: &F32Kernel| best_time(&mut || k.run_rows(o.isa, m.bias, m.cols, &x, w, &mut y, 0..m.rows, sums));
+    let t_dense = time(dense);
+    let mut best = (time(sparse), sparse);
+    for k in others {
+        let t = time(k);
         if t < best.0 {
-            best = (t, Kernel::ColumnBlocked);
+            best = (t, k);
         }
     }
-    if let Some(b) = blocked.filter(|_| w > 1) {
-        let t = time(&mut |y| bcsr::spmm_bcsr(o.isa, b, &m.bias, &x, w, y, 0..b.blocks(), m.relu));
-        if t < best.0 {
-            best = (t, Kernel::Blocked);
-        }
-    }
-    if best.0 < t_dense * (1.0 - o.dense_bias) { best.1 } else { Kernel::Dense }
+    if best.0 < t_dense * (1.0 - o.dense_bias) { best.1.clone() } else { dense.clone() }
 }
 
 /// Times an int8 linear layer's dense AMX tiles against its sparse int8 kernel on one tile of
@@ -965,21 +892,10 @@ fn int8_direct_is_faster(q: &Int8Layer, sc: &ShiftConv, g: Geometry, tile: usize
     t_direct < t_im2col
 }
 
-/// Times a convolution's direct kernel against im2col followed by the `batched` kernel on one
-/// tile of `o.tile` samples (single thread): im2col's copy is part of the cost the direct kernel
-/// saves, so it is timed with it.
-#[allow(clippy::too_many_arguments)]
-fn direct_is_faster(
-    m: &MatMul,
-    g: Geometry,
-    data: &[f32],
-    csr: &Csr,
-    blocked: Option<&Bcsr>,
-    column_blocks: Option<&KBlocked>,
-    batched: Kernel,
-    tile: usize,
-    o: &Options,
-) -> bool {
+/// Times a convolution's direct kernel (`direct`) against im2col followed by the `other` kernel
+/// on one tile of `tile` samples (single thread): im2col's copy is part of the cost the direct
+/// kernel saves, so it is timed with it.
+fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kernel, tile: usize, o: &Options) -> bool {
     let [oh, ow] = g.out_hw;
     // The whole image, or a band of output rows from its middle (`timing_columns`); where one row
     // of the tile is more than that (a row-wise linear layer's 128 positions), a narrower tile.
@@ -997,7 +913,8 @@ fn direct_is_faster(
     let own = g.window.is_pointwise();
     let (mut cols, mut y) = (vec![0.0f32; if own { 0 } else { m.cols * cols_w }], vec![0.0f32; m.rows * oh * ow * tile]);
     let mut y_direct = vec![0.0f32; y.len()];
-    let taps = direct::Taps::new(csr, &g);
+    let taps = direct.taps().expect("the direct kernel's taps");
+    let sums = spmm::Sums::new(spmm::Ld::packed(cols_w), m.relu);
     let mut im2col = || {
         let cols: &[f32] = if own {
             &x
@@ -1005,23 +922,10 @@ fn direct_is_faster(
             window::im2col_rows(&g, &x, rows.clone(), &mut cols);
             &cols
         };
-        match (batched, blocked) {
-            (Kernel::Dense, _) => dense::dense(o.isa, data, m.rows, m.cols, &m.bias, cols, cols_w, &mut y, m.relu),
-            (Kernel::Blocked, Some(b)) => bcsr::spmm_bcsr(o.isa, b, &m.bias, cols, cols_w, &mut y, 0..b.blocks(), m.relu),
-            (Kernel::ColumnBlocked, _) if let Some(kb) = column_blocks => kblocked::spmm_kblocked(
-                o.isa,
-                kb,
-                &m.bias,
-                cols,
-                cols_w,
-                &mut y,
-                0..m.rows,
-                spmm::Sums::new(spmm::Ld::packed(cols_w), m.relu),
-            ),
-            _ => spmm::spmm(o.isa, csr, &m.bias, cols, cols_w, &mut y, 0..m.rows, m.relu),
-        }
+        // The direct kernel's tiles it does not take run its CSR weights.
+        other.run_rows(o.isa, m.bias, m.cols, cols, cols_w, &mut y, 0..m.rows, sums)
     };
-    let mut direct = || direct::conv_direct_decoded(o.isa, &taps, &m.bias, &g, &x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);
+    let mut direct = || direct::conv_direct_decoded(o.isa, taps, m.bias, &g, &x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);
     let (t_im2col, t_direct) = best_times_in_turns(&mut im2col, &mut direct);
     t_direct < t_im2col
 }

@@ -10,6 +10,7 @@
 //! # Ok::<(), engine::EngineError>(())
 //! ```
 
+pub mod catalogue;
 pub mod compile;
 pub mod error;
 pub mod exec;

@@ -89,8 +89,8 @@ fn one_sample_tiles(model: &Model) -> bool {
         let Exec::MatMul(m) = &l.exec else { continue };
         let work = sample_work(m);
         total += work;
-        let Some(g) = m.conv.filter(|_| m.batched == Kernel::Direct) else { continue };
-        if m.batch1 != Kernel::Direct || !direct::takes(isa, 1, &g) {
+        let Some(g) = m.conv.filter(|_| m.kernel(false) == Kernel::Direct) else { continue };
+        if m.kernel(true) != Kernel::Direct || !direct::takes(isa, 1, &g) {
             return false;
         }
         let row = g.out_hw[1];
@@ -189,18 +189,18 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
         Exec::MatMul(m) => {
             let cols_w = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
             let direct = m.kernel(ld == 1) == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(model.options.isa, ld, &g));
-            let shifted = m.int8.as_ref().and_then(|q| q.shift.as_ref()).filter(|_| m.kernel(ld == 1) == Kernel::Int8Direct);
+            let shifted = m.kernels.shift().filter(|_| m.kernel(ld == 1) == Kernel::Int8Direct);
             if let (Some(g), Some(sc)) = (m.conv, shifted) {
                 // A direct int8 convolution quantizes its input into a shifted image, a row at a time.
                 return 4 * values * ld + sc.image_len(&g, ld) + (sc.wp + 3) * ld;
             }
             let im2col = match m.conv {
                 // Int8 convolutions of wide tiles quantize their input image, then unfold bytes.
-                Some(g) if m.int8.is_some() && ld.is_multiple_of(16) => g.channels * g.in_hw[0] * g.in_hw[1] * ld,
+                Some(g) if m.int8().is_some() && ld.is_multiple_of(16) => g.channels * g.in_hw[0] * g.in_hw[1] * ld,
                 Some(_) if !direct => m.cols * cols_w * 4,
                 _ => 0,
             };
-            im2col + m.int8.as_ref().map_or(0, |_| q8::quantized_len(m.cols, cols_w))
+            im2col + m.int8().map_or(0, |_| q8::quantized_len(m.cols, cols_w))
         }
         _ => 0,
     };
@@ -302,7 +302,7 @@ fn output_plane(layer: &Layer) -> Option<usize> {
 /// models keep one tile width: their codes and quantized inputs pass between layers in per-tile
 /// slots that such a copy does not move.
 fn widen_tail(model: &Model, narrow: Vec<Column>, tile: usize, wide: usize, budget: usize) -> Vec<Column> {
-    let int8 = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if m.int8.is_some()));
+    let int8 = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if m.int8().is_some()));
     if wide <= tile || int8 {
         return narrow;
     }

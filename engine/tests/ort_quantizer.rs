@@ -41,7 +41,7 @@ fn static_files_match_onnx_runtime_within_one_step() {
             ort_quantize(&python, &fp32, &q, format, per_channel);
             let step = output_step(&q).unwrap_or(1e-5) * 1.001 + 1e-6;
             let model = compile::compile(engine::load(&q).unwrap(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
-            let int8_layers = model.layers.iter().filter(|l| matches!(&l.exec, compile::Exec::MatMul(m) if m.int8.is_some())).count();
+            let int8_layers = model.layers.iter().filter(|l| matches!(&l.exec, compile::Exec::MatMul(m) if m.int8().is_some())).count();
             assert!(int8_layers >= 2, "{name} {format}: only {int8_layers} layers run in int8");
             for batch in [1, 5] {
                 let input = random_input(30 + batch as u64, batch, &graph.input_shape);

@@ -181,7 +181,9 @@ fn bands_cover_every_row_each_layer_needs() {
 
 #[test]
 fn direct_convolutions_match_im2col_in_whole_models() {
+    use engine::catalogue::{DirectWeights, F32Kernel, Kernels};
     use engine::compile::{Exec, Kernel};
+    use std::sync::Arc;
     // Dense LeNet-5: its convolutions run blocks of 4 output channels together (6 channels: one
     // block and two alone; 16: four blocks), split over threads in whole blocks.
     for (name, graph) in [("cnn", cnn(35, 0.8)), ("lenet5", lenet(36, 0.9)), ("dense lenet5", lenet(37, 0.0))] {
@@ -192,10 +194,11 @@ fn direct_convolutions_match_im2col_in_whole_models() {
             let mut direct = im2col.clone();
             for layer in &mut direct.layers {
                 if let Exec::MatMul(m) = &mut layer.exec
-                    && let (Some(g), Some(csr)) = (&m.conv, &m.csr)
+                    && let (Some(g), Some(csr)) = (m.conv, m.kernels.f32(true).and_then(F32Kernel::csr))
                 {
-                    m.taps = Some(engine::kernels::direct::Taps::new(csr, g));
-                    (m.batch1, m.batched) = (one, wide);
+                    let (sparse, direct) = (F32Kernel::Sparse(Arc::new(csr.clone())), DirectWeights::kernel(Arc::new(csr.clone()), &g));
+                    let pick = |k: Kernel| if k == Kernel::Direct { direct.clone() } else { sparse.clone() };
+                    m.kernels = Kernels::F32 { one_sample: pick(one), batched: pick(wide) };
                 }
             }
             for batch in [1, 3, 17, 64, 100] {
@@ -220,8 +223,10 @@ fn direct_convolutions_match_im2col_in_whole_models() {
 
 #[test]
 fn column_blocked_layers_match_plain_csr_in_whole_models() {
-    use engine::compile::{Exec, Kernel};
+    use engine::catalogue::{F32Kernel, Kernels};
+    use engine::compile::Exec;
     use engine::kernels::kblocked::{DEFAULT_KC, KBlocked};
+    use std::sync::Arc;
     // Every weighted layer on the column-blocked kernel at both batch sizes (bottleneck blocks
     // with 1x1 and 3x3 convolutions read in place and through im2col, in row bands and whole, and
     // the MLP's linear layers), against the plain CSR kernel; widths 1 to 100 columns.
@@ -231,11 +236,11 @@ fn column_blocked_layers_match_plain_csr_in_whole_models() {
         let mut changed = 0;
         for layer in &mut blocked.layers {
             if let Exec::MatMul(m) = &mut layer.exec
-                && let Some(csr) = &m.csr
+                && let Some(csr) = m.kernels.f32(true).and_then(F32Kernel::csr)
             {
                 // Narrow blocks, so that the small layers here span several.
-                m.kblocked = Some(KBlocked::from_csr(csr, DEFAULT_KC.min(m.cols.div_ceil(3).max(1))));
-                (m.batch1, m.batched) = (Kernel::ColumnBlocked, Kernel::ColumnBlocked);
+                let blocked = F32Kernel::ColumnBlocked(Arc::new(KBlocked::from_csr(csr, DEFAULT_KC.min(m.cols.div_ceil(3).max(1)))));
+                m.kernels = Kernels::F32 { one_sample: blocked.clone(), batched: blocked };
                 changed += 1;
             }
         }
@@ -293,7 +298,7 @@ fn int8_layers_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
         .layers
         .iter()
         .filter_map(|l| match &l.exec {
-            compile::Exec::MatMul(m) => Some(m.batched),
+            compile::Exec::MatMul(m) => Some(m.kernel(false)),
             _ => None,
         })
         .collect();
@@ -315,7 +320,7 @@ fn convolutions_with_full_rows_run_one_sample_per_tile_and_match_layerwise() {
     let graph = conv_stack(51, 0.9);
     let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
     let one_sample = model.layers.iter().all(|l| match &l.exec {
-        compile::Exec::MatMul(m) => m.batched == compile::Kernel::Direct && m.batch1 == compile::Kernel::Direct,
+        compile::Exec::MatMul(m) => m.kernel(false) == compile::Kernel::Direct && m.kernel(true) == compile::Kernel::Direct,
         _ => true,
     });
     if one_sample {

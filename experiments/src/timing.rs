@@ -70,7 +70,7 @@ impl BatchTiming {
 /// ones, times what int8 kernels can add where the model has them.
 pub fn speedup_bound(model: &Model) -> f64 {
     let (useful, dense) = model.flops_per_sample();
-    let int8 = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if m.int8.is_some()));
+    let int8 = model.layers.iter().any(|l| matches!(&l.exec, Exec::MatMul(m) if m.int8().is_some()));
     let bound = if useful > 0.0 { dense / useful } else { 1.0 };
     bound * if int8 { INT8_GAIN } else { 1.0 }
 }

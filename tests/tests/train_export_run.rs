@@ -129,7 +129,7 @@ fn quantized_model_exports_to_int8_that_agrees_with_burn() {
             let model =
                 engine::compile::compile(engine::load(file).unwrap(), engine::compile::Options::new(Default::default()).unwrap()).unwrap();
             let int8_layers =
-                model.layers.iter().filter(|l| matches!(&l.exec, engine::compile::Exec::MatMul(m) if m.int8.is_some())).count();
+                model.layers.iter().filter(|l| matches!(&l.exec, engine::compile::Exec::MatMul(m) if m.int8().is_some())).count();
             assert_eq!(
                 int8_layers,
                 summary.net.quant.as_ref().unwrap().layers.len(),

@@ -212,7 +212,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         if uses_int8_direct(m, g.w) {
             // Banded columns hold no codes (`code_values`).
             let (xs, y) = regions(values, &ins, range(layer.output));
-            let q = m.int8.as_ref().expect("an int8 convolution");
+            let Some(q) = m.int8() else { unreachable!("an int8 convolution") };
             let x = q8direct::Source::F32 { x: xs[0], scale: q.input_scale, zero: q.input_zero };
             let bufs = (bytemuck::cast_slice_mut(scratch), bytemuck::cast_slice_mut(&mut slots[..plan.quantized_len]));
             return conv_q8_direct(isa, m, &g, x, q8direct::Out::F32(y), rows, bufs, team);
@@ -221,11 +221,11 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         // quantized image).
         let (band_out, cols) = scratch.split_at_mut(m.rows * band_cols);
         let x = &values[ins[0].clone()];
-        match m.int8 {
-            Some(_) => {
+        match m.int8() {
+            Some(q) => {
                 // The int8 kernel writes the band's rows of each channel straight into the image.
                 let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
-                quantized_im2col(isa, m.int8.as_ref().expect("an int8 convolution"), &g, x, rows.clone(), cols, qx, team);
+                quantized_im2col(isa, q, &g, x, rows.clone(), cols, qx, team);
                 let (_, y) = regions(values, &ins, range(layer.output));
                 let out = q8::Output::F32Rows { y: &mut y[band(0).start..], stride: height * row_len };
                 return int8_matmul(isa, m, qx, band_cols, out, team);

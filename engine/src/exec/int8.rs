@@ -3,7 +3,7 @@
 //! convolution's input, and running the int8 kernels over the team.
 
 use super::*;
-use crate::compile::Int8Layer;
+use crate::catalogue::Int8Layer;
 use crate::kernels::q8amx;
 
 /// How an int8 layer gets its quantized input and where its output goes.
@@ -20,7 +20,7 @@ pub(super) struct Int8Flow {
 
 /// An int8 linear layer (int8 convolutions quantize their im2col buffers instead).
 pub(super) fn int8_linear(layer: &Layer) -> bool {
-    matches!(&layer.exec, Exec::MatMul(m) if m.int8.is_some() && m.conv.is_none())
+    matches!(&layer.exec, Exec::MatMul(m) if m.int8().is_some() && m.conv.is_none())
 }
 
 /// Whether `value` is read by exactly one layer, `reader`, and is not the model's output.
@@ -71,7 +71,7 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
             match &model.layers[r].exec {
                 Exec::Pool { avg: None, .. } | Exec::Flatten => chain.push(model.layers[r].output),
                 Exec::MatMul(next) if int8_direct_at_every_width(next) || int8_linear(&model.layers[r]) => {
-                    break next.int8.as_ref().map(|q| (q.input_scale, q.input_zero));
+                    break next.int8().map(|q| (q.input_scale, q.input_zero));
                 }
                 _ => break None,
             }
@@ -144,14 +144,14 @@ fn quantize_split(isa: Isa, q: &Int8Layer, x: &[f32], ld: usize, qx: &mut [u8], 
 
 /// An int8 layer's weights regrouped for the direct convolution, if it has them.
 pub(super) fn int8_shift(m: &MatMul) -> Option<&q8direct::ShiftConv> {
-    m.int8.as_ref().and_then(|q| q.shift.as_ref())
+    m.kernels.shift()
 }
 
 /// Whether an int8 convolution runs the direct kernel on tiles of one sample and on wider ones:
 /// the codes it writes or reads (`code_values`) must be there whatever the width of a tile (a
 /// batch's last tile may hold one sample where the others hold more).
 fn int8_direct_at_every_width(m: &MatMul) -> bool {
-    m.batch1 == Kernel::Int8Direct && m.batched == Kernel::Int8Direct
+    m.kernel(true) == Kernel::Int8Direct && m.kernel(false) == Kernel::Int8Direct
 }
 
 /// Whether an int8 convolution runs the direct kernel on tiles of `w` samples (else im2col and
@@ -174,8 +174,8 @@ pub(super) fn conv_q8_direct(
     bufs: (&mut [u8], &mut [u8]),
     team: &Team,
 ) {
-    let (q, threads) = (m.int8.as_ref().expect("an int8 convolution"), team.threads());
-    let sc = q.shift.as_ref().expect("weights regrouped for the direct kernel");
+    let threads = team.threads();
+    let (Some(q), Some(sc)) = (m.int8(), m.kernels.shift()) else { unreachable!("an int8 convolution on the direct kernel") };
     let (row_buf, xs) = bufs;
     q8direct::shift_image(isa, g, sc, x, rows.clone(), row_buf, xs);
     let xs = &*xs;
@@ -193,8 +193,8 @@ pub(super) fn conv_q8_direct(
 /// whole groups of four when the output is requantized).
 pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, team: &Team) {
     let threads = team.threads();
-    let q = layer.int8.as_ref().expect("an int8 layer");
-    if let Some(tiles) = q.tiles.as_ref().filter(|_| w > 1) {
+    let Some(q) = layer.int8() else { unreachable!("an int8 layer") };
+    if let Some(Int8Kernel::Tiles(tiles)) = layer.kernels.int8_kernel(false).filter(|_| w > 1) {
         return tiles_matmul(tiles, q, x, w, out, splits(layer, w, threads).then_some(team));
     }
     let m = &q.matrix;
@@ -271,14 +271,7 @@ mod tests {
     /// An int8 layer of `cols` inputs quantized with scale 0.05 and zero point 7 (weights unused).
     fn layer(cols: usize) -> Int8Layer {
         let dequant = Dequant { bias: vec![0.0], mult: vec![1.0], zero_corr: vec![0], relu: false, fake_quant: None };
-        Int8Layer {
-            matrix: Q8Matrix::from_int8(&vec![0; cols], 1, cols),
-            dequant,
-            input_scale: 0.05,
-            input_zero: 7,
-            shift: None,
-            tiles: None,
-        }
+        Int8Layer { matrix: Q8Matrix::from_int8(&vec![0; cols], 1, cols), dequant, input_scale: 0.05, input_zero: 7 }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub(super) fn conv_direct(
     team: &Team,
 ) {
     let threads = team.threads();
-    let taps = m.taps.as_ref().expect("weights decoded for a direct convolution");
+    let Some(taps) = m.kernels.taps() else { unreachable!("a direct convolution's taps") };
     let plane = g.out_hw[0] * g.out_hw[1] * g.w;
     let residual = residual.filter(|_| m.residual.is_some());
     let (fused, after) = if m.post.is_none() { (residual, None) } else { (None, residual) };
@@ -139,24 +139,21 @@ pub(super) fn worth_splitting(threads: usize, work: usize, w: usize) -> bool {
 
 /// Whether a weighted layer splits its rows (or channels) over `threads` on a `[cols, cols_w]`
 /// input (a convolution's output positions times the tile width): one rule for every kernel, and
-/// for the executor deciding whether a run needs the thread pool at all.
+/// for the executor deciding whether a run needs the thread pool at all. The work is the
+/// catalogue's for the kernel of tiles of one column or wider ones.
 pub(super) fn splits(m: &MatMul, cols_w: usize, threads: usize) -> bool {
-    let work = match (&m.int8, m.kernel(cols_w == 1)) {
+    let work = match (m.int8(), m.kernels.f32(cols_w == 1)) {
         // At batch 1 the int8 kernel gathers one 4-byte group per stored group.
         (Some(q), _) if cols_w == 1 => q.matrix.stored_groups(),
         (Some(q), _) => 4 * q.matrix.stored_groups() * cols_w,
-        (None, Kernel::Dense) if m.rows < 64 => 0,
-        (None, Kernel::Dense) => m.rows * m.cols * cols_w,
-        (None, Kernel::ColumnBlocked) => m.kblocked.as_ref().map_or(0, |k| k.row_ptr.last().map_or(0, |&n| n as usize)) * cols_w,
-        (None, Kernel::Blocked) => m.bcsr.as_ref().map_or(0, |b| b.blk_ptr.last().map_or(0, |&n| n as usize) * bcsr::BR) * cols_w,
-        (None, _) => m.csr.as_ref().map_or(0, |c| c.nnz()) * cols_w,
+        (None, Some(k)) => k.work(m.rows, m.cols, cols_w),
+        (None, None) => 0,
     };
     worth_splitting(threads, work, cols_w)
 }
 
 /// Each of consecutive row ranges with its part of the output, whose rows lie `ld` apart (the
-/// last part keeps the rest). For the sparse kernels the ranges are `balanced_ranges`: about
-/// equal work, several per thread so that work stealing evens out rows of unequal cost.
+/// last part keeps the rest).
 pub(super) fn row_parts(ranges: Vec<Range<usize>>, y: &mut [f32], ld: usize) -> Vec<(Range<usize>, &mut [f32])> {
     let mut parts = Vec::with_capacity(ranges.len());
     let mut rest = y;
@@ -170,92 +167,40 @@ pub(super) fn row_parts(ranges: Vec<Range<usize>>, y: &mut [f32], ld: usize) -> 
     parts
 }
 
-/// Slabs of a dense layer's rows for `threads`: two per thread, each a multiple of 16 rows.
-fn slabs(rows: usize, threads: usize) -> Vec<Range<usize>> {
-    let slab = rows.div_ceil(threads * 2).next_multiple_of(16);
-    (0..rows).step_by(slab).map(|r| r..(r + slab).min(rows)).collect()
+/// The fp32 kernel a layer runs on tiles of one sample (`one_sample`) or wider ones.
+fn f32_kernel(m: &MatMul, one_sample: bool) -> &F32Kernel {
+    let Some(k) = m.kernels.f32(one_sample) else { unreachable!("int8 layers run through int8_matmul") };
+    k
 }
 
 /// `y = layer(x)` for one weighted layer on a `[cols, w]` tile, splitting rows over `threads`, on
 /// the kernel chosen for tiles of one sample (`one_sample`: a convolution's columns are its
-/// output positions) or for wider ones; `residual` (`[rows, w]`) where the layer adds one.
+/// output positions) or for wider ones; `residual` (`[rows, w]`) where the layer adds one. Dense
+/// layers of few rows and many columns (im2col of a large image) split by columns instead.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, residual: Option<&[f32]>, y: &mut [f32], team: &Team, one_sample: bool) {
-    match m.kernel(one_sample) {
-        // The CSR kernels on tiles of several columns add the residual themselves.
-        Kernel::ColumnBlocked => matmul_rows(isa, m, x, w, residual, y, spmm::Ld::packed(w), team, one_sample),
-        Kernel::Sparse | Kernel::Direct if w > 1 => matmul_rows(isa, m, x, w, residual, y, spmm::Ld::packed(w), team, one_sample),
-        _ => {
-            matmul_plain(isa, m, x, w, y, team, one_sample);
-            add_residual(isa, m, residual, &mut y[..m.rows * w], team);
-        }
+    let k = f32_kernel(m, one_sample);
+    if let F32Kernel::Dense(wt) = k
+        && w >= m.rows
+        && splits(m, w, team.threads())
+    {
+        let parts = team.threads();
+        dense::dense_by_columns(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, parts, |job| team.run(job));
+        return add_residual(isa, m, residual, &mut y[..m.rows * w], team);
     }
+    matmul_rows(isa, m, x, w, residual, y, spmm::Ld::packed(w), team, one_sample)
 }
 
-/// `matmul` on the kernels that add no residual: dense, blocked, and CSR on one column.
-fn matmul_plain(isa: Isa, m: &MatMul, x: &[f32], w: usize, y: &mut [f32], team: &Team, one_sample: bool) {
-    let threads = team.threads();
-    let batch1 = w == 1;
-    match m.kernel(one_sample) {
-        Kernel::Int8 | Kernel::Int8Direct | Kernel::Int8Tiles => unreachable!("int8 layers run through int8_matmul"),
-        Kernel::Dense => {
-            let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
-            if !splits(m, w, threads) {
-                return dense::dense(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu);
-            }
-            if w >= m.rows {
-                // Few rows, many columns (im2col of a large image): each thread a range of columns.
-                let parts = team.threads();
-                return dense::dense_by_columns(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, parts, |job| team.run(job));
-            }
-            if !batch1 {
-                return matmul_rows(isa, m, x, w, None, y, spmm::Ld::packed(w), team, one_sample);
-            }
-            // One column: slabs of rows, each a run of dot products.
-            let k = m.cols;
-            team.for_each(row_parts(slabs(m.rows, threads), &mut y[..m.rows], 1), |(r, y)| {
-                dense::dense(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r], x, 1, y, m.relu)
-            });
-        }
-        Kernel::Blocked => {
-            let b = m.bcsr.as_ref().expect("blocks packed for a blocked choice");
-            let rows_of = |blocks: &Range<usize>| (blocks.start * bcsr::BR).min(m.rows)..(blocks.end * bcsr::BR).min(m.rows);
-            if !splits(m, w, threads) {
-                return bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, 0..b.blocks(), m.relu);
-            }
-            let mut parts = Vec::new();
-            let mut rest = &mut y[..m.rows * w];
-            for blocks in balanced_ranges(&b.blk_ptr, threads * 4) {
-                let (head, tail) = rest.split_at_mut(rows_of(&blocks).len() * w);
-                parts.push((blocks, head));
-                rest = tail;
-            }
-            team.for_each(parts, |(blocks, y)| bcsr::spmm_bcsr(isa, b, &m.bias, x, w, y, blocks, m.relu));
-        }
-        Kernel::ColumnBlocked => unreachable!("column blocks run through matmul_rows"),
-        // A direct convolution's tiles that its kernel does not take run im2col and CSR.
-        Kernel::Sparse | Kernel::Direct => {
-            let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
-            if !splits(m, w, threads) {
-                return spmv::spmv(isa, csr, &m.bias, x, y, 0..m.rows, m.relu);
-            }
-            let parts = row_parts(balanced_ranges(&csr.row_ptr, threads * 4), &mut y[..m.rows], 1);
-            team.for_each(parts, |(r, y)| spmv::spmv(isa, csr, &m.bias, x, y, r, m.relu));
-        }
-    }
-}
-
-/// Whether `matmul_rows` takes the layer on `w` columns: dense and CSR kernels on two columns or
-/// more (blocked and int8 weights, and single columns, have no form with rows apart: a band of
-/// them is packed first).
+/// Whether `matmul_rows` takes the layer on `w` columns of rows apart: the fp32 kernels but the
+/// blocked one, on two columns or more (a band of the others is packed first).
 pub(super) fn has_strided_form(m: &MatMul, w: usize, one_sample: bool) -> bool {
-    w >= 2 && m.int8.is_none() && matches!(m.kernel(one_sample), Kernel::Dense | Kernel::Sparse | Kernel::ColumnBlocked | Kernel::Direct)
+    w >= 2 && m.kernels.f32(one_sample).is_some_and(F32Kernel::has_strided_form)
 }
 
-/// A dense or CSR layer on `w >= 2` columns of rows `ld.x` and `ld.y` apart (the residual's rows
-/// too; a pointwise convolution on a band of rows reads and writes them in place in whole
-/// images): slabs of rows (dense) or balanced row ranges (CSR) over the team where the work is
-/// large enough.
+/// A fp32 layer on `w` columns of rows `ld.x` and `ld.y` apart (the residual's rows too; a
+/// pointwise convolution on a band of rows reads and writes them in place in whole images;
+/// packed on one column and for the blocked kernel): the kernel's row parts over the team where
+/// the work is large enough.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul_rows(
     isa: Isa,
@@ -268,51 +213,17 @@ pub(super) fn matmul_rows(
     team: &Team,
     one_sample: bool,
 ) {
-    let threads = team.threads();
-    let split = splits(m, w, threads);
-    // The CSR kernels' sums; each part gets its rows of the residual.
+    let (k, threads) = (f32_kernel(m, one_sample), team.threads());
+    let residual = residual.filter(|_| m.residual.is_some());
     let sums = spmm::Sums::new(ld, kernel_relu(m, residual));
+    if !splits(m, w, threads) {
+        return k.run_rows(isa, &m.bias, m.cols, x, w, y, 0..m.rows, sums.with_residual(residual));
+    }
     // A part's rows of the residual: where its rows of `y` lie.
     let residual_of = |r: &Range<usize>| residual.map(|res| &res[r.start * ld.y..]);
-    match m.kernel(one_sample) {
-        Kernel::Dense => {
-            let wt = m.dense.as_deref().expect("dense weights packed for a dense choice");
-            let (rows, k) = (m.rows, m.cols);
-            let dense_rows = |r: Range<usize>, y: &mut [f32]| {
-                dense::dense_strided(isa, &wt[r.start * k..r.end * k], r.len(), k, &m.bias[r.clone()], x, w, y, m.relu, ld);
-                // The dense kernel adds no residual: each row of the part gets it here.
-                if let (Some(add), Some(res)) = (m.residual, residual_of(&r)) {
-                    for (i, y) in y.chunks_mut(ld.y).take(r.len()).enumerate() {
-                        elementwise::add_in_place(isa, &mut y[..w], &res[i * ld.y..i * ld.y + w], add.relu);
-                    }
-                }
-            };
-            if !split {
-                return dense_rows(0..rows, y);
-            }
-            team.for_each(row_parts(slabs(rows, threads), y, ld.y), |(r, y)| dense_rows(r, y));
-        }
-        Kernel::Sparse | Kernel::Direct => {
-            let csr = m.csr.as_ref().expect("CSR weights packed for a sparse choice");
-            if !split {
-                return spmm::spmm_strided(isa, csr, &m.bias, x, w, y, 0..m.rows, sums.with_residual(residual));
-            }
-            let parts = row_parts(balanced_ranges(&csr.row_ptr, threads * 4), y, ld.y);
-            team.for_each(parts, |(r, y)| spmm::spmm_strided(isa, csr, &m.bias, x, w, y, r.clone(), sums.with_residual(residual_of(&r))));
-        }
-        Kernel::ColumnBlocked => {
-            let kb = m.kblocked.as_ref().expect("column blocks packed for a column-blocked choice");
-            if !split {
-                return kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, 0..m.rows, sums.with_residual(residual));
-            }
-            // Each part copies every panel of the input it reads, so one part per thread.
-            let parts = row_parts(balanced_ranges(&kb.row_ptr, threads), y, ld.y);
-            team.for_each(parts, |(r, y)| {
-                kblocked::spmm_kblocked(isa, kb, &m.bias, x, w, y, r.clone(), sums.with_residual(residual_of(&r)))
-            });
-        }
-        kernel => unreachable!("{kernel:?} has no strided form"),
-    }
+    team.for_each(row_parts(k.parts(m.rows, threads), y, ld.y), |(r, y)| {
+        k.run_rows(isa, &m.bias, m.cols, x, w, y, r.clone(), sums.with_residual(residual_of(&r)))
+    });
 }
 
 /// Below this many values an element-wise layer runs on the calling thread: handing work to the

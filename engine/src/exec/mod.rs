@@ -14,13 +14,12 @@ use std::ops::{Deref, Range};
 
 use std::sync::Mutex;
 
+use crate::catalogue::{F32Kernel, Int8Kernel};
 use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry};
-use crate::kernels::{
-    Isa, bcsr, dense, direct, elementwise, flat, grouped, kblocked, q8, q8conv, q8direct, sequence, spmm, spmv, transpose,
-};
+use crate::kernels::{Isa, dense, direct, elementwise, flat, grouped, q8, q8conv, q8direct, sequence, spmm, transpose};
 use crate::schedule::{self, Schedule};
 use crate::team::Team;
 
@@ -93,7 +92,7 @@ impl Plan {
                     let positions = g.out_hw[0] * g.out_hw[1] * tile_ld;
                     // Int8 convolutions of wide tiles keep their quantized input image there instead
                     // (or for the direct kernel, one padded row of it).
-                    let image = if m.int8.is_some() { (g.channels * g.in_hw[0] * g.in_hw[1] * tile_ld).div_ceil(4) } else { 0 };
+                    let image = if m.int8().is_some() { (g.channels * g.in_hw[0] * g.in_hw[1] * tile_ld).div_ceil(4) } else { 0 };
                     let image = image.max(int8_shift(m).map_or(0, |sc| ((sc.wp + 3) * tile_ld).div_ceil(4)));
                     let columns = (m.cols * positions).max(image);
                     columns + if banded(i) { m.rows * positions } else { 0 }
@@ -106,7 +105,7 @@ impl Plan {
         let quantized_len = model.layers[layers]
             .iter()
             .filter_map(|l| match &l.exec {
-                Exec::MatMul(m) if m.int8.is_some() => {
+                Exec::MatMul(m) if m.int8().is_some() => {
                     // A direct int8 convolution keeps its shifted image there instead.
                     let shifted = m.conv.zip(int8_shift(m)).map_or(0, |(g, sc)| sc.image_len(&g, tile_ld));
                     Some(q8::quantized_len(m.cols, columns(m, tile_ld)).max(shifted).div_ceil(4))
@@ -524,7 +523,7 @@ fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[
     let samples = &input[t * plan.tile * f_in..(t * plan.tile + w) * f_in];
     if plan.fused_input
         && let Exec::MatMul(m) = &model.layers[0].exec
-        && let Some(q) = &m.int8
+        && let Some(q) = m.int8()
     {
         let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut chunk[plan.quantized_slot(plan.int8_flow[0].slot)]);
         return q8::quantize_samples(model.options.isa, samples, f_in, w, ld, q.input_scale, q.input_zero, qx);
@@ -543,7 +542,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
     let ins: Vec<Range<usize>> = layer.inputs.iter().map(|&v| range(v)).collect();
     let out_range = range(layer.output);
     if let Exec::MatMul(m) = &layer.exec
-        && let Some(q) = &m.int8
+        && let Some(q) = m.int8()
     {
         // Quantize the input (after im2col for a convolution) into the layer's quantized slot
         // unless it is there already, then run the int8 kernel into the output region, or
@@ -581,7 +580,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         }
         let out = match &model.layers[l + 1..].first().map(|n| &n.exec) {
             Some(Exec::MatMul(next)) if flow.requantize => {
-                let next = next.int8.as_ref().expect("requantizing into an int8 layer");
+                let next = next.int8().expect("requantizing into an int8 layer");
                 let y: &mut [u8] = bytemuck::cast_slice_mut(output_slot);
                 q8::Output::quantized(&mut y[..q8::quantized_len(m.rows, cols_w)], next.input_scale, next.input_zero)
             }

@@ -53,7 +53,13 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
     println!("{:<18} {:>98}", "total weights", human_bytes(total));
     for l in &model.layers {
         if let Exec::MatMul(m) = &l.exec
-            && let Some((shared, blocks)) = m.taps.as_ref().map(|t| t.shared_blocks()).filter(|&(shared, _)| shared > 0)
+            && let Some((shared, blocks)) = m
+                .kernels
+                .f32(false)
+                .and_then(|k| k.taps())
+                .or_else(|| m.kernels.f32(true).and_then(|k| k.taps()))
+                .map(|t| t.shared_blocks())
+                .filter(|&(shared, _)| shared > 0)
         {
             let block = engine::kernels::direct::BLOCK;
             println!("{}: {shared} of {blocks} blocks of {block} output channels share their taps (dense or 4x1) and run together", l.name);
