@@ -102,6 +102,7 @@ pub enum F32Kernel {
 }
 
 impl F32Kernel {
+    #[inline]
     pub fn kernel(&self) -> Kernel {
         match self {
             F32Kernel::Dense(_) => Kernel::Dense,
@@ -145,6 +146,7 @@ impl F32Kernel {
     /// The work of `rows x cols` weights on `cols_w` columns that decides whether the layer
     /// splits over threads (`exec::worth_splitting`): multiply-adds, or on one column gathered
     /// weights. Dense layers of fewer than 64 rows never split.
+    #[inline]
     pub fn work(&self, rows: usize, cols: usize, cols_w: usize) -> usize {
         match self {
             F32Kernel::Dense(_) if rows < 64 => 0,
@@ -190,6 +192,7 @@ impl F32Kernel {
     /// residual as they store; the others add it to their rows after (bit for bit the separate
     /// addition), with their own activation off.
     #[allow(clippy::too_many_arguments)] // the tile, its rows and how the sums end
+    #[inline]
     pub fn run_rows(&self, isa: Isa, bias: &[f32], cols: usize, x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
         let (ld, relu) = (sums.ld, sums.relu && sums.residual.is_none());
         match self {
@@ -267,6 +270,7 @@ pub enum Kernels {
 
 impl Kernels {
     /// The kernel that tiles of one sample (`one_sample`) or wider ones run.
+    #[inline]
     pub fn kernel(&self, one_sample: bool) -> Kernel {
         match (self, one_sample) {
             (Kernels::F32 { one_sample: k, .. }, true) | (Kernels::F32 { batched: k, .. }, false) => k.kernel(),
@@ -275,6 +279,7 @@ impl Kernels {
     }
 
     /// The fp32 kernel of those tiles, for a fp32 layer.
+    #[inline]
     pub fn f32(&self, one_sample: bool) -> Option<&F32Kernel> {
         match (self, one_sample) {
             (Kernels::F32 { one_sample: k, .. }, true) | (Kernels::F32 { batched: k, .. }, false) => Some(k),
@@ -283,6 +288,7 @@ impl Kernels {
     }
 
     /// The int8 layer, for a quantized one.
+    #[inline]
     pub fn int8(&self) -> Option<&Int8Layer> {
         match self {
             Kernels::Int8 { layer, .. } => Some(layer),
@@ -307,6 +313,7 @@ impl Kernels {
     }
 
     /// A convolution's weights decoded for the fp32 direct kernel, where some tile runs it.
+    #[inline]
     pub fn taps(&self) -> Option<&direct::Taps> {
         match self {
             Kernels::F32 { one_sample, batched } => batched.taps().or_else(|| one_sample.taps()),

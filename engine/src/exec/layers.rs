@@ -192,7 +192,7 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, residual: Option
 }
 
 /// Whether `matmul_rows` takes the layer on `w` columns of rows apart: the fp32 kernels but the
-/// blocked one, on two columns or more (a band of the others is packed first).
+/// blocked one, on two columns or more (its bands are packed first).
 pub(super) fn has_strided_form(m: &MatMul, w: usize, one_sample: bool) -> bool {
     w >= 2 && m.kernels.f32(one_sample).is_some_and(F32Kernel::has_strided_form)
 }
