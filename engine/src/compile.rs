@@ -128,6 +128,14 @@ pub struct MatMul {
     pub residual: Option<Residual>,
 }
 
+/// A layer's scratch for one tile (`MatMul::scratch`), in bytes: the f32 scratch region (im2col
+/// columns, or an int8 convolution's quantized image) and the quantized input slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scratch {
+    pub bytes: usize,
+    pub quantized: usize,
+}
+
 /// The residual addition a layer makes itself: its second input joins the sums after the bias,
 /// then this ReLU applies (the layer's own `relu` is off). The CSR kernels add it as they store
 /// each strip; the others' outputs get it in a pass of their own, as the addition did.
@@ -163,6 +171,28 @@ impl MatMul {
     /// over its output positions. `engine info`, `analyze` and `bench` all name kernels by it.
     pub fn kernel_name(&self, one_sample: bool) -> &'static str {
         self.kernel(one_sample).name(one_sample && self.conv.is_none())
+    }
+    /// What a tile `ld` columns wide needs beside its values, for its kernel at that width:
+    /// im2col columns (f32), or an int8 convolution's quantized image or row buffer, and the
+    /// quantized input of an int8 layer. The executor's plans allocate it, the column planner
+    /// counts it in working sets.
+    pub fn scratch(&self, isa: Isa, ld: usize) -> Scratch {
+        let cols_w = self.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
+        let quantized = q8::quantized_len(self.cols, cols_w);
+        match (self.conv, self.kernels.int8_kernel(ld == 1)) {
+            // A direct int8 convolution quantizes its input into a shifted image, a row at a time.
+            (Some(g), Some(Int8Kernel::Direct(sc))) => Scratch { bytes: (sc.wp + 3) * ld, quantized: sc.image_len(&g, ld) },
+            // Int8 convolutions of wide tiles quantize their input image, then unfold bytes;
+            // narrower ones unfold f32 columns and quantize those.
+            (Some(g), Some(_)) if ld.is_multiple_of(16) => Scratch { bytes: g.channels * g.in_hw[0] * g.in_hw[1] * ld, quantized },
+            (Some(_), Some(_)) => Scratch { bytes: 4 * self.cols * cols_w, quantized },
+            (None, Some(_)) => Scratch { bytes: 0, quantized },
+            (Some(g), None) if self.kernel(ld == 1) == Kernel::Direct && direct::takes(isa, ld, &g) => Scratch::default(),
+            // A 1x1 convolution reads its image in place, except in row bands of a kernel with no
+            // strided form: counted as im2col too.
+            (Some(_), None) => Scratch { bytes: 4 * self.cols * cols_w, quantized: 0 },
+            (None, None) => Scratch::default(),
+        }
     }
     /// Bytes of packed weights kept for execution.
     pub fn weight_bytes(&self) -> usize {

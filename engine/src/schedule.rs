@@ -16,7 +16,7 @@
 use std::ops::Range;
 
 use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
-use crate::kernels::{direct, q8};
+use crate::kernels::direct;
 
 /// How layers are ordered over tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -187,20 +187,8 @@ fn activation_bytes(model: &Model, layer: usize, w: usize) -> usize {
     let values: usize = l.inputs.iter().chain([&l.output]).map(|&v| model.value_sizes[v]).sum();
     let scratch = match &l.exec {
         Exec::MatMul(m) => {
-            let cols_w = m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
-            let direct = m.kernel(ld == 1) == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(model.options.isa, ld, &g));
-            let shifted = m.kernels.shift().filter(|_| m.kernel(ld == 1) == Kernel::Int8Direct);
-            if let (Some(g), Some(sc)) = (m.conv, shifted) {
-                // A direct int8 convolution quantizes its input into a shifted image, a row at a time.
-                return 4 * values * ld + sc.image_len(&g, ld) + (sc.wp + 3) * ld;
-            }
-            let im2col = match m.conv {
-                // Int8 convolutions of wide tiles quantize their input image, then unfold bytes.
-                Some(g) if m.int8().is_some() && ld.is_multiple_of(16) => g.channels * g.in_hw[0] * g.in_hw[1] * ld,
-                Some(_) if !direct => m.cols * cols_w * 4,
-                _ => 0,
-            };
-            im2col + m.int8().map_or(0, |_| q8::quantized_len(m.cols, cols_w))
+            let s = m.scratch(model.options.isa, ld);
+            s.bytes + s.quantized
         }
         _ => 0,
     };

@@ -142,11 +142,6 @@ fn quantize_split(isa: Isa, q: &Int8Layer, x: &[f32], ld: usize, qx: &mut [u8], 
     });
 }
 
-/// An int8 layer's weights regrouped for the direct convolution, if it has them.
-pub(super) fn int8_shift(m: &MatMul) -> Option<&q8direct::ShiftConv> {
-    m.kernels.shift()
-}
-
 /// Whether an int8 convolution runs the direct kernel on tiles of one sample and on wider ones:
 /// the codes it writes or reads (`code_values`) must be there whatever the width of a tile (a
 /// batch's last tile may hold one sample where the others hold more).

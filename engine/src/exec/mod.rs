@@ -81,40 +81,24 @@ impl Plan {
             offsets.push(if held { at } else { 0 });
             at += if held { size * tile_ld } else { 0 };
         }
-        // Convolutions in row bands also keep their band's output there before it is copied
-        // into place.
+        // Each weighted layer's scratch (`MatMul::scratch`) at the widths the plan's tiles have
+        // (full tiles, and a narrower last one, whose kernel may differ); convolutions in row
+        // bands also keep their band's output there before it is copied into place.
+        let last = batch - (batch.div_ceil(tile).max(1) - 1) * tile;
+        let widths = [padded(tile.min(batch)), padded(last)];
         let banded = |l: usize| schedule.columns.iter().any(|c| c.bands > 1 && c.layers.contains(&l));
-        let scratch_len = model.layers[layers.clone()]
-            .iter()
-            .zip(layers.clone())
-            .filter_map(|(l, i)| match &l.exec {
-                Exec::MatMul(m) => m.conv.map(|g| {
-                    let positions = g.out_hw[0] * g.out_hw[1] * tile_ld;
-                    // Int8 convolutions of wide tiles keep their quantized input image there instead
-                    // (or for the direct kernel, one padded row of it).
-                    let image = if m.int8().is_some() { (g.channels * g.in_hw[0] * g.in_hw[1] * tile_ld).div_ceil(4) } else { 0 };
-                    let image = image.max(int8_shift(m).map_or(0, |sc| ((sc.wp + 3) * tile_ld).div_ceil(4)));
-                    let columns = (m.cols * positions).max(image);
-                    columns + if banded(i) { m.rows * positions } else { 0 }
-                }),
+        let largest = |need: &dyn Fn(&MatMul, usize, usize) -> usize| {
+            let needs = model.layers[layers.clone()].iter().zip(layers.clone()).filter_map(|(l, i)| match &l.exec {
+                Exec::MatMul(m) => widths.iter().map(|&ld| need(m, ld, i)).max(),
                 _ => None,
-            })
-            .max()
-            .unwrap_or(0)
-            .next_multiple_of(16);
-        let quantized_len = model.layers[layers]
-            .iter()
-            .filter_map(|l| match &l.exec {
-                Exec::MatMul(m) if m.int8().is_some() => {
-                    // A direct int8 convolution keeps its shifted image there instead.
-                    let shifted = m.conv.zip(int8_shift(m)).map_or(0, |(g, sc)| sc.image_len(&g, tile_ld));
-                    Some(q8::quantized_len(m.cols, columns(m, tile_ld)).max(shifted).div_ceil(4))
-                }
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0)
-            .next_multiple_of(16);
+            });
+            needs.max().unwrap_or(0).next_multiple_of(16)
+        };
+        let scratch_len = largest(&|m, ld, i| {
+            let band_out = if banded(i) { m.rows * columns(m, ld) } else { 0 };
+            m.scratch(model.options.isa, ld).bytes.div_ceil(4) + band_out
+        });
+        let quantized_len = largest(&|m, ld, _| m.scratch(model.options.isa, ld).quantized.div_ceil(4));
         // Every region from here on, and every tile's chunk, starts on a cache line (the scratch
         // space and the quantized slots are whole lines): the int8 kernels load their inputs in
         // 64-byte rows.
