@@ -14,22 +14,16 @@ use engine::kernels::csr::Csr;
 use engine::kernels::kblocked::{DEFAULT_KC, KBlocked};
 use engine::kernels::spmm::{Ld, Sums};
 use engine::kernels::{Isa, bcsr};
+use engine::stats::best_seconds_per_call;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The best seconds per call of `f` over five rounds of about 20 ms.
+/// The best seconds per call of `f` over five rounds of about 20 ms each.
 fn seconds(mut f: impl FnMut()) -> f64 {
-    f();
     let t = Instant::now();
     f();
     let calls = ((0.02 / t.elapsed().as_secs_f64().max(1e-9)) as usize).clamp(1, 100_000);
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            (0..calls).for_each(|_| f());
-            t.elapsed().as_secs_f64() / calls as f64
-        })
-        .fold(f64::MAX, f64::min)
+    best_seconds_per_call(calls, f)
 }
 
 /// `[rows, cols]` weights with a fraction `keep` of them non-zero, scattered or (`blocks`) in

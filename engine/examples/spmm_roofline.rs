@@ -6,23 +6,11 @@
 
 use engine::kernels::csr::Csr;
 use engine::kernels::{Isa, dense, spmm};
+use engine::stats::best_seconds_per_call;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::time::Instant;
 
 const ROWS: usize = 256;
-
-/// The best seconds per call of `f` over five rounds of `calls` calls.
-fn seconds(calls: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            (0..calls).for_each(|_| f());
-            t.elapsed().as_secs_f64() / calls as f64
-        })
-        .fold(f64::MAX, f64::min)
-}
 
 fn main() {
     let isa = Isa::detect();
@@ -38,8 +26,8 @@ fn main() {
             let mut y = vec![0.0; ROWS * w];
             // About 20 million multiply-adds per round.
             let calls = (20_000_000 / (csr.nnz() * w).max(1)).max(1);
-            let sparse = seconds(calls, || spmm::spmm(isa, &csr, &bias, &x, w, &mut y, 0..ROWS, false));
-            let dense = seconds(calls / 10 + 1, || dense::dense(isa, &weights, ROWS, cols, &bias, &x, w, &mut y, false));
+            let sparse = best_seconds_per_call(calls, || spmm::spmm(isa, &csr, &bias, &x, w, &mut y, 0..ROWS, false));
+            let dense = best_seconds_per_call(calls / 10 + 1, || dense::dense(isa, &weights, ROWS, cols, &bias, &x, w, &mut y, false));
             let useful = 2.0 * (csr.nnz() * w) as f64;
             let all = 2.0 * (ROWS * cols * w) as f64;
             println!("| {cols} | {w} | {} | {:.1} | {:.1} |", cols * w * 4 / 1024, useful / sparse / 1e9, all / dense / 1e9);
