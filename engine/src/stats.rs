@@ -108,6 +108,19 @@ pub fn time_alternating<E>(
     Ok((ta, tb))
 }
 
+/// The best seconds per call of `f` over five rounds of `calls` calls, after one warm-up call:
+/// the kernel micro-benchmarks' timing (`examples/`).
+pub fn best_seconds_per_call(calls: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            (0..calls).for_each(|_| f());
+            t.elapsed().as_secs_f64() / calls.max(1) as f64
+        })
+        .fold(f64::MAX, f64::min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,17 +139,4 @@ mod tests {
         // round changing every round.
         assert_eq!(order.into_inner().iter().collect::<String>(), "abaaabbbbbbaaaaaabbb");
     }
-}
-
-/// The best seconds per call of `f` over five rounds of `calls` calls, after one warm-up call:
-/// the kernel micro-benchmarks' timing (`examples/`).
-pub fn best_seconds_per_call(calls: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..5)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            (0..calls).for_each(|_| f());
-            t.elapsed().as_secs_f64() / calls.max(1) as f64
-        })
-        .fold(f64::MAX, f64::min)
 }
