@@ -172,12 +172,22 @@ impl MatMul {
     pub fn kernel_name(&self, one_sample: bool) -> &'static str {
         self.kernel(one_sample).name(one_sample && self.conv.is_none())
     }
+    /// Columns of the layer's product on a tile of `w` samples: a convolution's output
+    /// positions times `w`, else `w`.
+    pub fn columns(&self, w: usize) -> usize {
+        self.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * w
+    }
+    /// Whether a convolution runs the fp32 direct kernel on tiles of `w` samples (else im2col
+    /// and the matrix kernel on the same weights).
+    pub fn runs_direct(&self, isa: Isa, w: usize) -> bool {
+        self.kernel(w == 1) == Kernel::Direct && self.conv.is_some_and(|g| direct::takes(isa, w, &g))
+    }
     /// What a tile `ld` columns wide needs beside its values, for its kernel at that width:
     /// im2col columns (f32), or an int8 convolution's quantized image or row buffer, and the
     /// quantized input of an int8 layer. The executor's plans allocate it, the column planner
     /// counts it in working sets.
     pub fn scratch(&self, isa: Isa, ld: usize) -> Scratch {
-        let cols_w = self.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * ld;
+        let cols_w = self.columns(ld);
         let quantized = q8::quantized_len(self.cols, cols_w);
         match (self.conv, self.kernels.int8_kernel(ld == 1)) {
             // A direct int8 convolution quantizes its input into a shifted image, a row at a time.
@@ -187,7 +197,7 @@ impl MatMul {
             (Some(g), Some(_)) if ld.is_multiple_of(16) => Scratch { bytes: g.channels * g.in_hw[0] * g.in_hw[1] * ld, quantized },
             (Some(_), Some(_)) => Scratch { bytes: 4 * self.cols * cols_w, quantized },
             (None, Some(_)) => Scratch { bytes: 0, quantized },
-            (Some(g), None) if self.kernel(ld == 1) == Kernel::Direct && direct::takes(isa, ld, &g) => Scratch::default(),
+            (Some(_), None) if self.runs_direct(isa, ld) => Scratch::default(),
             // A 1x1 convolution reads its image in place, except in row bands of a kernel with no
             // strided form: counted as im2col too.
             (Some(_), None) => Scratch { bytes: 4 * self.cols * cols_w, quantized: 0 },
@@ -682,14 +692,14 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         KernelPolicy::Auto => sparse_streams_less(&shape, &csr, o),
     };
     let csr = Arc::new(if conv.is_none() && one_sample_sparse { csr.with_narrow_columns() } else { csr });
-    let dense = F32Kernel::Dense(Arc::new(data.to_vec()));
+    let dense = || F32Kernel::Dense(Arc::new(data.to_vec()));
     let sparse = F32Kernel::Sparse(csr.clone());
     let (one_sample, batched) = match o.policy {
-        KernelPolicy::Dense => (dense.clone(), dense),
+        KernelPolicy::Dense => (dense(), dense()),
         KernelPolicy::Sparse => (sparse.clone(), sparse),
         KernelPolicy::Auto => {
             let positions = conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
-            let mut candidates = vec![dense, sparse];
+            let mut candidates = vec![dense(), sparse];
             // Column blocks where there are at least two of them.
             if cols > kblocked::DEFAULT_KC {
                 candidates.push(F32Kernel::ColumnBlocked(Arc::new(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC))));
@@ -702,7 +712,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // The direct kernel's taps, decoded once where some tile may run it.
             let direct = conv
                 .filter(|g| direct::vectorized(o.isa, o.tile) || direct::takes(o.isa, 1, g))
-                .map(|g| (g, F32Kernel::Direct(Arc::new(DirectWeights { taps: direct::Taps::new(&csr, &g), csr: csr.clone() }))));
+                .map(|g| (g, DirectWeights::kernel(csr.clone(), &g)));
             if let Some((g, d)) = direct.as_ref().filter(|_| direct::vectorized(o.isa, o.tile))
                 && direct_is_faster(&shape, *g, d, &batched, o.tile, o)
             {
@@ -952,7 +962,6 @@ fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kerne
             window::im2col_rows(&g, &x, rows.clone(), &mut cols);
             &cols
         };
-        // The direct kernel's tiles it does not take run its CSR weights.
         other.run_rows(o.isa, m.bias, m.cols, cols, cols_w, &mut y, 0..m.rows, sums)
     };
     let mut direct = || direct::conv_direct_decoded(o.isa, taps, m.bias, &g, &x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);

@@ -190,7 +190,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         let add_band_residual = |xs: &[&[f32]], y: &mut [f32]| {
             (0..m.rows).for_each(|c| add_residual(isa, m, xs.get(1).map(|r| &r[band(c)]), &mut y[band(c)], team))
         };
-        if uses_direct(isa, m, w) {
+        if m.runs_direct(isa, w) {
             let (xs, y) = regions(values, &ins, range(layer.output));
             return conv_direct(isa, m, &g, xs[0], xs.get(1).copied(), y, rows.clone(), team);
         }

@@ -3,11 +3,6 @@
 
 use super::*;
 
-/// Whether a convolution runs its direct kernel on tiles of `w` samples (else im2col and CSR).
-pub(super) fn uses_direct(isa: Isa, m: &MatMul, w: usize) -> bool {
-    m.kernel(w == 1) == Kernel::Direct && m.conv.is_some_and(|g| direct::takes(isa, w, &g))
-}
-
 /// Output rows `rows` of a direct convolution, output channels split over `threads`, with the
 /// layer's `residual` (laid out as `y`) added where it has one: by the kernel to its sums, or
 /// after a fused function (which comes before the addition).
@@ -79,7 +74,7 @@ pub(crate) fn conv(
     team: &Team,
 ) {
     let positions = g.out_hw[0] * g.out_hw[1];
-    if uses_direct(isa, m, w) {
+    if m.runs_direct(isa, w) {
         return conv_direct(isa, m, &Geometry { w, ..g }, x, residual, y, 0..g.out_hw[0], team);
     }
     if g.window.is_pointwise() {

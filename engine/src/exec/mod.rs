@@ -95,7 +95,7 @@ impl Plan {
             needs.max().unwrap_or(0).next_multiple_of(16)
         };
         let scratch_len = largest(&|m, ld, i| {
-            let band_out = if banded(i) { m.rows * columns(m, ld) } else { 0 };
+            let band_out = if banded(i) { m.rows * m.columns(ld) } else { 0 };
             m.scratch(model.options.isa, ld).bytes.div_ceil(4) + band_out
         });
         let quantized_len = largest(&|m, ld, _| m.scratch(model.options.isa, ld).quantized.div_ceil(4));
@@ -143,12 +143,6 @@ impl Plan {
         let start = self.quantized + k * self.quantized_len;
         start..start + self.quantized_len
     }
-}
-
-/// Columns of a weighted layer's input matrix for a tile of `w` samples (times the output
-/// positions of a convolution).
-fn columns(m: &MatMul, w: usize) -> usize {
-    m.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * w
 }
 
 // Widths of 16 or more are padded to a multiple of 16 floats (every row of every value then
@@ -532,7 +526,7 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
         // unless it is there already, then run the int8 kernel into the output region, or
         // requantized into the next layer's slot.
         let flow = plan.int8_flow[l];
-        let cols_w = columns(m, w);
+        let cols_w = m.columns(w);
         let (values, rest) = chunk.split_at_mut(plan.scratch.start);
         let (im2col_buf, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         let (slot0, slot1) = slots.split_at_mut(plan.quantized_len);
