@@ -174,62 +174,7 @@ impl Window {
     }
 }
 
-/// An element-wise function of one value.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "fn", rename_all = "snake_case")]
-pub enum Unary {
-    /// `min(max(x, lo), hi)` (ReLU6 is `Clip { lo: 0, hi: 6 }`).
-    Clip {
-        lo: f32,
-        hi: f32,
-    },
-    Sigmoid,
-    /// `x * Sigmoid(x)` (SiLU, Swish): what `passes` makes of that pattern.
-    Silu,
-    /// `max(0, min(1, alpha x + beta))`.
-    HardSigmoid {
-        alpha: f32,
-        beta: f32,
-    },
-    /// `x * HardSigmoid(x)` with alpha 1/6, beta 1/2.
-    HardSwish,
-    /// `x` where positive, else `alpha x`.
-    LeakyRelu {
-        alpha: f32,
-    },
-    Tanh,
-    Erf,
-    /// `0.5 x (1 + erf(x / sqrt 2))`, or its tanh approximation.
-    Gelu {
-        tanh: bool,
-    },
-    Sqrt,
-    /// 1 where `x` is NaN, else 0 (ONNX IsNaN; the engine's values are finite, so always 0).
-    IsNaN,
-    /// 1 where `x` is non-zero, else 0 (a Cast to bool: the engine holds booleans as 0 and 1).
-    Bool,
-    /// 1 where `x` is zero, else 0 (ONNX Not).
-    Not,
-}
-
-/// An element-wise operation on two values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BinaryKind {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    /// Logical operations and comparisons: 1 where true, else 0 (non-zero is true).
-    And,
-    Or,
-    Equal,
-    Less,
-    LessOrEqual,
-    Greater,
-    GreaterOrEqual,
-}
+pub use crate::ops::{BinaryKind, Unary};
 
 /// A constant operand of a `Binary`: its per-sample shape (broadcast against the value's, NumPy
 /// rules, aligned right) and values.

@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod layout;
 pub mod npy;
 pub mod onnx;
+pub mod ops;
 pub mod passes;
 pub mod phases;
 pub mod report;

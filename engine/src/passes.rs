@@ -4,6 +4,7 @@
 //! int8 layers quantizing their input alike read. Each computes exactly the same function.
 
 use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Unary};
+use crate::ops::{Sigmoid, Silu};
 
 /// Runs every pass until nothing changes.
 pub fn optimize(graph: &mut Graph) {
@@ -94,14 +95,17 @@ fn fuse_silu(graph: &mut Graph) -> bool {
         let Op::Binary { kind: BinaryKind::Mul, constant: None, .. } = graph.nodes[i].op else { continue };
         let inputs = graph.nodes[i].inputs.clone();
         let gate = graph.nodes[..i].iter().rposition(|n| {
-            n.op == Op::Unary(Unary::Sigmoid) && inputs.contains(&n.output) && inputs.contains(&n.inputs[0]) && n.inputs[0] != n.output
+            n.op == Op::Unary(Unary::Sigmoid(Sigmoid))
+                && inputs.contains(&n.output)
+                && inputs.contains(&n.inputs[0])
+                && n.inputs[0] != n.output
         });
         let Some(s) = gate else { continue };
         if consumers(graph, &graph.nodes[s].output) != 1 {
             continue;
         }
         let x = graph.nodes[s].inputs[0].clone();
-        graph.nodes[i].op = Op::Unary(Unary::Silu);
+        graph.nodes[i].op = Op::Unary(Unary::Silu(Silu));
         graph.nodes[i].inputs = vec![x];
         graph.nodes.remove(s);
         return true;

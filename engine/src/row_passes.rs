@@ -11,6 +11,7 @@
 //!   the normalized rows features-first), is made once.
 
 use crate::graph::{BinaryKind, Graph, Node, Op, Unary};
+use crate::ops::{Erf, Gelu};
 use crate::passes::consumers;
 
 pub fn optimize(graph: &mut Graph) -> bool {
@@ -71,7 +72,7 @@ fn fuse_gelu(graph: &mut Graph) -> bool {
             let a = producer(graph, sum, p)?;
             let (erf_out, one) = scalar_binary(&graph.nodes[a], BinaryKind::Add)?;
             let e = producer(graph, erf_out, a)?;
-            (graph.nodes[e].op == Op::Unary(Unary::Erf)).then_some(())?;
+            (graph.nodes[e].op == Op::Unary(Unary::Erf(Erf))).then_some(())?;
             let d = producer(graph, &graph.nodes[e].inputs[0], e)?;
             let scaled = match scalar_binary(&graph.nodes[d], BinaryKind::Div) {
                 Some((input, c)) if close(c, std::f32::consts::SQRT_2) => input,
@@ -84,7 +85,7 @@ fn fuse_gelu(graph: &mut Graph) -> bool {
         let found = chain(&factors[1], &factors[0]).map(|c| (c, 0)).or_else(|| chain(&factors[0], &factors[1]).map(|c| (c, 1)));
         let Some((mut dead, x_at)) = found else { continue };
         let x = factors[x_at].clone();
-        graph.nodes[i].op = Op::Unary(Unary::Gelu { tanh: false });
+        graph.nodes[i].op = Op::Unary(Unary::Gelu(Gelu { tanh: false }));
         graph.nodes[i].inputs = vec![x];
         dead.push(p);
         dead.sort_unstable();

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::bail;
 use engine::graph::{Activation, Graph, Node, Op, Quant, Unary, Weight, Window};
 use engine::onnx::BatchNormState;
+use engine::ops::Clip;
 
 use crate::arch::{LayerOp, Value};
 use crate::model::{BN_EPS, Network};
@@ -83,7 +84,7 @@ pub fn to_graph(net: &Network) -> anyhow::Result<Graph> {
                 Op::Affine { scale, shift, act: Activation::None }
             }
             LayerOp::Relu => Op::Relu,
-            LayerOp::Relu6 => Op::Unary(Unary::Clip { lo: 0.0, hi: 6.0 }),
+            LayerOp::Relu6 => Op::Unary(Unary::Clip(Clip { lo: 0.0, hi: 6.0 })),
             LayerOp::MaxPool { kernel, stride } => Op::MaxPool { window: Window::square(kernel, stride, 0) },
             LayerOp::GlobalAvgPool => Op::GlobalAvgPool,
             LayerOp::Flatten => Op::Flatten,

@@ -256,7 +256,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         Exec::Relu => (0..channels).for_each(|c| elementwise::relu_tile(&xs[0][band(c)], &mut y[band(c)])),
         Exec::Add { relu, fake_quant } => (0..channels)
             .for_each(|c| elementwise::add_fake_quantized(isa, &xs[0][band(c)], &xs[1][band(c)], &mut y[band(c)], *relu, *fake_quant)),
-        Exec::Unary(f) => (0..channels).for_each(|c| elementwise::unary(isa, *f, &xs[0][band(c)], &mut y[band(c)])),
+        Exec::Unary(f) => (0..channels).for_each(|c| f.apply(isa, &xs[0][band(c)], &mut y[band(c)])),
         _ => unreachable!("only spatial layers run in row bands"),
     }
 }

@@ -283,7 +283,7 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 }
             });
         }
-        Exec::Unary(f) => split_values(team, x, y, |x, y| elementwise::unary(isa, *f, x, y)),
+        Exec::Unary(f) => split_values(team, x, y, |x, y| f.apply(isa, x, y)),
         Exec::Binary { kind, shape, a_strides, b_strides, constant, constant_first } => {
             let b = match constant {
                 Some(c) => elementwise::Operand::Constant(c),

@@ -27,7 +27,7 @@ pub fn erf(x: f32) -> f32 {
 /// `v` clamped to `[lo, hi]` by comparisons: they vectorize, where `f32::max` and `f32::min`
 /// (NaN-aware) ran 5x slower on ReLU6 (0.30 against 0.06 ms on 301,000 values).
 #[inline]
-fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+pub fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
     if v < lo {
         lo
     } else if v > hi {
@@ -35,6 +35,12 @@ fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
     } else {
         v
     }
+}
+
+/// 1 for true, 0 for false: how the engine holds booleans.
+#[inline]
+pub fn truth(b: bool) -> f32 {
+    if b { 1.0 } else { 0.0 }
 }
 
 /// `max(v, 0)` by a comparison (see `clamp`).
@@ -144,63 +150,6 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// `f(x)` for one value.
-#[inline]
-pub fn unary_value(f: Unary, x: f32) -> f32 {
-    match f {
-        Unary::Clip { lo, hi } => clamp(x, lo, hi),
-        Unary::Sigmoid => sigmoid(x),
-        Unary::Silu => x * sigmoid(x),
-        Unary::HardSigmoid { alpha, beta } => clamp(alpha * x + beta, 0.0, 1.0),
-        Unary::HardSwish => x * clamp(x / 6.0 + 0.5, 0.0, 1.0),
-        Unary::LeakyRelu { alpha } => {
-            if x >= 0.0 {
-                x
-            } else {
-                alpha * x
-            }
-        }
-        Unary::Tanh => x.tanh(),
-        Unary::Erf => erf(x),
-        Unary::Gelu { tanh: false } => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-        Unary::Gelu { tanh: true } => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044_715 * x * x * x)).tanh()),
-        Unary::Sqrt => x.sqrt(),
-        Unary::IsNaN => truth(x.is_nan()),
-        Unary::Bool => truth(x != 0.0),
-        Unary::Not => truth(x == 0.0),
-    }
-}
-
-/// 1 for true, 0 for false: how the engine holds booleans.
-#[inline]
-fn truth(b: bool) -> f32 {
-    if b { 1.0 } else { 0.0 }
-}
-
-/// `y = f(x)` over a tile. The function is chosen once, outside the loop, and each function's
-/// loop is a function of its own: as one loop with the `match` inside (or as arms LLVM merged
-/// back into one) it ran with a jump per element, ReLU6 at 1.2 ns an element instead of 0.25.
-/// Each loop is compiled for AVX-512 and AVX2 too (the crate's baseline is SSE2), where the
-/// compiler vectorizes `exp` 16 or 8 lanes wide: SiLU ran at 1.9 ns an element on SSE2.
-pub fn unary(isa: Isa, f: Unary, x: &[f32], y: &mut [f32]) {
-    match f {
-        Unary::Clip { lo, hi } => each_value(isa, x, y, |v| clamp(v, lo, hi)),
-        Unary::Sigmoid => each_value(isa, x, y, sigmoid),
-        Unary::Silu => each_value(isa, x, y, |v| v * sigmoid(v)),
-        Unary::HardSigmoid { alpha, beta } => each_value(isa, x, y, |v| clamp(alpha * v + beta, 0.0, 1.0)),
-        Unary::HardSwish => each_value(isa, x, y, |v| v * clamp(v / 6.0 + 0.5, 0.0, 1.0)),
-        Unary::LeakyRelu { alpha } => each_value(isa, x, y, |v| if v >= 0.0 { v } else { alpha * v }),
-        Unary::Sqrt => each_value(isa, x, y, f32::sqrt),
-        Unary::Tanh => each_value(isa, x, y, f32::tanh),
-        Unary::Erf => each_value(isa, x, y, erf),
-        Unary::Gelu { tanh: false } => each_value(isa, x, y, |v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))),
-        Unary::Gelu { tanh: true } => each_value(isa, x, y, |v| unary_value(Unary::Gelu { tanh: true }, v)),
-        Unary::IsNaN => each_value(isa, x, y, |v| truth(v.is_nan())),
-        Unary::Bool => each_value(isa, x, y, |v| truth(v != 0.0)),
-        Unary::Not => each_value(isa, x, y, |v| truth(v == 0.0)),
-    }
-}
-
 /// `y = q8::quantize_dequantize(x)` over a tile (a QuantizeLinear / DequantizeLinear pair), the
 /// loop compiled for `isa`: on the crate's SSE2 baseline each value's round-half-to-even was a
 /// call into libm, 3 ns a value (ResNet-50's int8 file spent 40% of its time in these passes).
@@ -246,12 +195,12 @@ pub fn unary_in_place(isa: Isa, f: Unary, y: &mut [f32]) {
     let mut buf = [0.0f32; 256];
     for part in y.chunks_mut(256) {
         buf[..part.len()].copy_from_slice(part);
-        unary(isa, f, &buf[..part.len()], part);
+        f.apply(isa, &buf[..part.len()], part);
     }
 }
 
 /// `y[i] = f(x[i])`, the loop compiled for `isa`.
-fn each_value(isa: Isa, x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+pub fn each_value(isa: Isa, x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
     #[inline(never)]
     fn plain(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
         y.iter_mut().zip(x).for_each(|(o, &i)| *o = f(i));
@@ -317,24 +266,7 @@ pub fn binary(
     part: Range<usize>,
 ) {
     let args = Args { shape, a, a_strides, b, b_strides, w, part };
-    // The operation is chosen once; each has its own copy of the loops (see `unary`).
-    match (kind, swap) {
-        (BinaryKind::Add, _) => binary_on(isa, args, y, |p, q| p + q),
-        (BinaryKind::Mul, _) => binary_on(isa, args, y, |p, q| p * q),
-        (BinaryKind::Sub, false) => binary_on(isa, args, y, |p, q| p - q),
-        (BinaryKind::Sub, true) => binary_on(isa, args, y, |p, q| q - p),
-        (BinaryKind::Div, false) => binary_on(isa, args, y, |p, q| p / q),
-        (BinaryKind::Div, true) => binary_on(isa, args, y, |p, q| q / p),
-        (BinaryKind::Pow, false) => binary_on(isa, args, y, f32::powf),
-        (BinaryKind::Pow, true) => binary_on(isa, args, y, |p, q| q.powf(p)),
-        (BinaryKind::And, _) => binary_on(isa, args, y, |p, q| truth(p != 0.0 && q != 0.0)),
-        (BinaryKind::Or, _) => binary_on(isa, args, y, |p, q| truth(p != 0.0 || q != 0.0)),
-        (BinaryKind::Equal, _) => binary_on(isa, args, y, |p, q| truth(p == q)),
-        (BinaryKind::Less, false) | (BinaryKind::Greater, true) => binary_on(isa, args, y, |p, q| truth(p < q)),
-        (BinaryKind::Less, true) | (BinaryKind::Greater, false) => binary_on(isa, args, y, |p, q| truth(p > q)),
-        (BinaryKind::LessOrEqual, false) | (BinaryKind::GreaterOrEqual, true) => binary_on(isa, args, y, |p, q| truth(p <= q)),
-        (BinaryKind::LessOrEqual, true) | (BinaryKind::GreaterOrEqual, false) => binary_on(isa, args, y, |p, q| truth(p >= q)),
-    }
+    kind.run(isa, args, y, swap);
 }
 
 /// How `binary` cuts its output: stretches of this many features (over which each operand is
@@ -347,7 +279,7 @@ pub fn stretches(shape: &[usize], a_strides: &[usize], b_strides: &[usize]) -> (
 
 /// `binary`'s operands and the stretches of the output to compute.
 #[derive(Clone)]
-struct Args<'a> {
+pub struct Args<'a> {
     shape: &'a [usize],
     a: &'a [f32],
     a_strides: &'a [usize],
@@ -358,7 +290,8 @@ struct Args<'a> {
 }
 
 /// `binary_with`, compiled for `isa` (as `each_value`).
-fn binary_on(isa: Isa, args: Args, y: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
+/// `y = op(a, b)` over `args`' stretches, the loops compiled for `isa`.
+pub(crate) fn binary_on(isa: Isa, args: Args, y: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
     #[inline(never)]
     fn plain(args: Args, y: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
         binary_with(args, y, op)
@@ -611,37 +544,6 @@ mod tests {
             assert!((sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 1e-7, "sigmoid({x})");
         }
         assert!(exp(-200.0) < 1e-37 && exp(200.0) > 1e38, "clamped, not wrapped");
-    }
-
-    /// Every function compiled for each level this CPU has gives what the scalar code gives, on
-    /// values from -100 to 100 (exp's clamps included) and lengths that leave vector tails.
-    #[test]
-    fn unary_functions_match_the_scalar_code_on_every_level() {
-        let functions = [
-            Unary::Clip { lo: 0.0, hi: 6.0 },
-            Unary::Sigmoid,
-            Unary::Silu,
-            Unary::HardSigmoid { alpha: 0.2, beta: 0.5 },
-            Unary::HardSwish,
-            Unary::LeakyRelu { alpha: 0.1 },
-            Unary::Tanh,
-            Unary::Erf,
-            Unary::Gelu { tanh: false },
-            Unary::Gelu { tanh: true },
-            Unary::Sqrt,
-        ];
-        for n in [1, 15, 17, 1003] {
-            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7919 + 0.013).sin() * 100.0 * (i % 7) as f32 / 6.0).collect();
-            for f in functions {
-                let want: Vec<f32> = x.iter().map(|&v| unary_value(f, v)).collect();
-                for isa in Isa::available() {
-                    let mut got = vec![0.0; n];
-                    unary(isa, f, &x, &mut got);
-                    let same = got.iter().zip(&want).all(|(g, w)| g == w || (g.is_nan() && w.is_nan()));
-                    assert!(same, "{f:?} on {isa:?}, {n} values");
-                }
-            }
-        }
     }
 
     #[test]

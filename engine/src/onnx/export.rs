@@ -9,7 +9,7 @@ use prost::Message;
 
 use super::BatchNormState;
 use super::proto::*;
-use crate::graph::{Activation, BinaryKind, Graph, Op, Unary, Weight, Window};
+use crate::graph::{Activation, Graph, Op, Weight, Window};
 
 /// A tensor of `data_type` whose values are `raw_data` (little-endian).
 fn raw_tensor(name: &str, dims: &[usize], data_type: i32, raw_data: Vec<u8>) -> TensorProto {
@@ -35,8 +35,11 @@ fn ints(name: &str, v: &[usize]) -> AttributeProto {
 fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto { name: name.into(), i: v, r#type: attr_type::INT, ..Default::default() }
 }
-fn float(name: &str, v: f32) -> AttributeProto {
+pub(crate) fn float(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: name.into(), f: v, r#type: attr_type::FLOAT, ..Default::default() }
+}
+pub(crate) fn string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto { name: name.into(), s: v.as_bytes().to_vec(), r#type: attr_type::STRING, ..Default::default() }
 }
 fn window_attrs(w: &Window, with_dilation: bool) -> Vec<AttributeProto> {
     let mut a = vec![ints("kernel_shape", &w.kernel), ints("strides", &w.stride), ints("pads", &w.pads)];
@@ -60,13 +63,14 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
     }
 }
 
-struct Builder {
+/// The ONNX nodes and initializers written so far.
+pub(crate) struct Builder {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
 }
 
 impl Builder {
-    fn node(&mut self, op: &str, name: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) {
+    pub(crate) fn node(&mut self, op: &str, name: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) {
         self.nodes.push(NodeProto {
             input: inputs,
             output: vec![output.into()],
@@ -76,7 +80,7 @@ impl Builder {
             domain: String::new(),
         });
     }
-    fn init(&mut self, name: String, dims: &[usize], values: &[f32]) -> String {
+    pub(crate) fn init(&mut self, name: String, dims: &[usize], values: &[f32]) -> String {
         self.inits.push(tensor(&name, dims, values));
         name
     }
@@ -85,7 +89,7 @@ impl Builder {
         name
     }
     /// `x` cast to `to`, written to `out`; returns `out`.
-    fn cast(&mut self, x: String, out: &str, to: i32) -> String {
+    pub(crate) fn cast(&mut self, x: String, out: &str, to: i32) -> String {
         self.node("Cast", &format!("{out}.cast"), vec![x], out, vec![int("to", to as i64)]);
         out.to_string()
     }
@@ -128,53 +132,6 @@ impl Builder {
         self.node("QuantizeLinear", &format!("{node}.input_q"), vec![x.to_string(), scale.clone(), zero.clone()], &quantized, vec![]);
         self.node("DequantizeLinear", &format!("{node}.input_dq"), vec![quantized, scale, zero], &dequantized, vec![]);
         dequantized
-    }
-}
-
-/// One element-wise function as the ONNX operator (opset 20) that computes it.
-fn unary_node(b: &mut Builder, name: &str, x: String, out: &str, f: Unary) {
-    match f {
-        Unary::Clip { lo, hi } => {
-            let lo = b.init(format!("{name}.min"), &[], &[lo]);
-            let hi = b.init(format!("{name}.max"), &[], &[hi]);
-            b.node("Clip", name, vec![x, lo, hi], out, vec![]);
-        }
-        Unary::Sigmoid => b.node("Sigmoid", name, vec![x], out, vec![]),
-        Unary::Silu => {
-            let gate = format!("{name}.sigmoid");
-            b.node("Sigmoid", &gate, vec![x.clone()], &gate, vec![]);
-            b.node("Mul", name, vec![x, gate.clone()], out, vec![]);
-        }
-        Unary::HardSigmoid { alpha, beta } => b.node("HardSigmoid", name, vec![x], out, vec![float("alpha", alpha), float("beta", beta)]),
-        Unary::HardSwish => b.node("HardSwish", name, vec![x], out, vec![]),
-        Unary::LeakyRelu { alpha } => b.node("LeakyRelu", name, vec![x], out, vec![float("alpha", alpha)]),
-        Unary::Tanh => b.node("Tanh", name, vec![x], out, vec![]),
-        Unary::Erf => b.node("Erf", name, vec![x], out, vec![]),
-        Unary::Gelu { tanh } => {
-            let approximate = AttributeProto {
-                name: "approximate".into(),
-                s: if tanh { b"tanh".to_vec() } else { b"none".to_vec() },
-                r#type: attr_type::STRING,
-                ..Default::default()
-            };
-            b.node("Gelu", name, vec![x], out, vec![approximate]);
-        }
-        Unary::Sqrt => b.node("Sqrt", name, vec![x], out, vec![]),
-        Unary::IsNaN => {
-            let t = format!("{name}.bool");
-            b.node("IsNaN", name, vec![x], &t, vec![]);
-            b.cast(t, out, data_type::FLOAT);
-        }
-        Unary::Bool => {
-            let t = b.cast(x, &format!("{name}.bool"), data_type::BOOL);
-            b.cast(t, out, data_type::FLOAT);
-        }
-        Unary::Not => {
-            let t = b.cast(x, &format!("{name}.bool"), data_type::BOOL);
-            let not = format!("{name}.not");
-            b.node("Not", name, vec![t], &not, vec![]);
-            b.cast(not, out, data_type::FLOAT);
-        }
     }
 }
 
@@ -273,37 +230,23 @@ pub fn export_with_batch_norms(graph: &Graph, output_shape: &[usize], states: &H
                 attrs.push(int("group", *groups as i64));
                 b.with_act("Conv", name, vec![x[0].clone(), w, bias], out, attrs, *act);
             }
-            Op::Unary(f) => unary_node(&mut b, name, x[0].clone(), out, *f),
+            Op::Unary(f) => f.write(&mut b, name, x[0].clone(), out),
             Op::Binary { kind, constant, constant_first } => {
                 let mut ins = x.clone();
                 if let Some(c) = constant {
                     let operand = b.init(format!("{name}.constant"), &c.shape, &c.values);
                     ins.insert(if *constant_first { 0 } else { 1 }, operand);
                 }
-                let op = match kind {
-                    BinaryKind::Add => "Add",
-                    BinaryKind::Sub => "Sub",
-                    BinaryKind::Mul => "Mul",
-                    BinaryKind::Div => "Div",
-                    BinaryKind::Pow => "Pow",
-                    BinaryKind::And => "And",
-                    BinaryKind::Or => "Or",
-                    BinaryKind::Equal => "Equal",
-                    BinaryKind::Less => "Less",
-                    BinaryKind::LessOrEqual => "LessOrEqual",
-                    BinaryKind::Greater => "Greater",
-                    BinaryKind::GreaterOrEqual => "GreaterOrEqual",
-                };
-                if matches!(kind, BinaryKind::Add | BinaryKind::Sub | BinaryKind::Mul | BinaryKind::Div | BinaryKind::Pow) {
-                    b.node(op, name, ins, out, vec![]);
-                } else {
-                    // Logical operators read booleans; every one of these writes booleans, held as 0 and 1.
-                    if matches!(kind, BinaryKind::And | BinaryKind::Or) {
+                if kind.is_boolean() {
+                    // Logical operators read booleans; comparisons write them, held as 0 and 1.
+                    if kind.reads_booleans() {
                         ins = ins.into_iter().enumerate().map(|(k, v)| b.cast(v, &format!("{name}.bool{k}"), data_type::BOOL)).collect();
                     }
                     let t = format!("{name}.result");
-                    b.node(op, name, ins, &t, vec![]);
+                    b.node(kind.onnx(), name, ins, &t, vec![]);
                     b.cast(t, out, data_type::FLOAT);
+                } else {
+                    b.node(kind.onnx(), name, ins, out, vec![]);
                 }
             }
             Op::Concat { axis } => b.node("Concat", name, x, out, vec![int("axis", *axis as i64 + 1)]),
@@ -344,16 +287,9 @@ pub fn export_with_batch_norms(graph: &Graph, output_shape: &[usize], states: &H
         }
     }
     // Opset 13 (what DeepSparse 1.8 reads) unless an operator needs a later one.
-    let uses = |f: fn(&Unary) -> bool| graph.nodes.iter().any(|n| matches!(&n.op, Op::Unary(u) if f(u)));
-    let opset = if uses(|u| matches!(u, Unary::Gelu { .. })) {
-        20
-    } else if graph.nodes.iter().any(|n| matches!(n.op, Op::LayerNorm { .. })) {
-        17
-    } else if uses(|u| matches!(u, Unary::HardSwish)) {
-        14
-    } else {
-        13
-    };
+    let unary_opset = graph.nodes.iter().filter_map(|n| if let Op::Unary(f) = n.op { Some(f.opset()) } else { None }).max();
+    let layer_norm_opset = graph.nodes.iter().any(|n| matches!(n.op, Op::LayerNorm { .. })).then_some(17);
+    let opset = unary_opset.into_iter().chain(layer_norm_opset).fold(13, i64::max);
     let model = ModelProto {
         ir_version: if opset >= 19 { 9 } else { 8 },
         producer_name: "sparsify".into(),

@@ -7,43 +7,12 @@
 use super::import::{Constant, attr_i, node_name};
 use super::proto::{NodeProto, data_type};
 use crate::error::{EngineError, Result};
-use crate::graph::{MAX_WEIGHT_ELEMENTS, Op, broadcast, checked_numel, is_permutation};
+use crate::graph::{BinaryKind, MAX_WEIGHT_ELEMENTS, Op, broadcast, checked_numel, is_permutation};
+use crate::kernels::elementwise::truth;
 
 /// The batch size a batch-dependent constant is evaluated with, and the other one.
 pub(super) const BATCH: f32 = 1.0;
 pub(super) const OTHER_BATCH: f32 = 2.0;
-
-/// Operators folded when every input is a constant (`Shape` when its input's shape is known),
-/// besides the logical ones (`folds`).
-const FOLDED: &[&str] = &[
-    "Shape",
-    "Gather",
-    "Unsqueeze",
-    "Squeeze",
-    "Concat",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Cast",
-    "Slice",
-    "Reshape",
-    "Transpose",
-    "ConstantOfShape",
-    "Range",
-    "Expand",
-    "Where",
-    "Not",
-    "IsNaN",
-    "Max",
-    "Min",
-];
-
-/// Whether `op` is folded when every input is a constant: `FOLDED`, and the logical operators and
-/// comparisons (`sequence::logic_kind`).
-pub(super) fn folds(op: &str) -> bool {
-    FOLDED.contains(&op) || super::sequence::logic_kind(op).is_some()
-}
 
 /// `[BATCH, dims...]` for a value of per-sample shape `dims`, as ONNX's Shape (with its `start` and
 /// `end` attributes) returns it.
@@ -107,11 +76,15 @@ fn eval(node: &NodeProto, inputs: &[Option<&Constant>]) -> Folded {
             let parts: Vec<&Constant> = (0..inputs.len()).map(&input).collect::<std::result::Result<_, _>>()?;
             concat(&parts, axis)
         }
-        "Add" | "Sub" | "Mul" | "Div" => arithmetic(&node.op_type, x, input(1)?),
         "Cast" => {
             let to = attr_i(node, "to", data_type::FLOAT as i64) as i32;
-            let integer = !matches!(to, data_type::FLOAT | data_type::DOUBLE);
-            let values = x.values.iter().map(|v| if integer { v.trunc() } else { *v }).collect();
+            // To bool: non-zero is true (0.5 too); to another integer type: toward zero.
+            let values = x.values.iter().map(|&v| match to {
+                data_type::FLOAT | data_type::DOUBLE => v,
+                data_type::BOOL => truth(v != 0.0),
+                _ => v.trunc(),
+            });
+            let values = values.collect();
             Ok(Constant::new(x.dims.clone(), values, to))
         }
         "Slice" => {
@@ -164,31 +137,22 @@ fn eval(node: &NodeProto, inputs: &[Option<&Constant>]) -> Folded {
             elementwise(&[x, &ones], x.data_type, |v| v[0])
         }
         "Where" => elementwise(&[x, input(1)?, input(2)?], input(1)?.data_type, |v| if v[0] != 0.0 { v[1] } else { v[2] }),
-        "Not" => elementwise(&[x], data_type::BOOL, |v| truth(v[0] == 0.0)),
         "Max" | "Min" => {
             let operands: Vec<&Constant> = (0..inputs.len()).map(&input).collect::<std::result::Result<_, _>>()?;
             let max = node.op_type == "Max";
             elementwise(&operands, x.data_type, |v| v.iter().copied().reduce(if max { f32::max } else { f32::min }).unwrap_or(0.0))
         }
-        "IsNaN" => elementwise(&[x], data_type::BOOL, |v| truth(v[0].is_nan())),
         op => {
-            let compare: fn(f32, f32) -> bool = match op {
-                "And" => |p, q| p != 0.0 && q != 0.0,
-                "Or" => |p, q| p != 0.0 || q != 0.0,
-                "Equal" => |p, q| p == q,
-                "Less" => |p, q| p < q,
-                "LessOrEqual" => |p, q| p <= q,
-                "Greater" => |p, q| p > q,
-                "GreaterOrEqual" => |p, q| p >= q,
-                other => return Err(format!("{other} of constants is not supported")),
-            };
-            elementwise(&[x, input(1)?], data_type::BOOL, |v| truth(compare(v[0], v[1])))
+            let kind = BinaryKind::from_onnx(op).ok_or_else(|| format!("{op} of constants is not supported"))?;
+            // Shape arithmetic on integers divides as integers do.
+            let integer_division = kind == BinaryKind::Div && !matches!(x.data_type, data_type::FLOAT | data_type::DOUBLE);
+            let data_type = if kind.is_boolean() { data_type::BOOL } else { x.data_type };
+            elementwise(&[x, input(1)?], data_type, |v| {
+                let r = kind.value(v[0], v[1]);
+                if integer_division { r.trunc() } else { r }
+            })
         }
     }
-}
-
-fn truth(b: bool) -> f32 {
-    if b { 1.0 } else { 0.0 }
 }
 
 /// `f` of the operands' broadcast elements (NumPy rules); an operand without values (`Expand`'s
@@ -392,38 +356,4 @@ fn concat(parts: &[&Constant], axis: usize) -> Folded {
         }
     }
     Ok(Constant::new(dims, values, first.data_type))
-}
-
-/// Element-wise arithmetic on two constants, NumPy broadcasting; integer division truncates, as
-/// ONNX's Div on integers does.
-fn arithmetic(op: &str, a: &Constant, b: &Constant) -> Folded {
-    let dims = broadcast(&a.dims, &b.dims).ok_or_else(|| format!("{:?} and {:?} do not broadcast", a.dims, b.dims))?;
-    let n = checked_numel(&dims, MAX_WEIGHT_ELEMENTS).ok_or("too large")?;
-    let integer = !matches!(a.data_type, data_type::FLOAT | data_type::DOUBLE);
-    let at = |c: &Constant, i: usize| -> f32 {
-        // The element of `c` that output element `i` reads, broadcast along `c`'s size-1 axes.
-        let (mut rest, mut offset, mut stride) = (i, 0, 1);
-        for k in (0..dims.len()).rev() {
-            let coord = rest % dims[k];
-            rest /= dims[k];
-            if let Some(&d) = (k + c.dims.len()).checked_sub(dims.len()).and_then(|j| c.dims.get(j)) {
-                offset += if d == 1 { 0 } else { coord * stride };
-                stride *= d;
-            }
-        }
-        c.values[offset]
-    };
-    let values = (0..n)
-        .map(|i| {
-            let (p, q) = (at(a, i), at(b, i));
-            match op {
-                "Add" => p + q,
-                "Sub" => p - q,
-                "Mul" => p * q,
-                _ if integer => (p / q).trunc(),
-                _ => p / q,
-            }
-        })
-        .collect();
-    Ok(Constant::new(dims, values, a.data_type))
 }

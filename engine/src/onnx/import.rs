@@ -12,69 +12,7 @@ use super::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, data_type
 use crate::error::{EngineError, Result};
 use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Operand, Port, Ports, Quant, Unary, Weight, Window};
 
-/// Operators this importer reads (with the QLinear operators of `qoperator`); the engine guide's
-/// list (engine/README.md) is checked against it.
-pub const OPERATORS: &[&str] = &[
-    "Gemm",
-    "MatMul",
-    "Conv",
-    "BatchNormalization",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Pow",
-    "Relu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Tanh",
-    "Erf",
-    "Gelu",
-    "Sqrt",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "ReduceMean",
-    "Softmax",
-    "Concat",
-    "Flatten",
-    "Reshape",
-    "Squeeze",
-    "Unsqueeze",
-    "Transpose",
-    "Slice",
-    "Split",
-    "Gather",
-    "GatherND",
-    "Expand",
-    "LayerNormalization",
-    "Where",
-    "IsNaN",
-    "Not",
-    "And",
-    "Or",
-    "Equal",
-    "Less",
-    "LessOrEqual",
-    "Greater",
-    "GreaterOrEqual",
-    "Resize",
-    "Upsample",
-    "Shape",
-    "Cast",
-    "Constant",
-    "ConstantOfShape",
-    "Range",
-    "Max",
-    "Min",
-    "Identity",
-    "Dropout",
-    "QuantizeLinear",
-    "DequantizeLinear",
-];
+pub use super::registry::operators;
 
 /// A constant tensor: dims and values (integers converted exactly to f32).
 pub(super) struct Constant {
@@ -215,7 +153,7 @@ fn unused_name(graph: &super::proto::GraphProto, base: &str) -> String {
 /// use it.
 fn refuse_unsupported(nodes: &[NodeProto]) -> Result<()> {
     let mut missing: Vec<(String, usize)> = Vec::new();
-    for n in nodes.iter().filter(|n| !OPERATORS.contains(&n.op_type.as_str()) && !super::qoperator::handles(&n.op_type)) {
+    for n in nodes.iter().filter(|n| super::registry::reader(&n.op_type).is_none()) {
         match missing.iter_mut().find(|(op, _)| *op == n.op_type) {
             Some((_, count)) => *count += 1,
             None => missing.push((n.op_type.clone(), 1)),
@@ -225,7 +163,7 @@ fn refuse_unsupported(nodes: &[NodeProto]) -> Result<()> {
         return Ok(());
     }
     let ops = missing.iter().map(|(op, n)| format!("{op} ({n} node{})", if *n == 1 { "" } else { "s" })).collect::<Vec<_>>().join(", ");
-    Err(EngineError::UnsupportedOps { ops, supported: OPERATORS.join(", ") })
+    Err(EngineError::UnsupportedOps { ops, supported: operators().join(", ") })
 }
 
 fn tensor_values(t: &TensorProto, folder: Option<&Path>) -> std::result::Result<Constant, String> {
@@ -250,6 +188,32 @@ fn attr_ints(node: &NodeProto, name: &str) -> Result<Option<Vec<usize>>> {
         .map(|&v| usize::try_from(v).map_err(|_| EngineError::graph(node_name(node), format!("{name} holds {v}, which is negative"))))
         .collect::<Result<Vec<usize>>>()
         .map(Some)
+}
+
+/// What an operator's own file (`crate::ops`) reads from its ONNX node: attributes and constant
+/// inputs.
+pub(crate) struct OnnxNode<'a> {
+    importer: &'a Importer,
+    node: &'a NodeProto,
+}
+
+impl OnnxNode<'_> {
+    /// A float attribute, or `default` where the node has none.
+    pub(crate) fn float(&self, name: &str, default: f32) -> f32 {
+        attr_f(self.node, name, default)
+    }
+    /// A string attribute, empty where the node has none.
+    pub(crate) fn string(&self, name: &str) -> String {
+        attr(self.node, name).map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default()
+    }
+    /// Whether input `i` is given (present and not the empty name of an omitted input).
+    pub(crate) fn has_input(&self, i: usize) -> bool {
+        self.node.input.get(i).is_some_and(|s| !s.is_empty())
+    }
+    /// The values of input `i`, which must be a constant.
+    pub(crate) fn constant_values(&self, i: usize) -> Result<&[f32]> {
+        Ok(&self.importer.constant(self.node, i)?.values)
+    }
 }
 
 pub(super) struct Importer {
@@ -370,7 +334,7 @@ impl Importer {
         {
             return self.on_codes(node, q);
         }
-        if super::fold::folds(&node.op_type) {
+        if super::registry::folds(&node.op_type) {
             let inputs = self.constant_inputs(node);
             let all_constant = node.input.iter().zip(&inputs).all(|(name, c)| name.is_empty() || c.is_some());
             let folded = match node.op_type.as_str() {
@@ -386,188 +350,204 @@ impl Importer {
                 return Ok(());
             }
         }
-        match node.op_type.as_str() {
-            "Identity" | "Dropout" => {
+        let read =
+            super::registry::reader(&node.op_type).ok_or_else(|| EngineError::graph(&name, "is not an operator the importer reads"))?;
+        read(self, node, &name, x)
+    }
+
+    /// Identity and Dropout: the output is another name of the input.
+    pub(super) fn alias(&mut self, node: &NodeProto, _: &str, x: String) -> Result<()> {
+        self.aliases.insert(node.output[0].clone(), x);
+        Ok(())
+    }
+
+    /// An operator read only where its inputs are constants (it folds).
+    pub(super) fn constants_only(&mut self, node: &NodeProto, name: &str, _: String) -> Result<()> {
+        Err(EngineError::graph(name, format!("{} on these inputs is not supported", node.op_type)))
+    }
+
+    pub(super) fn constant_value(&mut self, node: &NodeProto, name: &str, _: String) -> Result<()> {
+        let c = constant_node(node).map_err(|e| EngineError::graph(name, e))?;
+        self.constants.insert(node.output[0].clone(), c);
+        Ok(())
+    }
+
+    /// An element-wise function of one value (`crate::ops`); of a constant, a constant.
+    pub(super) fn unary(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let view = OnnxNode { importer: self, node };
+        let f = Unary::read(&node.op_type, &view).ok_or_else(|| EngineError::graph(name, "is not an element-wise function"))??;
+        let out = node.output[0].clone();
+        if f.is_boolean() {
+            self.integral.insert(out.clone());
+        }
+        if let Some(c) = self.constants.get(&x) {
+            let data_type = if f.is_boolean() { data_type::BOOL } else { data_type::FLOAT };
+            let mut folded = Constant::new(c.dims.clone(), c.values.iter().map(|&v| f.value(v)).collect(), data_type);
+            folded.other_batch = c.other_batch.as_ref().map(|values| values.iter().map(|&v| f.value(v)).collect());
+            self.constants.insert(out, folded);
+            return Ok(());
+        }
+        self.push(node, Op::Unary(f), vec![x]);
+        Ok(())
+    }
+
+    pub(super) fn gemm(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        if attr_i(node, "transA", 0) != 0 {
+            return Err(EngineError::graph(name, "Gemm with transA=1 is not supported"));
+        }
+        let b = self.constant(node, 1)?;
+        if b.dims.len() != 2 {
+            return Err(EngineError::graph(name, format!("Gemm weight must be 2-D, found {:?}", b.dims)));
+        }
+        let alpha = attr_f(node, "alpha", 1.0);
+        let trans_b = attr_i(node, "transB", 0) != 0;
+        let scales = row_scales(b, if trans_b { 0 } else { 1 });
+        let mut weight = if trans_b { dense(&b.dims, &b.values) } else { transpose(&b.dims, &b.values) };
+        weight.data.iter_mut().for_each(|w| *w *= alpha);
+        weight.quant = self.quant(node, scales.map(|s| s.iter().map(|v| v * alpha).collect()));
+        let out = weight.rows();
+        let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
+            Some(_) => broadcast_bias(self.constant(node, 2)?, out, attr_f(node, "beta", 1.0), name)?,
+            None => vec![0.0; out],
+        };
+        self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
+        Ok(())
+    }
+
+    /// MatMul by constant weights (a linear layer, or a 1x1 convolution over rows), or of two
+    /// values (`matmul_values`).
+    pub(super) fn matmul(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        if !self.constants.contains_key(&self.resolve(node.input.get(1).map_or("", |b| b.as_str()))) {
+            return self.matmul_values(node, name, x);
+        }
+        let dims = self.shape_of(&x, name)?;
+        let b = self.constant(node, 1)?;
+        if b.dims.len() != 2 {
+            return Err(EngineError::graph(name, format!("MatMul weight must be 2-D, found {:?}", b.dims)));
+        }
+        let scales = row_scales(b, 1);
+        let mut weight = transpose(&b.dims, &b.values);
+        weight.quant = self.quant(node, scales);
+        if dims.len() > 1 {
+            self.row_linear(name, x, &dims, weight, node.output[0].clone());
+            return Ok(());
+        }
+        let bias = vec![0.0; weight.rows()];
+        self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
+        Ok(())
+    }
+
+    pub(super) fn relu(&mut self, node: &NodeProto, _: &str, x: String) -> Result<()> {
+        self.push(node, Op::Relu, vec![x]);
+        Ok(())
+    }
+
+    /// An element-wise operation on two values (`crate::ops::binary`); Add also as a residual
+    /// or a bias (`add`).
+    pub(super) fn elementwise_binary(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let kind = BinaryKind::from_onnx(&node.op_type).ok_or_else(|| EngineError::graph(name, "is not an element-wise operation"))?;
+        if kind.is_boolean() {
+            self.integral.insert(node.output[0].clone());
+        }
+        if kind == BinaryKind::Add { self.add(node, name, x) } else { self.binary(node, name, kind) }
+    }
+
+    pub(super) fn concat(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let rank = self.shape_of(&x, name)?.len() + 1;
+        let axis = attr_i(node, "axis", 1);
+        let axis = if axis < 0 { axis + rank as i64 } else { axis };
+        if axis < 1 || axis >= rank as i64 {
+            return Err(EngineError::graph(
+                name,
+                format!("Concat along axis {axis} is not supported (only axes after the batch, counted from 0)"),
+            ));
+        }
+        let inputs = node.input.iter().map(|i| self.resolve(i)).collect::<Vec<_>>();
+        if inputs.iter().any(|i| self.constants.contains_key(i)) {
+            return Err(EngineError::graph(name, "Concat of constants is not supported"));
+        }
+        self.push(node, Op::Concat { axis: axis as usize - 1 }, inputs);
+        Ok(())
+    }
+
+    pub(super) fn softmax(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let axis = attr_i(node, "axis", -1);
+        let dims = self.shape_of(&x, name)?;
+        let a = super::fold::normalize(axis, dims.len() + 1).map_err(|e| EngineError::graph(name, e))?;
+        // Axis 1 of a value whose other axes are 1 is its last axis in every opset.
+        let over_last = a == dims.len() || (a == 1 && dims[..dims.len() - 1].iter().all(|&d| d == 1));
+        if !over_last {
+            return Err(EngineError::graph(
+                name,
+                format!("Softmax over axis {axis} of a {}-D value is not supported (only over the last axis)", dims.len() + 1),
+            ));
+        }
+        self.push(node, Op::Softmax, vec![x]);
+        Ok(())
+    }
+
+    pub(super) fn flatten(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        if attr_i(node, "axis", 1) != 1 {
+            if self.static_batch == Some(1) {
+                return self.flatten_whole(node, name, x);
+            }
+            return Err(EngineError::graph(name, "Flatten is supported with axis=1 only"));
+        }
+        self.push(node, Op::Flatten, vec![x]);
+        Ok(())
+    }
+
+    /// A Cast of an activation: to a float type or of integers to an integer type it changes
+    /// nothing; to bool it is `ops::Bool`.
+    pub(super) fn cast(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let to = attr_i(node, "to", data_type::FLOAT as i64) as i32;
+        match to {
+            data_type::FLOAT | data_type::DOUBLE => {
                 self.aliases.insert(node.output[0].clone(), x);
             }
-            "Constant" => {
-                let c = constant_node(node).map_err(|e| EngineError::graph(&name, e))?;
-                self.constants.insert(node.output[0].clone(), c);
-            }
-            "ReduceMean" => self.reduce_mean(node, &name, x)?,
-            "Gemm" => {
-                if attr_i(node, "transA", 0) != 0 {
-                    return Err(EngineError::graph(&name, "Gemm with transA=1 is not supported"));
-                }
-                let b = self.constant(node, 1)?;
-                if b.dims.len() != 2 {
-                    return Err(EngineError::graph(&name, format!("Gemm weight must be 2-D, found {:?}", b.dims)));
-                }
-                let alpha = attr_f(node, "alpha", 1.0);
-                let trans_b = attr_i(node, "transB", 0) != 0;
-                let scales = row_scales(b, if trans_b { 0 } else { 1 });
-                let mut weight = if trans_b { dense(&b.dims, &b.values) } else { transpose(&b.dims, &b.values) };
-                weight.data.iter_mut().for_each(|w| *w *= alpha);
-                weight.quant = self.quant(node, scales.map(|s| s.iter().map(|v| v * alpha).collect()));
-                let out = weight.rows();
-                let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
-                    Some(_) => broadcast_bias(self.constant(node, 2)?, out, attr_f(node, "beta", 1.0), &name)?,
-                    None => vec![0.0; out],
-                };
-                self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
-            }
-            "MatMul" if !self.constants.contains_key(&self.resolve(node.input.get(1).map_or("", |b| b.as_str()))) => {
-                self.matmul_values(node, &name, x)?
-            }
-            "MatMul" => {
-                let dims = self.shape_of(&x, &name)?;
-                let b = self.constant(node, 1)?;
-                if b.dims.len() != 2 {
-                    return Err(EngineError::graph(&name, format!("MatMul weight must be 2-D, found {:?}", b.dims)));
-                }
-                let scales = row_scales(b, 1);
-                let mut weight = transpose(&b.dims, &b.values);
-                weight.quant = self.quant(node, scales);
-                if dims.len() > 1 {
-                    self.row_linear(&name, x, &dims, weight, node.output[0].clone());
-                    return Ok(());
-                }
-                let bias = vec![0.0; weight.rows()];
-                self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
-            }
-            "Add" => self.add(node, &name)?,
-            "Sub" => self.binary(node, &name, BinaryKind::Sub)?,
-            "Mul" => self.binary(node, &name, BinaryKind::Mul)?,
-            "Div" => self.binary(node, &name, BinaryKind::Div)?,
-            "Pow" => self.binary(node, &name, BinaryKind::Pow)?,
-            "Relu" => self.push(node, Op::Relu, vec![x]),
-            "Clip" => {
-                let bound = |i: usize, attr_name: &str, default: f32| -> Result<f32> {
-                    match node.input.get(i).filter(|s| !s.is_empty()) {
-                        Some(_) => Ok(self.constant(node, i)?.values.first().copied().unwrap_or(default)),
-                        None => Ok(attr_f(node, attr_name, default)),
-                    }
-                };
-                let (lo, hi) = (bound(1, "min", f32::NEG_INFINITY)?, bound(2, "max", f32::INFINITY)?);
-                self.push(node, Op::Unary(Unary::Clip { lo, hi }), vec![x]);
-            }
-            "Sigmoid" => self.push(node, Op::Unary(Unary::Sigmoid), vec![x]),
-            "HardSigmoid" => {
-                let f = Unary::HardSigmoid { alpha: attr_f(node, "alpha", 0.2), beta: attr_f(node, "beta", 0.5) };
-                self.push(node, Op::Unary(f), vec![x]);
-            }
-            "HardSwish" => self.push(node, Op::Unary(Unary::HardSwish), vec![x]),
-            "LeakyRelu" => self.push(node, Op::Unary(Unary::LeakyRelu { alpha: attr_f(node, "alpha", 0.01) }), vec![x]),
-            "Tanh" => self.push(node, Op::Unary(Unary::Tanh), vec![x]),
-            "Erf" => self.push(node, Op::Unary(Unary::Erf), vec![x]),
-            "IsNaN" | "Not" => {
+            data_type::BOOL => {
                 self.integral.insert(node.output[0].clone());
-                let f = if node.op_type == "Not" { Unary::Not } else { Unary::IsNaN };
-                self.push(node, Op::Unary(f), vec![x]);
+                self.push(node, Op::Unary(Unary::Bool(crate::ops::Bool)), vec![x]);
             }
-            op if super::sequence::logic_kind(op).is_some() => {
-                self.integral.insert(node.output[0].clone());
-                self.binary(node, &name, super::sequence::logic_kind(op).expect("checked"))?;
+            data_type::INT64 | data_type::INT32 if self.integral.contains(&x) => {
+                self.aliases.insert(node.output[0].clone(), x);
             }
-            "LayerNormalization" => self.layer_norm(node, &name, x)?,
-            "GatherND" => self.gather_nd(node, &name, x)?,
-            "Expand" => self.expand(node, &name, x)?,
-            "Where" => self.where_(node, &name)?,
-            "Sqrt" => self.push(node, Op::Unary(Unary::Sqrt), vec![x]),
-            "Gelu" => {
-                let approximate = attr(node, "approximate").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_default();
-                self.push(node, Op::Unary(Unary::Gelu { tanh: approximate == "tanh" }), vec![x]);
-            }
-            "Concat" => {
-                let rank = self.shape_of(&x, &name)?.len() + 1;
-                let axis = attr_i(node, "axis", 1);
-                let axis = if axis < 0 { axis + rank as i64 } else { axis };
-                if axis < 1 || axis >= rank as i64 {
-                    return Err(EngineError::graph(
-                        &name,
-                        format!("Concat along axis {axis} is not supported (only axes after the batch, counted from 0)"),
-                    ));
-                }
-                let inputs = node.input.iter().map(|i| self.resolve(i)).collect::<Vec<_>>();
-                if inputs.iter().any(|i| self.constants.contains_key(i)) {
-                    return Err(EngineError::graph(&name, "Concat of constants is not supported"));
-                }
-                self.push(node, Op::Concat { axis: axis as usize - 1 }, inputs);
-            }
-            "Softmax" => {
-                let axis = attr_i(node, "axis", -1);
-                let dims = self.shape_of(&x, &name)?;
-                let a = super::fold::normalize(axis, dims.len() + 1).map_err(|e| EngineError::graph(&name, e))?;
-                // Axis 1 of a value whose other axes are 1 is its last axis in every opset.
-                let over_last = a == dims.len() || (a == 1 && dims[..dims.len() - 1].iter().all(|&d| d == 1));
-                if !over_last {
-                    return Err(EngineError::graph(
-                        &name,
-                        format!("Softmax over axis {axis} of a {}-D value is not supported (only over the last axis)", dims.len() + 1),
-                    ));
-                }
-                self.push(node, Op::Softmax, vec![x]);
-            }
-            "Flatten" if attr_i(node, "axis", 1) != 1 && self.static_batch == Some(1) => self.flatten_whole(node, &name, x)?,
-            "Flatten" => {
-                if attr_i(node, "axis", 1) != 1 {
-                    return Err(EngineError::graph(&name, "Flatten is supported with axis=1 only"));
-                }
-                self.push(node, Op::Flatten, vec![x]);
-            }
-            "Reshape" => self.reshape(node, &name, x)?,
-            "Squeeze" | "Unsqueeze" => self.squeeze(node, &name, x)?,
-            "Transpose" => self.transpose(node, &name, x)?,
-            "Slice" => self.slice(node, &name, x)?,
-            "Split" => self.split(node, &name, x)?,
-            "Gather" => self.gather(node, &name, x)?,
-            "Resize" | "Upsample" => self.resize(node, &name, x)?,
-            "Cast" => {
-                let to = attr_i(node, "to", data_type::FLOAT as i64) as i32;
-                match to {
-                    data_type::FLOAT | data_type::DOUBLE => {
-                        self.aliases.insert(node.output[0].clone(), x);
-                    }
-                    data_type::BOOL => {
-                        self.integral.insert(node.output[0].clone());
-                        self.push(node, Op::Unary(Unary::Bool), vec![x]);
-                    }
-                    data_type::INT64 | data_type::INT32 if self.integral.contains(&x) => {
-                        self.aliases.insert(node.output[0].clone(), x);
-                    }
-                    _ => return Err(EngineError::graph(&name, format!("Cast of a float activation to data type {to} is not supported"))),
-                }
-            }
-            "Conv" => self.conv(node, &name, x)?,
-            "BatchNormalization" => {
-                let eps = attr_f(node, "epsilon", 1e-5);
-                let (gamma, beta, mean, var) =
-                    (self.constant(node, 1)?, self.constant(node, 2)?, self.constant(node, 3)?, self.constant(node, 4)?);
-                let scale: Vec<f32> = gamma.values.iter().zip(&var.values).map(|(g, v)| g / (v + eps).sqrt()).collect();
-                let shift: Vec<f32> = beta.values.iter().zip(&mean.values).zip(&scale).map(|((b, m), s)| b - m * s).collect();
-                if [gamma, beta, mean, var].iter().any(|c| c.values.len() != scale.len()) {
-                    return Err(EngineError::graph(&name, "BatchNormalization parameters have different lengths"));
-                }
-                self.push(node, Op::Affine { scale, shift, act: Activation::None }, vec![x]);
-            }
-            "MaxPool" | "AveragePool" => {
-                let mut window = window(node, &name, None)?;
-                window.ceil_mode = attr_i(node, "ceil_mode", 0) != 0;
-                if window.ceil_mode && node.op_type == "AveragePool" && attr_i(node, "count_include_pad", 0) != 0 {
-                    return Err(EngineError::graph(&name, "AveragePool with ceil_mode=1 and count_include_pad=1 is not supported"));
-                }
-                let op = if node.op_type == "MaxPool" {
-                    Op::MaxPool { window }
-                } else {
-                    Op::AvgPool { window, count_include_pad: attr_i(node, "count_include_pad", 0) != 0 }
-                };
-                self.push(node, op, vec![x]);
-            }
-            "GlobalAveragePool" => self.push(node, Op::GlobalAvgPool, vec![x]),
-            "QuantizeLinear" => self.quantize_linear(node, &name, x)?,
-            "DequantizeLinear" => self.dequantize_linear(node, &name, x)?,
-            other => return Err(EngineError::graph(&name, format!("{other} on these inputs is not supported"))),
+            _ => return Err(EngineError::graph(name, format!("Cast of a float activation to data type {to} is not supported"))),
         }
+        Ok(())
+    }
+
+    /// BatchNormalization in inference form: a per-channel scale and shift.
+    pub(super) fn batch_norm(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let eps = attr_f(node, "epsilon", 1e-5);
+        let (gamma, beta, mean, var) = (self.constant(node, 1)?, self.constant(node, 2)?, self.constant(node, 3)?, self.constant(node, 4)?);
+        let scale: Vec<f32> = gamma.values.iter().zip(&var.values).map(|(g, v)| g / (v + eps).sqrt()).collect();
+        let shift: Vec<f32> = beta.values.iter().zip(&mean.values).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        if [gamma, beta, mean, var].iter().any(|c| c.values.len() != scale.len()) {
+            return Err(EngineError::graph(name, "BatchNormalization parameters have different lengths"));
+        }
+        self.push(node, Op::Affine { scale, shift, act: Activation::None }, vec![x]);
+        Ok(())
+    }
+
+    /// MaxPool and AveragePool.
+    pub(super) fn pool(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+        let mut window = window(node, name, None)?;
+        window.ceil_mode = attr_i(node, "ceil_mode", 0) != 0;
+        if window.ceil_mode && node.op_type == "AveragePool" && attr_i(node, "count_include_pad", 0) != 0 {
+            return Err(EngineError::graph(name, "AveragePool with ceil_mode=1 and count_include_pad=1 is not supported"));
+        }
+        let op = if node.op_type == "MaxPool" {
+            Op::MaxPool { window }
+        } else {
+            Op::AvgPool { window, count_include_pad: attr_i(node, "count_include_pad", 0) != 0 }
+        };
+        self.push(node, op, vec![x]);
+        Ok(())
+    }
+
+    pub(super) fn global_average_pool(&mut self, node: &NodeProto, _: &str, x: String) -> Result<()> {
+        self.push(node, Op::GlobalAvgPool, vec![x]);
         Ok(())
     }
 
@@ -591,7 +571,7 @@ impl Importer {
         Ok((scale.values[0], activation_zero(zero, name)?))
     }
 
-    fn quantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+    pub(super) fn quantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         if self.constants.contains_key(&x) {
             return Err(EngineError::graph(name, "QuantizeLinear of a constant is not supported; store the weights as int8"));
         }
@@ -608,7 +588,7 @@ impl Importer {
         Ok(())
     }
 
-    fn dequantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+    pub(super) fn dequantize_linear(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         let out = node.output[0].clone();
         if let Some(q) = self.quantized.get(&x).cloned() {
             let (scale, zero) = self.activation_qparams(node, 1, name)?;
@@ -656,7 +636,9 @@ impl Importer {
         })
     }
 
-    fn add(&mut self, node: &NodeProto, name: &str) -> Result<()> {
+    /// Add of two values of one shape (a residual), a bias add folded into the linear layer
+    /// before it, or a broadcast `binary`.
+    pub(super) fn add(&mut self, node: &NodeProto, name: &str, _: String) -> Result<()> {
         if node.input.len() != 2 {
             return Err(EngineError::graph(name, "Add needs two inputs"));
         }
@@ -685,7 +667,7 @@ impl Importer {
     }
 
     /// `a op b` of two values, or of a value and a constant (either side), broadcast.
-    fn binary(&mut self, node: &NodeProto, name: &str, kind: BinaryKind) -> Result<()> {
+    pub(super) fn binary(&mut self, node: &NodeProto, name: &str, kind: BinaryKind) -> Result<()> {
         if node.input.len() != 2 {
             return Err(EngineError::graph(name, format!("{} needs two inputs", node.op_type)));
         }
@@ -706,7 +688,7 @@ impl Importer {
 
     /// The mean over the spatial axes of a `[N, C, H, W]` value (opset 18 writes global average
     /// pooling so): with `keepdims`, global average pooling; without, that and a flatten.
-    fn reduce_mean(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
+    pub(super) fn reduce_mean(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         let axes: Vec<i64> = match node.input.get(1).filter(|a| !a.is_empty()) {
             Some(_) => self.constant(node, 1)?.values.iter().map(|&v| v as i64).collect(),
             None => attr(node, "axes").map(|a| a.ints.clone()).unwrap_or_default(),

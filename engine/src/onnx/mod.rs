@@ -8,6 +8,7 @@ mod layer_norm;
 mod layout;
 pub mod proto;
 mod qoperator;
+mod registry;
 mod sequence;
 pub mod tensor;
 pub mod training;

@@ -10,7 +10,7 @@
 use super::import::{Importer, QuantizedActivation, attr_i, node_name};
 use super::proto::NodeProto;
 use crate::error::{EngineError, Result};
-use crate::graph::{Activation, Node, Op, Unary};
+use crate::graph::{Activation, Node, Op};
 
 /// Whether `op` is an operator this module reads.
 pub fn handles(op: &str) -> bool {
@@ -170,12 +170,8 @@ impl Importer {
             }
             "QLinearSigmoid" | "QLinearLeakyRelu" => {
                 let x = self.quantized_input(node, 0, &name)?;
-                let f = if node.op_type == "QLinearSigmoid" {
-                    Unary::Sigmoid
-                } else {
-                    Unary::LeakyRelu { alpha: super::import::attr_f(node, "alpha", 0.01) }
-                };
-                self.nodes.push(Node { name: name.clone(), op: Op::Unary(f), inputs: vec![x.source], output: real.clone() });
+                let float_op = node.op_type.trim_start_matches("QLinear");
+                self.node(&rewritten(float_op, vec![x.source], &real))?;
                 self.quantized_output(node, real, 3, &name)
             }
             "QLinearAveragePool" => {

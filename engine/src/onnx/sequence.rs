@@ -6,7 +6,7 @@ use super::fold;
 use super::import::{Constant, Importer, attr_f, attr_i};
 use super::proto::NodeProto;
 use crate::error::{EngineError, Result};
-use crate::graph::{BinaryKind, Node, Op, Operand, Weight, Window, broadcast};
+use crate::graph::{Node, Op, Operand, Weight, Window, broadcast};
 
 impl Importer {
     fn push_named(&mut self, name: String, op: Op, inputs: Vec<String>, output: String) {
@@ -162,18 +162,4 @@ impl Importer {
         self.push_named(name.to_string(), Op::Where { x: on, y: off }, values, node.output[0].clone());
         Ok(())
     }
-}
-
-/// The logical operators and comparisons, as binary operations on 0 and 1.
-pub(super) fn logic_kind(op: &str) -> Option<BinaryKind> {
-    Some(match op {
-        "And" => BinaryKind::And,
-        "Or" => BinaryKind::Or,
-        "Equal" => BinaryKind::Equal,
-        "Less" => BinaryKind::Less,
-        "LessOrEqual" => BinaryKind::LessOrEqual,
-        "Greater" => BinaryKind::Greater,
-        "GreaterOrEqual" => BinaryKind::GreaterOrEqual,
-        _ => return None,
-    })
 }

@@ -253,6 +253,7 @@ pub fn bottleneck(seed: u64, sparsity: f64) -> Graph {
 
 pub fn mobile(seed: u64, sparsity: f64) -> Graph {
     use engine::graph::{BinaryKind, Operand, Unary};
+    use engine::ops::{Clip, Erf, Gelu, HardSigmoid, HardSwish, LeakyRelu, Sigmoid, Sqrt, Tanh};
     let mut r = rng(seed);
     let group_conv = |r: &mut StdRng, name: &str, input: &str, c: usize, groups: usize, window: Window| {
         let w = weight(r, &[c, c / groups, window.kernel[0], window.kernel[1]], sparsity * 0.5);
@@ -268,29 +269,29 @@ pub fn mobile(seed: u64, sparsity: f64) -> Graph {
     };
     let nodes = vec![
         conv(&mut r, "stem", "input", 3, 16, win(3, 2, 1, 1), 0.0, Activation::None),
-        unary("relu6", Unary::Clip { lo: 0.0, hi: 6.0 }, "stem"),
+        unary("relu6", Unary::Clip(Clip { lo: 0.0, hi: 6.0 }), "stem"),
         group_conv(&mut r, "dw", "relu6", 16, 16, win(3, 1, 1, 1)),
-        unary("dw_sig", Unary::Sigmoid, "dw"),
+        unary("dw_sig", Unary::Sigmoid(Sigmoid), "dw"),
         binary("silu", BinaryKind::Mul, &["dw", "dw_sig"]),
         conv(&mut r, "pw", "silu", 16, 24, win(1, 1, 0, 1), sparsity, Activation::None),
         node("se_pool", Op::GlobalAvgPool, &["pw"]),
         conv(&mut r, "se_reduce", "se_pool", 24, 8, win(1, 1, 0, 1), 0.0, Activation::Relu),
         conv(&mut r, "se_expand", "se_reduce", 8, 24, win(1, 1, 0, 1), 0.0, Activation::None),
-        unary("se_gate", Unary::HardSigmoid { alpha: 0.2, beta: 0.5 }, "se_expand"),
+        unary("se_gate", Unary::HardSigmoid(HardSigmoid { alpha: 0.2, beta: 0.5 }), "se_expand"),
         binary("se", BinaryKind::Mul, &["pw", "se_gate"]),
-        unary("hswish", Unary::HardSwish, "se"),
+        unary("hswish", Unary::HardSwish(HardSwish), "se"),
         group_conv(&mut r, "grouped", "hswish", 24, 4, win(3, 2, 1, 1)),
-        unary("leaky", Unary::LeakyRelu { alpha: 0.1 }, "grouped"),
-        unary("tanh", Unary::Tanh, "grouped"),
+        unary("leaky", Unary::LeakyRelu(LeakyRelu { alpha: 0.1 }), "grouped"),
+        unary("tanh", Unary::Tanh(Tanh), "grouped"),
         node("cat", Op::Concat { axis: 0 }, &["leaky", "tanh", "grouped"]),
         with_constant(&mut r, "scale", BinaryKind::Mul, &[1, 72, 1, 1], false, "cat"),
         with_constant(&mut r, "one_minus", BinaryKind::Sub, &[], true, "scale"),
         with_constant(&mut r, "div", BinaryKind::Div, &[72, 1, 1], false, "one_minus"),
         with_constant(&mut r, "shift", BinaryKind::Add, &[5], false, "div"),
-        unary("gelu", Unary::Gelu { tanh: false }, "shift"),
-        unary("erf", Unary::Erf, "gelu"),
-        unary("sig", Unary::Sigmoid, "erf"),
-        unary("sqrt", Unary::Sqrt, "sig"),
+        unary("gelu", Unary::Gelu(Gelu { tanh: false }), "shift"),
+        unary("erf", Unary::Erf(Erf), "gelu"),
+        unary("sig", Unary::Sigmoid(Sigmoid), "erf"),
+        unary("sqrt", Unary::Sqrt(Sqrt), "sig"),
         node("gap", Op::GlobalAvgPool, &["sqrt"]),
         node("flat", Op::Flatten, &["gap"]),
         node(

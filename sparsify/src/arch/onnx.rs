@@ -9,6 +9,7 @@ use std::path::Path;
 
 use engine::graph::{Activation, Graph, Op, Unary, Weight, Window};
 use engine::onnx::training::LayerSource;
+use engine::ops::Clip;
 
 use super::{BN_EPS, Desc, Layer, LayerOp, ParamValues, Value};
 
@@ -77,7 +78,7 @@ fn describe(graph: &Graph, sources: &HashMap<String, LayerSource>) -> Result<(De
                 (LayerOp::BatchNorm, values, *act)
             }
             Op::Relu => (LayerOp::Relu, vec![], Activation::None),
-            Op::Unary(Unary::Clip { lo, hi }) if (*lo, *hi) == (0.0, 6.0) => (LayerOp::Relu6, vec![], Activation::None),
+            Op::Unary(Unary::Clip(Clip { lo, hi })) if (*lo, *hi) == (0.0, 6.0) => (LayerOp::Relu6, vec![], Activation::None),
             Op::MaxPool { window } => {
                 let (kernel, stride, pad) = square(&n.name, window)?;
                 if pad != 0 || window.ceil_mode {

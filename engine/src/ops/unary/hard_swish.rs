@@ -1,0 +1,22 @@
+//! HardSwish: `x * HardSigmoid(x)` with alpha 1/6 and beta 1/2 (ONNX opset 14).
+
+use super::ElementWise;
+use crate::kernels::elementwise::clamp;
+use crate::onnx::export::Builder;
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct HardSwish;
+
+impl ElementWise for HardSwish {
+    const ONNX: &'static [&'static str] = &["HardSwish"];
+    const OPSET: i64 = 14;
+    const EXAMPLES: &'static [HardSwish] = &[HardSwish];
+
+    #[inline]
+    fn value(self, x: f32) -> f32 {
+        x * clamp(x / 6.0 + 0.5, 0.0, 1.0)
+    }
+    fn write(self, b: &mut Builder, name: &str, x: String, out: &str) {
+        b.node("HardSwish", name, vec![x], out, vec![]);
+    }
+}

@@ -1,0 +1,20 @@
+//! Tanh, the library's `tanh`.
+
+use super::ElementWise;
+use crate::onnx::export::Builder;
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Tanh;
+
+impl ElementWise for Tanh {
+    const ONNX: &'static [&'static str] = &["Tanh"];
+    const EXAMPLES: &'static [Tanh] = &[Tanh];
+
+    #[inline]
+    fn value(self, x: f32) -> f32 {
+        x.tanh()
+    }
+    fn write(self, b: &mut Builder, name: &str, x: String, out: &str) {
+        b.node("Tanh", name, vec![x], out, vec![]);
+    }
+}
