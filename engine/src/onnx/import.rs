@@ -315,7 +315,7 @@ impl Importer {
             return Err(EngineError::graph(&name, "has no output"));
         }
         let x = node.input.first().map(|i| self.resolve(i)).unwrap_or_default();
-        if super::qoperator::handles(&node.op_type) {
+        if super::registry::is_qoperator(&node.op_type) {
             return self.qoperator(node);
         }
         let merged_inputs = node.input.iter().filter(|i| self.merged.contains(&self.resolve(i))).count();

@@ -12,26 +12,6 @@ use super::proto::NodeProto;
 use crate::error::{EngineError, Result};
 use crate::graph::{Activation, Node, Op};
 
-/// Whether `op` is an operator this module reads.
-pub fn handles(op: &str) -> bool {
-    matches!(
-        op,
-        "QLinearConv"
-            | "QLinearMatMul"
-            | "QGemm"
-            | "QLinearAdd"
-            | "QLinearGlobalAveragePool"
-            | "QLinearConcat"
-            | "QLinearSigmoid"
-            | "QLinearLeakyRelu"
-            | "QLinearSoftmax"
-            | "QLinearAveragePool"
-            | "DynamicQuantizeLinear"
-            | "MatMulInteger"
-            | "ConvInteger"
-    )
-}
-
 impl Importer {
     /// Input `i` of `node` as a quantized activation, whose scale and zero point (inputs `i + 1`
     /// and `i + 2`) must be those it was quantized with.
@@ -107,7 +87,7 @@ impl Importer {
         Ok(Some(bias_name))
     }
 
-    /// Reads one QOperator node (`handles(op)`).
+    /// Reads one QOperator node (`registry::QOPERATORS`).
     pub(super) fn qoperator(&mut self, node: &NodeProto) -> Result<()> {
         let name = node_name(node);
         let out = node.output[0].clone();

@@ -65,13 +65,36 @@ const OPERATORS: &[Operator] = &[
     read("DequantizeLinear", Importer::dequantize_linear),
 ];
 
+/// The operators of ONNX Runtime's quantizer in its QOperator format, read by `qoperator` on
+/// quantized activations; the last three are its dynamic quantization, refused with the reason.
+const QOPERATORS: &[&str] = &[
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "QLinearAdd",
+    "QLinearGlobalAveragePool",
+    "QLinearConcat",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearSoftmax",
+    "QLinearAveragePool",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+];
+
+/// Whether `op` is one of `QOPERATORS`.
+pub(super) fn is_qoperator(op: &str) -> bool {
+    QOPERATORS.contains(&op)
+}
+
 /// The function that reads a node of type `op`, if the importer reads it.
 pub(super) fn reader(op: &str) -> Option<Read> {
     match OPERATORS.iter().find(|o| o.name == op) {
         Some(o) => Some(o.read),
         None if BinaryKind::from_onnx(op).is_some() => Some(Importer::elementwise_binary),
         None if Unary::onnx_operators().any(|name| name == op) => Some(Importer::unary),
-        None if super::qoperator::handles(op) => Some(|i, node, _, _| i.qoperator(node)),
+        None if is_qoperator(op) => Some(|i, node, _, _| i.qoperator(node)),
         None => None,
     }
 }

@@ -2,7 +2,6 @@
 
 use super::ElementWise;
 use crate::kernels::elementwise::erf;
-use crate::onnx::export::Builder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Erf;
@@ -14,8 +13,5 @@ impl ElementWise for Erf {
     #[inline]
     fn value(self, x: f32) -> f32 {
         erf(x)
-    }
-    fn write(self, b: &mut Builder, name: &str, x: String, out: &str) {
-        b.node("Erf", name, vec![x], out, vec![]);
     }
 }

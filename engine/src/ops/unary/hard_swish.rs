@@ -2,7 +2,6 @@
 
 use super::ElementWise;
 use crate::kernels::elementwise::clamp;
-use crate::onnx::export::Builder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct HardSwish;
@@ -15,8 +14,5 @@ impl ElementWise for HardSwish {
     #[inline]
     fn value(self, x: f32) -> f32 {
         x * clamp(x / 6.0 + 0.5, 0.0, 1.0)
-    }
-    fn write(self, b: &mut Builder, name: &str, x: String, out: &str) {
-        b.node("HardSwish", name, vec![x], out, vec![]);
     }
 }

@@ -33,8 +33,12 @@ pub(crate) trait ElementWise: Copy + Default + Into<Unary> + 'static {
     fn apply(self, isa: Isa, x: &[f32], y: &mut [f32]) {
         each_value(isa, x, y, move |v| self.value(v))
     }
-    /// ONNX nodes computing `f(x)` into `out`.
-    fn write(self, b: &mut Builder, name: &str, x: String, out: &str);
+    /// ONNX nodes computing `f(x)` into `out`: by default one node of the first of `ONNX`,
+    /// without attributes (a function with attributes or without an ONNX operator writes its own).
+    fn write(self, b: &mut Builder, name: &str, x: String, out: &str) {
+        let op = Self::ONNX.first().expect("a function without an ONNX operator writes its own nodes");
+        b.node(op, name, vec![x], out, vec![]);
+    }
 }
 
 macro_rules! functions {

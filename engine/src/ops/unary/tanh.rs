@@ -1,7 +1,6 @@
 //! Tanh, the library's `tanh`.
 
 use super::ElementWise;
-use crate::onnx::export::Builder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Tanh;
@@ -13,8 +12,5 @@ impl ElementWise for Tanh {
     #[inline]
     fn value(self, x: f32) -> f32 {
         x.tanh()
-    }
-    fn write(self, b: &mut Builder, name: &str, x: String, out: &str) {
-        b.node("Tanh", name, vec![x], out, vec![]);
     }
 }
