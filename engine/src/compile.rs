@@ -314,12 +314,22 @@ pub enum Exec {
     /// selection, `layout::sources`).
     Gather {
         sources: Vec<u32>,
+        /// Where the map swaps two axes: one sample runs by whole runs or a transpose.
+        swap: Option<crate::layout::Swap>,
     },
     /// `kernels::elementwise::concat`'s `outer` and `blocks`.
     Concat {
         outer: usize,
         blocks: Vec<usize>,
     },
+}
+
+impl Exec {
+    /// A gather by `sources`, knowing whether it swaps two axes.
+    fn gather(sources: Vec<u32>) -> Exec {
+        let swap = crate::layout::Swap::of(&sources);
+        Exec::Gather { sources, swap }
+    }
 }
 
 /// One layer of the compiled model.
@@ -378,7 +388,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
                     // The phase images are a value of their own, made by a gather layer.
                     names.push(format!("{}.phases", node.output));
                     value_sizes.push(phased.sources.len());
-                    let gather = Exec::Gather { sources: phased.sources };
+                    let gather = Exec::gather(phased.sources);
                     let (name, output) = (format!("{}.phases", node.name), names.len() - 1);
                     layers.push(Layer { name, kind: "phases", exec: gather, inputs, output, out_shape: phased.phase_shape });
                     inputs = vec![output];
@@ -398,10 +408,10 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             Op::Add { act } => Exec::Add { relu: relu(act), fake_quant: None },
             Op::Flatten | Op::Reshape { .. } => Exec::Flatten,
             Op::Transpose { .. } | Op::Select { .. } => {
-                Exec::Gather { sources: crate::layout::sources(&node.op, &in_shape).expect("a layout operator") }
+                Exec::gather(crate::layout::sources(&node.op, &in_shape).expect("a layout operator"))
             }
             Op::Softmax => Exec::Softmax { len: *out_shape.last().expect("a shape has an axis") },
-            Op::Pick { sources, .. } => Exec::Gather { sources: sources.iter().map(|&s| s as u32).collect() },
+            Op::Pick { sources, .. } => Exec::gather(sources.iter().map(|&s| s as u32).collect()),
             Op::Embed { table } => Exec::Embed { table: table.data.clone(), width: table.shape[1] },
             Op::LayerNorm { scale, bias, epsilon } => Exec::LayerNorm { scale: scale.clone(), bias: bias.clone(), epsilon: *epsilon },
             Op::BatchMatMul => crate::sequence::batch_matmul(&in_shape, &shape_of(&node.inputs[1], i + 1)),

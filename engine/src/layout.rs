@@ -26,6 +26,44 @@ pub fn sources(op: &Op, input: &[usize]) -> Option<Vec<u32>> {
     Some(sources.into_iter().map(|s| s as u32).collect())
 }
 
+/// A gather that swaps two axes: each sample `[outer, rows, cols, inner]` becomes
+/// `[outer, cols, rows, inner]`, runs of `inner` elements moving whole (a matrix transpose where
+/// `inner` is 1; BERT's split into attention heads, `[seq, heads, d] -> [heads, seq, d]`, where
+/// it is the head size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swap {
+    pub outer: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub inner: usize,
+}
+
+impl Swap {
+    /// The swap `sources` describes, if it is one with `rows` and `cols` both above 1.
+    pub fn of(sources: &[u32]) -> Option<Swap> {
+        let at = |i: usize| sources.get(i).map(|&s| s as usize);
+        let inner = (0..sources.len()).find(|&i| at(i) != Some(i)).filter(|&i| i > 0)?;
+        let step = at(inner)?;
+        let cols = step / inner;
+        if cols < 2 || step != cols * inner {
+            return None;
+        }
+        let rows = (1..).find(|&r| at(r * inner) != Some(r * cols * inner))?;
+        let block = rows.checked_mul(cols)?.checked_mul(inner)?;
+        if rows < 2 || !sources.len().is_multiple_of(block) {
+            return None;
+        }
+        let swap = Swap { outer: sources.len() / block, rows, cols, inner };
+        let fits = sources.iter().enumerate().all(|(i, &s)| {
+            let (e, rest) = (i % inner, i / inner);
+            let (r, rest) = (rest % rows, rest / rows);
+            let (c, o) = (rest % cols, rest / cols);
+            s as usize == ((o * rows + r) * cols + c) * inner + e
+        });
+        fits.then_some(swap)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +81,26 @@ mod tests {
             }
         }
         assert_eq!(s, want);
+    }
+
+    /// Transposes of every pair of neighbouring axes are swaps; other permutations and
+    /// selections are not.
+    #[test]
+    fn swaps_of_two_axes_are_recognised_and_nothing_else() {
+        let shape = [2, 3, 4, 5];
+        let swap = |perm: Vec<usize>| Swap::of(&sources(&Op::Transpose { perm }, &shape).unwrap());
+        assert_eq!(swap(vec![0, 2, 1, 3]), Some(Swap { outer: 2, rows: 3, cols: 4, inner: 5 }));
+        assert_eq!(swap(vec![0, 1, 3, 2]), Some(Swap { outer: 6, rows: 4, cols: 5, inner: 1 }));
+        assert_eq!(swap(vec![1, 0, 2, 3]), Some(Swap { outer: 1, rows: 2, cols: 3, inner: 20 }));
+        assert_eq!(swap(vec![2, 3, 0, 1]), Some(Swap { outer: 1, rows: 6, cols: 20, inner: 1 }));
+        assert_eq!(swap(vec![0, 1, 2, 3]), None, "the identity moves nothing");
+        assert_eq!(swap(vec![3, 1, 2, 0]), None);
+        assert_eq!(swap(vec![2, 0, 1, 3]), Some(Swap { outer: 1, rows: 6, cols: 4, inner: 5 }));
+        assert_eq!(swap(vec![1, 3, 0, 2]), None);
+        let select = sources(&Op::Select { indices: vec![vec![1, 0], vec![0, 1, 2], vec![0, 1, 2, 3], vec![0, 1, 2, 3, 4]] }, &shape);
+        assert_eq!(Swap::of(&select.unwrap()), None);
+        assert_eq!(Swap::of(&[]), None);
+        assert_eq!(Swap::of(&[0, 2, 1]), None);
     }
 
     #[test]

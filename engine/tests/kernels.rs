@@ -541,6 +541,41 @@ fn transpose_variants_match_the_scalar_twin() {
     }
 }
 
+/// Swaps of two axes (runs of `inner` moved whole, or transposes where it is 1), run in parts of
+/// output rows as the executor splits them, copy what the gather by the same map copies.
+#[test]
+fn axis_swaps_in_parts_match_the_gather() {
+    use engine::graph::Op;
+    use engine::kernels::transpose;
+    use engine::layout::{Swap, sources};
+    let mut rng = StdRng::seed_from_u64(18);
+    for (shape, perm) in [
+        (vec![128, 768], vec![1, 0]),
+        (vec![128, 12, 64], vec![1, 0, 2]),
+        (vec![3, 9, 17], vec![0, 2, 1]),
+        (vec![2, 5, 7, 3], vec![0, 2, 1, 3]),
+        (vec![33, 2], vec![1, 0]),
+    ] {
+        let map = sources(&Op::Transpose { perm: perm.clone() }, &shape).unwrap();
+        let s = Swap::of(&map).unwrap_or_else(|| panic!("{shape:?} by {perm:?} is a swap"));
+        let x: Vec<f32> = (0..map.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut want = vec![0.0; map.len()];
+        elementwise::gather_rows(&map, &x, 1, &mut want);
+        let row = s.rows * s.inner;
+        for isa in variants() {
+            for part in [1, 2, s.cols] {
+                let mut got = vec![f32::NAN; map.len()];
+                for (o, block) in got.chunks_mut(s.cols * row).enumerate() {
+                    for (k, y) in block.chunks_mut(part * row).enumerate() {
+                        transpose::swap_axes(isa, s, &x, o, k * part, y);
+                    }
+                }
+                assert_eq!(got, want, "{shape:?} by {perm:?} in parts of {part} on {}", isa.name());
+            }
+        }
+    }
+}
+
 #[test]
 fn quantizing_samples_equals_transposing_then_quantizing() {
     use engine::kernels::{q8, transpose};

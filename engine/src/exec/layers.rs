@@ -299,7 +299,16 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             })
         }
         Exec::Concat { outer, blocks } => elementwise::concat(xs, *outer, blocks, w, y),
-        Exec::Gather { sources } => {
+        Exec::Gather { swap: Some(s), .. } if w == 1 => {
+            // One sample: per outer block, parts of its output rows (columns of the input).
+            let row = s.rows * s.inner;
+            let part = split_len(team, s.cols * row, row) / row;
+            let blocks = y[..s.outer * s.cols * row].chunks_mut(s.cols * row).enumerate();
+            let parts: Vec<_> =
+                blocks.flat_map(|(o, b)| b.chunks_mut(part * row).enumerate().map(move |(k, y)| (o, k * part, y))).collect();
+            team.for_each(parts, |(o, c0, y)| transpose::swap_axes(isa, *s, x, o, c0, y));
+        }
+        Exec::Gather { sources, .. } => {
             let part = split_len(team, sources.len() * w, 16 * w.max(1)) / w.max(1);
             let parts: Vec<_> = y[..sources.len() * w].chunks_mut(part.max(1) * w).zip(sources.chunks(part.max(1))).collect();
             team.for_each(parts, |(y, sources)| elementwise::gather_rows(sources, x, w, y));

@@ -71,6 +71,15 @@ unsafe fn gemm_add(
     }
 }
 
+/// `y = a b` for one sample's row-major matrices, `a` `[m, k]`, `b` `[k, n]`, `y` `[m, n]`
+/// (attention's products), through the `gemm` crate on the calling thread.
+pub fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], y: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && y.len() >= m * n, "matrices smaller than {m}x{k}x{n}");
+    y[..m * n].fill(0.0);
+    // SAFETY: checked above: each matrix lies inside its slice, and `y` is borrowed mutably.
+    unsafe { gemm_add(m, k, n, a.as_ptr(), b.as_ptr(), n, y.as_mut_ptr(), n, gemm::Parallelism::None) }
+}
+
 /// `dense` on `w` columns of rows that lie `ld.x` apart in `x` and `ld.y` apart in `y` (see
 /// `spmm::Ld`), on the calling thread (one column in plain loops: `dense` has dot products).
 pub fn dense_strided(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], relu: bool, ld: Ld) {

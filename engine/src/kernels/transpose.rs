@@ -37,6 +37,24 @@ pub fn transpose(isa: Isa, src: &[f32], rows: usize, cols: usize, src_ld: usize,
     }
 }
 
+/// Output rows `c0..` of block `o` of a `Swap` of one sample `x` (`[outer, rows, cols, inner]`
+/// into `[outer, cols, rows, inner]`), as many as `y` holds (`rows * inner` elements each): runs
+/// of `inner` copied whole, or a transpose where `inner` is 1.
+pub fn swap_axes(isa: Isa, s: crate::layout::Swap, x: &[f32], o: usize, c0: usize, y: &mut [f32]) {
+    let crate::layout::Swap { rows, cols, inner, .. } = s;
+    let block = &x[o * rows * cols * inner..(o + 1) * rows * cols * inner];
+    let n = y.len() / (rows * inner);
+    assert!(c0 + n <= cols && y.len() == n * rows * inner, "output rows {c0}.. of {n} outside the block");
+    if inner == 1 {
+        return transpose(isa, &block[c0..], rows, n, cols, y, rows);
+    }
+    for (c, out) in (c0..).zip(y.chunks_exact_mut(rows * inner)) {
+        for (r, run) in out.chunks_exact_mut(inner).enumerate() {
+            run.copy_from_slice(&block[(r * cols + c) * inner..][..inner]);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
