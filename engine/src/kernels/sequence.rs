@@ -66,8 +66,8 @@ pub fn layer_norm(isa: Isa, x: &[f32], scale: &[f32], bias: &[f32], epsilon: f32
                     row.iter_mut().enumerate().for_each(|(d, r)| *r = xg[d * w + s]);
                     &row
                 };
-                let mean = row.iter().sum::<f32>() / len as f32;
-                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len as f32;
+                let mean = lanes(row, 0.0, add, add) / len as f32;
+                let var = lanes(row, 0.0, |s, v| s + (v - mean) * (v - mean), add) / len as f32;
                 let inv = 1.0 / (var + epsilon).sqrt();
                 if w == 1 {
                     for ((o, &v), (&k, &b)) in yg.iter_mut().zip(row).zip(scale.iter().zip(bias)) {
@@ -88,9 +88,9 @@ pub fn softmax(isa: Isa, x: &[f32], len: usize, w: usize, y: &mut [f32]) {
     on_isa(isa, || {
         for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
             if w == 1 {
-                let max = lanes(xg, f32::MIN, |m, v| if v > m { v } else { m });
+                let max = lanes(xg, f32::MIN, max, max);
                 yg.iter_mut().zip(xg).for_each(|(o, &v)| *o = super::elementwise::exp(v - max));
-                let inv = 1.0 / lanes(yg, 0.0, |s, v| s + v);
+                let inv = 1.0 / lanes(yg, 0.0, add, add);
                 yg.iter_mut().for_each(|o| *o *= inv);
                 continue;
             }
@@ -109,19 +109,27 @@ pub fn softmax(isa: Isa, x: &[f32], len: usize, w: usize, y: &mut [f32]) {
     })
 }
 
-/// `v` folded by `f` from `init` in 16 lanes (element `i` into lane `i % 16`), then the lanes in
-/// order: a chain of dependent steps one vector wide, where one lane's chain made BERT-base's
-/// softmax over rows of 128 take 0.31 ms a layer (a maximum by comparisons, not `f32::max`, so
-/// the loop vectorizes).
+/// `v` folded by `step` from `init` in 16 lanes (element `i` into lane `i % 16`), the lanes then
+/// joined in order by `join`: a chain of dependent steps one vector wide, where one lane's chain
+/// made BERT-base's softmax over rows of 128 take 0.31 ms a layer (a maximum by comparisons, not
+/// `f32::max`, so the loop vectorizes).
 #[inline(always)]
-fn lanes(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+fn lanes(v: &[f32], init: f32, step: impl Fn(f32, f32) -> f32, join: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [init; 16];
     let mut chunks = v.chunks_exact(16);
     for c in &mut chunks {
-        acc.iter_mut().zip(c).for_each(|(a, &x)| *a = f(*a, x));
+        acc.iter_mut().zip(c).for_each(|(a, &x)| *a = step(*a, x));
     }
-    acc.iter_mut().zip(chunks.remainder()).for_each(|(a, &x)| *a = f(*a, x));
-    acc.into_iter().fold(init, f)
+    acc.iter_mut().zip(chunks.remainder()).for_each(|(a, &x)| *a = step(*a, x));
+    acc.into_iter().fold(init, join)
+}
+
+fn max(m: f32, v: f32) -> f32 {
+    if v > m { v } else { m }
+}
+
+fn add(s: f32, v: f32) -> f32 {
+    s + v
 }
 
 /// The shapes of one product: `[m, k] x [k, n]`.
