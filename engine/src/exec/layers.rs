@@ -369,7 +369,19 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             let mut rest = xs[1..].iter().map(|v| sequence::Source::Tile(v));
             let on = on.as_deref().map(sequence::Source::Constant).or_else(|| rest.next()).expect("an input per missing constant");
             let off = off.as_deref().map(sequence::Source::Constant).or_else(|| rest.next()).expect("an input per missing constant");
-            sequence::select(shape, [(sequence::Source::Tile(x), &strides[0]), (on, &strides[1]), (off, &strides[2])], w, y);
+            let operands = [(sequence::Source::Tile(x), &strides[0][..]), (on, &strides[1][..]), (off, &strides[2][..])];
+            if !sequence::is_flat(shape, &operands) {
+                return sequence::select(shape, operands, w, y);
+            }
+            // One flat loop: parts of the elements over the threads.
+            let n: usize = shape.iter().product();
+            let part = split_len(team, n, 16).max(1);
+            let parts: Vec<_> = y[..n * w].chunks_mut(part * w).enumerate().collect();
+            team.for_each(parts, |(k, y)| {
+                let range = k * part..(k * part + y.len() / w.max(1)).min(n);
+                let [a, b, c] = operands.map(|(source, _)| source.part(range.clone(), w));
+                sequence::select(&[range.len()], [a, b, c], w, y);
+            });
         }
     }
 }

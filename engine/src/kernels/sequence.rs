@@ -194,6 +194,28 @@ impl Source<'_> {
     }
 }
 
+/// Whether `select` on these operands is one flat loop over the elements (a whole condition, each
+/// value whole or a single constant), so that any range of them can run on its own: element
+/// range `r` of the output is `select` over `[r.len()]` of each operand's `part(r)`.
+pub fn is_flat(shape: &[usize], operands: &[(Source, &[usize]); 3]) -> bool {
+    let whole = super::elementwise::broadcast_strides(shape, shape.len());
+    let flat = |(source, strides): &(Source, &[usize])| match source {
+        Source::Tile(_) => *strides == &whole[..],
+        Source::Constant(c) => c.len() == 1 && strides.iter().all(|&s| s == 0),
+    };
+    matches!(operands[0].0, Source::Tile(_)) && operands.iter().all(flat)
+}
+
+impl<'a> Source<'a> {
+    /// Elements `range` of a flat operand of `w` samples (`is_flat`), with its strides over them.
+    pub fn part(self, range: std::ops::Range<usize>, w: usize) -> (Source<'a>, &'static [usize]) {
+        match self {
+            Source::Tile(v) => (Source::Tile(&v[range.start * w..range.end * w]), &[1]),
+            constant => (constant, &[0]),
+        }
+    }
+}
+
 /// `y = cond != 0 ? on : off` over the output `shape`, each operand read through its broadcast
 /// strides (`elementwise::broadcast_strides`).
 pub fn select(shape: &[usize], operands: [(Source, &[usize]); 3], w: usize, y: &mut [f32]) {
@@ -289,6 +311,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A flat select run in parts of its elements (as the executor splits it over threads)
+    /// writes what the whole does; a broadcast operand is not flat.
+    #[test]
+    fn flat_selects_run_in_parts_as_a_whole() {
+        let (shape, w) = ([3usize, 7], 2);
+        let n = 21 * w;
+        let cond: Vec<f32> = (0..n).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+        let whole = crate::kernels::elementwise::broadcast_strides(&shape, 2);
+        let operands = [(Source::Tile(&cond), &whole[..]), (Source::Constant(&[-1.0]), &[0, 0][..]), (Source::Tile(&v), &whole[..])];
+        assert!(is_flat(&shape, &operands));
+        let mut want = vec![0.0; n];
+        select(&shape, operands, w, &mut want);
+        for part in [1, 4, 21] {
+            let mut got = vec![f32::NAN; n];
+            for (k, y) in got.chunks_mut(part * w).enumerate() {
+                let range = k * part..(k * part + y.len() / w).min(21);
+                let [a, b, c] = operands.map(|(source, _)| source.part(range.clone(), w));
+                select(&[range.len()], [a, b, c], w, y);
+            }
+            assert_eq!(got, want, "parts of {part}");
+        }
+        let row = crate::kernels::elementwise::broadcast_strides(&[1, 7], 2);
+        assert!(!is_flat(&shape, &[(Source::Tile(&cond), &whole[..]), (Source::Tile(&v), &row[..]), operands[2]]));
     }
 
     #[test]
