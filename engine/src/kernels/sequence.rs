@@ -88,7 +88,7 @@ pub fn softmax(isa: Isa, x: &[f32], len: usize, w: usize, y: &mut [f32]) {
     on_isa(isa, || {
         for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
             if w == 1 {
-                let max = lanes(xg, f32::MIN, max, max);
+                let max = lanes(xg, f32::MIN, larger, larger);
                 yg.iter_mut().zip(xg).for_each(|(o, &v)| *o = super::elementwise::exp(v - max));
                 let inv = 1.0 / lanes(yg, 0.0, add, add);
                 yg.iter_mut().for_each(|o| *o *= inv);
@@ -124,7 +124,7 @@ fn lanes(v: &[f32], init: f32, step: impl Fn(f32, f32) -> f32, join: impl Fn(f32
     acc.into_iter().fold(init, join)
 }
 
-fn max(m: f32, v: f32) -> f32 {
+fn larger(m: f32, v: f32) -> f32 {
     if v > m { v } else { m }
 }
 
@@ -220,27 +220,21 @@ impl<'a> Source<'a> {
 /// strides (`elementwise::broadcast_strides`).
 pub fn select(shape: &[usize], operands: [(Source, &[usize]); 3], w: usize, y: &mut [f32]) {
     let numel: usize = shape.iter().product();
-    // A whole condition with whole values or single constants (NaNs to zero after a softmax, a
-    // mask to scores): one flat loop, specialized per case so that it vectorizes.
-    let whole = super::elementwise::broadcast_strides(shape, shape.len());
-    let is_whole = |k: usize| operands[k].1 == &whole[..];
-    let scalar = |k: usize| match operands[k].0 {
-        Source::Constant(c) if operands[k].1.iter().all(|&v| v == 0) => c.first().copied(),
-        _ => None,
-    };
-    if let (Source::Tile(cond), true) = (operands[0].0, is_whole(0)) {
+    // A flat select (NaNs to zero after a softmax, a mask to scores): one loop, specialized per
+    // case so that it vectorizes.
+    if let (Source::Tile(cond), true) = (operands[0].0, is_flat(shape, &operands)) {
         let n = numel * w;
         let (cond, y) = (&cond[..n], &mut y[..n]);
-        match (operands[1].0, scalar(1), operands[2].0, scalar(2)) {
-            (_, Some(a), _, Some(b)) => return y.iter_mut().zip(cond).for_each(|(o, &c)| *o = if c != 0.0 { a } else { b }),
-            (_, Some(a), Source::Tile(v), None) if is_whole(2) => {
-                return y.iter_mut().zip(cond).zip(&v[..n]).for_each(|((o, &c), &v)| *o = if c != 0.0 { a } else { v });
+        let pick = |c: f32, a: f32, b: f32| if c != 0.0 { a } else { b };
+        match (operands[1].0, operands[2].0) {
+            (Source::Constant(a), Source::Constant(b)) => y.iter_mut().zip(cond).for_each(|(o, &c)| *o = pick(c, a[0], b[0])),
+            (Source::Constant(a), Source::Tile(v)) => y.iter_mut().zip(cond).zip(&v[..n]).for_each(|((o, &c), &v)| *o = pick(c, a[0], v)),
+            (Source::Tile(v), Source::Constant(b)) => y.iter_mut().zip(cond).zip(&v[..n]).for_each(|((o, &c), &v)| *o = pick(c, v, b[0])),
+            (Source::Tile(a), Source::Tile(b)) => {
+                y.iter_mut().zip(cond).zip(a[..n].iter().zip(&b[..n])).for_each(|((o, &c), (&a, &b))| *o = pick(c, a, b))
             }
-            (Source::Tile(v), None, _, Some(b)) if is_whole(1) => {
-                return y.iter_mut().zip(cond).zip(&v[..n]).for_each(|((o, &c), &v)| *o = if c != 0.0 { v } else { b });
-            }
-            _ => {}
         }
+        return;
     }
     let mut index = vec![0usize; shape.len()];
     let mut at = [0usize; 3];

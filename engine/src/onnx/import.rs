@@ -405,11 +405,7 @@ impl Importer {
         let mut weight = if trans_b { dense(&b.dims, &b.values) } else { transpose(&b.dims, &b.values) };
         weight.data.iter_mut().for_each(|w| *w *= alpha);
         weight.quant = self.quant(node, scales.map(|s| s.iter().map(|v| v * alpha).collect()));
-        let out = weight.rows();
-        let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
-            Some(_) => broadcast_bias(self.constant(node, 2)?, out, attr_f(node, "beta", 1.0), name)?,
-            None => vec![0.0; out],
-        };
+        let bias = self.bias(node, weight.rows(), attr_f(node, "beta", 1.0), name)?;
         self.push(node, Op::Linear { weight, bias, act: Activation::None }, vec![x]);
         Ok(())
     }
@@ -711,6 +707,14 @@ impl Importer {
         Ok(())
     }
 
+    /// The bias at input 2 of a Gemm or Conv, times `beta`, for `out` outputs; zeros without one.
+    fn bias(&self, node: &NodeProto, out: usize, beta: f32, name: &str) -> Result<Vec<f32>> {
+        match node.input.get(2).filter(|s| !s.is_empty()) {
+            Some(_) => broadcast_bias(self.constant(node, 2)?, out, beta, name),
+            None => Ok(vec![0.0; out]),
+        }
+    }
+
     pub(super) fn conv(&mut self, node: &NodeProto, name: &str, x: String) -> Result<()> {
         let groups = usize::try_from(attr_i(node, "group", 1)).ok().filter(|&g| g > 0);
         let groups = groups.ok_or_else(|| EngineError::graph(name, "group must be at least 1"))?;
@@ -722,11 +726,7 @@ impl Importer {
         let mut weight = dense(&w.dims, &w.values);
         weight.quant = self.quant(node, scales);
         let window = window(node, name, Some([w.dims[2], w.dims[3]]))?;
-        let out = weight.rows();
-        let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
-            Some(_) => broadcast_bias(self.constant(node, 2)?, out, 1.0, name)?,
-            None => vec![0.0; out],
-        };
+        let bias = self.bias(node, weight.rows(), 1.0, name)?;
         if groups > 1 {
             weight.quant = None; // Grouped convolutions run in fp32, on the dequantized weights.
             self.push(node, Op::GroupConv { weight, bias, window, groups, act: Activation::None }, vec![x]);
