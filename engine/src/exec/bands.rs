@@ -36,7 +36,11 @@ pub(super) fn run_band_parts(
     let region = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * ld;
     let spare = &mut spare[..parts.len() - 1];
     {
-        let (source, regions): (&[f32], Vec<Range<usize>>) = (chunk, inputs.iter().map(|&v| region(v)).collect());
+        // Values that share a region (`shared_regions`) are copied once.
+        let mut regions: Vec<Range<usize>> = inputs.iter().map(|&v| region(v)).collect();
+        regions.sort_by_key(|r| (r.start, r.end));
+        regions.dedup();
+        let source: &[f32] = chunk;
         let copies = spare
             .iter_mut()
             .flat_map(|part| disjoint_mut(part, regions.clone()).into_iter().zip(regions.iter().map(|r| &source[r.clone()])));

@@ -57,6 +57,9 @@ struct Plan {
     /// Per value, the quantization `(scale, zero)` of the codes it is held as (`code_values`), or
     /// None for f32.
     codes: Vec<Option<(f32, u8)>>,
+    /// Per layer, whether its output shares its input's region, so that it has nothing to do
+    /// (`shared_regions`).
+    in_place: Vec<bool>,
     /// Per column, for a banded one, the layers' row ranges in the order they run: band by band
     /// of the last layer's output, each layer the rows the band needs that earlier bands have
     /// not computed (empty for columns without bands).
@@ -75,18 +78,26 @@ impl Plan {
         // Rows of full tiles are padded to 16 floats (64 bytes) so every row of every value starts
         // on a cache line: misaligned vector loads split lines and run about twice as slow.
         let tile_ld = padded(tile);
-        let mut offsets = Vec::with_capacity(model.value_sizes.len());
+        let codes = code_values(model, &schedule);
+        let banded = |l: usize| schedule.columns.iter().any(|c| c.bands > 1 && c.layers.contains(&l));
+        let shared = shared_regions(model, layers.clone(), held, &codes, &banded);
+        let mut offsets = vec![0; model.value_sizes.len()];
         let mut at = 0;
-        for (&size, &held) in model.value_sizes.iter().zip(held) {
-            offsets.push(if held { at } else { 0 });
-            at += if held { size * tile_ld } else { 0 };
+        for (v, (&size, &held)) in model.value_sizes.iter().zip(held).enumerate() {
+            if held && !shared.iter().any(|&(_, _, out)| out == v) {
+                offsets[v] = at;
+                at += size * tile_ld;
+            }
+        }
+        // In layer order, so that a reshape of a reshape finds its input's region set.
+        for &(_, input, output) in &shared {
+            offsets[output] = offsets[input];
         }
         // Each weighted layer's scratch (`MatMul::scratch`) at the widths the plan's tiles have
         // (full tiles, and a narrower last one, whose kernel may differ); convolutions in row
         // bands also keep their band's output there before it is copied into place.
         let last = batch - (batch.div_ceil(tile).max(1) - 1) * tile;
         let widths = [padded(tile.min(batch)), padded(last)];
-        let banded = |l: usize| schedule.columns.iter().any(|c| c.bands > 1 && c.layers.contains(&l));
         let largest = |need: &dyn Fn(&MatMul, usize, usize) -> usize| {
             let needs = model.layers[layers.clone()].iter().zip(layers.clone()).filter_map(|(l, i)| match &l.exec {
                 Exec::MatMul(m) => widths.iter().map(|&ld| need(m, ld, i)).max(),
@@ -116,7 +127,8 @@ impl Plan {
             chunk: q_start + 2 * quantized_len,
             fused_input,
             int8_flow: int8_flows(model, fused_input),
-            codes: code_values(model, &schedule),
+            codes,
+            in_place: (0..model.layers.len()).map(|l| shared.iter().any(|&(r, _, _)| r == l)).collect(),
             band_steps,
             band_parts,
             schedule,
@@ -143,6 +155,28 @@ impl Plan {
         let start = self.quantized + k * self.quantized_len;
         start..start + self.quantized_len
     }
+}
+
+/// The reshapes among `layers` (`Exec::Flatten`: the same elements in the same order) whose
+/// output can share its input's region of a tile's chunk, as `(layer, input, output)` in layer
+/// order: both values held, in the same form (f32, or the same codes), and the layer outside a
+/// banded column (whose layers run on bands of rows in place). Each value is written once, by the
+/// layer that makes it, so the two never differ; BERT-base copied 2.6 ms of its 51 in such
+/// reshapes at batch 1 (`results/bert-profile.md`).
+fn shared_regions(
+    model: &Model,
+    layers: Range<usize>,
+    held: &[bool],
+    codes: &[Option<(f32, u8)>],
+    banded: &dyn Fn(usize) -> bool,
+) -> Vec<(usize, usize, usize)> {
+    let reshapes = layers.filter(|&l| matches!(model.layers[l].exec, Exec::Flatten) && !banded(l));
+    let pairs = reshapes.map(|l| (l, model.layers[l].inputs[0], model.layers[l].output));
+    pairs
+        .filter(|&(_, input, output)| {
+            held[input] && held[output] && codes[input] == codes[output] && model.value_sizes[input] == model.value_sizes[output]
+        })
+        .collect()
 }
 
 // Widths of 16 or more are padded to a multiple of 16 floats (every row of every value then
@@ -511,6 +545,9 @@ fn load_input(model: &Model, plan: &Plan, t: usize, chunk: &mut [f32], input: &[
 }
 
 fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut [f32], team: &Team) {
+    if plan.in_place[l] {
+        return;
+    }
     // Padding columns are computed along with the samples: they hold finite values derived from
     // zeros and are never read back.
     let layer = &model.layers[l];
