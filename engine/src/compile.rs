@@ -414,7 +414,7 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             Op::Pick { sources, .. } => Exec::gather(sources.iter().map(|&s| s as u32).collect()),
             Op::Embed { table } => Exec::Embed { table: table.data.clone(), width: table.shape[1] },
             Op::LayerNorm { scale, bias, epsilon } => Exec::LayerNorm { scale: scale.clone(), bias: bias.clone(), epsilon: *epsilon },
-            Op::BatchMatMul => crate::sequence::batch_matmul(&in_shape, &shape_of(&node.inputs[1], i + 1)),
+            Op::BatchMatMul { swapped } => crate::sequence::batch_matmul(&in_shape, &shape_of(&node.inputs[1], i + 1), *swapped),
             Op::Where { x, y } => {
                 let mut next = 0;
                 let mut shape_of_operand = |c: &Option<crate::graph::Operand>| match c {

@@ -145,7 +145,15 @@ enum FileOp {
         bias: String,
         epsilon: f32,
     },
-    BatchMatMul,
+    /// `swap_a`, `swap_b`, `swap_y`: `Swapped` (absent where false).
+    BatchMatMul {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        swap_a: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        swap_b: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        swap_y: bool,
+    },
     /// Each constant operand's values are a tensor, its shape beside it.
     Where {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,7 +344,7 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
                 bias: t.f32(format!("{name}.bias"), vec![bias.len()], bias),
                 epsilon: *epsilon,
             },
-            Op::BatchMatMul => FileOp::BatchMatMul,
+            Op::BatchMatMul { swapped } => FileOp::BatchMatMul { swap_a: swapped.a, swap_b: swapped.b, swap_y: swapped.y },
             Op::Where { x, y } => {
                 let mut operand = |c: &Option<Operand>, which: &str| {
                     c.as_ref().map(|c| (t.f32(format!("{name}.{which}"), vec![c.values.len()], &c.values), c.shape.clone())).unzip()
@@ -436,7 +444,9 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
                 let scale = reader.f32(&scale, None)?;
                 Op::LayerNorm { bias: reader.f32(&bias, Some(scale.len()))?, scale, epsilon }
             }
-            FileOp::BatchMatMul => Op::BatchMatMul,
+            FileOp::BatchMatMul { swap_a, swap_b, swap_y } => {
+                Op::BatchMatMul { swapped: crate::graph::Swapped { a: swap_a, b: swap_b, y: swap_y } }
+            }
             FileOp::Where { x, x_shape, y, y_shape } => {
                 let operand = |tensor: Option<String>, shape: Option<Vec<usize>>| match (tensor, shape) {
                     (Some(tensor), Some(shape)) => Ok(Some(Operand { values: reader.f32(&tensor, None)?, shape })),

@@ -174,6 +174,7 @@ impl Window {
     }
 }
 
+pub use crate::kernels::sequence::Swapped;
 pub use crate::ops::{BinaryKind, Unary};
 
 /// A constant operand of a `Binary`: its per-sample shape (broadcast against the value's, NumPy
@@ -294,8 +295,11 @@ pub enum Op {
         epsilon: f32,
     },
     /// Matrix products of two values over their last two axes (`[.., m, k] x [.., k, n]`), the
-    /// leading axes broadcast (attention's products).
-    BatchMatMul,
+    /// leading axes broadcast (attention's products); `swapped`: which of the two inputs and the
+    /// output are stored with their last two axes swapped (`row_passes::swap_into_products`).
+    BatchMatMul {
+        swapped: Swapped,
+    },
     /// `x` where the first input is non-zero, else `y` (broadcast); `x` and `y` are constants or
     /// the next inputs, in that order.
     Where {
@@ -328,7 +332,7 @@ impl Op {
             Op::Pick { .. } => "pick",
             Op::Embed { .. } => "embed",
             Op::LayerNorm { .. } => "layer_norm",
-            Op::BatchMatMul => "batch_matmul",
+            Op::BatchMatMul { .. } => "batch_matmul",
             Op::Where { .. } => "where",
         }
     }
@@ -442,7 +446,7 @@ impl Graph {
                     .ok_or_else(|| EngineError::graph(&node.name, format!("input '{name}' is not produced by any earlier node")))
             };
             let arity = match &node.op {
-                Op::Add { .. } | Op::Binary { constant: None, .. } | Op::BatchMatMul => 2..=2,
+                Op::Add { .. } | Op::Binary { constant: None, .. } | Op::BatchMatMul { .. } => 2..=2,
                 Op::Where { x, y } => {
                     let n = 1 + x.is_none() as usize + y.is_none() as usize;
                     n..=n
@@ -588,7 +592,7 @@ pub fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Resu
         }
         Op::Flatten => Ok(vec![x.iter().product()]),
         Op::Relu | Op::Softmax => Ok(x.to_vec()),
-        Op::Pick { .. } | Op::Embed { .. } | Op::LayerNorm { .. } | Op::BatchMatMul | Op::Where { .. } => {
+        Op::Pick { .. } | Op::Embed { .. } | Op::LayerNorm { .. } | Op::BatchMatMul { .. } | Op::Where { .. } => {
             crate::sequence::output_shape(node, x, input)
         }
         Op::GroupConv { weight, bias, window, groups, .. } => {

@@ -21,6 +21,7 @@ pub fn optimize(graph: &mut Graph) -> bool {
         || unary_before_pick(graph)
         || compose_moves(graph)
         || share_moves(graph)
+        || swap_into_products(graph)
 }
 
 /// A move (pick, transpose, selection, reshape) equal to an earlier one of the same value: its
@@ -100,8 +101,20 @@ fn fuse_gelu(graph: &mut Graph) -> bool {
 /// For `nodes[i]` reading a pick of an fp32 1x1 convolution's output, each value read only there:
 /// the pick's and the convolution's indices.
 fn pick_of_conv(graph: &Graph, i: usize) -> Option<(usize, usize)> {
+    move_of_conv(graph, i, false)
+}
+
+/// `pick_of_conv`, or with `reshape_too` a reshape of the convolution's output in place of the pick.
+fn move_of_conv(graph: &Graph, i: usize, reshape_too: bool) -> Option<(usize, usize)> {
     let p = producer(graph, graph.nodes[i].inputs.first()?, i)?;
-    let Op::Pick { .. } = graph.nodes[p].op else { return None };
+    let is_move = match graph.nodes[p].op {
+        Op::Pick { .. } => true,
+        Op::Reshape { .. } => reshape_too,
+        _ => false,
+    };
+    if !is_move {
+        return None;
+    }
     let q = producer(graph, &graph.nodes[p].inputs[0], p)?;
     let fp32_conv = matches!(&graph.nodes[q].op, Op::Conv { weight, window, .. } if weight.quant.is_none() && window.is_pointwise());
     let single = consumers(graph, &graph.nodes[q].output) == 1 && consumers(graph, &graph.nodes[p].output) == 1;
@@ -140,12 +153,12 @@ fn fold_row_bias(graph: &mut Graph) -> bool {
     false
 }
 
-/// A scalar product after a pick of a 1x1 convolution's output: the convolution's weights and
-/// bias scaled instead.
+/// A scalar product after a pick or reshape of a 1x1 convolution's output: the convolution's
+/// weights and bias scaled instead.
 fn fold_row_scale(graph: &mut Graph) -> bool {
     for i in 0..graph.nodes.len() {
         let Some((_, factor)) = scalar_binary(&graph.nodes[i], BinaryKind::Mul) else { continue };
-        let Some((p, q)) = pick_of_conv(graph, i) else { continue };
+        let Some((p, q)) = move_of_conv(graph, i, true) else { continue };
         let Op::Conv { weight, bias, act: crate::graph::Activation::None, .. } = &mut graph.nodes[q].op else { continue };
         if !factor.is_finite() {
             continue;
@@ -190,14 +203,15 @@ fn moves(op: &Op, input: &[usize]) -> Option<Option<Vec<usize>>> {
 }
 
 /// Two element moves in a row, the first's output read by the second only, as one `Pick` (or a
-/// `Reshape` where together they keep the order), at least one of them a pick. Every such pair
+/// `Reshape` where together they keep the order), at least one of them a pick, or both reshapes. Every such pair
 /// in one sweep: shapes are inferred once (a merge changes no surviving value's shape).
 fn compose_moves(graph: &mut Graph) -> bool {
     let is_move = |op: &Op| matches!(op, Op::Pick { .. } | Op::Transpose { .. } | Op::Select { .. } | Op::Reshape { .. } | Op::Flatten);
     let candidate = |graph: &Graph, i: usize| -> Option<usize> {
         let p = producer(graph, graph.nodes[i].inputs.first()?, i)?;
         let any_pick = matches!(graph.nodes[i].op, Op::Pick { .. }) || matches!(graph.nodes[p].op, Op::Pick { .. });
-        let fits = any_pick && is_move(&graph.nodes[i].op) && is_move(&graph.nodes[p].op) && graph.nodes[i].inputs.len() == 1;
+        let reshapes = [i, p].iter().all(|&n| matches!(graph.nodes[n].op, Op::Reshape { .. } | Op::Flatten));
+        let fits = (any_pick || reshapes) && is_move(&graph.nodes[i].op) && is_move(&graph.nodes[p].op) && graph.nodes[i].inputs.len() == 1;
         (fits && consumers(graph, &graph.nodes[p].output) == 1).then_some(p)
     };
     if !(0..graph.nodes.len()).any(|i| candidate(graph, i).is_some()) {
@@ -234,4 +248,79 @@ fn compose_moves(graph: &mut Graph) -> bool {
         i = p;
     }
     merged
+}
+
+/// Whether a move (output element `e` copies input element `sources[e]`, of `inputs`) swaps the
+/// last two axes: it writes `shape` (`[.., p, q]`) from its input viewed as `[.., q, p]`, or with
+/// `reading`, it reads `shape` and writes it as `[.., q, p]` (any shape of those elements).
+fn swaps_last_axes(sources: &[usize], inputs: usize, shape: &[usize], reading: bool) -> bool {
+    let r = shape.len();
+    if r < 2 || sources.len() != inputs || shape.iter().product::<usize>() != inputs || inputs == 0 {
+        return false;
+    }
+    let (p, q) = (shape[r - 2], shape[r - 1]);
+    let plane = p * q;
+    sources.iter().enumerate().all(|(e, &s)| {
+        let (b, at) = (e / plane, e % plane);
+        // Element (i, j) of the `[.., p, q]` side is element (j, i) of the other.
+        let source = if reading { b * plane + (at % p) * q + at / p } else { b * plane + (at % q) * p + at / q };
+        s == source
+    })
+}
+
+/// Attention's per-head transposes as strides of its products: a batched product reading a move
+/// that swaps the last two axes of its input reads the input itself, stored swapped; one whose
+/// only reader is such a move writes its output swapped. The moves become reshapes, which share
+/// their input's memory (`exec::shared_regions`). One change per call.
+fn swap_into_products(graph: &mut Graph) -> bool {
+    if !graph.nodes.iter().any(|n| matches!(n.op, Op::BatchMatMul { .. })) {
+        return false;
+    }
+    let Ok(shapes) = graph.infer_shapes() else { return false };
+    let shapes: std::collections::HashMap<String, Vec<usize>> = shapes.into_iter().collect();
+    let numel = |v: &str| shapes[v].iter().product::<usize>();
+    for i in 0..graph.nodes.len() {
+        let Op::BatchMatMul { swapped } = graph.nodes[i].op else { continue };
+        // An operand made by a swapping move read only here.
+        for k in 0..2 {
+            let Some(p) = producer(graph, &graph.nodes[i].inputs[k], i) else { continue };
+            let (move_in, move_out) = (&graph.nodes[p].inputs[0], &graph.nodes[p].output);
+            let already = if k == 0 { swapped.a } else { swapped.b };
+            if already || graph.nodes[p].inputs.len() != 1 || consumers(graph, move_out) != 1 {
+                continue;
+            }
+            let Some(Some(sources)) = moves(&graph.nodes[p].op, &shapes[move_in]) else { continue };
+            let out = &shapes[move_out];
+            if swaps_last_axes(&sources, numel(move_in), out, false) {
+                let mut stored = out.clone();
+                let r = stored.len();
+                stored.swap(r - 2, r - 1);
+                graph.nodes[p].op = Op::Reshape { shape: stored };
+                let mut swapped = swapped;
+                if k == 0 {
+                    swapped.a = true
+                } else {
+                    swapped.b = true
+                }
+                graph.nodes[i].op = Op::BatchMatMul { swapped };
+                return true;
+            }
+        }
+        // The output's one reader, a move that swaps it.
+        let product = &graph.nodes[i].output;
+        if swapped.y || consumers(graph, product) != 1 || graph.output == *product {
+            continue;
+        }
+        let Some(c) = graph.nodes.iter().position(|n| n.inputs.contains(product)) else { continue };
+        if graph.nodes[c].inputs.len() != 1 {
+            continue;
+        }
+        let Some(Some(sources)) = moves(&graph.nodes[c].op, &shapes[product]) else { continue };
+        if swaps_last_axes(&sources, numel(product), &shapes[product], true) {
+            graph.nodes[c].op = Op::Reshape { shape: shapes[&graph.nodes[c].output].clone() };
+            graph.nodes[i].op = Op::BatchMatMul { swapped: crate::graph::Swapped { y: true, ..swapped } };
+            return true;
+        }
+    }
+    false
 }

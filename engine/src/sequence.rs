@@ -4,7 +4,7 @@
 use crate::compile::Exec;
 use crate::error::{EngineError, Result};
 use crate::graph::{MAX_VALUE_ELEMENTS, Node, Op, Operand, all_finite, broadcast, checked_numel};
-use crate::kernels::sequence::Product;
+use crate::kernels::sequence::{Product, Swapped};
 
 /// Per-sample output shape of a sequence operator `node` on input shapes `x` and `input(i)`,
 /// checking its parameters.
@@ -42,16 +42,20 @@ pub fn output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Ve
             }
             Ok(x.to_vec())
         }
-        Op::BatchMatMul => {
-            let b = input(1)?;
-            let (ra, rb) = (x.len(), b.len());
-            if ra < 2 || rb < 2 || x[ra - 1] != b[rb - 2] {
-                return bad(format!("cannot multiply {x:?} by {b:?}"));
+        Op::BatchMatMul { swapped } => {
+            let stored = input(1)?;
+            if x.len() < 2 || stored.len() < 2 {
+                return bad(format!("cannot multiply {x:?} by {stored:?}"));
+            }
+            let (a, b) = (unswapped(x, swapped.a), unswapped(&stored, swapped.b));
+            let (ra, rb) = (a.len(), b.len());
+            if a[ra - 1] != b[rb - 2] {
+                return bad(format!("cannot multiply {a:?} by {b:?}"));
             }
             let mut out =
-                broadcast(&x[..ra - 2], &b[..rb - 2]).ok_or_else(|| EngineError::graph(name, format!("cannot multiply {x:?} by {b:?}")))?;
-            out.extend([x[ra - 2], b[rb - 1]]);
-            Ok(out)
+                broadcast(&a[..ra - 2], &b[..rb - 2]).ok_or_else(|| EngineError::graph(name, format!("cannot multiply {a:?} by {b:?}")))?;
+            out.extend([a[ra - 2], b[rb - 1]]);
+            Ok(unswapped(&out, swapped.y))
         }
         Op::Where { x: on, y: off } => {
             let mut next = 1;
@@ -84,11 +88,24 @@ pub fn output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Ve
     }
 }
 
-/// The executable form of a product of two values of per-sample shapes `a` and `b`: each output
-/// slice's operands, by the leading axes' broadcast.
-pub fn batch_matmul(a: &[usize], b: &[usize]) -> Exec {
+/// `shape` with its last two axes swapped where `swapped` (a product's matrix as it is stored, and
+/// back: the swap is its own inverse). At least two axes.
+fn unswapped(shape: &[usize], swapped: bool) -> Vec<usize> {
+    let mut shape = shape.to_vec();
+    let r = shape.len();
+    if swapped {
+        shape.swap(r - 2, r - 1);
+    }
+    shape
+}
+
+/// The executable form of a product of two values of per-sample shapes `a` and `b` as stored
+/// (`swapped`): each output slice's operands, by the leading axes' broadcast.
+pub fn batch_matmul(a: &[usize], b: &[usize], swapped: Swapped) -> Exec {
+    let (a, b) = (unswapped(a, swapped.a), unswapped(b, swapped.b));
+    let (a, b) = (&a[..], &b[..]);
     let (ra, rb) = (a.len(), b.len());
-    let product = Product { m: a[ra - 2], k: a[ra - 1], n: b[rb - 1] };
+    let product = Product { m: a[ra - 2], k: a[ra - 1], n: b[rb - 1], swapped };
     let lead = broadcast(&a[..ra - 2], &b[..rb - 2]).expect("checked in infer_shapes");
     let strides = |s: &[usize], size: usize| {
         let mut st = crate::kernels::elementwise::broadcast_strides(s, lead.len());

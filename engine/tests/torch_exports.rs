@@ -141,6 +141,18 @@ fn bert_round_trips_through_both_formats() {
     let reference = ort_run(&python, &onnx, &input, dir.path());
     let err = rel_err(&ours, &reference.data);
     assert!(err < 1e-4, "relative error {err}");
+    // The compiled graph too: attention's transposes are strides of its products there
+    // (`Swapped`), written back to ONNX as Transpose nodes and to the native format as flags.
+    let optimized = &model.graph;
+    let swapped =
+        optimized.nodes.iter().filter(|n| matches!(n.op, engine::graph::Op::BatchMatMul { swapped } if swapped != Default::default()));
+    assert!(swapped.count() >= 4, "attention's products read and write their heads in place");
+    let bytes = engine::format::to_bytes(optimized).unwrap();
+    assert_eq!(&engine::format::from_bytes(&bytes, "bert.sparse").unwrap(), optimized);
+    std::fs::write(&onnx, engine::onnx::export::export(optimized, &optimized.output_shape().unwrap())).unwrap();
+    let reference = ort_run(&python, &onnx, &input, dir.path());
+    let err = rel_err(&ours, &reference.data);
+    assert!(err < 1e-4, "optimized graph: relative error {err}");
 }
 
 /// Token ids outside the embedding table are refused with the input's name, not clamped.

@@ -71,13 +71,51 @@ unsafe fn gemm_add(
     }
 }
 
-/// `y = a b` for one sample's row-major matrices, `a` `[m, k]`, `b` `[k, n]`, `y` `[m, n]`
-/// (attention's products), through the `gemm` crate on the calling thread.
-pub fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], y: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && y.len() >= m * n, "matrices smaller than {m}x{k}x{n}");
+/// `y = a b` for one sample's matrices `a` `[m, k]`, `b` `[k, n]`, `y` `[m, n]` (attention's
+/// products), each given with its row and column strides in elements (`(k, 1)` for a row-major
+/// `a`, `(1, m)` for one stored as `[k, m]`), through the `gemm` crate on the calling thread.
+pub fn matmul_strided(
+    [m, k, n]: [usize; 3],
+    (a, sa): (&[f32], (usize, usize)),
+    (b, sb): (&[f32], (usize, usize)),
+    (y, sy): (&mut [f32], (usize, usize)),
+) {
+    // The last element of a `rows x cols` matrix, plus one (0 for an empty one).
+    let end = |rows: usize, cols: usize, (rs, cs): (usize, usize)| if rows * cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+    assert!(
+        a.len() >= end(m, k, sa) && b.len() >= end(k, n, sb) && y.len() >= end(m, n, sy) && y.len() >= m * n,
+        "matrices smaller than {m}x{k}x{n} with these strides"
+    );
     y[..m * n].fill(0.0);
-    // SAFETY: checked above: each matrix lies inside its slice, and `y` is borrowed mutably.
-    unsafe { gemm_add(m, k, n, a.as_ptr(), b.as_ptr(), n, y.as_mut_ptr(), n, gemm::Parallelism::None) }
+    if m * n * k == 0 {
+        return;
+    }
+    let [sa, sb, sy] = [sa, sb, sy].map(|(r, c)| (r as isize, c as isize));
+    // SAFETY: checked above: every element each matrix's strides reach lies inside its slice, and
+    // `y` is borrowed mutably.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            sy.1,
+            sy.0,
+            true,
+            a.as_ptr(),
+            sa.1,
+            sa.0,
+            b.as_ptr(),
+            sb.1,
+            sb.0,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// `dense` on `w` columns of rows that lie `ld.x` apart in `x` and `ld.y` apart in `y` (see

@@ -132,12 +132,29 @@ fn add(s: f32, v: f32) -> f32 {
     s + v
 }
 
-/// The shapes of one product: `[m, k] x [k, n]`.
+/// The shapes of one product: `[m, k] x [k, n]`, and which of its matrices are stored with their
+/// two axes swapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Product {
     pub m: usize,
     pub k: usize,
     pub n: usize,
+    pub swapped: Swapped,
+}
+
+/// Which matrices of a product are stored with their two axes swapped: `a` as `[k, m]`, `b` as
+/// `[n, k]`, the output as `[n, m]`. Attention reads its heads from features-first values and
+/// writes them back that way, so its transposes run as strides of the product, not as copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Swapped {
+    pub a: bool,
+    pub b: bool,
+    pub y: bool,
+}
+
+/// Row and column strides, in elements, of a `rows x cols` matrix stored as it is or swapped.
+fn strides(rows: usize, cols: usize, swapped: bool) -> (usize, usize) {
+    if swapped { (1, rows) } else { (cols, 1) }
 }
 
 /// `y = a x b` for consecutive slices of the tile, `y` holding their `m x n` elements in turn:
@@ -155,23 +172,20 @@ pub fn matmul_slices(isa: Isa, p: Product, a: &[f32], b: &[f32], slices: &[(usiz
 /// 0.54 for blocks of 4 x 16 outputs in registers (plain loops the compiler vectorized).
 #[inline(always)]
 fn matmul_slice(p: Product, a: &[f32], a_at: usize, b: &[f32], b_at: usize, w: usize, y: &mut [f32]) {
-    let Product { m, k, n } = p;
+    let Product { m, k, n, swapped } = p;
+    let (sa, sb, sy) = (strides(m, k, swapped.a), strides(k, n, swapped.b), strides(m, n, swapped.y));
     if w == 1 {
-        return super::dense::matmul(m, k, n, &a[a_at..a_at + m * k], &b[b_at..b_at + k * n], &mut y[..m * n]);
+        let (a, b) = (&a[a_at..a_at + m * k], &b[b_at..b_at + k * n]);
+        return super::dense::matmul_strided([m, k, n], (a, sa), (b, sb), (&mut y[..m * n], sy));
     }
     y[..m * n * w].fill(0.0);
     for i in 0..m {
-        let out = &mut y[i * n * w..(i + 1) * n * w];
         for kk in 0..k {
-            let a_row = &a[(a_at + i * k + kk) * w..][..w];
-            let b_row = &b[(b_at + kk * n) * w..][..n * w];
-            if w == 1 {
-                let av = a_row[0];
-                out.iter_mut().zip(b_row).for_each(|(o, &bv)| *o += av * bv);
-            } else {
-                for (o, bj) in out.chunks_exact_mut(w).zip(b_row.chunks_exact(w)) {
-                    o.iter_mut().zip(bj).zip(a_row).for_each(|((o, &bv), &av)| *o += av * bv);
-                }
+            let a_row = &a[(a_at + i * sa.0 + kk * sa.1) * w..][..w];
+            for j in 0..n {
+                let (o, bj) = (i * sy.0 + j * sy.1, b_at + kk * sb.0 + j * sb.1);
+                let (o, bj) = (&mut y[o * w..(o + 1) * w], &b[bj * w..(bj + 1) * w]);
+                o.iter_mut().zip(bj).zip(a_row).for_each(|((o, &bv), &av)| *o += av * bv);
             }
         }
     }
@@ -268,7 +282,7 @@ mod tests {
     #[test]
     fn one_sample_products_match_the_plain_sums_on_edge_shapes() {
         for (m, k, n) in [(1, 1, 1), (4, 3, 16), (5, 7, 17), (9, 64, 33), (8, 2, 128), (3, 5, 4)] {
-            let p = Product { m, k, n };
+            let p = Product { m, k, n, swapped: Swapped::default() };
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 11) as f32 * 0.25 - 1.0).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 53) % 13) as f32 * 0.5 - 3.0).collect();
             for isa in Isa::available() {
@@ -284,9 +298,32 @@ mod tests {
         }
     }
 
+    /// Every combination of swapped operands and output, one sample and a tile of three: the
+    /// plain sums over the matrices as stored.
+    #[test]
+    fn swapped_products_match_the_plain_sums() {
+        let (m, k, n) = (5, 7, 17);
+        for bits in 0..8 {
+            let swapped = Swapped { a: bits & 1 != 0, b: bits & 2 != 0, y: bits & 4 != 0 };
+            let p = Product { m, k, n, swapped };
+            let at = |rows: usize, cols: usize, swap: bool, r: usize, c: usize| if swap { c * rows + r } else { r * cols + c };
+            for w in [1, 3] {
+                let a: Vec<f32> = (0..m * k * w).map(|i| ((i * 37) % 11) as f32 * 0.25 - 1.0).collect();
+                let b: Vec<f32> = (0..k * n * w).map(|i| ((i * 53) % 13) as f32 * 0.5 - 3.0).collect();
+                let mut y = vec![f32::NAN; m * n * w];
+                matmul_slices(Isa::detect(), p, &a, &b, &[(0, 0)], w, &mut y);
+                for (i, j, s) in (0..m).flat_map(|i| (0..n).flat_map(move |j| (0..w).map(move |s| (i, j, s)))) {
+                    let want =
+                        (0..k).fold(0.0f32, |acc, kk| acc + a[at(m, k, swapped.a, i, kk) * w + s] * b[at(k, n, swapped.b, kk, j) * w + s]);
+                    assert_eq!(y[at(m, n, swapped.y, i, j) * w + s], want, "{swapped:?} w {w} at ({i}, {j}, {s})");
+                }
+            }
+        }
+    }
+
     #[test]
     fn products_of_a_tile_match_one_sample_at_a_time() {
-        let p = Product { m: 3, k: 5, n: 4 };
+        let p = Product { m: 3, k: 5, n: 4, swapped: Swapped::default() };
         let w = 3;
         let a: Vec<f32> = (0..p.m * p.k * w).map(|i| (i % 7) as f32 - 3.0).collect();
         let b: Vec<f32> = (0..p.k * p.n * w).map(|i| (i % 5) as f32 * 0.5).collect();

@@ -213,7 +213,27 @@ pub fn export_with_batch_norms(graph: &Graph, output_shape: &[usize], states: &H
                 let bias = b.init(format!("{name}.bias"), &[bias.len()], bias);
                 b.node("LayerNormalization", name, vec![x[0].clone(), s, bias], out, vec![int("axis", -1), float("epsilon", *epsilon)]);
             }
-            Op::BatchMatMul => b.node("MatMul", name, x, out, vec![]),
+            Op::BatchMatMul { swapped } => {
+                // A swapped matrix through a Transpose of its last two axes (batch axis first).
+                let perm = |rank: usize| -> Vec<usize> { (0..rank - 2).chain([rank - 1, rank - 2]).collect() };
+                let mut operands = x.clone();
+                for (k, swap) in [swapped.a, swapped.b].into_iter().enumerate() {
+                    if swap {
+                        let rank = in_shape(&x[k]).len() + 1;
+                        let t = format!("{name}.operand{k}");
+                        b.node("Transpose", &t, vec![x[k].clone()], &t, vec![ints("perm", &perm(rank))]);
+                        operands[k] = t;
+                    }
+                }
+                if swapped.y {
+                    let rank = in_shape(out).len() + 1;
+                    let product = format!("{name}.product");
+                    b.node("MatMul", &product, operands, &product, vec![]);
+                    b.node("Transpose", name, vec![product], out, vec![ints("perm", &perm(rank))]);
+                } else {
+                    b.node("MatMul", name, operands, out, vec![]);
+                }
+            }
             Op::Where { x: on, y: off } => {
                 let mut rest = x[1..].iter().cloned();
                 let mut operand = |c: &Option<crate::graph::Operand>, which: &str| match c {

@@ -66,7 +66,7 @@ impl Importer {
         if self.constants.contains_key(&x) {
             return Err(EngineError::graph(name, "MatMul of a constant by an activation is not supported"));
         }
-        self.push_named(name.to_string(), Op::BatchMatMul, vec![x, b], node.output[0].clone());
+        self.push_named(name.to_string(), Op::BatchMatMul { swapped: Default::default() }, vec![x, b], node.output[0].clone());
         Ok(())
     }
 
