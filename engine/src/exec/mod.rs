@@ -623,3 +623,45 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
     }
     run_layer(isa, &layer.exec, &xs, y, w, team);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{KernelPolicy, Options, compile};
+    use crate::graph::{Activation, Graph, Node, Op, Weight};
+
+    /// Linear 6 -> 12, with or without a reshape to `[3, 4]` after it, then linear 12 -> 2.
+    fn model(reshape: bool) -> Model {
+        let linear = |rows: usize, cols: usize, scale: f32| Op::Linear {
+            weight: Weight::dense(vec![rows, cols], (0..rows * cols).map(|i| (i % 7) as f32 * scale - 0.3).collect()),
+            bias: vec![0.1; rows],
+            act: Activation::None,
+        };
+        let node = |name: &str, op: Op, input: &str| Node { name: name.into(), op, inputs: vec![input.into()], output: name.into() };
+        let mut nodes = vec![node("fc1", linear(12, 6, 0.1), "x")];
+        if reshape {
+            nodes.push(node("view", Op::Reshape { shape: vec![3, 4] }, "fc1"));
+        }
+        nodes.push(node("fc2", linear(2, 12, 0.2), if reshape { "view" } else { "fc1" }));
+        let graph = Graph { input: "x".into(), input_shape: vec![6], output: "fc2".into(), nodes, ports: None };
+        compile(graph, Options::new(KernelPolicy::Dense).unwrap()).unwrap()
+    }
+
+    /// A reshape's output lies where its input does and the reshape does no work: the model with
+    /// it gives the same bytes as the model without it, at batches of one tile and of several.
+    #[test]
+    fn a_reshape_shares_its_input_region() {
+        let (with, without) = (model(true), model(false));
+        let reshape = with.layers.iter().position(|l| matches!(l.exec, Exec::Flatten)).expect("the reshape is a layer");
+        for (batch, schedule) in [(1, Schedule::Layerwise), (5, Schedule::Layerwise), (40, Schedule::Depthwise)] {
+            let input: Vec<f32> = (0..batch * 6).map(|i| (i % 11) as f32 * 0.3 - 1.0).collect();
+            let mut session = Session::with_schedule(&with, 2, schedule, None).unwrap();
+            let ours = session.run(&input, batch).unwrap();
+            let plain = Session::with_schedule(&without, 2, schedule, None).unwrap().run(&input, batch).unwrap();
+            assert_eq!(ours, plain, "batch {batch}");
+            let plan = &session.segments[0].plan;
+            let layer = &with.layers[reshape];
+            assert!(plan.in_place[reshape] && plan.offsets[layer.output] == plan.offsets[layer.inputs[0]], "batch {batch}");
+        }
+    }
+}
