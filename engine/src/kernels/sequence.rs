@@ -57,7 +57,7 @@ pub fn embed(table: &[f32], width: usize, x: &[f32], w: usize, y: &mut [f32]) {
 pub fn layer_norm(isa: Isa, x: &[f32], scale: &[f32], bias: &[f32], epsilon: f32, w: usize, y: &mut [f32]) {
     let len = scale.len();
     let mut row = vec![0.0f32; if w == 1 { 0 } else { len }];
-    on_isa(isa, || {
+    on_isa(isa, #[inline(always)] || {
         for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
             for s in 0..w {
                 let row: &[f32] = if w == 1 {
@@ -85,7 +85,7 @@ pub fn layer_norm(isa: Isa, x: &[f32], scale: &[f32], bias: &[f32], epsilon: f32
 
 /// Softmax over each sample's groups of `len` consecutive elements.
 pub fn softmax(isa: Isa, x: &[f32], len: usize, w: usize, y: &mut [f32]) {
-    on_isa(isa, || {
+    on_isa(isa, #[inline(always)] || {
         for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
             if w == 1 {
                 let max = lanes(xg, f32::MIN, larger, larger);
@@ -160,7 +160,7 @@ fn strides(rows: usize, cols: usize, swapped: bool) -> (usize, usize) {
 /// `y = a x b` for consecutive slices of the tile, `y` holding their `m x n` elements in turn:
 /// slice `i` reads `a` from element `slices[i].0` and `b` from `slices[i].1`.
 pub fn matmul_slices(isa: Isa, p: Product, a: &[f32], b: &[f32], slices: &[(usize, usize)], w: usize, y: &mut [f32]) {
-    on_isa(isa, || {
+    on_isa(isa, #[inline(always)] || {
         for (y, &(at_a, at_b)) in y.chunks_mut(p.m * p.n * w).zip(slices) {
             matmul_slice(p, a, at_a, b, at_b, w, y);
         }
