@@ -7,11 +7,12 @@
 //! - an element-wise function after a pick moves before it, where the convolution applies it;
 //! - consecutive picks, transposes, selections and reshapes become one pick (none where they
 //!   undo each other);
+//! - attention's `Where(IsNaN(x), 0, x)` after its softmax becomes one `ZeroNaN`;
 //! - the same move of the same value, made twice (the query, key and value layers each moving
 //!   the normalized rows features-first), is made once.
 
 use crate::graph::{BinaryKind, Graph, Node, Op, Unary};
-use crate::ops::{Erf, Gelu};
+use crate::ops::{Erf, Gelu, IsNaN, ZeroNaN};
 use crate::passes::consumers;
 
 pub fn optimize(graph: &mut Graph) -> bool {
@@ -22,6 +23,27 @@ pub fn optimize(graph: &mut Graph) -> bool {
         || compose_moves(graph)
         || share_moves(graph)
         || swap_into_products(graph)
+        || fuse_zero_nan(graph)
+}
+
+/// `Where(IsNaN(x), 0, x)`, the condition read only there -> `ZeroNaN(x)`.
+fn fuse_zero_nan(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Op::Where { x: Some(zero), y: None } = &graph.nodes[i].op else { continue };
+        let [condition, x] = graph.nodes[i].inputs.clone().try_into().unwrap_or_default();
+        if zero.values != [0.0] || condition.is_empty() || consumers(graph, &condition) != 1 {
+            continue;
+        }
+        let Some(c) = producer(graph, &condition, i) else { continue };
+        if graph.nodes[c].op != Op::Unary(Unary::IsNaN(IsNaN)) || graph.nodes[c].inputs[0] != x {
+            continue;
+        }
+        graph.nodes[i].op = Op::Unary(Unary::ZeroNaN(ZeroNaN));
+        graph.nodes[i].inputs = vec![x];
+        graph.nodes.remove(c);
+        return true;
+    }
+    false
 }
 
 /// A move (pick, transpose, selection, reshape) equal to an earlier one of the same value: its

@@ -57,56 +57,64 @@ pub fn embed(table: &[f32], width: usize, x: &[f32], w: usize, y: &mut [f32]) {
 pub fn layer_norm(isa: Isa, x: &[f32], scale: &[f32], bias: &[f32], epsilon: f32, w: usize, y: &mut [f32]) {
     let len = scale.len();
     let mut row = vec![0.0f32; if w == 1 { 0 } else { len }];
-    on_isa(isa, #[inline(always)] || {
-        for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
-            for s in 0..w {
-                let row: &[f32] = if w == 1 {
-                    xg
-                } else {
-                    row.iter_mut().enumerate().for_each(|(d, r)| *r = xg[d * w + s]);
-                    &row
-                };
-                let mean = lanes(row, 0.0, add, add) / len as f32;
-                let var = lanes(row, 0.0, |s, v| s + (v - mean) * (v - mean), add) / len as f32;
-                let inv = 1.0 / (var + epsilon).sqrt();
-                if w == 1 {
-                    for ((o, &v), (&k, &b)) in yg.iter_mut().zip(row).zip(scale.iter().zip(bias)) {
-                        *o = (v - mean) * inv * k + b;
-                    }
-                } else {
-                    for d in 0..len {
-                        yg[d * w + s] = (row[d] - mean) * inv * scale[d] + bias[d];
+    on_isa(
+        isa,
+        #[inline(always)]
+        || {
+            for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
+                for s in 0..w {
+                    let row: &[f32] = if w == 1 {
+                        xg
+                    } else {
+                        row.iter_mut().enumerate().for_each(|(d, r)| *r = xg[d * w + s]);
+                        &row
+                    };
+                    let mean = lanes(row, 0.0, add, add) / len as f32;
+                    let var = lanes(row, 0.0, |s, v| s + (v - mean) * (v - mean), add) / len as f32;
+                    let inv = 1.0 / (var + epsilon).sqrt();
+                    if w == 1 {
+                        for ((o, &v), (&k, &b)) in yg.iter_mut().zip(row).zip(scale.iter().zip(bias)) {
+                            *o = (v - mean) * inv * k + b;
+                        }
+                    } else {
+                        for d in 0..len {
+                            yg[d * w + s] = (row[d] - mean) * inv * scale[d] + bias[d];
+                        }
                     }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Softmax over each sample's groups of `len` consecutive elements.
 pub fn softmax(isa: Isa, x: &[f32], len: usize, w: usize, y: &mut [f32]) {
-    on_isa(isa, #[inline(always)] || {
-        for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
-            if w == 1 {
-                let max = lanes(xg, f32::MIN, larger, larger);
-                yg.iter_mut().zip(xg).for_each(|(o, &v)| *o = super::elementwise::exp(v - max));
-                let inv = 1.0 / lanes(yg, 0.0, add, add);
-                yg.iter_mut().for_each(|o| *o *= inv);
-                continue;
-            }
-            for s in 0..w {
-                let max = (0..len).map(|d| xg[d * w + s]).fold(f32::MIN, |m, v| if v > m { v } else { m });
-                let mut sum = 0.0;
-                for d in 0..len {
-                    let e = super::elementwise::exp(xg[d * w + s] - max);
-                    yg[d * w + s] = e;
-                    sum += e;
+    on_isa(
+        isa,
+        #[inline(always)]
+        || {
+            for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
+                if w == 1 {
+                    let max = lanes(xg, f32::MIN, larger, larger);
+                    yg.iter_mut().zip(xg).for_each(|(o, &v)| *o = super::elementwise::exp(v - max));
+                    let inv = 1.0 / lanes(yg, 0.0, add, add);
+                    yg.iter_mut().for_each(|o| *o *= inv);
+                    continue;
                 }
-                let inv = 1.0 / sum;
-                (0..len).for_each(|d| yg[d * w + s] *= inv);
+                for s in 0..w {
+                    let max = (0..len).map(|d| xg[d * w + s]).fold(f32::MIN, |m, v| if v > m { v } else { m });
+                    let mut sum = 0.0;
+                    for d in 0..len {
+                        let e = super::elementwise::exp(xg[d * w + s] - max);
+                        yg[d * w + s] = e;
+                        sum += e;
+                    }
+                    let inv = 1.0 / sum;
+                    (0..len).for_each(|d| yg[d * w + s] *= inv);
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// `v` folded by `step` from `init` in 16 lanes (element `i` into lane `i % 16`), the lanes then
@@ -160,11 +168,15 @@ fn strides(rows: usize, cols: usize, swapped: bool) -> (usize, usize) {
 /// `y = a x b` for consecutive slices of the tile, `y` holding their `m x n` elements in turn:
 /// slice `i` reads `a` from element `slices[i].0` and `b` from `slices[i].1`.
 pub fn matmul_slices(isa: Isa, p: Product, a: &[f32], b: &[f32], slices: &[(usize, usize)], w: usize, y: &mut [f32]) {
-    on_isa(isa, #[inline(always)] || {
-        for (y, &(at_a, at_b)) in y.chunks_mut(p.m * p.n * w).zip(slices) {
-            matmul_slice(p, a, at_a, b, at_b, w, y);
-        }
-    })
+    on_isa(
+        isa,
+        #[inline(always)]
+        || {
+            for (y, &(at_a, at_b)) in y.chunks_mut(p.m * p.n * w).zip(slices) {
+                matmul_slice(p, a, at_a, b, at_b, w, y);
+            }
+        },
+    )
 }
 
 /// One slice of `matmul_slices`. One sample's product runs in the `gemm` crate's kernels: on

@@ -113,6 +113,7 @@ functions! {
     is_nan::IsNaN,
     boolean::Bool,
     not::Not,
+    zero_nan::ZeroNaN,
 }
 
 #[cfg(test)]
