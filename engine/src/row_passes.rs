@@ -8,8 +8,8 @@
 //! - consecutive picks, transposes, selections and reshapes become one pick (none where they
 //!   undo each other);
 //! - attention's `Where(IsNaN(x), 0, x)` after its softmax becomes one `ZeroNaN`;
-//! - the same move of the same value, made twice (the query, key and value layers each moving
-//!   the normalized rows features-first), is made once.
+//! - the same operator on the same values, made twice (the query, key and value layers each
+//!   moving the normalized rows features-first, the attention mask of every layer), is made once.
 
 use crate::graph::{BinaryKind, Graph, Node, Op, Unary};
 use crate::ops::{Erf, Gelu, IsNaN, ZeroNaN};
@@ -21,7 +21,7 @@ pub fn optimize(graph: &mut Graph) -> bool {
         || fold_row_scale(graph)
         || unary_before_pick(graph)
         || compose_moves(graph)
-        || share_moves(graph)
+        || share_nodes(graph)
         || swap_into_products(graph)
         || fuse_zero_nan(graph)
 }
@@ -46,13 +46,13 @@ fn fuse_zero_nan(graph: &mut Graph) -> bool {
     false
 }
 
-/// A move (pick, transpose, selection, reshape) equal to an earlier one of the same value: its
-/// readers read the earlier one's output instead.
-fn share_moves(graph: &mut Graph) -> bool {
-    let is_move = |op: &Op| matches!(op, Op::Pick { .. } | Op::Transpose { .. } | Op::Select { .. } | Op::Reshape { .. });
+/// A node equal to an earlier one (the same operator on the same values: a move of a value made
+/// twice, BERT's attention mask made again in every layer): its readers read the earlier one's
+/// output instead.
+fn share_nodes(graph: &mut Graph) -> bool {
     for i in 0..graph.nodes.len() {
         let node = &graph.nodes[i];
-        if !is_move(&node.op) || graph.output == node.output {
+        if graph.output == node.output {
             continue;
         }
         let Some(j) = graph.nodes[..i].iter().position(|e| e.inputs == node.inputs && e.op == node.op) else { continue };
