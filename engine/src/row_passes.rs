@@ -24,6 +24,46 @@ pub fn optimize(graph: &mut Graph) -> bool {
         || share_nodes(graph)
         || swap_into_products(graph)
         || fuse_zero_nan(graph)
+        || residual_before_pick(graph)
+}
+
+/// `Add(pick(c), r)`, `c` a 1x1 convolution's output, where an earlier pick `g` of `r` is its
+/// inverse (`pick(g(r)) == r`, the features-first copy of a residual stream that the next linear
+/// layers read): `pick(Add(c, g(r)))`, so that the convolution adds the residual itself
+/// (`compile::fuse_residuals`) instead of a pass over the rows.
+fn residual_before_pick(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Op::Add { act: crate::graph::Activation::None } = graph.nodes[i].op else { continue };
+        for side in 0..2 {
+            let (x, r) = (graph.nodes[i].inputs[side].clone(), graph.nodes[i].inputs[1 - side].clone());
+            let Some(p) = producer(graph, &x, i) else { continue };
+            let Op::Pick { sources: ref pick, .. } = graph.nodes[p].op else { continue };
+            let Some(q) = producer(graph, &graph.nodes[p].inputs[0], p) else { continue };
+            let conv = matches!(&graph.nodes[q].op, Op::Conv { weight, window, .. } if weight.quant.is_none() && window.is_pointwise());
+            if !conv || consumers(graph, &x) != 1 || consumers(graph, &graph.nodes[q].output) != 1 {
+                continue;
+            }
+            // The inverse pick of `r`, made before the pick of the convolution's output.
+            let inverse = graph.nodes[..p].iter().position(|n| {
+                matches!(&n.op, Op::Pick { sources, .. }
+                    if n.inputs == [r.clone()] && sources.len() == pick.len() && pick.iter().enumerate().all(|(e, &s)| sources.get(s) == Some(&e)))
+            });
+            let Some(g) = inverse else { continue };
+            let Op::Pick { shape: ref g_shape, .. } = graph.nodes[g].op else { continue };
+            let Ok(shapes) = graph.infer_shapes() else { return false };
+            if shapes.iter().find(|(v, _)| *v == graph.nodes[q].output).map(|(_, s)| s) != Some(g_shape) {
+                continue;
+            }
+            let (sum, conv_out, features_first) =
+                (format!("{}.before_pick", graph.nodes[i].output), graph.nodes[q].output.clone(), graph.nodes[g].output.clone());
+            let add = graph.nodes.remove(i);
+            graph.nodes[p].inputs = vec![sum.clone()];
+            graph.nodes[p].output = add.output;
+            graph.nodes.insert(p, Node { name: add.name, op: add.op, inputs: vec![conv_out, features_first], output: sum });
+            return true;
+        }
+    }
+    false
 }
 
 /// `Where(IsNaN(x), 0, x)`, the condition read only there -> `ZeroNaN(x)`.
