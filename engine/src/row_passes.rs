@@ -8,6 +8,8 @@
 //! - consecutive picks, transposes, selections and reshapes become one pick (none where they
 //!   undo each other);
 //! - attention's `Where(IsNaN(x), 0, x)` after its softmax becomes one `ZeroNaN`;
+//! - attention's per-head transposes become strides of its products (`BatchMatMul { swapped }`);
+//! - a residual added after a rows-first pick is added by the convolution before it;
 //! - the same operator on the same values, made twice (the query, key and value layers each
 //!   moving the normalized rows features-first, the attention mask of every layer), is made once.
 
