@@ -335,22 +335,23 @@ fn swaps_last_axes(sources: &[usize], inputs: usize, shape: &[usize], reading: b
 /// Attention's per-head transposes as strides of its products: a batched product reading a move
 /// that swaps the last two axes of its input reads the input itself, stored swapped; one whose
 /// only reader is such a move writes its output swapped. The moves become reshapes, which share
-/// their input's memory (`exec::shared_regions`). One change per call.
+/// their input's memory (`exec::shared_regions`).
 fn swap_into_products(graph: &mut Graph) -> bool {
     if !graph.nodes.iter().any(|n| matches!(n.op, Op::BatchMatMul { .. })) {
         return false;
     }
+    // One sweep: a change alters only the shapes of a move and of a product read by nothing else.
     let Ok(shapes) = graph.infer_shapes() else { return false };
     let shapes: std::collections::HashMap<String, Vec<usize>> = shapes.into_iter().collect();
     let numel = |v: &str| shapes[v].iter().product::<usize>();
+    let mut changed = false;
     for i in 0..graph.nodes.len() {
-        let Op::BatchMatMul { swapped } = graph.nodes[i].op else { continue };
+        let Op::BatchMatMul { mut swapped } = graph.nodes[i].op else { continue };
         // An operand made by a swapping move read only here.
-        for k in 0..2 {
+        for (k, swap) in [&mut swapped.a, &mut swapped.b].into_iter().enumerate() {
             let Some(p) = producer(graph, &graph.nodes[i].inputs[k], i) else { continue };
             let (move_in, move_out) = (&graph.nodes[p].inputs[0], &graph.nodes[p].output);
-            let already = if k == 0 { swapped.a } else { swapped.b };
-            if already || graph.nodes[p].inputs.len() != 1 || consumers(graph, move_out) != 1 {
+            if *swap || graph.nodes[p].inputs.len() != 1 || consumers(graph, move_out) != 1 {
                 continue;
             }
             let Some(Some(sources)) = moves(&graph.nodes[p].op, &shapes[move_in]) else { continue };
@@ -360,31 +361,24 @@ fn swap_into_products(graph: &mut Graph) -> bool {
                 let r = stored.len();
                 stored.swap(r - 2, r - 1);
                 graph.nodes[p].op = Op::Reshape { shape: stored };
-                let mut swapped = swapped;
-                if k == 0 {
-                    swapped.a = true
-                } else {
-                    swapped.b = true
-                }
-                graph.nodes[i].op = Op::BatchMatMul { swapped };
-                return true;
+                *swap = true;
             }
         }
         // The output's one reader, a move that swaps it.
         let product = &graph.nodes[i].output;
-        if swapped.y || consumers(graph, product) != 1 || graph.output == *product {
-            continue;
-        }
-        let Some(c) = graph.nodes.iter().position(|n| n.inputs.contains(product)) else { continue };
-        if graph.nodes[c].inputs.len() != 1 {
-            continue;
-        }
-        let Some(Some(sources)) = moves(&graph.nodes[c].op, &shapes[product]) else { continue };
-        if swaps_last_axes(&sources, numel(product), &shapes[product], true) {
+        let reader = graph.nodes.iter().position(|n| n.inputs.contains(product));
+        if let Some(c) =
+            reader.filter(|&c| !swapped.y && consumers(graph, product) == 1 && graph.output != *product && graph.nodes[c].inputs.len() == 1)
+            && let Some(Some(sources)) = moves(&graph.nodes[c].op, &shapes[product])
+            && swaps_last_axes(&sources, numel(product), &shapes[product], true)
+        {
             graph.nodes[c].op = Op::Reshape { shape: shapes[&graph.nodes[c].output].clone() };
-            graph.nodes[i].op = Op::BatchMatMul { swapped: crate::graph::Swapped { y: true, ..swapped } };
-            return true;
+            swapped.y = true;
+        }
+        if graph.nodes[i].op != (Op::BatchMatMul { swapped }) {
+            graph.nodes[i].op = Op::BatchMatMul { swapped };
+            changed = true;
         }
     }
-    false
+    changed
 }

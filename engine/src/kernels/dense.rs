@@ -49,26 +49,21 @@ pub fn dense(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[
     dense_strided(isa, wt, rows, cols, bias, x, w, y, relu, Ld::packed(w))
 }
 
-/// `y += wt x` through the `gemm` crate: `wt` is `[rows, cols]` row-major, `x` `[cols, w]` with
-/// rows `x_ld` apart, `y` `[rows, w]` with rows `y_ld` apart.
+/// `y += a b` through the `gemm` crate: `a` `[m, k]`, `b` `[k, n]`, `y` `[m, n]`, each with its
+/// row and column strides in elements (`(k, 1)` for a row-major `a`).
 ///
 /// # Safety
 /// Each matrix lies inside its allocation with those strides, and `y` overlaps neither other.
 unsafe fn gemm_add(
-    rows: usize,
-    cols: usize,
-    w: usize,
-    wt: *const f32,
-    x: *const f32,
-    x_ld: usize,
-    y: *mut f32,
-    y_ld: usize,
+    [m, k, n]: [usize; 3],
+    (a, sa): (*const f32, (usize, usize)),
+    (b, sb): (*const f32, (usize, usize)),
+    (y, sy): (*mut f32, (usize, usize)),
     par: gemm::Parallelism,
 ) {
+    let [sa, sb, sy] = [sa, sb, sy].map(|(r, c)| (r as isize, c as isize));
     // SAFETY: the caller's contract.
-    unsafe {
-        gemm::gemm(rows, w, cols, y, 1, y_ld as isize, true, wt, 1, cols as isize, x, 1, x_ld as isize, 1.0, 1.0, false, false, false, par)
-    }
+    unsafe { gemm::gemm(m, n, k, y, sy.1, sy.0, true, a, sa.1, sa.0, b, sb.1, sb.0, 1.0, 1.0, false, false, false, par) }
 }
 
 /// `y = a b` for one sample's matrices `a` `[m, k]`, `b` `[k, n]`, `y` `[m, n]` (attention's
@@ -90,32 +85,9 @@ pub fn matmul_strided(
     if m * n * k == 0 {
         return;
     }
-    let [sa, sb, sy] = [sa, sb, sy].map(|(r, c)| (r as isize, c as isize));
     // SAFETY: checked above: every element each matrix's strides reach lies inside its slice, and
     // `y` is borrowed mutably.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            sy.1,
-            sy.0,
-            true,
-            a.as_ptr(),
-            sa.1,
-            sa.0,
-            b.as_ptr(),
-            sb.1,
-            sb.0,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    unsafe { gemm_add([m, k, n], (a.as_ptr(), sa), (b.as_ptr(), sb), (y.as_mut_ptr(), sy), gemm::Parallelism::None) }
 }
 
 /// `dense` on `w` columns of rows that lie `ld.x` apart in `x` and `ld.y` apart in `y` (see
@@ -137,7 +109,8 @@ pub fn dense_strided(isa: Isa, wt: &[f32], rows: usize, cols: usize, bias: &[f32
         // SAFETY: dst is rows x w with row stride ld.y, rhs cols x w with row stride ld.x, lhs rows x
         // cols; the spans were checked above and `x` and `y` are distinct slices.
         unsafe {
-            gemm_add(rows, cols, w, wt.as_ptr(), x.as_ptr(), ld.x, y.as_mut_ptr(), ld.y, gemm::Parallelism::None);
+            let (a, b, y) = ((wt.as_ptr(), (cols, 1)), (x.as_ptr(), (ld.x, 1)), (y.as_mut_ptr(), (ld.y, 1)));
+            gemm_add([rows, cols, w], a, b, y, gemm::Parallelism::None);
         }
     }
     if relu {
@@ -180,17 +153,8 @@ pub fn dense_by_columns(
         if isa != Isa::Scalar && cols > 0 && rows > 0 {
             // SAFETY: as in `dense`, on the column range `span` of dst and rhs (row stride w).
             unsafe {
-                gemm_add(
-                    rows,
-                    cols,
-                    span.len(),
-                    wt.as_ptr(),
-                    x.as_ptr().add(span.start),
-                    w,
-                    out.at(span.start),
-                    w,
-                    gemm::Parallelism::None,
-                );
+                let (a, b, y) = ((wt.as_ptr(), (cols, 1)), (x.as_ptr().add(span.start), (w, 1)), (out.at(span.start), (w, 1)));
+                gemm_add([rows, cols, span.len()], a, b, y, gemm::Parallelism::None);
             }
         }
         for r in 0..rows {
