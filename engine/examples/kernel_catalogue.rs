@@ -12,6 +12,7 @@ use engine::catalogue::{F32Kernel, Kernel};
 use engine::kernels::bcsr::Bcsr;
 use engine::kernels::csr::Csr;
 use engine::kernels::kblocked::{DEFAULT_KC, KBlocked};
+use engine::kernels::lines::LineAligned;
 use engine::kernels::spmm::{Ld, Sums};
 use engine::kernels::{Isa, bcsr};
 use engine::stats::best_seconds_per_call;
@@ -76,8 +77,9 @@ fn main() {
             let nnz = data.iter().filter(|v| **v != 0.0).count();
             let bias: Vec<f32> = (0..rows).map(|r| (r % 7) as f32 * 0.01).collect();
             for w in [1, 16, 64] {
-                let x: Vec<f32> = (0..cols * w).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
-                let mut y = vec![0.0f32; rows * w];
+                // On cache lines, as a session's arena holds its values.
+                let x = LineAligned::from_fn(cols * w, |i| ((i * 7919) % 13) as f32 * 0.1 - 0.6);
+                let mut y = LineAligned::zeroed(rows * w);
                 for k in kernels(&data, rows, cols) {
                     if k.kernel() == Kernel::Blocked && w == 1 {
                         continue; // batched tiles only

@@ -5,6 +5,7 @@
 //! Run: `cargo run --release -p engine --example spmm_roofline` (scripts/bench-kernel-roofline).
 
 use engine::kernels::csr::Csr;
+use engine::kernels::lines::LineAligned;
 use engine::kernels::{Isa, dense, spmm};
 use engine::stats::best_seconds_per_call;
 use rand::rngs::StdRng;
@@ -22,8 +23,9 @@ fn main() {
         let csr = Csr::from_dense(&weights, ROWS, cols);
         let bias = vec![0.0; ROWS];
         for w in [16, 32, 64] {
-            let x: Vec<f32> = (0..cols * w).map(|i| (i % 13) as f32 * 0.1).collect();
-            let mut y = vec![0.0; ROWS * w];
+            // On cache lines, as a session's arena holds its values.
+            let x = LineAligned::from_fn(cols * w, |i| (i % 13) as f32 * 0.1);
+            let mut y = LineAligned::zeroed(ROWS * w);
             // About 20 million multiply-adds per round.
             let calls = (20_000_000 / (csr.nnz() * w).max(1)).max(1);
             let sparse = best_seconds_per_call(calls, || spmm::spmm(isa, &csr, &bias, &x, w, &mut y, 0..ROWS, false));

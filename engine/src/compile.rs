@@ -13,6 +13,7 @@ pub use crate::catalogue::{Int8Layer, Kernel};
 use crate::kernels::bcsr::Bcsr;
 use crate::kernels::csr::Csr;
 use crate::kernels::kblocked::{self, KBlocked};
+use crate::kernels::lines::LineAligned;
 use crate::kernels::q8::{self, Dequant, Q8Matrix};
 use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
@@ -594,9 +595,9 @@ fn conv_plan(
     }
     let team = crate::team::Team::new(1).map_err(|e| EngineError::graph(name, format!("starting a timing thread: {e}")))?;
     let x = test_values(in_shape.iter().product());
-    let (mut phase_x, mut y) = (vec![0.0; phased.sources.len()], vec![0.0; out_shape.iter().product()]);
+    let (mut phase_x, mut y) = (LineAligned::zeroed(phased.sources.len()), LineAligned::zeroed(out_shape.iter().product()));
     let positions = out_shape[1] * out_shape[2];
-    let mut scratch = vec![0.0; (strided.cols * positions).max(x.len().div_ceil(4))];
+    let mut scratch = LineAligned::zeroed((strided.cols * positions).max(x.len().div_ceil(4)));
     let mut bytes = Int8Buffers::for_one_sample(&[&strided, &m], positions);
     let mut conv = |m: &MatMul, x: &[f32], y: &mut [f32], scratch: &mut [f32]| {
         let g = m.conv.expect("a convolution");
@@ -826,7 +827,7 @@ fn choose(m: &Timed, candidates: &[F32Kernel], w: usize, o: &Options) -> F32Kern
         return if sparse_streams_less(m, csr, o) { sparse.clone() } else { dense.clone() };
     }
     let x = test_values(m.cols * w);
-    let mut y = vec![0.0f32; m.rows * w];
+    let mut y = LineAligned::zeroed(m.rows * w);
     let sums = spmm::Sums::new(spmm::Ld::packed(w), m.relu);
     let mut time = |k: &F32Kernel| best_time(&mut || k.run_rows(o.isa, m.bias, m.cols, &x, w, &mut y, 0..m.rows, sums));
     let t_dense = time(dense);
@@ -857,8 +858,9 @@ fn tiles_are_faster(int8: &Int8Layer, tiles: &TileMatrix, o: &Options) -> bool {
 }
 
 /// Deterministic inputs for timing kernels.
-fn test_values(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect()
+/// Starting on a cache line, as every region of a session's arena does.
+fn test_values(n: usize) -> LineAligned {
+    LineAligned::from_fn(n, |i| ((i * 7919) % 13) as f32 * 0.1 - 0.6)
 }
 
 /// The best of up to 15 runs of `f` (after one warm-up), stopping after 50 ms.
@@ -961,8 +963,8 @@ fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kerne
     // one had the one-sample direct kernel picked for ResNet-50's 256-to-128 1x1 layer, where it
     // then ran at half the CSR kernel's speed).
     let own = g.window.is_pointwise();
-    let (mut cols, mut y) = (vec![0.0f32; if own { 0 } else { m.cols * cols_w }], vec![0.0f32; m.rows * oh * ow * tile]);
-    let mut y_direct = vec![0.0f32; y.len()];
+    let (mut cols, mut y) = (LineAligned::zeroed(if own { 0 } else { m.cols * cols_w }), LineAligned::zeroed(m.rows * oh * ow * tile));
+    let mut y_direct = LineAligned::zeroed(y.len());
     let taps = direct.taps().expect("the direct kernel's taps");
     let sums = spmm::Sums::new(spmm::Ld::packed(cols_w), m.relu);
     let mut im2col = || {

@@ -193,11 +193,6 @@ use schedule::padded;
 /// what was tried.
 const ARENA_GUARD: usize = 16 * 1024;
 
-/// Floats to skip from the start of `v` to reach a 64-byte boundary.
-fn align_offset(v: &[f32]) -> usize {
-    (64 - v.as_ptr() as usize % 64) % 64 / 4
-}
-
 /// Executes a model; keeps its arena between calls of the same batch size. `M` is how the
 /// session holds the model: borrowed (`&Model`, most callers) or shared (`Arc<Model>`, for a
 /// session that must own it, as the Python module's).

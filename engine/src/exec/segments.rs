@@ -4,7 +4,8 @@
 
 use std::ops::Range;
 
-use super::{ARENA_GUARD, Plan, align_offset};
+use super::{ARENA_GUARD, Plan};
+use crate::kernels::lines::line_offset;
 use crate::compile::Model;
 use crate::error::Result;
 use crate::kernels::transpose;
@@ -56,7 +57,7 @@ pub(super) fn segments(model: &Model, batch: usize, threads: usize, schedule: sc
         let plan = Plan::new(model, batch, threads, part, layers, &held);
         let len = plan.chunk.checked_mul(plan.chunks()).and_then(|n| n.checked_add(ARENA_GUARD + 16));
         let arena = crate::error::try_zeros(len, || format!("the activations of a batch of {batch}"))?;
-        let arena_start = ARENA_GUARD + align_offset(&arena[ARENA_GUARD..]);
+        let arena_start = ARENA_GUARD + line_offset(&arena[ARENA_GUARD..]);
         out.push(Segment { plan, live_in, arena, arena_start });
     }
     Ok(out)

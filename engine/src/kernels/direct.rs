@@ -276,6 +276,7 @@ mod x86 {
     use std::ops::Range;
 
     use super::{BLOCK, BlockTap, Geometry, Tap, Taps};
+    use crate::kernels::lines::LineAligned;
 
     /// Vectors of an output row kept in registers at once.
     const CHUNK: usize = 8;
@@ -325,9 +326,7 @@ mod x86 {
         // rows are whole cache lines) reads whole lines; columns 1 and 2 read across two. From
         // a 16-byte-aligned allocation every load could split (1.2x slower in a timing of one
         // 96x96 layer).
-        let mut storage = vec![0.0f32; g.channels * span * row_len + 16];
-        let aligned = storage.as_ptr().align_offset(64).min(16);
-        let buf = &mut storage[aligned..aligned + g.channels * span * row_len];
+        let mut buf = LineAligned::zeroed(g.channels * span * row_len);
         let mut held: Vec<Option<usize>> = vec![None; span];
         // Per kernel row, the offset of the buffer row that each output row of the pair reads.
         let mut slots = vec![[0usize; 2]; kh];
@@ -352,7 +351,7 @@ mod x86 {
                     }
                 }
             }
-            let ring = Ring { buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots };
+            let ring = Ring { buf: &buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots };
             let mut v0 = 0;
             while v0 < vectors {
                 let n = (vectors - v0).min(CHUNK);

@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use super::Isa;
 use super::csr::Csr;
+use super::lines::line_offset;
 use super::spmm::{Ld, Sums, spmm_strided, spmm_strided_ref};
 
 /// Input rows per block: 128 x 64 columns x 4 bytes = 32 KiB, within a 48 KiB L1.
@@ -60,9 +61,9 @@ impl KBlocked {
         self.blocks.iter().map(Csr::bytes).sum()
     }
 
-    /// Floats of the panel scratch one call uses.
+    /// Floats of the panel scratch one call uses, with room to start it on a cache line.
     pub fn panel_len(&self) -> usize {
-        self.kc.min(self.cols) * STRIP
+        self.kc.min(self.cols) * STRIP + 16
     }
 }
 
@@ -101,15 +102,20 @@ fn run(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32],
         let cw = STRIP.min(w - c0);
         // The strip's columns of the residual.
         let strip_sums = sums.with_residual(sums.residual.map(|r| &r[c0..]));
+        // Panel rows start on cache lines (the panel on one, rows a multiple of 16 floats
+        // apart): the kernel's vector loads then never straddle two lines.
+        let row_len = cw.next_multiple_of(16);
+        let start = line_offset(panel);
         for (i, b) in m.blocks.iter().enumerate() {
-            // This block's input rows of the strip, packed `cw` wide.
+            // This block's input rows of the strip, packed `row_len` apart.
             let first = i * m.kc;
-            for (r, row) in panel.chunks_exact_mut(cw).take(b.cols).enumerate() {
+            let block = &mut panel[start..start + b.cols * row_len];
+            for (r, row) in block.chunks_exact_mut(row_len).enumerate() {
                 let at = (first + r) * ld.x + c0;
-                copy_row(row, &x[at..at + cw]);
+                copy_row(&mut row[..cw], &x[at..at + cw]);
             }
-            let panel = &panel[..b.cols * cw];
-            spmm_strided(isa, b, bias, panel, cw, &mut y[c0..], rows.clone(), block_sums(m, i, &strip_sums, Ld { x: cw, y: ld.y }));
+            let sums = block_sums(m, i, &strip_sums, Ld { x: row_len, y: ld.y });
+            spmm_strided(isa, b, bias, block, cw, &mut y[c0..], rows.clone(), sums);
         }
         c0 += cw;
     }

@@ -16,6 +16,7 @@ pub mod elementwise;
 pub mod flat;
 pub mod grouped;
 pub mod kblocked;
+pub mod lines;
 pub mod q8;
 pub mod q8amx;
 pub mod q8conv;
