@@ -268,10 +268,12 @@ pub enum Exec {
         table: Vec<f32>,
         width: usize,
     },
+    /// `columns`: down the columns of a `[scale.len(), positions * w]` tile (`Op::LayerNorm`).
     LayerNorm {
         scale: Vec<f32>,
         bias: Vec<f32>,
         epsilon: f32,
+        columns: bool,
     },
     /// One product per output slice, its operands starting at elements `slices[i]` of the inputs.
     BatchMatMul {
@@ -414,7 +416,9 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             Op::Softmax => Exec::Softmax { len: *out_shape.last().expect("a shape has an axis") },
             Op::Pick { sources, .. } => Exec::gather(sources.iter().map(|&s| s as u32).collect()),
             Op::Embed { table } => Exec::Embed { table: table.data.clone(), width: table.shape[1] },
-            Op::LayerNorm { scale, bias, epsilon } => Exec::LayerNorm { scale: scale.clone(), bias: bias.clone(), epsilon: *epsilon },
+            Op::LayerNorm { scale, bias, epsilon, columns } => {
+                Exec::LayerNorm { scale: scale.clone(), bias: bias.clone(), epsilon: *epsilon, columns: *columns }
+            }
             Op::BatchMatMul { swapped } => crate::sequence::batch_matmul(&in_shape, &shape_of(&node.inputs[1], i + 1), *swapped),
             Op::Where { x, y } => {
                 let mut next = 0;

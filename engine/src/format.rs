@@ -140,10 +140,13 @@ enum FileOp {
     Embed {
         table: WeightRef,
     },
+    /// `columns`: absent where false.
     LayerNorm {
         scale: String,
         bias: String,
         epsilon: f32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        columns: bool,
     },
     /// `swap_a`, `swap_b`, `swap_y`: `Swapped` (absent where false).
     BatchMatMul {
@@ -339,10 +342,11 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
                 FileOp::Pick { shape: shape.clone(), sources: t.bytes(format!("{name}.sources"), Dtype::U32, vec![sources.len()], bytes) }
             }
             Op::Embed { table } => FileOp::Embed { table: t.weight(name, &Weight { quant: None, ..table.clone() }) },
-            Op::LayerNorm { scale, bias, epsilon } => FileOp::LayerNorm {
+            Op::LayerNorm { scale, bias, epsilon, columns } => FileOp::LayerNorm {
                 scale: t.f32(format!("{name}.scale"), vec![scale.len()], scale),
                 bias: t.f32(format!("{name}.bias"), vec![bias.len()], bias),
                 epsilon: *epsilon,
+                columns: *columns,
             },
             Op::BatchMatMul { swapped } => FileOp::BatchMatMul { swap_a: swapped.a, swap_b: swapped.b, swap_y: swapped.y },
             Op::Where { x, y } => {
@@ -440,9 +444,9 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
                 Op::Pick { shape, sources: reader.u32s(&sources)?.into_iter().map(|s| s as usize).collect() }
             }
             FileOp::Embed { table } => Op::Embed { table: reader.weight(&table)? },
-            FileOp::LayerNorm { scale, bias, epsilon } => {
+            FileOp::LayerNorm { scale, bias, epsilon, columns } => {
                 let scale = reader.f32(&scale, None)?;
-                Op::LayerNorm { bias: reader.f32(&bias, Some(scale.len()))?, scale, epsilon }
+                Op::LayerNorm { bias: reader.f32(&bias, Some(scale.len()))?, scale, epsilon, columns }
             }
             FileOp::BatchMatMul { swap_a, swap_b, swap_y } => {
                 Op::BatchMatMul { swapped: crate::graph::Swapped { a: swap_a, b: swap_b, y: swap_y } }

@@ -288,11 +288,14 @@ pub enum Op {
     Embed {
         table: Weight,
     },
-    /// Normalization over the last axis: `(x - mean) / sqrt(variance + epsilon) * scale + bias`.
+    /// Normalization over the last axis: `(x - mean) / sqrt(variance + epsilon) * scale + bias`;
+    /// `columns`: over the first axis instead, each position of the others apart (a features-first
+    /// value, `row_passes::layer_norm_before_pick`).
     LayerNorm {
         scale: Vec<f32>,
         bias: Vec<f32>,
         epsilon: f32,
+        columns: bool,
     },
     /// Matrix products of two values over their last two axes (`[.., m, k] x [.., k, n]`), the
     /// leading axes broadcast (attention's products); `swapped`: which of the two inputs and the

@@ -10,6 +10,8 @@
 //! - attention's `Where(IsNaN(x), 0, x)` after its softmax becomes one `ZeroNaN`;
 //! - attention's per-head transposes become strides of its products (`BatchMatMul { swapped }`);
 //! - a residual added after a rows-first pick is added by the convolution before it;
+//! - a layer normalization after a rows-first pick normalizes the features-first value before
+//!   it, so that the picks around it cancel;
 //! - the same operator on the same values, made twice (the query, key and value layers each
 //!   moving the normalized rows features-first, the attention mask of every layer), is made once.
 
@@ -27,6 +29,53 @@ pub fn optimize(graph: &mut Graph) -> bool {
         || swap_into_products(graph)
         || fuse_zero_nan(graph)
         || residual_before_pick(graph)
+        || layer_norm_before_pick(graph)
+}
+
+/// `LayerNorm(pick(v))`, the pick moving `v`'s first axis (the features of a features-first
+/// value, `[F, R..]`) last: `pick(LayerNorm_columns(v))`, which normalizes `v` down its columns.
+/// The pick then meets the features-first pick after the normalization (the next linear layers'
+/// input) and the two cancel (`compose_moves`): BERT's layers move no rows at all.
+fn layer_norm_before_pick(graph: &mut Graph) -> bool {
+    let transposes = |sources: &[usize], features: usize| {
+        let rows = sources.len() / features.max(1);
+        features > 0 && sources.len() == rows * features && sources.iter().enumerate().all(|(i, &s)| s == i % features * rows + i / features)
+    };
+    let candidates: Vec<(usize, usize)> = (0..graph.nodes.len())
+        .filter_map(|i| {
+            let Op::LayerNorm { ref scale, columns: false, .. } = graph.nodes[i].op else { return None };
+            let p = producer(graph, &graph.nodes[i].inputs[0], i)?;
+            let Op::Pick { ref sources, ref shape } = graph.nodes[p].op else { return None };
+            (shape.last() == Some(&scale.len()) && transposes(sources, scale.len())).then_some((i, p))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return false;
+    }
+    let Ok(shapes) = graph.infer_shapes() else { return false };
+    for (i, p) in candidates {
+        let v = graph.nodes[p].inputs[0].clone();
+        let Op::LayerNorm { ref scale, .. } = graph.nodes[i].op else { continue };
+        if shapes.iter().find(|(name, _)| *name == v).map(|(_, s)| s.first()) != Some(Some(&scale.len())) {
+            continue;
+        }
+        let mut norm = graph.nodes.remove(i);
+        let Op::LayerNorm { ref mut columns, .. } = norm.op else { unreachable!("a LayerNorm") };
+        *columns = true;
+        let mut pick = graph.nodes[p].clone();
+        let normalized = format!("{}.before_pick", norm.output);
+        pick.name = format!("{}.rows_first", norm.name);
+        pick.inputs = vec![normalized.clone()];
+        pick.output = std::mem::replace(&mut norm.output, normalized);
+        norm.inputs = vec![v];
+        graph.nodes.insert(i, pick);
+        graph.nodes.insert(i, norm);
+        if consumers(graph, &graph.nodes[p].output) == 0 {
+            graph.nodes.remove(p);
+        }
+        return true;
+    }
+    false
 }
 
 /// `Add(pick(c), r)`, `c` a 1x1 convolution's output, where an earlier pick `g` of `r` is its

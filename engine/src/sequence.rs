@@ -26,8 +26,8 @@ pub fn output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Ve
             }
             Ok(x.iter().copied().chain([table.shape[1]]).collect())
         }
-        Op::LayerNorm { scale, bias, epsilon } => {
-            let last = *x.last().unwrap_or(&0);
+        Op::LayerNorm { scale, bias, epsilon, columns } => {
+            let last = *(if *columns { x.first() } else { x.last() }).unwrap_or(&0);
             if scale.len() != last
                 || bias.len() != last
                 || !all_finite(scale)
@@ -35,7 +35,7 @@ pub fn output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Result<Ve
                 || !(epsilon.is_finite() && *epsilon >= 0.0)
             {
                 return bad(format!(
-                    "{} scales and {} biases (finite) for a last axis of {last}, epsilon {epsilon}",
+                    "{} scales and {} biases (finite) for a normalized axis of {last}, epsilon {epsilon}",
                     scale.len(),
                     bias.len()
                 ));

@@ -147,6 +147,12 @@ fn bert_round_trips_through_both_formats() {
     let swapped =
         optimized.nodes.iter().filter(|n| matches!(n.op, engine::graph::Op::BatchMatMul { swapped } if swapped != Default::default()));
     assert!(swapped.count() >= 4, "attention's products read and write their heads in place");
+    // The layer norms inside the encoder normalize features-first values (`columns`), so rows
+    // move between layouts only after the embeddings and before the outputs.
+    let count = |f: &dyn Fn(&engine::graph::Node) -> bool| optimized.nodes.iter().filter(|n| f(n)).count();
+    let columns = count(&|n| matches!(n.op, engine::graph::Op::LayerNorm { columns: true, .. }));
+    let moves = count(&|n| matches!(n.op, engine::graph::Op::Pick { .. }) && n.name.ends_with("_first"));
+    assert!(columns == 4 && moves == 2, "{columns} layer norms down columns, {moves} picks between layouts");
     let bytes = engine::format::to_bytes(optimized).unwrap();
     assert_eq!(&engine::format::from_bytes(&bytes, "bert.sparse").unwrap(), optimized);
     std::fs::write(&onnx, engine::onnx::export::export(optimized, &optimized.output_shape().unwrap())).unwrap();

@@ -239,6 +239,28 @@ fn split_groups(team: &Team, x: &[f32], y: &mut [f32], group: usize, f: impl Fn(
     team.for_each(y[..n].chunks_mut(part).zip(x[..n].chunks(part)).collect(), |(y, x)| f(x, y));
 }
 
+/// Layer normalization down the columns of a `[scale.len(), cols]` tile: the columns'
+/// statistics split over the team by columns, then the rows written split by rows.
+fn layer_norm_columns(isa: Isa, scale: &[f32], bias: &[f32], epsilon: f32, x: &[f32], y: &mut [f32], team: &Team) {
+    let len = scale.len();
+    let n = x.len().min(y.len());
+    let cols = n / len.max(1);
+    let (mut mean, mut inv) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+    let per_part = (split_len(team, n, 16 * len) / len.max(1)).max(1);
+    let parts: Vec<_> = mean.chunks_mut(per_part).zip(inv.chunks_mut(per_part)).enumerate().collect();
+    team.for_each(parts, |(p, (mean, inv))| {
+        let start = p * per_part;
+        sequence::column_stats(isa, x, len, cols, start..start + mean.len(), epsilon, mean, inv)
+    });
+    let rows_per_part = (split_len(team, n, cols) / cols.max(1)).max(1);
+    let part = rows_per_part * cols.max(1);
+    let parts: Vec<_> = y[..n].chunks_mut(part).zip(x[..n].chunks(part)).enumerate().collect();
+    team.for_each(parts, |(p, (y, x))| {
+        let first = p * rows_per_part;
+        sequence::column_normalize(isa, x, cols, &mean, &inv, &scale[first..], &bias[first..], y)
+    });
+}
+
 /// `f` on matching parts of `x` and `y`, split over the team where there are enough values.
 fn split_values(team: &Team, x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
     let n = x.len().min(y.len());
@@ -350,9 +372,10 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             }
         }
         Exec::Softmax { len } => split_groups(team, x, y, len * w, |x, y| sequence::softmax(isa, x, *len, w, y)),
-        Exec::LayerNorm { scale, bias, epsilon } => {
+        Exec::LayerNorm { scale, bias, epsilon, columns: false } => {
             split_groups(team, x, y, scale.len() * w, |x, y| sequence::layer_norm(isa, x, scale, bias, *epsilon, w, y))
         }
+        Exec::LayerNorm { scale, bias, epsilon, columns: true } => layer_norm_columns(isa, scale, bias, *epsilon, x, y, team),
         Exec::Embed { table, width } => {
             let part = split_len(team, y.len(), width * w) / (width * w).max(1);
             let parts: Vec<_> = y.chunks_mut(part.max(1) * width * w).zip(x.chunks(part.max(1) * w)).collect();

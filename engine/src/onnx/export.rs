@@ -208,10 +208,22 @@ pub fn export_with_batch_norms(graph: &Graph, output_shape: &[usize], states: &H
                 let ix = b.cast(x[0].clone(), &format!("{name}.indices"), data_type::INT64);
                 b.node("Gather", name, vec![t, ix], out, vec![int("axis", 0)]);
             }
-            Op::LayerNorm { scale, bias, epsilon } => {
+            Op::LayerNorm { scale, bias, epsilon, columns } => {
                 let s = b.init(format!("{name}.scale"), &[scale.len()], scale);
                 let bias = b.init(format!("{name}.bias"), &[bias.len()], bias);
-                b.node("LayerNormalization", name, vec![x[0].clone(), s, bias], out, vec![int("axis", -1), float("epsilon", *epsilon)]);
+                let attributes = vec![int("axis", -1), float("epsilon", *epsilon)];
+                if *columns {
+                    // The features' axis (the first after the batch) moved last and back.
+                    let rank = in_shape(&x[0]).len() + 1;
+                    let last: Vec<usize> = [0].into_iter().chain(2..rank).chain([1]).collect();
+                    let back: Vec<usize> = [0, rank - 1].into_iter().chain(1..rank - 1).collect();
+                    let (rows, normalized) = (format!("{name}.rows"), format!("{name}.normalized"));
+                    b.node("Transpose", &rows, vec![x[0].clone()], &rows, vec![ints("perm", &last)]);
+                    b.node("LayerNormalization", &normalized, vec![rows, s, bias], &normalized, attributes);
+                    b.node("Transpose", name, vec![normalized], out, vec![ints("perm", &back)]);
+                } else {
+                    b.node("LayerNormalization", name, vec![x[0].clone(), s, bias], out, attributes);
+                }
             }
             Op::BatchMatMul { swapped } => {
                 // A swapped matrix through a Transpose of its last two axes (batch axis first).

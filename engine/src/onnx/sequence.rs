@@ -56,7 +56,7 @@ impl Importer {
             None => vec![0.0; last],
         };
         let epsilon = attr_f(node, "epsilon", 1e-5);
-        self.push_named(name.to_string(), Op::LayerNorm { scale, bias, epsilon }, vec![x], node.output[0].clone());
+        self.push_named(name.to_string(), Op::LayerNorm { scale, bias, epsilon, columns: false }, vec![x], node.output[0].clone());
         Ok(())
     }
 
