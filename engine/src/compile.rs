@@ -259,9 +259,11 @@ pub enum Exec {
     },
     /// Same memory layout in and out: a copy.
     Flatten,
-    /// Softmax over groups of `len` elements (the last axis).
+    /// Softmax over groups of `len` elements (the last axis), as `Op::Softmax`'s flags say.
     Softmax {
         len: usize,
+        masked: bool,
+        zero_nan: bool,
     },
     /// Rows of `table` (`width` values each) picked by the input's values.
     Embed {
@@ -413,7 +415,9 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             Op::Transpose { .. } | Op::Select { .. } => {
                 Exec::gather(crate::layout::sources(&node.op, &in_shape).expect("a layout operator"))
             }
-            Op::Softmax => Exec::Softmax { len: *out_shape.last().expect("a shape has an axis") },
+            Op::Softmax { masked, zero_nan } => {
+                Exec::Softmax { len: *out_shape.last().expect("a shape has an axis"), masked: *masked, zero_nan: *zero_nan }
+            }
             Op::Pick { sources, .. } => Exec::gather(sources.iter().map(|&s| s as u32).collect()),
             Op::Embed { table } => Exec::Embed { table: table.data.clone(), width: table.shape[1] },
             Op::LayerNorm { scale, bias, epsilon, columns } => {

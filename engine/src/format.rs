@@ -94,7 +94,13 @@ enum FileOp {
         act: Activation,
     },
     Flatten,
-    Softmax,
+    /// `masked`, `zero_nan`: absent where false.
+    Softmax {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        masked: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        zero_nan: bool,
+    },
     QuantDequant {
         scale: f32,
         zero: u8,
@@ -317,7 +323,7 @@ pub fn to_bytes(graph: &Graph) -> Result<Vec<u8>> {
             Op::GlobalAvgPool => FileOp::GlobalAvgPool,
             Op::Add { act } => FileOp::Add { act: *act },
             Op::Flatten => FileOp::Flatten,
-            Op::Softmax => FileOp::Softmax,
+            Op::Softmax { masked, zero_nan } => FileOp::Softmax { masked: *masked, zero_nan: *zero_nan },
             Op::QuantDequant { scale, zero } => FileOp::QuantDequant { scale: *scale, zero: *zero },
             Op::GroupConv { weight, bias, window, groups, act } => FileOp::GroupConv {
                 weight: t.weight(name, weight),
@@ -421,7 +427,7 @@ pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Graph> {
             FileOp::GlobalAvgPool => Op::GlobalAvgPool,
             FileOp::Add { act } => Op::Add { act },
             FileOp::Flatten => Op::Flatten,
-            FileOp::Softmax => Op::Softmax,
+            FileOp::Softmax { masked, zero_nan } => Op::Softmax { masked, zero_nan },
             FileOp::QuantDequant { scale, zero } => Op::QuantDequant { scale, zero },
             FileOp::GroupConv { weight, bias, window, groups, act } => {
                 let weight = reader.weight(&weight)?;

@@ -253,8 +253,14 @@ pub enum Op {
     },
     /// `[C, H, W] -> [C * H * W]`.
     Flatten,
-    /// Softmax over the last axis.
-    Softmax,
+    /// Softmax over the last axis; `masked`: of the first input plus the second, whose shape is
+    /// the first's last axes (after leading 1s), repeated over the first's other axes
+    /// (attention's mask over every head); `zero_nan`: a row that comes out NaN (every score
+    /// -inf) gives zeros (`row_passes::fuse_masked_softmax`).
+    Softmax {
+        masked: bool,
+        zero_nan: bool,
+    },
     /// An activation's QuantizeLinear then DequantizeLinear, run as written in fp32:
     /// `y = (clamp(round_half_even(x / scale) + zero, 0, 255) - zero) * scale`. A signed (int8)
     /// pair is the same with codes and zero point shifted by 128. Removed at compile time where
@@ -323,7 +329,7 @@ impl Op {
             Op::GlobalAvgPool => "global_avgpool",
             Op::Add { .. } => "add",
             Op::Flatten => "flatten",
-            Op::Softmax => "softmax",
+            Op::Softmax { .. } => "softmax",
             Op::QuantDequant { .. } => "qdq",
             Op::GroupConv { .. } => "group_conv",
             Op::Unary(_) => "unary",
@@ -449,7 +455,7 @@ impl Graph {
                     .ok_or_else(|| EngineError::graph(&node.name, format!("input '{name}' is not produced by any earlier node")))
             };
             let arity = match &node.op {
-                Op::Add { .. } | Op::Binary { constant: None, .. } | Op::BatchMatMul { .. } => 2..=2,
+                Op::Add { .. } | Op::Binary { constant: None, .. } | Op::BatchMatMul { .. } | Op::Softmax { masked: true, .. } => 2..=2,
                 Op::Where { x, y } => {
                     let n = 1 + x.is_none() as usize + y.is_none() as usize;
                     n..=n
@@ -594,7 +600,14 @@ pub fn node_output_shape(node: &Node, x: &[usize], input: impl Fn(usize) -> Resu
             Ok(x.to_vec())
         }
         Op::Flatten => Ok(vec![x.iter().product()]),
-        Op::Relu | Op::Softmax => Ok(x.to_vec()),
+        Op::Relu | Op::Softmax { masked: false, .. } => Ok(x.to_vec()),
+        Op::Softmax { masked: true, .. } => {
+            let mask = input(1)?;
+            if !crate::sequence::repeats_over_leading_axes(&mask, x) {
+                return bad(format!("a mask of shape {mask:?} for rows of {x:?}"));
+            }
+            Ok(x.to_vec())
+        }
         Op::Pick { .. } | Op::Embed { .. } | Op::LayerNorm { .. } | Op::BatchMatMul { .. } | Op::Where { .. } => {
             crate::sequence::output_shape(node, x, input)
         }

@@ -7,7 +7,8 @@
 //! - an element-wise function after a pick moves before it, where the convolution applies it;
 //! - consecutive picks, transposes, selections and reshapes become one pick (none where they
 //!   undo each other);
-//! - attention's `Where(IsNaN(x), 0, x)` after its softmax becomes one `ZeroNaN`;
+//! - attention's `Where(IsNaN(x), 0, x)` after its softmax becomes one `ZeroNaN`, and the mask
+//!   added before the softmax and that `ZeroNaN` become flags of the softmax;
 //! - attention's per-head transposes become strides of its products (`BatchMatMul { swapped }`);
 //! - a residual added after a rows-first pick is added by the convolution before it;
 //! - a layer normalization after a rows-first pick normalizes the features-first value before
@@ -30,6 +31,48 @@ pub fn optimize(graph: &mut Graph) -> bool {
         || fuse_zero_nan(graph)
         || residual_before_pick(graph)
         || layer_norm_before_pick(graph)
+        || fuse_masked_softmax(graph)
+}
+
+/// `Softmax(Add(scores, mask))`, the mask repeating over the scores' leading axes (attention's,
+/// over the heads), and a
+/// `ZeroNaN` after a softmax: one softmax with its `masked` and `zero_nan` flags, one pass over
+/// the scores instead of three.
+fn fuse_masked_softmax(graph: &mut Graph) -> bool {
+    for i in 0..graph.nodes.len() {
+        let Some(s) = producer(graph, graph.nodes[i].inputs.first().map_or("", |v| v.as_str()), i) else { continue };
+        if consumers(graph, &graph.nodes[s].output) != 1 {
+            continue;
+        }
+        match (&graph.nodes[i].op, &graph.nodes[s].op) {
+            (Op::Unary(Unary::ZeroNaN(_)), Op::Softmax { masked, zero_nan: false }) => {
+                graph.nodes[s].op = Op::Softmax { masked: *masked, zero_nan: true };
+                let removed = graph.nodes.remove(i);
+                graph.nodes[s].output = removed.output;
+                return true;
+            }
+            (Op::Softmax { masked: false, zero_nan }, Op::Binary { kind: BinaryKind::Add, constant: None, .. }) => {
+                let zero_nan = *zero_nan;
+                let Ok(shapes) = graph.infer_shapes() else { return false };
+                let shape = |v: &str| shapes.iter().rev().find(|(n, _)| n == v).map(|(_, s)| s.clone()).unwrap_or_default();
+                let [a, b] = [0, 1].map(|k| graph.nodes[s].inputs[k].clone());
+                let is_row = |mask: &[usize], scores: &[usize]| crate::sequence::repeats_over_leading_axes(mask, scores);
+                let (scores, mask) = if is_row(&shape(&b), &shape(&a)) {
+                    (a, b)
+                } else if is_row(&shape(&a), &shape(&b)) {
+                    (b, a)
+                } else {
+                    continue;
+                };
+                graph.nodes[i].op = Op::Softmax { masked: true, zero_nan };
+                graph.nodes[i].inputs = vec![scores, mask];
+                graph.nodes.remove(s);
+                return true;
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `LayerNorm(pick(v))`, the pick moving `v`'s first axis (the features of a features-first

@@ -128,3 +128,10 @@ pub fn batch_matmul(a: &[usize], b: &[usize], swapped: Swapped) -> Exec {
         .collect();
     Exec::BatchMatMul { product, slices }
 }
+
+/// Whether `mask` is `x`'s last axes (after leading 1s, at least the last axis), so that it
+/// repeats over `x`'s other axes: element `i` of `x` meets element `i % mask's size` of it.
+pub fn repeats_over_leading_axes(mask: &[usize], x: &[usize]) -> bool {
+    let own = &mask[mask.iter().position(|&d| d != 1).unwrap_or(mask.len())..];
+    !own.is_empty() && own.len() <= x.len() && x.ends_with(own)
+}

@@ -153,6 +153,9 @@ fn bert_round_trips_through_both_formats() {
     let columns = count(&|n| matches!(n.op, engine::graph::Op::LayerNorm { columns: true, .. }));
     let moves = count(&|n| matches!(n.op, engine::graph::Op::Pick { .. }) && n.name.ends_with("_first"));
     assert!(columns == 4 && moves == 2, "{columns} layer norms down columns, {moves} picks between layouts");
+    // Attention's mask addition and NaN replacement are flags of its softmax.
+    let softmax = count(&|n| matches!(n.op, engine::graph::Op::Softmax { masked: true, zero_nan: true }));
+    assert_eq!(softmax, 2, "one masked softmax per layer");
     let bytes = engine::format::to_bytes(optimized).unwrap();
     assert_eq!(&engine::format::from_bytes(&bytes, "bert.sparse").unwrap(), optimized);
     std::fs::write(&onnx, engine::onnx::export::export(optimized, &optimized.output_shape().unwrap())).unwrap();

@@ -371,7 +371,12 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 out.iter_mut().for_each(|o| *o /= *pixels as f32);
             }
         }
-        Exec::Softmax { len } => split_groups(team, x, y, len * w, |x, y| sequence::softmax(isa, x, *len, w, y)),
+        Exec::Softmax { len, masked, zero_nan } => {
+            // Parts of whole repeats of the mask, so that each starts at the mask's first element.
+            let mask = masked.then(|| xs[1]);
+            let group = mask.map_or(len * w, |m| m.len().max(len * w));
+            split_groups(team, x, y, group, |x, y| sequence::softmax(isa, x, mask, *len, w, *zero_nan, y))
+        }
         Exec::LayerNorm { scale, bias, epsilon, columns: false } => {
             split_groups(team, x, y, scale.len() * w, |x, y| sequence::layer_norm(isa, x, scale, bias, *epsilon, w, y))
         }

@@ -130,30 +130,44 @@ pub fn column_normalize(isa: Isa, x: &[f32], cols: usize, mean: &[f32], inv: &[f
     )
 }
 
-/// Softmax over each sample's groups of `len` consecutive elements.
-pub fn softmax(isa: Isa, x: &[f32], len: usize, w: usize, y: &mut [f32]) {
+/// Softmax over each sample's groups of `len` consecutive elements; with a `mask` (a multiple of
+/// `len` elements a sample, `x` starting at its first) added first, repeating over `x`; with
+/// `zero_nan`, NaN results (a group of -inf) as 0.
+pub fn softmax(isa: Isa, x: &[f32], mask: Option<&[f32]>, len: usize, w: usize, zero_nan: bool, y: &mut [f32]) {
+    let groups_per_mask = mask.map_or(1, |m| (m.len() / (len * w).max(1)).max(1));
     on_isa(
         isa,
         #[inline(always)]
         || {
-            for (xg, yg) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)) {
+            for (g, (xg, yg)) in x.chunks_exact(len * w).zip(y.chunks_exact_mut(len * w)).enumerate() {
+                let mask = mask.map(|m| &m[g % groups_per_mask * len * w..][..len * w]);
                 if w == 1 {
-                    let max = lanes(xg, f32::MIN, larger, larger);
-                    yg.iter_mut().zip(xg).for_each(|(o, &v)| *o = super::elementwise::exp(v - max));
+                    if let Some(m) = mask {
+                        yg.iter_mut().zip(xg).zip(m).for_each(|((o, &v), &k)| *o = v + k);
+                        let max = lanes(yg, f32::MIN, larger, larger);
+                        yg.iter_mut().for_each(|o| *o = super::elementwise::exp(*o - max));
+                    } else {
+                        let max = lanes(xg, f32::MIN, larger, larger);
+                        yg.iter_mut().zip(xg).for_each(|(o, &v)| *o = super::elementwise::exp(v - max));
+                    }
                     let inv = 1.0 / lanes(yg, 0.0, add, add);
                     yg.iter_mut().for_each(|o| *o *= inv);
-                    continue;
-                }
-                for s in 0..w {
-                    let max = (0..len).map(|d| xg[d * w + s]).fold(f32::MIN, |m, v| if v > m { v } else { m });
-                    let mut sum = 0.0;
-                    for d in 0..len {
-                        let e = super::elementwise::exp(xg[d * w + s] - max);
-                        yg[d * w + s] = e;
-                        sum += e;
+                } else {
+                    let at = |i: usize| mask.map_or(xg[i], |m| xg[i] + m[i]);
+                    for s in 0..w {
+                        let max = (0..len).map(|d| at(d * w + s)).fold(f32::MIN, |m, v| if v > m { v } else { m });
+                        let mut sum = 0.0;
+                        for d in 0..len {
+                            let e = super::elementwise::exp(at(d * w + s) - max);
+                            yg[d * w + s] = e;
+                            sum += e;
+                        }
+                        let inv = 1.0 / sum;
+                        (0..len).for_each(|d| yg[d * w + s] *= inv);
                     }
-                    let inv = 1.0 / sum;
-                    (0..len).for_each(|d| yg[d * w + s] *= inv);
+                }
+                if zero_nan {
+                    yg.iter_mut().for_each(|o| *o = if o.is_nan() { 0.0 } else { *o });
                 }
             }
         },
@@ -333,6 +347,28 @@ pub fn select(shape: &[usize], operands: [(Source, &[usize]); 3], w: usize, y: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mask and NaN flags give the bytes of the three passes they replace (an addition of the
+    /// mask repeated over the groups, the softmax, NaN to 0), a group of -inf scores and masked
+    /// scores included, on one sample and a tile of three.
+    #[test]
+    fn masked_softmax_is_the_addition_then_the_softmax() {
+        let (len, groups, repeat) = (17, 6, 3);
+        for w in [1, 3] {
+            let mut x: Vec<f32> = (0..len * groups * w).map(|i| ((i * 7919) % 29) as f32 * 0.3 - 4.0).collect();
+            x[..len * w].fill(f32::NEG_INFINITY);
+            let mask: Vec<f32> = (0..len * repeat * w).map(|i| if i % 5 == 0 { f32::MIN } else { (i % 3) as f32 }).collect();
+            for isa in Isa::available() {
+                let mut fused = vec![f32::NAN; x.len()];
+                softmax(isa, &x, Some(&mask), len, w, true, &mut fused);
+                let added: Vec<f32> = x.iter().enumerate().map(|(i, &v)| v + mask[i % mask.len()]).collect();
+                let mut want = vec![f32::NAN; x.len()];
+                softmax(isa, &added, None, len, w, false, &mut want);
+                want.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = 0.0);
+                assert_eq!(fused, want, "w {w} {isa:?}");
+            }
+        }
+    }
 
     /// Down the columns of a `[len, cols]` matrix, in two column ranges and two row parts as
     /// the executor splits it: `layer_norm` over each column copied out as a row.

@@ -190,7 +190,23 @@ pub fn export_with_batch_norms(graph: &Graph, output_shape: &[usize], states: &H
             Op::GlobalAvgPool => b.node("GlobalAveragePool", name, x, out, vec![]),
             Op::Add { act } => b.with_act("Add", name, x, out, vec![], *act),
             Op::Flatten => b.node("Flatten", name, x, out, vec![int("axis", 1)]),
-            Op::Softmax => b.node("Softmax", name, x, out, vec![int("axis", -1)]),
+            Op::Softmax { masked, zero_nan } => {
+                // The mask's Add before it and ZeroNaN's IsNaN and Where after it, as imported.
+                let scores = if *masked {
+                    let sum = format!("{name}.masked");
+                    b.node("Add", &sum, x.clone(), &sum, vec![]);
+                    sum
+                } else {
+                    x[0].clone()
+                };
+                if *zero_nan {
+                    let probabilities = format!("{name}.probabilities");
+                    b.node("Softmax", &probabilities, vec![scores], &probabilities, vec![int("axis", -1)]);
+                    crate::graph::Unary::ZeroNaN(crate::ops::ZeroNaN).write(&mut b, name, probabilities, out);
+                } else {
+                    b.node("Softmax", name, vec![scores], out, vec![int("axis", -1)]);
+                }
+            }
             Op::Pick { shape, sources } => {
                 let flat = b.init_int64(format!("{name}.flat"), &[-1, in_shape(&x[0]).iter().product::<usize>() as i64]);
                 let flattened = format!("{name}.flattened");

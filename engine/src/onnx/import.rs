@@ -478,7 +478,7 @@ impl Importer {
                 format!("Softmax over axis {axis} of a {}-D value is not supported (only over the last axis)", dims.len() + 1),
             ));
         }
-        self.push(node, Op::Softmax, vec![x]);
+        self.push(node, Op::Softmax { masked: false, zero_nan: false }, vec![x]);
         Ok(())
     }
 

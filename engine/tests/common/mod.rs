@@ -100,7 +100,7 @@ pub fn mlp_with(seed: u64, sparsity: f64, dims: [usize; 4]) -> Graph {
         nodes.push(node(&name, op, &[&prev]));
         prev = name;
     }
-    nodes.push(node("probs", Op::Softmax, &["fc2"]));
+    nodes.push(node("probs", Op::Softmax { masked: false, zero_nan: false }, &["fc2"]));
     Graph { input: "input".into(), input_shape: vec![dims[0]], output: "probs".into(), nodes, ports: None }
 }
 
@@ -141,7 +141,7 @@ pub fn cnn(seed: u64, sparsity: f64) -> Graph {
             Op::Linear { weight: weight(&mut r, &[10, 24], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None },
             &["flat"],
         ),
-        node("probs", Op::Softmax, &["fc"]),
+        node("probs", Op::Softmax { masked: false, zero_nan: false }, &["fc"]),
     ];
     Graph { input: "input".into(), input_shape: vec![1, 28, 28], output: "probs".into(), nodes, ports: None }
 }
