@@ -82,7 +82,9 @@ fn fuse_masked_softmax(graph: &mut Graph) -> bool {
 fn layer_norm_before_pick(graph: &mut Graph) -> bool {
     let transposes = |sources: &[usize], features: usize| {
         let rows = sources.len() / features.max(1);
-        features > 0 && sources.len() == rows * features && sources.iter().enumerate().all(|(i, &s)| s == i % features * rows + i / features)
+        features > 0
+            && sources.len() == rows * features
+            && sources.iter().enumerate().all(|(i, &s)| s == i % features * rows + i / features)
     };
     let candidates: Vec<(usize, usize)> = (0..graph.nodes.len())
         .filter_map(|i| {

@@ -124,7 +124,7 @@ fn files_training_cannot_follow_get_one_clear_error() {
     let last = graph.nodes.last().unwrap().output.clone();
     graph.nodes.push(engine::graph::Node {
         name: "probabilities".into(),
-        op: engine::graph::Op::Softmax,
+        op: engine::graph::Op::Softmax { masked: false, zero_nan: false },
         inputs: vec![last],
         output: "probs".into(),
     });

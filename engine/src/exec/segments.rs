@@ -5,9 +5,9 @@
 use std::ops::Range;
 
 use super::{ARENA_GUARD, Plan};
-use crate::kernels::lines::line_offset;
 use crate::compile::Model;
 use crate::error::Result;
+use crate::kernels::lines::line_offset;
 use crate::kernels::transpose;
 use crate::schedule;
 use crate::team::Team;

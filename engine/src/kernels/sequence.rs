@@ -91,7 +91,16 @@ pub fn layer_norm(isa: Isa, x: &[f32], scale: &[f32], bias: &[f32], epsilon: f32
 /// `column_normalize`; a features-first value, each column one position of one sample), columns
 /// `range` of it: each column's mean and `1 / sqrt(variance + epsilon)` into `mean` and `inv`
 /// (indexed from `range.start`). Two passes over the rows, as `layer_norm` makes over a row.
-pub fn column_stats(isa: Isa, x: &[f32], len: usize, cols: usize, range: std::ops::Range<usize>, epsilon: f32, mean: &mut [f32], inv: &mut [f32]) {
+pub fn column_stats(
+    isa: Isa,
+    x: &[f32],
+    len: usize,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    epsilon: f32,
+    mean: &mut [f32],
+    inv: &mut [f32],
+) {
     on_isa(
         isa,
         #[inline(always)]
@@ -393,7 +402,11 @@ mod tests {
                     layer_norm(Isa::Scalar, &column, &scale, &bias, 1e-5, 1, &mut want);
                     for r in 0..len {
                         let got = y[r * cols + c];
-                        assert!((got - want[r]).abs() <= 1e-4 * (1.0 + want[r].abs()), "{len}x{cols} ({r}, {c}) {isa:?}: {got} vs {}", want[r]);
+                        assert!(
+                            (got - want[r]).abs() <= 1e-4 * (1.0 + want[r].abs()),
+                            "{len}x{cols} ({r}, {c}) {isa:?}: {got} vs {}",
+                            want[r]
+                        );
                     }
                 }
             }

@@ -171,7 +171,12 @@ impl Importer {
                     ));
                 }
                 let x = self.quantized_input(node, 0, &name)?;
-                self.nodes.push(Node { name: name.clone(), op: Op::Softmax { masked: false, zero_nan: false }, inputs: vec![x.source], output: real.clone() });
+                self.nodes.push(Node {
+                    name: name.clone(),
+                    op: Op::Softmax { masked: false, zero_nan: false },
+                    inputs: vec![x.source],
+                    output: real.clone(),
+                });
                 self.quantized_output(node, real, 3, &name)
             }
             "QLinearConcat" => {
