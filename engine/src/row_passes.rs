@@ -35,9 +35,8 @@ pub fn optimize(graph: &mut Graph) -> bool {
 }
 
 /// `Softmax(Add(scores, mask))`, the mask repeating over the scores' leading axes (attention's,
-/// over the heads), and a
-/// `ZeroNaN` after a softmax: one softmax with its `masked` and `zero_nan` flags, one pass over
-/// the scores instead of three.
+/// over the heads), and a `ZeroNaN` after a softmax: one softmax with its `masked` and
+/// `zero_nan` flags, one pass over the scores instead of three.
 fn fuse_masked_softmax(graph: &mut Graph) -> bool {
     for i in 0..graph.nodes.len() {
         let Some(s) = producer(graph, graph.nodes[i].inputs.first().map_or("", |v| v.as_str()), i) else { continue };
