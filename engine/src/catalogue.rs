@@ -32,6 +32,10 @@ pub enum Kernel {
     Blocked,
     /// CSR weights in blocks of input columns over packed panels of the input (`kblocked`).
     ColumnBlocked,
+    /// The column-blocked kernel on a convolution's image, each panel unfolded from the image
+    /// itself (`kblocked::spmm_kblocked_unfolded`): no im2col buffer, but every thread unfolds
+    /// every panel of its rows, so it wins on wide tiles, whose im2col would leave the cache.
+    Unfolding,
     /// Sparse direct convolution from the image, no im2col (`direct`, `flat`): tiles of a
     /// multiple of 16 (AVX-512) or 8 (AVX2) samples, and one sample at stride 1 with AVX-512;
     /// other tiles run im2col and the CSR kernel on the same weights.
@@ -46,11 +50,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, for tests and benchmarks that go through the catalogue.
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Dense,
         Kernel::Sparse,
         Kernel::Blocked,
         Kernel::ColumnBlocked,
+        Kernel::Unfolding,
         Kernel::Direct,
         Kernel::Int8,
         Kernel::Int8Direct,
@@ -66,6 +71,7 @@ impl Kernel {
             (Kernel::Sparse, true) => "f32-spmv-csr",
             (Kernel::Blocked, _) => "f32-spmm-bcsr4x1",
             (Kernel::ColumnBlocked, _) => "f32-spmm-csr-kc128",
+            (Kernel::Unfolding, _) => "f32-conv-unfold-kc128",
             (Kernel::Int8, false) => "q8-spmm-k4",
             (Kernel::Int8, true) => "q8-spmv-k4",
             (Kernel::Int8Direct, _) => "q8-conv-direct",
@@ -98,6 +104,8 @@ pub enum F32Kernel {
     Sparse(Arc<Csr>),
     Blocked(Arc<Bcsr>),
     ColumnBlocked(Arc<KBlocked>),
+    /// The same weights as `ColumnBlocked`; on a tile already unfolded it runs as that kernel.
+    Unfolding(Arc<KBlocked>),
     Direct(Arc<DirectWeights>),
 }
 
@@ -109,6 +117,7 @@ impl F32Kernel {
             F32Kernel::Sparse(_) => Kernel::Sparse,
             F32Kernel::Blocked(_) => Kernel::Blocked,
             F32Kernel::ColumnBlocked(_) => Kernel::ColumnBlocked,
+            F32Kernel::Unfolding(_) => Kernel::Unfolding,
             F32Kernel::Direct(_) => Kernel::Direct,
         }
     }
@@ -118,6 +127,15 @@ impl F32Kernel {
         match self {
             F32Kernel::Sparse(c) => Some(c),
             F32Kernel::Direct(d) => Some(&d.csr),
+            _ => None,
+        }
+    }
+
+    /// The unfolding kernel's weights, where this is it: it unfolds a convolution's image a
+    /// panel at a time itself (`kblocked::spmm_kblocked_unfolded`), with no im2col buffer.
+    pub fn unfolding(&self) -> Option<&KBlocked> {
+        match self {
+            F32Kernel::Unfolding(k) => Some(k),
             _ => None,
         }
     }
@@ -138,7 +156,7 @@ impl F32Kernel {
             F32Kernel::Dense(d) => (Arc::as_ptr(d) as usize, 4 * d.len()),
             F32Kernel::Sparse(c) => (Arc::as_ptr(c) as usize, c.bytes()),
             F32Kernel::Blocked(b) => (Arc::as_ptr(b) as usize, b.bytes()),
-            F32Kernel::ColumnBlocked(k) => (Arc::as_ptr(k) as usize, k.bytes()),
+            F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => (Arc::as_ptr(k) as usize, k.bytes()),
             F32Kernel::Direct(d) => (Arc::as_ptr(&d.csr) as usize, d.csr.bytes()),
         }
     }
@@ -151,7 +169,7 @@ impl F32Kernel {
         match self {
             F32Kernel::Dense(_) if rows < 64 => 0,
             F32Kernel::Dense(_) => rows * cols * cols_w,
-            F32Kernel::ColumnBlocked(k) => k.row_ptr.last().map_or(0, |&n| n as usize) * cols_w,
+            F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => k.row_ptr.last().map_or(0, |&n| n as usize) * cols_w,
             F32Kernel::Blocked(b) => b.blk_ptr.last().map_or(0, |&n| n as usize * bcsr::BR) * cols_w,
             F32Kernel::Sparse(c) => c.nnz() * cols_w,
             F32Kernel::Direct(d) => d.csr.nnz() * cols_w,
@@ -171,7 +189,7 @@ impl F32Kernel {
             }
             F32Kernel::Sparse(c) => balanced_ranges(&c.row_ptr, threads * 4),
             F32Kernel::Direct(d) => balanced_ranges(&d.csr.row_ptr, threads * 4),
-            F32Kernel::ColumnBlocked(k) => balanced_ranges(&k.row_ptr, threads),
+            F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => balanced_ranges(&k.row_ptr, threads),
             F32Kernel::Blocked(b) => balanced_ranges(&b.blk_ptr, threads * 4)
                 .into_iter()
                 .map(|blocks| (blocks.start * bcsr::BR).min(rows)..(blocks.end * bcsr::BR).min(rows))
@@ -196,7 +214,7 @@ impl F32Kernel {
     pub fn run_rows(&self, isa: Isa, bias: &[f32], cols: usize, x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
         let (ld, relu) = (sums.ld, sums.relu && sums.residual.is_none());
         match self {
-            F32Kernel::ColumnBlocked(k) => return kblocked::spmm_kblocked(isa, k, bias, x, w, y, rows, sums),
+            F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => return kblocked::spmm_kblocked(isa, k, bias, x, w, y, rows, sums),
             F32Kernel::Sparse(c) if w > 1 => return spmm::spmm_strided(isa, c, bias, x, w, y, rows, sums),
             F32Kernel::Direct(d) if w > 1 => return spmm::spmm_strided(isa, &d.csr, bias, x, w, y, rows, sums),
             F32Kernel::Sparse(c) => spmv::spmv(isa, c, bias, x, y, rows.clone(), relu),
@@ -361,6 +379,7 @@ mod tests {
             Kernel::Blocked => F32Kernel::Blocked(Arc::new(Bcsr::from_dense(data, rows, cols))),
             // Narrow column blocks, so that these small layers span several.
             Kernel::ColumnBlocked => F32Kernel::ColumnBlocked(Arc::new(KBlocked::from_csr(&csr, 16))),
+            Kernel::Unfolding => F32Kernel::Unfolding(Arc::new(KBlocked::from_csr(&csr, 16))),
             Kernel::Direct => DirectWeights::kernel(csr, &g),
             Kernel::Int8 | Kernel::Int8Direct | Kernel::Int8Tiles => return None,
         })

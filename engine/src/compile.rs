@@ -17,7 +17,7 @@ use crate::kernels::lines::LineAligned;
 use crate::kernels::q8::{self, Dequant, Q8Matrix};
 use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
-use crate::kernels::window::{self, Geometry};
+use crate::kernels::window::{self, Geometry, Unfold};
 use crate::kernels::{Isa, direct, elementwise, spmm};
 use crate::passes;
 use crate::phases::{self, PhaseConv};
@@ -183,6 +183,12 @@ impl MatMul {
     pub fn runs_direct(&self, isa: Isa, w: usize) -> bool {
         self.kernel(w == 1) == Kernel::Direct && self.conv.is_some_and(|g| direct::takes(isa, w, &g))
     }
+    /// Whether a convolution's kernel on tiles of `w` samples unfolds the image itself (no
+    /// im2col buffer): the column-blocked kernel, on any window but a pointwise one (whose image
+    /// is its own im2col).
+    pub fn unfolds(&self, w: usize) -> bool {
+        self.conv.is_some_and(|g| !g.window.is_pointwise()) && self.kernels.f32(w == 1).is_some_and(|k| k.unfolding().is_some())
+    }
     /// What a tile `ld` columns wide needs beside its values, for its kernel at that width:
     /// im2col columns (f32), or an int8 convolution's quantized image or row buffer, and the
     /// quantized input of an int8 layer. The executor's plans allocate it, the column planner
@@ -198,7 +204,7 @@ impl MatMul {
             (Some(g), Some(_)) if ld.is_multiple_of(16) => Scratch { bytes: g.channels * g.in_hw[0] * g.in_hw[1] * ld, quantized },
             (Some(_), Some(_)) => Scratch { bytes: 4 * self.cols * cols_w, quantized },
             (None, Some(_)) => Scratch { bytes: 0, quantized },
-            (Some(_), None) if self.runs_direct(isa, ld) => Scratch::default(),
+            (Some(_), None) if self.runs_direct(isa, ld) || self.unfolds(ld) => Scratch::default(),
             // A 1x1 convolution reads its image in place, except in row bands of a kernel with no
             // strided form: counted as im2col too.
             (Some(_), None) => Scratch { bytes: 4 * self.cols * cols_w, quantized: 0 },
@@ -717,17 +723,21 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         KernelPolicy::Dense => (dense(), dense()),
         KernelPolicy::Sparse => (sparse.clone(), sparse),
         KernelPolicy::Auto => {
-            let positions = conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
             let mut candidates = vec![dense(), sparse];
-            // Column blocks where there are at least two of them.
-            if cols > kblocked::DEFAULT_KC {
-                candidates.push(F32Kernel::ColumnBlocked(Arc::new(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC))));
-            }
+            // Column blocks where there are at least two of them; for batched tiles of a
+            // convolution's image, also unfolding its panels itself (on one sample a row of a small
+            // image is a few values, and every thread unfolds every panel of its rows, where
+            // im2col splits over the threads: ResNet-50's 7x7 layers ran a quarter slower
+            // unfolded at batch 1, on two threads, though one thread timed them faster).
+            let column_blocks = (cols > kblocked::DEFAULT_KC).then(|| Arc::new(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC)));
+            candidates.extend(column_blocks.clone().map(F32Kernel::ColumnBlocked));
+            let unfolding = column_blocks.filter(|_| conv.is_some_and(|g| !g.window.is_pointwise())).map(F32Kernel::Unfolding);
             // Blocks of 4 rows are a candidate for batched tiles where the weights fill them well
             // (block-pruned or dense weights), with AVX2 or AVX-512.
             let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
-            let wide: Vec<F32Kernel> = candidates.iter().cloned().chain(blocked.map(|b| F32Kernel::Blocked(Arc::new(b)))).collect();
-            let mut batched = choose(&shape, &wide, timing_columns(&shape, positions * o.tile), o);
+            let blocked = blocked.map(|b| F32Kernel::Blocked(Arc::new(b)));
+            let wide: Vec<F32Kernel> = candidates.iter().cloned().chain(unfolding).chain(blocked).collect();
+            let mut batched = choose(&shape, &wide, conv, o.tile, o);
             // The direct kernel's taps, decoded once where some tile may run it.
             let direct = conv
                 .filter(|g| direct::vectorized(o.isa, o.tile) || direct::takes(o.isa, 1, g))
@@ -742,7 +752,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // 14x14 3x3 layers run it about 15% faster than im2col on one sample and not on 16
             // (BERT's row-wise layers, a 1x128 image each, ran it at 39 GFLOP/s where the CSR
             // kernel on the image ran at 116).
-            let one = choose(&shape, &candidates, timing_columns(&shape, positions), o);
+            let one = choose(&shape, &candidates, conv, 1, o);
             let one = match direct {
                 Some((g, d)) if direct::takes(o.isa, 1, &g) && direct_is_faster(&shape, g, &d, &one, 1, o) => d,
                 _ => one,
@@ -825,19 +835,31 @@ fn timing_columns(m: &Timed, w: usize) -> usize {
     w.min(TIMING_BYTES / (4 * m.cols.max(1))).min(by_work).max(1)
 }
 
-/// Times the `candidates` (dense first, then CSR, then others) on a `[cols, w]` input (single
-/// thread) and returns the fastest, with `dense_bias` in dense's favour; on one column, by the
-/// bytes streamed (`sparse_streams_less`).
-fn choose(m: &Timed, candidates: &[F32Kernel], w: usize, o: &Options) -> F32Kernel {
+/// Times the `candidates` (dense first, then CSR, then others) on tiles of `tile` samples
+/// (single thread), as the layer runs: a `[cols, w]` input, or a convolution's band of output
+/// rows (`ConvBand`, which charges im2col to the kernels that need it); returns the fastest,
+/// with `dense_bias` in dense's favour. On one column, by the bytes streamed
+/// (`sparse_streams_less`).
+fn choose(m: &Timed, candidates: &[F32Kernel], conv: Option<Geometry>, tile: usize, o: &Options) -> F32Kernel {
     let [dense, sparse, others @ ..] = candidates else { unreachable!("dense and CSR are always candidates") };
+    let positions = conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]);
+    let w = timing_columns(m, positions * tile);
     if w == 1 {
         let csr = sparse.csr().expect("the CSR candidate");
         return if sparse_streams_less(m, csr, o) { sparse.clone() } else { dense.clone() };
     }
-    let x = test_values(m.cols * w);
-    let mut y = LineAligned::zeroed(m.rows * w);
-    let sums = spmm::Sums::new(spmm::Ld::packed(w), m.relu);
-    let mut time = |k: &F32Kernel| best_time(&mut || k.run_rows(o.isa, m.bias, m.cols, &x, w, &mut y, 0..m.rows, sums));
+    let mut time: Box<dyn FnMut(&F32Kernel) -> f64> = match conv.filter(|g| !g.window.is_pointwise()) {
+        Some(g) => {
+            let mut band = ConvBand::new(m, g, tile);
+            Box::new(move |k| best_time(&mut || band.run(m, k, o)))
+        }
+        None => {
+            let x = test_values(m.cols * w);
+            let mut y = LineAligned::zeroed(m.rows * w);
+            let sums = spmm::Sums::new(spmm::Ld::packed(w), m.relu);
+            Box::new(move |k| best_time(&mut || k.run_rows(o.isa, m.bias, m.cols, &x, w, &mut y, 0..m.rows, sums)))
+        }
+    };
     let t_dense = time(dense);
     let mut best = (time(sparse), sparse);
     for k in others {
@@ -952,39 +974,64 @@ fn int8_direct_is_faster(q: &Int8Layer, sc: &ShiftConv, g: Geometry, tile: usize
     t_direct < t_im2col
 }
 
-/// Times a convolution's direct kernel (`direct`) against im2col followed by the `other` kernel
-/// on one tile of `tile` samples (single thread): im2col's copy is part of the cost the direct
-/// kernel saves, so it is timed with it.
+/// Times a convolution's direct kernel (`direct`) against the `other` kernel as it runs
+/// (`ConvBand`: im2col's copy is part of the cost the direct kernel saves) on one tile of `tile`
+/// samples (single thread).
 fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kernel, tile: usize, o: &Options) -> bool {
-    let [oh, ow] = g.out_hw;
-    // The whole image, or a band of output rows from its middle (`timing_columns`); where one row
-    // of the tile is more than that (a row-wise linear layer's 128 positions), a narrower tile.
-    let budget = timing_columns(m, oh * ow * tile);
-    let tile = if ow * tile > budget { (budget / ow.max(1)).next_multiple_of(16).min(tile) } else { tile };
-    let g = Geometry { w: tile, ..g };
-    let band = (budget / (ow * tile).max(1)).clamp(1, oh);
-    let rows = (oh - band) / 2..(oh - band) / 2 + band;
-    let cols_w = band * ow * tile;
-    let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * tile);
-    // A 1x1 convolution reads the image as its im2col (`exec::conv`; in row bands, in place):
-    // the band's columns are timed as the first `cols_w` of each channel, with no copy (charging
-    // one had the one-sample direct kernel picked for ResNet-50's 256-to-128 1x1 layer, where it
-    // then ran at half the CSR kernel's speed).
-    let own = g.window.is_pointwise();
-    let (mut cols, mut y) = (LineAligned::zeroed(if own { 0 } else { m.cols * cols_w }), LineAligned::zeroed(m.rows * oh * ow * tile));
-    let mut y_direct = LineAligned::zeroed(y.len());
+    let mut band = ConvBand::new(m, g, tile);
     let taps = direct.taps().expect("the direct kernel's taps");
-    let sums = spmm::Sums::new(spmm::Ld::packed(cols_w), m.relu);
-    let mut im2col = || {
-        let cols: &[f32] = if own {
-            &x
-        } else {
-            window::im2col_rows(&g, &x, rows.clone(), &mut cols);
-            &cols
-        };
-        other.run_rows(o.isa, m.bias, m.cols, cols, cols_w, &mut y, 0..m.rows, sums)
-    };
-    let mut direct = || direct::conv_direct_decoded(o.isa, taps, m.bias, &g, &x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);
-    let (t_im2col, t_direct) = best_times_in_turns(&mut im2col, &mut direct);
-    t_direct < t_im2col
+    let mut y_direct = LineAligned::zeroed(band.y.len());
+    let (image, rows) = (band.image, band.rows.clone());
+    let x = test_values(image.channels * image.in_hw[0] * image.in_hw[1] * image.w);
+    let mut direct = || direct::conv_direct_decoded(o.isa, taps, m.bias, &image, &x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);
+    let (t_other, t_direct) = best_times_in_turns(&mut || band.run(m, other, o), &mut direct);
+    t_direct < t_other
+}
+
+/// A band of output rows of a convolution on one tile, to time its kernels as the executor runs
+/// them: im2col, then the kernel; the column-blocked kernel unfolding the image itself; a 1x1
+/// convolution reading the image as its im2col (in row bands, in place: the band's columns are
+/// timed as the first `cols_w` of each channel, with no copy; charging one had the one-sample
+/// direct kernel picked for ResNet-50's 256-to-128 1x1 layer, where it then ran at half the CSR
+/// kernel's speed).
+struct ConvBand {
+    /// The window on the tile timed.
+    image: Geometry,
+    rows: std::ops::Range<usize>,
+    x: LineAligned,
+    cols: LineAligned,
+    y: LineAligned,
+}
+
+impl ConvBand {
+    /// The whole image, or a band of output rows from its middle (`timing_columns`); where one
+    /// row of the tile is more than that (a row-wise linear layer's 128 positions), a narrower
+    /// tile.
+    fn new(m: &Timed, g: Geometry, tile: usize) -> ConvBand {
+        let [oh, ow] = g.out_hw;
+        let budget = timing_columns(m, oh * ow * tile);
+        let tile = if ow * tile > budget { (budget / ow.max(1)).next_multiple_of(16).min(tile) } else { tile };
+        let image = Geometry { w: tile, ..g };
+        let band = (budget / (ow * tile).max(1)).clamp(1, oh);
+        let rows = (oh - band) / 2..(oh - band) / 2 + band;
+        let cols_w = band * ow * tile;
+        let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * tile);
+        let cols = LineAligned::zeroed(if g.window.is_pointwise() { 0 } else { m.cols * cols_w });
+        ConvBand { image, rows, x, cols, y: LineAligned::zeroed(m.rows * oh * ow * tile) }
+    }
+
+    fn run(&mut self, m: &Timed, k: &F32Kernel, o: &Options) {
+        let ConvBand { image, rows, x, cols, y } = self;
+        let cols_w = rows.len() * image.out_hw[1] * image.w;
+        let sums = spmm::Sums::new(spmm::Ld::packed(cols_w), m.relu);
+        if image.window.is_pointwise() {
+            return k.run_rows(o.isa, m.bias, m.cols, x, cols_w, y, 0..m.rows, sums);
+        }
+        if let Some(blocked) = k.unfolding() {
+            let unfold = Unfold::new(image, x, rows.clone());
+            return kblocked::spmm_kblocked_unfolded(o.isa, blocked, m.bias, &unfold, y, 0..m.rows, sums);
+        }
+        window::im2col_rows(image, x, rows.clone(), cols);
+        k.run_rows(o.isa, m.bias, m.cols, cols, cols_w, y, 0..m.rows, sums)
+    }
 }

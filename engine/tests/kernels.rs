@@ -324,6 +324,77 @@ fn dense_by_columns_matches_the_scalar_twin() {
 }
 
 #[test]
+fn unfolding_panels_from_the_image_equals_im2col() {
+    use engine::graph::Window;
+    let mut rng = StdRng::seed_from_u64(21);
+    // (in channels, height, width, kernel, stride, pad, dilation): 3x3 at strides 1 and 2 (rows
+    // of 7 and of a stem's odd width), a 7x7 stem, dilation, a 1x1 at stride 2, and padding
+    // wider than the kernel reaches (rows of zeros).
+    let shapes = [
+        (3, 14, 14, 3, 1, 1, 1),
+        (2, 9, 7, 3, 2, 1, 1),
+        (2, 15, 13, 7, 2, 3, 1),
+        (2, 8, 8, 3, 1, 2, 2),
+        (5, 7, 7, 1, 2, 0, 1),
+        (1, 4, 5, 3, 1, 3, 1),
+    ];
+    for &(cin, h, wd, k, stride, pad, dilation) in &shapes {
+        let window = Window { kernel: [k, k], stride: [stride, stride], pads: [pad; 4], dilation: [dilation, dilation], ceil_mode: false };
+        let (oh, ow) = window.output(h, wd, "t").unwrap();
+        let taps = cin * k * k;
+        for w in [1, 3, 8, 16] {
+            let g = Geometry { channels: cin, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+            let x: Vec<f32> = (0..cin * h * wd * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+            for rows in [0..oh, oh / 2..oh, 1.min(oh)..1.min(oh) + 1] {
+                let band = rows.len() * ow * w;
+                let mut cols = vec![0.0; taps * band];
+                window::im2col_rows(&g, &x, rows.clone(), &mut cols);
+                let image = window::Unfold::new(&g, &x, rows.clone());
+                assert_eq!((image.taps(), image.columns()), (taps, band));
+                // Strips at any start (a sample or a row boundary or neither) and of any length up
+                // to a full one, taps from any of them.
+                for _ in 0..20 {
+                    let start = rng.random_range(0..band);
+                    let len = rng.random_range(1..=(band - start).min(window::Unfold::MAX_STRIP));
+                    let first = rng.random_range(0..taps);
+                    let n = rng.random_range(1..=taps - first);
+                    let row_len = len + 3;
+                    let mut panel = vec![f32::NAN; n * row_len];
+                    image.fill(first..first + n, start..start + len, &mut panel, row_len);
+                    for r in 0..n {
+                        let want = &cols[(first + r) * band + start..][..len];
+                        assert_eq!(
+                            &panel[r * row_len..][..len],
+                            want,
+                            "{cin}x{h}x{wd} k{k} s{stride} w={w} rows {rows:?} tap {}",
+                            first + r
+                        );
+                    }
+                }
+                // The column-blocked kernel on the unfolded image against it on im2col, rows of
+                // the output (and residual) a plane apart as in row bands.
+                let out = 5;
+                let m = Csr::from_dense(&matrix(out, taps, 0.6, &mut rng), out, taps);
+                let bias: Vec<f32> = (0..out).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let ld = Ld { x: band, y: band + 7 };
+                let residual: Vec<f32> = (0..out * ld.y).map(|_| rng.random_range(-1.0..1.0)).collect();
+                for kc in [4, 128] {
+                    let kb = KBlocked::from_csr(&m, kc);
+                    for isa in variants() {
+                        let sums = Sums::new(ld, true).with_residual(Some(&residual));
+                        let mut want = vec![0.0; out * ld.y];
+                        kblocked::spmm_kblocked(isa, &kb, &bias, &cols, band, &mut want, 0..out, sums);
+                        let mut got = vec![0.0; out * ld.y];
+                        kblocked::spmm_kblocked_unfolded(isa, &kb, &bias, &image, &mut got, 0..out, sums);
+                        assert!(got == want, "unfolded kblocked {} kc={kc} {cin}x{h}x{wd} k{k} s{stride} w={w}", isa.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn im2col_and_pooling_match_direct_definitions() {
     use engine::graph::Window;
     let mut rng = StdRng::seed_from_u64(4);

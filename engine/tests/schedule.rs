@@ -229,8 +229,11 @@ fn column_blocked_layers_match_plain_csr_in_whole_models() {
     use std::sync::Arc;
     // Every weighted layer on the column-blocked kernel at both batch sizes (bottleneck blocks
     // with 1x1 and 3x3 convolutions read in place and through im2col, in row bands and whole, and
-    // the MLP's linear layers), against the plain CSR kernel; widths 1 to 100 columns.
-    for (name, graph) in [("bottleneck", bottleneck(61, 0.8)), ("cnn", cnn(62, 0.7)), ("mlp", mlp(63, 0.9))] {
+    // the MLP's linear layers), against the plain CSR kernel; widths 1 to 100 columns. Then the
+    // convolutions with a window on the unfolding kernel (whole images and row bands, residuals
+    // added as it stores), the others as before.
+    let models = [("bottleneck", bottleneck(61, 0.8)), ("cnn", cnn(62, 0.7)), ("mlp", mlp(63, 0.9))];
+    for ((name, graph), unfold) in models.into_iter().flat_map(|m| [(m.clone(), false), (m, true)]) {
         let plain = compile::compile(graph.clone(), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
         let mut blocked = plain.clone();
         let mut changed = 0;
@@ -239,12 +242,20 @@ fn column_blocked_layers_match_plain_csr_in_whole_models() {
                 && let Some(csr) = m.kernels.f32(true).and_then(F32Kernel::csr)
             {
                 // Narrow blocks, so that the small layers here span several.
-                let blocked = F32Kernel::ColumnBlocked(Arc::new(KBlocked::from_csr(csr, DEFAULT_KC.min(m.cols.div_ceil(3).max(1)))));
+                let weights = Arc::new(KBlocked::from_csr(csr, DEFAULT_KC.min(m.cols.div_ceil(3).max(1))));
+                let blocked = match m.conv {
+                    Some(g) if unfold && !g.window.is_pointwise() => F32Kernel::Unfolding(weights),
+                    _ if unfold => continue,
+                    _ => F32Kernel::ColumnBlocked(weights),
+                };
                 m.kernels = Kernels::F32 { one_sample: blocked.clone(), batched: blocked };
                 changed += 1;
             }
         }
-        assert!(changed > 0, "{name}: no layer to block");
+        if unfold && name == "mlp" {
+            continue;
+        }
+        assert!(changed > 0, "{name}: no layer to block (unfolding: {unfold})");
         for batch in [1, 3, 17, 64, 100] {
             let input = random_input(batch as u64, batch, &graph.input_shape);
             let want = Session::with_schedule(&plain, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
@@ -253,7 +264,10 @@ fn column_blocked_layers_match_plain_csr_in_whole_models() {
                 {
                     let got = Session::with_schedule(&blocked, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap();
                     let err = rel_err(&got, &want);
-                    assert!(err < 1e-5, "{name} batch {batch} {threads} threads {schedule:?} {budget:?}: relative error {err}");
+                    assert!(
+                        err < 1e-5,
+                        "{name} unfolding {unfold} batch {batch} {threads} threads {schedule:?} {budget:?}: relative error {err}"
+                    );
                 }
             }
         }

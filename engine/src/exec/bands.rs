@@ -212,6 +212,18 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
                 return;
             }
         }
+        if m.unfolds(w) {
+            // The kernel unfolds the band's image itself and writes each channel's band rows in
+            // place, adding the residual as it stores.
+            let (xs, y) = regions(values, &ins, range(layer.output));
+            let (plane, at) = (height * row_len, rows.start * row_len);
+            let image = Unfold::new(&g, xs[0], rows.clone());
+            matmul_unfolded(isa, m, &image, xs.get(1).map(|r| &r[at..]), &mut y[at..], plane, team, w == 1);
+            for c in 0..m.rows {
+                post(isa, m, &mut y[c * plane + at..c * plane + rows.end * row_len], team);
+            }
+            return;
+        }
         let (scratch, slots) = rest.split_at_mut(plan.quantized - plan.scratch.start);
         if uses_int8_direct(m, g.w) {
             // Banded columns hold no codes (`code_values`).

@@ -80,6 +80,9 @@ pub(crate) fn conv(
     if g.window.is_pointwise() {
         // The image is its own im2col: `[channels, positions * w]`.
         matmul(isa, m, x, positions * w, residual, y, team, w == 1);
+    } else if m.unfolds(w) {
+        let image = Unfold::new(&Geometry { w, ..g }, x, 0..g.out_hw[0]);
+        matmul_unfolded(isa, m, &image, residual, y, positions * w, team, w == 1);
     } else {
         let scratch = &mut scratch[..m.cols * positions * w];
         im2col(&Geometry { w, ..g }, x, 0..g.out_hw[0], scratch, team);
@@ -208,17 +211,55 @@ pub(super) fn matmul_rows(
     team: &Team,
     one_sample: bool,
 ) {
-    let (k, threads) = (f32_kernel(m, one_sample), team.threads());
+    let k = f32_kernel(m, one_sample);
+    rows_over_team(m, k, w, residual, y, ld, team, |rows, y, sums| k.run_rows(isa, &m.bias, m.cols, x, w, y, rows, sums))
+}
+
+/// A convolution on the output rows `image` unfolds, on its column-blocked kernel (which
+/// unfolds each panel from the image itself), into rows of `y` `ld_y` apart (the residual's
+/// too): the kernel's row parts over the team where the work is large enough.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_unfolded(
+    isa: Isa,
+    m: &MatMul,
+    image: &Unfold,
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    ld_y: usize,
+    team: &Team,
+    one_sample: bool,
+) {
+    let k = f32_kernel(m, one_sample);
+    let Some(blocked) = k.unfolding() else { unreachable!("an unfolding convolution's column-blocked kernel") };
+    let (w, ld) = (image.columns(), spmm::Ld { x: image.columns(), y: ld_y });
+    rows_over_team(m, k, w, residual, y, ld, team, |rows, y, sums| {
+        kblocked::spmm_kblocked_unfolded(isa, blocked, &m.bias, image, y, rows, sums)
+    })
+}
+
+/// `run(rows, y, sums)` over the rows of a layer on `w` columns, rows of `y` (and the residual)
+/// `ld.y` apart: all of them on the calling thread, or kernel `k`'s row parts over the team
+/// where the work is large enough.
+#[allow(clippy::too_many_arguments)]
+fn rows_over_team<'r>(
+    m: &MatMul,
+    k: &F32Kernel,
+    w: usize,
+    residual: Option<&'r [f32]>,
+    y: &mut [f32],
+    ld: spmm::Ld,
+    team: &Team,
+    run: impl Fn(Range<usize>, &mut [f32], spmm::Sums<'r>) + Sync,
+) {
+    let threads = team.threads();
     let residual = residual.filter(|_| m.residual.is_some());
     let sums = spmm::Sums::new(ld, kernel_relu(m, residual));
     if !splits(m, w, threads) {
-        return k.run_rows(isa, &m.bias, m.cols, x, w, y, 0..m.rows, sums.with_residual(residual));
+        return run(0..m.rows, y, sums.with_residual(residual));
     }
     // A part's rows of the residual: where its rows of `y` lie.
     let residual_of = |r: &Range<usize>| residual.map(|res| &res[r.start * ld.y..]);
-    team.for_each(row_parts(k.parts(m.rows, threads), y, ld.y), |(r, y)| {
-        k.run_rows(isa, &m.bias, m.cols, x, w, y, r.clone(), sums.with_residual(residual_of(&r)))
-    });
+    team.for_each(row_parts(k.parts(m.rows, threads), y, ld.y), |(r, y)| run(r.clone(), y, sums.with_residual(residual_of(&r))));
 }
 
 /// Below this many values an element-wise layer runs on the calling thread: handing work to the

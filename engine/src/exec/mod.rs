@@ -18,8 +18,8 @@ use crate::catalogue::{F32Kernel, Int8Kernel};
 use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
-use crate::kernels::window::{self, Geometry};
-use crate::kernels::{Isa, dense, direct, elementwise, flat, grouped, q8, q8conv, q8direct, sequence, spmm, transpose};
+use crate::kernels::window::{self, Geometry, Unfold};
+use crate::kernels::{Isa, dense, direct, elementwise, flat, grouped, kblocked, q8, q8conv, q8direct, sequence, spmm, transpose};
 use crate::schedule::{self, Schedule};
 use crate::team::Team;
 

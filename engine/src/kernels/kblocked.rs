@@ -9,6 +9,9 @@
 //! `kc = 128`, in L1) and every output row consumes it, accumulating into the output strip (in
 //! L2). The price is the copy and reading and writing the output strip once per block; the
 //! compiler keeps this kernel only where it times faster than the plain one on the layer's shape.
+//!
+//! On a convolution the panels can come straight from the image (`spmm_kblocked_unfolded`,
+//! `window::Unfold`), so its im2col buffer is never written: `f32-conv-unfold-kc128`.
 
 use std::ops::Range;
 
@@ -16,6 +19,7 @@ use super::Isa;
 use super::csr::Csr;
 use super::lines::line_offset;
 use super::spmm::{Ld, Sums, spmm_strided, spmm_strided_ref};
+use super::window::Unfold;
 
 /// Input rows per block: 128 x 64 columns x 4 bytes = 32 KiB, within a 48 KiB L1.
 pub const DEFAULT_KC: usize = 128;
@@ -73,11 +77,32 @@ pub fn spmm_kblocked(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, 
     let ld = sums.ld;
     assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
     assert!(m.cols == 0 || x.len() >= (m.cols - 1) * ld.x + w, "input tile too small");
+    with_panel(m, |panel| run(isa, m, bias, Input::Tile(x), w, y, rows, sums, panel))
+}
+
+/// `spmm_kblocked` on a convolution's image: its input is the unfolded matrix `x` stands for
+/// (`[m.cols, x.columns()]`), each panel unfolded straight from the image (`sums.ld.x` unused).
+pub fn spmm_kblocked_unfolded(isa: Isa, m: &KBlocked, bias: &[f32], x: &Unfold, y: &mut [f32], rows: Range<usize>, sums: Sums) {
+    assert!(x.taps() == m.cols && sums.ld.y >= x.columns(), "unfolded input does not match the layer");
+    with_panel(m, |panel| run(isa, m, bias, Input::Image(x), x.columns(), y, rows, sums, panel))
+}
+
+/// Where a call's input columns come from.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// A `[cols, w]` tile, rows `ld.x` apart.
+    Tile(&'a [f32]),
+    /// A convolution's image, unfolded panel by panel.
+    Image(&'a Unfold<'a>),
+}
+
+/// `f` on this thread's panel, grown to `m.panel_len()` where it is shorter.
+fn with_panel(m: &KBlocked, f: impl FnOnce(&mut [f32])) {
     PANEL.with_borrow_mut(|panel| {
         if panel.len() < m.panel_len() {
             panel.resize(m.panel_len(), 0.0);
         }
-        run(isa, m, bias, x, w, y, rows, sums, panel)
+        f(panel)
     })
 }
 
@@ -95,7 +120,7 @@ fn block_sums<'a>(m: &KBlocked, i: usize, sums: &Sums<'a>, ld: Ld) -> Sums<'a> {
 }
 
 #[allow(clippy::too_many_arguments)] // spmm_kblocked's arguments and its panel
-fn run(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums, panel: &mut [f32]) {
+fn run(isa: Isa, m: &KBlocked, bias: &[f32], x: Input, w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums, panel: &mut [f32]) {
     let ld = sums.ld;
     let mut c0 = 0;
     while c0 < w {
@@ -110,9 +135,14 @@ fn run(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32],
             // This block's input rows of the strip, packed `row_len` apart.
             let first = i * m.kc;
             let block = &mut panel[start..start + b.cols * row_len];
-            for (r, row) in block.chunks_exact_mut(row_len).enumerate() {
-                let at = (first + r) * ld.x + c0;
-                copy_row(&mut row[..cw], &x[at..at + cw]);
+            match x {
+                Input::Tile(x) => {
+                    for (r, row) in block.chunks_exact_mut(row_len).enumerate() {
+                        let at = (first + r) * ld.x + c0;
+                        copy_row(&mut row[..cw], &x[at..at + cw]);
+                    }
+                }
+                Input::Image(image) => image.fill(first..first + b.cols, c0..c0 + cw, block, row_len),
             }
             let sums = block_sums(m, i, &strip_sums, Ld { x: row_len, y: ld.y });
             spmm_strided(isa, b, bias, block, cw, &mut y[c0..], rows.clone(), sums);
@@ -124,7 +154,7 @@ fn run(isa: Isa, m: &KBlocked, bias: &[f32], x: &[f32], w: usize, y: &mut [f32],
 /// Copies a strip's row in 16-float arrays, which compile to single vector moves (a call to
 /// `memcpy` per row had taken an eighth of the kernel's time, and copying slices of 16 still
 /// called it: a tenth of ResNet-50's batch-1 run at 90%).
-fn copy_row(to: &mut [f32], from: &[f32]) {
+pub(super) fn copy_row(to: &mut [f32], from: &[f32]) {
     let (pieces, to_rest) = to.as_chunks_mut::<16>();
     let (sources, from_rest) = from.as_chunks::<16>();
     for (t, f) in pieces.iter_mut().zip(sources) {

@@ -145,6 +145,128 @@ pub fn im2col_channels(g: &Geometry, x: &[f32], rows: std::ops::Range<usize>, ch
     }
 }
 
+/// The im2col columns of output rows `rows` (what `im2col_rows` writes) produced a block of
+/// rows and a strip of columns at a time, for a kernel that packs panels of its input anyway
+/// (`kblocked`): the whole unfolded image (nine times the image for a 3x3 window) is never
+/// written, nor read back from memory.
+pub struct Unfold<'a> {
+    g: Geometry,
+    x: &'a [f32],
+    rows: std::ops::Range<usize>,
+    /// Per kernel column: the output columns inside the image and the input column of the first.
+    inside: Vec<(std::ops::Range<usize>, usize)>,
+}
+
+/// One output row's part of a strip of columns: `len` columns from `first` (of the row's
+/// `ow * w`), at `at` in the strip.
+#[derive(Clone, Copy, Default)]
+struct Segment {
+    at: usize,
+    len: usize,
+    oy: usize,
+    first: usize,
+}
+
+impl<'a> Unfold<'a> {
+    /// Most columns `fill` takes in one call.
+    pub const MAX_STRIP: usize = 64;
+
+    pub fn new(g: &Geometry, x: &'a [f32], rows: std::ops::Range<usize>) -> Unfold<'a> {
+        assert!(rows.start <= rows.end && rows.end <= g.out_hw[0] && g.holds_input(x.len()), "unfold sizes");
+        let inside = (0..g.window.kernel[1]).map(|kx| g.inside(1, kx)).collect();
+        Unfold { g: *g, x, rows, inside }
+    }
+
+    /// Rows of the unfolded matrix: input channels times kernel taps.
+    pub fn taps(&self) -> usize {
+        self.g.channels * self.g.window.kernel[0] * self.g.window.kernel[1]
+    }
+
+    /// Columns of the unfolded matrix: the rows' output positions times the samples.
+    pub fn columns(&self) -> usize {
+        self.rows.len() * self.g.out_hw[1] * self.g.w
+    }
+
+    /// Rows `taps` of the unfolded matrix, columns `cols` of them (at most `MAX_STRIP`), into the
+    /// first `cols.len()` values of `panel`'s rows, `row_len` apart.
+    pub fn fill(&self, taps: std::ops::Range<usize>, cols: std::ops::Range<usize>, panel: &mut [f32], row_len: usize) {
+        let (g, n) = (&self.g, cols.len());
+        assert!(taps.end <= self.taps() && cols.end <= self.columns() && n <= Self::MAX_STRIP, "unfold strip");
+        assert!(row_len >= n && panel.len() >= taps.len().saturating_sub(1) * row_len + n, "unfold panel");
+        // The strip's pieces of output rows, worked out once for all its taps.
+        let row_cols = g.out_hw[1] * g.w;
+        let mut segments = [Segment::default(); Self::MAX_STRIP];
+        let mut count = 0;
+        let mut j = cols.start;
+        while j < cols.end {
+            let oy = j / row_cols;
+            let end = cols.end.min((oy + 1) * row_cols);
+            segments[count] = Segment { at: j - cols.start, len: end - j, oy: self.rows.start + oy, first: j - oy * row_cols };
+            count += 1;
+            j = end;
+        }
+        let [kh, kw] = g.window.kernel;
+        let (mut c, mut ky, mut kx) = g.tap(taps.start);
+        for row in panel.chunks_mut(row_len).take(taps.len()) {
+            for s in &segments[..count] {
+                self.fill_segment(c, ky, kx, s, &mut row[s.at..s.at + s.len]);
+            }
+            kx += 1;
+            if kx == kw {
+                (kx, ky) = (0, ky + 1);
+                if ky == kh {
+                    (ky, c) = (0, c + 1);
+                }
+            }
+        }
+    }
+
+    /// Tap `(c, ky, kx)` of one segment: zeros where the window covers padding, the image's
+    /// values elsewhere.
+    fn fill_segment(&self, c: usize, ky: usize, kx: usize, s: &Segment, out: &mut [f32]) {
+        let g = &self.g;
+        let [h, wd] = g.in_hw;
+        let w = g.w;
+        let Some(iy) = g.source(0, s.oy, ky) else {
+            out.fill(0.0);
+            return;
+        };
+        let (valid, ix0) = &self.inside[kx];
+        // The row's columns that read the image, clipped to the segment's.
+        let (a, b) = (s.first, s.first + s.len);
+        let lo = (valid.start * w).clamp(a, b);
+        let hi = (valid.end * w).clamp(lo, b);
+        out[..lo - a].fill(0.0);
+        out[hi - a..].fill(0.0);
+        if lo == hi {
+            return;
+        }
+        let src = &self.x[(c * h + iy) * wd * w..][..wd * w];
+        let stride = g.window.stride[1];
+        let out = &mut out[lo - a..hi - a];
+        if stride == 1 {
+            // Neighbouring outputs read neighbouring inputs.
+            let from = ix0 * w + (lo - valid.start * w);
+            super::kblocked::copy_row(out, &src[from..from + out.len()]);
+        } else if w == 1 {
+            // One sample: a strided gather.
+            let from = ix0 + (lo - valid.start) * stride;
+            out.iter_mut().zip(src[from..].iter().step_by(stride)).for_each(|(v, s)| *v = *s);
+        } else {
+            // Output column `m` (of the row) is sample `m % w` of output pixel `m / w`: the
+            // pixel's samples in one copy, the first and last pixels possibly in part.
+            let mut m = lo;
+            while m < hi {
+                let (ox, sample) = (m / w, m % w);
+                let n = (w - sample).min(hi - m);
+                let from = (ix0 + (ox - valid.start) * stride) * w + sample;
+                super::kblocked::copy_row(&mut out[m - lo..m - lo + n], &src[from..from + n]);
+                m += n;
+            }
+        }
+    }
+}
+
 /// Max (`avg = None`) or average pooling (`avg = Some(count_include_pad)`) of `x` into `y`
 /// `[c, oh, ow, w]`.
 pub fn pool(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>) {
