@@ -850,8 +850,8 @@ fn choose(m: &Timed, candidates: &[F32Kernel], conv: Option<Geometry>, tile: usi
     }
     let mut time: Box<dyn FnMut(&F32Kernel) -> f64> = match conv.filter(|g| !g.window.is_pointwise()) {
         Some(g) => {
-            let mut band = ConvBand::new(m, g, tile);
-            Box::new(move |k| best_time(&mut || band.run(m, k, o)))
+            let (band, mut out) = ConvBand::new(m, g, tile);
+            Box::new(move |k| best_time(&mut || band.run(m, k, o, &mut out)))
         }
         None => {
             let x = test_values(m.cols * w);
@@ -978,13 +978,12 @@ fn int8_direct_is_faster(q: &Int8Layer, sc: &ShiftConv, g: Geometry, tile: usize
 /// (`ConvBand`: im2col's copy is part of the cost the direct kernel saves) on one tile of `tile`
 /// samples (single thread).
 fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kernel, tile: usize, o: &Options) -> bool {
-    let mut band = ConvBand::new(m, g, tile);
+    let (band, mut out) = ConvBand::new(m, g, tile);
     let taps = direct.taps().expect("the direct kernel's taps");
-    let mut y_direct = LineAligned::zeroed(band.y.len());
-    let (image, rows) = (band.image, band.rows.clone());
-    let x = test_values(image.channels * image.in_hw[0] * image.in_hw[1] * image.w);
-    let mut direct = || direct::conv_direct_decoded(o.isa, taps, m.bias, &image, &x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);
-    let (t_other, t_direct) = best_times_in_turns(&mut || band.run(m, other, o), &mut direct);
+    let mut y_direct = LineAligned::zeroed(out.y.len());
+    let (image, x, rows) = (&band.image, &band.x, band.rows.clone());
+    let mut direct = || direct::conv_direct_decoded(o.isa, taps, m.bias, image, x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);
+    let (t_other, t_direct) = best_times_in_turns(&mut || band.run(m, other, o, &mut out), &mut direct);
     t_direct < t_other
 }
 
@@ -999,6 +998,10 @@ struct ConvBand {
     image: Geometry,
     rows: std::ops::Range<usize>,
     x: LineAligned,
+}
+
+/// What a timed run of a `ConvBand` writes: im2col columns and the output.
+struct ConvOut {
     cols: LineAligned,
     y: LineAligned,
 }
@@ -1007,7 +1010,7 @@ impl ConvBand {
     /// The whole image, or a band of output rows from its middle (`timing_columns`); where one
     /// row of the tile is more than that (a row-wise linear layer's 128 positions), a narrower
     /// tile.
-    fn new(m: &Timed, g: Geometry, tile: usize) -> ConvBand {
+    fn new(m: &Timed, g: Geometry, tile: usize) -> (ConvBand, ConvOut) {
         let [oh, ow] = g.out_hw;
         let budget = timing_columns(m, oh * ow * tile);
         let tile = if ow * tile > budget { (budget / ow.max(1)).next_multiple_of(16).min(tile) } else { tile };
@@ -1017,11 +1020,11 @@ impl ConvBand {
         let cols_w = band * ow * tile;
         let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * tile);
         let cols = LineAligned::zeroed(if g.window.is_pointwise() { 0 } else { m.cols * cols_w });
-        ConvBand { image, rows, x, cols, y: LineAligned::zeroed(m.rows * oh * ow * tile) }
+        (ConvBand { image, rows, x }, ConvOut { cols, y: LineAligned::zeroed(m.rows * oh * ow * tile) })
     }
 
-    fn run(&mut self, m: &Timed, k: &F32Kernel, o: &Options) {
-        let ConvBand { image, rows, x, cols, y } = self;
+    fn run(&self, m: &Timed, k: &F32Kernel, o: &Options, out: &mut ConvOut) {
+        let (ConvBand { image, rows, x }, ConvOut { cols, y }) = (self, out);
         let cols_w = rows.len() * image.out_hw[1] * image.w;
         let sums = spmm::Sums::new(spmm::Ld::packed(cols_w), m.relu);
         if image.window.is_pointwise() {
