@@ -95,7 +95,8 @@ impl Plan {
         }
         // Each weighted layer's scratch (`MatMul::scratch`) at the widths the plan's tiles have
         // (full tiles, and a narrower last one, whose kernel may differ); convolutions in row
-        // bands also keep their band's output there before it is copied into place.
+        // bands whose kernel cannot write rows apart (int8, or blocks of 4 rows) also keep their
+        // band's output there before it is copied into place (room kept for every banded one).
         let last = batch - (batch.div_ceil(tile).max(1) - 1) * tile;
         let widths = [padded(tile.min(batch)), padded(last)];
         let largest = |need: &dyn Fn(&MatMul, usize, usize) -> usize| {
