@@ -198,33 +198,30 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             let (xs, y) = regions(values, &ins, range(layer.output));
             return conv_direct(isa, m, &g, xs[0], xs.get(1).copied(), y, rows.clone(), team);
         }
-        if m.unfolds(w) {
-            // The kernel unfolds the band's image itself and writes each channel's band rows in
-            // place, adding the residual as it stores.
-            let (xs, y) = regions(values, &ins, range(layer.output));
-            let (plane, at) = (height * row_len, rows.start * row_len);
-            let image = Unfold::new(&g, xs[0], rows.clone());
-            matmul_unfolded(isa, m, &image, xs.get(1).map(|r| &r[at..]), &mut y[at..], plane, team, w == 1);
-            for c in 0..m.rows {
-                post(isa, m, &mut y[c * plane + at..c * plane + rows.end * row_len], team);
-            }
-            return;
-        }
         if has_strided_form(m, band_cols, w == 1) {
-            // The kernel reads the band's columns (a 1x1 convolution's own rows of each channel,
-            // in place, else im2col's) and writes each channel's band rows in place (planes
-            // apart), adding the residual as it stores: no copy of the band, no pass of its own
-            // for the residual.
+            // The kernel reads the band's columns (unfolded from the image by the kernel itself,
+            // a 1x1 convolution's own rows of each channel in place, else im2col's) and writes
+            // each channel's band rows in place (planes apart), adding the residual as it stores:
+            // no copy of the band, no pass of its own for the residual.
             let (plane, at) = (height * row_len, rows.start * row_len);
-            let pointwise = g.window.is_pointwise();
-            let cols = &mut rest[..if pointwise { 0 } else { m.cols * band_cols }];
-            if !pointwise {
+            let (unfolds, pointwise) = (m.unfolds(w), g.window.is_pointwise());
+            let cols = &mut rest[..if unfolds || pointwise { 0 } else { m.cols * band_cols }];
+            if !unfolds && !pointwise {
                 im2col(&g, &values[ins[0].clone()], rows.clone(), cols, team);
             }
             let (xs, y) = regions(values, &ins, range(layer.output));
-            let (x, ld) =
-                if pointwise { (&xs[0][at..], spmm::Ld { x: plane, y: plane }) } else { (&cols[..], spmm::Ld { x: band_cols, y: plane }) };
-            matmul_rows(isa, m, x, band_cols, xs.get(1).map(|r| &r[at..]), &mut y[at..], ld, team, w == 1);
+            let residual = xs.get(1).map(|r| &r[at..]);
+            if unfolds {
+                let image = Unfold::new(&g, xs[0], rows.clone());
+                matmul_unfolded(isa, m, &image, residual, &mut y[at..], plane, team, w == 1);
+            } else {
+                let (x, ld) = if pointwise {
+                    (&xs[0][at..], spmm::Ld { x: plane, y: plane })
+                } else {
+                    (&cols[..], spmm::Ld { x: band_cols, y: plane })
+                };
+                matmul_rows(isa, m, x, band_cols, residual, &mut y[at..], ld, team, w == 1);
+            }
             for c in 0..m.rows {
                 post(isa, m, &mut y[c * plane + at..c * plane + rows.end * row_len], team);
             }
