@@ -53,8 +53,9 @@ fn kernels(data: &[f32], rows: usize, cols: usize) -> Vec<F32Kernel> {
             Kernel::Sparse => Some(F32Kernel::Sparse(csr.clone())),
             Kernel::Blocked => Some(F32Kernel::Blocked(Arc::new(Bcsr::from_dense(data, rows, cols)))),
             Kernel::ColumnBlocked => Some(F32Kernel::ColumnBlocked(Arc::new(KBlocked::from_csr(&csr, DEFAULT_KC)))),
-            // The unfolding kernel reads images; on columns it is the column-blocked one.
-            Kernel::Unfolding | Kernel::Direct | Kernel::Int8 | Kernel::Int8Direct | Kernel::Int8Tiles => None,
+            // The unfolding and Winograd kernels read images (`examples/winograd_convs.rs`); on
+            // columns they are the column-blocked and dense ones.
+            Kernel::Unfolding | Kernel::Direct | Kernel::Winograd | Kernel::Int8 | Kernel::Int8Direct | Kernel::Int8Tiles => None,
         })
         .collect()
 }

@@ -19,6 +19,7 @@ use crate::kernels::q8amx::TileMatrix;
 use crate::kernels::q8direct::ShiftConv;
 use crate::kernels::spmm::Sums;
 use crate::kernels::window::Geometry;
+use crate::kernels::winograd::Winograd;
 use crate::kernels::{Isa, dense, direct, elementwise, spmm, spmv};
 
 /// A kernel by name: the variants of `F32Kernel` and `Int8Kernel`.
@@ -40,6 +41,9 @@ pub enum Kernel {
     /// multiple of 16 (AVX-512) or 8 (AVX2) samples, and one sample at stride 1 with AVX-512;
     /// other tiles run im2col and the CSR kernel on the same weights.
     Direct,
+    /// Dense 3x3 convolution at stride 1 by Winograd's F(2x2, 3x3) on whole images of one
+    /// sample (`winograd`); row bands and wider tiles run dense GEMM on the same weights.
+    Winograd,
     /// Int8 weights in groups of four input columns on uint8 inputs (`q8`).
     Int8,
     /// Int8 direct convolution from a shifted quantized image (`q8direct`; AVX-512 VNNI).
@@ -50,13 +54,14 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, for tests and benchmarks that go through the catalogue.
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Dense,
         Kernel::Sparse,
         Kernel::Blocked,
         Kernel::ColumnBlocked,
         Kernel::Unfolding,
         Kernel::Direct,
+        Kernel::Winograd,
         Kernel::Int8,
         Kernel::Int8Direct,
         Kernel::Int8Tiles,
@@ -77,6 +82,7 @@ impl Kernel {
             (Kernel::Int8Direct, _) => "q8-conv-direct",
             (Kernel::Int8Tiles, _) => "q8-amx-dense",
             (Kernel::Direct, _) => "f32-conv-direct",
+            (Kernel::Winograd, _) => "f32-conv-winograd",
         }
     }
 }
@@ -107,6 +113,9 @@ pub enum F32Kernel {
     /// The same weights as `ColumnBlocked`; on a tile already unfolded it runs as that kernel.
     Unfolding(Arc<KBlocked>),
     Direct(Arc<DirectWeights>),
+    /// A convolution's weights transformed for Winograd's products, and dense (for the tiles
+    /// and row bands that run GEMM).
+    Winograd(Arc<Winograd>, Arc<Vec<f32>>),
 }
 
 impl F32Kernel {
@@ -119,6 +128,7 @@ impl F32Kernel {
             F32Kernel::ColumnBlocked(_) => Kernel::ColumnBlocked,
             F32Kernel::Unfolding(_) => Kernel::Unfolding,
             F32Kernel::Direct(_) => Kernel::Direct,
+            F32Kernel::Winograd(..) => Kernel::Winograd,
         }
     }
 
@@ -136,6 +146,14 @@ impl F32Kernel {
     pub fn unfolding(&self) -> Option<&KBlocked> {
         match self {
             F32Kernel::Unfolding(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The Winograd kernel's transformed weights, where this is it.
+    pub fn winograd(&self) -> Option<&Winograd> {
+        match self {
+            F32Kernel::Winograd(wg, _) => Some(wg),
             _ => None,
         }
     }
@@ -158,6 +176,8 @@ impl F32Kernel {
             F32Kernel::Blocked(b) => (Arc::as_ptr(b) as usize, b.bytes()),
             F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => (Arc::as_ptr(k) as usize, k.bytes()),
             F32Kernel::Direct(d) => (Arc::as_ptr(&d.csr) as usize, d.csr.bytes()),
+            // Counted with the dense weights it shares with a dense choice for wider tiles.
+            F32Kernel::Winograd(wg, d) => (Arc::as_ptr(d) as usize, 4 * d.len() + wg.bytes()),
         }
     }
 
@@ -167,8 +187,8 @@ impl F32Kernel {
     #[inline]
     pub fn work(&self, rows: usize, cols: usize, cols_w: usize) -> usize {
         match self {
-            F32Kernel::Dense(_) if rows < 64 => 0,
-            F32Kernel::Dense(_) => rows * cols * cols_w,
+            F32Kernel::Dense(_) | F32Kernel::Winograd(..) if rows < 64 => 0,
+            F32Kernel::Dense(_) | F32Kernel::Winograd(..) => rows * cols * cols_w,
             F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => k.row_ptr.last().map_or(0, |&n| n as usize) * cols_w,
             F32Kernel::Blocked(b) => b.blk_ptr.last().map_or(0, |&n| n as usize * bcsr::BR) * cols_w,
             F32Kernel::Sparse(c) => c.nnz() * cols_w,
@@ -183,8 +203,8 @@ impl F32Kernel {
     /// of 4 rows for the blocked kernel.
     pub fn parts(&self, rows: usize, threads: usize) -> Vec<Range<usize>> {
         match self {
-            F32Kernel::Dense(_) => {
-                let slab = rows.div_ceil(threads * 2).next_multiple_of(16);
+            F32Kernel::Dense(_) | F32Kernel::Winograd(..) => {
+                let slab = rows.div_ceil(threads).next_multiple_of(16);
                 (0..rows).step_by(slab.max(1)).map(|r| r..(r + slab).min(rows)).collect()
             }
             F32Kernel::Sparse(c) => balanced_ranges(&c.row_ptr, threads * 4),
@@ -219,7 +239,7 @@ impl F32Kernel {
             F32Kernel::Direct(d) if w > 1 => return spmm::spmm_strided(isa, &d.csr, bias, x, w, y, rows, sums),
             F32Kernel::Sparse(c) => spmv::spmv(isa, c, bias, x, y, rows.clone(), relu),
             F32Kernel::Direct(d) => spmv::spmv(isa, &d.csr, bias, x, y, rows.clone(), relu),
-            F32Kernel::Dense(wt) => {
+            F32Kernel::Dense(wt) | F32Kernel::Winograd(_, wt) => {
                 let (wt, bias) = (&wt[rows.start * cols..rows.end * cols], &bias[rows.clone()]);
                 if w == 1 {
                     dense::dense(isa, wt, rows.len(), cols, bias, x, 1, y, relu)
@@ -381,6 +401,9 @@ mod tests {
             Kernel::ColumnBlocked => F32Kernel::ColumnBlocked(Arc::new(KBlocked::from_csr(&csr, 16))),
             Kernel::Unfolding => F32Kernel::Unfolding(Arc::new(KBlocked::from_csr(&csr, 16))),
             Kernel::Direct => DirectWeights::kernel(csr, &g),
+            // Rows run on its dense weights (the transform is tested on convolutions, in
+            // tests/kernels.rs), so a placeholder transform of one input channel.
+            Kernel::Winograd => F32Kernel::Winograd(Arc::new(Winograd::new(&vec![0.0; rows * 9], rows, 1)), Arc::new(data.to_vec())),
             Kernel::Int8 | Kernel::Int8Direct | Kernel::Int8Tiles => return None,
         })
     }

@@ -18,6 +18,7 @@ use crate::kernels::q8::{self, Dequant, Q8Matrix};
 use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry, Unfold};
+use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::{Isa, direct, elementwise, spmm};
 use crate::passes;
 use crate::phases::{self, PhaseConv};
@@ -209,6 +210,14 @@ impl MatMul {
             // strided form: counted as im2col too.
             (Some(_), None) => Scratch { bytes: 4 * self.cols * cols_w, quantized: 0 },
             (None, None) => Scratch::default(),
+        }
+    }
+    /// Floats a Winograd convolution (the one-sample kernel) needs for its products on one
+    /// sample (`ld == 1`) in up to `threads` parts (`winograd::conv_winograd`), else 0.
+    pub fn winograd_scratch(&self, ld: usize, threads: usize) -> usize {
+        match (self.conv, self.kernels.f32(true).and_then(F32Kernel::winograd)) {
+            (Some(g), Some(wg)) if ld == 1 => (1..=threads.max(1)).map(|p| wg.scratch_len(&g, p)).max().unwrap_or(0),
+            _ => 0,
         }
     }
     /// Bytes of packed weights kept for execution.
@@ -717,7 +726,8 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         KernelPolicy::Auto => sparse_streams_less(&shape, &csr, o),
     };
     let csr = Arc::new(if conv.is_none() && one_sample_sparse { csr.with_narrow_columns() } else { csr });
-    let dense = || F32Kernel::Dense(Arc::new(data.to_vec()));
+    let dense_weights = Arc::new(data.to_vec());
+    let dense = || F32Kernel::Dense(dense_weights.clone());
     let sparse = F32Kernel::Sparse(csr.clone());
     let (one_sample, batched) = match o.policy {
         KernelPolicy::Dense => (dense(), dense()),
@@ -756,6 +766,14 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             let one = match direct {
                 Some((g, d)) if direct::takes(o.isa, 1, &g) && direct_is_faster(&shape, g, &d, &one, 1, o) => d,
                 _ => one,
+            };
+            // A dense 3x3 convolution at stride 1: Winograd's products where they time faster.
+            let one = match conv.filter(|g| winograd_may_win(o.isa, g, sparsity)) {
+                Some(g) => {
+                    let wg = F32Kernel::Winograd(Arc::new(Winograd::new(data, rows, g.channels)), dense_weights.clone());
+                    if winograd_is_faster(&shape, g, &wg, &one, o) { wg } else { one }
+                }
+                None => one,
             };
             (one, batched)
         }
@@ -985,6 +1003,42 @@ fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kerne
     let mut direct = || direct::conv_direct_decoded(o.isa, taps, m.bias, image, x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);
     let (t_other, t_direct) = best_times_in_turns(&mut || band.run(m, other, o, &mut out), &mut direct);
     t_direct < t_other
+}
+
+/// Sparsity above which Winograd's products (dense, 16 per 36 of a direct convolution's
+/// multiply-adds) are not timed against the sparse kernels: a 3x3 layer pruned 70% has fewer
+/// non-zeros than they do multiply-adds.
+const WINOGRAD_MAX_SPARSITY: f64 = 0.6;
+
+/// Whether Winograd's F(2x2, 3x3) is a candidate for a convolution's one-sample tiles: it
+/// applies (`winograd::applies`), AVX-512 (its products' only vectorised form), weights dense
+/// enough.
+fn winograd_may_win(isa: Isa, g: &Geometry, sparsity: f64) -> bool {
+    isa == Isa::Avx512 && winograd::applies(g) && sparsity <= WINOGRAD_MAX_SPARSITY
+}
+
+/// Times a convolution's Winograd kernel on one whole image against the `other` kernel chosen
+/// for one sample, as each runs (single thread; `other` on `ConvBand`'s band of rows, scaled to
+/// the image).
+fn winograd_is_faster(m: &Timed, g: Geometry, winograd: &F32Kernel, other: &F32Kernel, o: &Options) -> bool {
+    let wg = winograd.winograd().expect("Winograd's weights");
+    let (band, mut out) = ConvBand::new(m, g, 1);
+    let share = band.rows.len() as f64 / g.out_hw[0] as f64;
+    let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1]);
+    let mut y = LineAligned::zeroed(m.rows * g.out_hw[0] * g.out_hw[1]);
+    let mut scratch = LineAligned::zeroed(wg.scratch_len(&g, 1));
+    let mut run_other = || match other.taps() {
+        Some(taps) => {
+            let (image, x, rows) = (&band.image, &band.x, band.rows.clone());
+            direct::conv_direct_decoded(o.isa, taps, m.bias, image, x, &mut out.y, 0..m.rows, rows, m.relu, None)
+        }
+        None => band.run(m, other, o, &mut out),
+    };
+    let mut run_winograd = || {
+        winograd::conv_winograd(o.isa, wg, m.bias, &g, &x, None, &mut y, m.relu, &mut scratch, 1, |job| job(0));
+    };
+    let (t_other, t_winograd) = best_times_in_turns(&mut run_other, &mut run_winograd);
+    t_winograd * share < t_other
 }
 
 /// A band of output rows of a convolution on one tile, to time its kernels as the executor runs

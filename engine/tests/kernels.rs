@@ -395,6 +395,72 @@ fn unfolding_panels_from_the_image_equals_im2col() {
 }
 
 #[test]
+fn winograd_convolution_matches_im2col_and_dense_gemm() {
+    use engine::graph::Window;
+    use engine::kernels::winograd::{self, Winograd};
+    let mut rng = StdRng::seed_from_u64(29);
+    // (in channels, out channels, height, width, pads top/left/bottom/right): odd sizes (a last
+    // tile half outside), a 1x1 image under padding, no padding, uneven padding, rows not a
+    // multiple of 8, more channels than tiles (split by channels), images of several chunks.
+    let shapes = [
+        (3, 5, 7, 7, [1, 1, 1, 1]),
+        (13, 17, 14, 14, [1, 1, 1, 1]),
+        (8, 8, 1, 1, [1, 1, 1, 1]),
+        (4, 9, 5, 9, [0, 0, 0, 0]),
+        (2, 3, 6, 11, [2, 1, 0, 2]),
+        (16, 40, 6, 6, [1, 1, 1, 1]),
+        (24, 32, 56, 56, [1, 1, 1, 1]),
+        (70, 24, 28, 28, [1, 1, 1, 1]),
+    ];
+    for isa in variants() {
+        for &(cin, cout, h, wd, pads) in &shapes {
+            let window = Window { kernel: [3, 3], stride: [1, 1], pads, dilation: [1, 1], ceil_mode: false };
+            let (oh, ow) = window.output(h, wd, "t").unwrap();
+            let g = Geometry { channels: cin, in_hw: [h, wd], out_hw: [oh, ow], window, w: 1 };
+            assert!(winograd::applies(&g));
+            let wt = matrix(cout, cin * 9, 0.2, &mut rng);
+            let bias: Vec<f32> = (0..cout).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x: Vec<f32> = (0..cin * h * wd).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let residual: Vec<f32> = (0..cout * oh * ow).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let mut cols = vec![0.0; cin * 9 * oh * ow];
+            window::im2col_rows(&g, &x, 0..oh, &mut cols);
+            let mut sums = vec![0.0; cout * oh * ow];
+            dense::dense_ref(&wt, cout, cin * 9, &bias, &cols, oh * ow, &mut sums, false);
+            let wg = Winograd::new(&wt, cout, cin);
+            for (parts, res, relu) in [(1, false, false), (2, true, true), (3, false, true), (2, true, false)] {
+                let want: Vec<f32> = sums
+                    .iter()
+                    .zip(&residual)
+                    .map(|(s, r)| if res { s + r } else { *s })
+                    .map(|v| if relu { v.max(0.0) } else { v })
+                    .collect();
+                let mut y = vec![f32::NAN; cout * oh * ow];
+                let mut scratch = vec![f32::NAN; wg.scratch_len(&g, parts)];
+                let run = |job: &(dyn Fn(usize) + Sync)| {
+                    std::thread::scope(|s| {
+                        for p in 0..parts {
+                            s.spawn(move || job(p));
+                        }
+                    })
+                };
+                let residual = res.then_some(residual.as_slice());
+                assert!(winograd::conv_winograd(isa, &wg, &bias, &g, &x, residual, &mut y, relu, &mut scratch, parts, run));
+                assert_close(&y, &want, &format!("{isa:?} {cin}->{cout} {h}x{wd} pads {pads:?} parts {parts}"));
+            }
+            // A scratch space too small for two parts runs as one; one too small for one refuses.
+            let one = wg.scratch_len(&g, 1);
+            let mut y = vec![0.0; cout * oh * ow];
+            let mut scratch = vec![0.0; one];
+            let run = |job: &(dyn Fn(usize) + Sync)| (0..2).for_each(job);
+            assert!(winograd::conv_winograd(isa, &wg, &bias, &g, &x, None, &mut y, false, &mut scratch, 2, run));
+            assert_close(&y, &sums, "one part in a small scratch space");
+            let run = |job: &(dyn Fn(usize) + Sync)| (0..1).for_each(job);
+            assert!(!winograd::conv_winograd(isa, &wg, &bias, &g, &x, None, &mut y, false, &mut scratch[..one - 1], 1, run));
+        }
+    }
+}
+
+#[test]
 fn im2col_and_pooling_match_direct_definitions() {
     use engine::graph::Window;
     let mut rng = StdRng::seed_from_u64(4);

@@ -275,6 +275,45 @@ fn column_blocked_layers_match_plain_csr_in_whole_models() {
 }
 
 #[test]
+fn winograd_convolutions_match_dense_gemm_in_whole_models() {
+    use engine::catalogue::{F32Kernel, Kernels};
+    use engine::compile::Exec;
+    use engine::kernels::winograd::{self, Winograd};
+    use std::sync::Arc;
+    // Every dense 3x3 convolution at stride 1 on Winograd's products for one sample (residuals
+    // added as it stores in the bottleneck blocks), against dense GEMM everywhere: whole images,
+    // row bands (which run GEMM on its dense weights), batches that leave a one-sample tile.
+    for (name, graph) in [("bottleneck", bottleneck(64, 0.0)), ("cnn", cnn(65, 0.0))] {
+        let dense = compile::compile(graph.clone(), Options::new(KernelPolicy::Dense).unwrap()).unwrap();
+        let mut transformed = dense.clone();
+        let mut changed = 0;
+        for layer in &mut transformed.layers {
+            if let Exec::MatMul(m) = &mut layer.exec
+                && let Some(g) = m.conv.filter(winograd::applies)
+                && let Kernels::F32 { one_sample: F32Kernel::Dense(weights), batched } = &m.kernels
+            {
+                let wg = Arc::new(Winograd::new(weights, m.rows, g.channels));
+                m.kernels = Kernels::F32 { one_sample: F32Kernel::Winograd(wg, weights.clone()), batched: batched.clone() };
+                changed += 1;
+            }
+        }
+        assert!(changed > 0, "{name}: no layer for Winograd");
+        for batch in [1, 3, 17] {
+            let input = random_input(batch as u64, batch, &graph.input_shape);
+            let want = Session::with_schedule(&dense, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+            for threads in [1, 2, 3] {
+                for (schedule, budget) in [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(32 << 10))]
+                {
+                    let got = Session::with_schedule(&transformed, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap();
+                    let err = rel_err(&got, &want);
+                    assert!(err < 1e-5, "{name} batch {batch} {threads} threads {schedule:?} {budget:?}: relative error {err}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn auto_times_depthwise_against_layerwise_and_keeps_one_per_batch_size() {
     // LeNet-300-100 at batch 64 on 2 threads: the planner's rule picks depth-wise columns.
     let graph = mlp_with(71, 0.9, [784, 300, 100, 10]);

@@ -50,6 +50,35 @@ pub(super) fn conv_direct(
     }
 }
 
+/// A convolution on one whole image by Winograd's products, where its one-sample kernel is that
+/// and `scratch` holds a part of them (else false, nothing done): parts over the team where the
+/// layer's work splits, the residual added by the kernel (after a fused function, which comes
+/// before the addition).
+#[allow(clippy::too_many_arguments)]
+fn conv_winograd(
+    isa: Isa,
+    m: &MatMul,
+    g: &Geometry,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    team: &Team,
+) -> bool {
+    let Some(wg) = m.kernels.f32(true).and_then(F32Kernel::winograd) else { return false };
+    let plane = g.out_hw[0] * g.out_hw[1];
+    let residual = residual.filter(|_| m.residual.is_some());
+    let (fused, after) = if m.post.is_none() { (residual, None) } else { (None, residual) };
+    let parts = if splits(m, plane, team.threads()) { team.threads() } else { 1 };
+    let y = &mut y[..m.rows * plane];
+    if !winograd::conv_winograd(isa, wg, &m.bias, g, x, fused, y, kernel_relu(m, fused), scratch, parts, |job| team.run_some(parts, job)) {
+        return false;
+    }
+    post(isa, m, y, team);
+    add_residual(isa, m, after, y, team);
+    true
+}
+
 /// A fused function (`MatMul::post`) on `y`, split over the team where it is large.
 pub(super) fn post(isa: Isa, m: &MatMul, y: &mut [f32], team: &Team) {
     if let Some(f) = m.post {
@@ -76,6 +105,9 @@ pub(crate) fn conv(
     let positions = g.out_hw[0] * g.out_hw[1];
     if m.runs_direct(isa, w) {
         return conv_direct(isa, m, &Geometry { w, ..g }, x, residual, y, 0..g.out_hw[0], team);
+    }
+    if w == 1 && conv_winograd(isa, m, &g, x, residual, y, scratch, team) {
+        return;
     }
     if g.window.is_pointwise() {
         // The image is its own im2col: `[channels, positions * w]`.

@@ -26,6 +26,7 @@ pub mod spmm;
 pub mod spmv;
 pub mod transpose;
 pub mod window;
+pub mod winograd;
 
 use std::sync::OnceLock;
 

@@ -1,0 +1,666 @@
+//! Dense 3x3 convolutions at stride 1 on one sample by Winograd's minimal filtering F(2x2, 3x3)
+//! (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016),
+//! `f32-conv-winograd`: each 2x2 block of outputs ("tile") comes from the 4x4 input patch under
+//! it as `A^T [(G g G^T) . (B^T d B)] A`, 16 products per pair of channels where the direct
+//! convolution does 36. Summed over the input channels, each of the 16 positions `xi` of the
+//! transformed patch is a matrix product, `M[xi] = U[xi] V[xi]`: `U[xi]` the transformed weights
+//! `[rows, channels]`, packed once for the product's register tile, `V[xi]` the transformed input
+//! `[channels, tiles]`.
+//!
+//! The image's tile rows are worked in chunks whose transformed input and products stay in the
+//! core's L2 cache: input transform, the 16 products, output transform (bias, residual, ReLU)
+//! per chunk. The work splits over threads by tile rows where the image has more tiles than the
+//! layer has output channels (every part reads all the weights), else by output channels (every
+//! part transforms the whole input, the cheaper copy then).
+
+use std::ops::Range;
+
+use super::Isa;
+use super::window::Geometry;
+
+/// Output channels in one register tile of the products (and the weights' packing unit).
+const ROWS: usize = 8;
+
+/// Tiles in one vector: tiles are padded to a multiple of it per chunk.
+const LANES: usize = 16;
+
+/// Bytes of transformed input and products one chunk of tile rows may keep (in L2).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// A convolution's weights transformed for F(2x2, 3x3): `u[xi][block][channel][ROWS]`, the
+/// output channels padded with zeros to whole blocks of `ROWS`.
+#[derive(Debug)]
+pub struct Winograd {
+    pub rows: usize,
+    pub channels: usize,
+    blocks: usize,
+    u: Vec<f32>,
+}
+
+/// Whether `g` is a convolution Winograd's F(2x2, 3x3) takes here: 3x3, stride 1, no dilation,
+/// one sample, a non-empty output.
+pub fn applies(g: &Geometry) -> bool {
+    let w = g.window;
+    w.kernel == [3, 3]
+        && w.stride == [1, 1]
+        && w.dilation == [1, 1]
+        && !w.ceil_mode
+        && g.w == 1
+        && g.out_hw[0] > 0
+        && g.out_hw[1] > 0
+        && g.channels > 0
+}
+
+impl Winograd {
+    /// The transform of dense weights `[rows, channels * 9]` (input channel, then kernel row and
+    /// column, as im2col orders them).
+    pub fn new(data: &[f32], rows: usize, channels: usize) -> Winograd {
+        assert!(data.len() == rows * channels * 9, "3x3 weights of {rows} x {channels}");
+        let blocks = rows.div_ceil(ROWS);
+        let mut u = vec![0.0f32; 16 * blocks * channels * ROWS];
+        for r in 0..rows {
+            for c in 0..channels {
+                let g = &data[(r * channels + c) * 9..][..9];
+                // G g (4x3), then (G g) G^T (4x4), in f64.
+                let mut gg = [[0.0f64; 3]; 4];
+                for j in 0..3 {
+                    let [a, b, d] = [g[j], g[3 + j], g[6 + j]].map(f64::from);
+                    gg[0][j] = a;
+                    gg[1][j] = (a + b + d) / 2.0;
+                    gg[2][j] = (a - b + d) / 2.0;
+                    gg[3][j] = d;
+                }
+                for (i, [a, b, d]) in gg.into_iter().enumerate() {
+                    let row = [a, (a + b + d) / 2.0, (a - b + d) / 2.0, d];
+                    for (j, v) in row.into_iter().enumerate() {
+                        u[(((4 * i + j) * blocks + r / ROWS) * channels + c) * ROWS + r % ROWS] = v as f32;
+                    }
+                }
+            }
+        }
+        Winograd { rows, channels, blocks, u }
+    }
+
+    /// Bytes of the transformed weights.
+    pub fn bytes(&self) -> usize {
+        4 * self.u.len()
+    }
+
+    /// The weights of product `xi` for output block `block`: `[channels, ROWS]`.
+    fn panel(&self, xi: usize, block: usize) -> &[f32] {
+        &self.u[(xi * self.blocks + block) * self.channels * ROWS..][..self.channels * ROWS]
+    }
+
+    /// How `conv_winograd` works `g` on at most `parts` threads.
+    fn plan(&self, g: &Geometry, parts: usize) -> Plan {
+        let [ty, tx] = g.out_hw.map(|n| n.div_ceil(2));
+        // Split by output channels where the weights are more than the transformed input.
+        let by_rows = self.rows > ty * tx;
+        let parts = parts.clamp(1, if by_rows { self.blocks } else { ty });
+        let blocks_per_part = if by_rows { self.blocks.div_ceil(parts) } else { self.blocks };
+        let per_chunk = |rows: usize| 16 * (self.channels + blocks_per_part * ROWS) * (rows * tx).next_multiple_of(LANES) * 4;
+        let most = if by_rows { ty } else { ty.div_ceil(parts) };
+        // The most rows within the budget, or within one row's bytes where a row alone passes it
+        // (tiles padded to a whole vector: 7x7 images' 16 tiles cost what one row of 4 does).
+        let budget = CHUNK_BYTES.max(per_chunk(1));
+        let fit = (1..=most).rev().find(|&r| per_chunk(r) <= budget).unwrap_or(1);
+        // Among the chunk heights from half of that up, the one padding its tiles least.
+        let waste = |r: usize| ((r * tx).next_multiple_of(LANES) - r * tx) as f64 / (r * tx) as f64;
+        let chunk = ((fit.div_ceil(2))..=fit).rev().fold(fit, |best, r| if waste(r) < waste(best) { r } else { best });
+        let padded = (chunk * tx).next_multiple_of(LANES);
+        // Transformed input, products (and a vector to spare), split patch rows.
+        let part_len = 16 * (self.channels + blocks_per_part * ROWS) * padded + LANES + 8 * split_len(tx);
+        Plan { ty, tx, by_rows, parts, blocks_per_part, chunk, part_len }
+    }
+
+    /// Scratch floats `conv_winograd` needs on `g` to run as `parts` parts.
+    pub fn scratch_len(&self, g: &Geometry, parts: usize) -> usize {
+        let plan = self.plan(g, parts);
+        plan.part_len * plan.parts
+    }
+}
+
+/// How one convolution is worked: its tiles, the split and the chunk height.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    ty: usize,
+    tx: usize,
+    /// Parts split the output channels (else the tile rows).
+    by_rows: bool,
+    parts: usize,
+    blocks_per_part: usize,
+    /// Tile rows per chunk.
+    chunk: usize,
+    /// Scratch floats per part.
+    part_len: usize,
+}
+
+/// The output and scratch pointers the parts share; each writes its own elements.
+struct Shared(*mut f32, *mut f32);
+
+// SAFETY: the parts write disjoint output rows or channels and disjoint scratch (see
+// `conv_winograd`).
+unsafe impl Sync for Shared {}
+
+/// `y = act(conv(x) + bias (+ residual))` for a convolution `Winograd::applies` takes, on one
+/// sample: `x` `[channels, h, w]`, `y` and `residual` `[rows, oh, ow]`, ReLU after the residual.
+/// Runs as up to `parts` parts, through `run` (which calls the job on `0..parts`, on threads or
+/// not), each in its own part of `scratch`; with fewer where `scratch` holds fewer (see
+/// `Winograd::scratch_len`). Returns false, having done nothing, where it holds none.
+pub fn conv_winograd(
+    isa: Isa,
+    wg: &Winograd,
+    bias: &[f32],
+    g: &Geometry,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    relu: bool,
+    scratch: &mut [f32],
+    parts: usize,
+    run: impl FnOnce(&(dyn Fn(usize) + Sync)),
+) -> bool {
+    assert!(applies(g) && g.channels == wg.channels && bias.len() == wg.rows, "a Winograd convolution's shape");
+    assert!(g.holds_input(x.len()) && g.holds_output(y.len(), wg.rows), "input or output size");
+    let plane = g.out_hw[0] * g.out_hw[1];
+    assert!(residual.is_none_or(|r| r.len() >= wg.rows * plane), "residual size");
+    let Some(parts) = (1..=parts.max(1)).rev().find(|&p| wg.scratch_len(g, p) <= scratch.len()) else { return false };
+    let plan = wg.plan(g, parts);
+    let shared = Shared(y.as_mut_ptr(), scratch.as_mut_ptr());
+    let job = |p: usize| {
+        if p >= plan.parts {
+            return;
+        }
+        let (tile_rows, blocks) = if plan.by_rows {
+            let b = (p * plan.blocks_per_part).min(wg.blocks)..((p + 1) * plan.blocks_per_part).min(wg.blocks);
+            (0..plan.ty, b)
+        } else {
+            let per = plan.ty.div_ceil(plan.parts);
+            ((p * per).min(plan.ty)..((p + 1) * per).min(plan.ty), 0..wg.blocks)
+        };
+        if tile_rows.is_empty() || blocks.is_empty() {
+            return;
+        }
+        // SAFETY: part p's scratch is its own `part_len` floats, inside `scratch` (the part count
+        // was chosen so that they fit).
+        let scratch = unsafe { std::slice::from_raw_parts_mut(shared.1.add(p * plan.part_len), plan.part_len) };
+        let out = Output { y: &shared, len: wg.rows * plane };
+        run_part(isa, wg, bias, g, x, residual, out, relu, scratch, &plan, tile_rows, blocks);
+    };
+    run(&job);
+    true
+}
+
+/// The output as the parts share it: `len` floats from `y.0`.
+#[derive(Clone, Copy)]
+struct Output<'a> {
+    y: &'a Shared,
+    len: usize,
+}
+
+impl<'a> Output<'a> {
+    /// Output row `oy` of channel `r` (`ow` floats).
+    ///
+    /// # Safety
+    /// No other part writes that row while the slice lives.
+    unsafe fn row(self, r: usize, oy: usize, g: &Geometry) -> &'a mut [f32] {
+        let [oh, ow] = g.out_hw;
+        let at = (r * oh + oy) * ow;
+        assert!(at + ow <= self.len, "output row inside the output");
+        // SAFETY: inside the output (checked); the caller keeps it to one part.
+        unsafe { std::slice::from_raw_parts_mut(self.y.0.add(at), ow) }
+    }
+}
+
+/// One part: tile rows `tile_rows`, output blocks `blocks`, chunk by chunk.
+#[allow(clippy::too_many_arguments)]
+fn run_part(
+    isa: Isa,
+    wg: &Winograd,
+    bias: &[f32],
+    g: &Geometry,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    out: Output,
+    relu: bool,
+    scratch: &mut [f32],
+    plan: &Plan,
+    tile_rows: Range<usize>,
+    blocks: Range<usize>,
+) {
+    let tx = plan.tx;
+    let padded_max = (plan.chunk * tx).next_multiple_of(LANES);
+    let (v, rest) = scratch.split_at_mut(16 * wg.channels * padded_max);
+    let (m, split_rows) = rest.split_at_mut(16 * plan.blocks_per_part * ROWS * padded_max + LANES);
+    let channels = blocks.start * ROWS..(blocks.end * ROWS).min(wg.rows);
+    let mut start = tile_rows.start;
+    while start < tile_rows.end {
+        let chunk = start..(start + plan.chunk).min(tile_rows.end);
+        let padded = (chunk.len() * tx).next_multiple_of(LANES);
+        transform_input(isa, g, x, chunk.clone(), tx, padded, v, split_rows);
+        for xi in 0..16 {
+            let v = &v[xi * wg.channels * padded..][..wg.channels * padded];
+            let m = &mut m[xi * plan.blocks_per_part * ROWS * padded..][..blocks.len() * ROWS * padded];
+            multiply(isa, wg, xi, blocks.clone(), v, padded, m);
+        }
+        transform_output(isa, g, m, plan.blocks_per_part * ROWS, padded, bias, channels.clone(), chunk.clone(), tx, residual, relu, out);
+        start = chunk.end;
+    }
+}
+
+/// Floats in each even or odd half of a split patch row: the tiles' first columns in whole
+/// vectors, plus the next tile's.
+fn split_len(tx: usize) -> usize {
+    tx.next_multiple_of(LANES) + 1
+}
+
+/// The transformed input of tile rows `chunk`: `v[xi][channel][t]`, `t` the tile's place in the
+/// chunk (row-major, `tx` tiles a row), `padded` apart, zeros in the padding tiles (no stale
+/// values, which could be subnormal, in the products' sums); `split_rows` holds 8 rows of
+/// `split_len(tx)` (AVX-512).
+#[allow(clippy::too_many_arguments)]
+fn transform_input(
+    isa: Isa,
+    g: &Geometry,
+    x: &[f32],
+    chunk: Range<usize>,
+    tx: usize,
+    padded: usize,
+    v: &mut [f32],
+    split_rows: &mut [f32],
+) {
+    let channels = g.channels;
+    assert!(
+        g.holds_input(x.len()) && v.len() >= 16 * channels * padded && chunk.len() * tx <= padded && split_rows.len() >= 8 * split_len(tx)
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: AVX-512F was detected (the ISA is chosen from what the CPU reports); sizes
+        // checked above.
+        unsafe { x86::transform_input(g, x, chunk.clone(), tx, padded, v, split_rows) };
+    } else {
+        transform_input_plain(g, x, chunk.clone(), tx, padded, v);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    transform_input_plain(g, x, chunk.clone(), tx, padded, v);
+    let _ = isa;
+    for c in 0..channels {
+        for xi in 0..16 {
+            v[(xi * channels + c) * padded..][chunk.len() * tx..padded].fill(0.0);
+        }
+    }
+}
+
+/// Input pixel `(py, px)` of the padded image `image` (zero in the padding).
+#[inline(always)]
+fn padded_value(g: &Geometry, image: &[f32], py: usize, px: usize) -> f32 {
+    let [h, w] = g.in_hw;
+    match (py.checked_sub(g.window.pads[0]), px.checked_sub(g.window.pads[1])) {
+        (Some(iy), Some(ix)) if iy < h && ix < w => image[iy * w + ix],
+        _ => 0.0,
+    }
+}
+
+/// `B^T d B` by the definition, tile by tile (without AVX-512).
+fn transform_input_plain(g: &Geometry, x: &[f32], chunk: Range<usize>, tx: usize, padded: usize, v: &mut [f32]) {
+    let [h, w] = g.in_hw;
+    let channels = g.channels;
+    for c in 0..channels {
+        let image = &x[c * h * w..][..h * w];
+        for (i, ty) in chunk.clone().enumerate() {
+            for k in 0..tx {
+                let d: [[f32; 4]; 4] = std::array::from_fn(|r| std::array::from_fn(|col| padded_value(g, image, 2 * ty + r, 2 * k + col)));
+                // Across each patch row, then down each column: d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+                let across = d.map(|d| [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]);
+                for j in 0..4 {
+                    let down = [
+                        across[0][j] - across[2][j],
+                        across[1][j] + across[2][j],
+                        across[2][j] - across[1][j],
+                        across[1][j] - across[3][j],
+                    ];
+                    for (i4, value) in down.into_iter().enumerate() {
+                        v[((4 * i4 + j) * channels + c) * padded + i * tx + k] = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `m[r][t] = sum_c panel[c][r] v[c][t]` for the rows of output blocks `blocks` (`m` holds them
+/// from the first, `ROWS * padded` apart): `v` `[channels, padded]`.
+fn multiply(isa: Isa, wg: &Winograd, xi: usize, blocks: Range<usize>, v: &[f32], padded: usize, m: &mut [f32]) {
+    let channels = wg.channels;
+    assert!(v.len() >= channels * padded && m.len() >= blocks.len() * ROWS * padded && padded.is_multiple_of(LANES));
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        let vectors = padded / LANES;
+        let mut t = 0;
+        while t < vectors {
+            // Three or two vectors of tiles per register tile; one only where one is left, with
+            // two blocks of rows, so that 16 sums are in flight.
+            let nv = match vectors - t {
+                1 => 1,
+                2 | 4 => 2,
+                _ => 3,
+            };
+            let mut b = blocks.start;
+            while b < blocks.end {
+                let pair = nv == 1 && b + 1 < blocks.end;
+                let panel = wg.panel(xi, b).as_ptr();
+                let stride = channels * ROWS;
+                // SAFETY: AVX-512F detected; the register tile's columns `16 t .. 16 (t + nv)` lie
+                // inside `v`'s and `m`'s rows, its blocks' panels inside the weights and their rows
+                // inside `m` (sizes checked above; `padded` a multiple of 16).
+                unsafe {
+                    let (v, m) = (v.as_ptr().add(t * LANES), m.as_mut_ptr().add((b - blocks.start) * ROWS * padded + t * LANES));
+                    match (nv, pair) {
+                        (1, true) => x86::multiply_block::<1, 2>(panel, stride, v, padded, channels, m),
+                        (1, false) => x86::multiply_block::<1, 1>(panel, stride, v, padded, channels, m),
+                        (2, _) => x86::multiply_block::<2, 1>(panel, stride, v, padded, channels, m),
+                        _ => x86::multiply_block::<3, 1>(panel, stride, v, padded, channels, m),
+                    }
+                }
+                b += if pair { 2 } else { 1 };
+            }
+            t += nv;
+        }
+        return;
+    }
+    let _ = isa;
+    for (i, b) in blocks.enumerate() {
+        let panel = wg.panel(xi, b);
+        for r in 0..ROWS {
+            let m = &mut m[(i * ROWS + r) * padded..][..padded];
+            m.fill(0.0);
+            for c in 0..channels {
+                let a = panel[c * ROWS + r];
+                m.iter_mut().zip(&v[c * padded..][..padded]).for_each(|(m, v)| *m += a * v);
+            }
+        }
+    }
+}
+
+/// `A^T m A` of the tiles of `chunk` into `y`, for output channels `channels` (the first of the
+/// part's products, `m[xi][channel - channels.start][t]`, rows `padded` apart and `xi` planes
+/// `part_rows` rows apart, with `LANES` floats to spare after the last), plus bias, residual and
+/// ReLU.
+#[allow(clippy::too_many_arguments)]
+fn transform_output(
+    isa: Isa,
+    g: &Geometry,
+    m: &[f32],
+    part_rows: usize,
+    padded: usize,
+    bias: &[f32],
+    channels: Range<usize>,
+    chunk: Range<usize>,
+    tx: usize,
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: Output,
+) {
+    let [oh, ow] = g.out_hw;
+    let plane = part_rows * padded;
+    assert!(m.len() >= 16 * plane + LANES && channels.len() <= part_rows && chunk.len() * tx <= padded && ow <= 2 * tx);
+    assert!(residual.is_none_or(|r| r.len() >= out.len) && bias.len() * oh * ow <= out.len && channels.end <= bias.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: AVX-512F detected; sizes checked above.
+        return unsafe { x86::transform_output(g, m, plane, padded, bias, channels, chunk, tx, residual, relu, out) };
+    }
+    let _ = isa;
+    for (i, r) in channels.enumerate() {
+        for (j, ty) in chunk.clone().enumerate() {
+            for k in 0..tx {
+                let mm: [f32; 16] = std::array::from_fn(|xi| m[xi * plane + i * padded + j * tx + k]);
+                // Down each column: m0 + m1 + m2 and m1 - m2 - m3; then across each result.
+                let down = |c: usize| [mm[c] + mm[4 + c] + mm[8 + c], mm[4 + c] - mm[8 + c] - mm[12 + c]];
+                let [s0, s1, s2, s3] = [down(0), down(1), down(2), down(3)];
+                let rows = [0, 1].map(|d| [s0[d] + s1[d] + s2[d], s1[d] - s2[d] - s3[d]]);
+                for (d, pair) in rows.into_iter().enumerate() {
+                    let oy = 2 * ty + d;
+                    for (e, sum) in pair.into_iter().enumerate() {
+                        let ox = 2 * k + e;
+                        if oy < oh && ox < ow {
+                            let at = (r * oh + oy) * ow + ox;
+                            let v = sum + bias[r] + residual.map_or(0.0, |res| res[at]);
+                            // SAFETY: this part alone writes channel r's rows of its tile rows.
+                            unsafe { out.row(r, oy, g)[ox] = if relu { v.max(0.0) } else { v } };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Geometry, LANES, Output, ROWS, Range, split_len};
+    use std::arch::x86_64::*;
+
+    /// Lanes `0 .. n` (at most 16).
+    #[inline(always)]
+    fn mask(n: usize) -> __mmask16 {
+        if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
+    }
+
+    /// `transform_input`'s `B^T d B`, 16 tiles at a time from the patch rows split into even
+    /// and odd columns (tile `k` reads padded columns `2k .. 2k + 4`: even[k], odd[k],
+    /// even[k + 1], odd[k + 1]).
+    ///
+    /// # Safety
+    /// AVX-512F; the sizes `transform_input` checks.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn transform_input(
+        g: &Geometry,
+        x: &[f32],
+        chunk: Range<usize>,
+        tx: usize,
+        padded: usize,
+        v: &mut [f32],
+        split_rows: &mut [f32],
+    ) {
+        let [h, w] = g.in_hw;
+        let (top, left) = (g.window.pads[0], g.window.pads[1]);
+        let (channels, n) = (g.channels, split_len(tx));
+        let stride = channels * padded;
+        for c in 0..channels {
+            let image = &x[c * h * w..][..h * w];
+            for (i, ty) in chunk.clone().enumerate() {
+                for r in 0..4 {
+                    let (even, odd) = split_rows[2 * r * n..][..2 * n].split_at_mut(n);
+                    let iy = (2 * ty + r).checked_sub(top).filter(|&iy| iy < h);
+                    // SAFETY: AVX-512F (this function's).
+                    unsafe { split_row(iy.map(|iy| &image[iy * w..][..w]), left, &mut even[..=tx], &mut odd[..=tx]) };
+                }
+                let rows = split_rows.as_ptr();
+                // SAFETY: the loads read `split_rows` (8 rows of `n`, each block's 17 values below
+                // `n`); the masked stores write tile `i * tx + k` of channel c's rows of `v`.
+                unsafe {
+                    let out = v.as_mut_ptr().add(c * padded + i * tx);
+                    for k0 in (0..tx).step_by(LANES) {
+                        let keep = mask(tx - k0);
+                        let load = |j: usize, shift: usize| _mm512_loadu_ps(rows.add(j * n + k0 + shift));
+                        let across = |r: usize| {
+                            let (e, o, e1, o1) = (load(2 * r, 0), load(2 * r + 1, 0), load(2 * r, 1), load(2 * r + 1, 1));
+                            [_mm512_sub_ps(e, e1), _mm512_add_ps(o, e1), _mm512_sub_ps(e1, o), _mm512_sub_ps(o, o1)]
+                        };
+                        let hs = [across(0), across(1), across(2), across(3)];
+                        // Down each column j of the rows' results.
+                        let columns: [[__m512; 4]; 4] = std::array::from_fn(|j| std::array::from_fn(|r| hs[r][j]));
+                        for (j, [h0, h1, h2, h3]) in columns.into_iter().enumerate() {
+                            let store = |xi: usize, value: __m512| _mm512_mask_storeu_ps(out.add(xi * stride + k0), keep, value);
+                            store(j, _mm512_sub_ps(h0, h2));
+                            store(4 + j, _mm512_add_ps(h1, h2));
+                            store(8 + j, _mm512_sub_ps(h2, h1));
+                            store(12 + j, _mm512_sub_ps(h1, h3));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `even[k]` and `odd[k]` = padded column `2k` and `2k + 1` of `row` (None: a padding row),
+    /// `left` columns of zeros before the row and zeros after it; whole vectors deinterleaved.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn split_row(row: Option<&[f32]>, left: usize, even: &mut [f32], odd: &mut [f32]) {
+        let Some(row) = row else {
+            even.fill(0.0);
+            odd.fill(0.0);
+            return;
+        };
+        let n = even.len().min(odd.len());
+        let value = |j: usize| j.checked_sub(left).and_then(|i| row.get(i)).copied().unwrap_or(0.0);
+        // Both columns `2k - left` and `2k + 1 - left` inside the row for k in `first..last`.
+        let first = left.div_ceil(2).min(n);
+        let last = ((row.len() + left) / 2).clamp(first, n);
+        for k in (0..first).chain(last..n) {
+            even[k] = value(2 * k);
+            odd[k] = value(2 * k + 1);
+        }
+        let src = row.get(2 * first - left..).unwrap_or(&[]);
+        let pairs = last - first;
+        assert!(src.len() >= 2 * pairs);
+        let mut k = 0;
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        while k + LANES <= pairs {
+            // SAFETY: values `2k .. 2k + 32` of `src` (2 pairs <= src.len()), and `first + k + 16
+            // <= last <= n` of `even` and `odd`.
+            unsafe {
+                let (a, b) = (_mm512_loadu_ps(src.as_ptr().add(2 * k)), _mm512_loadu_ps(src.as_ptr().add(2 * k + LANES)));
+                _mm512_storeu_ps(even.as_mut_ptr().add(first + k), _mm512_permutex2var_ps(a, evens, b));
+                _mm512_storeu_ps(odd.as_mut_ptr().add(first + k), _mm512_permutex2var_ps(a, odds, b));
+            }
+            k += LANES;
+        }
+        for k in k..pairs {
+            even[first + k] = src[2 * k];
+            odd[first + k] = src[2 * k + 1];
+        }
+    }
+
+    /// `m[p][r][0 .. 16 NV] = sum_c panel_p[c][r] v[c][0 .. 16 NV]` for `P` blocks of `ROWS`
+    /// rows (`panel_p` at `panel + p * stride`, its rows of `m` from `m + p * ROWS * ld`):
+    /// `P x ROWS x NV` vectors of sums in registers, one broadcast weight per row and channel.
+    ///
+    /// # Safety
+    /// AVX-512F; each panel holds `channels * ROWS` floats, `v` `channels` rows `ld` apart and
+    /// `m` `P * ROWS` rows `ld` apart, each row at least `16 NV` floats.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn multiply_block<const NV: usize, const P: usize>(
+        panel: *const f32,
+        stride: usize,
+        v: *const f32,
+        ld: usize,
+        channels: usize,
+        m: *mut f32,
+    ) {
+        let mut acc = [[[_mm512_setzero_ps(); NV]; ROWS]; P];
+        for c in 0..channels {
+            // SAFETY: the caller's sizes.
+            unsafe {
+                let b: [__m512; NV] = std::array::from_fn(|j| _mm512_loadu_ps(v.add(c * ld + j * LANES)));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let a = _mm512_set1_ps(*panel.add(p * stride + c * ROWS + r));
+                        for (acc, b) in acc.iter_mut().zip(b) {
+                            *acc = _mm512_fmadd_ps(a, b, *acc);
+                        }
+                    }
+                }
+            }
+        }
+        for (p, acc) in acc.iter().enumerate() {
+            for (r, acc) in acc.iter().enumerate() {
+                for (j, acc) in acc.iter().enumerate() {
+                    // SAFETY: the caller's sizes.
+                    unsafe { _mm512_storeu_ps(m.add((p * ROWS + r) * ld + j * LANES), *acc) };
+                }
+            }
+        }
+    }
+
+    /// `transform_output` 16 tiles at a time: each output row pair's 32 columns interleaved
+    /// from the even and odd columns' sums, residual, ReLU and stores masked at the row's end.
+    ///
+    /// # Safety
+    /// AVX-512F; the sizes `transform_output` checks.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn transform_output(
+        g: &Geometry,
+        m: &[f32],
+        plane: usize,
+        padded: usize,
+        bias: &[f32],
+        channels: Range<usize>,
+        chunk: Range<usize>,
+        tx: usize,
+        residual: Option<&[f32]>,
+        relu: bool,
+        out: Output,
+    ) {
+        let [oh, ow] = g.out_hw;
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let zero = _mm512_setzero_ps();
+        for (i, r) in channels.enumerate() {
+            let b = _mm512_set1_ps(bias[r]);
+            for (j, ty) in chunk.clone().enumerate() {
+                let at = i * padded + j * tx;
+                for d in 0..2 {
+                    let oy = 2 * ty + d;
+                    if oy >= oh {
+                        continue;
+                    }
+                    // SAFETY: this part alone writes channel r's rows of its tile rows.
+                    let y = unsafe { out.row(r, oy, g) };
+                    let res = residual.map(|res| &res[(r * oh + oy) * ow..][..ow]);
+                    for k0 in (0..tx).step_by(LANES) {
+                        // SAFETY: `m` holds 16 planes and a vector to spare (checked by the caller).
+                        let mm: [__m512; 16] = std::array::from_fn(|xi| unsafe { _mm512_loadu_ps(m.as_ptr().add(xi * plane + at + k0)) });
+                        // Down each column: m0 + m1 + m2 (row 0) or m1 - m2 - m3 (row 1).
+                        let down = |c: usize| {
+                            if d == 0 {
+                                _mm512_add_ps(_mm512_add_ps(mm[c], mm[4 + c]), mm[8 + c])
+                            } else {
+                                _mm512_sub_ps(_mm512_sub_ps(mm[4 + c], mm[8 + c]), mm[12 + c])
+                            }
+                        };
+                        let (s0, s1, s2, s3) = (down(0), down(1), down(2), down(3));
+                        let even = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), s2), b);
+                        let odd = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1, s2), s3), b);
+                        for (half, value) in
+                            [_mm512_permutex2var_ps(even, low, odd), _mm512_permutex2var_ps(even, high, odd)].into_iter().enumerate()
+                        {
+                            let col = 2 * k0 + half * LANES;
+                            if col >= ow {
+                                break;
+                            }
+                            let keep = mask(ow - col);
+                            // SAFETY: columns `col .. col + 16` masked to the row's `ow`.
+                            unsafe {
+                                let mut value = value;
+                                if let Some(res) = res {
+                                    value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(keep, res.as_ptr().add(col)));
+                                }
+                                if relu {
+                                    value = _mm512_max_ps(value, zero);
+                                }
+                                _mm512_mask_storeu_ps(y.as_mut_ptr().add(col), keep, value);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
