@@ -35,7 +35,7 @@ fn main() {
             dense::dense(isa, &wt, c, c * 9, &bias, &cols, hw * hw, &mut y, true)
         });
         let wg = Winograd::new(&wt, c, c);
-        let mut scratch = vec![0.0; wg.scratch_len(&g, 1)];
+        let mut scratch = vec![0.0; wg.scratch_len(isa, &g, 1)];
         let t_winograd = best(&mut || {
             winograd::conv_winograd(isa, &wg, &bias, &g, &x, None, &mut y, true, &mut scratch, 1, |job| job(0));
         });

@@ -214,9 +214,9 @@ impl MatMul {
     }
     /// Floats a Winograd convolution (the one-sample kernel) needs for its products on one
     /// sample (`ld == 1`) in up to `threads` parts (`winograd::conv_winograd`), else 0.
-    pub fn winograd_scratch(&self, ld: usize, threads: usize) -> usize {
+    pub fn winograd_scratch(&self, isa: Isa, ld: usize, threads: usize) -> usize {
         match (self.conv, self.kernels.f32(true).and_then(F32Kernel::winograd)) {
-            (Some(g), Some(wg)) if ld == 1 => (1..=threads.max(1)).map(|p| wg.scratch_len(&g, p)).max().unwrap_or(0),
+            (Some(g), Some(wg)) if ld == 1 => (1..=threads.max(1)).map(|p| wg.scratch_len(isa, &g, p)).max().unwrap_or(0),
             _ => 0,
         }
     }
@@ -1026,7 +1026,7 @@ fn winograd_is_faster(m: &Timed, g: Geometry, winograd: &F32Kernel, other: &F32K
     let share = band.rows.len() as f64 / g.out_hw[0] as f64;
     let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1]);
     let mut y = LineAligned::zeroed(m.rows * g.out_hw[0] * g.out_hw[1]);
-    let mut scratch = LineAligned::zeroed(wg.scratch_len(&g, 1));
+    let mut scratch = LineAligned::zeroed(wg.scratch_len(o.isa, &g, 1));
     let mut run_other = || match other.taps() {
         Some(taps) => {
             let (image, x, rows) = (&band.image, &band.x, band.rows.clone());

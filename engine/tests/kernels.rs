@@ -435,7 +435,7 @@ fn winograd_convolution_matches_im2col_and_dense_gemm() {
                     .map(|v| if relu { v.max(0.0) } else { v })
                     .collect();
                 let mut y = vec![f32::NAN; cout * oh * ow];
-                let mut scratch = vec![f32::NAN; wg.scratch_len(&g, parts)];
+                let mut scratch = vec![f32::NAN; wg.scratch_len(isa, &g, parts)];
                 let run = |job: &(dyn Fn(usize) + Sync)| {
                     std::thread::scope(|s| {
                         for p in 0..parts {
@@ -448,7 +448,7 @@ fn winograd_convolution_matches_im2col_and_dense_gemm() {
                 assert_close(&y, &want, &format!("{isa:?} {cin}->{cout} {h}x{wd} pads {pads:?} parts {parts}"));
             }
             // A scratch space too small for two parts runs as one; one too small for one refuses.
-            let one = wg.scratch_len(&g, 1);
+            let one = wg.scratch_len(isa, &g, 1);
             let mut y = vec![0.0; cout * oh * ow];
             let mut scratch = vec![0.0; one];
             let run = |job: &(dyn Fn(usize) + Sync)| (0..2).for_each(job);

@@ -108,7 +108,7 @@ impl Plan {
         };
         let scratch_len = largest(&|m, ld, i| {
             let band_out = if banded(i) { m.rows * m.columns(ld) } else { 0 };
-            m.scratch(model.options.isa, ld).bytes.div_ceil(4).max(m.winograd_scratch(ld, threads)) + band_out
+            m.scratch(model.options.isa, ld).bytes.div_ceil(4).max(m.winograd_scratch(model.options.isa, ld, threads)) + band_out
         });
         let quantized_len = largest(&|m, ld, _| m.scratch(model.options.isa, ld).quantized.div_ceil(4));
         // Every region from here on, and every tile's chunk, starts on a cache line (the scratch

@@ -92,7 +92,7 @@ impl Winograd {
     }
 
     /// How `conv_winograd` works `g` on at most `parts` threads.
-    fn plan(&self, g: &Geometry, parts: usize) -> Plan {
+    fn plan(&self, isa: Isa, g: &Geometry, parts: usize) -> Plan {
         let [ty, tx] = g.out_hw.map(|n| n.div_ceil(2));
         // Split by output channels where the weights are more than the transformed input.
         let by_rows = self.rows > ty * tx;
@@ -108,15 +108,20 @@ impl Winograd {
         let waste = |r: usize| ((r * tx).next_multiple_of(LANES) - r * tx) as f64 / (r * tx) as f64;
         let chunk = ((fit.div_ceil(2))..=fit).rev().fold(fit, |best, r| if waste(r) < waste(best) { r } else { best });
         let padded = (chunk * tx).next_multiple_of(LANES);
-        // Transformed input, products (and a vector to spare), split patch rows.
-        let part_len = 16 * (self.channels + blocks_per_part * ROWS) * padded + LANES + 8 * split_len(tx);
-        Plan { ty, tx, by_rows, parts, blocks_per_part, chunk, part_len }
+        // Parts of output channels on a whole image in one chunk share its transformed input,
+        // each transforming its share of the input channels first (AVX-512).
+        let shared_input = by_rows && parts > 1 && chunk >= ty && isa == Isa::Avx512;
+        let input_len = 16 * self.channels * padded;
+        // Transformed input (unless shared), products (and a vector to spare), split patch rows.
+        let part_len = if shared_input { 0 } else { input_len } + 16 * blocks_per_part * ROWS * padded + LANES + 8 * split_len(tx);
+        let shared_len = if shared_input { input_len } else { 0 };
+        Plan { ty, tx, by_rows, parts, blocks_per_part, chunk, part_len, shared_len }
     }
 
-    /// Scratch floats `conv_winograd` needs on `g` to run as `parts` parts.
-    pub fn scratch_len(&self, g: &Geometry, parts: usize) -> usize {
-        let plan = self.plan(g, parts);
-        plan.part_len * plan.parts
+    /// Scratch floats `conv_winograd` needs on `g` to run as `parts` parts under `isa`.
+    pub fn scratch_len(&self, isa: Isa, g: &Geometry, parts: usize) -> usize {
+        let plan = self.plan(isa, g, parts);
+        plan.shared_len + plan.part_len * plan.parts
     }
 }
 
@@ -133,6 +138,8 @@ struct Plan {
     chunk: usize,
     /// Scratch floats per part.
     part_len: usize,
+    /// Scratch floats of a transformed input the parts share (none: each transforms its own).
+    shared_len: usize,
 }
 
 /// The output and scratch pointers the parts share; each writes its own elements.
@@ -141,6 +148,13 @@ struct Shared(*mut f32, *mut f32);
 // SAFETY: the parts write disjoint output rows or channels and disjoint scratch (see
 // `conv_winograd`).
 unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The parts' scratch (a method, so that closures capture the `Sync` wrapper).
+    fn scratch(&self) -> *mut f32 {
+        self.1
+    }
+}
 
 /// `y = act(conv(x) + bias (+ residual))` for a convolution `Winograd::applies` takes, on one
 /// sample: `x` `[channels, h, w]`, `y` and `residual` `[rows, oh, ow]`, ReLU after the residual.
@@ -158,15 +172,41 @@ pub fn conv_winograd(
     relu: bool,
     scratch: &mut [f32],
     parts: usize,
-    run: impl FnOnce(&(dyn Fn(usize) + Sync)),
+    run: impl Fn(&(dyn Fn(usize) + Sync)),
 ) -> bool {
     assert!(applies(g) && g.channels == wg.channels && bias.len() == wg.rows, "a Winograd convolution's shape");
     assert!(g.holds_input(x.len()) && g.holds_output(y.len(), wg.rows), "input or output size");
     let plane = g.out_hw[0] * g.out_hw[1];
     assert!(residual.is_none_or(|r| r.len() >= wg.rows * plane), "residual size");
-    let Some(parts) = (1..=parts.max(1)).rev().find(|&p| wg.scratch_len(g, p) <= scratch.len()) else { return false };
-    let plan = wg.plan(g, parts);
-    let shared = Shared(y.as_mut_ptr(), scratch.as_mut_ptr());
+    let Some(parts) = (1..=parts.max(1)).rev().find(|&p| wg.scratch_len(isa, g, p) <= scratch.len()) else { return false };
+    let plan = wg.plan(isa, g, parts);
+    let (input, parts_scratch) = scratch.split_at_mut(plan.shared_len);
+    let shared = Shared(y.as_mut_ptr(), parts_scratch.as_mut_ptr());
+    let split_rows = |p: usize| {
+        // SAFETY: part p's scratch is its own `part_len` floats, inside `scratch` (the part count
+        // was chosen so that they fit); its split rows are their last `8 split_len(tx)`.
+        unsafe {
+            std::slice::from_raw_parts_mut(shared.scratch().add((p + 1) * plan.part_len - 8 * split_len(plan.tx)), 8 * split_len(plan.tx))
+        }
+    };
+    if plan.shared_len > 0 {
+        // Phase one: each part transforms its share of the input channels, whole image.
+        let per = g.channels.div_ceil(plan.parts);
+        let padded = (plan.ty * plan.tx).next_multiple_of(LANES);
+        let v = SharedInput(input.as_mut_ptr());
+        run(&|p: usize| {
+            let channels = (p * per).min(g.channels)..((p + 1) * per).min(g.channels);
+            if p < plan.parts && !channels.is_empty() {
+                // SAFETY: AVX-512F (a shared input is planned only with it); the input holds 16
+                // planes of `channels x padded` floats, and the parts write disjoint channels.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::transform_input(g, x, 0..plan.ty, plan.tx, padded, channels, v.ptr(), split_rows(p))
+                };
+            }
+        });
+    }
+    let input = &*input;
     let job = |p: usize| {
         if p >= plan.parts {
             return;
@@ -181,14 +221,27 @@ pub fn conv_winograd(
         if tile_rows.is_empty() || blocks.is_empty() {
             return;
         }
-        // SAFETY: part p's scratch is its own `part_len` floats, inside `scratch` (the part count
-        // was chosen so that they fit).
-        let scratch = unsafe { std::slice::from_raw_parts_mut(shared.1.add(p * plan.part_len), plan.part_len) };
+        // SAFETY: as in `split_rows`.
+        let scratch = unsafe { std::slice::from_raw_parts_mut(shared.scratch().add(p * plan.part_len), plan.part_len) };
         let out = Output { y: &shared, len: wg.rows * plane };
-        run_part(isa, wg, bias, g, x, residual, out, relu, scratch, &plan, tile_rows, blocks);
+        let input = (plan.shared_len > 0).then_some(input);
+        run_part(isa, wg, bias, g, x, input, residual, out, relu, scratch, &plan, tile_rows, blocks);
     };
     run(&job);
     true
+}
+
+/// The transformed input the parts of phase one write, each its own channels.
+struct SharedInput(*mut f32);
+
+// SAFETY: the parts write disjoint channels (see `conv_winograd`).
+unsafe impl Sync for SharedInput {}
+
+impl SharedInput {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not the field).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// The output as the parts share it: `len` floats from `y.0`.
@@ -212,7 +265,8 @@ impl<'a> Output<'a> {
     }
 }
 
-/// One part: tile rows `tile_rows`, output blocks `blocks`, chunk by chunk.
+/// One part: tile rows `tile_rows`, output blocks `blocks`, chunk by chunk; the input already
+/// transformed where the parts share it (`input`, one chunk).
 #[allow(clippy::too_many_arguments)]
 fn run_part(
     isa: Isa,
@@ -220,6 +274,7 @@ fn run_part(
     bias: &[f32],
     g: &Geometry,
     x: &[f32],
+    input: Option<&[f32]>,
     residual: Option<&[f32]>,
     out: Output,
     relu: bool,
@@ -230,14 +285,20 @@ fn run_part(
 ) {
     let tx = plan.tx;
     let padded_max = (plan.chunk * tx).next_multiple_of(LANES);
-    let (v, rest) = scratch.split_at_mut(16 * wg.channels * padded_max);
+    let (own, rest) = scratch.split_at_mut(if input.is_some() { 0 } else { 16 * wg.channels * padded_max });
     let (m, split_rows) = rest.split_at_mut(16 * plan.blocks_per_part * ROWS * padded_max + LANES);
     let channels = blocks.start * ROWS..(blocks.end * ROWS).min(wg.rows);
     let mut start = tile_rows.start;
     while start < tile_rows.end {
         let chunk = start..(start + plan.chunk).min(tile_rows.end);
         let padded = (chunk.len() * tx).next_multiple_of(LANES);
-        transform_input(isa, g, x, chunk.clone(), tx, padded, v, split_rows);
+        let v = match input {
+            Some(v) => v,
+            None => {
+                transform_input(isa, g, x, chunk.clone(), tx, padded, own, split_rows);
+                &*own
+            }
+        };
         for xi in 0..16 {
             let v = &v[xi * wg.channels * padded..][..wg.channels * padded];
             let m = &mut m[xi * plan.blocks_per_part * ROWS * padded..][..blocks.len() * ROWS * padded];
@@ -277,18 +338,14 @@ fn transform_input(
     if isa == Isa::Avx512 {
         // SAFETY: AVX-512F was detected (the ISA is chosen from what the CPU reports); sizes
         // checked above.
-        unsafe { x86::transform_input(g, x, chunk.clone(), tx, padded, v, split_rows) };
+        unsafe { x86::transform_input(g, x, chunk.clone(), tx, padded, 0..channels, v.as_mut_ptr(), split_rows) };
+        return;
     } else {
         transform_input_plain(g, x, chunk.clone(), tx, padded, v);
     }
     #[cfg(not(target_arch = "x86_64"))]
     transform_input_plain(g, x, chunk.clone(), tx, padded, v);
     let _ = isa;
-    for c in 0..channels {
-        for xi in 0..16 {
-            v[(xi * channels + c) * padded..][chunk.len() * tx..padded].fill(0.0);
-        }
-    }
 }
 
 /// Input pixel `(py, px)` of the padded image `image` (zero in the padding).
@@ -324,6 +381,9 @@ fn transform_input_plain(g: &Geometry, x: &[f32], chunk: Range<usize>, tx: usize
                     }
                 }
             }
+        }
+        for xi in 0..16 {
+            v[(xi * channels + c) * padded..][chunk.len() * tx..padded].fill(0.0);
         }
     }
 }
@@ -447,45 +507,54 @@ mod x86 {
         if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
     }
 
-    /// `transform_input`'s `B^T d B`, 16 tiles at a time from the patch rows split into even
-    /// and odd columns (tile `k` reads padded columns `2k .. 2k + 4`: even[k], odd[k],
-    /// even[k + 1], odd[k + 1]).
+    /// `transform_input`'s `B^T d B` for input channels `channels`, 16 tiles at a time from the
+    /// patch rows split into even and odd columns (tile `k` reads padded columns `2k .. 2k + 4`:
+    /// even[k], odd[k], even[k + 1], odd[k + 1]), each padded row split once (kept in slot
+    /// `row % 4` while the next tile row reads it); zeros in the padding tiles.
     ///
     /// # Safety
-    /// AVX-512F; the sizes `transform_input` checks.
+    /// AVX-512F; the sizes `transform_input` checks, `v` holding 16 planes of `g.channels x
+    /// padded` floats, and no other thread touching the rows of `channels` while it runs.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn transform_input(
         g: &Geometry,
         x: &[f32],
         chunk: Range<usize>,
         tx: usize,
         padded: usize,
-        v: &mut [f32],
+        channels: Range<usize>,
+        v: *mut f32,
         split_rows: &mut [f32],
     ) {
         let [h, w] = g.in_hw;
         let (top, left) = (g.window.pads[0], g.window.pads[1]);
-        let (channels, n) = (g.channels, split_len(tx));
-        let stride = channels * padded;
-        for c in 0..channels {
+        let n = split_len(tx);
+        let stride = g.channels * padded;
+        assert!(channels.end <= g.channels && split_rows.len() >= 8 * n && chunk.len() * tx <= padded);
+        for c in channels {
             let image = &x[c * h * w..][..h * w];
             for (i, ty) in chunk.clone().enumerate() {
-                for r in 0..4 {
-                    let (even, odd) = split_rows[2 * r * n..][..2 * n].split_at_mut(n);
-                    let iy = (2 * ty + r).checked_sub(top).filter(|&iy| iy < h);
+                // Padded rows 2ty .. 2ty + 4; the first two are split already after the first tile row.
+                for py in (2 * ty + if i == 0 { 0 } else { 2 })..2 * ty + 4 {
+                    let slot = py % 4;
+                    let (even, odd) = split_rows[2 * slot * n..][..2 * n].split_at_mut(n);
+                    let iy = py.checked_sub(top).filter(|&iy| iy < h);
                     // SAFETY: AVX-512F (this function's).
                     unsafe { split_row(iy.map(|iy| &image[iy * w..][..w]), left, &mut even[..=tx], &mut odd[..=tx]) };
                 }
                 let rows = split_rows.as_ptr();
+                let slot = |r: usize| (2 * ty + r) % 4;
                 // SAFETY: the loads read `split_rows` (8 rows of `n`, each block's 17 values below
                 // `n`); the masked stores write tile `i * tx + k` of channel c's rows of `v`.
                 unsafe {
-                    let out = v.as_mut_ptr().add(c * padded + i * tx);
+                    let out = v.add(c * padded + i * tx);
                     for k0 in (0..tx).step_by(LANES) {
                         let keep = mask(tx - k0);
                         let load = |j: usize, shift: usize| _mm512_loadu_ps(rows.add(j * n + k0 + shift));
                         let across = |r: usize| {
-                            let (e, o, e1, o1) = (load(2 * r, 0), load(2 * r + 1, 0), load(2 * r, 1), load(2 * r + 1, 1));
+                            let s = slot(r);
+                            let (e, o, e1, o1) = (load(2 * s, 0), load(2 * s + 1, 0), load(2 * s, 1), load(2 * s + 1, 1));
                             [_mm512_sub_ps(e, e1), _mm512_add_ps(o, e1), _mm512_sub_ps(e1, o), _mm512_sub_ps(o, o1)]
                         };
                         let hs = [across(0), across(1), across(2), across(3)];
@@ -500,6 +569,11 @@ mod x86 {
                         }
                     }
                 }
+            }
+            for xi in 0..16 {
+                // SAFETY: channel c's row of plane xi, from the chunk's last tile to `padded`.
+                unsafe { std::slice::from_raw_parts_mut(v.add(xi * stride + c * padded + chunk.len() * tx), padded - chunk.len() * tx) }
+                    .fill(0.0);
             }
         }
     }
