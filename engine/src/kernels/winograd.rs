@@ -24,6 +24,14 @@ const ROWS: usize = 8;
 /// Tiles in one vector: tiles are padded to a multiple of it per chunk.
 const LANES: usize = 16;
 
+/// Floats between the 16 planes of a transformed input or products of `rows` rows of `padded`
+/// tiles: a cache line more than their rows, so that the planes, which a transform reads or
+/// writes at once, do not fall in the same L1 sets where the rows' bytes are a multiple of 4 KiB
+/// (64 channels of 112 tiles).
+fn plane(rows: usize, padded: usize) -> usize {
+    rows * padded + LANES
+}
+
 /// Bytes of transformed input and products one chunk of tile rows may keep (in L2).
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -111,9 +119,9 @@ impl Winograd {
         // Parts of output channels on a whole image in one chunk share its transformed input,
         // each transforming its share of the input channels first (AVX-512).
         let shared_input = by_rows && parts > 1 && chunk >= ty && isa == Isa::Avx512;
-        let input_len = 16 * self.channels * padded;
-        // Transformed input (unless shared), products (and a vector to spare), split patch rows.
-        let part_len = if shared_input { 0 } else { input_len } + 16 * blocks_per_part * ROWS * padded + LANES + 8 * split_len(tx);
+        let input_len = 16 * plane(self.channels, padded);
+        // Transformed input (unless shared), products (and a vector to spare).
+        let part_len = if shared_input { 0 } else { input_len } + 16 * plane(blocks_per_part * ROWS, padded) + LANES;
         let shared_len = if shared_input { input_len } else { 0 };
         Plan { ty, tx, by_rows, parts, blocks_per_part, chunk, part_len, shared_len }
     }
@@ -182,13 +190,6 @@ pub fn conv_winograd(
     let plan = wg.plan(isa, g, parts);
     let (input, parts_scratch) = scratch.split_at_mut(plan.shared_len);
     let shared = Shared(y.as_mut_ptr(), parts_scratch.as_mut_ptr());
-    let split_rows = |p: usize| {
-        // SAFETY: part p's scratch is its own `part_len` floats, inside `scratch` (the part count
-        // was chosen so that they fit); its split rows are their last `8 split_len(tx)`.
-        unsafe {
-            std::slice::from_raw_parts_mut(shared.scratch().add((p + 1) * plan.part_len - 8 * split_len(plan.tx)), 8 * split_len(plan.tx))
-        }
-    };
     if plan.shared_len > 0 {
         // Phase one: each part transforms its share of the input channels, whole image.
         let per = g.channels.div_ceil(plan.parts);
@@ -201,7 +202,7 @@ pub fn conv_winograd(
                 // planes of `channels x padded` floats, and the parts write disjoint channels.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    x86::transform_input(g, x, 0..plan.ty, plan.tx, padded, channels, v.ptr(), split_rows(p))
+                    x86::transform_input(g, x, 0..plan.ty, plan.tx, padded, channels, v.ptr())
                 };
             }
         });
@@ -221,7 +222,8 @@ pub fn conv_winograd(
         if tile_rows.is_empty() || blocks.is_empty() {
             return;
         }
-        // SAFETY: as in `split_rows`.
+        // SAFETY: part p's scratch is its own `part_len` floats, inside `scratch` (the part count
+        // was chosen so that they fit).
         let scratch = unsafe { std::slice::from_raw_parts_mut(shared.scratch().add(p * plan.part_len), plan.part_len) };
         let out = Output { y: &shared, len: wg.rows * plane };
         let input = (plan.shared_len > 0).then_some(input);
@@ -285,8 +287,8 @@ fn run_part(
 ) {
     let tx = plan.tx;
     let padded_max = (plan.chunk * tx).next_multiple_of(LANES);
-    let (own, rest) = scratch.split_at_mut(if input.is_some() { 0 } else { 16 * wg.channels * padded_max });
-    let (m, split_rows) = rest.split_at_mut(16 * plan.blocks_per_part * ROWS * padded_max + LANES);
+    let (own, rest) = scratch.split_at_mut(if input.is_some() { 0 } else { 16 * plane(wg.channels, padded_max) });
+    let m = &mut rest[..16 * plane(plan.blocks_per_part * ROWS, padded_max) + LANES];
     let channels = blocks.start * ROWS..(blocks.end * ROWS).min(wg.rows);
     let mut start = tile_rows.start;
     while start < tile_rows.end {
@@ -295,13 +297,13 @@ fn run_part(
         let v = match input {
             Some(v) => v,
             None => {
-                transform_input(isa, g, x, chunk.clone(), tx, padded, own, split_rows);
+                transform_input(isa, g, x, chunk.clone(), tx, padded, own);
                 &*own
             }
         };
         for xi in 0..16 {
-            let v = &v[xi * wg.channels * padded..][..wg.channels * padded];
-            let m = &mut m[xi * plan.blocks_per_part * ROWS * padded..][..blocks.len() * ROWS * padded];
+            let v = &v[xi * plane(wg.channels, padded)..][..wg.channels * padded];
+            let m = &mut m[xi * plane(plan.blocks_per_part * ROWS, padded)..][..blocks.len() * ROWS * padded];
             multiply(isa, wg, xi, blocks.clone(), v, padded, m);
         }
         transform_output(isa, g, m, plan.blocks_per_part * ROWS, padded, bias, channels.clone(), chunk.clone(), tx, residual, relu, out);
@@ -309,43 +311,20 @@ fn run_part(
     }
 }
 
-/// Floats in each even or odd half of a split patch row: the tiles' first columns in whole
-/// vectors, plus the next tile's.
-fn split_len(tx: usize) -> usize {
-    tx.next_multiple_of(LANES) + 1
-}
-
 /// The transformed input of tile rows `chunk`: `v[xi][channel][t]`, `t` the tile's place in the
 /// chunk (row-major, `tx` tiles a row), `padded` apart, zeros in the padding tiles (no stale
-/// values, which could be subnormal, in the products' sums); `split_rows` holds 8 rows of
-/// `split_len(tx)` (AVX-512).
-#[allow(clippy::too_many_arguments)]
-fn transform_input(
-    isa: Isa,
-    g: &Geometry,
-    x: &[f32],
-    chunk: Range<usize>,
-    tx: usize,
-    padded: usize,
-    v: &mut [f32],
-    split_rows: &mut [f32],
-) {
+/// values, which could be subnormal, in the products' sums).
+fn transform_input(isa: Isa, g: &Geometry, x: &[f32], chunk: Range<usize>, tx: usize, padded: usize, v: &mut [f32]) {
     let channels = g.channels;
-    assert!(
-        g.holds_input(x.len()) && v.len() >= 16 * channels * padded && chunk.len() * tx <= padded && split_rows.len() >= 8 * split_len(tx)
-    );
+    assert!(g.holds_input(x.len()) && v.len() >= 16 * plane(channels, padded) && chunk.len() * tx <= padded);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         // SAFETY: AVX-512F was detected (the ISA is chosen from what the CPU reports); sizes
-        // checked above.
-        unsafe { x86::transform_input(g, x, chunk.clone(), tx, padded, 0..channels, v.as_mut_ptr(), split_rows) };
-        return;
-    } else {
-        transform_input_plain(g, x, chunk.clone(), tx, padded, v);
+        // checked above, `v` borrowed mutably.
+        return unsafe { x86::transform_input(g, x, chunk, tx, padded, 0..channels, v.as_mut_ptr()) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    transform_input_plain(g, x, chunk.clone(), tx, padded, v);
     let _ = isa;
+    transform_input_plain(g, x, chunk, tx, padded, v);
 }
 
 /// Input pixel `(py, px)` of the padded image `image` (zero in the padding).
@@ -377,13 +356,13 @@ fn transform_input_plain(g: &Geometry, x: &[f32], chunk: Range<usize>, tx: usize
                         across[1][j] - across[3][j],
                     ];
                     for (i4, value) in down.into_iter().enumerate() {
-                        v[((4 * i4 + j) * channels + c) * padded + i * tx + k] = value;
+                        v[(4 * i4 + j) * plane(channels, padded) + c * padded + i * tx + k] = value;
                     }
                 }
             }
         }
         for xi in 0..16 {
-            v[(xi * channels + c) * padded..][chunk.len() * tx..padded].fill(0.0);
+            v[xi * plane(channels, padded) + c * padded..][chunk.len() * tx..padded].fill(0.0);
         }
     }
 }
@@ -462,7 +441,7 @@ fn transform_output(
     out: Output,
 ) {
     let [oh, ow] = g.out_hw;
-    let plane = part_rows * padded;
+    let plane = plane(part_rows, padded);
     assert!(m.len() >= 16 * plane + LANES && channels.len() <= part_rows && chunk.len() * tx <= padded && ow <= 2 * tx);
     assert!(residual.is_none_or(|r| r.len() >= out.len) && bias.len() * oh * ow <= out.len && channels.end <= bias.len());
     #[cfg(target_arch = "x86_64")]
@@ -498,7 +477,7 @@ fn transform_output(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Geometry, LANES, Output, ROWS, Range, split_len};
+    use super::{Geometry, LANES, Output, ROWS, Range};
     use std::arch::x86_64::*;
 
     /// Lanes `0 .. n` (at most 16).
@@ -507,16 +486,57 @@ mod x86 {
         if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
     }
 
-    /// `transform_input`'s `B^T d B` for input channels `channels`, 16 tiles at a time from the
-    /// patch rows split into even and odd columns (tile `k` reads padded columns `2k .. 2k + 4`:
-    /// even[k], odd[k], even[k + 1], odd[k + 1]), each padded row split once (kept in slot
-    /// `row % 4` while the next tile row reads it); zeros in the padding tiles.
+    /// Padded columns `j0 .. j0 + 16` of an input row (`left` columns of zeros before its
+    /// values, zeros after them): one masked load.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn padded_columns(row: &[f32], left: usize, j0: usize) -> __m512 {
+        // Lanes l with 0 <= j0 + l - left < row.len().
+        let first = left.saturating_sub(j0).min(LANES);
+        let end = (row.len() + left).saturating_sub(j0).min(LANES);
+        if first >= end {
+            return _mm512_setzero_ps();
+        }
+        // SAFETY: the load reads lanes `first..end` only, row values `j0 + l - left` inside the
+        // row (masked lanes are not accessed; the pointer is formed without leaving it in
+        // arithmetic, by wrapping).
+        unsafe { _mm512_maskz_loadu_ps(mask(end) & !mask(first), row.as_ptr().wrapping_add(j0).wrapping_sub(left)) }
+    }
+
+    /// One patch row across, for tiles `k0 .. k0 + 16`: d0 - d2, d1 + d2, d2 - d1, d1 - d3, with
+    /// `d` the row's padded columns `2k .. 2k + 4`, that is even columns `k` and `k + 1` and odd
+    /// columns `k` and `k + 1`, deinterleaved and shifted in registers.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn across(row: &[f32], left: usize, k0: usize) -> [__m512; 4] {
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        // SAFETY: AVX-512F (this function's).
+        let (a, b, c) =
+            unsafe { (padded_columns(row, left, 2 * k0), padded_columns(row, left, 2 * k0 + 16), padded_columns(row, left, 2 * k0 + 32)) };
+        let (e, o) = (_mm512_permutex2var_ps(a, evens, b), _mm512_permutex2var_ps(a, odds, b));
+        // Even and odd columns k + 1: shifted a lane, the next ones from `c`.
+        let e1 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(c), _mm512_castps_si512(e), 1));
+        let c1 = _mm512_alignr_epi32(_mm512_castps_si512(c), _mm512_castps_si512(c), 1);
+        let o1 = _mm512_castsi512_ps(_mm512_alignr_epi32(c1, _mm512_castps_si512(o), 1));
+        [_mm512_sub_ps(e, e1), _mm512_add_ps(o, e1), _mm512_sub_ps(e1, o), _mm512_sub_ps(o, o1)]
+    }
+
+    /// `transform_input`'s `B^T d B` for input channels `channels`, 16 tiles at a time: tile `k`
+    /// reads padded columns `2k .. 2k + 4` of four rows, that is their even columns `k` and
+    /// `k + 1` and odd columns `k` and `k + 1`, deinterleaved and shifted in registers from
+    /// masked loads of the rows (zeros in the padding); zeros in the padding tiles.
     ///
     /// # Safety
     /// AVX-512F; the sizes `transform_input` checks, `v` holding 16 planes of `g.channels x
     /// padded` floats, and no other thread touching the rows of `channels` while it runs.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn transform_input(
         g: &Geometry,
         x: &[f32],
@@ -525,48 +545,38 @@ mod x86 {
         padded: usize,
         channels: Range<usize>,
         v: *mut f32,
-        split_rows: &mut [f32],
     ) {
         let [h, w] = g.in_hw;
         let (top, left) = (g.window.pads[0], g.window.pads[1]);
-        let n = split_len(tx);
-        let stride = g.channels * padded;
-        assert!(channels.end <= g.channels && split_rows.len() >= 8 * n && chunk.len() * tx <= padded);
+        let stride = super::plane(g.channels, padded);
+        assert!(channels.end <= g.channels && chunk.len() * tx <= padded);
+        let zero = _mm512_setzero_ps();
         for c in channels {
             let image = &x[c * h * w..][..h * w];
             for (i, ty) in chunk.clone().enumerate() {
-                // Padded rows 2ty .. 2ty + 4; the first two are split already after the first tile row.
-                for py in (2 * ty + if i == 0 { 0 } else { 2 })..2 * ty + 4 {
-                    let slot = py % 4;
-                    let (even, odd) = split_rows[2 * slot * n..][..2 * n].split_at_mut(n);
-                    let iy = py.checked_sub(top).filter(|&iy| iy < h);
-                    // SAFETY: AVX-512F (this function's).
-                    unsafe { split_row(iy.map(|iy| &image[iy * w..][..w]), left, &mut even[..=tx], &mut odd[..=tx]) };
-                }
-                let rows = split_rows.as_ptr();
-                let slot = |r: usize| (2 * ty + r) % 4;
-                // SAFETY: the loads read `split_rows` (8 rows of `n`, each block's 17 values below
-                // `n`); the masked stores write tile `i * tx + k` of channel c's rows of `v`.
-                unsafe {
-                    let out = v.add(c * padded + i * tx);
-                    for k0 in (0..tx).step_by(LANES) {
-                        let keep = mask(tx - k0);
-                        let load = |j: usize, shift: usize| _mm512_loadu_ps(rows.add(j * n + k0 + shift));
-                        let across = |r: usize| {
-                            let s = slot(r);
-                            let (e, o, e1, o1) = (load(2 * s, 0), load(2 * s + 1, 0), load(2 * s, 1), load(2 * s + 1, 1));
-                            [_mm512_sub_ps(e, e1), _mm512_add_ps(o, e1), _mm512_sub_ps(e1, o), _mm512_sub_ps(o, o1)]
-                        };
-                        let hs = [across(0), across(1), across(2), across(3)];
-                        // Down each column j of the rows' results.
-                        let columns: [[__m512; 4]; 4] = std::array::from_fn(|j| std::array::from_fn(|r| hs[r][j]));
-                        for (j, [h0, h1, h2, h3]) in columns.into_iter().enumerate() {
-                            let store = |xi: usize, value: __m512| _mm512_mask_storeu_ps(out.add(xi * stride + k0), keep, value);
-                            store(j, _mm512_sub_ps(h0, h2));
-                            store(4 + j, _mm512_add_ps(h1, h2));
-                            store(8 + j, _mm512_sub_ps(h2, h1));
-                            store(12 + j, _mm512_sub_ps(h1, h3));
+                let rows: [Option<&[f32]>; 4] =
+                    std::array::from_fn(|r| (2 * ty + r).checked_sub(top).filter(|&iy| iy < h).map(|iy| &image[iy * w..][..w]));
+                for k0 in (0..tx).step_by(LANES) {
+                    let mut hs = [[zero; 4]; 4];
+                    for (h, row) in hs.iter_mut().zip(rows) {
+                        if let Some(row) = row {
+                            // SAFETY: AVX-512F (this function's).
+                            *h = unsafe { across(row, left, k0) };
                         }
+                    }
+                    let keep = mask(tx - k0);
+                    // Down each column j of the rows' results.
+                    let columns: [[__m512; 4]; 4] = std::array::from_fn(|j| std::array::from_fn(|r| hs[r][j]));
+                    for (j, [h0, h1, h2, h3]) in columns.into_iter().enumerate() {
+                        // SAFETY: tile `i * tx + k0 + l` (l below `keep`'s count) of channel c's row
+                        // of plane `xi`, inside `v` (the caller's sizes).
+                        let store = |xi: usize, value: __m512| unsafe {
+                            _mm512_mask_storeu_ps(v.add(xi * stride + c * padded + i * tx + k0), keep, value)
+                        };
+                        store(j, _mm512_sub_ps(h0, h2));
+                        store(4 + j, _mm512_add_ps(h1, h2));
+                        store(8 + j, _mm512_sub_ps(h2, h1));
+                        store(12 + j, _mm512_sub_ps(h1, h3));
                     }
                 }
             }
@@ -575,49 +585,6 @@ mod x86 {
                 unsafe { std::slice::from_raw_parts_mut(v.add(xi * stride + c * padded + chunk.len() * tx), padded - chunk.len() * tx) }
                     .fill(0.0);
             }
-        }
-    }
-
-    /// `even[k]` and `odd[k]` = padded column `2k` and `2k + 1` of `row` (None: a padding row),
-    /// `left` columns of zeros before the row and zeros after it; whole vectors deinterleaved.
-    ///
-    /// # Safety
-    /// AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn split_row(row: Option<&[f32]>, left: usize, even: &mut [f32], odd: &mut [f32]) {
-        let Some(row) = row else {
-            even.fill(0.0);
-            odd.fill(0.0);
-            return;
-        };
-        let n = even.len().min(odd.len());
-        let value = |j: usize| j.checked_sub(left).and_then(|i| row.get(i)).copied().unwrap_or(0.0);
-        // Both columns `2k - left` and `2k + 1 - left` inside the row for k in `first..last`.
-        let first = left.div_ceil(2).min(n);
-        let last = ((row.len() + left) / 2).clamp(first, n);
-        for k in (0..first).chain(last..n) {
-            even[k] = value(2 * k);
-            odd[k] = value(2 * k + 1);
-        }
-        let src = row.get(2 * first - left..).unwrap_or(&[]);
-        let pairs = last - first;
-        assert!(src.len() >= 2 * pairs);
-        let mut k = 0;
-        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        while k + LANES <= pairs {
-            // SAFETY: values `2k .. 2k + 32` of `src` (2 pairs <= src.len()), and `first + k + 16
-            // <= last <= n` of `even` and `odd`.
-            unsafe {
-                let (a, b) = (_mm512_loadu_ps(src.as_ptr().add(2 * k)), _mm512_loadu_ps(src.as_ptr().add(2 * k + LANES)));
-                _mm512_storeu_ps(even.as_mut_ptr().add(first + k), _mm512_permutex2var_ps(a, evens, b));
-                _mm512_storeu_ps(odd.as_mut_ptr().add(first + k), _mm512_permutex2var_ps(a, odds, b));
-            }
-            k += LANES;
-        }
-        for k in k..pairs {
-            even[first + k] = src[2 * k];
-            odd[first + k] = src[2 * k + 1];
         }
     }
 
