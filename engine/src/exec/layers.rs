@@ -20,8 +20,7 @@ pub(super) fn conv_direct(
     let threads = team.threads();
     let Some(taps) = m.kernels.taps() else { unreachable!("a direct convolution's taps") };
     let plane = g.out_hw[0] * g.out_hw[1] * g.w;
-    let residual = residual.filter(|_| m.residual.is_some());
-    let (fused, after) = if m.post.is_none() { (residual, None) } else { (None, residual) };
+    let (fused, after) = residual_split(m, residual);
     let relu = kernel_relu(m, fused);
     // The rows `rows` of each channel of `y`, where a fused function applies, while they are in cache.
     let post = |y: &mut [f32]| {
@@ -67,8 +66,7 @@ fn conv_winograd(
 ) -> bool {
     let Some(wg) = m.kernels.f32(true).and_then(F32Kernel::winograd) else { return false };
     let plane = g.out_hw[0] * g.out_hw[1];
-    let residual = residual.filter(|_| m.residual.is_some());
-    let (fused, after) = if m.post.is_none() { (residual, None) } else { (None, residual) };
+    let (fused, after) = residual_split(m, residual);
     let parts = if splits(m, plane, team.threads()) { team.threads() } else { 1 };
     let y = &mut y[..m.rows * plane];
     if !winograd::conv_winograd(isa, wg, &m.bias, g, x, fused, y, kernel_relu(m, fused), scratch, parts, |job| team.run_some(parts, job)) {
@@ -77,6 +75,13 @@ fn conv_winograd(
     post(isa, m, y, team);
     add_residual(isa, m, after, y, team);
     true
+}
+
+/// The layer's residual, where it adds one: for the kernel to add to its sums (`.0`), or after a
+/// fused function, which comes before the addition (`.1`).
+fn residual_split<'a>(m: &MatMul, residual: Option<&'a [f32]>) -> (Option<&'a [f32]>, Option<&'a [f32]>) {
+    let residual = residual.filter(|_| m.residual.is_some());
+    if m.post.is_none() { (residual, None) } else { (None, residual) }
 }
 
 /// A fused function (`MatMul::post`) on `y`, split over the team where it is large.

@@ -306,7 +306,9 @@ fn run_part(
             let m = &mut m[xi * plane(plan.blocks_per_part * ROWS, padded)..][..blocks.len() * ROWS * padded];
             multiply(isa, wg, xi, blocks.clone(), v, padded, m);
         }
-        transform_output(isa, g, m, plan.blocks_per_part * ROWS, padded, bias, channels.clone(), chunk.clone(), tx, residual, relu, out);
+        let plane = plane(plan.blocks_per_part * ROWS, padded);
+        let products = Products { g, m, plane, padded, tx, chunk: chunk.clone(), bias, residual, relu, out };
+        transform_output(isa, &products, channels.clone());
         start = chunk.end;
     }
 }
@@ -421,37 +423,38 @@ fn multiply(isa: Isa, wg: &Winograd, xi: usize, blocks: Range<usize>, v: &[f32],
     }
 }
 
-/// `A^T m A` of the tiles of `chunk` into `y`, for output channels `channels` (the first of the
-/// part's products, `m[xi][channel - channels.start][t]`, rows `padded` apart and `xi` planes
-/// `part_rows` rows apart, with `LANES` floats to spare after the last), plus bias, residual and
-/// ReLU.
-#[allow(clippy::too_many_arguments)]
-fn transform_output(
-    isa: Isa,
-    g: &Geometry,
-    m: &[f32],
-    part_rows: usize,
+/// A chunk's products and what the output transform adds and where it writes: `m[xi][channel][t]`
+/// for the part's output channels from its first, rows `padded` apart and planes `plane` apart
+/// (with `LANES` floats to spare after the last), `tx` tiles a tile row, tile rows `chunk`; the
+/// layer's bias, its residual (laid out as the output) and ReLU after it.
+struct Products<'a> {
+    g: &'a Geometry,
+    m: &'a [f32],
+    plane: usize,
     padded: usize,
-    bias: &[f32],
-    channels: Range<usize>,
-    chunk: Range<usize>,
     tx: usize,
-    residual: Option<&[f32]>,
+    chunk: Range<usize>,
+    bias: &'a [f32],
+    residual: Option<&'a [f32]>,
     relu: bool,
-    out: Output,
-) {
+    out: Output<'a>,
+}
+
+/// `A^T m A` of the chunk's tiles into `y`, for output channels `channels` (the part's, from the
+/// first of its products), plus bias, residual and ReLU.
+fn transform_output(isa: Isa, p: &Products, channels: Range<usize>) {
+    let Products { g, m, plane, padded, tx, bias, residual, relu, out, .. } = *p;
     let [oh, ow] = g.out_hw;
-    let plane = plane(part_rows, padded);
-    assert!(m.len() >= 16 * plane + LANES && channels.len() <= part_rows && chunk.len() * tx <= padded && ow <= 2 * tx);
+    assert!(m.len() >= 15 * plane + channels.len() * padded + LANES && p.chunk.len() * tx <= padded && ow <= 2 * tx);
     assert!(residual.is_none_or(|r| r.len() >= out.len) && bias.len() * oh * ow <= out.len && channels.end <= bias.len());
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         // SAFETY: AVX-512F detected; sizes checked above.
-        return unsafe { x86::transform_output(g, m, plane, padded, bias, channels, chunk, tx, residual, relu, out) };
+        return unsafe { x86::transform_output(p, channels) };
     }
     let _ = isa;
     for (i, r) in channels.enumerate() {
-        for (j, ty) in chunk.clone().enumerate() {
+        for (j, ty) in p.chunk.clone().enumerate() {
             for k in 0..tx {
                 let mm: [f32; 16] = std::array::from_fn(|xi| m[xi * plane + i * padded + j * tx + k]);
                 // Down each column: m0 + m1 + m2 and m1 - m2 - m3; then across each result.
@@ -477,7 +480,7 @@ fn transform_output(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Geometry, LANES, Output, ROWS, Range};
+    use super::{Geometry, LANES, Products, ROWS, Range};
     use std::arch::x86_64::*;
 
     /// Lanes `0 .. n` (at most 16).
@@ -635,27 +638,15 @@ mod x86 {
     /// # Safety
     /// AVX-512F; the sizes `transform_output` checks.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn transform_output(
-        g: &Geometry,
-        m: &[f32],
-        plane: usize,
-        padded: usize,
-        bias: &[f32],
-        channels: Range<usize>,
-        chunk: Range<usize>,
-        tx: usize,
-        residual: Option<&[f32]>,
-        relu: bool,
-        out: Output,
-    ) {
+    pub unsafe fn transform_output(p: &Products, channels: Range<usize>) {
+        let Products { g, m, plane, padded, tx, bias, residual, relu, out, .. } = *p;
         let [oh, ow] = g.out_hw;
         let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         let zero = _mm512_setzero_ps();
         for (i, r) in channels.enumerate() {
             let b = _mm512_set1_ps(bias[r]);
-            for (j, ty) in chunk.clone().enumerate() {
+            for (j, ty) in p.chunk.clone().enumerate() {
                 let at = i * padded + j * tx;
                 for d in 0..2 {
                     let oy = 2 * ty + d;
