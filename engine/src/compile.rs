@@ -768,7 +768,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
                 _ => one,
             };
             // A dense 3x3 convolution at stride 1: Winograd's products where they time faster.
-            let one = match conv.filter(|g| winograd_may_win(o.isa, g, sparsity)) {
+            let one = match conv.filter(|g| winograd_may_win(o.isa, g, rows, sparsity)) {
                 Some(g) => {
                     let wg = F32Kernel::Winograd(Arc::new(Winograd::new(data, rows, g.channels)), dense_weights.clone());
                     if winograd_is_faster(&shape, g, &wg, &one, o) { wg } else { one }
@@ -1010,23 +1010,35 @@ fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kerne
 /// non-zeros than they do multiply-adds.
 const WINOGRAD_MAX_SPARSITY: f64 = 0.6;
 
-/// Whether Winograd's F(2x2, 3x3) is a candidate for a convolution's one-sample tiles: it
-/// applies (`winograd::applies`), AVX-512 (its products' only vectorised form), weights dense
-/// enough.
-fn winograd_may_win(isa: Isa, g: &Geometry, sparsity: f64) -> bool {
-    isa == Isa::Avx512 && winograd::applies(g) && sparsity <= WINOGRAD_MAX_SPARSITY
+/// Transformed weights (floats) above which Winograd is not a candidate: they bound what a file
+/// can make the compiler allocate (ResNet's and VGG's largest 3x3 layers, 512 channels to 512,
+/// transform to 4M).
+const WINOGRAD_MAX_WEIGHTS: usize = 1 << 26;
+
+/// Whether Winograd's F(2x2, 3x3) is a candidate for a convolution's one-sample tiles of `rows`
+/// output channels: it applies (`winograd::applies`), AVX-512 (its products' only vectorised
+/// form), weights dense enough and not too many.
+fn winograd_may_win(isa: Isa, g: &Geometry, rows: usize, sparsity: f64) -> bool {
+    let transformed = 16usize.saturating_mul(rows.next_multiple_of(8)).saturating_mul(g.channels);
+    isa == Isa::Avx512 && winograd::applies(g) && sparsity <= WINOGRAD_MAX_SPARSITY && transformed <= WINOGRAD_MAX_WEIGHTS
 }
 
-/// Times a convolution's Winograd kernel on one whole image against the `other` kernel chosen
-/// for one sample, as each runs (single thread; `other` on `ConvBand`'s band of rows, scaled to
-/// the image).
+/// Times a convolution's Winograd kernel against the `other` kernel chosen for one sample, as
+/// each runs, per output row (single thread): `other` on `ConvBand`'s band of rows, Winograd on
+/// an image of as many rows (whole tile rows) with the same padding, cut from the layer's.
 fn winograd_is_faster(m: &Timed, g: Geometry, winograd: &F32Kernel, other: &F32Kernel, o: &Options) -> bool {
     let wg = winograd.winograd().expect("Winograd's weights");
     let (band, mut out) = ConvBand::new(m, g, 1);
-    let share = band.rows.len() as f64 / g.out_hw[0] as f64;
-    let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1]);
-    let mut y = LineAligned::zeroed(m.rows * g.out_hw[0] * g.out_hw[1]);
-    let mut scratch = LineAligned::zeroed(wg.scratch_len(o.isa, &g, 1));
+    let rows = band.rows.len().next_multiple_of(2);
+    let [top, bottom] = [g.window.pads[0], g.window.pads[2]];
+    let cut = match (rows + 2).checked_sub(top + bottom) {
+        Some(in_rows) if in_rows > 0 && rows < g.out_hw[0] => Geometry { in_hw: [in_rows, g.in_hw[1]], out_hw: [rows, g.out_hw[1]], ..g },
+        _ => g,
+    };
+    let share = band.rows.len() as f64 / cut.out_hw[0] as f64;
+    let x = test_values(cut.channels * cut.in_hw[0] * cut.in_hw[1]);
+    let mut y = LineAligned::zeroed(m.rows * cut.out_hw[0] * cut.out_hw[1]);
+    let mut scratch = LineAligned::zeroed(wg.scratch_len(o.isa, &cut, 1));
     let mut run_other = || match other.taps() {
         Some(taps) => {
             let (image, x, rows) = (&band.image, &band.x, band.rows.clone());
@@ -1035,7 +1047,7 @@ fn winograd_is_faster(m: &Timed, g: Geometry, winograd: &F32Kernel, other: &F32K
         None => band.run(m, other, o, &mut out),
     };
     let mut run_winograd = || {
-        winograd::conv_winograd(o.isa, wg, m.bias, &g, &x, None, &mut y, m.relu, &mut scratch, 1, |job| job(0));
+        winograd::conv_winograd(o.isa, wg, m.bias, &cut, &x, None, &mut y, m.relu, &mut scratch, 1, |job| job(0));
     };
     let (t_other, t_winograd) = best_times_in_turns(&mut run_other, &mut run_winograd);
     t_winograd * share < t_other
