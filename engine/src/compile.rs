@@ -999,8 +999,7 @@ fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kerne
     let (band, mut out) = ConvBand::new(m, g, tile);
     let taps = direct.taps().expect("the direct kernel's taps");
     let mut y_direct = LineAligned::zeroed(out.y.len());
-    let (image, x, rows) = (&band.image, &band.x, band.rows.clone());
-    let mut direct = || direct::conv_direct_decoded(o.isa, taps, m.bias, image, x, &mut y_direct, 0..m.rows, rows.clone(), m.relu, None);
+    let mut direct = || band.run_direct(m, taps, o, &mut y_direct);
     let (t_other, t_direct) = best_times_in_turns(&mut || band.run(m, other, o, &mut out), &mut direct);
     t_direct < t_other
 }
@@ -1040,10 +1039,7 @@ fn winograd_is_faster(m: &Timed, g: Geometry, winograd: &F32Kernel, other: &F32K
     let mut y = LineAligned::zeroed(m.rows * cut.out_hw[0] * cut.out_hw[1]);
     let mut scratch = LineAligned::zeroed(wg.scratch_len(o.isa, &cut, 1));
     let mut run_other = || match other.taps() {
-        Some(taps) => {
-            let (image, x, rows) = (&band.image, &band.x, band.rows.clone());
-            direct::conv_direct_decoded(o.isa, taps, m.bias, image, x, &mut out.y, 0..m.rows, rows, m.relu, None)
-        }
+        Some(taps) => band.run_direct(m, taps, o, &mut out.y),
         None => band.run(m, other, o, &mut out),
     };
     let mut run_winograd = || {
@@ -1087,6 +1083,11 @@ impl ConvBand {
         let x = test_values(g.channels * g.in_hw[0] * g.in_hw[1] * tile);
         let cols = LineAligned::zeroed(if g.window.is_pointwise() { 0 } else { m.cols * cols_w });
         (ConvBand { image, rows, x }, ConvOut { cols, y: LineAligned::zeroed(m.rows * oh * ow * tile) })
+    }
+
+    /// The direct kernel on the band, from the image (no im2col), into `y`.
+    fn run_direct(&self, m: &Timed, taps: &direct::Taps, o: &Options, y: &mut [f32]) {
+        direct::conv_direct_decoded(o.isa, taps, m.bias, &self.image, &self.x, y, 0..m.rows, self.rows.clone(), m.relu, None)
     }
 
     fn run(&self, m: &Timed, k: &F32Kernel, o: &Options, out: &mut ConvOut) {

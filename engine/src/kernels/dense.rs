@@ -6,8 +6,8 @@
 //! `y[r * w + s] = act(bias[r] + sum_c wt[r * cols + c] * x[c * w + s])` for `r < rows`, `s < w`:
 //! `wt` is `[rows, cols]` row-major, `x` is `[cols, w]`, `y` is `[rows, w]`.
 
-use super::Isa;
 use super::spmm::Ld;
+use super::{Isa, SharedMut};
 
 fn check(wt: &[f32], rows: usize, cols: usize, bias: &[f32], x: &[f32], w: usize, y: &[f32]) {
     assert!(wt.len() == rows * cols && bias.len() == rows, "weight or bias size");
@@ -139,7 +139,8 @@ pub fn dense_by_columns(
 ) {
     check(wt, rows, cols, bias, x, w, y);
     let per_part = w.div_ceil(parts.max(1)).next_multiple_of(16);
-    let out = SharedOutput(y.as_mut_ptr());
+    // The parts write their own columns of `y`.
+    let out = SharedMut::new(y);
     let job = |p: usize| {
         let span = (p * per_part).min(w)..((p + 1) * per_part).min(w);
         if span.is_empty() {
@@ -171,21 +172,6 @@ pub fn dense_by_columns(
         }
     };
     run(&job);
-}
-
-/// The output pointer the column parts of `dense_by_columns` share; each writes its own columns.
-struct SharedOutput(*mut f32);
-
-// SAFETY: the jobs sharing it write disjoint elements (see `dense_by_columns`).
-unsafe impl Sync for SharedOutput {}
-
-impl SharedOutput {
-    /// # Safety
-    /// `offset` must lie inside the output.
-    unsafe fn at(&self, offset: usize) -> *mut f32 {
-        // SAFETY: the caller keeps `offset` inside the output.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -30,6 +30,28 @@ pub mod winograd;
 
 use std::sync::OnceLock;
 
+/// A mutable buffer that the parts of one kernel call, on several threads, write at once, each
+/// its own elements (output columns, rows or channels, its own scratch).
+pub(crate) struct SharedMut(*mut f32);
+
+// SAFETY: the parts sharing it write disjoint elements (each kernel that makes one says which).
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    pub(crate) fn new(buffer: &mut [f32]) -> SharedMut {
+        SharedMut(buffer.as_mut_ptr())
+    }
+
+    /// The element `offset` from the start.
+    ///
+    /// # Safety
+    /// `offset` lies inside the buffer (or one past its end).
+    pub(crate) unsafe fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `offset` inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
 /// An instruction-set level a kernel variant is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {

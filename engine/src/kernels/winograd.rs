@@ -10,13 +10,14 @@
 //! The image's tile rows are worked in chunks whose transformed input and products stay in the
 //! core's L2 cache: input transform, the 16 products, output transform (bias, residual, ReLU)
 //! per chunk. The work splits over threads by tile rows where the image has more tiles than the
-//! layer has output channels (every part reads all the weights), else by output channels (every
-//! part transforms the whole input, the cheaper copy then).
+//! layer has output channels (every part reads all the weights), else by output channels (the
+//! parts sharing one transformed input, each transforming its share of the input channels
+//! first, where the image is one chunk).
 
 use std::ops::Range;
 
-use super::Isa;
 use super::window::Geometry;
+use super::{Isa, SharedMut};
 
 /// Output channels in one register tile of the products (and the weights' packing unit).
 const ROWS: usize = 8;
@@ -150,20 +151,6 @@ struct Plan {
     shared_len: usize,
 }
 
-/// The output and scratch pointers the parts share; each writes its own elements.
-struct Shared(*mut f32, *mut f32);
-
-// SAFETY: the parts write disjoint output rows or channels and disjoint scratch (see
-// `conv_winograd`).
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The parts' scratch (a method, so that closures capture the `Sync` wrapper).
-    fn scratch(&self) -> *mut f32 {
-        self.1
-    }
-}
-
 /// `y = act(conv(x) + bias (+ residual))` for a convolution `Winograd::applies` takes, on one
 /// sample: `x` `[channels, h, w]`, `y` and `residual` `[rows, oh, ow]`, ReLU after the residual.
 /// Runs as up to `parts` parts, through `run` (which calls the job on `0..parts`, on threads or
@@ -189,12 +176,14 @@ pub fn conv_winograd(
     let Some(parts) = (1..=parts.max(1)).rev().find(|&p| wg.scratch_len(isa, g, p) <= scratch.len()) else { return false };
     let plan = wg.plan(isa, g, parts);
     let (input, parts_scratch) = scratch.split_at_mut(plan.shared_len);
-    let shared = Shared(y.as_mut_ptr(), parts_scratch.as_mut_ptr());
+    // The parts write disjoint output rows or channels, each its own scratch, and in phase one
+    // disjoint channels of the shared input.
+    let (y_parts, scratch_parts) = (SharedMut::new(y), SharedMut::new(parts_scratch));
     if plan.shared_len > 0 {
         // Phase one: each part transforms its share of the input channels, whole image.
         let per = g.channels.div_ceil(plan.parts);
         let padded = (plan.ty * plan.tx).next_multiple_of(LANES);
-        let v = SharedInput(input.as_mut_ptr());
+        let v = SharedMut::new(input);
         run(&|p: usize| {
             let channels = (p * per).min(g.channels)..((p + 1) * per).min(g.channels);
             if p < plan.parts && !channels.is_empty() {
@@ -202,7 +191,7 @@ pub fn conv_winograd(
                 // planes of `channels x padded` floats, and the parts write disjoint channels.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    x86::transform_input(g, x, 0..plan.ty, plan.tx, padded, channels, v.ptr())
+                    x86::transform_input(g, x, 0..plan.ty, plan.tx, padded, channels, v.at(0))
                 };
             }
         });
@@ -224,8 +213,8 @@ pub fn conv_winograd(
         }
         // SAFETY: part p's scratch is its own `part_len` floats, inside `scratch` (the part count
         // was chosen so that they fit).
-        let scratch = unsafe { std::slice::from_raw_parts_mut(shared.scratch().add(p * plan.part_len), plan.part_len) };
-        let out = Output { y: &shared, len: wg.rows * plane };
+        let scratch = unsafe { std::slice::from_raw_parts_mut(scratch_parts.at(p * plan.part_len), plan.part_len) };
+        let out = Output { y: &y_parts, len: wg.rows * plane };
         let input = (plan.shared_len > 0).then_some(input);
         run_part(isa, wg, bias, g, x, input, residual, out, relu, scratch, &plan, tile_rows, blocks);
     };
@@ -233,23 +222,10 @@ pub fn conv_winograd(
     true
 }
 
-/// The transformed input the parts of phase one write, each its own channels.
-struct SharedInput(*mut f32);
-
-// SAFETY: the parts write disjoint channels (see `conv_winograd`).
-unsafe impl Sync for SharedInput {}
-
-impl SharedInput {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper, not the field).
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// The output as the parts share it: `len` floats from `y.0`.
+/// The output as the parts share it: `len` floats.
 #[derive(Clone, Copy)]
 struct Output<'a> {
-    y: &'a Shared,
+    y: &'a SharedMut,
     len: usize,
 }
 
@@ -263,7 +239,7 @@ impl<'a> Output<'a> {
         let at = (r * oh + oy) * ow;
         assert!(at + ow <= self.len, "output row inside the output");
         // SAFETY: inside the output (checked); the caller keeps it to one part.
-        unsafe { std::slice::from_raw_parts_mut(self.y.0.add(at), ow) }
+        unsafe { std::slice::from_raw_parts_mut(self.y.at(at), ow) }
     }
 }
 
