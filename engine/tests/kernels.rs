@@ -1137,32 +1137,51 @@ fn amx_tiles_match_the_scalar_twin_exactly() {
     }
 }
 
+/// The depth-wise kernel equals its scalar twin, the grouped kernel: strides 1 and 2 (and 3 down
+/// the columns), padding on some sides only, dilation down the columns, 3x3 and 5x5 and 1x7
+/// kernels, rows shorter and longer than a vector, a 1-pixel image, pruned weights, channel ranges.
 #[test]
-fn flat_depthwise_convolution_matches_the_grouped_kernel() {
+fn depthwise_convolution_matches_the_grouped_kernel() {
     use engine::graph::Window;
-    use engine::kernels::{flat, grouped};
+    use engine::kernels::{depthwise, grouped};
     let mut rng = StdRng::seed_from_u64(23);
-    // (channels, height, width, kernel, pad): ResNet's and MobileNet's sizes, a 1-pixel image,
-    // rows of one chunk each (112 + 2 padding columns), a 5x5 kernel.
-    for (c, h, wd, k, pad) in [(4, 7, 7, 3, 1), (3, 1, 1, 3, 1), (5, 17, 17, 3, 1), (2, 9, 112, 3, 1), (3, 6, 5, 5, 2), (2, 4, 4, 3, 0)] {
-        let window = Window { kernel: [k, k], stride: [1, 1], pads: [pad; 4], dilation: [1, 1], ceil_mode: false };
-        let (oh, ow) = (h + 2 * pad - k + 1, wd + 2 * pad - k + 1);
+    // (channels, height, width, [kh, kw], [stride h, stride w], pads [top, left, bottom, right], dilation h)
+    let cases = [
+        (4, 7, 7, [3, 3], [1, 1], [1; 4], 1),
+        (3, 1, 1, [3, 3], [1, 1], [1; 4], 1),
+        (5, 17, 17, [3, 3], [1, 1], [1; 4], 1),
+        (2, 9, 112, [3, 3], [1, 1], [1; 4], 1),
+        (3, 6, 5, [5, 5], [1, 1], [2; 4], 1),
+        (2, 4, 4, [3, 3], [1, 1], [0; 4], 1),
+        (4, 9, 40, [3, 3], [2, 2], [1; 4], 1),
+        (3, 14, 14, [3, 3], [2, 2], [0, 0, 1, 1], 1),
+        (2, 13, 33, [5, 5], [2, 2], [2; 4], 1),
+        (2, 11, 37, [3, 3], [2, 2], [1, 2, 0, 1], 1),
+        (3, 10, 50, [1, 7], [3, 1], [0, 3, 0, 3], 1),
+        (2, 12, 19, [3, 3], [1, 2], [2, 1, 2, 1], 2),
+        (1, 1, 1, [3, 3], [2, 2], [1; 4], 1),
+        (2, 8, 8, [4, 4], [2, 2], [1, 1, 2, 2], 1),
+    ];
+    for (c, h, wd, kernel, stride, pads, dil) in cases {
+        let window = Window { kernel, stride, pads, dilation: [dil, 1], ceil_mode: false };
+        let (oh, ow) = window.output(h, wd, "").unwrap();
         let g = Geometry { channels: c, in_hw: [h, wd], out_hw: [oh, ow], window, w: 1 };
+        let what = format!("{c}ch {h}x{wd} k{kernel:?} stride {stride:?} pads {pads:?} dilation {dil}");
         for s in [0.0, 0.5] {
-            let weight = matrix(c, k * k, s, &mut rng);
+            let weight = matrix(c, kernel[0] * kernel[1], s, &mut rng);
             let bias: Vec<f32> = (0..c).map(|_| rng.random_range(-1.0..1.0)).collect();
             let x: Vec<f32> = (0..c * h * wd).map(|_| rng.random_range(-2.0..2.0)).collect();
             for relu in [false, true] {
                 let mut want = vec![0.0; c * oh * ow];
                 grouped::group_conv(&g, c, &weight, &bias, &x, &mut want, 0..c, relu);
-                for isa in variants().into_iter().filter(|&isa| flat::takes(isa, &g)) {
+                for isa in variants().into_iter().filter(|&isa| depthwise::takes(isa, &g)) {
                     let mut got = vec![f32::NAN; want.len()];
-                    flat::depthwise_flat(isa, &g, &weight, &bias, &x, &mut got, 0..c, relu);
-                    assert_close(&got, &want, &format!("depthwise {c}ch {h}x{wd} k{k} pad {pad} s={s}"));
+                    depthwise::depthwise(isa, &g, &weight, &bias, &x, &mut got, 0..c, relu);
+                    assert_close(&got, &want, &what);
                     // The last channels only.
                     let mut part = vec![f32::NAN; (c - 1) * oh * ow];
-                    flat::depthwise_flat(isa, &g, &weight, &bias, &x, &mut part, 1..c, relu);
-                    assert_close(&part, &want[oh * ow..], "depthwise channel range");
+                    depthwise::depthwise(isa, &g, &weight, &bias, &x, &mut part, 1..c, relu);
+                    assert_close(&part, &want[oh * ow..], &format!("{what}, channels 1.."));
                 }
             }
         }

@@ -372,8 +372,8 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             let parts: Vec<_> = y[..out * plane].chunks_mut(per_part * plane).enumerate().collect();
             team.for_each(parts, |(p, y)| {
                 let channels = p * per_part..((p + 1) * per_part).min(out);
-                if *groups == g.channels && bias.len() == g.channels && flat::takes(isa, &g) {
-                    flat::depthwise_flat(isa, &g, weight, bias, x, y, channels, *relu)
+                if *groups == g.channels && bias.len() == g.channels && depthwise::takes(isa, &g) {
+                    depthwise::depthwise(isa, &g, weight, bias, x, y, channels, *relu)
                 } else {
                     grouped::group_conv(&g, *groups, weight, bias, x, y, channels, *relu)
                 }

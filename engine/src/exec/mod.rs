@@ -19,7 +19,9 @@ use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::error::{EngineError, Result};
 use crate::kernels::csr::balanced_ranges;
 use crate::kernels::window::{self, Geometry, Unfold};
-use crate::kernels::{Isa, dense, direct, elementwise, flat, grouped, kblocked, q8, q8conv, q8direct, sequence, spmm, transpose, winograd};
+use crate::kernels::{
+    Isa, dense, depthwise, direct, elementwise, grouped, kblocked, q8, q8conv, q8direct, sequence, spmm, transpose, winograd,
+};
 use crate::schedule::{self, Schedule};
 use crate::team::Team;
 

@@ -6,13 +6,12 @@
 //! output rows, with the `kw - 1` padding columns of each row computed and dropped) in registers
 //! and runs each output channel's taps over them. Where an output row is shorter than a vector
 //! (ResNet's 7x7 and 14x14 stages), this fills the vectors that one row per vector leaves 44% or
-//! 88% used, and gives each tap 4-8 vectors of work instead of 1-2. Depth-wise convolutions of
-//! one sample at stride 1 (`depthwise_flat`) run the same loop on each channel's plane alone.
+//! 88% used, and gives each tap 4-8 vectors of work instead of 1-2.
 
 use std::ops::Range;
 
 use super::Isa;
-use super::direct::{Tap, Taps};
+use super::direct::Taps;
 use super::window::Geometry;
 
 /// Vectors of flat positions kept in registers at once.
@@ -123,52 +122,6 @@ const BLOCK_BYTES: usize = 24 << 10;
 /// Input channels per block for chunks that read `floats` padded input floats per channel.
 fn input_block(channels: usize, floats: usize) -> usize {
     (BLOCK_BYTES / (4 * floats).max(1)).clamp(1, channels.max(1))
-}
-
-/// A depth-wise convolution (one input channel per output channel, `weight` `[channels, 1, kh,
-/// kw]`) on the same flat layout, output channels `channels` into `y` (as `grouped::group_conv`
-/// writes them): each channel's padded plane alone, its non-zero weights as taps.
-#[allow(clippy::too_many_arguments)] // group_conv's arguments
-pub fn depthwise_flat(isa: Isa, g: &Geometry, weight: &[f32], bias: &[f32], x: &[f32], y: &mut [f32], channels: Range<usize>, relu: bool) {
-    g.check();
-    let [kh, kw] = g.window.kernel;
-    assert!(takes(isa, g), "no flat kernel for {g:?}");
-    assert!(bias.len() == g.channels && weight.len() == g.channels * kh * kw && channels.end <= g.channels, "not a depth-wise convolution");
-    assert!(g.holds_input(x.len()) && g.holds_output(y.len(), channels.len()), "input or output tile too small");
-    let [top, left, _, _] = g.window.pads;
-    let ([oh, ow], [h, wd]) = (g.out_hw, g.in_hw);
-    let wp = left + wd + g.window.pads[3];
-    let padded_rows = oh + kh - 1;
-    let plane = padded_rows * wp + 16 + kw;
-    let per_chunk = (CHUNK * 16 / wp).max(1);
-    let mut buf = vec![0.0f32; plane];
-    for (i, o) in channels.enumerate() {
-        for pr in 0..padded_rows {
-            let row = &mut buf[pr * wp..(pr + 1) * wp];
-            match pr.checked_sub(top).filter(|&iy| iy < h) {
-                Some(iy) => row[left..left + wd].copy_from_slice(&x[(o * h + iy) * wd..][..wd]),
-                None => row.fill(0.0),
-            }
-        }
-        let taps: Vec<Tap> = (0..kh * kw)
-            .filter(|t| weight[o * kh * kw + t] != 0.0)
-            .map(|t| (0, (t / kw) as u32, (t % kw) as u32, weight[o * kh * kw + t]))
-            .collect();
-        let mut a = 0;
-        while a < oh {
-            let b = (a + per_chunk).min(oh);
-            let mut out = [bias[o]; CHUNK * 16];
-            // SAFETY: as in `conv_direct_flat`, on one channel's plane (c = 0).
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                x86::channel(&buf, plane, wp, a * wp, (b - a) * wp, &taps, relu, &mut out)
-            };
-            for r in a..b {
-                y[(i * oh + r) * ow..][..ow].copy_from_slice(&out[(r - a) * wp..][..ow]);
-            }
-            a = b;
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -11,6 +11,7 @@
 pub mod bcsr;
 pub mod csr;
 pub mod dense;
+pub mod depthwise;
 pub mod direct;
 pub mod elementwise;
 pub mod flat;
