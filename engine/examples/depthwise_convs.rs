@@ -41,7 +41,7 @@ fn main() {
         };
         let grouped = time(&mut |y| grouped::group_conv(&g, c, &weight, &bias, &x, y, 0..c, true));
         let new = if depthwise::takes(isa, &g) {
-            time(&mut |y| depthwise::depthwise(isa, &g, &weight, &bias, &x, y, 0..c, true))
+            time(&mut |y| depthwise::depthwise(isa, &g, &weight, &bias, &x, y, 0..c, true, None))
         } else {
             f64::NAN
         };

@@ -1176,12 +1176,17 @@ fn depthwise_convolution_matches_the_grouped_kernel() {
                 grouped::group_conv(&g, c, &weight, &bias, &x, &mut want, 0..c, relu);
                 for isa in variants().into_iter().filter(|&isa| depthwise::takes(isa, &g)) {
                     let mut got = vec![f32::NAN; want.len()];
-                    depthwise::depthwise(isa, &g, &weight, &bias, &x, &mut got, 0..c, relu);
+                    depthwise::depthwise(isa, &g, &weight, &bias, &x, &mut got, 0..c, relu, None);
                     assert_close(&got, &want, &what);
                     // The last channels only.
                     let mut part = vec![f32::NAN; (c - 1) * oh * ow];
-                    depthwise::depthwise(isa, &g, &weight, &bias, &x, &mut part, 1..c, relu);
+                    depthwise::depthwise(isa, &g, &weight, &bias, &x, &mut part, 1..c, relu, None);
                     assert_close(&part, &want[oh * ow..], &format!("{what}, channels 1.."));
+                    // A fused Clip after the ReLU, as the separate pass computes it.
+                    let mut clipped = vec![f32::NAN; want.len()];
+                    depthwise::depthwise(isa, &g, &weight, &bias, &x, &mut clipped, 0..c, relu, Some([-0.5, 1.0]));
+                    let clamped: Vec<f32> = want.iter().map(|&v| engine::kernels::elementwise::clamp(v, -0.5, 1.0)).collect();
+                    assert_close(&clipped, &clamped, &format!("{what}, clipped"));
                 }
             }
         }

@@ -372,14 +372,20 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             let parts: Vec<_> = y[..out * plane].chunks_mut(per_part * plane).enumerate().collect();
             team.for_each(parts, |(p, y)| {
                 let channels = p * per_part..((p + 1) * per_part).min(out);
+                let mut post = *post;
                 if *groups == g.channels && bias.len() == g.channels && depthwise::takes(isa, &g) {
-                    depthwise::depthwise(isa, &g, weight, bias, x, y, channels, *relu)
+                    // A fused Clip (ReLU6) in the kernel's stores, other functions after it.
+                    let clip = match post {
+                        Some(crate::ops::Unary::Clip(c)) => post.take().map(|_| [c.lo, c.hi]),
+                        _ => None,
+                    };
+                    depthwise::depthwise(isa, &g, weight, bias, x, y, channels, *relu, clip)
                 } else {
                     grouped::group_conv(&g, *groups, weight, bias, x, y, channels, *relu)
                 }
                 // A fused function on this part's channels, while they are in cache.
                 if let Some(f) = post {
-                    elementwise::unary_in_place(isa, *f, y);
+                    elementwise::unary_in_place(isa, f, y);
                 }
             });
         }

@@ -55,9 +55,20 @@ impl Staging {
 
 /// Output channels `channels` of a depth-wise convolution (`weight` `[channels, 1, kh, kw]`)
 /// into `y`, as `grouped::group_conv` writes them (`[channels.len(), oh, ow]`), with the ReLU
-/// where `relu`.
-#[allow(clippy::too_many_arguments)] // group_conv's arguments
-pub fn depthwise(isa: Isa, g: &Geometry, weight: &[f32], bias: &[f32], x: &[f32], y: &mut [f32], channels: Range<usize>, relu: bool) {
+/// where `relu`, then clamped to `clip` (`[lo, hi]`, as `elementwise::clamp`: a fused Clip, such
+/// as ReLU6) where given.
+#[allow(clippy::too_many_arguments)] // group_conv's arguments, and the fused Clip
+pub fn depthwise(
+    isa: Isa,
+    g: &Geometry,
+    weight: &[f32],
+    bias: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    channels: Range<usize>,
+    relu: bool,
+    clip: Option<[f32; 2]>,
+) {
     g.check();
     let [kh, kw] = g.window.kernel;
     assert!(takes(isa, g), "no depth-wise kernel for {g:?}");
@@ -96,7 +107,7 @@ pub fn depthwise(isa: Isa, g: &Geometry, weight: &[f32], bias: &[f32], x: &[f32]
             // inside one row of `out`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                x86::units(g, &s, &buf, &taps, &weight[c * kh * kw..][..kh * kw], bias[c], relu, out, group)
+                x86::units(g, &s, &buf, &taps, &weight[c * kh * kw..][..kh * kw], bias[c], relu, clip, out, group)
             };
         }
     }
@@ -159,13 +170,14 @@ mod x86 {
         weights: &[f32],
         bias: f32,
         relu: bool,
+        clip: Option<[f32; 2]>,
         out: &mut [f32],
         units: &[(usize, usize)],
     ) {
         macro_rules! go {
             ($($n:literal)*) => {
                 match units.len() {
-                    $($n => unsafe { run::<$n>(g, s, buf, taps, weights, bias, relu, out, units) },)*
+                    $($n => unsafe { run::<$n>(g, s, buf, taps, weights, bias, relu, clip, out, units) },)*
                     _ => unreachable!("1 to 8 vectors"),
                 }
             };
@@ -186,6 +198,7 @@ mod x86 {
         weights: &[f32],
         bias: f32,
         relu: bool,
+        clip: Option<[f32; 2]>,
         out: &mut [f32],
         units: &[(usize, usize)],
     ) {
@@ -209,7 +222,12 @@ mod x86 {
         for k in 0..N {
             let (oy, ox) = units[k];
             let lanes = ((1u32 << (ow - ox).min(16)) - 1) as u16;
-            let v = if relu { _mm512_max_ps(acc[k], _mm512_setzero_ps()) } else { acc[k] };
+            let mut v = if relu { _mm512_max_ps(acc[k], _mm512_setzero_ps()) } else { acc[k] };
+            if let Some([lo, hi]) = clip {
+                // As `elementwise::clamp`: a NaN sum stays NaN (max and min return their second
+                // operand where one is NaN).
+                v = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), v));
+            }
             // SAFETY: lanes cover columns ox .. min(ox + 16, ow) of row oy < oh, inside `out`.
             unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(oy * ow + ox), lanes, v) };
         }
