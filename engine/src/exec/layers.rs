@@ -26,7 +26,7 @@ pub(super) fn conv_direct(
     let post = |y: &mut [f32]| {
         if let Some(f) = m.post {
             let row = g.out_hw[1] * g.w;
-            y.chunks_mut(plane).for_each(|c| elementwise::unary_in_place(isa, f, &mut c[rows.start * row..rows.end * row]));
+            y.chunks_mut(plane).for_each(|c| f.apply_in_place(isa, &mut c[rows.start * row..rows.end * row]));
         }
     };
     if !splits(m, rows.len() * g.out_hw[1] * g.w, threads) {
@@ -88,7 +88,7 @@ fn residual_split<'a>(m: &MatMul, residual: Option<&'a [f32]>) -> (Option<&'a [f
 pub(super) fn post(isa: Isa, m: &MatMul, y: &mut [f32], team: &Team) {
     if let Some(f) = m.post {
         let part = split_len(team, y.len(), 16);
-        team.for_each(y.chunks_mut(part).collect(), |y| elementwise::unary_in_place(isa, f, y));
+        team.for_each(y.chunks_mut(part).collect(), |y| f.apply_in_place(isa, y));
     }
 }
 
@@ -385,7 +385,7 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 }
                 // A fused function on this part's channels, while they are in cache.
                 if let Some(f) = post {
-                    elementwise::unary_in_place(isa, f, y);
+                    f.apply_in_place(isa, y);
                 }
             });
         }

@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use super::Isa;
-use crate::graph::{BinaryKind, Unary};
+use crate::graph::BinaryKind;
 
 /// `erf(x)` within 5e-7 (Numerical Recipes' `erfc` Chebyshev fit) in f32 arithmetic and this
 /// module's `exp`, which vectorize: in f64 with the library's `exp` it took 3.6 ns a value, and
@@ -190,15 +190,6 @@ fn quantize_dequantize_avx512(y: &mut [f32], scale: f32, zero: u8) {
     vectors.into_remainder().iter_mut().for_each(|v| *v = super::q8::quantize_dequantize(*v, scale, zero));
 }
 
-/// `y = f(y)`, through a small buffer (so that `unary` serves both).
-pub fn unary_in_place(isa: Isa, f: Unary, y: &mut [f32]) {
-    let mut buf = [0.0f32; 256];
-    for part in y.chunks_mut(256) {
-        buf[..part.len()].copy_from_slice(part);
-        f.apply(isa, &buf[..part.len()], part);
-    }
-}
-
 /// `y[i] = f(x[i])`, the loop compiled for `isa`.
 pub fn each_value(isa: Isa, x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
     #[inline(never)]
@@ -224,6 +215,35 @@ pub fn each_value(isa: Isa, x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2(x, y, f) },
         _ => plain(x, y, f),
+    }
+}
+
+/// `y[i] = f(y[i])`, the loop compiled for `isa` (a fused function on a layer's output, where a
+/// copy of each chunk through a buffer for `each_value` had cost a fifth of the pass).
+pub fn each_value_in_place(isa: Isa, y: &mut [f32], f: impl Fn(f32) -> f32) {
+    #[inline(never)]
+    fn plain(y: &mut [f32], f: impl Fn(f32) -> f32) {
+        y.iter_mut().for_each(|v| *v = f(*v));
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    fn avx512(y: &mut [f32], f: impl Fn(f32) -> f32) {
+        y.iter_mut().for_each(|v| *v = f(*v));
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    fn avx2(y: &mut [f32], f: impl Fn(f32) -> f32) {
+        y.iter_mut().for_each(|v| *v = f(*v));
+    }
+    match isa {
+        // SAFETY: `isa` is at most what the CPU supports (`Isa::detect`, `kernels::isa`).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512(y, f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2(y, f) },
+        _ => plain(y, f),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::kernels::Isa;
-use crate::kernels::elementwise::each_value;
+use crate::kernels::elementwise::{each_value, each_value_in_place};
 use crate::onnx::export::Builder;
 use crate::onnx::import::OnnxNode;
 
@@ -32,6 +32,10 @@ pub(crate) trait ElementWise: Copy + Default + Into<Unary> + 'static {
     /// compiled for AVX-512 and AVX2 too, where `exp` vectorizes 16 or 8 lanes wide.
     fn apply(self, isa: Isa, x: &[f32], y: &mut [f32]) {
         each_value(isa, x, y, move |v| self.value(v))
+    }
+    /// `y[i] = f(y[i])`: a function fused into the layer before it.
+    fn apply_in_place(self, isa: Isa, y: &mut [f32]) {
+        each_value_in_place(isa, y, move |v| self.value(v))
     }
     /// ONNX nodes computing `f(x)` into `out`: by default one node of the first of `ONNX`,
     /// without attributes (a function with attributes or without an ONNX operator writes its own).
@@ -67,6 +71,10 @@ macro_rules! functions {
             /// `y = f(x)` over a tile, the loop compiled for `isa`.
             pub fn apply(self, isa: Isa, x: &[f32], y: &mut [f32]) {
                 match self { $(Unary::$name(f) => f.apply(isa, x, y),)* }
+            }
+            /// `y = f(y)` over a tile, the loop compiled for `isa`.
+            pub fn apply_in_place(self, isa: Isa, y: &mut [f32]) {
+                match self { $(Unary::$name(f) => f.apply_in_place(isa, y),)* }
             }
             /// ONNX nodes computing `f(x)` into `out`.
             pub(crate) fn write(self, b: &mut Builder, name: &str, x: String, out: &str) {
@@ -132,8 +140,11 @@ mod tests {
                 for isa in Isa::available() {
                     let mut got = vec![0.0; n];
                     f.apply(isa, &x, &mut got);
-                    let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()));
-                    assert!(same, "{f:?} on {isa:?}, {n} values");
+                    let same = |got: &[f32]| got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()));
+                    assert!(same(&got), "{f:?} on {isa:?}, {n} values");
+                    let mut in_place = x.clone();
+                    f.apply_in_place(isa, &mut in_place);
+                    assert!(same(&in_place), "{f:?} in place on {isa:?}, {n} values");
                 }
             }
         }
