@@ -376,7 +376,10 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 if *groups == g.channels && bias.len() == g.channels && depthwise::takes(isa, &g) {
                     // A fused Clip (ReLU6) in the kernel's stores, other functions after it.
                     let clip = match post {
-                        Some(crate::ops::Unary::Clip(c)) => post.take().map(|_| [c.lo, c.hi]),
+                        Some(crate::ops::Unary::Clip(c)) => {
+                            post = None;
+                            Some([c.lo, c.hi])
+                        }
                         _ => None,
                     };
                     depthwise::depthwise(isa, &g, weight, bias, x, y, channels, *relu, clip)

@@ -53,6 +53,20 @@ impl Staging {
     }
 }
 
+/// One channel's work for the kernel: its plane staged by `s` in `buf`, every tap's offset
+/// (`Staging::tap`), its weights and bias, and what its stores apply (the ReLU, then `clip`).
+#[derive(Clone, Copy)]
+struct Channel<'a> {
+    g: &'a Geometry,
+    s: &'a Staging,
+    buf: &'a [f32],
+    taps: &'a [usize],
+    weights: &'a [f32],
+    bias: f32,
+    relu: bool,
+    clip: Option<[f32; 2]>,
+}
+
 /// Output channels `channels` of a depth-wise convolution (`weight` `[channels, 1, kh, kw]`)
 /// into `y`, as `grouped::group_conv` writes them (`[channels.len(), oh, ow]`), with the ReLU
 /// where `relu`, then clamped to `clip` (`[lo, hi]`, as `elementwise::clamp`: a fused Clip, such
@@ -101,13 +115,14 @@ pub fn depthwise(
             }
         }
         let out = &mut y[i * oh * ow..][..oh * ow];
+        let channel = Channel { g, s: &s, buf: &buf, taps: &taps, weights: &weight[c * kh * kw..][..kh * kw], bias: bias[c], relu, clip };
         for group in units.chunks(UNITS) {
             // SAFETY: `takes` checked the ISA; every tap of every unit reads inside `buf` (the
             // staging's rows and phases cover the window of every output), every unit writes
             // inside one row of `out`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                x86::units(g, &s, &buf, &taps, &weight[c * kh * kw..][..kh * kw], bias[c], relu, clip, out, group)
+                x86::units(&channel, out, group)
             };
         }
     }
@@ -117,8 +132,7 @@ pub fn depthwise(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::Staging;
-    use crate::kernels::window::Geometry;
+    use super::Channel;
 
     /// Input row `src` as a staged row of two phases: padded column `p = ix + left` at entry
     /// `p / 2` of phase `p % 2`, 32 input columns at a time (entries past `phase`, never read,
@@ -158,26 +172,14 @@ mod x86 {
     /// The output vectors `units` (`(row, first column)`) of one channel into `out`.
     ///
     /// # Safety
-    /// AVX-512F; `buf` is the channel staged by `s`, `taps` every tap's offset (`Staging::tap`),
-    /// `weights` the channel's; the units are outputs of `g` and at most `UNITS`.
-    #[allow(clippy::too_many_arguments)]
+    /// AVX-512F; `c.buf` is the channel staged by `c.s`, `c.taps` every tap's offset; the units
+    /// are outputs of `c.g` and at most `UNITS`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn units(
-        g: &Geometry,
-        s: &Staging,
-        buf: &[f32],
-        taps: &[usize],
-        weights: &[f32],
-        bias: f32,
-        relu: bool,
-        clip: Option<[f32; 2]>,
-        out: &mut [f32],
-        units: &[(usize, usize)],
-    ) {
+    pub(super) unsafe fn units(c: &Channel, out: &mut [f32], units: &[(usize, usize)]) {
         macro_rules! go {
             ($($n:literal)*) => {
                 match units.len() {
-                    $($n => unsafe { run::<$n>(g, s, buf, taps, weights, bias, relu, clip, out, units) },)*
+                    $($n => unsafe { run::<$n>(c, out, units) },)*
                     _ => unreachable!("1 to 8 vectors"),
                 }
             };
@@ -187,21 +189,10 @@ mod x86 {
 
     /// # Safety
     /// As `units`, with `N` of them.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run<const N: usize>(
-        g: &Geometry,
-        s: &Staging,
-        buf: &[f32],
-        taps: &[usize],
-        weights: &[f32],
-        bias: f32,
-        relu: bool,
-        clip: Option<[f32; 2]>,
-        out: &mut [f32],
-        units: &[(usize, usize)],
-    ) {
+    unsafe fn run<const N: usize>(c: &Channel, out: &mut [f32], units: &[(usize, usize)]) {
+        let Channel { g, s, buf, taps, weights, bias, relu, clip } = *c;
         let ow = g.out_hw[1];
         // Vector k's first output reads staged row oy * stride, entry ox of phase 0.
         let bases: [*const f32; N] = std::array::from_fn(|k| {

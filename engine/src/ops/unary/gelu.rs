@@ -4,7 +4,7 @@
 use super::ElementWise;
 use crate::error::Result;
 use crate::kernels::Isa;
-use crate::kernels::elementwise::{each_value, erf};
+use crate::kernels::elementwise::{each_value, each_value_in_place, erf};
 use crate::onnx::export::{Builder, string};
 use crate::onnx::import::OnnxNode;
 
@@ -36,6 +36,9 @@ impl ElementWise for Gelu {
     /// A loop for each form, the choice made once.
     fn apply(self, isa: Isa, x: &[f32], y: &mut [f32]) {
         if self.tanh { each_value(isa, x, y, tanh_approximation) } else { each_value(isa, x, y, exact) }
+    }
+    fn apply_in_place(self, isa: Isa, y: &mut [f32]) {
+        if self.tanh { each_value_in_place(isa, y, tanh_approximation) } else { each_value_in_place(isa, y, exact) }
     }
     fn write(self, b: &mut Builder, name: &str, x: String, out: &str) {
         let approximate = string("approximate", if self.tanh { "tanh" } else { "none" });
