@@ -226,9 +226,10 @@ impl F32Kernel {
     /// Rows `rows` of `y = act(W x + bias (+ residual))` on a `[cols, w]` tile, on the calling
     /// thread: `y` holds those rows, `sums.ld` apart (packed on one column and for the blocked
     /// kernel, whose `rows` start on a block), `bias` the whole layer's, `sums.residual` the same rows of the residual and
-    /// `sums.relu` the activation after it. The CSR kernels on two columns or more add the
-    /// residual as they store; the others add it to their rows after (bit for bit the separate
-    /// addition), with their own activation off.
+    /// `sums.relu` the activation after it, `sums.clip` the clamp after that. The CSR kernels on
+    /// two columns or more add the residual and clamp as they store; the others add it to their
+    /// rows after (bit for bit the separate addition), with their own activation off, and clamp
+    /// their rows after.
     #[allow(clippy::too_many_arguments)] // the tile, its rows and how the sums end
     #[inline]
     pub fn run_rows(&self, isa: Isa, bias: &[f32], cols: usize, x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
@@ -255,6 +256,11 @@ impl F32Kernel {
         if let Some(residual) = sums.residual {
             for (i, y) in y.chunks_mut(ld.y).take(rows.len()).enumerate() {
                 elementwise::add_in_place(isa, &mut y[..w], &residual[i * ld.y..i * ld.y + w], sums.relu);
+            }
+        }
+        if let Some([lo, hi]) = sums.clip {
+            for y in y.chunks_mut(ld.y).take(rows.len()) {
+                elementwise::each_value_in_place(isa, &mut y[..w], |v| elementwise::clamp(v, lo, hi));
             }
         }
     }

@@ -179,6 +179,20 @@ impl MatMul {
     pub fn columns(&self, w: usize) -> usize {
         self.conv.map_or(1, |g| g.out_hw[0] * g.out_hw[1]) * w
     }
+    /// The bounds of a fused Clip (ReLU6), which the matrix kernels clamp their stores to
+    /// (`spmm::Sums::clip`); none where the fused function is another or there is none, or
+    /// where the layer adds a residual (the function comes before the addition).
+    pub fn kernel_clip(&self) -> Option<[f32; 2]> {
+        match self.post {
+            Some(crate::graph::Unary::Clip(c)) if self.residual.is_none() => Some([c.lo, c.hi]),
+            _ => None,
+        }
+    }
+    /// The fused function left to apply after the matrix kernels (`matmul_rows` and the
+    /// others in `exec::layers`) wrote the outputs: none where they clamped a fused Clip.
+    pub fn post_after_kernel(&self) -> Option<crate::graph::Unary> {
+        self.post.filter(|_| self.kernel_clip().is_none())
+    }
     /// Whether a convolution runs the fp32 direct kernel on tiles of `w` samples (else im2col
     /// and the matrix kernel on the same weights).
     pub fn runs_direct(&self, isa: Isa, w: usize) -> bool {

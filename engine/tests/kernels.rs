@@ -176,6 +176,51 @@ fn residual_added_by_csr_kernels_equals_the_separate_addition() {
     }
 }
 
+/// A clip clamped by the CSR kernels as they store (plain and column-blocked, every variant and
+/// the scalar twins, packed and strided rows, with and without the ReLU, NaN sums included)
+/// equals, bit for bit, the same kernel without it followed by `elementwise::clamp`, the fused
+/// Clip's pass it replaces.
+#[test]
+fn clip_clamped_by_csr_kernels_equals_the_separate_clamp() {
+    let mut rng = StdRng::seed_from_u64(9);
+    for (rows, cols, w, s) in cases().into_iter().step_by(3) {
+        let m = Csr::from_dense(&matrix(rows, cols, s, &mut rng), rows, cols);
+        let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let kb = KBlocked::from_csr(&m, 7);
+        for ld in [Ld::packed(w), Ld { x: w + 3, y: w + 5 }] {
+            // Inputs of several units so that sums fall on both sides of both bounds, and a NaN.
+            let mut x: Vec<f32> = (0..cols * ld.x).map(|_| rng.random_range(-4.0..4.0)).collect();
+            if let Some(v) = x.get_mut(ld.x + 1) {
+                *v = f32::NAN;
+            }
+            for [lo, hi] in [[0.0, 6.0], [-0.5, 0.25]] {
+                let clamped = |y: &[f32]| y.iter().map(|&v| elementwise::clamp(v, lo, hi)).collect::<Vec<f32>>();
+                for relu in [false, true] {
+                    let sums = Sums::new(ld, relu);
+                    let label = format!("{rows}x{cols} w={w} s={s} {ld:?} relu={relu} [{lo}, {hi}]");
+                    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                    let run = |f: &dyn Fn(&mut [f32], Sums)| {
+                        let (mut plain, mut fused) = (vec![0.0; rows * ld.y], vec![0.0; rows * ld.y]);
+                        f(&mut plain, sums);
+                        f(&mut fused, sums.with_clip(Some([lo, hi])));
+                        (clamped(&plain), fused)
+                    };
+                    let (want, got) = run(&|y, sums| spmm::spmm_strided_ref(&m, &bias, &x, w, y, 0..rows, sums));
+                    assert!(same(&want, &got), "spmm ref clip {label}");
+                    let (want, got) = run(&|y, sums| kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, y, 0..rows, sums));
+                    assert!(same(&want, &got), "kblocked ref clip {label}");
+                    for isa in variants() {
+                        let (want, got) = run(&|y, sums| spmm::spmm_strided(isa, &m, &bias, &x, w, y, 0..rows, sums));
+                        assert!(same(&want, &got), "spmm clip {} {label}", isa.name());
+                        let (want, got) = run(&|y, sums| kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, y, 0..rows, sums));
+                        assert!(same(&want, &got), "kblocked clip {} {label}", isa.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn blocked_4x1_matches_plain_spmm() {
     let mut rng = StdRng::seed_from_u64(6);

@@ -223,7 +223,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
                 matmul_rows(isa, m, x, band_cols, residual, &mut y[at..], ld, team, w == 1);
             }
             for c in 0..m.rows {
-                post(isa, m, &mut y[c * plane + at..c * plane + rows.end * row_len], team);
+                post(isa, m.post_after_kernel(), &mut y[c * plane + at..c * plane + rows.end * row_len], team);
             }
             return;
         }
@@ -252,7 +252,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             None => {
                 im2col(&g, x, rows.clone(), cols, team);
                 matmul(isa, m, cols, band_cols, None, band_out, team, g.w == 1);
-                post(isa, m, band_out, team);
+                post(isa, m.post_after_kernel(), band_out, team);
             }
         }
         let views = disjoint_mut(&mut values[range(layer.output)], (0..m.rows).map(band).collect());

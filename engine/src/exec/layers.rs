@@ -72,7 +72,7 @@ fn conv_winograd(
     if !winograd::conv_winograd(isa, wg, &m.bias, g, x, fused, y, kernel_relu(m, fused), scratch, parts, |job| team.run_some(parts, job)) {
         return false;
     }
-    post(isa, m, y, team);
+    post(isa, m.post, y, team);
     add_residual(isa, m, after, y, team);
     true
 }
@@ -84,9 +84,10 @@ fn residual_split<'a>(m: &MatMul, residual: Option<&'a [f32]>) -> (Option<&'a [f
     if m.post.is_none() { (residual, None) } else { (None, residual) }
 }
 
-/// A fused function (`MatMul::post`) on `y`, split over the team where it is large.
-pub(super) fn post(isa: Isa, m: &MatMul, y: &mut [f32], team: &Team) {
-    if let Some(f) = m.post {
+/// A fused function (`MatMul::post`, or what is left of it after the matrix kernels:
+/// `MatMul::post_after_kernel`) on `y`, split over the team where it is large.
+pub(super) fn post(isa: Isa, f: Option<crate::ops::Unary>, y: &mut [f32], team: &Team) {
+    if let Some(f) = f {
         let part = split_len(team, y.len(), 16);
         team.for_each(y.chunks_mut(part).collect(), |y| f.apply_in_place(isa, y));
     }
@@ -125,7 +126,7 @@ pub(crate) fn conv(
         im2col(&Geometry { w, ..g }, x, 0..g.out_hw[0], scratch, team);
         matmul(isa, m, scratch, positions * w, residual, y, team, w == 1);
     }
-    post(isa, m, &mut y[..m.rows * positions * w], team);
+    post(isa, m.post_after_kernel(), &mut y[..m.rows * positions * w], team);
 }
 
 /// The ReLU a kernel applies to its sums: the residual addition's where it adds the residual
@@ -221,6 +222,8 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, residual: Option
     {
         let parts = team.threads();
         dense::dense_by_columns(isa, wt, m.rows, m.cols, &m.bias, x, w, y, m.relu, parts, |job| team.run(job));
+        // The fused Clip that the row kernels clamp as they store.
+        post(isa, m.post.filter(|_| m.kernel_clip().is_some()), &mut y[..m.rows * w], team);
         return add_residual(isa, m, residual, &mut y[..m.rows * w], team);
     }
     matmul_rows(isa, m, x, w, residual, y, spmm::Ld::packed(w), team, one_sample)
@@ -290,7 +293,7 @@ fn rows_over_team<'r>(
 ) {
     let threads = team.threads();
     let residual = residual.filter(|_| m.residual.is_some());
-    let sums = spmm::Sums::new(ld, kernel_relu(m, residual));
+    let sums = spmm::Sums::new(ld, kernel_relu(m, residual)).with_clip(m.kernel_clip());
     if !splits(m, w, threads) {
         return run(0..m.rows, y, sums.with_residual(residual));
     }

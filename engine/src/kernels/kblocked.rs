@@ -113,10 +113,16 @@ thread_local! {
 }
 
 /// Block `i`'s sums of a call's `sums` on rows `ld` apart: each block after the first adds to
-/// the ones before it, and the last one finishes the sums (the residual, then the ReLU).
+/// the ones before it, and the last one finishes the sums (the residual, the ReLU, the clip).
 fn block_sums<'a>(m: &KBlocked, i: usize, sums: &Sums<'a>, ld: Ld) -> Sums<'a> {
     let last = i + 1 == m.blocks.len();
-    Sums { ld, relu: sums.relu && last, accumulate: sums.accumulate || i > 0, residual: sums.residual.filter(|_| last) }
+    Sums {
+        ld,
+        relu: sums.relu && last,
+        accumulate: sums.accumulate || i > 0,
+        residual: sums.residual.filter(|_| last),
+        clip: sums.clip.filter(|_| last),
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // spmm_kblocked's arguments and its panel

@@ -7,12 +7,13 @@
 //! The vector variants keep a 64-column (AVX-512) or 32-column (AVX2) strip of one output row
 //! in registers while streaming that row's non-zeros, so each weight is loaded once per strip.
 //! The strided forms can add a residual laid out as `y` to the sums before the ReLU (a residual
-//! connection fused into the layer: `MatMul::residual`).
+//! connection fused into the layer: `MatMul::residual`), and clamp what they store (a fused Clip,
+//! ReLU6).
 
 use std::ops::Range;
 
-use super::Isa;
 use super::csr::Csr;
+use super::{Isa, elementwise};
 
 /// Leading dimensions: input row `c` starts at `c * x` in `x`, output row `i` at `i * y` in `y`.
 /// Both are `w` for a packed tile; larger for rows of a band inside whole images (a pointwise
@@ -37,24 +38,41 @@ fn span(rows: usize, w: usize, ld: usize) -> usize {
 
 /// How a call's sums start and end, and where its rows lie: from the bias, or with `accumulate`
 /// from the values already in `y` (weights split into column blocks, see `kblocked`); then the
-/// `residual` (laid out as `y`, a residual connection fused into the layer) and the ReLU.
+/// `residual` (laid out as `y`, a residual connection fused into the layer), the ReLU, and the
+/// `clip` to `[lo, hi]` (a fused Clip such as ReLU6, as `elementwise::clamp`: NaN stays NaN).
 #[derive(Debug, Clone, Copy)]
 pub struct Sums<'a> {
     pub ld: Ld,
     pub relu: bool,
     pub accumulate: bool,
     pub residual: Option<&'a [f32]>,
+    pub clip: Option<[f32; 2]>,
 }
 
 impl<'a> Sums<'a> {
-    /// From the bias, rows `ld` apart, ReLU where `relu`, no residual.
+    /// From the bias, rows `ld` apart, ReLU where `relu`, no residual, no clip.
     pub fn new(ld: Ld, relu: bool) -> Sums<'a> {
-        Sums { ld, relu, accumulate: false, residual: None }
+        Sums { ld, relu, accumulate: false, residual: None, clip: None }
     }
 
     /// These sums with `residual` added before the ReLU.
     pub fn with_residual(self, residual: Option<&'a [f32]>) -> Sums<'a> {
         Sums { residual, ..self }
+    }
+
+    /// These sums clamped to `clip` (`[lo, hi]`) after the ReLU.
+    pub fn with_clip(self, clip: Option<[f32; 2]>) -> Sums<'a> {
+        Sums { clip, ..self }
+    }
+
+    /// A stored value's end: the ReLU, then the clip.
+    #[inline]
+    pub fn finish(&self, acc: f32) -> f32 {
+        let v = if self.relu { acc.max(0.0) } else { acc };
+        match self.clip {
+            Some([lo, hi]) => elementwise::clamp(v, lo, hi),
+            None => v,
+        }
     }
 }
 
@@ -86,7 +104,7 @@ pub fn spmm_strided_ref(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32
             if let Some(res) = sums.residual {
                 acc += res[i * ld.y + s];
             }
-            y[i * ld.y + s] = if sums.relu { acc.max(0.0) } else { acc };
+            y[i * ld.y + s] = sums.finish(acc);
         }
     }
 }
@@ -230,6 +248,11 @@ mod x86 {
                     if sums.relu {
                         a = _mm512_max_ps(a, zero);
                     }
+                    if let Some([lo, hi]) = sums.clip {
+                        // As `elementwise::clamp`: max and min return their second operand
+                        // where one is NaN, so a NaN sum stays NaN.
+                        a = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), a));
+                    }
                     store(q, k, a);
                 }
             }
@@ -240,7 +263,11 @@ mod x86 {
     /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn spmm_avx2(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: &Sums) {
-        let Sums { ld, relu, accumulate, residual } = *sums;
+        let Sums { ld, relu, accumulate, residual, clip } = *sums;
+        // As `elementwise::clamp` (see the AVX-512 variant); no clip is the whole range.
+        let [lo, hi] = clip.unwrap_or([f32::NEG_INFINITY, f32::INFINITY]);
+        let (lo8, hi8) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let clamp = |a: __m256| if clip.is_some() { _mm256_min_ps(hi8, _mm256_max_ps(lo8, a)) } else { a };
         let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
         let rp = residual.map(<[f32]>::as_ptr);
         let zero = _mm256_setzero_ps();
@@ -277,6 +304,7 @@ mod x86 {
                         (a0, a1, a2, a3) =
                             (_mm256_max_ps(a0, zero), _mm256_max_ps(a1, zero), _mm256_max_ps(a2, zero), _mm256_max_ps(a3, zero));
                     }
+                    (a0, a1, a2, a3) = (clamp(a0), clamp(a1), clamp(a2), clamp(a3));
                     _mm256_storeu_ps(q, a0);
                     _mm256_storeu_ps(q.add(8), a1);
                     _mm256_storeu_ps(q.add(16), a2);
@@ -302,7 +330,7 @@ mod x86 {
                     if relu {
                         a = _mm256_max_ps(a, zero);
                     }
-                    _mm256_storeu_ps(q, a);
+                    _mm256_storeu_ps(q, clamp(a));
                 }
             }
             c0 += 8;
@@ -317,7 +345,7 @@ mod x86 {
                 if let Some(res) = residual {
                     acc += res[(r - r0) * ld.y + s];
                 }
-                y[(r - r0) * ld.y + s] = if relu { acc.max(0.0) } else { acc };
+                y[(r - r0) * ld.y + s] = sums.finish(acc);
             }
         }
     }
