@@ -150,10 +150,12 @@ pub fn all(dir: &Path, rows: &[PointResult]) -> anyhow::Result<Vec<String>> {
     Ok(written)
 }
 
-/// The series a point belongs to: model, mask structure, and int8 when quantized.
+/// The series a point belongs to: model, mask structure, int8 when quantized, and whether its
+/// per-layer sparsities were allocated for a speedup (`sparsify allocate`).
 fn series(r: &PointResult) -> String {
     let q = if r.quantization == "none" { String::new() } else { format!(" {}", r.quantization) };
-    format!("{} {}{q}", r.model, r.structure)
+    let allocated = if r.point.allocated_for.is_some() { " allocated" } else { "" };
+    format!("{} {}{q}{allocated}", r.model, r.structure)
 }
 
 /// A short series name for a point.

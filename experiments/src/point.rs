@@ -53,10 +53,12 @@ pub fn point_dir(sweep_dir: &Path, p: &Point) -> PathBuf {
     sweep_dir.join("points").join(&p.id)
 }
 
-/// A finished point's result, if any.
+/// A finished point's result, if any, described by the sweep's `p` (the same recipe text,
+/// overrides and seed, as their hash names the folder; fields added since it ran filled in).
 pub fn finished(sweep_dir: &Path, p: &Point) -> Option<PointResult> {
     let text = std::fs::read_to_string(point_dir(sweep_dir, p).join("point.json")).ok()?;
-    serde_json::from_str(&text).ok()
+    let result: PointResult = serde_json::from_str(&text).ok()?;
+    Some(PointResult { point: p.clone(), ..result })
 }
 
 /// Runs a point (or returns its earlier result; with `rebench`, measures it again on the

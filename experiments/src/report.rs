@@ -48,8 +48,8 @@ pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usi
          listed below, and is measured again by the next `experiments run`. `experiments run SWEEP --rebench` measures every \
          finished point again on the current build, reusing its training.\n"
     )?;
-    let mut header = "| model | structure | weights | overrides | sparsity | top-1 |".to_string();
-    let mut rule = "|---|---|---|---|---|---|".to_string();
+    let mut header = "| model | structure | weights | setting | seed | sparsity | top-1 |".to_string();
+    let mut rule = "|---|---|---|---|---|---|---|".to_string();
     for b in batches {
         write!(header, " ms b={b} | speedup b={b} |")?;
         rule += "---|---|";
@@ -64,13 +64,13 @@ pub fn write(path: &Path, sweep_file: &str, rows: &[PointResult], batches: &[usi
     }
     writeln!(md, "{header} file |\n{rule}---|")?;
     for r in rows {
-        let sets: Vec<String> = r.point.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut line = format!(
-            "| {} | {} | {} | {} | {:.1}% | {:.2}% |",
+            "| {} | {} | {} | {} | {} | {:.1}% | {:.2}% |",
             r.model,
             r.structure,
             if r.quantization == "none" { "fp32" } else { r.quantization.as_str() },
-            sets.join(" "),
+            r.point.setting(),
+            if r.point.oneshot.is_some() { "-".to_string() } else { r.point.seed.to_string() },
             100.0 * r.measured_sparsity,
             100.0 * r.top1
         );

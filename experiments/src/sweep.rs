@@ -196,11 +196,24 @@ pub struct Point {
     /// A one-shot point: `recipe` is then the model file, and nothing is trained.
     #[serde(default)]
     pub oneshot: Option<OneshotPoint>,
+    /// A point of an allocation study: the target speedup its recipe was allocated for.
+    #[serde(default)]
+    pub allocated_for: Option<f64>,
 }
 
 impl Point {
-    /// A short label: recipe name (with `+int8` when the sweep quantizes it) and overrides.
+    /// A short label: `setting` and the seed.
     pub fn label(&self) -> String {
+        match &self.oneshot {
+            Some(_) => self.setting(),
+            None => format!("{} seed={}", self.setting(), self.seed),
+        }
+    }
+
+    /// What the point trains or prunes, without its seed: recipe name (with `+int8` when the
+    /// sweep quantizes it; an allocated recipe's name says its target) and overrides, or the
+    /// one-shot model, method, mask and sparsity.
+    pub fn setting(&self) -> String {
         if let Some(o) = &self.oneshot {
             let stem = o.model.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
             return format!("{stem} one-shot {:?} {} sparsity={}", o.method, o.mask, o.sparsity).to_lowercase();
@@ -208,7 +221,7 @@ impl Point {
         let stem = self.recipe.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
         let stem = if self.quantized { format!("{stem}+int8") } else { stem };
         let sets: Vec<String> = self.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        if sets.is_empty() { format!("{stem} seed={}", self.seed) } else { format!("{stem} {} seed={}", sets.join(" "), self.seed) }
+        if sets.is_empty() { stem } else { format!("{stem} {}", sets.join(" ")) }
     }
 }
 
@@ -289,6 +302,7 @@ impl Sweep {
                             seed,
                             quantized,
                             oneshot: None,
+                            allocated_for: None,
                         });
                     }
                 }
@@ -350,6 +364,7 @@ fn oneshot_points(file: &Path, study: &RawStudy, o: &RawOneshot, model: PathBuf)
                 seed: 0,
                 quantized: false,
                 oneshot: Some(spec),
+                allocated_for: None,
             });
         }
     }
@@ -401,6 +416,7 @@ fn allocation_points(
                 seed,
                 quantized: false,
                 oneshot: None,
+                allocated_for: Some(speedup),
             });
         }
     }
