@@ -174,7 +174,7 @@ fn weight_bytes(exec: &Exec) -> usize {
     match exec {
         Exec::MatMul(m) => m.weight_bytes(),
         Exec::Affine { scale, shift, .. } => 4 * (scale.len() + shift.len()),
-        Exec::GroupConv { weight, bias, .. } => 4 * (weight.len() + bias.len()),
+        Exec::GroupConv { weight, bias, expand, .. } => 4 * (weight.len() + bias.len()) + expand.as_ref().map_or(0, |m| m.weight_bytes()),
         Exec::Binary { constant: Some(c), .. } => 4 * c.len(),
         _ => 0,
     }

@@ -397,6 +397,37 @@ fn convolutions_with_full_rows_run_one_sample_per_tile_and_match_layerwise() {
     }
 }
 
+/// Pointwise convolutions fused into the depth-wise convolutions that read them (with ReLU6,
+/// ReLU, and SiLU fused from `x * Sigmoid(x)`: all three blocks) give the separate
+/// layers' results within rounding (the fused expansion runs its matrix kernel on chunks of
+/// channels where the layer alone may run the direct kernel), on every kernel policy, batch,
+/// thread count and schedule.
+#[test]
+fn expansions_fused_into_depthwise_convolutions_give_the_separate_layers_results() {
+    let graph = inverted_residual(61, 0.8);
+    for policy in [KernelPolicy::Sparse, KernelPolicy::Dense, KernelPolicy::Auto] {
+        let options = Options::new(policy).unwrap();
+        let model = compile::compile(graph.clone(), options.clone()).unwrap();
+        let separate = compile::compile(graph.clone(), Options { fuse_expansions: false, ..options }).unwrap();
+        let fused =
+            |m: &compile::Model| m.layers.iter().filter(|l| matches!(&l.exec, compile::Exec::GroupConv { expand: Some(_), .. })).count();
+        assert_eq!((fused(&model), fused(&separate)), (3, 0), "{policy:?}: fused expansions");
+        assert_eq!(separate.layers.len() - model.layers.len(), 3, "{policy:?}: the fused layers go");
+        for batch in [1, 3, 17] {
+            let input = random_input(batch as u64, batch, &graph.input_shape);
+            for threads in [1, 2] {
+                for (schedule, budget) in [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(16 << 10))]
+                {
+                    let run =
+                        |m: &compile::Model| Session::with_schedule(m, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap();
+                    let err = rel_err(&run(&model), &run(&separate));
+                    assert!(err < 1e-5, "{policy:?} batch {batch} {threads} threads {schedule:?} {budget:?}: relative error {err}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn residual_additions_fused_into_layers_give_the_separate_additions_results() {
     // Bottleneck blocks (each addition fuses into the projection, stride 1 and stride 2, whose

@@ -367,31 +367,18 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
         }
         Exec::Relu => split_values(team, x, y, elementwise::relu_tile),
         Exec::Flatten => y.copy_from_slice(x),
-        Exec::GroupConv { weight, bias, geometry, groups, relu, post } => {
+        Exec::GroupConv { weight, bias, geometry, groups, relu, post, expand } => {
             let g = Geometry { w, ..*geometry };
+            let conv = GroupConv { weight, bias, groups: *groups, relu: *relu, post: *post };
             let plane = g.out_hw[0] * g.out_hw[1] * w;
             let out = bias.len();
             let per_part = out.div_ceil(team.threads() * 2).max(1);
             let parts: Vec<_> = y[..out * plane].chunks_mut(per_part * plane).enumerate().collect();
             team.for_each(parts, |(p, y)| {
                 let channels = p * per_part..((p + 1) * per_part).min(out);
-                let mut post = *post;
-                if *groups == g.channels && bias.len() == g.channels && depthwise::takes(isa, &g) {
-                    // A fused Clip (ReLU6) in the kernel's stores, other functions after it.
-                    let clip = match post {
-                        Some(crate::ops::Unary::Clip(c)) => {
-                            post = None;
-                            Some([c.lo, c.hi])
-                        }
-                        _ => None,
-                    };
-                    depthwise::depthwise(isa, &g, weight, bias, x, y, channels, *relu, clip)
-                } else {
-                    grouped::group_conv(&g, *groups, weight, bias, x, y, channels, *relu)
-                }
-                // A fused function on this part's channels, while they are in cache.
-                if let Some(f) = post {
-                    f.apply_in_place(isa, y);
+                match expand {
+                    None => group_conv_channels(isa, &g, &conv, x, y, channels),
+                    Some(m) => expanded_depthwise(isa, &g, &conv, m, x, y, channels),
                 }
             });
         }
@@ -502,4 +489,74 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             });
         }
     }
+}
+
+/// A grouped convolution's weights and what follows its sums (`Exec::GroupConv`).
+struct GroupConv<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+    groups: usize,
+    relu: bool,
+    post: Option<crate::ops::Unary>,
+}
+
+/// Output channels `channels` of a grouped convolution into `y` (those channels' planes): the
+/// depth-wise kernel where it takes the layer, a fused Clip (ReLU6) clamped in its stores, else
+/// the grouped one; then the fused function, while the part is in cache.
+fn group_conv_channels(isa: Isa, g: &Geometry, conv: &GroupConv, x: &[f32], y: &mut [f32], channels: Range<usize>) {
+    let (mut post, relu) = (conv.post, conv.relu);
+    if conv.groups == g.channels && conv.bias.len() == g.channels && depthwise::takes(isa, g) {
+        let clip = match post {
+            Some(crate::ops::Unary::Clip(c)) => {
+                post = None;
+                Some([c.lo, c.hi])
+            }
+            _ => None,
+        };
+        depthwise::depthwise(isa, g, conv.weight, conv.bias, x, y, channels, relu, clip)
+    } else {
+        grouped::group_conv(g, conv.groups, conv.weight, conv.bias, x, y, channels, relu)
+    }
+    if let Some(f) = post {
+        f.apply_in_place(isa, y);
+    }
+}
+
+/// Bytes of expanded channels a fused pointwise convolution makes at once (`expanded_depthwise`):
+/// small enough to stay in L2 beside the pointwise convolution's input while the depth-wise one
+/// reads them.
+const EXPANSION_CHUNK_BYTES: usize = 256 << 10;
+
+thread_local! {
+    /// Each thread's chunk of expanded channels, kept between calls.
+    static EXPANDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Output channels `channels` of a depth-wise convolution whose input channels come from the
+/// pointwise convolution `m` fused before it (`Exec::GroupConv::expand`), on that convolution's
+/// input `x`: a chunk of channels at a time, each made by `m`'s kernel (its ReLU and function
+/// applied) into a buffer and convolved from there.
+fn expanded_depthwise(isa: Isa, g: &Geometry, conv: &GroupConv, m: &MatMul, x: &[f32], y: &mut [f32], channels: Range<usize>) {
+    let in_plane = g.in_hw[0] * g.in_hw[1] * g.w;
+    let out_plane = g.out_hw[0] * g.out_hw[1] * g.w;
+    let taps = g.window.kernel[0] * g.window.kernel[1];
+    let chunk = (EXPANSION_CHUNK_BYTES / (4 * in_plane).max(1)).max(1);
+    let kernel = f32_kernel(m, g.w == 1);
+    EXPANDED.with_borrow_mut(|buf| {
+        if buf.len() < chunk.min(channels.len()) * in_plane {
+            buf.resize(chunk.min(channels.len()) * in_plane, 0.0);
+        }
+        for c0 in channels.clone().step_by(chunk) {
+            let c1 = (c0 + chunk).min(channels.end);
+            let xs = &mut buf[..(c1 - c0) * in_plane];
+            let sums = spmm::Sums::new(spmm::Ld::packed(in_plane), m.relu).with_clip(m.kernel_clip());
+            kernel.run_rows(isa, &m.bias, m.cols, x, in_plane, xs, c0..c1, sums);
+            if let Some(f) = m.post_after_kernel() {
+                f.apply_in_place(isa, xs);
+            }
+            let part = GroupConv { weight: &conv.weight[c0 * taps..c1 * taps], bias: &conv.bias[c0..c1], groups: c1 - c0, ..*conv };
+            let ys = &mut y[(c0 - channels.start) * out_plane..(c1 - channels.start) * out_plane];
+            group_conv_channels(isa, &Geometry { channels: c1 - c0, ..*g }, &part, xs, ys, 0..c1 - c0);
+        }
+    });
 }

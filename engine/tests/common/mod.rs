@@ -251,6 +251,48 @@ pub fn bottleneck(seed: u64, sparsity: f64) -> Graph {
     Graph { input: "input".into(), input_shape: vec![3, 24, 24], output: "fc".into(), nodes, ports: None }
 }
 
+/// MobileNetV2's inverted residual blocks at reduced size on 3x18x18 images: pointwise
+/// expansions (ReLU6 as Clip, a plain ReLU, and EfficientNet's SiLU as `x * Sigmoid(x)`), each read only by a
+/// depth-wise 3x3 convolution (stride 1 and 2), pointwise projections, a residual addition, then
+/// global pooling and a linear classifier; the stem and the depth-wise weights dense.
+pub fn inverted_residual(seed: u64, sparsity: f64) -> Graph {
+    use engine::graph::{BinaryKind, Unary};
+    use engine::ops::{Clip, Sigmoid};
+    let mut r = rng(seed);
+    let depthwise = |r: &mut StdRng, name: &str, input: &str, c: usize, stride: usize| {
+        let w = weight(r, &[c, 1, 3, 3], 0.0);
+        node(
+            name,
+            Op::GroupConv { weight: w, bias: vector(r, c, -0.1, 0.1), window: win(3, stride, 1, 1), groups: c, act: Activation::Relu },
+            &[input],
+        )
+    };
+    let relu6 = |name: &str, input: &str| node(name, Op::Unary(Unary::Clip(Clip { lo: 0.0, hi: 6.0 })), &[input]);
+    let nodes = vec![
+        conv(&mut r, "stem", "input", 3, 8, win(3, 1, 1, 1), 0.0, Activation::Relu),
+        conv(&mut r, "e1", "stem", 8, 24, win(1, 1, 0, 1), sparsity, Activation::None),
+        relu6("e1_relu6", "e1"),
+        depthwise(&mut r, "d1", "e1_relu6", 24, 1),
+        conv(&mut r, "p1", "d1", 24, 8, win(1, 1, 0, 1), sparsity, Activation::None),
+        node("add", Op::Add { act: Activation::None }, &["p1", "stem"]),
+        conv(&mut r, "e2", "add", 8, 32, win(1, 1, 0, 1), sparsity, Activation::Relu),
+        depthwise(&mut r, "d2", "e2", 32, 2),
+        conv(&mut r, "p2", "d2", 32, 16, win(1, 1, 0, 1), sparsity, Activation::None),
+        conv(&mut r, "e3", "p2", 16, 48, win(1, 1, 0, 1), sparsity, Activation::None),
+        node("e3_sig", Op::Unary(Unary::Sigmoid(Sigmoid)), &["e3"]),
+        node("e3_silu", Op::Binary { kind: BinaryKind::Mul, constant: None, constant_first: false }, &["e3", "e3_sig"]),
+        depthwise(&mut r, "d3", "e3_silu", 48, 1),
+        node("gap", Op::GlobalAvgPool, &["d3"]),
+        node("flat", Op::Flatten, &["gap"]),
+        node(
+            "fc",
+            Op::Linear { weight: weight(&mut r, &[10, 48], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None },
+            &["flat"],
+        ),
+    ];
+    Graph { input: "input".into(), input_shape: vec![3, 18, 18], output: "fc".into(), nodes, ports: None }
+}
+
 pub fn mobile(seed: u64, sparsity: f64) -> Graph {
     use engine::graph::{BinaryKind, Operand, Unary};
     use engine::ops::{Clip, Erf, Gelu, HardSigmoid, HardSwish, LeakyRelu, Sigmoid, Sqrt, Tanh};
