@@ -251,6 +251,13 @@ pub fn bottleneck(seed: u64, sparsity: f64) -> Graph {
     Graph { input: "input".into(), input_shape: vec![3, 24, 24], output: "fc".into(), nodes, ports: None }
 }
 
+/// Global average pooling, flattening and a linear layer to 10 logits on the `features`
+/// channels of `input` (the nodes `gap`, `flat` and `fc`).
+fn classifier(r: &mut StdRng, input: &str, features: usize, sparsity: f64) -> Vec<Node> {
+    let fc = Op::Linear { weight: weight(r, &[10, features], sparsity), bias: vector(r, 10, -0.1, 0.1), act: Activation::None };
+    vec![node("gap", Op::GlobalAvgPool, &[input]), node("flat", Op::Flatten, &["gap"]), node("fc", fc, &["flat"])]
+}
+
 /// MobileNetV2's inverted residual blocks at reduced size on 3x18x18 images: pointwise
 /// expansions (ReLU6 as Clip, a plain ReLU, and EfficientNet's SiLU as `x * Sigmoid(x)`), each read only by a
 /// depth-wise 3x3 convolution (stride 1 and 2), pointwise projections, a residual addition, then
@@ -282,14 +289,8 @@ pub fn inverted_residual(seed: u64, sparsity: f64) -> Graph {
         node("e3_sig", Op::Unary(Unary::Sigmoid(Sigmoid)), &["e3"]),
         node("e3_silu", Op::Binary { kind: BinaryKind::Mul, constant: None, constant_first: false }, &["e3", "e3_sig"]),
         depthwise(&mut r, "d3", "e3_silu", 48, 1),
-        node("gap", Op::GlobalAvgPool, &["d3"]),
-        node("flat", Op::Flatten, &["gap"]),
-        node(
-            "fc",
-            Op::Linear { weight: weight(&mut r, &[10, 48], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None },
-            &["flat"],
-        ),
     ];
+    let nodes = [nodes, classifier(&mut r, "d3", 48, sparsity)].concat();
     Graph { input: "input".into(), input_shape: vec![3, 18, 18], output: "fc".into(), nodes, ports: None }
 }
 
@@ -334,13 +335,7 @@ pub fn mobile(seed: u64, sparsity: f64) -> Graph {
         unary("erf", Unary::Erf(Erf), "gelu"),
         unary("sig", Unary::Sigmoid(Sigmoid), "erf"),
         unary("sqrt", Unary::Sqrt(Sqrt), "sig"),
-        node("gap", Op::GlobalAvgPool, &["sqrt"]),
-        node("flat", Op::Flatten, &["gap"]),
-        node(
-            "fc",
-            Op::Linear { weight: weight(&mut r, &[10, 72], sparsity), bias: vector(&mut r, 10, -0.1, 0.1), act: Activation::None },
-            &["flat"],
-        ),
     ];
+    let nodes = [nodes, classifier(&mut r, "sqrt", 72, sparsity)].concat();
     Graph { input: "input".into(), input_shape: vec![3, 20, 20], output: "fc".into(), nodes, ports: None }
 }
