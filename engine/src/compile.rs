@@ -590,7 +590,10 @@ fn fuse_expansions(layers: &mut Vec<Layer>, output_value: usize) {
     while k < layers.len() {
         let depthwise = matches!(&layers[k].exec, Exec::GroupConv { geometry, groups, bias, expand: None, .. }
             if *groups == geometry.channels && bias.len() == geometry.channels);
-        let input = layers[k].inputs[0];
+        let Some(&input) = layers[k].inputs.first().filter(|_| depthwise) else {
+            k += 1;
+            continue;
+        };
         let producer = layers.iter().position(|l| l.output == input);
         let readers = layers.iter().filter(|l| l.inputs.contains(&input)).count();
         let fusable = producer.filter(|&p| {
@@ -602,7 +605,7 @@ fn fuse_expansions(layers: &mut Vec<Layer>, output_value: usize) {
                 && strided
                 && layers[p].inputs.len() == 1
         });
-        let (true, Some(p), 1) = (depthwise && input != output_value, fusable, readers) else {
+        let (true, Some(p), 1) = (input != output_value, fusable, readers) else {
             k += 1;
             continue;
         };
