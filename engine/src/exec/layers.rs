@@ -542,6 +542,7 @@ fn expanded_depthwise(isa: Isa, g: &Geometry, conv: &GroupConv, m: &MatMul, x: &
     let taps = g.window.kernel[0] * g.window.kernel[1];
     let chunk = (EXPANSION_CHUNK_BYTES / (4 * in_plane).max(1)).max(1);
     let kernel = f32_kernel(m, g.w == 1);
+    let (sums, post) = (spmm::Sums::new(spmm::Ld::packed(in_plane), m.relu).with_clip(m.kernel_clip()), m.post_after_kernel());
     EXPANDED.with_borrow_mut(|buf| {
         if buf.len() < chunk.min(channels.len()) * in_plane {
             buf.resize(chunk.min(channels.len()) * in_plane, 0.0);
@@ -549,9 +550,8 @@ fn expanded_depthwise(isa: Isa, g: &Geometry, conv: &GroupConv, m: &MatMul, x: &
         for c0 in channels.clone().step_by(chunk) {
             let c1 = (c0 + chunk).min(channels.end);
             let xs = &mut buf[..(c1 - c0) * in_plane];
-            let sums = spmm::Sums::new(spmm::Ld::packed(in_plane), m.relu).with_clip(m.kernel_clip());
             kernel.run_rows(isa, &m.bias, m.cols, x, in_plane, xs, c0..c1, sums);
-            if let Some(f) = m.post_after_kernel() {
+            if let Some(f) = post {
                 f.apply_in_place(isa, xs);
             }
             let part = GroupConv { weight: &conv.weight[c0 * taps..c1 * taps], bias: &conv.bias[c0..c1], groups: c1 - c0, ..*conv };
