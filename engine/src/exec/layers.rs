@@ -428,25 +428,12 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             let parts: Vec<_> = y[..g.channels * plane_out].chunks_mut(per_part * plane_out).zip(x.chunks(per_part * plane_in)).collect();
             team.for_each(parts, |(y, x)| window::pool(isa, &Geometry { channels: y.len() / plane_out, ..g }, x, y, *avg));
         }
-        Exec::GlobalAvgPool { channels, pixels } if w == 1 => {
-            // Channels split over the team where the images are large.
-            let per_part = split_len(team, channels * pixels, *pixels).div_ceil((*pixels).max(1)).max(1);
-            let parts: Vec<_> = y[..*channels].chunks_mut(per_part).zip(x.chunks(per_part * pixels)).collect();
-            team.for_each(parts, |(y, x)| {
-                for (o, image) in y.iter_mut().zip(x.chunks(*pixels)) {
-                    *o = image.iter().sum::<f32>() / *pixels as f32;
-                }
-            });
-        }
         Exec::GlobalAvgPool { channels, pixels } => {
-            for c in 0..*channels {
-                let out = &mut y[c * w..(c + 1) * w];
-                out.fill(0.0);
-                for p in 0..*pixels {
-                    out.iter_mut().zip(&x[(c * pixels + p) * w..][..w]).for_each(|(o, i)| *o += i);
-                }
-                out.iter_mut().for_each(|o| *o /= *pixels as f32);
-            }
+            // Channels split over the team where the images are large.
+            let image = pixels * w;
+            let per_part = split_len(team, channels * image, image).div_ceil(image.max(1)).max(1);
+            let parts: Vec<_> = y[..channels * w].chunks_mut(per_part * w.max(1)).zip(x.chunks((per_part * image).max(1))).collect();
+            team.for_each(parts, |(y, x)| elementwise::channel_means(isa, x, *pixels, w, y));
         }
         Exec::Softmax { len, masked, zero_nan } => {
             // Parts of whole repeats of the mask, so that each starts at the mask's first element.
