@@ -69,13 +69,26 @@ pub struct Options {
     /// Pointwise convolutions fused into the depth-wise convolution that alone reads them
     /// (`fuse_expansions`); off only to compare against the separate layers.
     pub fuse_expansions: bool,
+    /// Concatenations whose inputs are written straight into their output's region
+    /// (`exec::concat_regions`); off only to compare against the copies.
+    pub concat_in_place: bool,
 }
 
 impl Options {
     pub fn new(policy: KernelPolicy) -> Result<Options> {
         let isa = crate::kernels::active_isa().map_err(EngineError::Setting)?;
         let amx = Amx::from_env().map_err(EngineError::Setting)?;
-        Ok(Options { policy, isa, tile: DEFAULT_TILE, dense_bias: 0.05, amx, phases: None, fuse_residuals: true, fuse_expansions: true })
+        Ok(Options {
+            policy,
+            isa,
+            tile: DEFAULT_TILE,
+            dense_bias: 0.05,
+            amx,
+            phases: None,
+            fuse_residuals: true,
+            fuse_expansions: true,
+            concat_in_place: true,
+        })
     }
 }
 

@@ -429,6 +429,40 @@ fn expansions_fused_into_depthwise_convolutions_give_the_separate_layers_results
 }
 
 #[test]
+fn concatenations_written_in_place_give_the_copies_results() {
+    // YOLOv5's joins (one input also read by a later join, a chain of pools all joined) and
+    // MobileNet's (an input also read by two other layers). Layer by layer on the fixed
+    // policies, bit for bit the model whose joins copy; depth-wise and in row bands, and on the
+    // timed policy (two compilations may pick different kernels), within rounding.
+    for (name, graph) in [("concats", concats(61, 0.8)), ("mobile", mobile(62, 0.8))] {
+        for policy in [KernelPolicy::Sparse, KernelPolicy::Dense, KernelPolicy::Auto] {
+            let options = Options::new(policy).unwrap();
+            let model = compile::compile(graph.clone(), options.clone()).unwrap();
+            let copies = compile::compile(graph.clone(), Options { concat_in_place: false, ..options }).unwrap();
+            for batch in [1, 3, 17, 64] {
+                let input = random_input(batch as u64, batch, &graph.input_shape);
+                for threads in [1, 2] {
+                    for (schedule, budget) in
+                        [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(16 << 10))]
+                    {
+                        let run = |m: &compile::Model| {
+                            Session::with_schedule(m, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap()
+                        };
+                        let (got, want) = (run(&model), run(&copies));
+                        let label = format!("{name} {policy:?} batch {batch} {threads} threads {schedule:?} {budget:?}");
+                        if policy != KernelPolicy::Auto && schedule == Schedule::Layerwise {
+                            assert!(got == want, "{label}: relative error {}", rel_err(&got, &want));
+                        } else {
+                            assert!(rel_err(&got, &want) < 1e-5, "{label}: relative error {}", rel_err(&got, &want));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn residual_additions_fused_into_layers_give_the_separate_additions_results() {
     // Bottleneck blocks (each addition fuses into the projection, stride 1 and stride 2, whose
     // other operand is ready first), a residual CNN (into a 3x3 convolution), and MobileNet's

@@ -294,6 +294,30 @@ pub fn inverted_residual(seed: u64, sparsity: f64) -> Graph {
     Graph { input: "input".into(), input_shape: vec![3, 18, 18], output: "fc".into(), nodes, ports: None }
 }
 
+/// YOLOv5's concatenations on 4x16x16 images: a C3-like block (a convolution's output joined
+/// with another that also feeds a later layer), then SPPF (a 1x1 convolution and three 5x5 max
+/// pools of stride 1 in a chain, all four joined), and a final join with the stem.
+pub fn concats(seed: u64, sparsity: f64) -> Graph {
+    let mut r = rng(seed);
+    let pool = |name: &str, input: &str| node(name, Op::MaxPool { window: win(5, 1, 2, 1) }, &[input]);
+    let nodes = vec![
+        conv(&mut r, "stem", "input", 4, 8, win(3, 1, 1, 1), 0.0, Activation::Relu),
+        conv(&mut r, "a", "stem", 8, 8, win(1, 1, 0, 1), sparsity, Activation::Relu),
+        conv(&mut r, "b", "a", 8, 8, win(3, 1, 1, 1), sparsity, Activation::Relu),
+        conv(&mut r, "c", "stem", 8, 8, win(1, 1, 0, 1), sparsity, Activation::Relu),
+        node("c3", Op::Concat { axis: 0 }, &["b", "c"]),
+        conv(&mut r, "sppf_in", "c3", 16, 8, win(1, 1, 0, 1), sparsity, Activation::Relu),
+        pool("m1", "sppf_in"),
+        pool("m2", "m1"),
+        pool("m3", "m2"),
+        node("sppf", Op::Concat { axis: 0 }, &["sppf_in", "m1", "m2", "m3"]),
+        conv(&mut r, "sppf_out", "sppf", 32, 8, win(1, 1, 0, 1), sparsity, Activation::Relu),
+        node("joined", Op::Concat { axis: 0 }, &["sppf_out", "a", "c"]),
+    ];
+    let nodes = [nodes, classifier(&mut r, "joined", 24, sparsity)].concat();
+    Graph { input: "input".into(), input_shape: vec![4, 16, 16], output: "fc".into(), nodes, ports: None }
+}
+
 pub fn mobile(seed: u64, sparsity: f64) -> Graph {
     use engine::graph::{BinaryKind, Operand, Unary};
     use engine::ops::{Clip, Erf, Gelu, HardSigmoid, HardSwish, LeakyRelu, Sigmoid, Sqrt, Tanh};
