@@ -36,10 +36,17 @@ pub(super) fn run_band_parts(
     let region = |v: usize| plan.offsets[v]..plan.offsets[v] + model.value_sizes[v] * ld;
     let spare = &mut spare[..parts.len() - 1];
     {
-        // Values that share a region (`shared_regions`) are copied once.
+        // Values that share a region (`shared_regions`), or lie inside another's (a
+        // concatenation's inputs in its output, `concat_regions`), are copied once.
         let mut regions: Vec<Range<usize>> = inputs.iter().map(|&v| region(v)).collect();
         regions.sort_by_key(|r| (r.start, r.end));
-        regions.dedup();
+        let regions = regions.into_iter().fold(Vec::<Range<usize>>::new(), |mut merged, r| {
+            match merged.last_mut() {
+                Some(last) if r.start < last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+            merged
+        });
         let source: &[f32] = chunk;
         let copies = spare
             .iter_mut()

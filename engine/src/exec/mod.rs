@@ -86,8 +86,7 @@ impl Plan {
         // A concatenation's inputs lie at their place in its output only where every tile's rows
         // are as long as the offsets below assume.
         let last = batch - (batch.div_ceil(tile).max(1) - 1) * tile;
-        let concats =
-            if padded(last) == tile_ld { concat_regions(model, layers.clone(), held, &codes, &banded, &shared) } else { Vec::new() };
+        let concats = if padded(last) == tile_ld { concat_regions(model, layers.clone(), held, &codes, &shared) } else { Vec::new() };
         let placed =
             |v: usize| shared.iter().any(|&(_, _, out)| out == v) || concats.iter().any(|(_, parts)| parts.iter().any(|&(i, _)| i == v));
         let mut offsets = vec![0; model.value_sizes.len()];
@@ -200,24 +199,20 @@ fn shared_regions(
 /// `(layer, [(input, first feature of its block in the output)])`. Along the first per-sample
 /// axis (`outer == 1`) each input is one block of the output's rows. Each input is made by a
 /// layer among `layers` (not the model's input, not a reshape sharing a region), held in f32 like
-/// the output, given once to one concatenation only, and no layer of a banded column (whose
-/// parts copy their regions between chunks) reads or writes any of the values. YOLOv5s copied
+/// the output, and given once to one concatenation only. YOLOv5s copied
 /// about a twentieth of its batch-1 time in the Concat layers of its C3 blocks and SPPF.
 fn concat_regions(
     model: &Model,
     layers: Range<usize>,
     held: &[bool],
     codes: &[Option<(f32, u8)>],
-    banded: &dyn Fn(usize) -> bool,
     shared: &[(usize, usize, usize)],
 ) -> Vec<(usize, Vec<(usize, usize)>)> {
     if !model.options.concat_in_place {
         return Vec::new();
     }
-    let touched_by_bands =
-        |v: usize| layers.clone().any(|l| banded(l) && (model.layers[l].output == v || model.layers[l].inputs.contains(&v)));
     let made_here = |v: usize| layers.clone().any(|l| model.layers[l].output == v);
-    let f32_held = |v: usize| held[v] && codes[v].is_none() && !touched_by_bands(v);
+    let f32_held = |v: usize| held[v] && codes[v].is_none();
     let mut taken: Vec<usize> = Vec::new();
     let mut concats = Vec::new();
     for l in layers.clone() {

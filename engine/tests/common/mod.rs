@@ -296,7 +296,8 @@ pub fn inverted_residual(seed: u64, sparsity: f64) -> Graph {
 
 /// YOLOv5's concatenations on 4x16x16 images: a C3-like block (a convolution's output joined
 /// with another that also feeds a later layer), then SPPF (a 1x1 convolution and three 5x5 max
-/// pools of stride 1 in a chain, all four joined), and a final join with the stem.
+/// pools of stride 1 in a chain, all four joined), a join of three convolutions' outputs, and
+/// two convolutions on that join whose residual is one of its inputs.
 pub fn concats(seed: u64, sparsity: f64) -> Graph {
     let mut r = rng(seed);
     let pool = |name: &str, input: &str| node(name, Op::MaxPool { window: win(5, 1, 2, 1) }, &[input]);
@@ -312,9 +313,12 @@ pub fn concats(seed: u64, sparsity: f64) -> Graph {
         pool("m3", "m2"),
         node("sppf", Op::Concat { axis: 0 }, &["sppf_in", "m1", "m2", "m3"]),
         conv(&mut r, "sppf_out", "sppf", 32, 8, win(1, 1, 0, 1), sparsity, Activation::Relu),
-        node("joined", Op::Concat { axis: 0 }, &["sppf_out", "a", "c"]),
+        node("joined", Op::Concat { axis: 0 }, &["sppf_out", "a", "stem"]),
+        conv(&mut r, "tail", "joined", 24, 8, win(3, 1, 1, 1), sparsity, Activation::Relu),
+        conv(&mut r, "tail2", "tail", 8, 8, win(3, 1, 1, 1), sparsity, Activation::None),
+        node("residual", Op::Add { act: Activation::Relu }, &["tail2", "sppf_out"]),
     ];
-    let nodes = [nodes, classifier(&mut r, "joined", 24, sparsity)].concat();
+    let nodes = [nodes, classifier(&mut r, "residual", 8, sparsity)].concat();
     Graph { input: "input".into(), input_shape: vec![4, 16, 16], output: "fc".into(), nodes, ports: None }
 }
 
