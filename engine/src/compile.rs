@@ -372,6 +372,8 @@ pub enum Exec {
         sources: Vec<u32>,
         /// Where the map swaps two axes: one sample runs by whole runs or a transpose.
         swap: Option<crate::layout::Swap>,
+        /// Where the map is long runs of a constant step (phase images): one sample runs by them.
+        runs: Option<Vec<crate::layout::Run>>,
     },
     /// `kernels::elementwise::concat`'s `outer` and `blocks`.
     Concat {
@@ -384,7 +386,8 @@ impl Exec {
     /// A gather by `sources`, knowing whether it swaps two axes.
     fn gather(sources: Vec<u32>) -> Exec {
         let swap = crate::layout::Swap::of(&sources);
-        Exec::Gather { sources, swap }
+        let runs = crate::layout::Run::of(&sources);
+        Exec::Gather { sources, swap, runs }
     }
 }
 
@@ -714,8 +717,12 @@ fn conv_plan(
         }
     };
     let t_strided = best_time(&mut || conv(&strided, &x, &mut y, &mut scratch));
+    let runs = crate::layout::Run::of(&phased.sources);
     let t_phases = best_time(&mut || {
-        elementwise::gather_rows(&phased.sources, &x, 1, &mut phase_x);
+        match &runs {
+            Some(runs) => elementwise::gather_runs(runs, &x, &mut phase_x),
+            None => elementwise::gather_rows(&phased.sources, &x, 1, &mut phase_x),
+        }
         conv(&m, &phase_x, &mut y, &mut scratch)
     });
     Ok(if t_phases < t_strided { (Some(phased), m) } else { (None, strided) })

@@ -64,6 +64,36 @@ impl Swap {
     }
 }
 
+/// Output elements `len` in a row copied from every `step`-th input element from `from` (a run of
+/// a gather; `Run::of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub from: usize,
+    pub step: usize,
+    pub len: usize,
+}
+
+/// Gathers whose runs are shorter than this on average stay element by element.
+const MIN_RUN: usize = 4;
+
+impl Run {
+    /// `sources` as runs of a constant step, longest first from each start, where they average at
+    /// least `MIN_RUN` elements: the phase images of a strided convolution are one run a row
+    /// (every second element of an input row at stride 2).
+    pub fn of(sources: &[u32]) -> Option<Vec<Run>> {
+        let mut runs: Vec<Run> = Vec::new();
+        for &s in sources {
+            let s = s as usize;
+            match runs.last_mut() {
+                Some(r) if r.len == 1 && s >= r.from => (r.step, r.len) = (s - r.from, 2),
+                Some(r) if r.len > 1 && Some(s) == r.step.checked_mul(r.len).and_then(|d| d.checked_add(r.from)) => r.len += 1,
+                _ => runs.push(Run { from: s, step: 1, len: 1 }),
+            }
+        }
+        (runs.len().saturating_mul(MIN_RUN) <= sources.len()).then_some(runs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,6 +115,9 @@ fn strided_convolutions_on_phase_images_match_onnx_runtime() {
         let phased = model.layers.iter().filter(|l| l.kind == "phases").count();
         if options_have_direct_one_sample_kernels() {
             assert_eq!(phased, 3, "every strided convolution on phase images");
+            // The stem's phase rows (12 values) are gathered by runs, the later ones (3) by element.
+            let by_runs = |l: &&compile::Layer| matches!(&l.exec, compile::Exec::Gather { runs: Some(_), .. });
+            assert_eq!(model.layers.iter().filter(|l| l.kind == "phases").filter(by_runs).count(), 1, "the stem's phases by runs");
         }
         for batch in [1, 3, 17] {
             let input = random_input(batch as u64 + seed, batch, &graph.input_shape);

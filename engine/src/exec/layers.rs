@@ -407,6 +407,21 @@ pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
                 blocks.flat_map(|(o, b)| b.chunks_mut(part * row).enumerate().map(move |(k, y)| (o, k * part, y))).collect();
             team.for_each(parts, |(o, c0, y)| transpose::swap_axes(isa, *s, x, o, c0, y));
         }
+        Exec::Gather { runs: Some(runs), .. } if w == 1 => {
+            // Parts of whole runs, about even in length.
+            let total: usize = runs.iter().map(|r| r.len).sum();
+            let part = split_len(team, total, 1);
+            let (mut parts, mut rest, mut first, mut filled) = (Vec::new(), &mut y[..total], 0, 0);
+            for (i, r) in runs.iter().enumerate() {
+                filled += r.len;
+                if filled >= part || i + 1 == runs.len() {
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(filled);
+                    parts.push((&runs[first..=i], head));
+                    (rest, first, filled) = (tail, i + 1, 0);
+                }
+            }
+            team.for_each(parts, |(runs, y)| elementwise::gather_runs(runs, x, y));
+        }
         Exec::Gather { sources, .. } => {
             let part = split_len(team, sources.len() * w, 16 * w.max(1)) / w.max(1);
             let parts: Vec<_> = y[..sources.len() * w].chunks_mut(part.max(1) * w).zip(sources.chunks(part.max(1))).collect();

@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use super::Isa;
 use crate::graph::BinaryKind;
+use crate::layout::Run;
 
 /// `erf(x)` within 5e-7 (Numerical Recipes' `erfc` Chebyshev fit) in f32 arithmetic and this
 /// module's `exp`, which vectorize: in f64 with the library's `exp` it took 3.6 ns a value, and
@@ -460,6 +461,29 @@ pub fn gather_rows(sources: &[u32], x: &[f32], w: usize, y: &mut [f32]) {
     }
 }
 
+/// `y` made by `runs` (`layout::Run`) one after another: a copy where the step is 1, every
+/// second element where it is 2 (a loop the compiler vectorizes with shuffles), else one element
+/// at a time. The phase images of a strided convolution had been gathered element by element
+/// through an index each (about 2 ns an element).
+pub fn gather_runs(runs: &[Run], x: &[f32], y: &mut [f32]) {
+    let mut at = 0;
+    for r in runs.iter().filter(|r| r.len > 0) {
+        let out = &mut y[at..at + r.len];
+        at += r.len;
+        let src = &x[r.from..=r.from + r.step * (r.len - 1)];
+        match r.step {
+            0 => out.fill(src[0]),
+            1 => out.copy_from_slice(src),
+            2 => {
+                let (last, body) = out.split_last_mut().expect("a run of at least one");
+                body.iter_mut().zip(src.chunks_exact(2)).for_each(|(o, pair)| *o = pair[0]);
+                *last = src[src.len() - 1];
+            }
+            step => out.iter_mut().zip(src.iter().step_by(step)).for_each(|(o, &v)| *o = v),
+        }
+    }
+}
+
 /// A global average pool: `y[c, s]` is the mean over `pixels` of `x[c, p, s]` (`[channels,
 /// pixels, w]` in, `[channels, w]` out), the loops compiled for `isa`. One sample's image is
 /// summed in 64 interleaved partial sums, which vectorize; a sequential sum waits one add's
@@ -556,6 +580,37 @@ mod tests {
         // Ties go to the even code: 0.5 and 1.5 steps become 0 and 2 steps.
         assert_eq!(crate::kernels::q8::quantize_dequantize(0.5 * scale, scale, 0), 0.0);
         assert_eq!(crate::kernels::q8::quantize_dequantize(1.5 * scale, scale, 0), 2.0 * scale);
+    }
+
+    /// Gathers by runs give the element-by-element gather's values: the phase images of 2x2 and
+    /// 3x3 strides (rows of odd and even lengths), runs of step 1 and 0, and a map without runs.
+    #[test]
+    fn gathers_by_runs_equal_gathers_by_element() {
+        let x: Vec<f32> = (0..4 * 21 * 21).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let phases = |s: usize, wd: usize| -> Vec<u32> {
+            let (h, c) = (wd, 4);
+            let mut out = Vec::new();
+            for (r, q) in (0..s).flat_map(|r| (0..s).map(move |q| (r, q))) {
+                for ch in 0..c {
+                    for m in 0..h / s {
+                        out.extend((0..wd / s).map(|n| ((ch * h + s * m + r) * wd + s * n + q) as u32));
+                    }
+                }
+            }
+            out
+        };
+        let copies: Vec<u32> = (0..5).flat_map(|k| (k * 40..k * 40 + 17).map(|i| i as u32)).collect();
+        let repeats: Vec<u32> = (0..6).flat_map(|k| std::iter::repeat_n(k * 9 + 3, 8)).collect();
+        let maps = [phases(2, 20), phases(2, 21), phases(3, 21), copies, repeats];
+        for sources in maps {
+            let runs = Run::of(&sources).expect("runs");
+            let (mut want, mut got) = (vec![0.0; sources.len()], vec![f32::NAN; sources.len()]);
+            gather_rows(&sources, &x, 1, &mut want);
+            gather_runs(&runs, &x, &mut got);
+            assert_eq!(got, want, "{} runs", runs.len());
+        }
+        let scattered: Vec<u32> = (0..64).map(|i| (i * 37 % 101) as u32).collect();
+        assert_eq!(Run::of(&scattered), None);
     }
 
     /// Global average pools on every level this CPU has against a sequential f64 mean, on images
