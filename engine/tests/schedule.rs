@@ -428,6 +428,29 @@ fn expansions_fused_into_depthwise_convolutions_give_the_separate_layers_results
     }
 }
 
+/// `model` and `other` (two compilations of `graph` under `policy`) at several batches, threads
+/// and schedules: layer by layer on a fixed policy bit for bit; depth-wise and in row bands
+/// (plans of their own), and on the timed policy (which may pick different kernels), within
+/// rounding.
+fn same_results(name: &str, graph: &engine::graph::Graph, policy: KernelPolicy, model: &compile::Model, other: &compile::Model) {
+    for batch in [1, 3, 17, 64] {
+        let input = random_input(batch as u64, batch, &graph.input_shape);
+        for threads in [1, 2] {
+            for (schedule, budget) in [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(16 << 10))] {
+                let run =
+                    |m: &compile::Model| Session::with_schedule(m, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap();
+                let (got, want) = (run(model), run(other));
+                let label = format!("{name} {policy:?} batch {batch} {threads} threads {schedule:?} {budget:?}");
+                if policy != KernelPolicy::Auto && schedule == Schedule::Layerwise {
+                    assert!(got == want, "{label}: relative error {}", rel_err(&got, &want));
+                } else {
+                    assert!(rel_err(&got, &want) < 1e-5, "{label}: relative error {}", rel_err(&got, &want));
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn concatenations_written_in_place_give_the_copies_results() {
     // YOLOv5's joins (one input also read by a later join, a chain of pools all joined) and
@@ -439,25 +462,7 @@ fn concatenations_written_in_place_give_the_copies_results() {
             let options = Options::new(policy).unwrap();
             let model = compile::compile(graph.clone(), options.clone()).unwrap();
             let copies = compile::compile(graph.clone(), Options { concat_in_place: false, ..options }).unwrap();
-            for batch in [1, 3, 17, 64] {
-                let input = random_input(batch as u64, batch, &graph.input_shape);
-                for threads in [1, 2] {
-                    for (schedule, budget) in
-                        [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(16 << 10))]
-                    {
-                        let run = |m: &compile::Model| {
-                            Session::with_schedule(m, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap()
-                        };
-                        let (got, want) = (run(&model), run(&copies));
-                        let label = format!("{name} {policy:?} batch {batch} {threads} threads {schedule:?} {budget:?}");
-                        if policy != KernelPolicy::Auto && schedule == Schedule::Layerwise {
-                            assert!(got == want, "{label}: relative error {}", rel_err(&got, &want));
-                        } else {
-                            assert!(rel_err(&got, &want) < 1e-5, "{label}: relative error {}", rel_err(&got, &want));
-                        }
-                    }
-                }
-            }
+            same_results(name, &graph, policy, &model, &copies);
         }
     }
 }
@@ -479,25 +484,7 @@ fn residual_additions_fused_into_layers_give_the_separate_additions_results() {
             let separate = compile::compile(graph.clone(), Options { fuse_residuals: false, ..options }).unwrap();
             let adds = |m: &compile::Model| m.layers.iter().filter(|l| matches!(l.exec, compile::Exec::Add { .. })).count();
             fused += adds(&separate) - adds(&model);
-            for batch in [1, 3, 17, 64] {
-                let input = random_input(batch as u64, batch, &graph.input_shape);
-                for threads in [1, 2] {
-                    for (schedule, budget) in
-                        [(Schedule::Layerwise, None), (Schedule::Depthwise, None), (Schedule::Depthwise, Some(16 << 10))]
-                    {
-                        let run = |m: &compile::Model| {
-                            Session::with_schedule(m, threads, schedule, budget).unwrap().run(&input.data, batch).unwrap()
-                        };
-                        let (got, want) = (run(&model), run(&separate));
-                        let label = format!("{name} {policy:?} batch {batch} {threads} threads {schedule:?} {budget:?}");
-                        if policy != KernelPolicy::Auto && schedule == Schedule::Layerwise {
-                            assert!(got == want, "{label}: relative error {}", rel_err(&got, &want));
-                        } else {
-                            assert!(rel_err(&got, &want) < 1e-5, "{label}: relative error {}", rel_err(&got, &want));
-                        }
-                    }
-                }
-            }
+            same_results(name, &graph, policy, &model, &separate);
         }
     }
     assert!(fused > 0, "no addition was fused: the test compared nothing");

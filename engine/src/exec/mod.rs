@@ -705,6 +705,17 @@ mod tests {
         compile(graph, Options::new(KernelPolicy::Dense).unwrap()).unwrap()
     }
 
+    /// Runs `batch` samples of 6 features through `with` and `without` on 2 threads, checks that
+    /// they give the same bytes, and returns `with`'s plan.
+    fn same_bytes(with: &Model, without: &Model, batch: usize, schedule: Schedule) -> Plan {
+        let input: Vec<f32> = (0..batch * 6).map(|i| (i % 11) as f32 * 0.3 - 1.0).collect();
+        let mut session = Session::with_schedule(with, 2, schedule, None).unwrap();
+        let ours = session.run(&input, batch).unwrap();
+        let plain = Session::with_schedule(without, 2, schedule, None).unwrap().run(&input, batch).unwrap();
+        assert_eq!(ours, plain, "batch {batch}");
+        session.segments[0].plan.clone()
+    }
+
     /// A reshape's output lies where its input does and the reshape does no work: the model with
     /// it gives the same bytes as the model without it, at batches of one tile and of several.
     #[test]
@@ -712,12 +723,7 @@ mod tests {
         let (with, without) = (model(true), model(false));
         let reshape = with.layers.iter().position(|l| matches!(l.exec, Exec::Flatten)).expect("the reshape is a layer");
         for (batch, schedule) in [(1, Schedule::Layerwise), (5, Schedule::Layerwise), (40, Schedule::Depthwise)] {
-            let input: Vec<f32> = (0..batch * 6).map(|i| (i % 11) as f32 * 0.3 - 1.0).collect();
-            let mut session = Session::with_schedule(&with, 2, schedule, None).unwrap();
-            let ours = session.run(&input, batch).unwrap();
-            let plain = Session::with_schedule(&without, 2, schedule, None).unwrap().run(&input, batch).unwrap();
-            assert_eq!(ours, plain, "batch {batch}");
-            let plan = &session.segments[0].plan;
+            let plan = &same_bytes(&with, &without, batch, schedule);
             let layer = &with.layers[reshape];
             assert!(plan.in_place[reshape] && plan.offsets[layer.output] == plan.offsets[layer.inputs[0]], "batch {batch}");
         }
@@ -755,12 +761,7 @@ mod tests {
         for (batch, schedule, in_place) in
             [(1, Schedule::Layerwise, true), (5, Schedule::Layerwise, true), (40, Schedule::Depthwise, false)]
         {
-            let input: Vec<f32> = (0..batch * 6).map(|i| (i % 11) as f32 * 0.3 - 1.0).collect();
-            let mut session = Session::with_schedule(&with, 2, schedule, None).unwrap();
-            let ours = session.run(&input, batch).unwrap();
-            let plain = Session::with_schedule(&without, 2, schedule, None).unwrap().run(&input, batch).unwrap();
-            assert_eq!(ours, plain, "batch {batch}");
-            let plan = &session.segments[0].plan;
+            let plan = &same_bytes(&with, &without, batch, schedule);
             let layer = &with.layers[cat];
             let (out, a, b) = (plan.offsets[layer.output], plan.offsets[layer.inputs[0]], plan.offsets[layer.inputs[1]]);
             let placed = a == out && b == out + 12 * padded(plan.tile);
