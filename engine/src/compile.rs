@@ -383,7 +383,7 @@ pub enum Exec {
 }
 
 impl Exec {
-    /// A gather by `sources`, knowing whether it swaps two axes.
+    /// A gather by `sources`, knowing whether it swaps two axes or is made of long runs.
     fn gather(sources: Vec<u32>) -> Exec {
         let swap = crate::layout::Swap::of(&sources);
         let runs = crate::layout::Run::of(&sources);

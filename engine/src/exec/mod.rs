@@ -221,15 +221,14 @@ fn concat_regions(
         let inputs = &layer.inputs;
         let distinct = inputs.iter().enumerate().all(|(i, v)| !inputs[..i].contains(v));
         let fits = inputs.iter().zip(blocks).all(|(&v, &block)| {
-            v != 0
-                && model.value_sizes[v] == block
+            model.value_sizes[v] == block
                 && f32_held(v)
                 && made_here(v)
                 && !taken.contains(&v)
                 && !shared.iter().any(|&(_, _, out)| out == v)
                 && !concats.iter().any(|&(c, _): &(usize, _)| model.layers[c].output == v)
         });
-        if !(distinct && fits && f32_held(layer.output) && !taken.contains(&layer.output)) {
+        if !(distinct && fits && f32_held(layer.output)) {
             continue;
         }
         let starts = blocks.iter().scan(0, |at, &b| {
@@ -575,7 +574,8 @@ fn store_output(model: &Model, plan: &Plan, t: usize, chunk: &[f32], out: &mut [
 }
 
 /// The regions of `chunk` for the layer's inputs (read) and output (written); the output never
-/// overlaps an input because every value has its own region.
+/// overlaps an input because every value has its own region (or its own block of a
+/// concatenation's, `concat_regions`, which the layers that make the blocks never read whole).
 fn regions<'a>(chunk: &'a mut [f32], inputs: &[Range<usize>], out: Range<usize>) -> (Vec<&'a [f32]>, &'a mut [f32]) {
     let (before, rest) = chunk.split_at_mut(out.start);
     let (output, after) = rest.split_at_mut(out.len());
