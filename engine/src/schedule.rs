@@ -446,7 +446,10 @@ pub fn plan(model: &Model, batch: usize, threads: usize, schedule: Schedule, bud
             // Tiles spread over the threads pay when each thread's column stays in its cache;
             // a layer whose weights overflow it is better split by rows, so that each thread
             // streams only its share of them.
-            let grouped = depthwise.columns.iter().any(|c| c.layers.len() > 1);
+            // A 1x1 expansion fused into its depth-wise convolution (`compile::fuse_expansions`)
+            // is such a group inside one layer: its chunks of channels stay in the cache.
+            let fused_pair = |l: usize| matches!(model.layers[l].exec, Exec::GroupConv { expand: Some(_), .. });
+            let grouped = depthwise.columns.iter().any(|c| c.layers.len() > 1 || c.layers.clone().any(fused_pair));
             let spread = threads > 1 && batch.div_ceil(tile) >= threads && batch <= MAX_TILE && depthwise.columns.iter().all(|c| c.fits);
             if grouped || spread { depthwise } else { layerwise() }
         }

@@ -398,7 +398,8 @@ fn convolutions_with_full_rows_run_one_sample_per_tile_and_match_layerwise() {
 }
 
 /// Pointwise convolutions fused into the depth-wise convolutions that read them (with ReLU6,
-/// ReLU, and SiLU fused from `x * Sigmoid(x)`: all three blocks) give the separate
+/// ReLU, and SiLU fused from `x * Sigmoid(x)`: all three blocks, whichever kernels the timed
+/// policy chose) give the separate
 /// layers' results within rounding (the fused expansion runs its matrix kernel on chunks of
 /// channels where the layer alone may run the direct kernel), on every kernel policy, batch,
 /// thread count and schedule.
@@ -413,6 +414,17 @@ fn expansions_fused_into_depthwise_convolutions_give_the_separate_layers_results
             |m: &compile::Model| m.layers.iter().filter(|l| matches!(&l.exec, compile::Exec::GroupConv { expand: Some(_), .. })).count();
         assert_eq!((fused(&model), fused(&separate)), (3, 0), "{policy:?}: fused expansions");
         assert_eq!(separate.layers.len() - model.layers.len(), 3, "{policy:?}: the fused layers go");
+        // Chunks of channels are written rows apart at every tile width, whatever kernel the
+        // timed policy chose for the layer alone on wide tiles (blocks of rows have no such form).
+        for l in &model.layers {
+            if let compile::Exec::GroupConv { expand: Some(m), .. } = &l.exec {
+                assert!(
+                    [true, false].iter().all(|&one| m.kernels.f32(one).is_some_and(|k| k.has_strided_form())),
+                    "{policy:?}: {}",
+                    l.name
+                );
+            }
+        }
         for batch in [1, 3, 17] {
             let input = random_input(batch as u64, batch, &graph.input_shape);
             for threads in [1, 2] {
