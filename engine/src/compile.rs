@@ -21,7 +21,7 @@ use crate::kernels::window::{self, Geometry, Unfold};
 use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::{Isa, direct, elementwise, spmm};
 use crate::passes;
-use crate::phases::{self, PhaseConv};
+use crate::phases;
 
 /// Samples per tile for batched execution.
 pub const DEFAULT_TILE: usize = 64;
@@ -443,13 +443,12 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
             Op::Linear { weight, bias, act } => Exec::MatMul(Box::new(pack(&node.name, weight, bias, relu(act), None, &options)?)),
             Op::Conv { weight, bias, window, act } => {
                 let (phased, m) = conv_plan(&node.name, weight, bias, relu(act), window, &in_shape, &out_shape, &options)?;
-                if let Some(phased) = phased {
+                if let Some(PhaseLayer { gather, shape: phase_shape }) = phased {
                     // The phase images are a value of their own, made by a gather layer.
                     names.push(format!("{}.phases", node.output));
-                    value_sizes.push(phased.sources.len());
-                    let gather = Exec::gather(phased.sources);
+                    value_sizes.push(phase_shape.iter().product());
                     let (name, output) = (format!("{}.phases", node.name), names.len() - 1);
-                    layers.push(Layer { name, kind: "phases", exec: gather, inputs, output, out_shape: phased.phase_shape });
+                    layers.push(Layer { name, kind: "phases", exec: gather, inputs, output, out_shape: phase_shape });
                     inputs = vec![output];
                 }
                 Exec::MatMul(Box::new(m))
@@ -682,9 +681,17 @@ fn take_fake_quant(exec: &mut Exec, scale: f32, zero: u8) -> bool {
     true
 }
 
+/// The layer that gathers a strided convolution's input into phase images (`conv_plan`), and
+/// their per-sample shape.
+struct PhaseLayer {
+    gather: Exec,
+    shape: Vec<usize>,
+}
+
 /// A convolution's packed weights, and for a strided one whose stride-1 form on its input's phase
 /// images (`phases`) needs no im2col (the direct kernel, or a 1x1 convolution) and times faster
-/// on one sample, gather included, that form's gather. The dense policy (the baseline of `--compare dense`) keeps every layer as written.
+/// on one sample, gather included (timed as the executor runs it), that form's gather layer. The
+/// dense policy (the baseline of `--compare dense`) keeps every layer as written.
 #[allow(clippy::too_many_arguments)]
 fn conv_plan(
     name: &str,
@@ -695,7 +702,7 @@ fn conv_plan(
     in_shape: &[usize],
     out_shape: &[usize],
     o: &Options,
-) -> Result<(Option<PhaseConv>, MatMul)> {
+) -> Result<(Option<PhaseLayer>, MatMul)> {
     let strided = pack(name, weight, bias, relu, Some(geometry(in_shape, out_shape, *window)), o)?;
     let wanted = o.policy == KernelPolicy::Auto && o.phases != Some(false);
     let Some(phased) = phases::rewrite(weight, window, in_shape, out_shape).filter(|_| wanted) else {
@@ -708,12 +715,14 @@ fn conv_plan(
     if !((direct(false) && direct(true)) || phased.window.is_pointwise()) {
         return Ok((None, strided));
     }
+    let phase_len = phased.sources.len();
+    let gather = Exec::gather(phased.sources);
     if o.phases == Some(true) {
-        return Ok((Some(phased), m));
+        return Ok((Some(PhaseLayer { gather, shape: phased.phase_shape }), m));
     }
     let team = crate::team::Team::new(1).map_err(|e| EngineError::graph(name, format!("starting a timing thread: {e}")))?;
     let x = test_values(in_shape.iter().product());
-    let (mut phase_x, mut y) = (LineAligned::zeroed(phased.sources.len()), LineAligned::zeroed(out_shape.iter().product()));
+    let (mut phase_x, mut y) = (LineAligned::zeroed(phase_len), LineAligned::zeroed(out_shape.iter().product()));
     let positions = out_shape[1] * out_shape[2];
     let mut scratch = LineAligned::zeroed((strided.cols * positions).max(x.len().div_ceil(4)));
     let mut bytes = Int8Buffers::for_one_sample(&[&strided, &m], positions);
@@ -729,15 +738,11 @@ fn conv_plan(
         }
     };
     let t_strided = best_time(&mut || conv(&strided, &x, &mut y, &mut scratch));
-    let runs = crate::layout::Run::of(&phased.sources);
     let t_phases = best_time(&mut || {
-        match &runs {
-            Some(runs) => elementwise::gather_runs(runs, &x, &mut phase_x),
-            None => elementwise::gather_rows(&phased.sources, &x, 1, &mut phase_x),
-        }
+        crate::exec::run_layer(o.isa, &gather, &[&x], &mut phase_x, 1, &team);
         conv(&m, &phase_x, &mut y, &mut scratch)
     });
-    Ok(if t_phases < t_strided { (Some(phased), m) } else { (None, strided) })
+    Ok(if t_phases < t_strided { (Some(PhaseLayer { gather, shape: phased.phase_shape }), m) } else { (None, strided) })
 }
 
 /// Byte buffers for timing int8 convolutions (`int8_conv_rows`): quantized columns, and a row

@@ -349,7 +349,7 @@ fn split_values(team: &Team, x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [
     team.for_each(y[..n].chunks_mut(part).zip(x[..n].chunks(part)).collect(), |(y, x)| f(x, y));
 }
 
-pub(super) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {
+pub(crate) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: usize, team: &Team) {
     let x = xs[0];
     match exec {
         Exec::MatMul(m) => matmul(isa, m, x, w, xs.get(1).copied(), y, team, w == 1),

@@ -30,7 +30,7 @@ mod int8;
 mod layers;
 mod segments;
 pub(crate) use int8::quantized_im2col;
-pub(crate) use layers::conv;
+pub(crate) use layers::{conv, run_layer};
 
 use bands::*;
 use int8::*;
