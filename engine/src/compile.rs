@@ -737,12 +737,15 @@ fn conv_plan(
             (None, _) => crate::exec::conv(o.isa, m, g, 1, x, None, y, scratch, &team),
         }
     };
-    let t_strided = best_time(&mut || conv(&strided, &x, &mut y, &mut scratch));
-    let t_phases = best_time(&mut || {
-        crate::exec::run_layer(o.isa, &gather, &[&x], &mut phase_x, 1, &team);
-        conv(&m, &phase_x, &mut y, &mut scratch)
+    let times = best_times_in_turns(2, &mut |i| {
+        if i == 0 {
+            conv(&strided, &x, &mut y, &mut scratch)
+        } else {
+            crate::exec::run_layer(o.isa, &gather, &[&x], &mut phase_x, 1, &team);
+            conv(&m, &phase_x, &mut y, &mut scratch)
+        }
     });
-    Ok(if t_phases < t_strided { (Some(PhaseLayer { gather, shape: phased.phase_shape }), m) } else { (None, strided) })
+    Ok(if times[1] < times[0] { (Some(PhaseLayer { gather, shape: phased.phase_shape }), m) } else { (None, strided) })
 }
 
 /// Byte buffers for timing int8 convolutions (`int8_conv_rows`): quantized columns, and a row
@@ -970,22 +973,22 @@ fn choose(m: &Timed, candidates: &[F32Kernel], conv: Option<Geometry>, tile: usi
         let csr = sparse.csr().expect("the CSR candidate");
         return if sparse_streams_less(m, csr, o) { sparse.clone() } else { dense.clone() };
     }
-    let mut time: Box<dyn FnMut(&F32Kernel) -> f64> = match conv.filter(|g| !g.window.is_pointwise()) {
+    let mut run: Box<dyn FnMut(&F32Kernel)> = match conv.filter(|g| !g.window.is_pointwise()) {
         Some(g) => {
             let (band, mut out) = ConvBand::new(m, g, tile);
-            Box::new(move |k| best_time(&mut || band.run(m, k, o, &mut out)))
+            Box::new(move |k| band.run(m, k, o, &mut out))
         }
         None => {
             let x = test_values(m.cols * w);
             let mut y = LineAligned::zeroed(m.rows * w);
             let sums = spmm::Sums::new(spmm::Ld::packed(w), m.relu);
-            Box::new(move |k| best_time(&mut || k.run_rows(o.isa, m.bias, m.cols, &x, w, &mut y, 0..m.rows, sums)))
+            Box::new(move |k| k.run_rows(o.isa, m.bias, m.cols, &x, w, &mut y, 0..m.rows, sums))
         }
     };
-    let t_dense = time(dense);
-    let mut best = (time(sparse), sparse);
-    for k in others {
-        let t = time(k);
+    let times = best_times_in_turns(candidates.len(), &mut |i| run(&candidates[i]));
+    let t_dense = times[0];
+    let mut best = (times[1], sparse);
+    for (k, &t) in others.iter().zip(&times[2..]) {
         if t < best.0 {
             best = (t, k);
         }
@@ -1031,21 +1034,23 @@ fn best_time(f: &mut dyn FnMut()) -> f64 {
     best
 }
 
-/// The best times of up to 15 runs each of `a` and `b` in turns (after one warm-up each),
-/// stopping after 100 ms: a slow phase of the machine hits both, where timing one and then the
-/// other had flipped ResNet-50's choices between runs.
-fn best_times_in_turns(a: &mut dyn FnMut(), b: &mut dyn FnMut()) -> (f64, f64) {
-    a();
-    b();
-    let (mut best_a, mut best_b, mut spent) = (f64::MAX, f64::MAX, 0.0);
+/// The best times of up to 15 runs of each of `n` candidates (`run(i)` runs candidate `i`), in
+/// turns after one warm-up each, stopping after 50 ms per candidate: a slow phase of the machine
+/// hits them all, where timing one and then the next had flipped ResNet-50's choices between
+/// compiles.
+fn best_times_in_turns(n: usize, run: &mut dyn FnMut(usize)) -> Vec<f64> {
+    (0..n).for_each(&mut *run);
+    let (mut best, mut spent) = (vec![f64::MAX; n], 0.0);
     for _ in 0..15 {
-        let (ta, tb) = (elapsed(a), elapsed(b));
-        (best_a, best_b, spent) = (best_a.min(ta), best_b.min(tb), spent + ta + tb);
-        if spent > 0.1 {
+        for (i, best) in best.iter_mut().enumerate() {
+            let t = elapsed(&mut || run(i));
+            (*best, spent) = (best.min(t), spent + t);
+        }
+        if spent > 0.05 * n as f64 {
             break;
         }
     }
-    (best_a, best_b)
+    best
 }
 
 /// Seconds one run of `f` takes.
@@ -1104,8 +1109,8 @@ fn direct_is_faster(m: &Timed, g: Geometry, direct: &F32Kernel, other: &F32Kerne
     let taps = direct.taps().expect("the direct kernel's taps");
     let mut y_direct = LineAligned::zeroed(out.y.len());
     let mut direct = || band.run_direct(m, taps, o, &mut y_direct);
-    let (t_other, t_direct) = best_times_in_turns(&mut || band.run(m, other, o, &mut out), &mut direct);
-    t_direct < t_other
+    let times = best_times_in_turns(2, &mut |i| if i == 0 { band.run(m, other, o, &mut out) } else { direct() });
+    times[1] < times[0]
 }
 
 /// Sparsity above which Winograd's products (dense, 16 per 36 of a direct convolution's
@@ -1149,8 +1154,8 @@ fn winograd_is_faster(m: &Timed, g: Geometry, winograd: &F32Kernel, other: &F32K
     let mut run_winograd = || {
         winograd::conv_winograd(o.isa, wg, m.bias, &cut, &x, None, &mut y, m.relu, &mut scratch, 1, |job| job(0));
     };
-    let (t_other, t_winograd) = best_times_in_turns(&mut run_other, &mut run_winograd);
-    t_winograd * share < t_other
+    let times = best_times_in_turns(2, &mut |i| if i == 0 { run_other() } else { run_winograd() });
+    times[1] * share < times[0]
 }
 
 /// A band of output rows of a convolution on one tile, to time its kernels as the executor runs
