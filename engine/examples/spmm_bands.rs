@@ -45,11 +45,6 @@ fn main() {
         });
         let useful = 2.0 * (csr.nnz() * hw) as f64;
         let rate = |seconds: f64| useful / seconds / 1e9;
-        println!(
-            "| {rows} x {cols} | {hw} | {band} | {:.1} | {:.1} | {:.1} |",
-            rate(repeated * bands as f64),
-            rate(warm),
-            rate(cold)
-        );
+        println!("| {rows} x {cols} | {hw} | {band} | {:.1} | {:.1} | {:.1} |", rate(repeated * bands as f64), rate(warm), rate(cold));
     }
 }
