@@ -294,6 +294,9 @@ fn check_indices(ports: &crate::graph::Ports, input: &[f32], per_sample: usize) 
     Ok(())
 }
 
+/// Rounds of `Session::measure_auto`: each candidate schedule runs once untimed and once timed per round.
+const AUTO_ROUNDS: usize = 3;
+
 impl<M: Deref<Target = Model> + Clone> Session<M> {
     /// A session with `threads` threads (at least 1: the caller and `threads - 1` helpers) and
     /// the automatic schedule.
@@ -325,11 +328,13 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
 
     /// Under `Schedule::Auto`, on the first run of a batch size for which the planner chose
     /// depth-wise columns: runs the batch on that plan, layer-wise, and depth-wise with the widest
-    /// tile throughout where the plan's tiles are narrower (`schedule::uniform_plan`), a warm-up
-    /// and three timed runs each, and keeps the fastest for that size. The planner's rule cannot
-    /// tell from sizes alone: at batch 1 on 2 threads its columns ran ResNet-18 and YOLOv5s 12-14%
-    /// faster than layer-wise execution, but MobileNetV2 with 90%-pruned 1x1 convolutions and a
-    /// 95%-pruned ResNet-50 10% slower (`engine bench --compare layerwise`).
+    /// tile throughout where the plan's tiles are narrower (`schedule::uniform_plan`), in turns,
+    /// `AUTO_ROUNDS` rounds of a warm-up run (on the candidate's fresh arena) and a timed one, and
+    /// keeps the fastest for that size. The planner's rule cannot tell from sizes alone: at batch
+    /// 1 on 2 threads its columns ran ResNet-18 and YOLOv5s 12-14% faster than layer-wise
+    /// execution, but MobileNetV2 with 90%-pruned 1x1 convolutions and a 95%-pruned ResNet-50 10%
+    /// slower (`engine bench --compare layerwise`). In turns, since a slow phase of the machine
+    /// over one candidate's runs had made the choice flip between processes.
     fn measure_auto(&mut self, input: &[f32], batch: usize, out: &mut [f32]) -> Result<()> {
         if self.schedule != Schedule::Auto || self.measured.iter().any(|(b, _)| *b == batch) {
             return Ok(());
@@ -340,23 +345,23 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
             let (threads, budget) = (self.threads(), self.budget);
             let mut candidates = vec![rule.clone(), schedule::plan(&self.model, batch, threads, Schedule::Layerwise, budget)];
             candidates.extend(schedule::uniform_plan(&self.model, batch, threads, budget).filter(|p| *p != rule));
-            let mut best = f64::MAX;
-            for candidate in candidates {
-                // Held as the measured plan while it runs, so that these runs do not measure again.
-                self.measured.push((batch, candidate.clone()));
-                self.segments.clear();
-                let runs = (0..4).map(|_| {
-                    let start = std::time::Instant::now();
-                    self.execute(input, batch, false, out).map(|_| start.elapsed().as_secs_f64())
-                });
-                let times = runs.collect::<Result<Vec<f64>>>();
-                self.measured.pop();
-                let seconds = times?.into_iter().skip(1).fold(f64::MAX, f64::min);
-                if seconds < best {
-                    (best, choice) = (seconds, candidate);
+            let mut best = vec![f64::MAX; candidates.len()];
+            for _ in 0..AUTO_ROUNDS {
+                for (candidate, best) in candidates.iter().zip(&mut best) {
+                    // Held as the measured plan while it runs, so that these runs do not measure again.
+                    self.measured.push((batch, candidate.clone()));
+                    self.segments.clear();
+                    let run = self.execute(input, batch, false, out).and_then(|_| {
+                        let start = std::time::Instant::now();
+                        self.execute(input, batch, false, out).map(|_| start.elapsed().as_secs_f64())
+                    });
+                    self.measured.pop();
+                    *best = best.min(run?);
                 }
             }
             self.segments.clear();
+            let fastest = (0..candidates.len()).fold(0, |f, i| if best[i] < best[f] { i } else { f });
+            choice = candidates.swap_remove(fastest);
         }
         self.measured.push((batch, choice));
         Ok(())
