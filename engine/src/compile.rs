@@ -1214,3 +1214,28 @@ impl ConvBand {
         k.run_rows(o.isa, m.bias, m.cols, cols, cols_w, y, 0..m.rows, sums)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::best_times_in_turns;
+
+    /// Candidates run in turns (after one warm-up each), as often as each other, within the
+    /// budget, and a slower candidate's best time is the larger.
+    #[test]
+    fn candidates_are_timed_in_turns() {
+        let mut order = Vec::new();
+        let times = best_times_in_turns(3, &mut |i| {
+            order.push(i);
+            if i == 1 {
+                let start = std::time::Instant::now();
+                while start.elapsed().as_secs_f64() < 0.002 {}
+            }
+        });
+        assert_eq!(times.len(), 3);
+        assert!(order.len() >= 6 && order.len() % 3 == 0, "{order:?}");
+        assert!(order.iter().enumerate().all(|(k, &i)| i == k % 3), "not in turns: {order:?}");
+        // 15 rounds at most, and candidate 1's 2 ms a run stop them once 150 ms are spent.
+        assert!(order.len() <= 3 * 16, "{}", order.len());
+        assert!(times[1] >= 0.002 && times[0] < times[1] && times[2] < times[1], "{times:?}");
+    }
+}
