@@ -156,6 +156,33 @@ fn row_bands_match_layerwise() {
 }
 
 #[test]
+fn columns_take_in_the_next_residual_block_where_its_input_is_read_again_inside() {
+    // A column ending after the first block's addition would leave its output to the second
+    // block's addition, outside the column: the planner looks a few layers ahead and takes the
+    // second block in too (in row bands), so that value is read in cache both times.
+    let graph = identity_bottlenecks(41, 0.8);
+    let model = compile::compile(graph.clone(), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
+    let index = |name: &str| model.layers.iter().position(|l| l.name == name).unwrap_or_else(|| panic!("no layer {name}"));
+    let (first_add, second_add) = (index("a_expand"), index("b_expand"));
+    let mut spanning = 0;
+    for batch in [1, 3] {
+        let input = random_input(batch as u64, batch, &graph.input_shape);
+        let reference = Session::with_schedule(&model, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+        for threads in [1, 2] {
+            for budget in [12 << 10, 16 << 10, 24 << 10, 32 << 10, 48 << 10, 64 << 10] {
+                let mut session = Session::with_schedule(&model, threads, Schedule::Depthwise, Some(budget)).unwrap();
+                let plan = session.plan(batch);
+                spanning += plan.columns.iter().filter(|c| c.layers.contains(&first_add) && c.layers.contains(&second_add)).count();
+                let got = session.run(&input.data, batch).unwrap();
+                let err = rel_err(&got, &reference);
+                assert!(err < 1e-5, "batch {batch} {threads} threads budget {budget}: relative error {err}, plan {plan:?}");
+            }
+        }
+    }
+    assert!(spanning > 0, "no budget gave a column through both blocks");
+}
+
+#[test]
 fn bands_cover_every_row_each_layer_needs() {
     let model = compile::compile(cnn(34, 0.8), Options::new(KernelPolicy::Auto).unwrap()).unwrap();
     // The longest bandable run from the first layer.

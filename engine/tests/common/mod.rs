@@ -251,6 +251,26 @@ pub fn bottleneck(seed: u64, sparsity: f64) -> Graph {
     Graph { input: "input".into(), input_shape: vec![3, 24, 24], output: "fc".into(), nodes, ports: None }
 }
 
+/// Two of ResNet-50's identity bottleneck blocks (1x1, 3x3 and 1x1 convolutions, the block's
+/// input added back, ReLU) after a 3x3 stem on 3x20x20 images, then the classifier: each block's
+/// input is read by its first convolution and again by its addition.
+pub fn identity_bottlenecks(seed: u64, sparsity: f64) -> Graph {
+    let mut r = rng(seed);
+    let mut nodes = vec![conv(&mut r, "stem", "input", 3, 16, win(3, 1, 1, 1), 0.0, Activation::Relu)];
+    let mut input = "stem".to_string();
+    for b in ["a", "b"] {
+        let name = |part: &str| format!("{b}_{part}");
+        nodes.push(conv(&mut r, &name("reduce"), &input, 16, 8, win(1, 1, 0, 1), sparsity, Activation::Relu));
+        nodes.push(conv(&mut r, &name("conv"), &name("reduce"), 8, 8, win(3, 1, 1, 1), sparsity, Activation::Relu));
+        nodes.push(conv(&mut r, &name("expand"), &name("conv"), 8, 16, win(1, 1, 0, 1), sparsity, Activation::None));
+        nodes.push(node(&name("add"), Op::Add { act: Activation::None }, &[&name("expand"), &input]));
+        nodes.push(node(&name("relu"), Op::Relu, &[&name("add")]));
+        input = name("relu");
+    }
+    nodes.extend(classifier(&mut r, &input, 16, sparsity));
+    Graph { input: "input".into(), input_shape: vec![3, 20, 20], output: "fc".into(), nodes, ports: None }
+}
+
 /// Global average pooling, flattening and a linear layer to 10 logits on the `features`
 /// channels of `input` (the nodes `gap`, `flat` and `fc`).
 fn classifier(r: &mut StdRng, input: &str, features: usize, sparsity: f64) -> Vec<Node> {
