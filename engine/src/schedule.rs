@@ -239,7 +239,8 @@ fn band_counts(rows: usize) -> impl Iterator<Item = usize> {
 const LOOKAHEAD: usize = 4;
 
 /// Output rows per band at least, for a column that took layers on by looking ahead: bands of
-/// one row ran ResNet-50's 28x28 3x3 convolutions 1.7x slower than bands of four.
+/// one row ran ResNet-50's 28x28 3x3 convolutions 1.7x slower than bands of three or four
+/// (results/column-lookahead.md).
 const MIN_BAND_ROWS: usize = 3;
 
 /// Greedy columns of `layers` for tiles of `w` samples: a layer joins the column while the column
@@ -259,7 +260,7 @@ fn columns(model: &Model, layers: Range<usize>, w: usize, budget: usize) -> Vec<
             // it leaves are read only inside it again (a residual block's input, read by the
             // block's first layer and by its addition): then it takes those layers too.
             let fits_again = |e: usize| {
-                let rows = (start..e + 1).map(|l| model.layers[l].out_shape.get(1).copied().unwrap_or(1)).min().unwrap_or(1);
+                let rows = (start..e + 1).map(|k| model.layers[k].out_shape.get(1).copied().unwrap_or(1)).min().unwrap_or(1);
                 fitting_bands(model, start..e + 1, w, budget).is_some_and(|bands| rows >= MIN_BAND_ROWS * bands)
             };
             match (l + 1..layers.end.min(l + 1 + LOOKAHEAD)).find(|&e| fits_again(e)) {
