@@ -226,8 +226,12 @@ fn fitting_bands(model: &Model, layers: Range<usize>, w: usize, budget: usize) -
     if !bandable(model, layers.clone()) {
         return None;
     }
-    let rows = layers.clone().map(|l| model.layers[l].out_shape[1]).min().unwrap_or(1);
-    band_counts(rows).find(|&b| working_set(model, layers.clone(), w, b) <= budget)
+    band_counts(image_rows(model, layers.clone())).find(|&b| working_set(model, layers.clone(), w, b) <= budget)
+}
+
+/// The fewest output rows among `layers` (1 for a layer without rows): what row bands divide.
+fn image_rows(model: &Model, layers: Range<usize>) -> usize {
+    layers.map(|l| model.layers[l].out_shape.get(1).copied().unwrap_or(1)).min().unwrap_or(1)
 }
 
 /// Band counts the planner tries for images of `rows` rows: powers of two, then one row per band.
@@ -260,8 +264,7 @@ fn columns(model: &Model, layers: Range<usize>, w: usize, budget: usize) -> Vec<
             // it leaves are read only inside it again (a residual block's input, read by the
             // block's first layer and by its addition): then it takes those layers too.
             let fits_again = |e: usize| {
-                let rows = (start..e + 1).map(|k| model.layers[k].out_shape.get(1).copied().unwrap_or(1)).min().unwrap_or(1);
-                fitting_bands(model, start..e + 1, w, budget).is_some_and(|bands| rows >= MIN_BAND_ROWS * bands)
+                fitting_bands(model, start..e + 1, w, budget).is_some_and(|bands| image_rows(model, start..e + 1) >= MIN_BAND_ROWS * bands)
             };
             match (l + 1..layers.end.min(l + 1 + LOOKAHEAD)).find(|&e| fits_again(e)) {
                 Some(e) => l = e,

@@ -360,7 +360,7 @@ impl<M: Deref<Target = Model> + Clone> Session<M> {
                 }
             }
             self.segments.clear();
-            let fastest = (0..candidates.len()).fold(0, |f, i| if best[i] < best[f] { i } else { f });
+            let fastest = (0..candidates.len()).min_by(|&a, &b| best[a].total_cmp(&best[b])).expect("a candidate");
             choice = candidates.swap_remove(fastest);
         }
         self.measured.push((batch, choice));
