@@ -65,7 +65,7 @@ def test_native_file_gives_what_its_onnx_twin_gives():
     np.testing.assert_allclose(native.run([x])[0], onnx_engine.run([x])[0], rtol=1e-5, atol=1e-6)
 
 
-def test_non_contiguous_and_float64_inputs_are_read_correctly():
+def test_non_contiguous_unaligned_and_float64_inputs_are_read_correctly():
     path = CORPUS / "mlp_s90.onnx"
     engine = se.compile_model(str(path), batch_size=4, num_cores=1)
     x = random_input(path, 4)
@@ -74,6 +74,11 @@ def test_non_contiguous_and_float64_inputs_are_read_correctly():
     wide[:, ::2] = x
     np.testing.assert_array_equal(engine.run([wide[:, ::2]])[0], expected)
     np.testing.assert_allclose(engine.run([x.astype(np.float64)])[0], expected, rtol=1e-6)
+    # float32 values one byte off their alignment: copied, not read in place.
+    shifted = np.zeros(x.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(x.shape)
+    shifted[...] = x
+    assert not shifted.flags.aligned and shifted.flags.c_contiguous
+    np.testing.assert_array_equal(engine.run([shifted])[0], expected)
 
 
 def two_input_model(path):
