@@ -164,10 +164,10 @@ impl Engine {
                 // SAFETY: the array is aligned and C-contiguous (checked above), held alive by the
                 // caller's reference while the engine reads it, and this module holds no mutable
                 // view of it (the one it writes is the output it makes). NumPy's own borrow flags
-                // (`readonly()`) are not taken: they cost 0.1 us a call, a percent at batch 1
-                // (results/python.md), and they bind only Rust code, not the Python threads that
-                // run while the GIL is released, which ONNX Runtime's and DeepSparse's calls leave
-                // to the caller too.
+                // (`readonly()`) are not taken: they cost about 0.1 us a call (a percent of a
+                // LeNet-300-100 run at batch 1), and they bind only Rust code, not the Python
+                // threads that run while the GIL is released, which ONNX Runtime's and
+                // DeepSparse's calls leave to the caller too.
                 let input = unsafe { array.as_slice() }.map_err(engine_error)?;
                 self.run_packed(py, input, batch)
             }

@@ -134,7 +134,8 @@ pub fn spmm_strided(isa: Isa, m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &mu
 /// tile, and a layer-wise layer writes more than fits. Each store then waits for its line to come
 /// from memory, unless the row is prefetched for writing a few rows ahead (`PREFETCH_ROWS`).
 /// On ResNet-50's pointwise shapes (`f32-spmm-csr`, one thread, 196-column bands) that took cold
-/// outputs from 15-35 to 20-44 useful GFLOP/s, and cost 0-5% where the output stays in L2.
+/// outputs from 15-35 to 20-44 useful GFLOP/s, and cost up to 5% where the output stayed in L2
+/// (results/cold-outputs.md).
 pub const COLD_OUTPUT_BYTES: usize = 1 << 20;
 
 /// How many output rows ahead a kernel writing a cold region prefetches (and a residual's rows):
