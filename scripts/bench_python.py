@@ -1,7 +1,8 @@
 """Times one model file at batch 1 through sparsify_engine's Python calls, the engine's own
 loop (Engine.benchmark, what `engine bench` measures), DeepSparse's Python API and ONNX
 Runtime's, in ROUNDS alternating rounds in one process; prints one JSON line per round and
-caller with its median ms per call (and the engine's loop timed right after it, `loop_ms`). Usage: bench_python.py MODEL.onnx THREADS ROUNDS SECONDS"""
+caller with its median ms per call (and the engine's loop timed right after it, `loop_ms`).
+Usage: bench_python.py MODEL.onnx THREADS ROUNDS SECONDS"""
 
 import json
 import sys
@@ -41,32 +42,36 @@ def timed_calls(clock, n):
 """
 
 
-def per_call(call):
-    """Median seconds of one `call` (a statement), each call timed on its own (the statistic
-    `engine bench` reports: the median of single runs), over at least `seconds` after 50 warm-up
-    calls."""
+def timing(call):
+    """`call` (a statement) compiled into the timing loop: `timed_calls(clock, n)`."""
     scope = dict(globals())
     exec(TIMING_LOOP.format(call=call), scope)
-    timed_calls, times = scope["timed_calls"], []
+    return scope["timed_calls"]
+
+
+def per_call(timed_calls):
+    """Median seconds of one call, each call timed on its own (the statistic `engine bench`
+    reports: the median of single runs), over at least `seconds` after 50 warm-up calls."""
     timed_calls(time.perf_counter, 50)
-    start = time.perf_counter()
+    times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds or len(times) < 100:
         times += timed_calls(time.perf_counter, 100)
     return float(np.median(times))
 
 
-callers = {
-    "sparsify_engine run([x])": "engine.run([x])",
-    "sparsify_engine run(None, {name: x})": "engine.run(None, {name: x})",
-    "onnxruntime run(None, {name: x})": "session.run(None, {name: x})",
-}
-if ds is not None:
-    callers["deepsparse run([x])"] = "ds.run([x])"
 def engine_loop():
     """The engine's own loop, no Python between runs (what `engine bench` reports): median ms."""
     return engine.benchmark(1, seconds=seconds, warmup=50)["median_ms"]
 
 
+statements = {
+    "sparsify_engine run([x])": "engine.run([x])",
+    "sparsify_engine run(None, {name: x})": "engine.run(None, {name: x})",
+    "onnxruntime run(None, {name: x})": "session.run(None, {name: x})",
+}
+if ds is not None:
+    statements["deepsparse run([x])"] = "ds.run([x])"
+callers = {caller: timing(statement) for caller, statement in statements.items()}
 for r in range(rounds):
     order = list(callers) if r % 2 == 0 else list(reversed(callers))
     for caller in order:

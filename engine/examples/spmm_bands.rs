@@ -1,6 +1,6 @@
 //! The CSR kernel as a depth-wise column calls it, against the same work on a cached tile: a
 //! pointwise layer of ResNet-50 (90% sparse, one thread) over a whole image in row bands, in
-//! place (rows a whole image apart, as `spmm_strided` reads and writes them), three ways: one
+//! place (rows a whole image apart, as `spmm_strided` reads and writes them), four ways: one
 //! band again and again (its rows stay in cache), every band in turn over one image (the image
 //! larger than L2), every band over one of six images in turn (each image cold, as a column's
 //! input arriving from memory), and every band into one of six outputs in turn (each output's
