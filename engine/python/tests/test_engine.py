@@ -9,6 +9,7 @@ import os
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,40 @@ def test_several_inputs_and_outputs_with_integer_inputs(tmp_path):
         engine.run(None, {**feed, "input_ids": feed["input_ids"].astype(np.float32)})
     with pytest.raises(se.EngineError, match="input_ids"):
         engine.run(None, {**feed, "input_ids": feed["input_ids"] + 100})
+
+
+def test_output_arrays_are_reused_only_once_the_caller_lets_them_go():
+    path = CORPUS / "mlp_s90.onnx"
+    engine = se.compile_model(str(path), batch_size=4, num_cores=1)
+    xs = [random_input(path, batch, seed=s) for s, batch in enumerate([1, 1, 3, 1, 3, 1])]
+    expected = [reference(path, {engine.input_names[0]: x})[0] for x in xs]
+    # Dropped at once, kept as the last result, kept for good: always the right values, and a
+    # kept array is never written again.
+    for x, r in zip(xs + xs, expected + expected):
+        np.testing.assert_allclose(engine.run([x])[0], r, rtol=1e-4, atol=1e-5)
+    last = None
+    for x, r in zip(xs, expected):
+        previous, (last,) = last, engine.run([x])
+        np.testing.assert_allclose(last, r, rtol=1e-4, atol=1e-5)
+    kept = [engine.run([x])[0] for x in xs]
+    for x in xs:
+        engine.run([x])
+    for y, r in zip(kept, expected):
+        np.testing.assert_allclose(y, r, rtol=1e-4, atol=1e-5)
+    # Held only through a view or a weak reference, or let go read-only (a new engine each, so
+    # that the array is one the engine keeps).
+    engine = se.compile_model(str(path), batch_size=4, num_cores=1)
+    view = engine.run([xs[0]])[0][0]
+    weak = weakref.ref(engine.run([xs[1]])[0])
+    for x in xs:
+        engine.run([x])
+    np.testing.assert_allclose(view, expected[0][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weak(), expected[1], rtol=1e-4, atol=1e-5)
+    engine = se.compile_model(str(path), batch_size=4, num_cores=1)
+    (read_only,) = engine.run([xs[0]])
+    read_only.flags.writeable = False
+    del read_only
+    assert engine.run([xs[0]])[0].flags.writeable
 
 
 def test_threaded_callers_get_their_own_answers():
