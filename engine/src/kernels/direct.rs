@@ -96,7 +96,49 @@ pub fn vectorized(isa: Isa, w: usize) -> bool {
 /// vectors per output position, or with AVX-512 one sample at stride 1 along rows (vectors of 16
 /// output columns).
 pub fn takes(isa: Isa, w: usize, g: &Geometry) -> bool {
-    vectorized(isa, w) || (isa == Isa::Avx512 && w == 1 && g.window.stride[1] == 1)
+    vectorized(isa, w) || (isa == Isa::Avx512 && w == 1 && RowBuffer::of(g).is_some())
+}
+
+/// The one-sample AVX-512 kernel's copy of the input rows that a pair of output rows reads
+/// (stride 1 along rows): per input channel `span` padded rows of `row_len` floats, each row
+/// `left` zeros, the input row, then zeros up to the last vector's reach; an odd number of cache
+/// lines long, so that the rows of different channels do not share L1 sets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RowBuffer {
+    row_len: usize,
+    span: usize,
+}
+
+impl RowBuffer {
+    /// The buffer for `g`'s one-sample kernel, if `g` has stride 1 along rows and the buffer's
+    /// every float is addressable with a `u32` offset.
+    pub(crate) fn of(g: &Geometry) -> Option<RowBuffer> {
+        let ([_, ow], [_, wd], [kh, kw]) = (g.out_hw, g.in_hw, g.window.kernel);
+        let ([stride, _], [dilation, dilation_x]) = (g.window.stride, g.window.dilation);
+        if g.window.stride[1] != 1 {
+            return None;
+        }
+        let reach = ow.div_ceil(16).checked_mul(16)?.checked_add((kw - 1).checked_mul(dilation_x)?)?;
+        let padded = g.window.pads[1].checked_add(wd)?.checked_add(g.window.pads[3])?;
+        let row_len = (reach.max(padded).checked_next_multiple_of(16)?) | 16;
+        // Output rows oy and oy + 1 read padded rows oy * stride + j for j < span.
+        let span = (kh - 1).checked_mul(dilation)?.checked_add(1 + stride)?;
+        let floats = g.channels.checked_mul(span)?.checked_mul(row_len)?;
+        (u32::try_from(floats).is_ok()).then_some(RowBuffer { row_len, span })
+    }
+
+    /// Floats per input channel.
+    fn channel_len(&self) -> usize {
+        self.span * self.row_len
+    }
+
+    /// Where tap `(c, ky, kx)` of the first output row of a pair reads its first vector, in
+    /// floats from the buffer's start; the second row reads `stride` rows further.
+    fn offset(&self, g: &Geometry, (c, ky, kx): (usize, usize, usize)) -> u32 {
+        let at = c * self.channel_len() + ky * g.window.dilation[0] * self.row_len + kx * g.window.dilation[1];
+        // Inside the buffer, whose length fits a u32 (`of`).
+        at as u32
+    }
 }
 
 /// One output channel's tap: input channel, kernel row, kernel column, weight. 32-bit places
@@ -127,6 +169,10 @@ pub struct Taps {
     /// tap serves every channel of the block: for a dense convolution the AVX-512 kernels then
     /// read 10 vectors per 24 multiply-adds instead of one per multiply-add.
     blocks: Vec<Option<Vec<BlockTap>>>,
+    /// For the one-sample AVX-512 kernel (where `g` has a `RowBuffer`), each tap of `taps` as
+    /// its offset in that buffer and its weight: a tap then costs an add, where working out its
+    /// place per row pair had left the kernel at 40% of the multiply-add peak.
+    in_rows: Vec<(u32, f32)>,
 }
 
 impl Taps {
@@ -147,7 +193,11 @@ impl Taps {
         for o in 0..m.rows {
             taps[first[o]..first[o + 1]].sort_by_key(|&(c, ky, kx, _)| (c, ky, kx));
         }
-        let mut t = Taps { rows: m.rows, cols: m.cols, taps, first, blocks: Vec::new() };
+        let in_rows = match RowBuffer::of(g) {
+            Some(b) => taps.iter().map(|&(c, ky, kx, v)| (b.offset(g, (c as usize, ky as usize, kx as usize)), v)).collect(),
+            None => Vec::new(),
+        };
+        let mut t = Taps { rows: m.rows, cols: m.cols, taps, first, blocks: Vec::new(), in_rows };
         t.blocks = (0..m.rows / BLOCK).map(|b| t.shared(b)).collect();
         t
     }
@@ -196,7 +246,7 @@ impl Taps {
 }
 
 /// One-sample output rows shorter than this run on `flat`'s kernel (several rows per vector)
-/// rather than the row ring's (whole vectors per row).
+/// rather than the row buffer's (whole vectors per row).
 pub const FLAT_BELOW: usize = 32;
 
 /// Runs the variant for `isa` (which the CPU must support); other widths use the scalar twin.
@@ -275,7 +325,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{BLOCK, BlockTap, Geometry, Tap, Taps};
+    use super::{BLOCK, BlockTap, Geometry, RowBuffer, Tap, Taps};
     use crate::kernels::lines::LineAligned;
 
     /// Vectors of an output row kept in registers at once.
@@ -288,16 +338,19 @@ mod x86 {
 
     /// One sample (`g.w == 1`) at stride 1 along rows: each vector holds 16 consecutive output
     /// columns of a row. The input rows that two consecutive output rows read (every channel,
-    /// every kernel row) are first copied into a buffer with the padding's zeros around them,
+    /// every kernel row) are first copied into a `RowBuffer` with the padding's zeros around them,
     /// rows a few floats longer than the image's: each tap then reads 16 consecutive input columns
     /// per vector without masks, and the rows of different channels do not share L1 sets (an
     /// image's channel planes are often a multiple of 4 KB apart: 96 x 96 floats are 36 KB, and
     /// reading 32 channels' rows straight from the image ran 4x below the multiply-add rate).
     /// Pairs of rows, then chunks of up to 8 vectors, then channels; each tap's weight and
-    /// offsets, loaded once, serve both rows of the pair.
+    /// offset, loaded once, serve both rows of the pair. The buffer holds each pair's rows at the
+    /// same places, so a tap's offset is the same for every pair (`Taps::in_rows`); the rows the
+    /// previous pair also read are copied again (a ring that kept them had to look each tap's
+    /// row up per pair).
     ///
     /// # Safety
-    /// AVX-512F; `g.w == 1` and `g.window.stride[1] == 1`; sizes and `t` as
+    /// AVX-512F; `g.w == 1` and `RowBuffer::of(g)` is some; sizes and `t` as
     /// `super::conv_direct_decoded` checks them (taps decoded for `g`'s window).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn conv_direct_one_avx512(
@@ -310,48 +363,34 @@ mod x86 {
         rows: Range<usize>,
         relu: bool,
     ) {
-        let ([oh, ow], [h, wd], [kh, kw]) = (g.out_hw, g.in_hw, g.window.kernel);
-        let (left, right) = (g.window.pads[1], g.window.pads[3]);
+        let ([oh, ow], [h, wd], [kh, _]) = (g.out_hw, g.in_hw, g.window.kernel);
+        let layout = RowBuffer::of(g).expect("the one-sample kernel takes this geometry");
+        assert_eq!(t.in_rows.len(), t.taps.len(), "taps decoded for this window");
+        let (row_len, span, channel_len) = (layout.row_len, layout.span, layout.channel_len());
+        let (stride, dilation, left) = (g.window.stride[0], g.window.dilation[0], g.window.pads[1]);
         let vectors = ow.div_ceil(16);
-        // Each buffer row: `left` zeros, the input row, then zeros up to the last vector's reach
-        // (vectors * 16 + (kw - 1) * dilation columns); an odd number of cache lines long.
-        let reach = vectors * 16 + (kw - 1) * g.window.dilation[1];
-        let row_len = (reach.max(left + wd + right).div_ceil(16) * 16) | 16;
-        // A ring of `span` padded input rows per channel: output rows oy and oy + 1 read padded
-        // rows (oy + r) * stride + ky * dilation, all inside `span` consecutive ones, so the ring
-        // keeps each row in slot `row % span` and the next pair copies only the rows it adds.
-        let (stride, dilation) = (g.window.stride[0], g.window.dilation[0]);
-        let span = (kh - 1) * dilation + 1 + stride;
-        // The ring starts on a cache line, so that kernel column 0 (the buffer rows' starts, as
+        // The buffer starts on a cache line, so that kernel column 0 (the buffer rows' starts, as
         // rows are whole cache lines) reads whole lines; columns 1 and 2 read across two. From
         // a 16-byte-aligned allocation every load could split (1.2x slower in a timing of one
         // 96x96 layer).
-        let mut buf = LineAligned::zeroed(g.channels * span * row_len);
-        let mut held: Vec<Option<usize>> = vec![None; span];
+        let mut buf = LineAligned::zeroed(g.channels * channel_len);
         // Per kernel row, the offset of the buffer row that each output row of the pair reads.
-        let mut slots = vec![[0usize; 2]; kh];
+        let slots: Vec<[usize; 2]> = (0..kh).map(|ky| [ky * dilation * row_len, (ky * dilation + stride) * row_len]).collect();
         let last_lanes: __mmask16 = if ow % 16 == 0 { 0xffff } else { (1u16 << (ow % 16)) - 1 };
         let mut oy = rows.start;
         while oy < rows.end {
             let pair = rows.end - oy >= 2;
-            for r in 0..1 + pair as usize {
-                for (ky, slot) in slots.iter_mut().enumerate() {
-                    let padded = (oy + r) * stride + ky * dilation;
-                    slot[r] = padded % span * row_len;
-                    if held[padded % span] == Some(padded) {
-                        continue;
-                    }
-                    held[padded % span] = Some(padded);
-                    for c in 0..g.channels {
-                        let dst = &mut buf[c * span * row_len + slot[r] + left..][..wd];
-                        match g.source(0, oy + r, ky) {
-                            Some(iy) => copy16(dst, &x[(c * h + iy) * wd..][..wd]),
-                            None => dst.fill(0.0),
-                        }
+            // Buffer row j: padded input row oy * stride + j.
+            for j in 0..span - if pair { 0 } else { stride } {
+                for c in 0..g.channels {
+                    let dst = &mut buf[c * channel_len + j * row_len + left..][..wd];
+                    match (oy * stride + j).checked_sub(g.window.pads[0]).filter(|&iy| iy < h) {
+                        Some(iy) => copy16(dst, &x[(c * h + iy) * wd..][..wd]),
+                        None => dst.fill(0.0),
                     }
                 }
             }
-            let ring = Ring { buf: &buf, channel_len: span * row_len, dilation: g.window.dilation[1], slots: &slots };
+            let filled = Filled { buf: &buf, channel_len, dilation: g.window.dilation[1], slots: &slots };
             let mut v0 = 0;
             while v0 < vectors {
                 let n = (vectors - v0).min(CHUNK);
@@ -359,7 +398,7 @@ mod x86 {
                 while o < channels.end {
                     let i = o - channels.start;
                     if let Some(taps) = t.block_at(o).filter(|_| o + BLOCK <= channels.end) {
-                        let run = BlockRows { ring, taps, relu };
+                        let run = BlockRows { filled, taps, relu };
                         let bias: [f32; BLOCK] = std::array::from_fn(|k| bias[o + k]);
                         for r in 0..1 + pair as usize {
                             for (z0, len) in even_parts(n, BLOCK_VECTORS) {
@@ -383,7 +422,14 @@ mod x86 {
                         o += BLOCK;
                         continue;
                     }
-                    let run = Rows { ring, taps: t.of(o), v0, bias: bias[o], relu };
+                    let run = Rows {
+                        // SAFETY: vector v0 of buffer row 0 lies inside the buffer.
+                        buf: unsafe { buf.as_ptr().add(v0 * 16) },
+                        taps: &t.in_rows[t.first[o]..t.first[o + 1]],
+                        next_row: stride * row_len,
+                        bias: bias[o],
+                        relu,
+                    };
                     let store = |z: usize| if v0 + z + 1 == vectors { last_lanes } else { 0xffff };
                     // SAFETY: the stored lanes of vectors v0..v0 + n are output columns of rows
                     // (i, oy) and, for a pair, (i, oy + 1).
@@ -409,7 +455,7 @@ mod x86 {
     }
 
     /// `dst.copy_from_slice(src)` in 16-float vectors, the last one masked: the rows copied into
-    /// the one-sample kernel's ring are a few hundred bytes, where a call to `memcpy` per row
+    /// the one-sample kernel's row buffer are a few hundred bytes, where a call to `memcpy` per row
     /// had taken a tenth of the convolution stack's time at batch 1.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -424,11 +470,11 @@ mod x86 {
         }
     }
 
-    /// The row ring of `conv_direct_one_avx512` for one pair of output rows: input channel `c`'s
-    /// ring starts at `c * channel_len`, and kernel row `ky` of output row `r` is the buffer row
-    /// at `slots[ky][r]` within it.
+    /// The row buffer of `conv_direct_one_avx512` filled for one pair of output rows: input
+    /// channel `c`'s rows start at `c * channel_len`, and kernel row `ky` of output row `r` is
+    /// the buffer row at `slots[ky][r]` within them.
     #[derive(Clone, Copy)]
-    struct Ring<'a> {
+    struct Filled<'a> {
         buf: &'a [f32],
         channel_len: usize,
         /// Dilation along rows.
@@ -436,28 +482,37 @@ mod x86 {
         slots: &'a [[usize; 2]],
     }
 
-    impl Ring<'_> {
+    impl Filled<'_> {
         /// Where tap `(c, ky, kx)` of output row `r` starts reading: a buffer row plus the
         /// kernel column.
         ///
         /// # Safety
-        /// The tap is one of the window the ring was filled for (`c` below its channels).
+        /// The tap is one of the window the buffer was filled for (`c` below its channels).
         #[inline]
         unsafe fn tap(&self, c: usize, ky: usize, kx: usize, r: usize) -> *const f32 {
-            // SAFETY: channel c's ring holds kernel row ky's buffer row at slots[ky][r], whose
+            // SAFETY: channel c's rows hold kernel row ky's buffer row at slots[ky][r], whose
             // reach covers every kernel column (the caller's contract).
             unsafe { self.buf.as_ptr().add(c * self.channel_len + kx * self.dilation + self.slots[ky][r]) }
         }
     }
 
-    /// Vectors `v0..v0 + N` of `R` consecutive output rows (1 or 2) of one channel, from the ring.
+    /// Vectors `v0..v0 + N` of `R` consecutive output rows (1 or 2) of one channel, from the row
+    /// buffer.
     struct Rows<'a> {
-        ring: Ring<'a>,
-        taps: &'a [Tap],
-        v0: usize,
+        /// Vector `v0` of the buffer's first row.
+        buf: *const f32,
+        /// The channel's taps: offset in the buffer (`Taps::in_rows`) and weight.
+        taps: &'a [(u32, f32)],
+        /// Floats from a tap's place for the first output row to the second's.
+        next_row: usize,
         bias: f32,
         relu: bool,
     }
+
+    /// Runs of at most this many vectors (`R * N`) keep two sets of sums, for taps in turn: on
+    /// 64 channels at 56x56 (4 vectors, 2 rows) 0.574 ms against 0.605 with one
+    /// (`results/direct-rows.md`).
+    const TWO_SETS: usize = 8;
 
     impl Rows<'_> {
         /// # Safety
@@ -468,17 +523,30 @@ mod x86 {
         #[target_feature(enable = "avx512f")]
         unsafe fn go<const N: usize, const R: usize>(&self, out: *mut f32, ow: usize, last: __mmask16) {
             let mut acc = [[_mm512_set1_ps(self.bias); N]; R];
-            let base = self.v0 * 16;
-            for &(c, ky, kx, value) in self.taps {
+            let tap = |acc: &mut [[__m512; N]; R], &(offset, value): &(u32, f32)| {
                 let weight = _mm512_set1_ps(value);
+                // SAFETY: a tap of the layer's window (its offset inside the buffer); vectors
+                // v0..v0 + N of every buffer row lie inside it.
+                let src = unsafe { self.buf.add(offset as usize) };
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: a tap of the layer's window; base + 16 * N <= vectors * 16, within the
-                    // row's reach.
-                    let src = unsafe { self.ring.tap(c as usize, ky as usize, kx as usize, r).add(base) };
                     for (z, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(16 * z)) }, *a);
+                        *a = _mm512_fmadd_ps(weight, unsafe { _mm512_loadu_ps(src.add(r * self.next_row + 16 * z)) }, *a);
                     }
                 }
+            };
+            if N * R <= TWO_SETS {
+                let mut other = [[_mm512_setzero_ps(); N]; R];
+                let (pairs, odd) = self.taps.as_chunks::<2>();
+                for [a, b] in pairs {
+                    tap(&mut acc, a);
+                    tap(&mut other, b);
+                }
+                odd.iter().for_each(|t| tap(&mut acc, t));
+                for (acc, other) in acc.iter_mut().zip(other) {
+                    acc.iter_mut().zip(other).for_each(|(a, b)| *a = _mm512_add_ps(*a, b));
+                }
+            } else {
+                self.taps.iter().for_each(|t| tap(&mut acc, t));
             }
             for (r, acc) in acc.iter().enumerate() {
                 for (z, a) in acc.iter().enumerate() {
@@ -496,16 +564,16 @@ mod x86 {
     const BLOCK_VECTORS: usize = 6;
 
     /// One output row of the `BLOCK` channels of a block whose taps sit at the same places
-    /// (`Taps::block_at`), from the row ring of `conv_direct_one_avx512` (as `Rows`): each input
+    /// (`Taps::block_at`), from the row buffer of `conv_direct_one_avx512` (as `Rows`): each input
     /// vector is loaded once for all of them.
     struct BlockRows<'a> {
-        ring: Ring<'a>,
+        filled: Filled<'a>,
         taps: &'a [BlockTap],
         relu: bool,
     }
 
     impl BlockRows<'_> {
-        /// Vectors `v0..v0 + N` of row `r` of the ring's pair; channel `k`'s output row at
+        /// Vectors `v0..v0 + N` of row `r` of the buffer's pair; channel `k`'s output row at
         /// `out + k * plane`.
         ///
         /// # Safety
@@ -519,7 +587,7 @@ mod x86 {
                 let weights: [__m512; BLOCK] = std::array::from_fn(|k| _mm512_set1_ps(values[k]));
                 // SAFETY: as in `Rows::go`: a tap of the layer's window, vectors v0..v0 + N
                 // within the row's reach.
-                let src = unsafe { self.ring.tap(c, ky, kx, r).add(v0 * 16) };
+                let src = unsafe { self.filled.tap(c, ky, kx, r).add(v0 * 16) };
                 for z in 0..N {
                     let v = unsafe { _mm512_loadu_ps(src.add(16 * z)) };
                     for (a, w) in acc.iter_mut().zip(&weights) {
