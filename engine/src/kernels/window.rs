@@ -436,29 +436,32 @@ fn pool_tiles(
 /// The window positions of one-sample pooling, output row by output row: for each output row
 /// `oy` of `rows` and channel `c`, `row(c * oh + oy, plane, whole, partial)` gets channel `c`'s
 /// input plane (`[h, wd]`), the starts in it of the positions whose inputs lie inside the image
-/// for every output of the row, and for the others (over the padding) the outputs they cover with
-/// their first input. The positions are worked out once per output row, for every channel.
+/// for every output of the row, and for each kernel column whose positions reach into the padding
+/// for some outputs, the outputs they do not and their starts (one per kernel row inside the
+/// image; folded in one pass). The positions are worked out once per output row, for every
+/// channel.
 fn one_sample_rows<T>(
     g: &Geometry,
     x: &[T],
     rows: std::ops::Range<usize>,
-    mut row: impl FnMut(usize, &[T], &[usize], &[(std::ops::Range<usize>, usize)]),
+    mut row: impl FnMut(usize, &[T], &[usize], &[(std::ops::Range<usize>, Vec<usize>)]),
 ) {
     let [kh, kw] = g.window.kernel;
     let [oh, ow] = g.out_hw;
     let plane = g.in_hw[0] * g.in_hw[1];
     let inside: Vec<(std::ops::Range<usize>, usize)> = (0..kw).map(|kx| g.inside(1, kx)).collect();
-    let (mut whole, mut partial) = (Vec::with_capacity(kh * kw), Vec::with_capacity(kh * kw));
+    let (whole_columns, partial_columns): (Vec<_>, Vec<_>) =
+        inside.into_iter().filter(|(valid, _)| !valid.is_empty()).partition(|(valid, _)| valid.len() == ow);
+    let mut whole = Vec::with_capacity(kh * kw);
+    let mut partial: Vec<(std::ops::Range<usize>, Vec<usize>)> =
+        partial_columns.iter().map(|(valid, _)| (valid.clone(), Vec::with_capacity(kh))).collect();
     for oy in rows {
         whole.clear();
-        partial.clear();
+        partial.iter_mut().for_each(|(_, starts)| starts.clear());
         for iy in (0..kh).filter_map(|ky| g.source(0, oy, ky)) {
-            for (valid, ix0) in &inside {
-                if valid.len() == ow {
-                    whole.push(iy * g.in_hw[1] + ix0);
-                } else if !valid.is_empty() {
-                    partial.push((valid.clone(), iy * g.in_hw[1] + ix0));
-                }
+            whole.extend(whole_columns.iter().map(|(_, ix0)| iy * g.in_hw[1] + ix0));
+            for ((_, starts), (_, ix0)) in partial.iter_mut().zip(&partial_columns) {
+                starts.push(iy * g.in_hw[1] + ix0);
             }
         }
         for c in 0..g.channels {
@@ -480,17 +483,20 @@ fn pool_one(isa: Isa, g: &Geometry, x: &[f32], y: &mut [f32], avg: Option<bool>,
     let [kh, kw] = g.window.kernel;
     let ow = g.out_hw[1];
     let stride = g.window.stride[1];
-    let mut count = vec![0usize; ow];
+    // Per output, the window's pixels inside the image (for the average).
+    let mut count = vec![0usize; if avg.is_some() { ow } else { 0 }];
     one_sample_rows(g, x, rows, |r, x, whole, partial| {
         let out = &mut y[r * ow..][..ow];
         out.fill(if avg.is_some() { 0.0 } else { f32::NEG_INFINITY });
-        count.fill(whole.len());
-        for (valid, start) in partial {
-            fold_rows(isa, &mut out[valid.clone()], x, &[*start], stride, avg.is_some());
-            count[valid.clone()].iter_mut().for_each(|n| *n += 1);
+        for (valid, starts) in partial {
+            fold_rows(isa, &mut out[valid.clone()], x, starts, stride, avg.is_some());
         }
         fold_rows(isa, out, x, whole, stride, avg.is_some());
         if let Some(include_pad) = avg {
+            count.fill(whole.len());
+            for (valid, starts) in partial {
+                count[valid.clone()].iter_mut().for_each(|n| *n += starts.len());
+            }
             for (o, n) in out.iter_mut().zip(&count) {
                 *o /= if include_pad { kh * kw } else { *n }.max(1) as f32;
             }
@@ -533,8 +539,8 @@ fn max_pool_codes_one(isa: Isa, g: &Geometry, x: &[u8], y: &mut [u8], rows: std:
     one_sample_rows(g, x, rows, |r, x, whole, partial| {
         let out = &mut y[r * ow..][..ow];
         out.fill(0);
-        for (valid, start) in partial {
-            fold_codes(isa, &mut out[valid.clone()], x, &[*start], stride);
+        for (valid, starts) in partial {
+            fold_codes(isa, &mut out[valid.clone()], x, starts, stride);
         }
         fold_codes(isa, out, x, whole, stride);
     });
