@@ -251,7 +251,8 @@ impl Engine {
     /// An array of `shape` for the one output: a spare that nothing but this engine references
     /// any more (the caller dropped it) and that still has that shape, float32 dtype and its
     /// writeable, aligned, contiguous buffer, else a new one (kept as a spare). Making and
-    /// freeing a NumPy array costs about 0.15 us, 1-2% of a LeNet-300-100 run at batch 1.
+    /// freeing a NumPy array cost about 0.15 us a call, 1.5% of a LeNet-300-100 run at batch 1
+    /// (results/python-output-reuse.md).
     fn output_array<'py>(&self, py: Python<'py>, shape: IxDyn) -> Bound<'py, PyArrayDyn<f32>> {
         let mut spares = self.spare_outputs.lock().unwrap_or_else(|e| e.into_inner());
         let reusable = |spare: &Bound<'py, PyArrayDyn<f32>>| {
