@@ -169,10 +169,13 @@ pub struct Taps {
     /// tap serves every channel of the block: for a dense convolution the AVX-512 kernels then
     /// read 10 vectors per 24 multiply-adds instead of one per multiply-add.
     blocks: Vec<Option<Vec<BlockTap>>>,
-    /// For the one-sample AVX-512 kernel (where `g` has a `RowBuffer`), each tap of `taps` as
-    /// its offset in that buffer and its weight: a tap then costs an add, where working out its
-    /// place per row pair had left the kernel at 40% of the multiply-add peak.
+    /// For the one-sample AVX-512 row kernel (where `g` has a `RowBuffer` and one sample does not
+    /// run on `flat`), each tap of `taps` as its offset in that buffer and its weight: a tap then
+    /// costs an add, where working out its place per row pair had left the kernel at 40% of the
+    /// multiply-add peak.
     in_rows: Vec<(u32, f32)>,
+    /// The geometry the taps were decoded for, at one sample: `in_rows` holds for it alone.
+    one_sample: Geometry,
 }
 
 impl Taps {
@@ -193,12 +196,12 @@ impl Taps {
         for o in 0..m.rows {
             taps[first[o]..first[o + 1]].sort_by_key(|&(c, ky, kx, _)| (c, ky, kx));
         }
-        let in_rows = match RowBuffer::of(g) {
-            Some(b) => taps.iter().map(|&(c, ky, kx, v)| (b.offset(g, (c as usize, ky as usize, kx as usize)), v)).collect(),
-            None => Vec::new(),
-        };
-        let mut t = Taps { rows: m.rows, cols: m.cols, taps, first, blocks: Vec::new(), in_rows };
+        let one_sample = Geometry { w: 1, ..*g };
+        let mut t = Taps { rows: m.rows, cols: m.cols, taps, first, blocks: Vec::new(), in_rows: Vec::new(), one_sample };
         t.blocks = (0..m.rows / BLOCK).map(|b| t.shared(b)).collect();
+        if let Some(b) = RowBuffer::of(g).filter(|_| !t.runs_flat(Isa::Avx512, &one_sample)) {
+            t.in_rows = t.taps.iter().map(|&(c, ky, kx, v)| (b.offset(g, (c as usize, ky as usize, kx as usize)), v)).collect();
+        }
         t
     }
 
@@ -234,6 +237,17 @@ impl Taps {
     /// and how many blocks there are.
     pub fn shared_blocks(&self) -> (usize, usize) {
         (self.blocks.iter().filter(|b| b.is_some()).count(), self.blocks.len())
+    }
+
+    /// Whether one sample of `g` runs on `flat`'s kernel under `isa`: unstructured taps (no
+    /// shared blocks) on output rows shorter than `FLAT_BELOW`.
+    fn runs_flat(&self, isa: Isa, g: &Geometry) -> bool {
+        flat::takes(isa, g) && self.shared_blocks().0 == 0 && g.out_hw[1] < FLAT_BELOW
+    }
+
+    /// Whether the taps were decoded for `g` (its tile width aside), so that their offsets hold.
+    fn decoded_for(&self, g: &Geometry) -> bool {
+        Geometry { w: 1, ..*g } == self.one_sample
     }
 
     /// The shared taps of the block that starts at output channel `o`, if there is one.
@@ -302,9 +316,7 @@ pub fn conv_direct_decoded(
     #[cfg(target_arch = "x86_64")]
     match isa {
         // Unstructured taps on small images: several output rows per vector (`flat`).
-        Isa::Avx512 if flat::takes(isa, g) && t.shared_blocks().0 == 0 && g.out_hw[1] < FLAT_BELOW => {
-            flat::conv_direct_flat(isa, t, bias, g, x, y, channels.clone(), rows.clone(), sums_relu)
-        }
+        Isa::Avx512 if t.runs_flat(isa, g) => flat::conv_direct_flat(isa, t, bias, g, x, y, channels.clone(), rows.clone(), sums_relu),
         Isa::Avx512 if !vectorized(isa, g.w) => unsafe {
             x86::conv_direct_one_avx512(t, bias, g, x, y, channels.clone(), rows.clone(), sums_relu)
         },
@@ -365,7 +377,7 @@ mod x86 {
     ) {
         let ([oh, ow], [h, wd], [kh, _]) = (g.out_hw, g.in_hw, g.window.kernel);
         let layout = RowBuffer::of(g).expect("the one-sample kernel takes this geometry");
-        assert_eq!(t.in_rows.len(), t.taps.len(), "taps decoded for this window");
+        assert!(t.decoded_for(g) && t.in_rows.len() == t.taps.len(), "taps decoded for this geometry's row buffer");
         let (row_len, span, channel_len) = (layout.row_len, layout.span, layout.channel_len());
         let (stride, dilation, left) = (g.window.stride[0], g.window.dilation[0], g.window.pads[1]);
         let vectors = ow.div_ceil(16);

@@ -8,7 +8,7 @@ use super::Isa;
 use crate::graph::Window;
 
 /// Geometry of one windowed operator on a tile.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Geometry {
     pub channels: usize,
     pub in_hw: [usize; 2],
