@@ -711,7 +711,7 @@ fn conv_plan(
     let m = pack(name, &phased.weight, bias, relu, Some(geometry(&phased.phase_shape, out_shape, phased.window)), o)?;
     // On phase images without im2col: the direct kernel (fp32 or int8), or a 1x1 convolution
     // reading the image.
-    let direct = |one_sample: bool| matches!(m.kernel(one_sample), Kernel::Direct | Kernel::Int8Direct);
+    let direct = |one_sample: bool| matches!(m.kernel(one_sample), Kernel::Direct | Kernel::Int8Direct | Kernel::Winograd);
     if !((direct(false) && direct(true)) || phased.window.is_pointwise()) {
         return Ok((None, strided));
     }
@@ -845,10 +845,13 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // convolution's image, also unfolding its panels itself (on one sample a row of a small
             // image is a few values, and every thread unfolds every panel of its rows, where
             // im2col splits over the threads: ResNet-50's 7x7 layers ran a quarter slower
-            // unfolded at batch 1, on two threads, though one thread timed them faster).
+            // unfolded at batch 1, on two threads, though one thread timed them faster). Where
+            // one sample's im2col is large, only unfolding (`unfolds_always`).
             let column_blocks = (cols > kblocked::DEFAULT_KC).then(|| Arc::new(KBlocked::from_csr(&csr, kblocked::DEFAULT_KC)));
-            candidates.extend(column_blocks.clone().map(F32Kernel::ColumnBlocked));
-            let unfolding = column_blocks.filter(|_| conv.is_some_and(|g| !g.window.is_pointwise())).map(F32Kernel::Unfolding);
+            let unfolds = conv.filter(|g| !g.window.is_pointwise());
+            let always = unfolds.is_some_and(|g| unfolds_always(&g, cols));
+            candidates.extend(column_blocks.clone().map(|k| if always { F32Kernel::Unfolding(k) } else { F32Kernel::ColumnBlocked(k) }));
+            let unfolding = column_blocks.filter(|_| unfolds.is_some() && !always).map(F32Kernel::Unfolding);
             // Blocks of 4 rows are a candidate for batched tiles where the weights fill them well
             // (block-pruned or dense weights), with AVX2 or AVX-512.
             let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
@@ -886,6 +889,20 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         }
     };
     Ok(layer(Kernels::F32 { one_sample, batched }))
+}
+
+/// One sample's im2col above which a convolution's column-blocked kernel always unfolds its
+/// panels from the image itself: the compiler times a band of rows, whose im2col stays in cache,
+/// where the executor made the whole image's, and YOLOv5s's 40x40 3x3 layers (7.4 MB) then spent
+/// longer on im2col than on the product, five times as long in the machine's slow phases
+/// (results/unfold-large.md). ResNet-50's 14x14 and 7x7 layers (1.8 and 0.9 MB) stay faster on
+/// im2col split over the threads.
+const UNFOLD_ALWAYS_BYTES: usize = 2 << 20;
+
+/// Whether a convolution of `cols` unfolded rows per output position makes more than
+/// `UNFOLD_ALWAYS_BYTES` of im2col for one sample.
+fn unfolds_always(g: &Geometry, cols: usize) -> bool {
+    cols.saturating_mul(g.out_hw[0] * g.out_hw[1]).saturating_mul(4) > UNFOLD_ALWAYS_BYTES
 }
 
 /// A quantized layer's kernels: the int8 direct convolution where its weights regroup for it

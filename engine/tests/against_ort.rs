@@ -131,6 +131,14 @@ fn strided_convolutions_on_phase_images_match_onnx_runtime() {
     }
 }
 
+/// YOLOv5's stem, a dense 6x6/2 convolution with pads of 2: on its input's phase images a dense
+/// 3x3 convolution over 12 channels, which Winograd's products take where they time faster
+/// (YOLOv5s's stem); ONNX Runtime's results whichever form runs, at batches 1 to 100.
+#[test]
+fn a_6x6_stride_2_stem_matches_onnx_runtime() {
+    check_graph("stem_6x6", yolo_stem(41));
+}
+
 /// The direct convolution takes one sample (stride 1) with AVX-512 only.
 fn options_have_direct_one_sample_kernels() -> bool {
     engine::kernels::active_isa() == Ok(engine::kernels::Isa::Avx512)

@@ -251,6 +251,13 @@ pub fn bottleneck(seed: u64, sparsity: f64) -> Graph {
     Graph { input: "input".into(), input_shape: vec![3, 24, 24], output: "fc".into(), nodes, ports: None }
 }
 
+/// YOLOv5's (v6.0) stem alone: a dense 6x6 convolution at stride 2 with pads of 2, 3 channels
+/// to 32, on 3x64x64 images.
+pub fn yolo_stem(seed: u64) -> Graph {
+    let nodes = vec![conv(&mut rng(seed), "stem", "input", 3, 32, win(6, 2, 2, 1), 0.0, Activation::Relu)];
+    Graph { input: "input".into(), input_shape: vec![3, 64, 64], output: "stem".into(), nodes, ports: None }
+}
+
 /// Two of ResNet-50's identity bottleneck blocks (1x1, 3x3 and 1x1 convolutions, the block's
 /// input added back, ReLU) after a 3x3 stem on 3x20x20 images, then the classifier: each block's
 /// input is read by its first convolution and again by its addition.
