@@ -709,8 +709,9 @@ fn conv_plan(
         return Ok((None, strided));
     };
     let m = pack(name, &phased.weight, bias, relu, Some(geometry(&phased.phase_shape, out_shape, phased.window)), o)?;
-    // On phase images without im2col: the direct kernel (fp32 or int8), or a 1x1 convolution
-    // reading the image.
+    // On phase images without im2col: the direct kernel (fp32 or int8), Winograd's products
+    // (YOLOv5s's 6x6/2 stem, a dense 3x3 on 12 phase channels), or a 1x1 convolution reading
+    // the image.
     let direct = |one_sample: bool| matches!(m.kernel(one_sample), Kernel::Direct | Kernel::Int8Direct | Kernel::Winograd);
     if !((direct(false) && direct(true)) || phased.window.is_pointwise()) {
         return Ok((None, strided));
@@ -893,9 +894,9 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
 
 /// One sample's im2col above which a convolution's column-blocked kernel always unfolds its
 /// panels from the image itself: the compiler times a band of rows, whose im2col stays in cache,
-/// where the executor made the whole image's, and YOLOv5s's 40x40 3x3 layers (7.4 MB) then spent
-/// longer on im2col than on the product, five times as long in the machine's slow phases
-/// (results/unfold-large.md). ResNet-50's 14x14 and 7x7 layers (1.8 and 0.9 MB) stay faster on
+/// where the executor makes the whole image's, and YOLOv5s's 3x3 layers spent longer on their
+/// whole-image im2col than on the product (five times as long in about one process in four;
+/// results/unfold-large.md). ResNet-50's 14x14 and 7x7 layers (1.8 and 0.9 MB) stay faster on
 /// im2col split over the threads.
 const UNFOLD_ALWAYS_BYTES: usize = 2 << 20;
 
