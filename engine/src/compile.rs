@@ -242,10 +242,15 @@ impl MatMul {
             (None, None) => Scratch::default(),
         }
     }
+    /// The Winograd weights where one sample runs Winograd's products (its one-sample kernel),
+    /// which transform whole images.
+    pub fn one_sample_winograd(&self) -> Option<&Winograd> {
+        self.kernels.f32(true).and_then(F32Kernel::winograd)
+    }
     /// Floats a Winograd convolution (the one-sample kernel) needs for its products on one
     /// sample (`ld == 1`) in up to `threads` parts (`winograd::conv_winograd`), else 0.
     pub fn winograd_scratch(&self, isa: Isa, ld: usize, threads: usize) -> usize {
-        match (self.conv, self.kernels.f32(true).and_then(F32Kernel::winograd)) {
+        match (self.conv, self.one_sample_winograd()) {
             (Some(g), Some(wg)) if ld == 1 => (1..=threads.max(1)).map(|p| wg.scratch_len(isa, &g, p)).max().unwrap_or(0),
             _ => 0,
         }
@@ -712,8 +717,8 @@ fn conv_plan(
     // On phase images without im2col: the direct kernel (fp32 or int8), Winograd's products
     // (YOLOv5s's 6x6/2 stem, a dense 3x3 on 12 phase channels), or a 1x1 convolution reading
     // the image.
-    let direct = |one_sample: bool| matches!(m.kernel(one_sample), Kernel::Direct | Kernel::Int8Direct | Kernel::Winograd);
-    if !((direct(false) && direct(true)) || phased.window.is_pointwise()) {
+    let reads_image = |one_sample: bool| matches!(m.kernel(one_sample), Kernel::Direct | Kernel::Int8Direct | Kernel::Winograd);
+    if !((reads_image(false) && reads_image(true)) || phased.window.is_pointwise()) {
         return Ok((None, strided));
     }
     let phase_len = phased.sources.len();
@@ -903,7 +908,7 @@ const UNFOLD_ALWAYS_BYTES: usize = 2 << 20;
 /// Whether a convolution of `cols` unfolded rows per output position makes more than
 /// `UNFOLD_ALWAYS_BYTES` of im2col for one sample.
 fn unfolds_always(g: &Geometry, cols: usize) -> bool {
-    cols.saturating_mul(g.out_hw[0] * g.out_hw[1]).saturating_mul(4) > UNFOLD_ALWAYS_BYTES
+    cols.saturating_mul(g.out_hw[0]).saturating_mul(g.out_hw[1]).saturating_mul(4) > UNFOLD_ALWAYS_BYTES
 }
 
 /// A quantized layer's kernels: the int8 direct convolution where its weights regroup for it

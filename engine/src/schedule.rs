@@ -15,7 +15,6 @@
 
 use std::ops::Range;
 
-use crate::catalogue::F32Kernel;
 use crate::compile::{Exec, Kernel, Layer, MatMul, Model};
 use crate::kernels::direct;
 
@@ -368,7 +367,7 @@ fn unband_fitting(model: &Model, columns: Vec<Column>, budget: usize) -> Vec<Col
 /// whole images (in bands of rows it ran im2col's way: YOLOv5s's stem 2.87 ms against 1.00).
 fn spatial(layer: &Layer) -> bool {
     let image_op = match &layer.exec {
-        Exec::MatMul(m) => m.conv.is_some() && m.kernels.f32(true).and_then(F32Kernel::winograd).is_none(),
+        Exec::MatMul(m) => m.conv.is_some() && m.one_sample_winograd().is_none(),
         Exec::Pool { .. } | Exec::Affine { .. } | Exec::Relu | Exec::Add { .. } | Exec::QuantDequant { .. } | Exec::Unary(_) => true,
         _ => false,
     };

@@ -64,7 +64,7 @@ fn conv_winograd(
     scratch: &mut [f32],
     team: &Team,
 ) -> bool {
-    let Some(wg) = m.kernels.f32(true).and_then(F32Kernel::winograd) else { return false };
+    let Some(wg) = m.one_sample_winograd() else { return false };
     let plane = g.out_hw[0] * g.out_hw[1];
     let (fused, after) = residual_split(m, residual);
     let parts = if splits(m, plane, team.threads()) { team.threads() } else { 1 };
