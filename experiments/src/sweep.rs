@@ -399,13 +399,9 @@ fn allocation_points(
         if speedup.is_nan() || speedup < 1.0 {
             bail!("{}: speedup {speedup} must be at least 1", file.display());
         }
-        let allocation = allocate::allocate(&rows, a.batch, model_ms / speedup).with_context(|| format!("{}", file.display()))?;
-        let text = format!(
-            "# Allocated by the sweep from {} for {speedup}x at batch {}.\n{}",
-            table.display(),
-            a.batch,
-            allocate::recipe(&base, &recipe.display().to_string(), &allocation, &rows)?
-        );
+        let (_, allocated) = allocate::allocate_recipe(&base, &recipe.display().to_string(), &rows, a.batch, model_ms / speedup)
+            .with_context(|| format!("{}", file.display()))?;
+        let text = format!("# Allocated by the sweep from {} for {speedup}x at batch {}.\n{allocated}", table.display(), a.batch);
         sparsify::recipe::Recipe::parse(&text, &recipe.display().to_string(), &overrides)?;
         for &seed in seeds {
             points.push(Point {

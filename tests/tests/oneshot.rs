@@ -206,6 +206,37 @@ fn a_trained_run_is_pruned_one_shot() {
         ],
     );
     assert!(!ok && err.contains("out of reach"), "{err}");
+    // A recipe that prunes only the convolutions: only they get targets, the linear layers' time
+    // stays in the model's, so half of what the convolutions alone can save is the target.
+    let convs_only = std::fs::read_to_string(&base).unwrap().replace("params = \"__ALL_PRUNABLE__\"", "params = \"re:^conv.*weight$\"");
+    std::fs::write(d.join("convs.toml"), convs_only.replace(
+        "final_sparsity = { \"conv1.weight\" = 0.5, \"conv2.weight\" = 0.8, \"fc1.weight\" = 0.92, \"fc2.weight\" = 0.9, \"fc3.weight\" = 0.8 }",
+        "final_sparsity = 0.9",
+    ))
+    .unwrap();
+    let convs_most: f64 = most.iter().filter(|(l, _)| l.starts_with("conv")).map(|(_, m)| m).sum();
+    let target = at4[0].model_ms - 0.5 * convs_most;
+    let (ok, _, err) = sparsify(
+        d,
+        &[
+            "allocate",
+            "--sensitivity",
+            "sens.csv",
+            "--target-latency-ms",
+            &target.to_string(),
+            "--batch",
+            "4",
+            "--recipe",
+            "convs.toml",
+            "--out",
+            "c.toml",
+        ],
+    );
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(d.join("c.toml")).unwrap();
+    assert!(text.contains("\"conv2.weight\" = ") && !text.contains("fc1.weight"), "{text}");
+    let recipe = sparsify::recipe::Recipe::load(&d.join("c.toml"), &[]).unwrap();
+    assert!(["conv1.weight", "conv2.weight"].iter().any(|p| recipe.pruning[0].final_for(p) > 0.0));
 
     // Mistakes: one line, a failing exit.
     let corpus = repo().join("engine/tests/corpus");

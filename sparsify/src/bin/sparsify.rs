@@ -363,9 +363,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(ms)) if ms > 0.0 => ms,
                 _ => bail!("give --target-speedup (at least 1) or --target-latency-ms (above 0)"),
             };
-            let a = allocate::allocate(&rows, batch, target_ms)?;
             let base = std::fs::read_to_string(&recipe).with_context(|| format!("reading {}", recipe.display()))?;
-            let mut text = allocate::recipe(&base, &recipe.display().to_string(), &a, &rows)?;
+            let (a, mut text) = allocate::allocate_recipe(&base, &recipe.display().to_string(), &rows, batch, target_ms)?;
             text = format!(
                 "# Per-layer targets chosen by `sparsify allocate` from {} for {:.4} ms at batch {batch} ({:.2}x the unpruned {:.4} ms):\n# estimated {:.4} ms, loss increase {:.4} (the layers' one-shot increases added up).\n{text}",
                 table.display(),

@@ -29,7 +29,8 @@ pub struct Allocation {
 const UNITS: usize = 2000;
 
 /// Chooses a level per layer (0 or a measured one) so that the model's time at `batch` is at most
-/// `target_ms` with the least summed loss increase.
+/// `target_ms` with the least summed loss increase (each level's taken as at least its layer's
+/// lower levels').
 pub fn allocate(rows: &[Row], batch: usize, target_ms: f64) -> anyhow::Result<Allocation> {
     let rows: Vec<&Row> = rows.iter().filter(|r| r.batch == batch).collect();
     let Some(first) = rows.first() else { bail!("the sensitivity table has no timings at batch {batch}") };
@@ -40,19 +41,20 @@ pub fn allocate(rows: &[Row], batch: usize, target_ms: f64) -> anyhow::Result<Al
             layers.push(&r.layer)
         }
     });
-    // Each layer's options: unpruned, or one of its measured levels.
+    // Each layer's options: unpruned, or one of its measured levels. A level's loss is at least
+    // any lower level's: once a layer alone brings the model to chance its one-shot loss stops
+    // growing (or falls), which says nothing of what training at that level would keep.
     let options: Vec<Vec<Choice>> = layers
         .iter()
         .map(|l| {
-            let mine: Vec<&&Row> = rows.iter().filter(|r| r.layer == *l).collect();
+            let mut mine: Vec<&&Row> = rows.iter().filter(|r| r.layer == *l).collect();
+            mine.sort_by(|a, b| a.level.total_cmp(&b.level));
             let dense_ms = mine[0].dense_ms;
+            let mut worst = 0.0f64;
             std::iter::once(Choice { layer: l.to_string(), level: 0.0, ms: dense_ms, dense_ms, loss_increase: 0.0 })
-                .chain(mine.iter().map(|r| Choice {
-                    layer: l.to_string(),
-                    level: r.level,
-                    ms: r.ms,
-                    dense_ms,
-                    loss_increase: r.loss_increase.max(0.0),
+                .chain(mine.iter().map(|r| {
+                    worst = worst.max(r.loss_increase);
+                    Choice { layer: l.to_string(), level: r.level, ms: r.ms, dense_ms, loss_increase: worst }
                 }))
                 .collect()
         })
@@ -102,46 +104,71 @@ pub fn allocate(rows: &[Row], batch: usize, target_ms: f64) -> anyhow::Result<Al
     Ok(Allocation { estimated_loss_increase: choices.iter().map(|c| c.loss_increase).sum(), choices, model_ms, estimated_ms })
 }
 
-/// The recipe `base` with its GMP modifier's `final_sparsity` replaced by one target per layer:
-/// the allocation's levels, given to the recipe model's prunable weights in order (their sizes
-/// must match the table's layers).
-pub fn recipe(base: &str, base_name: &str, allocation: &Allocation, rows: &[Row]) -> anyhow::Result<String> {
+/// The recipe `base` with its GMP modifier's `final_sparsity` replaced by one target per weight it
+/// prunes, chosen by [`allocate`] among those weights' layers of the table so that the model's
+/// time at `batch` is at most `target_ms` (the other layers stay unpruned, their time counted).
+/// The table's layers are the recipe model's prunable weights in order; their sizes must match.
+pub fn allocate_recipe(base: &str, base_name: &str, rows: &[Row], batch: usize, target_ms: f64) -> anyhow::Result<(Allocation, String)> {
     let recipe = crate::recipe::Recipe::parse(base, base_name, &[])?;
     if recipe.pruning.len() != 1 {
         bail!("{base_name}: the recipe needs exactly one gmp modifier to take the per-layer targets");
     }
     let (input, classes) = recipe.nominal().map_err(|e| anyhow::anyhow!(e))?;
     let net = crate::model::Network::zeroed(&recipe.model, input, classes).map_err(|e| anyhow::anyhow!("{base_name}: {e}"))?;
-    let params: Vec<&crate::model::Param> = net.prunable().into_iter().map(|i| &net.params[i]).collect();
-    if params.len() != allocation.choices.len() {
-        bail!("{base_name}: its model has {} prunable weights; the table has {} layers", params.len(), allocation.choices.len());
+    let mut layers: Vec<&Row> = Vec::new();
+    rows.iter().for_each(|r| {
+        if !layers.iter().any(|l| l.layer == r.layer) {
+            layers.push(r)
+        }
+    });
+    let prunable = net.prunable();
+    if prunable.len() != layers.len() {
+        bail!("{base_name}: its model has {} prunable weights; the table has {} layers", prunable.len(), layers.len());
     }
-    let mut targets = Vec::new();
-    for (p, c) in params.iter().zip(&allocation.choices) {
-        let row = rows.iter().find(|r| r.layer == c.layer).context("a chosen layer is in the table")?;
+    for (&i, row) in prunable.iter().zip(&layers) {
+        let p = &net.params[i];
         if p.values.len() != row.rows * row.cols {
             bail!(
                 "{base_name}: parameter {} has {} weights, layer '{}' of the table {}",
                 p.name,
                 p.values.len(),
-                c.layer,
+                row.layer,
                 row.rows * row.cols
             );
         }
-        targets.push(format!("\"{}\" = {}", p.name, c.level));
     }
+    let gmp = &recipe.pruning[0];
+    let targeted = crate::targets::resolve_params(&net, &gmp.params, &gmp.lines).map_err(|e| e.in_file(base_name))?;
+    // (table layer, parameter) of each weight the modifier prunes.
+    let pairs: Vec<(&str, &str)> = prunable
+        .iter()
+        .zip(&layers)
+        .filter(|(i, _)| targeted.contains(i))
+        .map(|(&i, row)| (row.layer.as_str(), net.params[i].name.as_str()))
+        .collect();
+    let mine: Vec<Row> = rows.iter().filter(|r| pairs.iter().any(|(l, _)| *l == r.layer)).cloned().collect();
+    let allocation = allocate(&mine, batch, target_ms)?;
+    let targets: Vec<String> = allocation
+        .choices
+        .iter()
+        .map(|c| {
+            let name = pairs.iter().find(|(l, _)| *l == c.layer).map(|(_, n)| *n).expect("a chosen layer is one the modifier prunes");
+            format!("\"{name}\" = {}", c.level)
+        })
+        .collect();
     // The gmp modifier's own final_sparsity line (after its `type = "gmp"`).
     let lines: Vec<&str> = base.lines().collect();
-    let gmp = lines.iter().position(|l| l.replace(' ', "") == "type=\"gmp\"").with_context(|| format!("{base_name}: no gmp modifier"))?;
-    let at = (gmp..lines.len())
-        .find(|&i| lines[i].trim_start().starts_with("final_sparsity"))
+    let at = lines
+        .iter()
+        .position(|l| l.replace(' ', "") == "type=\"gmp\"")
+        .and_then(|gmp| (gmp..lines.len()).find(|&i| lines[i].trim_start().starts_with("final_sparsity")))
         .with_context(|| format!("{base_name}: the gmp modifier has no final_sparsity line"))?;
     let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     out[at] = format!("final_sparsity = {{ {} }}", targets.join(", "));
     let text = out.join("\n") + "\n";
     let check = crate::recipe::Recipe::parse(&text, base_name, &[])?;
     crate::targets::check_params(&check, base_name)?;
-    Ok(text)
+    Ok((allocation, text))
 }
 
 #[cfg(test)]
@@ -181,5 +208,20 @@ mod tests {
         assert!(allocate(&rows, 1, 20.0).unwrap().choices.iter().all(|c| c.level == 0.0));
         // Beyond reach: 6 ms saved at most.
         assert!(allocate(&rows, 1, 3.0).unwrap_err().to_string().contains("out of reach"));
+    }
+
+    #[test]
+    fn a_level_costs_at_least_what_a_lower_level_of_its_layer_costs() {
+        // a's one-shot loss falls from 0.9 to 0.99 (the model already at chance): pruning a to
+        // 0.99 must not look cheaper than pruning b further.
+        let rows =
+            [row("a", 0.9, 2.0, 4.0, 2.0), row("a", 0.99, 1.0, 4.0, 1.5), row("b", 0.9, 2.0, 4.0, 0.5), row("b", 0.99, 1.0, 4.0, 1.8)];
+        // Save 5 ms: a 0.99 + b 0.9 (2.0 + 0.5, not 1.5 + 0.5) against a 0.9 + b 0.99 (3.8).
+        let a = allocate(&rows, 1, 5.0).unwrap();
+        assert_eq!(a.choices.iter().map(|c| c.level).collect::<Vec<_>>(), [0.99, 0.9]);
+        assert!((a.estimated_loss_increase - 2.5).abs() < 1e-9);
+        // Save 3 ms: b alone at 0.99 (1.8), not a alone at 0.99 (which read 1.5).
+        let a = allocate(&rows, 1, 7.0).unwrap();
+        assert_eq!(a.choices.iter().map(|c| c.level).collect::<Vec<_>>(), [0.0, 0.99]);
     }
 }
