@@ -166,22 +166,10 @@ fn a_trained_run_is_pruned_one_shot() {
     }
     let target = at4[0].model_ms - 0.5 * most.values().sum::<f64>();
     let base = repo().join("recipes/lenet5-gmp90.toml");
-    let (ok, stdout, err) = sparsify(
-        d,
-        &[
-            "allocate",
-            "--sensitivity",
-            "sens.csv",
-            "--target-latency-ms",
-            &target.to_string(),
-            "--batch",
-            "4",
-            "--recipe",
-            base.to_str().unwrap(),
-            "--out",
-            "allocated.toml",
-        ],
-    );
+    let allocate = |flag: &str, target: &str, recipe: &str, out: &str| {
+        sparsify(d, &["allocate", "--sensitivity", "sens.csv", flag, target, "--batch", "4", "--recipe", recipe, "--out", out])
+    };
+    let (ok, stdout, err) = allocate("--target-latency-ms", &target.to_string(), base.to_str().unwrap(), "allocated.toml");
     assert!(ok, "{err}");
     let estimated: f64 = stdout.split("estimated ").nth(1).unwrap().split(" ms").next().unwrap().parse().unwrap();
     assert!(estimated <= target + 1e-9, "{stdout}");
@@ -189,22 +177,7 @@ fn a_trained_run_is_pruned_one_shot() {
     let targets: Vec<f64> =
         ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"].iter().map(|p| recipe.pruning[0].final_for(p)).collect();
     assert!(targets.iter().all(|t| [0.0, 0.5, 0.9].contains(t)) && targets.iter().any(|t| *t > 0.0), "{targets:?}");
-    let (ok, _, err) = sparsify(
-        d,
-        &[
-            "allocate",
-            "--sensitivity",
-            "sens.csv",
-            "--target-speedup",
-            "1000",
-            "--batch",
-            "4",
-            "--recipe",
-            base.to_str().unwrap(),
-            "--out",
-            "x.toml",
-        ],
-    );
+    let (ok, _, err) = allocate("--target-speedup", "1000", base.to_str().unwrap(), "x.toml");
     assert!(!ok && err.contains("out of reach"), "{err}");
     // A recipe that prunes only the convolutions: only they get targets, the linear layers' time
     // stays in the model's, so half of what the convolutions alone can save is the target.
@@ -216,22 +189,7 @@ fn a_trained_run_is_pruned_one_shot() {
     .unwrap();
     let convs_most: f64 = most.iter().filter(|(l, _)| l.starts_with("conv")).map(|(_, m)| m).sum();
     let target = at4[0].model_ms - 0.5 * convs_most;
-    let (ok, _, err) = sparsify(
-        d,
-        &[
-            "allocate",
-            "--sensitivity",
-            "sens.csv",
-            "--target-latency-ms",
-            &target.to_string(),
-            "--batch",
-            "4",
-            "--recipe",
-            "convs.toml",
-            "--out",
-            "c.toml",
-        ],
-    );
+    let (ok, _, err) = allocate("--target-latency-ms", &target.to_string(), "convs.toml", "c.toml");
     assert!(ok, "{err}");
     let text = std::fs::read_to_string(d.join("c.toml")).unwrap();
     assert!(text.contains("\"conv2.weight\" = ") && !text.contains("fc1.weight"), "{text}");
