@@ -175,12 +175,14 @@ fn params_that_match_nothing_are_errors() {
     assert!(e.contains(&format!(":{line}: params: 'fc1.weight' is targeted by two gmp modifiers")), "{e}");
 }
 
-/// A recipe that starts from another run's ONNX export (`onnx = "runs/full/NAME/model.onnx"`),
-/// pointed at an export of recipe NAME's model (zero weights) in `dir`.
+/// A recipe that starts from another run's ONNX export (`onnx = "runs/full/NAME/model.onnx"`, or
+/// `"target/oneshot/NAME.onnx"` from scripts/allocation-study), pointed at an export of recipe
+/// NAME's model (zero weights) in `dir`.
 fn with_onnx_export(text: &str, recipes: &std::path::Path, dir: &std::path::Path) -> String {
-    let Some(start) = text.find("onnx = \"runs/full/") else { return text.to_string() };
+    let Some(start) = text.find("onnx = \"runs/full/").or_else(|| text.find("onnx = \"target/oneshot/")) else { return text.to_string() };
     let path = &text[start + 8..][..text[start + 8..].find('"').unwrap()];
     let base = path.trim_start_matches("runs/full/").trim_end_matches("/model.onnx");
+    let base = base.trim_start_matches("target/oneshot/").trim_end_matches(".onnx");
     let r = Recipe::load(&recipes.join(format!("{base}.toml")), &[]).unwrap();
     let (input, classes) = r.nominal().unwrap();
     let net = sparsify::model::Network::zeroed(&r.model, input, classes).unwrap();
