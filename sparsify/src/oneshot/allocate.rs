@@ -28,6 +28,17 @@ pub struct Allocation {
 /// Resolution of the time the layers must save, for the exact search over levels.
 const UNITS: usize = 2000;
 
+/// The first row of each layer, in the table's order of layers.
+fn first_of_each_layer<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Vec<&'a Row> {
+    let mut layers: Vec<&Row> = Vec::new();
+    for r in rows {
+        if !layers.iter().any(|l| l.layer == r.layer) {
+            layers.push(r)
+        }
+    }
+    layers
+}
+
 /// Chooses a level per layer (0 or a measured one) so that the model's time at `batch` is at most
 /// `target_ms` with the least summed loss increase (each level's taken as at least its layer's
 /// lower levels').
@@ -35,12 +46,7 @@ pub fn allocate(rows: &[Row], batch: usize, target_ms: f64) -> anyhow::Result<Al
     let rows: Vec<&Row> = rows.iter().filter(|r| r.batch == batch).collect();
     let Some(first) = rows.first() else { bail!("the sensitivity table has no timings at batch {batch}") };
     let model_ms = first.model_ms;
-    let mut layers: Vec<&str> = Vec::new();
-    rows.iter().for_each(|r| {
-        if !layers.contains(&r.layer.as_str()) {
-            layers.push(&r.layer)
-        }
-    });
+    let layers: Vec<&str> = first_of_each_layer(rows.iter().copied()).iter().map(|r| r.layer.as_str()).collect();
     // Each layer's options: unpruned, or one of its measured levels. A level's loss is at least
     // any lower level's: once a layer alone brings the model to chance its one-shot loss stops
     // growing (or falls), which says nothing of what training at that level would keep.
@@ -115,12 +121,7 @@ pub fn allocate_recipe(base: &str, base_name: &str, rows: &[Row], batch: usize, 
     }
     let (input, classes) = recipe.nominal().map_err(|e| anyhow::anyhow!(e))?;
     let net = crate::model::Network::zeroed(&recipe.model, input, classes).map_err(|e| anyhow::anyhow!("{base_name}: {e}"))?;
-    let mut layers: Vec<&Row> = Vec::new();
-    rows.iter().for_each(|r| {
-        if !layers.iter().any(|l| l.layer == r.layer) {
-            layers.push(r)
-        }
-    });
+    let layers = first_of_each_layer(rows);
     let prunable = net.prunable();
     if prunable.len() != layers.len() {
         bail!("{base_name}: its model has {} prunable weights; the table has {} layers", prunable.len(), layers.len());
