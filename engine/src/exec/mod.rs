@@ -523,7 +523,10 @@ fn run_segment(
     if chunks.len() >= 2 && threads > 1 {
         // Each thread takes its own tiles (tile t to thread t mod threads, the same every run,
         // so a tile's data stays in one core's cache) through every column, layers unsplit:
-        // tiles never wait for each other.
+        // tiles never wait for each other. Wider tiles go column by column, each column's weights
+        // staying in the cache over the thread's tiles; one-sample tiles, whose images are what
+        // overflows the cache, go tile by tile, each tile's values staying in it from one column
+        // to the next (MobileNetV2 90% at batch 16: results/tile-order.md).
         let mut shares: Vec<Vec<TileJob>> = (0..threads).map(|_| Vec::new()).collect();
         for (t, ((chunk, times), out)) in chunks.into_iter().zip(times.iter_mut()).zip(outs).enumerate() {
             shares[t % threads].push((t, chunk, times, out));
@@ -533,9 +536,15 @@ fn run_segment(
         let members = shares.iter().filter(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).is_empty()).count();
         team.run_some(members, &|member| {
             let mut mine = shares[member].lock().unwrap_or_else(|e| e.into_inner());
-            for c in 0..columns {
+            if plan.tile == 1 {
                 for (t, chunk, times, out) in mine.iter_mut() {
-                    run(c, *t, chunk, times, out, solo);
+                    (0..columns).for_each(|c| run(c, *t, chunk, times, out, solo));
+                }
+            } else {
+                for c in 0..columns {
+                    for (t, chunk, times, out) in mine.iter_mut() {
+                        run(c, *t, chunk, times, out, solo);
+                    }
                 }
             }
         });
@@ -543,6 +552,13 @@ fn run_segment(
         // One tile (or one thread): the layers split their rows over the team where they are
         // large enough to gain from it, and otherwise run on the calling thread.
         let mut tiles: Vec<_> = chunks.into_iter().zip(times.iter_mut()).zip(outs).collect();
+        if tiles.len() > 1 && plan.tile == 1 {
+            // Several one-sample tiles on one thread: tile by tile, as above.
+            for (t, ((chunk, times), out)) in tiles.iter_mut().enumerate() {
+                (0..columns).for_each(|c| run(c, t, chunk, times, out, team));
+            }
+            return times;
+        }
         for c in 0..columns {
             if let [((chunk, _), out)] = &mut tiles[..]
                 && let Some(parts) = &plan.band_parts[c]
