@@ -255,7 +255,7 @@ impl F32Kernel {
         }
         if let Some(residual) = sums.residual {
             for (i, y) in y.chunks_mut(ld.y).take(rows.len()).enumerate() {
-                elementwise::add_in_place(isa, &mut y[..w], &residual[i * ld.y..i * ld.y + w], sums.relu);
+                elementwise::add_in_place(isa, &mut y[..w], &residual[i * ld.y..i * ld.y + w], sums.relu, None);
             }
         }
         if let Some([lo, hi]) = sums.clip {

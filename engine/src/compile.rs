@@ -157,9 +157,12 @@ pub struct Scratch {
 /// The residual addition a layer makes itself: its second input joins the sums after the bias,
 /// then this ReLU applies (the layer's own `relu` is off). The CSR kernels add it as they store
 /// each strip; the others' outputs get it in a pass of their own, as the addition did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Residual {
     pub relu: bool,
+    /// The QuantizeLinear / DequantizeLinear pair that followed the addition, applied after the
+    /// ReLU (int8 layers only: an fp32 layer's addition fuses only without one).
+    pub fake_quant: Option<(f32, u8)>,
 }
 
 /// `values`: the weight's int8 values (`weight.int8()`).
@@ -560,16 +563,19 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
     Ok(Model { input_shape: graph.input_shape.clone(), graph, layers, value_sizes, output_value, output_shape, options })
 }
 
-/// Fuses each residual addition into the fp32 linear layer or convolution that computes one of
-/// its operands, where that layer's output has no other reader, nothing (no ReLU, no function)
+/// Fuses each residual addition into the linear layer or convolution that computes one of its
+/// operands, where that layer's output has no other reader, nothing (no ReLU, no function)
 /// follows the sums in the layer, and the other operand is ready before the layer runs (made by
 /// an earlier layer, or the model input). The layer takes the other operand as its second input
 /// (read at the output's rows, also in row bands: `schedule::band_rows`) and writes the
-/// addition's output; the addition goes.
+/// addition's output; the addition goes. An int8 layer takes the addition's fake quantization
+/// too and adds the residual to its dequantized outputs part by part while they are in cache
+/// (`exec::int8`): ResNet-50's QDQ file had spent about a tenth of its batch-1 run in 16 separate
+/// additions (results/int8-residuals.md).
 fn fuse_residuals(layers: &mut Vec<Layer>, output_value: usize) {
     let mut k = 0;
     while k < layers.len() {
-        let Exec::Add { relu, fake_quant: None } = layers[k].exec else {
+        let Exec::Add { relu, fake_quant } = layers[k].exec else {
             k += 1;
             continue;
         };
@@ -578,7 +584,11 @@ fn fuse_residuals(layers: &mut Vec<Layer>, output_value: usize) {
         let fusable = |p: usize, other: usize| -> Option<usize> {
             let l = producer(p)?;
             let Exec::MatMul(m) = &layers[l].exec else { return None };
-            let plain = m.int8().is_none() && m.post.is_none() && !m.relu && m.residual.is_none();
+            let sums_plain = match m.int8() {
+                Some(q) => !q.dequant.relu,
+                None => fake_quant.is_none(),
+            };
+            let plain = sums_plain && m.post.is_none() && !m.relu && m.residual.is_none();
             let ready = producer(other).is_none_or(|o| o < l);
             (plain && ready && p != output_value && readers(p) == 1 && layers[l].inputs.len() == 1).then_some(l)
         };
@@ -593,7 +603,7 @@ fn fuse_residuals(layers: &mut Vec<Layer>, output_value: usize) {
         let add = layers.remove(k);
         let layer = &mut layers[l];
         let Exec::MatMul(m) = &mut layer.exec else { unreachable!("checked above") };
-        m.residual = Some(Residual { relu });
+        m.residual = Some(Residual { relu, fake_quant });
         layer.kind = if m.conv.is_some() { "conv+add" } else { "linear+add" };
         layer.inputs.push(other);
         layer.output = add.output;

@@ -1281,6 +1281,8 @@ fn strided_grouped_convolutions_of_one_sample_match_wider_tiles() {
     }
 }
 
+/// The residual addition with its ReLU and fake quantization, out of place and in place, equals
+/// adding, then the ReLU, then quantizing and dequantizing, bit for bit.
 #[test]
 fn fused_additions_equal_adding_then_fake_quantizing() {
     use engine::kernels::{elementwise, q8};
@@ -1303,6 +1305,11 @@ fn fused_additions_equal_adding_then_fake_quantizing() {
                     elementwise::add_fake_quantized(isa, &a, &b, &mut got, relu, fake_quant);
                     let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
                     assert!(same, "{} n={n} relu={relu} {fake_quant:?}", isa.name());
+                    // In place, as an int8 layer adds its fused residual (`MatMul::residual`).
+                    let mut in_place = a.clone();
+                    elementwise::add_in_place(isa, &mut in_place, &b, relu, fake_quant);
+                    let same = in_place.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{} in place n={n} relu={relu} {fake_quant:?}", isa.name());
                 }
             }
         }

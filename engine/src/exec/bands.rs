@@ -241,7 +241,8 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
             let Some(q) = m.int8() else { unreachable!("an int8 convolution") };
             let x = q8direct::Source::F32 { x: xs[0], scale: q.input_scale, zero: q.input_zero };
             let bufs = (bytemuck::cast_slice_mut(scratch), bytemuck::cast_slice_mut(&mut slots[..plan.quantized_len]));
-            return conv_q8_direct(isa, m, &g, x, q8direct::Out::F32(y), rows, bufs, team);
+            conv_q8_direct(isa, m, &g, x, q8direct::Out::F32(&mut *y), rows.clone(), bufs, team);
+            return add_band_residual(&xs, y);
         }
         // The band's output goes to scratch space first, then the f32 columns (or for int8, the
         // quantized image).
@@ -252,9 +253,9 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
                 // The int8 kernel writes the band's rows of each channel straight into the image.
                 let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut slots[..q8::quantized_len(m.cols, band_cols).div_ceil(4)]);
                 quantized_im2col(isa, q, &g, x, rows.clone(), cols, qx, team);
-                let (_, y) = regions(values, &ins, range(layer.output));
+                let (xs, y) = regions(values, &ins, range(layer.output));
                 let out = q8::Output::F32Rows { y: &mut y[band(0).start..], stride: height * row_len };
-                return int8_matmul(isa, m, qx, band_cols, out, team);
+                return int8_matmul(isa, m, qx, band_cols, out, xs.get(1).map(|r| &r[band(0).start..]), team);
             }
             None => {
                 im2col(&g, x, rows.clone(), cols, team);

@@ -42,7 +42,8 @@ pub(super) fn int8_flows(model: &Model, fused_input: bool) -> Vec<Int8Flow> {
     }
     for i in 0..model.layers.len().saturating_sub(1) {
         let (layer, next) = (&model.layers[i], &model.layers[i + 1]);
-        if int8_linear(layer) && int8_linear(next) && next.inputs == [layer.output] && only_reader(model, layer.output, i + 1) {
+        let adds = matches!(&layer.exec, Exec::MatMul(m) if m.residual.is_some());
+        if int8_linear(layer) && !adds && int8_linear(next) && next.inputs == [layer.output] && only_reader(model, layer.output, i + 1) {
             flows[i].requantize = true;
             flows[i + 1] = Int8Flow { slot: 1 - flows[i].slot, prequantized: true, requantize: false };
         }
@@ -62,7 +63,8 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
     let sole_reader = |v: usize| (0..model.layers.len()).find(|&r| only_reader(model, v, r));
     for (l, layer) in model.layers.iter().enumerate() {
         let Exec::MatMul(m) = &layer.exec else { continue };
-        if !int8_direct_at_every_width(m) || banded(l) {
+        // A layer adding a residual writes f32 (`int8_matmul`, `add_residual`).
+        if !int8_direct_at_every_width(m) || banded(l) || m.residual.is_some() {
             continue;
         }
         let mut chain = vec![layer.output];
@@ -70,7 +72,11 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
             let Some(r) = sole_reader(*chain.last().expect("a value")).filter(|&r| !banded(r)) else { break None };
             match &model.layers[r].exec {
                 Exec::Pool { avg: None, .. } | Exec::Flatten => chain.push(model.layers[r].output),
-                Exec::MatMul(next) if int8_direct_at_every_width(next) || int8_linear(&model.layers[r]) => {
+                // Read as the layer's input, not as its residual.
+                Exec::MatMul(next)
+                    if model.layers[r].inputs[0] == *chain.last().expect("a value")
+                        && (int8_direct_at_every_width(next) || int8_linear(&model.layers[r])) =>
+                {
                     break next.int8().map(|q| (q.input_scale, q.input_zero));
                 }
                 _ => break None,
@@ -186,10 +192,55 @@ pub(super) fn conv_q8_direct(
 
 /// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads` (in
 /// whole groups of four when the output is requantized).
-pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, team: &Team) {
+///
+/// `residual` (laid out as the f32 output) is the layer's second input where it adds one
+/// (`MatMul::residual`): each part of the rows split over the team gets it as soon as the kernel
+/// has written the part, while the part is in cache; other outputs get it in a pass after.
+pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, residual: Option<&[f32]>, team: &Team) {
     let threads = team.threads();
     let Some(q) = layer.int8() else { unreachable!("an int8 layer") };
-    if let Some(Int8Kernel::Tiles(tiles)) = layer.kernels.int8_kernel(false).filter(|_| w > 1) {
+    let residual = residual.filter(|_| layer.residual.is_some());
+    let m = &q.matrix;
+    let tiles = match layer.kernels.int8_kernel(false) {
+        Some(Int8Kernel::Tiles(tiles)) if w > 1 => Some(&**tiles),
+        _ => None,
+    };
+    let add = |y: &mut [f32], r: &[f32]| {
+        let Some(a) = layer.residual else { unreachable!("a layer adding a residual") };
+        elementwise::add_in_place(isa, y, r, a.relu, a.fake_quant)
+    };
+    match (out, residual) {
+        (q8::Output::F32(y), Some(r)) if tiles.is_none() && splits(layer, w, threads) => {
+            let parts = output_parts(q8::Output::F32(y), balanced_ranges(&m.row_ptr, threads * 4), w);
+            team.for_each(parts, |(rows, out)| {
+                let q8::Output::F32(y) = out else { unreachable!("f32 parts") };
+                let at = rows.start * w..rows.end * w;
+                q8::spmm_q8_into(isa, m, x, w, q8::Output::F32(&mut *y), rows, &q.dequant);
+                add(y, &r[at]);
+            });
+        }
+        (q8::Output::F32(y), Some(r)) => {
+            int8_matmul_rows(isa, layer, x, w, q8::Output::F32(&mut *y), tiles, team);
+            add_residual(isa, layer, Some(r), &mut y[..m.rows * w], team);
+        }
+        (q8::Output::F32Rows { y, stride }, Some(r)) => {
+            int8_matmul_rows(isa, layer, x, w, q8::Output::F32Rows { y: &mut *y, stride }, tiles, team);
+            for o in 0..m.rows {
+                let at = o * stride..o * stride + w;
+                add(&mut y[at.clone()], &r[at]);
+            }
+        }
+        (q8::Output::Quantized { .. }, Some(_)) => unreachable!("a layer adding a residual writes f32 (`int8_flows`)"),
+        (out, None) => int8_matmul_rows(isa, layer, x, w, out, tiles, team),
+    }
+}
+
+/// `int8_matmul` without a residual: the AMX kernel where the layer has `tiles`, else the int8
+/// kernel, its rows split over the team where the work is large enough.
+fn int8_matmul_rows(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, tiles: Option<&q8amx::TileMatrix>, team: &Team) {
+    let threads = team.threads();
+    let Some(q) = layer.int8() else { unreachable!("an int8 layer") };
+    if let Some(tiles) = tiles {
         return tiles_matmul(tiles, q, x, w, out, splits(layer, w, threads).then_some(team));
     }
     let m = &q.matrix;

@@ -144,7 +144,9 @@ fn kernel_relu(m: &MatMul, residual: Option<&[f32]>) -> bool {
 pub(super) fn add_residual(isa: Isa, m: &MatMul, residual: Option<&[f32]>, y: &mut [f32], team: &Team) {
     let (Some(add), Some(r)) = (m.residual, residual) else { return };
     let part = split_len(team, y.len(), 16);
-    team.for_each(y.chunks_mut(part).zip(r.chunks(part)).collect(), |(y, r)| elementwise::add_in_place(isa, y, r, add.relu));
+    team.for_each(y.chunks_mut(part).zip(r.chunks(part)).collect(), |(y, r)| {
+        elementwise::add_in_place(isa, y, r, add.relu, add.fake_quant)
+    });
 }
 
 /// `window::im2col_rows` into `cols`, its input channels split over the team where the copy is

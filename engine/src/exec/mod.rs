@@ -656,12 +656,13 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
                 Some((_, zero)) => q8direct::Source::Codes { x: bytemuck::cast_slice(xs[0]), zero },
                 None => q8direct::Source::F32 { x: xs[0], scale: q.input_scale, zero: q.input_zero },
             };
-            let y = match codes_out {
-                Some((scale, zero)) => q8direct::Out::codes(bytemuck::cast_slice_mut(y), scale, zero),
-                None => q8direct::Out::F32(y),
-            };
-            let bufs = (bytemuck::cast_slice_mut(im2col_buf), bytemuck::cast_slice_mut(input_slot));
-            return conv_q8_direct(isa, m, &Geometry { w, ..g }, x, y, 0..g.out_hw[0], bufs, team);
+            let (g, bufs) = (Geometry { w, ..g }, (bytemuck::cast_slice_mut(im2col_buf), bytemuck::cast_slice_mut(input_slot)));
+            if let Some((scale, zero)) = codes_out {
+                let y = q8direct::Out::codes(bytemuck::cast_slice_mut(y), scale, zero);
+                return conv_q8_direct(isa, m, &g, x, y, 0..g.out_hw[0], bufs, team);
+            }
+            conv_q8_direct(isa, m, &g, x, q8direct::Out::F32(&mut *y), 0..g.out_hw[0], bufs, team);
+            return add_residual(isa, m, xs.get(1).copied(), y, team);
         }
         let qx: &mut [u8] = bytemuck::cast_slice_mut(&mut input_slot[..q8::quantized_len(m.cols, cols_w).div_ceil(4)]);
         if !flow.prequantized {
@@ -672,15 +673,18 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
                 (None, None) => q8::quantize(isa, x, m.cols, cols_w, q.input_scale, q.input_zero, qx),
             }
         }
-        let out = match &model.layers[l + 1..].first().map(|n| &n.exec) {
+        match &model.layers[l + 1..].first().map(|n| &n.exec) {
             Some(Exec::MatMul(next)) if flow.requantize => {
                 let next = next.int8().expect("requantizing into an int8 layer");
                 let y: &mut [u8] = bytemuck::cast_slice_mut(output_slot);
-                q8::Output::quantized(&mut y[..q8::quantized_len(m.rows, cols_w)], next.input_scale, next.input_zero)
+                let out = q8::Output::quantized(&mut y[..q8::quantized_len(m.rows, cols_w)], next.input_scale, next.input_zero);
+                int8_matmul(isa, m, qx, cols_w, out, None, team)
             }
-            _ => q8::Output::F32(&mut values[out_range]),
-        };
-        int8_matmul(isa, m, qx, cols_w, out, team);
+            _ => {
+                let (xs, y) = regions(values, &ins, out_range);
+                int8_matmul(isa, m, qx, cols_w, q8::Output::F32(y), xs.get(1).copied(), team)
+            }
+        }
         return;
     }
     if let Exec::MatMul(m) = &layer.exec

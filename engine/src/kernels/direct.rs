@@ -327,7 +327,7 @@ pub fn conv_direct_decoded(
         let ([oh, ow], w) = (g.out_hw, g.w);
         for i in 0..channels.len() {
             let span = (i * oh + rows.start) * ow * w..(i * oh + rows.end) * ow * w;
-            elementwise::add_in_place(isa, &mut y[span.clone()], &r[span], relu);
+            elementwise::add_in_place(isa, &mut y[span.clone()], &r[span], relu, None);
         }
     }
 }

@@ -66,13 +66,14 @@ pub fn add(a: &[f32], b: &[f32], y: &mut [f32], with_relu: bool) {
     }
 }
 
-/// `y = y + r`, with ReLU where `with_relu`: the residual connection of a layer whose kernel
-/// did not add it itself (`MatMul::residual`), bit for bit `add` (block by block through L1).
-pub fn add_in_place(isa: Isa, y: &mut [f32], r: &[f32], with_relu: bool) {
+/// `y = y + r`, with ReLU where `with_relu`, then the fake quantization where given: the residual
+/// connection of a layer whose kernel did not add it itself (`MatMul::residual`), bit for bit
+/// `add_fake_quantized` (block by block through L1).
+pub fn add_in_place(isa: Isa, y: &mut [f32], r: &[f32], with_relu: bool, fake_quant: Option<(f32, u8)>) {
     let mut buf = [0.0f32; 256];
     for (y, r) in y.chunks_mut(256).zip(r.chunks(256)) {
         buf[..y.len()].copy_from_slice(y);
-        add_fake_quantized(isa, &buf[..y.len()], r, y, with_relu, None);
+        add_fake_quantized(isa, &buf[..y.len()], r, y, with_relu, fake_quant);
     }
 }
 
