@@ -282,7 +282,8 @@ pub enum Int8Kernel {
     Grouped,
     /// A convolution's weights regrouped for the direct kernel (`q8direct`).
     Direct(Arc<ShiftConv>),
-    /// A linear layer's weights in AMX tiles (`q8amx`), for batched tiles.
+    /// The weights in AMX tiles (`q8amx`): a linear layer's batched tiles, or a convolution's
+    /// quantized im2col columns.
     Tiles(Arc<TileMatrix>),
 }
 

@@ -19,7 +19,7 @@ use crate::kernels::q8amx::{self, TileMatrix};
 use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry, Unfold};
 use crate::kernels::winograd::{self, Winograd};
-use crate::kernels::{Isa, direct, elementwise, spmm};
+use crate::kernels::{Isa, direct, elementwise, q8conv, spmm};
 use crate::passes;
 use crate::phases;
 
@@ -58,7 +58,7 @@ pub struct Options {
     pub tile: usize,
     /// A sparse kernel must be this much faster than dense to be chosen (0.05 = 5%).
     pub dense_bias: f64,
-    /// Whether int8 linear layers may run dense on AMX tiles (`ENGINE_AMX`).
+    /// Whether int8 linear layers and convolutions may run dense on AMX tiles (`ENGINE_AMX`).
     pub amx: Amx,
     /// Strided convolutions on their input's phase images (`phases`): where they time faster
     /// (`None`, the default), wherever the direct kernel takes them (`Some(true)`), never.
@@ -95,14 +95,14 @@ impl Options {
 /// Environment variable for the AMX choice: `off`, `on` or `timed` (the default).
 pub const AMX_ENV: &str = "ENGINE_AMX";
 
-/// When the int8 linear layers of a model run dense on AMX tiles (on CPUs that have them, under
-/// the `auto` kernel policy; `sparse` and `dense` never use them).
+/// When the int8 linear layers and convolutions of a model run dense on AMX tiles (on CPUs that
+/// have them, under the `auto` kernel policy; `sparse` and `dense` never use them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Amx {
     /// Where the tiles time faster than the sparse int8 kernel on the layer.
     #[default]
     Timed,
-    /// Every int8 linear layer.
+    /// Every int8 linear layer's batched tiles, and every convolution the tiles are timed on.
     Always,
     Off,
 }
@@ -233,8 +233,10 @@ impl MatMul {
         match (self.conv, self.kernels.int8_kernel(ld == 1)) {
             // A direct int8 convolution quantizes its input into a shifted image, a row at a time.
             (Some(g), Some(Int8Kernel::Direct(sc))) => Scratch { bytes: (sc.wp + 3) * ld, quantized: sc.image_len(&g, ld) },
-            // Int8 convolutions of wide tiles quantize their input image, then unfold bytes;
+            // Int8 convolutions of stride 1 along rows quantize their input into a padded image,
+            // others of wide tiles into the image, then unfold bytes (`quantized_im2col`);
             // narrower ones unfold f32 columns and quantize those.
+            (Some(g), Some(_)) if g.window.stride[1] == 1 => Scratch { bytes: q8conv::padded_len(&Geometry { w: ld, ..g }), quantized },
             (Some(g), Some(_)) if ld.is_multiple_of(16) => Scratch { bytes: g.channels * g.in_hw[0] * g.in_hw[1] * ld, quantized },
             (Some(_), Some(_)) => Scratch { bytes: 4 * self.cols * cols_w, quantized },
             (None, Some(_)) => Scratch { bytes: 0, quantized },
@@ -718,19 +720,24 @@ fn conv_plan(
     out_shape: &[usize],
     o: &Options,
 ) -> Result<(Option<PhaseLayer>, MatMul)> {
-    let strided = pack(name, weight, bias, relu, Some(geometry(in_shape, out_shape, *window)), o)?;
+    let geometry_as_written = Some(geometry(in_shape, out_shape, *window));
     let wanted = o.policy == KernelPolicy::Auto && o.phases != Some(false);
     let Some(phased) = phases::rewrite(weight, window, in_shape, out_shape).filter(|_| wanted) else {
-        return Ok((None, strided));
+        return Ok((None, pack(name, weight, bias, relu, geometry_as_written, o)?));
     };
-    let m = pack(name, &phased.weight, bias, relu, Some(geometry(&phased.phase_shape, out_shape, phased.window)), o)?;
+    // Where the phase form can run, the two forms compete on the kernels that read an image
+    // whole: AMX tiles (on im2col columns) had ResNet-50's strided 1x1 convolutions and its stem
+    // run up to 2x slower than the phase form they displaced, though faster timed alone.
+    let without_tiles = Options { amx: Amx::Off, ..o.clone() };
+    let m = pack(name, &phased.weight, bias, relu, Some(geometry(&phased.phase_shape, out_shape, phased.window)), &without_tiles)?;
     // On phase images without im2col: the direct kernel (fp32 or int8), Winograd's products
     // (YOLOv5s's 6x6/2 stem, a dense 3x3 on 12 phase channels), or a 1x1 convolution reading
     // the image.
     let reads_image = |one_sample: bool| matches!(m.kernel(one_sample), Kernel::Direct | Kernel::Int8Direct | Kernel::Winograd);
     if !((reads_image(false) && reads_image(true)) || phased.window.is_pointwise()) {
-        return Ok((None, strided));
+        return Ok((None, pack(name, weight, bias, relu, geometry_as_written, o)?));
     }
+    let strided = pack(name, weight, bias, relu, geometry_as_written, &without_tiles)?;
     let phase_len = phased.sources.len();
     let gather = Exec::gather(phased.sources);
     if o.phases == Some(true) {
@@ -740,17 +747,15 @@ fn conv_plan(
     let x = test_values(in_shape.iter().product());
     let (mut phase_x, mut y) = (LineAligned::zeroed(phase_len), LineAligned::zeroed(out_shape.iter().product()));
     let positions = out_shape[1] * out_shape[2];
-    let mut scratch = LineAligned::zeroed((strided.cols * positions).max(x.len().div_ceil(4)));
+    let scratch_len = [strided.scratch(o.isa, 1).bytes, m.scratch(o.isa, 1).bytes].map(|b| b.div_ceil(4));
+    let mut scratch = LineAligned::zeroed((strided.cols * positions).max(x.len().div_ceil(4)).max(scratch_len[0]).max(scratch_len[1]));
     let mut bytes = Int8Buffers::for_one_sample(&[&strided, &m], positions);
     let mut conv = |m: &MatMul, x: &[f32], y: &mut [f32], scratch: &mut [f32]| {
         let g = m.conv.expect("a convolution");
         match (m.int8(), m.kernels.int8_kernel(true)) {
-            // As the executor runs one sample: the direct kernel where it is the one-sample choice.
-            (Some(q), Some(Int8Kernel::Direct(sc))) => {
-                int8_conv_rows(o.isa, q, Some(sc), &g, x, 0..g.out_hw[0], y, scratch, &mut bytes, &team)
-            }
-            (Some(q), _) => int8_conv_rows(o.isa, q, None, &g, x, 0..g.out_hw[0], y, scratch, &mut bytes, &team),
-            (None, _) => crate::exec::conv(o.isa, m, g, 1, x, None, y, scratch, &team),
+            // As the executor runs one sample, on the one-sample kernel.
+            (Some(q), Some(k)) => int8_conv_rows(o.isa, q, k, &g, x, 0..g.out_hw[0], y, scratch, &mut bytes, &team),
+            _ => crate::exec::conv(o.isa, m, g, 1, x, None, y, scratch, &team),
         }
     };
     let times = best_times_in_turns(2, &mut |i| {
@@ -786,14 +791,14 @@ impl Int8Buffers {
 }
 
 /// Output rows `rows` of an int8 convolution on one thread, as the executor computes them, for
-/// timing: the direct kernel on `direct`'s regrouped weights (`y` holds the whole output), else
-/// im2col, quantization and the grouped kernel (`y` holds the band; `scratch`: the f32 columns
-/// or the quantized image).
+/// timing: the direct kernel on its regrouped weights (`y` holds the whole output), else im2col,
+/// quantization and the grouped kernel or AMX tiles (`y` holds the band; `scratch`: the f32
+/// columns or the quantized image).
 #[allow(clippy::too_many_arguments)] // the layer, its input and output, and the buffers
 fn int8_conv_rows(
     isa: Isa,
     q: &Int8Layer,
-    direct: Option<&ShiftConv>,
+    kernel: &Int8Kernel,
     g: &Geometry,
     x: &[f32],
     rows: std::ops::Range<usize>,
@@ -802,18 +807,17 @@ fn int8_conv_rows(
     bufs: &mut Int8Buffers,
     team: &crate::team::Team,
 ) {
-    match direct {
-        Some(sc) => {
-            let source = q8direct::Source::F32 { x, scale: q.input_scale, zero: q.input_zero };
-            q8direct::shift_image(isa, g, sc, source, rows.clone(), &mut bufs.row, &mut bufs.shifted);
-            q8direct::conv_q8_direct(isa, sc, &q.dequant, g, &bufs.shifted, q8direct::Out::F32(y), 0..q.matrix.rows, rows)
-        }
-        None => {
-            let cols_w = rows.len() * g.out_hw[1] * g.w;
-            crate::exec::quantized_im2col(isa, q, g, x, rows, scratch, &mut bufs.columns, team);
-            let out = &mut y[..q.matrix.rows * cols_w];
-            q8::spmm_q8(isa, &q.matrix, &bufs.columns, cols_w, out, 0..q.matrix.rows, &q.dequant)
-        }
+    if let Int8Kernel::Direct(sc) = kernel {
+        let source = q8direct::Source::F32 { x, scale: q.input_scale, zero: q.input_zero };
+        q8direct::shift_image(isa, g, sc, source, rows.clone(), &mut bufs.row, &mut bufs.shifted);
+        return q8direct::conv_q8_direct(isa, sc, &q.dequant, g, &bufs.shifted, q8direct::Out::F32(y), 0..q.matrix.rows, rows);
+    }
+    let cols_w = rows.len() * g.out_hw[1] * g.w;
+    crate::exec::quantized_im2col(isa, q, g, x, rows, scratch, &mut bufs.columns, team);
+    let out = q8::Output::F32(&mut y[..q.matrix.rows * cols_w]);
+    match kernel {
+        Int8Kernel::Tiles(t) => q8amx::matmul_into(t, &bufs.columns, cols_w, out, 0..q.matrix.rows, &q.dequant),
+        _ => q8::spmm_q8_into(isa, &q.matrix, &bufs.columns, cols_w, out, 0..q.matrix.rows, &q.dequant),
     }
 }
 
@@ -918,43 +922,60 @@ const UNFOLD_ALWAYS_BYTES: usize = 2 << 20;
 /// Whether a convolution of `cols` unfolded rows per output position makes more than
 /// `UNFOLD_ALWAYS_BYTES` of im2col for one sample.
 fn unfolds_always(g: &Geometry, cols: usize) -> bool {
-    cols.saturating_mul(g.out_hw[0]).saturating_mul(g.out_hw[1]).saturating_mul(4) > UNFOLD_ALWAYS_BYTES
+    unfolded_bytes(g, cols) > UNFOLD_ALWAYS_BYTES
 }
 
-/// A quantized layer's kernels: the int8 direct convolution where its weights regroup for it
-/// and, under the auto policy, it times faster at that tile width (1x1 convolutions and narrow
-/// images often do not), else the grouped kernel; batched tiles of linear layers on AMX tiles
-/// where the CPU has them and they time faster (or `ENGINE_AMX=on`).
+/// Bytes of one sample's im2col (f32) for a convolution of `cols` unfolded rows per position.
+fn unfolded_bytes(g: &Geometry, cols: usize) -> usize {
+    cols.saturating_mul(g.out_hw[0]).saturating_mul(g.out_hw[1]).saturating_mul(4)
+}
+
+/// One sample's quantized im2col (bytes) above which an int8 convolution's batched tiles run no
+/// kernel on unfolded columns where the direct kernel applies, and no width runs AMX tiles. The
+/// timings run a band of output rows whose columns stay in cache, where the executor unfolds
+/// whole images of a tile's samples and streams them from memory: at batch 16 ResNet-50's 56x56
+/// and 28x28 3x3 layers (1.8 and 0.9 MB a sample) ran 1.8-2x slower on the grouped kernel than on
+/// the direct one, and its 56x56 layers 10-50% slower on tiles than on the sparse kernels, each
+/// after timing faster; its 14x14 and 7x7 layers (up to 451 KB) ran up to 1.9x faster on tiles.
+const UNFOLD_TIMED_BYTES: usize = 512 << 10;
+
+/// A quantized layer's kernels. A convolution's one-sample and batched tiles each run the fastest
+/// of the grouped kernel on quantized im2col columns, the int8 direct kernel (where its weights
+/// regroup for it) and the dense AMX tiles on the same columns (where the CPU has them), timed at
+/// that width under the auto policy; under the sparse policy the direct kernel where it applies,
+/// else the grouped one. A linear layer's batched tiles run on AMX tiles where they time faster
+/// (or `ENGINE_AMX=on`), its single samples on the grouped kernel.
 fn int8_kernels(weight: &Weight, q: &Quant, bias: &[f32], relu: bool, conv: Option<Geometry>, o: &Options) -> Kernels {
     let (rows, cols) = (weight.rows(), weight.cols());
     let values = weight.int8().expect("quantized weight");
     let int8 = int8_layer(weight, &values, q, bias, relu);
-    let shift = conv
+    let auto = o.policy == KernelPolicy::Auto;
+    let tiles = (auto && o.amx != Amx::Off && q8amx::available(o.isa)).then(|| Arc::new(TileMatrix::from_int8(&values, rows, cols)));
+    let Some(g) = conv else {
+        let batched = match tiles {
+            Some(t) if o.amx == Amx::Always || tiles_are_faster(&int8, &t, o) => Int8Kernel::Tiles(t),
+            _ => Int8Kernel::Grouped,
+        };
+        return Kernels::Int8 { layer: Box::new(int8), one_sample: Int8Kernel::Grouped, batched };
+    };
+    let shift = Some(g)
         .filter(|_| q8direct::available(o.isa))
         .and_then(|g| ShiftConv::new(&values, rows, &g))
-        .filter(|s| s.worthwhile(int8.matrix.stored_groups()));
-    let direct = |tile: usize| match (shift.as_ref(), conv) {
-        (Some(sc), Some(g)) if o.policy == KernelPolicy::Auto => int8_direct_is_faster(&int8, sc, g, tile, o),
-        (shift, _) => shift.is_some(),
+        .filter(|s| s.worthwhile(int8.matrix.stored_groups()))
+        .map(Arc::new);
+    let in_cache = unfolded_bytes(&g, cols) / 4 <= UNFOLD_TIMED_BYTES;
+    // A 1x1 convolution over whole images reads its quantized image as its columns.
+    let streams_columns = !in_cache && !g.window.is_pointwise();
+    let direct = shift.map(Int8Kernel::Direct);
+    let candidates: Vec<Int8Kernel> =
+        [Some(Int8Kernel::Grouped), direct.clone(), tiles.filter(|_| in_cache).map(Int8Kernel::Tiles)].into_iter().flatten().collect();
+    let choose = |tile: usize| match (candidates.last(), &direct) {
+        (Some(tiles @ Int8Kernel::Tiles(_)), _) if o.amx == Amx::Always => tiles.clone(),
+        (_, Some(direct)) if !auto || (tile > 1 && streams_columns) => direct.clone(),
+        _ if auto && candidates.len() > 1 => candidates[fastest_int8_conv(&int8, &candidates, g, tile, o)].clone(),
+        _ => Int8Kernel::Grouped,
     };
-    let (direct_one, direct_batched) = (direct(1), direct(o.tile));
-    let shift = shift.map(Arc::new);
-    let kernel = |direct: bool| match shift.as_ref().filter(|_| direct) {
-        Some(sc) => Int8Kernel::Direct(sc.clone()),
-        None => Int8Kernel::Grouped,
-    };
-    let (one_sample, mut batched) = (kernel(direct_one), kernel(direct_batched));
-    if matches!(batched, Int8Kernel::Grouped)
-        && conv.is_none()
-        && o.policy == KernelPolicy::Auto
-        && o.amx != Amx::Off
-        && q8amx::available(o.isa)
-    {
-        let tiles = TileMatrix::from_int8(&values, rows, cols);
-        if o.amx == Amx::Always || tiles_are_faster(&int8, &tiles, o) {
-            batched = Int8Kernel::Tiles(Arc::new(tiles));
-        }
-    }
+    let (one_sample, batched) = (choose(1), choose(o.tile));
     Kernels::Int8 { layer: Box::new(int8), one_sample, batched }
 }
 
@@ -1093,10 +1114,11 @@ fn elapsed(f: &mut dyn FnMut()) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// Times an int8 convolution's direct kernel against im2col, quantization and the grouped
-/// kernel on one tile of `tile` samples (single thread), on a band of output rows from the middle
-/// of the image where the whole is more than the timing budget, as `direct_is_faster` does.
-fn int8_direct_is_faster(q: &Int8Layer, sc: &ShiftConv, g: Geometry, tile: usize, o: &Options) -> bool {
+/// Which of an int8 convolution's `candidates` runs fastest on one tile of `tile` samples
+/// (single thread), as the executor runs each (im2col and quantization are part of the cost the
+/// direct kernel saves), on a band of output rows from the middle of the image where the whole is
+/// more than the timing budget, as `direct_is_faster` does.
+fn fastest_int8_conv(q: &Int8Layer, candidates: &[Int8Kernel], g: Geometry, tile: usize, o: &Options) -> usize {
     let (rows, cols, [oh, ow]) = (q.matrix.rows, q.matrix.cols, g.out_hw);
     let budget = (TIMING_MACS / (rows * cols).max(1)).max(MIN_TIMING_COLUMNS).min(TIMING_BYTES / cols.max(1));
     let band = (budget / (ow * tile).max(1)).clamp(1, oh);
@@ -1110,28 +1132,31 @@ fn int8_direct_is_faster(q: &Int8Layer, sc: &ShiftConv, g: Geometry, tile: usize
     for channel in x.chunks_exact_mut(plane.max(1)) {
         channel[input.start * row..input.end * row].copy_from_slice(&values);
     }
-    let mut scratch = vec![0.0f32; (cols * cols_w).max(x.len().div_ceil(4))];
+    let mut scratch = vec![0.0f32; (cols * cols_w).max(x.len().div_ceil(4)).max(q8conv::padded_len(&g).div_ceil(4))];
+    let shift = candidates.iter().find_map(|k| match k {
+        Int8Kernel::Direct(sc) => Some(sc),
+        _ => None,
+    });
     let mut bufs = Int8Buffers {
         columns: vec![0; q8::quantized_len(cols, cols_w)],
-        row: vec![0; (sc.wp + 3) * tile],
-        shifted: vec![0; sc.image_len(&g, tile)],
+        row: vec![0; shift.map_or(0, |sc| (sc.wp + 3) * tile)],
+        shifted: vec![0; shift.map_or(0, |sc| sc.image_len(&g, tile))],
     };
     let mut y = vec![0.0f32; rows * oh * ow * tile];
     // A team of one spawns no thread, so this does not fail.
-    let Ok(team) = crate::team::Team::new(1) else { return true };
-    let mut run =
-        |direct: Option<&ShiftConv>| int8_conv_rows(o.isa, q, direct, &g, &x, out_rows.clone(), &mut y, &mut scratch, &mut bufs, &team);
-    // A warm-up, then two runs in turns, so that a slow phase of the machine hits both: the two
-    // differ by 2-5x where it matters (ResNet-50's int8 layers took 4 s to compile at best_time's
-    // 15 runs each).
-    let (mut t_im2col, mut t_direct) = (f64::MAX, f64::MAX);
-    run(None);
-    run(Some(sc));
-    for _ in 0..2 {
-        t_im2col = t_im2col.min(elapsed(&mut || run(None)));
-        t_direct = t_direct.min(elapsed(&mut || run(Some(sc))));
+    let Ok(team) = crate::team::Team::new(1) else { return 0 };
+    let mut run = |i: usize| int8_conv_rows(o.isa, q, &candidates[i], &g, &x, out_rows.clone(), &mut y, &mut scratch, &mut bufs, &team);
+    // A warm-up, then three runs in turns, so that a slow phase of the machine hits all: the
+    // kernels differ by 2-5x where it matters (ResNet-50's int8 layers took 4 s to compile at
+    // best_time's 15 runs each), and the tile unit runs slowly for a while after it starts.
+    let mut best = vec![f64::MAX; candidates.len()];
+    (0..candidates.len()).for_each(&mut run);
+    for _ in 0..3 {
+        for (i, t) in best.iter_mut().enumerate() {
+            *t = t.min(elapsed(&mut || run(i)));
+        }
     }
-    t_direct < t_im2col
+    (0..best.len()).min_by(|&a, &b| best[a].total_cmp(&best[b])).unwrap_or(0)
 }
 
 /// Times a convolution's direct kernel (`direct`) against the `other` kernel as it runs

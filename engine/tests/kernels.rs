@@ -977,6 +977,60 @@ fn unfolding_the_quantized_image_equals_quantizing_im2col() {
     }
 }
 
+/// The padded image's unfolding (stride 1 along rows, any stride between rows, any padding and
+/// dilation) gives what quantizing im2col's columns gives, on every instruction set, for any
+/// output rows, groups and channel parts, at widths that leave vector tails (one sample's 5- to
+/// 28-pixel rows, 3 samples) and whole vectors.
+#[test]
+fn unfolding_the_padded_quantized_image_equals_quantizing_im2col() {
+    use engine::graph::Window;
+    use engine::kernels::{q8, q8conv};
+    let mut rng = StdRng::seed_from_u64(22);
+    // (in channels, height, width, kernel, stride between rows, pads top/left/bottom/right,
+    // dilation): ResNet's 3x3 and 1x1 layers, a 5x5 LeNet layer, uneven padding and strides.
+    let shapes = [
+        (3, 14, 14, [3, 3], 1, [1, 1, 1, 1], 1),
+        (6, 28, 28, [5, 5], 1, [2, 2, 2, 2], 1),
+        (5, 7, 7, [1, 1], 1, [0, 0, 0, 0], 1),
+        (3, 9, 5, [3, 2], 2, [1, 0, 2, 1], 1),
+        (4, 8, 8, [3, 3], 1, [2, 2, 2, 2], 2),
+        (2, 6, 17, [2, 7], 3, [0, 3, 1, 3], 1),
+    ];
+    for &(cin, h, wd, kernel, stride, pads, dilation) in &shapes {
+        let window = Window { kernel, stride: [stride, 1], pads, dilation: [dilation; 2], ceil_mode: false };
+        let (oh, ow) = window.output(h, wd, "t").unwrap();
+        let rows_k = cin * kernel[0] * kernel[1];
+        let groups = rows_k.div_ceil(4);
+        for w in [1, 3, 16] {
+            let g = Geometry { channels: cin, in_hw: [h, wd], out_hw: [oh, ow], window, w };
+            let x: Vec<f32> = (0..cin * h * wd * w).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let (scale, zero) = (rng.random_range(0.005..0.05f32), rng.random_range(0..=255u8));
+            for rows in [0..oh, oh / 2..oh, 0..1] {
+                let band = rows.len() * ow * w;
+                let mut cols = vec![0.0; rows_k * band];
+                window::im2col_rows(&g, &x, rows.clone(), &mut cols);
+                let mut want = vec![0u8; q8::quantized_len(rows_k, band)];
+                q8::quantize_ref(&cols, rows_k, band, scale, zero, &mut want);
+                for isa in variants() {
+                    let what = format!("{} {cin}x{h}x{wd} k{kernel:?} s{stride} pads {pads:?} w={w} rows {rows:?}", isa.name());
+                    // The channels quantized in two parts, as two threads would.
+                    let mut xp = vec![7u8; q8conv::padded_len(&g)];
+                    let plane = q8conv::padded_plane(&g);
+                    let (first, second) = xp.split_at_mut(cin / 2 * plane);
+                    q8conv::quantize_padded(isa, &g, &x, rows.clone(), 0..cin / 2, (scale, zero), first);
+                    q8conv::quantize_padded(isa, &g, &x, rows.clone(), cin / 2..cin, (scale, zero), second);
+                    let mut got = vec![7u8; want.len()];
+                    q8conv::im2col_u8_padded(isa, &g, &xp, rows.clone(), 0..groups, zero, &mut got);
+                    assert_eq!(got, want, "{what}");
+                    let mut part = vec![7u8; (groups - 1) * band * 4];
+                    q8conv::im2col_u8_padded(isa, &g, &xp, rows.clone(), 1..groups, zero, &mut part);
+                    assert_eq!(part[..], want[band * 4..], "groups 1.. {what}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn direct_int8_convolution_equals_im2col_and_the_grouped_kernel() {
     use engine::graph::Window;

@@ -395,6 +395,38 @@ fn int8_layers_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
     }
 }
 
+/// Int8 convolutions on AMX tiles (im2col of the padded image, then the tiles), at one sample
+/// and batched, give what the sparse int8 kernels give, bit for bit, in either schedule.
+#[test]
+fn int8_convolutions_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
+    if !engine::kernels::q8amx::available(engine::kernels::Isa::detect()) {
+        engine::testing::record_skip("int8 convolutions on AMX tiles (no AMX on this CPU)");
+        return;
+    }
+    for graph in [quantized(bottleneck(61, 0.9)), quantized(cnn(62, 0.8))] {
+        let sparse = compile::compile(graph.clone(), Options::new(KernelPolicy::Sparse).unwrap()).unwrap();
+        let tiles =
+            compile::compile(graph.clone(), Options { amx: compile::Amx::Always, ..Options::new(KernelPolicy::Auto).unwrap() }).unwrap();
+        for one_sample in [true, false] {
+            let on_tiles = tiles.layers.iter().any(|l| match &l.exec {
+                compile::Exec::MatMul(m) => m.conv.is_some() && m.kernel(one_sample) == compile::Kernel::Int8Tiles,
+                _ => false,
+            });
+            assert!(on_tiles, "some convolution runs on tiles (one sample: {one_sample})");
+        }
+        for batch in [1, 3, 16] {
+            let input = random_input(batch as u64, batch, &graph.input_shape);
+            let want = Session::with_schedule(&sparse, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+            for threads in [1, 2] {
+                for schedule in [Schedule::Layerwise, Schedule::Depthwise] {
+                    let got = Session::with_schedule(&tiles, threads, schedule, None).unwrap().run(&input.data, batch).unwrap();
+                    assert_eq!(got, want, "batch {batch}, {threads} threads, {schedule:?}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn convolutions_with_full_rows_run_one_sample_per_tile_and_match_layerwise() {
     let graph = conv_stack(51, 0.9);

@@ -255,7 +255,7 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
                 quantized_im2col(isa, q, &g, x, rows.clone(), cols, qx, team);
                 let (xs, y) = regions(values, &ins, range(layer.output));
                 let out = q8::Output::F32Rows { y: &mut y[band(0).start..], stride: height * row_len };
-                return int8_matmul(isa, m, qx, band_cols, out, xs.get(1).map(|r| &r[band(0).start..]), team);
+                return int8_matmul(isa, m, qx, band_cols, g.w, out, xs.get(1).map(|r| &r[band(0).start..]), team);
             }
             None => {
                 im2col(&g, x, rows.clone(), cols, team);

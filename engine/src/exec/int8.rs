@@ -90,10 +90,12 @@ pub(super) fn code_values(model: &Model, schedule: &schedule::Plan) -> Vec<Optio
 }
 
 /// An int8 convolution's quantized columns for output rows `rows`, the work split over the team.
-/// A 1x1 convolution over all rows quantizes its image, which is its own im2col. Tiles of a
-/// multiple of 16 samples quantize the input rows the band reads into `scratch` (an image, at its
-/// own offsets) and unfold its bytes (`q8conv`); other cases (batch 1: rows of a few bytes)
-/// unfold f32 columns into `scratch` and quantize those.
+/// A 1x1 convolution over all rows quantizes its image, which is its own im2col. Others of stride
+/// 1 along rows quantize the input rows the band reads into a padded image in `scratch`
+/// (`q8conv::quantize_padded`) and unfold its bytes, whole output rows at a time; at other
+/// strides, tiles of a multiple of 16 samples quantize the image and unfold its bytes 16 samples
+/// at a time, and narrower ones (batch 1: pixels a byte apart) unfold f32 columns into `scratch`
+/// and quantize those.
 #[allow(clippy::too_many_arguments)] // the layer's input, its quantization and the team
 pub(crate) fn quantized_im2col(
     isa: Isa,
@@ -110,18 +112,28 @@ pub(crate) fn quantized_im2col(
         let positions = g.out_hw[0] * g.out_hw[1] * g.w;
         return quantize_split(isa, q, &x[..cols * positions], positions, qx, team);
     }
-    if !g.w.is_multiple_of(16) {
+    let padded = g.window.stride[1] == 1;
+    if !padded && !g.w.is_multiple_of(16) {
         let band = rows.len() * g.out_hw[1] * g.w;
         im2col(g, x, rows, &mut scratch[..cols * band], team);
         return quantize_split(isa, q, &scratch[..cols * band], band, qx, team);
     }
     // Both steps split over the team: the image by channels, the unfolding by groups.
-    let image: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..x.len().div_ceil(4)]);
-    let (plane, row) = (g.in_hw[0] * g.in_hw[1] * g.w, g.in_hw[1] * g.w);
     let input = g.input_rows(rows.clone());
+    let (image, plane) = if padded {
+        let image: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..q8conv::padded_len(g).div_ceil(4)]);
+        (image, q8conv::padded_plane(g))
+    } else {
+        (bytemuck::cast_slice_mut(&mut scratch[..x.len().div_ceil(4)]), g.in_hw[0] * g.in_hw[1] * g.w)
+    };
     let per_part = split_len(team, g.channels * plane, plane) / plane.max(1);
     team.for_each(image[..g.channels * plane].chunks_mut((per_part * plane).max(1)).enumerate().collect(), |(p, image)| {
-        for (c, image) in (p * per_part..).zip(image.chunks_mut(plane)) {
+        let channels = p * per_part..((p + 1) * per_part).min(g.channels);
+        if padded {
+            return q8conv::quantize_padded(isa, g, x, rows.clone(), channels, (q.input_scale, q.input_zero), image);
+        }
+        let row = g.in_hw[1] * g.w;
+        for (c, image) in channels.zip(image.chunks_mut(plane)) {
             let span = input.start * row..input.end * row;
             q8::quantize_values(isa, &x[c * plane..][span.clone()], q.input_scale, q.input_zero, &mut image[span]);
         }
@@ -131,7 +143,10 @@ pub(crate) fn quantized_im2col(
     let image = &*image;
     team.for_each(qx[..groups * band * 4].chunks_mut((per_part * band * 4).max(1)).enumerate().collect(), |(p, qx)| {
         let part = p * per_part..((p + 1) * per_part).min(groups);
-        q8conv::im2col_u8(isa, g, image, rows.clone(), part, q.input_zero, qx)
+        match padded {
+            true => q8conv::im2col_u8_padded(isa, g, image, rows.clone(), part, q.input_zero, qx),
+            false => q8conv::im2col_u8(isa, g, image, rows.clone(), part, q.input_zero, qx),
+        }
     });
 }
 
@@ -190,19 +205,31 @@ pub(super) fn conv_q8_direct(
     });
 }
 
-/// The int8 kernel on a quantized `[groups, w, 4]` tile, splitting rows over `threads` (in
-/// whole groups of four when the output is requantized).
+/// The int8 kernel on a quantized `[groups, w, 4]` tile (the columns of a tile of `samples`
+/// samples), splitting rows over `threads` (in whole groups of four when the output is
+/// requantized): the AMX tiles where the layer runs them at that many samples, else the grouped
+/// kernel.
 ///
 /// `residual` (laid out as the f32 output) is the layer's second input where it adds one
 /// (`MatMul::residual`): each part of the rows split over the team gets it as soon as the kernel
 /// has written the part, while the part is in cache; other outputs get it in a pass after.
-pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8::Output, residual: Option<&[f32]>, team: &Team) {
+#[allow(clippy::too_many_arguments)] // the kernel's arguments, the residual and the team
+pub(super) fn int8_matmul(
+    isa: Isa,
+    layer: &MatMul,
+    x: &[u8],
+    w: usize,
+    samples: usize,
+    out: q8::Output,
+    residual: Option<&[f32]>,
+    team: &Team,
+) {
     let threads = team.threads();
     let Some(q) = layer.int8() else { unreachable!("an int8 layer") };
     let residual = residual.filter(|_| layer.residual.is_some());
     let m = &q.matrix;
-    let tiles = match layer.kernels.int8_kernel(false) {
-        Some(Int8Kernel::Tiles(tiles)) if w > 1 => Some(&**tiles),
+    let tiles = match layer.kernels.int8_kernel(samples == 1) {
+        Some(Int8Kernel::Tiles(tiles)) => Some(&**tiles),
         _ => None,
     };
     let add = |y: &mut [f32], r: &[f32]| {
@@ -210,12 +237,18 @@ pub(super) fn int8_matmul(isa: Isa, layer: &MatMul, x: &[u8], w: usize, out: q8:
         elementwise::add_in_place(isa, y, r, a.relu, a.fake_quant)
     };
     match (out, residual) {
-        (q8::Output::F32(y), Some(r)) if tiles.is_none() && splits(layer, w, threads) => {
-            let parts = output_parts(q8::Output::F32(y), balanced_ranges(&m.row_ptr, threads * 4), w);
-            team.for_each(parts, |(rows, out)| {
+        (q8::Output::F32(y), Some(r)) if splits(layer, w, threads) => {
+            let ranges = match tiles {
+                Some(t) => t.row_parts(threads * 2),
+                None => balanced_ranges(&m.row_ptr, threads * 4),
+            };
+            team.for_each(output_parts(q8::Output::F32(y), ranges, w), |(rows, out)| {
                 let q8::Output::F32(y) = out else { unreachable!("f32 parts") };
                 let at = rows.start * w..rows.end * w;
-                q8::spmm_q8_into(isa, m, x, w, q8::Output::F32(&mut *y), rows, &q.dequant);
+                match tiles {
+                    Some(t) => q8amx::matmul_into(t, x, w, q8::Output::F32(&mut *y), rows, &q.dequant),
+                    None => q8::spmm_q8_into(isa, m, x, w, q8::Output::F32(&mut *y), rows, &q.dequant),
+                }
                 add(y, &r[at]);
             });
         }

@@ -707,11 +707,11 @@ fn run_layer_on_tile(model: &Model, plan: &Plan, l: usize, t: usize, chunk: &mut
                 let next = next.int8().expect("requantizing into an int8 layer");
                 let y: &mut [u8] = bytemuck::cast_slice_mut(output_slot);
                 let out = q8::Output::quantized(&mut y[..q8::quantized_len(m.rows, cols_w)], next.input_scale, next.input_zero);
-                int8_matmul(isa, m, qx, cols_w, out, None, team)
+                int8_matmul(isa, m, qx, cols_w, w, out, None, team)
             }
             _ => {
                 let (xs, y) = regions(values, &ins, out_range);
-                int8_matmul(isa, m, qx, cols_w, q8::Output::F32(y), xs.get(1).copied(), team)
+                int8_matmul(isa, m, qx, cols_w, w, q8::Output::F32(y), xs.get(1).copied(), team)
             }
         }
         return;

@@ -528,8 +528,14 @@ mod x86 {
             }
             f += 16;
         }
-        for f in f..k {
-            out[f] = super::quantize_value(x[f], inv_scale, zero);
+        if f < k {
+            // The last values under a mask: one sample's 14-pixel image rows are all tail.
+            let mask: __mmask16 = (1 << (k - f)) - 1;
+            // SAFETY: the lanes under the mask are f..k, inside `x` and `out`.
+            unsafe {
+                let q = codes16(_mm512_maskz_loadu_ps(mask, x.as_ptr().add(f)), vs, vz);
+                _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(f) as *mut i8, mask, q);
+            }
         }
     }
 

@@ -1,4 +1,5 @@
-//! Int8 linear layers on AMX tiles (Intel Advanced Matrix Extensions, Sapphire Rapids and later):
+//! Int8 linear layers and convolutions (on their quantized im2col columns) on AMX tiles (Intel
+//! Advanced Matrix Extensions, Sapphire Rapids and later):
 //! the weights dense, in 16 x 64 tiles, multiplied by the quantized activations with `tdpbsud`
 //! (16 x 16 x 64 multiply-adds per instruction, about eight times what AVX-512 VNNI does per
 //! cycle). On a CPU with AMX a 90% sparse layer runs faster dense here than sparse on VNNI, whose

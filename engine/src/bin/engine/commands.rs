@@ -28,7 +28,7 @@ pub fn info(args: &ModelArgs, batch: usize) -> anyhow::Result<()> {
     println!("output:  {} {:?} per sample", model.graph.output, model.output_shape);
     println!("isa:     {} (set ENGINE_ISA=scalar|avx2|avx512 to force)", model.options.isa.name());
     if engine::kernels::q8amx::available(model.options.isa) {
-        println!("amx:     {} (int8 linear layers on AMX tiles; set ENGINE_AMX=off|on|timed)", model.options.amx.name());
+        println!("amx:     {} (int8 layers on AMX tiles; set ENGINE_AMX=off|on|timed)", model.options.amx.name());
     }
     println!();
     println!(
