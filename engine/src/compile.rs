@@ -935,7 +935,7 @@ fn unfolded_bytes(g: &Geometry, cols: usize) -> usize {
 /// timings run a band of output rows whose columns stay in cache, where the executor unfolds
 /// whole images of a tile's samples and streams them from memory: at batch 16 ResNet-50's 56x56
 /// and 28x28 3x3 layers (1.8 and 0.9 MB a sample) ran 1.8-2x slower on the grouped kernel than on
-/// the direct one, and its 56x56 layers 10-50% slower on tiles than on the sparse kernels, each
+/// the direct one, and its 56x56 layers 20-130% slower on tiles than on the sparse kernels, each
 /// after timing faster; its 14x14 and 7x7 layers (up to 451 KB) ran up to 1.9x faster on tiles.
 const UNFOLD_TIMED_BYTES: usize = 512 << 10;
 
