@@ -383,12 +383,18 @@ fn int8_layers_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
         })
         .collect();
     assert!(kernels.iter().all(|&k| k == compile::Kernel::Int8Tiles), "{kernels:?}");
-    for batch in [1, 3, 17, 64, 100] {
-        let input = random_input(batch as u64, batch, &graph.input_shape);
-        let want = Session::with_schedule(&sparse, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
+    assert_same_outputs(&sparse, &tiles, &graph.input_shape, &[1, 3, 17, 64, 100]);
+}
+
+/// `model` on 1 and 2 threads, in either schedule, gives the same bytes as `reference` layer-wise
+/// on one thread, at each of `batches`.
+fn assert_same_outputs(reference: &compile::Model, model: &compile::Model, input_shape: &[usize], batches: &[usize]) {
+    for &batch in batches {
+        let input = random_input(batch as u64, batch, input_shape);
+        let want = Session::with_schedule(reference, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
         for threads in [1, 2] {
             for schedule in [Schedule::Layerwise, Schedule::Depthwise] {
-                let got = Session::with_schedule(&tiles, threads, schedule, None).unwrap().run(&input.data, batch).unwrap();
+                let got = Session::with_schedule(model, threads, schedule, None).unwrap().run(&input.data, batch).unwrap();
                 assert_eq!(got, want, "batch {batch}, {threads} threads, {schedule:?}");
             }
         }
@@ -414,16 +420,7 @@ fn int8_convolutions_on_amx_tiles_compute_what_the_sparse_int8_kernels_do() {
             });
             assert!(on_tiles, "some convolution runs on tiles (one sample: {one_sample})");
         }
-        for batch in [1, 3, 16] {
-            let input = random_input(batch as u64, batch, &graph.input_shape);
-            let want = Session::with_schedule(&sparse, 1, Schedule::Layerwise, None).unwrap().run(&input.data, batch).unwrap();
-            for threads in [1, 2] {
-                for schedule in [Schedule::Layerwise, Schedule::Depthwise] {
-                    let got = Session::with_schedule(&tiles, threads, schedule, None).unwrap().run(&input.data, batch).unwrap();
-                    assert_eq!(got, want, "batch {batch}, {threads} threads, {schedule:?}");
-                }
-            }
-        }
+        assert_same_outputs(&sparse, &tiles, &graph.input_shape, &[1, 3, 16]);
     }
 }
 
