@@ -119,7 +119,6 @@ pub(crate) fn quantized_im2col(
         return quantize_split(isa, q, &scratch[..cols * band], band, qx, team);
     }
     // Both steps split over the team: the image by channels, the unfolding by groups.
-    let input = g.input_rows(rows.clone());
     let (image, plane) = if padded {
         let image: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch[..q8conv::padded_len(g).div_ceil(4)]);
         (image, q8conv::padded_plane(g))
@@ -132,7 +131,7 @@ pub(crate) fn quantized_im2col(
         if padded {
             return q8conv::quantize_padded(isa, g, x, rows.clone(), channels, (q.input_scale, q.input_zero), image);
         }
-        let row = g.in_hw[1] * g.w;
+        let (row, input) = (g.in_hw[1] * g.w, g.input_rows(rows.clone()));
         for (c, image) in channels.zip(image.chunks_mut(plane)) {
             let span = input.start * row..input.end * row;
             q8::quantize_values(isa, &x[c * plane..][span.clone()], q.input_scale, q.input_zero, &mut image[span]);

@@ -132,7 +132,8 @@ pub fn im2col_u8_padded(isa: Isa, g: &Geometry, xp: &[u8], rows: Range<usize>, g
 }
 
 /// Byte `i` of run `j` (`xp` from `src[j]` on, or the zero point) into byte `j` of word `i`, for
-/// every word of `words`; sixteen words at a time, the last ones through a buffer.
+/// every word of `words`; sixteen words at a time, the last ones under a mask (AVX-512) or
+/// through a buffer.
 fn interleave_runs(isa: Isa, xp: &[u8], src: [Option<usize>; 4], zero: u8, words: &mut [u8]) {
     let n = words.len() / 4;
     // Every 16-byte load reads below `s + n + 15`.
