@@ -1,8 +1,9 @@
 """One epoch of Fashion-MNIST in PyTorch, as `sparsify train` runs it, for scripts/bench-training.
 
-Usage: bench_training.py MODEL DATA_DIR THREADS TRAIN_SUBSET TEST_SUBSET; prints the seconds of one
+Usage: bench_training.py MODEL DATA_DIR THREADS TRAIN_SUBSET TEST_SUBSET [--profile]; prints the seconds of one
 epoch at batch 128 (SGD, Nesterov momentum 0.9, weight decay 5e-4, cross-entropy) plus one
-evaluation of the test set in batches of 500, the data already in memory as normalised tensors.
+evaluation of the test set in batches of 500, the data already in memory as normalised tensors;
+with --profile, also where the time went (data, forward, backward, optimizer, evaluation) on stderr.
 """
 import gzip, sys, time
 
@@ -55,6 +56,7 @@ def mlp():
 
 def main():
     model_name, data, threads, train_subset, test_subset = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    profile = len(sys.argv) > 6 and sys.argv[6] == "--profile"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     load = lambda name: idx(f"{data}/{name}")
@@ -69,20 +71,38 @@ def main():
     y_train, y_test = torch.from_numpy(y_train.astype(np.int64)), torch.from_numpy(y_test.astype(np.int64))
     model = {"mlp": mlp, "lenet5": lenet5, "resnet20": resnet20}[model_name]()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    start = time.perf_counter()
+    phases = dict.fromkeys(["data", "forward", "backward", "optimizer", "evaluation"], 0.0)
+    start = lap = time.perf_counter()
+
+    def done(phase):
+        nonlocal lap
+        now = time.perf_counter()
+        phases[phase] += now - lap
+        lap = now
+
     model.train()
     order = torch.randperm(len(y_train))
     for i in range(0, len(order), 128):
         batch = order[i:i + 128]
+        x, y = x_train[batch], y_train[batch]
+        done("data")
         optimizer.zero_grad()
-        F.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
+        loss = F.cross_entropy(model(x), y)
+        done("forward")
+        loss.backward()
+        done("backward")
         optimizer.step()
+        done("optimizer")
     model.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(y_test), 500):
             correct += (model(x_test[i:i + 500]).argmax(1) == y_test[i:i + 500]).sum().item()
-    print(f"{time.perf_counter() - start:.3f}")
+    done("evaluation")
+    total = time.perf_counter() - start
+    print(f"{total:.3f}")
+    if profile:
+        print("profile: " + ", ".join(f"{k} {v:.3f} s ({100 * v / total:.0f}%)" for k, v in phases.items()), file=sys.stderr)
 
 
 main()

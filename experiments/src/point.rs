@@ -101,6 +101,7 @@ pub fn run_point(
         recipe_path: p.recipe.display().to_string(),
         overrides: p.overrides.clone(),
         stop_after: None,
+        profile: false,
     };
     let summary = train::train(&recipe, &p.recipe_text, &opts).with_context(|| format!("training {}", p.label()))?;
     let native = dir.join("model.sparse");

@@ -15,6 +15,7 @@ pub mod oneshot;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod profile;
 pub mod prune;
 pub mod quant;
 pub mod recipe;

@@ -24,6 +24,9 @@ pub struct StepOutput {
     pub grads: Vec<Vec<f32>>,
     /// BatchNorm batch statistics and observer ranges, for the running averages.
     pub stats: crate::model::ForwardStats,
+    /// Seconds of the forward pass and the loss (parameters copied into burn included); the
+    /// rest of the call is the backward pass.
+    pub forward_seconds: f64,
 }
 
 /// A teacher's softened targets for a batch (`[batch, classes]` probabilities at `temperature`)
@@ -42,6 +45,7 @@ pub struct Soft {
 /// # Shapes
 /// `inputs`: `[labels.len(), channels * rows * cols]` normalised pixels.
 pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8], soft: Option<Soft>) -> StepOutput {
+    let start = std::time::Instant::now();
     let b = labels.len();
     let params = net.tensors(device, true);
     let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_len()]), device);
@@ -63,12 +67,13 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
         }
     };
     let loss_value = loss.to_data().try_to_vec::<f32>().expect("f32 loss")[0];
+    let forward_seconds = start.elapsed().as_secs_f64();
     let grads = loss.backward();
     let grads = params
         .iter()
         .map(|p| p.grad(&grads).map(|g| g.into_data().try_into_vec::<f32>().expect("f32 grad")).unwrap_or_else(|| vec![0.0; p.dims()[0]]))
         .collect();
-    StepOutput { loss: loss_value, correct, grads, stats }
+    StepOutput { loss: loss_value, correct, grads, stats, forward_seconds }
 }
 
 /// Logits for a batch, without autodiff: `[labels, classes]` row-major.

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::checkpoint;
 use crate::model::Network;
 use crate::optim::{self, OptimState};
+use crate::profile::{EpochProfile, Phase};
 use crate::prune::{self, Pruner};
 use crate::recipe::Recipe;
 use crate::run::{self, EpochMetrics, RunInfo};
@@ -40,6 +41,8 @@ pub struct TrainOptions {
     pub overrides: Vec<(String, f64)>,
     /// Stop after this many epochs (for tests of resuming); `None` trains to the end.
     pub stop_after: Option<usize>,
+    /// Print where each epoch's time went (`profile`), even when quiet.
+    pub profile: bool,
 }
 
 impl TrainOptions {
@@ -56,6 +59,7 @@ impl TrainOptions {
             recipe_path: "recipe.toml".into(),
             overrides: vec![],
             stop_after: None,
+            profile: false,
         }
     }
 }
@@ -222,7 +226,11 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
         let bar = progress_bar(opts.quiet, steps_per_epoch as u64, epoch, epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = recipe.lr.at(epoch as f64);
+        let mut profile = EpochProfile::default();
+        let mut lap = Instant::now();
+        // `lap` starts each phase; the batch's phase runs from the end of the previous step.
         for b in datasets::batch::batches(&data.train, &order, batch, &data.norm, augment) {
+            lap = profile.lap(Phase::Data, lap);
             let e = step_count as f64 / steps_per_epoch as f64;
             if pruner.update(recipe, &net, e) {
                 for &p in &targeted {
@@ -233,6 +241,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             if let Some(q) = &recipe.quantization {
                 net.quantization_at(q, e);
             }
+            lap = profile.lap(Phase::Masks, lap);
             let n = b.len();
             let soft = match (&mut teacher, &recipe.distillation) {
                 (Some(t), Some(d)) if d.active(e) => {
@@ -240,7 +249,14 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
                 }
                 _ => None,
             };
-            let step::StepOutput { loss, correct: ok, mut grads, stats } = step::gradients(&net, &device, b.inputs, &b.labels, soft);
+            // A teacher's forward pass counts as forward work.
+            lap = profile.lap(Phase::Forward, lap);
+            let step::StepOutput { loss, correct: ok, mut grads, stats, forward_seconds } =
+                step::gradients(&net, &device, b.inputs, &b.labels, soft);
+            let step_seconds = lap.elapsed().as_secs_f64();
+            profile.add(Phase::Forward, forward_seconds);
+            profile.add(Phase::Backward, step_seconds - forward_seconds);
+            lap = Instant::now();
             net.update_running_stats(&stats);
             if !loss.is_finite() {
                 bail!("the loss became {loss} at epoch {e:.2}: lower the learning rate");
@@ -248,15 +264,18 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             for &p in &targeted {
                 pruner.zero_pruned(recipe, p, e, &mut grads[p]);
             }
+            lap = profile.lap(Phase::Masks, lap);
             let mut values: Vec<Vec<f32>> = net.params.iter_mut().map(|p| std::mem::take(&mut p.values)).collect();
             optim::step(&recipe.optimizer, &mut optim_state, &mut values, &grads, &frozen, lr);
             for (p, v) in net.params.iter_mut().zip(values) {
                 p.values = v;
             }
+            lap = profile.lap(Phase::Optimizer, lap);
             for &p in &targeted {
                 pruner.zero_pruned(recipe, p, e, &mut net.params[p].values);
                 pruner.zero_pruned(recipe, p, e, &mut optim_state.first[p]);
             }
+            profile.lap(Phase::Masks, lap);
             step_count += 1;
             loss_sum += loss as f64 * n as f64;
             correct += ok;
@@ -270,6 +289,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
                     prune::sparsity_of(&net, &targeted)
                 ));
             }
+            lap = Instant::now();
         }
         // Updates due at the epoch boundary happen now, so the metrics and the checkpoint of
         // this epoch (and a run whose pruning ends with training) see them.
@@ -283,8 +303,10 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
         if let Some(q) = &recipe.quantization {
             net.quantization_at(q, boundary);
         }
+        let evaluation = Instant::now();
         let test_accuracy = step::accuracy(&net, &data.test, &data.norm);
         let val_accuracy = data.val.as_ref().map(|v| step::accuracy(&net, v, &data.norm));
+        profile.lap(Phase::Evaluation, evaluation);
         let row = EpochMetrics {
             epoch: epoch + 1,
             lr,
@@ -297,6 +319,9 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             layers: targeted.iter().map(|&p| (net.params[p].name.clone(), prune::sparsity_of(&net, &[p]))).collect(),
         };
         bar.finish_and_clear();
+        if opts.profile {
+            eprintln!("epoch {}/{epochs} profile: {}", row.epoch, profile.summary(row.seconds));
+        }
         if !opts.quiet {
             eprintln!(
                 "epoch {}/{epochs}: loss {:.4}, train acc {:.4}, test acc {:.4}, sparsity {:.4}, lr {:.2e}, {:.1}s",

@@ -23,6 +23,7 @@ fn train_shipped(recipe_name: &str, sets: &[(&str, f64)], dir: &std::path::Path,
         recipe_path: recipe_name.into(),
         overrides: sets,
         stop_after: None,
+        profile: false,
     };
     let summary = train::train(&recipe, &text, &opts).unwrap();
     (recipe, summary)

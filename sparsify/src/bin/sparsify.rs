@@ -54,6 +54,10 @@ enum Command {
         /// Write into an existing --out folder that is not a run (its files may be replaced).
         #[arg(long)]
         force: bool,
+        /// After each epoch, print where its time went: data, forward, backward, optimizer,
+        /// masks, evaluation (shown with --quiet too).
+        #[arg(long)]
+        profile: bool,
     },
     /// Write a trained run's model for the engine (native) or as ONNX.
     Export {
@@ -233,7 +237,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { recipe: path, set, data, allow_subset, out, seed, threads, quiet, resume, force } => {
+        Command::Train { recipe: path, set, data, allow_subset, out, seed, threads, quiet, resume, force, profile } => {
             if let Some(n) = threads {
                 if n == 0 {
                     bail!("--threads must be at least 1");
@@ -258,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 recipe_path: path.display().to_string(),
                 overrides,
                 stop_after: None,
+                profile,
             };
             let summary = train::train(&recipe, &text, &opts)?;
             if let Some(last) = summary.metrics.last() {
