@@ -228,7 +228,7 @@ impl Network {
                 LayerOp::Linear { out } => {
                     let x = self.quant_input(x.flat(), first, train, &ranges);
                     let w: Tensor<2> = p(0).reshape([out, self.params[first].shape[1]]);
-                    Activations::Flat(x.matmul(w.transpose()) + p(1).reshape([1, out]))
+                    Activations::Flat(crate::ops::linear::linear(x, w, p(1)))
                 }
                 LayerOp::Conv { stride, pad, groups, bias, .. } => {
                     let x = self.quant_input(x.image(), first, train, &ranges);

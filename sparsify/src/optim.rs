@@ -1,8 +1,6 @@
 //! The optimizers, on our plain parameter arrays: SGD (momentum, Nesterov) and Adam, both with
 //! L2 weight decay added to the gradient, as in PyTorch. Their state is saved in checkpoints.
 
-use rayon::prelude::*;
-
 use crate::recipe::{Optimizer, OptimizerKind};
 
 /// Per-parameter optimizer state.
@@ -60,26 +58,21 @@ pub fn step(o: &Optimizer, state: &mut OptimState, params: &mut [Vec<f32>], grad
                 .zip(frozen)
                 .filter(|(_, f)| !**f)
                 .flat_map(|(((w, g), b), _)| w.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(b.chunks_mut(CHUNK)));
-            chunks.collect::<Vec<_>>().into_par_iter().for_each(|((w, g), b)| sgd_update(w, g, b, [lr, wd, mu], o.nesterov));
+            crate::ops::for_each(chunks, |((w, g), b)| sgd_update(w, g, b, [lr, wd, mu], o.nesterov));
         }
         OptimizerKind::Adam => {
             let [b1, b2] = [o.betas[0] as f32, o.betas[1] as f32];
             let c1 = 1.0 - b1.powi(state.steps as i32);
             let c2 = 1.0 - b2.powi(state.steps as i32);
-            params
-                .par_iter_mut()
-                .zip(grads)
-                .zip(state.first.par_iter_mut().zip(&mut state.second))
-                .zip(frozen)
-                .filter(|(_, f)| !**f)
-                .for_each(|(((w, g), (m, v)), _)| {
-                    for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                        let g = g + wd * *w;
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
-                    }
-                });
+            let tensors = params.iter_mut().zip(grads).zip(state.first.iter_mut().zip(&mut state.second)).zip(frozen).filter(|(_, f)| !**f);
+            crate::ops::for_each(tensors, |(((w, g), (m, v)), _)| {
+                for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    let g = g + wd * *w;
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+                }
+            });
         }
     }
 }

@@ -1,8 +1,6 @@
 //! BatchNorm on a batch's own statistics, on plain NCHW `f32` slices, the batch split over the
-//! pool's threads: the per-channel mean and (biased) variance, the normalisation, and its
+//! team's threads: the per-channel mean and (biased) variance, the normalisation, and its
 //! backward pass (the input's, scale's and shift's gradients). Each has a scalar twin in the tests.
-
-use rayon::prelude::*;
 
 /// The layout of a BatchNorm's input: `[batch, channels, pixels]` with `pixels = h * w`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +22,7 @@ impl Dims {
 
     /// Samples per parallel task.
     fn chunk(&self) -> usize {
-        self.batch.div_ceil(rayon::current_num_threads().max(1)).max(1) * self.sample()
+        self.batch.div_ceil(super::threads()).max(1) * self.sample()
     }
 }
 
@@ -32,17 +30,13 @@ impl Dims {
 /// same layout, in a fixed order for a given number of threads (partial sums per task, added in
 /// task order).
 fn channel_sums(d: &Dims, a: &[f32], b: &[f32], f: impl Fn(usize, f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let partials: Vec<Vec<f32>> = a
-        .par_chunks(d.chunk())
-        .zip(b.par_chunks(d.chunk()))
-        .map(|(a, b)| {
-            let mut sums = vec![0.0f32; d.channels];
-            for (i, (a, b)) in a.chunks(d.pixels).zip(b.chunks(d.pixels)).enumerate() {
-                sums[i % d.channels] += a.iter().zip(b).map(|(&a, &b)| f(i % d.channels, a, b)).sum::<f32>();
-            }
-            sums
-        })
-        .collect();
+    let partials = super::map(a.chunks(d.chunk()).zip(b.chunks(d.chunk())), |(a, b)| {
+        let mut sums = vec![0.0f32; d.channels];
+        for (i, (a, b)) in a.chunks(d.pixels).zip(b.chunks(d.pixels)).enumerate() {
+            sums[i % d.channels] += a.iter().zip(b).map(|(&a, &b)| f(i % d.channels, a, b)).sum::<f32>();
+        }
+        sums
+    });
     partials.into_iter().fold(vec![0.0; d.channels], |mut total, p| {
         total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
         total
@@ -68,7 +62,7 @@ pub fn forward(d: &Dims, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], v
     let scale: Vec<f32> = gamma.iter().zip(&inv).map(|(g, i)| g * i).collect();
     let shift: Vec<f32> = beta.iter().zip(mean.iter().zip(&scale)).map(|(b, (m, s))| b - m * s).collect();
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(d.chunk()).zip(x.par_chunks(d.chunk())).for_each(|(ys, xs)| {
+    super::for_each(y.chunks_mut(d.chunk()).zip(x.chunks(d.chunk())), |(ys, xs)| {
         for (i, (y, x)) in ys.chunks_mut(d.pixels).zip(xs.chunks(d.pixels)).enumerate() {
             let c = i % d.channels;
             y.iter_mut().zip(x).for_each(|(y, x)| *y = x * scale[c] + shift[c]);
@@ -88,7 +82,7 @@ pub fn backward(d: &Dims, x: &[f32], dy: &[f32], gamma: &[f32], mean: &[f32], va
     let centred = channel_sums(d, x, dy, |c, x, g| (x - mean[c]) * g);
     let dgamma: Vec<f32> = centred.iter().zip(&inv).map(|(s, i)| s * i).collect();
     let mut dx = vec![0.0; x.len()];
-    dx.par_chunks_mut(d.chunk()).zip(x.par_chunks(d.chunk()).zip(dy.par_chunks(d.chunk()))).for_each(|(dxs, (xs, dys))| {
+    super::for_each(dx.chunks_mut(d.chunk()).zip(x.chunks(d.chunk()).zip(dy.chunks(d.chunk()))), |(dxs, (xs, dys))| {
         for (i, (dx, (x, dy))) in dxs.chunks_mut(d.pixels).zip(xs.chunks(d.pixels).zip(dys.chunks(d.pixels))).enumerate() {
             let c = i % d.channels;
             let (k, b, a) = (gamma[c] * inv[c], dbeta[c] / n, dgamma[c] * inv[c] / n);

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
+use super::gemm::{Operand, matmul};
 
 /// A convolution's sizes: input `[batch, channels, height, width]`, weight
 /// `[out_channels, channels, kernel[0], kernel[1]]`, the same stride and zero padding on both
@@ -186,72 +186,9 @@ fn col2im(g: &Geometry, col: &mut [f32], dx: &mut [f32]) {
     }
 }
 
-/// A matrix operand: its values and the distance between consecutive rows and columns.
-#[derive(Clone, Copy)]
-struct Operand<'a> {
-    values: &'a [f32],
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> Operand<'a> {
-    fn rows(values: &'a [f32], cols: usize) -> Operand<'a> {
-        Operand { values, row_stride: cols, col_stride: 1 }
-    }
-
-    /// The transpose of a row-major matrix with `cols` columns.
-    fn transposed(values: &'a [f32], cols: usize) -> Operand<'a> {
-        Operand { values, row_stride: 1, col_stride: cols }
-    }
-
-    /// Whether a `rows x cols` view stays inside the values.
-    fn fits(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.values.len()
-    }
-}
-
-/// `dst (m x n, row-major) = [dst +] a (m x k) * b (k x n)`, on one thread.
-fn matmul(dst: &mut [f32], accumulate: bool, a: Operand, b: Operand, [m, k, n]: [usize; 3]) {
-    assert!(dst.len() >= m * n && a.fits(m, k) && b.fits(k, n), "matmul operands smaller than {m}x{k} by {k}x{n}");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: the assertion above keeps every element the strides address inside its slice,
-    // and `dst` is borrowed mutably, so it overlaps neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.values.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.values.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// Samples per parallel task: the batch split evenly over the pool's threads.
+/// Samples per parallel task: the batch split evenly over the team's threads.
 fn samples_per_task(batch: usize) -> usize {
-    batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
+    batch.div_ceil(super::threads()).max(1)
 }
 
 /// A task's im2col buffer (none for pointwise convolutions).
@@ -274,7 +211,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let w = Operand::rows(weight, g.taps());
     let dims = [g.out_channels, g.taps(), g.positions()];
     let chunk = samples_per_task(g.batch);
-    y.par_chunks_mut(chunk * g.output_len()).zip(x.par_chunks(chunk * g.input_len())).for_each(|(ys, xs)| {
+    super::for_each(y.chunks_mut(chunk * g.output_len()).zip(x.chunks(chunk * g.input_len())), |(ys, xs)| {
         let mut col = scratch(g);
         for (y, x) in ys.chunks_mut(g.output_len()).zip(xs.chunks(g.input_len())) {
             matmul(y, false, w, Operand::rows(columns(g, x, &mut col), g.positions()), dims);
@@ -290,7 +227,7 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     let wt = Operand::transposed(weight, g.taps());
     let dims = [g.taps(), g.out_channels, g.positions()];
     let chunk = samples_per_task(g.batch);
-    dx.par_chunks_mut(chunk * g.input_len()).zip(dy.par_chunks(chunk * g.output_len())).for_each(|(dxs, dys)| {
+    super::for_each(dx.chunks_mut(chunk * g.input_len()).zip(dy.chunks(chunk * g.output_len())), |(dxs, dys)| {
         let mut col = scratch(g);
         for (dx, dy) in dxs.chunks_mut(g.input_len()).zip(dys.chunks(g.output_len())) {
             let dy = Operand::rows(dy, g.positions());
@@ -319,7 +256,7 @@ pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
         dw
     };
-    let partials: Vec<Vec<f32>> = x.par_chunks(chunk * g.input_len()).zip(dy.par_chunks(chunk * g.output_len())).map(partial).collect();
+    let partials = super::map(x.chunks(chunk * g.input_len()).zip(dy.chunks(chunk * g.output_len())), partial);
     partials
         .into_iter()
         .reduce(|mut sum, p| {

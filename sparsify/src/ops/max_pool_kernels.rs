@@ -2,8 +2,6 @@
 //! the index of each (the first of equal values, as PyTorch picks), and the backward pass that
 //! sends each output's gradient to that index.
 
-use rayon::prelude::*;
-
 /// A pooling's sizes: `planes` (batch times channels) of `height x width`, square windows of
 /// `kernel` at `stride`, each inside the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,32 +34,45 @@ impl Pool {
 /// The maximum of each window and its index within the plane.
 pub fn forward(p: &Pool, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
     let (mut y, mut at) = (vec![0.0; p.planes * p.out_plane()], vec![0u32; p.planes * p.out_plane()]);
-    y.par_chunks_mut(p.out_plane()).zip(at.par_chunks_mut(p.out_plane())).zip(x.par_chunks(p.plane())).for_each(|((y, at), x)| {
-        for oy in 0..p.out_h() {
-            for ox in 0..p.out_w() {
-                let (mut best, mut index) = (f32::NEG_INFINITY, (oy * p.stride) * p.width + ox * p.stride);
-                for i in 0..p.kernel {
-                    let row = (oy * p.stride + i) * p.width + ox * p.stride;
-                    for (j, &v) in x[row..row + p.kernel].iter().enumerate() {
-                        if v > best {
-                            (best, index) = (v, row + j);
-                        }
-                    }
-                }
-                y[oy * p.out_w() + ox] = x[index];
-                at[oy * p.out_w() + ox] = index as u32;
-            }
+    let per = p.planes.div_ceil(super::threads()).max(1);
+    let tasks = y.chunks_mut(per * p.out_plane()).zip(at.chunks_mut(per * p.out_plane())).zip(x.chunks(per * p.plane()));
+    super::for_each(tasks, |((ys, ats), xs)| {
+        for ((y, at), x) in ys.chunks_mut(p.out_plane()).zip(ats.chunks_mut(p.out_plane())).zip(xs.chunks(p.plane())) {
+            plane_maxima(p, x, y, at);
         }
     });
     (y, at)
 }
 
+/// One plane's maxima and their indices.
+fn plane_maxima(p: &Pool, x: &[f32], y: &mut [f32], at: &mut [u32]) {
+    for oy in 0..p.out_h() {
+        for ox in 0..p.out_w() {
+            let (mut best, mut index) = (f32::NEG_INFINITY, (oy * p.stride) * p.width + ox * p.stride);
+            for i in 0..p.kernel {
+                let row = (oy * p.stride + i) * p.width + ox * p.stride;
+                for (j, &v) in x[row..row + p.kernel].iter().enumerate() {
+                    if v > best {
+                        (best, index) = (v, row + j);
+                    }
+                }
+            }
+            y[oy * p.out_w() + ox] = x[index];
+            at[oy * p.out_w() + ox] = index as u32;
+        }
+    }
+}
+
 /// The input's gradient: each output's gradient added at its maximum's index.
 pub fn backward(p: &Pool, at: &[u32], dy: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0; p.planes * p.plane()];
-    dx.par_chunks_mut(p.plane()).zip(at.par_chunks(p.out_plane()).zip(dy.par_chunks(p.out_plane()))).for_each(|(dx, (at, dy))| {
-        for (&i, &g) in at.iter().zip(dy) {
-            dx[i as usize] += g;
+    let per = p.planes.div_ceil(super::threads()).max(1);
+    let tasks = dx.chunks_mut(per * p.plane()).zip(at.chunks(per * p.out_plane()).zip(dy.chunks(per * p.out_plane())));
+    super::for_each(tasks, |(dxs, (ats, dys))| {
+        for (dx, (at, dy)) in dxs.chunks_mut(p.plane()).zip(ats.chunks(p.out_plane()).zip(dys.chunks(p.out_plane()))) {
+            for (&i, &g) in at.iter().zip(dy) {
+                dx[i as usize] += g;
+            }
         }
     });
     dx
