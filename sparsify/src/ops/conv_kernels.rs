@@ -88,7 +88,10 @@ fn shifted_block(g: &Geometry, i: usize, j: usize, rows: &Range<usize>, cols: &R
 /// Zeroes the entries of an im2col row `[out_h * out_w]` in the valid `rows` but outside the
 /// valid `cols` (where a shifted block wrapped around a line's end).
 fn zero_outside_columns(row: &mut [f32], out_w: usize, rows: &Range<usize>, cols: &Range<usize>) {
-    for line in row[rows.start * out_w..rows.end * out_w].chunks_mut(out_w) {
+    if cols.start == 0 && cols.end == out_w {
+        return;
+    }
+    for line in row[rows.start * out_w..rows.end * out_w].chunks_exact_mut(out_w) {
         line[..cols.start].fill(0.0);
         line[cols.end..].fill(0.0);
     }
