@@ -8,7 +8,6 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -237,7 +236,7 @@ impl Network {
                     Activations::Image(crate::ops::conv::conv2d(x, w, bias.then(|| p(1)), stride, pad, groups))
                 }
                 LayerOp::BatchNorm => Activations::Image(self.batchnorm(x.image(), params, first, train, &mut stats)),
-                LayerOp::Relu => x.map(relu, relu),
+                LayerOp::Relu => x.map(crate::ops::relu::relu, crate::ops::relu::relu),
                 LayerOp::Relu6 => x.map(|t| t.clamp(0.0, 6.0), |t| t.clamp(0.0, 6.0)),
                 LayerOp::MaxPool { kernel, stride } => Activations::Image(crate::ops::max_pool::max_pool2d(x.image(), kernel, stride)),
                 LayerOp::GlobalAvgPool => Activations::Image(x.image().mean_dim(2).mean_dim(3)),

@@ -61,7 +61,7 @@ pub fn forward(d: &Dims, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], v
     let inv = inverse_std(var, eps);
     let scale: Vec<f32> = gamma.iter().zip(&inv).map(|(g, i)| g * i).collect();
     let shift: Vec<f32> = beta.iter().zip(mean.iter().zip(&scale)).map(|(b, (m, s))| b - m * s).collect();
-    let mut y = vec![0.0; x.len()];
+    let mut y = super::zeros(x.len());
     super::for_each(y.chunks_mut(d.chunk()).zip(x.chunks(d.chunk())), |(ys, xs)| {
         for (i, (y, x)) in ys.chunks_mut(d.pixels).zip(xs.chunks(d.pixels)).enumerate() {
             let c = i % d.channels;
@@ -81,7 +81,7 @@ pub fn backward(d: &Dims, x: &[f32], dy: &[f32], gamma: &[f32], mean: &[f32], va
     let dbeta = channel_sums(d, dy, dy, |_, g, _| g);
     let centred = channel_sums(d, x, dy, |c, x, g| (x - mean[c]) * g);
     let dgamma: Vec<f32> = centred.iter().zip(&inv).map(|(s, i)| s * i).collect();
-    let mut dx = vec![0.0; x.len()];
+    let mut dx = super::zeros(x.len());
     super::for_each(dx.chunks_mut(d.chunk()).zip(x.chunks(d.chunk()).zip(dy.chunks(d.chunk()))), |(dxs, (xs, dys))| {
         for (i, (dx, (x, dy))) in dxs.chunks_mut(d.pixels).zip(xs.chunks(d.pixels).zip(dys.chunks(d.pixels))).enumerate() {
             let c = i % d.channels;

@@ -102,43 +102,50 @@ fn source(position: usize, shift: isize) -> usize {
     (position as isize + shift) as usize
 }
 
-/// One row of the im2col matrix: input channel `channel` read at kernel tap `(i, j)`, valid at
-/// the output rows `rows` and columns `cols` (elsewhere the tap reads padding).
+/// A kernel tap `(i, j)` as an im2col row of any input channel reads it: valid at the output
+/// rows `rows` and columns `cols` (elsewhere the tap reads padding), and its shifted block
+/// where it has one (`shifted_block`). The same for every channel and sample of a call.
 struct Tap {
-    channel: usize,
     i: usize,
     j: usize,
     rows: Range<usize>,
     cols: Range<usize>,
+    shifted: Option<(Range<usize>, isize)>,
 }
 
-/// The im2col matrix's rows in order: channel, then kernel row, then kernel column.
-fn taps(g: &Geometry) -> impl Iterator<Item = Tap> + '_ {
+/// The kernel's taps in the im2col matrix's order within a channel: kernel row, then column.
+fn kernel_taps(g: &Geometry) -> Vec<Tap> {
     let [kh, kw] = g.kernel;
-    (0..g.channels).flat_map(move |channel| {
-        (0..kh).flat_map(move |i| {
-            (0..kw).map(move |j| Tap {
-                channel,
-                i,
-                j,
-                rows: valid_outputs(g.out_h, g.height, g.stride, i, g.pad),
-                cols: valid_outputs(g.out_w, g.width, g.stride, j, g.pad),
-            })
+    (0..kh)
+        .flat_map(|i| (0..kw).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            let rows = valid_outputs(g.out_h, g.height, g.stride, i, g.pad);
+            let cols = valid_outputs(g.out_w, g.width, g.stride, j, g.pad);
+            let shifted = shifted_block(g, i, j, &rows, &cols);
+            Tap { i, j, rows, cols, shifted }
         })
-    })
+        .collect()
+}
+
+/// The im2col matrix's rows `[positions]` in order (channel, then kernel row, then kernel
+/// column), each with its channel and tap.
+fn im2col_rows<'a>(taps: &'a [Tap], col: &'a mut [f32], positions: usize) -> impl Iterator<Item = (usize, &'a Tap, &'a mut [f32])> {
+    col.chunks_exact_mut(positions).enumerate().map(move |(r, row)| (r / taps.len(), &taps[r % taps.len()], row))
 }
 
 /// One sample's im2col matrix, `[taps, positions]`: row `(c, i, j)`, column `(oy, ox)` holds
 /// `x[c][oy * stride + i - pad][ox * stride + j - pad]`, zero in the padding.
-fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
+fn im2col(g: &Geometry, taps: &[Tap], x: &[f32], col: &mut [f32]) {
     let (plane_len, s) = (g.height * g.width, g.stride);
-    for (Tap { channel, i, j, rows, cols }, row) in taps(g).zip(col.chunks_exact_mut(g.positions())) {
+    for (channel, Tap { i, j, rows, cols, shifted }, row) in im2col_rows(taps, col, g.positions()) {
+        let (i, j) = (*i, *j);
         let plane = &x[channel * plane_len..][..plane_len];
-        if let Some((block, shift)) = shifted_block(g, i, j, &rows, &cols) {
+        if let Some((block, shift)) = shifted {
+            let shift = *shift;
             row[..block.start].fill(0.0);
             row[block.end..].fill(0.0);
             row[block.clone()].copy_from_slice(&plane[source(block.start, shift)..source(block.end, shift)]);
-            zero_outside_columns(row, g.out_w, &rows, &cols);
+            zero_outside_columns(row, g.out_w, rows, cols);
             continue;
         }
         for (oy, out) in row.chunks_exact_mut(g.out_w).enumerate() {
@@ -161,20 +168,21 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
 
 /// The adjoint of `im2col`: adds each entry of `col` to the input pixel it was read from
 /// (`col`'s entries that map to padding may be overwritten).
-fn col2im(g: &Geometry, col: &mut [f32], dx: &mut [f32]) {
+fn col2im(g: &Geometry, taps: &[Tap], col: &mut [f32], dx: &mut [f32]) {
     let (plane_len, s) = (g.height * g.width, g.stride);
-    for (Tap { channel, i, j, rows, cols }, row) in taps(g).zip(col.chunks_exact_mut(g.positions())) {
+    for (channel, Tap { i, j, rows, cols, shifted }, row) in im2col_rows(taps, col, g.positions()) {
+        let (i, j) = (*i, *j);
         let plane = &mut dx[channel * plane_len..][..plane_len];
-        if let Some((block, shift)) = shifted_block(g, i, j, &rows, &cols) {
-            zero_outside_columns(row, g.out_w, &rows, &cols);
-            let sources = &mut plane[source(block.start, shift)..source(block.end, shift)];
-            sources.iter_mut().zip(&row[block]).for_each(|(d, v)| *d += v);
+        if let Some((block, shift)) = shifted {
+            zero_outside_columns(row, g.out_w, rows, cols);
+            let sources = &mut plane[source(block.start, *shift)..source(block.end, *shift)];
+            sources.iter_mut().zip(&row[block.clone()]).for_each(|(d, v)| *d += v);
             continue;
         }
         if cols.is_empty() {
             continue;
         }
-        for oy in rows {
+        for oy in rows.clone() {
             let line = &mut plane[(oy * s + i - g.pad) * g.width..][..g.width];
             let first = cols.start * s + j - g.pad;
             let values = &row[oy * g.out_w..][cols.clone()];
@@ -200,24 +208,24 @@ fn scratch(g: &Geometry) -> Vec<f32> {
 }
 
 /// One sample's im2col matrix: the sample itself for a pointwise convolution, else built in `col`.
-fn columns<'a>(g: &Geometry, x: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+fn columns<'a>(g: &Geometry, taps: &[Tap], x: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
     if g.is_pointwise() {
         return x;
     }
-    im2col(g, x, col);
+    im2col(g, taps, x, col);
     col
 }
 
 /// `y = conv(x, weight)`, `[batch, out_channels, out_h, out_w]`.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0; g.batch * g.output_len()];
+    let mut y = super::zeros(g.batch * g.output_len());
     let w = Operand::rows(weight, g.taps());
     let dims = [g.out_channels, g.taps(), g.positions()];
-    let chunk = samples_per_task(g.batch);
+    let (chunk, taps) = (samples_per_task(g.batch), kernel_taps(g));
     super::for_each(y.chunks_mut(chunk * g.output_len()).zip(x.chunks(chunk * g.input_len())), |(ys, xs)| {
         let mut col = scratch(g);
         for (y, x) in ys.chunks_mut(g.output_len()).zip(xs.chunks(g.input_len())) {
-            matmul(y, false, w, Operand::rows(columns(g, x, &mut col), g.positions()), dims);
+            matmul(y, false, w, Operand::rows(columns(g, &taps, x, &mut col), g.positions()), dims);
         }
     });
     y
@@ -226,10 +234,10 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
 /// The gradient of the loss with respect to `x`, given its gradient `dy` with respect to `y`:
 /// `col2im(weight^T dy)` per sample.
 pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0; g.batch * g.input_len()];
+    let mut dx = super::zeros(g.batch * g.input_len());
     let wt = Operand::transposed(weight, g.taps());
     let dims = [g.taps(), g.out_channels, g.positions()];
-    let chunk = samples_per_task(g.batch);
+    let (chunk, taps) = (samples_per_task(g.batch), kernel_taps(g));
     super::for_each(dx.chunks_mut(chunk * g.input_len()).zip(dy.chunks(chunk * g.output_len())), |(dxs, dys)| {
         let mut col = scratch(g);
         for (dx, dy) in dxs.chunks_mut(g.input_len()).zip(dys.chunks(g.output_len())) {
@@ -238,7 +246,7 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
                 matmul(dx, false, wt, dy, dims);
             } else {
                 matmul(&mut col, false, wt, dy, dims);
-                col2im(g, &mut col, dx);
+                col2im(g, &taps, &mut col, dx);
             }
         }
     });
@@ -249,12 +257,12 @@ pub fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 /// `dy im2col(x)^T`, `[out_channels, taps]`.
 pub fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let dims = [g.out_channels, g.positions(), g.taps()];
-    let chunk = samples_per_task(g.batch);
+    let (chunk, taps) = (samples_per_task(g.batch), kernel_taps(g));
     let partial = |(xs, dys): (&[f32], &[f32])| {
         let mut dw = vec![0.0; g.out_channels * g.taps()];
         let mut col = scratch(g);
         for (x, dy) in xs.chunks(g.input_len()).zip(dys.chunks(g.output_len())) {
-            let columns = columns(g, x, &mut col);
+            let columns = columns(g, &taps, x, &mut col);
             matmul(&mut dw, true, Operand::rows(dy, g.positions()), Operand::transposed(columns, g.positions()), dims);
         }
         dw

@@ -44,7 +44,7 @@ fn matmul_by_columns(dst: &mut [f32], a: Operand, b: Operand, [m, k, n]: [usize;
 /// `y = x W^T + b`, `[batch, outputs]`: the product first, the bias added to it after, as
 /// burn's `x.matmul(w.transpose()) + b` rounds.
 pub fn forward(d: &Dims, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0; d.batch * d.outputs];
+    let mut y = super::zeros(d.batch * d.outputs);
     if d.outputs == 0 || d.batch == 0 {
         return y;
     }
@@ -57,7 +57,7 @@ pub fn forward(d: &Dims, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
 
 /// The gradient with respect to `x`, `dy W`, `[batch, inputs]`.
 pub fn input_grad(d: &Dims, weight: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0; d.batch * d.inputs];
+    let mut dx = super::zeros(d.batch * d.inputs);
     if d.inputs == 0 || d.batch == 0 {
         return dx;
     }
@@ -67,7 +67,7 @@ pub fn input_grad(d: &Dims, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// The gradient with respect to the weight, `dy^T x`, `[outputs, inputs]`.
 pub fn weight_grad(d: &Dims, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dw = vec![0.0; d.outputs * d.inputs];
+    let mut dw = super::zeros(d.outputs * d.inputs);
     if d.inputs == 0 || d.outputs == 0 {
         return dw;
     }

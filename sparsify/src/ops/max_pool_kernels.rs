@@ -65,7 +65,7 @@ fn plane_maxima(p: &Pool, x: &[f32], y: &mut [f32], at: &mut [u32]) {
 
 /// The input's gradient: each output's gradient added at its maximum's index.
 pub fn backward(p: &Pool, at: &[u32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0; p.planes * p.plane()];
+    let mut dx = super::zeros(p.planes * p.plane());
     let per = p.planes.div_ceil(super::threads()).max(1);
     let tasks = dx.chunks_mut(per * p.plane()).zip(at.chunks(per * p.out_plane()).zip(dy.chunks(per * p.out_plane())));
     super::for_each(tasks, |(dxs, (ats, dys))| {

@@ -1,7 +1,7 @@
 //! Training operators that burn's `flex` backend runs slowly, on our kernels as burn backend
 //! extensions with their own backward passes: linear layers (`linear`), convolution with one
-//! group (`conv`), BatchNorm on the batch's statistics (`batchnorm`) and max pooling
-//! (`max_pool`). Each has its kernels beside it (GEMMs through `gemm`) and is tested against
+//! group (`conv`), BatchNorm on the batch's statistics (`batchnorm`), max pooling (`max_pool`)
+//! and ReLU (`relu`). Each has its kernels beside it (GEMMs through `gemm`) and is tested against
 //! burn's own composition of the same function.
 
 pub mod batchnorm;
@@ -13,7 +13,9 @@ pub mod linear;
 pub mod linear_kernels;
 pub mod max_pool;
 pub mod max_pool_kernels;
+pub mod relu;
 
+use std::mem::MaybeUninit;
 use std::sync::{Mutex, OnceLock};
 
 use burn::backend::flex::FlexTensor;
@@ -61,4 +63,15 @@ pub fn map<T: Send, R: Send>(items: impl Iterator<Item = T>, f: impl Fn(T) -> R 
     let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
     team().for_each(items, |(i, item)| *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(f(item)));
     results.into_iter().map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every item was mapped")).collect()
+}
+
+/// `len` zeros, written over the team's threads: an output of megabytes zeroed on the calling
+/// thread (as `vec![0.0; len]` does where the allocator reuses memory) left the helpers waiting.
+pub fn zeros(len: usize) -> Vec<f32> {
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    let run = len.div_ceil(threads()).max(1 << 16);
+    for_each(values.spare_capacity_mut()[..len].chunks_mut(run), |run| run.fill(MaybeUninit::new(0.0)));
+    // SAFETY: the capacity is at least `len`, and every element below `len` was written above.
+    unsafe { values.set_len(len) };
+    values
 }
