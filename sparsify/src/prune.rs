@@ -119,6 +119,9 @@ impl State {
     }
 }
 
+/// Values per task at least when masks are applied over the operators' team.
+const MASK_RUN: usize = 1 << 14;
+
 /// Pruning state through training: one state per pruning modifier of the recipe.
 #[derive(Debug, Clone)]
 pub struct Pruner {
@@ -171,7 +174,10 @@ impl Pruner {
         }
         let factors = &self.factors[p].as_ref().expect("built above").values;
         if !factors.is_empty() {
-            values.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
+            let run = values.len().div_ceil(crate::ops::threads()).max(MASK_RUN);
+            crate::ops::for_each(values.chunks_mut(run).zip(factors.chunks(run)), |(values, factors)| {
+                values.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
+            });
         }
     }
 
