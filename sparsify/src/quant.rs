@@ -12,6 +12,8 @@
 //! For activations, `x + (fq(x) - x).detach()` passes the gradient through unchanged.
 
 use burn::tensor::Tensor;
+
+use crate::ops::fake_quant::round_half_even;
 use serde::{Deserialize, Serialize};
 
 /// Largest magnitude of a symmetric int8 weight (-128 is not used, as in most int8 runtimes).
@@ -67,45 +69,59 @@ impl QuantState {
     }
 }
 
-/// Per-row scales of a weight `[rows, cols]` (one repeated scale when `per_channel` is off).
+/// Rows of a weight per task when its quantization is split over the operators' team.
+fn rows_per_task(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(crate::ops::threads()).max((1 << 14) / cols.max(1)).max(1)
+}
+
+/// Per-row scales of a weight `[rows, cols]` (one repeated scale when `per_channel` is off):
+/// the largest magnitude over 127 (at least 1e-12), of the row or of the whole weight.
 pub fn weight_scales(values: &[f32], rows: usize, per_channel: bool) -> Vec<f32> {
-    let scale = |v: &[f32]| (v.iter().fold(0.0f32, |m, x| m.max(x.abs())) / WEIGHT_QMAX).max(1e-12);
-    if per_channel {
-        let cols = values.len() / rows.max(1);
-        values.chunks(cols.max(1)).map(scale).collect()
-    } else {
-        vec![scale(values); rows]
-    }
+    let cols = (values.len() / rows.max(1)).max(1);
+    let largest = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let per_row: Vec<f32> =
+        crate::ops::map(values.chunks(rows_per_task(rows, cols) * cols), |block| block.chunks(cols).map(largest).collect::<Vec<f32>>())
+            .into_iter()
+            .flatten()
+            .collect();
+    let scale = |m: f32| (m / WEIGHT_QMAX).max(1e-12);
+    if per_channel { per_row.into_iter().map(scale).collect() } else { vec![scale(largest(&per_row)); rows] }
+}
+
+/// The int8 value of `v` under `scale`: |v / scale| <= 127 (the scale is the largest magnitude
+/// over 127), inside the range where `round_half_even` is exact.
+fn quantize(v: f32, scale: f32) -> i8 {
+    round_half_even(v / scale).clamp(-WEIGHT_QMAX, WEIGHT_QMAX) as i8
 }
 
 /// The int8 values of a weight under `scales` (one per row).
 pub fn quantize_weight(values: &[f32], scales: &[f32]) -> Vec<i8> {
-    let cols = values.len() / scales.len().max(1);
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (v / scales[i / cols.max(1)]).round_ties_even().clamp(-WEIGHT_QMAX, WEIGHT_QMAX) as i8)
-        .collect()
+    let cols = (values.len() / scales.len().max(1)).max(1);
+    values.chunks(cols).zip(scales).flat_map(|(row, &scale)| row.iter().map(move |&v| quantize(v, scale))).collect()
 }
 
-/// The weight as the quantized model sees it: `q * scale`.
+/// The weight as the quantized model sees it: `q * scale`, rows split over the operators' team.
 pub fn fake_quant_weight(values: &[f32], rows: usize, per_channel: bool) -> Vec<f32> {
-    quantized_weight(values, rows, per_channel).0
+    let scales = weight_scales(values, rows, per_channel);
+    let cols = (values.len() / rows.max(1)).max(1);
+    let per = rows_per_task(rows, cols);
+    let mut data = crate::ops::zeros(values.len());
+    crate::ops::for_each(data.chunks_mut(per * cols).zip(values.chunks(per * cols)).zip(scales.chunks(per)), |((out, block), scales)| {
+        for ((out, row), &scale) in out.chunks_mut(cols).zip(block.chunks(cols)).zip(scales) {
+            out.iter_mut().zip(row).for_each(|(o, &v)| *o = quantize(v, scale) as f32 * scale);
+        }
+    });
+    data
 }
 
 /// The weight as the quantized model sees it (`q * scale`), and its per-row scales.
 pub fn quantized_weight(values: &[f32], rows: usize, per_channel: bool) -> (Vec<f32>, Vec<f32>) {
-    let scales = weight_scales(values, rows, per_channel);
-    let cols = (values.len() / rows.max(1)).max(1);
-    let data = quantize_weight(values, &scales).iter().enumerate().map(|(i, &q)| q as f32 * scales[i / cols]).collect();
-    (data, scales)
+    (fake_quant_weight(values, rows, per_channel), weight_scales(values, rows, per_channel))
 }
 
 /// Fake-quantizes a tensor with a straight-through gradient.
 pub fn fake_quant_tensor<const D: usize>(x: Tensor<D>, q: ActQuant) -> Tensor<D> {
-    let z = q.zero_point as f32;
-    let fq = ((x.clone() / q.scale).round() + z).clamp(0.0, 255.0).sub_scalar(z).mul_scalar(q.scale);
-    x.clone() + (fq - x).detach()
+    crate::ops::fake_quant::fake_quant(x, q.scale, q.zero_point as f32)
 }
 
 /// Smallest and largest value of a tensor.

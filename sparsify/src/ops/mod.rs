@@ -1,13 +1,14 @@
 //! Training operators that burn's `flex` backend runs slowly, on our kernels as burn backend
 //! extensions with their own backward passes: linear layers (`linear`), convolution with one
-//! group (`conv`), BatchNorm on the batch's statistics (`batchnorm`), max pooling (`max_pool`)
-//! and ReLU (`relu`). Each has its kernels beside it (GEMMs through `gemm`) and is tested against
+//! group (`conv`), BatchNorm on the batch's statistics (`batchnorm`), max pooling (`max_pool`),
+//! ReLU (`relu`) and fake quantization of activations (`fake_quant`). Each has its kernels beside it (GEMMs through `gemm`) and is tested against
 //! burn's own composition of the same function.
 
 pub mod batchnorm;
 pub mod batchnorm_kernels;
 pub mod conv;
 pub mod conv_kernels;
+pub mod fake_quant;
 pub mod gemm;
 pub mod linear;
 pub mod linear_kernels;
