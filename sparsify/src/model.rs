@@ -28,8 +28,9 @@ pub struct Param {
 }
 
 impl Param {
+    /// Elements of the parameter, from its shape (its values are away in burn during a step).
     pub fn numel(&self) -> usize {
-        self.values.len()
+        self.shape.iter().product()
     }
 }
 
@@ -164,6 +165,34 @@ impl Network {
     /// Elements of one input sample.
     pub fn input_len(&self) -> usize {
         self.desc.input_len()
+    }
+
+    /// Parameters as burn tensors on `device` for a training step, leaves that track gradients:
+    /// each parameter's values move into its tensor (fake-quantized weights are copies), and
+    /// `restore` moves them back after the backward pass, without copying where burn holds the
+    /// values alone by then.
+    pub fn lend(&mut self, device: &Device) -> Vec<Tensor<1>> {
+        (0..self.params.len())
+            .map(|i| {
+                let fake_quant = self.quant.as_ref().filter(|q| q.active && q.layer(i).is_some()).map(|q| q.per_channel);
+                let p = &mut self.params[i];
+                let n = p.numel();
+                let values = match fake_quant {
+                    Some(per_channel) => quant::fake_quant_weight(&p.values, p.shape[0], per_channel),
+                    None => std::mem::take(&mut p.values),
+                };
+                Tensor::<1>::from_data(TensorData::new(values, [n]), device).require_grad()
+            })
+            .collect()
+    }
+
+    /// Takes back the values `lend` moved into `tensors`.
+    pub fn restore(&mut self, tensors: Vec<Tensor<1>>) {
+        for (p, t) in self.params.iter_mut().zip(tensors) {
+            if p.values.is_empty() && p.numel() > 0 {
+                p.values = t.into_data().try_into_vec::<f32>().expect("f32 parameter");
+            }
+        }
     }
 
     /// Parameters as burn tensors on `device` (leaves that track gradients when `device` is an

@@ -8,10 +8,13 @@ use std::time::Instant;
 pub enum Phase {
     /// Gathering, normalising (and augmenting) a batch's images.
     Data,
-    /// The forward pass and the loss, parameters copied into burn included.
+    /// The forward pass and the loss.
     Forward,
-    /// The backward pass, gradients copied out of burn included.
+    /// The backward pass.
     Backward,
+    /// Copying the parameters into burn tensors (fake-quantizing weights under
+    /// quantization-aware training) and the gradients out of them.
+    Transfer,
     /// The optimizer step.
     Optimizer,
     /// Mask updates and zeroing pruned weights, gradients and momentum; fake quantization's
@@ -21,10 +24,11 @@ pub enum Phase {
     Evaluation,
 }
 
-const PHASES: [(Phase, &str); 6] = [
+const PHASES: [(Phase, &str); 7] = [
     (Phase::Data, "data"),
     (Phase::Forward, "forward"),
     (Phase::Backward, "backward"),
+    (Phase::Transfer, "transfer"),
     (Phase::Optimizer, "optimizer"),
     (Phase::Masks, "masks"),
     (Phase::Evaluation, "evaluation"),
@@ -79,6 +83,7 @@ mod tests {
         assert_eq!(p.seconds(Phase::Data), 0.0);
         let s = p.summary(2.0);
         assert!(s.starts_with("data 0.000 s (0%), forward 0.750 s (38%)"), "{s}");
+        assert!(s.contains("backward 0.000 s (0%), transfer 0.000 s (0%)"), "{s}");
         assert!(s.ends_with("evaluation 1.000 s (50%), other 0.250 s (12%)"), "{s}");
     }
 }

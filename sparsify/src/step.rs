@@ -24,9 +24,12 @@ pub struct StepOutput {
     pub grads: Vec<Vec<f32>>,
     /// BatchNorm batch statistics and observer ranges, for the running averages.
     pub stats: crate::model::ForwardStats,
-    /// Seconds of the forward pass and the loss (parameters copied into burn included); the
-    /// rest of the call is the backward pass.
+    /// Seconds of the forward pass and the loss.
     pub forward_seconds: f64,
+    /// Seconds spent copying the parameters into burn tensors (fake-quantizing weights under
+    /// quantization-aware training) and the gradients out; the rest of the call is the backward
+    /// pass.
+    pub transfer_seconds: f64,
 }
 
 /// A teacher's softened targets for a batch (`[batch, classes]` probabilities at `temperature`)
@@ -44,10 +47,11 @@ pub struct Soft {
 ///
 /// # Shapes
 /// `inputs`: `[labels.len(), channels * rows * cols]` normalised pixels.
-pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8], soft: Option<Soft>) -> StepOutput {
+pub fn gradients(net: &mut Network, device: &Device, inputs: Vec<f32>, labels: &[u8], soft: Option<Soft>) -> StepOutput {
     let start = std::time::Instant::now();
     let b = labels.len();
-    let params = net.tensors(device, true);
+    let params = net.lend(device);
+    let mut transfer_seconds = start.elapsed().as_secs_f64();
     let x = Tensor::<2>::from_data(TensorData::new(inputs, [b, net.input_len()]), device);
     let (logits, stats) = net.forward_mode(&params, x, true);
     let correct = engine::top1::correct(&logits.to_data().try_to_vec::<f32>().expect("f32 logits"), net.classes, labels);
@@ -67,13 +71,23 @@ pub fn gradients(net: &Network, device: &Device, inputs: Vec<f32>, labels: &[u8]
         }
     };
     let loss_value = loss.to_data().try_to_vec::<f32>().expect("f32 loss")[0];
-    let forward_seconds = start.elapsed().as_secs_f64();
-    let grads = loss.backward();
+    let forward_seconds = start.elapsed().as_secs_f64() - transfer_seconds;
+    let mut container = loss.backward();
+    let copying = std::time::Instant::now();
+    // Taken out of the container, each gradient is its tensor's only owner and leaves burn
+    // without a copy.
     let grads = params
         .iter()
-        .map(|p| p.grad(&grads).map(|g| g.into_data().try_into_vec::<f32>().expect("f32 grad")).unwrap_or_else(|| vec![0.0; p.dims()[0]]))
+        .map(|p| {
+            p.grad_remove(&mut container)
+                .map(|g| g.into_data().try_into_vec::<f32>().expect("f32 grad"))
+                .unwrap_or_else(|| vec![0.0; p.dims()[0]])
+        })
         .collect();
-    StepOutput { loss: loss_value, correct, grads, stats, forward_seconds }
+    drop(container);
+    net.restore(params);
+    transfer_seconds += copying.elapsed().as_secs_f64();
+    StepOutput { loss: loss_value, correct, grads, stats, forward_seconds, transfer_seconds }
 }
 
 /// Logits for a batch, without autodiff: `[labels, classes]` row-major.
@@ -107,7 +121,7 @@ mod tests {
     /// gradient vanishes; with the labels' loss mixed in, the gradients scale with 1 - hardness.
     #[test]
     fn distilling_towards_itself_adds_no_gradient() {
-        let net = Network::new(&Arch::Mlp { hidden: vec![16] }, [1, 28, 28], 10, 3).unwrap();
+        let mut net = Network::new(&Arch::Mlp { hidden: vec![16] }, [1, 28, 28], 10, 3).unwrap();
         let (b, t) = (4, 3.0f32);
         let inputs: Vec<f32> = (0..b * 784).map(|i| ((i * 7919) % 1009) as f32 / 504.5 - 1.0).collect();
         let own = logits(&net, &eval_device(), inputs.clone(), b);
@@ -115,10 +129,10 @@ mod tests {
         let labels = [0u8, 3, 5, 9];
         let device = train_device();
         let soft = |hardness| Some(Soft { targets: targets.clone(), temperature: t, hardness });
-        let only_soft = gradients(&net, &device, inputs.clone(), &labels, soft(1.0));
+        let only_soft = gradients(&mut net, &device, inputs.clone(), &labels, soft(1.0));
         assert!(only_soft.grads.iter().flatten().all(|g| g.abs() < 1e-5), "soft gradients at the student's own targets");
-        let hard = gradients(&net, &device, inputs.clone(), &labels, None);
-        let mixed = gradients(&net, &device, inputs, &labels, soft(0.25));
+        let hard = gradients(&mut net, &device, inputs.clone(), &labels, None);
+        let mixed = gradients(&mut net, &device, inputs, &labels, soft(0.25));
         for (m, h) in mixed.grads.iter().flatten().zip(hard.grads.iter().flatten()) {
             assert!((m - 0.75 * h).abs() < 1e-4 * (1.0 + h.abs()), "{m} against 0.75 x {h}");
         }

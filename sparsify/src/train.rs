@@ -251,11 +251,12 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             };
             // A teacher's forward pass counts as forward work.
             lap = profile.lap(Phase::Forward, lap);
-            let step::StepOutput { loss, correct: ok, mut grads, stats, forward_seconds } =
-                step::gradients(&net, &device, b.inputs, &b.labels, soft);
+            let step::StepOutput { loss, correct: ok, mut grads, stats, forward_seconds, transfer_seconds } =
+                step::gradients(&mut net, &device, b.inputs, &b.labels, soft);
             let step_seconds = lap.elapsed().as_secs_f64();
             profile.add(Phase::Forward, forward_seconds);
-            profile.add(Phase::Backward, step_seconds - forward_seconds);
+            profile.add(Phase::Transfer, transfer_seconds);
+            profile.add(Phase::Backward, step_seconds - forward_seconds - transfer_seconds);
             lap = Instant::now();
             net.update_running_stats(&stats);
             if !loss.is_finite() {
