@@ -167,6 +167,15 @@ impl Network {
         self.desc.input_len()
     }
 
+    /// The values the forward pass sees for parameter `i` where they are not its own: the
+    /// fake-quantized weight under quantization-aware training (straight-through estimator: the
+    /// gradient lands on the fp32 weight).
+    fn fake_quantized(&self, i: usize) -> Option<Vec<f32>> {
+        let q = self.quant.as_ref().filter(|q| q.active && q.layer(i).is_some())?;
+        let p = &self.params[i];
+        Some(quant::fake_quant_weight(&p.values, p.shape[0], q.per_channel))
+    }
+
     /// Parameters as burn tensors on `device` for a training step, leaves that track gradients:
     /// each parameter's values move into its tensor (fake-quantized weights are copies), and
     /// `restore` moves them back after the backward pass, without copying where burn holds the
@@ -174,14 +183,8 @@ impl Network {
     pub fn lend(&mut self, device: &Device) -> Vec<Tensor<1>> {
         (0..self.params.len())
             .map(|i| {
-                let fake_quant = self.quant.as_ref().filter(|q| q.active && q.layer(i).is_some()).map(|q| q.per_channel);
-                let p = &mut self.params[i];
-                let n = p.numel();
-                let values = match fake_quant {
-                    Some(per_channel) => quant::fake_quant_weight(&p.values, p.shape[0], per_channel),
-                    None => std::mem::take(&mut p.values),
-                };
-                Tensor::<1>::from_data(TensorData::new(values, [n]), device).require_grad()
+                let values = self.fake_quantized(i).unwrap_or_else(|| std::mem::take(&mut self.params[i].values));
+                Tensor::<1>::from_data(TensorData::new(values, [self.params[i].numel()]), device).require_grad()
             })
             .collect()
     }
@@ -195,21 +198,12 @@ impl Network {
         }
     }
 
-    /// Parameters as burn tensors on `device` (leaves that track gradients when `device` is an
-    /// autodiff device).
-    pub fn tensors(&self, device: &Device, track: bool) -> Vec<Tensor<1>> {
-        self.params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let values = match self.quant.as_ref().filter(|q| q.active && q.layer(i).is_some()) {
-                    // Straight-through estimator: the forward pass sees the quantized weight and
-                    // the gradient lands on the fp32 one.
-                    Some(q) => quant::fake_quant_weight(&p.values, p.shape[0], q.per_channel),
-                    None => p.values.clone(),
-                };
-                let t = Tensor::<1>::from_data(TensorData::new(values, [p.numel()]), device);
-                if track { t.require_grad() } else { t }
+    /// Parameters as burn tensors on `device`, copies, for inference.
+    pub fn tensors(&self, device: &Device) -> Vec<Tensor<1>> {
+        (0..self.params.len())
+            .map(|i| {
+                let values = self.fake_quantized(i).unwrap_or_else(|| self.params[i].values.clone());
+                Tensor::<1>::from_data(TensorData::new(values, [self.params[i].numel()]), device)
             })
             .collect()
     }

@@ -119,9 +119,6 @@ impl State {
     }
 }
 
-/// Values per task at least when masks are applied over the operators' team.
-const MASK_RUN: usize = 1 << 14;
-
 /// Pruning state through training: one state per pruning modifier of the recipe.
 #[derive(Debug, Clone)]
 pub struct Pruner {
@@ -174,7 +171,7 @@ impl Pruner {
         }
         let factors = &self.factors[p].as_ref().expect("built above").values;
         if !factors.is_empty() {
-            let run = values.len().div_ceil(crate::ops::threads()).max(MASK_RUN);
+            let run = crate::ops::run_length(values.len());
             crate::ops::for_each(values.chunks_mut(run).zip(factors.chunks(run)), |(values, factors)| {
                 values.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
             });

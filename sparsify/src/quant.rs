@@ -12,9 +12,9 @@
 //! For activations, `x + (fq(x) - x).detach()` passes the gradient through unchanged.
 
 use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
 use crate::ops::fake_quant::round_half_even;
-use serde::{Deserialize, Serialize};
 
 /// Largest magnitude of a symmetric int8 weight (-128 is not used, as in most int8 runtimes).
 pub const WEIGHT_QMAX: f32 = 127.0;
@@ -71,7 +71,7 @@ impl QuantState {
 
 /// Rows of a weight per task when its quantization is split over the operators' team.
 fn rows_per_task(rows: usize, cols: usize) -> usize {
-    rows.div_ceil(crate::ops::threads()).max((1 << 14) / cols.max(1)).max(1)
+    rows.div_ceil(crate::ops::threads()).max(crate::ops::MIN_RUN / cols.max(1)).max(1)
 }
 
 /// Per-row scales of a weight `[rows, cols]` (one repeated scale when `per_channel` is off):
@@ -100,11 +100,21 @@ pub fn quantize_weight(values: &[f32], scales: &[f32]) -> Vec<i8> {
     values.chunks(cols).zip(scales).flat_map(|(row, &scale)| row.iter().map(move |&v| quantize(v, scale))).collect()
 }
 
-/// The weight as the quantized model sees it: `q * scale`, rows split over the operators' team.
+/// The weight as the quantized model sees it: `q * scale`.
 pub fn fake_quant_weight(values: &[f32], rows: usize, per_channel: bool) -> Vec<f32> {
+    dequantized(values, &weight_scales(values, rows, per_channel))
+}
+
+/// The weight as the quantized model sees it (`q * scale`), and its per-row scales.
+pub fn quantized_weight(values: &[f32], rows: usize, per_channel: bool) -> (Vec<f32>, Vec<f32>) {
     let scales = weight_scales(values, rows, per_channel);
-    let cols = (values.len() / rows.max(1)).max(1);
-    let per = rows_per_task(rows, cols);
+    (dequantized(values, &scales), scales)
+}
+
+/// `q * scale` of every value under its row's scale, rows split over the operators' team.
+fn dequantized(values: &[f32], scales: &[f32]) -> Vec<f32> {
+    let cols = (values.len() / scales.len().max(1)).max(1);
+    let per = rows_per_task(scales.len(), cols);
     let mut data = crate::ops::zeros(values.len());
     crate::ops::for_each(data.chunks_mut(per * cols).zip(values.chunks(per * cols)).zip(scales.chunks(per)), |((out, block), scales)| {
         for ((out, row), &scale) in out.chunks_mut(cols).zip(block.chunks(cols)).zip(scales) {
@@ -112,11 +122,6 @@ pub fn fake_quant_weight(values: &[f32], rows: usize, per_channel: bool) -> Vec<
         }
     });
     data
-}
-
-/// The weight as the quantized model sees it (`q * scale`), and its per-row scales.
-pub fn quantized_weight(values: &[f32], rows: usize, per_channel: bool) -> (Vec<f32>, Vec<f32>) {
-    (fake_quant_weight(values, rows, per_channel), weight_scales(values, rows, per_channel))
 }
 
 /// Fake-quantizes a tensor with a straight-through gradient.

@@ -92,7 +92,7 @@ pub fn gradients(net: &mut Network, device: &Device, inputs: Vec<f32>, labels: &
 
 /// Logits for a batch, without autodiff: `[labels, classes]` row-major.
 pub fn logits(net: &Network, device: &Device, inputs: Vec<f32>, batch: usize) -> Vec<f32> {
-    let params = net.tensors(device, false);
+    let params = net.tensors(device);
     let x = Tensor::<2>::from_data(TensorData::new(inputs, [batch, net.input_len()]), device);
     net.forward(&params, x).into_data().try_into_vec::<f32>().expect("f32 logits")
 }

@@ -16,9 +16,6 @@ use burn::tensor::Tensor;
 
 use super::{contiguous, slice, tensor};
 
-/// Values per parallel task at least.
-const VALUES_PER_TASK: usize = 1 << 14;
-
 /// Fake quantization to uint8 with `scale` and `zero_point`.
 #[backend_extension(Flex, Autodiff)]
 pub trait FakeQuantOp: Backend {
@@ -49,7 +46,7 @@ impl FakeQuantOp for Flex {
         let (x, shape) = contiguous(x);
         let x = slice(&x);
         let mut y = super::zeros(x.len());
-        let run = x.len().div_ceil(super::threads()).max(VALUES_PER_TASK);
+        let run = super::run_length(x.len());
         super::for_each(y.chunks_mut(run).zip(x.chunks(run)), |(y, x)| {
             y.iter_mut().zip(x).for_each(|(y, &x)| *y = fake_quant_value(x, scale, zero_point));
         });
@@ -116,7 +113,7 @@ mod tests {
     #[test]
     fn fake_quantization_equals_burns_composition() {
         let device = Device::flex().autodiff();
-        for (n, scale, z) in [(9, 0.0117647, 85.0), (1000, 0.02, 0.0), (3 * VALUES_PER_TASK + 5, 0.003921569, 255.0)] {
+        for (n, scale, z) in [(9, 0.0117647, 85.0), (1000, 0.02, 0.0), (3 * crate::ops::MIN_RUN + 5, 0.003921569, 255.0)] {
             let mut values = Tensor::<1>::random([n], Distribution::Uniform(-3.0, 3.0), &device).into_data().try_to_vec::<f32>().unwrap();
             values[..9].copy_from_slice(&[0.0, -0.0, f32::NAN, 0.5 * scale, -0.5 * scale, 1.5 * scale, 1e9, -1e9, 300.0 * scale]);
             let x = Tensor::<1>::from_floats(values.as_slice(), &device).require_grad();

@@ -48,6 +48,16 @@ pub fn team() -> &'static Team {
     TEAM.get_or_init(|| Team::new(rayon::current_num_threads()).unwrap_or_else(|_| Team::new(1).expect("a team of one thread spawns none")))
 }
 
+/// Fewest values a task of an element-wise pass gets: below this, a pass is not worth another
+/// thread.
+pub const MIN_RUN: usize = 1 << 14;
+
+/// Values per task of an element-wise pass over `len` values: split evenly over the team, at
+/// least `MIN_RUN`.
+pub fn run_length(len: usize) -> usize {
+    len.div_ceil(threads()).max(MIN_RUN)
+}
+
 /// How many threads `team` has.
 pub fn threads() -> usize {
     team().threads()

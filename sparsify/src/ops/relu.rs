@@ -14,9 +14,6 @@ use burn::tensor::Tensor;
 
 use super::{contiguous, slice, tensor};
 
-/// Values per parallel task at least: below this a pass is not worth another thread.
-const VALUES_PER_TASK: usize = 1 << 14;
-
 /// `max(x, 0)` of a tensor of any shape.
 #[backend_extension(Flex, Autodiff)]
 pub trait ReluOp: Backend {
@@ -31,7 +28,7 @@ fn passes(x: f32) -> bool {
 /// `out[i] = f(a[i], b[i])` over the team, in runs of whole tasks.
 fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = super::zeros(a.len());
-    let run = a.len().div_ceil(super::threads()).max(VALUES_PER_TASK);
+    let run = super::run_length(a.len());
     super::for_each(out.chunks_mut(run).zip(a.chunks(run).zip(b.chunks(run))), |(out, (a, b))| {
         out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b));
     });
@@ -96,7 +93,7 @@ mod tests {
     #[test]
     fn relu_and_its_gradient_equal_burns() {
         let device = Device::flex().autodiff();
-        for n in [5, 1000, 3 * VALUES_PER_TASK + 7] {
+        for n in [5, 1000, 3 * crate::ops::MIN_RUN + 7] {
             let mut values = Tensor::<1>::random([n], Distribution::Uniform(-1.0, 1.0), &device).into_data().try_to_vec::<f32>().unwrap();
             values[..4].copy_from_slice(&[0.0, -0.0, f32::NAN, -f32::NAN]);
             let x = Tensor::<1>::from_floats(values.as_slice(), &device).reshape([1, n]).require_grad();
