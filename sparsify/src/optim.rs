@@ -21,8 +21,61 @@ impl OptimState {
     }
 }
 
-/// Elements per parallel task of an update (large weights split over the threads).
+/// Elements per parallel task of an update (large weights split over the threads); a task's
+/// arrays (values, gradient, state, mask) stay in the core's cache between the mask and the
+/// update.
 const CHUNK: usize = 1 << 14;
+
+/// A run of one parameter's elements: its values, gradient, optimizer state (SGD's momentum or
+/// Adam's first moments, and Adam's second moments, empty for SGD), the 0/1 factors of its masks
+/// (`None`: unmasked) and whether it is frozen.
+struct Run<'a> {
+    w: &'a mut [f32],
+    g: &'a mut [f32],
+    first: &'a mut [f32],
+    second: &'a mut [f32],
+    mask: Option<&'a [f32]>,
+    frozen: bool,
+}
+
+/// The first `n` elements of `s` (all of a shorter one), leaving `s` the rest.
+fn split_off<'a>(s: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
+    let n = n.min(s.len());
+    let (head, tail) = std::mem::take(s).split_at_mut(n);
+    *s = tail;
+    head
+}
+
+/// Every parameter's elements in runs of at most `CHUNK`.
+fn runs<'a>(
+    params: &'a mut [Vec<f32>],
+    grads: &'a mut [Vec<f32>],
+    state: &'a mut OptimState,
+    masks: &[Option<&'a [f32]>],
+    frozen: &[bool],
+) -> Vec<Run<'a>> {
+    let mut second = state.second.iter_mut();
+    let mut runs = Vec::new();
+    for ((((w, g), first), mask), &frozen) in params.iter_mut().zip(grads).zip(&mut state.first).zip(masks).zip(frozen) {
+        let (mut w, mut g, mut first, mut mask) = (w.as_mut_slice(), g.as_mut_slice(), first.as_mut_slice(), *mask);
+        let mut second = second.next().map_or(&mut [][..], |v| v.as_mut_slice());
+        while !w.is_empty() {
+            let n = CHUNK.min(w.len());
+            let m = mask.map(|f| f.split_at(n.min(f.len())));
+            mask = m.map(|(_, rest)| rest);
+            let run = Run {
+                w: split_off(&mut w, n),
+                g: split_off(&mut g, n),
+                first: split_off(&mut first, n),
+                second: split_off(&mut second, n),
+                mask: m.map(|(head, _)| head),
+                frozen,
+            };
+            runs.push(run);
+        }
+    }
+    runs
+}
 
 /// SGD on one run of elements: `g += wd * w`, then with momentum `b = mu * b + g` and the
 /// direction `g + mu * b` (Nesterov) or `b`; `w -= lr * direction`. One loop per case, so each
@@ -45,36 +98,50 @@ fn sgd_update(w: &mut [f32], g: &[f32], b: &mut [f32], [lr, wd, mu]: [f32; 3], n
     }
 }
 
-/// Updates `params[i] -= lr * direction(grads[i])` for every parameter not `frozen`.
-pub fn step(o: &Optimizer, state: &mut OptimState, params: &mut [Vec<f32>], grads: &[Vec<f32>], frozen: &[bool], lr: f64) {
+/// Adam on one run of elements, with L2 weight decay added to the gradient; `c1`, `c2`: the
+/// bias corrections of this step.
+fn adam_update(run: &mut Run, [lr, wd, b1, b2, c1, c2]: [f32; 6]) {
+    for (((w, g), m), v) in run.w.iter_mut().zip(run.g.iter()).zip(run.first.iter_mut()).zip(run.second.iter_mut()) {
+        let g = g + wd * *w;
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+    }
+}
+
+/// Updates `params[i] -= lr * direction(grads[i])` for every parameter not `frozen`. Where
+/// `masks[i]` holds a parameter's mask factors, its pruned gradients are zeroed before the
+/// update and its pruned values and momentum (Adam: first moments) after it, frozen or not, so
+/// pruned weights stay exactly zero.
+pub fn step(
+    o: &Optimizer,
+    state: &mut OptimState,
+    params: &mut [Vec<f32>],
+    grads: &mut [Vec<f32>],
+    masks: &[Option<&[f32]>],
+    frozen: &[bool],
+    lr: f64,
+) {
     state.steps += 1;
     let (lr, wd, mu) = (lr as f32, o.weight_decay as f32, o.momentum as f32);
-    match o.kind {
-        OptimizerKind::Sgd => {
-            let chunks = params
-                .iter_mut()
-                .zip(grads)
-                .zip(&mut state.first)
-                .zip(frozen)
-                .filter(|(_, f)| !**f)
-                .flat_map(|(((w, g), b), _)| w.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(b.chunks_mut(CHUNK)));
-            crate::ops::for_each(chunks, |((w, g), b)| sgd_update(w, g, b, [lr, wd, mu], o.nesterov));
+    let [b1, b2] = [o.betas[0] as f32, o.betas[1] as f32];
+    let corrections = [1.0 - b1.powi(state.steps as i32), 1.0 - b2.powi(state.steps as i32)];
+    let (kind, nesterov) = (o.kind, o.nesterov);
+    crate::ops::for_each(runs(params, grads, state, masks, frozen).into_iter(), |mut run| {
+        if !run.frozen {
+            if let Some(f) = run.mask {
+                crate::prune::zero_pruned(run.g, f);
+            }
+            match kind {
+                OptimizerKind::Sgd => sgd_update(run.w, run.g, run.first, [lr, wd, mu], nesterov),
+                OptimizerKind::Adam => adam_update(&mut run, [lr, wd, b1, b2, corrections[0], corrections[1]]),
+            }
         }
-        OptimizerKind::Adam => {
-            let [b1, b2] = [o.betas[0] as f32, o.betas[1] as f32];
-            let c1 = 1.0 - b1.powi(state.steps as i32);
-            let c2 = 1.0 - b2.powi(state.steps as i32);
-            let tensors = params.iter_mut().zip(grads).zip(state.first.iter_mut().zip(&mut state.second)).zip(frozen).filter(|(_, f)| !**f);
-            crate::ops::for_each(tensors, |(((w, g), (m, v)), _)| {
-                for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                    let g = g + wd * *w;
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
-                }
-            });
+        if let Some(f) = run.mask {
+            crate::prune::zero_pruned(run.w, f);
+            crate::prune::zero_pruned(run.first, f);
         }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -90,16 +157,16 @@ mod tests {
         let o = sgd(0.9, false, 0.1);
         let mut s = OptimState::new(&[1], o.kind);
         let mut p = vec![vec![1.0f32]];
-        step(&o, &mut s, &mut p, &[vec![0.5]], &[false], 0.1);
+        step(&o, &mut s, &mut p, &mut [vec![0.5]], &[None], &[false], 0.1);
         // g = 0.5 + 0.1 * 1 = 0.6; buf = 0.6; w = 1 - 0.06
         assert!((p[0][0] - 0.94).abs() < 1e-6);
-        step(&o, &mut s, &mut p, &[vec![0.5]], &[false], 0.1);
+        step(&o, &mut s, &mut p, &mut [vec![0.5]], &[None], &[false], 0.1);
         // g = 0.5 + 0.094 = 0.594; buf = 0.54 + 0.594 = 1.134; w = 0.94 - 0.1134
         assert!((p[0][0] - 0.8266).abs() < 1e-6);
         let o = sgd(0.9, true, 0.0);
         let mut s = OptimState::new(&[1], o.kind);
         let mut p = vec![vec![1.0f32]];
-        step(&o, &mut s, &mut p, &[vec![1.0]], &[false], 0.1);
+        step(&o, &mut s, &mut p, &mut [vec![1.0]], &[None], &[false], 0.1);
         // buf = 1; d = 1 + 0.9 = 1.9
         assert!((p[0][0] - 0.81).abs() < 1e-6);
     }
@@ -109,7 +176,38 @@ mod tests {
         let o = Optimizer { kind: OptimizerKind::Adam, momentum: 0.0, nesterov: false, weight_decay: 0.0, betas: [0.9, 0.999] };
         let mut s = OptimState::new(&[2], o.kind);
         let mut p = vec![vec![1.0f32, 1.0]];
-        step(&o, &mut s, &mut p, &[vec![3.0, -0.01]], &[false], 0.01);
+        step(&o, &mut s, &mut p, &mut [vec![3.0, -0.01]], &[None], &[false], 0.01);
         assert!((p[0][0] - 0.99).abs() < 1e-5 && (p[0][1] - 1.01).abs() < 1e-4, "{p:?}");
+    }
+
+    /// A masked update over more than one run equals zeroing the gradient, updating the whole
+    /// array and zeroing the values and momentum; a frozen masked parameter is only zeroed.
+    #[test]
+    fn masks_act_inside_the_update_across_runs() {
+        let o = sgd(0.9, true, 5e-4);
+        let n = CHUNK + 5;
+        let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1013) as f32 / 500.0 - 1.0).collect();
+        let grads: Vec<f32> = (0..n).map(|i| ((i * 104729) % 997) as f32 / 400.0 - 1.2).collect();
+        let mask: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+        let mut s = OptimState::new(&[n, n], o.kind);
+        let (mut p, mut g) = (vec![values.clone(), values.clone()], vec![grads.clone(), grads.clone()]);
+        for _ in 0..2 {
+            g = vec![grads.clone(), grads.clone()];
+            step(&o, &mut s, &mut p, &mut g, &[Some(&mask), Some(&mask)], &[false, true], 0.1);
+        }
+        let (mut w, mut b) = (values.clone(), vec![0.0; n]);
+        for _ in 0..2 {
+            let mut g = grads.clone();
+            crate::prune::zero_pruned(&mut g, &mask);
+            sgd_update(&mut w, &g, &mut b, [0.1, 5e-4, 0.9], true);
+            crate::prune::zero_pruned(&mut w, &mask);
+            crate::prune::zero_pruned(&mut b, &mask);
+        }
+        assert!(p[0].iter().zip(&w).all(|(a, b)| a.to_bits() == b.to_bits()), "masked update");
+        assert!(s.first[0].iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "masked momentum");
+        let mut frozen = values.clone();
+        crate::prune::zero_pruned(&mut frozen, &mask);
+        assert_eq!(p[1], frozen, "a frozen parameter is only masked");
+        assert!(p[0].iter().step_by(3).all(|v| *v == 0.0));
     }
 }

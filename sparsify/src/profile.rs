@@ -15,10 +15,9 @@ pub enum Phase {
     /// Copying the parameters into burn tensors (fake-quantizing weights under
     /// quantization-aware training) and the gradients out of them.
     Transfer,
-    /// The optimizer step.
+    /// The optimizer step, with the masks it applies to gradients, weights and momentum.
     Optimizer,
-    /// Mask updates and zeroing pruned weights, gradients and momentum; fake quantization's
-    /// observers.
+    /// Mask updates (and zeroing the weights they prune); fake quantization's schedule.
     Masks,
     /// The test (and validation) set's evaluation at the end of the epoch.
     Evaluation,

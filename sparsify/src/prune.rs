@@ -158,24 +158,42 @@ impl Pruner {
     /// Zeroes the entries of `values` (a parameter, its gradient or its momentum) that the masks
     /// in force at `epoch` prune.
     pub fn zero_pruned(&mut self, recipe: &Recipe, p: usize, epoch: f64, values: &mut [f32]) {
-        let live: Vec<bool> = self.states.iter().map(|s| s.live(recipe, epoch)).collect();
+        let live = self.live(recipe, epoch);
+        if let Some(factors) = self.refreshed(p, &live) {
+            let run = crate::ops::run_length(values.len());
+            crate::ops::for_each(values.chunks_mut(run).zip(factors.chunks(run)), |(values, factors)| zero_pruned(values, factors));
+        }
+    }
+
+    /// Per parameter, the 0/1 factors of the masks in force at `epoch` (`None`: no mask), for the
+    /// optimizer to apply as it updates (`optim::step`).
+    pub fn factors(&mut self, recipe: &Recipe, epoch: f64) -> Vec<Option<&[f32]>> {
+        let live = self.live(recipe, epoch);
+        for p in 0..self.factors.len() {
+            self.refreshed(p, &live);
+        }
+        self.factors.iter().map(|f| f.as_ref().map(|f| f.values.as_slice()).filter(|v| !v.is_empty())).collect()
+    }
+
+    /// Whether each modifier holds its masks at `epoch`.
+    fn live(&self, recipe: &Recipe, epoch: f64) -> Vec<bool> {
+        self.states.iter().map(|s| s.live(recipe, epoch)).collect()
+    }
+
+    /// Parameter `p`'s factors for the modifiers `live`, rebuilt if a mask or the liveness changed
+    /// since they were built; `None` when no mask is in force.
+    fn refreshed(&mut self, p: usize, live: &[bool]) -> Option<&[f32]> {
         let fresh = matches!(&self.factors[p], Some(f) if f.live == live && f.generation == self.generation);
         if !fresh {
-            let masks = self.states.iter().zip(&live).filter(|(_, l)| **l).filter_map(|(s, _)| s.masks.get(&p));
+            let masks = self.states.iter().zip(live).filter(|(_, l)| **l).filter_map(|(s, _)| s.masks.get(&p));
             let mut factors: Option<Vec<f32>> = None;
             for mask in masks {
                 let f = factors.get_or_insert_with(|| vec![1.0; mask.len()]);
                 f.iter_mut().zip(mask).for_each(|(f, &keep)| *f = if keep { *f } else { 0.0 });
             }
-            self.factors[p] = Some(Factors { live, generation: self.generation, values: factors.unwrap_or_default() });
+            self.factors[p] = Some(Factors { live: live.to_vec(), generation: self.generation, values: factors.unwrap_or_default() });
         }
-        let factors = &self.factors[p].as_ref().expect("built above").values;
-        if !factors.is_empty() {
-            let run = crate::ops::run_length(values.len());
-            crate::ops::for_each(values.chunks_mut(run).zip(factors.chunks(run)), |(values, factors)| {
-                values.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
-            });
-        }
+        Some(self.factors[p].as_ref().expect("built above").values.as_slice()).filter(|v| !v.is_empty())
     }
 
     /// Parameters any modifier targets, in order.
@@ -236,6 +254,12 @@ impl Pruner {
         self.generation += 1;
         Ok(())
     }
+}
+
+/// Zeroes the entries of `values` whose factor is 0 (multiplying, so a pruned entry keeps its
+/// sign: `-x * 0 = -0`, as checkpoints have always stored it).
+pub fn zero_pruned(values: &mut [f32], factors: &[f32]) {
+    values.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
 }
 
 /// Fraction of zeros over a set of parameters.

@@ -1,6 +1,6 @@
-//! The training loop. Per step: update the masks that are due, compute gradients, zero the
-//! gradients of pruned weights, take an optimizer step, and zero pruned weights again (momentum
-//! and weight decay would otherwise revive them). Per epoch: evaluate, append to `metrics.csv`,
+//! The training loop. Per step: update the masks that are due, compute gradients, take an
+//! optimizer step that zeroes the gradients of pruned weights before its update and the pruned
+//! weights and momentum after it (momentum and weight decay would otherwise revive them). Per epoch: evaluate, append to `metrics.csv`,
 //! write a checkpoint. `--resume` continues from the last checkpoint with the same schedule.
 
 use std::path::{Path, PathBuf};
@@ -262,21 +262,15 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             if !loss.is_finite() {
                 bail!("the loss became {loss} at epoch {e:.2}: lower the learning rate");
             }
-            for &p in &targeted {
-                pruner.zero_pruned(recipe, p, e, &mut grads[p]);
-            }
-            lap = profile.lap(Phase::Masks, lap);
+            // The masks act inside the optimizer's pass: pruned gradients zeroed before the
+            // update, pruned weights and momentum after it.
+            let masks = pruner.factors(recipe, e);
             let mut values: Vec<Vec<f32>> = net.params.iter_mut().map(|p| std::mem::take(&mut p.values)).collect();
-            optim::step(&recipe.optimizer, &mut optim_state, &mut values, &grads, &frozen, lr);
+            optim::step(&recipe.optimizer, &mut optim_state, &mut values, &mut grads, &masks, &frozen, lr);
             for (p, v) in net.params.iter_mut().zip(values) {
                 p.values = v;
             }
-            lap = profile.lap(Phase::Optimizer, lap);
-            for &p in &targeted {
-                pruner.zero_pruned(recipe, p, e, &mut net.params[p].values);
-                pruner.zero_pruned(recipe, p, e, &mut optim_state.first[p]);
-            }
-            profile.lap(Phase::Masks, lap);
+            profile.lap(Phase::Optimizer, lap);
             step_count += 1;
             loss_sum += loss as f64 * n as f64;
             correct += ok;
