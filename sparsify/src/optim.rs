@@ -190,9 +190,9 @@ mod tests {
         let grads: Vec<f32> = (0..n).map(|i| ((i * 104729) % 997) as f32 / 400.0 - 1.2).collect();
         let mask: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
         let mut s = OptimState::new(&[n, n], o.kind);
-        let (mut p, mut g) = (vec![values.clone(), values.clone()], vec![grads.clone(), grads.clone()]);
+        let mut p = vec![values.clone(), values.clone()];
         for _ in 0..2 {
-            g = vec![grads.clone(), grads.clone()];
+            let mut g = vec![grads.clone(), grads.clone()];
             step(&o, &mut s, &mut p, &mut g, &[Some(&mask), Some(&mask)], &[false, true], 0.1);
         }
         let (mut w, mut b) = (values.clone(), vec![0.0; n]);
