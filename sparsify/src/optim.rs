@@ -31,7 +31,7 @@ const CHUNK: usize = 1 << 14;
 /// (`None`: unmasked) and whether it is frozen.
 struct Run<'a> {
     w: &'a mut [f32],
-    g: &'a mut [f32],
+    g: &'a [f32],
     first: &'a mut [f32],
     second: &'a mut [f32],
     mask: Option<&'a [f32]>,
@@ -46,10 +46,17 @@ fn split_off<'a>(s: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
     head
 }
 
+/// `split_off` of a shared slice.
+fn split_off_shared<'a>(s: &mut &'a [f32], n: usize) -> &'a [f32] {
+    let (head, tail) = s.split_at(n.min(s.len()));
+    *s = tail;
+    head
+}
+
 /// Every parameter's elements in runs of at most `CHUNK`.
 fn runs<'a>(
     params: &'a mut [Vec<f32>],
-    grads: &'a mut [Vec<f32>],
+    grads: &'a [Vec<f32>],
     state: &'a mut OptimState,
     masks: &[Option<&'a [f32]>],
     frozen: &[bool],
@@ -57,67 +64,106 @@ fn runs<'a>(
     let mut second = state.second.iter_mut();
     let mut runs = Vec::new();
     for ((((w, g), first), mask), &frozen) in params.iter_mut().zip(grads).zip(&mut state.first).zip(masks).zip(frozen) {
-        let (mut w, mut g, mut first, mut mask) = (w.as_mut_slice(), g.as_mut_slice(), first.as_mut_slice(), *mask);
+        let (mut w, mut g, mut first, mut mask) = (w.as_mut_slice(), g.as_slice(), first.as_mut_slice(), *mask);
         let mut second = second.next().map_or(&mut [][..], |v| v.as_mut_slice());
         while !w.is_empty() {
             let n = CHUNK.min(w.len());
-            let m = mask.map(|f| f.split_at(n.min(f.len())));
-            mask = m.map(|(_, rest)| rest);
-            let run = Run {
+            runs.push(Run {
                 w: split_off(&mut w, n),
-                g: split_off(&mut g, n),
+                g: split_off_shared(&mut g, n),
                 first: split_off(&mut first, n),
                 second: split_off(&mut second, n),
-                mask: m.map(|(head, _)| head),
+                mask: mask.as_mut().map(|f| split_off_shared(f, n)),
                 frozen,
-            };
-            runs.push(run);
+            });
         }
     }
     runs
 }
 
-/// SGD on one run of elements: `g += wd * w`, then with momentum `b = mu * b + g` and the
-/// direction `g + mu * b` (Nesterov) or `b`; `w -= lr * direction`. One loop per case, so each
-/// vectorizes.
-fn sgd_update(w: &mut [f32], g: &[f32], b: &mut [f32], [lr, wd, mu]: [f32; 3], nesterov: bool) {
-    let elements = w.iter_mut().zip(g).zip(b.iter_mut());
+/// One element's optimizer state, whose first part (SGD's momentum, Adam's first moment) a mask
+/// zeroes with the weight.
+trait Moments {
+    fn mask(&mut self, f: f32);
+}
+
+impl Moments for &mut f32 {
+    #[inline(always)]
+    fn mask(&mut self, f: f32) {
+        **self *= f;
+    }
+}
+
+impl Moments for (&mut f32, &mut f32) {
+    #[inline(always)]
+    fn mask(&mut self, f: f32) {
+        *self.0 *= f;
+    }
+}
+
+/// `update(w, g, state)` over a run's elements; under a mask, in the same loop, on the gradient
+/// times the element's 0/1 factor, then the weight and the first moment times it, so that pruned
+/// weights and their momentum stay exactly zero (a pruned `-x` becomes `-0`, as ever).
+#[inline(always)]
+fn each<S: Moments>(
+    w: &mut [f32],
+    g: &[f32],
+    state: impl Iterator<Item = S>,
+    mask: Option<&[f32]>,
+    update: impl Fn(&mut f32, f32, &mut S),
+) {
+    let elements = w.iter_mut().zip(g).zip(state);
+    match mask {
+        None => elements.for_each(|((w, g), mut s)| update(w, *g, &mut s)),
+        Some(factors) => elements.zip(factors).for_each(|(((w, g), mut s), &f)| {
+            update(w, g * f, &mut s);
+            *w *= f;
+            s.mask(f);
+        }),
+    }
+}
+
+/// SGD on one run: `g += wd * w`, then with momentum `b = mu * b + g` and the direction
+/// `g + mu * b` (Nesterov) or `b`; `w -= lr * direction`. One loop per case, so each vectorizes.
+fn sgd_update(run: Run, [lr, wd, mu]: [f32; 3], nesterov: bool) {
+    let (w, g, b, mask) = (run.w, run.g, run.first.iter_mut(), run.mask);
     if mu == 0.0 {
-        elements.for_each(|((w, g), _)| *w -= lr * (g + wd * *w));
+        each(w, g, b, mask, |w, g, _| *w -= lr * (g + wd * *w));
     } else if nesterov {
-        elements.for_each(|((w, g), b)| {
+        each(w, g, b, mask, |w, g, b| {
             let g = g + wd * *w;
-            *b = mu * *b + g;
-            *w -= lr * (g + mu * *b);
+            **b = mu * **b + g;
+            *w -= lr * (g + mu * **b);
         });
     } else {
-        elements.for_each(|((w, g), b)| {
-            *b = mu * *b + (g + wd * *w);
-            *w -= lr * *b;
+        each(w, g, b, mask, |w, g, b| {
+            **b = mu * **b + (g + wd * *w);
+            *w -= lr * **b;
         });
     }
 }
 
-/// Adam on one run of elements, with L2 weight decay added to the gradient; `c1`, `c2`: the
-/// bias corrections of this step.
-fn adam_update(run: &mut Run, [lr, wd, b1, b2, c1, c2]: [f32; 6]) {
-    for (((w, g), m), v) in run.w.iter_mut().zip(run.g.iter()).zip(run.first.iter_mut()).zip(run.second.iter_mut()) {
+/// Adam on one run, with L2 weight decay added to the gradient; `c1`, `c2`: the bias corrections
+/// of this step.
+fn adam_update(run: Run, [lr, wd, b1, b2, c1, c2]: [f32; 6]) {
+    let moments = run.first.iter_mut().zip(run.second.iter_mut());
+    each(run.w, run.g, moments, run.mask, |w, g, (m, v)| {
         let g = g + wd * *w;
-        *m = b1 * *m + (1.0 - b1) * g;
-        *v = b2 * *v + (1.0 - b2) * g * g;
-        *w -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
-    }
+        **m = b1 * **m + (1.0 - b1) * g;
+        **v = b2 * **v + (1.0 - b2) * g * g;
+        *w -= lr * (**m / c1) / ((**v / c2).sqrt() + 1e-8);
+    });
 }
 
 /// Updates `params[i] -= lr * direction(grads[i])` for every parameter not `frozen`. Where
-/// `masks[i]` holds a parameter's mask factors, its pruned gradients are zeroed before the
-/// update and its pruned values and momentum (Adam: first moments) after it, frozen or not, so
-/// pruned weights stay exactly zero.
+/// `masks[i]` holds a parameter's mask factors, the update reads its gradients masked and leaves
+/// its pruned values and momentum (Adam: first moments) zero; a frozen parameter's values and
+/// momentum are masked alone.
 pub fn step(
     o: &Optimizer,
     state: &mut OptimState,
     params: &mut [Vec<f32>],
-    grads: &mut [Vec<f32>],
+    grads: &[Vec<f32>],
     masks: &[Option<&[f32]>],
     frozen: &[bool],
     lr: f64,
@@ -127,20 +173,16 @@ pub fn step(
     let [b1, b2] = [o.betas[0] as f32, o.betas[1] as f32];
     let corrections = [1.0 - b1.powi(state.steps as i32), 1.0 - b2.powi(state.steps as i32)];
     let (kind, nesterov) = (o.kind, o.nesterov);
-    crate::ops::for_each(runs(params, grads, state, masks, frozen).into_iter(), |mut run| {
-        if !run.frozen {
-            if let Some(f) = run.mask {
-                crate::prune::zero_pruned(run.g, f);
-            }
-            match kind {
-                OptimizerKind::Sgd => sgd_update(run.w, run.g, run.first, [lr, wd, mu], nesterov),
-                OptimizerKind::Adam => adam_update(&mut run, [lr, wd, b1, b2, corrections[0], corrections[1]]),
-            }
-        }
-        if let Some(f) = run.mask {
+    crate::ops::for_each(runs(params, grads, state, masks, frozen).into_iter(), |run| match (run.frozen, run.mask) {
+        (true, Some(f)) => {
             crate::prune::zero_pruned(run.w, f);
             crate::prune::zero_pruned(run.first, f);
         }
+        (true, None) => {}
+        (false, _) => match kind {
+            OptimizerKind::Sgd => sgd_update(run, [lr, wd, mu], nesterov),
+            OptimizerKind::Adam => adam_update(run, [lr, wd, b1, b2, corrections[0], corrections[1]]),
+        },
     });
 }
 
@@ -157,16 +199,16 @@ mod tests {
         let o = sgd(0.9, false, 0.1);
         let mut s = OptimState::new(&[1], o.kind);
         let mut p = vec![vec![1.0f32]];
-        step(&o, &mut s, &mut p, &mut [vec![0.5]], &[None], &[false], 0.1);
+        step(&o, &mut s, &mut p, &[vec![0.5]], &[None], &[false], 0.1);
         // g = 0.5 + 0.1 * 1 = 0.6; buf = 0.6; w = 1 - 0.06
         assert!((p[0][0] - 0.94).abs() < 1e-6);
-        step(&o, &mut s, &mut p, &mut [vec![0.5]], &[None], &[false], 0.1);
+        step(&o, &mut s, &mut p, &[vec![0.5]], &[None], &[false], 0.1);
         // g = 0.5 + 0.094 = 0.594; buf = 0.54 + 0.594 = 1.134; w = 0.94 - 0.1134
         assert!((p[0][0] - 0.8266).abs() < 1e-6);
         let o = sgd(0.9, true, 0.0);
         let mut s = OptimState::new(&[1], o.kind);
         let mut p = vec![vec![1.0f32]];
-        step(&o, &mut s, &mut p, &mut [vec![1.0]], &[None], &[false], 0.1);
+        step(&o, &mut s, &mut p, &[vec![1.0]], &[None], &[false], 0.1);
         // buf = 1; d = 1 + 0.9 = 1.9
         assert!((p[0][0] - 0.81).abs() < 1e-6);
     }
@@ -176,12 +218,13 @@ mod tests {
         let o = Optimizer { kind: OptimizerKind::Adam, momentum: 0.0, nesterov: false, weight_decay: 0.0, betas: [0.9, 0.999] };
         let mut s = OptimState::new(&[2], o.kind);
         let mut p = vec![vec![1.0f32, 1.0]];
-        step(&o, &mut s, &mut p, &mut [vec![3.0, -0.01]], &[None], &[false], 0.01);
+        step(&o, &mut s, &mut p, &[vec![3.0, -0.01]], &[None], &[false], 0.01);
         assert!((p[0][0] - 0.99).abs() < 1e-5 && (p[0][1] - 1.01).abs() < 1e-4, "{p:?}");
     }
 
-    /// A masked update over more than one run equals zeroing the gradient, updating the whole
-    /// array and zeroing the values and momentum; a frozen masked parameter is only zeroed.
+    /// A masked update over more than one run gives, bit for bit, what zeroing the gradient,
+    /// updating the whole array and zeroing the values and momentum gives; a frozen masked
+    /// parameter is only zeroed.
     #[test]
     fn masks_act_inside_the_update_across_runs() {
         let o = sgd(0.9, true, 5e-4);
@@ -192,14 +235,19 @@ mod tests {
         let mut s = OptimState::new(&[n, n], o.kind);
         let mut p = vec![values.clone(), values.clone()];
         for _ in 0..2 {
-            let mut g = vec![grads.clone(), grads.clone()];
-            step(&o, &mut s, &mut p, &mut g, &[Some(&mask), Some(&mask)], &[false, true], 0.1);
+            step(&o, &mut s, &mut p, &[grads.clone(), grads.clone()], &[Some(&mask), Some(&mask)], &[false, true], 0.1);
         }
-        let (mut w, mut b) = (values.clone(), vec![0.0; n]);
+        // The same steps as three passes: gradients masked, the update, weights and momentum
+        // masked.
+        let (mut w, mut b) = (values.clone(), vec![0.0f32; n]);
         for _ in 0..2 {
             let mut g = grads.clone();
             crate::prune::zero_pruned(&mut g, &mask);
-            sgd_update(&mut w, &g, &mut b, [0.1, 5e-4, 0.9], true);
+            for ((w, g), b) in w.iter_mut().zip(&g).zip(b.iter_mut()) {
+                let g = g + 5e-4 * *w;
+                *b = 0.9 * *b + g;
+                *w -= 0.1 * (g + 0.9 * *b);
+            }
             crate::prune::zero_pruned(&mut w, &mask);
             crate::prune::zero_pruned(&mut b, &mask);
         }

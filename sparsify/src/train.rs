@@ -251,7 +251,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             };
             // A teacher's forward pass counts as forward work.
             lap = profile.lap(Phase::Forward, lap);
-            let step::StepOutput { loss, correct: ok, mut grads, stats, forward_seconds, transfer_seconds } =
+            let step::StepOutput { loss, correct: ok, grads, stats, forward_seconds, transfer_seconds } =
                 step::gradients(&mut net, &device, b.inputs, &b.labels, soft);
             let step_seconds = lap.elapsed().as_secs_f64();
             profile.add(Phase::Forward, forward_seconds);
@@ -266,7 +266,7 @@ pub fn train_on(recipe: &Recipe, recipe_text: &str, opts: &TrainOptions, data: R
             // update, pruned weights and momentum after it.
             let masks = pruner.factors(recipe, e);
             let mut values: Vec<Vec<f32>> = net.params.iter_mut().map(|p| std::mem::take(&mut p.values)).collect();
-            optim::step(&recipe.optimizer, &mut optim_state, &mut values, &mut grads, &masks, &frozen, lr);
+            optim::step(&recipe.optimizer, &mut optim_state, &mut values, &grads, &masks, &frozen, lr);
             for (p, v) in net.params.iter_mut().zip(values) {
                 p.values = v;
             }
