@@ -20,6 +20,7 @@ use crate::kernels::q8direct::{self, ShiftConv};
 use crate::kernels::window::{self, Geometry, Unfold};
 use crate::kernels::winograd::{self, Winograd};
 use crate::kernels::{Isa, direct, elementwise, q8conv, spmm};
+use crate::ops::{FakeQuant, Unary};
 use crate::passes;
 use crate::phases;
 
@@ -683,18 +684,20 @@ fn fusable_qdq(graph: &Graph, i: usize) -> Option<(usize, f32, u8)> {
 }
 
 /// Fuses a fake quantization into the operator that computes its input, where that operator
-/// applies one to its outputs as it writes them (an int8 layer's dequantization, an addition);
-/// false otherwise.
+/// applies one to its outputs as it writes them (an int8 layer's dequantization, an addition, an
+/// fp32 convolution as its fused function, as `fusable_unary` fuses others); false otherwise.
 fn take_fake_quant(exec: &mut Exec, scale: f32, zero: u8) -> bool {
-    let slot = match exec {
+    let function = Some(Unary::FakeQuant(FakeQuant { scale, zero }));
+    match exec {
         Exec::MatMul(m) => match m.kernels.int8_mut() {
-            Some(q) => &mut q.dequant.fake_quant,
+            Some(q) => q.dequant.fake_quant = Some((scale, zero)),
+            None if m.post.is_none() && m.conv.is_some() => m.post = function,
             None => return false,
         },
-        Exec::Add { fake_quant, .. } => fake_quant,
+        Exec::GroupConv { post: post @ None, .. } => *post = function,
+        Exec::Add { fake_quant, .. } => *fake_quant = Some((scale, zero)),
         _ => return false,
-    };
-    *slot = Some((scale, zero));
+    }
     true
 }
 

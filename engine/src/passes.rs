@@ -1,14 +1,22 @@
 //! Graph rewrites applied to every loaded model: fold a per-channel affine (an unfolded
 //! BatchNormalization) into the linear layer or convolution before it, fuse ReLU into the
-//! operator that produces its input, and drop an activation's quantize-dequantize pair that only
-//! int8 layers quantizing their input alike read. Each computes exactly the same function.
+//! operator that produces its input, run a quantized expansion before a depth-wise convolution in
+//! fp32, and drop an activation's quantize-dequantize pair that only int8 layers quantizing their
+//! input alike read. Each computes the same function (the fp32 expansion up to the order of its
+//! sums).
 
 use crate::graph::{Activation, BinaryKind, Graph, Node, Op, Unary};
 use crate::ops::{Sigmoid, Silu};
 
 /// Runs every pass until nothing changes.
 pub fn optimize(graph: &mut Graph) {
-    while fold_affine(graph) || fuse_relu(graph) || drop_qdq_before_int8(graph) || fuse_silu(graph) || crate::row_passes::optimize(graph) {}
+    while fold_affine(graph)
+        || fuse_relu(graph)
+        || expansions_in_fp32(graph)
+        || drop_qdq_before_int8(graph)
+        || fuse_silu(graph)
+        || crate::row_passes::optimize(graph)
+    {}
 }
 
 /// How many inputs of nodes read `value`, plus one where it is the graph's output.
@@ -55,6 +63,39 @@ fn fold_affine(graph: &mut Graph) -> bool {
         *prev = act;
         merge_into_producer(graph, p, i);
         return true;
+    }
+    false
+}
+
+/// A quantized 1x1 convolution between two quantize-dequantize pairs whose second pair only a
+/// depth-wise convolution reads (an inverted residual block's expansion in a QDQ file) runs in
+/// fp32 as written: its dequantized weights on the first pair's values, the second pair applied
+/// to its outputs as it stores them. The compiler then runs it inside the depth-wise convolution,
+/// chunk by chunk of channels (`compile::fuse_expansions`), so the expanded image is never
+/// written to memory: in int8 MobileNetV2 90%'s 16 -> 96 expansion at 112x112 alone had taken
+/// longer than the fp32 file's expansion and depth-wise convolution together (7.2 against 6.0 ms
+/// at batch 16, results/int8-mobilenet.md). Returns whether it changed a layer.
+fn expansions_in_fp32(graph: &mut Graph) -> bool {
+    let producer = |graph: &Graph, value: &str| graph.nodes.iter().position(|n| n.output == value);
+    let reader = |graph: &Graph, value: &str| {
+        let readers: Vec<usize> = (0..graph.nodes.len()).filter(|&j| graph.nodes[j].inputs.iter().any(|i| i == value)).collect();
+        (readers.len() == 1 && graph.output != value).then(|| readers[0])
+    };
+    for i in 0..graph.nodes.len() {
+        let Op::Conv { weight, window, .. } = &graph.nodes[i].op else { continue };
+        let Some(q) = weight.quant.as_ref().filter(|_| window.is_pointwise()) else { continue };
+        let input_pair = producer(graph, &graph.nodes[i].inputs[0]).map(|p| &graph.nodes[p].op);
+        let quantized_alike =
+            matches!(input_pair, Some(Op::QuantDequant { scale, zero }) if *scale == q.input_scale && *zero == q.input_zero);
+        let output_pair = reader(graph, &graph.nodes[i].output).filter(|&j| matches!(graph.nodes[j].op, Op::QuantDequant { .. }));
+        let depthwise = output_pair.and_then(|j| reader(graph, &graph.nodes[j].output)).is_some_and(|k| {
+            matches!(&graph.nodes[k].op, Op::GroupConv { weight, groups, .. } if weight.shape.get(1) == Some(&1) && *groups == weight.rows())
+        });
+        if quantized_alike && depthwise {
+            let Op::Conv { weight, .. } = &mut graph.nodes[i].op else { unreachable!("matched above") };
+            weight.quant = None;
+            return true;
+        }
     }
     false
 }

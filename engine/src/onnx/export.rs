@@ -84,6 +84,15 @@ impl Builder {
         self.inits.push(tensor(&name, dims, values));
         name
     }
+    /// A QuantizeLinear (uint8 codes) then DequantizeLinear of `x` into `out`.
+    pub(crate) fn quantize_dequantize(&mut self, name: &str, x: String, out: &str, scale: f32, zero: u8) {
+        let s = self.init(format!("{name}.scale"), &[], &[scale]);
+        let z = format!("{name}.zero_point");
+        self.inits.push(bytes_tensor(&z, &[], vec![zero], false));
+        let codes = format!("{name}.codes");
+        self.node("QuantizeLinear", &format!("{name}.q"), vec![x, s.clone(), z.clone()], &codes, vec![]);
+        self.node("DequantizeLinear", name, vec![codes, s, z], out, vec![]);
+    }
     fn init_int64(&mut self, name: String, values: &[i64]) -> String {
         self.inits.push(int64_tensor(&name, &[values.len()], values));
         name
@@ -324,14 +333,7 @@ pub fn export_with_batch_norms(graph: &Graph, output_shape: &[usize], states: &H
                     b.node("Identity", name, vec![value], out, vec![]);
                 }
             }
-            Op::QuantDequant { scale, zero } => {
-                let s = b.init(format!("{name}.scale"), &[], &[*scale]);
-                let z = format!("{name}.zero_point");
-                b.inits.push(bytes_tensor(&z, &[], vec![*zero], false));
-                let codes = format!("{name}.codes");
-                b.node("QuantizeLinear", &format!("{name}.q"), vec![x[0].clone(), s.clone(), z.clone()], &codes, vec![]);
-                b.node("DequantizeLinear", name, vec![codes, s, z], out, vec![]);
-            }
+            Op::QuantDequant { scale, zero } => b.quantize_dequantize(name, x[0].clone(), out, *scale, *zero),
         }
     }
     // Opset 13 (what DeepSparse 1.8 reads) unless an operator needs a later one.

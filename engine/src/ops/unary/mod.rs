@@ -122,6 +122,7 @@ functions! {
     boolean::Bool,
     not::Not,
     zero_nan::ZeroNaN,
+    fake_quant::FakeQuant,
 }
 
 #[cfg(test)]
