@@ -173,3 +173,83 @@ fn fuse_relu(graph: &mut Graph) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Quant, Weight, Window};
+
+    fn window(k: usize) -> Window {
+        Window { kernel: [k, k], stride: [1, 1], pads: [k / 2; 4], dilation: [1, 1], ceil_mode: false }
+    }
+
+    fn node(name: &str, op: Op, input: &str) -> Node {
+        Node { name: name.into(), op, inputs: vec![input.into()], output: name.into() }
+    }
+
+    /// A quantized 1x1 convolution from 4 to 8 channels between two quantize-dequantize pairs,
+    /// the second read by `reader`.
+    fn expansion(reader: Op) -> Graph {
+        let quant = Quant { scales: vec![0.01; 8], input_scale: 0.02, input_zero: 3 };
+        let weight = Weight { shape: vec![8, 4, 1, 1], data: vec![0.01; 32], quant: Some(quant) };
+        let nodes = vec![
+            node("in_pair", Op::QuantDequant { scale: 0.02, zero: 3 }, "x"),
+            node("expand", Op::Conv { weight, bias: vec![0.0; 8], window: window(1), act: Activation::None }, "in_pair"),
+            node("out_pair", Op::QuantDequant { scale: 0.05, zero: 0 }, "expand"),
+            node("reader", reader, "out_pair"),
+        ];
+        Graph { input: "x".into(), input_shape: vec![4, 6, 6], output: "reader".into(), nodes, ports: None }
+    }
+
+    fn expansion_quantized(graph: &Graph) -> bool {
+        graph.nodes.iter().any(|n| matches!(&n.op, Op::Conv { weight, .. } if weight.quant.is_some()))
+    }
+
+    fn depthwise() -> Op {
+        Op::GroupConv {
+            weight: Weight::dense(vec![8, 1, 3, 3], vec![0.1; 72]),
+            bias: vec![0.0; 8],
+            window: window(3),
+            groups: 8,
+            act: Activation::None,
+        }
+    }
+
+    /// Compiled, the fp32 expansion applies the pair after it as it stores its outputs, inside the
+    /// depth-wise convolution.
+    #[test]
+    fn the_fp32_expansion_runs_inside_the_depthwise_convolution_with_its_pair() {
+        use crate::compile::{self, Exec, KernelPolicy, Options};
+        use crate::ops::{FakeQuant, Unary};
+        for policy in [KernelPolicy::Auto, KernelPolicy::Sparse, KernelPolicy::Dense] {
+            let model = compile::compile(expansion(depthwise()), Options::new(policy).unwrap()).unwrap();
+            let fused = model.layers.iter().find_map(|l| match &l.exec {
+                Exec::GroupConv { expand: Some(m), .. } => Some(m),
+                _ => None,
+            });
+            let m = fused.unwrap_or_else(|| panic!("{policy:?}: the expansion is not fused"));
+            assert!(m.int8().is_none(), "{policy:?}");
+            assert_eq!(m.post, Some(Unary::FakeQuant(FakeQuant { scale: 0.05, zero: 0 })), "{policy:?}");
+        }
+    }
+
+    /// Read only by a depth-wise convolution, the expansion runs in fp32 with both pairs kept;
+    /// read by a full convolution, it stays int8 (and its input pair goes).
+    #[test]
+    fn only_an_expansion_before_a_depthwise_convolution_runs_in_fp32() {
+        let mut graph = expansion(depthwise());
+        optimize(&mut graph);
+        assert!(!expansion_quantized(&graph), "the expansion runs in fp32");
+        assert_eq!(graph.nodes.iter().filter(|n| matches!(n.op, Op::QuantDequant { .. })).count(), 2, "both pairs stay");
+        let full = Op::Conv {
+            weight: Weight::dense(vec![8, 8, 3, 3], vec![0.1; 576]),
+            bias: vec![0.0; 8],
+            window: window(3),
+            act: Activation::None,
+        };
+        let mut graph = expansion(full);
+        optimize(&mut graph);
+        assert!(expansion_quantized(&graph), "the expansion stays int8");
+        assert_eq!(graph.nodes.iter().filter(|n| matches!(n.op, Op::QuantDequant { .. })).count(), 1, "its input pair goes");
+    }
+}
