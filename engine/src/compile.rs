@@ -348,10 +348,6 @@ pub enum Exec {
         x: Option<Vec<f32>>,
         y: Option<Vec<f32>>,
     },
-    QuantDequant {
-        scale: f32,
-        zero: u8,
-    },
     /// Grouped convolution (`kernels::grouped`), dense weights `[out, in / groups, kh, kw]`.
     GroupConv {
         weight: Vec<f32>,
@@ -503,7 +499,8 @@ pub fn compile(mut graph: Graph, options: Options) -> Result<Model> {
                 let values = |c: &Option<crate::graph::Operand>| c.as_ref().map(|c| c.values.clone());
                 Exec::Where { shape: out_shape.clone(), strides, x: values(x), y: values(y) }
             }
-            Op::QuantDequant { scale, zero } => Exec::QuantDequant { scale: *scale, zero: *zero },
+            // A quantize-dequantize pair left on its own runs as the function it fuses as.
+            Op::QuantDequant { scale, zero } => Exec::Unary(Unary::FakeQuant(FakeQuant { scale: *scale, zero: *zero })),
             Op::GroupConv { weight, bias, window, groups, act } => Exec::GroupConv {
                 weight: weight.data.clone(),
                 bias: bias.clone(),

@@ -368,7 +368,7 @@ fn unband_fitting(model: &Model, columns: Vec<Column>, budget: usize) -> Vec<Col
 fn spatial(layer: &Layer) -> bool {
     let image_op = match &layer.exec {
         Exec::MatMul(m) => m.conv.is_some() && m.one_sample_winograd().is_none(),
-        Exec::Pool { .. } | Exec::Affine { .. } | Exec::Relu | Exec::Add { .. } | Exec::QuantDequant { .. } | Exec::Unary(_) => true,
+        Exec::Pool { .. } | Exec::Affine { .. } | Exec::Relu | Exec::Add { .. } | Exec::Unary(_) => true,
         _ => false,
     };
     image_op && layer.out_shape.len() == 3

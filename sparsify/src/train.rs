@@ -1,7 +1,8 @@
 //! The training loop. Per step: update the masks that are due, compute gradients, take an
 //! optimizer step that zeroes the gradients of pruned weights before its update and the pruned
-//! weights and momentum after it (momentum and weight decay would otherwise revive them). Per epoch: evaluate, append to `metrics.csv`,
-//! write a checkpoint. `--resume` continues from the last checkpoint with the same schedule.
+//! weights and momentum after it (momentum and weight decay would otherwise revive them). Per
+//! epoch: evaluate, append to `metrics.csv`, write a checkpoint. `--resume` continues from the
+//! last checkpoint with the same schedule.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

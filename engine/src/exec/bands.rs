@@ -277,9 +277,6 @@ pub(super) fn run_layer_rows(model: &Model, plan: &Plan, l: usize, t: usize, chu
         Exec::Affine { scale, shift, relu, .. } => {
             (0..channels).for_each(|c| elementwise::affine(&xs[0][band(c)], scale[c], shift[c], &mut y[band(c)], *relu))
         }
-        Exec::QuantDequant { scale, zero } => {
-            (0..channels).for_each(|c| elementwise::quantize_dequantize(isa, &xs[0][band(c)], &mut y[band(c)], *scale, *zero))
-        }
         Exec::Relu => (0..channels).for_each(|c| elementwise::relu_tile(&xs[0][band(c)], &mut y[band(c)])),
         Exec::Add { relu, fake_quant } => (0..channels)
             .for_each(|c| elementwise::add_fake_quantized(isa, &xs[0][band(c)], &xs[1][band(c)], &mut y[band(c)], *relu, *fake_quant)),

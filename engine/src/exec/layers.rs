@@ -429,7 +429,6 @@ pub(crate) fn run_layer(isa: Isa, exec: &Exec, xs: &[&[f32]], y: &mut [f32], w: 
             let parts: Vec<_> = y[..sources.len() * w].chunks_mut(part.max(1) * w).zip(sources.chunks(part.max(1))).collect();
             team.for_each(parts, |(y, sources)| elementwise::gather_rows(sources, x, w, y));
         }
-        Exec::QuantDequant { scale, zero } => split_values(team, x, y, |x, y| elementwise::quantize_dequantize(isa, x, y, *scale, *zero)),
         Exec::Add { relu, fake_quant } => {
             let n = x.len().min(xs[1].len()).min(y.len());
             let part = split_len(team, n, 16);

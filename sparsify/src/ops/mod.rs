@@ -1,8 +1,8 @@
 //! Training operators that burn's `flex` backend runs slowly, on our kernels as burn backend
 //! extensions with their own backward passes: linear layers (`linear`), convolution with one
 //! group (`conv`), BatchNorm on the batch's statistics (`batchnorm`), max pooling (`max_pool`),
-//! ReLU (`relu`) and fake quantization of activations (`fake_quant`). Each has its kernels beside it (GEMMs through `gemm`) and is tested against
-//! burn's own composition of the same function.
+//! ReLU (`relu`) and fake quantization of activations (`fake_quant`). Each has its kernels beside
+//! it (GEMMs through `gemm`) and is tested against burn's own composition of the same function.
 
 pub mod batchnorm;
 pub mod batchnorm_kernels;

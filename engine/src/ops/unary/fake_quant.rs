@@ -1,7 +1,8 @@
 //! Fake quantization: an activation's QuantizeLinear then DequantizeLinear (uint8 codes),
 //! `(clamp(round_half_even(x / scale) + zero, 0, 255) - zero) * scale`. The graph keeps such a
-//! pair as `Op::QuantDequant`; this function is that pair fused into the fp32 layer that
-//! computes its input (`compile::take_fake_quant`), applied to the outputs as they are stored.
+//! pair as `Op::QuantDequant`; compiled, it is this function: fused into the fp32 layer that
+//! computes its input (`compile::take_fake_quant`), applied to the outputs as they are stored,
+//! or a layer of its own.
 
 use super::ElementWise;
 use crate::kernels::Isa;
