@@ -35,14 +35,18 @@ fn kernels(c: &mut Criterion) {
     g.throughput(Throughput::Elements((2 * rows * cols * w) as u64));
     g.bench_function("f32-gemm-dense-b64", |b| b.iter(|| dense::dense(isa, &wd, rows, cols, &bias, x, w, &mut y, true)));
     let full = Bcsr::from_dense(&wd, rows, cols);
-    g.bench_function("f32-spmm-bcsr4x1-b64-s0", |b| b.iter(|| bcsr::spmm_bcsr(isa, &full, &bias, x, w, &mut y, 0..full.blocks(), true)));
+    g.bench_function("f32-spmm-bcsr4x1-b64-s0", |b| {
+        b.iter(|| bcsr::spmm_bcsr(isa, &full, &bias, x, w, &mut y, 0..rows, spmm::Sums::new(spmm::Ld::packed(w), true)))
+    });
     // 90% sparse in whole blocks of 4 output rows, as `mask = "4x1"` trains them.
     let mut rng = StdRng::seed_from_u64(3);
     let keep: Vec<bool> = (0..rows / 4 * cols).map(|_| !rng.random_bool(0.9)).collect();
     let blocked: Vec<f32> = (0..rows * cols).map(|i| if keep[(i / cols) / 4 * cols + i % cols] { 0.5 } else { 0.0 }).collect();
     let bm = Bcsr::from_dense(&blocked, rows, cols);
     g.throughput(Throughput::Elements((2 * bm.val.len() * w) as u64));
-    g.bench_function("f32-spmm-bcsr4x1-b64-s90", |b| b.iter(|| bcsr::spmm_bcsr(isa, &bm, &bias, x, w, &mut y, 0..bm.blocks(), true)));
+    g.bench_function("f32-spmm-bcsr4x1-b64-s90", |b| {
+        b.iter(|| bcsr::spmm_bcsr(isa, &bm, &bias, x, w, &mut y, 0..rows, spmm::Sums::new(spmm::Ld::packed(w), true)))
+    });
 
     for s in [0.9, 0.95] {
         let m = Csr::from_dense(&random_sparse(rows, cols, s, 2), rows, cols);

@@ -83,9 +83,6 @@ fn main() {
                 let x = LineAligned::from_fn(cols * w, |i| ((i * 7919) % 13) as f32 * 0.1 - 0.6);
                 let mut y = LineAligned::zeroed(rows * w);
                 for k in kernels(&data, rows, cols) {
-                    if k.kernel() == Kernel::Blocked && w == 1 {
-                        continue; // batched tiles only
-                    }
                     let sums = Sums::new(Ld::packed(w), true);
                     let s = seconds(|| k.run_rows(isa, &bias, cols, &x, w, &mut y, 0..rows, sums));
                     let mask = if blocks { "4x1" } else { "unstructured" };

@@ -29,7 +29,7 @@ pub enum Kernel {
     Dense,
     /// CSR weights (`spmm`, and `spmv` on one column).
     Sparse,
-    /// Blocks of 4 output rows sharing columns (`bcsr`; batched tiles only).
+    /// Blocks of 4 output rows sharing columns (`bcsr`).
     Blocked,
     /// CSR weights in blocks of input columns over packed panels of the input (`kblocked`).
     ColumnBlocked,
@@ -217,17 +217,11 @@ impl F32Kernel {
         }
     }
 
-    /// Whether the kernel reads and writes rows of a tile that lie apart (`Ld`) on two columns or
-    /// more: all but the blocked kernel, whose bands are packed first.
-    pub fn has_strided_form(&self) -> bool {
-        !matches!(self, F32Kernel::Blocked(_))
-    }
-
     /// Rows `rows` of `y = act(W x + bias (+ residual))` on a `[cols, w]` tile, on the calling
-    /// thread: `y` holds those rows, `sums.ld` apart (packed on one column and for the blocked
-    /// kernel, whose `rows` start on a block), `bias` the whole layer's, `sums.residual` the same rows of the residual and
-    /// `sums.relu` the activation after it, `sums.clip` the clamp after that. The CSR kernels on
-    /// two columns or more add the residual and clamp as they store; the others add it to their
+    /// thread: `y` holds those rows, `sums.ld` apart (packed on one column), `bias` the whole
+    /// layer's, `sums.residual` the same rows of the residual and `sums.relu` the activation after
+    /// it, `sums.clip` the clamp after that. The sparse kernels on two columns or more (and the
+    /// blocked one on any) add the residual and clamp as they store; the others add it to their
     /// rows after (bit for bit the separate addition), with their own activation off, and clamp
     /// their rows after.
     #[allow(clippy::too_many_arguments)] // the tile, its rows and how the sums end
@@ -238,6 +232,7 @@ impl F32Kernel {
             F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => return kblocked::spmm_kblocked(isa, k, bias, x, w, y, rows, sums),
             F32Kernel::Sparse(c) if w > 1 => return spmm::spmm_strided(isa, c, bias, x, w, y, rows, sums),
             F32Kernel::Direct(d) if w > 1 => return spmm::spmm_strided(isa, &d.csr, bias, x, w, y, rows, sums),
+            F32Kernel::Blocked(b) => return bcsr::spmm_bcsr(isa, b, bias, x, w, y, rows, sums),
             F32Kernel::Sparse(c) => spmv::spmv(isa, c, bias, x, y, rows.clone(), relu),
             F32Kernel::Direct(d) => spmv::spmv(isa, &d.csr, bias, x, y, rows.clone(), relu),
             F32Kernel::Dense(wt) | F32Kernel::Winograd(_, wt) => {
@@ -247,10 +242,6 @@ impl F32Kernel {
                 } else {
                     dense::dense_strided(isa, wt, rows.len(), cols, bias, x, w, y, relu, ld)
                 }
-            }
-            F32Kernel::Blocked(b) => {
-                let blocks = rows.start / bcsr::BR..rows.end.div_ceil(bcsr::BR);
-                bcsr::spmm_bcsr(isa, b, bias, x, w, y, blocks, relu)
             }
         }
         if let Some(residual) = sums.residual {
@@ -427,11 +418,8 @@ mod tests {
             for kernel in Kernel::ALL {
                 let Some(k) = packed(kernel, &data, rows, cols) else { continue };
                 assert_eq!(k.kernel(), kernel);
-                if kernel == Kernel::Blocked && w == 1 {
-                    continue; // batched tiles only
-                }
-                // Packed rows, and (where the kernel has the form) rows 3 and 5 values apart.
-                let lds = if w >= 2 && k.has_strided_form() { vec![Ld::packed(w), Ld { x: w + 3, y: w + 5 }] } else { vec![Ld::packed(w)] };
+                // Packed rows, and (on two columns or more) rows 3 and 5 values apart.
+                let lds = if w >= 2 { vec![Ld::packed(w), Ld { x: w + 3, y: w + 5 }] } else { vec![Ld::packed(w)] };
                 for ld in lds {
                     let x: Vec<f32> = (0..cols * ld.x).map(|i| ((i * 37) % 23) as f32 * 0.05 - 0.5).collect();
                     let residual: Vec<f32> = (0..rows * ld.y).map(|i| ((i * 11) % 17) as f32 * 0.1 - 0.8).collect();

@@ -614,9 +614,7 @@ fn fuse_residuals(layers: &mut Vec<Layer>, output_value: usize) {
 /// depth-wise convolution that is the only reader of its output: the depth-wise layer takes the
 /// pointwise one's input and runs it chunk by chunk of channels (`Exec::GroupConv::expand`), so
 /// that an inverted residual block's expanded image (4.8 MB in MobileNetV2's 112x112 stage) is
-/// not written to memory and read back. A pointwise layer whose wide tiles' kernel has no
-/// strided form (blocks of rows) fuses too, on its one-sample tiles' kernel at every width: dense
-/// MobileNetV2 had 7 of its 17 expansions fused before, batch 1 about 0.92-0.97x the time.
+/// not written to memory and read back.
 fn fuse_expansions(layers: &mut Vec<Layer>, output_value: usize) {
     let mut k = 0;
     while k < layers.len() {
@@ -630,12 +628,7 @@ fn fuse_expansions(layers: &mut Vec<Layer>, output_value: usize) {
         let readers = layers.iter().filter(|l| l.inputs.contains(&input)).count();
         let fusable = producer.filter(|&p| {
             let Exec::MatMul(m) = &layers[p].exec else { return false };
-            let strided = m.kernels.f32(true).is_some_and(F32Kernel::has_strided_form);
-            m.conv.is_some_and(|g| g.window.is_pointwise())
-                && m.int8().is_none()
-                && m.residual.is_none()
-                && strided
-                && layers[p].inputs.len() == 1
+            m.conv.is_some_and(|g| g.window.is_pointwise()) && m.int8().is_none() && m.residual.is_none() && layers[p].inputs.len() == 1
         });
         let (true, Some(p), 1) = (input != output_value, fusable, readers) else {
             k += 1;
@@ -644,17 +637,7 @@ fn fuse_expansions(layers: &mut Vec<Layer>, output_value: usize) {
         let pointwise = layers.remove(p);
         let k_now = if p < k { k - 1 } else { k };
         let layer = &mut layers[k_now];
-        let (Exec::MatMul(mut m), Exec::GroupConv { expand, .. }) = (pointwise.exec, &mut layer.exec) else {
-            unreachable!("checked above")
-        };
-        // Chunks of channels need a kernel that writes rows apart at every tile width: where the
-        // one timed fastest on wide tiles has no such form (blocks of rows), wide tiles run the
-        // one-sample tiles' kernel.
-        if let Kernels::F32 { one_sample, batched } = &mut m.kernels
-            && !batched.has_strided_form()
-        {
-            *batched = one_sample.clone();
-        }
+        let (Exec::MatMul(m), Exec::GroupConv { expand, .. }) = (pointwise.exec, &mut layer.exec) else { unreachable!("checked above") };
         *expand = Some(m);
         layer.inputs[0] = pointwise.inputs[0];
         layer.kind = "conv+group_conv";
@@ -872,11 +855,13 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             let always = unfolds.is_some_and(|g| unfolds_always(&g, cols));
             candidates.extend(column_blocks.clone().map(|k| if always { F32Kernel::Unfolding(k) } else { F32Kernel::ColumnBlocked(k) }));
             let unfolding = column_blocks.filter(|_| unfolds.is_some() && !always).map(F32Kernel::Unfolding);
-            // Blocks of 4 rows are a candidate for batched tiles where the weights fill them well
-            // (block-pruned or dense weights), with AVX2 or AVX-512.
+            // Blocks of 4 rows are a candidate where the weights fill them well (block-pruned or
+            // dense weights), with AVX2 or AVX-512: on batched tiles, and on one sample of a
+            // convolution (its columns are the image's positions).
             let blocked = (o.isa >= Isa::Avx2).then(|| Bcsr::from_dense(data, rows, cols)).filter(|b| b.fill(csr.nnz()) <= 1.5);
             let blocked = blocked.map(|b| F32Kernel::Blocked(Arc::new(b)));
-            let wide: Vec<F32Kernel> = candidates.iter().cloned().chain(unfolding).chain(blocked).collect();
+            let wide: Vec<F32Kernel> = candidates.iter().cloned().chain(unfolding).chain(blocked.clone()).collect();
+            candidates.extend(blocked.filter(|_| conv.is_some()));
             let mut batched = choose(&shape, &wide, conv, o.tile, o);
             // The direct kernel's taps, decoded once where some tile may run it.
             let direct = conv

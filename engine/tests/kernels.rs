@@ -119,14 +119,15 @@ fn column_blocked_spmm_matches_plain_spmm() {
     }
 }
 
-/// A residual added by the CSR kernels (plain and column-blocked, every variant, packed and
-/// strided rows, row sub-ranges) equals, bit for bit, the same kernel without it followed by the
+/// A residual added by the sparse kernels (CSR, column-blocked and 4x1 blocks, every variant,
+/// packed and strided rows, row sub-ranges) equals, bit for bit, the same kernel without it followed by the
 /// addition and ReLU the engine ran before fusing them (`elementwise::add_fake_quantized`).
 #[test]
-fn residual_added_by_csr_kernels_equals_the_separate_addition() {
+fn residual_added_by_sparse_kernels_equals_the_separate_addition() {
     let mut rng = StdRng::seed_from_u64(8);
     for (rows, cols, w, s) in cases().into_iter().step_by(3).filter(|c| c.0 > 2) {
-        let m = Csr::from_dense(&matrix(rows, cols, s, &mut rng), rows, cols);
+        let dense = matrix(rows, cols, s, &mut rng);
+        let (m, b) = (Csr::from_dense(&dense, rows, cols), Bcsr::from_dense(&dense, rows, cols));
         let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
         for ld in [Ld::packed(w), Ld { x: w + 3, y: w + 5 }] {
             let x: Vec<f32> = (0..cols * ld.x).map(|_| rng.random_range(-2.0..2.0)).collect();
@@ -156,6 +157,11 @@ fn residual_added_by_csr_kernels_equals_the_separate_addition() {
                     let mut fused = vec![0.0; part.len() * ld.y];
                     kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, &mut fused, part.clone(), Sums::new(ld, relu).with_residual(Some(res)));
                     assert!(fused == separate(&plain), "kblocked residual {label}");
+                    let mut plain = vec![0.0; part.len() * ld.y];
+                    bcsr::spmm_bcsr(isa, &b, &bias, &x, w, &mut plain, part.clone(), Sums::new(ld, false));
+                    let mut fused = vec![0.0; part.len() * ld.y];
+                    bcsr::spmm_bcsr(isa, &b, &bias, &x, w, &mut fused, part.clone(), Sums::new(ld, relu).with_residual(Some(res)));
+                    assert!(fused == separate(&plain), "bcsr residual {label}");
                 }
             }
             // The scalar twins: the sums, then the residual, then the ReLU.
@@ -176,15 +182,16 @@ fn residual_added_by_csr_kernels_equals_the_separate_addition() {
     }
 }
 
-/// A clip clamped by the CSR kernels as they store (plain and column-blocked, every variant and
+/// A clip clamped by the sparse kernels as they store (CSR, column-blocked and 4x1 blocks, every variant and
 /// the scalar twins, packed and strided rows, with and without the ReLU, NaN sums included)
 /// equals, bit for bit, the same kernel without it followed by `elementwise::clamp`, the fused
 /// Clip's pass it replaces.
 #[test]
-fn clip_clamped_by_csr_kernels_equals_the_separate_clamp() {
+fn clip_clamped_by_sparse_kernels_equals_the_separate_clamp() {
     let mut rng = StdRng::seed_from_u64(9);
     for (rows, cols, w, s) in cases().into_iter().step_by(3) {
-        let m = Csr::from_dense(&matrix(rows, cols, s, &mut rng), rows, cols);
+        let dense = matrix(rows, cols, s, &mut rng);
+        let (m, b) = (Csr::from_dense(&dense, rows, cols), Bcsr::from_dense(&dense, rows, cols));
         let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
         let kb = KBlocked::from_csr(&m, 7);
         for ld in [Ld::packed(w), Ld { x: w + 3, y: w + 5 }] {
@@ -209,7 +216,11 @@ fn clip_clamped_by_csr_kernels_equals_the_separate_clamp() {
                     assert!(same(&want, &got), "spmm ref clip {label}");
                     let (want, got) = run(&|y, sums| kblocked::spmm_kblocked_ref(&kb, &bias, &x, w, y, 0..rows, sums));
                     assert!(same(&want, &got), "kblocked ref clip {label}");
+                    let (want, got) = run(&|y, sums| bcsr::spmm_bcsr_ref(&b, &bias, &x, w, y, 0..rows, sums));
+                    assert!(same(&want, &got), "bcsr ref clip {label}");
                     for isa in variants() {
+                        let (want, got) = run(&|y, sums| bcsr::spmm_bcsr(isa, &b, &bias, &x, w, y, 0..rows, sums));
+                        assert!(same(&want, &got), "bcsr clip {} {label}", isa.name());
                         let (want, got) = run(&|y, sums| spmm::spmm_strided(isa, &m, &bias, &x, w, y, 0..rows, sums));
                         assert!(same(&want, &got), "spmm clip {} {label}", isa.name());
                         let (want, got) = run(&|y, sums| kblocked::spmm_kblocked(isa, &kb, &bias, &x, w, y, 0..rows, sums));
@@ -221,6 +232,9 @@ fn clip_clamped_by_csr_kernels_equals_the_separate_clamp() {
     }
 }
 
+/// The 4x1-block kernel (scalar twin and every variant) against the CSR kernel's scalar twin on
+/// the same weights: packed and strided rows, sums from the bias and accumulated onto `y`, and
+/// row ranges that start and end inside a block, which write only their rows.
 #[test]
 fn blocked_4x1_matches_plain_spmm() {
     let mut rng = StdRng::seed_from_u64(6);
@@ -229,22 +243,32 @@ fn blocked_4x1_matches_plain_spmm() {
         let m = Csr::from_dense(&dense, rows, cols);
         let b = Bcsr::from_dense(&dense, rows, cols);
         let bias: Vec<f32> = (0..rows).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let x: Vec<f32> = (0..cols * w).map(|_| rng.random_range(-2.0..2.0)).collect();
-        let mut want = vec![0.0; rows * w];
-        spmm::spmm_ref(&m, &bias, &x, w, &mut want, 0..rows, true);
-        let mut got = vec![f32::NAN; rows * w];
-        bcsr::spmm_bcsr_ref(&b, &bias, &x, w, &mut got, 0..b.blocks(), true);
-        assert_close(&got, &want, &format!("bcsr ref {rows}x{cols} w={w}"));
-        for isa in variants() {
-            let mut got = vec![f32::NAN; rows * w];
-            bcsr::spmm_bcsr(isa, &b, &bias, &x, w, &mut got, 0..b.blocks(), true);
-            assert_close(&got, &want, &format!("bcsr {} {rows}x{cols} w={w} s={s}", isa.name()));
-            // A range of block rows writes only its rows.
-            if b.blocks() > 2 {
-                let rows_in = (2 * bcsr::BR).min(rows) - bcsr::BR;
-                let mut part = vec![0.0; rows_in * w];
-                bcsr::spmm_bcsr(isa, &b, &bias, &x, w, &mut part, 1..2, true);
-                assert_close(&part, &want[bcsr::BR * w..(bcsr::BR + rows_in) * w], "bcsr block range");
+        // Whole, and from inside the first block to inside the last.
+        let parts = [0..rows, 1.min(rows)..rows.saturating_sub(2).max(1.min(rows))];
+        for ld in [Ld::packed(w), Ld { x: w + 3, y: w + 5 }] {
+            let x: Vec<f32> = (0..cols * ld.x).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let start: Vec<f32> = (0..rows * ld.y).map(|_| rng.random_range(-1.0..1.0)).collect();
+            for accumulate in [false, true] {
+                for part in parts.iter().cloned() {
+                    let sums = Sums { accumulate, ..Sums::new(ld, true) };
+                    // NaN between strided rows: elements the kernels must leave alone.
+                    let mut initial = vec![f32::NAN; part.len() * ld.y];
+                    for i in 0..part.len() {
+                        let at = i * ld.y;
+                        initial[at..at + w].copy_from_slice(&start[(part.start + i) * ld.y..(part.start + i) * ld.y + w]);
+                    }
+                    let mut want = initial.clone();
+                    spmm::spmm_strided_ref(&m, &bias, &x, w, &mut want, part.clone(), sums);
+                    let label = format!("{rows}x{cols} w={w} s={s} {ld:?} accumulate={accumulate} rows {part:?}");
+                    let mut got = initial.clone();
+                    bcsr::spmm_bcsr_ref(&b, &bias, &x, w, &mut got, part.clone(), sums);
+                    assert_close(&got, &want, &format!("bcsr ref {label}"));
+                    for isa in variants() {
+                        let mut got = initial.clone();
+                        bcsr::spmm_bcsr(isa, &b, &bias, &x, w, &mut got, part.clone(), sums);
+                        assert_close(&got, &want, &format!("bcsr {} {label}", isa.name()));
+                    }
+                }
             }
         }
     }

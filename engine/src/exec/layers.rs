@@ -231,15 +231,15 @@ pub(super) fn matmul(isa: Isa, m: &MatMul, x: &[f32], w: usize, residual: Option
     matmul_rows(isa, m, x, w, residual, y, spmm::Ld::packed(w), team, one_sample)
 }
 
-/// Whether `matmul_rows` takes the layer on `w` columns of rows apart: the fp32 kernels but the
-/// blocked one, on two columns or more (its bands are packed first).
+/// Whether `matmul_rows` takes the layer on `w` columns of rows apart: the fp32 kernels, on two
+/// columns or more.
 pub(super) fn has_strided_form(m: &MatMul, w: usize, one_sample: bool) -> bool {
-    w >= 2 && m.kernels.f32(one_sample).is_some_and(F32Kernel::has_strided_form)
+    w >= 2 && m.kernels.f32(one_sample).is_some()
 }
 
 /// A fp32 layer on `w` columns of rows `ld.x` and `ld.y` apart (the residual's rows too; a
 /// pointwise convolution on a band of rows reads and writes them in place in whole images;
-/// packed on one column and for the blocked kernel): the kernel's row parts over the team where
+/// packed on one column): the kernel's row parts over the team where
 /// the work is large enough.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul_rows(

@@ -3,10 +3,16 @@
 //! does 16 FMAs per 4 vector loads instead of 4 per 4. Models pruned with `mask = "4x1"` fit it
 //! exactly; unstructured weights fit it with zero fill, and dense weights are the case where
 //! every column is present. The compiler keeps it only where it times fastest.
+//!
+//! Its sums start and end as the CSR kernel's do (`spmm::Sums`): rows `ld` apart in the input and
+//! the output (a band of rows inside whole images), from the bias or the values in `y`, the
+//! residual added and the ReLU and clip applied as they are stored, and the output rows of a large
+//! region prefetched for writing (`spmm::COLD_OUTPUT_BYTES`).
 
 use std::ops::Range;
 
 use super::Isa;
+use super::spmm::{Sums, prefetch_rows, span};
 
 /// Rows per block.
 pub const BR: usize = 4;
@@ -58,45 +64,48 @@ impl Bcsr {
     }
 }
 
-fn check(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &[f32], blocks: &Range<usize>) {
-    assert!(blocks.end <= m.blocks() && bias.len() == m.rows, "block range or bias does not fit the matrix");
-    assert!(x.len() >= m.cols * w, "input tile too small");
-    let rows = (blocks.end * BR).min(m.rows) - (blocks.start * BR).min(m.rows);
-    assert!(y.len() >= rows * w, "output tile too small");
+/// Checks the sizes every variant relies on.
+fn check(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, sums: &Sums) {
+    let ld = sums.ld;
+    assert!(rows.start <= rows.end && rows.end <= m.rows && bias.len() == m.rows, "row range or bias does not fit the matrix");
+    assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
+    assert!(x.len() >= span(m.cols, w, ld.x), "input tile too small");
+    assert!(y.len() >= span(rows.len(), w, ld.y), "output tile too small");
+    assert!(sums.residual.is_none_or(|r| r.len() >= span(rows.len(), w, ld.y)), "residual smaller than the output");
 }
 
-/// The scalar twin. Output rows of `blocks` (clipped to `rows`) are written to `y` as
-/// `[rows in range, w]`.
-pub fn spmm_bcsr_ref(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], blocks: Range<usize>, relu: bool) {
-    check(m, bias, x, w, y, &blocks);
-    let r0 = blocks.start * BR;
-    for b in blocks {
-        for i in 0..BR {
-            let r = b * BR + i;
-            if r >= m.rows {
-                break;
+/// The scalar twin. Output rows `rows` (any range; the blocks that hold them are computed) are
+/// written to `y`, row `r` at `(r - rows.start) * ld.y`.
+pub fn spmm_bcsr_ref(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
+    check(m, bias, x, w, y, &rows, &sums);
+    let ld = sums.ld;
+    for (i, r) in rows.enumerate() {
+        let (b, lane) = (r / BR, r % BR);
+        for s in 0..w {
+            let mut acc = if sums.accumulate { y[i * ld.y + s] } else { bias[r] };
+            for j in m.blk_ptr[b] as usize..m.blk_ptr[b + 1] as usize {
+                acc += m.val[j * BR + lane] * x[m.col[j] as usize * ld.x + s];
             }
-            for s in 0..w {
-                let mut acc = bias[r];
-                for j in m.blk_ptr[b] as usize..m.blk_ptr[b + 1] as usize {
-                    acc += m.val[j * BR + i] * x[m.col[j] as usize * w + s];
-                }
-                y[(r - r0) * w + s] = if relu { acc.max(0.0) } else { acc };
+            if let Some(res) = sums.residual {
+                acc += res[i * ld.y + s];
             }
+            y[i * ld.y + s] = sums.finish(acc);
         }
     }
 }
 
-/// Runs the variant for `isa` on block rows `blocks`.
-pub fn spmm_bcsr(isa: Isa, m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], blocks: Range<usize>, relu: bool) {
-    check(m, bias, x, w, y, &blocks);
+/// Runs the variant for `isa` (which the CPU must support) on output rows `rows`, laid out and
+/// started and ended as `sums` says.
+pub fn spmm_bcsr(isa: Isa, m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: Sums) {
+    check(m, bias, x, w, y, &rows, &sums);
     match isa {
-        // SAFETY: sizes checked above; columns validated at construction; ISA chosen from the CPU.
+        // SAFETY: sizes checked above (the residual's too); columns validated at construction;
+        // the caller selected `isa` from what the CPU reports.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::spmm_bcsr_avx512(m, bias, x, w, y, blocks, relu) },
+        Isa::Avx512 => unsafe { x86::spmm_bcsr_avx512(m, bias, x, w, y, rows, &sums) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::spmm_bcsr_avx2(m, bias, x, w, y, blocks, relu) },
-        _ => spmm_bcsr_ref(m, bias, x, w, y, blocks, relu),
+        Isa::Avx2 => unsafe { x86::spmm_bcsr_avx2(m, bias, x, w, y, rows, &sums) },
+        _ => spmm_bcsr_ref(m, bias, x, w, y, rows, sums),
     }
 }
 
@@ -105,180 +114,255 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{BR, Bcsr};
+    use super::{BR, Bcsr, Sums, prefetch_rows};
 
-    /// Strips of 4 vectors of `$lanes` sample columns from `c0` on: 4 rows x 4 vectors = 16
-    /// accumulators per block, each column's activations loaded once for the block's 4 rows.
-    /// Expands inside each variant, so its intrinsics compile under that variant's features.
-    macro_rules! strips {
-        ($m:ident, $bias_of:ident, $xp:ident, $yp:ident, $w:ident, $blocks:ident, $r0:ident, $relu:ident, $c0:ident,
-         $lanes:literal, $zero:expr, $set1:ident, $fmadd:ident, $loadu:ident, $storeu:ident, $max:ident) => {
-            while $c0 + 4 * $lanes <= $w {
-                for b in $blocks.clone() {
-                    let mut acc = [[$zero; 4]; BR];
-                    for (i, row) in acc.iter_mut().enumerate() {
-                        *row = [$set1($bias_of(b * BR + i)); 4];
-                    }
-                    // SAFETY (whole block): entries j < nnz blocks by the BCSR invariants;
-                    // col * w + c0 + 4 * lanes - 1 < cols * w <= x.len().
-                    unsafe {
-                        for j in *$m.blk_ptr.get_unchecked(b) as usize..*$m.blk_ptr.get_unchecked(b + 1) as usize {
-                            let p = $xp.add(*$m.col.get_unchecked(j) as usize * $w + $c0);
-                            let xs = [$loadu(p), $loadu(p.add($lanes)), $loadu(p.add(2 * $lanes)), $loadu(p.add(3 * $lanes))];
-                            let v = $m.val.as_ptr().add(j * BR);
-                            for (i, row) in acc.iter_mut().enumerate() {
-                                let vi = $set1(*v.add(i));
-                                for (a, xv) in row.iter_mut().zip(xs) {
-                                    *a = $fmadd(vi, xv, *a);
-                                }
-                            }
-                        }
-                    }
-                    for (i, row) in acc.iter().enumerate() {
-                        let r = b * BR + i;
-                        if r >= $m.rows {
-                            break;
-                        }
-                        // SAFETY: (r - r0) * w + c0 + 4 * lanes - 1 < rows in range * w <= y.len().
-                        unsafe {
-                            let q = $yp.add((r - $r0) * $w + $c0);
-                            for (k, a) in row.iter().enumerate() {
-                                $storeu(q.add($lanes * k), if $relu { $max(*a, $zero) } else { *a });
-                            }
-                        }
-                    }
-                }
-                $c0 += 4 * $lanes;
-            }
-        };
-    }
-
+    /// Strips of up to 64 sample columns, as the CSR kernel's (4 vectors; the columns left after
+    /// them, up to one vector more than a strip, in one last strip, its last vector masked):
+    /// 4 rows x 4 vectors = 16 accumulators per block, each column's activations loaded once for
+    /// the block's 4 rows.
+    ///
     /// # Safety
     /// AVX-512F must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn spmm_bcsr_avx512(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], blocks: Range<usize>, relu: bool) {
-        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-        let zero = _mm512_setzero_ps();
-        let r0 = blocks.start * BR;
-        // Bias of a row, 0 for the padding rows of the last block.
-        let bias_of = |r: usize| if r < m.rows { bias[r] } else { 0.0 };
+    pub unsafe fn spmm_bcsr_avx512(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: &Sums) {
         let mut c0 = 0;
-        // LOOP 1: strips of 64 sample columns.
-        strips!(
-            m,
-            bias_of,
-            xp,
-            yp,
-            w,
-            blocks,
-            r0,
-            relu,
-            c0,
-            16,
-            zero,
-            _mm512_set1_ps,
-            _mm512_fmadd_ps,
-            _mm512_loadu_ps,
-            _mm512_storeu_ps,
-            _mm512_max_ps
-        );
-        // LOOP 2: the remaining columns, 16 at a time, the last strip masked.
         while c0 < w {
-            let n = (w - c0).min(16);
-            let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
-            for b in blocks.clone() {
-                let mut acc: [__m512; BR] = std::array::from_fn(|i| _mm512_set1_ps(bias_of(b * BR + i)));
-                // SAFETY: as above; masked lanes are neither read nor written.
-                unsafe {
-                    for j in *m.blk_ptr.get_unchecked(b) as usize..*m.blk_ptr.get_unchecked(b + 1) as usize {
-                        let xv = _mm512_maskz_loadu_ps(mask, xp.add(*m.col.get_unchecked(j) as usize * w + c0));
-                        let v = m.val.as_ptr().add(j * BR);
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*v.add(i)), xv, *a);
-                        }
-                    }
-                    for (i, a) in acc.iter().enumerate() {
-                        let r = b * BR + i;
-                        if r >= m.rows {
-                            break;
-                        }
-                        _mm512_mask_storeu_ps(yp.add((r - r0) * w + c0), mask, if relu { _mm512_max_ps(*a, zero) } else { *a });
-                    }
+            let left = w - c0;
+            let vectors = if left <= 80 { left.div_ceil(16) } else { 4 };
+            let lanes = left.min(16 * vectors);
+            // SAFETY: columns c0..c0 + lanes <= w; the rest as this function's.
+            unsafe {
+                match (vectors, lanes == 16 * vectors) {
+                    (1, true) => strip::<1, false>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (1, false) => strip::<1, true>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (2, true) => strip::<2, false>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (2, false) => strip::<2, true>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (3, true) => strip::<3, false>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (3, false) => strip::<3, true>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (4, true) => strip::<4, false>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (4, false) => strip::<4, true>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (_, true) => strip::<5, false>(m, bias, x, y, &rows, sums, c0, lanes),
+                    (_, false) => strip::<5, true>(m, bias, x, y, &rows, sums, c0, lanes),
                 }
             }
-            c0 += n;
+            c0 += lanes;
         }
     }
 
-    /// The AVX2 variant: strips of 32 sample columns (4 rows x 4 vectors of 8), then 8 at a
-    /// time, then the last columns one by one.
+    /// Columns `c0..c0 + lanes` of rows `rows` (`lanes` more than `16 * (V - 1)`, at most
+    /// `16 * V`, all of it unless `MASKED`): for each block holding some of them, `BR x V` sums,
+    /// the last vector masked where `MASKED`; the block's rows outside `rows` are computed and not
+    /// stored. (A mask chosen at run time in the inner loop had halved the kernel's speed.)
+    ///
+    /// # Safety
+    /// As `spmm_bcsr_avx512`, with `c0 + lanes <= w`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn strip<const V: usize, const MASKED: bool>(
+        m: &Bcsr,
+        bias: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        rows: &Range<usize>,
+        sums: &Sums,
+        c0: usize,
+        lanes: usize,
+    ) {
+        let (xp, yp, ld, r0) = (x.as_ptr(), y.as_mut_ptr(), sums.ld, rows.start);
+        // The residual's row `r` starts where the output's does (same layout).
+        let rp = sums.residual.map(<[f32]>::as_ptr);
+        let tail = lanes - 16 * (V - 1);
+        let last: __mmask16 = if tail == 16 { 0xffff } else { (1u16 << tail) - 1 };
+        // SAFETY (the closures): vector k of a strip at `p` reads lanes c0 + 16k.. below
+        // c0 + lanes <= w, the last one masked to them.
+        let load = |p: *const f32, k: usize| unsafe {
+            if k + 1 < V || !MASKED { _mm512_loadu_ps(p.add(16 * k)) } else { _mm512_maskz_loadu_ps(last, p.add(16 * k)) }
+        };
+        let store = |p: *mut f32, k: usize, v: __m512| unsafe {
+            if k + 1 < V || !MASKED { _mm512_storeu_ps(p.add(16 * k), v) } else { _mm512_mask_storeu_ps(p.add(16 * k), last, v) }
+        };
+        let zero = _mm512_setzero_ps();
+        let ahead = prefetch_rows(rows.len(), ld.y);
+        let clip = sums.clip.map(|[lo, hi]| (_mm512_set1_ps(lo), _mm512_set1_ps(hi)));
+        for b in rows.start / BR..rows.end.div_ceil(BR) {
+            // The block's rows that are stored: `lo..hi` of its `BR`.
+            let (lo, hi) = (rows.start.max(b * BR) - b * BR, rows.end.min(b * BR + BR) - b * BR);
+            // SAFETY (whole block): entries j < nnz blocks by the BCSR invariants; col * ld.x +
+            // c0 + lanes within x's span (`super::check`); the rows stored, r in `rows`, at
+            // (r - r0) * ld.y + c0 + lanes within y's and the residual's; prefetches do not fault.
+            unsafe {
+                if ahead > 0 {
+                    // The next block's strips, for writing, and the residual's.
+                    for r in (b + 1) * BR..((b + 2) * BR).min(rows.end) {
+                        for k in 0..V {
+                            let at = (r - r0) * ld.y + c0 + 16 * k;
+                            _mm_prefetch::<_MM_HINT_ET0>(yp.add(at) as *const i8);
+                            if let Some(rp) = rp {
+                                _mm_prefetch::<_MM_HINT_T0>(rp.add(at) as *const i8);
+                            }
+                        }
+                    }
+                }
+                // One array of sums per row of the block, indexed only by the vector: one array
+                // of all 16 (4 x 4 vectors) was kept on the stack, each FMA stored, at half the
+                // speed.
+                let init = |i: usize| -> [__m512; V] {
+                    let r = b * BR + i;
+                    if !sums.accumulate {
+                        [_mm512_set1_ps(if r < m.rows { *bias.get_unchecked(r) } else { 0.0 }); V]
+                    } else if (lo..hi).contains(&i) {
+                        std::array::from_fn(|k| load(yp.add((r - r0) * ld.y + c0), k))
+                    } else {
+                        [zero; V]
+                    }
+                };
+                let (mut a0, mut a1, mut a2, mut a3) = (init(0), init(1), init(2), init(3));
+                let fma = |acc: &mut [__m512; V], v: f32, xs: &[__m512; V]| {
+                    let v = _mm512_set1_ps(v);
+                    for (a, &xv) in acc.iter_mut().zip(xs) {
+                        *a = _mm512_fmadd_ps(v, xv, *a);
+                    }
+                };
+                for j in *m.blk_ptr.get_unchecked(b) as usize..*m.blk_ptr.get_unchecked(b + 1) as usize {
+                    let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
+                    let mut xs = [zero; V];
+                    for (k, xv) in xs.iter_mut().enumerate() {
+                        *xv = load(p, k);
+                    }
+                    let v = m.val.as_ptr().add(j * BR);
+                    fma(&mut a0, *v, &xs);
+                    fma(&mut a1, *v.add(1), &xs);
+                    fma(&mut a2, *v.add(2), &xs);
+                    fma(&mut a3, *v.add(3), &xs);
+                }
+                let finish = |i: usize, acc: &[__m512; V]| {
+                    if !(lo..hi).contains(&i) {
+                        return;
+                    }
+                    let at = (b * BR + i - r0) * ld.y + c0;
+                    for (k, &a) in acc.iter().enumerate() {
+                        let mut a = a;
+                        if let Some(rp) = rp {
+                            a = _mm512_add_ps(a, load(rp.add(at), k));
+                        }
+                        if sums.relu {
+                            a = _mm512_max_ps(a, zero);
+                        }
+                        if let Some((lo, hi)) = clip {
+                            // As `elementwise::clamp`: max and min return their second operand
+                            // where one is NaN, so a NaN sum stays NaN.
+                            a = _mm512_min_ps(hi, _mm512_max_ps(lo, a));
+                        }
+                        store(yp.add(at), k, a);
+                    }
+                };
+                finish(0, &a0);
+                finish(1, &a1);
+                finish(2, &a2);
+                finish(3, &a3);
+            }
+        }
+    }
+
+    /// The AVX2 variant: strips of 16 sample columns (4 rows x 2 vectors of 8), then 8, then the
+    /// last columns one by one as the scalar twin.
     ///
     /// # Safety
     /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn spmm_bcsr_avx2(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], blocks: Range<usize>, relu: bool) {
-        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-        let zero = _mm256_setzero_ps();
-        let r0 = blocks.start * BR;
-        let bias_of = |r: usize| if r < m.rows { bias[r] } else { 0.0 };
+    pub unsafe fn spmm_bcsr_avx2(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &mut [f32], rows: Range<usize>, sums: &Sums) {
         let mut c0 = 0;
-        // LOOP 1: strips of 32 sample columns.
-        strips!(
-            m,
-            bias_of,
-            xp,
-            yp,
-            w,
-            blocks,
-            r0,
-            relu,
-            c0,
-            8,
-            zero,
-            _mm256_set1_ps,
-            _mm256_fmadd_ps,
-            _mm256_loadu_ps,
-            _mm256_storeu_ps,
-            _mm256_max_ps
-        );
-        // LOOP 2: 8 columns at a time.
-        while c0 + 8 <= w {
-            for b in blocks.clone() {
-                let mut acc: [__m256; BR] = std::array::from_fn(|i| _mm256_set1_ps(bias_of(b * BR + i)));
-                // SAFETY: as above, with 8-column strips.
-                unsafe {
-                    for j in *m.blk_ptr.get_unchecked(b) as usize..*m.blk_ptr.get_unchecked(b + 1) as usize {
-                        let xv = _mm256_loadu_ps(xp.add(*m.col.get_unchecked(j) as usize * w + c0));
-                        let v = m.val.as_ptr().add(j * BR);
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(_mm256_set1_ps(*v.add(i)), xv, *a);
-                        }
-                    }
-                    for (i, a) in acc.iter().enumerate() {
-                        let r = b * BR + i;
-                        if r >= m.rows {
-                            break;
-                        }
-                        _mm256_storeu_ps(yp.add((r - r0) * w + c0), if relu { _mm256_max_ps(*a, zero) } else { *a });
-                    }
-                }
-            }
+        while c0 + 16 <= w {
+            // SAFETY: columns c0..c0 + 16 <= w.
+            unsafe { strip8::<2>(m, bias, x, y, &rows, sums, c0) };
+            c0 += 16;
+        }
+        if c0 + 8 <= w {
+            // SAFETY: columns c0..c0 + 8 <= w.
+            unsafe { strip8::<1>(m, bias, x, y, &rows, sums, c0) };
             c0 += 8;
         }
-        // The last columns, one at a time.
+        let ld = sums.ld;
         for s in c0..w {
-            for b in blocks.clone() {
-                for i in 0..BR {
-                    let r = b * BR + i;
-                    if r >= m.rows {
-                        break;
-                    }
-                    let mut acc = bias_of(r);
-                    for j in m.blk_ptr[b] as usize..m.blk_ptr[b + 1] as usize {
-                        acc += m.val[j * BR + i] * x[m.col[j] as usize * w + s];
-                    }
-                    y[(r - r0) * w + s] = if relu { acc.max(0.0) } else { acc };
+            for (i, r) in rows.clone().enumerate() {
+                let (b, lane) = (r / BR, r % BR);
+                let mut acc = if sums.accumulate { y[i * ld.y + s] } else { bias[r] };
+                for j in m.blk_ptr[b] as usize..m.blk_ptr[b + 1] as usize {
+                    acc += m.val[j * BR + lane] * x[m.col[j] as usize * ld.x + s];
                 }
+                if let Some(res) = sums.residual {
+                    acc += res[i * ld.y + s];
+                }
+                y[i * ld.y + s] = sums.finish(acc);
+            }
+        }
+    }
+
+    /// Columns `c0..c0 + 8 * V` of rows `rows`, `BR x V` sums per block.
+    ///
+    /// # Safety
+    /// As `spmm_bcsr_avx2`, with `c0 + 8 * V <= w`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn strip8<const V: usize>(m: &Bcsr, bias: &[f32], x: &[f32], y: &mut [f32], rows: &Range<usize>, sums: &Sums, c0: usize) {
+        let (xp, yp, ld, r0) = (x.as_ptr(), y.as_mut_ptr(), sums.ld, rows.start);
+        let rp = sums.residual.map(<[f32]>::as_ptr);
+        let zero = _mm256_setzero_ps();
+        let clip = sums.clip.map(|[lo, hi]| (_mm256_set1_ps(lo), _mm256_set1_ps(hi)));
+        for b in rows.start / BR..rows.end.div_ceil(BR) {
+            let (lo, hi) = (rows.start.max(b * BR) - b * BR, rows.end.min(b * BR + BR) - b * BR);
+            // SAFETY: as in the AVX-512 variant, with strips of 8 * V columns.
+            unsafe {
+                // One array of sums per row, as in the AVX-512 variant.
+                let init = |i: usize| -> [__m256; V] {
+                    let r = b * BR + i;
+                    if !sums.accumulate {
+                        [_mm256_set1_ps(if r < m.rows { *bias.get_unchecked(r) } else { 0.0 }); V]
+                    } else if (lo..hi).contains(&i) {
+                        std::array::from_fn(|k| _mm256_loadu_ps(yp.add((r - r0) * ld.y + c0 + 8 * k)))
+                    } else {
+                        [zero; V]
+                    }
+                };
+                let (mut a0, mut a1, mut a2, mut a3) = (init(0), init(1), init(2), init(3));
+                let fma = |acc: &mut [__m256; V], v: f32, xs: &[__m256; V]| {
+                    let v = _mm256_set1_ps(v);
+                    for (a, &xv) in acc.iter_mut().zip(xs) {
+                        *a = _mm256_fmadd_ps(v, xv, *a);
+                    }
+                };
+                for j in *m.blk_ptr.get_unchecked(b) as usize..*m.blk_ptr.get_unchecked(b + 1) as usize {
+                    let p = xp.add(*m.col.get_unchecked(j) as usize * ld.x + c0);
+                    let xs: [__m256; V] = std::array::from_fn(|k| _mm256_loadu_ps(p.add(8 * k)));
+                    let v = m.val.as_ptr().add(j * BR);
+                    fma(&mut a0, *v, &xs);
+                    fma(&mut a1, *v.add(1), &xs);
+                    fma(&mut a2, *v.add(2), &xs);
+                    fma(&mut a3, *v.add(3), &xs);
+                }
+                let finish = |i: usize, acc: &[__m256; V]| {
+                    if !(lo..hi).contains(&i) {
+                        return;
+                    }
+                    let at = (b * BR + i - r0) * ld.y + c0;
+                    for (k, &a) in acc.iter().enumerate() {
+                        let mut a = a;
+                        if let Some(rp) = rp {
+                            a = _mm256_add_ps(a, _mm256_loadu_ps(rp.add(at + 8 * k)));
+                        }
+                        if sums.relu {
+                            a = _mm256_max_ps(a, zero);
+                        }
+                        if let Some((lo, hi)) = clip {
+                            a = _mm256_min_ps(hi, _mm256_max_ps(lo, a));
+                        }
+                        _mm256_storeu_ps(yp.add(at + 8 * k), a);
+                    }
+                };
+                finish(0, &a0);
+                finish(1, &a1);
+                finish(2, &a2);
+                finish(3, &a3);
             }
         }
     }

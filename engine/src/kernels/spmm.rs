@@ -32,7 +32,7 @@ impl Ld {
 }
 
 /// Elements a `[rows, w]` matrix with leading dimension `ld` spans.
-fn span(rows: usize, w: usize, ld: usize) -> usize {
+pub(super) fn span(rows: usize, w: usize, ld: usize) -> usize {
     if rows == 0 { 0 } else { (rows - 1) * ld + w }
 }
 
@@ -144,7 +144,7 @@ pub const PREFETCH_ROWS: usize = 4;
 
 /// Rows ahead to prefetch for a call writing `rows` rows `ld_y` floats apart: `PREFETCH_ROWS`
 /// where that region is larger than `COLD_OUTPUT_BYTES`, else none.
-fn prefetch_rows(rows: usize, ld_y: usize) -> usize {
+pub(super) fn prefetch_rows(rows: usize, ld_y: usize) -> usize {
     if rows.saturating_mul(ld_y).saturating_mul(size_of::<f32>()) > COLD_OUTPUT_BYTES { PREFETCH_ROWS } else { 0 }
 }
 
