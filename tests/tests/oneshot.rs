@@ -172,7 +172,8 @@ fn a_trained_run_is_pruned_one_shot() {
     let (ok, stdout, err) = allocate("--target-latency-ms", &target.to_string(), base.to_str().unwrap(), "allocated.toml");
     assert!(ok, "{err}");
     let estimated: f64 = stdout.split("estimated ").nth(1).unwrap().split(" ms").next().unwrap().parse().unwrap();
-    assert!(estimated <= target + 1e-9, "{stdout}");
+    // Printed to 4 decimals: within half of the last digit.
+    assert!(estimated <= target + 5e-5, "{stdout}");
     let recipe = sparsify::recipe::Recipe::load(&d.join("allocated.toml"), &[]).unwrap();
     let targets: Vec<f64> =
         ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"].iter().map(|p| recipe.pruning[0].final_for(p)).collect();
