@@ -87,18 +87,28 @@ impl Kernel {
     }
 }
 
-/// A convolution's weights for the direct kernel: its taps, and the CSR weights that the tiles
-/// it does not take run through im2col.
+/// A convolution's weights for the direct kernel: its taps, its CSR weights, and the kernel that
+/// runs the tiles it does not take through im2col (`others`: the one the compiler timed fastest
+/// before the direct kernel beat it, so that a width the direct kernel has no vector form for,
+/// such as 8-sample tiles with AVX-512, runs that kernel rather than plain CSR).
 #[derive(Debug)]
 pub struct DirectWeights {
-    pub taps: direct::Taps,
+    pub taps: Arc<direct::Taps>,
     pub csr: Arc<Csr>,
+    pub others: F32Kernel,
 }
 
 impl DirectWeights {
-    /// The direct kernel on `csr`, a convolution of window `g`.
+    /// The direct kernel on `csr`, a convolution of window `g`; other tiles on the CSR kernel.
     pub fn kernel(csr: Arc<Csr>, g: &Geometry) -> F32Kernel {
-        F32Kernel::Direct(Arc::new(DirectWeights { taps: direct::Taps::new(&csr, g), csr }))
+        let taps = Arc::new(direct::Taps::new(&csr, g));
+        F32Kernel::Direct(Arc::new(DirectWeights { taps, others: F32Kernel::Sparse(csr.clone()), csr }))
+    }
+
+    /// This direct kernel with `others` for the tiles it does not take (not a direct kernel).
+    pub fn with_others(&self, others: F32Kernel) -> F32Kernel {
+        assert!(others.taps().is_none(), "a direct kernel's other tiles run another kernel");
+        F32Kernel::Direct(Arc::new(DirectWeights { taps: self.taps.clone(), csr: self.csr.clone(), others }))
     }
 }
 
@@ -146,6 +156,7 @@ impl F32Kernel {
     pub fn unfolding(&self) -> Option<&KBlocked> {
         match self {
             F32Kernel::Unfolding(k) => Some(k),
+            F32Kernel::Direct(d) => d.others.unfolding(),
             _ => None,
         }
     }
@@ -192,7 +203,7 @@ impl F32Kernel {
             F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => k.row_ptr.last().map_or(0, |&n| n as usize) * cols_w,
             F32Kernel::Blocked(b) => b.blk_ptr.last().map_or(0, |&n| n as usize * bcsr::BR) * cols_w,
             F32Kernel::Sparse(c) => c.nnz() * cols_w,
-            F32Kernel::Direct(d) => d.csr.nnz() * cols_w,
+            F32Kernel::Direct(d) => d.others.work(rows, cols, cols_w),
         }
     }
 
@@ -208,7 +219,7 @@ impl F32Kernel {
                 (0..rows).step_by(slab.max(1)).map(|r| r..(r + slab).min(rows)).collect()
             }
             F32Kernel::Sparse(c) => balanced_ranges(&c.row_ptr, threads * 4),
-            F32Kernel::Direct(d) => balanced_ranges(&d.csr.row_ptr, threads * 4),
+            F32Kernel::Direct(d) => d.others.parts(rows, threads),
             F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => balanced_ranges(&k.row_ptr, threads),
             F32Kernel::Blocked(b) => balanced_ranges(&b.blk_ptr, threads * 4)
                 .into_iter()
@@ -231,10 +242,9 @@ impl F32Kernel {
         match self {
             F32Kernel::ColumnBlocked(k) | F32Kernel::Unfolding(k) => return kblocked::spmm_kblocked(isa, k, bias, x, w, y, rows, sums),
             F32Kernel::Sparse(c) if w > 1 => return spmm::spmm_strided(isa, c, bias, x, w, y, rows, sums),
-            F32Kernel::Direct(d) if w > 1 => return spmm::spmm_strided(isa, &d.csr, bias, x, w, y, rows, sums),
+            F32Kernel::Direct(d) => return d.others.run_rows(isa, bias, cols, x, w, y, rows, sums),
             F32Kernel::Blocked(b) => return bcsr::spmm_bcsr(isa, b, bias, x, w, y, rows, sums),
             F32Kernel::Sparse(c) => spmv::spmv(isa, c, bias, x, y, rows.clone(), relu),
-            F32Kernel::Direct(d) => spmv::spmv(isa, &d.csr, bias, x, y, rows.clone(), relu),
             F32Kernel::Dense(wt) | F32Kernel::Winograd(_, wt) => {
                 let (wt, bias) = (&wt[rows.start * cols..rows.end * cols], &bias[rows.clone()]);
                 if w == 1 {
@@ -456,6 +466,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_direct_kernel_runs_the_tiles_it_does_not_take_on_the_kernel_it_beat() {
+        let isa = active_isa().unwrap_or(Isa::Scalar);
+        let (rows, cols, w) = (10, 12, 8);
+        let data: Vec<f32> = (0..rows * cols).map(|i| if i % 3 == 0 { (i % 7) as f32 * 0.25 - 0.5 } else { 0.0 }).collect();
+        let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.1).collect();
+        let x: Vec<f32> = (0..cols * w).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
+        let Some(F32Kernel::Direct(plain)) = packed(Kernel::Direct, &data, rows, cols) else { unreachable!("a direct kernel") };
+        let blocked = packed(Kernel::Blocked, &data, rows, cols).expect("fp32");
+        let direct = plain.with_others(blocked.clone());
+        assert_eq!(direct.kernel(), Kernel::Direct);
+        assert_eq!(direct.parts(rows, 2), blocked.parts(rows, 2));
+        assert_eq!(direct.work(rows, cols, w), blocked.work(rows, cols, w));
+        let run = |k: &F32Kernel| {
+            let mut y = vec![0.0; rows * w];
+            k.run_rows(isa, &bias, cols, &x, w, &mut y, 0..rows, Sums::new(Ld::packed(w), true));
+            y
+        };
+        assert_eq!(run(&direct), run(&blocked), "the blocked kernel's sums, bit for bit");
     }
 
     #[test]

@@ -194,6 +194,14 @@ impl MatMul {
     pub fn kernel_name(&self, one_sample: bool) -> &'static str {
         self.kernel(one_sample).name(one_sample && self.conv.is_none())
     }
+    /// The name of the kernel that tiles of `w` samples run: `kernel_name`, except that where the
+    /// direct kernel does not take such tiles, the kernel they run instead (`DirectWeights::others`).
+    pub fn kernel_name_on(&self, isa: Isa, w: usize) -> &'static str {
+        match self.kernels.f32(w == 1) {
+            Some(F32Kernel::Direct(d)) if !self.runs_direct(isa, w) => d.others.kernel().name(false),
+            _ => self.kernel_name(w == 1),
+        }
+    }
     /// Columns of the layer's product on a tile of `w` samples: a convolution's output
     /// positions times `w`, else `w`.
     pub fn columns(&self, w: usize) -> usize {
@@ -870,7 +878,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             if let Some((g, d)) = direct.as_ref().filter(|_| direct::vectorized(o.isa, o.tile))
                 && direct_is_faster(&shape, *g, d, &batched, o.tile, o)
             {
-                batched = d.clone();
+                batched = direct_with_others(d, batched);
             }
             // One sample runs the direct kernel where it takes one (AVX-512, stride 1 along rows)
             // and times faster on one sample, whatever wider tiles run: ResNet-50's 28x28 and
@@ -879,7 +887,7 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
             // kernel on the image ran at 116).
             let one = choose(&shape, &candidates, conv, 1, o);
             let one = match direct {
-                Some((g, d)) if direct::takes(o.isa, 1, &g) && direct_is_faster(&shape, g, &d, &one, 1, o) => d,
+                Some((g, d)) if direct::takes(o.isa, 1, &g) && direct_is_faster(&shape, g, &d, &one, 1, o) => direct_with_others(&d, one),
                 _ => one,
             };
             // A dense 3x3 convolution at stride 1: Winograd's products where they time faster.
@@ -894,6 +902,12 @@ fn pack(name: &str, weight: &Weight, bias: &[f32], relu: bool, conv: Option<Geom
         }
     };
     Ok(layer(Kernels::F32 { one_sample, batched }))
+}
+
+/// The direct kernel `direct` with `others`, the kernel it beat, for the tiles it does not take.
+fn direct_with_others(direct: &F32Kernel, others: F32Kernel) -> F32Kernel {
+    let F32Kernel::Direct(d) = direct else { unreachable!("a direct kernel") };
+    d.with_others(others)
 }
 
 /// One sample's im2col above which a convolution's column-blocked kernel always unfolds its

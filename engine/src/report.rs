@@ -96,7 +96,7 @@ pub fn analyze<M: Deref<Target = Model> + Clone>(
                 share: ms / total.max(1e-12),
                 gflops: m.map(|m| m.useful_flops_per_column() * (batch as f64 * m.positions()) / (ms / 1e3) / 1e9),
                 sparsity: m.map(|m| m.sparsity),
-                kernel: m.map(|m| m.kernel_name(plan.tile_of(i) == 1)),
+                kernel: m.map(|m| m.kernel_name_on(model.options.isa, plan.tile_of(i))),
             }
         })
         .collect())
@@ -159,7 +159,7 @@ impl BenchRow {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, l)| match &l.exec {
-                    Exec::MatMul(m) => Some(m.kernel_name(plan.tile_of(i) == 1)),
+                    Exec::MatMul(m) => Some(m.kernel_name_on(model.options.isa, plan.tile_of(i))),
                     _ => None,
                 })
                 .collect(),
