@@ -12,7 +12,7 @@
 use std::ops::Range;
 
 use super::Isa;
-use super::spmm::{Sums, prefetch_rows, span};
+use super::spmm::{Sums, check_tile, prefetch_rows};
 
 /// Rows per block.
 pub const BR: usize = 4;
@@ -66,12 +66,7 @@ impl Bcsr {
 
 /// Checks the sizes every variant relies on.
 fn check(m: &Bcsr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, sums: &Sums) {
-    let ld = sums.ld;
-    assert!(rows.start <= rows.end && rows.end <= m.rows && bias.len() == m.rows, "row range or bias does not fit the matrix");
-    assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
-    assert!(x.len() >= span(m.cols, w, ld.x), "input tile too small");
-    assert!(y.len() >= span(rows.len(), w, ld.y), "output tile too small");
-    assert!(sums.residual.is_none_or(|r| r.len() >= span(rows.len(), w, ld.y)), "residual smaller than the output");
+    check_tile([m.rows, m.cols], bias, x, w, y, rows, sums)
 }
 
 /// The scalar twin. Output rows `rows` (any range; the blocks that hold them are computed) are
@@ -265,7 +260,7 @@ mod x86 {
     }
 
     /// The AVX2 variant: strips of 16 sample columns (4 rows x 2 vectors of 8), then 8, then the
-    /// last columns one by one as the scalar twin.
+    /// last columns on the scalar twin.
     ///
     /// # Safety
     /// AVX2 and FMA must be available; sizes as checked by `super::check`; `m.col[j] < m.cols`.
@@ -282,19 +277,14 @@ mod x86 {
             unsafe { strip8::<1>(m, bias, x, y, &rows, sums, c0) };
             c0 += 8;
         }
-        let ld = sums.ld;
-        for s in c0..w {
-            for (i, r) in rows.clone().enumerate() {
-                let (b, lane) = (r / BR, r % BR);
-                let mut acc = if sums.accumulate { y[i * ld.y + s] } else { bias[r] };
-                for j in m.blk_ptr[b] as usize..m.blk_ptr[b + 1] as usize {
-                    acc += m.val[j * BR + lane] * x[m.col[j] as usize * ld.x + s];
-                }
-                if let Some(res) = sums.residual {
-                    acc += res[i * ld.y + s];
-                }
-                y[i * ld.y + s] = sums.finish(acc);
-            }
+        if c0 < w {
+            // The last columns, as the scalar twin does them: the tile from column c0 on keeps its
+            // rows' strides (an empty tile, of no input column or output row, stays empty).
+            let from = |len: usize| c0.min(len)..;
+            let tail = Sums { residual: sums.residual.map(|r| &r[from(r.len())]), ..*sums };
+            let (x, y_len) = (&x[from(x.len())], y.len());
+            let y = &mut y[from(y_len)];
+            super::spmm_bcsr_ref(m, bias, x, w - c0, y, rows, tail);
         }
     }
 

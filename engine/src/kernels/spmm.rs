@@ -78,10 +78,17 @@ impl<'a> Sums<'a> {
 
 /// Checks the sizes every variant relies on.
 fn check(m: &Csr, bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, sums: &Sums) {
-    let ld = sums.ld;
-    assert!(rows.end <= m.rows && bias.len() == m.rows, "row range or bias does not fit the matrix");
+    check_tile([m.rows, m.cols], bias, x, w, y, rows, sums)
+}
+
+/// The sizes a sparse kernel on a `[rows, cols]` matrix (`matrix`) relies on: its output rows
+/// `rows` and bias within the matrix, and the input, output and residual tiles as `sums.ld` lays
+/// them out (the blocked kernel checks the same).
+pub(super) fn check_tile(matrix: [usize; 2], bias: &[f32], x: &[f32], w: usize, y: &[f32], rows: &Range<usize>, sums: &Sums) {
+    let ([m_rows, cols], ld) = (matrix, sums.ld);
+    assert!(rows.start <= rows.end && rows.end <= m_rows && bias.len() == m_rows, "row range or bias does not fit the matrix");
     assert!(ld.x >= w && ld.y >= w, "leading dimensions below the width");
-    assert!(x.len() >= span(m.cols, w, ld.x), "input tile too small: {} < {} x {w}", x.len(), m.cols);
+    assert!(x.len() >= span(cols, w, ld.x), "input tile too small: {} < {cols} x {w}", x.len());
     assert!(y.len() >= span(rows.len(), w, ld.y), "output tile too small");
     assert!(sums.residual.is_none_or(|r| r.len() >= span(rows.len(), w, ld.y)), "residual smaller than the output");
 }
